@@ -1,0 +1,76 @@
+"""Input validation shared by the functional layer and the layers.
+
+The Cython kernels trust their inputs (no bounds checks), so everything that reaches them passes
+through these checks first. Errors name the layer, what was expected and what was received.
+"""
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _describe(layout, sizes):
+    parts = [str(sizes[d]) if sizes and d in sizes else d for d in layout]
+    return "(" + ", ".join(parts) + ")"
+
+
+def check_float_array(layer, x, arg="input"):
+    """Raise TypeError unless ``x`` is a float32/float64 NumPy array; return it."""
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{layer}: expected {arg} to be a numpy.ndarray, got {type(x).__name__}")
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{layer}: expected {arg} dtype float32 or float64, got {x.dtype}")
+    return x
+
+
+def check_input(layer, x, layouts, sizes=None, arg="input"):
+    """Check dtype, rank and named sizes of ``x``.
+
+    Args:
+        layer (str): name used in the error message, e.g. ``"Conv2D"``.
+        x (np.ndarray): the array to check.
+        layouts (str or tuple of str): allowed layouts, one letter per axis, e.g. ``"NCHW"`` or
+            ``("NC", "NCHW")``.
+        sizes (dict, optional): required sizes by letter, e.g. ``{"C": 3}``.
+        arg (str): what ``x`` is, for the message.
+    Returns:
+        str: the layout that matched.
+    Raises:
+        TypeError: not a float32/float64 ndarray.
+        ValueError: wrong rank, a wrong named size, or a zero-sized axis.
+    """
+    check_float_array(layer, x, arg)
+    if isinstance(layouts, str):
+        layouts = (layouts,)
+    expected = " or ".join(_describe(l, sizes) for l in layouts)
+    for layout in layouts:
+        if x.ndim == len(layout):
+            break
+    else:
+        raise ValueError(f"{layer}: expected {arg} of shape {expected}, got shape {x.shape}")
+    bad = sizes and any(d in sizes and x.shape[i] != sizes[d] for i, d in enumerate(layout))
+    if bad or 0 in x.shape:
+        raise ValueError(f"{layer}: expected {arg} of shape {expected}, got shape {x.shape}")
+    return layout
+
+
+def check_same(layer, a, b, what_a, what_b):
+    """Raise ValueError/TypeError unless ``a`` and ``b`` share shape and dtype."""
+    check_float_array(layer, b, what_b)
+    if a.shape != b.shape:
+        raise ValueError(f"{layer}: expected {what_b} of shape {a.shape} (like {what_a}), got {b.shape}")
+    if a.dtype != b.dtype:
+        raise TypeError(f"{layer}: expected {what_b} dtype {a.dtype} (like {what_a}), got {b.dtype}")
+
+
+def pair(value, name, layer, minimum=0):
+    """Turn an int or a pair of ints into a tuple of two Python ints >= ``minimum``."""
+    if isinstance(value, (int, np.integer)):
+        value = (int(value), int(value))
+    try:
+        a, b = (int(v) for v in value)
+        ok = all(isinstance(v, (int, np.integer)) for v in value)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok or a < minimum or b < minimum:
+        raise ValueError(f"{layer}: {name} must be an int or a pair of ints >= {minimum}, got {value!r}")
+    return a, b

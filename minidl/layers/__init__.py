@@ -1,0 +1,4 @@
+"""Layers: modules with an explicit forward and backward."""
+from .module import Module, Parameter
+
+__all__ = ["Module", "Parameter"]

@@ -1,0 +1,245 @@
+"""Module and Parameter: the state-holding base every layer and model derives from.
+
+A :class:`Module` owns three kinds of state, as in PyTorch's ``torch.nn.Module``:
+
+* parameters (:class:`Parameter`, trainable, returned by :meth:`Module.parameters`),
+* buffers (plain NumPy arrays such as ``running_mean``; saved in :meth:`Module.state_dict`
+  but never given to an optimizer),
+* child modules (registered automatically when assigned as attributes).
+
+Every layer implements an explicit ``forward(x)`` that caches what its backward needs and a
+``backward(dout)`` that *accumulates* parameter gradients into ``Parameter.grad`` (like
+PyTorch's ``.grad``; call ``zero_grad()`` or ``optimizer.zero_grad()`` between steps) and
+returns the gradient with respect to its input.
+"""
+from collections import OrderedDict
+
+import numpy as np
+
+__all__ = ["Parameter", "Module"]
+
+
+class Parameter:
+    """A trainable array and its gradient.
+
+    Attributes:
+        data (np.ndarray): the value, float32 by default (any shape).
+        grad (np.ndarray): d loss / d data, same shape and dtype as ``data``; zeros until a
+            backward pass accumulates into it.
+    """
+
+    __slots__ = ("data", "grad")
+
+    def __init__(self, data):
+        data = np.ascontiguousarray(data)
+        if data.dtype not in (np.float32, np.float64):
+            raise TypeError(f"Parameter: expected float32 or float64 data, got {data.dtype}")
+        self.data = data
+        self.grad = np.zeros_like(data)
+
+    @property
+    def shape(self):
+        return self.data.shape
+
+    @property
+    def dtype(self):
+        return self.data.dtype
+
+    def zero_grad(self):
+        """Set the gradient to zero in place."""
+        self.grad[...] = 0
+
+    def accumulate_grad(self, g):
+        """Add ``g`` (same shape, any float dtype) to ``grad`` in place."""
+        self.grad += g
+
+    def __repr__(self):
+        return f"Parameter(shape={self.data.shape}, dtype={self.data.dtype})"
+
+
+class Module:
+    """Base class of layers and models.
+
+    Subclasses call ``super().__init__()`` first, then assign parameters, buffers (through
+    :meth:`register_buffer`) and child modules as attributes. ``module(x)`` calls ``forward``.
+    """
+
+    def __init__(self):
+        object.__setattr__(self, "_parameters", OrderedDict())
+        object.__setattr__(self, "_buffers", OrderedDict())
+        object.__setattr__(self, "_modules", OrderedDict())
+        object.__setattr__(self, "training", True)
+
+    # ----------------------------------------------------------------- registration
+    def __setattr__(self, name, value):
+        if "_parameters" not in self.__dict__:
+            raise AttributeError(
+                f"{type(self).__name__}: call super().__init__() before assigning attributes"
+            )
+        for store in (self._parameters, self._buffers, self._modules):
+            store.pop(name, None)
+        if isinstance(value, Parameter):
+            self._parameters[name] = value
+        elif isinstance(value, Module):
+            self._modules[name] = value
+        object.__setattr__(self, name, value)
+
+    def register_buffer(self, name, array):
+        """Register a non-trainable array (or ``None``) saved in ``state_dict``.
+
+        Buffers are updated in place by the layer (e.g. BatchNorm's ``running_mean``) and are
+        never returned by :meth:`parameters`.
+        """
+        object.__setattr__(self, name, array)
+        self._buffers[name] = None  # the value lives on the instance; this keeps the order
+
+    def _buffer_items(self):
+        return [(name, getattr(self, name)) for name in self._buffers]
+
+    # ----------------------------------------------------------------- forward/backward
+    def forward(self, x):
+        raise NotImplementedError(f"{type(self).__name__} does not implement forward")
+
+    def backward(self, dout):
+        raise NotImplementedError(f"{type(self).__name__} does not implement backward")
+
+    def __call__(self, x):
+        return self.forward(x)
+
+    # ----------------------------------------------------------------- traversal
+    def children(self):
+        """The direct child modules, in registration order."""
+        return list(self._modules.values())
+
+    def named_modules(self, prefix=""):
+        """Yield ``(name, module)`` for this module and every descendant, depth first."""
+        yield prefix, self
+        for name, child in self._modules.items():
+            yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
+
+    def named_parameters(self, prefix=""):
+        """Yield ``(qualified_name, Parameter)`` in layer order (e.g. ``"0.weight"``)."""
+        for mod_name, module in self.named_modules(prefix):
+            for name, p in module._parameters.items():
+                yield (f"{mod_name}.{name}" if mod_name else name), p
+
+    def parameters(self):
+        """All trainable parameters, in layer order. Buffers are not included."""
+        return [p for _, p in self.named_parameters()]
+
+    def named_buffers(self, prefix=""):
+        """Yield ``(qualified_name, array)`` for every non-None buffer."""
+        for mod_name, module in self.named_modules(prefix):
+            for name, value in module._buffer_items():
+                if value is not None:
+                    yield (f"{mod_name}.{name}" if mod_name else name), value
+
+    # ----------------------------------------------------------------- modes
+    def train(self, mode=True):
+        """Set training mode on this module and every descendant; returns ``self``."""
+        for _, module in self.named_modules():
+            object.__setattr__(module, "training", bool(mode))
+        return self
+
+    def eval(self):
+        """Set evaluation mode (``train(False)``); returns ``self``."""
+        return self.train(False)
+
+    def zero_grad(self):
+        """Zero the gradient of every parameter."""
+        for p in self.parameters():
+            p.zero_grad()
+
+    def astype(self, dtype):
+        """Convert every parameter (and its grad) and floating buffer to ``dtype`` in place.
+
+        Args:
+            dtype: ``np.float32`` or ``np.float64``.
+        Returns:
+            ``self``.
+        Raises:
+            TypeError: for any other dtype.
+        """
+        dtype = np.dtype(dtype)
+        if dtype not in (np.float32, np.float64):
+            raise TypeError(f"{type(self).__name__}.astype: expected float32 or float64, got {dtype}")
+        for _, module in self.named_modules():
+            for p in module._parameters.values():
+                p.data = p.data.astype(dtype)
+                p.grad = p.grad.astype(dtype)
+            for name, value in module._buffer_items():
+                if isinstance(value, np.ndarray) and value.dtype.kind == "f":
+                    object.__setattr__(module, name, value.astype(dtype))
+        return self
+
+    # ----------------------------------------------------------------- state
+    def state_dict(self):
+        """Copies of every parameter and buffer, keyed like PyTorch (``"1.running_mean"``).
+
+        Returns:
+            OrderedDict[str, np.ndarray]: per module, parameters then buffers, modules in
+            depth-first registration order.
+        """
+        state = OrderedDict()
+        for mod_name, module in self.named_modules():
+            pre = f"{mod_name}." if mod_name else ""
+            for name, p in module._parameters.items():
+                state[pre + name] = p.data.copy()
+            for name, value in module._buffer_items():
+                if value is not None:
+                    state[pre + name] = np.array(value, copy=True)
+        return state
+
+    def load_state_dict(self, state_dict, strict=True):
+        """Copy arrays from ``state_dict`` into this module's parameters and buffers.
+
+        Args:
+            state_dict (Mapping[str, np.ndarray]): as returned by :meth:`state_dict`.
+            strict (bool): require exactly the same keys (default True).
+        Raises:
+            KeyError: missing or unexpected keys when ``strict``.
+            ValueError: an array whose shape differs from the module's.
+        Nothing is modified unless every check passes.
+        """
+        targets = {}
+        for mod_name, module in self.named_modules():
+            pre = f"{mod_name}." if mod_name else ""
+            for name in module._parameters:
+                targets[pre + name] = (module, name, True)
+            for name, value in module._buffer_items():
+                if value is not None:
+                    targets[pre + name] = (module, name, False)
+        missing = [k for k in targets if k not in state_dict]
+        unexpected = [k for k in state_dict if k not in targets]
+        if strict and (missing or unexpected):
+            raise KeyError(
+                f"{type(self).__name__}.load_state_dict: missing keys {missing}, "
+                f"unexpected keys {unexpected}"
+            )
+        updates = []
+        for key, (module, name, is_param) in targets.items():
+            if key not in state_dict:
+                continue
+            current = module._parameters[name].data if is_param else getattr(module, name)
+            value = np.asarray(state_dict[key])
+            if value.shape != np.shape(current):
+                raise ValueError(
+                    f"{type(self).__name__}.load_state_dict: '{key}' expected shape "
+                    f"{np.shape(current)}, got {value.shape}"
+                )
+            updates.append((current, value))
+        for current, value in updates:
+            np.copyto(current, value, casting="unsafe")
+
+    # ----------------------------------------------------------------- display
+    def extra_repr(self):
+        return ""
+
+    def __repr__(self):
+        lines = [f"{type(self).__name__}({self.extra_repr()}"]
+        if self._modules:
+            for name, child in self._modules.items():
+                child_repr = repr(child).replace("\n", "\n  ")
+                lines.append(f"  ({name}): {child_repr}")
+            return "\n".join(lines) + "\n)"
+        return lines[0] + ")"
