@@ -1,0 +1,535 @@
+"""Tests for minidl.data: MNIST/Fashion-MNIST readers, md5 checks, mirrors and downloads, DataLoader.
+
+The real files come from the mirror in ``MINIDL_DATA_MIRROR`` (CI sets it to the shared data
+folder) or, when it is unset, from ``../shared/data`` next to the repository. Every test uses a
+``tmp_path`` root, and the public internet mirrors are switched off so nothing leaves the machine.
+"""
+import functools
+import gzip
+import hashlib
+import http.server
+import os
+import shutil
+import socket
+import struct
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from minidl import _random, data
+from minidl.data import datasets as ds_mod
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+FALLBACK_MIRROR = REPO_ROOT.parent / "shared" / "data"
+
+MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+
+T10K_IMAGES = "t10k-images-idx3-ubyte.gz"
+T10K_LABELS = "t10k-labels-idx1-ubyte.gz"
+
+DECLARED_MIRRORS = {"MNIST": data.MNIST.mirrors, "FashionMNIST": data.FashionMNIST.mirrors}
+
+
+def _md5(path):
+    return hashlib.md5(Path(path).read_bytes()).hexdigest()
+
+
+def _resolve_mirror():
+    env = os.environ.get(data.MIRROR_ENV, "").strip()
+    if env:
+        return env
+    if FALLBACK_MIRROR.is_dir():
+        return str(FALLBACK_MIRROR)
+    return None
+
+
+@pytest.fixture(scope="session")
+def real_mirror():
+    """The mirror holding the real files: $MINIDL_DATA_MIRROR, else ../shared/data, else skip."""
+    mirror = _resolve_mirror()
+    if mirror is None:
+        pytest.skip(f"no dataset mirror: set {data.MIRROR_ENV} or provide {FALLBACK_MIRROR}")
+    return mirror
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch):
+    """No public internet mirrors, and no mirror variable unless a test sets one."""
+    monkeypatch.setattr(data.MNIST, "mirrors", ())
+    monkeypatch.setattr(data.FashionMNIST, "mirrors", ())
+    monkeypatch.delenv(data.MIRROR_ENV, raising=False)
+
+
+@pytest.fixture(scope="session")
+def mnist_root(real_mirror, tmp_path_factory):
+    """A root holding all MNIST files, fetched once through the mirror."""
+    root = tmp_path_factory.mktemp("mnist_root")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(data.MNIST, "mirrors", ())
+        mp.setenv(data.MIRROR_ENV, real_mirror)
+        train = data.MNIST(root, train=True)
+        test = data.MNIST(root, train=False)
+    return root, train, test
+
+
+@pytest.fixture
+def local_mirror(mnist_root, tmp_path):
+    """A writable mirror folder with good copies of the MNIST test files (mirror/mnist/...)."""
+    root = mnist_root[0]
+    folder = tmp_path / "mirror" / "mnist"
+    folder.mkdir(parents=True)
+    for name in (T10K_IMAGES, T10K_LABELS):
+        shutil.copyfile(root / "mnist" / name, folder / name)
+    return tmp_path / "mirror"
+
+
+def _flip_byte(path, offset=100):
+    raw = bytearray(Path(path).read_bytes())
+    raw[offset] ^= 0xFF
+    Path(path).write_bytes(bytes(raw))
+
+
+def _leftovers(folder):
+    return sorted(p.name for p in Path(folder).glob("*.part"))
+
+
+@pytest.fixture
+def http_mirror(monkeypatch):
+    """Serve a folder over HTTP on 127.0.0.1 from a thread; yields ``serve(folder) -> base URL``."""
+    servers = []
+    for var in ("no_proxy", "NO_PROXY"):  # never send local requests through a configured proxy
+        monkeypatch.setenv(var, "127.0.0.1,localhost")
+
+    class QuietHandler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    def serve(folder):
+        handler = functools.partial(QuietHandler, directory=str(folder))
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        server.daemon_threads = True
+        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        thread.start()
+        servers.append((server, thread))
+        return f"http://127.0.0.1:{server.server_address[1]}"
+
+    try:
+        yield serve
+    finally:
+        for server, thread in servers:
+            server.shutdown()
+            server.server_close()
+            thread.join(timeout=5)
+
+
+# --------------------------------------------------------------------------------------------
+# Real data through the mirror
+# --------------------------------------------------------------------------------------------
+
+
+def test_mnist_test_set(mnist_root):
+    root, _, test = mnist_root
+    for spec in data.MNIST.files["test"].values():
+        path = root / "mnist" / spec.name
+        assert path.is_file() and not path.is_symlink()  # copied into root: self-contained
+        assert _md5(path) == spec.md5
+    assert test.images.shape == (10000, 1, 28, 28)
+    assert test.images.dtype == np.float32 and test.images.flags.c_contiguous
+    assert test.images.min() == 0.0 and test.images.max() == 1.0
+    assert test.labels.shape == (10000,) and test.labels.dtype == np.int64
+    assert np.bincount(test.labels, minlength=10).tolist() == MNIST_TEST_COUNTS
+    assert test.labels[:10].tolist() == [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]
+    assert test.classes == [str(d) for d in range(10)]
+    assert len(test) == 10000 and test.split == "test"
+    image, label = test[0]
+    assert image.shape == (1, 28, 28) and label == 7
+    images, labels = test[10:20]
+    assert images.shape == (10, 1, 28, 28) and labels.tolist() == test.labels[10:20].tolist()
+    images, labels = test[np.array([3, 1, 3])]
+    assert images.shape == (3, 1, 28, 28) and labels.tolist() == [0, 2, 0]
+    assert test.arrays()[0] is test.images and test.arrays()[1] is test.labels
+
+
+def test_mnist_train_set(mnist_root):
+    _, train, _ = mnist_root
+    assert train.images.shape == (60000, 1, 28, 28) and train.images.dtype == np.float32
+    assert train.labels.shape == (60000,) and train.labels.dtype == np.int64
+    assert 0 <= train.labels.min() and train.labels.max() <= 9
+    counts = np.bincount(train.labels, minlength=10)
+    assert counts.sum() == 60000 and counts.tolist() == MNIST_TRAIN_COUNTS
+    # The normalization constants everybody uses: mean 0.1307, std 0.3081 (pixels / 255).
+    assert abs(float(train.images.mean(dtype=np.float64)) - 0.1307) < 1e-4
+    assert abs(float(train.images.std(dtype=np.float64)) - 0.3081) < 1e-4
+
+
+def test_fashion_mnist_test_set(real_mirror, tmp_path, monkeypatch):
+    monkeypatch.setenv(data.MIRROR_ENV, real_mirror)
+    fashion = data.FashionMNIST(tmp_path, train=False)
+    assert fashion.images.shape == (10000, 1, 28, 28) and fashion.images.dtype == np.float32
+    assert 0.0 <= fashion.images.min() and fashion.images.max() <= 1.0
+    assert fashion.labels.dtype == np.int64
+    assert np.bincount(fashion.labels, minlength=10).tolist() == [1000] * 10
+    assert len(fashion.classes) == 10 and fashion.classes[9] == "Ankle boot"
+    for spec in data.FashionMNIST.files["test"].values():
+        assert _md5(tmp_path / "fashion-mnist" / spec.name) == spec.md5
+
+
+def test_existing_files_are_reused_without_mirror(mnist_root):
+    root = mnist_root[0]
+    before = {p.name: p.stat().st_mtime_ns for p in (root / "mnist").iterdir()}
+    test = data.MNIST(root, train=False, download=False)  # no mirror set at all
+    assert len(test) == 10000
+    assert {p.name: p.stat().st_mtime_ns for p in (root / "mnist").iterdir()} == before
+
+
+# --------------------------------------------------------------------------------------------
+# Missing and corrupted files
+# --------------------------------------------------------------------------------------------
+
+
+def test_download_false_missing_raises(tmp_path):
+    with pytest.raises(FileNotFoundError) as info:
+        data.MNIST(tmp_path, train=False, download=False)
+    message = str(info.value)
+    assert T10K_IMAGES in message and "download=True" in message and data.MIRROR_ENV in message
+    assert not (tmp_path / "mnist").exists()
+
+
+def test_corrupted_mirror_file_raises_and_leaves_nothing(local_mirror, tmp_path, monkeypatch):
+    _flip_byte(local_mirror / "mnist" / T10K_LABELS)
+    bad_md5 = _md5(local_mirror / "mnist" / T10K_LABELS)
+    monkeypatch.setenv(data.MIRROR_ENV, str(local_mirror))
+    root = tmp_path / "root"
+    with pytest.raises(data.ChecksumError) as info:
+        data.MNIST(root, train=False)
+    message = str(info.value)
+    expected = data.MNIST.files["test"]["labels"].md5
+    assert T10K_LABELS in message and expected in message and bad_md5 in message
+    assert str(local_mirror / "mnist" / T10K_LABELS) in message  # the source tried
+    assert not (root / "mnist" / T10K_LABELS).exists()
+    assert _leftovers(root / "mnist") == []
+    assert (root / "mnist" / T10K_IMAGES).is_file()  # the good file was kept
+
+
+def test_corrupted_file_in_root(local_mirror, mnist_root, tmp_path, monkeypatch):
+    root = tmp_path / "root"
+    (root / "mnist").mkdir(parents=True)
+    for name in (T10K_IMAGES, T10K_LABELS):
+        shutil.copyfile(mnist_root[0] / "mnist" / name, root / "mnist" / name)
+    _flip_byte(root / "mnist" / T10K_LABELS)
+    with pytest.raises(data.ChecksumError, match=T10K_LABELS):
+        data.MNIST(root, train=False, download=False)
+    monkeypatch.setenv(data.MIRROR_ENV, str(local_mirror))
+    test = data.MNIST(root, train=False, download=True)  # replaced by the mirror's good copy
+    assert np.bincount(test.labels).tolist() == MNIST_TEST_COUNTS
+    assert _md5(root / "mnist" / T10K_LABELS) == data.MNIST.files["test"]["labels"].md5
+
+
+def test_missing_everywhere_raises_download_error(tmp_path, monkeypatch):
+    (tmp_path / "empty").mkdir()
+    monkeypatch.setenv(data.MIRROR_ENV, str(tmp_path / "empty"))
+    with pytest.raises(data.DownloadError) as info:
+        data.MNIST(tmp_path / "root", train=False)
+    assert T10K_IMAGES in str(info.value) and str(tmp_path / "empty") in str(info.value)
+    assert _leftovers(tmp_path / "root" / "mnist") == []
+
+
+def test_no_sources_at_all(tmp_path):
+    with pytest.raises(data.DownloadError, match=data.MIRROR_ENV):
+        data.MNIST(tmp_path, train=False)
+
+
+# --------------------------------------------------------------------------------------------
+# The IDX parser
+# --------------------------------------------------------------------------------------------
+
+
+def _idx_bytes(array, type_code=0x08, ndim=None, magic_prefix=b"\x00\x00"):
+    array = np.asarray(array)
+    ndim = array.ndim if ndim is None else ndim
+    header = magic_prefix + bytes([type_code, ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    return header + array.astype(array.dtype.newbyteorder(">")).tobytes()
+
+
+def _write_gz(path, payload):
+    path.write_bytes(gzip.compress(payload))
+    return path
+
+
+def test_read_idx_roundtrip(tmp_path):
+    images = np.arange(3 * 2 * 4, dtype=np.uint8).reshape(3, 2, 4)
+    out = data.read_idx(_write_gz(tmp_path / "x.gz", _idx_bytes(images)))
+    assert out.dtype == np.uint8 and out.shape == (3, 2, 4) and np.array_equal(out, images)
+    assert out.flags.writeable
+    ints = np.array([[1, -2], [300000, 7]], dtype=np.int32)
+    (tmp_path / "i.idx").write_bytes(_idx_bytes(ints, type_code=0x0C))  # uncompressed works too
+    out = data.read_idx(tmp_path / "i.idx")
+    assert out.dtype == np.int32 and out.dtype.isnative and np.array_equal(out, ints)
+
+
+@pytest.mark.parametrize("payload, match", [
+    (_idx_bytes(np.zeros(4, np.uint8), magic_prefix=b"\x08\x03"), "bad magic"),
+    (_idx_bytes(np.zeros(4, np.uint8), type_code=0x07), "bad magic"),
+    (_idx_bytes(np.zeros(4, np.uint8), ndim=0), "bad magic"),
+    (b"\x00\x00", "shorter than"),
+    (b"\x00\x00\x08\x03\x00\x00\x00\x05", "truncated IDX header"),
+    (_idx_bytes(np.zeros((5, 4, 4), np.uint8))[:-3], "truncated"),
+    (_idx_bytes(np.zeros((5, 4, 4), np.uint8)) + b"\x00", "trailing bytes"),
+])
+def test_read_idx_broken(tmp_path, payload, match):
+    path = _write_gz(tmp_path / "broken-idx3-ubyte.gz", payload)
+    with pytest.raises(data.DatasetFormatError, match=match) as info:
+        data.read_idx(path)
+    assert str(path) in str(info.value)
+
+
+def test_read_idx_broken_gzip(tmp_path):
+    good = gzip.compress(_idx_bytes(np.zeros((50, 28, 28), np.uint8)))
+    path = tmp_path / "cut-idx3-ubyte.gz"
+    path.write_bytes(good[: len(good) // 2])
+    with pytest.raises(data.DatasetFormatError, match="gzip") as info:
+        data.read_idx(path)
+    assert str(path) in str(info.value)
+
+
+# --------------------------------------------------------------------------------------------
+# Declaring a new file dataset; shape checks of IDX image datasets
+# --------------------------------------------------------------------------------------------
+
+
+def _tiny_mirror(tmp_path, n_images=6, n_labels=6, shape=(4, 4)):
+    folder = tmp_path / "tiny-mirror" / "tiny"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (n_images, *shape), dtype=np.uint8)
+    labels = rng.integers(0, 3, n_labels, dtype=np.uint8)
+    img = _write_gz(folder / "img.gz", _idx_bytes(images))
+    lab = _write_gz(folder / "lab.gz", _idx_bytes(labels))
+
+    class Tiny(data.IDXImageDataset):
+        folder = "tiny"
+        image_shape = (4, 4)
+        classes = ["a", "b", "c"]
+        files = {split: {"images": data.RemoteFile("img.gz", _md5(img)),
+                         "labels": data.RemoteFile("lab.gz", _md5(lab))} for split in ("train", "test")}
+
+    return Tiny, tmp_path / "tiny-mirror", images, labels
+
+
+def test_subclass_declares_its_files(tmp_path, monkeypatch):
+    Tiny, mirror, images, labels = _tiny_mirror(tmp_path)
+    monkeypatch.setenv(data.MIRROR_ENV, str(mirror))
+    tiny = Tiny(tmp_path / "root")
+    assert tiny.images.shape == (6, 1, 4, 4) and tiny.images.dtype == np.float32
+    assert np.array_equal(tiny.images[:, 0], images / np.float32(255))
+    assert np.array_equal(tiny.labels, labels) and tiny.labels.dtype == np.int64
+    assert (tmp_path / "root" / "tiny" / "img.gz").is_file()
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"n_labels": 5}, "6 images .* but 5 labels"),
+    ({"shape": (4, 5)}, r"expected uint8 images of shape \(N, 4, 4\)"),
+])
+def test_idx_dataset_checks_shapes(tmp_path, monkeypatch, kwargs, match):
+    Tiny, mirror, _, _ = _tiny_mirror(tmp_path, **kwargs)
+    monkeypatch.setenv(data.MIRROR_ENV, str(mirror))
+    with pytest.raises(data.DatasetFormatError, match=match):
+        Tiny(tmp_path / "root")
+
+
+def test_dataset_rejects_non_bool_train(tmp_path):
+    with pytest.raises(ValueError, match="MNIST: train"):
+        data.MNIST(tmp_path, train="test", download=False)
+
+
+# --------------------------------------------------------------------------------------------
+# Sources: the mirror variable, URL mirrors and falling through to the next source
+# --------------------------------------------------------------------------------------------
+
+
+def test_source_order(monkeypatch):
+    mirrors = ("https://a.example/mnist/", "http://b.example/x")
+    assert ds_mod.file_sources("mnist", "f.gz", mirrors) == ["https://a.example/mnist/f.gz",
+                                                             "http://b.example/x/f.gz"]
+    monkeypatch.setenv(data.MIRROR_ENV, "https://host/path/")
+    assert ds_mod.file_sources("mnist", "f.gz", mirrors)[0] == "https://host/path/mnist/f.gz"
+    monkeypatch.setenv(data.MIRROR_ENV, "/some/folder")
+    sources = ds_mod.file_sources("fashion-mnist", "f.gz", mirrors)
+    assert sources[0] == os.path.join("/some/folder", "fashion-mnist", "f.gz") and sources[1:] == [
+        "https://a.example/mnist/f.gz", "http://b.example/x/f.gz"]
+    monkeypatch.setenv(data.MIRROR_ENV, "  ")
+    assert len(ds_mod.file_sources("mnist", "f.gz", mirrors)) == 2
+
+
+def test_public_mirrors_declared():
+    # Read at import time, before the autouse fixture switched them off.
+    assert DECLARED_MIRRORS["MNIST"] == ("https://ossci-datasets.s3.amazonaws.com/mnist/",
+                                         "http://yann.lecun.com/exdb/mnist/")
+    assert DECLARED_MIRRORS["FashionMNIST"] == ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",)
+
+
+def test_url_mirror(local_mirror, http_mirror, tmp_path, monkeypatch):
+    monkeypatch.setenv(data.MIRROR_ENV, http_mirror(local_mirror) + "/")
+    test = data.MNIST(tmp_path / "root", train=False)
+    assert np.bincount(test.labels).tolist() == MNIST_TEST_COUNTS
+    assert _leftovers(tmp_path / "root" / "mnist") == []
+
+
+def test_first_source_failing_falls_through(local_mirror, http_mirror, tmp_path, monkeypatch):
+    base = http_mirror(local_mirror)
+    (tmp_path / "empty").mkdir()
+    monkeypatch.setenv(data.MIRROR_ENV, str(tmp_path / "empty"))  # lacks the files
+    monkeypatch.setattr(data.MNIST, "mirrors", (base + "/missing/", base + "/mnist/"))  # 404, then good
+    test = data.MNIST(tmp_path / "root", train=False)
+    assert len(test) == 10000
+    assert _leftovers(tmp_path / "root" / "mnist") == []
+
+
+def test_wrong_md5_from_every_source(local_mirror, http_mirror, tmp_path, monkeypatch):
+    _flip_byte(local_mirror / "mnist" / T10K_IMAGES, offset=5000)
+    base = http_mirror(local_mirror)
+    monkeypatch.setenv(data.MIRROR_ENV, str(local_mirror))
+    monkeypatch.setattr(data.MNIST, "mirrors", (base + "/nothing-here/", base + "/mnist/"))
+    root = tmp_path / "root"
+    with pytest.raises(data.ChecksumError) as info:
+        data.MNIST(root, train=False)
+    message = str(info.value)
+    assert T10K_IMAGES in message and data.MNIST.files["test"]["images"].md5 in message
+    assert _md5(local_mirror / "mnist" / T10K_IMAGES) in message
+    for source in (str(local_mirror / "mnist" / T10K_IMAGES), base + "/nothing-here/" + T10K_IMAGES,
+                   base + "/mnist/" + T10K_IMAGES):
+        assert source in message
+    assert "404" in message
+    assert not (root / "mnist" / T10K_IMAGES).exists() and _leftovers(root / "mnist") == []
+
+
+def test_download_file_unreachable_url(tmp_path, monkeypatch):
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "f.bin").write_bytes(b"hello")
+    md5 = hashlib.md5(b"hello").hexdigest()
+    with socket.socket() as s:  # a port that was free a moment ago: connections are refused
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("no_proxy", "127.0.0.1")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    sources = [f"http://127.0.0.1:{port}/f.bin", str(tmp_path / "src" / "f.bin")]
+    path = ds_mod.download_file("f.bin", md5, sources, tmp_path / "dest")
+    assert Path(path).read_bytes() == b"hello"
+    assert _leftovers(tmp_path / "dest") == []
+
+
+# --------------------------------------------------------------------------------------------
+# ArrayDataset and DataLoader
+# --------------------------------------------------------------------------------------------
+
+
+def _toy(n=10):
+    x = np.arange(n * 6, dtype=np.float32).reshape(n, 1, 2, 3)
+    y = np.arange(n, dtype=np.int64)
+    return data.ArrayDataset(x, y)
+
+
+def test_array_dataset():
+    ds = _toy()
+    assert len(ds) == 10
+    x, y = ds[3]
+    assert x.shape == (1, 2, 3) and y == 3
+    xs, ys = ds[2:5]
+    assert xs.shape == (3, 1, 2, 3) and ys.tolist() == [2, 3, 4]
+    with pytest.raises(ValueError, match="ArrayDataset"):
+        data.ArrayDataset(np.zeros(3), np.zeros(4))
+    with pytest.raises(ValueError, match="ArrayDataset"):
+        data.ArrayDataset()
+    with pytest.raises(ValueError, match="ArrayDataset"):
+        data.ArrayDataset(np.float32(1.0))
+
+
+@pytest.mark.parametrize("n, batch_size, drop_last, sizes", [
+    (10, 3, False, [3, 3, 3, 1]),
+    (10, 3, True, [3, 3, 3]),
+    (9, 3, False, [3, 3, 3]),
+    (9, 3, True, [3, 3, 3]),
+    (2, 5, False, [2]),
+    (2, 5, True, []),
+    (0, 4, False, []),
+])
+def test_loader_batch_count(n, batch_size, drop_last, sizes):
+    for shuffle in (False, True):
+        loader = data.DataLoader(_toy(n), batch_size=batch_size, shuffle=shuffle, seed=0, drop_last=drop_last)
+        assert len(loader) == len(sizes)
+        assert [len(y) for _, y in loader] == sizes
+
+
+def test_loader_batches_in_order():
+    ds = _toy(10)
+    batches = list(data.DataLoader(ds, batch_size=4))
+    assert [y.tolist() for _, y in batches] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    x, y = batches[0]
+    assert x.dtype == np.float32 and x.shape == (4, 1, 2, 3) and y.dtype == np.int64
+    x[...] = -1  # a batch is a copy: the dataset is untouched
+    assert ds.arrays()[0].min() == 0
+
+
+def test_loader_shuffle_epochs():
+    ds = _toy(50)
+    loader = data.DataLoader(ds, batch_size=8, shuffle=True, seed=123)
+    epochs = []
+    for _ in range(3):
+        xs, ys = zip(*loader)
+        y = np.concatenate(ys)
+        x = np.concatenate(xs)
+        assert sorted(y.tolist()) == list(range(50))  # every sample exactly once
+        assert np.array_equal(x, ds.arrays()[0][y])  # x and y stay paired
+        assert x.dtype == np.float32 and x.shape == (50, 1, 2, 3)
+        epochs.append(y)
+    assert not np.array_equal(epochs[0], epochs[1]) and not np.array_equal(epochs[1], epochs[2])
+    assert not np.array_equal(epochs[0], np.arange(50))
+    again = data.DataLoader(ds, batch_size=8, shuffle=True, seed=123)
+    for expected in epochs:  # same seed: the same sequence of epochs
+        assert np.array_equal(np.concatenate([y for _, y in again]), expected)
+    other = data.DataLoader(ds, batch_size=8, shuffle=True, seed=124)
+    assert not np.array_equal(np.concatenate([y for _, y in other]), epochs[0])
+
+
+def test_loader_without_seed_uses_global_rng(monkeypatch):
+    ds = _toy(40)
+    monkeypatch.setitem(_random._state, "rng", np.random.default_rng(7))
+    loader = data.DataLoader(ds, batch_size=16, shuffle=True)
+    first = np.concatenate([y for _, y in loader])
+    _random.manual_seed(7)
+    assert np.array_equal(np.concatenate([y for _, y in loader]), first)
+
+
+def test_loader_on_mnist(mnist_root):
+    test = mnist_root[2]
+    loader = data.DataLoader(test, batch_size=256, shuffle=True, seed=0, drop_last=True)
+    assert len(loader) == 10000 // 256
+    x, y = next(iter(loader))
+    assert x.shape == (256, 1, 28, 28) and x.dtype == np.float32
+    assert y.shape == (256,) and y.dtype == np.int64
+    counts = np.bincount(np.concatenate([y for _, y in data.DataLoader(test, batch_size=1000)]))
+    assert counts.tolist() == MNIST_TEST_COUNTS
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"batch_size": 0}, {"batch_size": -3}, {"batch_size": 2.5}, {"batch_size": "8"}, {"batch_size": True},
+    {"shuffle": "yes"}, {"shuffle": 1}, {"drop_last": None}, {"seed": -1}, {"seed": 1.5}, {"seed": "0"},
+])
+def test_loader_bad_arguments(kwargs):
+    with pytest.raises(ValueError, match="DataLoader"):
+        data.DataLoader(_toy(), **kwargs)
+
+
+def test_loader_bad_dataset():
+    with pytest.raises(TypeError, match="DataLoader.*arrays"):
+        data.DataLoader([1, 2, 3])
+
+    class Uneven:
+        def arrays(self):
+            return np.zeros(3), np.zeros(4)
+
+    with pytest.raises(ValueError, match="DataLoader"):
+        data.DataLoader(Uneven())
