@@ -74,3 +74,18 @@ def pair(value, name, layer, minimum=0):
     if not ok or a < minimum or b < minimum:
         raise ValueError(f"{layer}: {name} must be an int or a pair of ints >= {minimum}, got {value!r}")
     return a, b
+
+
+def check_grad(layer, dout, shape, dtype):
+    """Raise unless ``dout`` is an ndarray of the forward output's ``shape`` and ``dtype``.
+
+    Raises:
+        TypeError: not an ndarray, or another dtype.
+        ValueError: another shape.
+    """
+    if not isinstance(dout, np.ndarray):
+        raise TypeError(f"{layer}: expected the gradient to be a numpy.ndarray, got {type(dout).__name__}")
+    if dout.shape != tuple(shape):
+        raise ValueError(f"{layer}: expected gradient of shape {tuple(shape)}, got {dout.shape}")
+    if dout.dtype != dtype:
+        raise TypeError(f"{layer}: expected gradient dtype {np.dtype(dtype)}, got {dout.dtype}")

@@ -1,0 +1,219 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""Per-channel normalization kernels (the core shared by BatchNorm and, later, Layer/Group/InstanceNorm).
+
+Every kernel sees its input as a C-contiguous 3-D array ``x`` of shape ``(A, C, B)`` and computes
+one statistic per *channel* ``c`` over the ``A * B`` values ``x[:, c, :]``:
+
+=============  ======================  ===========================================
+norm           view of the input       channels
+=============  ======================  ===========================================
+BatchNorm      (N, C, H*W)             C
+InstanceNorm   (1, N*C, H*W)           N*C
+GroupNorm      (1, N*G, C/G*H*W)       N*G
+LayerNorm      (1, N, C*H*W)           N
+=============  ======================  ===========================================
+
+All statistics and per-channel coefficients are float64; data is float32 or float64 (fused type).
+The kernels trust their inputs (shapes, contiguity, dtypes are checked by ``minidl.functional``),
+release the GIL and run channels (or rows ``(a, c)``) in parallel with OpenMP when it was compiled in.
+Arguments are marked IN (read) or OUT (written).
+"""
+cimport cython
+from cython.parallel cimport prange
+
+ctypedef fused floating:
+    float
+    double
+
+# A channel whose mean lies further than sqrt(CANCEL_RATIO) standard deviations from its first
+# value gets a second pass centered on the first-pass mean: the shifted one-pass formula loses
+# about log10(m^2 / var) digits. (A value is at most sqrt(n - 1) standard deviations from the
+# mean, so this needs channels of more than CANCEL_RATIO values.)
+cdef double CANCEL_RATIO = 1e6
+
+
+cdef inline void _shifted_sums(const floating* x, Py_ssize_t n, double k,
+                               double* s1, double* s2) noexcept nogil:
+    """s1 += sum(x - k), s2 += sum((x - k)^2) over n contiguous values, four chains for ILP."""
+    cdef double a0 = 0, a1 = 0, a2 = 0, a3 = 0
+    cdef double q0 = 0, q1 = 0, q2 = 0, q3 = 0
+    cdef double d0, d1, d2, d3
+    cdef Py_ssize_t i = 0
+    while i + 4 <= n:
+        d0 = x[i] - k
+        d1 = x[i + 1] - k
+        d2 = x[i + 2] - k
+        d3 = x[i + 3] - k
+        a0 += d0
+        a1 += d1
+        a2 += d2
+        a3 += d3
+        q0 += d0 * d0
+        q1 += d1 * d1
+        q2 += d2 * d2
+        q3 += d3 * d3
+        i += 4
+    while i < n:
+        d0 = x[i] - k
+        a0 += d0
+        q0 += d0 * d0
+        i += 1
+    s1[0] += (a0 + a1) + (a2 + a3)
+    s2[0] += (q0 + q1) + (q2 + q3)
+
+
+cdef inline void _product_sums(const floating* dy, const floating* x, Py_ssize_t n, double mean,
+                               double* s_dy, double* s_dyx) noexcept nogil:
+    """s_dy += sum(dy), s_dyx += sum(dy * (x - mean)) over n contiguous values."""
+    cdef double a0 = 0, a1 = 0, a2 = 0, a3 = 0
+    cdef double p0 = 0, p1 = 0, p2 = 0, p3 = 0
+    cdef Py_ssize_t i = 0
+    while i + 4 <= n:
+        a0 += dy[i]
+        a1 += dy[i + 1]
+        a2 += dy[i + 2]
+        a3 += dy[i + 3]
+        p0 += dy[i] * (x[i] - mean)
+        p1 += dy[i + 1] * (x[i + 1] - mean)
+        p2 += dy[i + 2] * (x[i + 2] - mean)
+        p3 += dy[i + 3] * (x[i + 3] - mean)
+        i += 4
+    while i < n:
+        a0 += dy[i]
+        p0 += dy[i] * (x[i] - mean)
+        i += 1
+    s_dy[0] += (a0 + a1) + (a2 + a3)
+    s_dyx[0] += (p0 + p1) + (p2 + p3)
+
+
+cdef void _channel_stats_one(const floating* x, Py_ssize_t A, Py_ssize_t C, Py_ssize_t B,
+                             Py_ssize_t c, double* mean, double* var) noexcept nogil:
+    """Mean and biased variance of channel c (shifted sums; exact second pass if needed)."""
+    cdef double k = x[c * B]          # shift: the channel's first value
+    cdef double n = <double>(A * B)
+    cdef double s1 = 0, s2 = 0, m, v, d
+    cdef Py_ssize_t a, i
+    cdef const floating* row
+    for a in range(A):
+        _shifted_sums(x + (a * C + c) * B, B, k, &s1, &s2)
+    m = s1 / n
+    v = s2 / n - m * m
+    if v < 0:
+        v = 0
+    if m != 0 and m * m > CANCEL_RATIO * v:
+        # corrected two-pass algorithm (Chan, Golub & LeVeque 1983, eq. 1.7) around k + m
+        k = k + m
+        s1 = 0
+        s2 = 0
+        for a in range(A):
+            row = x + (a * C + c) * B
+            for i in range(B):
+                d = row[i] - k
+                s1 += d
+                s2 += d * d
+        m = s1 / n
+        v = s2 / n - m * m
+        if v < 0:
+            v = 0
+    mean[0] = k + m
+    var[0] = v
+
+
+def channel_stats(const floating[:, :, ::1] x, double[::1] mean, double[::1] var,
+                  int num_threads=1):
+    """Per-channel mean and biased variance of ``x`` viewed as ``(A, C, B)``.
+
+    IN  x: (A, C, B) float32/float64, C-contiguous.
+    OUT mean: (C,) float64, the mean of x[:, c, :].
+    OUT var: (C,) float64, the biased variance (divided by A*B).
+
+    Uses shifted sums in float64 (shift = the channel's first value, so a constant channel gets
+    exactly its value as mean and 0 as variance) and, when the mean is far from that shift
+    compared with the spread, an exact centered second pass (no catastrophic cancellation).
+    """
+    cdef Py_ssize_t A = x.shape[0], C = x.shape[1], B = x.shape[2], c
+    cdef const floating* xp = &x[0, 0, 0]
+    with nogil:
+        for c in prange(C, num_threads=num_threads, schedule="static"):
+            _channel_stats_one(xp, A, C, B, c, &mean[c], &var[c])
+
+
+def normalize(const floating[:, :, ::1] x, const double[::1] mean, const double[::1] scale,
+              const double[::1] shift, floating[:, :, ::1] out, int num_threads=1):
+    """out[a, c, b] = (x[a, c, b] - mean[c]) * scale[c] + shift[c], computed in float64.
+
+    IN  x: (A, C, B) float32/float64, C-contiguous.
+    IN  mean, scale, shift: (C,) float64 (BatchNorm: scale = gamma / sqrt(var + eps), shift = beta).
+    OUT out: (A, C, B), same dtype as x; may be x itself (in place).
+
+    Subtracting the mean before scaling keeps a constant channel at exactly ``shift``.
+    """
+    cdef Py_ssize_t A = x.shape[0], C = x.shape[1], B = x.shape[2], r, a, c, i
+    cdef double m, s, t
+    cdef const floating* xr
+    cdef floating* outr
+    with nogil:
+        for r in prange(A * C, num_threads=num_threads, schedule="static"):
+            c = r % C
+            m = mean[c]
+            s = scale[c]
+            t = shift[c]
+            xr = &x[0, 0, 0] + r * B
+            outr = &out[0, 0, 0] + r * B
+            for i in range(B):
+                outr[i] = <floating>((xr[i] - m) * s + t)
+
+
+def backward_reduce(const floating[:, :, ::1] dy, const floating[:, :, ::1] x,
+                    const double[::1] mean, double[::1] sum_dy, double[::1] sum_dy_xmu,
+                    int num_threads=1):
+    """Per-channel sums the normalization backward needs.
+
+    IN  dy, x: (A, C, B) float32/float64, C-contiguous, same dtype.
+    IN  mean: (C,) float64, the mean used in the forward pass.
+    OUT sum_dy: (C,) float64, sum of dy[:, c, :]            (= d loss / d beta).
+    OUT sum_dy_xmu: (C,) float64, sum of dy * (x - mean[c])  (times invstd = d loss / d gamma).
+    """
+    cdef Py_ssize_t A = x.shape[0], C = x.shape[1], B = x.shape[2], a, c, off
+    cdef const floating* dyp = &dy[0, 0, 0]
+    cdef const floating* xp = &x[0, 0, 0]
+    cdef double s_dy, s_dyx
+    with nogil:
+        for c in prange(C, num_threads=num_threads, schedule="static"):
+            s_dy = 0
+            s_dyx = 0
+            for a in range(A):
+                off = (a * C + c) * B
+                _product_sums(dyp + off, xp + off, B, mean[c], &s_dy, &s_dyx)
+            sum_dy[c] = s_dy
+            sum_dy_xmu[c] = s_dyx
+
+
+def backward_input(const floating[:, :, ::1] dy, const floating[:, :, ::1] x,
+                   const double[::1] mean, const double[::1] scale, const double[::1] mean_dy,
+                   const double[::1] proj, floating[:, :, ::1] dx, int num_threads=1):
+    """dx[a, c, b] = scale[c] * (dy - mean_dy[c] - (x - mean[c]) * proj[c]), in float64.
+
+    IN  dy, x: (A, C, B) float32/float64, C-contiguous, same dtype.
+    IN  mean, scale, mean_dy, proj: (C,) float64. For BatchNorm in training (Ioffe & Szegedy 2015,
+        sec. 3, backprop equations): scale = gamma * invstd, mean_dy = mean(dy),
+        proj = invstd^2 * mean(dy * (x - mean)). In eval mode mean_dy = proj = 0.
+    OUT dx: (A, C, B), same dtype as dy; may alias dy.
+    """
+    cdef Py_ssize_t A = x.shape[0], C = x.shape[1], B = x.shape[2], r, c, i
+    cdef double m, s, md, p
+    cdef const floating* dyr
+    cdef const floating* xr
+    cdef floating* dxr
+    with nogil:
+        for r in prange(A * C, num_threads=num_threads, schedule="static"):
+            c = r % C
+            m = mean[c]
+            s = scale[c]
+            md = mean_dy[c]
+            p = proj[c]
+            dyr = &dy[0, 0, 0] + r * B
+            xr = &x[0, 0, 0] + r * B
+            dxr = &dx[0, 0, 0] + r * B
+            for i in range(B):
+                dxr[i] = <floating>(s * (dyr[i] - md - (xr[i] - m) * p))

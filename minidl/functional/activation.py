@@ -1,0 +1,55 @@
+"""Activations as stateless forward/backward pairs: ReLU and softmax."""
+import numpy as np
+
+from .._checks import check_float_array, check_grad
+
+__all__ = ["relu_forward", "relu_backward", "softmax_forward", "softmax_backward"]
+
+
+def relu_forward(x, layer="relu"):
+    """max(x, 0) elementwise (Nair & Hinton, 2010).
+
+    Args:
+        x (np.ndarray): any shape, float32 or float64.
+    Returns:
+        (out, cache): ``out`` like ``x``; ``cache`` holds the boolean mask ``x > 0``.
+    Raises:
+        TypeError: ``x`` is not a float32/float64 ndarray.
+    """
+    check_float_array(layer, x)
+    mask = x > 0
+    return np.where(mask, x, x.dtype.type(0)), (mask, x.dtype)
+
+
+def relu_backward(dout, cache, layer="relu"):
+    """d loss / d x = dout where x > 0, else 0 (the subgradient at 0 is 0, as in PyTorch)."""
+    mask, dtype = cache
+    check_grad(layer, dout, mask.shape, dtype)
+    return np.where(mask, dout, dtype.type(0))
+
+
+def softmax_forward(x, axis=1, layer="softmax"):
+    """exp(x) / sum(exp(x)) along ``axis``, computed stably (the max is subtracted first).
+
+    Args:
+        x (np.ndarray): any shape with ``axis`` in range, float32 or float64.
+        axis (int): the axis to normalize over (default 1, the class axis of ``(N, K)``).
+    Returns:
+        (out, cache): ``out`` like ``x``, each slice along ``axis`` sums to 1.
+    Raises:
+        TypeError: non-float input. ValueError: ``axis`` out of range for ``x``.
+    """
+    check_float_array(layer, x)
+    if not -x.ndim <= axis < x.ndim:
+        raise ValueError(f"{layer}: axis {axis} is out of range for input of shape {x.shape}")
+    shifted = x - x.max(axis=axis, keepdims=True)
+    out = np.exp(shifted)
+    out /= out.sum(axis=axis, keepdims=True)
+    return out, (out, axis)
+
+
+def softmax_backward(dout, cache, layer="softmax"):
+    """d loss / d x = y * (dout - sum(dout * y, axis)) for y = softmax(x)."""
+    out, axis = cache
+    check_grad(layer, dout, out.shape, out.dtype)
+    return out * (dout - np.sum(dout * out, axis=axis, keepdims=True))

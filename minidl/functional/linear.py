@@ -1,0 +1,48 @@
+"""Fully connected (dense) layer as a stateless forward/backward pair.
+
+out = x @ weight.T + bias, with ``weight`` in PyTorch's ``(out_features, in_features)`` layout.
+The matrix products use NumPy's BLAS.
+"""
+from .._checks import check_grad, check_input
+
+__all__ = ["linear_forward", "linear_backward"]
+
+
+def linear_forward(x, weight, bias=None, layer="linear"):
+    """Affine map of a batch of vectors.
+
+    Args:
+        x (np.ndarray): ``(N, in_features)``, float32 or float64.
+        weight (np.ndarray): ``(out_features, in_features)``, cast to x's dtype if it differs.
+        bias (np.ndarray or None): ``(out_features,)``.
+    Returns:
+        (out, cache): ``out`` is ``(N, out_features)`` in x's dtype.
+    Raises:
+        TypeError: non-float input. ValueError: ``x`` is not ``(N, in_features)``.
+    """
+    out_features, in_features = weight.shape
+    check_input(layer, x, "NF", {"F": in_features})
+    w = weight.astype(x.dtype, copy=False)
+    out = x @ w.T
+    if bias is not None:
+        out += bias.astype(x.dtype, copy=False)
+    return out, (x, w, bias is not None)
+
+
+def linear_backward(dout, cache, layer="linear"):
+    """Gradients of :func:`linear_forward`.
+
+    Args:
+        dout (np.ndarray): ``(N, out_features)``, the dtype of the forward output.
+    Returns:
+        (dx, dweight, dbias): ``(N, in_features)``, ``(out_features, in_features)`` and
+        ``(out_features,)`` (None without bias), all in x's dtype.
+    Raises:
+        ValueError/TypeError: ``dout`` does not match the forward output.
+    """
+    x, w, has_bias = cache
+    check_grad(layer, dout, (x.shape[0], w.shape[0]), x.dtype)
+    dx = dout @ w
+    dweight = dout.T @ x
+    dbias = dout.sum(axis=0) if has_bias else None
+    return dx, dweight, dbias

@@ -1,0 +1,173 @@
+"""Batch Normalization as a stateless forward/backward pair (validation + kernel dispatch).
+
+Math (Ioffe & Szegedy, 2015, "Batch Normalization: Accelerating Deep Network Training by
+Reducing Internal Covariate Shift", Algorithm 1 and the backprop equations of section 3), per
+channel c over the m = N*H*W values of a mini-batch:
+
+    mu_c      = 1/m * sum x                     (batch mean)
+    var_c     = 1/m * sum (x - mu_c)^2          (biased batch variance, used to normalize)
+    xhat      = (x - mu_c) / sqrt(var_c + eps)
+    y         = gamma_c * xhat + beta_c
+
+    dbeta_c   = sum dy
+    dgamma_c  = sum dy * xhat
+    dx        = gamma_c / sqrt(var_c + eps) * (dy - mean(dy) - xhat * mean(dy * xhat))
+
+With running statistics (eval mode) mu and var are constants, so dx = gamma / sqrt(var + eps) * dy.
+
+The kernels work on a ``(A, C, B)`` view of the input and reduce over axes 0 and 2 (see
+``minidl/_kernels/_batchnorm.pyx``); BatchNorm's view of ``(N, C, *spatial)`` is
+``(N, C, prod(spatial))``. LayerNorm, GroupNorm and InstanceNorm are other views of the same core.
+"""
+import numpy as np
+
+from .. import _config
+from .._checks import check_grad, check_input
+from .._kernels import _batchnorm as _kernel
+
+__all__ = ["batch_norm_forward", "batch_norm_backward", "channel_stats", "update_running_stats"]
+
+_LAYOUTS = ("NC", "NCL", "NCHW")
+
+
+def _as_acb(x):
+    """View ``(N, C, *spatial)`` as a C-contiguous ``(N, C, prod(spatial))`` array."""
+    n, c = x.shape[:2]
+    return np.ascontiguousarray(x).reshape(n, c, -1)
+
+
+def _channel_vector(layer, value, num_channels, name):
+    """A per-channel parameter/statistic as a float64 ``(C,)`` array (None stays None)."""
+    if value is None:
+        return None
+    value = np.asarray(value)
+    if value.shape != (num_channels,):
+        raise ValueError(f"{layer}: expected {name} of shape ({num_channels},), got {value.shape}")
+    return value.astype(np.float64)
+
+
+def channel_stats(x3):
+    """Per-channel mean and biased variance of a C-contiguous ``(A, C, B)`` array.
+
+    Returns:
+        (mean, var): two float64 arrays of shape ``(C,)``.
+    """
+    c = x3.shape[1]
+    mean = np.empty(c, np.float64)
+    var = np.empty(c, np.float64)
+    _kernel.channel_stats(x3, mean, var, _config.get_num_threads())
+    return mean, var
+
+
+def update_running_stats(running_mean, running_var, mean, var, count, momentum):
+    """Update running estimates in place, following PyTorch's convention.
+
+    ``running = (1 - momentum) * running + momentum * batch``, where the batch variance is the
+    *unbiased* one, ``var * count / (count - 1)``. (Keras' ``momentum`` is ``1 -`` this one.)
+
+    Args:
+        running_mean, running_var: ``(C,)`` float arrays, updated in place.
+        mean, var: ``(C,)`` float64 batch mean and biased variance.
+        count (int): values per channel in the batch, > 1.
+        momentum (float): the averaging factor in [0, 1].
+    """
+    unbiased = var * (count / (count - 1.0))
+    running_mean *= 1.0 - momentum
+    running_mean += momentum * mean
+    running_var *= 1.0 - momentum
+    running_var += momentum * unbiased
+
+
+def batch_norm_forward(x, weight=None, bias=None, running_mean=None, running_var=None,
+                       training=True, momentum=0.1, eps=1e-5, layer="batch_norm"):
+    """Batch-normalize ``x`` per channel (axis 1); like ``torch.nn.functional.batch_norm``.
+
+    Args:
+        x (np.ndarray): ``(N, C)``, ``(N, C, L)`` or ``(N, C, H, W)``, float32 or float64.
+        weight, bias (np.ndarray or None): gamma and beta, ``(C,)``; None means 1 and 0.
+        running_mean, running_var (np.ndarray or None): ``(C,)`` running estimates. In training
+            they are updated in place (if given) with ``momentum``; in eval (``training=False``)
+            they are used to normalize and must be given.
+        training (bool): normalize with the batch statistics (True) or the running ones.
+        momentum (float): running-average factor (PyTorch convention:
+            ``running = (1 - momentum) * running + momentum * batch``).
+        eps (float): added to the variance before the square root (default 1e-5, as PyTorch).
+        layer (str): name used in error messages.
+    Returns:
+        (out, cache): ``out`` has the shape and dtype of ``x``; ``cache`` is for
+        :func:`batch_norm_backward`.
+    Raises:
+        TypeError: ``x`` is not a float32/float64 ndarray.
+        ValueError: wrong rank or parameter shape; training with one value per channel;
+            eval without running statistics; eps <= 0.
+    """
+    check_input(layer, x, _LAYOUTS)
+    num_channels = x.shape[1]
+    if not eps > 0:
+        raise ValueError(f"{layer}: eps must be > 0, got {eps}")
+    gamma = _channel_vector(layer, weight, num_channels, "weight")
+    beta = _channel_vector(layer, bias, num_channels, "bias")
+    x3 = _as_acb(x)
+    count = x3.shape[0] * x3.shape[2]
+    if training:
+        if count <= 1:
+            raise ValueError(
+                f"{layer}: expected more than 1 value per channel when training, "
+                f"got input of shape {x.shape}"
+            )
+        mean, var = channel_stats(x3)
+        if running_mean is not None:
+            _channel_vector(layer, running_mean, num_channels, "running_mean")
+            _channel_vector(layer, running_var, num_channels, "running_var")
+            update_running_stats(running_mean, running_var, mean, var, count, momentum)
+    else:
+        if running_mean is None or running_var is None:
+            raise ValueError(f"{layer}: eval mode needs running_mean and running_var")
+        mean = _channel_vector(layer, running_mean, num_channels, "running_mean")
+        var = _channel_vector(layer, running_var, num_channels, "running_var")
+    invstd = 1.0 / np.sqrt(var + eps)
+    scale = invstd if gamma is None else gamma * invstd
+    shift = np.zeros(num_channels) if beta is None else beta
+    out3 = np.empty_like(x3)
+    _kernel.normalize(x3, mean, scale, shift, out3, _config.get_num_threads())
+    cache = (x3, mean, invstd, gamma, bool(training), x.shape, weight is not None, bias is not None)
+    return out3.reshape(x.shape), cache
+
+
+def batch_norm_backward(dout, cache, layer="batch_norm"):
+    """Gradients of :func:`batch_norm_forward`.
+
+    Args:
+        dout (np.ndarray): d loss / d out, the shape and dtype of the forward output.
+        cache: the second value returned by :func:`batch_norm_forward`.
+    Returns:
+        (dx, dweight, dbias): ``dx`` like ``x``; ``dweight`` and ``dbias`` float64 ``(C,)``
+        (None where the forward had no weight/bias). In training mode ``dx`` includes the paths
+        through the batch mean and variance; in eval mode it is the affine part only.
+    Raises:
+        ValueError/TypeError: ``dout`` does not match the forward output.
+    """
+    x3, mean, invstd, gamma, training, shape, has_weight, has_bias = cache
+    check_grad(layer, dout, shape, x3.dtype)
+    dy3 = _as_acb(dout)
+    num_channels = x3.shape[1]
+    count = x3.shape[0] * x3.shape[2]
+    threads = _config.get_num_threads()
+
+    sum_dy = np.empty(num_channels, np.float64)
+    sum_dy_xmu = np.empty(num_channels, np.float64)
+    _kernel.backward_reduce(dy3, x3, mean, sum_dy, sum_dy_xmu, threads)
+    sum_dy_xhat = sum_dy_xmu * invstd
+
+    scale = invstd if gamma is None else gamma * invstd
+    if training:
+        mean_dy = sum_dy / count
+        proj = invstd * sum_dy_xhat / count
+    else:
+        mean_dy = np.zeros(num_channels)
+        proj = np.zeros(num_channels)
+    dx3 = np.empty_like(x3)
+    _kernel.backward_input(dy3, x3, mean, scale, mean_dy, proj, dx3, threads)
+    dweight = sum_dy_xhat if has_weight else None
+    dbias = sum_dy if has_bias else None
+    return dx3.reshape(shape), dweight, dbias

@@ -1,0 +1,60 @@
+"""Activation layers: ReLU and Softmax."""
+from ..functional.activation import relu_backward, relu_forward, softmax_backward, softmax_forward
+from .module import Module
+
+__all__ = ["ReLU", "Softmax"]
+
+
+class _Stateless(Module):
+    """A parameter-free layer whose forward caches what its backward needs."""
+
+    def __init__(self):
+        super().__init__()
+        self._cache = None
+
+    def _need_cache(self):
+        if self._cache is None:
+            raise RuntimeError(f"{type(self).__name__}: backward called before forward")
+        return self._cache
+
+
+class ReLU(_Stateless):
+    """Rectified linear unit, ``max(x, 0)`` elementwise (Nair & Hinton, 2010).
+
+    Shape: any input, float32 or float64; output of the same shape and dtype.
+    The gradient at exactly 0 is 0, as in PyTorch.
+    """
+
+    def forward(self, x):
+        out, self._cache = relu_forward(x, layer="ReLU")
+        return out
+
+    def backward(self, dout):
+        return relu_backward(dout, self._need_cache(), layer="ReLU")
+
+
+class Softmax(_Stateless):
+    """Softmax along ``axis``: ``exp(x_i) / sum_j exp(x_j)``, computed stably.
+
+    For training a classifier, feed logits to :class:`minidl.losses.CrossEntropyLoss`
+    instead (it fuses log-softmax and the loss, which is faster and more accurate).
+
+    Args:
+        axis (int): the axis that sums to 1. Default 1 (classes of an ``(N, K)`` input).
+    Shape: any input with that axis, float32 or float64; output of the same shape and dtype.
+    Raises: TypeError for non-float input, ValueError if ``axis`` is out of range.
+    """
+
+    def __init__(self, axis=1):
+        super().__init__()
+        self.axis = int(axis)
+
+    def forward(self, x):
+        out, self._cache = softmax_forward(x, self.axis, layer="Softmax")
+        return out
+
+    def backward(self, dout):
+        return softmax_backward(dout, self._need_cache(), layer="Softmax")
+
+    def extra_repr(self):
+        return f"axis={self.axis}"

@@ -1,0 +1,60 @@
+"""Dense (fully connected) layer."""
+import numpy as np
+
+from ..functional.linear import linear_backward, linear_forward
+from .init import uniform_fan_in
+from .module import Module, Parameter
+
+__all__ = ["Dense"]
+
+
+class Dense(Module):
+    """Fully connected layer: ``y = x @ weight.T + bias`` (PyTorch's ``nn.Linear``).
+
+    Args:
+        in_features (int): size of each input vector.
+        out_features (int): size of each output vector.
+        bias (bool): learn an additive bias. Default True.
+        rng (np.random.Generator or int, optional): for the initialization; default: the global
+            generator seeded by :func:`minidl.manual_seed`.
+        dtype: float32 (default) or float64 parameters.
+
+    Attributes:
+        weight (Parameter): ``(out_features, in_features)``, U(-1/sqrt(in_features), +) at init.
+        bias (Parameter or None): ``(out_features,)``, same init.
+
+    Shape:
+        input ``(N, in_features)``, float32 or float64; output ``(N, out_features)``, same dtype.
+
+    Raises:
+        TypeError: non-float input. ValueError: input not ``(N, in_features)``.
+    """
+
+    def __init__(self, in_features, out_features, bias=True, rng=None, dtype=np.float32):
+        super().__init__()
+        for name, value in (("in_features", in_features), ("out_features", out_features)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"Dense: {name} must be an integer >= 1, got {value!r}")
+        self.in_features = int(in_features)
+        self.out_features = int(out_features)
+        self.weight = Parameter(uniform_fan_in((out_features, in_features), in_features, rng, dtype))
+        self.bias = Parameter(uniform_fan_in((out_features,), in_features, rng, dtype)) if bias else None
+        self._cache = None
+
+    def forward(self, x):
+        out, self._cache = linear_forward(
+            x, self.weight.data, None if self.bias is None else self.bias.data, layer="Dense"
+        )
+        return out
+
+    def backward(self, dout):
+        if self._cache is None:
+            raise RuntimeError("Dense: backward called before forward")
+        dx, dweight, dbias = linear_backward(dout, self._cache, layer="Dense")
+        self.weight.accumulate_grad(dweight)
+        if self.bias is not None:
+            self.bias.accumulate_grad(dbias)
+        return dx
+
+    def extra_repr(self):
+        return f"{self.in_features}, {self.out_features}, bias={self.bias is not None}"

@@ -1,0 +1,164 @@
+"""Batch Normalization layers.
+
+One base class, :class:`_NormBase`, owns the constructor, the parameters and buffers, the choice
+between batch and running statistics, and forward/backward; the public classes only say which
+input ranks they accept. The math is in :mod:`minidl.functional.normalization`.
+"""
+import numpy as np
+
+from ..functional.normalization import batch_norm_backward, batch_norm_forward
+from .._checks import check_input
+from .module import Module, Parameter
+
+__all__ = ["BatchNorm", "BatchNorm1D", "BatchNorm2D"]
+
+
+class _NormBase(Module):
+    """Shared state and logic of the BatchNorm variants (see :class:`BatchNorm`)."""
+
+    _layouts = ("NC", "NCL", "NCHW")
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
+                 track_running_stats=True, dtype=np.float32):
+        super().__init__()
+        name = type(self).__name__
+        if isinstance(num_features, bool) or not isinstance(num_features, (int, np.integer)) \
+                or num_features < 1:
+            raise ValueError(f"{name}: num_features must be an integer >= 1, got {num_features!r}")
+        if not eps > 0:
+            raise ValueError(f"{name}: eps must be > 0, got {eps!r}")
+        if momentum is not None and not 0.0 <= momentum <= 1.0:
+            raise ValueError(f"{name}: momentum must be in [0, 1] or None, got {momentum!r}")
+        self.num_features = int(num_features)
+        self.eps = float(eps)
+        self.momentum = momentum
+        self.affine = bool(affine)
+        self.track_running_stats = bool(track_running_stats)
+        if self.affine:
+            self.weight = Parameter(np.ones(self.num_features, dtype))
+            self.bias = Parameter(np.zeros(self.num_features, dtype))
+        else:
+            self.weight = None
+            self.bias = None
+        if self.track_running_stats:
+            self.register_buffer("running_mean", np.zeros(self.num_features, dtype))
+            self.register_buffer("running_var", np.ones(self.num_features, dtype))
+            self.register_buffer("num_batches_tracked", np.zeros((), np.int64))
+        else:
+            self.register_buffer("running_mean", None)
+            self.register_buffer("running_var", None)
+            self.register_buffer("num_batches_tracked", None)
+        self._cache = None
+
+    def reset_running_stats(self):
+        """Running mean 0, running variance 1, no batches tracked."""
+        if self.track_running_stats:
+            self.running_mean[...] = 0
+            self.running_var[...] = 1
+            self.num_batches_tracked[...] = 0
+
+    def reset_parameters(self):
+        """Reset the running statistics, gamma to 1 and beta to 0."""
+        self.reset_running_stats()
+        if self.affine:
+            self.weight.data[...] = 1
+            self.bias.data[...] = 0
+
+    def forward(self, x):
+        name = type(self).__name__
+        check_input(name, x, self._layouts, {"C": self.num_features})
+        use_batch_stats = self.training or not self.track_running_stats
+        factor = 0.0
+        if self.training and self.track_running_stats:
+            self.num_batches_tracked += 1
+            if self.momentum is None:  # cumulative moving average
+                factor = 1.0 / float(self.num_batches_tracked)
+            else:
+                factor = self.momentum
+        update = self.training and self.track_running_stats
+        out, self._cache = batch_norm_forward(
+            x,
+            None if self.weight is None else self.weight.data,
+            None if self.bias is None else self.bias.data,
+            self.running_mean if (update or not use_batch_stats) else None,
+            self.running_var if (update or not use_batch_stats) else None,
+            training=use_batch_stats,
+            momentum=factor,
+            eps=self.eps,
+            layer=name,
+        )
+        return out
+
+    def backward(self, dout):
+        if self._cache is None:
+            raise RuntimeError(f"{type(self).__name__}: backward called before forward")
+        dx, dweight, dbias = batch_norm_backward(dout, self._cache, layer=type(self).__name__)
+        if self.affine:
+            self.weight.accumulate_grad(dweight)
+            self.bias.accumulate_grad(dbias)
+        return dx
+
+    def extra_repr(self):
+        return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
+                f"affine={self.affine}, track_running_stats={self.track_running_stats}")
+
+
+class BatchNorm(_NormBase):
+    r"""Batch Normalization over the channel axis (axis 1) of ``(N, C)``, ``(N, C, L)`` or
+    ``(N, C, H, W)`` inputs.
+
+    Ioffe & Szegedy, 2015, "Batch Normalization: Accelerating Deep Network Training by Reducing
+    Internal Covariate Shift", Algorithm 1:
+
+        y = (x - E[x]) / sqrt(Var[x] + eps) * gamma + beta
+
+    with one ``gamma`` (``weight``) and one ``beta`` (``bias``) per channel. The statistics are
+    per channel, over N values for ``(N, C)`` and over N*H*W values for ``(N, C, H, W)``
+    (the "convolutional" BatchNorm of section 3.2).
+
+    In training mode the layer normalizes with the batch mean and the *biased* batch variance,
+    and updates the running estimates with the *unbiased* variance:
+
+        running_mean = (1 - momentum) * running_mean + momentum * batch_mean
+        running_var  = (1 - momentum) * running_var  + momentum * batch_var * m / (m - 1)
+
+    This is PyTorch's momentum convention (Keras/TensorFlow use ``1 - momentum``). With
+    ``momentum=None`` the running estimates are the cumulative average over
+    ``num_batches_tracked`` batches. ``eps=1e-5`` is PyTorch's default too. In eval mode the
+    running estimates are used and nothing is updated, so each sample's output is independent of
+    the rest of its batch; the backward pass is then the affine part only.
+
+    Args:
+        num_features (int): C, the number of channels.
+        eps (float): added to the variance for stability. Default 1e-5.
+        momentum (float or None): running-average factor. Default 0.1.
+        affine (bool): learn ``weight`` (init 1) and ``bias`` (init 0). Default True.
+        track_running_stats (bool): keep ``running_mean`` (init 0), ``running_var`` (init 1) and
+            ``num_batches_tracked``; if False, batch statistics are used in eval mode too.
+        dtype: dtype of the parameters and buffers, float32 (default) or float64.
+
+    Shape:
+        input ``(N, C)``, ``(N, C, L)`` or ``(N, C, H, W)``, float32 or float64; output: the same
+        shape and dtype.
+
+    Raises:
+        TypeError: a non-float input. ValueError: wrong rank or channel count, or training with
+        one value per channel (N*H*W == 1).
+
+    Example:
+        >>> bn = BatchNorm(32)
+        >>> y = bn(np.random.randn(8, 32, 14, 14).astype(np.float32))   # training mode
+        >>> bn.eval(); y = bn(x)                                          # running statistics
+    """
+
+
+class BatchNorm1D(BatchNorm):
+    """:class:`BatchNorm` that accepts only ``(N, C)`` or ``(N, C, L)`` inputs."""
+
+    _layouts = ("NC", "NCL")
+
+
+class BatchNorm2D(BatchNorm):
+    """:class:`BatchNorm` that accepts only ``(N, C, H, W)`` inputs."""
+
+    _layouts = ("NCHW",)

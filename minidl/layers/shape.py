@@ -1,0 +1,33 @@
+"""Layers that only change the shape of their input."""
+import math
+
+from .._checks import check_float_array, check_grad
+from .module import Module
+
+__all__ = ["Flatten"]
+
+
+class Flatten(Module):
+    """Flatten every axis but the first: ``(N, d1, d2, ...)`` to ``(N, d1*d2*...)``.
+
+    Shape: input ``(N, *)`` with at least 2 axes, float32 or float64; output ``(N, prod(*))``.
+    Raises: TypeError for non-float input, ValueError for a 1-D input.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self._shape = None
+
+    def forward(self, x):
+        check_float_array("Flatten", x)
+        if x.ndim < 2:
+            raise ValueError(f"Flatten: expected input of shape (N, ...) with >= 2 axes, got {x.shape}")
+        self._shape = (x.shape, x.dtype)
+        return x.reshape(x.shape[0], -1)
+
+    def backward(self, dout):
+        if self._shape is None:
+            raise RuntimeError("Flatten: backward called before forward")
+        shape, dtype = self._shape
+        check_grad("Flatten", dout, (shape[0], math.prod(shape[1:])), dtype)
+        return dout.reshape(shape)

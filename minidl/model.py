@@ -1,0 +1,54 @@
+"""Models built from layers."""
+from .layers.module import Module
+
+__all__ = ["Sequential"]
+
+
+class Sequential(Module):
+    """Layers applied in order; backward runs them in reverse.
+
+    Children are named ``"0"``, ``"1"``, ... so ``state_dict`` keys look like PyTorch's
+    (``"1.running_mean"``).
+
+    Args:
+        *layers (Module): the layers, in forward order.
+    Raises:
+        TypeError: an argument is not a :class:`~minidl.layers.Module`.
+
+    Example:
+        >>> model = Sequential(layers.Dense(4, 8), layers.ReLU(), layers.Dense(8, 2))
+        >>> logits = model(x)                    # x: (N, 4) float32
+        >>> dx = model.backward(dlogits)         # accumulates parameter gradients
+    """
+
+    def __init__(self, *layers):
+        super().__init__()
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, Module):
+                raise TypeError(f"Sequential: argument {i} is a {type(layer).__name__}, not a Module")
+            setattr(self, str(i), layer)
+
+    def __len__(self):
+        return len(self._modules)
+
+    def __getitem__(self, index):
+        return list(self._modules.values())[index]
+
+    def __iter__(self):
+        return iter(self._modules.values())
+
+    def forward(self, x):
+        """Run every layer in order; returns the last layer's output."""
+        for layer in self._modules.values():
+            x = layer(x)
+        return x
+
+    def backward(self, dout):
+        """Backpropagate ``dout`` (d loss / d output) through the layers in reverse.
+
+        Parameter gradients are accumulated into each ``Parameter.grad``.
+        Returns: d loss / d input.
+        """
+        for layer in reversed(self._modules.values()):
+            dout = layer.backward(dout)
+        return dout

@@ -1,0 +1,312 @@
+"""BatchNorm: kernels against the NumPy reference, numerics, gradients, running statistics, errors."""
+import numpy as np
+import pytest
+
+from minidl.functional import normalization as F
+from minidl.layers.dense import Dense
+from minidl.layers.normalization import BatchNorm, BatchNorm1D, BatchNorm2D
+from minidl.model import Sequential
+from minidl.reference import normalization as ref
+
+from helpers import check_module_gradients
+
+SHAPES = [(4, 3), (7, 5), (2, 3, 5, 5), (3, 4, 1, 7), (5, 2, 3), (1, 2, 3, 3)]
+TOL = {np.float32: dict(rtol=1e-5, atol=1e-5), np.float64: dict(rtol=1e-12, atol=1e-12)}
+
+
+def _random_bn_input(rng, shape, dtype):
+    channel_shift = rng.uniform(-3, 3, size=(1, shape[1]) + (1,) * (len(shape) - 2))
+    return (rng.standard_normal(shape) * 2 + channel_shift).astype(dtype)
+
+
+def _non_contiguous(x):
+    """The same values as x, as a non-C-contiguous view."""
+    y = np.asfortranarray(x)
+    assert not y.flags.c_contiguous or x.ndim == 1 or y.size == 1
+    return y
+
+
+# ----------------------------------------------------------------------------- kernels vs reference
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("contiguous", [True, False])
+def test_train_forward_backward_match_reference(rng, shape, dtype, contiguous):
+    x = _random_bn_input(rng, shape, dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    gamma = rng.standard_normal(shape[1])
+    beta = rng.standard_normal(shape[1])
+    x_in = x if contiguous else _non_contiguous(x)
+    dy_in = dy if contiguous else _non_contiguous(dy)
+
+    mean, var = ref.batch_stats(x)
+    out, cache = F.batch_norm_forward(x_in, gamma, beta, training=True, eps=1e-5)
+    assert out.dtype == dtype and out.shape == shape
+    np.testing.assert_allclose(out, ref.batch_norm_forward(x, gamma, beta, mean, var, 1e-5), **TOL[dtype])
+
+    dx, dgamma, dbeta = F.batch_norm_backward(dy_in, cache)
+    rdx, rdgamma, rdbeta = ref.batch_norm_backward_train(dy, x, gamma, 1e-5)
+    assert dx.dtype == dtype
+    np.testing.assert_allclose(dx, rdx, **TOL[dtype])
+    np.testing.assert_allclose(dgamma, rdgamma, rtol=1e-6 if dtype == np.float32 else 1e-12, atol=1e-5)
+    np.testing.assert_allclose(dbeta, rdbeta, rtol=1e-6 if dtype == np.float32 else 1e-12, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_eval_forward_backward_match_reference(rng, shape, dtype):
+    x = _random_bn_input(rng, shape, dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    gamma, beta = rng.standard_normal(shape[1]), rng.standard_normal(shape[1])
+    running_mean = rng.standard_normal(shape[1]).astype(dtype)
+    running_var = rng.uniform(0.5, 2.0, shape[1]).astype(dtype)
+    before = running_mean.copy(), running_var.copy()
+
+    out, cache = F.batch_norm_forward(x, gamma, beta, running_mean, running_var, training=False)
+    np.testing.assert_allclose(
+        out, ref.batch_norm_forward(x, gamma, beta, running_mean, running_var, 1e-5), **TOL[dtype])
+    dx, dgamma, dbeta = F.batch_norm_backward(dy, cache)
+    rdx, rdgamma, rdbeta = ref.batch_norm_backward_eval(dy, x, gamma, running_mean, running_var, 1e-5)
+    np.testing.assert_allclose(dx, rdx, **TOL[dtype])
+    np.testing.assert_allclose(dgamma, rdgamma, rtol=1e-6, atol=1e-5)
+    np.testing.assert_allclose(dbeta, rdbeta, rtol=1e-6, atol=1e-5)
+    np.testing.assert_array_equal(running_mean, before[0])
+    np.testing.assert_array_equal(running_var, before[1])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_channel_stats_kernel_matches_two_pass_reference(rng, dtype):
+    x = _random_bn_input(rng, (6, 5, 4, 3), dtype)
+    mean, var = F.channel_stats(x.reshape(6, 5, 12))
+    rmean, rvar = ref.batch_stats(x)
+    np.testing.assert_allclose(mean, rmean, rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(var, rvar, rtol=1e-12)
+
+
+# ----------------------------------------------------------------------------- numerics
+def test_large_mean_small_std_float32_normalizes_correctly(rng):
+    x = (1e4 + 1e-2 * rng.standard_normal((16, 3, 8, 8))).astype(np.float32)
+    bn = BatchNorm(3, eps=1e-12)
+    y = bn(x)
+    # compare with the exact float64 computation on the same float32 values
+    mean, var = ref.batch_stats(x)
+    expected = (x.astype(np.float64) - mean[None, :, None, None]) / np.sqrt(var[None, :, None, None])
+    np.testing.assert_allclose(y, expected, atol=1e-4)
+    assert np.allclose(y.std(axis=(0, 2, 3)), 1.0, atol=1e-4)
+    assert np.allclose(y.mean(axis=(0, 2, 3)), 0.0, atol=1e-5)
+
+
+def test_outlier_first_value_uses_corrected_second_pass(rng):
+    # The one-pass shift is the channel's first value. A value can be at most sqrt(n - 1) standard
+    # deviations from the mean, so a far outlier needs a long channel: 4e6 values, the first one
+    # 2000 standard deviations away; the second pass must recover mean and variance exactly.
+    n = 4_000_000
+    x = 1e-3 * rng.standard_normal(n)
+    x[0] = 1e3
+    mean, var = F.channel_stats(x.reshape(n, 1, 1))
+    rmean, rvar = ref.batch_stats(x.reshape(n, 1))
+    assert (x[0] - rmean[0]) ** 2 > 1e6 * rvar[0]  # the case the second pass is for
+    np.testing.assert_allclose(var, rvar, rtol=1e-10)
+    np.testing.assert_allclose(mean, rmean, rtol=0, atol=1e-10 * np.sqrt(rvar[0]))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("value", [0.1, -3.7e5, 1e4 + 0.5])
+def test_constant_channel_gives_exactly_beta(dtype, value, rng):
+    x = rng.standard_normal((4, 3, 5, 5)).astype(dtype)
+    x[:, 1] = value
+    bn = BatchNorm(3, dtype=dtype)
+    bn.weight.data[:] = [1.5, 2.5, -0.5]
+    bn.bias.data[:] = [0.25, 0.3, 0.7]
+    y = bn(x)
+    assert np.all(y[:, 1] == dtype(0.3))
+    dx = bn.backward(rng.standard_normal(x.shape).astype(dtype))
+    assert np.all(np.isfinite(dx))
+
+
+# ----------------------------------------------------------------------------- gradients (float64)
+def _float64_model(*layers):
+    return Sequential(*layers).astype(np.float64)
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_gradients_batchnorm_after_dense_train(rng, momentum):
+    model = _float64_model(Dense(5, 4, rng=rng), BatchNorm(4, momentum=momentum))
+    model[1].weight.data[:] = rng.standard_normal(4)
+    model[1].bias.data[:] = rng.standard_normal(4)
+    check_module_gradients(model, rng.standard_normal((6, 5)), rng)
+
+
+def test_gradients_batchnorm_after_dense_eval(rng):
+    model = _float64_model(Dense(5, 4, rng=rng), BatchNorm(4))
+    model.train()
+    for _ in range(3):
+        model(rng.standard_normal((6, 5)) * 2 + 1)
+    model.eval()
+    check_module_gradients(model, rng.standard_normal((6, 5)), rng)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_gradients_batchnorm_4d(rng, training):
+    bn = BatchNorm(3, dtype=np.float64)
+    bn.weight.data[:] = rng.standard_normal(3)
+    bn.running_mean[:] = rng.standard_normal(3)
+    bn.running_var[:] = rng.uniform(0.5, 2, 3)
+    bn.train(training)
+    check_module_gradients(bn, _random_bn_input(rng, (3, 3, 4, 5), np.float64), rng)
+
+
+def test_gradients_batchnorm_without_affine(rng):
+    bn = BatchNorm(3, affine=False, dtype=np.float64)
+    assert bn.parameters() == []
+    check_module_gradients(bn, _random_bn_input(rng, (4, 3, 2, 3), np.float64), rng)
+
+
+# ----------------------------------------------------------------------------- running statistics
+def test_running_stats_momentum_and_unbiased_variance(rng):
+    bn = BatchNorm(3, momentum=0.1)
+    x = _random_bn_input(rng, (4, 3, 5, 5), np.float32)
+    bn(x)
+    mean, var = ref.batch_stats(x)
+    unbiased = var * 100 / 99
+    np.testing.assert_allclose(bn.running_mean, 0.9 * 0 + 0.1 * mean, rtol=1e-6)
+    np.testing.assert_allclose(bn.running_var, 0.9 * 1 + 0.1 * unbiased, rtol=1e-6)
+    assert int(bn.num_batches_tracked) == 1
+
+
+def test_momentum_none_is_cumulative_average(rng):
+    bn = BatchNorm(2, momentum=None, dtype=np.float64)
+    batches = [_random_bn_input(rng, (8, 2), np.float64) for _ in range(5)]
+    for x in batches:
+        bn(x)
+    means = [ref.batch_stats(x)[0] for x in batches]
+    unbiased = [ref.batch_stats(x)[1] * 8 / 7 for x in batches]
+    np.testing.assert_allclose(bn.running_mean, np.mean(means, axis=0), rtol=1e-12)
+    np.testing.assert_allclose(bn.running_var, np.mean(unbiased, axis=0), rtol=1e-12)
+    assert int(bn.num_batches_tracked) == 5
+
+
+def test_eval_uses_running_stats_and_changes_nothing(rng):
+    bn = BatchNorm(3)
+    for _ in range(3):
+        bn(_random_bn_input(rng, (8, 3, 4, 4), np.float32))
+    state = bn.state_dict()
+    bn.eval()
+    x = _random_bn_input(rng, (5, 3, 4, 4), np.float32)
+    y = bn(x)
+    expected = ref.batch_norm_forward(x, np.ones(3), np.zeros(3), bn.running_mean, bn.running_var, 1e-5)
+    np.testing.assert_allclose(y, expected, rtol=1e-6, atol=1e-6)
+    for key, value in bn.state_dict().items():
+        np.testing.assert_array_equal(value, state[key])
+
+
+def test_eval_output_of_a_sample_does_not_depend_on_its_batch(rng):
+    bn = BatchNorm(3)
+    bn.weight.data[:] = rng.standard_normal(3)
+    for _ in range(2):
+        bn(_random_bn_input(rng, (8, 3, 4, 4), np.float32))
+    bn.eval()
+    batch = _random_bn_input(rng, (6, 3, 4, 4), np.float32)
+    together = bn(batch)
+    other = bn(np.concatenate([batch[2:3], 100 * _random_bn_input(rng, (4, 3, 4, 4), np.float32)]))
+    alone = bn(batch[2:3])
+    np.testing.assert_array_equal(together[2:3], alone)
+    np.testing.assert_array_equal(other[0:1], alone)
+
+
+def test_train_output_depends_on_batch(rng):
+    # the counterpart of the test above: in training mode the batch statistics are used
+    bn = BatchNorm(3)
+    batch = _random_bn_input(rng, (6, 3, 4, 4), np.float32)
+    assert not np.allclose(bn(batch)[:2], bn(batch[:2]))
+
+
+def test_no_running_stats_uses_batch_stats_in_eval(rng):
+    bn = BatchNorm(3, track_running_stats=False).eval()
+    x = _random_bn_input(rng, (4, 3, 2, 2), np.float32)
+    assert "running_mean" not in bn.state_dict()
+    mean, var = ref.batch_stats(x)
+    np.testing.assert_allclose(bn(x), ref.batch_norm_forward(x, np.ones(3), np.zeros(3), mean, var, 1e-5),
+                               rtol=1e-5, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- dtypes and state
+def test_keeps_input_dtype_with_float32_parameters(rng):
+    bn = BatchNorm(3)
+    x = _random_bn_input(rng, (4, 3, 2, 2), np.float64)
+    y = bn(x)
+    assert y.dtype == np.float64
+    dx = bn.backward(rng.standard_normal(x.shape))
+    assert dx.dtype == np.float64 and bn.weight.grad.dtype == np.float32
+    assert bn.running_mean.dtype == np.float32
+
+
+def test_gradients_accumulate_until_zero_grad(rng):
+    bn = BatchNorm(3)
+    x = _random_bn_input(rng, (4, 3, 2, 2), np.float32)
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    bn(x)
+    bn.backward(dy)
+    once = bn.weight.grad.copy()
+    bn(x)
+    bn.backward(dy)
+    np.testing.assert_allclose(bn.weight.grad, 2 * once, rtol=1e-6)
+    bn.zero_grad()
+    assert not bn.weight.grad.any()
+
+
+def test_state_dict_round_trip_restores_outputs(rng):
+    bn = BatchNorm(3)
+    bn.weight.data[:] = rng.standard_normal(3)
+    for _ in range(3):
+        bn(_random_bn_input(rng, (8, 3, 4, 4), np.float32))
+    state = bn.state_dict()
+    assert list(state) == ["weight", "bias", "running_mean", "running_var", "num_batches_tracked"]
+    other = BatchNorm(3)
+    other.load_state_dict(state)
+    x = _random_bn_input(rng, (2, 3, 4, 4), np.float32)
+    np.testing.assert_array_equal(bn.eval()(x), other.eval()(x))
+    assert int(other.num_batches_tracked) == 3
+
+
+# ----------------------------------------------------------------------------- errors
+@pytest.mark.parametrize(
+    "layer, x, match",
+    [
+        (BatchNorm(3), np.zeros((2, 4, 5, 5), np.float32), r"BatchNorm: expected input of shape .*\(N, 3, H, W\).*got shape \(2, 4, 5, 5\)"),
+        (BatchNorm(3), np.zeros((2,), np.float32), r"BatchNorm: expected input.*got shape \(2,\)"),
+        (BatchNorm1D(3), np.zeros((2, 3, 4, 4), np.float32), r"BatchNorm1D: expected input of shape \(N, 3\) or \(N, 3, L\), got shape \(2, 3, 4, 4\)"),
+        (BatchNorm2D(3), np.zeros((2, 3), np.float32), r"BatchNorm2D: expected input of shape \(N, 3, H, W\), got shape \(2, 3\)"),
+        (BatchNorm(3), np.zeros((1, 3, 1, 1), np.float32), r"BatchNorm: expected more than 1 value per channel when training"),
+        (BatchNorm(3), np.zeros((1, 3), np.float32), r"more than 1 value per channel"),
+    ],
+)
+def test_bad_input_raises_value_error(layer, x, match):
+    with pytest.raises(ValueError, match=match):
+        layer(x)
+
+
+def test_bad_dtype_and_order_errors():
+    bn = BatchNorm(3)
+    with pytest.raises(TypeError, match="BatchNorm: expected input dtype float32 or float64, got int64"):
+        bn(np.zeros((2, 3), np.int64))
+    with pytest.raises(RuntimeError, match="BatchNorm: backward called before forward"):
+        bn.backward(np.zeros((2, 3), np.float32))
+    bn(np.ones((2, 3), np.float32))
+    with pytest.raises(ValueError, match=r"BatchNorm: expected gradient of shape \(2, 3\), got \(3, 2\)"):
+        bn.backward(np.zeros((3, 2), np.float32))
+    with pytest.raises(TypeError, match="BatchNorm: expected gradient dtype float32, got float64"):
+        bn.backward(np.zeros((2, 3), np.float64))
+
+
+def test_one_sample_is_fine_in_eval():
+    bn = BatchNorm(3).eval()
+    assert bn(np.ones((1, 3, 1, 1), np.float32)).shape == (1, 3, 1, 1)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(num_features=0), "num_features"), (dict(num_features=3, eps=0), "eps"),
+    (dict(num_features=3, momentum=1.5), "momentum"),
+])
+def test_bad_constructor_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        BatchNorm(**kwargs)
