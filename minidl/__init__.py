@@ -1,5 +1,19 @@
-"""minidl: a small deep-learning framework with Cython kernels for convolution and BatchNorm."""
-from ._random import manual_seed
+"""minidl: a small deep-learning framework with Cython kernels for convolution and BatchNorm.
 
-__all__ = ["manual_seed"]
+Layers have an explicit forward and backward; arrays are NumPy arrays in NCHW layout.
+
+    import minidl
+    from minidl import layers, losses, optim, data
+"""
+from . import data, functional, layers, losses, optim
+from ._config import get_num_threads, set_num_threads
+from ._random import manual_seed
+from .model import Sequential
+from .trainer import Callback, EvaluateEvery, History, Trainer
+
+__all__ = [
+    "data", "functional", "layers", "losses", "optim",
+    "Sequential", "Trainer", "History", "Callback", "EvaluateEvery",
+    "manual_seed", "set_num_threads", "get_num_threads",
+]
 __version__ = "0.1.0"

@@ -4,7 +4,7 @@ import time
 import numpy as np
 from tqdm.auto import tqdm
 
-__all__ = ["Trainer", "History", "Callback"]
+__all__ = ["Trainer", "History", "Callback", "EvaluateEvery"]
 
 
 class History:
@@ -56,6 +56,47 @@ class Callback:
 
     def on_train_end(self, trainer):
         pass
+
+
+class EvaluateEvery(Callback):
+    """Evaluate on ``loader`` every ``every`` optimizer steps (and after the last step).
+
+    Used to draw convergence curves: test accuracy against the number of steps.
+
+    Args:
+        loader: iterable of ``(x, y)`` batches, e.g. the test set.
+        every (int): evaluate when ``trainer.global_step % every == 0``; >= 1.
+    Attributes:
+        steps (list[int]): the global steps evaluated at.
+        results (list[dict]): ``{"loss", "accuracy"}`` of :meth:`Trainer.evaluate` at each.
+    """
+
+    def __init__(self, loader, every):
+        if isinstance(every, bool) or not isinstance(every, (int, np.integer)) or every < 1:
+            raise ValueError(f"EvaluateEvery: every must be an integer >= 1, got {every!r}")
+        self.loader = loader
+        self.every = int(every)
+        self.steps = []
+        self.results = []
+
+    def _evaluate(self, trainer):
+        if not self.steps or self.steps[-1] != trainer.global_step:
+            self.steps.append(trainer.global_step)
+            self.results.append(trainer.evaluate(self.loader, progress=False))
+
+    def on_step_end(self, trainer, step, logs):
+        if step % self.every == 0:
+            self._evaluate(trainer)
+
+    def on_train_end(self, trainer):
+        self._evaluate(trainer)
+
+    def first_step_reaching(self, accuracy):
+        """The first evaluated step whose accuracy is >= ``accuracy``, or None."""
+        for step, result in zip(self.steps, self.results):
+            if result["accuracy"] >= accuracy:
+                return step
+        return None
 
 
 def _accuracy_count(logits, y):

@@ -1,4 +1,13 @@
-"""Layers: modules with an explicit forward and backward."""
+"""Layers: modules with an explicit ``forward(x)`` and ``backward(dout)``."""
+from .activation import ReLU, Softmax
+from .conv import Conv2D
+from .dense import Dense
 from .module import Module, Parameter
+from .normalization import BatchNorm, BatchNorm1D, BatchNorm2D
+from .pooling import MaxPool2D
+from .shape import Flatten
 
-__all__ = ["Module", "Parameter"]
+__all__ = [
+    "Module", "Parameter", "Conv2D", "Dense", "ReLU", "Softmax", "BatchNorm", "BatchNorm1D",
+    "BatchNorm2D", "MaxPool2D", "Flatten",
+]
