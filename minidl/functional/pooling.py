@@ -1,0 +1,108 @@
+"""2-D max pooling as a stateless forward/backward pair (validation + kernel dispatch).
+
+Definition (``torch.nn.functional.max_pool2d`` with no padding, dilation 1, floor mode; see
+``minidl/reference/pooling.py``)::
+
+    out[n, c, oh, ow] = max_{0 <= i < kH, 0 <= j < kW} x[n, c, oh*sH + i, ow*sW + j]
+    OH = (H - kH) // sH + 1,   OW = (W - kW) // sW + 1
+
+The forward kernel also records where each maximum was (a flat index ``h*W + w`` into its
+``(H, W)`` plane, as PyTorch's ``return_indices=True``); the backward kernel adds ``dout`` into
+those positions. Ties go to the first maximum in row-major window order, like PyTorch.
+"""
+from typing import NamedTuple, Tuple
+
+import numpy as np
+
+from .. import _config
+from .._checks import check_input, pair
+from .._kernels import _pool as _kernel
+from .conv import check_gradient
+
+__all__ = ["MaxPool2dCache", "max_pool2d_forward", "max_pool2d_backward", "pool_params"]
+
+
+class MaxPool2dCache(NamedTuple):
+    """What :func:`max_pool2d_backward` needs from the forward pass.
+
+    Attributes:
+        argmax (np.ndarray): int64 ``(N, C, OH, OW)``, flat index of each maximum in its plane.
+        x_shape (tuple): ``(N, C, H, W)``.
+        dtype (np.dtype): dtype of the input and output.
+    """
+
+    argmax: np.ndarray
+    x_shape: Tuple[int, int, int, int]
+    dtype: np.dtype
+
+
+def pool_params(kernel_size, stride, layer):
+    """Validate ``kernel_size`` and ``stride`` (None means ``kernel_size``); return two pairs.
+
+    Raises:
+        ValueError: not an int or a pair of ints >= 1.
+    """
+    kernel_size = pair(kernel_size, "kernel_size", layer, minimum=1)
+    stride = kernel_size if stride is None else pair(stride, "stride", layer, minimum=1)
+    return kernel_size, stride
+
+
+def _check_pool_input(layer, x, kernel_size):
+    """Raise ValueError naming ``layer`` if ``x`` is smaller than the window."""
+    height, width = x.shape[2:]
+    if height < kernel_size[0] or width < kernel_size[1]:
+        raise ValueError(
+            f"{layer}: input of shape {x.shape} is smaller than kernel_size {kernel_size}: "
+            f"expected H >= {kernel_size[0]} and W >= {kernel_size[1]}"
+        )
+
+
+def max_pool2d_forward(x, kernel_size, stride=None, layer="max_pool2d"):
+    """Max over sliding windows of each channel, like ``torch.nn.functional.max_pool2d``.
+
+    Args:
+        x (np.ndarray): ``(N, C, H, W)``, float32 or float64, any strides.
+        kernel_size (int or pair): window ``(kH, kW)``, >= 1 and at most ``(H, W)``.
+        stride (int or pair or None): step ``(sH, sW)`` >= 1; None (default) means
+            ``kernel_size``.
+        layer (str): name used in error messages.
+    Returns:
+        (out, cache): ``out`` is ``(N, C, OH, OW)`` in the dtype of ``x`` with
+        ``OH = (H - kH) // sH + 1`` (likewise ``OW``); ``cache`` is a :class:`MaxPool2dCache`.
+    Raises:
+        TypeError: ``x`` is not a float32/float64 ndarray.
+        ValueError: wrong rank, bad kernel_size/stride, or an input smaller than the window.
+    """
+    check_input(layer, x, "NCHW")
+    kernel_size, stride = pool_params(kernel_size, stride, layer)
+    _check_pool_input(layer, x, kernel_size)
+    n, c, height, width = x.shape
+    out_h = (height - kernel_size[0]) // stride[0] + 1
+    out_w = (width - kernel_size[1]) // stride[1] + 1
+
+    x = np.ascontiguousarray(x)
+    out = np.empty((n, c, out_h, out_w), dtype=x.dtype)
+    argmax = np.empty((n, c, out_h, out_w), dtype=np.int64)
+    _kernel.max_pool2d_forward(x, out, argmax, *kernel_size, *stride, _config.get_num_threads())
+    return out, MaxPool2dCache(argmax, x.shape, x.dtype)
+
+
+def max_pool2d_backward(dout, cache, layer="max_pool2d"):
+    """Gradient of :func:`max_pool2d_forward` with respect to its input.
+
+    Args:
+        dout (np.ndarray): d loss / d out, ``(N, C, OH, OW)``, the dtype of the forward output;
+            any strides.
+        cache (MaxPool2dCache): the second value returned by :func:`max_pool2d_forward`.
+        layer (str): name used in error messages.
+    Returns:
+        np.ndarray: ``dx`` of shape ``(N, C, H, W)`` in the dtype of ``x``: each ``dout``
+        element is added to the input element that won its window, zeros elsewhere.
+    Raises:
+        TypeError/ValueError: ``dout`` does not match the forward output.
+    """
+    check_gradient(layer, dout, cache.argmax.shape, cache.dtype)
+    dout = np.ascontiguousarray(dout)
+    dx = np.empty(cache.x_shape, dtype=cache.dtype)
+    _kernel.max_pool2d_backward(dout, cache.argmax, dx, _config.get_num_threads())
+    return dx

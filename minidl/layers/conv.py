@@ -1,0 +1,112 @@
+"""The 2-D convolution layer."""
+import numpy as np
+
+from .._checks import check_input, pair
+from ..functional.conv import conv2d_backward, conv2d_forward
+from .init import uniform_fan_in
+from .module import Module, Parameter
+
+__all__ = ["Conv2D"]
+
+
+class Conv2D(Module):
+    """2-D convolution over a batch of images, like ``torch.nn.Conv2d`` (dilation 1, groups 1).
+
+    ``out[n, o] = bias[o] + sum_c cross_correlate(x[n, c], weight[o, c])`` with the given stride
+    and zero padding; computed with im2col and one GEMM per batch (Chellapilla et al., 2006),
+    see :mod:`minidl.functional.conv`.
+
+    Args:
+        in_channels (int): ``C_in``.
+        out_channels (int): ``C_out``.
+        kernel_size (int or pair): ``(kH, kW)``.
+        stride (int or pair): ``(sH, sW)``, default 1.
+        padding (int or pair): zeros on each side ``(pH, pW)``, default 0.
+        bias (bool): learn a per-channel bias (default True).
+        rng (np.random.Generator or int or None): initialization randomness (default: minidl's
+            global generator, see ``minidl.manual_seed``).
+        dtype: float32 (default) or float64, the dtype of the parameters.
+
+    Parameters are initialized as PyTorch does: U(-b, b) with ``b = 1/sqrt(C_in*kH*kW)`` for
+    both ``weight`` and ``bias`` (see :mod:`minidl.layers.init`).
+
+    Shape:
+        input ``(N, C_in, H, W)`` float32 or float64 -> output ``(N, C_out, OH, OW)`` in the
+        input's dtype, ``OH = (H + 2*pH - kH) // sH + 1``, ``OW = (W + 2*pW - kW) // sW + 1``.
+        If the input's dtype differs from the parameters', the parameters are cast for the
+        computation and the gradients cast back when accumulated.
+
+    Raises:
+        ValueError: bad constructor arguments; an input of the wrong rank, channel count or
+            too small for the kernel; a gradient of the wrong shape.
+        TypeError: a non-float input or gradient.
+        RuntimeError: ``backward`` before ``forward``.
+
+    Example::
+
+        conv = Conv2D(3, 16, kernel_size=3, padding=1)
+        y = conv(np.zeros((8, 3, 32, 32), np.float32))   # (8, 16, 32, 32)
+        dx = conv.backward(np.ones_like(y))               # accumulates conv.weight.grad
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True,
+                 rng=None, dtype=np.float32):
+        super().__init__()
+        for name, value in (("in_channels", in_channels), ("out_channels", out_channels)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"Conv2D: {name} must be an int >= 1, got {value!r}")
+        self.in_channels = int(in_channels)
+        self.out_channels = int(out_channels)
+        self.kernel_size = pair(kernel_size, "kernel_size", "Conv2D", minimum=1)
+        self.stride = pair(stride, "stride", "Conv2D", minimum=1)
+        self.padding = pair(padding, "padding", "Conv2D", minimum=0)
+        fan_in = self.in_channels * self.kernel_size[0] * self.kernel_size[1]
+        weight_shape = (self.out_channels, self.in_channels) + self.kernel_size
+        self.weight = Parameter(uniform_fan_in(weight_shape, fan_in, rng, dtype))
+        if bias:
+            self.bias = Parameter(uniform_fan_in((self.out_channels,), fan_in, rng, dtype))
+        else:
+            self.bias = None
+        self._cache = None
+
+    def _params_as(self, dtype):
+        """``(weight, bias)`` data in ``dtype`` (no copy when it already matches)."""
+        weight = self.weight.data.astype(dtype, copy=False)
+        bias = None if self.bias is None else self.bias.data.astype(dtype, copy=False)
+        return weight, bias
+
+    def forward(self, x):
+        """Convolve ``x`` ``(N, C_in, H, W)``; returns ``(N, C_out, OH, OW)`` in x's dtype."""
+        check_input("Conv2D", x, "NCHW", {"C": self.in_channels})
+        self._cache = None  # free the previous batch's columns before allocating new ones
+        weight, bias = self._params_as(x.dtype)
+        out, self._cache = conv2d_forward(x, weight, bias, self.stride, self.padding, layer="Conv2D")
+        return out
+
+    def backward(self, dout):
+        """Accumulate ``weight.grad`` / ``bias.grad`` and return d loss / d x.
+
+        Args:
+            dout (np.ndarray): ``(N, C_out, OH, OW)``, the shape and dtype of the last output.
+        Returns:
+            np.ndarray: ``(N, C_in, H, W)`` in the dtype of the last input.
+        Raises:
+            RuntimeError: no forward pass has been run.
+            ValueError/TypeError: ``dout`` does not match the last output.
+        """
+        if self._cache is None:
+            raise RuntimeError("Conv2D: backward called before forward")
+        dx, dweight, dbias = conv2d_backward(dout, self._cache, layer="Conv2D")
+        self.weight.accumulate_grad(dweight)
+        if self.bias is not None:
+            self.bias.accumulate_grad(dbias)
+        return dx
+
+    def extra_repr(self):
+        text = (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"stride={self.stride}, padding={self.padding}"
+        )
+        if self.bias is None:
+            text += ", bias=False"
+        return text

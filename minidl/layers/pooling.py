@@ -1,0 +1,61 @@
+"""Pooling layers."""
+from ..functional.pooling import max_pool2d_backward, max_pool2d_forward, pool_params
+from .module import Module
+
+__all__ = ["MaxPool2D"]
+
+
+class MaxPool2D(Module):
+    """2-D max pooling, like ``torch.nn.MaxPool2d`` (no padding, dilation 1, floor mode).
+
+    ``out[n, c, oh, ow] = max_{i < kH, j < kW} x[n, c, oh*sH + i, ow*sW + j]``; the gradient of
+    each output goes to the first maximum of its window in row-major order (PyTorch's rule).
+    See :mod:`minidl.functional.pooling`.
+
+    Args:
+        kernel_size (int or pair): window ``(kH, kW)``.
+        stride (int or pair or None): step ``(sH, sW)``; None (default) means ``kernel_size``.
+
+    Shape:
+        input ``(N, C, H, W)`` float32 or float64 with ``H >= kH`` and ``W >= kW`` -> output
+        ``(N, C, (H - kH) // sH + 1, (W - kW) // sW + 1)`` in the input's dtype.
+
+    Raises:
+        ValueError: bad ``kernel_size``/``stride``; an input of the wrong rank or smaller than
+            the window; a gradient of the wrong shape.
+        TypeError: a non-float input or gradient.
+        RuntimeError: ``backward`` before ``forward``.
+
+    Example::
+
+        pool = MaxPool2D(2)
+        y = pool(np.zeros((8, 16, 32, 32), np.float32))   # (8, 16, 16, 16)
+    """
+
+    def __init__(self, kernel_size, stride=None):
+        super().__init__()
+        self.kernel_size, self.stride = pool_params(kernel_size, stride, "MaxPool2D")
+        self._cache = None
+
+    def forward(self, x):
+        """Pool ``x`` ``(N, C, H, W)``; returns ``(N, C, OH, OW)`` in x's dtype."""
+        out, self._cache = max_pool2d_forward(x, self.kernel_size, self.stride, layer="MaxPool2D")
+        return out
+
+    def backward(self, dout):
+        """Return d loss / d x for the last forward pass.
+
+        Args:
+            dout (np.ndarray): the shape and dtype of the last output.
+        Returns:
+            np.ndarray: ``(N, C, H, W)`` in the dtype of the last input.
+        Raises:
+            RuntimeError: no forward pass has been run.
+            ValueError/TypeError: ``dout`` does not match the last output.
+        """
+        if self._cache is None:
+            raise RuntimeError("MaxPool2D: backward called before forward")
+        return max_pool2d_backward(dout, self._cache, layer="MaxPool2D")
+
+    def extra_repr(self):
+        return f"kernel_size={self.kernel_size}, stride={self.stride}"

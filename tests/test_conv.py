@@ -1,0 +1,410 @@
+"""Convolution: Cython kernels vs the NumPy reference, functional API, Conv2D layer, PyTorch.
+
+Sections:
+  1. kernels (im2col, col2im, the GEMM reorders) against minidl.reference.conv, float32/float64
+  2. functional conv2d_forward/backward against the definition, incl. non-contiguous inputs
+  3. Conv2D: numerical gradient checks (float64), dtypes, accumulation, init, errors
+  4. against torch.nn.functional.conv2d (skipped when torch is missing)
+"""
+import numpy as np
+import pytest
+
+from helpers import assert_close_to_torch, check_module_gradients
+from minidl._kernels import _conv
+from minidl.functional.conv import conv2d_backward, conv2d_forward
+from minidl.layers.conv import Conv2D
+from minidl.reference import conv as ref
+
+DTYPES = [np.float32, np.float64]
+
+# (N, C_in, H, W, kernel, stride, padding): odd and non-square sizes, strides that do not divide
+# the input, padding larger than the kernel, 1x1 kernels and kernels as large as the input.
+GEOMETRIES = [
+    (2, 3, 7, 7, (3, 3), (1, 1), (1, 1)),
+    (2, 3, 8, 6, (3, 3), (2, 2), (1, 1)),
+    (1, 2, 9, 7, (2, 3), (2, 1), (0, 2)),
+    (3, 1, 5, 5, (5, 5), (1, 1), (0, 0)),
+    (2, 2, 4, 3, (1, 1), (1, 1), (0, 0)),
+    (2, 3, 11, 10, (4, 3), (3, 2), (1, 0)),
+    (1, 2, 3, 3, (2, 2), (1, 1), (3, 3)),
+    (2, 2, 2, 1, (3, 3), (1, 2), (1, 1)),
+    (2, 4, 6, 13, (1, 5), (1, 3), (0, 2)),
+]
+GEOMETRY_IDS = [f"x{g[:4]}-k{g[4]}-s{g[5]}-p{g[6]}".replace(" ", "") for g in GEOMETRIES]
+
+
+def out_size(h, w, kernel, stride, padding):
+    return (ref.output_size(h, kernel[0], stride[0], padding[0]),
+            ref.output_size(w, kernel[1], stride[1], padding[1]))
+
+
+def tolerances(dtype):
+    """(rtol, atol scale) for comparing two summation orders in ``dtype``."""
+    return (2e-5, 1e-5) if dtype == np.float32 else (1e-12, 1e-12)
+
+
+def assert_close(actual, expected, dtype, what=""):
+    rtol, scale = tolerances(dtype)
+    atol = scale * max(1.0, float(np.max(np.abs(expected))))
+    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol, err_msg=what)
+
+
+def non_contiguous(array):
+    """A copy of ``array`` with the same values but exotic strides (transposed, then sliced)."""
+    n, c, h, w = array.shape
+    base = np.zeros((n, 2 * c, w, h), dtype=array.dtype)
+    base[:, ::2] = array.transpose(0, 1, 3, 2)
+    view = base[:, ::2].transpose(0, 1, 3, 2)
+    assert not view.flags.c_contiguous and np.array_equal(view, array)
+    return view
+
+
+# --------------------------------------------------------------------------- 1. kernels
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("geometry", GEOMETRIES, ids=GEOMETRY_IDS)
+def test_im2col_kernel_matches_reference(geometry, dtype, rng):
+    n, c, h, w, kernel, stride, padding = geometry
+    x = rng.standard_normal((n, c, h, w)).astype(dtype)
+    expected = ref.im2col(x, kernel, stride, padding)
+    cols = np.full(expected.shape, np.nan, dtype=dtype)  # the kernel must overwrite everything
+    _conv.im2col(x, cols, *kernel, *stride, *padding, 2)
+    np.testing.assert_array_equal(cols, expected)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("geometry", GEOMETRIES, ids=GEOMETRY_IDS)
+def test_col2im_kernel_matches_reference(geometry, dtype, rng):
+    n, c, h, w, kernel, stride, padding = geometry
+    oh, ow = out_size(h, w, kernel, stride, padding)
+    cols = rng.standard_normal((c * kernel[0] * kernel[1], n * oh * ow)).astype(dtype)
+    dx = np.full((n, c, h, w), np.nan, dtype=dtype)  # the kernel must overwrite everything
+    _conv.col2im(cols, dx, *kernel, *stride, *padding, 2)
+    assert_close(dx, ref.col2im(cols, (n, c, h, w), kernel, stride, padding), dtype)
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES, ids=GEOMETRY_IDS)
+def test_col2im_is_the_adjoint_of_im2col(geometry, rng):
+    """<im2col(x), c> == <x, col2im(c)> for the Cython kernels."""
+    n, c, h, w, kernel, stride, padding = geometry
+    oh, ow = out_size(h, w, kernel, stride, padding)
+    x = rng.standard_normal((n, c, h, w))
+    cols_direction = rng.standard_normal((c * kernel[0] * kernel[1], n * oh * ow))
+    cols = np.empty_like(cols_direction)
+    _conv.im2col(x, cols, *kernel, *stride, *padding, 1)
+    folded = np.empty_like(x)
+    _conv.col2im(cols_direction, folded, *kernel, *stride, *padding, 1)
+    np.testing.assert_allclose(np.sum(cols * cols_direction), np.sum(x * folded), rtol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("use_bias", [True, False])
+def test_rows_to_nchw_kernel(dtype, use_bias, rng):
+    n, c, p = 3, 4, 5
+    rows = rng.standard_normal((c, n * p)).astype(dtype)
+    bias = rng.standard_normal(c).astype(dtype)
+    out = np.full((n, c, p), np.nan, dtype=dtype)
+    _conv.rows_to_nchw(rows, bias, use_bias, out, 2)
+    expected = rows.reshape(c, n, p).transpose(1, 0, 2) + (bias[:, None] if use_bias else 0)
+    np.testing.assert_array_equal(out, expected)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("want_bias_grad", [True, False])
+def test_nchw_to_rows_kernel(dtype, want_bias_grad, rng):
+    n, c, p = 3, 4, 5
+    dout = rng.standard_normal((n, c, p)).astype(dtype)
+    rows = np.full((c, n * p), np.nan, dtype=dtype)
+    bias_grad = np.full(c, -7.0)
+    _conv.nchw_to_rows(dout, rows, bias_grad, want_bias_grad, 2)
+    np.testing.assert_array_equal(rows, dout.transpose(1, 0, 2).reshape(c, n * p))
+    if want_bias_grad:
+        np.testing.assert_allclose(bias_grad, dout.astype(np.float64).sum(axis=(0, 2)), rtol=1e-12)
+    else:
+        np.testing.assert_array_equal(bias_grad, -7.0)
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES[:4], ids=GEOMETRY_IDS[:4])
+def test_reference_im2col_agrees_with_reference_definition(geometry, rng):
+    """The two readable specs (im2col + GEMM and the tap-by-tap definition) agree."""
+    n, c, h, w, kernel, stride, padding = geometry
+    x = rng.standard_normal((n, c, h, w))
+    weight = rng.standard_normal((4, c) + kernel)
+    oh, ow = out_size(h, w, kernel, stride, padding)
+    rows = weight.reshape(4, -1) @ ref.im2col(x, kernel, stride, padding)
+    via_im2col = rows.reshape(4, n, oh, ow).transpose(1, 0, 2, 3)
+    np.testing.assert_allclose(via_im2col, ref.conv2d_forward(x, weight, None, stride, padding),
+                               rtol=1e-12, atol=1e-12)
+
+
+# --------------------------------------------------------------------------- 2. functional
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("geometry", GEOMETRIES, ids=GEOMETRY_IDS)
+def test_conv2d_forward_backward_match_reference(geometry, dtype, rng):
+    n, c, h, w, kernel, stride, padding = geometry
+    x = rng.standard_normal((n, c, h, w)).astype(dtype)
+    weight = rng.standard_normal((5, c) + kernel).astype(dtype)
+    bias = rng.standard_normal(5).astype(dtype)
+    out, cache = conv2d_forward(x, weight, bias, stride, padding)
+    assert out.dtype == dtype and out.shape == (n, 5) + out_size(h, w, kernel, stride, padding)
+    assert_close(out, ref.conv2d_forward(x, weight, bias, stride, padding), dtype, "out")
+
+    dout = rng.standard_normal(out.shape).astype(dtype)
+    dx, dweight, dbias = conv2d_backward(dout, cache)
+    ref_dx, ref_dweight, ref_dbias = ref.conv2d_backward(dout, x, weight, True, stride, padding)
+    for ours, theirs, what in ((dx, ref_dx, "dx"), (dweight, ref_dweight, "dweight"),
+                               (dbias, ref_dbias, "dbias")):
+        assert ours.dtype == dtype and ours.shape == theirs.shape, what
+        assert_close(ours, theirs, dtype, what)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_conv2d_non_contiguous_inputs(dtype, rng):
+    x = rng.standard_normal((2, 3, 7, 6)).astype(dtype)
+    weight = rng.standard_normal((4, 3, 3, 2)).astype(dtype)
+    bias = rng.standard_normal(8).astype(dtype)[::2]
+    out, cache = conv2d_forward(non_contiguous(x), np.asfortranarray(weight), bias, 2, 1)
+    assert_close(out, ref.conv2d_forward(x, weight, bias, (2, 2), (1, 1)), dtype)
+
+    dout = rng.standard_normal(out.shape).astype(dtype)
+    dx, dweight, dbias = conv2d_backward(non_contiguous(dout), cache)
+    ref_grads = ref.conv2d_backward(dout, x, weight, True, (2, 2), (1, 1))
+    for ours, theirs in zip((dx, dweight, dbias), ref_grads):
+        assert_close(ours, theirs, dtype)
+
+
+def test_conv2d_without_bias_returns_no_bias_gradient(rng):
+    x = rng.standard_normal((2, 2, 5, 5))
+    weight = rng.standard_normal((3, 2, 3, 3))
+    out, cache = conv2d_forward(x, weight, None, 1, 0)
+    np.testing.assert_allclose(out, ref.conv2d_forward(x, weight, None, (1, 1), (0, 0)), rtol=1e-12)
+    dx, dweight, dbias = conv2d_backward(rng.standard_normal(out.shape), cache)
+    assert dbias is None and dx.shape == x.shape and dweight.shape == weight.shape
+
+
+def test_conv2d_backward_does_not_modify_cache(rng):
+    """Two backward passes from one forward give the same gradients."""
+    x = rng.standard_normal((2, 2, 6, 5))
+    weight = rng.standard_normal((3, 2, 3, 3))
+    out, cache = conv2d_forward(x, weight, np.zeros(3), 1, 1)
+    dout = rng.standard_normal(out.shape)
+    first = conv2d_backward(dout, cache)
+    second = conv2d_backward(dout, cache)
+    for a, b in zip(first, second):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize(
+    "x_shape, w_shape, b_shape, kwargs, error, fragments",
+    [
+        ((2, 3, 5, 5), (4, 2, 3, 3), None, {}, ValueError, ["conv2d", "(C_out, 3, kH, kW)", "(4, 2, 3, 3)"]),
+        ((2, 3, 5, 5), (4, 3, 3), None, {}, ValueError, ["conv2d", "weight", "(4, 3, 3)"]),
+        ((3, 5, 5), (4, 3, 3, 3), None, {}, ValueError, ["conv2d", "(N, C, H, W)", "(3, 5, 5)"]),
+        ((2, 3, 5, 5), (4, 3, 3, 3), (3,), {}, ValueError, ["conv2d", "bias", "(4,)", "(3,)"]),
+        ((2, 3, 2, 5), (4, 3, 3, 3), None, {}, ValueError, ["conv2d", "(2, 3, 2, 5)", "too small"]),
+        ((2, 3, 5, 5), (4, 3, 3, 3), None, {"stride": 0}, ValueError, ["conv2d", "stride"]),
+        ((2, 3, 5, 5), (4, 3, 3, 3), None, {"padding": -1}, ValueError, ["conv2d", "padding"]),
+        ((2, 3, 5, 5), (4, 3, 3, 3), None, {"stride": (1, 2, 3)}, ValueError, ["conv2d", "stride"]),
+    ],
+)
+def test_conv2d_forward_errors(x_shape, w_shape, b_shape, kwargs, error, fragments):
+    x = np.zeros(x_shape)
+    weight = np.zeros(w_shape)
+    bias = None if b_shape is None else np.zeros(b_shape)
+    with pytest.raises(error) as info:
+        conv2d_forward(x, weight, bias, **kwargs)
+    for fragment in fragments:
+        assert fragment in str(info.value)
+
+
+def test_conv2d_forward_dtype_errors():
+    x = np.zeros((2, 3, 5, 5), np.float32)
+    with pytest.raises(TypeError, match=r"conv2d.*weight dtype float32.*float64"):
+        conv2d_forward(x, np.zeros((4, 3, 3, 3)))
+    with pytest.raises(TypeError, match=r"conv2d.*bias dtype float32.*float64"):
+        conv2d_forward(x, np.zeros((4, 3, 3, 3), np.float32), np.zeros(4))
+    with pytest.raises(TypeError, match=r"conv2d.*int64"):
+        conv2d_forward(x.astype(np.int64), np.zeros((4, 3, 3, 3)))
+    with pytest.raises(TypeError, match=r"conv2d.*list"):
+        conv2d_forward([[1.0]], np.zeros((4, 3, 3, 3)))
+
+
+def test_conv2d_backward_errors(rng):
+    out, cache = conv2d_forward(np.zeros((2, 3, 5, 5)), np.zeros((4, 3, 3, 3)))
+    with pytest.raises(ValueError, match=r"conv2d.*\(2, 4, 3, 3\).*\(2, 4, 3, 2\)"):
+        conv2d_backward(np.zeros((2, 4, 3, 2)), cache)
+    with pytest.raises(TypeError, match=r"conv2d.*float64.*float32"):
+        conv2d_backward(np.zeros(out.shape, np.float32), cache)
+
+
+# --------------------------------------------------------------------------- 3. Conv2D layer
+@pytest.mark.parametrize(
+    "kwargs, x_shape",
+    [
+        ({"in_channels": 2, "out_channels": 3, "kernel_size": 3}, (2, 2, 5, 6)),
+        ({"in_channels": 2, "out_channels": 3, "kernel_size": 3, "bias": False}, (2, 2, 5, 6)),
+        ({"in_channels": 2, "out_channels": 2, "kernel_size": 3, "stride": 2, "padding": 1}, (2, 2, 6, 5)),
+        ({"in_channels": 3, "out_channels": 2, "kernel_size": (2, 3), "stride": (2, 1),
+          "padding": (1, 0)}, (1, 3, 5, 5)),
+    ],
+    ids=["bias", "no-bias", "stride2-pad1", "non-square"],
+)
+def test_conv2d_layer_gradients(kwargs, x_shape, rng):
+    layer = Conv2D(**kwargs, rng=rng, dtype=np.float64)
+    check_module_gradients(layer, rng.standard_normal(x_shape), rng)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_conv2d_layer_preserves_dtype(dtype, rng):
+    layer = Conv2D(3, 4, 3, padding=1, rng=rng, dtype=dtype)
+    x = rng.standard_normal((2, 3, 6, 6)).astype(dtype)
+    out = layer(x)
+    dx = layer.backward(np.ones_like(out))
+    assert out.dtype == dtype and dx.dtype == dtype
+    assert layer.weight.grad.dtype == dtype and layer.bias.grad.dtype == dtype
+    assert out.shape == (2, 4, 6, 6) and dx.shape == x.shape
+
+
+@pytest.mark.parametrize("param_dtype, x_dtype", [(np.float32, np.float64), (np.float64, np.float32)])
+def test_conv2d_layer_computes_in_input_dtype(param_dtype, x_dtype, rng):
+    layer = Conv2D(2, 3, 3, stride=2, padding=1, rng=rng, dtype=param_dtype)
+    x = rng.standard_normal((2, 2, 7, 7)).astype(x_dtype)
+    out = layer(x)
+    dout = rng.standard_normal(out.shape).astype(x_dtype)
+    dx = layer.backward(dout)
+    assert out.dtype == x_dtype and dx.dtype == x_dtype
+    assert layer.weight.data.dtype == param_dtype and layer.weight.grad.dtype == param_dtype
+    assert layer.bias.grad.dtype == param_dtype
+
+    weight = layer.weight.data.astype(x_dtype)
+    bias = layer.bias.data.astype(x_dtype)
+    assert_close(out, ref.conv2d_forward(x, weight, bias, (2, 2), (1, 1)), np.float32)
+    ref_dx, ref_dweight, ref_dbias = ref.conv2d_backward(dout, x, weight, True, (2, 2), (1, 1))
+    assert_close(dx, ref_dx, np.float32)
+    assert_close(layer.weight.grad, ref_dweight, np.float32)
+    assert_close(layer.bias.grad, ref_dbias, np.float32)
+
+
+def test_conv2d_layer_accumulates_gradients(rng):
+    layer = Conv2D(2, 3, 3, rng=rng, dtype=np.float64)
+    x = rng.standard_normal((2, 2, 5, 5))
+    dout = rng.standard_normal(layer(x).shape)
+    layer.backward(dout)
+    once_w, once_b = layer.weight.grad.copy(), layer.bias.grad.copy()
+    assert np.any(once_w != 0) and np.any(once_b != 0)
+    layer.backward(dout)
+    np.testing.assert_allclose(layer.weight.grad, 2 * once_w, rtol=1e-12)
+    np.testing.assert_allclose(layer.bias.grad, 2 * once_b, rtol=1e-12)
+    layer.zero_grad()
+    assert not np.any(layer.weight.grad) and not np.any(layer.bias.grad)
+
+
+def test_conv2d_layer_non_contiguous_input(rng):
+    layer = Conv2D(3, 2, (3, 2), stride=(1, 2), padding=1, rng=rng, dtype=np.float64)
+    x = rng.standard_normal((2, 3, 6, 7))
+    out = layer(non_contiguous(x))
+    expected = ref.conv2d_forward(x, layer.weight.data, layer.bias.data, (1, 2), (1, 1))
+    np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_conv2d_layer_parameters_and_init(rng):
+    layer = Conv2D(3, 8, (3, 5), rng=np.random.default_rng(7))
+    bound = 1 / np.sqrt(3 * 3 * 5)
+    assert layer.weight.shape == (8, 3, 3, 5) and layer.bias.shape == (8,)
+    assert layer.weight.dtype == np.float32 and layer.bias.dtype == np.float32
+    assert np.all(np.abs(layer.weight.data) <= bound) and np.all(np.abs(layer.bias.data) <= bound)
+    assert np.abs(layer.weight.data).max() > 0.8 * bound  # spread over the whole interval
+    assert [name for name, _ in layer.named_parameters()] == ["weight", "bias"]
+    same = Conv2D(3, 8, (3, 5), rng=np.random.default_rng(7))
+    np.testing.assert_array_equal(same.weight.data, layer.weight.data)
+    other = Conv2D(3, 8, (3, 5), rng=np.random.default_rng(8))
+    assert not np.array_equal(other.weight.data, layer.weight.data)
+
+    no_bias = Conv2D(3, 8, 3, bias=False, rng=rng)
+    assert no_bias.bias is None and len(no_bias.parameters()) == 1
+
+
+def test_conv2d_layer_repr():
+    assert repr(Conv2D(3, 16, 3, padding=1)) == \
+        "Conv2D(3, 16, kernel_size=(3, 3), stride=(1, 1), padding=(1, 1))"
+    assert repr(Conv2D(1, 2, (3, 1), stride=2, bias=False)) == \
+        "Conv2D(1, 2, kernel_size=(3, 1), stride=(2, 2), padding=(0, 0), bias=False)"
+
+
+def test_conv2d_layer_input_errors():
+    layer = Conv2D(3, 4, 3)
+    with pytest.raises(ValueError) as info:
+        layer(np.zeros((2, 4, 5, 5), np.float32))
+    assert str(info.value) == "Conv2D: expected input of shape (N, 3, H, W), got shape (2, 4, 5, 5)"
+    with pytest.raises(ValueError, match=r"Conv2D.*\(N, 3, H, W\).*\(3, 5, 5\)"):
+        layer(np.zeros((3, 5, 5), np.float32))
+    with pytest.raises(ValueError, match=r"Conv2D.*\(2, 3, 2, 5\).*too small"):
+        layer(np.zeros((2, 3, 2, 5), np.float32))
+    with pytest.raises(TypeError, match=r"Conv2D.*int64"):
+        layer(np.zeros((2, 3, 5, 5), np.int64))
+
+
+def test_conv2d_layer_backward_errors():
+    layer = Conv2D(3, 4, 3)
+    with pytest.raises(RuntimeError, match="Conv2D.*before forward"):
+        layer.backward(np.zeros((2, 4, 3, 3), np.float32))
+    out = layer(np.zeros((2, 3, 5, 5), np.float32))
+    with pytest.raises(ValueError, match=r"Conv2D.*\(2, 4, 3, 3\).*\(2, 4, 3, 4\)"):
+        layer.backward(np.zeros((2, 4, 3, 4), np.float32))
+    with pytest.raises(TypeError, match=r"Conv2D.*float32.*float64"):
+        layer.backward(np.zeros(out.shape, np.float64))
+
+
+@pytest.mark.parametrize(
+    "kwargs, fragment",
+    [
+        ({"in_channels": 0, "out_channels": 2, "kernel_size": 3}, "in_channels"),
+        ({"in_channels": 2, "out_channels": 2.5, "kernel_size": 3}, "out_channels"),
+        ({"in_channels": 2, "out_channels": 2, "kernel_size": 0}, "kernel_size"),
+        ({"in_channels": 2, "out_channels": 2, "kernel_size": 3, "stride": 0}, "stride"),
+        ({"in_channels": 2, "out_channels": 2, "kernel_size": 3, "padding": (1, -1)}, "padding"),
+    ],
+)
+def test_conv2d_layer_constructor_errors(kwargs, fragment):
+    with pytest.raises(ValueError, match=f"Conv2D.*{fragment}"):
+        Conv2D(**kwargs)
+
+
+# --------------------------------------------------------------------------- 4. PyTorch
+@pytest.fixture(scope="module")
+def torch():
+    return pytest.importorskip("torch")
+
+
+TORCH_CASES = [
+    # (x shape, C_out, kernel, stride, padding, bias)
+    ((4, 3, 10, 9), 5, (3, 3), 1, 1, True),
+    ((2, 4, 11, 8), 3, (3, 2), (2, 1), (0, 1), True),
+    ((3, 2, 7, 7), 4, (5, 5), 2, 2, False),
+    ((2, 16, 12, 12), 32, (3, 3), 1, 1, True),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", TORCH_CASES)
+def test_conv2d_matches_torch(case, dtype, torch, rng):
+    x_shape, out_channels, kernel, stride, padding, use_bias = case
+    layer = Conv2D(x_shape[1], out_channels, kernel, stride, padding, bias=use_bias, rng=rng, dtype=dtype)
+    x = rng.standard_normal(x_shape).astype(dtype)
+    out = layer(x)
+    dout = rng.standard_normal(out.shape).astype(dtype)
+    dx = layer.backward(dout)
+
+    xt = torch.tensor(x, requires_grad=True)
+    wt = torch.tensor(layer.weight.data, requires_grad=True)
+    bt = torch.tensor(layer.bias.data, requires_grad=True) if use_bias else None
+    outt = torch.nn.functional.conv2d(xt, wt, bt, stride=stride, padding=padding)
+    outt.backward(torch.tensor(dout))
+
+    pairs = [(out, outt, "out"), (dx, xt.grad, "dx"), (layer.weight.grad, wt.grad, "dweight")]
+    if use_bias:
+        pairs.append((layer.bias.grad, bt.grad, "dbias"))
+    rtol, scale = (1e-5, 1e-5) if dtype == np.float32 else (1e-10, 1e-12)
+    for ours, theirs, what in pairs:
+        assert ours.dtype == dtype, what
+        atol = scale * max(1.0, float(theirs.detach().abs().max()))
+        assert_close_to_torch(ours, theirs, rtol=rtol, atol=atol, what=what)

@@ -1,0 +1,243 @@
+"""Max pooling: Cython kernels vs the NumPy reference, functional API, MaxPool2D, PyTorch.
+
+Sections:
+  1. kernels against minidl.reference.pooling, float32/float64, incl. ties and overlaps
+  2. functional max_pool2d_forward/backward, non-contiguous inputs, errors
+  3. MaxPool2D: numerical gradient check (float64), dtypes, errors
+  4. against torch.nn.functional.max_pool2d (skipped when torch is missing)
+"""
+import numpy as np
+import pytest
+
+from helpers import assert_close_to_torch, check_module_gradients
+from minidl._kernels import _pool
+from minidl.functional.pooling import max_pool2d_backward, max_pool2d_forward
+from minidl.layers.pooling import MaxPool2D
+from minidl.reference import pooling as ref
+
+DTYPES = [np.float32, np.float64]
+
+# (N, C, H, W, kernel, stride): floor mode (sizes the stride does not divide), overlapping
+# windows (stride < kernel), gaps (stride > kernel), non-square, 1x1 and whole-plane windows.
+GEOMETRIES = [
+    (2, 3, 8, 8, (2, 2), (2, 2)),
+    (2, 3, 7, 9, (2, 2), (2, 2)),
+    (1, 2, 7, 7, (3, 3), (1, 1)),
+    (2, 2, 9, 8, (3, 3), (2, 2)),
+    (2, 1, 9, 10, (2, 3), (1, 2)),
+    (3, 2, 5, 6, (1, 1), (1, 1)),
+    (2, 2, 5, 4, (5, 4), (1, 1)),
+    (1, 3, 11, 11, (2, 2), (4, 3)),
+]
+GEOMETRY_IDS = [f"x{g[:4]}-k{g[4]}-s{g[5]}".replace(" ", "") for g in GEOMETRIES]
+
+
+def pooled_size(h, w, kernel, stride):
+    return (h - kernel[0]) // stride[0] + 1, (w - kernel[1]) // stride[1] + 1
+
+
+def input_with_ties(shape, dtype, rng):
+    """Few distinct values, so most windows contain several equal maxima."""
+    return rng.integers(-2, 3, size=shape).astype(dtype)
+
+
+def non_contiguous(array):
+    """The same values as ``array`` with exotic strides (transposed, then sliced)."""
+    n, c, h, w = array.shape
+    base = np.zeros((n, c, w, 2 * h), dtype=array.dtype)
+    base[:, :, :, 1::2] = array.transpose(0, 1, 3, 2)
+    view = base[:, :, :, 1::2].transpose(0, 1, 3, 2)
+    assert not view.flags.c_contiguous and np.array_equal(view, array)
+    return view
+
+
+# --------------------------------------------------------------------------- 1. kernels
+@pytest.mark.parametrize("ties", [False, True], ids=["distinct", "ties"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("geometry", GEOMETRIES, ids=GEOMETRY_IDS)
+def test_pool_kernels_match_reference(geometry, dtype, ties, rng):
+    n, c, h, w, kernel, stride = geometry
+    shape = (n, c, h, w)
+    x = input_with_ties(shape, dtype, rng) if ties else rng.standard_normal(shape).astype(dtype)
+    ref_out, ref_argmax = ref.max_pool2d_forward(x, kernel, stride)
+    out = np.full(ref_out.shape, np.nan, dtype=dtype)  # the kernels must overwrite everything
+    argmax = np.full(ref_out.shape, -1, dtype=np.int64)
+    _pool.max_pool2d_forward(x, out, argmax, *kernel, *stride, 2)
+    np.testing.assert_array_equal(out, ref_out)
+    np.testing.assert_array_equal(argmax, ref_argmax)
+
+    dout = rng.standard_normal(out.shape).astype(dtype)
+    dx = np.full(shape, np.nan, dtype=dtype)
+    _pool.max_pool2d_backward(dout, argmax, dx, 2)
+    np.testing.assert_allclose(dx, ref.max_pool2d_backward(dout, ref_argmax, shape),
+                               rtol=1e-6 if dtype == np.float32 else 1e-14)
+
+
+def test_reference_pool_matches_brute_force(rng):
+    """The vectorized reference agrees with a loop over windows written from the definition."""
+    x = input_with_ties((2, 2, 7, 8), np.float64, rng)
+    kernel, stride = (3, 2), (2, 3)
+    out, argmax = ref.max_pool2d_forward(x, kernel, stride)
+    dout = rng.standard_normal(out.shape)
+    dx = ref.max_pool2d_backward(dout, argmax, x.shape)
+    expected_dx = np.zeros_like(x)
+    for n, c, oh, ow in np.ndindex(out.shape):
+        window = x[n, c, oh * 2:oh * 2 + 3, ow * 3:ow * 3 + 2]
+        i, j = np.unravel_index(np.argmax(window), window.shape)  # first max, row-major
+        assert out[n, c, oh, ow] == window.max()
+        assert argmax[n, c, oh, ow] == (oh * 2 + i) * 8 + ow * 3 + j
+        expected_dx[n, c, oh * 2 + i, ow * 3 + j] += dout[n, c, oh, ow]
+    np.testing.assert_allclose(dx, expected_dx, rtol=1e-14)
+
+
+def test_ties_send_gradient_to_first_max_in_row_major_order():
+    x = np.zeros((1, 1, 4, 4))
+    x[0, 0, 0, 1] = x[0, 0, 1, 0] = 5.0  # two maxima in the top-left window; (0, 1) comes first
+    out, cache = max_pool2d_forward(x, 2)
+    dx = max_pool2d_backward(np.ones_like(out), cache)
+    assert out[0, 0, 0, 0] == 5.0
+    assert dx[0, 0, 0, 1] == 1.0 and dx[0, 0, 1, 0] == 0.0
+    # a constant window: the first element wins
+    assert dx[0, 0, 2, 2] == 1.0 and dx[0, 0, 2:, 2:].sum() == 1.0
+
+
+def test_overlapping_windows_add_their_gradients():
+    x = np.zeros((1, 1, 3, 3))
+    x[0, 0, 1, 1] = 1.0  # the centre wins all four 2x2 windows with stride 1
+    out, cache = max_pool2d_forward(x, 2, stride=1)
+    dout = np.array([[[[1.0, 2.0], [3.0, 4.0]]]])
+    dx = max_pool2d_backward(dout, cache)
+    np.testing.assert_array_equal(out, np.ones((1, 1, 2, 2)))
+    assert dx[0, 0, 1, 1] == 10.0 and dx.sum() == 10.0
+
+
+def test_nan_propagates_like_torch():
+    x = np.arange(16, dtype=np.float64).reshape(1, 1, 4, 4)
+    x[0, 0, 0, 0] = np.nan
+    out, cache = max_pool2d_forward(x, 2)
+    assert np.isnan(out[0, 0, 0, 0]) and not np.isnan(out[0, 0, 1, 1])
+    assert cache.argmax[0, 0, 0, 0] == 0
+
+
+# --------------------------------------------------------------------------- 2. functional
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_max_pool2d_non_contiguous_inputs(dtype, rng):
+    x = rng.standard_normal((2, 3, 7, 6)).astype(dtype)
+    out, cache = max_pool2d_forward(non_contiguous(x), (3, 2), (2, 1))
+    ref_out, ref_argmax = ref.max_pool2d_forward(x, (3, 2), (2, 1))
+    np.testing.assert_array_equal(out, ref_out)
+    dout = rng.standard_normal(out.shape).astype(dtype)
+    dx = max_pool2d_backward(non_contiguous(dout), cache)
+    np.testing.assert_allclose(dx, ref.max_pool2d_backward(dout, ref_argmax, x.shape), rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_max_pool2d_stride_defaults_to_kernel_and_floors(dtype, rng):
+    x = rng.standard_normal((2, 3, 9, 7)).astype(dtype)
+    out, _ = max_pool2d_forward(x, 3)
+    explicit, _ = max_pool2d_forward(x, (3, 3), (3, 3))
+    assert out.shape == (2, 3, 3, 2) and out.dtype == dtype
+    np.testing.assert_array_equal(out, explicit)
+    np.testing.assert_array_equal(out[:, :, 1, 1], x[:, :, 3:6, 3:6].max(axis=(2, 3)))
+
+
+@pytest.mark.parametrize(
+    "shape, kwargs, error, fragments",
+    [
+        ((3, 5, 5), {"kernel_size": 2}, ValueError, ["max_pool2d", "(N, C, H, W)", "(3, 5, 5)"]),
+        ((2, 3, 1, 5), {"kernel_size": 2}, ValueError, ["max_pool2d", "(2, 3, 1, 5)", "(2, 2)"]),
+        ((2, 3, 5, 5), {"kernel_size": 0}, ValueError, ["max_pool2d", "kernel_size"]),
+        ((2, 3, 5, 5), {"kernel_size": 2, "stride": (1, 0)}, ValueError, ["max_pool2d", "stride"]),
+    ],
+)
+def test_max_pool2d_forward_errors(shape, kwargs, error, fragments):
+    with pytest.raises(error) as info:
+        max_pool2d_forward(np.zeros(shape), **kwargs)
+    for fragment in fragments:
+        assert fragment in str(info.value)
+    with pytest.raises(TypeError, match="max_pool2d.*int64"):
+        max_pool2d_forward(np.zeros((2, 3, 4, 4), np.int64), 2)
+
+
+def test_max_pool2d_backward_errors():
+    out, cache = max_pool2d_forward(np.zeros((2, 3, 4, 4), np.float32), 2)
+    with pytest.raises(ValueError, match=r"max_pool2d.*\(2, 3, 2, 2\).*\(2, 3, 2, 3\)"):
+        max_pool2d_backward(np.zeros((2, 3, 2, 3), np.float32), cache)
+    with pytest.raises(TypeError, match="max_pool2d.*float32.*float64"):
+        max_pool2d_backward(np.zeros(out.shape), cache)
+
+
+# --------------------------------------------------------------------------- 3. MaxPool2D
+@pytest.mark.parametrize(
+    "kernel_size, stride, shape",
+    [(2, None, (2, 3, 6, 6)), (3, 2, (2, 2, 7, 8)), ((2, 3), (1, 2), (1, 2, 5, 7))],
+    ids=["2x2", "overlap", "non-square"],
+)
+def test_maxpool2d_layer_gradients(kernel_size, stride, shape, rng):
+    # distinct values at least 1e-3 apart, so a 1e-6 perturbation never changes a window's winner
+    x = rng.permutation(np.prod(shape)).reshape(shape) * 1e-2
+    check_module_gradients(MaxPool2D(kernel_size, stride), x, rng)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_maxpool2d_layer_preserves_dtype(dtype, rng):
+    layer = MaxPool2D(2)
+    x = rng.standard_normal((2, 3, 6, 5)).astype(dtype)
+    out = layer(x)
+    dx = layer.backward(np.ones_like(out))
+    assert out.dtype == dtype and dx.dtype == dtype
+    assert out.shape == (2, 3, 3, 2) and dx.shape == x.shape
+    assert layer.parameters() == []
+
+
+def test_maxpool2d_layer_errors():
+    layer = MaxPool2D(3, stride=2)
+    with pytest.raises(RuntimeError, match="MaxPool2D.*before forward"):
+        layer.backward(np.zeros((1, 1, 1, 1)))
+    with pytest.raises(ValueError, match=r"MaxPool2D.*\(N, C, H, W\).*\(4, 5, 6\)"):
+        layer(np.zeros((4, 5, 6)))
+    with pytest.raises(ValueError, match=r"MaxPool2D.*\(1, 2, 2, 6\).*\(3, 3\)"):
+        layer(np.zeros((1, 2, 2, 6)))
+    with pytest.raises(TypeError, match="MaxPool2D.*int32"):
+        layer(np.zeros((1, 2, 6, 6), np.int32))
+    out = layer(np.zeros((1, 2, 6, 6)))
+    with pytest.raises(ValueError, match=r"MaxPool2D.*\(1, 2, 2, 2\).*\(1, 2, 3, 3\)"):
+        layer.backward(np.zeros((1, 2, 3, 3)))
+    with pytest.raises(TypeError, match="MaxPool2D.*float64.*float32"):
+        layer.backward(np.zeros(out.shape, np.float32))
+    with pytest.raises(ValueError, match="MaxPool2D.*kernel_size"):
+        MaxPool2D((2, 0))
+    with pytest.raises(ValueError, match="MaxPool2D.*stride"):
+        MaxPool2D(2, stride=-1)
+
+
+def test_maxpool2d_layer_repr():
+    assert repr(MaxPool2D(2)) == "MaxPool2D(kernel_size=(2, 2), stride=(2, 2))"
+    assert repr(MaxPool2D((3, 2), 1)) == "MaxPool2D(kernel_size=(3, 2), stride=(1, 1))"
+
+
+# --------------------------------------------------------------------------- 4. PyTorch
+@pytest.fixture(scope="module")
+def torch():
+    return pytest.importorskip("torch")
+
+
+@pytest.mark.parametrize("ties", [False, True], ids=["distinct", "ties"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("geometry", GEOMETRIES, ids=GEOMETRY_IDS)
+def test_max_pool2d_matches_torch(geometry, dtype, ties, torch, rng):
+    n, c, h, w, kernel, stride = geometry
+    shape = (n, c, h, w)
+    x = input_with_ties(shape, dtype, rng) if ties else rng.standard_normal(shape).astype(dtype)
+    layer = MaxPool2D(kernel, stride)
+    out = layer(x)
+    dout = rng.standard_normal(out.shape).astype(dtype)
+    dx = layer.backward(dout)
+
+    xt = torch.tensor(x, requires_grad=True)
+    outt, indices = torch.nn.functional.max_pool2d(xt, kernel, stride, return_indices=True)
+    outt.backward(torch.tensor(dout))
+    assert_close_to_torch(out, outt, rtol=0, atol=0, what="out")
+    np.testing.assert_array_equal(layer._cache.argmax, indices.numpy())
+    rtol = 1e-6 if dtype == np.float32 else 1e-14
+    assert_close_to_torch(dx, xt.grad, rtol=rtol, atol=0, what="dx")
