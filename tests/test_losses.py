@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from minidl.losses import CrossEntropyLoss, cross_entropy, cross_entropy_backward
-from tests.helpers import numerical_grad
+from helpers import numerical_grad
 
 
 def reference_cross_entropy(logits, labels, reduction="mean"):
