@@ -29,6 +29,7 @@ def parse_args():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval-every", type=int, default=100, help="steps between test evaluations")
     parser.add_argument("--train-samples", type=int, default=None, help="use the first N training images")
+    parser.add_argument("--test-samples", type=int, default=None, help="evaluate on the first N test images")
     parser.add_argument("--target", type=float, default=0.97, help="accuracy whose first step is reported")
     parser.add_argument("--root", default="data", help="dataset folder (downloaded on first use)")
     parser.add_argument("--out", default="runs/mnist_bn.json", help="where to write the results (JSON)")
@@ -100,6 +101,8 @@ def main():
     if args.train_samples:
         train_set = data.ArrayDataset(train_set.images[: args.train_samples],
                                       train_set.labels[: args.train_samples])
+    if args.test_samples:
+        test_set = data.ArrayDataset(test_set.images[: args.test_samples], test_set.labels[: args.test_samples])
     print(f"MNIST: {len(train_set)} training and {len(test_set)} test images; "
           f"batch {args.batch_size}, SGD lr {args.lr} momentum {args.momentum}, "
           f"{minidl.get_num_threads()} kernel threads")
