@@ -60,14 +60,20 @@ def non_contiguous(array):
 
 
 # --------------------------------------------------------------------------- 1. kernels
+def nhwc(x):
+    return np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("geometry", GEOMETRIES, ids=GEOMETRY_IDS)
 def test_im2col_kernel_matches_reference(geometry, dtype, rng):
     n, c, h, w, kernel, stride, padding = geometry
     x = rng.standard_normal((n, c, h, w)).astype(dtype)
     expected = ref.im2col(x, kernel, stride, padding)
+    oh, ow = out_size(h, w, kernel, stride, padding)
+    assert expected.shape == (n * oh * ow, kernel[0] * kernel[1] * c)
     cols = np.full(expected.shape, np.nan, dtype=dtype)  # the kernel must overwrite everything
-    _conv.im2col(x, cols, *kernel, *stride, *padding, 2)
+    _conv.im2col(nhwc(x), cols, *kernel, *stride, *padding, 2)
     np.testing.assert_array_equal(cols, expected)
 
 
@@ -76,10 +82,11 @@ def test_im2col_kernel_matches_reference(geometry, dtype, rng):
 def test_col2im_kernel_matches_reference(geometry, dtype, rng):
     n, c, h, w, kernel, stride, padding = geometry
     oh, ow = out_size(h, w, kernel, stride, padding)
-    cols = rng.standard_normal((c * kernel[0] * kernel[1], n * oh * ow)).astype(dtype)
-    dx = np.full((n, c, h, w), np.nan, dtype=dtype)  # the kernel must overwrite everything
-    _conv.col2im(cols, dx, *kernel, *stride, *padding, 2)
-    assert_close(dx, ref.col2im(cols, (n, c, h, w), kernel, stride, padding), dtype)
+    cols = rng.standard_normal((n * oh * ow, kernel[0] * kernel[1] * c)).astype(dtype)
+    dx_nhwc = np.full((n, h, w, c), np.nan, dtype=dtype)  # the kernel must overwrite everything
+    _conv.col2im(cols, dx_nhwc, *kernel, *stride, *padding, 2)
+    expected = ref.col2im(cols, (n, c, h, w), kernel, stride, padding)
+    assert_close(dx_nhwc, nhwc(expected), dtype)
 
 
 @pytest.mark.parametrize("geometry", GEOMETRIES, ids=GEOMETRY_IDS)
@@ -87,25 +94,27 @@ def test_col2im_is_the_adjoint_of_im2col(geometry, rng):
     """<im2col(x), c> == <x, col2im(c)> for the Cython kernels."""
     n, c, h, w, kernel, stride, padding = geometry
     oh, ow = out_size(h, w, kernel, stride, padding)
-    x = rng.standard_normal((n, c, h, w))
-    cols_direction = rng.standard_normal((c * kernel[0] * kernel[1], n * oh * ow))
+    x_nhwc = rng.standard_normal((n, h, w, c))
+    cols_direction = rng.standard_normal((n * oh * ow, kernel[0] * kernel[1] * c))
     cols = np.empty_like(cols_direction)
-    _conv.im2col(x, cols, *kernel, *stride, *padding, 1)
-    folded = np.empty_like(x)
+    _conv.im2col(x_nhwc, cols, *kernel, *stride, *padding, 1)
+    folded = np.empty_like(x_nhwc)
     _conv.col2im(cols_direction, folded, *kernel, *stride, *padding, 1)
-    np.testing.assert_allclose(np.sum(cols * cols_direction), np.sum(x * folded), rtol=1e-12)
+    np.testing.assert_allclose(np.sum(cols * cols_direction), np.sum(x_nhwc * folded), rtol=1e-12)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("use_bias", [True, False])
-def test_rows_to_nchw_kernel(dtype, use_bias, rng):
-    n, c, p = 3, 4, 5
-    rows = rng.standard_normal((c, n * p)).astype(dtype)
-    bias = rng.standard_normal(c).astype(dtype)
-    out = np.full((n, c, p), np.nan, dtype=dtype)
-    _conv.rows_to_nchw(rows, bias, use_bias, out, 2)
-    expected = rows.reshape(c, n, p).transpose(1, 0, 2) + (bias[:, None] if use_bias else 0)
-    np.testing.assert_array_equal(out, expected)
+@pytest.mark.parametrize("shape", [(3, 4, 5), (2, 70, 130), (1, 1, 65)])
+def test_transpose_batched_kernel(shape, dtype, use_bias, rng):
+    """Tiles are 64 x 64: the shapes cover partial, multiple and single-row tiles."""
+    n, a, b = shape
+    src = rng.standard_normal((n, a, b)).astype(dtype)
+    bias = rng.standard_normal(b).astype(dtype)
+    dst = np.full((n, b, a), np.nan, dtype=dtype)
+    _conv.transpose_batched(src, bias, use_bias, dst, 2)
+    expected = src.transpose(0, 2, 1) + (bias[:, None] if use_bias else 0)
+    np.testing.assert_array_equal(dst, expected)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -130,8 +139,9 @@ def test_reference_im2col_agrees_with_reference_definition(geometry, rng):
     x = rng.standard_normal((n, c, h, w))
     weight = rng.standard_normal((4, c) + kernel)
     oh, ow = out_size(h, w, kernel, stride, padding)
-    rows = weight.reshape(4, -1) @ ref.im2col(x, kernel, stride, padding)
-    via_im2col = rows.reshape(4, n, oh, ow).transpose(1, 0, 2, 3)
+    weight_rows = weight.transpose(0, 2, 3, 1).reshape(4, -1)
+    out_rows = ref.im2col(x, kernel, stride, padding) @ weight_rows.T
+    via_im2col = out_rows.reshape(n, oh, ow, 4).transpose(0, 3, 1, 2)
     np.testing.assert_allclose(via_im2col, ref.conv2d_forward(x, weight, None, stride, padding),
                                rtol=1e-12, atol=1e-12)
 
@@ -181,22 +191,42 @@ def test_conv2d_without_bias_returns_no_bias_gradient(rng):
     assert dbias is None and dx.shape == x.shape and dweight.shape == weight.shape
 
 
-def test_conv2d_backward_does_not_modify_cache(rng):
-    """Two backward passes from one forward give the same gradients."""
+def test_conv2d_cache_serves_one_backward(rng):
     x = rng.standard_normal((2, 2, 6, 5))
     weight = rng.standard_normal((3, 2, 3, 3))
     out, cache = conv2d_forward(x, weight, np.zeros(3), 1, 1)
     dout = rng.standard_normal(out.shape)
-    first = conv2d_backward(dout, cache)
-    second = conv2d_backward(dout, cache)
-    for a, b in zip(first, second):
-        np.testing.assert_array_equal(a, b)
+    conv2d_backward(dout, cache)
+    with pytest.raises(RuntimeError, match="conv2d.*already"):
+        conv2d_backward(dout, cache)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_conv2d_workspace(dtype, rng):
+    x = rng.standard_normal((2, 3, 7, 6)).astype(dtype)
+    weight = rng.standard_normal((4, 3, 3, 3)).astype(dtype)
+    needed = 2 * 7 * 6 * 27  # N*OH*OW * kH*kW*C_in with padding 1
+    workspace = np.full(needed + 5, np.nan, dtype=dtype)
+    out, cache = conv2d_forward(x, weight, None, 1, 1, workspace=workspace)
+    assert np.shares_memory(cache.cols, workspace)
+    assert_close(out, ref.conv2d_forward(x, weight, None, (1, 1), (1, 1)), dtype)
+    dout = rng.standard_normal(out.shape).astype(dtype)
+    dx, dweight, _ = conv2d_backward(dout, cache)
+    ref_dx, ref_dweight, _ = ref.conv2d_backward(dout, x, weight, False, (1, 1), (1, 1))
+    assert_close(dx, ref_dx, dtype)
+    assert_close(dweight, ref_dweight, dtype)
+
+    for bad in (np.zeros(needed - 1, dtype), np.zeros(needed, np.float16),
+                np.zeros((needed, 2), dtype), np.zeros(2 * needed, dtype)[::2]):
+        with pytest.raises(ValueError, match=f"conv2d.*workspace.*{needed}"):
+            conv2d_forward(x, weight, None, 1, 1, workspace=bad)
 
 
 @pytest.mark.parametrize(
     "x_shape, w_shape, b_shape, kwargs, error, fragments",
     [
-        ((2, 3, 5, 5), (4, 2, 3, 3), None, {}, ValueError, ["conv2d", "(C_out, 3, kH, kW)", "(4, 2, 3, 3)"]),
+        ((2, 3, 5, 5), (4, 2, 3, 3), None, {}, ValueError,
+         ["conv2d", "(C_out, 3, kH, kW)", "(4, 2, 3, 3)"]),
         ((2, 3, 5, 5), (4, 3, 3), None, {}, ValueError, ["conv2d", "weight", "(4, 3, 3)"]),
         ((3, 5, 5), (4, 3, 3, 3), None, {}, ValueError, ["conv2d", "(N, C, H, W)", "(3, 5, 5)"]),
         ((2, 3, 5, 5), (4, 3, 3, 3), (3,), {}, ValueError, ["conv2d", "bias", "(4,)", "(3,)"]),
@@ -242,7 +272,8 @@ def test_conv2d_backward_errors(rng):
     [
         ({"in_channels": 2, "out_channels": 3, "kernel_size": 3}, (2, 2, 5, 6)),
         ({"in_channels": 2, "out_channels": 3, "kernel_size": 3, "bias": False}, (2, 2, 5, 6)),
-        ({"in_channels": 2, "out_channels": 2, "kernel_size": 3, "stride": 2, "padding": 1}, (2, 2, 6, 5)),
+        ({"in_channels": 2, "out_channels": 2, "kernel_size": 3, "stride": 2, "padding": 1},
+         (2, 2, 6, 5)),
         ({"in_channels": 3, "out_channels": 2, "kernel_size": (2, 3), "stride": (2, 1),
           "padding": (1, 0)}, (1, 3, 5, 5)),
     ],
@@ -264,7 +295,8 @@ def test_conv2d_layer_preserves_dtype(dtype, rng):
     assert out.shape == (2, 4, 6, 6) and dx.shape == x.shape
 
 
-@pytest.mark.parametrize("param_dtype, x_dtype", [(np.float32, np.float64), (np.float64, np.float32)])
+@pytest.mark.parametrize("param_dtype, x_dtype",
+                         [(np.float32, np.float64), (np.float64, np.float32)])
 def test_conv2d_layer_computes_in_input_dtype(param_dtype, x_dtype, rng):
     layer = Conv2D(2, 3, 3, stride=2, padding=1, rng=rng, dtype=param_dtype)
     x = rng.standard_normal((2, 2, 7, 7)).astype(x_dtype)
@@ -291,11 +323,33 @@ def test_conv2d_layer_accumulates_gradients(rng):
     layer.backward(dout)
     once_w, once_b = layer.weight.grad.copy(), layer.bias.grad.copy()
     assert np.any(once_w != 0) and np.any(once_b != 0)
+    layer(x)
     layer.backward(dout)
     np.testing.assert_allclose(layer.weight.grad, 2 * once_w, rtol=1e-12)
     np.testing.assert_allclose(layer.bias.grad, 2 * once_b, rtol=1e-12)
     layer.zero_grad()
     assert not np.any(layer.weight.grad) and not np.any(layer.bias.grad)
+
+
+def test_conv2d_layer_reuses_its_workspace_across_batches(rng):
+    layer = Conv2D(3, 4, 3, padding=1, rng=rng, dtype=np.float64)
+    for n in (4, 2, 4, 5):  # a smaller batch fits in the buffer; a larger one replaces it
+        x = rng.standard_normal((n, 3, 6, 5))
+        before = layer._workspace
+        out = layer(x)
+        if before is not None and n <= 4:
+            assert layer._workspace is before
+        assert np.shares_memory(layer._cache.cols, layer._workspace)
+        dout = rng.standard_normal(out.shape)
+        layer.zero_grad()
+        dx = layer.backward(dout)
+        expected = ref.conv2d_forward(x, layer.weight.data, layer.bias.data, (1, 1), (1, 1))
+        np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-12)
+        ref_dx, ref_dweight, _ = ref.conv2d_backward(dout, x, layer.weight.data, True,
+                                                     (1, 1), (1, 1))
+        np.testing.assert_allclose(dx, ref_dx, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(layer.weight.grad, ref_dweight, rtol=1e-12, atol=1e-12)
+    assert layer._workspace.size == 5 * 6 * 5 * 27
 
 
 def test_conv2d_layer_non_contiguous_input(rng):
@@ -348,6 +402,10 @@ def test_conv2d_layer_backward_errors():
     with pytest.raises(RuntimeError, match="Conv2D.*before forward"):
         layer.backward(np.zeros((2, 4, 3, 3), np.float32))
     out = layer(np.zeros((2, 3, 5, 5), np.float32))
+    layer.backward(np.zeros(out.shape, np.float32))
+    with pytest.raises(RuntimeError, match="Conv2D.*before forward"):  # one backward per forward
+        layer.backward(np.zeros(out.shape, np.float32))
+    out = layer(np.zeros((2, 3, 5, 5), np.float32))
     with pytest.raises(ValueError, match=r"Conv2D.*\(2, 4, 3, 3\).*\(2, 4, 3, 4\)"):
         layer.backward(np.zeros((2, 4, 3, 4), np.float32))
     with pytest.raises(TypeError, match=r"Conv2D.*float32.*float64"):
@@ -388,7 +446,8 @@ TORCH_CASES = [
 @pytest.mark.parametrize("case", TORCH_CASES)
 def test_conv2d_matches_torch(case, dtype, torch, rng):
     x_shape, out_channels, kernel, stride, padding, use_bias = case
-    layer = Conv2D(x_shape[1], out_channels, kernel, stride, padding, bias=use_bias, rng=rng, dtype=dtype)
+    layer = Conv2D(x_shape[1], out_channels, kernel, stride, padding, bias=use_bias, rng=rng,
+                   dtype=dtype)
     x = rng.standard_normal(x_shape).astype(dtype)
     out = layer(x)
     dout = rng.standard_normal(out.shape).astype(dtype)

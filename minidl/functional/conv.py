@@ -6,20 +6,28 @@ Math (cross-correlation, as ``torch.nn.functional.conv2d``; see ``minidl/referen
 
 It is computed with im2col and ONE matrix product per batch (Chellapilla, Puri and Simard,
 2006, "High Performance Convolutional Neural Networks for Document Processing"). With
-``K = C_in*kH*kW`` and ``M = N*OH*OW``:
+``M = N*OH*OW`` output positions, ``K = kH*kW*C_in`` taps and
+``weight_rows = weight.transpose(0, 2, 3, 1).reshape(C_out, K)``:
 
-    forward    cols   (K, M)     = im2col(x)                         Cython, parallel
-               rows   (C_out, M) = weight.reshape(C_out, K) @ cols   BLAS GEMM
-               out    (N, C_out, OH, OW) = rows reordered + bias     Cython, parallel
-    backward   drows  (C_out, M) = dout reordered; dbias = row sums  Cython, parallel
-               dweight           = drows @ cols.T                    BLAS GEMM
-               dcols  (K, M)     = weight.reshape(C_out, K).T @ drows  BLAS GEMM
-               dx                = col2im(dcols)                     Cython, parallel
+    forward    x_nhwc                 = x in NHWC order                 Cython, parallel
+               cols     (M, K)        = im2col(x_nhwc)                  Cython, parallel
+               out_rows (M, C_out)    = cols @ weight_rows.T            BLAS GEMM
+               out (N, C_out, OH, OW) = out_rows in NCHW order + bias   Cython, parallel
+    backward   drows (C_out, M)       = dout reordered; dbias = sums    Cython, parallel
+               dweight                = drows @ cols (reordered)        BLAS GEMM
+               dcols    (M, K)        = drows.T @ weight_rows           BLAS GEMM, into cols
+               dx                     = col2im(dcols) in NCHW order     Cython, parallel
 
-``cols[(c*kH + i)*kW + j, (n*OH + oh)*OW + ow] = x_pad[n, c, oh*sH + i, ow*sW + j]``; it is kept
-in the cache so the backward pass does not unroll ``x`` again (memory: ``K*M`` elements).
+``cols[(n*OH + oh)*OW + ow, (i*kW + j)*C_in + c] = x_pad[n, c, oh*sH + i, ow*sW + j]``. This
+row-per-position layout with NHWC taps was measured faster than ``(C_in*kH*kW, N*OH*OW)`` with
+OpenBLAS (tall-skinny products, contiguous copies). ``cols`` is kept in the cache so the
+backward pass does not unroll ``x`` again (memory: ``M*K`` elements), and the backward pass
+overwrites it with ``dcols``: a cache serves ONE backward pass (like PyTorch's autograd graph
+without ``retain_graph``). Callers that convolve repeatedly (the Conv2D layer) can pass a
+``workspace`` so ``cols`` reuses the same memory from batch to batch.
 """
-from typing import NamedTuple, Tuple
+from dataclasses import dataclass
+from typing import Optional, Tuple
 
 import numpy as np
 
@@ -27,26 +35,35 @@ from .. import _config
 from .._checks import check_float_array, check_input, pair
 from .._kernels import _conv as _kernel
 
-__all__ = ["Conv2dCache", "conv2d_forward", "conv2d_backward", "conv2d_output_size"]
+__all__ = [
+    "Conv2dCache", "conv2d_forward", "conv2d_backward", "conv2d_output_size",
+    "column_matrix_shape", "check_gradient",
+]
 
 
-class Conv2dCache(NamedTuple):
+@dataclass
+class Conv2dCache:
     """What :func:`conv2d_backward` needs from the forward pass.
 
     Attributes:
-        cols (np.ndarray): im2col of the input, ``(C_in*kH*kW, N*OH*OW)``, C-contiguous.
-        weight (np.ndarray): the weight used, ``(C_out, C_in, kH, kW)``, C-contiguous.
+        cols (np.ndarray or None): im2col of the input, ``(N*OH*OW, kH*kW*C_in)``,
+            C-contiguous; set to None once a backward pass has reused its memory.
+        weight_rows (np.ndarray): the weight as ``(C_out, kH*kW*C_in)``, taps ordered (i, j, c).
         has_bias (bool): whether the forward added a bias.
+        dtype (np.dtype): dtype of the input, output and gradients.
         x_shape (tuple): ``(N, C_in, H, W)``.
+        weight_shape (tuple): ``(C_out, C_in, kH, kW)``.
         out_shape (tuple): ``(N, C_out, OH, OW)``.
         stride (tuple): ``(sH, sW)``.
         padding (tuple): ``(pH, pW)``.
     """
 
-    cols: np.ndarray
-    weight: np.ndarray
+    cols: Optional[np.ndarray]
+    weight_rows: np.ndarray
     has_bias: bool
+    dtype: np.dtype
     x_shape: Tuple[int, int, int, int]
+    weight_shape: Tuple[int, int, int, int]
     out_shape: Tuple[int, int, int, int]
     stride: Tuple[int, int]
     padding: Tuple[int, int]
@@ -58,42 +75,8 @@ def conv2d_output_size(in_size, kernel_size, stride, padding):
     ``O = (I + 2*padding - kernel) // stride + 1`` per axis (PyTorch's ``Conv2d`` with
     dilation 1); a result < 1 means the input is too small.
     """
-    return tuple((i + 2 * p - k) // s + 1 for i, k, s, p in zip(in_size, kernel_size, stride, padding))
-
-
-def check_gradient(layer, dout, shape, dtype, what="gradient"):
-    """Raise unless ``dout`` is an ndarray of exactly ``shape`` and ``dtype``.
-
-    Raises:
-        TypeError: not a float ndarray, or the wrong dtype.
-        ValueError: the wrong shape.
-    """
-    check_float_array(layer, dout, what)
-    if dout.shape != tuple(shape):
-        raise ValueError(f"{layer}: expected {what} of shape {tuple(shape)} (the output's), got shape {dout.shape}")
-    if dout.dtype != dtype:
-        raise TypeError(f"{layer}: expected {what} dtype {dtype} (the output's), got {dout.dtype}")
-
-
-def _check_weight_and_bias(layer, x, weight, bias):
-    """Validate ``weight`` (and ``bias`` unless None) against the input ``x``."""
-    in_channels = x.shape[1]
-    check_float_array(layer, weight, "weight")
-    if weight.ndim != 4 or weight.shape[1] != in_channels or 0 in weight.shape:
-        raise ValueError(
-            f"{layer}: expected weight of shape (C_out, {in_channels}, kH, kW) for an input with "
-            f"{in_channels} channels, got shape {weight.shape}"
-        )
-    if weight.dtype != x.dtype:
-        raise TypeError(f"{layer}: expected weight dtype {x.dtype} (like the input), got {weight.dtype}")
-    if bias is None:
-        return
-    out_channels = weight.shape[0]
-    check_float_array(layer, bias, "bias")
-    if bias.shape != (out_channels,):
-        raise ValueError(f"{layer}: expected bias of shape ({out_channels},), got shape {bias.shape}")
-    if bias.dtype != x.dtype:
-        raise TypeError(f"{layer}: expected bias dtype {x.dtype} (like the input), got {bias.dtype}")
+    sizes = zip(in_size, kernel_size, stride, padding)
+    return tuple((i + 2 * p - k) // s + 1 for i, k, s, p in sizes)
 
 
 def check_spatial_size(layer, x_shape, kernel_size, stride, padding):
@@ -108,7 +91,107 @@ def check_spatial_size(layer, x_shape, kernel_size, stride, padding):
     return out_hw
 
 
-def conv2d_forward(x, weight, bias=None, stride=1, padding=0, layer="conv2d"):
+def column_matrix_shape(layer, x_shape, kernel_size, stride, padding):
+    """Shape ``(N*OH*OW, kH*kW*C_in)`` of im2col's matrix.
+
+    Raises:
+        ValueError: like :func:`check_spatial_size`.
+    """
+    out_h, out_w = check_spatial_size(layer, x_shape, kernel_size, stride, padding)
+    return x_shape[0] * out_h * out_w, kernel_size[0] * kernel_size[1] * x_shape[1]
+
+
+def check_gradient(layer, dout, shape, dtype, what="gradient"):
+    """Raise unless ``dout`` is an ndarray of exactly ``shape`` and ``dtype``.
+
+    Raises:
+        TypeError: not a float ndarray, or the wrong dtype.
+        ValueError: the wrong shape.
+    """
+    check_float_array(layer, dout, what)
+    if dout.shape != tuple(shape):
+        raise ValueError(
+            f"{layer}: expected {what} of shape {tuple(shape)} (the output's), "
+            f"got shape {dout.shape}"
+        )
+    if dout.dtype != dtype:
+        raise TypeError(f"{layer}: expected {what} dtype {dtype} (the output's), got {dout.dtype}")
+
+
+def _check_weight_and_bias(layer, x, weight, bias):
+    """Validate ``weight`` (and ``bias`` unless None) against the input ``x``."""
+    in_channels = x.shape[1]
+    check_float_array(layer, weight, "weight")
+    if weight.ndim != 4 or weight.shape[1] != in_channels or 0 in weight.shape:
+        raise ValueError(
+            f"{layer}: expected weight of shape (C_out, {in_channels}, kH, kW) for an input with "
+            f"{in_channels} channels, got shape {weight.shape}"
+        )
+    if weight.dtype != x.dtype:
+        raise TypeError(
+            f"{layer}: expected weight dtype {x.dtype} (like the input), got {weight.dtype}"
+        )
+    if bias is None:
+        return
+    out_channels = weight.shape[0]
+    check_float_array(layer, bias, "bias")
+    if bias.shape != (out_channels,):
+        raise ValueError(
+            f"{layer}: expected bias of shape ({out_channels},), got shape {bias.shape}"
+        )
+    if bias.dtype != x.dtype:
+        raise TypeError(
+            f"{layer}: expected bias dtype {x.dtype} (like the input), got {bias.dtype}"
+        )
+
+
+def _column_matrix(layer, workspace, shape, dtype):
+    """A C-contiguous ``shape`` array for im2col: the front of ``workspace``, or a new one."""
+    size = shape[0] * shape[1]
+    if workspace is None:
+        return np.empty(shape, dtype=dtype)
+    ok = (
+        isinstance(workspace, np.ndarray) and workspace.ndim == 1 and workspace.dtype == dtype
+        and workspace.flags.c_contiguous and workspace.size >= size
+    )
+    if not ok:
+        got = (f"{workspace.dtype} array of shape {workspace.shape}"
+               if isinstance(workspace, np.ndarray) else type(workspace).__name__)
+        raise ValueError(
+            f"{layer}: expected workspace to be a contiguous 1-D {dtype} array of at least "
+            f"{size} elements, got {got}"
+        )
+    return workspace[:size].reshape(shape)
+
+
+def _no_bias(dtype):
+    """Placeholder for the kernels' bias argument when there is none (never read)."""
+    return np.empty(0, dtype=dtype)
+
+
+def _to_nhwc(x, threads):
+    """C-contiguous ``(N, C, H, W)`` -> C-contiguous ``(N, H, W, C)`` (a view when C == 1)."""
+    n, c, h, w = x.shape
+    if c == 1:
+        return x.reshape(n, h, w, 1)
+    x_nhwc = np.empty((n, h, w, c), dtype=x.dtype)
+    _kernel.transpose_batched(x.reshape(n, c, h * w), _no_bias(x.dtype), False,
+                              x_nhwc.reshape(n, h * w, c), threads)
+    return x_nhwc
+
+
+def _to_nchw(x_nhwc, threads):
+    """C-contiguous ``(N, H, W, C)`` -> C-contiguous ``(N, C, H, W)`` (a view when C == 1)."""
+    n, h, w, c = x_nhwc.shape
+    if c == 1:
+        return x_nhwc.reshape(n, 1, h, w)
+    x = np.empty((n, c, h, w), dtype=x_nhwc.dtype)
+    _kernel.transpose_batched(x_nhwc.reshape(n, h * w, c), _no_bias(x.dtype), False,
+                              x.reshape(n, c, h * w), threads)
+    return x
+
+
+def conv2d_forward(x, weight, bias=None, stride=1, padding=0, layer="conv2d", workspace=None):
     """2-D convolution (cross-correlation) of a batch, like ``torch.nn.functional.conv2d``.
 
     Args:
@@ -118,13 +201,18 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, layer="conv2d"):
         stride (int or pair): step ``(sH, sW)`` >= 1 (default 1).
         padding (int or pair): zeros ``(pH, pW)`` >= 0 added on each side (default 0).
         layer (str): name used in error messages.
+        workspace (np.ndarray or None): optional contiguous 1-D array of x's dtype with at least
+            ``N*OH*OW*kH*kW*C_in`` elements (see :func:`column_matrix_shape`); im2col's matrix
+            is then stored in its first elements instead of newly allocated memory. It belongs
+            to the returned cache until the backward pass (or until it is discarded).
     Returns:
         (out, cache): ``out`` is ``(N, C_out, OH, OW)`` in the dtype of ``x`` with
         ``OH = (H + 2*pH - kH) // sH + 1`` (likewise ``OW``); ``cache`` is a
-        :class:`Conv2dCache` for :func:`conv2d_backward`.
+        :class:`Conv2dCache` for ONE call of :func:`conv2d_backward`.
     Raises:
         TypeError: an argument is not a float32/float64 ndarray, or dtypes differ.
-        ValueError: a wrong shape, a bad stride/padding, or an input smaller than the kernel.
+        ValueError: a wrong shape, a bad stride/padding, an input smaller than the kernel, or
+            an unusable workspace.
     """
     check_input(layer, x, "NCHW")
     _check_weight_and_bias(layer, x, weight, bias)
@@ -132,25 +220,32 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, layer="conv2d"):
     padding = pair(padding, "padding", layer, minimum=0)
     out_channels, _, kernel_h, kernel_w = weight.shape
     out_h, out_w = check_spatial_size(layer, x.shape, (kernel_h, kernel_w), stride, padding)
+    n, in_channels = x.shape[:2]
+    cols = _column_matrix(layer, workspace, (n * out_h * out_w, kernel_h * kernel_w * in_channels),
+                          x.dtype)
 
-    n = x.shape[0]
-    x = np.ascontiguousarray(x)
-    weight = np.ascontiguousarray(weight)
     threads = _config.get_num_threads()
-    cols = np.empty((weight[0].size, n * out_h * out_w), dtype=x.dtype)
-    _kernel.im2col(x, cols, kernel_h, kernel_w, *stride, *padding, threads)
-    rows = np.matmul(weight.reshape(out_channels, -1), cols)
+    x_nhwc = _to_nhwc(np.ascontiguousarray(x), threads)
+    _kernel.im2col(x_nhwc, cols, kernel_h, kernel_w, *stride, *padding, threads)
+    del x_nhwc
+    weight_rows = np.ascontiguousarray(weight.transpose(0, 2, 3, 1)).reshape(out_channels, -1)
+    out_rows = np.matmul(cols, weight_rows.T)
 
     out = np.empty((n, out_channels, out_h, out_w), dtype=x.dtype)
     has_bias = bias is not None
-    bias_vector = np.ascontiguousarray(bias) if has_bias else np.zeros(out_channels, x.dtype)
-    _kernel.rows_to_nchw(rows, bias_vector, has_bias, out.reshape(n, out_channels, -1), threads)
-    cache = Conv2dCache(cols, weight, has_bias, x.shape, out.shape, stride, padding)
+    bias_vector = np.ascontiguousarray(bias) if has_bias else _no_bias(x.dtype)
+    _kernel.transpose_batched(out_rows.reshape(n, out_h * out_w, out_channels), bias_vector,
+                              has_bias, out.reshape(n, out_channels, out_h * out_w), threads)
+    cache = Conv2dCache(cols, weight_rows, has_bias, x.dtype, x.shape, weight.shape, out.shape,
+                        stride, padding)
     return out, cache
 
 
 def conv2d_backward(dout, cache, layer="conv2d"):
     """Gradients of :func:`conv2d_forward` with respect to the input, weight and bias.
+
+    The cache's column matrix is overwritten (its memory holds d loss / d cols), so each forward
+    cache supports one backward call.
 
     Args:
         dout (np.ndarray): d loss / d out, ``(N, C_out, OH, OW)``, the dtype of the forward
@@ -162,21 +257,33 @@ def conv2d_backward(dout, cache, layer="conv2d"):
         all in the dtype of ``x``; ``dbias`` is None when the forward had no bias.
     Raises:
         TypeError/ValueError: ``dout`` does not match the forward output.
+        RuntimeError: the cache was already used by a backward call.
     """
-    cols, weight, has_bias, x_shape, out_shape, stride, padding = cache
-    check_gradient(layer, dout, out_shape, cols.dtype)
-    n, out_channels = out_shape[:2]
+    if cache.cols is None:
+        raise RuntimeError(
+            f"{layer}: this forward pass was already backpropagated (one backward per forward); "
+            f"run forward again"
+        )
+    check_gradient(layer, dout, cache.out_shape, cache.dtype)
+    cols = cache.cols
+    n, out_channels = cache.out_shape[:2]
+    _, in_channels, kernel_h, kernel_w = cache.weight_shape
     threads = _config.get_num_threads()
 
     dout = np.ascontiguousarray(dout).reshape(n, out_channels, -1)
-    drows = np.empty((out_channels, cols.shape[1]), dtype=cols.dtype)
+    drows = np.empty((out_channels, cols.shape[0]), dtype=cache.dtype)
     bias_grad = np.empty(out_channels, dtype=np.float64)
-    _kernel.nchw_to_rows(dout, drows, bias_grad, has_bias, threads)
+    _kernel.nchw_to_rows(dout, drows, bias_grad, cache.has_bias, threads)
 
-    weight_rows = weight.reshape(out_channels, -1)
-    dweight = np.matmul(drows, cols.T).reshape(weight.shape)
-    dcols = np.matmul(weight_rows.T, drows)
-    dx = np.empty(x_shape, dtype=cols.dtype)
-    _kernel.col2im(dcols, dx, weight.shape[2], weight.shape[3], *stride, *padding, threads)
-    dbias = bias_grad.astype(cols.dtype) if has_bias else None
+    dweight_rows = np.matmul(drows, cols).reshape(out_channels, kernel_h, kernel_w, in_channels)
+    dweight = np.ascontiguousarray(dweight_rows.transpose(0, 3, 1, 2))
+    dcols = np.matmul(drows.T, cache.weight_rows, out=cols)
+    cache.cols = None
+    del drows
+
+    n, _, height, width = cache.x_shape
+    dx_nhwc = np.empty((n, height, width, in_channels), dtype=cache.dtype)
+    _kernel.col2im(dcols, dx_nhwc, kernel_h, kernel_w, *cache.stride, *cache.padding, threads)
+    dx = _to_nchw(dx_nhwc, threads)
+    dbias = bias_grad.astype(cache.dtype) if cache.has_bias else None
     return dx, dweight, dbias

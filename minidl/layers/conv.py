@@ -2,7 +2,7 @@
 import numpy as np
 
 from .._checks import check_input, pair
-from ..functional.conv import conv2d_backward, conv2d_forward
+from ..functional.conv import column_matrix_shape, conv2d_backward, conv2d_forward
 from .init import uniform_fan_in
 from .module import Module, Parameter
 
@@ -68,6 +68,7 @@ class Conv2D(Module):
         else:
             self.bias = None
         self._cache = None
+        self._workspace = None  # im2col's matrix, reused from batch to batch
 
     def _params_as(self, dtype):
         """``(weight, bias)`` data in ``dtype`` (no copy when it already matches)."""
@@ -78,25 +79,38 @@ class Conv2D(Module):
     def forward(self, x):
         """Convolve ``x`` ``(N, C_in, H, W)``; returns ``(N, C_out, OH, OW)`` in x's dtype."""
         check_input("Conv2D", x, "NCHW", {"C": self.in_channels})
-        self._cache = None  # free the previous batch's columns before allocating new ones
+        rows, taps = column_matrix_shape("Conv2D", x.shape, self.kernel_size, self.stride,
+                                         self.padding)
+        self._cache = None
+        workspace = self._workspace
+        if workspace is None or workspace.dtype != x.dtype or workspace.size < rows * taps:
+            self._workspace = workspace = None  # free the old buffer before allocating
+            self._workspace = workspace = np.empty(rows * taps, dtype=x.dtype)
         weight, bias = self._params_as(x.dtype)
-        out, self._cache = conv2d_forward(x, weight, bias, self.stride, self.padding, layer="Conv2D")
+        out, self._cache = conv2d_forward(x, weight, bias, self.stride, self.padding,
+                                          layer="Conv2D", workspace=workspace)
         return out
 
     def backward(self, dout):
         """Accumulate ``weight.grad`` / ``bias.grad`` and return d loss / d x.
+
+        Each forward pass supports one backward pass (its cached im2col matrix is reused for the
+        gradient), as PyTorch's autograd without ``retain_graph``.
 
         Args:
             dout (np.ndarray): ``(N, C_out, OH, OW)``, the shape and dtype of the last output.
         Returns:
             np.ndarray: ``(N, C_in, H, W)`` in the dtype of the last input.
         Raises:
-            RuntimeError: no forward pass has been run.
+            RuntimeError: no forward pass has been run since the last backward pass.
             ValueError/TypeError: ``dout`` does not match the last output.
         """
         if self._cache is None:
-            raise RuntimeError("Conv2D: backward called before forward")
+            raise RuntimeError(
+                "Conv2D: backward called before forward (each forward allows one backward)"
+            )
         dx, dweight, dbias = conv2d_backward(dout, self._cache, layer="Conv2D")
+        self._cache = None
         self.weight.accumulate_grad(dweight)
         if self.bias is not None:
             self.bias.accumulate_grad(dbias)

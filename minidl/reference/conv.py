@@ -12,9 +12,12 @@ Definition (cross-correlation, as ``torch.nn.Conv2d``), for ``x`` of shape ``(N,
 :func:`conv2d_forward` and :func:`conv2d_backward` follow this definition directly, one
 kernel tap ``(i, j)`` at a time, and do not use im2col, so they check the im2col route
 independently. :func:`im2col` and :func:`col2im` define the column layout used by the Cython
-kernels (Chellapilla et al., 2006):
+kernels (Chellapilla et al., 2006): one row per output position, taps ordered ``(i, j, c)``::
 
-    cols[(c*kH + i)*kW + j, (n*OH + oh)*OW + ow] = x_padded[n, c, oh*sH + i, ow*sW + j]
+    cols[(n*OH + oh)*OW + ow, (i*kW + j)*C + c] = x_padded[n, c, oh*sH + i, ow*sW + j]
+
+so that ``out = cols @ weight.transpose(0, 2, 3, 1).reshape(C_out, -1).T`` gives the output
+as ``(N*OH*OW, C_out)``, i.e. in NHWC order.
 
 Nothing here validates its inputs; ``kernel_size``, ``stride`` and ``padding`` are pairs of ints.
 """
@@ -24,7 +27,7 @@ __all__ = ["output_size", "im2col", "col2im", "conv2d_forward", "conv2d_backward
 
 
 def output_size(size, kernel, stride, padding):
-    """Output length of a convolution along one axis: ``(size + 2*padding - kernel)//stride + 1``."""
+    """Output length along one axis: ``(size + 2*padding - kernel) // stride + 1``."""
     return (size + 2 * padding - kernel) // stride + 1
 
 
@@ -42,32 +45,32 @@ def _tap(x_padded, i, j, out_hw, stride):
 
 
 def im2col(x, kernel_size, stride, padding):
-    """Unroll every receptive field of ``x`` into a column.
+    """Copy every receptive field of ``x`` into one row.
 
     Args:
         x (np.ndarray): ``(N, C, H, W)``.
         kernel_size, stride, padding: pairs ``(kH, kW)``, ``(sH, sW)``, ``(pH, pW)``.
     Returns:
-        np.ndarray: ``cols`` of shape ``(C*kH*kW, N*OH*OW)``, dtype of ``x``, laid out as in
+        np.ndarray: ``cols`` of shape ``(N*OH*OW, kH*kW*C)``, dtype of ``x``, laid out as in
         the module docstring.
     """
     n, c, h, w = x.shape
     kh, kw = kernel_size
     out_hw = (output_size(h, kh, stride[0], padding[0]), output_size(w, kw, stride[1], padding[1]))
     x_padded = _pad(x, padding)
-    cols = np.empty((c, kh, kw, n) + out_hw, dtype=x.dtype)
+    cols = np.empty((n,) + out_hw + (kh, kw, c), dtype=x.dtype)
     for i in range(kh):
         for j in range(kw):
-            # (N, C, OH, OW) -> (C, N, OH, OW)
-            cols[:, i, j] = _tap(x_padded, i, j, out_hw, stride).transpose(1, 0, 2, 3)
-    return cols.reshape(c * kh * kw, n * out_hw[0] * out_hw[1])
+            # (N, C, OH, OW) -> (N, OH, OW, C)
+            cols[:, :, :, i, j, :] = _tap(x_padded, i, j, out_hw, stride).transpose(0, 2, 3, 1)
+    return cols.reshape(n * out_hw[0] * out_hw[1], kh * kw * c)
 
 
 def col2im(cols, x_shape, kernel_size, stride, padding):
-    """Fold columns back into an image, adding overlapping taps (the adjoint of :func:`im2col`).
+    """Fold rows back into an image, adding overlapping taps (the adjoint of :func:`im2col`).
 
     Args:
-        cols (np.ndarray): ``(C*kH*kW, N*OH*OW)``.
+        cols (np.ndarray): ``(N*OH*OW, kH*kW*C)``.
         x_shape (tuple): ``(N, C, H, W)``, the shape of the image im2col was applied to.
         kernel_size, stride, padding: pairs, as for :func:`im2col`.
     Returns:
@@ -78,12 +81,13 @@ def col2im(cols, x_shape, kernel_size, stride, padding):
     kh, kw = kernel_size
     ph, pw = padding
     out_hw = (output_size(h, kh, stride[0], ph), output_size(w, kw, stride[1], pw))
-    cols = cols.reshape((c, kh, kw, n) + out_hw)
+    cols = cols.reshape((n,) + out_hw + (kh, kw, c))
     dx_padded = np.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=cols.dtype)
     for i in range(kh):
         for j in range(kw):
             # within one tap the target positions are distinct, so "+=" on the slice is exact
-            _tap(dx_padded, i, j, out_hw, stride)[...] += cols[:, i, j].transpose(1, 0, 2, 3)
+            tap_grad = cols[:, :, :, i, j, :].transpose(0, 3, 1, 2)  # (N, C, OH, OW)
+            _tap(dx_padded, i, j, out_hw, stride)[...] += tap_grad
     return dx_padded[:, :, ph:ph + h, pw:pw + w]
 
 
