@@ -1,4 +1,4 @@
 """Experiment building blocks: the reference networks used by examples, experiments and benchmarks."""
-from .networks import mnist_cnn
+from .networks import cifar_cnn, mnist_cnn
 
-__all__ = ["mnist_cnn"]
+__all__ = ["mnist_cnn", "cifar_cnn"]
