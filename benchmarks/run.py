@@ -624,6 +624,7 @@ def torch_copy(module, minidl_module):
 
 
 def image_shape(kind):
+    """``(C, H, W)`` of one image of the network ``kind``."""
     return (1, 28, 28) if kind == "mnist" else (3, 32, 32)
 
 
@@ -663,6 +664,7 @@ def minidl_train_step(model, batches):
         model.backward(loss_fn.backward())
         optimizer.step()
         optimizer.zero_grad()
+    step.model = model  # for --profile's per-layer times
     return step
 
 
@@ -744,7 +746,11 @@ def eval_setup(sizes):
     batch = sizes["eval_batch"]
     x = random_batches("mnist", batch, 1)[0][0]
     model = minidl_network("mnist", True).eval()
-    steps = {"minidl": lambda: model(x)}
+
+    def minidl_step():
+        model(x)
+    minidl_step.model = model  # for --profile's per-layer times
+    steps = {"minidl": minidl_step}
     if torch is not None:
         module = torch_copy(torch_network("mnist", True), model).eval()
         x_t = torch.from_numpy(x)
@@ -778,32 +784,106 @@ def memory_workload(framework, sizes):
 
 
 def profile_workload(workload_id, sizes, top):
-    """Print the ``top`` minidl functions by own time (cProfile) for one workload."""
-    import cProfile
-    import pstats
+    """Where one workload's time goes: minidl's top functions by own time (cProfile), minidl's
+    time per layer (networks only) and PyTorch's top operators (when installed).
+
+    cProfile charges a Cython kernel or a NumPy ufunc to the Python function that calls it, so
+    the functional wrappers (``conv2d_forward`` ...) stand for their kernels.
+    """
     name = WORKLOADS[workload_id]["name"]
     if workload_id not in TIMED:
         print(f"\n{workload_id} {name}: nothing to profile (a memory measurement)")
         return
-    step = workload_setup(workload_id, sizes)[0]["minidl"]
-    for _ in range(sizes["warmup"]):
-        step()
+    steps, detail, _ = workload_setup(workload_id, sizes)
+    for step in steps.values():
+        for _ in range(sizes["warmup"]):
+            step()
+    step = steps["minidl"]
     count = max(1, min(sizes["max_steps"], round(sizes["profile_seconds"] / timed_call(step))))
+    print(f"\n===== {workload_id} {name} ({detail}): {count} steps =====")
+    print_cprofile(step, count, top)
+    if getattr(step, "model", None) is not None:
+        print_layer_times(step, count)
+    if "pytorch" in steps:
+        print_torch_profile(steps["pytorch"], count, top)
+
+
+def print_cprofile(step, count, top):
+    """minidl: the ``top`` functions by own time over ``count`` steps."""
+    import cProfile
+    import pstats
     profiler = cProfile.Profile()
     profiler.enable()
     for _ in range(count):
         step()
     profiler.disable()
-    stats = pstats.Stats(profiler).stats  # {(file, line, function): (cc, calls, tottime, cumtime, callers)}
+    stats = pstats.Stats(profiler).stats  # {(file, line, name): (cc, calls, tottime, cumtime, _)}
     total = sum(entry[2] for entry in stats.values())
-    print(f"\n{workload_id} {name}: {count} steps, {total / count * 1e3:.1f} ms per step "
-          f"(profiled); top {top} by own time")
+    print(f"minidl, cProfile: {total / count * 1e3:.1f} ms per step; top {top} by own time")
     print(f"{'ms/step':>9} {'share':>6} {'calls/step':>10}  function")
     ranked = sorted(stats.items(), key=lambda item: item[1][2], reverse=True)[:top]
     for (filename, line, function), (_, calls, tottime, _, _) in ranked:
-        where = short_path(filename) + (f":{line}" if line else "")
-        print(f"{tottime / count * 1e3:9.2f} {tottime / total:6.1%} {calls / count:10.0f}  "
-              f"{function} ({where})")
+        where = "" if filename == "~" else f" ({short_path(filename)}:{line})"
+        print(f"{tottime / count * 1e3:9.2f} {tottime / total:6.1%} {calls / count:10.1f}  "
+              f"{function}{where}")
+
+
+def print_layer_times(step, count):
+    """minidl: wall time of each layer's forward and backward, per step (no profiler)."""
+    model = step.model
+    seconds = {}
+
+    def timed(key, method):
+        def wrapper(*args):
+            start = time.perf_counter()
+            out = method(*args)
+            seconds[key] = seconds.get(key, 0.0) + time.perf_counter() - start
+            return out
+        return wrapper
+
+    labels = []
+    for index, layer in enumerate(model):
+        labels.append(f"{index} {layer_label(layer)}")
+        layer.forward = timed((labels[-1], "forward"), layer.forward)
+        layer.backward = timed((labels[-1], "backward"), layer.backward)
+    total = timed_call(lambda: [step() for _ in range(count)])
+    for layer in model:  # back to the class's methods
+        del layer.forward, layer.backward
+    print(f"minidl, per layer (wall time, {total / count * 1e3:.1f} ms per step):")
+    print(f"{'forward':>9} {'backward':>9} {'share':>6}  layer  (ms per step)")
+    for label in labels:
+        forward = seconds.get((label, "forward"), 0.0)
+        backward = seconds.get((label, "backward"), 0.0)
+        print(f"{forward / count * 1e3:9.2f} {backward / count * 1e3:9.2f} "
+              f"{(forward + backward) / total:6.1%}  {label}")
+    rest = total - sum(seconds.values())
+    print(f"{rest / count * 1e3:19.2f} {rest / total:6.1%}  loss, optimizer and the rest")
+
+
+def layer_label(layer):
+    """``Conv2D(1->32)``, ``BatchNorm(32)``, ``ReLU``: a layer's type and channel counts."""
+    sizes = [getattr(layer, name) for name in ("in_channels", "in_features", "num_features",
+                                               "out_channels", "out_features")
+             if hasattr(layer, name)]
+    name = type(layer).__name__
+    return f"{name}({'->'.join(map(str, sizes))})" if sizes else name
+
+
+def print_torch_profile(step, count, top):
+    """PyTorch: the ``top`` operators by self CPU time (torch.profiler), for comparison."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU]) as profiler:
+        for _ in range(count):
+            step()
+    events = sorted(profiler.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events)
+    print(f"PyTorch, torch.profiler: {total / count / 1e3:.1f} ms per step; top {top} "
+          f"operators by self time")
+    print(f"{'ms/step':>9} {'share':>6} {'calls/step':>10}  operator")
+    for event in events[:top]:
+        print(f"{event.self_cpu_time_total / count / 1e3:9.2f} "
+              f"{event.self_cpu_time_total / total:6.1%} {event.count / count:10.1f}  "
+              f"{event.key}")
 
 
 def short_path(filename):
