@@ -439,6 +439,7 @@ TORCH_CASES = [
     ((2, 4, 11, 8), 3, (3, 2), (2, 1), (0, 1), True),
     ((3, 2, 7, 7), 4, (5, 5), 2, 2, False),
     ((2, 16, 12, 12), 32, (3, 3), 1, 1, True),
+    ((4, 8, 20, 20), 16, (3, 3), 1, 1, True),  # large enough for the multi-threaded path
 ]
 
 

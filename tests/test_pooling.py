@@ -28,6 +28,7 @@ GEOMETRIES = [
     (3, 2, 5, 6, (1, 1), (1, 1)),
     (2, 2, 5, 4, (5, 4), (1, 1)),
     (1, 3, 11, 11, (2, 2), (4, 3)),
+    (4, 8, 48, 48, (2, 2), (2, 2)),  # large enough for the multi-threaded path
 ]
 GEOMETRY_IDS = [f"x{g[:4]}-k{g[4]}-s{g[5]}".replace(" ", "") for g in GEOMETRIES]
 
@@ -241,3 +242,17 @@ def test_max_pool2d_matches_torch(geometry, dtype, ties, torch, rng):
     np.testing.assert_array_equal(layer._cache.argmax, indices.numpy())
     rtol = 1e-6 if dtype == np.float32 else 1e-14
     assert_close_to_torch(dx, xt.grad, rtol=rtol, atol=0, what="dx")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kernel, stride", [((2, 2), (2, 2)), ((3, 3), (1, 1)), ((3, 2), (2, 1))])
+def test_max_pool2d_nan_matches_torch(kernel, stride, dtype, torch, rng):
+    """NaNs propagate, and the index is the one PyTorch's CPU kernel reports (the last NaN)."""
+    x = rng.standard_normal((2, 3, 9, 8)).astype(dtype)
+    x[rng.random(x.shape) < 0.15] = np.nan
+    out, cache = max_pool2d_forward(x, kernel, stride)
+    outt, indices = torch.nn.functional.max_pool2d(torch.tensor(x), kernel, stride,
+                                                   return_indices=True)
+    assert np.isnan(out).any() and not np.isnan(out).all()
+    np.testing.assert_array_equal(out, outt.numpy())  # NaN == NaN for assert_array_equal
+    np.testing.assert_array_equal(cache.argmax, indices.numpy())

@@ -21,6 +21,40 @@ ctypedef fused floating:
     double
 
 
+cdef void _pool_plane(const floating* plane, Py_ssize_t W, floating* out, int64_t* argmax,
+                      Py_ssize_t OH, Py_ssize_t OW, int kernel_h, int kernel_w,
+                      int stride_h, int stride_w) noexcept nogil:
+    """Max-pool one ``(H, W)`` plane into ``out`` / ``argmax`` (both ``OH*OW``, row-major).
+
+    The loop is written without data-dependent branches (which comparison wins is random on
+    real data, and mispredicted branches made it 3x slower): the index is updated with
+    arithmetic on a 0/1 flag and the running maximum with the ``a if a > b else b`` pattern that
+    compilers turn into a max instruction. Once a NaN is seen only later NaNs move the index.
+    The output is read back at the winning index, so it is exactly that input element.
+    """
+    cdef Py_ssize_t oh, ow, i, j, start, index, best_index
+    cdef floating best, value
+    cdef int take, is_nan, seen_nan
+    for oh in range(OH):
+        for ow in range(OW):
+            start = oh * stride_h * W + ow * stride_w
+            best_index = start
+            best = plane[start]
+            seen_nan = best != best
+            for i in range(kernel_h):
+                for j in range(kernel_w):
+                    index = start + i * W + j
+                    value = plane[index]
+                    is_nan = value != value
+                    # strict ">" keeps the first maximum (row-major window order)
+                    take = ((value > best) & (1 - seen_nan)) | is_nan
+                    best_index = best_index + (index - best_index) * take
+                    seen_nan = seen_nan | is_nan
+                    best = best if best > value else value
+            out[oh * OW + ow] = plane[best_index]
+            argmax[oh * OW + ow] = best_index
+
+
 def max_pool2d_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out,
                        int64_t[:, :, :, ::1] argmax,
                        int kernel_h, int kernel_w, int stride_h, int stride_w,
@@ -35,33 +69,18 @@ def max_pool2d_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] ou
         kernel_h, kernel_w: window size (>= 1, <= H and W).
         stride_h, stride_w: window step (>= 1).
         num_threads: OpenMP threads (ignored in a serial build).
+
+    Work is split over the ``N*C`` planes.
     """
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], W = x.shape[3]
     cdef Py_ssize_t OH = out.shape[2], OW = out.shape[3]
-    cdef Py_ssize_t task, n, c, oh, ow, i, j, h0, w0, best_index, index
-    cdef floating best, value
-    cdef const floating* plane
+    cdef Py_ssize_t task, n, c
 
     for task in prange(N * C, nogil=True, num_threads=num_threads, schedule="static"):
         n = task // C
         c = task - n * C
-        plane = &x[n, c, 0, 0]
-        for oh in range(OH):
-            h0 = oh * stride_h
-            for ow in range(OW):
-                w0 = ow * stride_w
-                best_index = h0 * W + w0
-                best = plane[best_index]
-                for i in range(kernel_h):
-                    for j in range(kernel_w):
-                        index = (h0 + i) * W + w0 + j
-                        value = plane[index]
-                        # strict ">" keeps the first maximum; "value != value" lets a NaN win
-                        if value > best or value != value:
-                            best = value
-                            best_index = index
-                out[n, c, oh, ow] = best
-                argmax[n, c, oh, ow] = best_index
+        _pool_plane(&x[n, c, 0, 0], W, &out[n, c, 0, 0], &argmax[n, c, 0, 0], OH, OW,
+                    kernel_h, kernel_w, stride_h, stride_w)
 
 
 def max_pool2d_backward(const floating[:, :, :, ::1] dout, const int64_t[:, :, :, ::1] argmax,

@@ -37,8 +37,20 @@ from .._kernels import _conv as _kernel
 
 __all__ = [
     "Conv2dCache", "conv2d_forward", "conv2d_backward", "conv2d_output_size",
-    "column_matrix_shape", "check_gradient",
+    "column_matrix_shape", "check_gradient", "threads_for",
 ]
+
+# Below this many elements a kernel runs on one thread: starting and joining an OpenMP team
+# costs more than it saves (and far more when other processes compete for the cores).
+PARALLEL_MIN_ELEMENTS = 1 << 16
+
+
+def threads_for(size):
+    """OpenMP threads for a kernel call that touches ``size`` elements.
+
+    Returns 1 below ``PARALLEL_MIN_ELEMENTS``, else ``minidl._config.get_num_threads()``.
+    """
+    return 1 if size < PARALLEL_MIN_ELEMENTS else _config.get_num_threads()
 
 
 @dataclass
@@ -224,7 +236,7 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, layer="conv2d", wo
     cols = _column_matrix(layer, workspace, (n * out_h * out_w, kernel_h * kernel_w * in_channels),
                           x.dtype)
 
-    threads = _config.get_num_threads()
+    threads = threads_for(cols.size)
     x_nhwc = _to_nhwc(np.ascontiguousarray(x), threads)
     _kernel.im2col(x_nhwc, cols, kernel_h, kernel_w, *stride, *padding, threads)
     del x_nhwc
@@ -268,7 +280,7 @@ def conv2d_backward(dout, cache, layer="conv2d"):
     cols = cache.cols
     n, out_channels = cache.out_shape[:2]
     _, in_channels, kernel_h, kernel_w = cache.weight_shape
-    threads = _config.get_num_threads()
+    threads = threads_for(cols.size)
 
     dout = np.ascontiguousarray(dout).reshape(n, out_channels, -1)
     drows = np.empty((out_channels, cols.shape[0]), dtype=cache.dtype)
