@@ -350,10 +350,11 @@ def notes(results, info):
     ]
     copy = info.get("copy_bandwidth_gbs")
     if copy:
-        text = f"copy bandwidth (np.copyto of {info.get('copy_mib')} MiB, read+write): {copy:.1f} GB/s"
+        text = (f"copy bandwidth (np.copyto of {info.get('copy_mib')} MiB, read+write): "
+                f"{copy:.1f} GB/s")
         if info.get("copy_bandwidth_torch_gbs"):
-            text += f"; torch copy_ with {info['threads']} threads: " \
-                    f"{info['copy_bandwidth_torch_gbs']:.1f} GB/s"
+            text += (f"; torch copy_ with {info['threads']} threads: "
+                     f"{info['copy_bandwidth_torch_gbs']:.1f} GB/s")
         lines.append(text)
         bn = results.get(4, {}).get("extra") or {}
         if bn.get("minidl"):
@@ -860,7 +861,7 @@ def print_layer_times(step, count):
         print(f"{forward / count * 1e3:9.2f} {backward / count * 1e3:9.2f} "
               f"{(forward + backward) / total:6.1%}  {label}")
     rest = total - sum(seconds.values())
-    print(f"{rest / count * 1e3:19.2f} {rest / total:6.1%}  loss, optimizer and the rest")
+    print(f"{rest / count * 1e3:19.2f} {rest / total:6.1%}  the rest (loss, optimizer, Python)")
 
 
 def layer_label(layer):
