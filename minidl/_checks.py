@@ -76,16 +76,17 @@ def pair(value, name, layer, minimum=0):
     return a, b
 
 
-def check_grad(layer, dout, shape, dtype):
+def check_grad(layer, dout, shape, dtype, what="gradient"):
     """Raise unless ``dout`` is an ndarray of the forward output's ``shape`` and ``dtype``.
 
     Raises:
-        TypeError: not an ndarray, or another dtype.
+        TypeError: not a float ndarray, or another dtype.
         ValueError: another shape.
     """
-    if not isinstance(dout, np.ndarray):
-        raise TypeError(f"{layer}: expected the gradient to be a numpy.ndarray, got {type(dout).__name__}")
+    check_float_array(layer, dout, what)
     if dout.shape != tuple(shape):
-        raise ValueError(f"{layer}: expected gradient of shape {tuple(shape)}, got {dout.shape}")
+        raise ValueError(
+            f"{layer}: expected {what} of shape {tuple(shape)} (the output's), got shape {dout.shape}"
+        )
     if dout.dtype != dtype:
-        raise TypeError(f"{layer}: expected gradient dtype {np.dtype(dtype)}, got {dout.dtype}")
+        raise TypeError(f"{layer}: expected {what} dtype {np.dtype(dtype)} (the output's), got {dout.dtype}")

@@ -34,3 +34,16 @@ def get_num_threads():
     if _state["num_threads"] is None:
         _state["num_threads"] = _default_num_threads()
     return _state["num_threads"]
+
+
+# Below this many elements a kernel runs on one thread: starting and joining an OpenMP team
+# costs more than it saves (and far more when other processes compete for the cores).
+PARALLEL_MIN_ELEMENTS = 1 << 16
+
+
+def threads_for(size):
+    """OpenMP threads for a kernel call that touches ``size`` elements.
+
+    Returns 1 below ``PARALLEL_MIN_ELEMENTS``, else :func:`get_num_threads`.
+    """
+    return 1 if size < PARALLEL_MIN_ELEMENTS else get_num_threads()

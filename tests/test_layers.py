@@ -184,7 +184,7 @@ def test_backward_before_forward(layer):
 def test_backward_checks_gradient_shape(rng):
     layer = Dense(4, 3)
     layer(np.zeros((2, 4), np.float32))
-    with pytest.raises(ValueError, match=r"Dense: expected gradient of shape \(2, 3\), got \(3, 2\)"):
+    with pytest.raises(ValueError, match=r"Dense: expected gradient of shape \(2, 3\) \(the output's\), got shape \(3, 2\)"):
         layer.backward(np.zeros((3, 2), np.float32))
 
 

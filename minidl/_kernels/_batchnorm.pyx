@@ -20,6 +20,7 @@ Arguments are marked IN (read) or OUT (written).
 """
 cimport cython
 from cython.parallel cimport prange
+from libc.math cimport sqrt
 
 ctypedef fused floating:
     float
@@ -164,56 +165,83 @@ def normalize(const floating[:, :, ::1] x, const double[::1] mean, const double[
                 outr[i] = <floating>((xr[i] - m) * s + t)
 
 
-def backward_reduce(const floating[:, :, ::1] dy, const floating[:, :, ::1] x,
-                    const double[::1] mean, double[::1] sum_dy, double[::1] sum_dy_xmu,
-                    int num_threads=1):
-    """Per-channel sums the normalization backward needs.
+cdef void _normalize_channel(const floating* x, floating* out, Py_ssize_t A, Py_ssize_t C,
+                             Py_ssize_t B, Py_ssize_t c, double mean, double scale,
+                             double shift) noexcept nogil:
+    """out = (x - mean) * scale + shift over channel c (all A rows of B values)."""
+    cdef Py_ssize_t a, i, off
+    for a in range(A):
+        off = (a * C + c) * B
+        for i in range(B):
+            out[off + i] = <floating>((x[off + i] - mean) * scale + shift)
+
+
+def forward_train(const floating[:, :, ::1] x, const double[::1] gamma, const double[::1] beta,
+                  double eps, floating[:, :, ::1] out, double[::1] mean, double[::1] var,
+                  int num_threads=1):
+    """Fused training-mode forward: statistics, then normalization, channel by channel.
+
+    IN  x: (A, C, B) float32/float64, C-contiguous.
+    IN  gamma, beta: (C,) float64 (ones and zeros without affine parameters).
+    IN  eps: added to the variance.
+    OUT out: (A, C, B), x's dtype: gamma * (x - mean) / sqrt(var + eps) + beta.
+    OUT mean, var: (C,) float64, the batch mean and biased variance (as :func:`channel_stats`).
+
+    A channel is normalized right after its statistics are computed, while its values are still
+    in the core's cache, so x is read from memory once instead of twice.
+    """
+    cdef Py_ssize_t A = x.shape[0], C = x.shape[1], B = x.shape[2], c
+    cdef const floating* xp = &x[0, 0, 0]
+    cdef floating* outp = &out[0, 0, 0]
+    with nogil:
+        for c in prange(C, num_threads=num_threads, schedule="static"):
+            _channel_stats_one(xp, A, C, B, c, &mean[c], &var[c])
+            _normalize_channel(xp, outp, A, C, B, c, mean[c],
+                               gamma[c] * (1.0 / sqrt(var[c] + eps)), beta[c])
+
+
+def backward(const floating[:, :, ::1] dy, const floating[:, :, ::1] x, const double[::1] mean,
+             const double[::1] invstd, const double[::1] gamma, bint training,
+             floating[:, :, ::1] dx, double[::1] sum_dy, double[::1] sum_dy_xmu,
+             int num_threads=1):
+    """Fused backward pass, channel by channel: the two reductions, then dx.
 
     IN  dy, x: (A, C, B) float32/float64, C-contiguous, same dtype.
-    IN  mean: (C,) float64, the mean used in the forward pass.
+    IN  mean, invstd: (C,) float64, the statistics the forward pass normalized with
+        (invstd = 1 / sqrt(var + eps)).
+    IN  gamma: (C,) float64 (ones without affine parameters).
+    IN  training: whether mean/invstd were the batch's own statistics (then dx includes the
+        paths through them) or constants (running statistics: dx = gamma * invstd * dy).
+    OUT dx: (A, C, B), dy's dtype.
     OUT sum_dy: (C,) float64, sum of dy[:, c, :]            (= d loss / d beta).
     OUT sum_dy_xmu: (C,) float64, sum of dy * (x - mean[c])  (times invstd = d loss / d gamma).
+
+    With k = gamma * invstd and m = A * B (Ioffe & Szegedy 2015, section 3):
+    dx = k * (dy - sum_dy / m - (x - mean) * invstd^2 * sum_dy_xmu / m).
     """
-    cdef Py_ssize_t A = x.shape[0], C = x.shape[1], B = x.shape[2], a, c, off
+    cdef Py_ssize_t A = x.shape[0], C = x.shape[1], B = x.shape[2], a, c, i, off
     cdef const floating* dyp = &dy[0, 0, 0]
     cdef const floating* xp = &x[0, 0, 0]
-    cdef double s_dy, s_dyx
+    cdef floating* dxp = &dx[0, 0, 0]
+    cdef double n = <double>(A * B)
+    cdef double s_dy, s_dyx, m, k, md, p
     with nogil:
         for c in prange(C, num_threads=num_threads, schedule="static"):
             s_dy = 0
             s_dyx = 0
+            m = mean[c]
             for a in range(A):
                 off = (a * C + c) * B
-                _product_sums(dyp + off, xp + off, B, mean[c], &s_dy, &s_dyx)
+                _product_sums(dyp + off, xp + off, B, m, &s_dy, &s_dyx)
             sum_dy[c] = s_dy
             sum_dy_xmu[c] = s_dyx
-
-
-def backward_input(const floating[:, :, ::1] dy, const floating[:, :, ::1] x,
-                   const double[::1] mean, const double[::1] scale, const double[::1] mean_dy,
-                   const double[::1] proj, floating[:, :, ::1] dx, int num_threads=1):
-    """dx[a, c, b] = scale[c] * (dy - mean_dy[c] - (x - mean[c]) * proj[c]), in float64.
-
-    IN  dy, x: (A, C, B) float32/float64, C-contiguous, same dtype.
-    IN  mean, scale, mean_dy, proj: (C,) float64. For BatchNorm in training (Ioffe & Szegedy 2015,
-        sec. 3, backprop equations): scale = gamma * invstd, mean_dy = mean(dy),
-        proj = invstd^2 * mean(dy * (x - mean)). In eval mode mean_dy = proj = 0.
-    OUT dx: (A, C, B), same dtype as dy; may alias dy.
-    """
-    cdef Py_ssize_t A = x.shape[0], C = x.shape[1], B = x.shape[2], r, c, i
-    cdef double m, s, md, p
-    cdef const floating* dyr
-    cdef const floating* xr
-    cdef floating* dxr
-    with nogil:
-        for r in prange(A * C, num_threads=num_threads, schedule="static"):
-            c = r % C
-            m = mean[c]
-            s = scale[c]
-            md = mean_dy[c]
-            p = proj[c]
-            dyr = &dy[0, 0, 0] + r * B
-            xr = &x[0, 0, 0] + r * B
-            dxr = &dx[0, 0, 0] + r * B
-            for i in range(B):
-                dxr[i] = <floating>(s * (dyr[i] - md - (xr[i] - m) * p))
+            k = gamma[c] * invstd[c]
+            md = 0
+            p = 0
+            if training:
+                md = s_dy / n
+                p = invstd[c] * invstd[c] * s_dyx / n
+            for a in range(A):
+                off = (a * C + c) * B
+                for i in range(B):
+                    dxp[off + i] = <floating>(k * (dyp[off + i] - md - (xp[off + i] - m) * p))

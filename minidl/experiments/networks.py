@@ -26,6 +26,7 @@ def mnist_cnn(batch_norm=True, rng=None):
     Returns:
         Sequential: input ``(N, 1, 28, 28)`` float32, output logits ``(N, 10)``.
     """
+    rng = get_rng(rng)  # one generator for all layers: an int seed must not restart per layer
     return Sequential(
         *_conv_block(1, 32, batch_norm, rng),
         *_conv_block(32, 64, batch_norm, rng),

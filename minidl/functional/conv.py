@@ -32,26 +32,13 @@ from typing import Optional, Tuple
 import numpy as np
 
 from .. import _config
-from .._checks import check_float_array, check_input, pair
+from .._checks import check_float_array, check_grad, check_input, pair
 from .._kernels import _conv as _kernel
 
 __all__ = [
     "Conv2dCache", "conv2d_forward", "conv2d_backward", "conv2d_output_size",
-    "column_matrix_shape", "check_gradient", "threads_for",
+    "column_matrix_shape",
 ]
-
-# Below this many elements a kernel runs on one thread: starting and joining an OpenMP team
-# costs more than it saves (and far more when other processes compete for the cores).
-PARALLEL_MIN_ELEMENTS = 1 << 16
-
-
-def threads_for(size):
-    """OpenMP threads for a kernel call that touches ``size`` elements.
-
-    Returns 1 below ``PARALLEL_MIN_ELEMENTS``, else ``minidl._config.get_num_threads()``.
-    """
-    return 1 if size < PARALLEL_MIN_ELEMENTS else _config.get_num_threads()
-
 
 @dataclass
 class Conv2dCache:
@@ -111,23 +98,6 @@ def column_matrix_shape(layer, x_shape, kernel_size, stride, padding):
     """
     out_h, out_w = check_spatial_size(layer, x_shape, kernel_size, stride, padding)
     return x_shape[0] * out_h * out_w, kernel_size[0] * kernel_size[1] * x_shape[1]
-
-
-def check_gradient(layer, dout, shape, dtype, what="gradient"):
-    """Raise unless ``dout`` is an ndarray of exactly ``shape`` and ``dtype``.
-
-    Raises:
-        TypeError: not a float ndarray, or the wrong dtype.
-        ValueError: the wrong shape.
-    """
-    check_float_array(layer, dout, what)
-    if dout.shape != tuple(shape):
-        raise ValueError(
-            f"{layer}: expected {what} of shape {tuple(shape)} (the output's), "
-            f"got shape {dout.shape}"
-        )
-    if dout.dtype != dtype:
-        raise TypeError(f"{layer}: expected {what} dtype {dtype} (the output's), got {dout.dtype}")
 
 
 def _check_weight_and_bias(layer, x, weight, bias):
@@ -236,7 +206,7 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, layer="conv2d", wo
     cols = _column_matrix(layer, workspace, (n * out_h * out_w, kernel_h * kernel_w * in_channels),
                           x.dtype)
 
-    threads = threads_for(cols.size)
+    threads = _config.threads_for(cols.size)
     x_nhwc = _to_nhwc(np.ascontiguousarray(x), threads)
     _kernel.im2col(x_nhwc, cols, kernel_h, kernel_w, *stride, *padding, threads)
     del x_nhwc
@@ -276,11 +246,11 @@ def conv2d_backward(dout, cache, layer="conv2d"):
             f"{layer}: this forward pass was already backpropagated (one backward per forward); "
             f"run forward again"
         )
-    check_gradient(layer, dout, cache.out_shape, cache.dtype)
+    check_grad(layer, dout, cache.out_shape, cache.dtype)
     cols = cache.cols
     n, out_channels = cache.out_shape[:2]
     _, in_channels, kernel_h, kernel_w = cache.weight_shape
-    threads = threads_for(cols.size)
+    threads = _config.threads_for(cols.size)
 
     dout = np.ascontiguousarray(dout).reshape(n, out_channels, -1)
     drows = np.empty((out_channels, cols.shape[0]), dtype=cache.dtype)

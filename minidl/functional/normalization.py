@@ -46,6 +46,14 @@ def _channel_vector(layer, value, num_channels, name):
     return value.astype(np.float64)
 
 
+def _ones_if_none(vector, num_channels):
+    return np.ones(num_channels) if vector is None else vector
+
+
+def _zeros_if_none(vector, num_channels):
+    return np.zeros(num_channels) if vector is None else vector
+
+
 def channel_stats(x3):
     """Per-channel mean and biased variance of a C-contiguous ``(A, C, B)`` array.
 
@@ -55,7 +63,7 @@ def channel_stats(x3):
     c = x3.shape[1]
     mean = np.empty(c, np.float64)
     var = np.empty(c, np.float64)
-    _kernel.channel_stats(x3, mean, var, _config.get_num_threads())
+    _kernel.channel_stats(x3, mean, var, _config.threads_for(x3.size))
     return mean, var
 
 
@@ -109,27 +117,31 @@ def batch_norm_forward(x, weight=None, bias=None, running_mean=None, running_var
     beta = _channel_vector(layer, bias, num_channels, "bias")
     x3 = _as_acb(x)
     count = x3.shape[0] * x3.shape[2]
+    threads = _config.threads_for(x3.size)
+    out3 = np.empty_like(x3)
     if training:
         if count <= 1:
             raise ValueError(
                 f"{layer}: expected more than 1 value per channel when training, "
                 f"got input of shape {x.shape}"
             )
-        mean, var = channel_stats(x3)
+        mean = np.empty(num_channels, np.float64)
+        var = np.empty(num_channels, np.float64)
+        _kernel.forward_train(x3, _ones_if_none(gamma, num_channels), _zeros_if_none(beta, num_channels),
+                              float(eps), out3, mean, var, threads)
         if running_mean is not None:
             _channel_vector(layer, running_mean, num_channels, "running_mean")
             _channel_vector(layer, running_var, num_channels, "running_var")
             update_running_stats(running_mean, running_var, mean, var, count, momentum)
+        invstd = 1.0 / np.sqrt(var + eps)
     else:
         if running_mean is None or running_var is None:
             raise ValueError(f"{layer}: eval mode needs running_mean and running_var")
         mean = _channel_vector(layer, running_mean, num_channels, "running_mean")
         var = _channel_vector(layer, running_var, num_channels, "running_var")
-    invstd = 1.0 / np.sqrt(var + eps)
-    scale = invstd if gamma is None else gamma * invstd
-    shift = np.zeros(num_channels) if beta is None else beta
-    out3 = np.empty_like(x3)
-    _kernel.normalize(x3, mean, scale, shift, out3, _config.get_num_threads())
+        invstd = 1.0 / np.sqrt(var + eps)
+        scale = invstd if gamma is None else gamma * invstd
+        _kernel.normalize(x3, mean, scale, _zeros_if_none(beta, num_channels), out3, threads)
     cache = (x3, mean, invstd, gamma, bool(training), x.shape, weight is not None, bias is not None)
     return out3.reshape(x.shape), cache
 
@@ -151,23 +163,11 @@ def batch_norm_backward(dout, cache, layer="batch_norm"):
     check_grad(layer, dout, shape, x3.dtype)
     dy3 = _as_acb(dout)
     num_channels = x3.shape[1]
-    count = x3.shape[0] * x3.shape[2]
-    threads = _config.get_num_threads()
-
     sum_dy = np.empty(num_channels, np.float64)
     sum_dy_xmu = np.empty(num_channels, np.float64)
-    _kernel.backward_reduce(dy3, x3, mean, sum_dy, sum_dy_xmu, threads)
-    sum_dy_xhat = sum_dy_xmu * invstd
-
-    scale = invstd if gamma is None else gamma * invstd
-    if training:
-        mean_dy = sum_dy / count
-        proj = invstd * sum_dy_xhat / count
-    else:
-        mean_dy = np.zeros(num_channels)
-        proj = np.zeros(num_channels)
     dx3 = np.empty_like(x3)
-    _kernel.backward_input(dy3, x3, mean, scale, mean_dy, proj, dx3, threads)
-    dweight = sum_dy_xhat if has_weight else None
+    _kernel.backward(dy3, x3, mean, invstd, _ones_if_none(gamma, num_channels), training, dx3,
+                     sum_dy, sum_dy_xmu, _config.threads_for(x3.size))
+    dweight = sum_dy_xmu * invstd if has_weight else None
     dbias = sum_dy if has_bias else None
     return dx3.reshape(shape), dweight, dbias

@@ -14,9 +14,9 @@ from typing import NamedTuple, Tuple
 
 import numpy as np
 
-from .._checks import check_input, pair
+from .. import _config
+from .._checks import check_grad, check_input, pair
 from .._kernels import _pool as _kernel
-from .conv import check_gradient, threads_for
 
 __all__ = ["MaxPool2dCache", "max_pool2d_forward", "max_pool2d_backward", "pool_params"]
 
@@ -82,7 +82,7 @@ def max_pool2d_forward(x, kernel_size, stride=None, layer="max_pool2d"):
     x = np.ascontiguousarray(x)
     out = np.empty((n, c, out_h, out_w), dtype=x.dtype)
     argmax = np.empty((n, c, out_h, out_w), dtype=np.int64)
-    _kernel.max_pool2d_forward(x, out, argmax, *kernel_size, *stride, threads_for(x.size))
+    _kernel.max_pool2d_forward(x, out, argmax, *kernel_size, *stride, _config.threads_for(x.size))
     return out, MaxPool2dCache(argmax, x.shape, x.dtype)
 
 
@@ -100,8 +100,8 @@ def max_pool2d_backward(dout, cache, layer="max_pool2d"):
     Raises:
         TypeError/ValueError: ``dout`` does not match the forward output.
     """
-    check_gradient(layer, dout, cache.argmax.shape, cache.dtype)
+    check_grad(layer, dout, cache.argmax.shape, cache.dtype)
     dout = np.ascontiguousarray(dout)
     dx = np.empty(cache.x_shape, dtype=cache.dtype)
-    _kernel.max_pool2d_backward(dout, cache.argmax, dx, threads_for(dx.size))
+    _kernel.max_pool2d_backward(dout, cache.argmax, dx, _config.threads_for(dx.size))
     return dx
