@@ -310,3 +310,17 @@ def test_one_sample_is_fine_in_eval():
 def test_bad_constructor_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         BatchNorm(**kwargs)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_gradients_batchnorm_after_conv2d(rng, training):
+    from minidl.layers.conv import Conv2D
+
+    model = _float64_model(Conv2D(2, 3, kernel_size=3, padding=1, bias=False, rng=rng), BatchNorm(3))
+    model[1].weight.data[:] = rng.uniform(0.5, 1.5, 3)
+    model[1].bias.data[:] = rng.standard_normal(3)
+    if not training:
+        for _ in range(3):
+            model(rng.standard_normal((4, 2, 5, 5)))
+        model.eval()
+    check_module_gradients(model, rng.standard_normal((3, 2, 5, 4)), rng)
