@@ -19,17 +19,14 @@ from setuptools.command.build_ext import build_ext
 KERNELS = ["_batchnorm", "_conv", "_pool"]
 
 
-def _compiler_accepts_openmp(compiler_cmd):
-    """Return True if ``compiler_cmd`` compiles and links a tiny OpenMP program."""
-    if os.environ.get("MINIDL_NO_OPENMP"):
-        return False
-    src = "#include <omp.h>\nint main(void){return omp_get_max_threads() > 0 ? 0 : 1;}\n"
+def _compiler_accepts_flag(compiler_cmd, flag, src="int main(void){return 0;}\n"):
+    """Return True if ``compiler_cmd`` compiles and links ``src`` with ``flag``."""
     tmp = tempfile.mkdtemp()
     try:
-        path = os.path.join(tmp, "omp_check.c")
+        path = os.path.join(tmp, "check.c")
         with open(path, "w") as f:
             f.write(src)
-        cmd = list(compiler_cmd) + ["-fopenmp", path, "-o", os.path.join(tmp, "omp_check")]
+        cmd = list(compiler_cmd) + [flag, path, "-o", os.path.join(tmp, "check")]
         result = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         return result.returncode == 0
     except OSError:
@@ -38,14 +35,25 @@ def _compiler_accepts_openmp(compiler_cmd):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _compiler_accepts_openmp(compiler_cmd):
+    """Return True if ``compiler_cmd`` compiles and links a tiny OpenMP program."""
+    if os.environ.get("MINIDL_NO_OPENMP"):
+        return False
+    src = "#include <omp.h>\nint main(void){return omp_get_max_threads() > 0 ? 0 : 1;}\n"
+    return _compiler_accepts_flag(compiler_cmd, "-fopenmp", src)
+
+
 class BuildExt(build_ext):
     """build_ext that adds OpenMP flags when the compiler supports them."""
 
     def build_extensions(self):
         compiler = getattr(self.compiler, "compiler_so", None) or ["cc"]
         use_openmp = sys.platform != "win32" and _compiler_accepts_openmp(compiler[:1])
+        # without OpenMP, -fopenmp-simd still honours the `omp simd` loops of _norm_simd.h
+        simd_only = not use_openmp and _compiler_accepts_flag(compiler[:1], "-fopenmp-simd")
         for ext in self.extensions:
-            ext.extra_compile_args = ["-O3"] + (["-fopenmp"] if use_openmp else [])
+            ext.extra_compile_args = ["-O3"] + (["-fopenmp"] if use_openmp else []) \
+                + (["-fopenmp-simd"] if simd_only else [])
             ext.extra_link_args = ["-fopenmp"] if use_openmp else []
         print(f"minidl: building kernels with OpenMP {'on' if use_openmp else 'off'}")
         super().build_extensions()
@@ -55,7 +63,7 @@ extensions = [
     Extension(
         f"minidl._kernels.{name}",
         [f"minidl/_kernels/{name}.pyx"],
-        include_dirs=[np.get_include()],
+        include_dirs=[np.get_include(), "minidl/_kernels"],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
     )
     for name in KERNELS

@@ -33,58 +33,57 @@ ctypedef fused floating:
 cdef double CANCEL_RATIO = 1e6
 
 
+cdef extern from "_norm_simd.h" nogil:
+    void minidl_shifted_sums_f(const float* x, Py_ssize_t n, double k, double* s1, double* s2)
+    void minidl_shifted_sums_d(const double* x, Py_ssize_t n, double k, double* s1, double* s2)
+    void minidl_product_sums_f(const float* dy, const float* x, Py_ssize_t n, double mean,
+                               double* s_dy, double* s_dyx)
+    void minidl_product_sums_d(const double* dy, const double* x, Py_ssize_t n, double mean,
+                               double* s_dy, double* s_dyx)
+    void minidl_affine_f(const float* x, float* out, Py_ssize_t n, double mean, double scale,
+                         double shift)
+    void minidl_affine_d(const double* x, double* out, Py_ssize_t n, double mean, double scale,
+                         double shift)
+    void minidl_norm_dx_f(const float* dy, const float* x, float* dx, Py_ssize_t n, double mean,
+                          double k, double mean_dy, double proj)
+    void minidl_norm_dx_d(const double* dy, const double* x, double* dx, Py_ssize_t n,
+                          double mean, double k, double mean_dy, double proj)
+
+
 cdef inline void _shifted_sums(const floating* x, Py_ssize_t n, double k,
                                double* s1, double* s2) noexcept nogil:
-    """s1 += sum(x - k), s2 += sum((x - k)^2) over n contiguous values, four chains for ILP."""
-    cdef double a0 = 0, a1 = 0, a2 = 0, a3 = 0
-    cdef double q0 = 0, q1 = 0, q2 = 0, q3 = 0
-    cdef double d0, d1, d2, d3
-    cdef Py_ssize_t i = 0
-    while i + 4 <= n:
-        d0 = x[i] - k
-        d1 = x[i + 1] - k
-        d2 = x[i + 2] - k
-        d3 = x[i + 3] - k
-        a0 += d0
-        a1 += d1
-        a2 += d2
-        a3 += d3
-        q0 += d0 * d0
-        q1 += d1 * d1
-        q2 += d2 * d2
-        q3 += d3 * d3
-        i += 4
-    while i < n:
-        d0 = x[i] - k
-        a0 += d0
-        q0 += d0 * d0
-        i += 1
-    s1[0] += (a0 + a1) + (a2 + a3)
-    s2[0] += (q0 + q1) + (q2 + q3)
+    """s1 += sum(x - k), s2 += sum((x - k)^2) over n contiguous values (vectorized C)."""
+    if floating is float:
+        minidl_shifted_sums_f(x, n, k, s1, s2)
+    else:
+        minidl_shifted_sums_d(x, n, k, s1, s2)
 
 
 cdef inline void _product_sums(const floating* dy, const floating* x, Py_ssize_t n, double mean,
                                double* s_dy, double* s_dyx) noexcept nogil:
     """s_dy += sum(dy), s_dyx += sum(dy * (x - mean)) over n contiguous values."""
-    cdef double a0 = 0, a1 = 0, a2 = 0, a3 = 0
-    cdef double p0 = 0, p1 = 0, p2 = 0, p3 = 0
-    cdef Py_ssize_t i = 0
-    while i + 4 <= n:
-        a0 += dy[i]
-        a1 += dy[i + 1]
-        a2 += dy[i + 2]
-        a3 += dy[i + 3]
-        p0 += dy[i] * (x[i] - mean)
-        p1 += dy[i + 1] * (x[i + 1] - mean)
-        p2 += dy[i + 2] * (x[i + 2] - mean)
-        p3 += dy[i + 3] * (x[i + 3] - mean)
-        i += 4
-    while i < n:
-        a0 += dy[i]
-        p0 += dy[i] * (x[i] - mean)
-        i += 1
-    s_dy[0] += (a0 + a1) + (a2 + a3)
-    s_dyx[0] += (p0 + p1) + (p2 + p3)
+    if floating is float:
+        minidl_product_sums_f(dy, x, n, mean, s_dy, s_dyx)
+    else:
+        minidl_product_sums_d(dy, x, n, mean, s_dy, s_dyx)
+
+
+cdef inline void _affine(const floating* x, floating* out, Py_ssize_t n, double mean,
+                         double scale, double shift) noexcept nogil:
+    """out = (x - mean) * scale + shift over n contiguous values, computed in float64."""
+    if floating is float:
+        minidl_affine_f(x, out, n, mean, scale, shift)
+    else:
+        minidl_affine_d(x, out, n, mean, scale, shift)
+
+
+cdef inline void _norm_dx(const floating* dy, const floating* x, floating* dx, Py_ssize_t n,
+                          double mean, double k, double mean_dy, double proj) noexcept nogil:
+    """dx = k * (dy - mean_dy - (x - mean) * proj) over n contiguous values, in float64."""
+    if floating is float:
+        minidl_norm_dx_f(dy, x, dx, n, mean, k, mean_dy, proj)
+    else:
+        minidl_norm_dx_d(dy, x, dx, n, mean, k, mean_dy, proj)
 
 
 cdef void _channel_stats_one(const floating* x, Py_ssize_t A, Py_ssize_t C, Py_ssize_t B,
@@ -149,31 +148,27 @@ def normalize(const floating[:, :, ::1] x, const double[::1] mean, const double[
 
     Subtracting the mean before scaling keeps a constant channel at exactly ``shift``.
     """
-    cdef Py_ssize_t A = x.shape[0], C = x.shape[1], B = x.shape[2], r, a, c, i
+    cdef Py_ssize_t A = x.shape[0], C = x.shape[1], B = x.shape[2], r, c
     cdef double m, s, t
-    cdef const floating* xr
-    cdef floating* outr
+    cdef const floating* xp = &x[0, 0, 0]
+    cdef floating* outp = &out[0, 0, 0]
     with nogil:
         for r in prange(A * C, num_threads=num_threads, schedule="static"):
             c = r % C
             m = mean[c]
             s = scale[c]
             t = shift[c]
-            xr = &x[0, 0, 0] + r * B
-            outr = &out[0, 0, 0] + r * B
-            for i in range(B):
-                outr[i] = <floating>((xr[i] - m) * s + t)
+            _affine(xp + r * B, outp + r * B, B, m, s, t)
 
 
 cdef void _normalize_channel(const floating* x, floating* out, Py_ssize_t A, Py_ssize_t C,
                              Py_ssize_t B, Py_ssize_t c, double mean, double scale,
                              double shift) noexcept nogil:
     """out = (x - mean) * scale + shift over channel c (all A rows of B values)."""
-    cdef Py_ssize_t a, i, off
+    cdef Py_ssize_t a, off
     for a in range(A):
         off = (a * C + c) * B
-        for i in range(B):
-            out[off + i] = <floating>((x[off + i] - mean) * scale + shift)
+        _affine(x + off, out + off, B, mean, scale, shift)
 
 
 def forward_train(const floating[:, :, ::1] x, const double[::1] gamma, const double[::1] beta,
@@ -219,7 +214,7 @@ def backward(const floating[:, :, ::1] dy, const floating[:, :, ::1] x, const do
     With k = gamma * invstd and m = A * B (Ioffe & Szegedy 2015, section 3):
     dx = k * (dy - sum_dy / m - (x - mean) * invstd^2 * sum_dy_xmu / m).
     """
-    cdef Py_ssize_t A = x.shape[0], C = x.shape[1], B = x.shape[2], a, c, i, off
+    cdef Py_ssize_t A = x.shape[0], C = x.shape[1], B = x.shape[2], a, c, off
     cdef const floating* dyp = &dy[0, 0, 0]
     cdef const floating* xp = &x[0, 0, 0]
     cdef floating* dxp = &dx[0, 0, 0]
@@ -243,5 +238,4 @@ def backward(const floating[:, :, ::1] dy, const floating[:, :, ::1] x, const do
                 p = invstd[c] * invstd[c] * s_dyx / n
             for a in range(A):
                 off = (a * C + c) * B
-                for i in range(B):
-                    dxp[off + i] = <floating>(k * (dyp[off + i] - md - (xp[off + i] - m) * p))
+                _norm_dx(dyp + off, xp + off, dxp + off, B, m, k, md, p)
