@@ -324,3 +324,36 @@ def test_gradients_batchnorm_after_conv2d(rng, training):
             model(rng.standard_normal((4, 2, 5, 5)))
         model.eval()
     check_module_gradients(model, rng.standard_normal((3, 2, 5, 4)), rng)
+
+
+def test_outputs_the_caller_keeps_are_never_overwritten(rng):
+    bn = BatchNorm(3)
+    x1 = _random_bn_input(rng, (4, 3, 5, 5), np.float32)
+    x2 = _random_bn_input(rng, (4, 3, 5, 5), np.float32)
+    y1 = bn(x1)
+    kept = y1.copy()
+    dx1 = bn.backward(rng.standard_normal(x1.shape).astype(np.float32))
+    kept_dx = dx1.copy()
+    view = y1[:, :1]  # a view keeps the array alive too
+    del y1
+    bn(x2)
+    bn.backward(rng.standard_normal(x2.shape).astype(np.float32))
+    np.testing.assert_array_equal(view, kept[:, :1])
+    np.testing.assert_array_equal(dx1, kept_dx)
+
+
+def test_outputs_nobody_holds_are_reused(rng):
+    bn = BatchNorm(3)
+    x = _random_bn_input(rng, (4, 3, 5, 5), np.float32)
+    address = bn(x).__array_interface__["data"][0]  # the output is dropped at once
+    assert bn(x).__array_interface__["data"][0] == address
+    assert bn(x[:2]).shape == (2, 3, 5, 5)  # another shape gets a new array
+
+
+def test_functional_out_argument_is_checked(rng):
+    x = _random_bn_input(rng, (4, 3), np.float32)
+    with pytest.raises(ValueError, match=r"batch_norm: expected out to be a writable C-contiguous float32 array of shape \(4, 3\), got float64 \(4, 3\)"):
+        F.batch_norm_forward(x, out=np.empty((4, 3)))
+    out = np.empty((4, 3), np.float32)
+    y, _ = F.batch_norm_forward(x, out=out)
+    assert np.shares_memory(y, out)

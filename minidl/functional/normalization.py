@@ -19,15 +19,38 @@ The kernels work on a ``(A, C, B)`` view of the input and reduce over axes 0 and
 ``minidl/_kernels/_batchnorm.pyx``); BatchNorm's view of ``(N, C, *spatial)`` is
 ``(N, C, prod(spatial))``. LayerNorm, GroupNorm and InstanceNorm are other views of the same core.
 """
+from typing import NamedTuple, Optional, Tuple
+
 import numpy as np
 
 from .. import _config
 from .._checks import check_grad, check_input
 from .._kernels import _batchnorm as _kernel
 
-__all__ = ["batch_norm_forward", "batch_norm_backward", "channel_stats", "update_running_stats"]
+__all__ = ["BatchNormCache", "batch_norm_forward", "batch_norm_backward", "channel_stats", "update_running_stats"]
 
 _LAYOUTS = ("NC", "NCL", "NCHW")
+
+
+class BatchNormCache(NamedTuple):
+    """What :func:`batch_norm_backward` needs from the forward pass.
+
+    Attributes:
+        x3: the input as a C-contiguous ``(N, C, prod(spatial))`` array.
+        mean, invstd: ``(C,)`` float64, the statistics used (batch or running).
+        gamma: ``(C,)`` float64 weight, or None.
+        training: whether mean/invstd were the batch's own statistics.
+        shape: the input's shape. has_weight, has_bias: whether to return their gradients.
+    """
+
+    x3: np.ndarray
+    mean: np.ndarray
+    invstd: np.ndarray
+    gamma: Optional[np.ndarray]
+    training: bool
+    shape: Tuple[int, ...]
+    has_weight: bool
+    has_bias: bool
 
 
 def _as_acb(x):
@@ -86,8 +109,20 @@ def update_running_stats(running_mean, running_var, mean, var, count, momentum):
     running_var += momentum * unbiased
 
 
+def _output_array(layer, out, shape, dtype):
+    """``out`` checked as a C-contiguous ``shape``/``dtype`` array, or a new one if None."""
+    if out is None:
+        return np.empty(shape, dtype)
+    if not (isinstance(out, np.ndarray) and out.shape == tuple(shape) and out.dtype == dtype
+            and out.flags.c_contiguous and out.flags.writeable):
+        got = f"{out.dtype} {out.shape}" if isinstance(out, np.ndarray) else type(out).__name__
+        raise ValueError(f"{layer}: expected out to be a writable C-contiguous {np.dtype(dtype)} "
+                         f"array of shape {tuple(shape)}, got {got}")
+    return out
+
+
 def batch_norm_forward(x, weight=None, bias=None, running_mean=None, running_var=None,
-                       training=True, momentum=0.1, eps=1e-5, layer="batch_norm"):
+                       training=True, momentum=0.1, eps=1e-5, layer="batch_norm", out=None):
     """Batch-normalize ``x`` per channel (axis 1); like ``torch.nn.functional.batch_norm``.
 
     Args:
@@ -101,6 +136,7 @@ def batch_norm_forward(x, weight=None, bias=None, running_mean=None, running_var
             ``running = (1 - momentum) * running + momentum * batch``).
         eps (float): added to the variance before the square root (default 1e-5, as PyTorch).
         layer (str): name used in error messages.
+        out (np.ndarray, optional): where to write the result (C-contiguous, x's shape and dtype).
     Returns:
         (out, cache): ``out`` has the shape and dtype of ``x``; ``cache`` is for
         :func:`batch_norm_backward`.
@@ -118,7 +154,7 @@ def batch_norm_forward(x, weight=None, bias=None, running_mean=None, running_var
     x3 = _as_acb(x)
     count = x3.shape[0] * x3.shape[2]
     threads = _config.threads_for(x3.size)
-    out3 = np.empty_like(x3)
+    out3 = _output_array(layer, out, x.shape, x.dtype).reshape(x3.shape)
     if training:
         if count <= 1:
             raise ValueError(
@@ -142,16 +178,18 @@ def batch_norm_forward(x, weight=None, bias=None, running_mean=None, running_var
         invstd = 1.0 / np.sqrt(var + eps)
         scale = invstd if gamma is None else gamma * invstd
         _kernel.normalize(x3, mean, scale, _zeros_if_none(beta, num_channels), out3, threads)
-    cache = (x3, mean, invstd, gamma, bool(training), x.shape, weight is not None, bias is not None)
+    cache = BatchNormCache(x3, mean, invstd, gamma, bool(training), x.shape, weight is not None,
+                           bias is not None)
     return out3.reshape(x.shape), cache
 
 
-def batch_norm_backward(dout, cache, layer="batch_norm"):
+def batch_norm_backward(dout, cache, layer="batch_norm", out=None):
     """Gradients of :func:`batch_norm_forward`.
 
     Args:
         dout (np.ndarray): d loss / d out, the shape and dtype of the forward output.
         cache: the second value returned by :func:`batch_norm_forward`.
+        out (np.ndarray, optional): where to write ``dx`` (C-contiguous, x's shape and dtype).
     Returns:
         (dx, dweight, dbias): ``dx`` like ``x``; ``dweight`` and ``dbias`` float64 ``(C,)``
         (None where the forward had no weight/bias). In training mode ``dx`` includes the paths
@@ -165,7 +203,7 @@ def batch_norm_backward(dout, cache, layer="batch_norm"):
     num_channels = x3.shape[1]
     sum_dy = np.empty(num_channels, np.float64)
     sum_dy_xmu = np.empty(num_channels, np.float64)
-    dx3 = np.empty_like(x3)
+    dx3 = _output_array(layer, out, shape, x3.dtype).reshape(x3.shape)
     _kernel.backward(dy3, x3, mean, invstd, _ones_if_none(gamma, num_channels), training, dx3,
                      sum_dy, sum_dy_xmu, _config.threads_for(x3.size))
     dweight = sum_dy_xmu * invstd if has_weight else None
