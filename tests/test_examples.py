@@ -21,6 +21,7 @@ def test_mnist_bn_example_prints_comparison_table(tmp_path, mirror_env):
     out = tmp_path / "result.json"
     cmd = [sys.executable, os.path.join(REPO, "examples", "mnist_bn.py"), "--train-samples", "640",
            "--test-samples", "500",
+           "--curve-samples", "300",
            "--eval-every", "5", "--root", str(tmp_path / "data"), "--out", str(out), "--no-progress"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=mirror_env, timeout=600)
     assert proc.returncode == 0, proc.stderr
