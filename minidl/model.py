@@ -43,12 +43,23 @@ class Sequential(Module):
             x = layer(x)
         return x
 
-    def backward(self, dout):
+    def backward(self, dout, input_grad=True):
         """Backpropagate ``dout`` (d loss / d output) through the layers in reverse.
 
         Parameter gradients are accumulated into each ``Parameter.grad``.
-        Returns: d loss / d input.
+
+        Args:
+            dout (np.ndarray): d loss / d output, the shape and dtype of the last output.
+            input_grad (bool): compute d loss / d input (default). With False the first layer
+                may skip that work (PyTorch never computes it for an input that does not
+                require grad); the return value is then None.
+        Returns:
+            d loss / d input, or None when ``input_grad`` is False.
         """
-        for layer in reversed(self._modules.values()):
+        layers = list(self._modules.values())
+        for layer in reversed(layers[1:]):
             dout = layer.backward(dout)
-        return dout
+        if input_grad:
+            return layers[0].backward(dout)
+        layers[0].backward(dout, input_grad=False)
+        return None

@@ -192,3 +192,44 @@ def test_backward_checks_gradient_shape(rng):
 def test_dense_bad_constructor(args):
     with pytest.raises(ValueError, match="Dense: "):
         Dense(*args)
+
+
+def test_backward_without_input_grad_gives_the_same_parameter_gradients(rng):
+    model = _small_model(rng)
+    x = rng.standard_normal((6, 4)).astype(np.float32)
+    dy = rng.standard_normal((6, 3)).astype(np.float32)
+    model(x)
+    assert model.backward(dy).shape == x.shape
+    full = [p.grad.copy() for p in model.parameters()]
+    model.zero_grad()
+    model(x)
+    assert model.backward(dy, input_grad=False) is None
+    for p, g in zip(model.parameters(), full):
+        np.testing.assert_array_equal(p.grad, g)
+
+
+@pytest.mark.parametrize("layer, shape", [
+    (Dense(4, 3), (2, 4)), (ReLU(), (2, 4)), (Softmax(), (2, 4)), (Flatten(), (2, 4, 1)),
+    (BatchNorm(4), (2, 4)),
+])
+def test_every_layer_accepts_input_grad_false(rng, layer, shape):
+    y = layer(rng.standard_normal(shape).astype(np.float32))
+    result = layer.backward(np.ones_like(y), input_grad=False)
+    assert result is None or result.shape == shape
+
+
+def test_relu_never_overwrites_outputs_the_caller_keeps(rng):
+    relu = ReLU()
+    x1, x2 = rng.standard_normal((2, 3, 4)).astype(np.float32)
+    y1 = relu(x1)
+    d1 = relu.backward(np.ones_like(y1))
+    kept_y, kept_d = y1.copy(), d1.copy()
+    relu(x2)
+    relu.backward(np.full_like(y1, 2.0))
+    np.testing.assert_array_equal(y1, kept_y)
+    np.testing.assert_array_equal(d1, kept_d)
+
+
+def test_relu_propagates_nan_like_pytorch():
+    y = ReLU()(np.array([np.nan, -1.0, 2.0], np.float32))
+    assert np.isnan(y[0]) and y[1] == 0 and y[2] == 2

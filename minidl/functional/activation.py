@@ -6,26 +6,36 @@ from .._checks import check_float_array, check_grad
 __all__ = ["relu_forward", "relu_backward", "softmax_forward", "softmax_backward"]
 
 
-def relu_forward(x, layer="relu"):
+def relu_forward(x, layer="relu", out=None, mask=None):
     """max(x, 0) elementwise (Nair & Hinton, 2010).
 
     Args:
         x (np.ndarray): any shape, float32 or float64.
+        out (np.ndarray, optional): where to write the result (x's shape and dtype).
+        mask (np.ndarray, optional): where to write ``x > 0`` (x's shape, bool).
     Returns:
         (out, cache): ``out`` like ``x``; ``cache`` holds the boolean mask ``x > 0``.
+        NaN inputs give NaN outputs, as in PyTorch.
     Raises:
         TypeError: ``x`` is not a float32/float64 ndarray.
     """
     check_float_array(layer, x)
-    mask = x > 0
-    return np.maximum(x, x.dtype.type(0)), (mask, x.dtype)
+    mask = np.greater(x, 0, out=mask)
+    return np.maximum(x, x.dtype.type(0), out=out), (mask, x.dtype)
 
 
-def relu_backward(dout, cache, layer="relu"):
-    """d loss / d x = dout where x > 0, else 0 (the subgradient at 0 is 0, as in PyTorch)."""
+def relu_backward(dout, cache, layer="relu", out=None):
+    """d loss / d x = dout where x > 0, else 0 (the subgradient at 0 is 0, as in PyTorch).
+
+    Args:
+        dout (np.ndarray): the shape and dtype of the forward output.
+        out (np.ndarray, optional): where to write d loss / d x.
+    Raises:
+        TypeError/ValueError: ``dout`` does not match the forward output.
+    """
     mask, dtype = cache
     check_grad(layer, dout, mask.shape, dtype)
-    return np.multiply(dout, mask)
+    return np.multiply(dout, mask, out=out)
 
 
 def softmax_forward(x, axis=1, layer="softmax"):

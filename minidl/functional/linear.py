@@ -29,11 +29,12 @@ def linear_forward(x, weight, bias=None, layer="linear"):
     return out, (x, w, bias is not None)
 
 
-def linear_backward(dout, cache, layer="linear"):
+def linear_backward(dout, cache, layer="linear", input_grad=True):
     """Gradients of :func:`linear_forward`.
 
     Args:
         dout (np.ndarray): ``(N, out_features)``, the dtype of the forward output.
+        input_grad (bool): compute ``dx`` (default); None is returned for it otherwise.
     Returns:
         (dx, dweight, dbias): ``(N, in_features)``, ``(out_features, in_features)`` and
         ``(out_features,)`` (None without bias), all in x's dtype.
@@ -42,7 +43,7 @@ def linear_backward(dout, cache, layer="linear"):
     """
     x, w, has_bias = cache
     check_grad(layer, dout, (x.shape[0], w.shape[0]), x.dtype)
-    dx = dout @ w
+    dx = dout @ w if input_grad else None
     dweight = dout.T @ x
     dbias = dout.sum(axis=0) if has_bias else None
     return dx, dweight, dbias

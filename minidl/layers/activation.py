@@ -1,4 +1,7 @@
 """Activation layers: ReLU and Softmax."""
+import numpy as np
+
+from .._buffers import BufferCache
 from ..functional.activation import relu_backward, relu_forward, softmax_backward, softmax_forward
 from .module import Module
 
@@ -25,12 +28,23 @@ class ReLU(_Stateless):
     The gradient at exactly 0 is 0, as in PyTorch.
     """
 
+    def __init__(self):
+        super().__init__()
+        self._outputs = BufferCache()  # y, mask and dx, reused when nothing else holds them
+
     def forward(self, x):
-        out, self._cache = relu_forward(x, layer="ReLU")
+        self._cache = None  # lets the previous mask be reused
+        out = mask = None
+        if isinstance(x, np.ndarray):
+            out = self._outputs.get("y", x.shape, x.dtype)
+            mask = self._outputs.get("mask", x.shape, np.bool_)
+        out, self._cache = relu_forward(x, layer="ReLU", out=out, mask=mask)
         return out
 
-    def backward(self, dout):
-        return relu_backward(dout, self._need_cache(), layer="ReLU")
+    def backward(self, dout, input_grad=True):
+        mask, dtype = self._need_cache()
+        dx = self._outputs.get("dx", mask.shape, dtype)
+        return relu_backward(dout, self._cache, layer="ReLU", out=dx)
 
 
 class Softmax(_Stateless):
@@ -53,7 +67,7 @@ class Softmax(_Stateless):
         out, self._cache = softmax_forward(x, self.axis, layer="Softmax")
         return out
 
-    def backward(self, dout):
+    def backward(self, dout, input_grad=True):
         return softmax_backward(dout, self._need_cache(), layer="Softmax")
 
     def extra_repr(self):

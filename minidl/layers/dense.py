@@ -47,10 +47,10 @@ class Dense(Module):
         )
         return out
 
-    def backward(self, dout):
+    def backward(self, dout, input_grad=True):
         if self._cache is None:
             raise RuntimeError("Dense: backward called before forward")
-        dx, dweight, dbias = linear_backward(dout, self._cache, layer="Dense")
+        dx, dweight, dbias = linear_backward(dout, self._cache, layer="Dense", input_grad=input_grad)
         self.weight.accumulate_grad(dweight)
         if self.bias is not None:
             self.bias.accumulate_grad(dbias)

@@ -103,7 +103,12 @@ class Module:
     def forward(self, x):
         raise NotImplementedError(f"{type(self).__name__} does not implement forward")
 
-    def backward(self, dout):
+    def backward(self, dout, input_grad=True):
+        """Accumulate parameter gradients and return d loss / d input.
+
+        With ``input_grad=False`` a layer may skip computing d loss / d input and return None
+        (used for the first layer of a model, whose input needs no gradient).
+        """
         raise NotImplementedError(f"{type(self).__name__} does not implement backward")
 
     def __call__(self, x):

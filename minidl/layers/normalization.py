@@ -92,7 +92,7 @@ class _NormBase(Module):
         )
         return out
 
-    def backward(self, dout):
+    def backward(self, dout, input_grad=True):
         if self._cache is None:
             raise RuntimeError(f"{type(self).__name__}: backward called before forward")
         dx, dweight, dbias = batch_norm_backward(

@@ -25,7 +25,7 @@ class Flatten(Module):
         self._shape = (x.shape, x.dtype)
         return x.reshape(x.shape[0], -1)
 
-    def backward(self, dout):
+    def backward(self, dout, input_grad=True):
         if self._shape is None:
             raise RuntimeError("Flatten: backward called before forward")
         shape, dtype = self._shape
