@@ -36,18 +36,7 @@ def test_batchnorm_matches_torch_over_several_steps(rng, shape, momentum, dtype)
 
     for step in range(4):
         x = (rng.standard_normal(shape) * rng.uniform(0.5, 3) + rng.uniform(-2, 2)).astype(dtype)
-        dy = rng.standard_normal(shape).astype(dtype)
-        ours.zero_grad()
-        y = ours(x)
-        dx = ours.backward(dy)
-        tx = torch.from_numpy(x).requires_grad_()
-        theirs.weight.grad = theirs.bias.grad = None
-        ty = theirs(tx)
-        ty.backward(torch.from_numpy(dy))
-        assert_close_to_torch(y, ty, **tol, what=f"output, step {step}")
-        assert_close_to_torch(dx, tx.grad, **tol, what=f"input gradient, step {step}")
-        assert_close_to_torch(ours.weight.grad, theirs.weight.grad, **tol, what="weight gradient")
-        assert_close_to_torch(ours.bias.grad, theirs.bias.grad, **tol, what="bias gradient")
+        _compare_bn_step(ours, theirs, x, rng.standard_normal(shape).astype(dtype), tol, f"step {step}")
     assert_close_to_torch(ours.running_mean, theirs.running_mean, **tol, what="running_mean")
     assert_close_to_torch(ours.running_var, theirs.running_var, **tol, what="running_var")
     assert int(ours.num_batches_tracked) == int(theirs.num_batches_tracked) == 4
@@ -56,7 +45,11 @@ def test_batchnorm_matches_torch_over_several_steps(rng, shape, momentum, dtype)
     ours.eval()
     theirs.eval()
     x = rng.standard_normal(shape).astype(dtype)
-    dy = rng.standard_normal(shape).astype(dtype)
+    _compare_bn_step(ours, theirs, x, rng.standard_normal(shape).astype(dtype), tol, "eval")
+
+
+def _compare_bn_step(ours, theirs, x, dy, tol, label):
+    """One forward + backward of both layers on the same data; outputs and gradients agree."""
     ours.zero_grad()
     y = ours(x)
     dx = ours.backward(dy)
@@ -64,9 +57,10 @@ def test_batchnorm_matches_torch_over_several_steps(rng, shape, momentum, dtype)
     theirs.weight.grad = theirs.bias.grad = None
     ty = theirs(tx)
     ty.backward(torch.from_numpy(dy))
-    assert_close_to_torch(y, ty, **tol, what="eval output")
-    assert_close_to_torch(dx, tx.grad, **tol, what="eval input gradient")
-    assert_close_to_torch(ours.weight.grad, theirs.weight.grad, **tol, what="eval weight gradient")
+    assert_close_to_torch(y, ty, **tol, what=f"output, {label}")
+    assert_close_to_torch(dx, tx.grad, **tol, what=f"input gradient, {label}")
+    assert_close_to_torch(ours.weight.grad, theirs.weight.grad, **tol, what=f"weight gradient, {label}")
+    assert_close_to_torch(ours.bias.grad, theirs.bias.grad, **tol, what=f"bias gradient, {label}")
 
 
 @pytest.mark.parametrize("bias", [True, False])
