@@ -327,9 +327,9 @@ def test_gradients_batchnorm_after_conv2d(rng, training):
 
 
 def test_outputs_the_caller_keeps_are_never_overwritten(rng):
-    bn = BatchNorm(3)
-    x1 = _random_bn_input(rng, (4, 3, 5, 5), np.float32)
-    x2 = _random_bn_input(rng, (4, 3, 5, 5), np.float32)
+    bn = BatchNorm(8)  # arrays of 256 KiB: large enough to come from the buffer pool
+    x1 = _random_bn_input(rng, (8, 8, 32, 32), np.float32)
+    x2 = _random_bn_input(rng, (8, 8, 32, 32), np.float32)
     y1 = bn(x1)
     kept = y1.copy()
     dx1 = bn.backward(rng.standard_normal(x1.shape).astype(np.float32))
@@ -343,11 +343,11 @@ def test_outputs_the_caller_keeps_are_never_overwritten(rng):
 
 
 def test_outputs_nobody_holds_are_reused(rng):
-    bn = BatchNorm(3)
-    x = _random_bn_input(rng, (4, 3, 5, 5), np.float32)
+    bn = BatchNorm(8)
+    x = _random_bn_input(rng, (8, 8, 32, 32), np.float32)
     address = bn(x).__array_interface__["data"][0]  # the output is dropped at once
     assert bn(x).__array_interface__["data"][0] == address
-    assert bn(x[:2]).shape == (2, 3, 5, 5)  # another shape gets a new array
+    assert bn(x[:2]).shape == (2, 8, 32, 32)  # another shape gets another array
 
 
 def test_functional_out_argument_is_checked(rng):

@@ -1,7 +1,7 @@
 """Activation layers: ReLU and Softmax."""
 import numpy as np
 
-from .._buffers import BufferCache
+from .. import _buffers
 from ..functional.activation import relu_backward, relu_forward, softmax_backward, softmax_forward
 from .module import Module
 
@@ -28,22 +28,18 @@ class ReLU(_Stateless):
     The gradient at exactly 0 is 0, as in PyTorch.
     """
 
-    def __init__(self):
-        super().__init__()
-        self._outputs = BufferCache()  # y, mask and dx, reused when nothing else holds them
-
     def forward(self, x):
         self._cache = None  # lets the previous mask be reused
         out = mask = None
-        if isinstance(x, np.ndarray):
-            out = self._outputs.get("y", x.shape, x.dtype)
-            mask = self._outputs.get("mask", x.shape, np.bool_)
+        if isinstance(x, np.ndarray):  # outputs from the pool of unused arrays
+            out = _buffers.empty(x.shape, x.dtype)
+            mask = _buffers.empty(x.shape, np.bool_)
         out, self._cache = relu_forward(x, layer="ReLU", out=out, mask=mask)
         return out
 
     def backward(self, dout, input_grad=True):
         mask, dtype = self._need_cache()
-        dx = self._outputs.get("dx", mask.shape, dtype)
+        dx = _buffers.empty(mask.shape, dtype)
         return relu_backward(dout, self._cache, layer="ReLU", out=dx)
 
 

@@ -7,7 +7,7 @@ input ranks they accept. The math is in :mod:`minidl.functional.normalization`.
 import numpy as np
 
 from ..functional.normalization import batch_norm_backward, batch_norm_forward
-from .._buffers import BufferCache
+from .. import _buffers
 from .._checks import check_input
 from .module import Module, Parameter
 
@@ -50,7 +50,6 @@ class _NormBase(Module):
             self.register_buffer("running_var", None)
             self.register_buffer("num_batches_tracked", None)
         self._cache = None
-        self._outputs = BufferCache()  # y and dx, reused when the caller has let go of them
 
     def reset_running_stats(self):
         """Running mean 0, running variance 1, no batches tracked."""
@@ -88,7 +87,7 @@ class _NormBase(Module):
             momentum=factor,
             eps=self.eps,
             layer=name,
-            out=self._outputs.get("y", x.shape, x.dtype),
+            out=_buffers.empty(x.shape, x.dtype),
         )
         return out
 
@@ -97,7 +96,7 @@ class _NormBase(Module):
             raise RuntimeError(f"{type(self).__name__}: backward called before forward")
         dx, dweight, dbias = batch_norm_backward(
             dout, self._cache, layer=type(self).__name__,
-            out=self._outputs.get("dx", self._cache.shape, self._cache.x3.dtype))
+            out=_buffers.empty(self._cache.shape, self._cache.x3.dtype))
         if self.affine:
             self.weight.accumulate_grad(dweight)
             self.bias.accumulate_grad(dbias)
