@@ -48,8 +48,11 @@ def check_input(layer, x, layouts, sizes=None, arg="input"):
     else:
         raise ValueError(f"{layer}: expected {arg} of shape {expected}, got shape {x.shape}")
     bad = sizes and any(d in sizes and x.shape[i] != sizes[d] for i, d in enumerate(layout))
-    if bad or 0 in x.shape:
+    if bad:
         raise ValueError(f"{layer}: expected {arg} of shape {expected}, got shape {x.shape}")
+    if 0 in x.shape:
+        raise ValueError(f"{layer}: expected {arg} of shape {expected} with no empty axis, "
+                         f"got shape {x.shape}")
     return layout
 
 

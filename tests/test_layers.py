@@ -233,3 +233,8 @@ def test_relu_never_overwrites_outputs_the_caller_keeps(rng):
 def test_relu_propagates_nan_like_pytorch():
     y = ReLU()(np.array([np.nan, -1.0, 2.0], np.float32))
     assert np.isnan(y[0]) and y[1] == 0 and y[2] == 2
+
+
+def test_empty_input_is_rejected_with_a_clear_message():
+    with pytest.raises(ValueError, match=r"Dense: expected input of shape \(N, 4\) with no empty axis, got shape \(0, 4\)"):
+        Dense(4, 3)(np.zeros((0, 4), np.float32))
