@@ -468,3 +468,48 @@ def test_conv2d_matches_torch(case, dtype, torch, rng):
         assert ours.dtype == dtype, what
         atol = scale * max(1.0, float(theirs.detach().abs().max()))
         assert_close_to_torch(ours, theirs, rtol=rtol, atol=atol, what=what)
+
+
+# --------------------------------------------------------------------------- 5. input_grad=False
+INPUT_GRAD_CASES = [
+    # (x shape, C_out, kernel, stride, padding): few input channels (direct kernels) and many
+    ((3, 1, 9, 8), 4, (3, 3), 1, 1),
+    ((2, 3, 8, 7), 5, (3, 2), (2, 1), (1, 0)),
+    ((2, 8, 7, 6), 6, (3, 3), 1, 1),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", INPUT_GRAD_CASES)
+def test_conv2d_backward_without_input_grad(case, dtype, rng):
+    x_shape, out_channels, kernel, stride, padding = case
+    x = rng.standard_normal(x_shape).astype(dtype)
+    weight = rng.standard_normal((out_channels, x_shape[1]) + kernel).astype(dtype)
+    bias = rng.standard_normal(out_channels).astype(dtype)
+    out, cache = conv2d_forward(x, weight, bias, stride, padding)
+    dout = rng.standard_normal(out.shape).astype(dtype)
+    dx, dweight, dbias = conv2d_backward(dout, cache)
+    out2, cache2 = conv2d_forward(x, weight, bias, stride, padding)
+    none, dweight2, dbias2 = conv2d_backward(dout, cache2, input_grad=False)
+    assert none is None
+    np.testing.assert_array_equal(dweight2, dweight)
+    np.testing.assert_array_equal(dbias2, dbias)
+    with pytest.raises(RuntimeError, match="already"):
+        conv2d_backward(dout, cache2, input_grad=False)
+
+
+def test_conv2d_layer_backward_without_input_grad(rng):
+    layer = Conv2D(2, 3, 3, padding=1, rng=rng, dtype=np.float64)
+    x = rng.standard_normal((2, 2, 6, 5))
+    dout = rng.standard_normal((2, 3, 6, 5))
+    layer(x)
+    dx = layer.backward(dout)
+    grads = layer.weight.grad.copy(), layer.bias.grad.copy()
+    layer.zero_grad()
+    layer(x)
+    assert layer.backward(dout, input_grad=False) is None
+    np.testing.assert_array_equal(layer.weight.grad, grads[0])
+    np.testing.assert_array_equal(layer.bias.grad, grads[1])
+    assert dx.shape == x.shape
+    with pytest.raises(RuntimeError, match="before forward"):
+        layer.backward(dout, input_grad=False)

@@ -256,3 +256,79 @@ def test_max_pool2d_nan_matches_torch(kernel, stride, dtype, torch, rng):
     assert np.isnan(out).any() and not np.isnan(out).all()
     np.testing.assert_array_equal(out, outt.numpy())  # NaN == NaN for assert_array_equal
     np.testing.assert_array_equal(cache.argmax, indices.numpy())
+
+
+# --------------------------------------------------------------------------- 5. fast paths, out=
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(2, 3, 6, 6), (1, 2, 7, 5), (3, 4, 2, 3)])
+def test_2x2_kernel_nan_anywhere_matches_reference(shape, dtype, rng):
+    """The specialized 2x2/stride-2 kernel: NaN in every window position, alone and in pairs."""
+    x = input_with_ties(shape, dtype, rng)
+    flat = x.reshape(-1)
+    flat[rng.choice(flat.size, size=flat.size // 4, replace=False)] = np.nan
+    out, cache = max_pool2d_forward(x, 2)
+    width = shape[3]
+    for n, c, oh, ow in np.ndindex(out.shape):  # the rule: the last NaN, else the first max
+        positions = [(2 * oh + i) * width + 2 * ow + j for i in (0, 1) for j in (0, 1)]
+        values = flat.reshape(shape)[n, c].reshape(-1)[positions]
+        nans = [p for p, v in zip(positions, values) if np.isnan(v)]
+        expected = nans[-1] if nans else positions[int(np.argmax(values))]
+        assert cache.argmax[n, c, oh, ow] == expected
+        np.testing.assert_array_equal(out[n, c, oh, ow], x[n, c].reshape(-1)[expected])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_2x2_kernel_odd_sizes_match_reference(dtype, rng):
+    x = input_with_ties((3, 5, 13, 10), dtype, rng)
+    out_fast, argmax_fast = np.empty((3, 5, 6, 5), dtype), np.empty((3, 5, 6, 5), np.int64)
+    _pool.max_pool2d_forward(x, out_fast, argmax_fast, 2, 2, 2, 2, 2)
+    ref_out, ref_argmax = ref.max_pool2d_forward(x, (2, 2), (2, 2))
+    np.testing.assert_array_equal(out_fast, ref_out)
+    np.testing.assert_array_equal(argmax_fast, ref_argmax)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_max_pool2d_out_arguments(dtype, rng):
+    x = rng.standard_normal((2, 3, 6, 6)).astype(dtype)
+    out = np.full((2, 3, 3, 3), np.nan, dtype)
+    argmax = np.full((2, 3, 3, 3), -1, np.int64)
+    result, cache = max_pool2d_forward(x, 2, out=out, argmax=argmax)
+    assert result is out and cache.argmax is argmax
+    ref_out, ref_argmax = ref.max_pool2d_forward(x, (2, 2), (2, 2))
+    np.testing.assert_array_equal(out, ref_out)
+    dout = rng.standard_normal(out.shape).astype(dtype)
+    dx = np.full(x.shape, np.nan, dtype)
+    assert max_pool2d_backward(dout, cache, out=dx) is dx
+    np.testing.assert_array_equal(dx, ref.max_pool2d_backward(dout, ref_argmax, x.shape))
+    for bad in (np.empty((2, 3, 3, 3), np.float16), np.empty((2, 3, 3, 4), dtype),
+                np.empty((2, 3, 3, 6), dtype)[..., ::2]):
+        with pytest.raises(ValueError, match="max_pool2d.*out"):
+            max_pool2d_forward(x, 2, out=bad)
+    with pytest.raises(ValueError, match="max_pool2d.*argmax"):
+        max_pool2d_forward(x, 2, argmax=np.empty((2, 3, 3, 3), np.int32))
+    with pytest.raises(ValueError, match="max_pool2d.*out"):
+        max_pool2d_backward(dout, cache, out=np.empty(x.shape, np.float16))
+
+
+def test_maxpool2d_layer_never_overwrites_a_kept_output(rng):
+    layer = MaxPool2D(2)
+    x1, x2 = rng.standard_normal((2, 2, 8, 8, 8))  # 64 KiB+ arrays come from the buffer pool
+    x1, x2 = np.repeat(x1, 8, axis=1), np.repeat(x2, 8, axis=1)
+    y1 = layer(x1)
+    kept = y1.copy()
+    dx1 = layer.backward(np.ones_like(y1))
+    kept_dx = dx1.copy()
+    y2 = layer(x2)
+    dx2 = layer.backward(np.ones_like(y2))
+    np.testing.assert_array_equal(y1, kept)
+    np.testing.assert_array_equal(dx1, kept_dx)
+    np.testing.assert_array_equal(y2, ref.max_pool2d_forward(x2, (2, 2), (2, 2))[0])
+    assert dx2.shape == x2.shape
+
+
+def test_maxpool2d_layer_input_grad_false_returns_none(rng):
+    layer = MaxPool2D(2)
+    y = layer(rng.standard_normal((2, 3, 4, 4)))
+    assert layer.backward(np.ones_like(y), input_grad=False) is None
+    with pytest.raises(ValueError, match="MaxPool2D"):
+        layer.backward(np.ones((2, 3, 3, 3)), input_grad=False)

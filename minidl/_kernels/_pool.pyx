@@ -55,6 +55,52 @@ cdef void _pool_plane(const floating* plane, Py_ssize_t W, floating* out, int64_
             argmax[oh * OW + ow] = best_index
 
 
+cdef void _pool_plane_2x2(const floating* plane, Py_ssize_t W, floating* out, int64_t* argmax,
+                          Py_ssize_t OH, Py_ssize_t OW) noexcept nogil:
+    """:func:`_pool_plane` specialized for 2x2 windows with stride 2 (the common case).
+
+    The same branch-free rule, unrolled over the window ``a b / c d`` (row-major): a later
+    value wins if it is greater and no NaN was seen, or if it is a NaN, so ties keep the first
+    maximum and the last NaN wins. The offset of the winner (0, 1, W or W+1) is updated with
+    arithmetic on the 0/1 flag; the output is read back at the winning index.
+    """
+    cdef Py_ssize_t oh, ow, base, offset, index
+    cdef const floating* top
+    cdef const floating* bottom
+    cdef floating best, b, c, d
+    cdef int take, seen_nan, is_nan
+    for oh in range(OH):
+        top = plane + 2 * oh * W
+        bottom = top + W
+        for ow in range(OW):
+            best = top[2 * ow]
+            b = top[2 * ow + 1]
+            c = bottom[2 * ow]
+            d = bottom[2 * ow + 1]
+            offset = 0
+            seen_nan = best != best
+
+            is_nan = b != b
+            take = ((b > best) & (1 - seen_nan)) | is_nan
+            offset = offset + (1 - offset) * take
+            seen_nan = seen_nan | is_nan
+            best = best if best > b else b
+
+            is_nan = c != c
+            take = ((c > best) & (1 - seen_nan)) | is_nan
+            offset = offset + (W - offset) * take
+            seen_nan = seen_nan | is_nan
+            best = best if best > c else c
+
+            is_nan = d != d
+            take = ((d > best) & (1 - seen_nan)) | is_nan
+            offset = offset + (W + 1 - offset) * take
+
+            index = 2 * oh * W + 2 * ow + offset
+            out[oh * OW + ow] = plane[index]
+            argmax[oh * OW + ow] = index
+
+
 def max_pool2d_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out,
                        int64_t[:, :, :, ::1] argmax,
                        int kernel_h, int kernel_w, int stride_h, int stride_w,
@@ -72,15 +118,25 @@ def max_pool2d_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] ou
 
     Work is split over the ``N*C`` planes.
     """
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], W = x.shape[3]
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t OH = out.shape[2], OW = out.shape[3]
-    cdef Py_ssize_t task, n, c
+    cdef Py_ssize_t task
+    cdef bint two_by_two = (kernel_h == 2 and kernel_w == 2 and stride_h == 2
+                            and stride_w == 2)
+    if N * C == 0:
+        return
+    # the planes are contiguous and equally spaced: address them by pointer arithmetic
+    cdef const floating* x0 = &x[0, 0, 0, 0]
+    cdef floating* out0 = &out[0, 0, 0, 0]
+    cdef int64_t* argmax0 = &argmax[0, 0, 0, 0]
 
     for task in prange(N * C, nogil=True, num_threads=num_threads, schedule="static"):
-        n = task // C
-        c = task - n * C
-        _pool_plane(&x[n, c, 0, 0], W, &out[n, c, 0, 0], &argmax[n, c, 0, 0], OH, OW,
-                    kernel_h, kernel_w, stride_h, stride_w)
+        if two_by_two:
+            _pool_plane_2x2(x0 + task * H * W, W, out0 + task * OH * OW,
+                            argmax0 + task * OH * OW, OH, OW)
+        else:
+            _pool_plane(x0 + task * H * W, W, out0 + task * OH * OW, argmax0 + task * OH * OW,
+                        OH, OW, kernel_h, kernel_w, stride_h, stride_w)
 
 
 def max_pool2d_backward(const floating[:, :, :, ::1] dout, const int64_t[:, :, :, ::1] argmax,
@@ -98,18 +154,21 @@ def max_pool2d_backward(const floating[:, :, :, ::1] dout, const int64_t[:, :, :
     """
     cdef Py_ssize_t N = dx.shape[0], C = dx.shape[1], H = dx.shape[2], W = dx.shape[3]
     cdef Py_ssize_t OH = dout.shape[2], OW = dout.shape[3]
-    cdef Py_ssize_t task, n, c, k, p
+    cdef Py_ssize_t task, k, p
     cdef floating* plane
     cdef const floating* grad
     cdef const int64_t* where
+    if N * C == 0:
+        return
+    cdef floating* dx0 = &dx[0, 0, 0, 0]
+    cdef const floating* dout0 = &dout[0, 0, 0, 0]
+    cdef const int64_t* argmax0 = &argmax[0, 0, 0, 0]
 
     for task in prange(N * C, nogil=True, num_threads=num_threads, schedule="static"):
-        n = task // C
-        c = task - n * C
-        plane = &dx[n, c, 0, 0]
+        plane = dx0 + task * H * W
+        grad = dout0 + task * OH * OW
+        where = argmax0 + task * OH * OW
         for p in range(H * W):
             plane[p] = 0
-        grad = &dout[n, c, 0, 0]
-        where = &argmax[n, c, 0, 0]
         for k in range(OH * OW):
             plane[where[k]] += grad[k]

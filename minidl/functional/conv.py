@@ -223,7 +223,7 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, layer="conv2d", wo
     return out, cache
 
 
-def conv2d_backward(dout, cache, layer="conv2d"):
+def conv2d_backward(dout, cache, layer="conv2d", input_grad=True):
     """Gradients of :func:`conv2d_forward` with respect to the input, weight and bias.
 
     The cache's column matrix is overwritten (its memory holds d loss / d cols), so each forward
@@ -234,9 +234,12 @@ def conv2d_backward(dout, cache, layer="conv2d"):
             output; any strides.
         cache (Conv2dCache): the second value returned by :func:`conv2d_forward`.
         layer (str): name used in error messages.
+        input_grad (bool): compute ``dx`` (default). With False the input gradient (its matrix
+            product and col2im) is skipped and ``dx`` is None; ``dweight``/``dbias`` are the same.
     Returns:
         (dx, dweight, dbias): ``(N, C_in, H, W)``, ``(C_out, C_in, kH, kW)`` and ``(C_out,)``,
-        all in the dtype of ``x``; ``dbias`` is None when the forward had no bias.
+        all in the dtype of ``x``; ``dbias`` is None when the forward had no bias; ``dx`` is
+        None when ``input_grad`` is False.
     Raises:
         TypeError/ValueError: ``dout`` does not match the forward output.
         RuntimeError: the cache was already used by a backward call.
@@ -259,6 +262,10 @@ def conv2d_backward(dout, cache, layer="conv2d"):
 
     dweight_rows = np.matmul(drows, cols).reshape(out_channels, kernel_h, kernel_w, in_channels)
     dweight = np.ascontiguousarray(dweight_rows.transpose(0, 3, 1, 2))
+    dbias = bias_grad.astype(cache.dtype) if cache.has_bias else None
+    if not input_grad:
+        cache.cols = None
+        return None, dweight, dbias
     dcols = np.matmul(drows.T, cache.weight_rows, out=cols)
     cache.cols = None
     del drows
@@ -267,5 +274,4 @@ def conv2d_backward(dout, cache, layer="conv2d"):
     dx_nhwc = np.empty((n, height, width, in_channels), dtype=cache.dtype)
     _kernel.col2im(dcols, dx_nhwc, kernel_h, kernel_w, *cache.stride, *cache.padding, threads)
     dx = _to_nchw(dx_nhwc, threads)
-    dbias = bias_grad.astype(cache.dtype) if cache.has_bias else None
     return dx, dweight, dbias

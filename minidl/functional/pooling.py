@@ -56,7 +56,20 @@ def _check_pool_input(layer, x, kernel_size):
         )
 
 
-def max_pool2d_forward(x, kernel_size, stride=None, layer="max_pool2d"):
+def _output_array(layer, array, name, shape, dtype):
+    """``array`` checked as a writable C-contiguous ``shape``/``dtype`` array, or a new one."""
+    if array is None:
+        return np.empty(shape, dtype)
+    if not (isinstance(array, np.ndarray) and array.shape == tuple(shape)
+            and array.dtype == dtype and array.flags.c_contiguous and array.flags.writeable):
+        got = (f"{array.dtype} {array.shape}" if isinstance(array, np.ndarray)
+               else type(array).__name__)
+        raise ValueError(f"{layer}: expected {name} to be a writable C-contiguous "
+                         f"{np.dtype(dtype)} array of shape {tuple(shape)}, got {got}")
+    return array
+
+
+def max_pool2d_forward(x, kernel_size, stride=None, layer="max_pool2d", out=None, argmax=None):
     """Max over sliding windows of each channel, like ``torch.nn.functional.max_pool2d``.
 
     Args:
@@ -65,12 +78,20 @@ def max_pool2d_forward(x, kernel_size, stride=None, layer="max_pool2d"):
         stride (int or pair or None): step ``(sH, sW)`` >= 1; None (default) means
             ``kernel_size``.
         layer (str): name used in error messages.
+        out (np.ndarray, optional): where to write the result (C-contiguous, ``(N, C, OH, OW)``,
+            x's dtype); a new array when None.
+        argmax (np.ndarray, optional): where to write the winners' indices (C-contiguous int64
+            ``(N, C, OH, OW)``); it becomes part of the cache. A new array when None.
     Returns:
         (out, cache): ``out`` is ``(N, C, OH, OW)`` in the dtype of ``x`` with
         ``OH = (H - kH) // sH + 1`` (likewise ``OW``); ``cache`` is a :class:`MaxPool2dCache`.
     Raises:
         TypeError: ``x`` is not a float32/float64 ndarray.
-        ValueError: wrong rank, bad kernel_size/stride, or an input smaller than the window.
+        ValueError: wrong rank, bad kernel_size/stride, an input smaller than the window, or an
+            unusable ``out``/``argmax``.
+
+    2x2 windows with stride 2 take a specialized kernel; every geometry gives the same
+    results (values, indices, ties and NaN rule) as the general one.
     """
     check_input(layer, x, "NCHW")
     kernel_size, stride = pool_params(kernel_size, stride, layer)
@@ -80,13 +101,14 @@ def max_pool2d_forward(x, kernel_size, stride=None, layer="max_pool2d"):
     out_w = (width - kernel_size[1]) // stride[1] + 1
 
     x = np.ascontiguousarray(x)
-    out = np.empty((n, c, out_h, out_w), dtype=x.dtype)
-    argmax = np.empty((n, c, out_h, out_w), dtype=np.int64)
+    shape = (n, c, out_h, out_w)
+    out = _output_array(layer, out, "out", shape, x.dtype)
+    argmax = _output_array(layer, argmax, "argmax", shape, np.int64)
     _kernel.max_pool2d_forward(x, out, argmax, *kernel_size, *stride, _config.threads_for(x.size))
     return out, MaxPool2dCache(argmax, x.shape, x.dtype)
 
 
-def max_pool2d_backward(dout, cache, layer="max_pool2d"):
+def max_pool2d_backward(dout, cache, layer="max_pool2d", out=None):
     """Gradient of :func:`max_pool2d_forward` with respect to its input.
 
     Args:
@@ -94,14 +116,17 @@ def max_pool2d_backward(dout, cache, layer="max_pool2d"):
             any strides.
         cache (MaxPool2dCache): the second value returned by :func:`max_pool2d_forward`.
         layer (str): name used in error messages.
+        out (np.ndarray, optional): where to write ``dx`` (C-contiguous, ``(N, C, H, W)``, the
+            input's dtype); a new array when None.
     Returns:
         np.ndarray: ``dx`` of shape ``(N, C, H, W)`` in the dtype of ``x``: each ``dout``
         element is added to the input element that won its window, zeros elsewhere.
     Raises:
-        TypeError/ValueError: ``dout`` does not match the forward output.
+        TypeError/ValueError: ``dout`` does not match the forward output, or an unusable
+            ``out``.
     """
     check_grad(layer, dout, cache.argmax.shape, cache.dtype)
     dout = np.ascontiguousarray(dout)
-    dx = np.empty(cache.x_shape, dtype=cache.dtype)
+    dx = _output_array(layer, out, "out", cache.x_shape, cache.dtype)
     _kernel.max_pool2d_backward(dout, cache.argmax, dx, _config.threads_for(dx.size))
     return dx

@@ -91,7 +91,7 @@ class Conv2D(Module):
                                           layer="Conv2D", workspace=workspace)
         return out
 
-    def backward(self, dout):
+    def backward(self, dout, input_grad=True):
         """Accumulate ``weight.grad`` / ``bias.grad`` and return d loss / d x.
 
         Each forward pass supports one backward pass (its cached im2col matrix is reused for the
@@ -99,8 +99,10 @@ class Conv2D(Module):
 
         Args:
             dout (np.ndarray): ``(N, C_out, OH, OW)``, the shape and dtype of the last output.
+            input_grad (bool): compute d loss / d x (default). With False that work is skipped
+                and None is returned (the parameter gradients are the same).
         Returns:
-            np.ndarray: ``(N, C_in, H, W)`` in the dtype of the last input.
+            np.ndarray or None: ``(N, C_in, H, W)`` in the dtype of the last input, or None.
         Raises:
             RuntimeError: no forward pass has been run since the last backward pass.
             ValueError/TypeError: ``dout`` does not match the last output.
@@ -109,7 +111,8 @@ class Conv2D(Module):
             raise RuntimeError(
                 "Conv2D: backward called before forward (each forward allows one backward)"
             )
-        dx, dweight, dbias = conv2d_backward(dout, self._cache, layer="Conv2D")
+        dx, dweight, dbias = conv2d_backward(dout, self._cache, layer="Conv2D",
+                                              input_grad=input_grad)
         self._cache = None
         self.weight.accumulate_grad(dweight)
         if self.bias is not None:
