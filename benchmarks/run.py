@@ -5,6 +5,7 @@ the small CNNs our users train".
     python benchmarks/run.py --threads 1 --workloads 1,4,5
     python benchmarks/run.py --quick                  # tiny sizes: a smoke run in seconds
     python benchmarks/run.py --json bench.json --markdown bench.md
+    python benchmarks/run.py --update-readme          # the results table in README.md
     python benchmarks/run.py --profile 10 --workloads 1,3    # where minidl's time goes
 
 This process only orchestrates and imports nothing but the standard library. The measurements
@@ -63,6 +64,9 @@ LEARNING_RATE = 0.01
 NOISY_SPREAD = 0.25  # flag a workload whose rounds differ by more than this
 BUSY_CORES = 0.25    # warn when other processes used more cores than this during the run
 RESULT_PREFIX = "@@result "
+README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
+README_START = "<!-- benchmark results: start (written by benchmarks/run.py --update-readme) -->"
+README_END = "<!-- benchmark results: end -->"
 
 # Imported by _import_frameworks() in the worker processes only.
 np = minidl = torch = None
@@ -84,6 +88,9 @@ def parse_args(argv=None):
                         help="comma-separated workload numbers, e.g. 1,4,5 (default: all)")
     parser.add_argument("--json", metavar="PATH", help="write all figures and machine info")
     parser.add_argument("--markdown", metavar="PATH", help="write the results table")
+    parser.add_argument("--update-readme", metavar="PATH", nargs="?", const=README, default=None,
+                        help="replace the results between the benchmark markers of README.md "
+                             "(or PATH) with this run's table")
     parser.add_argument("--no-torch", action="store_true", help="measure minidl only")
     parser.add_argument("--profile", type=int, nargs="?", const=10, default=None, metavar="N",
                         help="instead of comparing, profile minidl and print the top N "
@@ -419,10 +426,32 @@ def report(args, results, info):
             json.dump({"machine": info, "workloads": {str(i): results[i] for i in sorted(results)}},
                       f, indent=2)
             f.write("\n")
+    text = (header(info) + "\n\n" + markdown_table(rows) + "\n\n"
+            + "\n".join(f"- {line}" for line in notes(results, info)) + "\n")
     if args.markdown:
         with open(args.markdown, "w") as f:
-            f.write(header(info) + "\n\n" + markdown_table(rows) + "\n\n")
-            f.write("\n".join(f"- {line}" for line in notes(results, info)) + "\n")
+            f.write(text)
+    if args.update_readme:
+        update_readme(args.update_readme, text)
+
+
+def update_readme(path, text):
+    """Put ``text`` between README_START and README_END in ``path`` (written atomically).
+
+    Raises:
+        ValueError: the file lacks the markers.
+    """
+    with open(path) as f:
+        content = f.read()
+    start, end = content.find(README_START), content.find(README_END)
+    if start < 0 or end < start:
+        raise ValueError(f"{path}: no '{README_START}' ... '{README_END}' markers")
+    content = content[:start + len(README_START)] + "\n" + text + content[end:]
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(content)
+    os.replace(tmp, path)
+    print(f"results written into {path}")
 
 
 def main(argv=None):
@@ -665,7 +694,7 @@ def minidl_train_step(model, batches):
     def step():
         x, y = next(cycle)
         loss_fn(model(x), y)
-        model.backward(loss_fn.backward())
+        model.backward(loss_fn.backward(), input_grad=False)  # as PyTorch: no grad for the input
         optimizer.step()
         optimizer.zero_grad()
     step.model = model  # for --profile's per-layer times
@@ -838,9 +867,9 @@ def print_layer_times(step, count):
     seconds = {}
 
     def timed(key, method):
-        def wrapper(*args):
+        def wrapper(*args, **kwargs):
             start = time.perf_counter()
-            out = method(*args)
+            out = method(*args, **kwargs)
             seconds[key] = seconds.get(key, 0.0) + time.perf_counter() - start
             return out
         return wrapper

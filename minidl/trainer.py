@@ -4,6 +4,8 @@ import time
 import numpy as np
 from tqdm.auto import tqdm
 
+from .model import Sequential
+
 __all__ = ["Trainer", "History", "Callback", "EvaluateEvery"]
 
 
@@ -142,6 +144,8 @@ class Trainer:
         self.callbacks = list(callbacks)
         self.global_step = 0
         self.stop_training = False
+        # a Sequential can skip the input's gradient, which training never uses
+        self._backward_kwargs = {"input_grad": False} if isinstance(model, Sequential) else {}
 
     def _call(self, hook, *args):
         for callback in self.callbacks:
@@ -151,7 +155,7 @@ class Trainer:
         """One optimizer step on a batch; returns ``(loss, number of correct predictions)``."""
         logits = self.model(x)
         loss = self.loss_fn(logits, y)
-        self.model.backward(self.loss_fn.backward())
+        self.model.backward(self.loss_fn.backward(), **self._backward_kwargs)
         self.optimizer.step()
         self.optimizer.zero_grad()
         self.global_step += 1

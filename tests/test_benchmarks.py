@@ -34,8 +34,15 @@ def table_lines(stdout, key, name):
 
 def test_quick_run_prints_every_workload_and_writes_json(tmp_path):
     json_path, markdown_path = tmp_path / "bench.json", tmp_path / "bench.md"
-    result = run_benchmark("--json", str(json_path), "--markdown", str(markdown_path))
+    readme = tmp_path / "README.md"
+    readme.write_text("# title\n<!-- benchmark results: start (written by benchmarks/run.py "
+                      "--update-readme) -->\nold table\n<!-- benchmark results: end -->\ntail\n")
+    result = run_benchmark("--json", str(json_path), "--markdown", str(markdown_path),
+                           "--update-readme", str(readme))
     assert result.returncode == 0, result.stdout + result.stderr
+    updated = readme.read_text()
+    assert updated.startswith("# title\n") and updated.endswith("<!-- benchmark results: end -->\ntail\n")
+    assert "old table" not in updated and markdown_path.read_text() in updated
 
     data = json.loads(json_path.read_text())
     assert set(data["workloads"]) == ALL_WORKLOADS
