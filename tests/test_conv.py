@@ -16,6 +16,7 @@ from minidl.layers.conv import Conv2D
 from minidl.reference import conv as ref
 
 DTYPES = [np.float32, np.float64]
+METHODS = ["direct", "im2col"]
 
 # (N, C_in, H, W, kernel, stride, padding): odd and non-square sizes, strides that do not divide
 # the input, padding larger than the kernel, 1x1 kernels and kernels as large as the input.
@@ -147,14 +148,18 @@ def test_reference_im2col_agrees_with_reference_definition(geometry, rng):
 
 
 # --------------------------------------------------------------------------- 2. functional
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("geometry", GEOMETRIES, ids=GEOMETRY_IDS)
-def test_conv2d_forward_backward_match_reference(geometry, dtype, rng):
+def test_conv2d_forward_backward_match_reference(geometry, dtype, method, rng):
     n, c, h, w, kernel, stride, padding = geometry
+    if method == "direct" and stride != (1, 1):
+        pytest.skip("the direct method is for stride 1")
     x = rng.standard_normal((n, c, h, w)).astype(dtype)
     weight = rng.standard_normal((5, c) + kernel).astype(dtype)
     bias = rng.standard_normal(5).astype(dtype)
-    out, cache = conv2d_forward(x, weight, bias, stride, padding)
+    out, cache = conv2d_forward(x, weight, bias, stride, padding, method=method)
+    assert cache.method == method
     assert out.dtype == dtype and out.shape == (n, 5) + out_size(h, w, kernel, stride, padding)
     assert_close(out, ref.conv2d_forward(x, weight, bias, stride, padding), dtype, "out")
 
@@ -167,34 +172,39 @@ def test_conv2d_forward_backward_match_reference(geometry, dtype, rng):
         assert_close(ours, theirs, dtype, what)
 
 
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_conv2d_non_contiguous_inputs(dtype, rng):
+def test_conv2d_non_contiguous_inputs(dtype, method, rng):
     x = rng.standard_normal((2, 3, 7, 6)).astype(dtype)
     weight = rng.standard_normal((4, 3, 3, 2)).astype(dtype)
     bias = rng.standard_normal(8).astype(dtype)[::2]
-    out, cache = conv2d_forward(non_contiguous(x), np.asfortranarray(weight), bias, 2, 1)
-    assert_close(out, ref.conv2d_forward(x, weight, bias, (2, 2), (1, 1)), dtype)
+    stride = 1 if method == "direct" else 2
+    out, cache = conv2d_forward(non_contiguous(x), np.asfortranarray(weight), bias, stride, 1,
+                                method=method)
+    assert_close(out, ref.conv2d_forward(x, weight, bias, (stride,) * 2, (1, 1)), dtype)
 
     dout = rng.standard_normal(out.shape).astype(dtype)
     dx, dweight, dbias = conv2d_backward(non_contiguous(dout), cache)
-    ref_grads = ref.conv2d_backward(dout, x, weight, True, (2, 2), (1, 1))
+    ref_grads = ref.conv2d_backward(dout, x, weight, True, (stride,) * 2, (1, 1))
     for ours, theirs in zip((dx, dweight, dbias), ref_grads):
         assert_close(ours, theirs, dtype)
 
 
-def test_conv2d_without_bias_returns_no_bias_gradient(rng):
+@pytest.mark.parametrize("method", METHODS)
+def test_conv2d_without_bias_returns_no_bias_gradient(method, rng):
     x = rng.standard_normal((2, 2, 5, 5))
     weight = rng.standard_normal((3, 2, 3, 3))
-    out, cache = conv2d_forward(x, weight, None, 1, 0)
+    out, cache = conv2d_forward(x, weight, None, 1, 0, method=method)
     np.testing.assert_allclose(out, ref.conv2d_forward(x, weight, None, (1, 1), (0, 0)), rtol=1e-12)
     dx, dweight, dbias = conv2d_backward(rng.standard_normal(out.shape), cache)
     assert dbias is None and dx.shape == x.shape and dweight.shape == weight.shape
 
 
-def test_conv2d_cache_serves_one_backward(rng):
+@pytest.mark.parametrize("method", METHODS)
+def test_conv2d_cache_serves_one_backward(method, rng):
     x = rng.standard_normal((2, 2, 6, 5))
     weight = rng.standard_normal((3, 2, 3, 3))
-    out, cache = conv2d_forward(x, weight, np.zeros(3), 1, 1)
+    out, cache = conv2d_forward(x, weight, np.zeros(3), 1, 1, method=method)
     dout = rng.standard_normal(out.shape)
     conv2d_backward(dout, cache)
     with pytest.raises(RuntimeError, match="conv2d.*already"):
@@ -207,7 +217,7 @@ def test_conv2d_workspace(dtype, rng):
     weight = rng.standard_normal((4, 3, 3, 3)).astype(dtype)
     needed = 2 * 7 * 6 * 27  # N*OH*OW * kH*kW*C_in with padding 1
     workspace = np.full(needed + 5, np.nan, dtype=dtype)
-    out, cache = conv2d_forward(x, weight, None, 1, 1, workspace=workspace)
+    out, cache = conv2d_forward(x, weight, None, 1, 1, workspace=workspace, method="im2col")
     assert np.shares_memory(cache.cols, workspace)
     assert_close(out, ref.conv2d_forward(x, weight, None, (1, 1), (1, 1)), dtype)
     dout = rng.standard_normal(out.shape).astype(dtype)
@@ -219,7 +229,7 @@ def test_conv2d_workspace(dtype, rng):
     for bad in (np.zeros(needed - 1, dtype), np.zeros(needed, np.float16),
                 np.zeros((needed, 2), dtype), np.zeros(2 * needed, dtype)[::2]):
         with pytest.raises(ValueError, match=f"conv2d.*workspace.*{needed}"):
-            conv2d_forward(x, weight, None, 1, 1, workspace=bad)
+            conv2d_forward(x, weight, None, 1, 1, workspace=bad, method="im2col")
 
 
 @pytest.mark.parametrize(
@@ -279,14 +289,18 @@ def test_conv2d_backward_errors(rng):
     ],
     ids=["bias", "no-bias", "stride2-pad1", "non-square"],
 )
-def test_conv2d_layer_gradients(kwargs, x_shape, rng):
-    layer = Conv2D(**kwargs, rng=rng, dtype=np.float64)
+@pytest.mark.parametrize("method", METHODS)
+def test_conv2d_layer_gradients(kwargs, x_shape, method, rng):
+    if method == "direct" and kwargs.get("stride", 1) != 1:
+        pytest.skip("the direct method is for stride 1")
+    layer = Conv2D(**kwargs, rng=rng, dtype=np.float64, method=method)
     check_module_gradients(layer, rng.standard_normal(x_shape), rng)
 
 
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_conv2d_layer_preserves_dtype(dtype, rng):
-    layer = Conv2D(3, 4, 3, padding=1, rng=rng, dtype=dtype)
+def test_conv2d_layer_preserves_dtype(dtype, method, rng):
+    layer = Conv2D(3, 4, 3, padding=1, rng=rng, dtype=dtype, method=method)
     x = rng.standard_normal((2, 3, 6, 6)).astype(dtype)
     out = layer(x)
     dx = layer.backward(np.ones_like(out))
@@ -332,7 +346,7 @@ def test_conv2d_layer_accumulates_gradients(rng):
 
 
 def test_conv2d_layer_reuses_its_workspace_across_batches(rng):
-    layer = Conv2D(3, 4, 3, padding=1, rng=rng, dtype=np.float64)
+    layer = Conv2D(3, 4, 3, padding=1, rng=rng, dtype=np.float64, method="im2col")
     for n in (4, 2, 4, 5):  # a smaller batch fits in the buffer; a larger one replaces it
         x = rng.standard_normal((n, 3, 6, 5))
         before = layer._workspace
@@ -443,12 +457,15 @@ TORCH_CASES = [
 ]
 
 
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", TORCH_CASES)
-def test_conv2d_matches_torch(case, dtype, torch, rng):
+def test_conv2d_matches_torch(case, dtype, method, torch, rng):
     x_shape, out_channels, kernel, stride, padding, use_bias = case
+    if method == "direct" and stride != 1:
+        pytest.skip("the direct method is for stride 1")
     layer = Conv2D(x_shape[1], out_channels, kernel, stride, padding, bias=use_bias, rng=rng,
-                   dtype=dtype)
+                   dtype=dtype, method=method)
     x = rng.standard_normal(x_shape).astype(dtype)
     out = layer(x)
     dout = rng.standard_normal(out.shape).astype(dtype)
@@ -479,17 +496,20 @@ INPUT_GRAD_CASES = [
 ]
 
 
+@pytest.mark.parametrize("method", ["auto"] + METHODS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", INPUT_GRAD_CASES)
-def test_conv2d_backward_without_input_grad(case, dtype, rng):
+def test_conv2d_backward_without_input_grad(case, dtype, method, rng):
     x_shape, out_channels, kernel, stride, padding = case
+    if method == "direct" and stride != 1:
+        pytest.skip("the direct method is for stride 1")
     x = rng.standard_normal(x_shape).astype(dtype)
     weight = rng.standard_normal((out_channels, x_shape[1]) + kernel).astype(dtype)
     bias = rng.standard_normal(out_channels).astype(dtype)
-    out, cache = conv2d_forward(x, weight, bias, stride, padding)
+    out, cache = conv2d_forward(x, weight, bias, stride, padding, method=method)
     dout = rng.standard_normal(out.shape).astype(dtype)
     dx, dweight, dbias = conv2d_backward(dout, cache)
-    out2, cache2 = conv2d_forward(x, weight, bias, stride, padding)
+    out2, cache2 = conv2d_forward(x, weight, bias, stride, padding, method=method)
     none, dweight2, dbias2 = conv2d_backward(dout, cache2, input_grad=False)
     assert none is None
     np.testing.assert_array_equal(dweight2, dweight)
@@ -513,3 +533,81 @@ def test_conv2d_layer_backward_without_input_grad(rng):
     assert dx.shape == x.shape
     with pytest.raises(RuntimeError, match="before forward"):
         layer.backward(dout, input_grad=False)
+
+
+# --------------------------------------------------------------------------- 6. direct kernels
+def test_auto_method_picks_direct_for_few_taps(rng):
+    from minidl.functional.conv import DIRECT_MAX_TAPS, choose_method
+    assert choose_method("auto", DIRECT_MAX_TAPS) == "direct"
+    assert choose_method("auto", DIRECT_MAX_TAPS + 1) == "im2col"
+    _, cache = conv2d_forward(rng.standard_normal((1, 1, 5, 5)), rng.standard_normal((2, 1, 3, 3)))
+    assert cache.method == "direct" and cache.cols is None
+    _, cache = conv2d_forward(rng.standard_normal((1, 8, 5, 5)), rng.standard_normal((2, 8, 3, 3)))
+    assert cache.method == "im2col"
+    with pytest.raises(ValueError, match="conv2d.*method.*'gemm'"):
+        conv2d_forward(rng.standard_normal((1, 1, 5, 5)), rng.standard_normal((2, 1, 3, 3)),
+                       method="gemm")
+    with pytest.raises(ValueError, match="Conv2D.*method"):
+        Conv2D(1, 2, 3, method="fft")
+    with pytest.raises(ValueError, match="Conv2D.*direct.*stride"):
+        Conv2D(1, 2, 3, stride=2, method="direct")
+    _, cache = conv2d_forward(rng.standard_normal((1, 1, 5, 5)), rng.standard_normal((2, 1, 3, 3)),
+                              stride=2)
+    assert cache.method == "im2col"  # auto: the direct kernels are for stride 1
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("geometry", [g for g in GEOMETRIES if g[5] == (1, 1)],
+                         ids=[i for g, i in zip(GEOMETRIES, GEOMETRY_IDS) if g[5] == (1, 1)])
+def test_direct_kernels_match_reference(geometry, dtype, rng):
+    """The three direct kernels, called with several threads, against the reference."""
+    n, c, h, w, kernel, stride, padding = geometry
+    x = rng.standard_normal((n, c, h, w)).astype(dtype)
+    weight = rng.standard_normal((3, c) + kernel).astype(dtype)
+    bias = rng.standard_normal(3).astype(dtype)
+    oh, ow = out_size(h, w, kernel, stride, padding)
+    x_pad = np.pad(x, ((0, 0), (0, 0), (padding[0],) * 2, (padding[1],) * 2))
+    hp, wp = x_pad.shape[2:]
+    out = np.full((n, 3, oh, ow), np.nan, dtype)  # the kernels must overwrite everything
+    _conv.direct_forward(x_pad, weight, bias, True, out, np.empty((2, oh * wp), dtype), 2)
+    assert_close(out, ref.conv2d_forward(x, weight, bias, stride, padding), dtype, "out")
+
+    dout = rng.standard_normal(out.shape).astype(dtype)
+    dout_wide = np.zeros((n, 3, oh, wp), dtype)
+    dout_wide[..., :ow] = dout
+    dweight = np.full(weight.shape, np.nan)
+    dbias = np.full(3, np.nan)
+    _conv.direct_weight_grad(x_pad, dout, dweight, dbias, True, np.empty((2, oh * wp), dtype), 2)
+    dx = np.full(x.shape, np.nan, dtype)
+    _conv.direct_input_grad(dout_wide, weight, dx, *padding, np.empty((2, hp * wp), dtype), 2)
+    ref_dx, ref_dweight, ref_dbias = ref.conv2d_backward(dout, x, weight, True, stride, padding)
+    assert_close(dx, ref_dx, dtype, "dx")
+    assert_close(dweight, ref_dweight, dtype, "dweight")
+    assert_close(dbias, ref_dbias, dtype, "dbias")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_direct_method_multithreaded_first_layer(dtype, rng):
+    """An MNIST-like first layer, large enough for the multi-threaded path, against im2col."""
+    x = rng.standard_normal((8, 1, 28, 28)).astype(dtype)
+    weight = rng.standard_normal((32, 1, 3, 3)).astype(dtype)
+    bias = rng.standard_normal(32).astype(dtype)
+    results = []
+    for method in METHODS:
+        out, cache = conv2d_forward(x, weight, bias, 1, 1, method=method)
+        dout = np.sin(out)
+        results.append((out,) + conv2d_backward(dout, cache))
+    for ours, theirs in zip(*results):
+        assert_close(ours, theirs, dtype)
+
+
+def test_conv2d_forward_out_argument(rng):
+    x = rng.standard_normal((2, 3, 6, 6))
+    weight = rng.standard_normal((4, 3, 3, 3))
+    for method in METHODS:
+        out = np.full((2, 4, 6, 6), np.nan)
+        result, _ = conv2d_forward(x, weight, None, 1, 1, method=method, out=out)
+        assert result is out
+        assert_close(out, ref.conv2d_forward(x, weight, None, (1, 1), (1, 1)), np.float64)
+    with pytest.raises(ValueError, match="conv2d.*out"):
+        conv2d_forward(x, weight, None, 1, 1, out=np.empty((2, 4, 6, 6), np.float32))

@@ -24,7 +24,8 @@ These kernels trust their inputs: shapes, dtypes and contiguity are checked by
 (marked OUT); arrays marked IN are only read. All loops run without the GIL and are split over
 ``num_threads`` OpenMP threads with ``prange`` when the extension is built with OpenMP.
 """
-from cython.parallel cimport prange
+from cython.parallel cimport prange, threadid
+from libc.stdlib cimport free, malloc
 
 ctypedef fused floating:
     float
@@ -201,3 +202,258 @@ def nchw_to_rows(const floating[:, :, ::1] dout, floating[:, ::1] rows,
                     total = total + src[p]
         if want_bias_grad:
             bias_grad[c] = total
+
+
+# --------------------------------------------------------------------------- direct convolution
+# For few input channels (``C_in*kH*kW`` small, e.g. a network's first layer on 1- or 3-channel
+# images) unrolling the input into ``cols`` and calling a GEMM costs more than the arithmetic
+# itself. These kernels compute a stride-1 convolution directly on zero-padded NCHW planes of
+# width ``Wp = W + 2*pW``, on a "wide" output grid of the same row width: output ``(oh, ow)``
+# sits at flat position ``k = oh*Wp + ow`` and tap ``(i, j)`` reads input position
+# ``k + i*Wp + j``, so each tap is ONE long contiguous multiply-add over the plane
+# (``L = (OH-1)*Wp + OW`` elements) that the compiler vectorizes; the columns
+# ``OW <= ow < Wp`` of the wide grid are scratch (the wide gradient keeps zeros there).
+
+cdef extern from *:
+    """
+    /* Inner loops of the direct convolution, in C so that `restrict` tells the compiler the
+       arrays do not overlap and it vectorizes them (`omp simd` lets it reorder the dot
+       product's additions); with GCC on x86-64 Linux each is compiled for AVX-512, AVX2 and
+       the baseline, and the loader picks the best the CPU supports. */
+    #include <stddef.h>
+    #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) \
+        && (__GNUC__ >= 8)
+    #define MINIDL_CONV_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+    #else
+    #define MINIDL_CONV_CLONES
+    #endif
+    #define MINIDL_CONV_PRAGMA(x) _Pragma(#x)
+    #define MINIDL_CONV_ROWS(SUFFIX, T)                                                      \
+        /* y[k] += a * x[k] */                                                               \
+        MINIDL_CONV_CLONES static void minidl_axpy_##SUFFIX(T* restrict y,                  \
+                                                             const T* restrict x, T a,       \
+                                                             ptrdiff_t n) {                  \
+            for (ptrdiff_t k = 0; k < n; k++) y[k] += a * x[k];                              \
+        }                                                                                    \
+        /* sum of g[k] * x[k] in T, in SIMD-lane partial sums (one plane: ~1e3 terms) */      \
+        MINIDL_CONV_CLONES static double minidl_dot_##SUFFIX(const T* restrict g,           \
+                                                              const T* restrict x,           \
+                                                              ptrdiff_t n) {                 \
+            T s = 0;                                                                         \
+            MINIDL_CONV_PRAGMA(omp simd reduction(+ : s))                                    \
+            for (ptrdiff_t k = 0; k < n; k++) s += g[k] * x[k];                              \
+            return (double)s;                                                                \
+        }                                                                                    \
+        /* sum of x[k] in T, in SIMD-lane partial sums */                                     \
+        MINIDL_CONV_CLONES static double minidl_sum_##SUFFIX(const T* restrict x,           \
+                                                              ptrdiff_t n) {                 \
+            T s = 0;                                                                         \
+            MINIDL_CONV_PRAGMA(omp simd reduction(+ : s))                                    \
+            for (ptrdiff_t k = 0; k < n; k++) s += x[k];                                     \
+            return (double)s;                                                                \
+        }
+    MINIDL_CONV_ROWS(f, float)
+    MINIDL_CONV_ROWS(d, double)
+    """
+    void minidl_axpy_f(float* y, const float* x, float a, Py_ssize_t n) noexcept nogil
+    void minidl_axpy_d(double* y, const double* x, double a, Py_ssize_t n) noexcept nogil
+    double minidl_dot_f(const float* g, const float* x, Py_ssize_t n) noexcept nogil
+    double minidl_dot_d(const double* g, const double* x, Py_ssize_t n) noexcept nogil
+    double minidl_sum_f(const float* x, Py_ssize_t n) noexcept nogil
+    double minidl_sum_d(const double* x, Py_ssize_t n) noexcept nogil
+
+
+cdef inline void _axpy(floating* y, const floating* x, floating a, Py_ssize_t n) noexcept nogil:
+    """``y[k] += a * x[k]`` for ``0 <= k < n`` (y and x do not overlap)."""
+    if floating is float:
+        minidl_axpy_f(y, x, a, n)
+    else:
+        minidl_axpy_d(y, x, a, n)
+
+
+cdef inline double _sum(const floating* x, Py_ssize_t n) noexcept nogil:
+    """``sum_k x[k]`` (partial sums in the input's dtype)."""
+    if floating is float:
+        return minidl_sum_f(x, n)
+    else:
+        return minidl_sum_d(x, n)
+
+
+cdef inline double _dot(const floating* g, const floating* x, Py_ssize_t n) noexcept nogil:
+    """``sum_k g[k] * x[k]`` (partial sums in the input's dtype, returned as double)."""
+    if floating is float:
+        return minidl_dot_f(g, x, n)
+    else:
+        return minidl_dot_d(g, x, n)
+
+
+def direct_forward(const floating[:, :, :, ::1] x_pad, const floating[:, :, :, ::1] weight,
+                   const floating[::1] bias, bint use_bias, floating[:, :, :, ::1] out,
+                   floating[:, ::1] scratch, int num_threads=1):
+    """Stride-1 convolution (cross-correlation) computed directly, without im2col.
+
+    ``out[n, o, oh, ow] = bias[o] + sum_{c,i,j} weight[o, c, i, j] * x_pad[n, c, oh + i,
+    ow + j]`` (``+ bias[o]`` only when ``use_bias``), accumulated in the input's dtype.
+
+    Args:
+        x_pad (IN): the input with its zero padding, ``(N, C_in, H + 2*pH, W + 2*pW)``, float32
+            or float64, C-contiguous.
+        weight (IN): ``(C_out, C_in, kH, kW)``, same dtype, C-contiguous.
+        bias (IN): ``(C_out,)``, same dtype; read only when ``use_bias``.
+        use_bias: whether to add ``bias``.
+        out (OUT): ``(N, C_out, OH, OW)`` with ``OH = Hp - kH + 1``, ``OW = Wp - kW + 1``;
+            fully overwritten.
+        scratch (OUT): at least ``(num_threads, OH*Wp)``, same dtype; clobbered.
+        num_threads: OpenMP threads (ignored in a serial build).
+
+    Work is split over the ``N*C_out`` output planes.
+    """
+    cdef Py_ssize_t N = x_pad.shape[0], C = x_pad.shape[1], Hp = x_pad.shape[2]
+    cdef Py_ssize_t Wp = x_pad.shape[3]
+    cdef Py_ssize_t O = weight.shape[0], KH = weight.shape[2], KW = weight.shape[3]
+    cdef Py_ssize_t OH = out.shape[2], OW = out.shape[3]
+    cdef Py_ssize_t L = (OH - 1) * Wp + OW
+    cdef Py_ssize_t task, n, o, c, i, j, oh, ow, k
+    cdef floating b
+    cdef floating* wide
+    cdef floating* out_plane
+    cdef const floating* x_plane
+    cdef const floating* w_taps
+    if N * O * OH * OW == 0:
+        return
+    cdef const floating* x0 = &x_pad[0, 0, 0, 0]
+    cdef const floating* w0 = &weight[0, 0, 0, 0]
+    cdef floating* out0 = &out[0, 0, 0, 0]
+
+    for task in prange(N * O, nogil=True, num_threads=num_threads, schedule="static"):
+        n = task // O
+        o = task - n * O
+        wide = &scratch[threadid(), 0]
+        b = bias[o] if use_bias else 0
+        for k in range(L):
+            wide[k] = 0
+        for c in range(C):
+            x_plane = x0 + (n * C + c) * Hp * Wp
+            w_taps = w0 + (o * C + c) * KH * KW
+            for i in range(KH):
+                for j in range(KW):
+                    _axpy(wide, x_plane + i * Wp + j, w_taps[i * KW + j], L)
+        out_plane = out0 + task * OH * OW
+        for oh in range(OH):
+            for ow in range(OW):
+                out_plane[oh * OW + ow] = wide[oh * Wp + ow] + b
+
+
+def direct_weight_grad(const floating[:, :, :, ::1] x_pad, const floating[:, :, :, ::1] dout,
+                       double[:, :, :, ::1] dweight, double[::1] bias_grad, bint want_bias_grad,
+                       floating[:, ::1] scratch, int num_threads=1):
+    """Weight (and bias) gradient of :func:`direct_forward`, without im2col.
+
+    ``dweight[o, c, i, j] = sum_{n,oh,ow} dout[n, o, oh, ow] * x_pad[n, c, oh + i, ow + j]``
+    and ``bias_grad[o] = sum dout[n, o]``: the sum over one plane is formed in the input's
+    dtype (in SIMD-lane partial sums), the sum over planes in float64. Each ``dout`` plane is
+    first copied into a per-thread wide plane (row width ``Wp``, zeros in the extra columns).
+
+    Args:
+        x_pad (IN): the forward's padded input, ``(N, C_in, Hp, Wp)``, float32 or float64,
+            C-contiguous.
+        dout (IN): ``(N, C_out, OH, OW)``, same dtype, C-contiguous, ``OW = Wp - kW + 1``.
+        dweight (OUT): ``(C_out, C_in, kH, kW)``, float64; fully overwritten.
+        bias_grad (OUT): ``(C_out,)``, float64; written only when ``want_bias_grad``.
+        want_bias_grad: whether to compute ``bias_grad``.
+        scratch (OUT): at least ``(num_threads, OH*Wp)``, same dtype; clobbered.
+        num_threads: OpenMP threads (ignored in a serial build).
+
+    Work is split over output channels, so each thread owns its rows of ``dweight``.
+    """
+    cdef Py_ssize_t N = x_pad.shape[0], C = x_pad.shape[1], Hp = x_pad.shape[2]
+    cdef Py_ssize_t Wp = x_pad.shape[3]
+    cdef Py_ssize_t O = dout.shape[1], OH = dout.shape[2], OW = dout.shape[3]
+    cdef Py_ssize_t KH = dweight.shape[2], KW = dweight.shape[3]
+    cdef Py_ssize_t L = (OH - 1) * Wp + OW
+    cdef Py_ssize_t o, n, c, i, j, k, oh, ow
+    cdef double total
+    cdef floating* wide
+    cdef const floating* g_plane
+    cdef const floating* x_plane
+    cdef double* dw
+    if O * C * KH * KW == 0:
+        return
+    cdef const floating* x0 = &x_pad[0, 0, 0, 0]
+    cdef const floating* g0 = &dout[0, 0, 0, 0]
+    cdef double* dw0 = &dweight[0, 0, 0, 0]
+
+    for o in prange(O, nogil=True, num_threads=num_threads, schedule="static"):
+        wide = &scratch[threadid(), 0]
+        for k in range(OH * Wp):
+            wide[k] = 0  # the columns OW <= ow < Wp stay zero
+        dw = dw0 + o * C * KH * KW
+        for k in range(C * KH * KW):
+            dw[k] = 0
+        total = 0
+        for n in range(N):
+            g_plane = g0 + (n * O + o) * OH * OW
+            for oh in range(OH):
+                for ow in range(OW):
+                    wide[oh * Wp + ow] = g_plane[oh * OW + ow]
+            if want_bias_grad:
+                total = total + _sum(wide, L)
+            for c in range(C):
+                x_plane = x0 + (n * C + c) * Hp * Wp
+                for i in range(KH):
+                    for j in range(KW):
+                        dw[(c * KH + i) * KW + j] += _dot(wide, x_plane + i * Wp + j, L)
+        if want_bias_grad:
+            bias_grad[o] = total
+
+
+def direct_input_grad(const floating[:, :, :, ::1] dout_wide, const floating[:, :, :, ::1] weight,
+                      floating[:, :, :, ::1] dx, int pad_h, int pad_w, floating[:, ::1] scratch,
+                      int num_threads=1):
+    """Input gradient of :func:`direct_forward` (a transposed convolution), without col2im.
+
+    ``dx[n, c, h, w] = sum_{o,i,j} dout[n, o, h + pH - i, w + pW - j] * weight[o, c, i, j]``
+    over the terms whose output position exists, accumulated in the input's dtype.
+
+    Args:
+        dout_wide (IN): ``(N, C_out, OH, Wp)``, float32 or float64, C-contiguous: ``dout`` in
+            its first ``OW = Wp - kW + 1`` columns and zeros in the others.
+        weight (IN): ``(C_out, C_in, kH, kW)``, same dtype, C-contiguous.
+        dx (OUT): ``(N, C_in, H, W)``, same dtype; fully overwritten.
+        pad_h, pad_w: the forward's zero padding (``Hp = H + 2*pH``, ``Wp = W + 2*pW``).
+        scratch (OUT): at least ``(num_threads, Hp*Wp)``, same dtype; clobbered.
+        num_threads: OpenMP threads (ignored in a serial build).
+
+    Work is split over the ``N*C_in`` input planes, so no two threads write the same element.
+    """
+    cdef Py_ssize_t N = dx.shape[0], C = dx.shape[1], H = dx.shape[2], W = dx.shape[3]
+    cdef Py_ssize_t O = dout_wide.shape[1], OH = dout_wide.shape[2], Wp = dout_wide.shape[3]
+    cdef Py_ssize_t KH = weight.shape[2], KW = weight.shape[3]
+    cdef Py_ssize_t Hp = H + 2 * pad_h
+    cdef Py_ssize_t OW = Wp - KW + 1
+    cdef Py_ssize_t L = (OH - 1) * Wp + OW
+    cdef Py_ssize_t task, n, o, c, i, j, h, w, k
+    cdef floating* wide
+    cdef floating* dx_plane
+    cdef const floating* g_plane
+    if N * C * H * W == 0:
+        return
+    cdef const floating* g0 = &dout_wide[0, 0, 0, 0]
+    cdef const floating* w0 = &weight[0, 0, 0, 0]
+    cdef floating* dx0 = &dx[0, 0, 0, 0]
+
+    for task in prange(N * C, nogil=True, num_threads=num_threads, schedule="static"):
+        n = task // C
+        c = task - n * C
+        wide = &scratch[threadid(), 0]
+        for k in range(Hp * Wp):
+            wide[k] = 0
+        for o in range(O):
+            g_plane = g0 + (n * O + o) * OH * Wp
+            for i in range(KH):
+                for j in range(KW):
+                    _axpy(wide + i * Wp + j, g_plane, w0[((o * C + c) * KH + i) * KW + j], L)
+        dx_plane = dx0 + task * H * W
+        for h in range(H):
+            for w in range(W):
+                dx_plane[h * W + w] = wide[(h + pad_h) * Wp + w + pad_w]

@@ -24,14 +24,21 @@ OpenBLAS (tall-skinny products, contiguous copies). ``cols`` is kept in the cach
 backward pass does not unroll ``x`` again (memory: ``M*K`` elements), and the backward pass
 overwrites it with ``dcols``: a cache serves ONE backward pass (like PyTorch's autograd graph
 without ``retain_graph``). Callers that convolve repeatedly (the Conv2D layer) can pass a
-``workspace`` so ``cols`` reuses the same memory from batch to batch.
+``workspace`` so ``cols`` reuses the same memory from batch to batch. Every other large array
+(the NHWC copies, ``out_rows``, ``drows``, the outputs and ``dx``) comes from
+:mod:`minidl._buffers`, which hands back an array of the same shape only once nothing refers to
+it: no page faults for fresh memory on each step, and nothing the caller holds is overwritten.
+
+When ``C_in*kH*kW`` is small (a first layer on 1 or 3 channels) and the stride is 1, the
+convolution is computed by direct Cython loops instead (see ``choose_method`` and
+``minidl/_kernels/_conv.pyx``): no im2col, no GEMM.
 """
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
 import numpy as np
 
-from .. import _config
+from .. import _buffers, _config
 from .._checks import check_float_array, check_grad, check_input, pair
 from .._kernels import _conv as _kernel
 
@@ -45,9 +52,11 @@ class Conv2dCache:
     """What :func:`conv2d_backward` needs from the forward pass.
 
     Attributes:
-        cols (np.ndarray or None): im2col of the input, ``(N*OH*OW, kH*kW*C_in)``,
-            C-contiguous; set to None once a backward pass has reused its memory.
-        weight_rows (np.ndarray): the weight as ``(C_out, kH*kW*C_in)``, taps ordered (i, j, c).
+        cols (np.ndarray or None): im2col method: im2col of the input,
+            ``(N*OH*OW, kH*kW*C_in)``, C-contiguous; set to None once a backward pass has reused
+            its memory (always None for the direct method).
+        weight_rows (np.ndarray or None): im2col method: the weight as ``(C_out, kH*kW*C_in)``,
+            taps ordered (i, j, c).
         has_bias (bool): whether the forward added a bias.
         dtype (np.dtype): dtype of the input, output and gradients.
         x_shape (tuple): ``(N, C_in, H, W)``.
@@ -55,10 +64,13 @@ class Conv2dCache:
         out_shape (tuple): ``(N, C_out, OH, OW)``.
         stride (tuple): ``(sH, sW)``.
         padding (tuple): ``(pH, pW)``.
+        x (np.ndarray or None): direct path: the zero-padded C-contiguous input
+            ``(N, C_in, H + 2*pH, W + 2*pW)``; None after the backward.
+        weight (np.ndarray or None): direct path: the C-contiguous weight.
     """
 
     cols: Optional[np.ndarray]
-    weight_rows: np.ndarray
+    weight_rows: Optional[np.ndarray]
     has_bias: bool
     dtype: np.dtype
     x_shape: Tuple[int, int, int, int]
@@ -66,6 +78,53 @@ class Conv2dCache:
     out_shape: Tuple[int, int, int, int]
     stride: Tuple[int, int]
     padding: Tuple[int, int]
+    x: Optional[np.ndarray] = None
+    weight: Optional[np.ndarray] = None
+
+    @property
+    def method(self):
+        """``"direct"`` when the forward used the direct kernels, else ``"im2col"``."""
+        return "direct" if self.weight is not None else "im2col"
+
+
+# Convolutions with at most this many taps per output (C_in*kH*kW) use the direct kernels.
+DIRECT_MAX_TAPS = 32
+METHODS = ("auto", "direct", "im2col")
+
+
+def choose_method(method, taps, layer="conv2d", stride=(1, 1)):
+    """``"direct"`` or ``"im2col"`` for a convolution with ``taps = C_in*kH*kW``.
+
+    ``"auto"`` picks the direct kernels for stride 1 when ``taps <= DIRECT_MAX_TAPS``: there
+    the GEMM's inner dimension is too small for BLAS to pay for im2col's copy.
+
+    Raises:
+        ValueError: ``method`` is not one of ``"auto"``, ``"direct"``, ``"im2col"``, or
+            ``"direct"`` with a stride other than 1.
+    """
+    if method not in METHODS:
+        raise ValueError(f"{layer}: method must be one of {METHODS}, got {method!r}")
+    if method == "auto":
+        direct = taps <= DIRECT_MAX_TAPS and tuple(stride) == (1, 1)
+        return "direct" if direct else "im2col"
+    if method == "direct" and tuple(stride) != (1, 1):
+        raise ValueError(f"{layer}: method 'direct' needs stride 1, got stride {tuple(stride)}")
+    return method
+
+
+def _padded(x, padding):
+    """C-contiguous ``x`` with ``padding`` zeros on each side of H and W (x itself if none)."""
+    pad_h, pad_w = padding
+    if pad_h == 0 and pad_w == 0:
+        return np.ascontiguousarray(x)
+    n, c, h, w = x.shape
+    x_pad = _buffers.empty((n, c, h + 2 * pad_h, w + 2 * pad_w), x.dtype)
+    x_pad[:, :, :pad_h] = 0
+    x_pad[:, :, h + pad_h:] = 0
+    x_pad[:, :, pad_h:h + pad_h, :pad_w] = 0
+    x_pad[:, :, pad_h:h + pad_h, w + pad_w:] = 0
+    x_pad[:, :, pad_h:h + pad_h, pad_w:w + pad_w] = x
+    return x_pad
 
 
 def conv2d_output_size(in_size, kernel_size, stride, padding):
@@ -146,6 +205,18 @@ def _column_matrix(layer, workspace, shape, dtype):
     return workspace[:size].reshape(shape)
 
 
+def _output_array(layer, out, shape, dtype):
+    """``out`` checked as a writable C-contiguous ``shape``/``dtype`` array, or a new one."""
+    if out is None:
+        return _buffers.empty(shape, dtype)
+    if not (isinstance(out, np.ndarray) and out.shape == tuple(shape) and out.dtype == dtype
+            and out.flags.c_contiguous and out.flags.writeable):
+        got = f"{out.dtype} {out.shape}" if isinstance(out, np.ndarray) else type(out).__name__
+        raise ValueError(f"{layer}: expected out to be a writable C-contiguous {np.dtype(dtype)} "
+                         f"array of shape {tuple(shape)}, got {got}")
+    return out
+
+
 def _no_bias(dtype):
     """Placeholder for the kernels' bias argument when there is none (never read)."""
     return np.empty(0, dtype=dtype)
@@ -156,7 +227,7 @@ def _to_nhwc(x, threads):
     n, c, h, w = x.shape
     if c == 1:
         return x.reshape(n, h, w, 1)
-    x_nhwc = np.empty((n, h, w, c), dtype=x.dtype)
+    x_nhwc = _buffers.empty((n, h, w, c), x.dtype)
     _kernel.transpose_batched(x.reshape(n, c, h * w), _no_bias(x.dtype), False,
                               x_nhwc.reshape(n, h * w, c), threads)
     return x_nhwc
@@ -167,13 +238,14 @@ def _to_nchw(x_nhwc, threads):
     n, h, w, c = x_nhwc.shape
     if c == 1:
         return x_nhwc.reshape(n, 1, h, w)
-    x = np.empty((n, c, h, w), dtype=x_nhwc.dtype)
+    x = _buffers.empty((n, c, h, w), x_nhwc.dtype)
     _kernel.transpose_batched(x_nhwc.reshape(n, h * w, c), _no_bias(x.dtype), False,
                               x.reshape(n, c, h * w), threads)
     return x
 
 
-def conv2d_forward(x, weight, bias=None, stride=1, padding=0, layer="conv2d", workspace=None):
+def conv2d_forward(x, weight, bias=None, stride=1, padding=0, layer="conv2d", workspace=None,
+                   method="auto", out=None):
     """2-D convolution (cross-correlation) of a batch, like ``torch.nn.functional.conv2d``.
 
     Args:
@@ -186,15 +258,22 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, layer="conv2d", wo
         workspace (np.ndarray or None): optional contiguous 1-D array of x's dtype with at least
             ``N*OH*OW*kH*kW*C_in`` elements (see :func:`column_matrix_shape`); im2col's matrix
             is then stored in its first elements instead of newly allocated memory. It belongs
-            to the returned cache until the backward pass (or until it is discarded).
+            to the returned cache until the backward pass (or until it is discarded). Unused by
+            the direct method.
+        method (str): ``"auto"`` (default; see :func:`choose_method`), ``"direct"`` (direct
+            Cython loops, no im2col and no GEMM: fast when ``C_in*kH*kW`` is small; stride 1
+            only) or
+            ``"im2col"`` (im2col + one GEMM). All give the same results up to rounding.
+        out (np.ndarray or None): where to write the result (C-contiguous, ``(N, C_out, OH, OW)``,
+            x's dtype); a new array when None.
     Returns:
         (out, cache): ``out`` is ``(N, C_out, OH, OW)`` in the dtype of ``x`` with
         ``OH = (H + 2*pH - kH) // sH + 1`` (likewise ``OW``); ``cache`` is a
         :class:`Conv2dCache` for ONE call of :func:`conv2d_backward`.
     Raises:
         TypeError: an argument is not a float32/float64 ndarray, or dtypes differ.
-        ValueError: a wrong shape, a bad stride/padding, an input smaller than the kernel, or
-            an unusable workspace.
+        ValueError: a wrong shape, a bad stride/padding, an input smaller than the kernel, an
+            unknown method, or an unusable workspace or out.
     """
     check_input(layer, x, "NCHW")
     _check_weight_and_bias(layer, x, weight, bias)
@@ -203,6 +282,20 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, layer="conv2d", wo
     out_channels, _, kernel_h, kernel_w = weight.shape
     out_h, out_w = check_spatial_size(layer, x.shape, (kernel_h, kernel_w), stride, padding)
     n, in_channels = x.shape[:2]
+    shape = (n, out_channels, out_h, out_w)
+    out = _output_array(layer, out, shape, x.dtype)
+    has_bias = bias is not None
+    bias_vector = np.ascontiguousarray(bias) if has_bias else _no_bias(x.dtype)
+    if choose_method(method, kernel_h * kernel_w * in_channels, layer, stride) == "direct":
+        x_pad = _padded(np.asarray(x), padding)
+        weight = np.ascontiguousarray(weight)
+        threads = _config.threads_for(out.size * kernel_h * kernel_w * in_channels)
+        scratch = np.empty((threads, out_h * x_pad.shape[3]), dtype=x.dtype)
+        _kernel.direct_forward(x_pad, weight, bias_vector, has_bias, out, scratch, threads)
+        cache = Conv2dCache(None, None, has_bias, x.dtype, x.shape, weight.shape, out.shape,
+                            stride, padding, x=x_pad, weight=weight)
+        return out, cache
+
     cols = _column_matrix(layer, workspace, (n * out_h * out_w, kernel_h * kernel_w * in_channels),
                           x.dtype)
 
@@ -211,16 +304,39 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, layer="conv2d", wo
     _kernel.im2col(x_nhwc, cols, kernel_h, kernel_w, *stride, *padding, threads)
     del x_nhwc
     weight_rows = np.ascontiguousarray(weight.transpose(0, 2, 3, 1)).reshape(out_channels, -1)
-    out_rows = np.matmul(cols, weight_rows.T)
+    out_rows = np.matmul(cols, weight_rows.T,
+                         out=_buffers.empty((cols.shape[0], out_channels), x.dtype))
 
-    out = np.empty((n, out_channels, out_h, out_w), dtype=x.dtype)
-    has_bias = bias is not None
-    bias_vector = np.ascontiguousarray(bias) if has_bias else _no_bias(x.dtype)
     _kernel.transpose_batched(out_rows.reshape(n, out_h * out_w, out_channels), bias_vector,
                               has_bias, out.reshape(n, out_channels, out_h * out_w), threads)
     cache = Conv2dCache(cols, weight_rows, has_bias, x.dtype, x.shape, weight.shape, out.shape,
                         stride, padding)
     return out, cache
+
+
+def _direct_backward(dout, cache, input_grad):
+    """:func:`conv2d_backward` for a cache of the direct method (no im2col, no GEMM)."""
+    x_pad, weight = cache.x, cache.weight
+    cache.x = None
+    n, out_channels, out_h, out_w = cache.out_shape
+    wide_w = x_pad.shape[3]
+    dout = np.ascontiguousarray(dout)
+    threads = _config.threads_for(dout.size * weight[0].size)
+    dweight = np.empty(cache.weight_shape, dtype=np.float64)
+    bias_grad = np.empty(out_channels, dtype=np.float64)
+    scratch = np.empty((threads, max(out_h * wide_w, x_pad.shape[2] * wide_w)), cache.dtype)
+    _kernel.direct_weight_grad(x_pad, dout, dweight, bias_grad, cache.has_bias, scratch,
+                               threads)
+    dweight = dweight.astype(cache.dtype)
+    dbias = bias_grad.astype(cache.dtype) if cache.has_bias else None
+    if not input_grad:
+        return None, dweight, dbias
+    dout_wide = _buffers.empty((n, out_channels, out_h, wide_w), cache.dtype)
+    dout_wide[..., out_w:] = 0
+    dout_wide[..., :out_w] = dout
+    dx = _buffers.empty(cache.x_shape, cache.dtype)
+    _kernel.direct_input_grad(dout_wide, weight, dx, *cache.padding, scratch, threads)
+    return dx, dweight, dbias
 
 
 def conv2d_backward(dout, cache, layer="conv2d", input_grad=True):
@@ -244,19 +360,21 @@ def conv2d_backward(dout, cache, layer="conv2d", input_grad=True):
         TypeError/ValueError: ``dout`` does not match the forward output.
         RuntimeError: the cache was already used by a backward call.
     """
-    if cache.cols is None:
+    if cache.cols is None and cache.x is None:
         raise RuntimeError(
             f"{layer}: this forward pass was already backpropagated (one backward per forward); "
             f"run forward again"
         )
     check_grad(layer, dout, cache.out_shape, cache.dtype)
+    if cache.x is not None:
+        return _direct_backward(dout, cache, input_grad)
     cols = cache.cols
     n, out_channels = cache.out_shape[:2]
     _, in_channels, kernel_h, kernel_w = cache.weight_shape
     threads = _config.threads_for(cols.size)
 
     dout = np.ascontiguousarray(dout).reshape(n, out_channels, -1)
-    drows = np.empty((out_channels, cols.shape[0]), dtype=cache.dtype)
+    drows = _buffers.empty((out_channels, cols.shape[0]), cache.dtype)
     bias_grad = np.empty(out_channels, dtype=np.float64)
     _kernel.nchw_to_rows(dout, drows, bias_grad, cache.has_bias, threads)
 
@@ -271,7 +389,7 @@ def conv2d_backward(dout, cache, layer="conv2d", input_grad=True):
     del drows
 
     n, _, height, width = cache.x_shape
-    dx_nhwc = np.empty((n, height, width, in_channels), dtype=cache.dtype)
+    dx_nhwc = _buffers.empty((n, height, width, in_channels), cache.dtype)
     _kernel.col2im(dcols, dx_nhwc, kernel_h, kernel_w, *cache.stride, *cache.padding, threads)
     dx = _to_nchw(dx_nhwc, threads)
     return dx, dweight, dbias

@@ -2,7 +2,8 @@
 import numpy as np
 
 from .._checks import check_input, pair
-from ..functional.conv import column_matrix_shape, conv2d_backward, conv2d_forward
+from ..functional.conv import (choose_method, column_matrix_shape, conv2d_backward,
+                               conv2d_forward)
 from .init import uniform_fan_in
 from .module import Module, Parameter
 
@@ -26,6 +27,9 @@ class Conv2D(Module):
         rng (np.random.Generator or int or None): initialization randomness (default: minidl's
             global generator, see ``minidl.manual_seed``).
         dtype: float32 (default) or float64, the dtype of the parameters.
+        method (str): ``"auto"`` (default), ``"direct"`` or ``"im2col"``: how the convolution
+            is computed (see :func:`minidl.functional.conv.choose_method`); ``"auto"`` uses
+            direct loops when ``C_in*kH*kW`` is small, else im2col and one GEMM.
 
     Parameters are initialized as PyTorch does: U(-b, b) with ``b = 1/sqrt(C_in*kH*kW)`` for
     both ``weight`` and ``bias`` (see :mod:`minidl.layers.init`).
@@ -50,7 +54,7 @@ class Conv2D(Module):
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True,
-                 rng=None, dtype=np.float32):
+                 rng=None, dtype=np.float32, method="auto"):
         super().__init__()
         for name, value in (("in_channels", in_channels), ("out_channels", out_channels)):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
@@ -60,6 +64,8 @@ class Conv2D(Module):
         self.kernel_size = pair(kernel_size, "kernel_size", "Conv2D", minimum=1)
         self.stride = pair(stride, "stride", "Conv2D", minimum=1)
         self.padding = pair(padding, "padding", "Conv2D", minimum=0)
+        self.method = method
+        choose_method(method, 1, "Conv2D", self.stride)  # validates
         fan_in = self.in_channels * self.kernel_size[0] * self.kernel_size[1]
         weight_shape = (self.out_channels, self.in_channels) + self.kernel_size
         self.weight = Parameter(uniform_fan_in(weight_shape, fan_in, rng, dtype))
@@ -82,13 +88,16 @@ class Conv2D(Module):
         rows, taps = column_matrix_shape("Conv2D", x.shape, self.kernel_size, self.stride,
                                          self.padding)
         self._cache = None
-        workspace = self._workspace
-        if workspace is None or workspace.dtype != x.dtype or workspace.size < rows * taps:
-            self._workspace = workspace = None  # free the old buffer before allocating
-            self._workspace = workspace = np.empty(rows * taps, dtype=x.dtype)
+        workspace = None
+        method = choose_method(self.method, taps, "Conv2D", self.stride)
+        if method == "im2col":
+            workspace = self._workspace
+            if workspace is None or workspace.dtype != x.dtype or workspace.size < rows * taps:
+                self._workspace = workspace = None  # free the old buffer before allocating
+                self._workspace = workspace = np.empty(rows * taps, dtype=x.dtype)
         weight, bias = self._params_as(x.dtype)
         out, self._cache = conv2d_forward(x, weight, bias, self.stride, self.padding,
-                                          layer="Conv2D", workspace=workspace)
+                                          layer="Conv2D", workspace=workspace, method=method)
         return out
 
     def backward(self, dout, input_grad=True):
