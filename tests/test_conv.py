@@ -611,3 +611,32 @@ def test_conv2d_forward_out_argument(rng):
         assert_close(out, ref.conv2d_forward(x, weight, None, (1, 1), (1, 1)), np.float64)
     with pytest.raises(ValueError, match="conv2d.*out"):
         conv2d_forward(x, weight, None, 1, 1, out=np.empty((2, 4, 6, 6), np.float32))
+
+
+@pytest.mark.parametrize("input_grad", [True, False])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("geometry", GEOMETRIES[:3], ids=GEOMETRY_IDS[:3])
+def test_im2col_in_chunks_matches_reference(geometry, dtype, input_grad, monkeypatch, rng):
+    """im2col's matrix built a few samples at a time (and again in the backward pass)."""
+    import minidl.functional.conv as fconv
+    monkeypatch.setattr(fconv, "CHUNK_BYTES", 1)  # one sample per chunk
+    n, c, h, w, kernel, stride, padding = geometry
+    x = rng.standard_normal((n + 2, c, h, w)).astype(dtype)
+    weight = rng.standard_normal((5, c) + kernel).astype(dtype)
+    bias = rng.standard_normal(5).astype(dtype)
+    rows, taps = fconv.column_matrix_shape("conv2d", x.shape, kernel, stride, padding, dtype)
+    workspace = np.full(rows * taps, np.nan, dtype)
+    out, cache = conv2d_forward(x, weight, bias, stride, padding, method="im2col",
+                                workspace=workspace)
+    assert cache.chunk == 1 and cache.x_nhwc is not None
+    assert np.shares_memory(cache.cols, workspace)
+    assert_close(out, ref.conv2d_forward(x, weight, bias, stride, padding), dtype, "out")
+    dout = rng.standard_normal(out.shape).astype(dtype)
+    dx, dweight, dbias = conv2d_backward(dout, cache, input_grad=input_grad)
+    ref_dx, ref_dweight, ref_dbias = ref.conv2d_backward(dout, x, weight, True, stride, padding)
+    assert_close(dweight, ref_dweight, dtype, "dweight")
+    assert_close(dbias, ref_dbias, dtype, "dbias")
+    if input_grad:
+        assert_close(dx, ref_dx, dtype, "dx")
+    else:
+        assert dx is None

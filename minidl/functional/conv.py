@@ -52,9 +52,10 @@ class Conv2dCache:
     """What :func:`conv2d_backward` needs from the forward pass.
 
     Attributes:
-        cols (np.ndarray or None): im2col method: im2col of the input,
-            ``(N*OH*OW, kH*kW*C_in)``, C-contiguous; set to None once a backward pass has reused
-            its memory (always None for the direct method).
+        cols (np.ndarray or None): im2col method: im2col of the input, ``(S*OH*OW,
+            kH*kW*C_in)`` for a chunk of ``S`` samples (the whole batch when ``S == N``; then
+            the backward pass does not unroll again), C-contiguous; None once a backward pass
+            has used it (always None for the direct method).
         weight_rows (np.ndarray or None): im2col method: the weight as ``(C_out, kH*kW*C_in)``,
             taps ordered (i, j, c).
         has_bias (bool): whether the forward added a bias.
@@ -67,6 +68,9 @@ class Conv2dCache:
         x (np.ndarray or None): direct path: the zero-padded C-contiguous input
             ``(N, C_in, H + 2*pH, W + 2*pW)``; None after the backward.
         weight (np.ndarray or None): direct path: the C-contiguous weight.
+        x_nhwc (np.ndarray or None): im2col path with several chunks: the input in NHWC
+            order, unrolled again chunk by chunk in the backward pass.
+        chunk (int): im2col path: samples per chunk (``cols`` holds one chunk's rows).
     """
 
     cols: Optional[np.ndarray]
@@ -80,6 +84,8 @@ class Conv2dCache:
     padding: Tuple[int, int]
     x: Optional[np.ndarray] = None
     weight: Optional[np.ndarray] = None
+    x_nhwc: Optional[np.ndarray] = None
+    chunk: int = 0
 
     @property
     def method(self):
@@ -110,6 +116,17 @@ def choose_method(method, taps, layer="conv2d", stride=(1, 1)):
     if method == "direct" and tuple(stride) != (1, 1):
         raise ValueError(f"{layer}: method 'direct' needs stride 1, got stride {tuple(stride)}")
     return method
+
+
+# im2col's matrix is built for this many bytes of samples at a time (at least one sample), so
+# that it stays in the cache between im2col and its matrix products instead of going through
+# memory: a whole batch's matrix is kH*kW times the input (151 MB for 64x64x32x32 float32).
+CHUNK_BYTES = 4 << 20
+
+
+def _samples_per_chunk(n, bytes_per_sample):
+    """Samples per im2col chunk: ``CHUNK_BYTES`` worth, at least 1, at most ``n``."""
+    return max(1, min(n, CHUNK_BYTES // max(1, bytes_per_sample)))
 
 
 def _padded(x, padding):
@@ -149,14 +166,20 @@ def check_spatial_size(layer, x_shape, kernel_size, stride, padding):
     return out_hw
 
 
-def column_matrix_shape(layer, x_shape, kernel_size, stride, padding):
-    """Shape ``(N*OH*OW, kH*kW*C_in)`` of im2col's matrix.
+def column_matrix_shape(layer, x_shape, kernel_size, stride, padding, dtype=np.float32):
+    """Shape ``(S*OH*OW, kH*kW*C_in)`` of im2col's matrix for ``S`` samples at a time.
+
+    ``S`` is the number of samples per chunk (:func:`_samples_per_chunk`, about ``CHUNK_BYTES``
+    of matrix in ``dtype``; the whole batch ``N`` when it is small): the size a ``workspace``
+    for :func:`conv2d_forward` must have.
 
     Raises:
         ValueError: like :func:`check_spatial_size`.
     """
     out_h, out_w = check_spatial_size(layer, x_shape, kernel_size, stride, padding)
-    return x_shape[0] * out_h * out_w, kernel_size[0] * kernel_size[1] * x_shape[1]
+    taps = kernel_size[0] * kernel_size[1] * x_shape[1]
+    chunk = _samples_per_chunk(x_shape[0], out_h * out_w * taps * np.dtype(dtype).itemsize)
+    return chunk * out_h * out_w, taps
 
 
 def _check_weight_and_bias(layer, x, weight, bias):
@@ -256,8 +279,9 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, layer="conv2d", wo
         padding (int or pair): zeros ``(pH, pW)`` >= 0 added on each side (default 0).
         layer (str): name used in error messages.
         workspace (np.ndarray or None): optional contiguous 1-D array of x's dtype with at least
-            ``N*OH*OW*kH*kW*C_in`` elements (see :func:`column_matrix_shape`); im2col's matrix
-            is then stored in its first elements instead of newly allocated memory. It belongs
+            as many elements as :func:`column_matrix_shape` gives (``N*OH*OW*kH*kW*C_in`` for a
+            small batch; one chunk of samples for a large one); im2col's matrix is then stored
+            in its first elements instead of newly allocated memory. It belongs
             to the returned cache until the backward pass (or until it is discarded). Unused by
             the direct method.
         method (str): ``"auto"`` (default; see :func:`choose_method`), ``"direct"`` (direct
@@ -296,21 +320,26 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, layer="conv2d", wo
                             stride, padding, x=x_pad, weight=weight)
         return out, cache
 
-    cols = _column_matrix(layer, workspace, (n * out_h * out_w, kernel_h * kernel_w * in_channels),
-                          x.dtype)
+    taps = kernel_h * kernel_w * in_channels
+    per_sample = out_h * out_w
+    chunk = _samples_per_chunk(n, per_sample * taps * x.dtype.itemsize)
+    cols = _column_matrix(layer, workspace, (chunk * per_sample, taps), x.dtype)
 
-    threads = _config.threads_for(cols.size)
+    threads = _config.threads_for(n * per_sample * taps)
     x_nhwc = _to_nhwc(np.ascontiguousarray(x), threads)
-    _kernel.im2col(x_nhwc, cols, kernel_h, kernel_w, *stride, *padding, threads)
-    del x_nhwc
     weight_rows = np.ascontiguousarray(weight.transpose(0, 2, 3, 1)).reshape(out_channels, -1)
-    out_rows = np.matmul(cols, weight_rows.T,
-                         out=_buffers.empty((cols.shape[0], out_channels), x.dtype))
+    out_rows = _buffers.empty((n * per_sample, out_channels), x.dtype)
+    for start in range(0, n, chunk):
+        stop = min(n, start + chunk)
+        part = cols[:(stop - start) * per_sample]
+        _kernel.im2col(x_nhwc[start:stop], part, kernel_h, kernel_w, *stride, *padding, threads)
+        np.matmul(part, weight_rows.T, out=out_rows[start * per_sample:stop * per_sample])
 
-    _kernel.transpose_batched(out_rows.reshape(n, out_h * out_w, out_channels), bias_vector,
-                              has_bias, out.reshape(n, out_channels, out_h * out_w), threads)
+    _kernel.transpose_batched(out_rows.reshape(n, per_sample, out_channels), bias_vector,
+                              has_bias, out.reshape(n, out_channels, per_sample), threads)
+    del out_rows
     cache = Conv2dCache(cols, weight_rows, has_bias, x.dtype, x.shape, weight.shape, out.shape,
-                        stride, padding)
+                        stride, padding, x_nhwc=x_nhwc if chunk < n else None, chunk=chunk)
     return out, cache
 
 
@@ -368,28 +397,44 @@ def conv2d_backward(dout, cache, layer="conv2d", input_grad=True):
     check_grad(layer, dout, cache.out_shape, cache.dtype)
     if cache.x is not None:
         return _direct_backward(dout, cache, input_grad)
-    cols = cache.cols
+    cols, x_nhwc, chunk = cache.cols, cache.x_nhwc, cache.chunk
+    cache.cols = cache.x_nhwc = None
     n, out_channels = cache.out_shape[:2]
     _, in_channels, kernel_h, kernel_w = cache.weight_shape
-    threads = _config.threads_for(cols.size)
+    per_sample = cache.out_shape[2] * cache.out_shape[3]
+    threads = _config.threads_for(n * per_sample * cols.shape[1])
 
     dout = np.ascontiguousarray(dout).reshape(n, out_channels, -1)
-    drows = _buffers.empty((out_channels, cols.shape[0]), cache.dtype)
+    drows = _buffers.empty((out_channels, n * per_sample), cache.dtype)
     bias_grad = np.empty(out_channels, dtype=np.float64)
     _kernel.nchw_to_rows(dout, drows, bias_grad, cache.has_bias, threads)
-
-    dweight_rows = np.matmul(drows, cols).reshape(out_channels, kernel_h, kernel_w, in_channels)
-    dweight = np.ascontiguousarray(dweight_rows.transpose(0, 3, 1, 2))
     dbias = bias_grad.astype(cache.dtype) if cache.has_bias else None
-    if not input_grad:
-        cache.cols = None
-        return None, dweight, dbias
-    dcols = np.matmul(drows.T, cache.weight_rows, out=cols)
-    cache.cols = None
-    del drows
 
-    n, _, height, width = cache.x_shape
-    dx_nhwc = _buffers.empty((n, height, width, in_channels), cache.dtype)
-    _kernel.col2im(dcols, dx_nhwc, kernel_h, kernel_w, *cache.stride, *cache.padding, threads)
+    _, _, height, width = cache.x_shape
+    dx_nhwc = None
+    if input_grad:
+        dx_nhwc = _buffers.empty((n, height, width, in_channels), cache.dtype)
+    dweight_rows = partial = None
+    for start in range(0, n, chunk):
+        stop = min(n, start + chunk)
+        rows = slice(start * per_sample, stop * per_sample)
+        part = cols[:(stop - start) * per_sample]
+        if x_nhwc is not None:  # several chunks: unroll this one again (it is cache-sized)
+            _kernel.im2col(x_nhwc[start:stop], part, kernel_h, kernel_w, *cache.stride,
+                           *cache.padding, threads)
+        if dweight_rows is None:
+            dweight_rows = np.matmul(drows[:, rows], part)
+        else:
+            partial = np.matmul(drows[:, rows], part, out=partial)
+            dweight_rows += partial
+        if input_grad:
+            dcols = np.matmul(drows[:, rows].T, cache.weight_rows, out=part)
+            _kernel.col2im(dcols, dx_nhwc[start:stop], kernel_h, kernel_w, *cache.stride,
+                           *cache.padding, threads)
+    del drows, cols, x_nhwc
+    dweight_rows = dweight_rows.reshape(out_channels, kernel_h, kernel_w, in_channels)
+    dweight = np.ascontiguousarray(dweight_rows.transpose(0, 3, 1, 2))
+    if not input_grad:
+        return None, dweight, dbias
     dx = _to_nchw(dx_nhwc, threads)
     return dx, dweight, dbias

@@ -86,7 +86,7 @@ class Conv2D(Module):
         """Convolve ``x`` ``(N, C_in, H, W)``; returns ``(N, C_out, OH, OW)`` in x's dtype."""
         check_input("Conv2D", x, "NCHW", {"C": self.in_channels})
         rows, taps = column_matrix_shape("Conv2D", x.shape, self.kernel_size, self.stride,
-                                         self.padding)
+                                         self.padding, x.dtype)
         self._cache = None
         workspace = None
         method = choose_method(self.method, taps, "Conv2D", self.stride)
