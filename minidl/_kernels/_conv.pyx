@@ -1,6 +1,7 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
 # cython: initializedcheck=False
-"""Convolution kernels: im2col, col2im and the layout changes around the matrix products.
+"""Convolution kernels: im2col, col2im and the layout changes around the matrix products, and
+direct (no im2col, no GEMM) stride-1 kernels for few input channels (end of this file).
 
 Convolution is computed as one matrix product per batch (Chellapilla, Puri and Simard, 2006,
 "High Performance Convolutional Neural Networks for Document Processing"): ``im2col`` copies

@@ -14,8 +14,8 @@ class Conv2D(Module):
     """2-D convolution over a batch of images, like ``torch.nn.Conv2d`` (dilation 1, groups 1).
 
     ``out[n, o] = bias[o] + sum_c cross_correlate(x[n, c], weight[o, c])`` with the given stride
-    and zero padding; computed with im2col and one GEMM per batch (Chellapilla et al., 2006),
-    see :mod:`minidl.functional.conv`.
+    and zero padding; computed with im2col and GEMMs (Chellapilla et al., 2006), or with direct
+    loops when ``C_in*kH*kW`` is small and the stride 1, see :mod:`minidl.functional.conv`.
 
     Args:
         in_channels (int): ``C_in``.
