@@ -255,7 +255,56 @@ cdef extern from *:
         }
     MINIDL_CONV_ROWS(f, float)
     MINIDL_CONV_ROWS(d, double)
+    /* y[k] += sum over the 3x3 taps (i, j) of w[3*i + j] * x[k + i*row + j]: all nine taps of
+       a 3x3 kernel in one pass, so y is loaded and stored once instead of nine times */
+    #define MINIDL_CONV_3X3(SUFFIX, T)                                                       \
+        MINIDL_CONV_CLONES static void minidl_conv3x3_##SUFFIX(T* restrict y,               \
+                                                                const T* restrict x,         \
+                                                                const T* restrict w,         \
+                                                                ptrdiff_t row, ptrdiff_t n) {\
+            const T w0 = w[0], w1 = w[1], w2 = w[2], w3 = w[3], w4 = w[4], w5 = w[5];        \
+            const T w6 = w[6], w7 = w[7], w8 = w[8];                                         \
+            const T* restrict x1 = x + row;                                                  \
+            const T* restrict x2 = x + 2 * row;                                              \
+            for (ptrdiff_t k = 0; k < n; k++) {                                              \
+                y[k] += w0 * x[k] + w1 * x[k + 1] + w2 * x[k + 2]                            \
+                      + w3 * x1[k] + w4 * x1[k + 1] + w5 * x1[k + 2]                         \
+                      + w6 * x2[k] + w7 * x2[k + 1] + w8 * x2[k + 2];                        \
+            }                                                                                \
+        }
+    MINIDL_CONV_3X3(f, float)
+    MINIDL_CONV_3X3(d, double)
+    /* out[3*i + j] += sum_k g[k] * x[k + i*row + j] for the nine taps of a 3x3 kernel, in one
+       pass over g (partial sums in T, in SIMD lanes) */
+    #define MINIDL_DOT_3X3(SUFFIX, T)                                                        \
+        MINIDL_CONV_CLONES static void minidl_dot3x3_##SUFFIX(const T* restrict g,          \
+                                                               const T* restrict x,          \
+                                                               ptrdiff_t row, ptrdiff_t n,   \
+                                                               double* restrict out) {       \
+            T s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0, s5 = 0, s6 = 0, s7 = 0, s8 = 0;        \
+            const T* restrict x1 = x + row;                                                  \
+            const T* restrict x2 = x + 2 * row;                                              \
+            MINIDL_CONV_PRAGMA(omp simd reduction(+ : s0, s1, s2, s3, s4, s5, s6, s7, s8))   \
+            for (ptrdiff_t k = 0; k < n; k++) {                                              \
+                const T gk = g[k];                                                           \
+                s0 += gk * x[k]; s1 += gk * x[k + 1]; s2 += gk * x[k + 2];                   \
+                s3 += gk * x1[k]; s4 += gk * x1[k + 1]; s5 += gk * x1[k + 2];                \
+                s6 += gk * x2[k]; s7 += gk * x2[k + 1]; s8 += gk * x2[k + 2];                \
+            }                                                                                \
+            out[0] += s0; out[1] += s1; out[2] += s2; out[3] += s3; out[4] += s4;            \
+            out[5] += s5; out[6] += s6; out[7] += s7; out[8] += s8;                          \
+        }
+    MINIDL_DOT_3X3(f, float)
+    MINIDL_DOT_3X3(d, double)
     """
+    void minidl_dot3x3_f(const float* g, const float* x, Py_ssize_t row, Py_ssize_t n,
+                         double* out) noexcept nogil
+    void minidl_dot3x3_d(const double* g, const double* x, Py_ssize_t row, Py_ssize_t n,
+                         double* out) noexcept nogil
+    void minidl_conv3x3_f(float* y, const float* x, const float* w, Py_ssize_t row,
+                          Py_ssize_t n) noexcept nogil
+    void minidl_conv3x3_d(double* y, const double* x, const double* w, Py_ssize_t row,
+                          Py_ssize_t n) noexcept nogil
     void minidl_axpy_f(float* y, const float* x, float a, Py_ssize_t n) noexcept nogil
     void minidl_axpy_d(double* y, const double* x, double a, Py_ssize_t n) noexcept nogil
     double minidl_dot_f(const float* g, const float* x, Py_ssize_t n) noexcept nogil
@@ -270,6 +319,24 @@ cdef inline void _axpy(floating* y, const floating* x, floating a, Py_ssize_t n)
         minidl_axpy_f(y, x, a, n)
     else:
         minidl_axpy_d(y, x, a, n)
+
+
+cdef inline void _conv3x3(floating* y, const floating* x, const floating* w, Py_ssize_t row,
+                          Py_ssize_t n) noexcept nogil:
+    """``y[k] += sum_{i,j < 3} w[3*i + j] * x[k + i*row + j]`` for ``0 <= k < n``."""
+    if floating is float:
+        minidl_conv3x3_f(y, x, w, row, n)
+    else:
+        minidl_conv3x3_d(y, x, w, row, n)
+
+
+cdef inline void _dot3x3(const floating* g, const floating* x, Py_ssize_t row, Py_ssize_t n,
+                         double* out) noexcept nogil:
+    """``out[3*i + j] += sum_k g[k] * x[k + i*row + j]`` for ``i, j < 3``."""
+    if floating is float:
+        minidl_dot3x3_f(g, x, row, n, out)
+    else:
+        minidl_dot3x3_d(g, x, row, n, out)
 
 
 cdef inline double _sum(const floating* x, Py_ssize_t n) noexcept nogil:
@@ -336,6 +403,9 @@ def direct_forward(const floating[:, :, :, ::1] x_pad, const floating[:, :, :, :
         for c in range(C):
             x_plane = x0 + (n * C + c) * Hp * Wp
             w_taps = w0 + (o * C + c) * KH * KW
+            if KH == 3 and KW == 3:
+                _conv3x3(wide, x_plane, w_taps, Wp, L)
+                continue
             for i in range(KH):
                 for j in range(KW):
                     _axpy(wide, x_plane + i * Wp + j, w_taps[i * KW + j], L)
@@ -401,6 +471,9 @@ def direct_weight_grad(const floating[:, :, :, ::1] x_pad, const floating[:, :, 
                 total = total + _sum(wide, L)
             for c in range(C):
                 x_plane = x0 + (n * C + c) * Hp * Wp
+                if KH == 3 and KW == 3:
+                    _dot3x3(wide, x_plane, Wp, L, dw + c * 9)
+                    continue
                 for i in range(KH):
                     for j in range(KW):
                         dw[(c * KH + i) * KW + j] += _dot(wide, x_plane + i * Wp + j, L)
