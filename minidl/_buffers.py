@@ -13,7 +13,7 @@ import sys
 
 import numpy as np
 
-__all__ = ["empty", "clear", "pooled_bytes"]
+__all__ = ["empty", "output", "clear", "pooled_bytes"]
 
 MIN_BYTES = 1 << 16  # smaller arrays come from NumPy's allocator, which is fast for them
 MAX_PER_KEY = 16     # at most this many arrays of one shape and dtype are kept
@@ -51,6 +51,24 @@ def empty(shape, dtype):
     array = np.empty(shape, dtype)
     if len(arrays) < MAX_PER_KEY:
         arrays.append(array)
+    return array
+
+
+def output(layer, array, shape, dtype, name="out"):
+    """A caller's ``out`` array checked for ``shape``/``dtype``, or one from the pool if None.
+
+    Raises:
+        ValueError: ``array`` is not a writable C-contiguous array of that shape and dtype
+            (the message names ``layer`` and ``name``).
+    """
+    if array is None:
+        return empty(shape, dtype)
+    if not (isinstance(array, np.ndarray) and array.shape == tuple(shape)
+            and array.dtype == dtype and array.flags.c_contiguous and array.flags.writeable):
+        got = (f"{array.dtype} {array.shape}" if isinstance(array, np.ndarray)
+               else type(array).__name__)
+        raise ValueError(f"{layer}: expected {name} to be a writable C-contiguous "
+                         f"{np.dtype(dtype)} array of shape {tuple(shape)}, got {got}")
     return array
 
 

@@ -18,6 +18,18 @@ from minidl.reference import conv as ref
 DTYPES = [np.float32, np.float64]
 METHODS = ["direct", "im2col"]
 
+
+def _with_methods(cases, stride_of, methods=METHODS, ids=None):
+    """``(case, method)`` params: im2col (and auto) for every case, direct for stride 1 only."""
+    params = []
+    for i, case in enumerate(cases):
+        for method in methods:
+            if method == "direct" and stride_of(case) not in (1, (1, 1)):
+                continue  # the direct kernels are for stride 1
+            case_id = ids[i] if ids else str(i)
+            params.append(pytest.param(case, method, id=f"{case_id}-{method}"))
+    return params
+
 # (N, C_in, H, W, kernel, stride, padding): odd and non-square sizes, strides that do not divide
 # the input, padding larger than the kernel, 1x1 kernels and kernels as large as the input.
 GEOMETRIES = [
@@ -148,13 +160,10 @@ def test_reference_im2col_agrees_with_reference_definition(geometry, rng):
 
 
 # --------------------------------------------------------------------------- 2. functional
-@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("geometry", GEOMETRIES, ids=GEOMETRY_IDS)
+@pytest.mark.parametrize("geometry, method", _with_methods(GEOMETRIES, lambda g: g[5], ids=GEOMETRY_IDS))
 def test_conv2d_forward_backward_match_reference(geometry, dtype, method, rng):
     n, c, h, w, kernel, stride, padding = geometry
-    if method == "direct" and stride != (1, 1):
-        pytest.skip("the direct method is for stride 1")
     x = rng.standard_normal((n, c, h, w)).astype(dtype)
     weight = rng.standard_normal((5, c) + kernel).astype(dtype)
     bias = rng.standard_normal(5).astype(dtype)
@@ -277,22 +286,21 @@ def test_conv2d_backward_errors(rng):
 
 
 # --------------------------------------------------------------------------- 3. Conv2D layer
-@pytest.mark.parametrize(
-    "kwargs, x_shape",
-    [
-        ({"in_channels": 2, "out_channels": 3, "kernel_size": 3}, (2, 2, 5, 6)),
-        ({"in_channels": 2, "out_channels": 3, "kernel_size": 3, "bias": False}, (2, 2, 5, 6)),
-        ({"in_channels": 2, "out_channels": 2, "kernel_size": 3, "stride": 2, "padding": 1},
-         (2, 2, 6, 5)),
-        ({"in_channels": 3, "out_channels": 2, "kernel_size": (2, 3), "stride": (2, 1),
-          "padding": (1, 0)}, (1, 3, 5, 5)),
-    ],
-    ids=["bias", "no-bias", "stride2-pad1", "non-square"],
-)
-@pytest.mark.parametrize("method", METHODS)
-def test_conv2d_layer_gradients(kwargs, x_shape, method, rng):
-    if method == "direct" and kwargs.get("stride", 1) != 1:
-        pytest.skip("the direct method is for stride 1")
+LAYER_GRADIENT_CASES = [
+    ({"in_channels": 2, "out_channels": 3, "kernel_size": 3}, (2, 2, 5, 6)),
+    ({"in_channels": 2, "out_channels": 3, "kernel_size": 3, "bias": False}, (2, 2, 5, 6)),
+    ({"in_channels": 2, "out_channels": 2, "kernel_size": 3, "stride": 2, "padding": 1},
+     (2, 2, 6, 5)),
+    ({"in_channels": 3, "out_channels": 2, "kernel_size": (2, 3), "stride": (2, 1),
+      "padding": (1, 0)}, (1, 3, 5, 5)),
+]
+
+
+@pytest.mark.parametrize("case, method", _with_methods(
+    LAYER_GRADIENT_CASES, lambda case: case[0].get("stride", 1),
+    ids=["bias", "no-bias", "stride2-pad1", "non-square"]))
+def test_conv2d_layer_gradients(case, method, rng):
+    kwargs, x_shape = case
     layer = Conv2D(**kwargs, rng=rng, dtype=np.float64, method=method)
     check_module_gradients(layer, rng.standard_normal(x_shape), rng)
 
@@ -457,13 +465,10 @@ TORCH_CASES = [
 ]
 
 
-@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("case", TORCH_CASES)
+@pytest.mark.parametrize("case, method", _with_methods(TORCH_CASES, lambda case: case[3]))
 def test_conv2d_matches_torch(case, dtype, method, torch, rng):
     x_shape, out_channels, kernel, stride, padding, use_bias = case
-    if method == "direct" and stride != 1:
-        pytest.skip("the direct method is for stride 1")
     layer = Conv2D(x_shape[1], out_channels, kernel, stride, padding, bias=use_bias, rng=rng,
                    dtype=dtype, method=method)
     x = rng.standard_normal(x_shape).astype(dtype)
@@ -496,13 +501,11 @@ INPUT_GRAD_CASES = [
 ]
 
 
-@pytest.mark.parametrize("method", ["auto"] + METHODS)
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("case", INPUT_GRAD_CASES)
+@pytest.mark.parametrize("case, method", _with_methods(INPUT_GRAD_CASES, lambda case: case[3],
+                                                       methods=["auto"] + METHODS))
 def test_conv2d_backward_without_input_grad(case, dtype, method, rng):
     x_shape, out_channels, kernel, stride, padding = case
-    if method == "direct" and stride != 1:
-        pytest.skip("the direct method is for stride 1")
     x = rng.standard_normal(x_shape).astype(dtype)
     weight = rng.standard_normal((out_channels, x_shape[1]) + kernel).astype(dtype)
     bias = rng.standard_normal(out_channels).astype(dtype)

@@ -1,6 +1,7 @@
 """Activations as stateless forward/backward pairs: ReLU and softmax."""
 import numpy as np
 
+from .. import _buffers
 from .._checks import check_float_array, check_grad
 
 __all__ = ["relu_forward", "relu_backward", "softmax_forward", "softmax_backward"]
@@ -11,7 +12,8 @@ def relu_forward(x, layer="relu", out=None, mask=None):
 
     Args:
         x (np.ndarray): any shape, float32 or float64.
-        out (np.ndarray, optional): where to write the result (x's shape and dtype).
+        out (np.ndarray, optional): where to write the result (x's shape and dtype,
+            C-contiguous); default: an array from :mod:`minidl._buffers`.
         mask (np.ndarray, optional): where to write ``x > 0`` (x's shape, bool).
     Returns:
         (out, cache): ``out`` like ``x``; ``cache`` holds the boolean mask ``x > 0``.
@@ -20,7 +22,8 @@ def relu_forward(x, layer="relu", out=None, mask=None):
         TypeError: ``x`` is not a float32/float64 ndarray.
     """
     check_float_array(layer, x)
-    mask = np.greater(x, 0, out=mask)
+    mask = np.greater(x, 0, out=_buffers.output(layer, mask, x.shape, np.bool_, "mask"))
+    out = _buffers.output(layer, out, x.shape, x.dtype)
     return np.maximum(x, x.dtype.type(0), out=out), (mask, x.dtype)
 
 
@@ -35,7 +38,7 @@ def relu_backward(dout, cache, layer="relu", out=None):
     """
     mask, dtype = cache
     check_grad(layer, dout, mask.shape, dtype)
-    return np.multiply(dout, mask, out=out)
+    return np.multiply(dout, mask, out=_buffers.output(layer, out, mask.shape, dtype))
 
 
 def softmax_forward(x, axis=1, layer="softmax"):

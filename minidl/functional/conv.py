@@ -228,18 +228,6 @@ def _column_matrix(layer, workspace, shape, dtype):
     return workspace[:size].reshape(shape)
 
 
-def _output_array(layer, out, shape, dtype):
-    """``out`` checked as a writable C-contiguous ``shape``/``dtype`` array, or a new one."""
-    if out is None:
-        return _buffers.empty(shape, dtype)
-    if not (isinstance(out, np.ndarray) and out.shape == tuple(shape) and out.dtype == dtype
-            and out.flags.c_contiguous and out.flags.writeable):
-        got = f"{out.dtype} {out.shape}" if isinstance(out, np.ndarray) else type(out).__name__
-        raise ValueError(f"{layer}: expected out to be a writable C-contiguous {np.dtype(dtype)} "
-                         f"array of shape {tuple(shape)}, got {got}")
-    return out
-
-
 def _no_bias(dtype):
     """Placeholder for the kernels' bias argument when there is none (never read)."""
     return np.empty(0, dtype=dtype)
@@ -307,7 +295,7 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, layer="conv2d", wo
     out_h, out_w = check_spatial_size(layer, x.shape, (kernel_h, kernel_w), stride, padding)
     n, in_channels = x.shape[:2]
     shape = (n, out_channels, out_h, out_w)
-    out = _output_array(layer, out, shape, x.dtype)
+    out = _buffers.output(layer, out, shape, x.dtype)
     has_bias = bias is not None
     bias_vector = np.ascontiguousarray(bias) if has_bias else _no_bias(x.dtype)
     if choose_method(method, kernel_h * kernel_w * in_channels, layer, stride) == "direct":

@@ -23,7 +23,7 @@ from typing import NamedTuple, Optional, Tuple
 
 import numpy as np
 
-from .. import _config
+from .. import _buffers, _config
 from .._checks import check_grad, check_input
 from .._kernels import _batchnorm as _kernel
 
@@ -109,18 +109,6 @@ def update_running_stats(running_mean, running_var, mean, var, count, momentum):
     running_var += momentum * unbiased
 
 
-def _output_array(layer, out, shape, dtype):
-    """``out`` checked as a C-contiguous ``shape``/``dtype`` array, or a new one if None."""
-    if out is None:
-        return np.empty(shape, dtype)
-    if not (isinstance(out, np.ndarray) and out.shape == tuple(shape) and out.dtype == dtype
-            and out.flags.c_contiguous and out.flags.writeable):
-        got = f"{out.dtype} {out.shape}" if isinstance(out, np.ndarray) else type(out).__name__
-        raise ValueError(f"{layer}: expected out to be a writable C-contiguous {np.dtype(dtype)} "
-                         f"array of shape {tuple(shape)}, got {got}")
-    return out
-
-
 def batch_norm_forward(x, weight=None, bias=None, running_mean=None, running_var=None,
                        training=True, momentum=0.1, eps=1e-5, layer="batch_norm", out=None):
     """Batch-normalize ``x`` per channel (axis 1); like ``torch.nn.functional.batch_norm``.
@@ -154,7 +142,7 @@ def batch_norm_forward(x, weight=None, bias=None, running_mean=None, running_var
     x3 = _as_acb(x)
     count = x3.shape[0] * x3.shape[2]
     threads = _config.threads_for(x3.size)
-    out3 = _output_array(layer, out, x.shape, x.dtype).reshape(x3.shape)
+    out3 = _buffers.output(layer, out, x.shape, x.dtype).reshape(x3.shape)
     if training:
         if count <= 1:
             raise ValueError(
@@ -203,7 +191,7 @@ def batch_norm_backward(dout, cache, layer="batch_norm", out=None):
     num_channels = x3.shape[1]
     sum_dy = np.empty(num_channels, np.float64)
     sum_dy_xmu = np.empty(num_channels, np.float64)
-    dx3 = _output_array(layer, out, shape, x3.dtype).reshape(x3.shape)
+    dx3 = _buffers.output(layer, out, shape, x3.dtype).reshape(x3.shape)
     _kernel.backward(dy3, x3, mean, invstd, _ones_if_none(gamma, num_channels), training, dx3,
                      sum_dy, sum_dy_xmu, _config.threads_for(x3.size))
     dweight = sum_dy_xmu * invstd if has_weight else None

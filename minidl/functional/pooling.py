@@ -14,7 +14,7 @@ from typing import NamedTuple, Tuple
 
 import numpy as np
 
-from .. import _config
+from .. import _buffers, _config
 from .._checks import check_grad, check_input, pair
 from .._kernels import _pool as _kernel
 
@@ -56,19 +56,6 @@ def _check_pool_input(layer, x, kernel_size):
         )
 
 
-def _output_array(layer, array, name, shape, dtype):
-    """``array`` checked as a writable C-contiguous ``shape``/``dtype`` array, or a new one."""
-    if array is None:
-        return np.empty(shape, dtype)
-    if not (isinstance(array, np.ndarray) and array.shape == tuple(shape)
-            and array.dtype == dtype and array.flags.c_contiguous and array.flags.writeable):
-        got = (f"{array.dtype} {array.shape}" if isinstance(array, np.ndarray)
-               else type(array).__name__)
-        raise ValueError(f"{layer}: expected {name} to be a writable C-contiguous "
-                         f"{np.dtype(dtype)} array of shape {tuple(shape)}, got {got}")
-    return array
-
-
 def max_pool2d_forward(x, kernel_size, stride=None, layer="max_pool2d", out=None, argmax=None):
     """Max over sliding windows of each channel, like ``torch.nn.functional.max_pool2d``.
 
@@ -102,8 +89,8 @@ def max_pool2d_forward(x, kernel_size, stride=None, layer="max_pool2d", out=None
 
     x = np.ascontiguousarray(x)
     shape = (n, c, out_h, out_w)
-    out = _output_array(layer, out, "out", shape, x.dtype)
-    argmax = _output_array(layer, argmax, "argmax", shape, np.int64)
+    out = _buffers.output(layer, out, shape, x.dtype)
+    argmax = _buffers.output(layer, argmax, shape, np.int64, "argmax")
     _kernel.max_pool2d_forward(x, out, argmax, *kernel_size, *stride, _config.threads_for(x.size))
     return out, MaxPool2dCache(argmax, x.shape, x.dtype)
 
@@ -127,6 +114,6 @@ def max_pool2d_backward(dout, cache, layer="max_pool2d", out=None):
     """
     check_grad(layer, dout, cache.argmax.shape, cache.dtype)
     dout = np.ascontiguousarray(dout)
-    dx = _output_array(layer, out, "out", cache.x_shape, cache.dtype)
+    dx = _buffers.output(layer, out, cache.x_shape, cache.dtype)
     _kernel.max_pool2d_backward(dout, cache.argmax, dx, _config.threads_for(dx.size))
     return dx

@@ -1,7 +1,4 @@
 """Activation layers: ReLU and Softmax."""
-import numpy as np
-
-from .. import _buffers
 from ..functional.activation import relu_backward, relu_forward, softmax_backward, softmax_forward
 from .module import Module
 
@@ -29,18 +26,12 @@ class ReLU(_Stateless):
     """
 
     def forward(self, x):
-        self._cache = None  # lets the previous mask be reused
-        out = mask = None
-        if isinstance(x, np.ndarray):  # outputs from the pool of unused arrays
-            out = _buffers.empty(x.shape, x.dtype)
-            mask = _buffers.empty(x.shape, np.bool_)
-        out, self._cache = relu_forward(x, layer="ReLU", out=out, mask=mask)
+        self._cache = None  # lets the previous mask's memory be reused
+        out, self._cache = relu_forward(x, layer="ReLU")
         return out
 
     def backward(self, dout, input_grad=True):
-        mask, dtype = self._need_cache()
-        dx = _buffers.empty(mask.shape, dtype)
-        return relu_backward(dout, self._cache, layer="ReLU", out=dx)
+        return relu_backward(dout, self._need_cache(), layer="ReLU")
 
 
 class Softmax(_Stateless):

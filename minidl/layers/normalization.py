@@ -7,7 +7,6 @@ input ranks they accept. The math is in :mod:`minidl.functional.normalization`.
 import numpy as np
 
 from ..functional.normalization import batch_norm_backward, batch_norm_forward
-from .. import _buffers
 from .._checks import check_input
 from .module import Module, Parameter
 
@@ -87,16 +86,13 @@ class _NormBase(Module):
             momentum=factor,
             eps=self.eps,
             layer=name,
-            out=_buffers.empty(x.shape, x.dtype),
         )
         return out
 
     def backward(self, dout, input_grad=True):
         if self._cache is None:
             raise RuntimeError(f"{type(self).__name__}: backward called before forward")
-        dx, dweight, dbias = batch_norm_backward(
-            dout, self._cache, layer=type(self).__name__,
-            out=_buffers.empty(self._cache.shape, self._cache.x3.dtype))
+        dx, dweight, dbias = batch_norm_backward(dout, self._cache, layer=type(self).__name__)
         if self.affine:
             self.weight.accumulate_grad(dweight)
             self.bias.accumulate_grad(dbias)
