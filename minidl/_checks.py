@@ -65,6 +65,13 @@ def check_same(layer, a, b, what_a, what_b):
         raise TypeError(f"{layer}: expected {what_b} dtype {a.dtype} (like {what_a}), got {b.dtype}")
 
 
+def positive_int(value, name, owner):
+    """Return ``value`` as an int, or raise ValueError naming ``owner`` unless it is an int >= 1."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{owner}: {name} must be an integer >= 1, got {value!r}")
+    return int(value)
+
+
 def pair(value, name, layer, minimum=0):
     """Turn an int or a pair of ints into a tuple of two Python ints >= ``minimum``."""
     if isinstance(value, (int, np.integer)):

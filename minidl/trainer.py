@@ -4,6 +4,7 @@ import time
 import numpy as np
 from tqdm.auto import tqdm
 
+from ._checks import positive_int
 from .model import Sequential
 
 __all__ = ["Trainer", "History", "Callback", "EvaluateEvery"]
@@ -74,10 +75,8 @@ class EvaluateEvery(Callback):
     """
 
     def __init__(self, loader, every):
-        if isinstance(every, bool) or not isinstance(every, (int, np.integer)) or every < 1:
-            raise ValueError(f"EvaluateEvery: every must be an integer >= 1, got {every!r}")
         self.loader = loader
-        self.every = int(every)
+        self.every = positive_int(every, "every", "EvaluateEvery")
         self.steps = []
         self.results = []
 
@@ -176,8 +175,7 @@ class Trainer:
             ValueError: ``epochs`` < 1, or a non-finite loss (the message names the step).
         The model's train/eval mode (of every submodule) is restored afterwards.
         """
-        if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 1:
-            raise ValueError(f"Trainer.fit: epochs must be an integer >= 1, got {epochs!r}")
+        epochs = positive_int(epochs, "epochs", "Trainer.fit")
         show = self.progress if progress is None else progress
         history = History()
         self.stop_training = False

@@ -1,7 +1,7 @@
 """The 2-D convolution layer."""
 import numpy as np
 
-from .._checks import check_input, pair
+from .._checks import check_input, pair, positive_int
 from ..functional.conv import (choose_method, column_matrix_shape, conv2d_backward,
                                conv2d_forward)
 from .init import uniform_fan_in
@@ -56,11 +56,8 @@ class Conv2D(Module):
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True,
                  rng=None, dtype=np.float32, method="auto"):
         super().__init__()
-        for name, value in (("in_channels", in_channels), ("out_channels", out_channels)):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"Conv2D: {name} must be an int >= 1, got {value!r}")
-        self.in_channels = int(in_channels)
-        self.out_channels = int(out_channels)
+        self.in_channels = positive_int(in_channels, "in_channels", "Conv2D")
+        self.out_channels = positive_int(out_channels, "out_channels", "Conv2D")
         self.kernel_size = pair(kernel_size, "kernel_size", "Conv2D", minimum=1)
         self.stride = pair(stride, "stride", "Conv2D", minimum=1)
         self.padding = pair(padding, "padding", "Conv2D", minimum=0)

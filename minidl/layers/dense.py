@@ -1,6 +1,7 @@
 """Dense (fully connected) layer."""
 import numpy as np
 
+from .._checks import positive_int
 from ..functional.linear import linear_backward, linear_forward
 from .init import uniform_fan_in
 from .module import Module, Parameter
@@ -32,11 +33,8 @@ class Dense(Module):
 
     def __init__(self, in_features, out_features, bias=True, rng=None, dtype=np.float32):
         super().__init__()
-        for name, value in (("in_features", in_features), ("out_features", out_features)):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"Dense: {name} must be an integer >= 1, got {value!r}")
-        self.in_features = int(in_features)
-        self.out_features = int(out_features)
+        self.in_features = positive_int(in_features, "in_features", "Dense")
+        self.out_features = positive_int(out_features, "out_features", "Dense")
         self.weight = Parameter(uniform_fan_in((out_features, in_features), in_features, rng, dtype))
         self.bias = Parameter(uniform_fan_in((out_features,), in_features, rng, dtype)) if bias else None
         self._cache = None

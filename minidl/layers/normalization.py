@@ -7,7 +7,7 @@ input ranks they accept. The math is in :mod:`minidl.functional.normalization`.
 import numpy as np
 
 from ..functional.normalization import batch_norm_backward, batch_norm_forward
-from .._checks import check_input
+from .._checks import check_input, positive_int
 from .module import Module, Parameter
 
 __all__ = ["BatchNorm", "BatchNorm1D", "BatchNorm2D"]
@@ -22,9 +22,7 @@ class _NormBase(Module):
                  track_running_stats=True, dtype=np.float32):
         super().__init__()
         name = type(self).__name__
-        if isinstance(num_features, bool) or not isinstance(num_features, (int, np.integer)) \
-                or num_features < 1:
-            raise ValueError(f"{name}: num_features must be an integer >= 1, got {num_features!r}")
+        num_features = positive_int(num_features, "num_features", name)
         if not eps > 0:
             raise ValueError(f"{name}: eps must be > 0, got {eps!r}")
         if momentum is not None and not 0.0 <= momentum <= 1.0:
