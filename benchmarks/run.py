@@ -486,7 +486,7 @@ def worker_main(args):
         emit(versions())
         emit(copy_bandwidth(sizes))
         for i in args.workloads:
-            emit(guarded(i, lambda: timed_workload(i, sizes, args.repeats)))
+            emit(guarded(i, lambda i=i: timed_workload(i, sizes, args.repeats)))
     elif args.worker.startswith("memory-"):
         emit(versions())
         emit(guarded(7, lambda: memory_workload(args.worker[len("memory-"):], sizes)))

@@ -14,7 +14,6 @@ import json
 import os
 import time
 
-import numpy as np
 
 import minidl
 from minidl import data, losses, optim

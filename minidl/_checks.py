@@ -56,15 +56,6 @@ def check_input(layer, x, layouts, sizes=None, arg="input"):
     return layout
 
 
-def check_same(layer, a, b, what_a, what_b):
-    """Raise ValueError/TypeError unless ``a`` and ``b`` share shape and dtype."""
-    check_float_array(layer, b, what_b)
-    if a.shape != b.shape:
-        raise ValueError(f"{layer}: expected {what_b} of shape {a.shape} (like {what_a}), got {b.shape}")
-    if a.dtype != b.dtype:
-        raise TypeError(f"{layer}: expected {what_b} dtype {a.dtype} (like {what_a}), got {b.dtype}")
-
-
 def positive_int(value, name, owner):
     """Return ``value`` as an int, or raise ValueError naming ``owner`` unless it is an int >= 1."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:

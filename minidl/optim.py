@@ -47,6 +47,14 @@ def _check_number(optimizer, name, value, low=0.0, high=None, high_inclusive=Tru
     return number
 
 
+def _check_keys(prefix, what, expected, mapping):
+    """Raise KeyError (starting with ``prefix``) unless ``mapping`` has exactly ``expected`` keys."""
+    missing = [k for k in expected if k not in mapping]
+    unexpected = [k for k in mapping if k not in expected]
+    if missing or unexpected:
+        raise KeyError(f"{prefix} missing {what} {missing}, unexpected {what} {unexpected}")
+
+
 class Optimizer:
     """Base class: holds the parameters, per-parameter state and hyperparameters.
 
@@ -199,13 +207,7 @@ class Optimizer:
                 f"got the state of a {state_dict['optimizer']}"
             )
         saved = dict(state_dict["hyperparameters"])
-        missing = [k for k in self.HYPERPARAMETERS if k not in saved]
-        unexpected = [k for k in saved if k not in self.HYPERPARAMETERS]
-        if missing or unexpected:
-            raise KeyError(
-                f"{name}.load_state_dict: missing hyperparameters {missing}, "
-                f"unexpected hyperparameters {unexpected}"
-            )
+        _check_keys(f"{name}.load_state_dict:", "hyperparameters", self.HYPERPARAMETERS, saved)
         hyperparameters = self._check_hyperparameters(**saved)
 
         new_state = {}
@@ -226,13 +228,7 @@ class Optimizer:
         """Validate and copy one parameter's saved state."""
         name = type(self).__name__
         p = self.params[index]
-        missing = [k for k in self.STATE_KEYS if k not in entry]
-        unexpected = [k for k in entry if k not in self.STATE_KEYS]
-        if missing or unexpected:
-            raise KeyError(
-                f"{name}.load_state_dict: parameter {index}: missing state {missing}, "
-                f"unexpected state {unexpected}"
-            )
+        _check_keys(f"{name}.load_state_dict: parameter {index}:", "state", self.STATE_KEYS, entry)
         loaded = {}
         for key in self.STATE_KEYS:
             value = entry[key]

@@ -19,7 +19,7 @@ The kernels work on a ``(A, C, B)`` view of the input and reduce over axes 0 and
 ``minidl/_kernels/_batchnorm.pyx``); BatchNorm's view of ``(N, C, *spatial)`` is
 ``(N, C, prod(spatial))``. LayerNorm, GroupNorm and InstanceNorm are other views of the same core.
 """
-from typing import NamedTuple, Optional, Tuple
+from typing import NamedTuple, Tuple
 
 import numpy as np
 
@@ -38,7 +38,7 @@ class BatchNormCache(NamedTuple):
     Attributes:
         x3: the input as a C-contiguous ``(N, C, prod(spatial))`` array.
         mean, invstd: ``(C,)`` float64, the statistics used (batch or running).
-        gamma: ``(C,)`` float64 weight, or None.
+        gamma: ``(C,)`` float64 weight (ones without affine parameters).
         training: whether mean/invstd were the batch's own statistics.
         shape: the input's shape. has_weight, has_bias: whether to return their gradients.
     """
@@ -46,7 +46,7 @@ class BatchNormCache(NamedTuple):
     x3: np.ndarray
     mean: np.ndarray
     invstd: np.ndarray
-    gamma: Optional[np.ndarray]
+    gamma: np.ndarray
     training: bool
     shape: Tuple[int, ...]
     has_weight: bool
@@ -59,22 +59,15 @@ def _as_acb(x):
     return np.ascontiguousarray(x).reshape(n, c, -1)
 
 
-def _channel_vector(layer, value, num_channels, name):
-    """A per-channel parameter/statistic as a float64 ``(C,)`` array (None stays None)."""
+def _channel_vector(layer, value, num_channels, name, default=None):
+    """A per-channel parameter/statistic as a float64 ``(C,)`` array; None gives ``default``
+    (a constant vector) or None."""
     if value is None:
-        return None
+        return None if default is None else np.full(num_channels, float(default))
     value = np.asarray(value)
     if value.shape != (num_channels,):
         raise ValueError(f"{layer}: expected {name} of shape ({num_channels},), got {value.shape}")
     return value.astype(np.float64)
-
-
-def _ones_if_none(vector, num_channels):
-    return np.ones(num_channels) if vector is None else vector
-
-
-def _zeros_if_none(vector, num_channels):
-    return np.zeros(num_channels) if vector is None else vector
 
 
 def channel_stats(x3):
@@ -137,8 +130,8 @@ def batch_norm_forward(x, weight=None, bias=None, running_mean=None, running_var
     num_channels = x.shape[1]
     if not eps > 0:
         raise ValueError(f"{layer}: eps must be > 0, got {eps}")
-    gamma = _channel_vector(layer, weight, num_channels, "weight")
-    beta = _channel_vector(layer, bias, num_channels, "bias")
+    gamma = _channel_vector(layer, weight, num_channels, "weight", default=1.0)
+    beta = _channel_vector(layer, bias, num_channels, "bias", default=0.0)
     x3 = _as_acb(x)
     count = x3.shape[0] * x3.shape[2]
     threads = _config.threads_for(x3.size)
@@ -151,8 +144,7 @@ def batch_norm_forward(x, weight=None, bias=None, running_mean=None, running_var
             )
         mean = np.empty(num_channels, np.float64)
         var = np.empty(num_channels, np.float64)
-        _kernel.forward_train(x3, _ones_if_none(gamma, num_channels), _zeros_if_none(beta, num_channels),
-                              float(eps), out3, mean, var, threads)
+        _kernel.forward_train(x3, gamma, beta, float(eps), out3, mean, var, threads)
         if running_mean is not None:
             _channel_vector(layer, running_mean, num_channels, "running_mean")
             _channel_vector(layer, running_var, num_channels, "running_var")
@@ -164,8 +156,7 @@ def batch_norm_forward(x, weight=None, bias=None, running_mean=None, running_var
         mean = _channel_vector(layer, running_mean, num_channels, "running_mean")
         var = _channel_vector(layer, running_var, num_channels, "running_var")
         invstd = 1.0 / np.sqrt(var + eps)
-        scale = invstd if gamma is None else gamma * invstd
-        _kernel.normalize(x3, mean, scale, _zeros_if_none(beta, num_channels), out3, threads)
+        _kernel.normalize(x3, mean, gamma * invstd, beta, out3, threads)
     cache = BatchNormCache(x3, mean, invstd, gamma, bool(training), x.shape, weight is not None,
                            bias is not None)
     return out3.reshape(x.shape), cache
@@ -192,7 +183,7 @@ def batch_norm_backward(dout, cache, layer="batch_norm", out=None):
     sum_dy = np.empty(num_channels, np.float64)
     sum_dy_xmu = np.empty(num_channels, np.float64)
     dx3 = _buffers.output(layer, out, shape, x3.dtype).reshape(x3.shape)
-    _kernel.backward(dy3, x3, mean, invstd, _ones_if_none(gamma, num_channels), training, dx3,
+    _kernel.backward(dy3, x3, mean, invstd, gamma, training, dx3,
                      sum_dy, sum_dy_xmu, _config.threads_for(x3.size))
     dweight = sum_dy_xmu * invstd if has_weight else None
     dbias = sum_dy if has_bias else None
