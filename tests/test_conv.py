@@ -4,7 +4,10 @@ Sections:
   1. kernels (im2col, col2im, the GEMM reorders) against minidl.reference.conv, float32/float64
   2. functional conv2d_forward/backward against the definition, incl. non-contiguous inputs
   3. Conv2D: numerical gradient checks (float64), dtypes, accumulation, init, errors
-  4. against torch.nn.functional.conv2d (skipped when torch is missing)
+  4. against torch.nn.functional.conv2d
+  5. input_grad=False;  6. the direct kernels;  7. Winograd F(2x2, 3x3)
+Every method runs on every geometry it supports: direct for stride 1, Winograd for 3x3 kernels
+with stride 1, im2col for all.
 """
 import numpy as np
 import pytest
@@ -16,16 +19,27 @@ from minidl.layers.conv import Conv2D
 from minidl.reference import conv as ref
 
 DTYPES = [np.float32, np.float64]
-METHODS = ["direct", "im2col"]
+METHODS = ["direct", "im2col", "winograd"]
 
 
-def _with_methods(cases, stride_of, methods=METHODS, ids=None):
-    """``(case, method)`` params: im2col (and auto) for every case, direct for stride 1 only."""
+def _supports(method, kernel, stride):
+    """Whether ``method`` computes a convolution with this kernel size and stride."""
+    stride_one = stride in (1, (1, 1))
+    if method == "direct":
+        return stride_one
+    if method == "winograd":
+        return stride_one and kernel in (3, (3, 3))
+    return True
+
+
+def _with_methods(cases, geometry_of, methods=METHODS, ids=None):
+    """``(case, method)`` params for every method that supports the case;
+    ``geometry_of(case)`` gives its ``(kernel_size, stride)``."""
     params = []
     for i, case in enumerate(cases):
         for method in methods:
-            if method == "direct" and stride_of(case) not in (1, (1, 1)):
-                continue  # the direct kernels are for stride 1
+            if not _supports(method, *geometry_of(case)):
+                continue
             case_id = ids[i] if ids else str(i)
             params.append(pytest.param(case, method, id=f"{case_id}-{method}"))
     return params
@@ -161,7 +175,7 @@ def test_reference_im2col_agrees_with_reference_definition(geometry, rng):
 
 # --------------------------------------------------------------------------- 2. functional
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("geometry, method", _with_methods(GEOMETRIES, lambda g: g[5], ids=GEOMETRY_IDS))
+@pytest.mark.parametrize("geometry, method", _with_methods(GEOMETRIES, lambda g: g[4:6], ids=GEOMETRY_IDS))
 def test_conv2d_forward_backward_match_reference(geometry, dtype, method, rng):
     n, c, h, w, kernel, stride, padding = geometry
     x = rng.standard_normal((n, c, h, w)).astype(dtype)
@@ -185,9 +199,9 @@ def test_conv2d_forward_backward_match_reference(geometry, dtype, method, rng):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_conv2d_non_contiguous_inputs(dtype, method, rng):
     x = rng.standard_normal((2, 3, 7, 6)).astype(dtype)
-    weight = rng.standard_normal((4, 3, 3, 2)).astype(dtype)
+    weight = rng.standard_normal((4, 3, 3, 3 if method == "winograd" else 2)).astype(dtype)
     bias = rng.standard_normal(8).astype(dtype)[::2]
-    stride = 1 if method == "direct" else 2
+    stride = 2 if method == "im2col" else 1
     out, cache = conv2d_forward(non_contiguous(x), np.asfortranarray(weight), bias, stride, 1,
                                 method=method)
     assert_close(out, ref.conv2d_forward(x, weight, bias, (stride,) * 2, (1, 1)), dtype)
@@ -297,7 +311,7 @@ LAYER_GRADIENT_CASES = [
 
 
 @pytest.mark.parametrize("case, method", _with_methods(
-    LAYER_GRADIENT_CASES, lambda case: case[0].get("stride", 1),
+    LAYER_GRADIENT_CASES, lambda case: (case[0]["kernel_size"], case[0].get("stride", 1)),
     ids=["bias", "no-bias", "stride2-pad1", "non-square"]))
 def test_conv2d_layer_gradients(case, method, rng):
     kwargs, x_shape = case
@@ -466,7 +480,7 @@ TORCH_CASES = [
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("case, method", _with_methods(TORCH_CASES, lambda case: case[3]))
+@pytest.mark.parametrize("case, method", _with_methods(TORCH_CASES, lambda case: case[2:4]))
 def test_conv2d_matches_torch(case, dtype, method, torch, rng):
     x_shape, out_channels, kernel, stride, padding, use_bias = case
     layer = Conv2D(x_shape[1], out_channels, kernel, stride, padding, bias=use_bias, rng=rng,
@@ -502,7 +516,7 @@ INPUT_GRAD_CASES = [
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("case, method", _with_methods(INPUT_GRAD_CASES, lambda case: case[3],
+@pytest.mark.parametrize("case, method", _with_methods(INPUT_GRAD_CASES, lambda case: case[2:4],
                                                        methods=["auto"] + METHODS))
 def test_conv2d_backward_without_input_grad(case, dtype, method, rng):
     x_shape, out_channels, kernel, stride, padding = case
@@ -539,13 +553,18 @@ def test_conv2d_layer_backward_without_input_grad(rng):
 
 
 # --------------------------------------------------------------------------- 6. direct kernels
-def test_auto_method_picks_direct_for_few_taps(rng):
+def test_auto_method_choice(rng):
+    """auto: direct for few taps, Winograd for other 3x3 stride-1 kernels, else im2col."""
     from minidl.functional.conv import DIRECT_MAX_TAPS, choose_method
     assert choose_method("auto", DIRECT_MAX_TAPS) == "direct"
     assert choose_method("auto", DIRECT_MAX_TAPS + 1) == "im2col"
+    assert choose_method("auto", DIRECT_MAX_TAPS + 1, kernel_size=(3, 3)) == "winograd"
+    assert choose_method("auto", 72, stride=(2, 2), kernel_size=(3, 3)) == "im2col"
     _, cache = conv2d_forward(rng.standard_normal((1, 1, 5, 5)), rng.standard_normal((2, 1, 3, 3)))
     assert cache.method == "direct" and cache.cols is None
     _, cache = conv2d_forward(rng.standard_normal((1, 8, 5, 5)), rng.standard_normal((2, 8, 3, 3)))
+    assert cache.method == "winograd" and cache.cols is None
+    _, cache = conv2d_forward(rng.standard_normal((1, 8, 5, 5)), rng.standard_normal((2, 8, 3, 2)))
     assert cache.method == "im2col"
     with pytest.raises(ValueError, match="conv2d.*method.*'gemm'"):
         conv2d_forward(rng.standard_normal((1, 1, 5, 5)), rng.standard_normal((2, 1, 3, 3)),
@@ -554,9 +573,16 @@ def test_auto_method_picks_direct_for_few_taps(rng):
         Conv2D(1, 2, 3, method="fft")
     with pytest.raises(ValueError, match="Conv2D.*direct.*stride"):
         Conv2D(1, 2, 3, stride=2, method="direct")
+    with pytest.raises(ValueError, match="Conv2D.*winograd.*stride"):
+        Conv2D(4, 2, 3, stride=2, method="winograd")
+    with pytest.raises(ValueError, match=r"Conv2D.*winograd.*kernel_size \(3, 3\).*\(5, 5\)"):
+        Conv2D(4, 2, 5, method="winograd")
+    with pytest.raises(ValueError, match=r"conv2d.*winograd.*\(3, 2\)"):
+        conv2d_forward(rng.standard_normal((1, 8, 5, 5)), rng.standard_normal((2, 8, 3, 2)),
+                       method="winograd")
     _, cache = conv2d_forward(rng.standard_normal((1, 1, 5, 5)), rng.standard_normal((2, 1, 3, 3)),
                               stride=2)
-    assert cache.method == "im2col"  # auto: the direct kernels are for stride 1
+    assert cache.method == "im2col"  # auto: the direct and Winograd kernels are for stride 1
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -600,8 +626,9 @@ def test_direct_method_multithreaded_first_layer(dtype, rng):
         out, cache = conv2d_forward(x, weight, bias, 1, 1, method=method)
         dout = np.sin(out)
         results.append((out,) + conv2d_backward(dout, cache))
-    for ours, theirs in zip(*results):
-        assert_close(ours, theirs, dtype)
+    for other in results[1:]:
+        for ours, theirs in zip(results[0], other):
+            assert_close(ours, theirs, dtype)
 
 
 def test_conv2d_forward_out_argument(rng):
@@ -643,3 +670,78 @@ def test_im2col_in_chunks_matches_reference(geometry, dtype, input_grad, monkeyp
         assert_close(dx, ref_dx, dtype, "dx")
     else:
         assert dx is None
+
+
+# --------------------------------------------------------------------------- 7. Winograd
+# (N, C_in, C_out, H, W, padding): odd and even outputs (a last row/column of tiles that is half
+# outside), padding 0-2, outputs of one pixel, channel counts that are not multiples of the
+# kernels' steps (4 rows, 32 columns).
+WINOGRAD_GEOMETRIES = [
+    (2, 3, 4, 5, 6, (1, 1)),
+    (3, 5, 2, 8, 7, (0, 0)),
+    (2, 4, 3, 6, 9, (2, 1)),
+    (1, 2, 2, 3, 3, (0, 0)),
+    (2, 37, 33, 7, 10, (1, 0)),
+    (3, 64, 64, 12, 11, (1, 1)),
+]
+
+
+@pytest.mark.parametrize("geometry", WINOGRAD_GEOMETRIES)
+def test_winograd_reference_matches_definition(geometry, rng):
+    """The readable F(2x2, 3x3) spec (minidl.reference.winograd) against the definition."""
+    from minidl.reference import winograd as wino
+    n, c, k, h, w, padding = geometry
+    x = rng.standard_normal((n, c, h, w))
+    weight = rng.standard_normal((k, c, 3, 3))
+    bias = rng.standard_normal(k)
+    out = wino.conv2d_forward(x, weight, bias, padding)
+    np.testing.assert_allclose(out, ref.conv2d_forward(x, weight, bias, (1, 1), padding),
+                               rtol=1e-12, atol=1e-12)
+    dout = rng.standard_normal(out.shape)
+    ours = wino.conv2d_backward(dout, x, weight, True, padding)
+    theirs = ref.conv2d_backward(dout, x, weight, True, (1, 1), padding)
+    for a, b in zip(ours, theirs):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("block_bytes", [1, 1 << 30], ids=["one-row-blocks", "whole-images"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("geometry", WINOGRAD_GEOMETRIES)
+def test_winograd_kernels_blocks_and_threads(geometry, dtype, block_bytes, monkeypatch, rng):
+    """The fused kernels with one row of tiles per block or whole images, on 3 threads (so
+    images are split unevenly, and some threads may get none), every output overwritten."""
+    import minidl.functional.winograd as fwino
+    monkeypatch.setattr(fwino, "BLOCK_BYTES", block_bytes)
+    monkeypatch.setattr(fwino, "_threads", lambda n, work: 3)
+    n, c, k, h, w, padding = geometry
+    x = rng.standard_normal((n, c, h, w)).astype(dtype)
+    weight = rng.standard_normal((k, c, 3, 3)).astype(dtype)
+    bias = rng.standard_normal(k).astype(dtype)
+    out_shape = (n, k, h + 2 * padding[0] - 2, w + 2 * padding[1] - 2)
+    out = np.full(out_shape, np.nan, dtype)
+    conv2d_forward(x, weight, bias, 1, padding, method="winograd", out=out)
+    assert_close(out, ref.conv2d_forward(x, weight, bias, (1, 1), padding), dtype, "out")
+    out, cache = conv2d_forward(x, weight, bias, 1, padding, method="winograd")
+    dout = rng.standard_normal(out.shape).astype(dtype)
+    dx, dweight, dbias = conv2d_backward(dout, cache)
+    ref_dx, ref_dweight, ref_dbias = ref.conv2d_backward(dout, x, weight, True, (1, 1), padding)
+    assert_close(dx, ref_dx, dtype, "dx")
+    assert_close(dweight, ref_dweight, dtype, "dweight")
+    assert_close(dbias, ref_dbias, dtype, "dbias")
+
+
+def test_winograd_float32_accuracy_on_a_cifar_layer(rng):
+    """F(2x2, 3x3) in float32 on a 64->64 layer of 16x16 maps stays within a few float32 ulps
+    of the exact result (relative to the largest value), like im2col does."""
+    x = rng.standard_normal((4, 64, 16, 16))
+    weight = rng.standard_normal((64, 64, 3, 3)) / 24
+    dout = rng.standard_normal((4, 64, 16, 16))
+    exact = [ref.conv2d_forward(x, weight, None, (1, 1), (1, 1))]
+    exact += ref.conv2d_backward(dout, x, weight, False, (1, 1), (1, 1))[:2]
+    for method in ("winograd", "im2col"):
+        out, cache = conv2d_forward(x.astype(np.float32), weight.astype(np.float32), None, 1, 1,
+                                    method=method)
+        dx, dweight, _ = conv2d_backward(dout.astype(np.float32), cache)
+        for ours, theirs, what in zip((out, dx, dweight), exact, ("out", "dx", "dweight")):
+            error = np.abs(ours - theirs).max() / np.abs(theirs).max()
+            assert error < 2e-6, (method, what, error)

@@ -31,7 +31,9 @@ it: no page faults for fresh memory on each step, and nothing the caller holds i
 
 When ``C_in*kH*kW`` is small (a first layer on 1 or 3 channels) and the stride is 1, the
 convolution is computed by direct Cython loops instead (see ``choose_method`` and
-``minidl/_kernels/_conv.pyx``): no im2col, no GEMM.
+``minidl/_kernels/_conv.pyx``): no im2col, no GEMM. Other 3x3 stride-1 convolutions use
+Winograd's F(2x2, 3x3) (:mod:`minidl.functional.winograd`): 16 smaller matrix products on
+transformed 4x4 tiles, 2.25x fewer multiplications than im2col's one.
 """
 from dataclasses import dataclass
 from typing import Optional, Tuple
@@ -41,6 +43,7 @@ import numpy as np
 from .. import _buffers, _config
 from .._checks import check_float_array, check_grad, check_input, pair
 from .._kernels import _conv as _kernel
+from . import winograd as _winograd
 
 __all__ = [
     "Conv2dCache", "conv2d_forward", "conv2d_backward", "conv2d_output_size",
@@ -71,6 +74,8 @@ class Conv2dCache:
         x_nhwc (np.ndarray or None): im2col path with several chunks: the input in NHWC
             order, unrolled again chunk by chunk in the backward pass.
         chunk (int): im2col path: samples per chunk (``cols`` holds one chunk's rows).
+        winograd (WinogradState or None): Winograd path: what its backward pass needs; None
+            after the backward.
     """
 
     cols: Optional[np.ndarray]
@@ -86,35 +91,41 @@ class Conv2dCache:
     weight: Optional[np.ndarray] = None
     x_nhwc: Optional[np.ndarray] = None
     chunk: int = 0
-
-    @property
-    def method(self):
-        """``"direct"`` when the forward used the direct kernels, else ``"im2col"``."""
-        return "direct" if self.weight is not None else "im2col"
+    winograd: Optional[_winograd.WinogradState] = None
+    method: str = "im2col"
 
 
 # Convolutions with at most this many taps per output (C_in*kH*kW) use the direct kernels.
 DIRECT_MAX_TAPS = 32
-METHODS = ("auto", "direct", "im2col")
+METHODS = ("auto", "direct", "im2col", "winograd")
 
 
-def choose_method(method, taps, layer="conv2d", stride=(1, 1)):
-    """``"direct"`` or ``"im2col"`` for a convolution with ``taps = C_in*kH*kW``.
+def choose_method(method, taps, layer="conv2d", stride=(1, 1), kernel_size=None):
+    """``"direct"``, ``"winograd"`` or ``"im2col"`` for a convolution with
+    ``taps = C_in*kH*kW``.
 
-    ``"auto"`` picks the direct kernels for stride 1 when ``taps <= DIRECT_MAX_TAPS``: there
-    the GEMM's inner dimension is too small for BLAS to pay for im2col's copy.
+    ``"auto"`` picks, for stride 1, the direct kernels when ``taps <= DIRECT_MAX_TAPS`` (there
+    the GEMM's inner dimension is too small for BLAS to pay for im2col's copy), else Winograd
+    F(2x2, 3x3) when ``kernel_size`` is ``(3, 3)``; im2col for everything else.
 
     Raises:
-        ValueError: ``method`` is not one of ``"auto"``, ``"direct"``, ``"im2col"``, or
-            ``"direct"`` with a stride other than 1.
+        ValueError: ``method`` is not one of ``"auto"``, ``"direct"``, ``"im2col"``,
+            ``"winograd"``; ``"direct"`` or ``"winograd"`` with a stride other than 1; or
+            ``"winograd"`` with a kernel_size other than ``(3, 3)`` (when given).
     """
     if method not in METHODS:
         raise ValueError(f"{layer}: method must be one of {METHODS}, got {method!r}")
+    stride_one = tuple(stride) == (1, 1)
+    three_by_three = kernel_size is not None and tuple(kernel_size) == (3, 3)
     if method == "auto":
-        direct = taps <= DIRECT_MAX_TAPS and tuple(stride) == (1, 1)
-        return "direct" if direct else "im2col"
-    if method == "direct" and tuple(stride) != (1, 1):
-        raise ValueError(f"{layer}: method 'direct' needs stride 1, got stride {tuple(stride)}")
+        if stride_one and taps <= DIRECT_MAX_TAPS:
+            return "direct"
+        return "winograd" if stride_one and three_by_three else "im2col"
+    if method in ("direct", "winograd") and not stride_one:
+        raise ValueError(f"{layer}: method {method!r} needs stride 1, got stride {tuple(stride)}")
+    if method == "winograd" and kernel_size is not None and not three_by_three:
+        raise ValueError(f"{layer}: method 'winograd' needs kernel_size (3, 3), got "
+                         f"{tuple(kernel_size)}")
     return method
 
 
@@ -274,7 +285,7 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, layer="conv2d", wo
             the direct method.
         method (str): ``"auto"`` (default; see :func:`choose_method`), ``"direct"`` (direct
             Cython loops, no im2col and no GEMM: fast when ``C_in*kH*kW`` is small; stride 1
-            only) or
+            only), ``"winograd"`` (F(2x2, 3x3) tiles and 16 GEMMs; 3x3 kernels, stride 1) or
             ``"im2col"`` (im2col + one GEMM). All give the same results up to rounding.
         out (np.ndarray or None): where to write the result (C-contiguous, ``(N, C_out, OH, OW)``,
             x's dtype); a new array when None.
@@ -297,15 +308,22 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, layer="conv2d", wo
     shape = (n, out_channels, out_h, out_w)
     out = _buffers.output(layer, out, shape, x.dtype)
     has_bias = bias is not None
+    method = choose_method(method, kernel_h * kernel_w * in_channels, layer, stride,
+                           (kernel_h, kernel_w))
+    if method == "winograd":
+        state = _winograd.forward(x, weight, bias, padding, out)
+        cache = Conv2dCache(None, None, has_bias, x.dtype, x.shape, weight.shape, out.shape,
+                            stride, padding, winograd=state, method=method)
+        return out, cache
     bias_vector = np.ascontiguousarray(bias) if has_bias else _no_bias(x.dtype)
-    if choose_method(method, kernel_h * kernel_w * in_channels, layer, stride) == "direct":
+    if method == "direct":
         x_pad = _padded(np.asarray(x), padding)
         weight = np.ascontiguousarray(weight)
         threads = _config.threads_for(out.size * kernel_h * kernel_w * in_channels)
         scratch = np.empty((threads, out_h * x_pad.shape[3]), dtype=x.dtype)
         _kernel.direct_forward(x_pad, weight, bias_vector, has_bias, out, scratch, threads)
         cache = Conv2dCache(None, None, has_bias, x.dtype, x.shape, weight.shape, out.shape,
-                            stride, padding, x=x_pad, weight=weight)
+                            stride, padding, x=x_pad, weight=weight, method=method)
         return out, cache
 
     taps = kernel_h * kernel_w * in_channels
@@ -377,12 +395,15 @@ def conv2d_backward(dout, cache, layer="conv2d", input_grad=True):
         TypeError/ValueError: ``dout`` does not match the forward output.
         RuntimeError: the cache was already used by a backward call.
     """
-    if cache.cols is None and cache.x is None:
+    if cache.cols is None and cache.x is None and cache.winograd is None:
         raise RuntimeError(
             f"{layer}: this forward pass was already backpropagated (one backward per forward); "
             f"run forward again"
         )
     check_grad(layer, dout, cache.out_shape, cache.dtype)
+    if cache.winograd is not None:
+        state, cache.winograd = cache.winograd, None
+        return _winograd.backward(dout, state, cache.has_bias, input_grad)
     if cache.x is not None:
         return _direct_backward(dout, cache, input_grad)
     cols, x_nhwc, chunk = cache.cols, cache.x_nhwc, cache.chunk

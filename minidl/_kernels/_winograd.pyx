@@ -1,0 +1,376 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+# cython: initializedcheck=False
+"""Winograd F(2x2, 3x3) convolution kernels: forward, and weight/input gradients, fused.
+
+Lavin & Gray, 2016, "Fast Algorithms for Convolutional Neural Networks": a 3x3, stride-1
+convolution computes each 2x2 block of outputs from a 4x4 input tile with 16 multiplications per
+(input channel, output channel) pair instead of 36. The math, the tile numbering and a NumPy
+version of every step are in ``minidl/reference/winograd.py``::
+
+    V[xi] = B^T d B (per tile, input channel)     M[xi] = V[xi] @ U[xi]     y = A^T M A
+    Z[xi] = A dy A^T (per tile, output channel)   dU[xi] += V[xi]^T @ Z[xi]
+    dV[xi] = Z[xi] @ U[xi]^T                       dx += B dV B^T (overlapping tiles)
+
+with ``U[xi] = G g G^T`` the transformed weight (computed in NumPy, it is small).
+
+Each image is processed in blocks of ``block_rows`` rows of tiles, by one thread from start to
+end: the block's input rows are gathered into NHWC order in the thread's scratch, transformed
+(``V``), multiplied by the 16 ``U`` matrices (``M``), transformed back and written to the NCHW
+output. So ``V`` and ``M`` never leave the cache, and the products are small in-cache matrix
+products computed by the kernel of ``_winograd.h`` (4 rows x 2 SIMD vectors of columns at a
+time), not BLAS calls. The backward pass does the same with ``Z``; its weight gradient is summed
+per thread (``dweight`` rows of the caller's array) and the input gradient of an image is summed
+in a padded NHWC image in the scratch, then written to ``dx``.
+
+Padded sizes (the products work on whole 4-row steps and 32-column steps):
+``CP``/``KP`` = C/K rounded up to a multiple of 32, ``C4`` = C rounded up to a multiple of 4.
+The transformed weight ``u`` is ``(16, C, KP)``, its transpose ``ut`` ``(16, K, CP)``, both with
+zeros in the extra columns.
+
+These kernels trust their inputs: shapes, dtypes and contiguity are checked by
+``minidl.functional``. Every function writes its results into caller-allocated arrays (marked
+OUT); arrays marked IN are only read. Work is split over images with ``prange`` (OpenMP, when
+compiled in), without the GIL.
+"""
+from cython.parallel cimport prange, threadid
+
+ctypedef fused floating:
+    float
+    double
+
+
+cdef extern from "_winograd.h" nogil:
+    void minidl_wino_input_tile_f(const float* d, Py_ssize_t row, float* v, Py_ssize_t plane,
+                                  Py_ssize_t C)
+    void minidl_wino_input_tile_d(const double* d, Py_ssize_t row, double* v, Py_ssize_t plane,
+                                  Py_ssize_t C)
+    void minidl_wino_output_tile_f(const float* m, Py_ssize_t plane, float* y0, float* y1,
+                                   Py_ssize_t K)
+    void minidl_wino_output_tile_d(const double* m, Py_ssize_t plane, double* y0, double* y1,
+                                   Py_ssize_t K)
+    void minidl_wino_grad_tile_f(const float* g, Py_ssize_t row, float* z, Py_ssize_t plane,
+                                 Py_ssize_t K)
+    void minidl_wino_grad_tile_d(const double* g, Py_ssize_t row, double* z, Py_ssize_t plane,
+                                 Py_ssize_t K)
+    void minidl_wino_input_grad_tile_f(const float* e, Py_ssize_t plane, float* d,
+                                       Py_ssize_t row, Py_ssize_t C)
+    void minidl_wino_input_grad_tile_d(const double* e, Py_ssize_t plane, double* d,
+                                       Py_ssize_t row, Py_ssize_t C)
+    void minidl_wino_gemm_f(const float* A, Py_ssize_t rs, Py_ssize_t cs, const float* B,
+                            Py_ssize_t ldb, float* C, Py_ssize_t ldc, Py_ssize_t rows,
+                            Py_ssize_t inner, Py_ssize_t cols, int acc)
+    void minidl_wino_gemm_d(const double* A, Py_ssize_t rs, Py_ssize_t cs, const double* B,
+                            Py_ssize_t ldb, double* C, Py_ssize_t ldc, Py_ssize_t rows,
+                            Py_ssize_t inner, Py_ssize_t cols, int acc)
+    const char* minidl_wino_init()
+
+
+#: The instruction set of the tile products on this CPU ("avx512f", "avx2" or "baseline").
+ISA = minidl_wino_init().decode()
+
+cdef enum:
+    ROW_STEP = 4      # the products' rows come in steps of 4
+    COL_STEP = 32     # and their columns in steps of 32 (2 vectors of 16 floats / 8 doubles)
+    PLANE_PAD = 16    # extra elements between planes (see _Layout)
+    ALIGN = 16        # every scratch buffer starts on a multiple of 16 elements (64 bytes)
+
+
+cdef inline Py_ssize_t _round_up(Py_ssize_t value, Py_ssize_t step) noexcept nogil:
+    return (value + step - 1) // step * step
+
+
+cdef struct _Layout:
+    # The per-thread scratch, in elements. The 16 planes of V and of M/Z are PLANE_PAD
+    # elements further apart than their size: a tile transform touches one element in each
+    # plane at a time, and with plane sizes a multiple of 4 KiB those 16 addresses would share
+    # one cache set (measured: the transforms ran 5-10x slower).
+    Py_ssize_t TH, TW, CP, KP, rows_per_block, tile_rows
+    Py_ssize_t v_plane, m_plane          # plane strides of V (rows of CP) and M/Z (rows of KP)
+    Py_ssize_t rows_at, v_at, m_at, out_at, img_at, size
+
+
+cdef _Layout _layout(Py_ssize_t C, Py_ssize_t K, Py_ssize_t OH, Py_ssize_t OW,
+                     Py_ssize_t block_rows, bint image) noexcept nogil:
+    cdef _Layout L
+    L.TH = (OH + 1) // 2
+    L.TW = (OW + 1) // 2
+    L.CP = _round_up(C, COL_STEP)
+    L.KP = _round_up(K, COL_STEP)
+    L.rows_per_block = block_rows if block_rows < L.TH else L.TH
+    L.tile_rows = _round_up(L.rows_per_block * L.TW, ROW_STEP)
+    L.v_plane = L.tile_rows * L.CP + PLANE_PAD
+    L.m_plane = L.tile_rows * L.KP + PLANE_PAD
+    L.rows_at = 0                                          # a block's input rows, NHWC
+    L.v_at = _round_up(L.rows_at + (2 * L.rows_per_block + 2) * (2 * L.TW + 2) * C, ALIGN)
+    L.m_at = _round_up(L.v_at + 16 * L.v_plane, ALIGN)     # V, then M or Z: 16 planes each
+    L.out_at = _round_up(L.m_at + 16 * L.m_plane, ALIGN)   # a block's output (grad) rows, NHWC
+    L.img_at = _round_up(L.out_at + 2 * L.rows_per_block * 2 * L.TW * K, ALIGN)
+    # then the input gradient of one image, NHWC with padding (backward only)
+    L.size = L.img_at + (((2 * L.TH + 2) * (2 * L.TW + 2) * C) if image else 0) + ALIGN
+    return L
+
+
+def scratch_size(Py_ssize_t C, Py_ssize_t K, Py_ssize_t OH, Py_ssize_t OW,
+                 Py_ssize_t block_rows, bint input_grad):
+    """Elements of scratch each thread needs for :func:`forward` (``input_grad`` False) or
+    :func:`backward` with ``block_rows`` rows of tiles per block."""
+    return _layout(C, K, OH, OW, block_rows, input_grad).size
+
+
+cdef inline floating* _aligned(floating* p) noexcept nogil:
+    """``p`` rounded up to a multiple of 64 bytes (the scratch has ALIGN elements of slack)."""
+    return <floating*>((<size_t>p + 63) & ~(<size_t>63))
+
+
+cdef inline void _gather_rows(const floating* img, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
+                              Py_ssize_t row0, Py_ssize_t col0, Py_ssize_t rows,
+                              Py_ssize_t wide, floating* dst) noexcept nogil:
+    """``dst[(i*wide + col)*C + c] = img[c, row0 + i, col0 + col]`` (NCHW -> NHWC) for
+    ``i < rows``, ``col < wide``, with zeros outside the ``H x W`` image."""
+    cdef Py_ssize_t c, i, col, r, lo, hi
+    cdef floating* d
+    cdef const floating* src
+    lo = -col0 if col0 < 0 else 0                         # first col inside the image
+    hi = W - col0 if W - col0 < wide else wide             # one past the last
+    if hi < lo:
+        hi = lo
+    for c in range(C):
+        for i in range(rows):
+            r = row0 + i
+            d = dst + i * wide * C + c
+            if r < 0 or r >= H:
+                for col in range(wide):
+                    d[col * C] = 0
+                continue
+            src = img + (c * H + r) * W + col0
+            for col in range(lo):
+                d[col * C] = 0
+            for col in range(lo, hi):
+                d[col * C] = src[col]
+            for col in range(hi, wide):
+                d[col * C] = 0
+
+
+cdef inline void _zero(floating* planes, Py_ssize_t plane, Py_ssize_t width, Py_ssize_t row0,
+                       Py_ssize_t row1, Py_ssize_t col0, Py_ssize_t col1) noexcept nogil:
+    """Zero columns ``col0 .. col1 - 1`` of rows ``row0 .. row1 - 1`` (rows of ``width``) of
+    each of 16 planes: the rows and columns that only round a block up to whole steps of the
+    products, so that the products never read uninitialized memory."""
+    cdef Py_ssize_t xi, r, j
+    for xi in range(16):
+        for r in range(row0, row1):
+            for j in range(col0, col1):
+                planes[xi * plane + r * width + j] = 0
+
+
+cdef inline void _gemm(const floating* A, Py_ssize_t rs, Py_ssize_t cs, const floating* B,
+                       Py_ssize_t ldb, floating* C, Py_ssize_t ldc, Py_ssize_t rows,
+                       Py_ssize_t inner, Py_ssize_t cols, int acc) noexcept nogil:
+    if floating is float:
+        minidl_wino_gemm_f(A, rs, cs, B, ldb, C, ldc, rows, inner, cols, acc)
+    else:
+        minidl_wino_gemm_d(A, rs, cs, B, ldb, C, ldc, rows, inner, cols, acc)
+
+
+cdef inline void _transform_input_block(const floating* img, Py_ssize_t C, Py_ssize_t H,
+                                        Py_ssize_t W, int pad_h, int pad_w, Py_ssize_t tr0,
+                                        Py_ssize_t rb, _Layout* L, floating* rows,
+                                        floating* v) noexcept nogil:
+    """V of the tiles in tile rows ``tr0 .. tr0 + rb - 1`` of one CHW image (tile ``t`` of
+    the block is row ``t`` of each plane); the planes' padding rows are zeroed. The block's
+    ``2*rb + 2`` input rows are gathered into ``rows`` once (neighbouring tiles share two)."""
+    cdef Py_ssize_t r, tw, t
+    cdef Py_ssize_t wide = 2 * L.TW + 2
+    _gather_rows(img, C, H, W, 2 * tr0 - pad_h, -pad_w, 2 * rb + 2, wide, rows)
+    for r in range(rb):
+        for tw in range(L.TW):
+            t = r * L.TW + tw
+            if floating is float:
+                minidl_wino_input_tile_f(rows + (2 * r * wide + 2 * tw) * C, wide * C,
+                                         v + t * L.CP, L.v_plane, C)
+            else:
+                minidl_wino_input_tile_d(rows + (2 * r * wide + 2 * tw) * C, wide * C,
+                                         v + t * L.CP, L.v_plane, C)
+    _zero(v, L.v_plane, L.CP, 0, rb * L.TW, C, _round_up(C, ROW_STEP))  # read by dU's rows
+    _zero(v, L.v_plane, L.CP, rb * L.TW, _round_up(rb * L.TW, ROW_STEP), 0, L.CP)
+
+
+def forward(const floating[:, :, :, ::1] x, const floating[:, :, ::1] u,
+            const floating[::1] bias, bint use_bias, floating[:, :, :, ::1] out, int pad_h,
+            int pad_w, int block_rows, floating[:, ::1] scratch, int num_threads=1):
+    """3x3 stride-1 convolution ``out = conv(x, g) (+ bias)`` by F(2x2, 3x3).
+
+    Args:
+        x (IN): ``(N, C, H, W)``, float32 or float64, C-contiguous.
+        u (IN): the transformed weight ``(16, C, KP)``, same dtype, zeros in columns >= K.
+        bias (IN): ``(K,)``, same dtype; read only when ``use_bias``.
+        use_bias: whether to add ``bias``.
+        out (OUT): ``(N, K, OH, OW)`` with ``OH = H + 2*pH - 2``, ``OW = W + 2*pW - 2`` (both
+            >= 1), same dtype, C-contiguous; fully overwritten.
+        pad_h, pad_w: zero padding on each side (read as zeros, never materialized).
+        block_rows: rows of tiles per block (>= 1).
+        scratch (OUT): ``(num_threads, scratch_size(C, K, OH, OW, block_rows, False))``, same
+            dtype; clobbered.
+        num_threads: OpenMP threads (ignored in a serial build).
+    """
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t K = out.shape[1], OH = out.shape[2], OW = out.shape[3]
+    cdef _Layout L = _layout(C, K, OH, OW, block_rows, False)
+    cdef Py_ssize_t n, blk, tr0, rb, r, tw, t, xi, k, i, ow, rows, wide = 2 * L.TW
+    cdef floating shift
+    cdef floating* base
+    cdef floating* v
+    cdef floating* m
+    cdef floating* orow
+    cdef floating* dst
+    cdef const floating* src
+    if N * K * OH * OW == 0:
+        return
+    cdef const floating* x0 = &x[0, 0, 0, 0]
+    cdef const floating* u0 = &u[0, 0, 0]
+    cdef floating* out0 = &out[0, 0, 0, 0]
+
+    for n in prange(N, nogil=True, num_threads=num_threads, schedule="static"):
+        base = _aligned(&scratch[threadid(), 0])
+        v = base + L.v_at
+        m = base + L.m_at
+        orow = base + L.out_at
+        for blk in range((L.TH + L.rows_per_block - 1) // L.rows_per_block):
+            tr0 = blk * L.rows_per_block
+            rb = L.rows_per_block if tr0 + L.rows_per_block <= L.TH else L.TH - tr0
+            _transform_input_block(x0 + n * C * H * W, C, H, W, pad_h, pad_w, tr0, rb, &L,
+                                   base + L.rows_at, v)
+            for xi in range(16):
+                _gemm(v + xi * L.v_plane, L.CP, 1, u0 + xi * C * L.KP, L.KP,
+                      m + xi * L.m_plane, L.KP, _round_up(rb * L.TW, ROW_STEP), C, L.KP, 0)
+            for r in range(rb):
+                for tw in range(L.TW):
+                    t = r * L.TW + tw
+                    if floating is float:
+                        minidl_wino_output_tile_f(m + t * L.KP, L.m_plane,
+                                                  orow + (2 * r * wide + 2 * tw) * K,
+                                                  orow + ((2 * r + 1) * wide + 2 * tw) * K, K)
+                    else:
+                        minidl_wino_output_tile_d(m + t * L.KP, L.m_plane,
+                                                  orow + (2 * r * wide + 2 * tw) * K,
+                                                  orow + ((2 * r + 1) * wide + 2 * tw) * K, K)
+            rows = 2 * rb if 2 * (tr0 + rb) <= OH else OH - 2 * tr0
+            for k in range(K):
+                shift = bias[k] if use_bias else 0
+                for i in range(rows):
+                    dst = out0 + ((n * K + k) * OH + 2 * tr0 + i) * OW
+                    src = orow + i * wide * K + k
+                    for ow in range(OW):
+                        dst[ow] = src[ow * K] + shift
+
+
+def backward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] dout,
+             const floating[:, :, ::1] ut, floating[:, :, :, ::1] dweight,
+             double[:, ::1] dbias, bint want_bias, floating[:, :, :, ::1] dx, bint input_grad,
+             int pad_h, int pad_w, int block_rows, floating[:, ::1] scratch,
+             int num_threads=1):
+    """Gradients of :func:`forward`: the transformed weight gradient per thread, the bias
+    gradient per thread, and the input gradient.
+
+    Args:
+        x (IN): the forward's input ``(N, C, H, W)``, float32 or float64, C-contiguous.
+        dout (IN): ``(N, K, OH, OW)``, same dtype, C-contiguous.
+        ut (IN): the transposed transformed weight ``(16, K, CP)`` (``ut[xi] = u[xi].T``),
+            same dtype, zeros in columns >= C; read only when ``input_grad``.
+        dweight (IN/OUT): ``(num_threads, 16, C4, KP)``, same dtype, zeroed by the caller;
+            thread ``i`` adds ``sum over its tiles of V^T Z`` to ``dweight[i]`` (rows >= C and
+            columns >= K are scratch). The transformed weight gradient is the sum over threads.
+        dbias (IN/OUT): ``(num_threads, K)`` float64, zeroed by the caller; thread ``i`` adds
+            the sum of its part of ``dout`` per channel; only when ``want_bias``.
+        want_bias: whether to compute ``dbias``.
+        dx (OUT): ``(N, C, H, W)``, same dtype, C-contiguous; fully overwritten when
+            ``input_grad`` (else not touched).
+        input_grad: whether to compute ``dx``.
+        pad_h, pad_w: the forward's zero padding.
+        block_rows: rows of tiles per block (>= 1).
+        scratch (OUT): ``(num_threads, scratch_size(C, K, OH, OW, block_rows, input_grad))``,
+            same dtype; clobbered.
+        num_threads: OpenMP threads (ignored in a serial build).
+    """
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t K = dout.shape[1], OH = dout.shape[2], OW = dout.shape[3]
+    cdef _Layout L = _layout(C, K, OH, OW, block_rows, input_grad)
+    cdef Py_ssize_t C4 = dweight.shape[2]
+    cdef Py_ssize_t n, tid, blk, tr0, rb, r, th, tw, t, xi, k, c, h, w, j, tiles
+    cdef Py_ssize_t wide = 2 * L.TW, img_wide = 2 * L.TW + 2
+    cdef floating* base
+    cdef floating* v
+    cdef floating* z
+    cdef floating* img
+    cdef floating* dst
+    cdef floating* dw
+    cdef const floating* src
+    cdef double* db
+    if N * K * OH * OW == 0:
+        return
+    cdef const floating* x0 = &x[0, 0, 0, 0]
+    cdef const floating* g0 = &dout[0, 0, 0, 0]
+    cdef const floating* ut0 = &ut[0, 0, 0]
+    cdef floating* dx0 = &dx[0, 0, 0, 0] if input_grad else NULL
+
+    for n in prange(N, nogil=True, num_threads=num_threads, schedule="static"):
+        tid = threadid()
+        base = _aligned(&scratch[tid, 0])
+        v = base + L.v_at
+        z = base + L.m_at
+        img = base + L.img_at
+        dw = &dweight[tid, 0, 0, 0]
+        db = &dbias[tid, 0]
+        if input_grad:
+            for j in range((2 * L.TH + 2) * img_wide * C):
+                img[j] = 0
+        for blk in range((L.TH + L.rows_per_block - 1) // L.rows_per_block):
+            tr0 = blk * L.rows_per_block
+            rb = L.rows_per_block if tr0 + L.rows_per_block <= L.TH else L.TH - tr0
+            tiles = rb * L.TW
+            _transform_input_block(x0 + n * C * H * W, C, H, W, pad_h, pad_w, tr0, rb, &L,
+                                   base + L.rows_at, v)
+            _gather_rows(g0 + n * K * OH * OW, K, OH, OW, 2 * tr0, 0, 2 * rb, wide,
+                         base + L.out_at)
+            for r in range(rb):
+                for tw in range(L.TW):
+                    t = r * L.TW + tw
+                    if floating is float:
+                        minidl_wino_grad_tile_f(base + L.out_at + (2 * r * wide + 2 * tw) * K,
+                                                wide * K, z + t * L.KP, L.m_plane, K)
+                    else:
+                        minidl_wino_grad_tile_d(base + L.out_at + (2 * r * wide + 2 * tw) * K,
+                                                wide * K, z + t * L.KP, L.m_plane, K)
+            _zero(z, L.m_plane, L.KP, 0, tiles, K, L.KP)  # read by dU's columns
+            _zero(z, L.m_plane, L.KP, tiles, _round_up(tiles, ROW_STEP), 0, L.KP)
+            if want_bias:  # Z[(1, 1)] of a tile is the sum of its 2x2 output gradient
+                for t in range(tiles):
+                    for k in range(K):
+                        db[k] += z[5 * L.m_plane + t * L.KP + k]
+            for xi in range(16):  # dU[xi] += V[xi]^T @ Z[xi], over the block's tiles
+                _gemm(v + xi * L.v_plane, 1, L.CP, z + xi * L.m_plane, L.KP,
+                      dw + xi * C4 * L.KP, L.KP, C4, tiles, L.KP, 1)
+            if not input_grad:
+                continue
+            for xi in range(16):  # dV[xi] = Z[xi] @ U[xi]^T, into V's planes
+                _gemm(z + xi * L.m_plane, L.KP, 1, ut0 + xi * K * L.CP, L.CP,
+                      v + xi * L.v_plane, L.CP, _round_up(tiles, ROW_STEP), K, L.CP, 0)
+            for r in range(rb):
+                th = tr0 + r
+                for tw in range(L.TW):
+                    t = r * L.TW + tw
+                    if floating is float:
+                        minidl_wino_input_grad_tile_f(v + t * L.CP, L.v_plane,
+                                                      img + (2 * th * img_wide + 2 * tw) * C,
+                                                      img_wide * C, C)
+                    else:
+                        minidl_wino_input_grad_tile_d(v + t * L.CP, L.v_plane,
+                                                      img + (2 * th * img_wide + 2 * tw) * C,
+                                                      img_wide * C, C)
+        if input_grad:
+            for c in range(C):
+                for h in range(H):
+                    dst = dx0 + ((n * C + c) * H + h) * W
+                    src = img + ((h + pad_h) * img_wide + pad_w) * C + c
+                    for w in range(W):
+                        dst[w] = src[w * C]

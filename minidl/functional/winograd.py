@@ -1,0 +1,114 @@
+"""3x3 stride-1 convolution by Winograd's F(2x2, 3x3): the driver around the kernels.
+
+Lavin & Gray, 2016, "Fast Algorithms for Convolutional Neural Networks". The math, the tile
+layout and a NumPy version of every step are in :mod:`minidl.reference.winograd`; the fused
+kernels (tile transforms and the 16 in-cache products per block of tiles) are in
+``minidl/_kernels/_winograd.pyx``. Against im2col + GEMM (``9*C*K`` multiply-adds per output
+position) this does ``4*C*K`` per position (16 per 2x2 tile), needs no ``cols`` matrix and no
+NCHW <-> NHWC copies of whole tensors, and keeps its intermediate matrices in the cache.
+
+Called by :func:`minidl.functional.conv.conv2d_forward` / ``conv2d_backward``, which validate
+the arguments; these functions trust them.
+"""
+from dataclasses import dataclass
+from typing import Tuple
+
+import numpy as np
+
+from .. import _buffers, _config
+from .._kernels import _winograd as _kernel
+from ..reference.winograd import tiles, weight_grad_transform, weight_transform
+
+__all__ = ["WinogradState", "forward", "backward", "BLOCK_BYTES"]
+
+# A block of tiles (whole rows of tiles of one image) has about this many bytes of V and M
+# (or Z): with the transformed weight they stay in a core's L2 cache.
+BLOCK_BYTES = 384 << 10
+COL_STEP = 32  # the kernels' products work on columns in steps of 32 (see _winograd.pyx)
+ROW_STEP = 4
+
+
+@dataclass
+class WinogradState:
+    """What the backward pass needs from the forward pass.
+
+    Attributes:
+        x (np.ndarray): the C-contiguous input ``(N, C, H, W)``.
+        weight (np.ndarray): the weight ``(K, C, 3, 3)``, x's dtype.
+        padding (tuple): ``(pH, pW)``.
+        block_rows (int): rows of tiles per block.
+    """
+
+    x: np.ndarray
+    weight: np.ndarray
+    padding: Tuple[int, int]
+    block_rows: int
+
+
+def _round_up(value, step):
+    return -(-value // step) * step
+
+
+def _padded_columns(matrices, columns):
+    """``(16, R, c)`` -> C-contiguous ``(16, R, columns)`` with zeros in the extra columns."""
+    out = np.zeros(matrices.shape[:2] + (columns,), matrices.dtype)
+    out[:, :, :matrices.shape[2]] = matrices
+    return out
+
+
+def _block_rows(tiles_per_row, tile_rows, channels, out_channels, itemsize):
+    """Rows of tiles per block: about ``BLOCK_BYTES`` of V and M, at least 1."""
+    per_row = 16 * tiles_per_row * (_round_up(channels, COL_STEP)
+                                    + _round_up(out_channels, COL_STEP)) * itemsize
+    return max(1, min(tile_rows, BLOCK_BYTES // per_row))
+
+
+def _threads(n, work):
+    """OpenMP threads for a call on ``n`` images (the kernels split the work by image)."""
+    return max(1, min(n, _config.threads_for(work)))
+
+
+def forward(x, weight, bias, padding, out):
+    """Write the convolution of ``x`` into ``out``; return the :class:`WinogradState`.
+
+    Args:
+        x: ``(N, C, H, W)`` float32/float64. weight: ``(K, C, 3, 3)``, x's dtype.
+        bias: ``(K,)`` or None. padding: ``(pH, pW)``. out: C-contiguous ``(N, K, OH, OW)``.
+    """
+    x = np.ascontiguousarray(x)
+    weight = np.ascontiguousarray(weight)
+    n, channels = x.shape[:2]
+    k, out_h, out_w = out.shape[1:]
+    tile_rows, tiles_per_row = tiles(out_h, out_w)
+    block_rows = _block_rows(tiles_per_row, tile_rows, channels, k, x.dtype.itemsize)
+    u = _padded_columns(weight_transform(weight), _round_up(k, COL_STEP))
+    threads = _threads(n, out.size * channels)
+    size = _kernel.scratch_size(channels, k, out_h, out_w, block_rows, False)
+    scratch = _buffers.empty((threads, size), x.dtype)
+    bias_vector = np.ascontiguousarray(bias) if bias is not None else np.zeros(k, x.dtype)
+    _kernel.forward(x, u, bias_vector, bias is not None, out, *padding, block_rows, scratch,
+                    threads)
+    return WinogradState(x, weight, tuple(padding), block_rows)
+
+
+def backward(dout, state, has_bias, input_grad):
+    """``(dx, dweight, dbias)`` of :func:`forward`; ``dx`` is None unless ``input_grad``."""
+    x, weight = state.x, state.weight
+    dtype = x.dtype
+    dout = np.ascontiguousarray(dout)
+    n, channels = x.shape[:2]
+    k, out_h, out_w = dout.shape[1:]
+    threads = _threads(n, dout.size * channels)
+    ut = _padded_columns(weight_transform(weight).transpose(0, 2, 1),
+                         _round_up(channels, COL_STEP))
+    du = np.zeros((threads, 16, _round_up(channels, ROW_STEP), _round_up(k, COL_STEP)), dtype)
+    dbias = np.zeros((threads, k), np.float64)
+    dx = _buffers.empty(x.shape, dtype) if input_grad else np.empty((1, 1, 1, 1), dtype)
+    size = _kernel.scratch_size(channels, k, out_h, out_w, state.block_rows, input_grad)
+    scratch = _buffers.empty((threads, size), dtype)
+    _kernel.backward(x, dout, ut, du, dbias, has_bias, dx, input_grad, *state.padding,
+                     state.block_rows, scratch, threads)
+    du = du[:, :, :channels, :k].sum(axis=0, dtype=np.float64)
+    dweight = weight_grad_transform(du, dtype)
+    dbias = dbias.sum(axis=0).astype(dtype) if has_bias else None
+    return (dx if input_grad else None), dweight, dbias
