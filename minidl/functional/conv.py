@@ -11,7 +11,7 @@ It is computed with im2col and ONE matrix product per batch (Chellapilla, Puri a
 
     forward    x_nhwc                 = x in NHWC order                 Cython, parallel
                cols     (M, K)        = im2col(x_nhwc)                  Cython, parallel
-               out_rows (M, C_out)    = cols @ weight_rows.T            BLAS GEMM
+               out_rows (M, C_out)    = cols @ weight_rows.T            BLAS GEMM (1 thread)
                out (N, C_out, OH, OW) = out_rows in NCHW order + bias   Cython, parallel
     backward   drows (C_out, M)       = dout reordered; dbias = sums    Cython, parallel
                dweight                = drows @ cols (reordered)        BLAS GEMM
@@ -40,7 +40,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from .. import _buffers, _config
+from .. import _blas, _buffers, _config
 from .._checks import check_float_array, check_grad, check_input, pair
 from .._kernels import _conv as _kernel
 from . import winograd as _winograd
@@ -339,7 +339,8 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, layer="conv2d", wo
         stop = min(n, start + chunk)
         part = cols[:(stop - start) * per_sample]
         _kernel.im2col(x_nhwc[start:stop], part, kernel_h, kernel_w, *stride, *padding, threads)
-        np.matmul(part, weight_rows.T, out=out_rows[start * per_sample:stop * per_sample])
+        with _blas.one_thread():
+            np.matmul(part, weight_rows.T, out=out_rows[start * per_sample:stop * per_sample])
 
     _kernel.transpose_batched(out_rows.reshape(n, per_sample, out_channels), bias_vector,
                               has_bias, out.reshape(n, out_channels, per_sample), threads)
@@ -431,13 +432,14 @@ def conv2d_backward(dout, cache, layer="conv2d", input_grad=True):
         if x_nhwc is not None:  # several chunks: unroll this one again (it is cache-sized)
             _kernel.im2col(x_nhwc[start:stop], part, kernel_h, kernel_w, *cache.stride,
                            *cache.padding, threads)
-        if dweight_rows is None:
-            dweight_rows = np.matmul(drows[:, rows], part)
-        else:
-            partial = np.matmul(drows[:, rows], part, out=partial)
-            dweight_rows += partial
-        if input_grad:
-            dcols = np.matmul(drows[:, rows].T, cache.weight_rows, out=part)
+        with _blas.one_thread():
+            if dweight_rows is None:
+                dweight_rows = np.matmul(drows[:, rows], part)
+            else:
+                partial = np.matmul(drows[:, rows], part, out=partial)
+                dweight_rows += partial
+            if input_grad:
+                dcols = np.matmul(drows[:, rows].T, cache.weight_rows, out=part)
             _kernel.col2im(dcols, dx_nhwc[start:stop], kernel_h, kernel_w, *cache.stride,
                            *cache.padding, threads)
     del drows, cols, x_nhwc

@@ -1,8 +1,9 @@
 """Fully connected (dense) layer as a stateless forward/backward pair.
 
 out = x @ weight.T + bias, with ``weight`` in PyTorch's ``(out_features, in_features)`` layout.
-The matrix products use NumPy's BLAS.
+The matrix products use NumPy's BLAS, on one thread (see :mod:`minidl._blas`).
 """
+from .. import _blas
 from .._checks import check_grad, check_input
 
 __all__ = ["linear_forward", "linear_backward"]
@@ -23,7 +24,8 @@ def linear_forward(x, weight, bias=None, layer="linear"):
     out_features, in_features = weight.shape
     check_input(layer, x, "NF", {"F": in_features})
     w = weight.astype(x.dtype, copy=False)
-    out = x @ w.T
+    with _blas.one_thread():
+        out = x @ w.T
     if bias is not None:
         out += bias.astype(x.dtype, copy=False)
     return out, (x, w, bias is not None)
@@ -43,7 +45,8 @@ def linear_backward(dout, cache, layer="linear", input_grad=True):
     """
     x, w, has_bias = cache
     check_grad(layer, dout, (x.shape[0], w.shape[0]), x.dtype)
-    dx = dout @ w if input_grad else None
-    dweight = dout.T @ x
+    with _blas.one_thread():
+        dx = dout @ w if input_grad else None
+        dweight = dout.T @ x
     dbias = dout.sum(axis=0) if has_bias else None
     return dx, dweight, dbias

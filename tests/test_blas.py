@@ -1,0 +1,37 @@
+"""minidl._blas: minidl's matrix products run NumPy's BLAS on one thread, the user's do not."""
+import numpy as np
+from threadpoolctl import threadpool_info, threadpool_limits
+
+from minidl import _blas
+from minidl.functional import linear
+
+
+def _blas_threads():
+    return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+
+
+def test_one_thread_limits_blas_and_restores_it():
+    with threadpool_limits(limits=2, user_api="blas"):
+        before = _blas_threads()
+        assert before and all(n == 2 for n in before)  # NumPy's BLAS was found
+        with _blas.one_thread():
+            assert all(n == 1 for n in _blas_threads())
+        assert _blas_threads() == before
+
+
+def test_linear_runs_blas_on_one_thread(monkeypatch, rng):
+    seen = []
+    real_matmul = np.ndarray.__matmul__
+
+    class Probe(np.ndarray):
+        def __matmul__(self, other):
+            seen.append(_blas_threads())
+            return real_matmul(np.asarray(self), np.asarray(other))
+
+    x = rng.standard_normal((4, 3)).view(Probe)
+    weight = rng.standard_normal((2, 3))
+    with threadpool_limits(limits=2, user_api="blas"):
+        out, cache = linear.linear_forward(x, weight)
+        linear.linear_backward(np.ones((4, 2)).view(Probe), cache)
+        assert all(n == 2 for n in _blas_threads())
+    assert len(seen) == 3 and all(n == 1 for threads in seen for n in threads)
