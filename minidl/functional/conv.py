@@ -440,6 +440,7 @@ def conv2d_backward(dout, cache, layer="conv2d", input_grad=True):
                 dweight_rows += partial
             if input_grad:
                 dcols = np.matmul(drows[:, rows].T, cache.weight_rows, out=part)
+        if input_grad:
             _kernel.col2im(dcols, dx_nhwc[start:stop], kernel_h, kernel_w, *cache.stride,
                            *cache.padding, threads)
     del drows, cols, x_nhwc
