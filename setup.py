@@ -16,7 +16,7 @@ from Cython.Build import cythonize
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-KERNELS = ["_batchnorm", "_conv", "_pool", "_winograd"]
+KERNELS = ["_activation", "_batchnorm", "_conv", "_pool", "_winograd"]
 
 
 def _compiler_accepts_flag(compiler_cmd, flag, src="int main(void){return 0;}\n"):

@@ -2,7 +2,7 @@
 
 Allocating a fresh large array costs page faults on first touch (~7 ms per 32 MiB measured on
 our 2-core machine), a large part of a memory-bound kernel such as BatchNorm. Layers therefore
-take their outputs (BatchNorm's y and dx, ReLU's y, mask and dx) from :func:`empty`, which hands
+take their outputs (BatchNorm's y and dx, ReLU's y and dx) from :func:`empty`, which hands
 back an array of the same shape and dtype that was allocated earlier and is now unreferenced.
 "Unreferenced" is CPython's reference count: an array the user kept, a view of it, or a
 ``torch.from_numpy`` of it keeps a reference, so it is never handed out again while in use.

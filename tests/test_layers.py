@@ -238,3 +238,29 @@ def test_relu_propagates_nan_like_pytorch():
 def test_empty_input_is_rejected_with_a_clear_message():
     with pytest.raises(ValueError, match=r"Dense: expected input of shape \(N, 4\) with no empty axis, got shape \(0, 4\)"):
         Dense(4, 3)(np.zeros((0, 4), np.float32))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_relu_kernels_on_large_strided_inputs(rng, dtype):
+    """The multi-threaded kernels against NumPy: a non-contiguous input large enough for
+    several threads, with zeros, negative zeros and NaNs; the gradient comes from the output."""
+    from minidl.functional.activation import relu_backward, relu_forward
+    x = rng.standard_normal((8, 64, 40, 40)).astype(dtype)[:, ::2]
+    x[0, 0, 0, :4] = [0.0, -0.0, np.nan, -np.nan]
+    y, cache = relu_forward(x)
+    assert y.flags.c_contiguous and y.dtype == dtype
+    np.testing.assert_array_equal(y, np.maximum(x, 0))
+    dout = rng.standard_normal(x.shape).astype(dtype)[..., ::-1]
+    dx = relu_backward(dout, cache)
+    np.testing.assert_array_equal(dx, np.where(x <= 0, 0, dout))
+    # as torch.relu: 0 gets no gradient, a NaN passes it on
+    assert dx[0, 0, 0, 0] == 0 and dx[0, 0, 0, 2] == dout[0, 0, 0, 2]
+
+
+def test_relu_forward_out_must_not_overlap_the_input(rng):
+    from minidl.functional.activation import relu_forward
+    x = rng.standard_normal((4, 5))
+    with pytest.raises(ValueError, match="relu.*overlap"):
+        relu_forward(x, out=x)
+    out = np.empty_like(x)
+    assert relu_forward(x, out=out)[0] is out

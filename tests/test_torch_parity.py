@@ -1,5 +1,5 @@
-"""minidl against PyTorch: BatchNorm (both ranks, momentum 0.1 and None), Dense, and a whole
-CNN training step (forward, loss, backward, SGD/Adam update) with the same weights.
+"""minidl against PyTorch: BatchNorm (both ranks, momentum 0.1 and None), Dense, ReLU (with
+NaNs and signed zeros), and a whole CNN training step (forward, loss, backward, SGD/Adam update) with the same weights.
 
 Conv2D, MaxPool2D, CrossEntropyLoss and the optimizers have their own PyTorch comparisons in
 test_conv.py, test_pooling.py, test_losses.py and test_optim.py.
@@ -14,6 +14,22 @@ from helpers import assert_close_to_torch
 
 torch = pytest.importorskip("torch")
 F32 = dict(rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_relu_matches_torch_with_nans_and_zeros(rng, dtype):
+    x = rng.standard_normal((4, 8, 20, 20)).astype(dtype)
+    x.reshape(-1)[:6] = [np.nan, 0.0, -0.0, -np.inf, np.inf, -np.nan]
+    dout = rng.standard_normal(x.shape).astype(dtype)
+    relu = layers.ReLU()
+    y = relu(x)
+    dx = relu.backward(dout)
+    xt = torch.tensor(x, requires_grad=True)
+    yt = torch.relu(xt)
+    yt.backward(torch.tensor(dout))
+    np.testing.assert_array_equal(y, yt.detach().numpy())
+    np.testing.assert_array_equal(np.signbit(y), np.signbit(yt.detach().numpy()))
+    np.testing.assert_array_equal(dx, xt.grad.numpy())
 
 
 def _torch_bn(num_features, ndim, momentum, dtype):

@@ -13,7 +13,7 @@ _user_policy = os.environ.get("OMP_WAIT_POLICY")
 if _user_policy is None:
     os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 try:
-    from . import _batchnorm, _conv, _pool, _winograd  # noqa: F401  (the first import starts OpenMP)
+    from . import _activation, _batchnorm, _conv, _pool, _winograd  # noqa: F401  (the first import starts OpenMP)
 finally:
     if _user_policy is None:
         del os.environ["OMP_WAIT_POLICY"]

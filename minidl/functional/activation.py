@@ -1,44 +1,54 @@
 """Activations as stateless forward/backward pairs: ReLU and softmax."""
 import numpy as np
 
-from .. import _buffers
+from .. import _buffers, _config
 from .._checks import check_float_array, check_grad
+from .._kernels import _activation as _kernel
 
 __all__ = ["relu_forward", "relu_backward", "softmax_forward", "softmax_backward"]
 
 
-def relu_forward(x, layer="relu", out=None, mask=None):
-    """max(x, 0) elementwise (Nair & Hinton, 2010).
+def relu_forward(x, layer="relu", out=None):
+    """max(x, 0) elementwise (Nair & Hinton, 2010), one pass on OpenMP threads.
 
     Args:
-        x (np.ndarray): any shape, float32 or float64.
+        x (np.ndarray): any shape, float32 or float64, any strides.
         out (np.ndarray, optional): where to write the result (x's shape and dtype,
-            C-contiguous); default: an array from :mod:`minidl._buffers`.
-        mask (np.ndarray, optional): where to write ``x > 0`` (x's shape, bool).
+            C-contiguous, not overlapping ``x``); default: an array from :mod:`minidl._buffers`.
     Returns:
-        (out, cache): ``out`` like ``x``; ``cache`` holds the boolean mask ``x > 0``.
-        NaN inputs give NaN outputs, as in PyTorch.
+        (out, cache): ``out`` like ``x``; ``cache`` is ``out`` itself (the backward pass reads
+        the output, like PyTorch's ``threshold_backward``), so ``out`` must not be modified
+        before the backward pass. NaN inputs give NaN outputs, as in PyTorch.
     Raises:
         TypeError: ``x`` is not a float32/float64 ndarray.
+        ValueError: an unusable ``out`` (wrong shape or dtype, or overlapping ``x``).
     """
     check_float_array(layer, x)
-    mask = np.greater(x, 0, out=_buffers.output(layer, mask, x.shape, np.bool_, "mask"))
     out = _buffers.output(layer, out, x.shape, x.dtype)
-    return np.maximum(x, x.dtype.type(0), out=out), (mask, x.dtype)
+    if np.shares_memory(out, x):
+        raise ValueError(f"{layer}: out must not overlap the input")
+    x = np.ascontiguousarray(x)
+    _kernel.relu_forward(x.reshape(-1), out.reshape(-1), _config.threads_for(x.size))
+    return out, out
 
 
 def relu_backward(dout, cache, layer="relu", out=None):
-    """d loss / d x = dout where x > 0, else 0 (the subgradient at 0 is 0, as in PyTorch).
+    """d loss / d x = 0 where the output is <= 0, else dout (the subgradient at 0 is 0; a NaN
+    passes dout on), as PyTorch's ``threshold_backward``.
 
     Args:
-        dout (np.ndarray): the shape and dtype of the forward output.
-        out (np.ndarray, optional): where to write d loss / d x.
+        dout (np.ndarray): the shape and dtype of the forward output; any strides.
+        cache: the second value returned by :func:`relu_forward` (its output).
+        out (np.ndarray, optional): where to write d loss / d x (C-contiguous).
     Raises:
         TypeError/ValueError: ``dout`` does not match the forward output.
     """
-    mask, dtype = cache
-    check_grad(layer, dout, mask.shape, dtype)
-    return np.multiply(dout, mask, out=_buffers.output(layer, out, mask.shape, dtype))
+    y = cache
+    check_grad(layer, dout, y.shape, y.dtype)
+    dx = _buffers.output(layer, out, y.shape, y.dtype)
+    _kernel.relu_backward(np.ascontiguousarray(dout).reshape(-1), y.reshape(-1), dx.reshape(-1),
+                          _config.threads_for(y.size))
+    return dx
 
 
 def softmax_forward(x, axis=1, layer="softmax"):

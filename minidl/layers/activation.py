@@ -22,11 +22,12 @@ class ReLU(_Stateless):
     """Rectified linear unit, ``max(x, 0)`` elementwise (Nair & Hinton, 2010).
 
     Shape: any input, float32 or float64; output of the same shape and dtype.
-    The gradient at exactly 0 is 0, as in PyTorch.
+    The gradient at exactly 0 is 0, as in PyTorch. The backward pass reads the output (as
+    PyTorch's does), so an output modified in place before ``backward`` changes the gradient.
     """
 
     def forward(self, x):
-        self._cache = None  # lets the previous mask's memory be reused
+        self._cache = None  # lets the previous output's memory be reused
         out, self._cache = relu_forward(x, layer="ReLU")
         return out
 
