@@ -68,10 +68,12 @@ def test_pool_kernels_match_reference(geometry, dtype, ties, rng):
     np.testing.assert_array_equal(argmax, ref_argmax)
 
     dout = rng.standard_normal(out.shape).astype(dtype)
-    dx = np.full(shape, np.nan, dtype=dtype)
-    _pool.max_pool2d_backward(dout, argmax, dx, 2)
-    np.testing.assert_allclose(dx, ref.max_pool2d_backward(dout, ref_argmax, shape),
-                               rtol=1e-6 if dtype == np.float32 else 1e-14)
+    ref_dx = ref.max_pool2d_backward(dout, ref_argmax, shape)
+    # the general backward, and the one for non-overlapping 2x2 windows where it applies
+    for two_by_two in {False, kernel == stride == (2, 2)}:
+        dx = np.full(shape, np.nan, dtype=dtype)
+        _pool.max_pool2d_backward(dout, argmax, dx, 2, two_by_two)
+        np.testing.assert_allclose(dx, ref_dx, rtol=1e-6 if dtype == np.float32 else 1e-14)
 
 
 def test_reference_pool_matches_brute_force(rng):

@@ -28,11 +28,14 @@ class MaxPool2dCache(NamedTuple):
         argmax (np.ndarray): int64 ``(N, C, OH, OW)``, flat index of each maximum in its plane.
         x_shape (tuple): ``(N, C, H, W)``.
         dtype (np.dtype): dtype of the input and output.
+        two_by_two (bool): the windows were 2x2 with stride 2 (they do not overlap, so the
+            backward pass writes each input gradient once instead of zeroing and adding).
     """
 
     argmax: np.ndarray
     x_shape: Tuple[int, int, int, int]
     dtype: np.dtype
+    two_by_two: bool = False
 
 
 def pool_params(kernel_size, stride, layer):
@@ -92,7 +95,8 @@ def max_pool2d_forward(x, kernel_size, stride=None, layer="max_pool2d", out=None
     out = _buffers.output(layer, out, shape, x.dtype)
     argmax = _buffers.output(layer, argmax, shape, np.int64, "argmax")
     _kernel.max_pool2d_forward(x, out, argmax, *kernel_size, *stride, _config.threads_for(x.size))
-    return out, MaxPool2dCache(argmax, x.shape, x.dtype)
+    two_by_two = kernel_size == (2, 2) and stride == (2, 2)
+    return out, MaxPool2dCache(argmax, x.shape, x.dtype, two_by_two)
 
 
 def max_pool2d_backward(dout, cache, layer="max_pool2d", out=None):
@@ -115,5 +119,6 @@ def max_pool2d_backward(dout, cache, layer="max_pool2d", out=None):
     check_grad(layer, dout, cache.argmax.shape, cache.dtype)
     dout = np.ascontiguousarray(dout)
     dx = _buffers.output(layer, out, cache.x_shape, cache.dtype)
-    _kernel.max_pool2d_backward(dout, cache.argmax, dx, _config.threads_for(dx.size))
+    _kernel.max_pool2d_backward(dout, cache.argmax, dx, _config.threads_for(dx.size),
+                                cache.two_by_two)
     return dx
