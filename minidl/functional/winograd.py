@@ -34,13 +34,14 @@ class WinogradState:
 
     Attributes:
         x (np.ndarray): the C-contiguous input ``(N, C, H, W)``.
-        weight (np.ndarray): the weight ``(K, C, 3, 3)``, x's dtype.
+        u (np.ndarray): the transformed weight ``(16, C, K)`` (a view; see
+            :func:`minidl.reference.winograd.weight_transform`).
         padding (tuple): ``(pH, pW)``.
         block_rows (int): rows of tiles per block.
     """
 
     x: np.ndarray
-    weight: np.ndarray
+    u: np.ndarray
     padding: Tuple[int, int]
     block_rows: int
 
@@ -81,26 +82,25 @@ def forward(x, weight, bias, padding, out):
     k, out_h, out_w = out.shape[1:]
     tile_rows, tiles_per_row = tiles(out_h, out_w)
     block_rows = _block_rows(tiles_per_row, tile_rows, channels, k, x.dtype.itemsize)
-    u = _padded_columns(weight_transform(weight), _round_up(k, COL_STEP))
+    u = _padded_columns(weight_transform(weight), _round_up(k, COL_STEP))  # (16, C, K+)
     threads = _threads(n, out.size * channels)
     size = _kernel.scratch_size(channels, k, out_h, out_w, block_rows, False)
     scratch = _buffers.empty((threads, size), x.dtype)
     bias_vector = np.ascontiguousarray(bias) if bias is not None else np.zeros(k, x.dtype)
     _kernel.forward(x, u, bias_vector, bias is not None, out, *padding, block_rows, scratch,
                     threads)
-    return WinogradState(x, weight, tuple(padding), block_rows)
+    return WinogradState(x, u[:, :, :k], tuple(padding), block_rows)
 
 
 def backward(dout, state, has_bias, input_grad):
     """``(dx, dweight, dbias)`` of :func:`forward`; ``dx`` is None unless ``input_grad``."""
-    x, weight = state.x, state.weight
+    x = state.x
     dtype = x.dtype
     dout = np.ascontiguousarray(dout)
     n, channels = x.shape[:2]
     k, out_h, out_w = dout.shape[1:]
     threads = _threads(n, dout.size * channels)
-    ut = _padded_columns(weight_transform(weight).transpose(0, 2, 1),
-                         _round_up(channels, COL_STEP))
+    ut = _padded_columns(state.u.transpose(0, 2, 1), _round_up(channels, COL_STEP))
     du = np.zeros((threads, 16, _round_up(channels, ROW_STEP), _round_up(k, COL_STEP)), dtype)
     dbias = np.zeros((threads, k), np.float64)
     dx = _buffers.empty(x.shape, dtype) if input_grad else np.empty((1, 1, 1, 1), dtype)

@@ -40,6 +40,7 @@ __all__ = [
 B_T = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], dtype=np.float64)
 G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], dtype=np.float64)
 A_T = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], dtype=np.float64)
+G_KRON_G = np.kron(G, G)  # (16, 9): row 4*a + b, column 3*i + j holds G[a, i] * G[b, j]
 
 
 def tiles(out_h, out_w):
@@ -56,18 +57,22 @@ def _tile_grid(x_shape, padding):
 
 def weight_transform(weight):
     """``U[xi, c, k] = (G g G^T)[xi]`` for ``weight`` ``(K, C, 3, 3)``; returns ``(16, C, K)``
-    in the weight's dtype (computed in float64)."""
+    in the weight's dtype (computed in float64).
+
+    One product for all filters: with row-major ``vec``, ``vec(G g G^T) = (G kron G) vec(g)``,
+    and ``(G kron G)`` is ``(16, 9)``.
+    """
     k, c = weight.shape[:2]
-    u = G @ weight.astype(np.float64) @ G.T                      # (K, C, 4, 4)
-    return np.ascontiguousarray(u.reshape(k, c, 16).transpose(2, 1, 0), dtype=weight.dtype)
+    u = G_KRON_G @ weight.reshape(k * c, 9).T.astype(np.float64)     # (16, K*C)
+    return np.ascontiguousarray(u.reshape(16, k, c).transpose(0, 2, 1), dtype=weight.dtype)
 
 
 def weight_grad_transform(du, dtype):
     """``dweight = G^T dU G`` for ``du`` ``(16, C, K)``; returns ``(K, C, 3, 3)`` in ``dtype``
-    (computed in float64)."""
+    (computed in float64): ``vec(G^T dU G) = (G kron G)^T vec(dU)``."""
     c, k = du.shape[1:]
-    du = du.astype(np.float64).transpose(2, 1, 0).reshape(k, c, 4, 4)
-    return (G.T @ du @ G).astype(dtype)                         # (K, C, 3, 3)
+    du = du.transpose(0, 2, 1).reshape(16, k * c).astype(np.float64)
+    return (G_KRON_G.T @ du).T.reshape(k, c, 3, 3).astype(dtype)
 
 
 def input_transform(x, padding):
