@@ -35,3 +35,25 @@ def test_linear_runs_blas_on_one_thread(monkeypatch, rng):
         linear.linear_backward(np.ones((4, 2)).view(Probe), cache)
         assert all(n == 2 for n in _blas_threads())
     assert len(seen) == 3 and all(n == 1 for threads in seen for n in threads)
+
+
+def test_winograd_weight_transforms_run_blas_on_one_thread(monkeypatch, rng):
+    from minidl.functional import winograd
+    seen = []
+
+    def probe(function):
+        def wrapper(*args):
+            seen.append(_blas_threads())
+            return function(*args)
+        return wrapper
+
+    monkeypatch.setattr(winograd, "weight_transform", probe(winograd.weight_transform))
+    monkeypatch.setattr(winograd, "weight_grad_transform", probe(winograd.weight_grad_transform))
+    x = rng.standard_normal((2, 3, 6, 6)).astype(np.float32)
+    weight = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    out = np.empty((2, 4, 6, 6), np.float32)
+    with threadpool_limits(limits=2, user_api="blas"):
+        state = winograd.forward(x, weight, None, (1, 1), out)
+        winograd.backward(np.ones_like(out), state, False, True)
+        assert all(n == 2 for n in _blas_threads())
+    assert len(seen) == 2 and all(n == 1 for threads in seen for n in threads)

@@ -15,7 +15,7 @@ from typing import Tuple
 
 import numpy as np
 
-from .. import _buffers, _config
+from .. import _blas, _buffers, _config
 from .._kernels import _winograd as _kernel
 from ..reference.winograd import tiles, weight_grad_transform, weight_transform
 
@@ -82,7 +82,9 @@ def forward(x, weight, bias, padding, out):
     k, out_h, out_w = out.shape[1:]
     tile_rows, tiles_per_row = tiles(out_h, out_w)
     block_rows = _block_rows(tiles_per_row, tile_rows, channels, k, x.dtype.itemsize)
-    u = _padded_columns(weight_transform(weight), _round_up(k, COL_STEP))  # (16, C, K+)
+    with _blas.one_thread():  # see minidl._blas: a spinning BLAS pool would slow the kernel
+        u = weight_transform(weight)
+    u = _padded_columns(u, _round_up(k, COL_STEP))  # (16, C, K+)
     threads = _threads(n, out.size * channels)
     size = _kernel.scratch_size(channels, k, out_h, out_w, block_rows, False)
     scratch = _buffers.empty((threads, size), x.dtype)
@@ -109,6 +111,7 @@ def backward(dout, state, has_bias, input_grad):
     _kernel.backward(x, dout, ut, du, dbias, has_bias, dx, input_grad, *state.padding,
                      state.block_rows, scratch, threads)
     du = du[:, :, :channels, :k].sum(axis=0, dtype=np.float64)
-    dweight = weight_grad_transform(du, dtype)
+    with _blas.one_thread():
+        dweight = weight_grad_transform(du, dtype)
     dbias = dbias.sum(axis=0).astype(dtype) if has_bias else None
     return (dx if input_grad else None), dweight, dbias
