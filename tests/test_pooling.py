@@ -29,6 +29,10 @@ GEOMETRIES = [
     (2, 2, 5, 4, (5, 4), (1, 1)),
     (1, 3, 11, 11, (2, 2), (4, 3)),
     (4, 8, 48, 48, (2, 2), (2, 2)),  # large enough for the multi-threaded path
+    # 2x2 kernels: rows of >= 16 windows go along the row, shorter ones (above) through a
+    # table; both with and without an uncovered last row and column
+    (2, 3, 33, 35, (2, 2), (2, 2)),
+    (1, 2, 6, 32, (2, 2), (2, 2)),
 ]
 GEOMETRY_IDS = [f"x{g[:4]}-k{g[4]}-s{g[5]}".replace(" ", "") for g in GEOMETRIES]
 
@@ -246,11 +250,12 @@ def test_max_pool2d_matches_torch(geometry, dtype, ties, torch, rng):
     assert_close_to_torch(dx, xt.grad, rtol=rtol, atol=0, what="dx")
 
 
+@pytest.mark.parametrize("width", [8, 35], ids=["short-rows", "long-rows"])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kernel, stride", [((2, 2), (2, 2)), ((3, 3), (1, 1)), ((3, 2), (2, 1))])
-def test_max_pool2d_nan_matches_torch(kernel, stride, dtype, torch, rng):
+def test_max_pool2d_nan_matches_torch(kernel, stride, dtype, width, torch, rng):
     """NaNs propagate, and the index is the one PyTorch's CPU kernel reports (the last NaN)."""
-    x = rng.standard_normal((2, 3, 9, 8)).astype(dtype)
+    x = rng.standard_normal((2, 3, 9, width)).astype(dtype)
     x[rng.random(x.shape) < 0.15] = np.nan
     out, cache = max_pool2d_forward(x, kernel, stride)
     outt, indices = torch.nn.functional.max_pool2d(torch.tensor(x), kernel, stride,
