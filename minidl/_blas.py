@@ -6,8 +6,9 @@ Cython kernels that run right after (convolution, BatchNorm, pooling) then share
 with a spinning thread, and an OpenMP team that loses a core waits at every barrier. Measured
 on 2 cores: a training step of the MNIST CNN without BatchNorm took 29.4 ms with NumPy's BLAS
 on 2 threads and 18.4 ms with it on 1 (``OPENBLAS_NUM_THREADS=1``). So minidl runs its own
-matrix products (Dense layers, the im2col convolution path) with the BLAS limited to one thread
-for the duration of the call, using threadpoolctl; the user's own NumPy calls are unaffected.
+matrix products (Dense layers, the im2col convolution path, Winograd's weight transforms) with
+the BLAS limited to one thread for the duration of the call, using threadpoolctl; the user's
+own NumPy calls are unaffected.
 """
 from threadpoolctl import ThreadpoolController
 

@@ -74,6 +74,9 @@ cdef enum:
     PLANE_PAD = 16    # extra elements between planes (see _Layout)
     ALIGN = 16        # every scratch buffer starts on a multiple of 16 elements (64 bytes)
 
+#: ``(ROW_STEP, COL_STEP)``: the callers pad ``u``, ``ut`` and ``dweight`` to these steps.
+PRODUCT_STEPS = (ROW_STEP, COL_STEP)
+
 
 cdef inline Py_ssize_t _round_up(Py_ssize_t value, Py_ssize_t step) noexcept nogil:
     return (value + step - 1) // step * step

@@ -24,8 +24,9 @@ def relu_forward(x, layer="relu", out=None):
         ValueError: an unusable ``out`` (wrong shape or dtype, or overlapping ``x``).
     """
     check_float_array(layer, x)
+    given = out is not None
     out = _buffers.output(layer, out, x.shape, x.dtype)
-    if np.shares_memory(out, x):
+    if given and np.shares_memory(out, x):  # (a pooled array is never x's memory)
         raise ValueError(f"{layer}: out must not overlap the input")
     x = np.ascontiguousarray(x)
     _kernel.relu_forward(x.reshape(-1), out.reshape(-1), _config.threads_for(x.size))

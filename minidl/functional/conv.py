@@ -76,6 +76,7 @@ class Conv2dCache:
         chunk (int): im2col path: samples per chunk (``cols`` holds one chunk's rows).
         winograd (WinogradState or None): Winograd path: what its backward pass needs; None
             after the backward.
+        method (str): ``"direct"``, ``"winograd"`` or ``"im2col"``, the path the forward took.
     """
 
     cols: Optional[np.ndarray]

@@ -24,8 +24,8 @@ __all__ = ["WinogradState", "forward", "backward", "BLOCK_BYTES"]
 # A block of tiles (whole rows of tiles of one image) has about this many bytes of V and M
 # (or Z): with the transformed weight they stay in a core's L2 cache.
 BLOCK_BYTES = 384 << 10
-COL_STEP = 32  # the kernels' products work on columns in steps of 32 (see _winograd.pyx)
-ROW_STEP = 4
+# the kernels' products work on rows in steps of 4 and columns in steps of 32
+ROW_STEP, COL_STEP = _kernel.PRODUCT_STEPS
 
 
 @dataclass
@@ -77,7 +77,6 @@ def forward(x, weight, bias, padding, out):
         bias: ``(K,)`` or None. padding: ``(pH, pW)``. out: C-contiguous ``(N, K, OH, OW)``.
     """
     x = np.ascontiguousarray(x)
-    weight = np.ascontiguousarray(weight)
     n, channels = x.shape[:2]
     k, out_h, out_w = out.shape[1:]
     tile_rows, tiles_per_row = tiles(out_h, out_w)
