@@ -6,6 +6,7 @@ Layers have an explicit forward and backward; arrays are NumPy arrays in NCHW la
     from minidl import layers, losses, optim, data
 """
 from . import data, functional, layers, losses, optim
+from ._backend import backend, get_backend, set_backend
 from ._config import get_num_threads, set_num_threads
 from ._random import manual_seed
 from .model import Sequential
@@ -15,5 +16,6 @@ __all__ = [
     "data", "functional", "layers", "losses", "optim",
     "Sequential", "Trainer", "History", "Callback", "EvaluateEvery",
     "manual_seed", "set_num_threads", "get_num_threads",
+    "backend", "get_backend", "set_backend",
 ]
 __version__ = "0.1.0"

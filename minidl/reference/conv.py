@@ -1,4 +1,5 @@
-"""Pure-NumPy reference of 2-D convolution: the readable spec and the test oracle.
+"""The column layout of the im2col convolution kernels, and short forms of the convolution: the
+test oracles of ``minidl/_kernels/_conv.pyx``.
 
 Definition (cross-correlation, as ``torch.nn.Conv2d``), for ``x`` of shape ``(N, C_in, H, W)``,
 ``weight`` of shape ``(C_out, C_in, kH, kW)``, stride ``(sH, sW)`` and zero padding
@@ -9,10 +10,12 @@ Definition (cross-correlation, as ``torch.nn.Conv2d``), for ``x`` of shape ``(N,
 
     OH = (H + 2*pH - kH) // sH + 1,   OW = (W + 2*pW - kW) // sW + 1
 
-:func:`conv2d_forward` and :func:`conv2d_backward` follow this definition directly, one
-kernel tap ``(i, j)`` at a time, and do not use im2col, so they check the im2col route
-independently. :func:`im2col` and :func:`col2im` define the column layout used by the Cython
-kernels (Chellapilla et al., 2006): one row per output position, taps ordered ``(i, j, c)``::
+:func:`conv2d_forward` and :func:`conv2d_backward` here are short forms of the textbook
+convolution in :mod:`minidl.reference.functional.conv` (the sum above, one kernel tap at a
+time, without im2col, so it checks the im2col route independently): they take the input and
+weight directly and return plain arrays. :func:`im2col` and :func:`col2im` define the column
+layout used by the Cython kernels (Chellapilla et al., 2006): one row per output position,
+taps ordered ``(i, j, c)``::
 
     cols[(n*OH + oh)*OW + ow, (i*kW + j)*C + c] = x_padded[n, c, oh*sH + i, ow*sW + j]
 
@@ -23,25 +26,10 @@ Nothing here validates its inputs; ``kernel_size``, ``stride`` and ``padding`` a
 """
 import numpy as np
 
+from .functional import conv as _textbook
+from .functional.conv import output_size, pad as _pad, tap as _tap
+
 __all__ = ["output_size", "im2col", "col2im", "conv2d_forward", "conv2d_backward"]
-
-
-def output_size(size, kernel, stride, padding):
-    """Output length along one axis: ``(size + 2*padding - kernel) // stride + 1``."""
-    return (size + 2 * padding - kernel) // stride + 1
-
-
-def _pad(x, padding):
-    """``x`` of shape ``(N, C, H, W)`` with ``padding = (pH, pW)`` zeros around H and W."""
-    ph, pw = padding
-    return np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
-
-
-def _tap(x_padded, i, j, out_hw, stride):
-    """The ``(N, C, OH, OW)`` slice of ``x_padded`` that kernel tap ``(i, j)`` multiplies."""
-    oh, ow = out_hw
-    sh, sw = stride
-    return x_padded[:, :, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw]
 
 
 def im2col(x, kernel_size, stride, padding):
@@ -92,7 +80,7 @@ def col2im(cols, x_shape, kernel_size, stride, padding):
 
 
 def conv2d_forward(x, weight, bias, stride, padding):
-    """Convolution by its definition, summing one kernel tap at a time.
+    """The output of :func:`minidl.reference.functional.conv2d_forward` (the convolution sum).
 
     Args:
         x (np.ndarray): ``(N, C_in, H, W)``.
@@ -102,22 +90,12 @@ def conv2d_forward(x, weight, bias, stride, padding):
     Returns:
         np.ndarray: ``(N, C_out, OH, OW)`` in the dtype of ``x``.
     """
-    n, _, h, w = x.shape
-    c_out, _, kh, kw = weight.shape
-    out_hw = (output_size(h, kh, stride[0], padding[0]), output_size(w, kw, stride[1], padding[1]))
-    x_padded = _pad(x, padding)
-    out = np.zeros((n, c_out) + out_hw, dtype=x.dtype)
-    for i in range(kh):
-        for j in range(kw):
-            tap = _tap(x_padded, i, j, out_hw, stride)
-            out += np.einsum("oc,nchw->nohw", weight[:, :, i, j], tap)
-    if bias is not None:
-        out += bias.reshape(1, c_out, 1, 1)
-    return out
+    return _textbook.conv2d_forward(x, weight, bias, stride, padding)[0]
 
 
 def conv2d_backward(dout, x, weight, has_bias, stride, padding):
-    """Gradients of :func:`conv2d_forward` by the definition.
+    """The gradients of :func:`minidl.reference.functional.conv2d_backward`, from ``x`` and
+    ``weight`` instead of a cache.
 
     Args:
         dout (np.ndarray): ``(N, C_out, OH, OW)``, d loss / d out.
@@ -128,20 +106,6 @@ def conv2d_backward(dout, x, weight, has_bias, stride, padding):
         (dx, dweight, dbias): shapes of ``x``, ``weight`` and ``(C_out,)`` (``None`` without
         bias).
     """
-    _, _, h, w = x.shape
-    _, _, kh, kw = weight.shape
-    ph, pw = padding
-    out_hw = dout.shape[2:]
-    x_padded = _pad(x, padding)
-    dx_padded = np.zeros_like(x_padded)
-    dweight = np.zeros_like(weight)
-    for i in range(kh):
-        for j in range(kw):
-            tap = _tap(x_padded, i, j, out_hw, stride)
-            dweight[:, :, i, j] = np.einsum("nohw,nchw->oc", dout, tap)
-            _tap(dx_padded, i, j, out_hw, stride)[...] += np.einsum(
-                "oc,nohw->nchw", weight[:, :, i, j], dout
-            )
-    dx = dx_padded[:, :, ph:ph + h, pw:pw + w]
-    dbias = dout.sum(axis=(0, 2, 3)) if has_bias else None
-    return dx, dweight, dbias
+    cache = _textbook.Conv2dCache(_pad(x, padding), weight, has_bias, tuple(stride),
+                                  tuple(padding), dout.shape)
+    return _textbook.conv2d_backward(dout, cache)

@@ -1,35 +1,14 @@
-"""Pure-NumPy reference of 2-D max pooling: the readable spec and the test oracle.
+"""Short forms of the max-pooling reference: the test oracles of ``minidl/_kernels/_pool.pyx``.
 
-Definition (``torch.nn.MaxPool2d`` without padding or dilation, floor mode), for ``x`` of shape
-``(N, C, H, W)``, window ``(kH, kW)`` and stride ``(sH, sW)``::
-
-    out[n, c, oh, ow] = max over 0 <= i < kH, 0 <= j < kW of x[n, c, oh*sH + i, ow*sW + j]
-
-    OH = (H - kH) // sH + 1,   OW = (W - kW) // sW + 1
-
-``argmax[n, c, oh, ow]`` is the flat index ``h*W + w`` of the maximum inside its ``(H, W)``
-plane; ties go to the first maximum in row-major window order (``i`` then ``j``), as in PyTorch.
-The backward pass sends ``dout[n, c, oh, ow]`` to that element; overlapping windows add up.
-Nothing here validates its inputs; ``kernel_size`` and ``stride`` are pairs of ints. NaN inputs
-are outside this reference's scope.
+The definition, the winner rule (first maximum in row-major window order, NaNs as PyTorch) and
+the code are in :mod:`minidl.reference.functional.pooling`; the functions here take and return
+plain arrays instead of a cache. ``argmax[n, c, oh, ow]`` is the flat index ``h*W + w`` of the
+window's winner inside its ``(H, W)`` plane. Nothing here validates its inputs;
+``kernel_size`` and ``stride`` are pairs of ints.
 """
-import numpy as np
+from .functional import pooling as _textbook
 
 __all__ = ["max_pool2d_forward", "max_pool2d_backward"]
-
-
-def _windows(x, kernel_size, stride):
-    """Stack the kernel taps: ``(kH*kW, N, C, OH, OW)``, tap ``i*kW + j`` at index ``i*kW + j``."""
-    kh, kw = kernel_size
-    sh, sw = stride
-    oh = (x.shape[2] - kh) // sh + 1
-    ow = (x.shape[3] - kw) // sw + 1
-    taps = [
-        x[:, :, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw]
-        for i in range(kh)
-        for j in range(kw)
-    ]
-    return np.stack(taps)
 
 
 def max_pool2d_forward(x, kernel_size, stride):
@@ -42,16 +21,8 @@ def max_pool2d_forward(x, kernel_size, stride):
         (out, argmax): ``out`` of shape ``(N, C, OH, OW)`` in the dtype of ``x``; ``argmax``
         int64 of the same shape, flat indices into each ``(H, W)`` plane.
     """
-    kw = kernel_size[1]
-    sh, sw = stride
-    windows = _windows(x, kernel_size, stride)
-    tap = np.argmax(windows, axis=0)  # np.argmax returns the first maximum
-    out = np.take_along_axis(windows, tap[None], axis=0)[0]
-    _, _, oh, ow = out.shape
-    row = np.arange(oh).reshape(oh, 1) * sh + tap // kw
-    col = np.arange(ow).reshape(1, ow) * sw + tap % kw
-    argmax = (row * x.shape[3] + col).astype(np.int64)
-    return out, argmax
+    out, cache = _textbook.max_pool2d_forward(x, kernel_size, stride)
+    return out, cache.argmax
 
 
 def max_pool2d_backward(dout, argmax, x_shape):
@@ -64,9 +35,5 @@ def max_pool2d_backward(dout, argmax, x_shape):
     Returns:
         np.ndarray: ``dx`` of shape ``x_shape`` in the dtype of ``dout``.
     """
-    n, c, h, w = x_shape
-    dx = np.zeros((n * c, h * w), dtype=dout.dtype)
-    planes = np.arange(n * c).reshape(n * c, 1)
-    # np.add.at adds repeated (plane, index) pairs instead of keeping only the last one
-    np.add.at(dx, (planes, argmax.reshape(n * c, -1)), dout.reshape(n * c, -1))
-    return dx.reshape(x_shape)
+    cache = _textbook.MaxPool2dCache(argmax, tuple(x_shape), dout.dtype)
+    return _textbook.max_pool2d_backward(dout, cache)

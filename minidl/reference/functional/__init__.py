@@ -1,0 +1,38 @@
+"""The NumPy references of :mod:`minidl.functional`: same functions, same signatures, same
+results (up to rounding), written as the textbook writes them.
+
+Under ``with minidl.backend("reference"):`` every public op of :mod:`minidl.functional` runs the
+function of the same name here, after its own input validation (these functions validate
+nothing). Module by module, and what each follows:
+
+* :mod:`.conv` — ``conv2d_forward``/``conv2d_backward``: the convolution sum (Goodfellow,
+  Bengio & Courville 2016, "Deep Learning", eqs. 9.8, 9.11 and 9.13).
+* :mod:`.normalization` — ``batch_norm_forward``/``batch_norm_backward``: Ioffe & Szegedy
+  2015, Algorithm 1 and the backprop equations of section 3.
+* :mod:`.pooling` — ``max_pool2d_forward``/``max_pool2d_backward``: the max over windows
+  (the same book, section 9.3), with PyTorch's rule for ties.
+* :mod:`.activation` — ``relu_*`` (Nair & Hinton 2010) and ``softmax_*`` (Bridle 1990).
+* :mod:`.linear` — ``linear_forward``/``linear_backward``: ``y = x W^T + b`` and its chain rule.
+
+Each ``*_forward`` returns ``(out, cache)``; its cache is a small immutable NamedTuple of this
+package (``Conv2dCache``, ``BatchNormCache``, ...) with at least ``out_shape`` and ``dtype``,
+so ``minidl.functional`` can tell a reference cache from a compiled one and send a backward
+pass to the implementation that ran its forward pass.
+"""
+from .activation import (ReluCache, SoftmaxCache, relu_backward, relu_forward, softmax_backward,
+                         softmax_forward)
+from .conv import Conv2dCache, conv2d_backward, conv2d_forward
+from .linear import LinearCache, linear_backward, linear_forward
+from .normalization import BatchNormCache, batch_norm_backward, batch_norm_forward
+from .pooling import MaxPool2dCache, max_pool2d_backward, max_pool2d_forward
+
+__all__ = [
+    "relu_forward", "relu_backward", "softmax_forward", "softmax_backward",
+    "conv2d_forward", "conv2d_backward", "linear_forward", "linear_backward",
+    "batch_norm_forward", "batch_norm_backward", "max_pool2d_forward", "max_pool2d_backward",
+    "ReluCache", "SoftmaxCache", "Conv2dCache", "LinearCache", "BatchNormCache",
+    "MaxPool2dCache", "CACHE_TYPES",
+]
+
+CACHE_TYPES = (ReluCache, SoftmaxCache, Conv2dCache, LinearCache, BatchNormCache, MaxPool2dCache)
+"""Every cache type a reference ``*_forward`` returns."""
