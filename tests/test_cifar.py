@@ -296,6 +296,8 @@ def test_forged_array_pickles_are_refused(tmp_path, obj, match):
 
 
 def test_other_refusals(tmp_path):
+    with pytest.raises(TypeError, match="load_pickle: path must be a file path"):
+        cifar.load_pickle(None)
     with pytest.raises(pickle.UnpicklingError, match="dtype 'f8'"):
         cifar.RestrictedUnpickler(io.BytesIO(b"cnumpy\ndtype\n(Vf8\ntR.")).load()
     path = tmp_path / "p"

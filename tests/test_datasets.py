@@ -340,6 +340,19 @@ def test_array_dataset():
         data.ArrayDataset()
     with pytest.raises(ValueError, match="ArrayDataset"):
         data.ArrayDataset(np.float32(1.0))
+    with pytest.raises(ValueError, match="ArrayDataset: every argument must convert to one NumPy array"):
+        data.ArrayDataset([[1, 2], [3]])
+
+
+@pytest.mark.parametrize("index", [10, -11, "a", 1.5, np.array([0, 12]), (0, 0, 0, 0, 0)])
+def test_array_dataset_bad_index(index):
+    with pytest.raises(IndexError, match=r"ArrayDataset: bad index .* for 10 samples \(an int, a slice"):
+        _toy()[index]
+
+
+def test_read_idx_bad_path():
+    with pytest.raises(TypeError, match="read_idx: path must be a file path \\(str or os.PathLike\\), got int 3"):
+        data.read_idx(3)
 
 
 def test_loader_on_mnist(mnist_root):

@@ -244,6 +244,15 @@ def test_compose_applies_in_order_with_one_generator():
         T.Compose(T.RandomHorizontalFlip())
 
 
+@pytest.mark.parametrize("transform, name", [(T.RandomCrop(4), "RandomCrop"),
+                                             (T.RandomHorizontalFlip(), "RandomHorizontalFlip"),
+                                             (T.Compose([]), "Compose")])
+def test_bad_rng(transform, name):
+    with pytest.raises(TypeError, match=f"{name}: rng must be a numpy Generator, an int seed >= 0 or None, got 'a'"):
+        transform(_images(h=4, w=4), "a")
+    assert transform(_images(h=4, w=4), 3).shape == (8, 3, 4, 4)  # an int seeds a new generator
+
+
 def test_same_seed_same_result_and_global_generator():
     x = _images(n=64, h=6, w=6)
     a = _augment()(x, np.random.default_rng(1))
@@ -285,3 +294,12 @@ def make_epochs(loader, epochs, stop_after=None):
             count += 1
             if count == stop_after:
                 return
+
+
+def test_channel_mean_std_of_a_dataset_without_arrays():
+    class Empty(data.Dataset):
+        def arrays(self):
+            return ()
+
+    with pytest.raises(ValueError, match="channel_mean_std: the dataset's arrays\\(\\) is empty"):
+        data.channel_mean_std(Empty())

@@ -20,7 +20,7 @@ import pickle
 
 import numpy as np
 
-from .datasets import DatasetFormatError, FileDataset, RemoteFile
+from .datasets import DatasetFormatError, FileDataset, RemoteFile, check_path
 from .download import (DownloadError, UnsafeArchiveError, extract_tar, fetch_into, fetch_verified, fix_hint,
                        is_url, join, make_dirs, md5sum, mirror_base, move_folder_into_place, remove_empty_dirs,
                        temp_folder)
@@ -154,8 +154,9 @@ def load_pickle(path):
         DatasetFormatError: the pickle is refused (it names a function or class other than the
             NumPy array reconstruction, or a non-uint8 array) or broken (truncated, bad opcodes);
             the message names the file.
+        TypeError: ``path`` is not a str or ``os.PathLike``.
     """
-    path = os.fspath(path)
+    path = check_path("load_pickle", path)
     try:
         with open(path, "rb") as f:
             obj = RestrictedUnpickler(io.BufferedReader(f, 1 << 20), encoding="bytes").load()

@@ -51,7 +51,12 @@ class Dataset:
         return len(self.arrays()[0])
 
     def __getitem__(self, index):
-        return tuple(a[index] for a in self.arrays())
+        arrays = self.arrays()
+        try:
+            return tuple(a[index] for a in arrays)
+        except IndexError as exc:
+            raise IndexError(f"{type(self).__name__}: bad index {index!r:.60} for {len(arrays[0])} samples "
+                             f"(an int, a slice or an integer/boolean array along axis 0): {exc}") from None
 
 
 class ArrayDataset(Dataset):
@@ -74,7 +79,10 @@ class ArrayDataset(Dataset):
     def __init__(self, *arrays):
         if not arrays:
             raise ValueError("ArrayDataset: expected at least one array")
-        arrays = tuple(np.asarray(a) for a in arrays)
+        try:
+            arrays = tuple(np.asarray(a) for a in arrays)
+        except ValueError as exc:  # ragged nested lists
+            raise ValueError(f"ArrayDataset: every argument must convert to one NumPy array: {exc}") from None
         for i, a in enumerate(arrays):
             if a.ndim == 0:
                 raise ValueError(f"ArrayDataset: array {i} is 0-d; every array needs a sample axis 0")
@@ -134,8 +142,9 @@ def read_idx(path):
         DatasetFormatError: broken gzip stream, bad magic number, unknown type code, no
             dimensions, a header or data size that disagrees with the dimensions (truncated or
             trailing bytes). The message names the file.
+        TypeError: ``path`` is not a str or ``os.PathLike``.
     """
-    path = os.fspath(path)
+    path = check_path("read_idx", path)
     raw = _read_bytes(path)
     if len(raw) < 4:
         raise DatasetFormatError(f"{path}: not an IDX file: {len(raw)} bytes, shorter than the 4-byte magic number")
@@ -170,6 +179,19 @@ def check_bool(owner, name, value):
     return bool(value)
 
 
+def check_path(owner, value, name="path", kind="file"):
+    """Return ``value`` as a str path, or raise TypeError naming ``owner`` unless it is one.
+
+    Raises:
+        TypeError: ``value`` is not a str or ``os.PathLike`` giving a str.
+    """
+    path = value.__fspath__() if isinstance(value, os.PathLike) else value
+    if not isinstance(path, str):
+        raise TypeError(f"{owner}: {name} must be a {kind} path (str or os.PathLike), got "
+                        f"{type(value).__name__} {value!r:.60}")
+    return path
+
+
 def check_root(owner, root):
     """Return ``root`` as a str path, or raise naming ``owner`` unless it is a folder path.
 
@@ -177,10 +199,7 @@ def check_root(owner, root):
         TypeError: ``root`` is not a str or ``os.PathLike`` (or gives bytes).
         NotADirectoryError: ``root`` exists and is not a folder.
     """
-    path = root.__fspath__() if isinstance(root, os.PathLike) else root
-    if not isinstance(path, str):
-        raise TypeError(f"{owner}: root must be a folder path (str or os.PathLike), got "
-                        f"{type(root).__name__} {root!r}")
+    path = check_path(owner, root, "root", "folder")
     if os.path.exists(path) and not os.path.isdir(path):
         raise NotADirectoryError(f"{owner}: root {path!r} exists and is not a folder")
     return path

@@ -44,6 +44,13 @@ def _check_images(owner, x):
     return x
 
 
+def _generator(owner, rng):
+    """``rng`` as a Generator: itself, a new one seeded by an int, or minidl's global one for None."""
+    if rng is None or isinstance(rng, np.random.Generator) or (_is_int(rng) and rng >= 0):
+        return get_rng(rng)
+    raise TypeError(f"{owner}: rng must be a numpy Generator, an int seed >= 0 or None, got {rng!r:.60}")
+
+
 def _is_int(value):
     return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
 
@@ -71,7 +78,7 @@ class Compose(Transform):
         self.transforms = list(transforms)
 
     def __call__(self, x, rng=None):
-        rng = get_rng(rng)
+        rng = _generator("Compose", rng)
         for t in self.transforms:
             x = t(x, rng)
         return x
@@ -113,7 +120,7 @@ class RandomCrop(Transform):
 
     def __call__(self, x, rng=None):
         _check_images("RandomCrop", x)
-        rng = get_rng(rng)
+        rng = _generator("RandomCrop", rng)
         n, c, height, width = x.shape
         h, w = self.size
         p = self.padding
@@ -159,7 +166,7 @@ class RandomHorizontalFlip(Transform):
 
     def __call__(self, x, rng=None):
         _check_images("RandomHorizontalFlip", x)
-        flip = get_rng(rng).random(len(x)) < self.p
+        flip = _generator("RandomHorizontalFlip", rng).random(len(x)) < self.p
         out = x.copy()
         out[flip] = x[flip, :, :, ::-1]
         return out
@@ -258,7 +265,10 @@ def channel_mean_std(dataset):
         if not callable(arrays_fn):
             raise TypeError(f"channel_mean_std: expected a dataset with arrays() or a numpy.ndarray, "
                             f"got {type(dataset).__name__}")
-        images = arrays_fn()[0]
+        arrays = tuple(arrays_fn())
+        if not arrays:
+            raise ValueError("channel_mean_std: the dataset's arrays() is empty; expected (images, ...)")
+        images = arrays[0]
     if not isinstance(images, np.ndarray) or images.dtype.kind not in "fiub":
         got = f"dtype {images.dtype}" if isinstance(images, np.ndarray) else type(images).__name__
         raise TypeError(f"channel_mean_std: expected real-valued images, got {got}")
