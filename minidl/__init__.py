@@ -7,6 +7,7 @@ Layers have an explicit forward and backward; arrays are NumPy arrays in NCHW la
 """
 from . import data, functional, layers, losses, optim
 from ._config import get_num_threads, set_num_threads
+from ._memory import empty_cache, get_cache_limit, memory_stats, set_cache_limit
 from ._random import manual_seed
 from .model import Sequential
 from .trainer import Callback, EvaluateEvery, History, Trainer
@@ -15,5 +16,6 @@ __all__ = [
     "data", "functional", "layers", "losses", "optim",
     "Sequential", "Trainer", "History", "Callback", "EvaluateEvery",
     "manual_seed", "set_num_threads", "get_num_threads",
+    "empty_cache", "memory_stats", "set_cache_limit", "get_cache_limit",
 ]
 __version__ = "0.1.0"
