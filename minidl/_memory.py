@@ -16,8 +16,8 @@ next allocation of the same size (rounded up to 4 KiB) gets it back, already map
   ``$MINIDL_CACHE_LIMIT`` read at import, e.g. ``1G``, ``256M`` or a number of bytes; ``0``
   turns caching off); above the limit the least recently freed go back to the system.
 * A cached block that ``IDLE_ALLOCATIONS`` (1024) later allocations did not take goes back to
-  the system: the blocks of an evaluation at batch 1000 are released a few dozen steps into
-  training at batch 64.
+  the system: the blocks of an evaluation at batch 1000 are released about 50 steps into
+  training the MNIST CNN at batch 64.
 * :func:`empty_cache` gives every cached block back now (like ``torch.cuda.empty_cache``);
   :func:`memory_stats` reports the counters.
 
@@ -38,8 +38,10 @@ __all__ = [
 ]
 
 DEFAULT_CACHE_LIMIT = 512 << 20
-# A cached block not taken during this many later cacheable allocations is released; far more
-# than a training step of our networks makes, so a block used once per step stays.
+# A cached block not taken during this many later cacheable allocations is released. A training
+# step makes far fewer (measured: 20 for the MNIST CNN + BN at batch 64, 47 for the CIFAR CNN +
+# BN at batch 128), so a block used once per step stays, and the blocks of another batch size go
+# about 50 MNIST steps after the switch.
 IDLE_ALLOCATIONS = 1024
 MIN_CACHED_BYTES = _kernel.MIN_CACHED_BYTES
 ALIGNMENT = _kernel.ALIGNMENT

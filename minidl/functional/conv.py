@@ -26,8 +26,8 @@ overwrites it with ``dcols``: a cache serves ONE backward pass (like PyTorch's a
 without ``retain_graph``). Callers that convolve repeatedly (the Conv2D layer) can pass a
 ``workspace`` so ``cols`` reuses the same memory from batch to batch. Every other large array
 (the NHWC copies, ``out_rows``, ``drows``, the outputs and ``dx``) comes from
-:mod:`minidl._buffers`, which hands back an array of the same shape only once nothing refers to
-it: no page faults for fresh memory on each step, and nothing the caller holds is overwritten.
+:mod:`minidl._memory`'s caching allocator, which reuses the memory of freed arrays: no page faults
+for fresh memory on each step, and nothing the caller holds is overwritten.
 
 When ``C_in*kH*kW`` is small (a first layer on 1 or 3 channels) and the stride is 1, the
 convolution is computed by direct Cython loops instead (see ``choose_method`` and
@@ -40,7 +40,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from .. import _blas, _buffers, _config
+from .. import _blas, _config, _memory
 from .._checks import check_float_array, check_grad, check_input, pair
 from .._kernels import _conv as _kernel
 from . import winograd as _winograd
@@ -147,7 +147,7 @@ def _padded(x, padding):
     if pad_h == 0 and pad_w == 0:
         return np.ascontiguousarray(x)
     n, c, h, w = x.shape
-    x_pad = _buffers.empty((n, c, h + 2 * pad_h, w + 2 * pad_w), x.dtype)
+    x_pad = _memory.empty((n, c, h + 2 * pad_h, w + 2 * pad_w), x.dtype)
     x_pad[:, :, :pad_h] = 0
     x_pad[:, :, h + pad_h:] = 0
     x_pad[:, :, pad_h:h + pad_h, :pad_w] = 0
@@ -250,7 +250,7 @@ def _to_nhwc(x, threads):
     n, c, h, w = x.shape
     if c == 1:
         return x.reshape(n, h, w, 1)
-    x_nhwc = _buffers.empty((n, h, w, c), x.dtype)
+    x_nhwc = _memory.empty((n, h, w, c), x.dtype)
     _kernel.transpose_batched(x.reshape(n, c, h * w), _no_bias(x.dtype), False,
                               x_nhwc.reshape(n, h * w, c), threads)
     return x_nhwc
@@ -261,7 +261,7 @@ def _to_nchw(x_nhwc, threads):
     n, h, w, c = x_nhwc.shape
     if c == 1:
         return x_nhwc.reshape(n, 1, h, w)
-    x = _buffers.empty((n, c, h, w), x_nhwc.dtype)
+    x = _memory.empty((n, c, h, w), x_nhwc.dtype)
     _kernel.transpose_batched(x_nhwc.reshape(n, h * w, c), _no_bias(x.dtype), False,
                               x.reshape(n, c, h * w), threads)
     return x
@@ -307,7 +307,7 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, layer="conv2d", wo
     out_h, out_w = check_spatial_size(layer, x.shape, (kernel_h, kernel_w), stride, padding)
     n, in_channels = x.shape[:2]
     shape = (n, out_channels, out_h, out_w)
-    out = _buffers.output(layer, out, shape, x.dtype)
+    out = _memory.output(layer, out, shape, x.dtype)
     has_bias = bias is not None
     method = choose_method(method, kernel_h * kernel_w * in_channels, layer, stride,
                            (kernel_h, kernel_w))
@@ -335,7 +335,7 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, layer="conv2d", wo
     threads = _config.threads_for(n * per_sample * taps)
     x_nhwc = _to_nhwc(np.ascontiguousarray(x), threads)
     weight_rows = np.ascontiguousarray(weight.transpose(0, 2, 3, 1)).reshape(out_channels, -1)
-    out_rows = _buffers.empty((n * per_sample, out_channels), x.dtype)
+    out_rows = _memory.empty((n * per_sample, out_channels), x.dtype)
     for start in range(0, n, chunk):
         stop = min(n, start + chunk)
         part = cols[:(stop - start) * per_sample]
@@ -368,10 +368,10 @@ def _direct_backward(dout, cache, input_grad):
     dbias = bias_grad.astype(cache.dtype) if cache.has_bias else None
     if not input_grad:
         return None, dweight, dbias
-    dout_wide = _buffers.empty((n, out_channels, out_h, wide_w), cache.dtype)
+    dout_wide = _memory.empty((n, out_channels, out_h, wide_w), cache.dtype)
     dout_wide[..., out_w:] = 0
     dout_wide[..., :out_w] = dout
-    dx = _buffers.empty(cache.x_shape, cache.dtype)
+    dx = _memory.empty(cache.x_shape, cache.dtype)
     _kernel.direct_input_grad(dout_wide, weight, dx, *cache.padding, scratch, threads)
     return dx, dweight, dbias
 
@@ -416,7 +416,7 @@ def conv2d_backward(dout, cache, layer="conv2d", input_grad=True):
     threads = _config.threads_for(n * per_sample * cols.shape[1])
 
     dout = np.ascontiguousarray(dout).reshape(n, out_channels, -1)
-    drows = _buffers.empty((out_channels, n * per_sample), cache.dtype)
+    drows = _memory.empty((out_channels, n * per_sample), cache.dtype)
     bias_grad = np.empty(out_channels, dtype=np.float64)
     _kernel.nchw_to_rows(dout, drows, bias_grad, cache.has_bias, threads)
     dbias = bias_grad.astype(cache.dtype) if cache.has_bias else None
@@ -424,7 +424,7 @@ def conv2d_backward(dout, cache, layer="conv2d", input_grad=True):
     _, _, height, width = cache.x_shape
     dx_nhwc = None
     if input_grad:
-        dx_nhwc = _buffers.empty((n, height, width, in_channels), cache.dtype)
+        dx_nhwc = _memory.empty((n, height, width, in_channels), cache.dtype)
     dweight_rows = partial = None
     for start in range(0, n, chunk):
         stop = min(n, start + chunk)

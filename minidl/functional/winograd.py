@@ -15,7 +15,7 @@ from typing import Tuple
 
 import numpy as np
 
-from .. import _blas, _buffers, _config
+from .. import _blas, _config, _memory
 from .._kernels import _winograd as _kernel
 from ..reference.winograd import tiles, weight_grad_transform, weight_transform
 
@@ -86,7 +86,7 @@ def forward(x, weight, bias, padding, out):
     u = _padded_columns(u, _round_up(k, COL_STEP))  # (16, C, K+)
     threads = _threads(n, out.size * channels)
     size = _kernel.scratch_size(channels, k, out_h, out_w, block_rows, False)
-    scratch = _buffers.empty((threads, size), x.dtype)
+    scratch = _memory.empty((threads, size), x.dtype)
     bias_vector = np.ascontiguousarray(bias) if bias is not None else np.zeros(k, x.dtype)
     _kernel.forward(x, u, bias_vector, bias is not None, out, *padding, block_rows, scratch,
                     threads)
@@ -104,9 +104,9 @@ def backward(dout, state, has_bias, input_grad):
     ut = _padded_columns(state.u.transpose(0, 2, 1), _round_up(channels, COL_STEP))
     du = np.zeros((threads, 16, _round_up(channels, ROW_STEP), _round_up(k, COL_STEP)), dtype)
     dbias = np.zeros((threads, k), np.float64)
-    dx = _buffers.empty(x.shape, dtype) if input_grad else np.empty((1, 1, 1, 1), dtype)
+    dx = _memory.empty(x.shape, dtype) if input_grad else np.empty((1, 1, 1, 1), dtype)
     size = _kernel.scratch_size(channels, k, out_h, out_w, state.block_rows, input_grad)
-    scratch = _buffers.empty((threads, size), dtype)
+    scratch = _memory.empty((threads, size), dtype)
     _kernel.backward(x, dout, ut, du, dbias, has_bias, dx, input_grad, *state.padding,
                      state.block_rows, scratch, threads)
     du = du[:, :, :channels, :k].sum(axis=0, dtype=np.float64)

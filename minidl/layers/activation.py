@@ -27,7 +27,7 @@ class ReLU(_Stateless):
     """
 
     def forward(self, x):
-        self._cache = None  # lets the previous output's memory be reused
+        self._cache = None  # frees the previous output: its block can serve this one
         out, self._cache = relu_forward(x, layer="ReLU")
         return out
 

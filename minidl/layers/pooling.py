@@ -1,7 +1,4 @@
 """Pooling layers."""
-import numpy as np
-
-from .. import _buffers
 from .._checks import check_grad
 from ..functional.pooling import max_pool2d_backward, max_pool2d_forward, pool_params
 from .module import Module
@@ -42,22 +39,9 @@ class MaxPool2D(Module):
         self._cache = None
 
     def forward(self, x):
-        """Pool ``x`` ``(N, C, H, W)``; returns ``(N, C, OH, OW)`` in x's dtype.
-
-        The output and the cached indices come from minidl's pool of unreferenced arrays
-        (:mod:`minidl._buffers`), so a training loop does not page-fault fresh memory each step.
-        """
-        self._cache = None  # lets the previous argmax be reused
-        out = argmax = None
-        if isinstance(x, np.ndarray) and x.ndim == 4 and x.dtype in (np.float32, np.float64):
-            out_h = (x.shape[2] - self.kernel_size[0]) // self.stride[0] + 1
-            out_w = (x.shape[3] - self.kernel_size[1]) // self.stride[1] + 1
-            if out_h >= 1 and out_w >= 1:
-                shape = x.shape[:2] + (out_h, out_w)
-                out = _buffers.empty(shape, x.dtype)
-                argmax = _buffers.empty(shape, np.int64)
-        out, self._cache = max_pool2d_forward(x, self.kernel_size, self.stride, layer="MaxPool2D",
-                                              out=out, argmax=argmax)
+        """Pool ``x`` ``(N, C, H, W)``; returns ``(N, C, OH, OW)`` in x's dtype (a new array)."""
+        self._cache = None  # frees the previous indices before new ones are allocated
+        out, self._cache = max_pool2d_forward(x, self.kernel_size, self.stride, layer="MaxPool2D")
         return out
 
     def backward(self, dout, input_grad=True):
@@ -78,8 +62,7 @@ class MaxPool2D(Module):
         if not input_grad:
             check_grad("MaxPool2D", dout, self._cache.argmax.shape, self._cache.dtype)
             return None
-        dx = _buffers.empty(self._cache.x_shape, self._cache.dtype)
-        return max_pool2d_backward(dout, self._cache, layer="MaxPool2D", out=dx)
+        return max_pool2d_backward(dout, self._cache, layer="MaxPool2D")
 
     def extra_repr(self):
         return f"kernel_size={self.kernel_size}, stride={self.stride}"
