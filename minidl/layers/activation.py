@@ -1,4 +1,5 @@
 """Activation layers: ReLU and Softmax."""
+from .._checks import check_grad
 from ..functional.activation import relu_backward, relu_forward, softmax_backward, softmax_forward
 from .module import Module
 
@@ -17,6 +18,10 @@ class _Stateless(Module):
             raise RuntimeError(f"{type(self).__name__}: backward called before forward")
         return self._cache
 
+    def _no_input_grad(self, dout, output):
+        """``backward(dout, input_grad=False)``: check ``dout`` against ``output``; None."""
+        check_grad(type(self).__name__, dout, output.shape, output.dtype)
+
 
 class ReLU(_Stateless):
     """Rectified linear unit, ``max(x, 0)`` elementwise (Nair & Hinton, 2010).
@@ -32,7 +37,11 @@ class ReLU(_Stateless):
         return out
 
     def backward(self, dout, input_grad=True):
-        return relu_backward(dout, self._need_cache(), layer="ReLU")
+        """d loss / d x (None when ``input_grad`` is False); see :meth:`Module.backward`."""
+        y = self._need_cache()
+        if not input_grad:
+            return self._no_input_grad(dout, y)
+        return relu_backward(dout, y, layer="ReLU")
 
 
 class Softmax(_Stateless):
@@ -56,7 +65,11 @@ class Softmax(_Stateless):
         return out
 
     def backward(self, dout, input_grad=True):
-        return softmax_backward(dout, self._need_cache(), layer="Softmax")
+        """d loss / d x (None when ``input_grad`` is False); see :meth:`Module.backward`."""
+        cache = self._need_cache()
+        if not input_grad:
+            return self._no_input_grad(dout, cache[0])
+        return softmax_backward(dout, cache, layer="Softmax")
 
     def extra_repr(self):
         return f"axis={self.axis}"

@@ -46,6 +46,8 @@ class Dense(Module):
         return out
 
     def backward(self, dout, input_grad=True):
+        """Accumulate parameter gradients; return d loss / d x, or None when ``input_grad`` is
+        False (see :meth:`Module.backward`)."""
         if self._cache is None:
             raise RuntimeError("Dense: backward called before forward")
         dx, dweight, dbias = linear_backward(dout, self._cache, layer="Dense", input_grad=input_grad)

@@ -88,13 +88,17 @@ class _NormBase(Module):
         return out
 
     def backward(self, dout, input_grad=True):
+        """Accumulate parameter gradients; return d loss / d x, or None when ``input_grad`` is
+        False (see :meth:`Module.backward`)."""
         if self._cache is None:
             raise RuntimeError(f"{type(self).__name__}: backward called before forward")
         dx, dweight, dbias = batch_norm_backward(dout, self._cache, layer=type(self).__name__)
         if self.affine:
             self.weight.accumulate_grad(dweight)
             self.bias.accumulate_grad(dbias)
-        return dx
+        # the kernel forms dx together with the parameter gradients' sums, so nothing is saved
+        # without input_grad; dx is dropped (its memory goes back to the cache)
+        return dx if input_grad else None
 
     def extra_repr(self):
         return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "

@@ -26,8 +26,9 @@ class Flatten(Module):
         return x.reshape(x.shape[0], -1)
 
     def backward(self, dout, input_grad=True):
+        """d loss / d x reshaped to the input's shape, or None when ``input_grad`` is False."""
         if self._shape is None:
             raise RuntimeError("Flatten: backward called before forward")
         shape, dtype = self._shape
         check_grad("Flatten", dout, (shape[0], math.prod(shape[1:])), dtype)
-        return dout.reshape(shape)
+        return dout.reshape(shape) if input_grad else None
