@@ -1,5 +1,6 @@
 """Activation layers: ReLU and Softmax."""
 from .._checks import check_grad
+from .._grad_mode import save_for_backward, saved_for_backward
 from ..functional.activation import relu_backward, relu_forward, softmax_backward, softmax_forward
 from .module import Module
 
@@ -14,9 +15,7 @@ class _Stateless(Module):
         self._cache = None
 
     def _need_cache(self):
-        if self._cache is None:
-            raise RuntimeError(f"{type(self).__name__}: backward called before forward")
-        return self._cache
+        return saved_for_backward(type(self).__name__, self._cache)
 
     def _no_input_grad(self, dout, output):
         """``backward(dout, input_grad=False)``: check ``dout`` against ``output``; None."""
@@ -33,7 +32,8 @@ class ReLU(_Stateless):
 
     def forward(self, x):
         self._cache = None  # frees the previous output: its block can serve this one
-        out, self._cache = relu_forward(x, layer="ReLU")
+        out, cache = relu_forward(x, layer="ReLU")
+        self._cache = save_for_backward(cache)
         return out
 
     def backward(self, dout, input_grad=True):
@@ -61,7 +61,9 @@ class Softmax(_Stateless):
         self.axis = int(axis)
 
     def forward(self, x):
-        out, self._cache = softmax_forward(x, self.axis, layer="Softmax")
+        self._cache = None
+        out, cache = softmax_forward(x, self.axis, layer="Softmax")
+        self._cache = save_for_backward(cache)
         return out
 
     def backward(self, dout, input_grad=True):

@@ -2,6 +2,7 @@
 import numpy as np
 
 from .._checks import check_input, pair, positive_int
+from .._grad_mode import save_for_backward, saved_for_backward
 from ..functional.conv import check_method, conv2d_backward, conv2d_forward
 from .init import uniform_fan_in
 from .module import Module, Parameter
@@ -46,7 +47,8 @@ class Conv2D(Module):
         ValueError: bad constructor arguments; an input of the wrong rank, channel count or
             too small for the kernel; a gradient of the wrong shape.
         TypeError: a non-float input or gradient.
-        RuntimeError: ``backward`` before ``forward``.
+        RuntimeError: ``backward`` before ``forward``, or after a forward under
+            :class:`minidl.no_grad`.
 
     Example::
 
@@ -85,8 +87,9 @@ class Conv2D(Module):
         check_input("Conv2D", x, "NCHW", {"C": self.in_channels})
         self._cache = None  # frees the previous step's arrays before this one allocates
         weight, bias = self._params_as(x.dtype)
-        out, self._cache = conv2d_forward(x, weight, bias, self.stride, self.padding,
-                                          layer="Conv2D", method=self.method)
+        out, cache = conv2d_forward(x, weight, bias, self.stride, self.padding, layer="Conv2D",
+                                    method=self.method)
+        self._cache = save_for_backward(cache)
         return out
 
     def backward(self, dout, input_grad=True):
@@ -102,15 +105,12 @@ class Conv2D(Module):
         Returns:
             np.ndarray or None: ``(N, C_in, H, W)`` in the dtype of the last input, or None.
         Raises:
-            RuntimeError: no forward pass has been run since the last backward pass.
+            RuntimeError: no forward pass has been run since the last backward pass, or it ran
+                under :class:`minidl.no_grad`.
             ValueError/TypeError: ``dout`` does not match the last output.
         """
-        if self._cache is None:
-            raise RuntimeError(
-                "Conv2D: backward called before forward (each forward allows one backward)"
-            )
-        dx, dweight, dbias = conv2d_backward(dout, self._cache, layer="Conv2D",
-                                              input_grad=input_grad)
+        cache = saved_for_backward("Conv2D", self._cache, " (each forward allows one backward)")
+        dx, dweight, dbias = conv2d_backward(dout, cache, layer="Conv2D", input_grad=input_grad)
         self._cache = None
         self.weight.accumulate_grad(dweight)
         if self.bias is not None:

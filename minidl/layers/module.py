@@ -7,8 +7,8 @@ A :class:`Module` owns three kinds of state, as in PyTorch's ``torch.nn.Module``
   but never given to an optimizer),
 * child modules (registered automatically when assigned as attributes).
 
-Every module implements an explicit ``forward(x)``, which keeps what its backward pass needs,
-and ``backward(dout, input_grad=True)``, which *accumulates* parameter gradients into
+Every module implements an explicit ``forward(x)``, which keeps what its backward pass needs
+(nothing under :class:`minidl.no_grad`), and ``backward(dout, input_grad=True)``, which *accumulates* parameter gradients into
 ``Parameter.grad`` (like PyTorch's ``.grad``; call ``zero_grad()`` or ``optimizer.zero_grad()``
 between steps) and returns the gradient with respect to its input -- or None when
 ``input_grad`` is False (see :meth:`Module.backward`).
@@ -123,8 +123,9 @@ class Module:
         Returns:
             np.ndarray or None: d loss / d input, or None when ``input_grad`` is False.
         Raises:
-            RuntimeError: no forward pass to backpropagate through (none yet, or, for layers
-                that keep one forward pass for one backward pass, already used).
+            RuntimeError: no forward pass to backpropagate through: none yet, the last one ran
+                under :class:`minidl.no_grad` (which keeps nothing for backward), or, for
+                layers that keep one forward pass for one backward pass, it was already used.
             ValueError/TypeError: ``dout`` does not match the last output.
         """
         raise NotImplementedError(f"{type(self).__name__} does not implement backward")

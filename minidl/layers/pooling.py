@@ -1,5 +1,6 @@
 """Pooling layers."""
 from .._checks import check_grad
+from .._grad_mode import save_for_backward, saved_for_backward
 from ..functional.pooling import max_pool2d_backward, max_pool2d_forward, pool_params
 from .module import Module
 
@@ -25,7 +26,8 @@ class MaxPool2D(Module):
         ValueError: bad ``kernel_size``/``stride``; an input of the wrong rank or smaller than
             the window; a gradient of the wrong shape.
         TypeError: a non-float input or gradient.
-        RuntimeError: ``backward`` before ``forward``.
+        RuntimeError: ``backward`` before ``forward``, or after a forward under
+            :class:`minidl.no_grad`.
 
     Example::
 
@@ -41,7 +43,8 @@ class MaxPool2D(Module):
     def forward(self, x):
         """Pool ``x`` ``(N, C, H, W)``; returns ``(N, C, OH, OW)`` in x's dtype (a new array)."""
         self._cache = None  # frees the previous indices before new ones are allocated
-        out, self._cache = max_pool2d_forward(x, self.kernel_size, self.stride, layer="MaxPool2D")
+        out, cache = max_pool2d_forward(x, self.kernel_size, self.stride, layer="MaxPool2D")
+        self._cache = save_for_backward(cache)
         return out
 
     def backward(self, dout, input_grad=True):
@@ -54,15 +57,15 @@ class MaxPool2D(Module):
         Returns:
             np.ndarray or None: ``(N, C, H, W)`` in the dtype of the last input.
         Raises:
-            RuntimeError: no forward pass has been run.
+            RuntimeError: no forward pass has been run, or it ran under
+                :class:`minidl.no_grad`.
             ValueError/TypeError: ``dout`` does not match the last output.
         """
-        if self._cache is None:
-            raise RuntimeError("MaxPool2D: backward called before forward")
+        cache = saved_for_backward("MaxPool2D", self._cache)
         if not input_grad:
-            check_grad("MaxPool2D", dout, self._cache.argmax.shape, self._cache.dtype)
+            check_grad("MaxPool2D", dout, cache.argmax.shape, cache.dtype)
             return None
-        return max_pool2d_backward(dout, self._cache, layer="MaxPool2D")
+        return max_pool2d_backward(dout, cache, layer="MaxPool2D")
 
     def extra_repr(self):
         return f"kernel_size={self.kernel_size}, stride={self.stride}"
