@@ -59,10 +59,12 @@ typedef struct {
 
 static size_t minidl_round_up(size_t value, size_t step) { return (value + step - 1) / step * step; }
 
-/* The capacity a request of `size` bytes gets: whole pages if the block is cacheable. */
+/* The capacity a request of `size` bytes gets: whole pages if the block is cacheable; 0 if the
+ * request is too large to be served at all. */
 static size_t minidl_capacity(size_t size)
 {
     if (size == 0) size = 1;
+    if (size > SIZE_MAX / 2) return 0;
     return size < MINIDL_CACHE_MIN_BYTES ? size : minidl_round_up(size, MINIDL_CACHE_PAGE);
 }
 
@@ -162,6 +164,7 @@ static void *minidl_cache_alloc(minidl_cache *cache, size_t size, int zero)
     size_t capacity = minidl_capacity(size);
     minidl_block *block = NULL, *chain = NULL;
     int cacheable = capacity >= MINIDL_CACHE_MIN_BYTES;
+    if (capacity == 0) return NULL;
     if (cacheable) {
         minidl_lock(cache);
         cache->clock += 1;
@@ -235,7 +238,9 @@ static void *minidl_handler_realloc(void *ctx, void *data, size_t new_size)
     minidl_cache *cache = (minidl_cache *)ctx;
     if (data == NULL) return minidl_cache_alloc(cache, new_size, 0);
     minidl_block *block = minidl_header(data);
-    if (minidl_capacity(new_size) == block->capacity) return data;
+    size_t capacity = minidl_capacity(new_size);
+    if (capacity == 0) return NULL;  /* too large; the old block stays valid */
+    if (capacity == block->capacity) return data;
     void *moved = minidl_cache_alloc(cache, new_size, 0);
     if (moved == NULL) return NULL;  /* the old block stays valid, as realloc's contract says */
     memcpy(moved, data, block->capacity < new_size ? block->capacity : new_size);
