@@ -44,22 +44,23 @@ minidl_cache_init(0, 0)
 cdef object _handler = PyCapsule_New(<void *>&minidl_handler, "mem_handler", NULL)
 
 
-def empty(shape, dtype):
-    """``np.empty(shape, dtype)`` with its data from the caching allocator."""
+cdef object _allocate(function, shape, dtype):
+    """``function(shape, dtype)`` with the handler installed, the previous one put back."""
     previous = cnp.PyDataMem_SetHandler(_handler)
     try:
-        return np.empty(shape, dtype)
+        return function(shape, dtype)
     finally:
         cnp.PyDataMem_SetHandler(previous)
+
+
+def empty(shape, dtype):
+    """``np.empty(shape, dtype)`` with its data from the caching allocator."""
+    return _allocate(np.empty, shape, dtype)
 
 
 def zeros(shape, dtype):
     """``np.zeros(shape, dtype)`` with its data from the caching allocator."""
-    previous = cnp.PyDataMem_SetHandler(_handler)
-    try:
-        return np.zeros(shape, dtype)
-    finally:
-        cnp.PyDataMem_SetHandler(previous)
+    return _allocate(np.zeros, shape, dtype)
 
 
 def stats():
