@@ -9,17 +9,18 @@ CUDA): when NumPy frees such an array (its last reference is gone), its block is
 next allocation of the same size (rounded up to 4 KiB) gets it back, already mapped. The rules:
 
 * Only minidl's own allocations use it; arrays you create with NumPy keep NumPy's allocator
-  (``numpy.core.multiarray.get_handler_name(a)`` says ``"minidl_caching"`` for ours). An array
-  is reused only after NumPy freed it, so nothing you hold is ever overwritten.
+  (NumPy's ``get_handler_name(a)``, in ``numpy._core.multiarray`` since NumPy 2, says
+  ``"minidl_caching"`` for ours). An array's block is reused only after NumPy freed the array,
+  so nothing you hold is ever overwritten.
 * Blocks of at least ``MIN_CACHED_BYTES`` (64 KiB) are cached, at most
   :func:`get_cache_limit` bytes of them (default ``DEFAULT_CACHE_LIMIT`` = 512 MiB, or
   ``$MINIDL_CACHE_LIMIT`` read at import, e.g. ``1G``, ``256M`` or a number of bytes; ``0``
   turns caching off); above the limit the least recently freed go back to the system.
-* A cached block that ``IDLE_ALLOCATIONS`` (1024) later allocations did not take goes back to
-  the system: the blocks of an evaluation at batch 1000 are released about 50 steps into
+* A cached block that the next ``IDLE_ALLOCATIONS`` (1024) allocations of at least 64 KiB did
+  not take goes back to the system: the blocks of an evaluation at batch 1000 are released about 50 steps into
   training the MNIST CNN at batch 64.
 * :func:`empty_cache` gives every cached block back now (like ``torch.cuda.empty_cache``);
-  :func:`memory_stats` reports the counters.
+  :func:`memory_stats` reports the counters (:func:`reset_peak_memory_stats` restarts the peak).
 
 Every block is aligned to 64 bytes. The allocator is C (``minidl/_kernels/_memory.h``) and
 thread-safe.
@@ -32,8 +33,8 @@ import numpy as np
 from ._kernels import _memory as _kernel
 
 __all__ = [
-    "empty", "zeros", "output", "empty_cache", "memory_stats", "set_cache_limit",
-    "get_cache_limit", "DEFAULT_CACHE_LIMIT", "IDLE_ALLOCATIONS", "MIN_CACHED_BYTES",
+    "empty", "zeros", "output", "empty_cache", "memory_stats", "reset_peak_memory_stats",
+    "set_cache_limit", "get_cache_limit", "DEFAULT_CACHE_LIMIT", "IDLE_ALLOCATIONS", "MIN_CACHED_BYTES",
     "HANDLER_NAME",
 ]
 
@@ -123,6 +124,11 @@ def memory_stats():
         bytes, counted by block (a cached block's size is rounded up to 4 KiB).
     """
     return _kernel.stats()
+
+
+def reset_peak_memory_stats():
+    """Restart ``memory_stats()["peak_bytes"]`` from what the allocator holds now."""
+    _kernel.reset_peak()
 
 
 def set_cache_limit(nbytes):

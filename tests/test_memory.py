@@ -104,6 +104,10 @@ def test_memory_stats_count_live_and_cached_bytes(cache):
     stats = cache.memory_stats()
     assert stats["allocated_bytes"] == base["allocated_bytes"]
     assert stats["cached_bytes"] == 3 * (256 << 10) and stats["cached_blocks"] == 3
+    assert stats["peak_bytes"] >= base["allocated_bytes"] + 3 * (256 << 10)
+    cache.empty_cache()
+    cache.reset_peak_memory_stats()
+    assert cache.memory_stats()["peak_bytes"] == base["allocated_bytes"]
 
 
 def test_cache_limit_evicts_least_recently_freed(cache):
@@ -269,7 +273,8 @@ def test_cache_limit_from_the_environment():
     assert int(result.stdout) == 3 << 20
     env["MINIDL_CACHE_LIMIT"] = "lots"
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    assert result.returncode != 0 and "MINIDL_CACHE_LIMIT" in result.stderr and "'lots'" in result.stderr
+    assert result.returncode != 0
+    assert "MINIDL_CACHE_LIMIT" in result.stderr and "'lots'" in result.stderr
     del env["MINIDL_CACHE_LIMIT"]
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                             text=True, check=True)

@@ -57,7 +57,10 @@ typedef struct {
     uint64_t hits, misses, releases;
 } minidl_cache;
 
-static size_t minidl_round_up(size_t value, size_t step) { return (value + step - 1) / step * step; }
+static size_t minidl_round_up(size_t value, size_t step)
+{
+    return (value + step - 1) / step * step;
+}
 
 /* The capacity a request of `size` bytes gets: whole pages if the block is cacheable; 0 if the
  * request is too large to be served at all. */

@@ -8,10 +8,10 @@ A :class:`Module` owns three kinds of state, as in PyTorch's ``torch.nn.Module``
 * child modules (registered automatically when assigned as attributes).
 
 Every module implements an explicit ``forward(x)``, which keeps what its backward pass needs
-(nothing under :class:`minidl.no_grad`), and ``backward(dout, input_grad=True)``, which *accumulates* parameter gradients into
-``Parameter.grad`` (like PyTorch's ``.grad``; call ``zero_grad()`` or ``optimizer.zero_grad()``
-between steps) and returns the gradient with respect to its input -- or None when
-``input_grad`` is False (see :meth:`Module.backward`).
+(nothing under :class:`minidl.no_grad`), and ``backward(dout, input_grad=True)``, which
+*accumulates* parameter gradients into ``Parameter.grad`` (like PyTorch's ``.grad``; call
+``zero_grad()`` or ``optimizer.zero_grad()`` between steps) and returns the gradient with
+respect to its input -- or None when ``input_grad`` is False (see :meth:`Module.backward`).
 """
 from collections import OrderedDict
 

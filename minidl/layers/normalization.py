@@ -75,7 +75,7 @@ class _NormBase(Module):
             else:
                 factor = self.momentum
         update = self.training and self.track_running_stats
-        self._cache = None  # frees the previous input and output before this pass allocates
+        self._cache = None  # drops the previous step's input before this pass allocates
         out, cache = batch_norm_forward(
             x,
             None if self.weight is None else self.weight.data,
