@@ -7,6 +7,8 @@ Layers have an explicit forward and backward; arrays are NumPy arrays in NCHW la
 """
 from . import data, functional, layers, losses, optim
 from ._config import get_num_threads, set_num_threads
+from ._grad_mode import enable_grad, is_grad_enabled, no_grad
+from ._memory import empty_cache, get_cache_limit, memory_stats, set_cache_limit
 from ._random import manual_seed
 from .model import Sequential
 from .trainer import Callback, EvaluateEvery, History, Trainer
@@ -15,5 +17,7 @@ __all__ = [
     "data", "functional", "layers", "losses", "optim",
     "Sequential", "Trainer", "History", "Callback", "EvaluateEvery",
     "manual_seed", "set_num_threads", "get_num_threads",
+    "empty_cache", "memory_stats", "set_cache_limit", "get_cache_limit",
+    "no_grad", "enable_grad", "is_grad_enabled",
 ]
 __version__ = "0.1.0"

@@ -7,10 +7,11 @@ A :class:`Module` owns three kinds of state, as in PyTorch's ``torch.nn.Module``
   but never given to an optimizer),
 * child modules (registered automatically when assigned as attributes).
 
-Every layer implements an explicit ``forward(x)`` that caches what its backward needs and a
-``backward(dout)`` that *accumulates* parameter gradients into ``Parameter.grad`` (like
-PyTorch's ``.grad``; call ``zero_grad()`` or ``optimizer.zero_grad()`` between steps) and
-returns the gradient with respect to its input.
+Every module implements an explicit ``forward(x)``, which keeps what its backward pass needs
+(nothing under :class:`minidl.no_grad`), and ``backward(dout, input_grad=True)``, which
+*accumulates* parameter gradients into ``Parameter.grad`` (like PyTorch's ``.grad``; call
+``zero_grad()`` or ``optimizer.zero_grad()`` between steps) and returns the gradient with
+respect to its input -- or None when ``input_grad`` is False (see :meth:`Module.backward`).
 """
 from collections import OrderedDict
 
@@ -104,10 +105,28 @@ class Module:
         raise NotImplementedError(f"{type(self).__name__} does not implement forward")
 
     def backward(self, dout, input_grad=True):
-        """Accumulate parameter gradients and return d loss / d input.
+        """Backpropagate ``dout`` through the last forward pass.
 
-        With ``input_grad=False`` a layer may skip computing d loss / d input and return None
-        (used for the first layer of a model, whose input needs no gradient).
+        The contract every module follows (layers, :class:`~minidl.Sequential`, your own):
+
+        * parameter gradients are *added* to each ``Parameter.grad`` (the same with or without
+          ``input_grad``);
+        * with ``input_grad=True`` (default) the return value is d loss / d input, the shape and
+          dtype of the last forward input;
+        * with ``input_grad=False`` the module may skip computing it and returns None (PyTorch
+          never computes the gradient of an input that does not require one; a trainer calls
+          the model this way, since it never uses the gradient of the images).
+
+        Args:
+            dout (np.ndarray): d loss / d output, the shape and dtype of the last output.
+            input_grad (bool): compute and return d loss / d input (default True).
+        Returns:
+            np.ndarray or None: d loss / d input, or None when ``input_grad`` is False.
+        Raises:
+            RuntimeError: no forward pass to backpropagate through: none yet, the last one ran
+                under :class:`minidl.no_grad` (which keeps nothing for backward), or, for
+                layers that keep one forward pass for one backward pass, it was already used.
+            ValueError/TypeError: ``dout`` does not match the last output.
         """
         raise NotImplementedError(f"{type(self).__name__} does not implement backward")
 
