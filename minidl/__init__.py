@@ -8,12 +8,16 @@ Layers have an explicit forward and backward; arrays are NumPy arrays in NCHW la
 from . import data, functional, layers, losses, optim
 from ._config import get_num_threads, set_num_threads
 from ._random import manual_seed
+from .callbacks import Callback, CSVLogger, EarlyStopping, EvaluateEvery, ModelCheckpoint
 from .model import Sequential
-from .trainer import Callback, EvaluateEvery, History, Trainer
+from .serialization import SerializationError, load, save
+from .trainer import History, NonFiniteLossError, Trainer
 
 __all__ = [
     "data", "functional", "layers", "losses", "optim",
     "Sequential", "Trainer", "History", "Callback", "EvaluateEvery",
+    "EarlyStopping", "ModelCheckpoint", "CSVLogger", "NonFiniteLossError",
+    "save", "load", "SerializationError",
     "manual_seed", "set_num_threads", "get_num_threads",
 ]
 __version__ = "0.1.0"
