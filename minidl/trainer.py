@@ -496,8 +496,8 @@ class Trainer:
                 bar.set_postfix(postfix, refresh=False)
                 self._call("on_step_end", self.global_step,
                            {"loss": loss, "accuracy": correct / n, "batch_size": n, "lr": lr})
-                if self.stop_training:
-                    position.steps_done = True
+                if self.stop_training or (total is not None and position.step >= total):
+                    position.steps_done = True  # a checkpoint now must not ask the loader for more
                 if run.every is not None and self.global_step % run.every == 0:
                     self._save_checkpoint(run, position, history)
                 if run.sigint.pending:

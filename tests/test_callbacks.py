@@ -9,7 +9,7 @@ import pytest
 import minidl
 from minidl import data
 
-from trainer_helpers import ResumableLoader, assert_same_state, blobs, make_trainer, mlp
+from trainer_helpers import assert_same_state, blobs, make_trainer, mlp, shuffled_loader
 
 
 class FakeTrainer:
@@ -239,7 +239,7 @@ def test_callback_state_survives_an_interrupted_run(tmp_path):
             callbacks.append(Crash(crash))
         trainer = make_trainer(mlp(np.random.default_rng(1)), lr=0.05, progress=False,
                                callbacks=callbacks)
-        history = trainer.fit(ResumableLoader(x, y, 16, seed=1), epochs=8, val_loader=val,
+        history = trainer.fit(shuffled_loader(x, y, seed=1), epochs=8, val_loader=val,
                               checkpoint_dir=folder / "ckpt", checkpoint_every=2, resume=resume)
         return trainer, history, callbacks
 

@@ -14,7 +14,7 @@ import minidl
 from minidl import data, layers
 from minidl.experiments import mnist_cnn
 
-from trainer_helpers import ResumableLoader, assert_same_state, blobs, make_trainer, mlp
+from trainer_helpers import assert_same_state, blobs, make_trainer, mlp, shuffled_loader
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -44,14 +44,19 @@ class Recorder(minidl.Callback):
 
 
 class RaiseAt(minidl.Callback):
-    """Simulates a crash: raises RuntimeError at the end of the given global step."""
+    """Simulates a crash: raises RuntimeError at the end of a global step (an int) or in
+    on_epoch_end of an epoch (``"epoch<n>"``)."""
 
-    def __init__(self, step):
-        self.step = step
+    def __init__(self, when):
+        self.when = when
 
     def on_step_end(self, trainer, step, logs):
-        if step == self.step:
+        if step == self.when:
             raise RuntimeError(f"crash at step {step}")
+
+    def on_epoch_end(self, trainer, epoch, logs):
+        if f"epoch{epoch}" == self.when:
+            raise RuntimeError(f"crash at the end of epoch {epoch}")
 
 
 def assert_same_optimizer_state(a, b):
@@ -130,8 +135,10 @@ DATA = blobs(np.random.default_rng(2024), 100)  # 7 batches of 16 (the last of 4
 
 def _loader(kind):
     x, y = DATA
-    if kind == "resumable":
-        return ResumableLoader(x, y, 16, seed=3)
+    if kind == "seeded":
+        return shuffled_loader(x, y, seed=3)
+    if kind == "global-seed":  # the loader draws its base seed from minidl's global generator
+        return shuffled_loader(x, y, seed=None)
     return [(x[i:i + 16], y[i:i + 16]) for i in range(0, len(x), 16)]  # same batches every epoch
 
 
@@ -160,31 +167,35 @@ def _assert_same_run(trainer, history, reference, reference_history, reference_r
 def references():
     """Uninterrupted runs without checkpoints, per loader kind: (trainer, history, global RNG state)."""
     runs = {}
-    for kind in ("resumable", "list"):
+    for kind in ("seeded", "global-seed", "list"):
         trainer, history = _run(kind)
         runs[kind] = (trainer, history, minidl._random.get_rng().bit_generator.state)
     return runs
 
 
-@pytest.mark.parametrize("kind", ["resumable", "list"])
-@pytest.mark.parametrize("crashes", [
-    [5],        # last checkpoint after step 3: mid-epoch
-    [8],        # last checkpoint at the end of epoch 1 (step 7)
-    [13],       # mid-epoch 2 (step 12)
-    [15],       # end of epoch 2 (step 14)
-    [4, 11, 20],  # crash, resume, crash again, ...
-])
-def test_interrupted_and_resumed_run_is_bit_identical(tmp_path, references, kind, crashes):
+CRASHES = [
+    ([5], 3),          # last checkpoint after step 3: mid-epoch
+    ([8], 3),          # last checkpoint at the end of epoch 1 (step 7)
+    ([13], 3),         # mid-epoch 2 (step 12)
+    ([15], 3),         # end of epoch 2 (step 14)
+    ([4, 11, 20], 3),  # crash, resume, crash again, ...
+    (["epoch2"], 7),   # after the step checkpoint at the last step of epoch 2, before its end
+]
+
+
+@pytest.mark.parametrize("kind, crashes, every", [("seeded", *c) for c in CRASHES] + [
+    ("list", *c) for c in CRASHES] + [("global-seed", *c) for c in CRASHES[3:]])
+def test_interrupted_and_resumed_run_is_bit_identical(tmp_path, references, kind, crashes, every):
     for crash in crashes:
         with pytest.raises(RuntimeError, match="crash"):
-            _run(kind, tmp_path, callbacks=[RaiseAt(crash)], checkpoint_every=3, resume="auto")
+            _run(kind, tmp_path, callbacks=[RaiseAt(crash)], checkpoint_every=every, resume="auto")
     # another seed: the resumed run must take every random state from the checkpoint
-    trainer, history = _run(kind, tmp_path, seed=99, checkpoint_every=3, resume=True)
+    trainer, history = _run(kind, tmp_path, seed=99, checkpoint_every=every, resume=True)
     _assert_same_run(trainer, history, *references[kind])
 
 
 def test_checkpoint_contents(tmp_path, references):
-    trainer, history = _run("resumable", tmp_path)
+    trainer, history = _run("seeded", tmp_path)
     state = minidl.load(tmp_path / "last.ckpt")
     assert sorted(state) == sorted(["minidl_trainer_checkpoint", "model", "optimizer", "scheduler",
                                     "rng", "loader", "position", "history", "callbacks"])
@@ -192,13 +203,13 @@ def test_checkpoint_contents(tmp_path, references):
     assert state["position"]["epoch"] == 3 and state["position"]["step"] == 0
     assert state["position"]["global_step"] == 21
     assert list(state["rng"]["modules"]) == ["3"]  # the Noise layer with its own generator
-    assert state["loader"] == {"seed": 3, "epoch": 3, "batches": 0}
+    assert state["loader"]["epoch"] == 3 and state["loader"]["batches_yielded"] == 0
     assert list(state["history"]["step_loss"]) == history.step_loss
     fresh = mlp(np.random.default_rng(5), noise=True)
     fresh.load_state_dict(state["model"])
-    assert_same_state(fresh, references["resumable"][0].model)
+    assert_same_state(fresh, references["seeded"][0].model)
     # checkpointing did not change the run
-    assert_same_state(trainer.model, references["resumable"][0].model)
+    assert_same_state(trainer.model, references["seeded"][0].model)
 
 
 def test_resume_of_a_finished_run_does_nothing_more(tmp_path):
@@ -252,7 +263,7 @@ def _sigint_run(tmp_path, steps=(), count=1, callbacks=(), mode="train", **fit_k
     trainer = make_trainer(model, progress=False, callbacks=list(callbacks))
     if tmp_path is not None:
         fit_kwargs.setdefault("checkpoint_dir", tmp_path)
-    history = trainer.fit(_loader("resumable"), epochs=3, **fit_kwargs)
+    history = trainer.fit(_loader("seeded"), epochs=3, **fit_kwargs)
     return trainer, history
 
 
@@ -374,12 +385,12 @@ def test_sigint_during_validation_resumes_exactly(tmp_path, references):
     minidl.manual_seed(0)
     trainer = make_trainer(mlp(np.random.default_rng(1), noise=True), progress=False)
     with pytest.raises(KeyboardInterrupt, match="after step 14"):
-        trainer.fit(_loader("resumable"), epochs=3, val_loader=InterruptingValidation(),
+        trainer.fit(_loader("seeded"), epochs=3, val_loader=InterruptingValidation(),
                     checkpoint_dir=tmp_path)
     position = minidl.load(tmp_path / "last.ckpt")["position"]
     assert (position["epoch"], position["step"], position["steps_done"]) == (1, 7, True)
-    trainer, history = _run("resumable", tmp_path, resume=True)
-    _assert_same_run(trainer, history, *references["resumable"])
+    trainer, history = _run("seeded", tmp_path, resume=True)
+    _assert_same_run(trainer, history, *references["seeded"])
 
 
 def test_no_handler_is_installed_outside_the_main_thread(rng):
@@ -471,7 +482,7 @@ def _scheduled_run(interval, tmp_path=None, callbacks=(), **fit_kwargs):
     trainer.scheduler_interval = interval
     if tmp_path is not None:
         fit_kwargs["checkpoint_dir"] = tmp_path
-    history = trainer.fit(_loader("resumable"), epochs=3, **fit_kwargs)
+    history = trainer.fit(_loader("seeded"), epochs=3, **fit_kwargs)
     return trainer, history
 
 

@@ -1,40 +1,9 @@
-"""Stand-ins shared by the Trainer and callback tests: data, small models, a resumable loader."""
+"""Shared by the Trainer and callback tests: data, small models, loaders, state comparisons."""
 import numpy as np
 
 import minidl
-from minidl import layers, losses, optim
+from minidl import data, layers, losses, optim
 from minidl._random import get_rng
-
-
-class ResumableLoader:
-    """The loader contract Trainer.fit relies on for an exact resume (minidl.data.DataLoader's):
-    ``len()``, ``epoch``, ``set_epoch(e)`` (start epoch ``e`` from its first batch),
-    ``state_dict()`` (JSON-able) and ``load_state_dict(d)`` (the next ``iter()`` continues that
-    epoch at that batch). Each epoch's order is a permutation drawn from ``(seed, epoch)``."""
-
-    def __init__(self, x, y, batch_size, seed):
-        self.x, self.y, self.batch_size, self.seed = x, y, batch_size, seed
-        self.epoch, self._position = 0, 0
-
-    def __len__(self):
-        return -(-len(self.x) // self.batch_size)
-
-    def set_epoch(self, epoch):
-        self.epoch, self._position = int(epoch), 0
-
-    def state_dict(self):
-        return {"seed": self.seed, "epoch": self.epoch, "batches": self._position}
-
-    def load_state_dict(self, state):
-        self.seed, self.epoch, self._position = state["seed"], state["epoch"], state["batches"]
-
-    def __iter__(self):
-        order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.x))
-        for batch in range(self._position, len(self)):
-            self._position = batch + 1
-            index = order[batch * self.batch_size:(batch + 1) * self.batch_size]
-            yield self.x[index], self.y[index]
-        self.epoch, self._position = self.epoch + 1, 0
 
 
 class Noise(layers.Module):
@@ -68,6 +37,17 @@ def mlp(rng, noise=False):
     extra = [Noise(rng=np.random.default_rng(7)), Noise()] if noise else []
     return minidl.Sequential(layers.Dense(2, 16, rng=rng), layers.BatchNorm(16), layers.ReLU(),
                              *extra, layers.Dense(16, 2, rng=rng))
+
+
+def jitter(x, rng):
+    """A random augmentation (DataLoader transform): Gaussian noise from the batch's generator."""
+    return x + (0.05 * rng.standard_normal(x.shape)).astype(x.dtype)
+
+
+def shuffled_loader(x, y, batch_size=16, seed=3):
+    """A shuffled, augmenting, resumable DataLoader (seed=None: base seed from minidl's generator)."""
+    return data.DataLoader(data.ArrayDataset(x, y), batch_size, shuffle=True, seed=seed,
+                           transform=jitter)
 
 
 def make_trainer(model, lr=0.1, **kwargs):
