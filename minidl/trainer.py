@@ -111,6 +111,12 @@ def _module_rngs(model):
             if isinstance(getattr(module, "rng", None), np.random.Generator)}
 
 
+def _check_progress(owner, progress):
+    if progress is not None and not isinstance(progress, bool):
+        raise ValueError(f"{owner}: progress must be None, True or False, got {progress!r}")
+    return progress
+
+
 def _disable(progress):
     """tqdm's ``disable`` for a progress setting: None shows the bar only on a terminal."""
     return None if progress is None else not progress
@@ -264,8 +270,7 @@ class Trainer:
         if scheduler_interval not in ("epoch", "step"):
             raise ValueError(f"Trainer: scheduler_interval must be 'epoch' or 'step', got "
                              f"{scheduler_interval!r}")
-        if progress is not None and not isinstance(progress, bool):
-            raise ValueError(f"Trainer: progress must be None, True or False, got {progress!r}")
+        _check_progress("Trainer", progress)
         self.model = model
         self.loss_fn = loss_fn
         self.optimizer = optimizer
@@ -383,8 +388,7 @@ class Trainer:
             raise ValueError(f"Trainer.fit: on_interrupt must be 'raise' or 'return', got {on_interrupt!r}")
         if not (resume is True or resume is False or resume == "auto"):
             raise ValueError(f"Trainer.fit: resume must be True, False or 'auto', got {resume!r}")
-        if progress is not None and not isinstance(progress, bool):
-            raise ValueError(f"Trainer.fit: progress must be None, True or False, got {progress!r}")
+        _check_progress("Trainer.fit", progress)
         path = self._checkpoint_path(checkpoint_dir)
         for name, value in (("checkpoint_every", checkpoint_every), ("resume", resume)):
             if value and path is None:
@@ -608,8 +612,7 @@ class Trainer:
         Raises:
             ValueError: the loader yields no batches, or a batch that is not a pair.
         """
-        if progress is not None and not isinstance(progress, bool):
-            raise ValueError(f"Trainer.evaluate: progress must be None, True or False, got {progress!r}")
+        _check_progress("Trainer.evaluate", progress)
         return self._evaluate(loader, self.progress if progress is None else progress, None)
 
     def _evaluate(self, loader, progress, sigint):

@@ -43,6 +43,13 @@ class Recorder(minidl.Callback):
         self.ended = True
 
 
+class Grab(minidl.Callback):
+    """Keeps the trainer of a fit whose call raises."""
+
+    def on_train_begin(self, trainer):
+        self.trainer = trainer
+
+
 class RaiseAt(minidl.Callback):
     """Simulates a crash: raises RuntimeError at the end of a global step (an int) or in
     on_epoch_end of an epoch (``"epoch<n>"``)."""
@@ -294,15 +301,10 @@ def test_sigint_is_deferred_to_the_end_of_the_step(tmp_path, step_states, step):
 
 def test_sigint_leaves_a_whole_step_modes_restored_and_no_gradients(step_states):
     states, _, _ = step_states
-    model_holder = {}
-
-    class Keep(minidl.Callback):
-        def on_train_begin(self, trainer):
-            model_holder["trainer"] = trainer
-
+    grab = Grab()
     with pytest.raises(KeyboardInterrupt, match="after step 5$"):
-        _sigint_run(None, steps=[5], callbacks=[Keep()], mode="eval")
-    trainer = model_holder["trainer"]
+        _sigint_run(None, steps=[5], callbacks=[grab], mode="eval")
+    trainer = grab.trainer
     assert trainer.global_step == 5
     assert_same_state(trainer.model, states[5][0])
     assert int(trainer.model[1].num_batches_tracked) == 5
@@ -314,11 +316,11 @@ def test_sigint_leaves_a_whole_step_modes_restored_and_no_gradients(step_states)
 def test_sigint_from_another_thread_stops_between_steps(step_states, after):
     """The signal lands anywhere in a step (forward, backward, optimizer, bookkeeping)."""
     states, _, _ = step_states
-    holder, reached = {}, threading.Event()
+    reached = threading.Event()
 
-    class Start(minidl.Callback):
+    class Start(Grab):
         def on_train_begin(self, trainer):
-            holder["trainer"] = trainer
+            super().on_train_begin(trainer)
             threading.Thread(target=send, daemon=True).start()
 
         def on_step_end(self, trainer, step, logs):
@@ -331,12 +333,13 @@ def test_sigint_from_another_thread_stops_between_steps(step_states, after):
 
     interval = sys.getswitchinterval()
     sys.setswitchinterval(1e-6)  # let the sender run as soon as the event is set
+    start = Start()
     try:
         with pytest.raises(KeyboardInterrupt):
-            _sigint_run(None, callbacks=[Start()])
+            _sigint_run(None, callbacks=[start])
     finally:
         sys.setswitchinterval(interval)
-    trainer = holder["trainer"]
+    trainer = start.trainer
     assert after <= trainer.global_step < 21
     assert_same_state(trainer.model, states[trainer.global_step][0])
     assert_same_optimizer_state(trainer.optimizer.state_dict(), states[trainer.global_step][1])
@@ -344,17 +347,12 @@ def test_sigint_from_another_thread_stops_between_steps(step_states, after):
 
 def test_second_sigint_interrupts_at_once(step_states):
     states, _, _ = step_states
-    holder = {}
-
-    class Keep(minidl.Callback):
-        def on_train_begin(self, trainer):
-            holder["trainer"] = trainer
-
+    grab = Grab()
     handler = signal.getsignal(signal.SIGINT)
     with pytest.raises(KeyboardInterrupt, match="second Ctrl-C"):
-        _sigint_run(None, steps=[6], count=2, callbacks=[Keep()])
+        _sigint_run(None, steps=[6], count=2, callbacks=[grab])
     assert signal.getsignal(signal.SIGINT) is handler
-    trainer = holder["trainer"]
+    trainer = grab.trainer
     # raised inside step 6's forward: BatchNorm's update of that forward was undone
     assert trainer.global_step == 5
     assert_same_state(trainer.model, states[5][0])
