@@ -15,6 +15,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ._checks import positive_int
+from ._grad_mode import no_grad
 from ._random import get_rng
 from .callbacks import Callback, EvaluateEvery
 from .serialization import load, save
@@ -602,7 +603,8 @@ class Trainer:
 
     # ----------------------------------------------------------------- evaluate
     def evaluate(self, loader, progress=None):
-        """Mean loss and accuracy over ``loader``, in eval mode (mode restored afterwards).
+        """Mean loss and accuracy over ``loader``, in eval mode and under :func:`minidl.no_grad`
+        (no backward caches are built; the mode is restored afterwards).
 
         Args:
             loader: iterable of ``(x, y)`` batches.
@@ -617,7 +619,7 @@ class Trainer:
 
     def _evaluate(self, loader, progress, sigint):
         total_loss, total_correct, seen = 0.0, 0, 0
-        with _ModeGuard(self.model, False):
+        with _ModeGuard(self.model, False), no_grad():
             for batch in tqdm(loader, desc="evaluate", disable=_disable(progress), leave=False,
                               unit="batch"):
                 x, y = self._unpack(batch)

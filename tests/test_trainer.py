@@ -665,3 +665,22 @@ def test_short_real_mnist_run_reaches_stated_accuracy(mirror, tmp_path):
     result = trainer.evaluate(
         data.DataLoader(data.ArrayDataset(test.images[:2000], test.labels[:2000]), 500), progress=False)
     assert result["accuracy"] >= 0.90, result
+
+
+def test_evaluate_runs_under_no_grad_and_keeps_no_caches(rng):
+    """Trainer.evaluate builds no backward caches: a backward right after it has nothing to use,
+    and the evaluated batch is not kept alive by the model."""
+    import weakref
+
+    x, y = blobs(rng, n=64)
+    model = mlp(rng)
+    trainer = make_trainer(model)
+    batch = x[:32].copy()
+    ref = weakref.ref(batch)
+    result = trainer.evaluate([(batch, y[:32])], progress=False)
+    assert 0.0 <= result["accuracy"] <= 1.0
+    del batch
+    assert ref() is None, "the model kept the evaluated input alive"
+    assert minidl.is_grad_enabled()
+    with pytest.raises(RuntimeError):
+        model.backward(np.ones((32, 2), np.float32))
