@@ -17,6 +17,7 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 KERNELS = ["_activation", "_batchnorm", "_conv", "_pool", "_winograd"]
+KERNELS.append("_memory")  # the caching allocator (NEP 49 handler), not a compute kernel
 
 
 def _compiler_accepts_flag(compiler_cmd, flag, src="int main(void){return 0;}\n"):

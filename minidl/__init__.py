@@ -8,14 +8,22 @@ Layers have an explicit forward and backward; arrays are NumPy arrays in NCHW la
 from . import data, functional, layers, losses, optim
 from ._backend import backend, get_backend, set_backend
 from ._config import get_num_threads, set_num_threads
+from ._grad_mode import enable_grad, is_grad_enabled, no_grad
+from ._memory import empty_cache, get_cache_limit, memory_stats, set_cache_limit
 from ._random import manual_seed
+from .callbacks import Callback, CSVLogger, EarlyStopping, EvaluateEvery, ModelCheckpoint
 from .model import Sequential
-from .trainer import Callback, EvaluateEvery, History, Trainer
+from .serialization import SerializationError, load, save
+from .trainer import History, NonFiniteLossError, Trainer
 
 __all__ = [
     "data", "functional", "layers", "losses", "optim",
     "Sequential", "Trainer", "History", "Callback", "EvaluateEvery",
+    "EarlyStopping", "ModelCheckpoint", "CSVLogger", "NonFiniteLossError",
+    "save", "load", "SerializationError",
     "manual_seed", "set_num_threads", "get_num_threads",
+    "empty_cache", "memory_stats", "set_cache_limit", "get_cache_limit",
+    "no_grad", "enable_grad", "is_grad_enabled",
     "backend", "get_backend", "set_backend",
 ]
 __version__ = "0.1.0"

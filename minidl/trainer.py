@@ -1,13 +1,56 @@
-"""Training loop: fit/evaluate with a tqdm progress bar, History and callbacks."""
+"""Training loop: fit/evaluate with a tqdm progress bar, History, callbacks, checkpoints, resume.
+
+:meth:`Trainer.fit` can write a checkpoint of the whole run (``checkpoint_dir``) and continue
+from it (``resume=True``) so that an interrupted run ends bit-identical to one that never
+stopped; Ctrl-C stops it between two steps; a non-finite loss stops it before the step is
+applied. See :meth:`Trainer.fit` for the exact promises.
+"""
+import itertools
+import os
+import signal
+import threading
 import time
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from ._checks import positive_int
-from .model import Sequential
+from ._grad_mode import no_grad
+from ._random import get_rng
+from .callbacks import Callback, EvaluateEvery
+from .serialization import load, save
 
-__all__ = ["Trainer", "History", "Callback", "EvaluateEvery"]
+__all__ = ["Trainer", "History", "Callback", "EvaluateEvery", "NonFiniteLossError"]
+
+CHECKPOINT_VERSION = 1
+
+
+class NonFiniteLossError(ValueError):
+    """The training loss became NaN or infinite; the step was not applied.
+
+    Attributes:
+        loss (float): the non-finite loss.
+        step (int): the optimizer step that would have been taken (``trainer.global_step + 1``).
+        epoch (int or None), batch (int or None): where, 1-based, when raised by :meth:`Trainer.fit`.
+        input_finite (bool or None): whether every value of the input batch was finite (None when
+            the batch is not a numeric array).
+    """
+
+    def __init__(self, loss, step, input_finite, epoch=None, batch=None):
+        self.loss, self.step, self.input_finite = loss, step, input_finite
+        self.epoch, self.batch = epoch, batch
+        where = f" (epoch {epoch}, batch {batch})" if epoch is not None else ""
+        if input_finite is False:
+            cause = "the input batch itself holds NaN or Inf values: check the data"
+        elif input_finite is True:
+            cause = ("the input batch is finite, so the model diverged: try a smaller learning "
+                     "rate (or normalize the inputs)")
+        else:
+            cause = "the input batch could not be checked for NaN/Inf"
+        super().__init__(
+            f"Trainer: the loss became {loss} at step {step}{where}; {cause}. The step was not "
+            "applied: parameters, optimizer state and running statistics are those of the last "
+            "good step")
 
 
 class History:
@@ -36,72 +79,48 @@ class History:
         return {"step_loss": list(self.step_loss), "epoch_time": list(self.epoch_time),
                 **{k: list(v) for k, v in self.history.items()}}
 
+    def state_dict(self):
+        """The recorded values as float64 arrays (exact), for checkpoints."""
+        return {"step_loss": np.asarray(self.step_loss, dtype=np.float64),
+                "history": {k: np.asarray(v, dtype=np.float64) for k, v in self.history.items()},
+                "epoch_time": np.asarray(self.epoch_time, dtype=np.float64)}
 
-class Callback:
-    """Base class of callbacks: override any of these hooks (all do nothing by default).
-
-    ``logs`` is a dict: for a step ``{"loss", "accuracy", "batch_size"}``, for an epoch the
-    values recorded in :class:`History`. ``trainer.global_step`` counts optimizer steps.
-    Set ``trainer.stop_training = True`` to end :meth:`Trainer.fit` after the current step.
-    """
-
-    def on_train_begin(self, trainer):
-        pass
-
-    def on_epoch_begin(self, trainer, epoch):
-        pass
-
-    def on_step_end(self, trainer, step, logs):
-        pass
-
-    def on_epoch_end(self, trainer, epoch, logs):
-        pass
-
-    def on_train_end(self, trainer):
-        pass
-
-
-class EvaluateEvery(Callback):
-    """Evaluate on ``loader`` every ``every`` optimizer steps (and after the last step).
-
-    Used to draw convergence curves: test accuracy against the number of steps.
-
-    Args:
-        loader: iterable of ``(x, y)`` batches, e.g. the test set.
-        every (int): evaluate when ``trainer.global_step % every == 0``; >= 1.
-    Attributes:
-        steps (list[int]): the global steps evaluated at.
-        results (list[dict]): ``{"loss", "accuracy"}`` of :meth:`Trainer.evaluate` at each.
-    """
-
-    def __init__(self, loader, every):
-        self.loader = loader
-        self.every = positive_int(every, "every", "EvaluateEvery")
-        self.steps = []
-        self.results = []
-
-    def _evaluate(self, trainer):
-        if not self.steps or self.steps[-1] != trainer.global_step:
-            self.steps.append(trainer.global_step)
-            self.results.append(trainer.evaluate(self.loader, progress=False))
-
-    def on_step_end(self, trainer, step, logs):
-        if step % self.every == 0:
-            self._evaluate(trainer)
-
-    def on_train_end(self, trainer):
-        self._evaluate(trainer)
-
-    def first_step_reaching(self, accuracy):
-        """The first evaluated step whose accuracy is >= ``accuracy``, or None."""
-        for step, result in zip(self.steps, self.results):
-            if result["accuracy"] >= accuracy:
-                return step
-        return None
+    def load_state_dict(self, state):
+        """Replace the recorded values with those of :meth:`state_dict`."""
+        self.step_loss = [float(v) for v in np.asarray(state["step_loss"], dtype=np.float64)]
+        self.history = {str(k): [float(v) for v in np.asarray(values, dtype=np.float64)]
+                        for k, values in state["history"].items()}
+        self.epoch_time = [float(v) for v in np.asarray(state["epoch_time"], dtype=np.float64)]
 
 
 def _accuracy_count(logits, y):
     return int(np.count_nonzero(np.argmax(logits, axis=1) == y))
+
+
+def _all_finite(x):
+    """Whether every value of ``x`` is finite; None when ``x`` is not a numeric array."""
+    try:
+        array = np.asarray(x)
+        return bool(np.isfinite(array).all()) if array.dtype.kind in "biufc" else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _module_rngs(model):
+    """``{name: Generator}`` for every module with a NumPy Generator in its ``rng`` attribute."""
+    return {name: module.rng for name, module in model.named_modules()
+            if isinstance(getattr(module, "rng", None), np.random.Generator)}
+
+
+def _check_progress(owner, progress):
+    if progress is not None and not isinstance(progress, bool):
+        raise ValueError(f"{owner}: progress must be None, True or False, got {progress!r}")
+    return progress
+
+
+def _disable(progress):
+    """tqdm's ``disable`` for a progress setting: None shows the bar only on a terminal."""
+    return None if progress is None else not progress
 
 
 class _ModeGuard:
@@ -120,128 +139,510 @@ class _ModeGuard:
             object.__setattr__(module, "training", mode)
 
 
+class _StepSnapshot:
+    """The model's buffers and module RNG states before a forward pass, to undo a failed step.
+
+    Buffers (BatchNorm's running statistics) are small, so a copy per step costs little.
+    """
+
+    def __init__(self, model):
+        self.model = model
+        self.buffers = [(name, value.copy()) for name, value in model.named_buffers()
+                        if isinstance(value, np.ndarray)]
+        self.rngs = [(rng, rng.bit_generator.state) for rng in _module_rngs(model).values()]
+
+    def restore(self):
+        current = dict(self.model.named_buffers())
+        for name, saved in self.buffers:
+            np.copyto(current[name], saved)
+        for rng, state in self.rngs:
+            rng.bit_generator.state = state
+
+
+class _DeferredSigint:
+    """While active (main thread only), a first SIGINT only sets ``pending``; a second raises
+    KeyboardInterrupt at once. The previous handler is restored on exit."""
+
+    def __init__(self):
+        self.pending = False
+        self._previous = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.getsignal(signal.SIGINT)
+            # None: a handler installed outside Python; SIG_IGN: the user ignores Ctrl-C
+            if previous is not None and previous is not signal.SIG_IGN:
+                signal.signal(signal.SIGINT, self._handle)
+                self._previous = previous
+        return self
+
+    def _handle(self, signum, frame):
+        if self.pending:
+            raise KeyboardInterrupt("Trainer.fit: second Ctrl-C, stopped at once; the current "
+                                    "step may be half-applied")
+        self.pending = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+class _Interrupted(Exception):
+    """Raised inside fit when a deferred Ctrl-C is acted on."""
+
+
+class _Position:
+    """Where a run is: everything a checkpoint holds besides the objects' own states."""
+
+    FIELDS = ("epoch", "step", "steps_done", "loader_epoch", "total_loss", "total_correct",
+              "seen", "elapsed", "global_step", "stop_training")
+
+    def __init__(self, loader_epoch=0):
+        self.epoch = 0             # completed epochs
+        self.loader_epoch = int(loader_epoch)
+        self.global_step = 0
+        self.stop_training = False
+        self.start_epoch()
+
+    def start_epoch(self):
+        self.step = 0              # steps done in the current epoch
+        self.steps_done = False    # the current epoch's steps are over (validation pending)
+        self.total_loss, self.total_correct, self.seen = 0.0, 0, 0
+        self.started = time.perf_counter()
+
+    def state_dict(self):
+        self.elapsed = time.perf_counter() - self.started
+        return {name: getattr(self, name) for name in self.FIELDS}
+
+    def load_state_dict(self, state):
+        for name, kind in zip(self.FIELDS, (int, int, bool, int, float, int, int, float, int, bool)):
+            setattr(self, name, kind(state[name]))
+        self.started = time.perf_counter() - self.elapsed
+
+
 class Trainer:
     """Fit a classifier with explicit forward/backward steps.
 
     One training step is ``logits = model(x)``, ``loss = loss_fn(logits, y)``,
-    ``model.backward(loss_fn.backward())``, ``optimizer.step()``, ``optimizer.zero_grad()``.
+    ``model.backward(loss_fn.backward(), input_grad=False)``, ``optimizer.step()``,
+    ``optimizer.zero_grad()`` (and ``scheduler.step()`` with ``scheduler_interval="step"``).
 
     Args:
-        model (Module): maps a batch ``x`` to logits ``(N, K)``.
+        model (Module): maps a batch ``x`` to logits ``(N, K)``; its ``backward(dout,
+            input_grad=False)`` accumulates parameter gradients.
         loss_fn: e.g. :class:`minidl.losses.CrossEntropyLoss`; ``loss_fn(logits, y)`` returns a
             float and ``loss_fn.backward()`` d loss / d logits.
-        optimizer: e.g. :class:`minidl.optim.SGD` over ``model.parameters()``.
-        progress (bool): show a tqdm progress bar (default True; fit/evaluate can override).
+        optimizer: e.g. :class:`minidl.optim.SGD` over ``model.parameters()``; needs
+            ``step()``, ``zero_grad()``, ``state_dict()``, ``load_state_dict()``; its ``lr`` is shown.
+        progress (bool or None): show tqdm progress bars. None (default) follows tqdm's
+            ``disable=None`` rule: bars only when stderr is a terminal, so logs and CI get no
+            carriage-return updates (the one-line summary per epoch is still printed); True/False
+            force them on/off (False also hides the summary). fit/evaluate can override it.
         callbacks (list[Callback]): hooks called during :meth:`fit`.
+        scheduler: optional learning-rate scheduler with PyTorch's ``LRScheduler`` interface
+            (``step()``, ``state_dict()``, ``load_state_dict()``), built on ``optimizer``.
+        scheduler_interval (str): ``"epoch"`` (default: ``scheduler.step()`` after each epoch's
+            validation) or ``"step"`` (after each optimizer step).
+
+    Attributes:
+        global_step (int): optimizer steps taken (kept across :meth:`fit` calls, restored on resume).
+        stop_training (bool): set by a callback to end :meth:`fit` after the current step.
+
+    Raises:
+        TypeError: a callback that is not a :class:`Callback`; a scheduler without the interface.
+        ValueError: an unknown ``scheduler_interval``.
     """
 
-    def __init__(self, model, loss_fn, optimizer, progress=True, callbacks=()):
+    CHECKPOINT_NAME = "last.ckpt"
+
+    def __init__(self, model, loss_fn, optimizer, progress=None, callbacks=(), scheduler=None,
+                 scheduler_interval="epoch"):
+        callbacks = list(callbacks)
+        for index, callback in enumerate(callbacks):
+            if not isinstance(callback, Callback):
+                raise TypeError(f"Trainer: callbacks[{index}] is a {type(callback).__name__}, "
+                                "not a minidl.Callback")
+        if scheduler is not None:
+            lacking = [m for m in ("step", "state_dict", "load_state_dict")
+                       if not callable(getattr(scheduler, m, None))]
+            if lacking:
+                raise TypeError(f"Trainer: the scheduler ({type(scheduler).__name__}) lacks "
+                                f"{', '.join(lacking)} (PyTorch's LRScheduler interface)")
+        if scheduler_interval not in ("epoch", "step"):
+            raise ValueError(f"Trainer: scheduler_interval must be 'epoch' or 'step', got "
+                             f"{scheduler_interval!r}")
+        _check_progress("Trainer", progress)
         self.model = model
         self.loss_fn = loss_fn
         self.optimizer = optimizer
         self.progress = progress
-        self.callbacks = list(callbacks)
+        self.callbacks = callbacks
+        self.scheduler = scheduler
+        self.scheduler_interval = scheduler_interval
         self.global_step = 0
         self.stop_training = False
-        # a Sequential can skip the input's gradient, which training never uses
-        self._backward_kwargs = {"input_grad": False} if isinstance(model, Sequential) else {}
 
     def _call(self, hook, *args):
         for callback in self.callbacks:
             getattr(callback, hook)(self, *args)
 
+    @property
+    def _lr(self):
+        lr = getattr(self.optimizer, "lr", None)
+        return None if lr is None else float(lr)
+
+    # ----------------------------------------------------------------- one step
     def train_step(self, x, y):
-        """One optimizer step on a batch; returns ``(loss, number of correct predictions)``."""
-        logits = self.model(x)
-        loss = self.loss_fn(logits, y)
-        self.model.backward(self.loss_fn.backward(), **self._backward_kwargs)
+        """One optimizer step on a batch; returns ``(loss, number of correct predictions)``.
+
+        If the loss is not finite, or the forward/loss/backward raises, the step is undone before
+        anything is applied: buffers (running statistics) and module RNGs are restored from a
+        copy taken before the forward, gradients are zeroed, the optimizer is not stepped.
+
+        Raises:
+            NonFiniteLossError: the loss is NaN or infinite (it says whether ``x`` was finite).
+        """
+        return self._train_step(x, y, None, None)
+
+    def _train_step(self, x, y, epoch, batch):
+        snapshot = _StepSnapshot(self.model)
+        try:
+            logits = self.model(x)
+            loss = float(self.loss_fn(logits, y))
+            if not np.isfinite(loss):
+                raise NonFiniteLossError(loss, self.global_step + 1, _all_finite(x), epoch, batch)
+            self.model.backward(self.loss_fn.backward(), input_grad=False)
+        except BaseException:
+            snapshot.restore()
+            self.optimizer.zero_grad()
+            raise
         self.optimizer.step()
         self.optimizer.zero_grad()
         self.global_step += 1
         return loss, _accuracy_count(logits, y)
 
-    def fit(self, train_loader, epochs=1, val_loader=None, progress=None):
+    # ----------------------------------------------------------------- fit
+    def fit(self, train_loader, epochs=1, val_loader=None, progress=None, checkpoint_dir=None,
+            checkpoint_every=None, resume=False, on_interrupt="raise"):
         """Train for ``epochs`` passes over ``train_loader`` in training mode.
 
+        **Checkpoints.** With ``checkpoint_dir``, the whole run is saved with :func:`minidl.save`
+        (atomically) to ``checkpoint_dir/last.ckpt`` at the end of every epoch and, with
+        ``checkpoint_every=n``, after every ``n``-th optimizer step (counting
+        ``trainer.global_step``). A checkpoint holds the model's and optimizer's (and
+        scheduler's) ``state_dict``, minidl's global random generator, the ``rng`` Generator of
+        every module that has one (e.g. Dropout), the train loader's ``state_dict()`` (position
+        in the epoch, seed), the epoch, the step within the epoch, ``global_step``, the
+        :class:`History`, the partial sums of the current epoch and every callback's
+        ``state_dict()``. The model itself is in ``minidl.load(path)["model"]``.
+
+        **Resume.** ``resume=True`` loads ``checkpoint_dir/last.ckpt`` and continues the run up
+        to ``epochs`` (the total, as in the first call): a run stopped at any step and resumed
+        with the same data, seed and thread count ends with parameters, buffers, optimizer state
+        and History bit-identical to a run that never stopped. ``resume="auto"`` resumes when
+        the file exists and starts afresh otherwise. A loader without ``state_dict()`` /
+        ``load_state_dict()`` (e.g. a list of batches) is resumed mid-epoch by skipping the
+        batches already used, which is exact only if it yields the same batches every epoch.
+        A resumed epoch calls ``on_epoch_begin`` again.
+
+        **Ctrl-C** (SIGINT, when ``fit`` runs in the main thread) is deferred to the end of the
+        current step (or validation batch), so a step is applied completely or not at all; then a
+        checkpoint is written (with ``checkpoint_dir``), the model's train/eval modes are
+        restored and ``KeyboardInterrupt`` is raised -- or, with ``on_interrupt="return"``,
+        ``on_train_end`` runs and the History so far is returned. A second Ctrl-C while waiting
+        raises ``KeyboardInterrupt`` at once (the current step may then be half-applied; the
+        last checkpoint is intact). The previous SIGINT handler is restored when fit returns.
+
+        **Non-finite loss.** Detected before the backward pass; the step is undone (see
+        :meth:`train_step`) and :class:`NonFiniteLossError` is raised.
+
         Args:
-            train_loader: iterable of ``(x, y)`` batches with ``len()`` (e.g.
-                :class:`minidl.data.DataLoader`).
-            epochs (int): >= 1.
+            train_loader: re-iterable of ``(x, y)`` batches, ideally with ``len()`` and, for exact
+                resume, ``state_dict()``/``load_state_dict()``/``set_epoch()`` (e.g.
+                :class:`minidl.data.DataLoader`). ``set_epoch(e)`` is called before each epoch
+                with the loader's epoch counter (starting from ``train_loader.epoch``).
+            epochs (int): total number of epochs, >= 1.
             val_loader: optional; evaluated (in eval mode) after every epoch.
             progress (bool or None): override the trainer's ``progress`` setting.
+            checkpoint_dir (str or os.PathLike, optional): folder for ``last.ckpt`` (created).
+            checkpoint_every (int, optional): also checkpoint every this many steps; >= 1.
+            resume (bool or "auto"): continue from ``checkpoint_dir/last.ckpt``.
+            on_interrupt (str): ``"raise"`` (default) or ``"return"``, for Ctrl-C.
         Returns:
-            History: per-step loss and per-epoch loss/accuracy (and val_loss/val_accuracy).
+            History: per-step loss and per-epoch loss/accuracy (and val_loss/val_accuracy); on
+            resume, including the epochs before the interruption.
         Raises:
-            ValueError: ``epochs`` < 1, or a non-finite loss (the message names the step).
+            ValueError: ``epochs`` < 1, a bad ``checkpoint_every``/``resume``/``on_interrupt``,
+                ``checkpoint_every`` or ``resume`` without ``checkpoint_dir``, a loader yielding
+                no batches or a batch that is not a pair, a checkpoint that does not fit this
+                trainer (the model is then unchanged).
+            NotADirectoryError: ``checkpoint_dir`` is a file.
+            FileNotFoundError: ``resume=True`` and no checkpoint (the message gives the path).
+            NonFiniteLossError: the loss became NaN/Inf.
+            KeyboardInterrupt: Ctrl-C (unless ``on_interrupt="return"``).
         The model's train/eval mode (of every submodule) is restored afterwards.
         """
         epochs = positive_int(epochs, "epochs", "Trainer.fit")
-        show = self.progress if progress is None else progress
+        if checkpoint_every is not None:
+            checkpoint_every = positive_int(checkpoint_every, "checkpoint_every", "Trainer.fit")
+        if on_interrupt not in ("raise", "return"):
+            raise ValueError(f"Trainer.fit: on_interrupt must be 'raise' or 'return', got {on_interrupt!r}")
+        if not (resume is True or resume is False or resume == "auto"):
+            raise ValueError(f"Trainer.fit: resume must be True, False or 'auto', got {resume!r}")
+        _check_progress("Trainer.fit", progress)
+        path = self._checkpoint_path(checkpoint_dir)
+        for name, value in (("checkpoint_every", checkpoint_every), ("resume", resume)):
+            if value and path is None:
+                raise ValueError(f"Trainer.fit: {name}={value!r} needs a checkpoint_dir")
+        if not hasattr(type(train_loader), "__iter__"):  # not iter(): that may draw a shuffle
+            raise TypeError(f"Trainer.fit: train_loader must be an iterable of (x, y) batches, "
+                            f"got {type(train_loader).__name__}")
+
+        run = _Run(train_loader, val_loader, epochs, self.progress if progress is None else progress,
+                   path, checkpoint_every)
         history = History()
+        position = _Position(getattr(train_loader, "epoch", 0))
+        position.global_step = self.global_step
         self.stop_training = False
-        with _ModeGuard(self.model, True):
+        with _ModeGuard(self.model, True), _DeferredSigint() as sigint:
+            run.sigint = sigint
             self._call("on_train_begin")
-            for epoch in range(1, int(epochs) + 1):
-                start = time.perf_counter()
-                self._call("on_epoch_begin", epoch)
-                logs = self._train_epoch(train_loader, epoch, epochs, history, show)
-                if val_loader is not None:
-                    val = self.evaluate(val_loader, progress=False)
-                    logs.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
-                history.record_epoch(logs, time.perf_counter() - start)
-                self._call("on_epoch_end", epoch, logs)
-                if show:
-                    tqdm.write(f"epoch {epoch}/{epochs}: " + ", ".join(
-                        f"{k} {v:.4f}" for k, v in logs.items()))
-                if self.stop_training:
-                    break
+            if resume is True or (resume == "auto" and os.path.exists(path)):
+                run.loader_restored = self._resume(path, run, position, history)
+            try:
+                while position.epoch < epochs and not self.stop_training:
+                    self._fit_epoch(run, position, history)
+                if sigint.pending:  # a Ctrl-C during the last epoch's end
+                    raise _Interrupted
+            except _Interrupted:
+                if path is not None:
+                    self._save_checkpoint(run, position, history)
+                where = f"after step {self.global_step}" + (
+                    f"; checkpoint written to {path}" if path is not None else "")
+                if on_interrupt == "raise":
+                    raise KeyboardInterrupt(f"Trainer.fit interrupted {where}") from None
+                tqdm.write(f"Trainer.fit interrupted {where}")
             self._call("on_train_end")
         return history
 
-    def _train_epoch(self, loader, epoch, epochs, history, show):
-        total_loss, total_correct, seen = 0.0, 0, 0
-        bar = tqdm(loader, desc=f"epoch {epoch}/{epochs}", disable=not show, leave=False,
-                   unit="batch", dynamic_ncols=True)
-        for x, y in bar:
-            loss, correct = self.train_step(x, y)
-            if not np.isfinite(loss):
-                bar.close()
-                raise ValueError(f"Trainer.fit: the loss became {loss} at step {self.global_step}; "
-                                 f"try a smaller learning rate")
-            n = len(y)
-            history.step_loss.append(float(loss))
-            total_loss += loss * n
-            total_correct += correct
-            seen += n
-            bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{total_correct / seen:.4f}",
-                            refresh=False)
-            self._call("on_step_end", self.global_step,
-                       {"loss": float(loss), "accuracy": correct / n, "batch_size": n})
-            if self.stop_training:
-                break
-        bar.close()
-        if seen == 0:
-            raise ValueError("Trainer.fit: the training loader yielded no batches")
-        return {"loss": total_loss / seen, "accuracy": total_correct / seen}
+    def _checkpoint_path(self, checkpoint_dir):
+        if checkpoint_dir is None:
+            return None
+        if not isinstance(checkpoint_dir, (str, os.PathLike)):
+            raise TypeError(f"Trainer.fit: checkpoint_dir must be a path, got "
+                            f"{type(checkpoint_dir).__name__}")
+        folder = os.fspath(checkpoint_dir)
+        if os.path.exists(folder) and not os.path.isdir(folder):
+            raise NotADirectoryError(f"Trainer.fit: checkpoint_dir {folder!r} is a file, not a folder")
+        os.makedirs(folder, exist_ok=True)
+        return os.path.join(folder, self.CHECKPOINT_NAME)
 
+    def _fit_epoch(self, run, position, history):
+        number = position.epoch + 1
+        loader = run.train_loader
+        resumed_inside = position.step > 0 or position.steps_done
+        if not (resumed_inside and run.loader_restored) and hasattr(loader, "set_epoch"):
+            loader.set_epoch(position.loader_epoch)
+        self._call("on_epoch_begin", number)
+        if not position.steps_done:
+            self._train_steps(run, position, history, number, skip=0 if run.loader_restored
+                              else position.step)
+        run.loader_restored = False
+        if position.seen == 0:
+            hint = (" (an iterator or generator can be iterated only once; pass a DataLoader or "
+                    "a list)" if iter(loader) is loader else "")
+            raise ValueError(f"Trainer.fit: the training loader yielded no batches in epoch "
+                             f"{number}{hint}")
+        logs = {"loss": position.total_loss / position.seen,
+                "accuracy": position.total_correct / position.seen}
+        if run.val_loader is not None:
+            val = self._evaluate(run.val_loader, False, run.sigint)
+            logs.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
+        # From here the end of the epoch is applied as a whole; a Ctrl-C waits for the checkpoint.
+        if self.scheduler is not None and self.scheduler_interval == "epoch":
+            self.scheduler.step()
+        history.record_epoch(logs, time.perf_counter() - position.started)
+        self._call("on_epoch_end", number, logs)
+        if run.progress is not False:
+            lr = self._lr
+            tqdm.write(f"epoch {number}/{run.epochs}: " + ", ".join(
+                f"{k} {v:.4f}" for k, v in logs.items()) + ("" if lr is None else f", lr {lr:.4g}"))
+        position.epoch += 1
+        position.loader_epoch += 1
+        position.start_epoch()
+        if hasattr(loader, "set_epoch"):
+            loader.set_epoch(position.loader_epoch)
+        if run.path is not None:
+            self._save_checkpoint(run, position, history)
+
+    def _train_steps(self, run, position, history, number, skip):
+        loader = run.train_loader
+        total = len(loader) if hasattr(loader, "__len__") else None
+        bar = tqdm(total=total, initial=position.step, desc=f"epoch {number}/{run.epochs}",
+                   disable=_disable(run.progress), leave=False, unit="batch", dynamic_ncols=True)
+        try:
+            for batch in itertools.islice(iter(loader), skip, None):
+                x, y = self._unpack(batch)
+                lr = self._lr
+                loss, correct = self._train_step(x, y, number, position.step + 1)
+                if self.scheduler is not None and self.scheduler_interval == "step":
+                    self.scheduler.step()
+                n = len(y)
+                history.step_loss.append(loss)
+                position.step += 1
+                position.total_loss += loss * n
+                position.total_correct += correct
+                position.seen += n
+                bar.update(1)
+                postfix = {"loss": f"{position.total_loss / position.seen:.4f}",
+                           "acc": f"{position.total_correct / position.seen:.4f}"}
+                if lr is not None:
+                    postfix["lr"] = f"{lr:.3g}"
+                bar.set_postfix(postfix, refresh=False)
+                self._call("on_step_end", self.global_step,
+                           {"loss": loss, "accuracy": correct / n, "batch_size": n, "lr": lr})
+                if self.stop_training or (total is not None and position.step >= total):
+                    position.steps_done = True  # a checkpoint now must not ask the loader for more
+                if run.every is not None and self.global_step % run.every == 0:
+                    self._save_checkpoint(run, position, history)
+                if run.sigint.pending:
+                    raise _Interrupted
+                if self.stop_training:
+                    break
+            position.steps_done = True
+        finally:
+            bar.close()
+
+    @staticmethod
+    def _unpack(batch):
+        try:
+            x, y = batch
+        except (TypeError, ValueError):
+            size = f" of {len(batch)}" if hasattr(batch, "__len__") else ""
+            raise ValueError(f"Trainer.fit: expected each batch to be a pair (x, y), got a "
+                             f"{type(batch).__name__}{size}") from None
+        return x, y
+
+    # ----------------------------------------------------------------- checkpoints
+    def _checkpoint(self, run, position, history):
+        position.global_step = self.global_step
+        position.stop_training = bool(self.stop_training)
+        loader = run.train_loader
+        return {
+            "minidl_trainer_checkpoint": CHECKPOINT_VERSION,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
+            "rng": {"minidl": get_rng().bit_generator.state,
+                    "modules": {name: rng.bit_generator.state
+                                for name, rng in _module_rngs(self.model).items()}},
+            "loader": loader.state_dict() if callable(getattr(loader, "state_dict", None)) else None,
+            "position": position.state_dict(),
+            "history": history.state_dict(),
+            "callbacks": {f"{i}:{type(c).__name__}": c.state_dict()
+                          for i, c in enumerate(self.callbacks)},
+        }
+
+    def _save_checkpoint(self, run, position, history):
+        save(self._checkpoint(run, position, history), run.path)
+
+    def _resume(self, path, run, position, history):
+        """Load ``path`` into the trainer; all or nothing. Returns whether the loader was restored."""
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"Trainer.fit(resume=True): no checkpoint at {path!r} "
+                                    f"(fit writes {self.CHECKPOINT_NAME} into checkpoint_dir)")
+        state = load(path)
+        if not isinstance(state, dict) or state.get("minidl_trainer_checkpoint") != CHECKPOINT_VERSION:
+            raise ValueError(f"Trainer.fit: {path!r} is not a Trainer checkpoint (format "
+                             f"version {CHECKPOINT_VERSION})")
+        loader = run.train_loader
+        restore_loader = state.get("loader") is not None and callable(
+            getattr(loader, "load_state_dict", None))
+        parts = [self.model, self.optimizer] + ([self.scheduler] if self.scheduler else []) + (
+            [loader] if restore_loader else [])
+        backups = [(part, part.state_dict()) for part in parts]
+        rngs = [get_rng()] + list(_module_rngs(self.model).values())
+        rng_backups = [(rng, rng.bit_generator.state) for rng in rngs]
+        try:
+            if (state["scheduler"] is None) != (self.scheduler is None):
+                raise ValueError("the checkpoint has a scheduler state but the trainer has no "
+                                 "scheduler" if self.scheduler is None else
+                                 "the trainer has a scheduler but the checkpoint has no state for it")
+            saved_rngs = state["rng"]["modules"]
+            current_rngs = _module_rngs(self.model)
+            if set(saved_rngs) != set(current_rngs):
+                raise ValueError(f"the checkpoint has random generators for modules "
+                                 f"{sorted(saved_rngs)}, the model for {sorted(current_rngs)}")
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            if self.scheduler is not None:
+                self.scheduler.load_state_dict(state["scheduler"])
+            if restore_loader:
+                loader.load_state_dict(state["loader"])
+            get_rng().bit_generator.state = state["rng"]["minidl"]
+            for name, rng in current_rngs.items():
+                rng.bit_generator.state = saved_rngs[name]
+            restored = History()
+            restored.load_state_dict(state["history"])
+            position.load_state_dict(state["position"])
+            saved_callbacks = state["callbacks"]
+            for i, callback in enumerate(self.callbacks):
+                key = f"{i}:{type(callback).__name__}"
+                if key in saved_callbacks:
+                    callback.load_state_dict(saved_callbacks[key])
+        except (KeyError, ValueError, TypeError) as error:
+            for part, backup in backups:
+                part.load_state_dict(backup)
+            for rng, backup in rng_backups:
+                rng.bit_generator.state = backup
+            raise ValueError(f"Trainer.fit: cannot resume from {path!r}: {error}") from error
+        vars(history).update(vars(restored))
+        self.global_step = position.global_step
+        self.stop_training = position.stop_training
+        return restore_loader
+
+    # ----------------------------------------------------------------- evaluate
     def evaluate(self, loader, progress=None):
-        """Mean loss and accuracy over ``loader``, in eval mode (mode restored afterwards).
+        """Mean loss and accuracy over ``loader``, in eval mode and under :func:`minidl.no_grad`
+        (no backward caches are built; the mode is restored afterwards).
 
         Args:
             loader: iterable of ``(x, y)`` batches.
+            progress (bool or None): override the trainer's ``progress`` setting.
         Returns:
             dict: ``{"loss": float, "accuracy": float in [0, 1]}``, weighted by batch size.
         Raises:
-            ValueError: the loader yields no batches.
+            ValueError: the loader yields no batches, or a batch that is not a pair.
         """
-        show = self.progress if progress is None else progress
+        _check_progress("Trainer.evaluate", progress)
+        return self._evaluate(loader, self.progress if progress is None else progress, None)
+
+    def _evaluate(self, loader, progress, sigint):
         total_loss, total_correct, seen = 0.0, 0, 0
-        with _ModeGuard(self.model, False):
-            for x, y in tqdm(loader, desc="evaluate", disable=not show, leave=False, unit="batch"):
+        with _ModeGuard(self.model, False), no_grad():
+            for batch in tqdm(loader, desc="evaluate", disable=_disable(progress), leave=False,
+                              unit="batch"):
+                x, y = self._unpack(batch)
                 logits = self.model(x)
                 total_loss += self.loss_fn(logits, y) * len(y)
                 total_correct += _accuracy_count(logits, y)
                 seen += len(y)
+                if sigint is not None and sigint.pending:
+                    raise _Interrupted
         if seen == 0:
             raise ValueError("Trainer.evaluate: the loader yielded no batches")
         return {"loss": total_loss / seen, "accuracy": total_correct / seen}
+
+
+class _Run:
+    """The settings of one :meth:`Trainer.fit` call."""
+
+    def __init__(self, train_loader, val_loader, epochs, progress, path, every):
+        self.train_loader = train_loader
+        self.val_loader = val_loader
+        self.epochs = epochs
+        self.progress = progress
+        self.path = path
+        self.every = every
+        self.sigint = None
+        self.loader_restored = False

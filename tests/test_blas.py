@@ -38,7 +38,7 @@ def test_linear_runs_blas_on_one_thread(monkeypatch, rng):
 
 
 def test_winograd_weight_transforms_run_blas_on_one_thread(monkeypatch, rng):
-    from minidl.functional import winograd
+    from minidl.functional import conv_winograd as winograd
     seen = []
 
     def probe(function):
@@ -53,7 +53,7 @@ def test_winograd_weight_transforms_run_blas_on_one_thread(monkeypatch, rng):
     weight = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
     out = np.empty((2, 4, 6, 6), np.float32)
     with threadpool_limits(limits=2, user_api="blas"):
-        state = winograd.forward(x, weight, None, (1, 1), out)
-        winograd.backward(np.ones_like(out), state, False, True)
+        cache = winograd.forward(x, weight, None, (1, 1), out)
+        winograd.backward(np.ones_like(out), cache, True)
         assert all(n == 2 for n in _blas_threads())
     assert len(seen) == 2 and all(n == 1 for threads in seen for n in threads)

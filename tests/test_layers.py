@@ -3,9 +3,11 @@ import numpy as np
 import pytest
 
 from minidl.layers.activation import ReLU, Softmax
+from minidl.layers.conv import Conv2D
 from minidl.layers.dense import Dense
 from minidl.layers.module import Module, Parameter
 from minidl.layers.normalization import BatchNorm
+from minidl.layers.pooling import MaxPool2D
 from minidl.layers.shape import Flatten
 from minidl.model import Sequential
 
@@ -194,28 +196,34 @@ def test_dense_bad_constructor(args):
         Dense(*args)
 
 
-def test_backward_without_input_grad_gives_the_same_parameter_gradients(rng):
-    model = _small_model(rng)
-    x = rng.standard_normal((6, 4)).astype(np.float32)
-    dy = rng.standard_normal((6, 3)).astype(np.float32)
-    model(x)
-    assert model.backward(dy).shape == x.shape
-    full = [p.grad.copy() for p in model.parameters()]
-    model.zero_grad()
-    model(x)
-    assert model.backward(dy, input_grad=False) is None
-    for p, g in zip(model.parameters(), full):
+@pytest.mark.parametrize("make, shape", [
+    (lambda: Dense(4, 3, dtype=np.float64), (2, 4)), (ReLU, (2, 4)), (Softmax, (2, 4)),
+    (Flatten, (2, 4, 1)), (lambda: BatchNorm(4, dtype=np.float64), (2, 4)),
+    (lambda: BatchNorm(3, dtype=np.float64), (2, 3, 4, 5)),
+    (lambda: Conv2D(3, 2, 3, padding=1, dtype=np.float64), (2, 3, 5, 4)),
+    (lambda: MaxPool2D(2), (2, 3, 4, 6)),
+    (lambda: Sequential(Dense(4, 5, dtype=np.float64), ReLU(), Dense(5, 2, dtype=np.float64)),
+     (3, 4)),
+    (lambda: _small_model(np.random.default_rng(0)), (6, 4)),
+], ids=["Dense", "ReLU", "Softmax", "Flatten", "BatchNorm-NC", "BatchNorm-NCHW", "Conv2D",
+        "MaxPool2D", "Sequential", "Sequential-BN"])
+def test_every_layer_accepts_input_grad_false(rng, make, shape):
+    """The Module contract: backward(dout, input_grad=False) returns None and accumulates the
+    same parameter gradients as input_grad=True; the gradient is still checked."""
+    layer = make()
+    x = rng.standard_normal(shape)
+    dout = rng.standard_normal(layer(x).shape)
+    dx = layer.backward(dout)
+    assert dx.shape == x.shape and dx.dtype == x.dtype
+    full = [p.grad.copy() for p in layer.parameters()]
+    layer.zero_grad()
+    layer(x)
+    assert layer.backward(dout, input_grad=False) is None
+    for p, g in zip(layer.parameters(), full):
         np.testing.assert_array_equal(p.grad, g)
-
-
-@pytest.mark.parametrize("layer, shape", [
-    (Dense(4, 3), (2, 4)), (ReLU(), (2, 4)), (Softmax(), (2, 4)), (Flatten(), (2, 4, 1)),
-    (BatchNorm(4), (2, 4)),
-])
-def test_every_layer_accepts_input_grad_false(rng, layer, shape):
-    y = layer(rng.standard_normal(shape).astype(np.float32))
-    result = layer.backward(np.ones_like(y), input_grad=False)
-    assert result is None or result.shape == shape
+    layer(x)
+    with pytest.raises(ValueError, match=r"expected gradient of shape"):
+        layer.backward(np.zeros((1,) + dout.shape[1:]), input_grad=False)
 
 
 def test_relu_never_overwrites_outputs_the_caller_keeps(rng):

@@ -1,12 +1,20 @@
-"""Trainer: fit/evaluate, modes, History, callbacks; a short real-MNIST training run."""
+"""Trainer: fit/evaluate, modes, History, checkpoints and exact resume, Ctrl-C, non-finite losses,
+schedulers, progress output, errors; a short real-MNIST training run."""
+import io
 import os
+import signal
+import sys
+import threading
+import time
 
 import numpy as np
 import pytest
 
 import minidl
-from minidl import data, layers, losses, optim
+from minidl import data, layers
 from minidl.experiments import mnist_cnn
+
+from trainer_helpers import assert_same_state, blobs, make_trainer, mlp, shuffled_loader
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -21,27 +29,56 @@ def mirror(monkeypatch):
     return path
 
 
-def _blobs(rng, n=256):
-    """Two well separated Gaussian classes in 2-D."""
-    y = rng.integers(0, 2, n)
-    x = rng.standard_normal((n, 2)).astype(np.float32) + np.where(y[:, None] == 1, 2.0, -2.0)
-    return x.astype(np.float32), y.astype(np.int64)
+class Recorder(minidl.Callback):
+    """Keeps the model's and optimizer's state after every step, and the step logs."""
+
+    def __init__(self):
+        self.states, self.logs, self.ended = {}, [], False
+
+    def on_step_end(self, trainer, step, logs):
+        self.states[step] = (trainer.model.state_dict(), trainer.optimizer.state_dict())
+        self.logs.append(logs)
+
+    def on_train_end(self, trainer):
+        self.ended = True
 
 
-def _mlp(rng):
-    return minidl.Sequential(layers.Dense(2, 16, rng=rng), layers.BatchNorm(16), layers.ReLU(),
-                             layers.Dense(16, 2, rng=rng))
+class Grab(minidl.Callback):
+    """Keeps the trainer of a fit whose call raises."""
+
+    def on_train_begin(self, trainer):
+        self.trainer = trainer
 
 
-def _trainer(model, lr=0.1, **kwargs):
-    return minidl.Trainer(model, losses.CrossEntropyLoss(),
-                          optim.SGD(model.parameters(), lr=lr, momentum=0.9), **kwargs)
+class RaiseAt(minidl.Callback):
+    """Simulates a crash: raises RuntimeError at the end of a global step (an int) or in
+    on_epoch_end of an epoch (``"epoch<n>"``)."""
+
+    def __init__(self, when):
+        self.when = when
+
+    def on_step_end(self, trainer, step, logs):
+        if step == self.when:
+            raise RuntimeError(f"crash at step {step}")
+
+    def on_epoch_end(self, trainer, epoch, logs):
+        if f"epoch{epoch}" == self.when:
+            raise RuntimeError(f"crash at the end of epoch {epoch}")
 
 
+def assert_same_optimizer_state(a, b):
+    assert a["hyperparameters"] == b["hyperparameters"]
+    assert sorted(a["state"]) == sorted(b["state"])
+    for index, entry in a["state"].items():
+        for key, value in entry.items():
+            assert np.asarray(value).tobytes() == np.asarray(b["state"][index][key]).tobytes()
+
+
+# ----------------------------------------------------------------------------- basics
 def test_fit_learns_and_records_history(rng):
-    x, y = _blobs(rng)
-    model = _mlp(rng)
-    trainer = _trainer(model, progress=False)
+    x, y = blobs(rng)
+    model = mlp(rng)
+    trainer = make_trainer(model, progress=False)
     loader = data.DataLoader(data.ArrayDataset(x, y), batch_size=32, shuffle=True, seed=0)
     history = trainer.fit(loader, epochs=3, val_loader=data.DataLoader(data.ArrayDataset(x, y), 64))
     assert len(history.step_loss) == 3 * len(loader) == trainer.global_step
@@ -56,15 +93,15 @@ def test_fit_learns_and_records_history(rng):
 
 
 def test_fit_and_evaluate_set_and_restore_modes(rng):
-    x, y = _blobs(rng, 64)
-    model = _mlp(rng)
+    x, y = blobs(rng, 64)
+    model = mlp(rng)
     seen = []
 
     class Spy(minidl.Callback):
         def on_step_end(self, trainer, step, logs):
             seen.append(trainer.model[1].training)
 
-    trainer = _trainer(model, progress=False, callbacks=[Spy()])
+    trainer = make_trainer(model, progress=False, callbacks=[Spy()])
     model.eval()
     trainer.fit(data.DataLoader(data.ArrayDataset(x, y), 32), epochs=1)
     assert seen == [True, True]
@@ -77,62 +114,573 @@ def test_fit_and_evaluate_set_and_restore_modes(rng):
     assert int(model[1].num_batches_tracked) == tracked  # evaluation did not touch running stats
 
 
-def test_evaluate_every_and_stop_training(rng):
-    x, y = _blobs(rng, 320)
-    model = _mlp(rng)
-    curve = minidl.EvaluateEvery(data.DataLoader(data.ArrayDataset(x, y), 64), every=3)
+def test_backward_is_called_with_input_grad_false_on_any_module(rng):
+    """No isinstance(model, Sequential): every Module's backward takes input_grad."""
 
-    class StopAt7(minidl.Callback):
+    class Wrapper(layers.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+            self.calls = []
+
+        def forward(self, x):
+            return self.inner(x)
+
+        def backward(self, dout, input_grad=True):
+            self.calls.append(input_grad)
+            return self.inner.backward(dout, input_grad=input_grad)
+
+    x, y = blobs(rng, 64)
+    model = Wrapper(mlp(rng))
+    make_trainer(model, progress=False).fit([(x[:32], y[:32]), (x[32:], y[32:])], epochs=2)
+    assert model.calls == [False] * 4
+
+
+# ----------------------------------------------------------------------------- checkpoints
+DATA = blobs(np.random.default_rng(2024), 100)  # 7 batches of 16 (the last of 4) per epoch
+
+
+def _loader(kind):
+    x, y = DATA
+    if kind == "seeded":
+        return shuffled_loader(x, y, seed=3)
+    if kind == "global-seed":  # the loader draws its base seed from minidl's global generator
+        return shuffled_loader(x, y, seed=None)
+    return [(x[i:i + 16], y[i:i + 16]) for i in range(0, len(x), 16)]  # same batches every epoch
+
+
+def _run(kind, tmp_path=None, callbacks=(), seed=0, **fit_kwargs):
+    """A fresh trainer (model with BatchNorm and two noise layers, SGD momentum) and its fit."""
+    minidl.manual_seed(seed)
+    model = mlp(np.random.default_rng(1), noise=True)
+    trainer = make_trainer(model, progress=False, callbacks=list(callbacks))
+    if tmp_path is not None:
+        fit_kwargs.setdefault("checkpoint_dir", tmp_path)
+    history = trainer.fit(_loader(kind), epochs=3, val_loader=_loader("list"), **fit_kwargs)
+    return trainer, history
+
+
+def _assert_same_run(trainer, history, reference, reference_history, reference_rng):
+    assert trainer.global_step == reference.global_step == 21
+    assert_same_state(trainer.model, reference.model)
+    assert_same_optimizer_state(trainer.optimizer.state_dict(), reference.optimizer.state_dict())
+    assert history.step_loss == reference_history.step_loss
+    assert history.history == reference_history.history
+    assert trainer.model[3].rng.bit_generator.state == reference.model[3].rng.bit_generator.state
+    assert minidl._random.get_rng().bit_generator.state == reference_rng
+
+
+@pytest.fixture(scope="module")
+def references():
+    """Uninterrupted runs without checkpoints, per loader kind: (trainer, history, global RNG state)."""
+    runs = {}
+    for kind in ("seeded", "global-seed", "list"):
+        trainer, history = _run(kind)
+        runs[kind] = (trainer, history, minidl._random.get_rng().bit_generator.state)
+    return runs
+
+
+CRASHES = [
+    ([5], 3),          # last checkpoint after step 3: mid-epoch
+    ([8], 3),          # last checkpoint at the end of epoch 1 (step 7)
+    ([13], 3),         # mid-epoch 2 (step 12)
+    ([15], 3),         # end of epoch 2 (step 14)
+    ([4, 11, 20], 3),  # crash, resume, crash again, ...
+    (["epoch2"], 7),   # after the step checkpoint at the last step of epoch 2, before its end
+]
+
+
+@pytest.mark.parametrize("kind, crashes, every", [("seeded", *c) for c in CRASHES] + [
+    ("list", *c) for c in CRASHES] + [("global-seed", *c) for c in CRASHES[3:]])
+def test_interrupted_and_resumed_run_is_bit_identical(tmp_path, references, kind, crashes, every):
+    for crash in crashes:
+        with pytest.raises(RuntimeError, match="crash"):
+            _run(kind, tmp_path, callbacks=[RaiseAt(crash)], checkpoint_every=every, resume="auto")
+    # another seed: the resumed run must take every random state from the checkpoint
+    trainer, history = _run(kind, tmp_path, seed=99, checkpoint_every=every, resume=True)
+    _assert_same_run(trainer, history, *references[kind])
+
+
+def test_checkpoint_contents(tmp_path, references):
+    trainer, history = _run("seeded", tmp_path)
+    state = minidl.load(tmp_path / "last.ckpt")
+    assert sorted(state) == sorted(["minidl_trainer_checkpoint", "model", "optimizer", "scheduler",
+                                    "rng", "loader", "position", "history", "callbacks"])
+    assert_same_state(state["model"], trainer.model)
+    assert state["position"]["epoch"] == 3 and state["position"]["step"] == 0
+    assert state["position"]["global_step"] == 21
+    assert list(state["rng"]["modules"]) == ["3"]  # the Noise layer with its own generator
+    assert state["loader"]["epoch"] == 3 and state["loader"]["batches_yielded"] == 0
+    assert list(state["history"]["step_loss"]) == history.step_loss
+    fresh = mlp(np.random.default_rng(5), noise=True)
+    fresh.load_state_dict(state["model"])
+    assert_same_state(fresh, references["seeded"][0].model)
+    # checkpointing did not change the run
+    assert_same_state(trainer.model, references["seeded"][0].model)
+
+
+def test_resume_of_a_finished_run_does_nothing_more(tmp_path):
+    trainer, history = _run("list", tmp_path)
+    again, again_history = _run("list", tmp_path, resume=True)
+    assert again.global_step == 21 and again_history.step_loss == history.step_loss
+    assert_same_state(again.model, trainer.model)
+
+
+def test_resume_auto_starts_afresh_without_a_checkpoint(tmp_path, references):
+    trainer, history = _run("list", tmp_path, resume="auto")
+    _assert_same_run(trainer, history, *references["list"])
+
+
+def test_checkpoint_every_counts_optimizer_steps(tmp_path, monkeypatch):
+    written = []
+    real_save = minidl.trainer.save
+    monkeypatch.setattr(minidl.trainer, "save", lambda obj, path: (
+        written.append((obj["position"]["global_step"], obj["position"]["step"])), real_save(obj, path)))
+    _run("list", tmp_path, checkpoint_every=5)
+    # every 5th step, plus every epoch end (7, 14, 21), where the step within the epoch is 0
+    assert written == [(5, 5), (7, 0), (10, 3), (14, 0), (15, 1), (20, 6), (21, 0)]
+
+
+# ----------------------------------------------------------------------------- Ctrl-C
+class SigintAt(layers.Module):
+    """Sends itself SIGINT(s) during the forward pass of the given training steps."""
+
+    def __init__(self, steps, count=1):
+        super().__init__()
+        self.steps, self.count, self.calls = set(steps), count, 0
+
+    def forward(self, x):
+        if self.training:
+            self.calls += 1
+            if self.calls in self.steps:
+                for _ in range(self.count):
+                    os.kill(os.getpid(), signal.SIGINT)
+        return x
+
+    def backward(self, dout, input_grad=True):
+        return dout if input_grad else None
+
+
+def _sigint_run(tmp_path, steps=(), count=1, callbacks=(), mode="train", **fit_kwargs):
+    minidl.manual_seed(0)
+    rng = np.random.default_rng(1)
+    model = minidl.Sequential(layers.Dense(2, 16, rng=rng), layers.BatchNorm(16), layers.ReLU(),
+                              SigintAt(steps, count), layers.Dense(16, 2, rng=rng))
+    model.train(mode == "train")
+    trainer = make_trainer(model, progress=False, callbacks=list(callbacks))
+    if tmp_path is not None:
+        fit_kwargs.setdefault("checkpoint_dir", tmp_path)
+    history = trainer.fit(_loader("seeded"), epochs=3, **fit_kwargs)
+    return trainer, history
+
+
+@pytest.fixture(scope="module")
+def step_states():
+    recorder = Recorder()
+    trainer, history = _sigint_run(None, callbacks=[recorder])
+    return recorder.states, trainer, history
+
+
+@pytest.mark.parametrize("step", [1, 4, 7, 12])
+def test_sigint_is_deferred_to_the_end_of_the_step(tmp_path, step_states, step):
+    states, reference, reference_history = step_states
+    handler = signal.getsignal(signal.SIGINT)
+    trainer = None
+    with pytest.raises(KeyboardInterrupt, match=f"after step {step}; checkpoint written"):
+        _sigint_run(tmp_path, steps=[step], mode="eval")
+    assert signal.getsignal(signal.SIGINT) is handler
+    # the checkpoint holds the state after the whole step: parameters, running stats, momentum
+    state = minidl.load(tmp_path / "last.ckpt")
+    assert state["position"]["global_step"] == step
+    assert_same_state(state["model"], states[step][0])
+    assert_same_optimizer_state(state["optimizer"], states[step][1])
+    trainer, history = _sigint_run(tmp_path, resume=True)
+    assert_same_state(trainer.model, reference.model)
+    assert history.step_loss == reference_history.step_loss
+
+
+def test_sigint_leaves_a_whole_step_modes_restored_and_no_gradients(step_states):
+    states, _, _ = step_states
+    grab = Grab()
+    with pytest.raises(KeyboardInterrupt, match="after step 5$"):
+        _sigint_run(None, steps=[5], callbacks=[grab], mode="eval")
+    trainer = grab.trainer
+    assert trainer.global_step == 5
+    assert_same_state(trainer.model, states[5][0])
+    assert int(trainer.model[1].num_batches_tracked) == 5
+    assert all(not m.training for _, m in trainer.model.named_modules())
+    assert all(np.all(p.grad == 0) for p in trainer.model.parameters())
+
+
+@pytest.mark.parametrize("after", [3, 9, 16])
+def test_sigint_from_another_thread_stops_between_steps(step_states, after):
+    """The signal lands anywhere in a step (forward, backward, optimizer, bookkeeping)."""
+    states, _, _ = step_states
+    reached = threading.Event()
+
+    class Start(Grab):
+        def on_train_begin(self, trainer):
+            super().on_train_begin(trainer)
+            threading.Thread(target=send, daemon=True).start()
+
         def on_step_end(self, trainer, step, logs):
-            if step == 7:
-                trainer.stop_training = True
+            if step == after:
+                reached.set()
 
-    trainer = _trainer(model, progress=False, callbacks=[curve, StopAt7()])
-    history = trainer.fit(data.DataLoader(data.ArrayDataset(x, y), 32), epochs=5)
-    assert trainer.global_step == 7 and len(history.step_loss) == 7
-    assert curve.steps == [3, 6, 7]
-    assert curve.first_step_reaching(0.0) == 3
-    assert curve.first_step_reaching(1.01) is None
+    def send():
+        reached.wait(10)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # let the sender run as soon as the event is set
+    start = Start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            _sigint_run(None, callbacks=[start])
+    finally:
+        sys.setswitchinterval(interval)
+    trainer = start.trainer
+    assert after <= trainer.global_step < 21
+    assert_same_state(trainer.model, states[trainer.global_step][0])
+    assert_same_optimizer_state(trainer.optimizer.state_dict(), states[trainer.global_step][1])
 
 
+def test_second_sigint_interrupts_at_once(step_states):
+    states, _, _ = step_states
+    grab = Grab()
+    handler = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt, match="second Ctrl-C"):
+        _sigint_run(None, steps=[6], count=2, callbacks=[grab])
+    assert signal.getsignal(signal.SIGINT) is handler
+    trainer = grab.trainer
+    # raised inside step 6's forward: BatchNorm's update of that forward was undone
+    assert trainer.global_step == 5
+    assert_same_state(trainer.model, states[5][0])
+
+
+def test_on_interrupt_return_gives_the_history_so_far(tmp_path, capsys):
+    recorder = Recorder()
+    trainer, history = _sigint_run(tmp_path, steps=[10], callbacks=[recorder], on_interrupt="return")
+    assert trainer.global_step == 10 and len(history.step_loss) == 10
+    assert history.history["loss"] and len(history.history["loss"]) == 1  # epoch 1 complete
+    assert recorder.ended  # on_train_end ran
+    assert "interrupted after step 10" in capsys.readouterr().out
+    assert minidl.load(tmp_path / "last.ckpt")["position"]["global_step"] == 10
+
+
+def test_sigint_during_validation_resumes_exactly(tmp_path, references):
+    class InterruptingValidation:
+        def __init__(self):
+            self.calls = 0
+
+        def __iter__(self):
+            self.calls += 1
+            for i, batch in enumerate(_loader("list")):
+                if self.calls == 2 and i == 3:
+                    os.kill(os.getpid(), signal.SIGINT)
+                yield batch
+
+    minidl.manual_seed(0)
+    trainer = make_trainer(mlp(np.random.default_rng(1), noise=True), progress=False)
+    with pytest.raises(KeyboardInterrupt, match="after step 14"):
+        trainer.fit(_loader("seeded"), epochs=3, val_loader=InterruptingValidation(),
+                    checkpoint_dir=tmp_path)
+    position = minidl.load(tmp_path / "last.ckpt")["position"]
+    assert (position["epoch"], position["step"], position["steps_done"]) == (1, 7, True)
+    trainer, history = _run("seeded", tmp_path, resume=True)
+    _assert_same_run(trainer, history, *references["seeded"])
+
+
+def test_no_handler_is_installed_outside_the_main_thread(rng):
+    x, y = blobs(rng, 64)
+    seen, errors = [], []
+
+    class Spy(minidl.Callback):
+        def on_step_end(self, trainer, step, logs):
+            seen.append(signal.getsignal(signal.SIGINT))
+
+    def work():
+        try:
+            make_trainer(mlp(rng), progress=False, callbacks=[Spy()]).fit([(x, y)], epochs=2)
+        except Exception as error:  # surfaced below
+            errors.append(error)
+
+    handler = signal.getsignal(signal.SIGINT)
+    thread = threading.Thread(target=work)
+    thread.start()
+    thread.join()
+    assert not errors and seen == [handler, handler]
+
+
+# ----------------------------------------------------------------------------- non-finite loss
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
-def test_diverging_loss_raises_clear_error(rng):
-    x, y = _blobs(rng, 64)
-    x = x * 1e30
-    model = minidl.Sequential(layers.Dense(2, 2, rng=rng))
-    with pytest.raises(ValueError, match="loss became .* at step"):
-        _trainer(model, lr=1e10, progress=False).fit(data.DataLoader(data.ArrayDataset(x, y), 32), 2)
+def test_diverging_loss_stops_before_the_step_with_the_model_intact(rng):
+    x, y = blobs(rng, 64)
+    recorder = Recorder()
+    model = minidl.Sequential(layers.Dense(2, 8, rng=rng), layers.BatchNorm(8), layers.Dense(8, 2, rng=rng))
+    trainer = make_trainer(model, lr=1e12, progress=False, callbacks=[recorder])
+    with pytest.raises(minidl.NonFiniteLossError, match="loss became .* at step") as info:
+        trainer.fit([(x[:32] * 1e3, y[:32]), (x[32:] * 1e3, y[32:])], epochs=5)
+    error = info.value
+    assert isinstance(error, ValueError)
+    assert error.input_finite is True and "the input batch is finite" in str(error)
+    assert error.step == trainer.global_step + 1 >= 2
+    last = recorder.states[trainer.global_step]
+    assert_same_state(model, last[0])  # running statistics of the failed forward were undone
+    assert_same_optimizer_state(trainer.optimizer.state_dict(), last[1])
+    assert all(np.all(p.grad == 0) for p in model.parameters())
 
 
-def test_progress_bar_shows_loss_and_accuracy(rng, capsys):
-    x, y = _blobs(rng, 64)
-    trainer = _trainer(_mlp(rng), progress=True)
-    trainer.fit(data.DataLoader(data.ArrayDataset(x, y), 32), epochs=1)
-    err = capsys.readouterr()
-    text = err.err + err.out
-    assert "epoch 1/1" in text and "loss" in text and "accuracy" in text
+def test_nan_in_the_batch_is_reported_as_such(rng):
+    x, y = blobs(rng, 96)
+    batches = [(x[i:i + 32].copy(), y[i:i + 32]) for i in (0, 32, 64)]
+    batches[2][0][5, 1] = np.nan
+    recorder = Recorder()
+    model = mlp(rng)
+    trainer = make_trainer(model, progress=False, callbacks=[recorder])
+    with pytest.raises(minidl.NonFiniteLossError) as info:
+        trainer.fit(batches, epochs=2)
+    error = info.value
+    assert (error.step, error.epoch, error.batch, error.input_finite) == (3, 1, 3, False)
+    assert "at step 3 (epoch 1, batch 3)" in str(error) and "holds NaN or Inf" in str(error)
+    assert int(model[1].num_batches_tracked) == 2
+    assert_same_state(model, recorder.states[2][0])
+    assert model.training  # mode restored
+    with pytest.raises(minidl.NonFiniteLossError, match="holds NaN or Inf") as info:
+        trainer.train_step(*batches[2])
+    assert info.value.epoch is None and int(model[1].num_batches_tracked) == 2
 
 
+# ----------------------------------------------------------------------------- schedulers
+class HalvingLR:
+    """A stand-in with PyTorch's LRScheduler interface (like StepLR(step_size=1, gamma=0.5))."""
+
+    def __init__(self, optimizer):
+        self.optimizer, self.base_lr, self.last_epoch = optimizer, optimizer.lr, 0
+
+    def step(self):
+        self.last_epoch += 1
+        self.optimizer.lr = self.base_lr * 0.5 ** self.last_epoch
+
+    def get_last_lr(self):
+        return [self.optimizer.lr]
+
+    def state_dict(self):
+        return {"base_lr": self.base_lr, "last_epoch": self.last_epoch}
+
+    def load_state_dict(self, state):
+        self.base_lr, self.last_epoch = state["base_lr"], state["last_epoch"]
+
+
+def _scheduled_run(interval, tmp_path=None, callbacks=(), **fit_kwargs):
+    minidl.manual_seed(0)
+    model = mlp(np.random.default_rng(1))
+    trainer = make_trainer(model, progress=False, callbacks=list(callbacks))
+    trainer.scheduler = HalvingLR(trainer.optimizer)
+    trainer.scheduler_interval = interval
+    if tmp_path is not None:
+        fit_kwargs["checkpoint_dir"] = tmp_path
+    history = trainer.fit(_loader("seeded"), epochs=3, **fit_kwargs)
+    return trainer, history
+
+
+@pytest.mark.parametrize("interval", ["epoch", "step"])
+def test_scheduler_is_stepped_per_epoch_or_per_step(interval):
+    recorder = Recorder()
+    trainer, _ = _scheduled_run(interval, callbacks=[recorder])
+    lrs = [logs["lr"] for logs in recorder.logs]
+    if interval == "epoch":
+        assert lrs == [0.1] * 7 + [0.05] * 7 + [0.025] * 7
+        assert trainer.scheduler.last_epoch == 3
+    else:
+        assert lrs == [0.1 * 0.5 ** k for k in range(21)]
+        assert trainer.scheduler.last_epoch == 21
+
+
+@pytest.mark.parametrize("interval", ["epoch", "step"])
+def test_scheduler_state_is_resumed(tmp_path, interval):
+    reference, reference_history = _scheduled_run(interval)
+    with pytest.raises(RuntimeError):
+        _scheduled_run(interval, tmp_path, callbacks=[RaiseAt(12)], checkpoint_every=4)
+    trainer, history = _scheduled_run(interval, tmp_path, resume=True)
+    assert trainer.scheduler.state_dict() == reference.scheduler.state_dict()
+    assert trainer.optimizer.lr == reference.optimizer.lr
+    assert_same_state(trainer.model, reference.model)
+    assert history.step_loss == reference_history.step_loss
+
+
+def test_scheduler_arguments_are_checked(rng):
+    model = mlp(rng)
+    with pytest.raises(TypeError, match="lacks state_dict, load_state_dict"):
+        make_trainer(model, scheduler=type("S", (), {"step": lambda self: None})())
+    with pytest.raises(ValueError, match="scheduler_interval must be 'epoch' or 'step'"):
+        make_trainer(model, scheduler_interval="batch")
+
+
+# ----------------------------------------------------------------------------- progress output
+class Slow(minidl.Callback):
+    """tqdm redraws at most every 0.1 s: make the steps that slow."""
+
+    def on_step_end(self, trainer, step, logs):
+        time.sleep(0.11)
+
+
+class FakeTerminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_default_progress_draws_no_bar_when_not_a_terminal(rng, capsys):
+    x, y = blobs(rng, 64)
+    make_trainer(mlp(rng)).fit(data.DataLoader(data.ArrayDataset(x, y), 16), epochs=2)
+    captured = capsys.readouterr()
+    assert "\r" not in captured.err and "\r" not in captured.out
+    assert "epoch 1/2: loss" in captured.out and "lr 0.1" in captured.out  # one line per epoch
+
+
+def test_default_progress_draws_a_bar_with_the_learning_rate_on_a_terminal(rng, monkeypatch):
+    x, y = blobs(rng, 64)
+    terminal = FakeTerminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    make_trainer(mlp(rng), callbacks=[Slow()]).fit(data.DataLoader(data.ArrayDataset(x, y), 32),
+                                                   epochs=1)
+    text = terminal.getvalue()
+    assert "\r" in text and "epoch 1/1" in text and "lr=0.1" in text and "loss=" in text
+
+
+def test_explicit_progress_is_obeyed(rng, capsys, monkeypatch):
+    x, y = blobs(rng, 64)
+    loader = data.DataLoader(data.ArrayDataset(x, y), 32)
+    make_trainer(mlp(rng), progress=True, callbacks=[Slow()]).fit(loader, epochs=1)
+    captured = capsys.readouterr()
+    assert "lr=0.1" in captured.err and "acc=" in captured.err  # shown although not a terminal
+    assert "epoch 1/1: loss" in captured.out and "accuracy" in captured.out
+    monkeypatch.setattr(sys, "stderr", FakeTerminal())
+    make_trainer(mlp(rng), progress=False).fit(loader, epochs=1)
+    assert sys.stderr.getvalue() == "" and capsys.readouterr().out == ""
+
+
+# ----------------------------------------------------------------------------- errors
 @pytest.mark.parametrize("epochs", [0, -1, 1.5])
 def test_bad_epochs(rng, epochs):
     with pytest.raises(ValueError, match="epochs"):
-        _trainer(_mlp(rng), progress=False).fit([], epochs=epochs)
+        make_trainer(mlp(rng), progress=False).fit([], epochs=epochs)
 
 
 def test_empty_loader(rng):
     with pytest.raises(ValueError, match="no batches"):
-        _trainer(_mlp(rng), progress=False).evaluate([])
+        make_trainer(mlp(rng), progress=False).evaluate([])
+    with pytest.raises(ValueError, match="yielded no batches in epoch 1"):
+        make_trainer(mlp(rng), progress=False).fit([])
 
 
+def test_a_one_shot_iterator_is_explained(rng):
+    x, y = blobs(rng, 32)
+    with pytest.raises(ValueError, match="no batches in epoch 2 .*iterated only once"):
+        make_trainer(mlp(rng), progress=False).fit(iter([(x, y)]), epochs=2)
+
+
+def test_bad_batches_and_loaders(rng):
+    x, y = blobs(rng, 32)
+    trainer = make_trainer(mlp(rng), progress=False)
+    with pytest.raises(ValueError, match=r"pair \(x, y\), got a tuple of 3"):
+        trainer.fit([(x, y, y)])
+    with pytest.raises(ValueError, match=r"pair \(x, y\), got a ndarray of 32"):
+        trainer.evaluate([x])
+    with pytest.raises(TypeError, match="iterable of .* got int"):
+        trainer.fit(5)
+    with pytest.raises(TypeError, match=r"callbacks\[0\] is a str"):
+        make_trainer(mlp(rng), callbacks=["early"])
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    (dict(checkpoint_every=0), ValueError, "checkpoint_every must be an integer >= 1, got 0"),
+    (dict(checkpoint_every=2.5), ValueError, "checkpoint_every must be an integer"),
+    (dict(checkpoint_every=True), ValueError, "checkpoint_every must be an integer"),
+    (dict(checkpoint_every=3, checkpoint_dir=None), ValueError, "checkpoint_every=3 needs a checkpoint_dir"),
+    (dict(resume=True, checkpoint_dir=None), ValueError, "resume=True needs a checkpoint_dir"),
+    (dict(resume="yes"), ValueError, "resume must be True, False or 'auto'"),
+    (dict(on_interrupt="ignore"), ValueError, "on_interrupt must be 'raise' or 'return'"),
+    (dict(progress="yes"), ValueError, "progress must be None, True or False"),
+    (dict(resume=True), FileNotFoundError, r"no checkpoint at '.*last\.ckpt'"),
+])
+def test_bad_fit_arguments(tmp_path, rng, kwargs, error, message):
+    kwargs = {"checkpoint_dir": tmp_path, **kwargs}
+    x, y = blobs(rng, 32)
+    with pytest.raises(error, match=message):
+        make_trainer(mlp(rng), progress=False).fit([(x, y)], **kwargs)
+
+
+def test_checkpoint_dir_that_is_a_file(tmp_path, rng):
+    (tmp_path / "file").write_text("")
+    x, y = blobs(rng, 32)
+    with pytest.raises(NotADirectoryError, match="is a file, not a folder"):
+        make_trainer(mlp(rng), progress=False).fit([(x, y)], checkpoint_dir=tmp_path / "file")
+
+
+def test_checkpoint_dir_is_created(tmp_path, rng):
+    x, y = blobs(rng, 32)
+    make_trainer(mlp(rng), progress=False).fit([(x, y)], checkpoint_dir=tmp_path / "a" / "b")
+    assert os.listdir(tmp_path / "a" / "b") == ["last.ckpt"]
+
+
+def test_resume_from_a_foreign_checkpoint_changes_nothing(tmp_path, rng):
+    x, y = blobs(rng, 32)
+    other = minidl.Sequential(layers.Dense(2, 4, rng=rng), layers.Dense(4, 2, rng=rng))
+    make_trainer(other, progress=False).fit([(x, y)], checkpoint_dir=tmp_path)
+    model = mlp(rng)
+    trainer = make_trainer(model, progress=False)
+    before, optimizer_before = model.state_dict(), trainer.optimizer.state_dict()
+    with pytest.raises(ValueError, match="cannot resume from .*missing keys"):
+        trainer.fit([(x, y)], checkpoint_dir=tmp_path, resume=True)
+    assert_same_state(model, before)
+    assert_same_optimizer_state(trainer.optimizer.state_dict(), optimizer_before)
+    assert trainer.global_step == 0
+
+    scheduled = make_trainer(mlp(rng), progress=False)
+    scheduled.fit([(x, y)], checkpoint_dir=tmp_path / "plain")
+    scheduled.scheduler = HalvingLR(scheduled.optimizer)
+    with pytest.raises(ValueError, match="the trainer has a scheduler but the checkpoint has no state"):
+        scheduled.fit([(x, y)], checkpoint_dir=tmp_path / "plain", resume=True)
+
+    os.makedirs(tmp_path / "weights")
+    minidl.save({"model": model.state_dict()}, tmp_path / "weights" / "last.ckpt")
+    with pytest.raises(ValueError, match="is not a Trainer checkpoint"):
+        trainer.fit([(x, y)], checkpoint_dir=tmp_path / "weights", resume=True)
+    (tmp_path / "weights" / "last.ckpt").write_bytes(b"garbage")
+    with pytest.raises(minidl.SerializationError, match="last.ckpt"):
+        trainer.fit([(x, y)], checkpoint_dir=tmp_path / "weights", resume=True)
+
+
+# ----------------------------------------------------------------------------- real data
 def test_short_real_mnist_run_reaches_stated_accuracy(mirror, tmp_path):
     """100 steps of the BN CNN (batch 64) on 6,400 real MNIST images: >= 90% on 2,000 test images."""
     train = data.MNIST(root=str(tmp_path), train=True)
     test = data.MNIST(root=str(tmp_path), train=False)
     minidl.manual_seed(0)
     model = mnist_cnn(batch_norm=True)
-    trainer = _trainer(model, lr=0.05, progress=False)
+    trainer = make_trainer(model, lr=0.05, progress=False)
     subset = data.ArrayDataset(train.images[:6400], train.labels[:6400])
     trainer.fit(data.DataLoader(subset, batch_size=64, shuffle=True, seed=0), epochs=1)
     result = trainer.evaluate(
         data.DataLoader(data.ArrayDataset(test.images[:2000], test.labels[:2000]), 500), progress=False)
     assert result["accuracy"] >= 0.90, result
+
+
+def test_evaluate_runs_under_no_grad_and_keeps_no_caches(rng):
+    """Trainer.evaluate builds no backward caches: a backward right after it has nothing to use,
+    and the evaluated batch is not kept alive by the model."""
+    import weakref
+
+    x, y = blobs(rng, n=64)
+    model = mlp(rng)
+    trainer = make_trainer(model)
+    batch = x[:32].copy()
+    ref = weakref.ref(batch)
+    result = trainer.evaluate([(batch, y[:32])], progress=False)
+    assert 0.0 <= result["accuracy"] <= 1.0
+    del batch
+    assert ref() is None, "the model kept the evaluated input alive"
+    assert minidl.is_grad_enabled()
+    with pytest.raises(RuntimeError):
+        model.backward(np.ones((32, 2), np.float32))

@@ -6,49 +6,21 @@ Every dataset follows one small protocol, which is all :class:`~minidl.data.Data
 
 File datasets (:class:`FileDataset`) declare their original files with their md5s, a folder name
 and public mirrors; the base class finds each file under ``<root>/<folder>/``, verifies its md5 and
-fetches it when it is missing or wrong. A subclass only declares its files and implements ``_load``.
-
-Where files come from, in order:
-
-1. ``$MINIDL_DATA_MIRROR/<folder>/<original name>``, when the environment variable is set to a
-   local folder or a URL base (``http://``, ``https://``, ``ftp://``, ``file://``);
-2. the dataset's public mirrors (the ones torchvision uses), ``<mirror><original name>``.
-
-A file is written to a temporary ``.part`` file next to its destination and moved into place with
-``os.replace`` only after its md5 matched, so a final name never holds a partial or wrong file.
+fetches it when it is missing or wrong (see :mod:`minidl.data.download` for the sources, deadlines
+and atomic placement). A subclass only declares its files and implements ``_load``.
 """
 import gzip
-import hashlib
-import http.client
 import os
-import secrets
-import urllib.parse
-import urllib.request
 import zlib
 from typing import NamedTuple
 
 import numpy as np
 
-MIRROR_ENV = "MINIDL_DATA_MIRROR"
-"""Name of the environment variable holding a local folder or URL base tried before the public mirrors."""
-
-DOWNLOAD_TIMEOUT = 30.0
-"""Seconds a network connection may stall (connect or read) before the next source is tried."""
-
-_CHUNK = 1 << 20
-_URL_SCHEMES = ("http", "https", "ftp", "file")
-
-
-class ChecksumError(ValueError):
-    """A file's md5 does not match the published one."""
+from .download import ChecksumError, DownloadError, download_file, file_sources, fix_hint, md5sum
 
 
 class DatasetFormatError(ValueError):
     """A dataset file is readable but not in the expected format (bad magic, sizes, shapes)."""
-
-
-class DownloadError(OSError):
-    """No source could provide a file (missing everywhere, network errors)."""
 
 
 class RemoteFile(NamedTuple):
@@ -79,7 +51,12 @@ class Dataset:
         return len(self.arrays()[0])
 
     def __getitem__(self, index):
-        return tuple(a[index] for a in self.arrays())
+        arrays = self.arrays()
+        try:
+            return tuple(a[index] for a in arrays)
+        except IndexError as exc:
+            raise IndexError(f"{type(self).__name__}: bad index {index!r:.60} for {len(arrays[0])} samples "
+                             f"(an int, a slice or an integer/boolean array along axis 0): {exc}") from None
 
 
 class ArrayDataset(Dataset):
@@ -102,7 +79,10 @@ class ArrayDataset(Dataset):
     def __init__(self, *arrays):
         if not arrays:
             raise ValueError("ArrayDataset: expected at least one array")
-        arrays = tuple(np.asarray(a) for a in arrays)
+        try:
+            arrays = tuple(np.asarray(a) for a in arrays)
+        except ValueError as exc:  # ragged nested lists
+            raise ValueError(f"ArrayDataset: every argument must convert to one NumPy array: {exc}") from None
         for i, a in enumerate(arrays):
             if a.ndim == 0:
                 raise ValueError(f"ArrayDataset: array {i} is 0-d; every array needs a sample axis 0")
@@ -118,133 +98,6 @@ class ArrayDataset(Dataset):
     def __repr__(self):
         shapes = ", ".join(f"{a.dtype}{a.shape}" for a in self._arrays)
         return f"ArrayDataset({shapes})"
-
-
-# --------------------------------------------------------------------------------------------
-# Checksums, sources and downloads
-# --------------------------------------------------------------------------------------------
-
-
-def md5sum(path):
-    """Return the md5 of the file at ``path`` as a lowercase hex string (read in 1 MiB chunks)."""
-    digest = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _is_url(location):
-    return urllib.parse.urlsplit(location).scheme.lower() in _URL_SCHEMES
-
-
-def _join(base, name):
-    """Join a folder path or a URL base with one more path component."""
-    if _is_url(base):
-        return base.rstrip("/") + "/" + name
-    return os.path.join(os.path.expanduser(base), name)
-
-
-def file_sources(folder, name, mirrors=()):
-    """List the locations to try for one file, in order.
-
-    Args:
-        folder (str): the dataset's folder, e.g. ``"mnist"``.
-        name (str): the original file name.
-        mirrors (sequence of str): URL bases holding the file directly (``<mirror><name>``).
-    Returns:
-        list of str: ``$MINIDL_DATA_MIRROR/<folder>/<name>`` first when the variable is set
-        (read now, at every call), then each ``<mirror>/<name>``.
-    """
-    sources = []
-    env = os.environ.get(MIRROR_ENV, "").strip()
-    if env:
-        sources.append(_join(_join(env, folder), name))
-    sources.extend(_join(m, name) for m in mirrors)
-    return sources
-
-
-def _copy_stream(src, dst, digest, progress=None):
-    for chunk in iter(lambda: src.read(_CHUNK), b""):
-        dst.write(chunk)
-        digest.update(chunk)
-        if progress is not None:
-            progress(len(chunk))
-
-
-def _fetch(source, dst, label):
-    """Copy ``source`` (a path or URL) into the open binary file ``dst``; return the md5 hex."""
-    digest = hashlib.md5(usedforsecurity=False)
-    if not _is_url(source):
-        with open(source, "rb") as src:
-            _copy_stream(src, dst, digest)
-        return digest.hexdigest()
-    from tqdm.auto import tqdm
-
-    request = urllib.request.Request(source, headers={"User-Agent": "minidl"})
-    with urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT) as response:
-        total = response.headers.get("Content-Length")
-        total = int(total) if total and total.isdigit() else None
-        # disable=None: the bar is shown on a terminal and stays silent in logs and CI.
-        with tqdm(total=total, desc=label, unit="B", unit_scale=True, unit_divisor=1024,
-                  disable=None, leave=False) as bar:
-            _copy_stream(response, dst, digest, bar.update)
-    return digest.hexdigest()
-
-
-def _describe(exc):
-    text = str(exc) or type(exc).__name__
-    return text if isinstance(exc, OSError) else f"{type(exc).__name__}: {text}"
-
-
-def download_file(name, md5, sources, dest_dir):
-    """Fetch one file into ``dest_dir`` from the first source whose copy has the right md5.
-
-    Each source (a local path or a URL) is copied to a temporary ``.part`` file in ``dest_dir``;
-    only a copy whose md5 equals ``md5`` is moved to ``dest_dir/name`` (``os.replace``). Failed
-    attempts leave nothing behind.
-
-    Args:
-        name (str): the final file name.
-        md5 (str): the expected md5, hex.
-        sources (sequence of str): full locations of the file, tried in order.
-        dest_dir (str or PathLike): the destination folder (created if needed).
-    Returns:
-        str: the path of the verified file.
-    Raises:
-        ChecksumError: at least one source delivered the file but none with the right md5; the
-            message names the file, the expected and received md5s and every source tried.
-        DownloadError: no source could deliver the file (or there were no sources).
-    """
-    dest_dir = os.fspath(dest_dir)
-    final = os.path.join(dest_dir, name)
-    if not sources:
-        raise DownloadError(f"{name}: no source to fetch it from; set {MIRROR_ENV} to a folder or URL "
-                            f"that holds it")
-    os.makedirs(dest_dir, exist_ok=True)
-    attempts, wrong_md5 = [], False
-    for source in sources:
-        tmp = os.path.join(dest_dir, f".{name}.{os.getpid()}-{secrets.token_hex(4)}.part")
-        try:
-            # O_EXCL: a fresh name of our own; mode 0o666 so the umask decides, as for any new file.
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-            with os.fdopen(fd, "wb") as out:
-                received = _fetch(source, out, name)
-            if received == md5:
-                os.replace(tmp, final)
-                return final
-            wrong_md5 = True
-            attempts.append(f"{source}: received md5 {received}")
-        except (OSError, http.client.HTTPException, ValueError) as exc:
-            attempts.append(f"{source}: {_describe(exc)}")
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-    tried = "\n".join("  " + a for a in attempts)
-    if wrong_md5:
-        raise ChecksumError(f"{name}: md5 mismatch, expected {md5}; no source delivered a good copy. "
-                            f"Sources tried:\n{tried}")
-    raise DownloadError(f"{name}: could not be fetched from any source. Sources tried:\n{tried}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -289,8 +142,9 @@ def read_idx(path):
         DatasetFormatError: broken gzip stream, bad magic number, unknown type code, no
             dimensions, a header or data size that disagrees with the dimensions (truncated or
             trailing bytes). The message names the file.
+        TypeError: ``path`` is not a str or ``os.PathLike``.
     """
-    path = os.fspath(path)
+    path = check_path("read_idx", path)
     raw = _read_bytes(path)
     if len(raw) < 4:
         raise DatasetFormatError(f"{path}: not an IDX file: {len(raw)} bytes, shorter than the 4-byte magic number")
@@ -318,10 +172,37 @@ def read_idx(path):
 # --------------------------------------------------------------------------------------------
 
 
-def _check_bool(owner, name, value):
+def check_bool(owner, name, value):
+    """Return ``value`` as a bool, or raise ValueError naming ``owner`` unless it is True or False."""
     if not isinstance(value, (bool, np.bool_)):
         raise ValueError(f"{owner}: {name} must be True or False, got {value!r}")
     return bool(value)
+
+
+def check_path(owner, value, name="path", kind="file"):
+    """Return ``value`` as a str path, or raise TypeError naming ``owner`` unless it is one.
+
+    Raises:
+        TypeError: ``value`` is not a str or ``os.PathLike`` giving a str.
+    """
+    path = value.__fspath__() if isinstance(value, os.PathLike) else value
+    if not isinstance(path, str):
+        raise TypeError(f"{owner}: {name} must be a {kind} path (str or os.PathLike), got "
+                        f"{type(value).__name__} {value!r:.60}")
+    return path
+
+
+def check_root(owner, root):
+    """Return ``root`` as a str path, or raise naming ``owner`` unless it is a folder path.
+
+    Raises:
+        TypeError: ``root`` is not a str or ``os.PathLike`` (or gives bytes).
+        NotADirectoryError: ``root`` exists and is not a folder.
+    """
+    path = check_path(owner, root, "root", "folder")
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise NotADirectoryError(f"{owner}: root {path!r} exists and is not a folder")
+    return path
 
 
 class FileDataset(Dataset):
@@ -336,7 +217,9 @@ class FileDataset(Dataset):
 
     and implements ``_load(paths)``, which receives ``{role: verified path}`` and returns
     ``(images, labels)``. Everything else -- finding, verifying and fetching the files, ``len``,
-    indexing and ``arrays()`` -- is shared.
+    indexing and ``arrays()`` -- is shared. A dataset whose files are not individually
+    checksummed (CIFAR-10's extracted folder) overrides ``_prepare(download)`` instead, which
+    returns ``(images, labels)`` and may set ``self.classes``.
 
     Args:
         root (str or PathLike): the data folder; files live in ``<root>/<folder>/``. Default ``"data"``.
@@ -352,8 +235,11 @@ class FileDataset(Dataset):
     Raises:
         FileNotFoundError: a file is missing and ``download`` is False.
         ChecksumError: a file has the wrong md5 and ``download`` is False, or no source had a good copy.
-        DownloadError: a file is missing and no source could deliver it.
+        DownloadError: a file is missing and no source could deliver it; the message ends with
+            what to do (set ``MINIDL_DATA_MIRROR`` or put the file in ``<root>/<folder>/``).
         DatasetFormatError: a verified file does not parse as expected.
+        TypeError: ``root`` is not a str or ``os.PathLike``.
+        NotADirectoryError: ``root`` exists and is not a folder.
         ValueError: ``train`` or ``download`` is not a bool.
     """
 
@@ -364,14 +250,13 @@ class FileDataset(Dataset):
 
     def __init__(self, root="data", train=True, download=True):
         name = type(self).__name__
-        train = _check_bool(name, "train", train)
-        download = _check_bool(name, "download", download)
-        self.root = os.fspath(root)
+        train = check_bool(name, "train", train)
+        download = check_bool(name, "download", download)
+        self.root = check_root(name, root)
         self.split = "train" if train else "test"
         self.train = train
         self.classes = list(self.classes)  # a per-instance copy, safe to edit
-        paths = {role: self._ensure(spec, download) for role, spec in self.files[self.split].items()}
-        self.images, self.labels = self._load(paths)
+        self.images, self.labels = self._prepare(download)
 
     @property
     def path(self):
@@ -382,6 +267,11 @@ class FileDataset(Dataset):
         """Return ``(images, labels)``."""
         return self.images, self.labels
 
+    def _prepare(self, download):
+        """Find (and fetch, if allowed) the split's files; return ``(images, labels)``."""
+        paths = {role: self._ensure(spec, download) for role, spec in self.files[self.split].items()}
+        return self._load(paths)
+
     def _load(self, paths):
         raise NotImplementedError
 
@@ -389,6 +279,7 @@ class FileDataset(Dataset):
         """Return the path of ``spec`` under ``self.path``, verified, fetching it if allowed."""
         name = type(self).__name__
         path = os.path.join(self.path, spec.name)
+        hint = fix_hint(self.folder, spec.name, self.path)
         if os.path.isfile(path):
             received = md5sum(path)
             if received == spec.md5:
@@ -397,12 +288,11 @@ class FileDataset(Dataset):
                 raise ChecksumError(f"{name}: {path} has md5 {received}, expected {spec.md5}; delete it "
                                     f"or pass download=True to fetch a good copy")
         elif not download:
-            raise FileNotFoundError(
-                f"{name}: {path} not found. Pass download=True to fetch it, or set {MIRROR_ENV} to a "
-                f"local folder or URL holding {self.folder}/{spec.name}")
+            raise FileNotFoundError(f"{name}: {path} not found and download=False. Pass download=True to "
+                                    f"fetch it. {hint}")
         sources = file_sources(self.folder, spec.name, self.mirrors)
         try:
-            return download_file(spec.name, spec.md5, sources, self.path)
+            return download_file(spec.name, spec.md5, sources, self.path, hint=hint)
         except (ChecksumError, DownloadError) as exc:
             raise type(exc)(f"{name}: {exc}") from None
 

@@ -1,7 +1,7 @@
 """Activations as stateless forward/backward pairs: ReLU and softmax."""
 import numpy as np
 
-from .. import _buffers, _config
+from .. import _config, _memory
 from .._checks import check_float_array, check_grad
 from .._kernels import _activation as _kernel
 
@@ -14,7 +14,8 @@ def relu_forward(x, layer="relu", out=None):
     Args:
         x (np.ndarray): any shape, float32 or float64, any strides.
         out (np.ndarray, optional): where to write the result (x's shape and dtype,
-            C-contiguous, not overlapping ``x``); default: an array from :mod:`minidl._buffers`.
+            C-contiguous, not overlapping ``x``); default: a new array (from
+            :mod:`minidl._memory`).
     Returns:
         (out, cache): ``out`` like ``x``; ``cache`` is ``out`` itself (the backward pass reads
         the output, like PyTorch's ``threshold_backward``), so ``out`` must not be modified
@@ -25,8 +26,8 @@ def relu_forward(x, layer="relu", out=None):
     """
     check_float_array(layer, x)
     given = out is not None
-    out = _buffers.output(layer, out, x.shape, x.dtype)
-    if given and np.shares_memory(out, x):  # (a pooled array is never x's memory)
+    out = _memory.output(layer, out, x.shape, x.dtype)
+    if given and np.shares_memory(out, x):  # (a new array is never x's memory)
         raise ValueError(f"{layer}: out must not overlap the input")
     x = np.ascontiguousarray(x)
     _kernel.relu_forward(x.reshape(-1), out.reshape(-1), _config.threads_for(x.size))
@@ -40,13 +41,16 @@ def relu_backward(dout, cache, layer="relu", out=None):
     Args:
         dout (np.ndarray): the shape and dtype of the forward output; any strides.
         cache: the second value returned by :func:`relu_forward` (its output).
-        out (np.ndarray, optional): where to write d loss / d x (C-contiguous).
+        out (np.ndarray, optional): where to write d loss / d x (C-contiguous); default: a new
+            array.
+    Returns:
+        np.ndarray: d loss / d x, the shape and dtype of the forward input.
     Raises:
         TypeError/ValueError: ``dout`` does not match the forward output.
     """
     y = cache
     check_grad(layer, dout, y.shape, y.dtype)
-    dx = _buffers.output(layer, out, y.shape, y.dtype)
+    dx = _memory.output(layer, out, y.shape, y.dtype)
     _kernel.relu_backward(np.ascontiguousarray(dout).reshape(-1), y.reshape(-1), dx.reshape(-1),
                           _config.threads_for(y.size))
     return dx

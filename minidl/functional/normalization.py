@@ -23,7 +23,7 @@ from typing import NamedTuple, Tuple
 
 import numpy as np
 
-from .. import _buffers, _config
+from .. import _config, _memory
 from .._checks import check_grad, check_input
 from .._kernels import _batchnorm as _kernel
 
@@ -135,7 +135,7 @@ def batch_norm_forward(x, weight=None, bias=None, running_mean=None, running_var
     x3 = _as_acb(x)
     count = x3.shape[0] * x3.shape[2]
     threads = _config.threads_for(x3.size)
-    out3 = _buffers.output(layer, out, x.shape, x.dtype).reshape(x3.shape)
+    out3 = _memory.output(layer, out, x.shape, x.dtype).reshape(x3.shape)
     if training:
         if count <= 1:
             raise ValueError(
@@ -182,7 +182,7 @@ def batch_norm_backward(dout, cache, layer="batch_norm", out=None):
     num_channels = x3.shape[1]
     sum_dy = np.empty(num_channels, np.float64)
     sum_dy_xmu = np.empty(num_channels, np.float64)
-    dx3 = _buffers.output(layer, out, shape, x3.dtype).reshape(x3.shape)
+    dx3 = _memory.output(layer, out, shape, x3.dtype).reshape(x3.shape)
     _kernel.backward(dy3, x3, mean, invstd, gamma, training, dx3,
                      sum_dy, sum_dy_xmu, _config.threads_for(x3.size))
     dweight = sum_dy_xmu * invstd if has_weight else None

@@ -14,7 +14,7 @@ from typing import NamedTuple, Tuple
 
 import numpy as np
 
-from .. import _buffers, _config
+from .. import _config, _memory
 from .._checks import check_grad, check_input, pair
 from .._kernels import _pool as _kernel
 
@@ -92,8 +92,8 @@ def max_pool2d_forward(x, kernel_size, stride=None, layer="max_pool2d", out=None
 
     x = np.ascontiguousarray(x)
     shape = (n, c, out_h, out_w)
-    out = _buffers.output(layer, out, shape, x.dtype)
-    argmax = _buffers.output(layer, argmax, shape, np.int64, "argmax")
+    out = _memory.output(layer, out, shape, x.dtype)
+    argmax = _memory.output(layer, argmax, shape, np.int64, "argmax")
     _kernel.max_pool2d_forward(x, out, argmax, *kernel_size, *stride, _config.threads_for(x.size))
     two_by_two = kernel_size == (2, 2) and stride == (2, 2)
     return out, MaxPool2dCache(argmax, x.shape, x.dtype, two_by_two)
@@ -118,7 +118,7 @@ def max_pool2d_backward(dout, cache, layer="max_pool2d", out=None):
     """
     check_grad(layer, dout, cache.argmax.shape, cache.dtype)
     dout = np.ascontiguousarray(dout)
-    dx = _buffers.output(layer, out, cache.x_shape, cache.dtype)
+    dx = _memory.output(layer, out, cache.x_shape, cache.dtype)
     _kernel.max_pool2d_backward(dout, cache.argmax, dx, _config.threads_for(dx.size),
                                 cache.two_by_two)
     return dx

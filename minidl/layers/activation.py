@@ -1,4 +1,6 @@
 """Activation layers: ReLU and Softmax."""
+from .._checks import check_grad
+from .._grad_mode import save_for_backward, saved_for_backward
 from ..functional.activation import relu_backward, relu_forward, softmax_backward, softmax_forward
 from .module import Module
 
@@ -13,9 +15,11 @@ class _Stateless(Module):
         self._cache = None
 
     def _need_cache(self):
-        if self._cache is None:
-            raise RuntimeError(f"{type(self).__name__}: backward called before forward")
-        return self._cache
+        return saved_for_backward(type(self).__name__, self._cache)
+
+    def _no_input_grad(self, dout, output):
+        """``backward(dout, input_grad=False)``: check ``dout`` against ``output``; None."""
+        check_grad(type(self).__name__, dout, output.shape, output.dtype)
 
 
 class ReLU(_Stateless):
@@ -27,12 +31,17 @@ class ReLU(_Stateless):
     """
 
     def forward(self, x):
-        self._cache = None  # lets the previous output's memory be reused
-        out, self._cache = relu_forward(x, layer="ReLU")
+        self._cache = None  # frees the previous output: its block can serve this one
+        out, cache = relu_forward(x, layer="ReLU")
+        self._cache = save_for_backward(cache)
         return out
 
     def backward(self, dout, input_grad=True):
-        return relu_backward(dout, self._need_cache(), layer="ReLU")
+        """d loss / d x (None when ``input_grad`` is False); see :meth:`Module.backward`."""
+        y = self._need_cache()
+        if not input_grad:
+            return self._no_input_grad(dout, y)
+        return relu_backward(dout, y, layer="ReLU")
 
 
 class Softmax(_Stateless):
@@ -52,11 +61,17 @@ class Softmax(_Stateless):
         self.axis = int(axis)
 
     def forward(self, x):
-        out, self._cache = softmax_forward(x, self.axis, layer="Softmax")
+        self._cache = None
+        out, cache = softmax_forward(x, self.axis, layer="Softmax")
+        self._cache = save_for_backward(cache)
         return out
 
     def backward(self, dout, input_grad=True):
-        return softmax_backward(dout, self._need_cache(), layer="Softmax")
+        """d loss / d x (None when ``input_grad`` is False); see :meth:`Module.backward`."""
+        cache = self._need_cache()
+        if not input_grad:
+            return self._no_input_grad(dout, cache[0])
+        return softmax_backward(dout, cache, layer="Softmax")
 
     def extra_repr(self):
         return f"axis={self.axis}"

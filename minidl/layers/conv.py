@@ -2,8 +2,8 @@
 import numpy as np
 
 from .._checks import check_input, pair, positive_int
-from ..functional.conv import (choose_method, column_matrix_shape, conv2d_backward,
-                               conv2d_forward)
+from .._grad_mode import save_for_backward, saved_for_backward
+from ..functional.conv import check_method, conv2d_backward, conv2d_forward
 from .init import uniform_fan_in
 from .module import Module, Parameter
 
@@ -32,7 +32,7 @@ class Conv2D(Module):
         method (str): ``"auto"`` (default), ``"direct"``, ``"winograd"`` or ``"im2col"``: how
             the convolution is computed (see :func:`minidl.functional.conv.choose_method`);
             ``"auto"`` uses direct loops when ``C_in*kH*kW`` is small, Winograd for other 3x3
-            stride-1 kernels, else im2col and one GEMM.
+            stride-1 kernels, else im2col and matrix products.
 
     Parameters are initialized as PyTorch does: U(-b, b) with ``b = 1/sqrt(C_in*kH*kW)`` for
     both ``weight`` and ``bias`` (see :mod:`minidl.layers.init`).
@@ -47,7 +47,8 @@ class Conv2D(Module):
         ValueError: bad constructor arguments; an input of the wrong rank, channel count or
             too small for the kernel; a gradient of the wrong shape.
         TypeError: a non-float input or gradient.
-        RuntimeError: ``backward`` before ``forward``.
+        RuntimeError: ``backward`` before ``forward``, or after a forward under
+            :class:`minidl.no_grad`.
 
     Example::
 
@@ -65,7 +66,7 @@ class Conv2D(Module):
         self.stride = pair(stride, "stride", "Conv2D", minimum=1)
         self.padding = pair(padding, "padding", "Conv2D", minimum=0)
         self.method = method
-        choose_method(method, 1, "Conv2D", self.stride, self.kernel_size)  # validates
+        check_method(method, "Conv2D", self.stride, self.kernel_size)
         fan_in = self.in_channels * self.kernel_size[0] * self.kernel_size[1]
         weight_shape = (self.out_channels, self.in_channels) + self.kernel_size
         self.weight = Parameter(uniform_fan_in(weight_shape, fan_in, rng, dtype))
@@ -74,7 +75,6 @@ class Conv2D(Module):
         else:
             self.bias = None
         self._cache = None
-        self._workspace = None  # im2col's matrix, reused from batch to batch
 
     def _params_as(self, dtype):
         """``(weight, bias)`` data in ``dtype`` (no copy when it already matches)."""
@@ -85,26 +85,18 @@ class Conv2D(Module):
     def forward(self, x):
         """Convolve ``x`` ``(N, C_in, H, W)``; returns ``(N, C_out, OH, OW)`` in x's dtype."""
         check_input("Conv2D", x, "NCHW", {"C": self.in_channels})
-        rows, taps = column_matrix_shape("Conv2D", x.shape, self.kernel_size, self.stride,
-                                         self.padding, x.dtype)
-        self._cache = None
-        workspace = None
-        method = choose_method(self.method, taps, "Conv2D", self.stride, self.kernel_size)
-        if method == "im2col":
-            workspace = self._workspace
-            if workspace is None or workspace.dtype != x.dtype or workspace.size < rows * taps:
-                self._workspace = workspace = None  # free the old buffer before allocating
-                self._workspace = workspace = np.empty(rows * taps, dtype=x.dtype)
+        self._cache = None  # frees the previous step's arrays before this one allocates
         weight, bias = self._params_as(x.dtype)
-        out, self._cache = conv2d_forward(x, weight, bias, self.stride, self.padding,
-                                          layer="Conv2D", workspace=workspace, method=method)
+        out, cache = conv2d_forward(x, weight, bias, self.stride, self.padding, layer="Conv2D",
+                                    method=self.method)
+        self._cache = save_for_backward(cache)
         return out
 
     def backward(self, dout, input_grad=True):
         """Accumulate ``weight.grad`` / ``bias.grad`` and return d loss / d x.
 
-        Each forward pass supports one backward pass (its cached im2col matrix is reused for the
-        gradient), as PyTorch's autograd without ``retain_graph``.
+        Each forward pass supports one backward pass, as PyTorch's autograd without
+        ``retain_graph``: the backward pass releases what the forward pass kept for it.
 
         Args:
             dout (np.ndarray): ``(N, C_out, OH, OW)``, the shape and dtype of the last output.
@@ -113,15 +105,12 @@ class Conv2D(Module):
         Returns:
             np.ndarray or None: ``(N, C_in, H, W)`` in the dtype of the last input, or None.
         Raises:
-            RuntimeError: no forward pass has been run since the last backward pass.
+            RuntimeError: no forward pass has been run since the last backward pass, or it ran
+                under :class:`minidl.no_grad`.
             ValueError/TypeError: ``dout`` does not match the last output.
         """
-        if self._cache is None:
-            raise RuntimeError(
-                "Conv2D: backward called before forward (each forward allows one backward)"
-            )
-        dx, dweight, dbias = conv2d_backward(dout, self._cache, layer="Conv2D",
-                                              input_grad=input_grad)
+        cache = saved_for_backward("Conv2D", self._cache, " (each forward allows one backward)")
+        dx, dweight, dbias = conv2d_backward(dout, cache, layer="Conv2D", input_grad=input_grad)
         self._cache = None
         self.weight.accumulate_grad(dweight)
         if self.bias is not None:

@@ -2,6 +2,7 @@
 import numpy as np
 
 from .._checks import positive_int
+from .._grad_mode import save_for_backward, saved_for_backward
 from ..functional.linear import linear_backward, linear_forward
 from .init import uniform_fan_in
 from .module import Module, Parameter
@@ -40,15 +41,18 @@ class Dense(Module):
         self._cache = None
 
     def forward(self, x):
-        out, self._cache = linear_forward(
+        self._cache = None
+        out, cache = linear_forward(
             x, self.weight.data, None if self.bias is None else self.bias.data, layer="Dense"
         )
+        self._cache = save_for_backward(cache)
         return out
 
     def backward(self, dout, input_grad=True):
-        if self._cache is None:
-            raise RuntimeError("Dense: backward called before forward")
-        dx, dweight, dbias = linear_backward(dout, self._cache, layer="Dense", input_grad=input_grad)
+        """Accumulate parameter gradients; return d loss / d x, or None when ``input_grad`` is
+        False (see :meth:`Module.backward`)."""
+        cache = saved_for_backward("Dense", self._cache)
+        dx, dweight, dbias = linear_backward(dout, cache, layer="Dense", input_grad=input_grad)
         self.weight.accumulate_grad(dweight)
         if self.bias is not None:
             self.bias.accumulate_grad(dbias)

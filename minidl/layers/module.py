@@ -7,12 +7,13 @@ A :class:`Module` owns three kinds of state, as in PyTorch's ``torch.nn.Module``
   but never given to an optimizer),
 * child modules (registered automatically when assigned as attributes).
 
-Every layer implements an explicit ``forward(x)`` that caches what its backward needs and a
-``backward(dout)`` that *accumulates* parameter gradients into ``Parameter.grad`` (like
-PyTorch's ``.grad``; call ``zero_grad()`` or ``optimizer.zero_grad()`` between steps) and
-returns the gradient with respect to its input.
+Every module implements an explicit ``forward(x)``, which keeps what its backward pass needs
+(nothing under :class:`minidl.no_grad`), and ``backward(dout, input_grad=True)``, which
+*accumulates* parameter gradients into ``Parameter.grad`` (like PyTorch's ``.grad``; call
+``zero_grad()`` or ``optimizer.zero_grad()`` between steps) and returns the gradient with
+respect to its input -- or None when ``input_grad`` is False (see :meth:`Module.backward`).
 """
-from collections import OrderedDict
+from collections import OrderedDict, namedtuple
 
 import numpy as np
 
@@ -55,6 +56,13 @@ class Parameter:
 
     def __repr__(self):
         return f"Parameter(shape={self.data.shape}, dtype={self.data.dtype})"
+
+
+class IncompatibleKeys(namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])):
+    """What :meth:`Module.load_state_dict` returns: the module's keys absent from the state and
+    the state's keys the module does not have (both lists of str), like PyTorch's."""
+
+    __slots__ = ()
 
 
 class Module:
@@ -104,10 +112,28 @@ class Module:
         raise NotImplementedError(f"{type(self).__name__} does not implement forward")
 
     def backward(self, dout, input_grad=True):
-        """Accumulate parameter gradients and return d loss / d input.
+        """Backpropagate ``dout`` through the last forward pass.
 
-        With ``input_grad=False`` a layer may skip computing d loss / d input and return None
-        (used for the first layer of a model, whose input needs no gradient).
+        The contract every module follows (layers, :class:`~minidl.Sequential`, your own):
+
+        * parameter gradients are *added* to each ``Parameter.grad`` (the same with or without
+          ``input_grad``);
+        * with ``input_grad=True`` (default) the return value is d loss / d input, the shape and
+          dtype of the last forward input;
+        * with ``input_grad=False`` the module may skip computing it and returns None (PyTorch
+          never computes the gradient of an input that does not require one; a trainer calls
+          the model this way, since it never uses the gradient of the images).
+
+        Args:
+            dout (np.ndarray): d loss / d output, the shape and dtype of the last output.
+            input_grad (bool): compute and return d loss / d input (default True).
+        Returns:
+            np.ndarray or None: d loss / d input, or None when ``input_grad`` is False.
+        Raises:
+            RuntimeError: no forward pass to backpropagate through: none yet, the last one ran
+                under :class:`minidl.no_grad` (which keeps nothing for backward), or, for
+                layers that keep one forward pass for one backward pass, it was already used.
+            ValueError/TypeError: ``dout`` does not match the last output.
         """
         raise NotImplementedError(f"{type(self).__name__} does not implement backward")
 
@@ -199,45 +225,87 @@ class Module:
         return state
 
     def load_state_dict(self, state_dict, strict=True):
-        """Copy arrays from ``state_dict`` into this module's parameters and buffers.
+        """Copy arrays from ``state_dict`` into this module's parameters and buffers, in place.
+
+        Every entry is checked before any is written, so on error the module is unchanged:
+        the keys (with ``strict``), that each value is a NumPy array (or NumPy scalar) of the
+        target's shape, and its dtype kind: floating values go into floating targets (cast to the
+        target's dtype; a finite value that would overflow it is refused) and integer values into
+        integer targets such as ``num_batches_tracked`` (each value within the target dtype's
+        range; a float -- which could be NaN, infinite or fractional -- is refused). Parameters and
+        buffers keep their identity (optimizers hold references to them). Matches PyTorch's
+        ``Module.load_state_dict``, including ``strict=False`` and the returned named tuple.
 
         Args:
             state_dict (Mapping[str, np.ndarray]): as returned by :meth:`state_dict`.
-            strict (bool): require exactly the same keys (default True).
+            strict (bool): require exactly this module's keys (default True). With False,
+                missing keys are left as they are and unexpected keys are ignored; the entries
+                present are still fully checked.
+        Returns:
+            IncompatibleKeys: ``(missing_keys, unexpected_keys)``, both empty when ``strict``.
         Raises:
-            KeyError: missing or unexpected keys when ``strict``.
-            ValueError: an array whose shape differs from the module's.
-        Nothing is modified unless every check passes.
+            TypeError: ``state_dict`` is not a mapping; a value that is not a NumPy array; a
+                dtype of the wrong kind (e.g. float data for an integer buffer).
+            KeyError: missing or unexpected keys when ``strict`` (all of them are named).
+            ValueError: a shape that differs from the module's; a value that does not fit the
+                target dtype (e.g. 1e39 into float32, -1 into uint8).
         """
-        targets = {}
+        owner = f"{type(self).__name__}.load_state_dict"
+        if not hasattr(state_dict, "keys") or not hasattr(state_dict, "__getitem__"):
+            raise TypeError(f"{owner}: expected a mapping of names to arrays (a state_dict), "
+                            f"got {type(state_dict).__name__}")
+        targets = OrderedDict()
         for mod_name, module in self.named_modules():
             pre = f"{mod_name}." if mod_name else ""
-            for name in module._parameters:
-                targets[pre + name] = (module, name, True)
+            for name, p in module._parameters.items():
+                targets[pre + name] = p.data
             for name, value in module._buffer_items():
                 if value is not None:
-                    targets[pre + name] = (module, name, False)
+                    targets[pre + name] = value
         missing = [k for k in targets if k not in state_dict]
-        unexpected = [k for k in state_dict if k not in targets]
+        unexpected = [k for k in state_dict.keys() if k not in targets]
         if strict and (missing or unexpected):
-            raise KeyError(
-                f"{type(self).__name__}.load_state_dict: missing keys {missing}, "
-                f"unexpected keys {unexpected}"
-            )
-        updates = []
-        for key, (module, name, is_param) in targets.items():
-            if key not in state_dict:
-                continue
-            current = module._parameters[name].data if is_param else getattr(module, name)
-            value = np.asarray(state_dict[key])
-            if value.shape != np.shape(current):
-                raise ValueError(
-                    f"{type(self).__name__}.load_state_dict: '{key}' expected shape "
-                    f"{np.shape(current)}, got {value.shape}"
-                )
-            updates.append((current, value))
+            raise KeyError(f"{owner}: missing keys {missing}, unexpected keys {unexpected}")
+        updates = [(current, self._checked_state_value(owner, key, current, state_dict[key]))
+                   for key, current in targets.items() if key in state_dict]
         for current, value in updates:
-            np.copyto(current, value, casting="unsafe")
+            np.copyto(current, value, casting="unsafe")  # kinds and ranges checked above
+        return IncompatibleKeys(missing, unexpected)
+
+    @staticmethod
+    def _checked_state_value(owner, key, current, value):
+        """``value`` as an array ready to copy into ``current``; raise if it does not fit."""
+        expected = f"shape {current.shape} and dtype {current.dtype}"
+        if not isinstance(value, (np.ndarray, np.generic)):
+            raise TypeError(f"{owner}: '{key}' expected a numpy.ndarray of {expected}, "
+                            f"got {type(value).__name__}")
+        value = np.asarray(value)
+        if value.shape != current.shape:
+            raise ValueError(f"{owner}: '{key}' expected shape {current.shape}, got {value.shape}")
+        target, kind = current.dtype, value.dtype.kind
+        if target.kind == "f":
+            if kind != "f":
+                raise TypeError(f"{owner}: '{key}' expected floating values ({target}), "
+                                f"got dtype {value.dtype}")
+            if value.dtype.itemsize > target.itemsize:
+                with np.errstate(over="ignore"):
+                    cast = value.astype(target)
+                overflow = np.isfinite(value) & ~np.isfinite(cast)
+                if overflow.any():
+                    raise ValueError(f"{owner}: '{key}' holds {value[overflow].flat[0].item()!r}, which "
+                                     f"overflows {target}")
+        elif target.kind in "iu":
+            if kind not in "iu":
+                raise TypeError(f"{owner}: '{key}' expected integer values ({target}), got dtype "
+                                f"{value.dtype}" + (" (which may be NaN, infinite or fractional)"
+                                                    if kind == "f" else ""))
+            info = np.iinfo(target)
+            if value.size and (value.min() < info.min or value.max() > info.max):
+                raise ValueError(f"{owner}: '{key}' holds values in [{value.min()}, {value.max()}], "
+                                 f"outside the range of {target} [{info.min}, {info.max}]")
+        elif kind != target.kind:
+            raise TypeError(f"{owner}: '{key}' expected {expected}, got dtype {value.dtype}")
+        return value
 
     # ----------------------------------------------------------------- display
     def extra_repr(self):

@@ -8,6 +8,7 @@ import numpy as np
 
 from ..functional.normalization import batch_norm_backward, batch_norm_forward
 from .._checks import check_input, positive_int
+from .._grad_mode import save_for_backward, saved_for_backward
 from .module import Module, Parameter
 
 __all__ = ["BatchNorm", "BatchNorm1D", "BatchNorm2D"]
@@ -74,7 +75,8 @@ class _NormBase(Module):
             else:
                 factor = self.momentum
         update = self.training and self.track_running_stats
-        out, self._cache = batch_norm_forward(
+        self._cache = None  # drops the previous step's input before this pass allocates
+        out, cache = batch_norm_forward(
             x,
             None if self.weight is None else self.weight.data,
             None if self.bias is None else self.bias.data,
@@ -85,16 +87,20 @@ class _NormBase(Module):
             eps=self.eps,
             layer=name,
         )
+        self._cache = save_for_backward(cache)
         return out
 
     def backward(self, dout, input_grad=True):
-        if self._cache is None:
-            raise RuntimeError(f"{type(self).__name__}: backward called before forward")
-        dx, dweight, dbias = batch_norm_backward(dout, self._cache, layer=type(self).__name__)
+        """Accumulate parameter gradients; return d loss / d x, or None when ``input_grad`` is
+        False (see :meth:`Module.backward`)."""
+        cache = saved_for_backward(type(self).__name__, self._cache)
+        dx, dweight, dbias = batch_norm_backward(dout, cache, layer=type(self).__name__)
         if self.affine:
             self.weight.accumulate_grad(dweight)
             self.bias.accumulate_grad(dbias)
-        return dx
+        # the kernel forms dx together with the parameter gradients' sums, so nothing is saved
+        # without input_grad; dx is dropped (its memory goes back to the cache)
+        return dx if input_grad else None
 
     def extra_repr(self):
         return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "

@@ -1,8 +1,6 @@
 """Pooling layers."""
-import numpy as np
-
-from .. import _buffers
 from .._checks import check_grad
+from .._grad_mode import save_for_backward, saved_for_backward
 from ..functional.pooling import max_pool2d_backward, max_pool2d_forward, pool_params
 from .module import Module
 
@@ -28,7 +26,8 @@ class MaxPool2D(Module):
         ValueError: bad ``kernel_size``/``stride``; an input of the wrong rank or smaller than
             the window; a gradient of the wrong shape.
         TypeError: a non-float input or gradient.
-        RuntimeError: ``backward`` before ``forward``.
+        RuntimeError: ``backward`` before ``forward``, or after a forward under
+            :class:`minidl.no_grad`.
 
     Example::
 
@@ -42,22 +41,10 @@ class MaxPool2D(Module):
         self._cache = None
 
     def forward(self, x):
-        """Pool ``x`` ``(N, C, H, W)``; returns ``(N, C, OH, OW)`` in x's dtype.
-
-        The output and the cached indices come from minidl's pool of unreferenced arrays
-        (:mod:`minidl._buffers`), so a training loop does not page-fault fresh memory each step.
-        """
-        self._cache = None  # lets the previous argmax be reused
-        out = argmax = None
-        if isinstance(x, np.ndarray) and x.ndim == 4 and x.dtype in (np.float32, np.float64):
-            out_h = (x.shape[2] - self.kernel_size[0]) // self.stride[0] + 1
-            out_w = (x.shape[3] - self.kernel_size[1]) // self.stride[1] + 1
-            if out_h >= 1 and out_w >= 1:
-                shape = x.shape[:2] + (out_h, out_w)
-                out = _buffers.empty(shape, x.dtype)
-                argmax = _buffers.empty(shape, np.int64)
-        out, self._cache = max_pool2d_forward(x, self.kernel_size, self.stride, layer="MaxPool2D",
-                                              out=out, argmax=argmax)
+        """Pool ``x`` ``(N, C, H, W)``; returns ``(N, C, OH, OW)`` in x's dtype (a new array)."""
+        self._cache = None  # frees the previous indices before new ones are allocated
+        out, cache = max_pool2d_forward(x, self.kernel_size, self.stride, layer="MaxPool2D")
+        self._cache = save_for_backward(cache)
         return out
 
     def backward(self, dout, input_grad=True):
@@ -70,16 +57,15 @@ class MaxPool2D(Module):
         Returns:
             np.ndarray or None: ``(N, C, H, W)`` in the dtype of the last input.
         Raises:
-            RuntimeError: no forward pass has been run.
+            RuntimeError: no forward pass has been run, or it ran under
+                :class:`minidl.no_grad`.
             ValueError/TypeError: ``dout`` does not match the last output.
         """
-        if self._cache is None:
-            raise RuntimeError("MaxPool2D: backward called before forward")
+        cache = saved_for_backward("MaxPool2D", self._cache)
         if not input_grad:
-            check_grad("MaxPool2D", dout, self._cache.argmax.shape, self._cache.dtype)
+            check_grad("MaxPool2D", dout, cache.argmax.shape, cache.dtype)
             return None
-        dx = _buffers.empty(self._cache.x_shape, self._cache.dtype)
-        return max_pool2d_backward(dout, self._cache, layer="MaxPool2D", out=dx)
+        return max_pool2d_backward(dout, cache, layer="MaxPool2D")
 
     def extra_repr(self):
         return f"kernel_size={self.kernel_size}, stride={self.stride}"

@@ -2,6 +2,7 @@
 import math
 
 from .._checks import check_float_array, check_grad
+from .._grad_mode import save_for_backward, saved_for_backward
 from .module import Module
 
 __all__ = ["Flatten"]
@@ -22,12 +23,11 @@ class Flatten(Module):
         check_float_array("Flatten", x)
         if x.ndim < 2:
             raise ValueError(f"Flatten: expected input of shape (N, ...) with >= 2 axes, got {x.shape}")
-        self._shape = (x.shape, x.dtype)
+        self._shape = save_for_backward((x.shape, x.dtype))
         return x.reshape(x.shape[0], -1)
 
     def backward(self, dout, input_grad=True):
-        if self._shape is None:
-            raise RuntimeError("Flatten: backward called before forward")
-        shape, dtype = self._shape
+        """d loss / d x reshaped to the input's shape, or None when ``input_grad`` is False."""
+        shape, dtype = saved_for_backward("Flatten", self._shape)
         check_grad("Flatten", dout, (shape[0], math.prod(shape[1:])), dtype)
-        return dout.reshape(shape)
+        return dout.reshape(shape) if input_grad else None

@@ -8,18 +8,18 @@ position) this does ``4*C*K`` per position (16 per 2x2 tile), needs no ``cols`` 
 NCHW <-> NHWC copies of whole tensors, and keeps its intermediate matrices in the cache.
 
 Called by :func:`minidl.functional.conv.conv2d_forward` / ``conv2d_backward``, which validate
-the arguments; these functions trust them.
+the arguments and choose the method; these functions trust them. Every array they allocate comes
+from :mod:`minidl._memory`.
 """
-from dataclasses import dataclass
-from typing import Tuple
+from typing import NamedTuple, Tuple
 
 import numpy as np
 
-from .. import _blas, _buffers, _config
+from .. import _blas, _config, _memory
 from .._kernels import _winograd as _kernel
 from ..reference.winograd import tiles, weight_grad_transform, weight_transform
 
-__all__ = ["WinogradState", "forward", "backward", "BLOCK_BYTES"]
+__all__ = ["WinogradCache", "forward", "backward", "BLOCK_BYTES"]
 
 # A block of tiles (whole rows of tiles of one image) has about this many bytes of V and M
 # (or Z): with the transformed weight they stay in a core's L2 cache.
@@ -28,22 +28,32 @@ BLOCK_BYTES = 384 << 10
 ROW_STEP, COL_STEP = _kernel.PRODUCT_STEPS
 
 
-@dataclass
-class WinogradState:
-    """What the backward pass needs from the forward pass.
+class WinogradCache(NamedTuple):
+    """What :func:`backward` needs from :func:`forward` (immutable; serves any number of
+    backward calls).
 
     Attributes:
         x (np.ndarray): the C-contiguous input ``(N, C, H, W)``.
         u (np.ndarray): the transformed weight ``(16, C, K)`` (a view; see
             :func:`minidl.reference.winograd.weight_transform`).
+        has_bias (bool): whether the forward added a bias.
+        x_shape (tuple): ``(N, C, H, W)``.
+        out_shape (tuple): ``(N, K, OH, OW)``.
         padding (tuple): ``(pH, pW)``.
         block_rows (int): rows of tiles per block.
+        dtype (np.dtype): dtype of the input, output and gradients.
     """
 
     x: np.ndarray
     u: np.ndarray
+    has_bias: bool
+    x_shape: Tuple[int, int, int, int]
+    out_shape: Tuple[int, int, int, int]
     padding: Tuple[int, int]
     block_rows: int
+    dtype: np.dtype
+
+    method = "winograd"
 
 
 def _round_up(value, step):
@@ -52,7 +62,7 @@ def _round_up(value, step):
 
 def _padded_columns(matrices, columns):
     """``(16, R, c)`` -> C-contiguous ``(16, R, columns)`` with zeros in the extra columns."""
-    out = np.zeros(matrices.shape[:2] + (columns,), matrices.dtype)
+    out = _memory.zeros(matrices.shape[:2] + (columns,), matrices.dtype)
     out[:, :, :matrices.shape[2]] = matrices
     return out
 
@@ -70,7 +80,7 @@ def _threads(n, work):
 
 
 def forward(x, weight, bias, padding, out):
-    """Write the convolution of ``x`` into ``out``; return the :class:`WinogradState`.
+    """Write the convolution of ``x`` into ``out``; return the :class:`WinogradCache`.
 
     Args:
         x: ``(N, C, H, W)`` float32/float64. weight: ``(K, C, 3, 3)``, x's dtype.
@@ -86,29 +96,32 @@ def forward(x, weight, bias, padding, out):
     u = _padded_columns(u, _round_up(k, COL_STEP))  # (16, C, K+)
     threads = _threads(n, out.size * channels)
     size = _kernel.scratch_size(channels, k, out_h, out_w, block_rows, False)
-    scratch = _buffers.empty((threads, size), x.dtype)
+    scratch = _memory.empty((threads, size), x.dtype)
     bias_vector = np.ascontiguousarray(bias) if bias is not None else np.zeros(k, x.dtype)
     _kernel.forward(x, u, bias_vector, bias is not None, out, *padding, block_rows, scratch,
                     threads)
-    return WinogradState(x, u[:, :, :k], tuple(padding), block_rows)
+    return WinogradCache(x, u[:, :, :k], bias is not None, x.shape, out.shape, tuple(padding),
+                         block_rows, x.dtype)
 
 
-def backward(dout, state, has_bias, input_grad):
-    """``(dx, dweight, dbias)`` of :func:`forward`; ``dx`` is None unless ``input_grad``."""
-    x = state.x
+def backward(dout, cache, input_grad):
+    """``(dx, dweight, dbias)`` of :func:`forward`; ``dx`` is None unless ``input_grad``,
+    ``dbias`` None without bias."""
+    x, has_bias = cache.x, cache.has_bias
     dtype = x.dtype
     dout = np.ascontiguousarray(dout)
     n, channels = x.shape[:2]
     k, out_h, out_w = dout.shape[1:]
     threads = _threads(n, dout.size * channels)
-    ut = _padded_columns(state.u.transpose(0, 2, 1), _round_up(channels, COL_STEP))
-    du = np.zeros((threads, 16, _round_up(channels, ROW_STEP), _round_up(k, COL_STEP)), dtype)
+    ut = _padded_columns(cache.u.transpose(0, 2, 1), _round_up(channels, COL_STEP))
+    du = _memory.zeros((threads, 16, _round_up(channels, ROW_STEP), _round_up(k, COL_STEP)),
+                       dtype)
     dbias = np.zeros((threads, k), np.float64)
-    dx = _buffers.empty(x.shape, dtype) if input_grad else np.empty((1, 1, 1, 1), dtype)
-    size = _kernel.scratch_size(channels, k, out_h, out_w, state.block_rows, input_grad)
-    scratch = _buffers.empty((threads, size), dtype)
-    _kernel.backward(x, dout, ut, du, dbias, has_bias, dx, input_grad, *state.padding,
-                     state.block_rows, scratch, threads)
+    dx = _memory.empty(x.shape, dtype) if input_grad else np.empty((1, 1, 1, 1), dtype)
+    size = _kernel.scratch_size(channels, k, out_h, out_w, cache.block_rows, input_grad)
+    scratch = _memory.empty((threads, size), dtype)
+    _kernel.backward(x, dout, ut, du, dbias, has_bias, dx, input_grad, *cache.padding,
+                     cache.block_rows, scratch, threads)
     du = du[:, :, :channels, :k].sum(axis=0, dtype=np.float64)
     with _blas.one_thread():
         dweight = weight_grad_transform(du, dtype)

@@ -1,0 +1,56 @@
+"""The direct convolution (minidl.functional.conv_direct): its Cython kernels against
+minidl.reference.conv, and the multi-threaded first layer against the other methods."""
+import numpy as np
+import pytest
+
+from conv_helpers import DTYPES, GEOMETRIES, GEOMETRY_IDS, METHODS, assert_close, out_size
+from minidl._kernels import _conv
+from minidl.functional.conv import conv2d_backward, conv2d_forward
+from minidl.reference import conv as ref
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("geometry", [g for g in GEOMETRIES if g[5] == (1, 1)],
+                         ids=[i for g, i in zip(GEOMETRIES, GEOMETRY_IDS) if g[5] == (1, 1)])
+def test_direct_kernels_match_reference(geometry, dtype, rng):
+    """The three direct kernels, called with several threads, against the reference."""
+    n, c, h, w, kernel, stride, padding = geometry
+    x = rng.standard_normal((n, c, h, w)).astype(dtype)
+    weight = rng.standard_normal((3, c) + kernel).astype(dtype)
+    bias = rng.standard_normal(3).astype(dtype)
+    oh, ow = out_size(h, w, kernel, stride, padding)
+    x_pad = np.pad(x, ((0, 0), (0, 0), (padding[0],) * 2, (padding[1],) * 2))
+    hp, wp = x_pad.shape[2:]
+    out = np.full((n, 3, oh, ow), np.nan, dtype)  # the kernels must overwrite everything
+    _conv.direct_forward(x_pad, weight, bias, True, out, np.empty((2, oh * wp), dtype), 2)
+    assert_close(out, ref.conv2d_forward(x, weight, bias, stride, padding), dtype, "out")
+
+    dout = rng.standard_normal(out.shape).astype(dtype)
+    dout_wide = np.zeros((n, 3, oh, wp), dtype)
+    dout_wide[..., :ow] = dout
+    dweight = np.full(weight.shape, np.nan)
+    dbias = np.full(3, np.nan)
+    _conv.direct_weight_grad(x_pad, dout, dweight, dbias, True, np.empty((2, oh * wp), dtype), 2)
+    dx = np.full(x.shape, np.nan, dtype)
+    _conv.direct_input_grad(dout_wide, weight, dx, *padding, np.empty((2, hp * wp), dtype), 2)
+    ref_dx, ref_dweight, ref_dbias = ref.conv2d_backward(dout, x, weight, True, stride, padding)
+    assert_close(dx, ref_dx, dtype, "dx")
+    assert_close(dweight, ref_dweight, dtype, "dweight")
+    assert_close(dbias, ref_dbias, dtype, "dbias")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_direct_method_multithreaded_first_layer(dtype, rng):
+    """An MNIST-like first layer, large enough for the multi-threaded path, against im2col."""
+    x = rng.standard_normal((8, 1, 28, 28)).astype(dtype)
+    weight = rng.standard_normal((32, 1, 3, 3)).astype(dtype)
+    bias = rng.standard_normal(32).astype(dtype)
+    results = []
+    for method in METHODS:
+        out, cache = conv2d_forward(x, weight, bias, 1, 1, method=method)
+        dout = np.sin(out)
+        results.append((out,) + conv2d_backward(dout, cache))
+    for other in results[1:]:
+        for ours, theirs in zip(results[0], other):
+            assert_close(ours, theirs, dtype)
+

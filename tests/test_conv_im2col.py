@@ -1,0 +1,148 @@
+"""The im2col + GEMM convolution (minidl.functional.conv_im2col): its Cython kernels (im2col,
+col2im, the layout changes) against minidl.reference.conv, the caller's workspace, and the
+matrix built a few samples at a time."""
+import numpy as np
+import pytest
+
+from conv_helpers import (DTYPES, GEOMETRIES, GEOMETRY_IDS, assert_close, nhwc, out_size)
+from minidl._kernels import _conv
+from minidl.functional import conv_im2col
+from minidl.functional.conv import conv2d_backward, conv2d_forward
+from minidl.reference import conv as ref
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("geometry", GEOMETRIES, ids=GEOMETRY_IDS)
+def test_im2col_kernel_matches_reference(geometry, dtype, rng):
+    n, c, h, w, kernel, stride, padding = geometry
+    x = rng.standard_normal((n, c, h, w)).astype(dtype)
+    expected = ref.im2col(x, kernel, stride, padding)
+    oh, ow = out_size(h, w, kernel, stride, padding)
+    assert expected.shape == (n * oh * ow, kernel[0] * kernel[1] * c)
+    cols = np.full(expected.shape, np.nan, dtype=dtype)  # the kernel must overwrite everything
+    _conv.im2col(nhwc(x), cols, *kernel, *stride, *padding, 2)
+    np.testing.assert_array_equal(cols, expected)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("geometry", GEOMETRIES, ids=GEOMETRY_IDS)
+def test_col2im_kernel_matches_reference(geometry, dtype, rng):
+    n, c, h, w, kernel, stride, padding = geometry
+    oh, ow = out_size(h, w, kernel, stride, padding)
+    cols = rng.standard_normal((n * oh * ow, kernel[0] * kernel[1] * c)).astype(dtype)
+    dx_nhwc = np.full((n, h, w, c), np.nan, dtype=dtype)  # the kernel must overwrite everything
+    _conv.col2im(cols, dx_nhwc, *kernel, *stride, *padding, 2)
+    expected = ref.col2im(cols, (n, c, h, w), kernel, stride, padding)
+    assert_close(dx_nhwc, nhwc(expected), dtype)
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES, ids=GEOMETRY_IDS)
+def test_col2im_is_the_adjoint_of_im2col(geometry, rng):
+    """<im2col(x), c> == <x, col2im(c)> for the Cython kernels."""
+    n, c, h, w, kernel, stride, padding = geometry
+    oh, ow = out_size(h, w, kernel, stride, padding)
+    x_nhwc = rng.standard_normal((n, h, w, c))
+    cols_direction = rng.standard_normal((n * oh * ow, kernel[0] * kernel[1] * c))
+    cols = np.empty_like(cols_direction)
+    _conv.im2col(x_nhwc, cols, *kernel, *stride, *padding, 1)
+    folded = np.empty_like(x_nhwc)
+    _conv.col2im(cols_direction, folded, *kernel, *stride, *padding, 1)
+    np.testing.assert_allclose(np.sum(cols * cols_direction), np.sum(x_nhwc * folded), rtol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("use_bias", [True, False])
+@pytest.mark.parametrize("shape", [(3, 4, 5), (2, 70, 130), (1, 1, 65)])
+def test_transpose_batched_kernel(shape, dtype, use_bias, rng):
+    """Tiles are 64 x 64: the shapes cover partial, multiple and single-row tiles."""
+    n, a, b = shape
+    src = rng.standard_normal((n, a, b)).astype(dtype)
+    bias = rng.standard_normal(b).astype(dtype)
+    dst = np.full((n, b, a), np.nan, dtype=dtype)
+    _conv.transpose_batched(src, bias, use_bias, dst, 2)
+    expected = src.transpose(0, 2, 1) + (bias[:, None] if use_bias else 0)
+    np.testing.assert_array_equal(dst, expected)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("want_bias_grad", [True, False])
+def test_nchw_to_rows_kernel(dtype, want_bias_grad, rng):
+    n, c, p = 3, 4, 5
+    dout = rng.standard_normal((n, c, p)).astype(dtype)
+    rows = np.full((c, n * p), np.nan, dtype=dtype)
+    bias_grad = np.full(c, -7.0)
+    _conv.nchw_to_rows(dout, rows, bias_grad, want_bias_grad, 2)
+    np.testing.assert_array_equal(rows, dout.transpose(1, 0, 2).reshape(c, n * p))
+    if want_bias_grad:
+        np.testing.assert_allclose(bias_grad, dout.astype(np.float64).sum(axis=(0, 2)), rtol=1e-12)
+    else:
+        np.testing.assert_array_equal(bias_grad, -7.0)
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES[:4], ids=GEOMETRY_IDS[:4])
+def test_reference_im2col_agrees_with_reference_definition(geometry, rng):
+    """The two readable specs (im2col + GEMM and the tap-by-tap definition) agree."""
+    n, c, h, w, kernel, stride, padding = geometry
+    x = rng.standard_normal((n, c, h, w))
+    weight = rng.standard_normal((4, c) + kernel)
+    oh, ow = out_size(h, w, kernel, stride, padding)
+    weight_rows = weight.transpose(0, 2, 3, 1).reshape(4, -1)
+    out_rows = ref.im2col(x, kernel, stride, padding) @ weight_rows.T
+    via_im2col = out_rows.reshape(n, oh, ow, 4).transpose(0, 3, 1, 2)
+    np.testing.assert_allclose(via_im2col, ref.conv2d_forward(x, weight, None, stride, padding),
+                               rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_conv2d_workspace(dtype, rng):
+    x = rng.standard_normal((2, 3, 7, 6)).astype(dtype)
+    weight = rng.standard_normal((4, 3, 3, 3)).astype(dtype)
+    needed = 2 * 7 * 6 * 27  # N*OH*OW * kH*kW*C_in with padding 1
+    workspace = np.full(needed + 5, np.nan, dtype=dtype)
+    out, cache = conv2d_forward(x, weight, None, 1, 1, workspace=workspace, method="im2col")
+    assert np.shares_memory(cache.cols, workspace)
+    assert_close(out, ref.conv2d_forward(x, weight, None, (1, 1), (1, 1)), dtype)
+    dout = rng.standard_normal(out.shape).astype(dtype)
+    dx, dweight, _ = conv2d_backward(dout, cache)
+    ref_dx, ref_dweight, _ = ref.conv2d_backward(dout, x, weight, False, (1, 1), (1, 1))
+    assert_close(dx, ref_dx, dtype)
+    assert_close(dweight, ref_dweight, dtype)
+
+    readonly = np.zeros(needed, dtype)
+    readonly.flags.writeable = False
+    for bad in (np.zeros(needed - 1, dtype), np.zeros(needed, np.float16),
+                np.zeros((needed, 2), dtype), np.zeros(2 * needed, dtype)[::2], readonly):
+        with pytest.raises(ValueError, match=f"conv2d.*workspace.*{needed}"):
+            conv2d_forward(x, weight, None, 1, 1, workspace=bad, method="im2col")
+
+
+@pytest.mark.parametrize("input_grad", [True, False])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("geometry", GEOMETRIES[:3], ids=GEOMETRY_IDS[:3])
+def test_im2col_in_chunks_matches_reference(geometry, dtype, input_grad, monkeypatch, rng):
+    """im2col's matrix built a few samples at a time (and again in the backward pass)."""
+    import minidl.functional.conv as fconv
+    monkeypatch.setattr(conv_im2col, "CHUNK_BYTES", 1)  # one sample per chunk
+    n, c, h, w, kernel, stride, padding = geometry
+    x = rng.standard_normal((n + 2, c, h, w)).astype(dtype)
+    weight = rng.standard_normal((5, c) + kernel).astype(dtype)
+    bias = rng.standard_normal(5).astype(dtype)
+    rows, taps = fconv.column_matrix_shape("conv2d", x.shape, kernel, stride, padding, dtype)
+    workspace = np.full(rows * taps, np.nan, dtype)
+    out, cache = conv2d_forward(x, weight, bias, stride, padding, method="im2col",
+                                workspace=workspace)
+    assert cache.chunk == 1 and cache.x_nhwc is not None and cache.cols is None
+    # the matrix was built in the workspace, one sample at a time (the last one is left there)
+    np.testing.assert_array_equal(workspace.reshape(rows, taps),
+                                  ref.im2col(x[-1:], kernel, stride, padding))
+    assert_close(out, ref.conv2d_forward(x, weight, bias, stride, padding), dtype, "out")
+    dout = rng.standard_normal(out.shape).astype(dtype)
+    dx, dweight, dbias = conv2d_backward(dout, cache, input_grad=input_grad)
+    ref_dx, ref_dweight, ref_dbias = ref.conv2d_backward(dout, x, weight, True, stride, padding)
+    assert_close(dweight, ref_dweight, dtype, "dweight")
+    assert_close(dbias, ref_dbias, dtype, "dbias")
+    if input_grad:
+        assert_close(dx, ref_dx, dtype, "dx")
+    else:
+        assert dx is None
+
