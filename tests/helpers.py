@@ -25,6 +25,15 @@ def numerical_grad(f, array, dout, eps=1e-6):
     return grad
 
 
+def assert_close(actual, expected, dtype, what=""):
+    """Equal up to two summation orders in ``dtype``: float32 ``rtol=1e-4``, float64
+    ``rtol=1e-10``, each with an absolute floor (1e-5 / 1e-12) scaled to ``max |expected|``."""
+    rtol, scale = (1e-4, 1e-5) if np.dtype(dtype) == np.float32 else (1e-10, 1e-12)
+    atol = scale * max(1.0, float(np.max(np.abs(expected))))
+    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
+    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol, err_msg=what)
+
+
 def check_module_gradients(module, x, rng, rtol=1e-5, atol=1e-7):
     """Compare a module's backward with central differences, in float64.
 

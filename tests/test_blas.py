@@ -57,3 +57,31 @@ def test_winograd_weight_transforms_run_blas_on_one_thread(monkeypatch, rng):
         winograd.backward(np.ones_like(out), cache, True)
         assert all(n == 2 for n in _blas_threads())
     assert len(seen) == 2 and all(n == 1 for threads in seen for n in threads)
+
+
+def test_the_reference_backend_runs_blas_on_one_thread(monkeypatch, rng):
+    """The references' matrix products (conv2d's einsums, linear's @) run under one_thread too."""
+    import minidl
+    from minidl.functional import conv
+    from minidl.reference.functional import conv as ref_conv, linear as ref_linear
+    seen = []
+
+    def probe(module, name):
+        function = getattr(module, name)
+
+        def wrapper(*args):
+            seen.append(_blas_threads())
+            return function(*args)
+        monkeypatch.setattr(module, name, wrapper)
+
+    for module, op in [(ref_conv, "conv2d"), (ref_linear, "linear")]:
+        probe(module, f"{op}_forward")
+        probe(module, f"{op}_backward")
+    x = rng.standard_normal((2, 3, 6, 6))
+    with threadpool_limits(limits=2, user_api="blas"), minidl.backend("reference"):
+        out, cache = conv.conv2d_forward(x, rng.standard_normal((4, 3, 3, 3)))
+        conv.conv2d_backward(np.ones_like(out), cache)
+        out, cache = linear.linear_forward(x.reshape(2, -1), rng.standard_normal((5, 108)))
+        linear.linear_backward(np.ones_like(out), cache)
+        assert all(n == 2 for n in _blas_threads())
+    assert len(seen) == 4 and all(n == 1 for threads in seen for n in threads)

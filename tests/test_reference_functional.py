@@ -17,21 +17,13 @@ import pytest
 
 import minidl.functional as compiled
 import minidl.reference.functional as ref
-from helpers import numerical_grad
+from helpers import assert_close, numerical_grad
 
 DTYPES = [np.float32, np.float64]
 
 OPS = ["conv2d_forward", "conv2d_backward", "batch_norm_forward", "batch_norm_backward",
        "max_pool2d_forward", "max_pool2d_backward", "relu_forward", "relu_backward",
        "softmax_forward", "softmax_backward", "linear_forward", "linear_backward"]
-
-
-def assert_close(actual, expected, dtype, what=""):
-    """Two summation orders in ``dtype``: relative, with an absolute floor scaled to the data."""
-    rtol, scale = (1e-4, 1e-5) if np.dtype(dtype) == np.float32 else (1e-10, 1e-12)
-    atol = scale * max(1.0, float(np.max(np.abs(expected))))
-    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
-    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol, err_msg=what)
 
 
 def assert_gradient(analytic, f, array, dout, what):

@@ -1,11 +1,27 @@
-"""Activations as stateless forward/backward pairs: ReLU and softmax."""
+"""Activations as stateless forward/backward pairs: ReLU and softmax.
+
+Under ``with minidl.backend("reference"):`` the validated arguments go instead to the formulas
+in :mod:`minidl.reference.functional.activation`, and a cache that they made sends the backward
+pass there too (the ``if`` statements marked "reference backend").
+"""
+from typing import NamedTuple
+
 import numpy as np
 
 from .. import _config, _memory
+from .._backend import get_backend
 from .._checks import check_float_array, check_grad
 from .._kernels import _activation as _kernel
+from ..reference.functional import activation as reference
 
-__all__ = ["relu_forward", "relu_backward", "softmax_forward", "softmax_backward"]
+__all__ = ["ReluCache", "relu_forward", "relu_backward", "softmax_forward", "softmax_backward"]
+
+
+class ReluCache(NamedTuple):
+    """What :func:`relu_backward` needs: the output ``y`` (as PyTorch's ``threshold_backward``),
+    which must not be modified before the backward pass."""
+
+    y: np.ndarray
 
 
 def relu_forward(x, layer="relu", out=None):
@@ -17,9 +33,11 @@ def relu_forward(x, layer="relu", out=None):
             C-contiguous, not overlapping ``x``); default: a new array (from
             :mod:`minidl._memory`).
     Returns:
-        (out, cache): ``out`` like ``x``; ``cache`` is ``out`` itself (the backward pass reads
-        the output, like PyTorch's ``threshold_backward``), so ``out`` must not be modified
-        before the backward pass. NaN inputs give NaN outputs, as in PyTorch.
+        (out, cache): ``out`` like ``x``; ``cache`` is a :class:`ReluCache` holding ``out``
+        itself (the backward pass reads the output, like PyTorch's ``threshold_backward``), so
+        ``out`` must not be modified before the backward pass (under the reference backend:
+        the ``ReluCache`` of :mod:`minidl.reference.functional.activation`). NaN inputs give
+        NaN outputs, as in PyTorch.
     Raises:
         TypeError: ``x`` is not a float32/float64 ndarray.
         ValueError: an unusable ``out`` (wrong shape or dtype, or overlapping ``x``).
@@ -29,9 +47,11 @@ def relu_forward(x, layer="relu", out=None):
     out = _memory.output(layer, out, x.shape, x.dtype)
     if given and np.shares_memory(out, x):  # (a new array is never x's memory)
         raise ValueError(f"{layer}: out must not overlap the input")
+    if get_backend() == "reference":  # reference backend: max(x, 0) in NumPy
+        return reference.relu_forward(x, layer, out)
     x = np.ascontiguousarray(x)
     _kernel.relu_forward(x.reshape(-1), out.reshape(-1), _config.threads_for(x.size))
-    return out, out
+    return out, ReluCache(out)
 
 
 def relu_backward(dout, cache, layer="relu", out=None):
@@ -40,7 +60,7 @@ def relu_backward(dout, cache, layer="relu", out=None):
 
     Args:
         dout (np.ndarray): the shape and dtype of the forward output; any strides.
-        cache: the second value returned by :func:`relu_forward` (its output).
+        cache: the second value returned by :func:`relu_forward` (it holds the output).
         out (np.ndarray, optional): where to write d loss / d x (C-contiguous); default: a new
             array.
     Returns:
@@ -48,9 +68,11 @@ def relu_backward(dout, cache, layer="relu", out=None):
     Raises:
         TypeError/ValueError: ``dout`` does not match the forward output.
     """
-    y = cache
+    y = cache.y
     check_grad(layer, dout, y.shape, y.dtype)
     dx = _memory.output(layer, out, y.shape, y.dtype)
+    if isinstance(cache, reference.ReluCache):  # reference backend: made by its forward
+        return reference.relu_backward(dout, cache, layer, dx)
     _kernel.relu_backward(np.ascontiguousarray(dout).reshape(-1), y.reshape(-1), dx.reshape(-1),
                           _config.threads_for(y.size))
     return dx
@@ -70,6 +92,8 @@ def softmax_forward(x, axis=1, layer="softmax"):
     check_float_array(layer, x)
     if not -x.ndim <= axis < x.ndim:
         raise ValueError(f"{layer}: axis {axis} is out of range for input of shape {x.shape}")
+    if get_backend() == "reference":  # reference backend: the formula, step by step
+        return reference.softmax_forward(x, axis, layer)
     shifted = x - x.max(axis=axis, keepdims=True)
     out = np.exp(shifted)
     out /= out.sum(axis=axis, keepdims=True)
@@ -80,4 +104,6 @@ def softmax_backward(dout, cache, layer="softmax"):
     """d loss / d x = y * (dout - sum(dout * y, axis)) for y = softmax(x)."""
     out, axis = cache
     check_grad(layer, dout, out.shape, out.dtype)
+    if isinstance(cache, reference.SoftmaxCache):  # reference backend: made by its forward
+        return reference.softmax_backward(dout, cache, layer)
     return out * (dout - np.sum(dout * out, axis=axis, keepdims=True))

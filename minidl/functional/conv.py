@@ -18,11 +18,17 @@ Three algorithms compute it, one module each, each with its own immutable cache 
 validates the arguments, allocates the output (from :mod:`minidl._memory`) and calls the
 algorithm; :func:`conv2d_backward` checks ``dout`` and calls the backward of the algorithm that
 made the cache. A cache serves any number of backward calls (each gives the same result).
+
+Under ``with minidl.backend("reference"):`` the validated arguments go instead to the textbook
+convolution sum in :mod:`minidl.reference.functional.conv`, and a cache that it made sends the
+backward pass there too (the two ``if`` statements marked "reference backend" below).
 """
 import numpy as np
 
-from .. import _memory
+from .. import _blas, _memory
+from .._backend import get_backend
 from .._checks import check_float_array, check_grad, check_input, pair
+from ..reference.functional import conv as reference
 from . import conv_direct, conv_im2col, conv_winograd
 from .conv_direct import DirectCache
 from .conv_im2col import Im2colCache
@@ -170,7 +176,9 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, layer="conv2d", wo
         (out, cache): ``out`` is ``(N, C_out, OH, OW)`` in the dtype of ``x`` with
         ``OH = (H + 2*pH - kH) // sH + 1`` (likewise ``OW``); ``cache`` is the chosen
         algorithm's :class:`DirectCache`, :class:`WinogradCache` or :class:`Im2colCache` (its
-        ``method`` attribute names it) for :func:`conv2d_backward`.
+        ``method`` attribute names it) for :func:`conv2d_backward`; under the reference
+        backend a :class:`minidl.reference.functional.conv.Conv2dCache`, whatever ``method``
+        says (``method`` is checked, then unused there, like ``workspace``).
     Raises:
         TypeError: an argument is not a float32/float64 ndarray, or dtypes differ.
         ValueError: a wrong shape, a bad stride/padding, an input smaller than the kernel, an
@@ -185,6 +193,10 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, layer="conv2d", wo
     out = _memory.output(layer, out, (x.shape[0], out_channels, out_h, out_w), x.dtype)
     method = choose_method(method, kernel_h * kernel_w * in_channels, layer, stride,
                            (kernel_h, kernel_w))
+    if get_backend() == "reference":  # reference backend: the convolution sum, in NumPy
+        with _blas.one_thread():  # its einsums are matrix products, on one thread like ours
+            return reference.conv2d_forward(x, weight, bias, stride, padding, layer, workspace,
+                                            method, out)
     if method == "direct":
         cache = conv_direct.forward(x, weight, bias, padding, out)
     elif method == "winograd":
@@ -214,6 +226,10 @@ def conv2d_backward(dout, cache, layer="conv2d", input_grad=True):
         TypeError: ``cache`` is not a convolution cache; ``dout`` has the wrong dtype.
         ValueError: ``dout`` has the wrong shape.
     """
+    if isinstance(cache, reference.Conv2dCache):  # reference backend: made by its forward
+        check_grad(layer, dout, cache.out_shape, cache.dtype)
+        with _blas.one_thread():
+            return reference.conv2d_backward(dout, cache, layer, input_grad)
     backward = _BACKWARD.get(type(cache))
     if backward is None:
         raise TypeError(f"{layer}: expected the cache returned by conv2d_forward, got "

@@ -2,9 +2,15 @@
 
 out = x @ weight.T + bias, with ``weight`` in PyTorch's ``(out_features, in_features)`` layout.
 The matrix products use NumPy's BLAS, on one thread (see :mod:`minidl._blas`).
+
+Under ``with minidl.backend("reference"):`` the validated arguments go instead to
+:mod:`minidl.reference.functional.linear`, and a cache that it made sends the backward pass
+there too (the ``if`` statements marked "reference backend").
 """
 from .. import _blas
-from .._checks import check_grad, check_input
+from .._backend import get_backend
+from .._checks import check_float_array, check_grad, check_input
+from ..reference.functional import linear as reference
 
 __all__ = ["linear_forward", "linear_backward"]
 
@@ -19,12 +25,25 @@ def linear_forward(x, weight, bias=None, layer="linear"):
     Returns:
         (out, cache): ``out`` is ``(N, out_features)`` in x's dtype.
     Raises:
-        TypeError: non-float input. ValueError: ``x`` is not ``(N, in_features)``.
+        TypeError: a non-float input, weight or bias.
+        ValueError: ``weight`` is not 2-D, ``x`` is not ``(N, in_features)``, ``bias`` is not
+            ``(out_features,)``.
     """
+    check_float_array(layer, weight, "weight")
+    if weight.ndim != 2:
+        raise ValueError(f"{layer}: expected weight of shape (out_features, in_features), got "
+                         f"shape {weight.shape}")
     out_features, in_features = weight.shape
     check_input(layer, x, "NF", {"F": in_features})
-    w = weight.astype(x.dtype, copy=False)
+    if bias is not None:
+        check_float_array(layer, bias, "bias")
+        if bias.shape != (out_features,):
+            raise ValueError(f"{layer}: expected bias of shape ({out_features},), got shape "
+                             f"{bias.shape}")
     with _blas.one_thread():
+        if get_backend() == "reference":  # reference backend: y = x W^T + b in NumPy
+            return reference.linear_forward(x, weight, bias, layer)
+        w = weight.astype(x.dtype, copy=False)
         out = x @ w.T
     if bias is not None:
         out += bias.astype(x.dtype, copy=False)
@@ -46,6 +65,8 @@ def linear_backward(dout, cache, layer="linear", input_grad=True):
     x, w, has_bias = cache
     check_grad(layer, dout, (x.shape[0], w.shape[0]), x.dtype)
     with _blas.one_thread():
+        if isinstance(cache, reference.LinearCache):  # reference backend: made by its forward
+            return reference.linear_backward(dout, cache, layer, input_grad)
         dx = dout @ w if input_grad else None
         dweight = dout.T @ x
     dbias = dout.sum(axis=0) if has_bias else None

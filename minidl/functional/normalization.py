@@ -18,14 +18,20 @@ With running statistics (eval mode) mu and var are constants, so dx = gamma / sq
 The kernels work on a ``(A, C, B)`` view of the input and reduce over axes 0 and 2 (see
 ``minidl/_kernels/_batchnorm.pyx``); BatchNorm's view of ``(N, C, *spatial)`` is
 ``(N, C, prod(spatial))``. LayerNorm, GroupNorm and InstanceNorm are other views of the same core.
+
+Under ``with minidl.backend("reference"):`` the validated arguments go instead to Algorithm 1
+written out line by line in :mod:`minidl.reference.functional.normalization`, and a cache that
+it made sends the backward pass there too (the ``if`` statements marked "reference backend").
 """
 from typing import NamedTuple, Tuple
 
 import numpy as np
 
 from .. import _config, _memory
-from .._checks import check_grad, check_input
+from .._backend import get_backend
+from .._checks import check_float_array, check_grad, check_input
 from .._kernels import _batchnorm as _kernel
+from ..reference.functional import normalization as reference
 
 __all__ = ["BatchNormCache", "batch_norm_forward", "batch_norm_backward", "channel_stats", "update_running_stats"]
 
@@ -68,6 +74,30 @@ def _channel_vector(layer, value, num_channels, name, default=None):
     if value.shape != (num_channels,):
         raise ValueError(f"{layer}: expected {name} of shape ({num_channels},), got {value.shape}")
     return value.astype(np.float64)
+
+
+def _check_running_stats(layer, running_mean, running_var, num_channels, training):
+    """Both running statistics or neither, each a float ``(C,)`` array (writable when
+    training, where they are updated in place); eval mode needs both.
+
+    Raises:
+        TypeError/ValueError: naming ``layer``, the argument and what it should be.
+    """
+    if running_mean is None and running_var is None:
+        if not training:
+            raise ValueError(f"{layer}: eval mode needs running_mean and running_var")
+        return
+    for name, value in (("running_mean", running_mean), ("running_var", running_var)):
+        if value is None:
+            raise ValueError(f"{layer}: running_mean and running_var must be given together, "
+                             f"got {name}=None")
+        check_float_array(layer, value, name)
+        if value.shape != (num_channels,):
+            raise ValueError(
+                f"{layer}: expected {name} of shape ({num_channels},), got {value.shape}")
+        if training and not value.flags.writeable:
+            raise ValueError(f"{layer}: {name} is updated in place when training, but it is "
+                             f"read-only")
 
 
 def channel_stats(x3):
@@ -120,11 +150,13 @@ def batch_norm_forward(x, weight=None, bias=None, running_mean=None, running_var
         out (np.ndarray, optional): where to write the result (C-contiguous, x's shape and dtype).
     Returns:
         (out, cache): ``out`` has the shape and dtype of ``x``; ``cache`` is for
-        :func:`batch_norm_backward`.
+        :func:`batch_norm_backward` (a :class:`BatchNormCache`, or under the reference backend
+        a :class:`minidl.reference.functional.normalization.BatchNormCache`).
     Raises:
-        TypeError: ``x`` is not a float32/float64 ndarray.
+        TypeError: ``x``, ``running_mean`` or ``running_var`` is not a float32/float64 ndarray.
         ValueError: wrong rank or parameter shape; training with one value per channel;
-            eval without running statistics; eps <= 0.
+            eval without running statistics; only one of the running statistics given; a
+            read-only running statistic when training; eps <= 0; an unusable ``out``.
     """
     check_input(layer, x, _LAYOUTS)
     num_channels = x.shape[1]
@@ -132,34 +164,34 @@ def batch_norm_forward(x, weight=None, bias=None, running_mean=None, running_var
         raise ValueError(f"{layer}: eps must be > 0, got {eps}")
     gamma = _channel_vector(layer, weight, num_channels, "weight", default=1.0)
     beta = _channel_vector(layer, bias, num_channels, "bias", default=0.0)
+    _check_running_stats(layer, running_mean, running_var, num_channels, training)
+    count = x.size // num_channels  # values per channel
+    if training and count <= 1:
+        raise ValueError(
+            f"{layer}: expected more than 1 value per channel when training, "
+            f"got input of shape {x.shape}"
+        )
+    out = _memory.output(layer, out, x.shape, x.dtype)
+    if get_backend() == "reference":  # reference backend: Algorithm 1, line by line
+        return reference.batch_norm_forward(x, weight, bias, running_mean, running_var, training,
+                                            momentum, eps, layer, out)
     x3 = _as_acb(x)
-    count = x3.shape[0] * x3.shape[2]
+    out3 = out.reshape(x3.shape)
     threads = _config.threads_for(x3.size)
-    out3 = _memory.output(layer, out, x.shape, x.dtype).reshape(x3.shape)
     if training:
-        if count <= 1:
-            raise ValueError(
-                f"{layer}: expected more than 1 value per channel when training, "
-                f"got input of shape {x.shape}"
-            )
         mean = np.empty(num_channels, np.float64)
         var = np.empty(num_channels, np.float64)
         _kernel.forward_train(x3, gamma, beta, float(eps), out3, mean, var, threads)
         if running_mean is not None:
-            _channel_vector(layer, running_mean, num_channels, "running_mean")
-            _channel_vector(layer, running_var, num_channels, "running_var")
             update_running_stats(running_mean, running_var, mean, var, count, momentum)
         invstd = 1.0 / np.sqrt(var + eps)
     else:
-        if running_mean is None or running_var is None:
-            raise ValueError(f"{layer}: eval mode needs running_mean and running_var")
-        mean = _channel_vector(layer, running_mean, num_channels, "running_mean")
-        var = _channel_vector(layer, running_var, num_channels, "running_var")
-        invstd = 1.0 / np.sqrt(var + eps)
+        mean = running_mean.astype(np.float64)
+        invstd = 1.0 / np.sqrt(running_var.astype(np.float64) + eps)
         _kernel.normalize(x3, mean, gamma * invstd, beta, out3, threads)
     cache = BatchNormCache(x3, mean, invstd, gamma, bool(training), x.shape, weight is not None,
                            bias is not None)
-    return out3.reshape(x.shape), cache
+    return out, cache
 
 
 def batch_norm_backward(dout, cache, layer="batch_norm", out=None):
@@ -176,6 +208,10 @@ def batch_norm_backward(dout, cache, layer="batch_norm", out=None):
     Raises:
         ValueError/TypeError: ``dout`` does not match the forward output.
     """
+    if isinstance(cache, reference.BatchNormCache):  # reference backend: made by its forward
+        check_grad(layer, dout, cache.out_shape, cache.dtype)
+        dx = _memory.output(layer, out, cache.out_shape, cache.dtype)
+        return reference.batch_norm_backward(dout, cache, layer, dx)
     x3, mean, invstd, gamma, training, shape, has_weight, has_bias = cache
     check_grad(layer, dout, shape, x3.dtype)
     dy3 = _as_acb(dout)

@@ -9,14 +9,20 @@ Definition (``torch.nn.functional.max_pool2d`` with no padding, dilation 1, floo
 The forward kernel also records where each maximum was (a flat index ``h*W + w`` into its
 ``(H, W)`` plane, as PyTorch's ``return_indices=True``); the backward kernel adds ``dout`` into
 those positions. Ties go to the first maximum in row-major window order, like PyTorch.
+
+Under ``with minidl.backend("reference"):`` the validated arguments go instead to the
+window-by-window loop of :mod:`minidl.reference.functional.pooling`, and a cache that it made
+sends the backward pass there too (the ``if`` statements marked "reference backend").
 """
 from typing import NamedTuple, Tuple
 
 import numpy as np
 
 from .. import _config, _memory
+from .._backend import get_backend
 from .._checks import check_grad, check_input, pair
 from .._kernels import _pool as _kernel
+from ..reference.functional import pooling as reference
 
 __all__ = ["MaxPool2dCache", "max_pool2d_forward", "max_pool2d_backward", "pool_params"]
 
@@ -74,7 +80,8 @@ def max_pool2d_forward(x, kernel_size, stride=None, layer="max_pool2d", out=None
             ``(N, C, OH, OW)``); it becomes part of the cache. A new array when None.
     Returns:
         (out, cache): ``out`` is ``(N, C, OH, OW)`` in the dtype of ``x`` with
-        ``OH = (H - kH) // sH + 1`` (likewise ``OW``); ``cache`` is a :class:`MaxPool2dCache`.
+        ``OH = (H - kH) // sH + 1`` (likewise ``OW``); ``cache`` is a :class:`MaxPool2dCache`
+        (under the reference backend the one of :mod:`minidl.reference.functional.pooling`).
     Raises:
         TypeError: ``x`` is not a float32/float64 ndarray.
         ValueError: wrong rank, bad kernel_size/stride, an input smaller than the window, or an
@@ -90,10 +97,12 @@ def max_pool2d_forward(x, kernel_size, stride=None, layer="max_pool2d", out=None
     out_h = (height - kernel_size[0]) // stride[0] + 1
     out_w = (width - kernel_size[1]) // stride[1] + 1
 
-    x = np.ascontiguousarray(x)
     shape = (n, c, out_h, out_w)
     out = _memory.output(layer, out, shape, x.dtype)
     argmax = _memory.output(layer, argmax, shape, np.int64, "argmax")
+    if get_backend() == "reference":  # reference backend: the max of each window, in NumPy
+        return reference.max_pool2d_forward(x, kernel_size, stride, layer, out, argmax)
+    x = np.ascontiguousarray(x)
     _kernel.max_pool2d_forward(x, out, argmax, *kernel_size, *stride, _config.threads_for(x.size))
     two_by_two = kernel_size == (2, 2) and stride == (2, 2)
     return out, MaxPool2dCache(argmax, x.shape, x.dtype, two_by_two)
@@ -117,8 +126,10 @@ def max_pool2d_backward(dout, cache, layer="max_pool2d", out=None):
             ``out``.
     """
     check_grad(layer, dout, cache.argmax.shape, cache.dtype)
-    dout = np.ascontiguousarray(dout)
     dx = _memory.output(layer, out, cache.x_shape, cache.dtype)
+    if isinstance(cache, reference.MaxPool2dCache):  # reference backend: made by its forward
+        return reference.max_pool2d_backward(dout, cache, layer, dx)
+    dout = np.ascontiguousarray(dout)
     _kernel.max_pool2d_backward(dout, cache.argmax, dx, _config.threads_for(dx.size),
                                 cache.two_by_two)
     return dx

@@ -38,10 +38,10 @@ class ReLU(_Stateless):
 
     def backward(self, dout, input_grad=True):
         """d loss / d x (None when ``input_grad`` is False); see :meth:`Module.backward`."""
-        y = self._need_cache()
+        cache = self._need_cache()
         if not input_grad:
-            return self._no_input_grad(dout, y)
-        return relu_backward(dout, y, layer="ReLU")
+            return self._no_input_grad(dout, cache.y)
+        return relu_backward(dout, cache, layer="ReLU")
 
 
 class Softmax(_Stateless):

@@ -3,7 +3,8 @@ results (up to rounding), written as the textbook writes them.
 
 Under ``with minidl.backend("reference"):`` every public op of :mod:`minidl.functional` runs the
 function of the same name here, after its own input validation (these functions validate
-nothing). Module by module, and what each follows:
+nothing), with NumPy's BLAS on one thread for the matrix products of ``conv2d_*`` and
+``linear_*`` (as the compiled ops). Module by module, and what each follows:
 
 * :mod:`.conv` — ``conv2d_forward``/``conv2d_backward``: the convolution sum (Goodfellow,
   Bengio & Courville 2016, "Deep Learning", eqs. 9.8, 9.11 and 9.13).
