@@ -36,3 +36,32 @@ def test_mnist_bn_example_prints_comparison_table(tmp_path, mirror_env):
     for run in (bn, plain):
         losses = run["train_loss_per_step"]
         assert sum(losses[-3:]) / 3 < losses[0]
+
+
+def _run_reference_example(stdin=None, pdb=False):
+    script = os.path.join(REPO, "examples", "reference_backend.py")
+    cmd = [sys.executable] + (["-m", "pdb"] if pdb else []) + [script]
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run(cmd, input=stdin, capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def test_reference_backend_example_trains_alike_on_both_backends():
+    """examples/reference_backend.py (also the README's example): the same losses on both
+    backends, "compiled" restored after the block, weights equal to float32 rounding."""
+    lines = _run_reference_example().splitlines()
+    assert lines[0].startswith("reference backend: last loss ")
+    assert lines[1] == "backend after the block: compiled"
+    assert lines[2].split()[-1] == lines[0].split()[-1]  # the same loss to 6 decimals
+    difference = float(lines[3].split()[3])
+    assert lines[3].startswith("largest weight difference") and difference < 1e-5
+
+
+def test_reference_backend_example_pdb_session_from_the_readme():
+    """The README's pdb commands stop in the reference BatchNorm with the example's batch."""
+    commands = ["until 14", "b minidl.reference.functional.normalization.batch_norm_forward",
+                "c", "p x.shape, training", "q"]
+    out = _run_reference_example("\n".join(commands) + "\n", pdb=True)
+    assert "reference/functional/normalization.py" in out and "batch_norm_forward()" in out
+    assert "((8, 4, 8, 8), True)" in out
