@@ -1,0 +1,13 @@
+"""Optimizers and learning-rate schedules, following PyTorch's update rules and interfaces.
+
+``SGD`` (momentum, Nesterov, weight decay) and ``Adam`` update parameters in place from their
+gradients::
+
+    from minidl import optim
+    opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+"""
+from .adam import Adam
+from .optimizer import Optimizer
+from .sgd import SGD
+
+__all__ = ["Optimizer", "SGD", "Adam"]
