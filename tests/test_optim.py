@@ -658,6 +658,7 @@ def test_repr_with_groups():
 def test_optim_package_keeps_its_names():
     from minidl import optim
     assert optim.SGD is SGD and optim.Adam is Adam and optim.Optimizer is Optimizer
+    assert optim.lr_scheduler.StepLR.__module__ == "minidl.optim.lr_scheduler"
 
 
 def test_a_failing_step_changes_no_group(rng):
