@@ -12,8 +12,10 @@ from ._grad_mode import enable_grad, is_grad_enabled, no_grad
 from ._memory import empty_cache, get_cache_limit, memory_stats, set_cache_limit
 from ._random import manual_seed
 from .callbacks import Callback, CSVLogger, EarlyStopping, EvaluateEvery, ModelCheckpoint
+from .gradcheck import GradcheckError, gradcheck
 from .model import Sequential
 from .serialization import SerializationError, load, save
+from .summary import summary
 from .trainer import History, NonFiniteLossError, Trainer
 
 __all__ = [
@@ -24,6 +26,7 @@ __all__ = [
     "manual_seed", "set_num_threads", "get_num_threads",
     "empty_cache", "memory_stats", "set_cache_limit", "get_cache_limit",
     "no_grad", "enable_grad", "is_grad_enabled",
+    "gradcheck", "GradcheckError", "summary",
     "backend", "get_backend", "set_backend",
 ]
 __version__ = "0.1.0"

@@ -5,24 +5,10 @@ Gradient checks follow ../DESIGN: float64, central differences, a *random* upstr
 """
 import numpy as np
 
+from minidl import gradcheck
+from minidl.gradcheck import numerical_gradient as numerical_grad
 
-def numerical_grad(f, array, dout, eps=1e-6):
-    """Central-difference gradient of ``sum(f() * dout)`` with respect to ``array``.
-
-    ``f`` takes no arguments and reads ``array`` (which is perturbed in place and restored).
-    """
-    grad = np.zeros_like(array, dtype=np.float64)
-    flat = array.reshape(-1)  # a view: array must be contiguous
-    assert np.shares_memory(flat, array)
-    for i in range(flat.size):
-        old = flat[i]
-        flat[i] = old + eps
-        plus = np.sum(f() * dout)
-        flat[i] = old - eps
-        minus = np.sum(f() * dout)
-        flat[i] = old
-        grad.reshape(-1)[i] = (plus - minus) / (2 * eps)
-    return grad
+__all__ = ["numerical_grad", "assert_close", "check_module_gradients", "assert_close_to_torch"]
 
 
 def assert_close(actual, expected, dtype, what=""):
@@ -35,24 +21,18 @@ def assert_close(actual, expected, dtype, what=""):
 
 
 def check_module_gradients(module, x, rng, rtol=1e-5, atol=1e-7):
-    """Compare a module's backward with central differences, in float64.
+    """Compare a module's backward with central differences, in float64 (``minidl.gradcheck``).
 
     Checks the input gradient and the gradient of every parameter, with a random upstream
-    gradient. The module must already be float64 and in the mode under test.
-    """
-    x = np.ascontiguousarray(x, dtype=np.float64)
-    out = module.forward(x)
-    dout = rng.standard_normal(out.shape)
-    module.zero_grad()
-    dx = module.backward(dout)
-    analytic = {name: p.grad.copy() for name, p in module.named_parameters()}
+    gradient drawn from ``rng``, in the mode(s) the module is in now. Raises
+    ``minidl.GradcheckError`` (an AssertionError) naming the tensor and the worst entry.
 
-    num_dx = numerical_grad(lambda: module.forward(x), x, dout)
-    np.testing.assert_allclose(dx, num_dx, rtol=rtol, atol=atol, err_msg="input gradient")
-    for name, p in module.named_parameters():
-        num = numerical_grad(lambda: module.forward(x), p.data, dout)
-        np.testing.assert_allclose(analytic[name], num, rtol=rtol, atol=atol, err_msg=f"grad of {name}")
-    return dx
+    Returns:
+        np.ndarray: the module's input gradient.
+    """
+    report = gradcheck(module, x, rtol=rtol, atol=atol, modes=None,
+                       seed=int(rng.integers(2**32)))
+    return report.check("input").analytic_grad
 
 
 def assert_close_to_torch(ours, theirs, rtol=1e-5, atol=1e-6, what=""):

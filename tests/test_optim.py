@@ -242,7 +242,8 @@ def test_state_dict_round_trip_is_bit_identical(rng, cls, config, dtype, via):
     elif via == "npz-like":  # string keys and 0-d arrays, as after flattening to a file
         saved = {
             "optimizer": np.array(saved["optimizer"]),
-            "hyperparameters": {k: np.array(v) for k, v in saved["hyperparameters"].items()},
+            "param_groups": {str(g): {k: np.array(v) for k, v in group.items()}
+                             for g, group in enumerate(saved["param_groups"])},
             "state": {str(i): {k: np.array(v) for k, v in entry.items()}
                       for i, entry in saved["state"].items()},
         }
@@ -272,8 +273,9 @@ def test_state_dict_is_a_copy(rng):
     run_steps(opt, params, make_grads(rng, np.float64, 1))
     np.testing.assert_array_equal(saved["state"][0]["exp_avg"], snapshot)
     assert saved["state"][0]["step"] == 2 and opt.state[0]["step"] == 3
-    assert set(saved) == {"optimizer", "hyperparameters", "state"}
-    assert saved["hyperparameters"] == dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
+    assert set(saved) == {"optimizer", "param_groups", "state"}
+    assert saved["param_groups"] == [
+        dict(params=[0, 1, 2], lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)]
 
 
 def test_loaded_state_is_not_aliased(rng):
@@ -301,8 +303,11 @@ def test_load_state_dict_errors(rng):
     assert bad_shape.state == {}  # nothing was modified
 
     too_few = Adam(params[:2])
-    with pytest.raises(ValueError, match="state for parameter 2, but the optimizer has 2 parameters"):
+    with pytest.raises(ValueError, match=r"param_groups\[0\] holds 3 parameters in the saved state, 2 in"):
         too_few.load_state_dict(saved)
+    two_groups = Adam([{"params": params[:1]}, {"params": params[1:]}])
+    with pytest.raises(ValueError, match="the saved state has 1 parameter groups, this optimizer has 2"):
+        two_groups.load_state_dict(saved)
 
     broken = adam.state_dict()
     del broken["state"][0]["exp_avg_sq"]
@@ -310,24 +315,29 @@ def test_load_state_dict_errors(rng):
         fresh.load_state_dict(broken)
 
     broken = adam.state_dict()
-    broken["hyperparameters"]["amsgrad"] = False
-    with pytest.raises(KeyError, match=r"unexpected hyperparameters \['amsgrad'\]"):
+    broken["state"][7] = broken["state"][0]
+    with pytest.raises(ValueError, match=r"state for parameter 7, but the optimizer has 3 parameters"):
         fresh.load_state_dict(broken)
 
     broken = adam.state_dict()
-    broken["hyperparameters"]["lr"] = -1.0
-    with pytest.raises(ValueError, match="Adam: expected lr >= 0"):
+    broken["param_groups"][0]["amsgrad"] = False
+    with pytest.raises(KeyError, match=r"param_groups\[0\]: missing hyperparameters \[\], unexpected hyperparameters \['amsgrad'\]"):
+        fresh.load_state_dict(broken)
+
+    broken = adam.state_dict()
+    broken["param_groups"][0]["lr"] = -1.0
+    with pytest.raises(ValueError, match=r"Adam.load_state_dict: param_groups\[0\]: expected lr >= 0, got -1.0"):
         fresh.load_state_dict(broken)
     assert fresh.lr == 1e-3 and fresh.state == {}
 
     with pytest.raises(KeyError, match="missing entry 'state'"):
-        fresh.load_state_dict({"optimizer": "Adam", "hyperparameters": {}})
+        fresh.load_state_dict({"optimizer": "Adam", "param_groups": []})
 
 
 # ----------------------------------------------------------------- hyperparameter errors
 @pytest.mark.parametrize("kwargs, error, pattern", [
     (dict(lr=-0.1), ValueError, r"SGD: expected lr >= 0, got -0.1"),
-    (dict(lr=float("nan")), ValueError, r"SGD: expected lr >= 0"),
+    (dict(lr=float("nan")), ValueError, r"SGD: expected lr to be a finite number, got nan"),
     (dict(lr="0.1"), TypeError, r"SGD: expected lr to be a real number"),
     (dict(lr=0.1, momentum=-0.5), ValueError, r"SGD: expected momentum >= 0"),
     (dict(lr=0.1, weight_decay=-1e-4), ValueError, r"SGD: expected weight_decay >= 0"),
@@ -386,3 +396,277 @@ def test_base_class_is_abstract():
 def test_repr():
     opt = SGD([Parameter(np.zeros(2))], lr=0.1, momentum=0.9)
     assert repr(opt) == "SGD(1 parameters, lr=0.1, momentum=0.9, dampening=0.0, weight_decay=0.0, nesterov=False)"
+
+
+# ----------------------------------------------------------------- parameter groups
+GROUP_CASES = [
+    (SGD, dict(lr=0.1, momentum=0.9), [dict(lr=0.01, nesterov=True), dict(weight_decay=0.1)]),
+    (SGD, dict(lr=0.1), [dict(momentum=0.5, dampening=0.2), dict()]),
+    (Adam, dict(lr=0.01), [dict(betas=(0.8, 0.99)), dict(lr=0.1, weight_decay=0.01, eps=1e-6)]),
+]
+
+
+@pytest.mark.parametrize("cls, defaults, overrides", GROUP_CASES,
+                         ids=lambda v: getattr(v, "__name__", str(v)))
+def test_param_groups_match_torch(rng, cls, defaults, overrides):
+    torch = pytest.importorskip("torch")
+    params = make_params(rng, np.float64)
+    torch_params = [torch.tensor(p.data.copy(), requires_grad=True) for p in params]
+    splits = [[0], [1, 2]]
+    ours = cls([{"params": [params[i] for i in idx], **o} for idx, o in zip(splits, overrides)],
+               **defaults)
+    theirs = getattr(torch.optim, cls.__name__)(
+        [{"params": [torch_params[i] for i in idx], **o} for idx, o in zip(splits, overrides)],
+        foreach=False, **defaults)
+    assert len(ours.param_groups) == 2 and ours.params == params
+    for group, their_group in zip(ours.param_groups, theirs.param_groups):
+        for key in cls.HYPERPARAMETERS:
+            assert group[key] == their_group[key], key
+    for step_grads in make_grads(rng, np.float64):
+        for p, tp, g in zip(params, torch_params, step_grads):
+            p.grad[...] = g
+            tp.grad = torch.tensor(g)
+        ours.step()
+        theirs.step()
+        for p, tp in zip(params, torch_params):
+            np.testing.assert_allclose(p.data, tp.detach().numpy(), rtol=1e-12, atol=1e-14)
+
+
+def test_group_lr_changed_between_steps_is_used(rng):
+    p = Parameter(np.zeros(3))
+    opt = SGD([p], lr=0.1)
+    p.grad[...] = 1.0
+    opt.step()
+    opt.param_groups[0]["lr"] = np.float64(0.5)  # a scheduler or a user writes the group
+    opt.step()
+    np.testing.assert_allclose(p.data, -0.6)
+    opt.param_groups[0]["lr"] = float("nan")
+    with pytest.raises(ValueError, match=r"SGD param_groups\[0\]: expected lr to be a finite number"):
+        opt.step()
+    np.testing.assert_allclose(p.data, -0.6)  # the failed step changed nothing
+    del opt.param_groups[0]["lr"]
+    with pytest.raises(KeyError, match=r"SGD param_groups\[0\]: missing hyperparameters \['lr'\]"):
+        opt.step()
+
+
+def test_lr_attribute_is_the_first_groups():
+    a, b = Parameter(np.zeros(2)), Parameter(np.zeros(2))
+    opt = SGD([a, b], lr=0.1, momentum=0.9)
+    assert opt.lr == 0.1 and opt.momentum == 0.9 and opt.nesterov is False
+    opt.lr = 0.2
+    opt.momentum = 0.5
+    assert opt.param_groups[0]["lr"] == 0.2 and opt.param_groups[0]["momentum"] == 0.5
+    with pytest.raises(ValueError, match="SGD: expected momentum >= 0, got -1"):
+        opt.momentum = -1
+    assert opt.momentum == 0.5
+    two = Adam([{"params": [a]}, {"params": [b], "lr": 0.1}])
+    assert two.lr == 1e-3 and two.betas == (0.9, 0.999)
+    with pytest.raises(ValueError, match=r"Adam: cannot set lr for 2 parameter groups at once; set optimizer.param_groups\[i\]\['lr'\]"):
+        two.lr = 0.5
+    with pytest.raises(AttributeError, match="SGD has no attribute 'learning_rate'"):
+        opt.learning_rate
+
+
+def test_add_param_group_and_its_state(rng):
+    first, second = Parameter(np.ones(2)), Parameter(np.ones(3))
+    opt = Adam([first], lr=0.1)
+    first.grad[...] = 1.0
+    opt.step()
+    opt.add_param_group({"params": second, "lr": 0.5})
+    assert opt.params == [first, second]
+    assert opt.param_groups[1] == dict(params=[second], lr=0.5, betas=(0.9, 0.999), eps=1e-8,
+                                       weight_decay=0.0)
+    second.grad[...] = 1.0
+    opt.step()
+    np.testing.assert_allclose(second.data, 0.5)  # Adam's first step moves by lr
+    assert opt.state[0]["step"] == 2 and opt.state[1]["step"] == 1
+    assert opt.state_dict()["param_groups"][1]["params"] == [1]
+
+
+@pytest.mark.parametrize("params, error, pattern", [
+    ([{"lr": 0.1}], KeyError, r"SGD param_groups\[0\]: missing 'params'"),
+    ([{"params": [], "learning_rate": 0.1}], KeyError, r"unknown keys \['learning_rate'\]; expected 'params' and any of \['lr'"),
+    ([{"params": []}, [Parameter(np.zeros(1))]], TypeError, r"SGD: expected every parameter group to be a dict, got list at index 1"),
+    ({"params": []}, TypeError, r"got a single dict \(wrap it in a list"),
+    ([{"params": [Parameter(np.zeros(1))], "momentum": "high"}], TypeError, r"SGD param_groups\[0\]: expected momentum to be a real number, got 'high' \(str\)"),
+    ([{"params": [np.zeros(1)]}], TypeError, r"SGD: expected every element of params to be a Parameter, got ndarray at index 0"),
+])
+def test_param_group_errors(params, error, pattern):
+    with pytest.raises(error, match=pattern):
+        SGD(params, lr=0.1)
+
+
+def test_same_parameter_in_two_groups_is_rejected():
+    p = Parameter(np.zeros(2))
+    with pytest.raises(ValueError, match=r"SGD: the same Parameter appears twice \(index 1\)"):
+        SGD([{"params": [p]}, {"params": [p]}], lr=0.1)
+    opt = SGD([p], lr=0.1)
+    with pytest.raises(ValueError, match="the same Parameter appears twice"):
+        opt.add_param_group({"params": [p]})
+    assert len(opt.param_groups) == 1
+
+
+@pytest.mark.parametrize("cls, defaults, overrides", GROUP_CASES,
+                         ids=lambda v: getattr(v, "__name__", str(v)))
+def test_group_state_dict_round_trip(rng, cls, defaults, overrides):
+    def build(params):
+        return cls([{"params": params[:1], **overrides[0]}, {"params": params[1:], **overrides[1]}],
+                   **defaults)
+
+    params_a = make_params(rng, np.float32)
+    grads = make_grads(rng, np.float32, steps=6)
+    opt_a = build(params_a)
+    run_steps(opt_a, params_a, grads[:3])
+    opt_a.param_groups[1]["lr"] = 0.03  # as a scheduler would
+    opt_a.param_groups[1]["initial_lr"] = 0.1
+    saved = pickle.loads(pickle.dumps(opt_a.state_dict()))
+    params_b = [Parameter(p.data.copy()) for p in params_a]
+    opt_b = build(params_b)
+    opt_b.load_state_dict(saved)
+    assert opt_b.param_groups[1]["lr"] == 0.03 and opt_b.param_groups[1]["initial_lr"] == 0.1
+    assert "initial_lr" not in opt_b.param_groups[0]
+    assert [g["params"] for g in opt_b.param_groups] == [params_b[:1], params_b[1:]]
+    run_steps(opt_a, params_a, grads[3:])
+    run_steps(opt_b, params_b, grads[3:])
+    for p_a, p_b in zip(params_a, params_b):
+        assert np.array_equal(p_a.data, p_b.data)
+
+
+def test_state_saved_before_param_groups_still_loads(rng):
+    params = make_params(rng, np.float64)
+    grads = make_grads(rng, np.float64, steps=4)
+    opt = SGD(params, lr=0.1, momentum=0.9)
+    run_steps(opt, params, grads[:2])
+    new = opt.state_dict()
+    old_format = {"optimizer": "SGD", "state": new["state"],
+                  "hyperparameters": {k: v for k, v in new["param_groups"][0].items() if k != "params"}}
+    copies = [Parameter(p.data.copy()) for p in params]
+    other = SGD(copies, lr=1.0)
+    other.load_state_dict(old_format)
+    assert other.hyperparameters() == opt.hyperparameters()
+    run_steps(opt, params, grads[2:])
+    run_steps(other, copies, grads[2:])
+    for p, q in zip(params, copies):
+        assert np.array_equal(p.data, q.data)
+
+
+# ----------------------------------------------------------------- issue 10: clear errors
+@pytest.mark.parametrize("cls, kwargs, error, pattern", [
+    (SGD, dict(lr=0.1, momentum="0.9"), TypeError, r"SGD: expected momentum to be a real number, got '0.9' \(str\)"),
+    (SGD, dict(lr=0.1, momentum=None), TypeError, r"SGD: expected momentum to be a real number, got None \(NoneType\)"),
+    (SGD, dict(lr=0.1, momentum=np.array([0.9, 0.8])), TypeError, r"SGD: expected momentum to be a real number, got array"),
+    (SGD, dict(lr=0.1, momentum=float("nan")), ValueError, r"SGD: expected momentum to be a finite number, got nan"),
+    (SGD, dict(lr=float("inf")), ValueError, r"SGD: expected lr to be a finite number, got inf"),
+    (SGD, dict(lr=0.1, weight_decay=float("nan")), ValueError, r"SGD: expected weight_decay to be a finite number"),
+    (SGD, dict(lr=0.1, dampening=float("-inf")), ValueError, r"SGD: expected dampening to be a finite number"),
+    (SGD, dict(lr=True), TypeError, r"SGD: expected lr to be a real number, got True \(bool\)"),
+    (SGD, dict(lr=0.1, momentum=1j), TypeError, r"SGD: expected momentum to be a real number, got 1j \(complex\)"),
+    (Adam, dict(betas=(float("nan"), 0.999)), ValueError, r"Adam: expected betas\[0\] to be a finite number, got nan"),
+    (Adam, dict(betas=("0.9", 0.999)), TypeError, r"Adam: expected betas\[0\] to be a real number, got '0.9' \(str\)"),
+    (Adam, dict(eps=float("nan")), ValueError, r"Adam: expected eps to be a finite number"),
+    (Adam, dict(eps="tiny"), TypeError, r"Adam: expected eps to be a real number, got 'tiny'"),
+    (Adam, dict(weight_decay=float("inf")), ValueError, r"Adam: expected weight_decay to be a finite number"),
+])
+def test_non_numeric_and_non_finite_hyperparameters(cls, kwargs, error, pattern):
+    with pytest.raises(error, match=pattern):
+        cls([Parameter(np.zeros(2))], **kwargs)
+
+
+def test_numpy_scalars_are_accepted_as_python_floats():
+    opt = SGD([Parameter(np.zeros(2, np.float32))], lr=np.float64(0.1), momentum=np.array(0.9))
+    assert type(opt.lr) is float and type(opt.momentum) is float
+
+
+def _adam_state(rng):
+    params = make_params(rng, np.float64)
+    opt = Adam(params)
+    run_steps(opt, params, make_grads(rng, np.float64, 2))
+    return opt, opt.state_dict()
+
+
+@pytest.mark.parametrize("step, pattern", [
+    (-1, r"expected 'step' to be an integer >= 0, got -1"),
+    (2.5, r"expected 'step' to be an integer >= 0, got 2.5"),
+    ("3", r"expected 'step' to be an integer >= 0, got '3'"),
+    (float("nan"), r"expected 'step' to be an integer >= 0, got nan"),
+    (np.array([1, 2]), r"expected 'step' to be an integer >= 0, got array"),
+    (True, r"expected 'step' to be an integer >= 0, got True"),
+])
+def test_optimizer_state_with_a_bad_step_is_rejected(rng, step, pattern):
+    opt, saved = _adam_state(rng)
+    before = {i: dict(entry) for i, entry in opt.state.items()}
+    saved["state"][1]["step"] = step
+    with pytest.raises(ValueError, match=r"Adam.load_state_dict: parameter 1: " + pattern):
+        opt.load_state_dict(saved)
+    assert opt.state[1]["step"] == before[1]["step"] == 2
+
+
+@pytest.mark.parametrize("step", [3, 3.0, np.int64(3), np.array(3), np.array(3.0)])
+def test_integral_steps_in_any_form_load(rng, step):
+    opt, saved = _adam_state(rng)
+    saved["state"][0]["step"] = step
+    opt.load_state_dict(saved)
+    assert opt.state[0]["step"] == 3 and type(opt.state[0]["step"]) is int
+
+
+def test_malformed_optimizer_states_give_clear_errors(rng):
+    opt, saved = _adam_state(rng)
+
+    def broken(change):
+        state = opt.state_dict()
+        change(state)
+        return state
+
+    cases = [
+        (lambda s: s["state"][0].update(exp_avg=np.array(["a"] * 12).reshape(4, 3)), TypeError,
+         r"Adam.load_state_dict: parameter 0: expected 'exp_avg' to be an array of real numbers, got dtype <U1"),
+        (lambda s: s["state"][0].update(exp_avg=None), TypeError, r"expected 'exp_avg' to be an array of real numbers, got dtype object"),
+        (lambda s: s["state"][0].update(exp_avg=np.zeros((3, 4))), ValueError, r"parameter 0: expected 'exp_avg' of shape \(4, 3\), got \(3, 4\)"),
+        (lambda s: s["state"][0].update(momentum_buffer=np.zeros((4, 3))), KeyError, r"parameter 0: missing state \[\], unexpected state \['momentum_buffer'\]"),
+        (lambda s: s["state"].update({"first": {}}), ValueError, r"expected integer parameter indices as the keys of 'state', got 'first'"),
+        (lambda s: s.update(state=[1, 2]), TypeError, r"expected 'state' to be a dict, got list"),
+        (lambda s: s["state"].update({0: [1, 2]}), TypeError, r"parameter 0: expected a dict of state, got list"),
+        (lambda s: s.update(param_groups="all"), TypeError, r"expected 'param_groups' to be a list, got str"),
+        (lambda s: s["param_groups"][0].update(params=["a", "b", "c"]), TypeError, r"param_groups\[0\]: expected 'params' to hold integer indices"),
+        (lambda s: s["param_groups"][0].pop("params"), KeyError, r"param_groups\[0\]: missing 'params'"),
+        (lambda s: s["param_groups"][0].update(betas=(0.9,)), ValueError, r"Adam.load_state_dict: param_groups\[0\]: expected betas to be a pair"),
+        (lambda s: s["param_groups"][0].update(initial_lr="x"), TypeError, r"param_groups\[0\]: expected initial_lr to be a real number"),
+        (lambda s: s.pop("param_groups") and s.update(hyperparameters=[0.1]), TypeError, r"expected 'hyperparameters' to be a dict, got list"),
+        (lambda s: s["param_groups"][0].pop("eps"), KeyError, r"missing hyperparameters \['eps'\]"),
+    ]
+    before = opt.state_dict()
+    for change, error, pattern in cases:
+        with pytest.raises(error, match=pattern):
+            opt.load_state_dict(broken(change))
+    with pytest.raises(TypeError, match=r"Adam.load_state_dict: expected a dict, got list"):
+        opt.load_state_dict([])
+    after = opt.state_dict()  # nothing was modified by the failed loads
+    assert after["param_groups"] == before["param_groups"]
+    for i in before["state"]:
+        for key, value in before["state"][i].items():
+            assert np.array_equal(after["state"][i][key], value)
+
+
+def test_repr_with_groups():
+    a, b = Parameter(np.zeros(2)), Parameter(np.zeros(2))
+    opt = Adam([{"params": [a]}, {"params": [b], "lr": 0.1}])
+    assert repr(opt) == ("Adam(2 groups: [0] 1 parameters, lr=0.001, betas=(0.9, 0.999), eps=1e-08, "
+                         "weight_decay=0.0; [1] 1 parameters, lr=0.1, betas=(0.9, 0.999), eps=1e-08, "
+                         "weight_decay=0.0)")
+
+
+def test_optim_package_keeps_its_names():
+    from minidl import optim
+    assert optim.SGD is SGD and optim.Adam is Adam and optim.Optimizer is Optimizer
+    assert optim.lr_scheduler.StepLR.__module__ == "minidl.optim.lr_scheduler"
+
+
+def test_a_failing_step_changes_no_group(rng):
+    a, b = Parameter(np.zeros(2)), Parameter(np.zeros(3))
+    opt = SGD([{"params": [a]}, {"params": [b]}], lr=0.1, momentum=0.9)
+    a.grad[...] = 1.0
+    b.grad = np.zeros(4)  # wrong shape, in the second group
+    with pytest.raises(ValueError, match=r"SGD: parameter 1 has data of shape \(3,\) but grad of shape \(4,\)"):
+        opt.step()
+    np.testing.assert_array_equal(a.data, 0)
+    assert opt.state == {}

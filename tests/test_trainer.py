@@ -67,7 +67,7 @@ class RaiseAt(minidl.Callback):
 
 
 def assert_same_optimizer_state(a, b):
-    assert a["hyperparameters"] == b["hyperparameters"]
+    assert a["param_groups"] == b["param_groups"]
     assert sorted(a["state"]) == sorted(b["state"])
     for index, entry in a["state"].items():
         for key, value in entry.items():

@@ -13,11 +13,16 @@ Every module implements an explicit ``forward(x)``, which keeps what its backwar
 ``zero_grad()`` or ``optimizer.zero_grad()`` between steps) and returns the gradient with
 respect to its input -- or None when ``input_grad`` is False (see :meth:`Module.backward`).
 """
+import contextvars
+import functools
+import itertools
 from collections import OrderedDict, namedtuple
 
 import numpy as np
 
-__all__ = ["Parameter", "Module"]
+from .._grad_mode import is_grad_enabled
+
+__all__ = ["Parameter", "Module", "RemovableHandle"]
 
 
 class Parameter:
@@ -70,6 +75,14 @@ class Module:
 
     Subclasses call ``super().__init__()`` first, then assign parameters, buffers (through
     :meth:`register_buffer`) and child modules as attributes. ``module(x)`` calls ``forward``.
+
+    Hooks and the ``backward`` wrapper (what a debugger shows): ``module(x)`` runs
+    :meth:`__call__`, which runs the forward hooks around ``forward`` and checks that no module
+    runs twice in one forward pass. Parents call ``child.backward(dout)`` directly, so to let
+    backward hooks run too, every subclass's ``backward`` is wrapped once, when the class is
+    defined (:meth:`__init_subclass__`). Stepping into ``layer.backward(dout)`` therefore first
+    enters ``backward_with_hooks`` in ``module.py``, which calls the layer's own ``backward``
+    straight away when the layer has no backward hooks.
     """
 
     def __init__(self):
@@ -77,6 +90,26 @@ class Module:
         object.__setattr__(self, "_buffers", OrderedDict())
         object.__setattr__(self, "_modules", OrderedDict())
         object.__setattr__(self, "training", True)
+        object.__setattr__(self, "_forward_pre_hooks", OrderedDict())
+        object.__setattr__(self, "_forward_hooks", OrderedDict())
+        object.__setattr__(self, "_backward_pre_hooks", OrderedDict())
+        object.__setattr__(self, "_backward_hooks", OrderedDict())
+        object.__setattr__(self, "_forward_pass", None)  # the number of its last forward pass
+
+    def __init_subclass__(cls, **kwargs):
+        """Wrap the subclass's ``backward`` once so that backward hooks run however it is called.
+
+        A parent calls ``child.backward(dout)`` itself (there is no autograd engine to run hooks),
+        so the hooks must run inside ``backward``. The wrapper, ``backward_with_hooks``, costs
+        one extra Python call and two dictionary checks when no hook is registered; the class's
+        own method stays reachable as ``type(layer).backward.__wrapped__``. A class that inherits
+        an already wrapped ``backward`` is left alone, and hooks run once per module even when a
+        subclass's ``backward`` calls ``super().backward(...)``.
+        """
+        super().__init_subclass__(**kwargs)
+        backward = cls.backward
+        if not getattr(backward, "_runs_backward_hooks", False):
+            cls.backward = _with_backward_hooks(backward)
 
     # ----------------------------------------------------------------- registration
     def __setattr__(self, name, value):
@@ -137,8 +170,152 @@ class Module:
         """
         raise NotImplementedError(f"{type(self).__name__} does not implement backward")
 
-    def __call__(self, x):
-        return self.forward(x)
+    def __call__(self, x, *args, **kwargs):
+        """Run ``forward(x, *args, **kwargs)`` with the forward hooks; the way to call a module.
+
+        The outermost call starts a new forward pass; calls made while it runs (a parent calling
+        its children) belong to that pass. A module holds one cache for its backward, so running
+        it twice in one pass would silently give wrong gradients: the second call raises (under
+        :func:`minidl.no_grad` nothing is cached, and a module may run any number of times).
+
+        Raises:
+            RuntimeError: this module already ran in the current forward pass with gradients
+                enabled (the same object appears twice in the model, e.g. one ``ReLU()`` used
+                after two convolutions).
+        """
+        forward_pass = _FORWARD_PASS.get(None)
+        if forward_pass is None:
+            forward_pass = _ForwardPass()
+            _FORWARD_PASS.set(forward_pass)
+        if forward_pass.depth == 0:
+            forward_pass.number = next(_PASS_NUMBERS)
+            forward_pass.root = self
+        elif self._forward_pass == forward_pass.number and is_grad_enabled():
+            raise RuntimeError(_called_twice_message(self, forward_pass.root))
+        self.__dict__["_forward_pass"] = forward_pass.number
+        forward_pass.depth += 1
+        try:
+            if self._forward_pre_hooks or self._forward_hooks:
+                return self._forward_with_hooks((x,) + args, kwargs)
+            if args or kwargs:
+                return self.forward(x, *args, **kwargs)
+            return self.forward(x)
+        finally:
+            forward_pass.depth -= 1
+            if forward_pass.depth == 0:
+                forward_pass.root = None
+
+    # ----------------------------------------------------------------- hooks
+    def register_forward_pre_hook(self, hook, *, prepend=False):
+        """Register ``hook(module, input) -> None or new input``, run before every ``forward``.
+
+        As PyTorch's ``register_forward_pre_hook``: ``input`` is the tuple of positional
+        arguments (``(x,)`` for a layer); a hook may return a replacement, a tuple or a single
+        value (then used as ``(value,)``). Hooks run in registration order (``prepend=True``
+        puts this one first) and only when the module is called as ``module(x)``, not through
+        ``module.forward(x)``.
+
+        Returns:
+            RemovableHandle: ``handle.remove()`` unregisters the hook.
+        Raises:
+            TypeError: ``hook`` is not callable.
+        """
+        return self._add_hook(self._forward_pre_hooks, hook, prepend, "register_forward_pre_hook")
+
+    def register_forward_hook(self, hook, *, prepend=False):
+        """Register ``hook(module, input, output) -> None or new output``, run after ``forward``.
+
+        As PyTorch's ``register_forward_hook``: ``input`` is the tuple of positional arguments
+        (after the pre-hooks), ``output`` what ``forward`` returned; a non-None return value
+        replaces the output. Typical use: record activation statistics::
+
+            means = []
+            handle = layer.register_forward_hook(lambda m, inp, out: means.append(out.mean()))
+            model(x)
+            handle.remove()
+
+        Returns:
+            RemovableHandle: ``handle.remove()`` unregisters the hook.
+        Raises:
+            TypeError: ``hook`` is not callable.
+        """
+        return self._add_hook(self._forward_hooks, hook, prepend, "register_forward_hook")
+
+    def register_full_backward_pre_hook(self, hook, *, prepend=False):
+        """Register ``hook(module, grad_output) -> None or new grad_output``, run before
+        ``backward``.
+
+        As PyTorch's ``register_full_backward_pre_hook``: ``grad_output`` is ``(dout,)``; a
+        non-None return value (a 1-tuple or an array) replaces ``dout``.
+
+        Returns:
+            RemovableHandle: ``handle.remove()`` unregisters the hook.
+        Raises:
+            TypeError: ``hook`` is not callable.
+        """
+        return self._add_hook(self._backward_pre_hooks, hook, prepend,
+                              "register_full_backward_pre_hook")
+
+    def register_full_backward_hook(self, hook, *, prepend=False):
+        """Register ``hook(module, grad_input, grad_output) -> None or new grad_input``, run
+        after ``backward``.
+
+        As PyTorch's ``register_full_backward_hook``: ``grad_input`` is ``(dx,)``, the gradient
+        ``backward`` returned with respect to the input (``(None,)`` when it was called with
+        ``input_grad=False``), and ``grad_output`` is ``(dout,)``; a non-None return value (a
+        1-tuple or an array) replaces the returned gradient. When the hook runs, the module's
+        parameter gradients already hold this backward's contribution. The hook runs whoever
+        calls ``backward`` (a parent or you), once per call.
+
+        Returns:
+            RemovableHandle: ``handle.remove()`` unregisters the hook.
+        Raises:
+            TypeError: ``hook`` is not callable.
+        """
+        return self._add_hook(self._backward_hooks, hook, prepend, "register_full_backward_hook")
+
+    def _add_hook(self, hooks, hook, prepend, method):
+        if not callable(hook):
+            raise TypeError(
+                f"{type(self).__name__}.{method}: expected a callable hook, got "
+                f"{type(hook).__name__}"
+            )
+        handle = RemovableHandle(hooks)
+        hooks[handle.id] = hook
+        if prepend:
+            hooks.move_to_end(handle.id, last=False)
+        return handle
+
+    def _forward_with_hooks(self, args, kwargs):
+        for hook in list(self._forward_pre_hooks.values()):
+            result = hook(self, args)
+            if result is not None:
+                args = result if isinstance(result, tuple) else (result,)
+        output = self.forward(*args, **kwargs)
+        for hook in list(self._forward_hooks.values()):
+            result = hook(self, args, output)
+            if result is not None:
+                output = result
+        return output
+
+    def _backward_with_hooks(self, backward, dout, args, kwargs):
+        """Run ``backward`` (the class's own method) between the backward hooks."""
+        if self.__dict__.get("_in_backward_hooks"):  # a subclass calling super().backward()
+            return backward(self, dout, *args, **kwargs)
+        for hook in list(self._backward_pre_hooks.values()):
+            result = hook(self, (dout,))
+            if result is not None:
+                dout = _single_gradient(self, result, "full backward pre-hook")
+        self.__dict__["_in_backward_hooks"] = True
+        try:
+            grad_input = backward(self, dout, *args, **kwargs)
+        finally:
+            self.__dict__["_in_backward_hooks"] = False
+        for hook in list(self._backward_hooks.values()):
+            result = hook(self, (grad_input,), (dout,))
+            if result is not None:
+                grad_input = _single_gradient(self, result, "full backward hook")
+        return grad_input
 
     # ----------------------------------------------------------------- traversal
     def children(self):
@@ -319,3 +496,89 @@ class Module:
                 lines.append(f"  ({name}): {child_repr}")
             return "\n".join(lines) + "\n)"
         return lines[0] + ")"
+
+
+class RemovableHandle:
+    """What the ``register_*_hook`` methods return: ``handle.remove()`` unregisters the hook.
+
+    Also a context manager (``with layer.register_forward_hook(f): ...`` removes the hook on
+    exit), as PyTorch's ``torch.utils.hooks.RemovableHandle``.
+    """
+
+    _ids = itertools.count()
+
+    def __init__(self, hooks):
+        self.id = next(RemovableHandle._ids)
+        self._hooks = hooks
+
+    def remove(self):
+        """Unregister the hook (doing it twice is harmless)."""
+        self._hooks.pop(self.id, None)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.remove()
+
+
+def _with_backward_hooks(backward):
+    """Wrap a class's ``backward`` so that the instance's backward hooks run around it."""
+
+    @functools.wraps(backward)
+    def backward_with_hooks(self, dout, *args, **kwargs):
+        if self._backward_pre_hooks or self._backward_hooks:
+            return self._backward_with_hooks(backward, dout, args, kwargs)
+        if args or kwargs:
+            return backward(self, dout, *args, **kwargs)
+        return backward(self, dout)
+
+    backward_with_hooks._runs_backward_hooks = True
+    return backward_with_hooks
+
+
+def _single_gradient(module, result, what):
+    """A hook's replacement gradient: an array (or None) or a 1-tuple holding one."""
+    if isinstance(result, (tuple, list)):
+        if len(result) != 1:
+            raise ValueError(
+                f"{type(module).__name__}: a {what} returned {len(result)} gradients; "
+                "expected one (a 1-tuple or an array)"
+            )
+        return result[0]
+    return result
+
+
+class _ForwardPass:
+    """Per-thread bookkeeping of the forward pass that is running (see ``Module.__call__``)."""
+
+    __slots__ = ("depth", "number", "root")
+
+    def __init__(self):
+        self.depth = 0  # how many Module.__call__ are running
+        self.number = 0  # the running pass, unique across threads
+        self.root = None  # the module whose call started it
+
+
+_FORWARD_PASS = contextvars.ContextVar("minidl_forward_pass")  # each thread has its own
+_PASS_NUMBERS = itertools.count(1)
+
+
+def _called_twice_message(module, root):
+    """Name a module that ran twice in one forward pass, with its places in ``root``."""
+    name = type(module).__name__
+    places = [path for path, m in root.named_modules() if m is module] if root is not None else []
+    if module is root:
+        where = " (the top-level module, called from its own forward)"
+    elif places:
+        quoted = " and ".join(repr(p) for p in places)
+        where = f" (at {quoted} in the {type(root).__name__})"
+    else:
+        where = f" (not registered as a child of the {type(root).__name__} being run)"
+    return (
+        f"{name}{where} was called twice in one forward pass: a module keeps one cache for its "
+        f"backward, so the second call would overwrite the first and the gradients would be "
+        f"wrong. Create a separate instance for each position (a new {name}(...) each time it "
+        f"is used, e.g. Sequential(conv1, ReLU(), conv2, ReLU()) rather than one ReLU object "
+        f"twice)."
+    )
