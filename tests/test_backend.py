@@ -342,3 +342,16 @@ def test_both_backends_reject_bad_arguments_with_the_same_error(index, rng):
             _bad_calls(rng)[index]()
         errors.append((caught.type, str(caught.value)))
     assert errors[0] == errors[1]
+
+
+def test_gradcheck_of_a_small_cnn_on_the_reference_backend(monkeypatch, rng):
+    """minidl.gradcheck (train and eval mode) passes for conv -> BatchNorm -> ReLU -> max-pool ->
+    dense run entirely on the references."""
+    calls = []
+    _spy_on(monkeypatch, ref.conv, "conv2d_backward", calls)
+    model = minidl.Sequential(
+        layers.Conv2D(2, 3, kernel_size=3, padding=1, rng=0), layers.BatchNorm(3),
+        layers.ReLU(), layers.MaxPool2D(2), layers.Flatten(), layers.Dense(12, 4, rng=0))
+    with minidl.backend("reference"):
+        minidl.gradcheck(model, rng.standard_normal((2, 2, 4, 4)))
+    assert calls == ["conv2d_backward"] * 2  # one backward pass per mode, on the reference
