@@ -1,4 +1,3 @@
-# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
 """Per-channel normalization kernels (the core shared by BatchNorm and, later, Layer/Group/InstanceNorm).
 
 Every kernel sees its input as a C-contiguous 3-D array ``x`` of shape ``(A, C, B)`` and computes
@@ -18,13 +17,10 @@ The kernels trust their inputs (shapes, contiguity, dtypes are checked by ``mini
 release the GIL and run channels (or rows ``(a, c)``) in parallel with OpenMP when it was compiled in.
 Arguments are marked IN (read) or OUT (written).
 """
-cimport cython
 from cython.parallel cimport prange
 from libc.math cimport sqrt
 
-ctypedef fused floating:
-    float
-    double
+from ._common cimport build_facts, floating
 
 # A channel whose mean lies further than sqrt(CANCEL_RATIO) standard deviations from its first
 # value gets a second pass centered on the first-pass mean: the shifted one-pass formula loses
@@ -33,7 +29,7 @@ ctypedef fused floating:
 cdef double CANCEL_RATIO = 1e6
 
 
-cdef extern from "_norm_simd.h" nogil:
+cdef extern from "_batchnorm.h" nogil:
     void minidl_shifted_sums_f(const float* x, Py_ssize_t n, double k, double* s1, double* s2)
     void minidl_shifted_sums_d(const double* x, Py_ssize_t n, double k, double* s1, double* s2)
     void minidl_product_sums_f(const float* dy, const float* x, Py_ssize_t n, double mean,
@@ -48,6 +44,9 @@ cdef extern from "_norm_simd.h" nogil:
                           double k, double mean_dy, double proj)
     void minidl_norm_dx_d(const double* dy, const double* x, double* dx, Py_ssize_t n,
                           double mean, double k, double mean_dy, double proj)
+
+#: What this extension was compiled with (read by ``minidl.show_config()``).
+BUILD = build_facts()
 
 
 cdef inline void _shifted_sums(const floating* x, Py_ssize_t n, double k,

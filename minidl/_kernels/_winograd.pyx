@@ -1,5 +1,3 @@
-# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
-# cython: initializedcheck=False
 """Winograd F(2x2, 3x3) convolution kernels: forward, and weight/input gradients, fused.
 
 Lavin & Gray, 2016, "Fast Algorithms for Convolutional Neural Networks": a 3x3, stride-1
@@ -34,9 +32,7 @@ compiled in), without the GIL.
 """
 from cython.parallel cimport prange, threadid
 
-ctypedef fused floating:
-    float
-    double
+from ._common cimport build_facts, ceil_div, floating, round_up
 
 
 cdef extern from "_winograd.h" nogil:
@@ -67,6 +63,8 @@ cdef extern from "_winograd.h" nogil:
 
 #: The instruction set of the tile products on this CPU ("avx512f", "avx2" or "baseline").
 ISA = minidl_wino_init().decode()
+#: What this extension was compiled with (read by ``minidl.show_config()``).
+BUILD = build_facts()
 
 cdef enum:
     ROW_STEP = 4      # the products' rows come in steps of 4
@@ -76,10 +74,6 @@ cdef enum:
 
 #: ``(ROW_STEP, COL_STEP)``: the callers pad ``u``, ``ut`` and ``dweight`` to these steps.
 PRODUCT_STEPS = (ROW_STEP, COL_STEP)
-
-
-cdef inline Py_ssize_t _round_up(Py_ssize_t value, Py_ssize_t step) noexcept nogil:
-    return (value + step - 1) // step * step
 
 
 cdef struct _Layout:
@@ -97,17 +91,17 @@ cdef _Layout _layout(Py_ssize_t C, Py_ssize_t K, Py_ssize_t OH, Py_ssize_t OW,
     cdef _Layout L
     L.TH = (OH + 1) // 2
     L.TW = (OW + 1) // 2
-    L.CP = _round_up(C, COL_STEP)
-    L.KP = _round_up(K, COL_STEP)
+    L.CP = round_up(C, COL_STEP)
+    L.KP = round_up(K, COL_STEP)
     L.rows_per_block = block_rows if block_rows < L.TH else L.TH
-    L.tile_rows = _round_up(L.rows_per_block * L.TW, ROW_STEP)
+    L.tile_rows = round_up(L.rows_per_block * L.TW, ROW_STEP)
     L.v_plane = L.tile_rows * L.CP + PLANE_PAD
     L.m_plane = L.tile_rows * L.KP + PLANE_PAD
     L.rows_at = 0                                          # a block's input rows, NHWC
-    L.v_at = _round_up(L.rows_at + (2 * L.rows_per_block + 2) * (2 * L.TW + 2) * C, ALIGN)
-    L.m_at = _round_up(L.v_at + 16 * L.v_plane, ALIGN)     # V, then M or Z: 16 planes each
-    L.out_at = _round_up(L.m_at + 16 * L.m_plane, ALIGN)   # a block's output (grad) rows, NHWC
-    L.img_at = _round_up(L.out_at + 2 * L.rows_per_block * 2 * L.TW * K, ALIGN)
+    L.v_at = round_up(L.rows_at + (2 * L.rows_per_block + 2) * (2 * L.TW + 2) * C, ALIGN)
+    L.m_at = round_up(L.v_at + 16 * L.v_plane, ALIGN)     # V, then M or Z: 16 planes each
+    L.out_at = round_up(L.m_at + 16 * L.m_plane, ALIGN)   # a block's output (grad) rows, NHWC
+    L.img_at = round_up(L.out_at + 2 * L.rows_per_block * 2 * L.TW * K, ALIGN)
     # then the input gradient of one image, NHWC with padding (backward only)
     L.size = L.img_at + (((2 * L.TH + 2) * (2 * L.TW + 2) * C) if image else 0) + ALIGN
     return L
@@ -194,8 +188,8 @@ cdef inline void _transform_input_block(const floating* img, Py_ssize_t C, Py_ss
             else:
                 minidl_wino_input_tile_d(rows + (2 * r * wide + 2 * tw) * C, wide * C,
                                          v + t * L.CP, L.v_plane, C)
-    _zero(v, L.v_plane, L.CP, 0, rb * L.TW, C, _round_up(C, ROW_STEP))  # read by dU's rows
-    _zero(v, L.v_plane, L.CP, rb * L.TW, _round_up(rb * L.TW, ROW_STEP), 0, L.CP)
+    _zero(v, L.v_plane, L.CP, 0, rb * L.TW, C, round_up(C, ROW_STEP))  # read by dU's rows
+    _zero(v, L.v_plane, L.CP, rb * L.TW, round_up(rb * L.TW, ROW_STEP), 0, L.CP)
 
 
 def forward(const floating[:, :, :, ::1] x, const floating[:, :, ::1] u,
@@ -238,14 +232,14 @@ def forward(const floating[:, :, :, ::1] x, const floating[:, :, ::1] u,
         v = base + L.v_at
         m = base + L.m_at
         orow = base + L.out_at
-        for blk in range((L.TH + L.rows_per_block - 1) // L.rows_per_block):
+        for blk in range(ceil_div(L.TH, L.rows_per_block)):
             tr0 = blk * L.rows_per_block
             rb = L.rows_per_block if tr0 + L.rows_per_block <= L.TH else L.TH - tr0
             _transform_input_block(x0 + n * C * H * W, C, H, W, pad_h, pad_w, tr0, rb, &L,
                                    base + L.rows_at, v)
             for xi in range(16):
                 _gemm(v + xi * L.v_plane, L.CP, 1, u0 + xi * C * L.KP, L.KP,
-                      m + xi * L.m_plane, L.KP, _round_up(rb * L.TW, ROW_STEP), C, L.KP, 0)
+                      m + xi * L.m_plane, L.KP, round_up(rb * L.TW, ROW_STEP), C, L.KP, 0)
             for r in range(rb):
                 for tw in range(L.TW):
                     t = r * L.TW + tw
@@ -327,7 +321,7 @@ def backward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] dout,
         if input_grad:
             for j in range((2 * L.TH + 2) * img_wide * C):
                 img[j] = 0
-        for blk in range((L.TH + L.rows_per_block - 1) // L.rows_per_block):
+        for blk in range(ceil_div(L.TH, L.rows_per_block)):
             tr0 = blk * L.rows_per_block
             rb = L.rows_per_block if tr0 + L.rows_per_block <= L.TH else L.TH - tr0
             tiles = rb * L.TW
@@ -345,7 +339,7 @@ def backward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] dout,
                         minidl_wino_grad_tile_d(base + L.out_at + (2 * r * wide + 2 * tw) * K,
                                                 wide * K, z + t * L.KP, L.m_plane, K)
             _zero(z, L.m_plane, L.KP, 0, tiles, K, L.KP)  # read by dU's columns
-            _zero(z, L.m_plane, L.KP, tiles, _round_up(tiles, ROW_STEP), 0, L.KP)
+            _zero(z, L.m_plane, L.KP, tiles, round_up(tiles, ROW_STEP), 0, L.KP)
             if want_bias:  # Z[(1, 1)] of a tile is the sum of its 2x2 output gradient
                 for t in range(tiles):
                     for k in range(K):
@@ -357,7 +351,7 @@ def backward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] dout,
                 continue
             for xi in range(16):  # dV[xi] = Z[xi] @ U[xi]^T, into V's planes
                 _gemm(z + xi * L.m_plane, L.KP, 1, ut0 + xi * K * L.CP, L.CP,
-                      v + xi * L.v_plane, L.CP, _round_up(tiles, ROW_STEP), K, L.CP, 0)
+                      v + xi * L.v_plane, L.CP, round_up(tiles, ROW_STEP), K, L.CP, 0)
             for r in range(rb):
                 th = tr0 + r
                 for tw in range(L.TW):
