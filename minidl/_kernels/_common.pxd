@@ -11,8 +11,8 @@ ctypedef fused floating:
 cdef extern from "_portable.h" nogil:
     const char* MINIDL_COMPILER         # e.g. "gcc 12.2.0"
     int MINIDL_OPENMP                   # the OpenMP version compiled in (yyyymm), 0 without
-    const char* MINIDL_CLONE_TARGETS    # instruction sets of the SIMD clones, e.g. "avx512f avx2 baseline"
-    const char* MINIDL_GEMM_TARGETS     # those of the Winograd products ("... | vector16 | scalar")
+    const char* MINIDL_CLONE_TARGETS    # the SIMD clones' instruction sets ("avx512f avx2 baseline")
+    const char* MINIDL_GEMM_TARGETS     # the Winograd products' ("... | vector16 | scalar")
     int MINIDL_DEBUG_BUILD              # 1: built with MINIDL_DEBUG_BUILD=1 (bounds checks on)
     int MINIDL_PORTABLE_BUILD           # 1: built with MINIDL_PORTABLE_C=1 (plain C99 paths only)
     int minidl_cpu_isa()                # the best of those instruction sets this CPU has
