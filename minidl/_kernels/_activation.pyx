@@ -33,6 +33,10 @@ def relu_forward(const floating[::1] x, floating[::1] out, int num_threads=1):
         out (OUT): the same length and dtype; fully overwritten (may not overlap ``x`` unless
             it is ``x`` itself).
         num_threads: OpenMP threads (ignored in a serial build).
+
+    Preconditions (checked by the caller, not here): ``x`` and ``out`` C-contiguous, the same
+    dtype and length; ``out`` is ``x`` itself or shares no memory with it (a shifted overlap
+    would read elements already written); ``num_threads >= 1``.
     """
     cdef Py_ssize_t n = x.shape[0], task, start, length
     if n == 0:
@@ -55,6 +59,10 @@ def relu_backward(const floating[::1] dout, const floating[::1] y, floating[::1]
         dout (IN), y (IN): flat, float32 or float64, the same length.
         dx (OUT): the same length and dtype; fully overwritten.
         num_threads: OpenMP threads (ignored in a serial build).
+
+    Preconditions (checked by the caller, not here): the three arrays C-contiguous, the same
+    dtype and length; ``dx`` is ``dout`` or ``y`` itself or shares no memory with them;
+    ``num_threads >= 1``.
     """
     cdef Py_ssize_t n = y.shape[0], task, start, length
     if n == 0:

@@ -40,8 +40,8 @@ cdef inline bint _inside(Py_ssize_t index, Py_ssize_t size) noexcept nogil:
 
 
 def im2col(const floating[:, :, :, ::1] x_nhwc, floating[:, ::1] cols,
-           int kernel_h, int kernel_w, int stride_h, int stride_w, int pad_h, int pad_w,
-           int num_threads=1):
+           Py_ssize_t kernel_h, Py_ssize_t kernel_w, Py_ssize_t stride_h, Py_ssize_t stride_w,
+           Py_ssize_t pad_h, Py_ssize_t pad_w, int num_threads=1):
     """Copy every receptive field of an NHWC image into one row of ``cols``.
 
     Args:
@@ -57,6 +57,10 @@ def im2col(const floating[:, :, :, ::1] x_nhwc, floating[:, ::1] cols,
     ``OH = (H + 2*pH - kH) // sH + 1`` and ``OW`` likewise; the caller guarantees both >= 1.
     Work is split over output rows ``(n, oh)``.
     Reference: Chellapilla et al., 2006.
+
+    Preconditions (checked by the caller, not here): ``kH, kW, sH, sW >= 1``, ``pH, pW >= 0``,
+    ``OH, OW >= 1``; ``cols`` exactly ``(N*OH*OW, kH*kW*C)`` of ``x_nhwc``'s dtype, sharing no
+    memory with it; ``num_threads >= 1``.
     """
     cdef Py_ssize_t N = x_nhwc.shape[0], H = x_nhwc.shape[1], W = x_nhwc.shape[2]
     cdef Py_ssize_t C = x_nhwc.shape[3]
@@ -86,8 +90,8 @@ def im2col(const floating[:, :, :, ::1] x_nhwc, floating[:, ::1] cols,
 
 
 def col2im(const floating[:, ::1] cols, floating[:, :, :, ::1] dx_nhwc,
-           int kernel_h, int kernel_w, int stride_h, int stride_w, int pad_h, int pad_w,
-           int num_threads=1):
+           Py_ssize_t kernel_h, Py_ssize_t kernel_w, Py_ssize_t stride_h, Py_ssize_t stride_w,
+           Py_ssize_t pad_h, Py_ssize_t pad_w, int num_threads=1):
     """Fold the rows of ``cols`` back into an NHWC image, summing overlaps (im2col's adjoint).
 
     Args:
@@ -101,6 +105,10 @@ def col2im(const floating[:, ::1] cols, floating[:, :, :, ::1] dx_nhwc,
 
     Work is split over samples, so no two threads write the same element.
     Reference: Chellapilla et al., 2006 (backward of the unrolled convolution).
+
+    Preconditions (checked by the caller, not here): as for :func:`im2col`, with ``OH, OW`` computed
+    from ``dx_nhwc``'s ``(H, W)``: ``cols`` exactly ``(N*OH*OW, kH*kW*C)``, sharing no memory
+    with ``dx_nhwc``.
     """
     cdef Py_ssize_t N = dx_nhwc.shape[0], H = dx_nhwc.shape[1], W = dx_nhwc.shape[2]
     cdef Py_ssize_t C = dx_nhwc.shape[3]
@@ -143,6 +151,10 @@ def transpose_batched(const floating[:, :, ::1] src, const floating[::1] bias, b
         num_threads: OpenMP threads (ignored in a serial build).
 
     Work is split over ``TILE x TILE`` tiles (64 x 64) so both reads and writes stay in cache.
+
+    Preconditions (checked by the caller, not here): ``dst`` exactly ``(N, B, A)`` for ``src``
+    ``(N, A, B)``, sharing no memory with it; ``bias`` of length ``B`` when ``use_bias``;
+    ``num_threads >= 1``.
     """
     cdef Py_ssize_t N = src.shape[0], A = src.shape[1], B = src.shape[2]
     cdef Py_ssize_t tiles_a = ceil_div(A, TILE), tiles_b = ceil_div(B, TILE)
@@ -182,6 +194,10 @@ def nchw_to_rows(const floating[:, :, ::1] dout, floating[:, ::1] rows,
         num_threads: OpenMP threads (ignored in a serial build).
 
     Work is split over channels, so each thread owns its rows and its bias_grad entries.
+
+    Preconditions (checked by the caller, not here): ``rows`` exactly ``(C, N*P)``, sharing no
+    memory with ``dout``; ``bias_grad`` of length ``C`` when ``want_bias_grad``;
+    ``num_threads >= 1``.
     """
     cdef Py_ssize_t N = dout.shape[0], C = dout.shape[1], P = dout.shape[2]
     cdef Py_ssize_t n, c, p
@@ -292,6 +308,12 @@ def direct_forward(const floating[:, :, :, ::1] x_pad, const floating[:, :, :, :
         num_threads: OpenMP threads (ignored in a serial build).
 
     Work is split over the ``N*C_out`` output planes.
+
+    Preconditions (checked by the caller, not here): ``weight`` has ``x_pad``'s ``C_in``;
+    ``OH = Hp - kH + 1 >= 1`` and ``OW = Wp - kW + 1 >= 1`` are ``out``'s last two sizes;
+    ``out`` is ``(N, C_out, OH, OW)`` and shares no memory with the inputs; ``bias`` of length
+    ``C_out`` when ``use_bias``; ``scratch`` has at least ``num_threads`` rows of at least
+    ``OH*Wp`` elements; ``num_threads >= 1``.
     """
     cdef Py_ssize_t N = x_pad.shape[0], C = x_pad.shape[1], Hp = x_pad.shape[2]
     cdef Py_ssize_t Wp = x_pad.shape[3]
@@ -353,6 +375,12 @@ def direct_weight_grad(const floating[:, :, :, ::1] x_pad, const floating[:, :, 
         num_threads: OpenMP threads (ignored in a serial build).
 
     Work is split over output channels, so each thread owns its rows of ``dweight``.
+
+    Preconditions (checked by the caller, not here): ``dout`` is ``(N, C_out, OH, OW)`` with
+    ``OH = Hp - kH + 1 >= 1``, ``OW = Wp - kW + 1 >= 1``; ``dweight`` is ``(C_out, C_in, kH,
+    kW)`` with ``x_pad``'s ``C_in``; ``bias_grad`` of length ``C_out`` when
+    ``want_bias_grad``; ``scratch`` has at least ``num_threads`` rows of at least ``OH*Wp``
+    elements; no output shares memory with an input; ``num_threads >= 1``.
     """
     cdef Py_ssize_t N = x_pad.shape[0], C = x_pad.shape[1], Hp = x_pad.shape[2]
     cdef Py_ssize_t Wp = x_pad.shape[3]
@@ -399,8 +427,8 @@ def direct_weight_grad(const floating[:, :, :, ::1] x_pad, const floating[:, :, 
 
 
 def direct_input_grad(const floating[:, :, :, ::1] dout_wide, const floating[:, :, :, ::1] weight,
-                      floating[:, :, :, ::1] dx, int pad_h, int pad_w, floating[:, ::1] scratch,
-                      int num_threads=1):
+                      floating[:, :, :, ::1] dx, Py_ssize_t pad_h, Py_ssize_t pad_w,
+                      floating[:, ::1] scratch, int num_threads=1):
     """Input gradient of :func:`direct_forward` (a transposed convolution), without col2im.
 
     ``dx[n, c, h, w] = sum_{o,i,j} dout[n, o, h + pH - i, w + pW - j] * weight[o, c, i, j]``
@@ -416,6 +444,12 @@ def direct_input_grad(const floating[:, :, :, ::1] dout_wide, const floating[:, 
         num_threads: OpenMP threads (ignored in a serial build).
 
     Work is split over the ``N*C_in`` input planes, so no two threads write the same element.
+
+    Preconditions (checked by the caller, not here): ``pH, pW >= 0``; ``dout_wide`` is ``(N, C_out,
+    OH, Wp)`` with ``Wp = W + 2*pW``, ``OH = H + 2*pH - kH + 1 >= 1`` and ``kW <= Wp``;
+    ``weight`` is ``(C_out, C_in, kH, kW)`` for ``dx`` ``(N, C_in, H, W)``; ``scratch`` has at
+    least ``num_threads`` rows of at least ``Hp*Wp`` elements; ``dx`` shares no memory with the
+    inputs; ``num_threads >= 1``.
     """
     cdef Py_ssize_t N = dx.shape[0], C = dx.shape[1], H = dx.shape[2], W = dx.shape[3]
     cdef Py_ssize_t O = dout_wide.shape[1], OH = dout_wide.shape[2], Wp = dout_wide.shape[3]

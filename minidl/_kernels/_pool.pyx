@@ -23,8 +23,8 @@ BUILD = build_facts()
 
 
 cdef void _pool_plane(const floating* plane, Py_ssize_t W, floating* out, int64_t* argmax,
-                      Py_ssize_t OH, Py_ssize_t OW, int kernel_h, int kernel_w,
-                      int stride_h, int stride_w) noexcept nogil:
+                      Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t kernel_h, Py_ssize_t kernel_w,
+                      Py_ssize_t stride_h, Py_ssize_t stride_w) noexcept nogil:
     """Max-pool one ``(H, W)`` plane into ``out`` / ``argmax`` (both ``OH*OW``, row-major).
 
     The loop is written without data-dependent branches (which comparison wins is random on
@@ -141,8 +141,8 @@ cdef bint _use_table(Py_ssize_t H, Py_ssize_t W, Py_ssize_t OW):
 
 def max_pool2d_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out,
                        int64_t[:, :, :, ::1] argmax,
-                       int kernel_h, int kernel_w, int stride_h, int stride_w,
-                       int num_threads=1):
+                       Py_ssize_t kernel_h, Py_ssize_t kernel_w, Py_ssize_t stride_h,
+                       Py_ssize_t stride_w, int num_threads=1):
     """Max over each pooling window, and where it was found.
 
     Args:
@@ -155,6 +155,11 @@ def max_pool2d_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] ou
         num_threads: OpenMP threads (ignored in a serial build).
 
     Work is split over the ``N*C`` planes.
+
+    Preconditions (checked by the caller, not here): ``1 <= kH <= H``, ``1 <= kW <= W``,
+    ``sH, sW >= 1``; ``out`` and ``argmax`` exactly ``(N, C, OH, OW)`` with
+    ``OH = (H - kH) // sH + 1``, ``OW = (W - kW) // sW + 1``, sharing no memory with ``x`` or
+    each other; ``num_threads >= 1``.
     """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t OH = out.shape[2], OW = out.shape[3]
@@ -201,6 +206,13 @@ def max_pool2d_backward(const floating[:, :, :, ::1] dout, const int64_t[:, :, :
         num_threads: OpenMP threads (ignored in a serial build).
         two_by_two: the forward pass used 2x2 windows with stride 2 (then each dx element is
             written once, without zeroing the planes first).
+
+    Preconditions (checked by the caller, not here): ``dout`` and ``argmax`` of one shape
+    ``(N, C, OH, OW)`` and ``dx`` ``(N, C, H, W)`` with the forward's geometry; every
+    ``argmax`` entry in ``0 <= argmax < H*W`` (the general path writes ``dx`` at those indices;
+    the 2x2 path only compares them); ``two_by_two`` only for 2x2 windows with stride 2, so
+    ``2*OH <= H`` and ``2*OW <= W``; ``dx`` shares no memory with the inputs;
+    ``num_threads >= 1``.
     """
     cdef Py_ssize_t N = dx.shape[0], C = dx.shape[1], H = dx.shape[2], W = dx.shape[3]
     cdef Py_ssize_t OH = dout.shape[2], OW = dout.shape[3]

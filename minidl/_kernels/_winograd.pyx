@@ -110,7 +110,7 @@ cdef _Layout _layout(Py_ssize_t C, Py_ssize_t K, Py_ssize_t OH, Py_ssize_t OW,
 def scratch_size(Py_ssize_t C, Py_ssize_t K, Py_ssize_t OH, Py_ssize_t OW,
                  Py_ssize_t block_rows, bint input_grad):
     """Elements of scratch each thread needs for :func:`forward` (``input_grad`` False) or
-    :func:`backward` with ``block_rows`` rows of tiles per block."""
+    :func:`backward` with ``block_rows`` rows of tiles per block (all arguments >= 1)."""
     return _layout(C, K, OH, OW, block_rows, input_grad).size
 
 
@@ -170,8 +170,8 @@ cdef inline void _gemm(const floating* A, Py_ssize_t rs, Py_ssize_t cs, const fl
 
 
 cdef inline void _transform_input_block(const floating* img, Py_ssize_t C, Py_ssize_t H,
-                                        Py_ssize_t W, int pad_h, int pad_w, Py_ssize_t tr0,
-                                        Py_ssize_t rb, _Layout* L, floating* rows,
+                                        Py_ssize_t W, Py_ssize_t pad_h, Py_ssize_t pad_w,
+                                        Py_ssize_t tr0, Py_ssize_t rb, _Layout* L, floating* rows,
                                         floating* v) noexcept nogil:
     """V of the tiles in tile rows ``tr0 .. tr0 + rb - 1`` of one CHW image (tile ``t`` of
     the block is row ``t`` of each plane); the planes' padding rows are zeroed. The block's
@@ -193,8 +193,9 @@ cdef inline void _transform_input_block(const floating* img, Py_ssize_t C, Py_ss
 
 
 def forward(const floating[:, :, :, ::1] x, const floating[:, :, ::1] u,
-            const floating[::1] bias, bint use_bias, floating[:, :, :, ::1] out, int pad_h,
-            int pad_w, int block_rows, floating[:, ::1] scratch, int num_threads=1):
+            const floating[::1] bias, bint use_bias, floating[:, :, :, ::1] out,
+            Py_ssize_t pad_h, Py_ssize_t pad_w, Py_ssize_t block_rows, floating[:, ::1] scratch,
+            int num_threads=1):
     """3x3 stride-1 convolution ``out = conv(x, g) (+ bias)`` by F(2x2, 3x3).
 
     Args:
@@ -209,6 +210,12 @@ def forward(const floating[:, :, :, ::1] x, const floating[:, :, ::1] u,
         scratch (OUT): ``(num_threads, scratch_size(C, K, OH, OW, block_rows, False))``, same
             dtype; clobbered.
         num_threads: OpenMP threads (ignored in a serial build).
+
+    Preconditions (checked by the caller, not here): ``pH, pW >= 0``; ``OH, OW >= 1`` as above
+    (``out``'s last two sizes); ``u`` exactly ``(16, C, KP)`` with ``KP`` = ``K`` rounded up to
+    a multiple of 32 (``PRODUCT_STEPS``) and zeros in columns ``>= K``; ``bias`` of length ``K``
+    when ``use_bias``; ``block_rows >= 1``; ``scratch`` of at least ``num_threads`` rows of at
+    least that size; ``out`` shares no memory with the inputs; ``num_threads >= 1``.
     """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t K = out.shape[1], OH = out.shape[2], OW = out.shape[3]
@@ -264,7 +271,7 @@ def forward(const floating[:, :, :, ::1] x, const floating[:, :, ::1] u,
 def backward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] dout,
              const floating[:, :, ::1] ut, floating[:, :, :, ::1] dweight,
              double[:, ::1] dbias, bint want_bias, floating[:, :, :, ::1] dx, bint input_grad,
-             int pad_h, int pad_w, int block_rows, floating[:, ::1] scratch,
+             Py_ssize_t pad_h, Py_ssize_t pad_w, Py_ssize_t block_rows, floating[:, ::1] scratch,
              int num_threads=1):
     """Gradients of :func:`forward`: the transformed weight gradient per thread, the bias
     gradient per thread, and the input gradient.
@@ -288,6 +295,16 @@ def backward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] dout,
         scratch (OUT): ``(num_threads, scratch_size(C, K, OH, OW, block_rows, input_grad))``,
             same dtype; clobbered.
         num_threads: OpenMP threads (ignored in a serial build).
+
+    Preconditions (checked by the caller, not here): the forward's geometry (``pH, pW >= 0``,
+    ``OH = H + 2*pH - 2 >= 1``, ``OW = W + 2*pW - 2 >= 1``); ``dweight`` of at least
+    ``num_threads`` rows, each ``(16, C4, KP)`` with ``C4`` = ``C`` rounded up to a multiple of
+    4 and ``KP`` = ``K`` rounded up to 32, zeroed; ``dbias`` of at least ``num_threads`` rows of
+    ``K`` (read as such even when ``want_bias`` is false), zeroed; when ``input_grad``: ``ut``
+    exactly ``(16, K, CP)`` with ``CP`` = ``C`` rounded up to 32 and zeros in columns ``>= C``,
+    and ``dx`` ``(N, C, H, W)``; ``block_rows >= 1``; ``scratch`` of at least ``num_threads``
+    rows of at least that size; no output shares memory with an input or another output;
+    ``num_threads >= 1``.
     """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t K = dout.shape[1], OH = dout.shape[2], OW = dout.shape[3]
