@@ -35,9 +35,10 @@ import minidl
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(minidl.__file__)))
 KERNELS = os.path.join(ROOT, "minidl", "_kernels")
 MODULES = ["_activation", "_batchnorm", "_conv", "_pool", "_winograd"]
-# the test modules that exercise the kernels (matched by name, so that new ones are included)
+# the test modules that exercise the compiled modules (matched by name, so new ones are included)
 KERNEL_TESTS = re.compile(
-    r"test_(conv|winograd|im2col|direct|pool|norm|batchnorm|activation|relu|layers|config)\w*\.py$")
+    r"test_(conv|winograd|im2col|direct|pool|norm|batchnorm|activation|relu|layers|config|memory)"
+    r"\w*\.py$")
 CROSS_TARGETS = ["aarch64-linux-gnu", "x86_64-linux-musl", "aarch64-macos", "x86_64-macos"]
 
 pytestmark = pytest.mark.skipif(
