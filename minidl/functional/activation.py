@@ -142,7 +142,7 @@ def sigmoid_forward(x, layer="sigmoid", out=None):
     ``exp(-x)`` overflows for x < -88 in float32 (x < -709 in float64). Computed instead from
     ``e = exp(-|x|)``, which lies in (0, 1]: ``1 / (1 + e)`` for x >= 0 and ``e / (1 + e)`` for
     x < 0, the same function (multiply numerator and denominator by ``exp(x)``). So no overflow
-    and no warning for any |x|, and small outputs keep their relative precision (sigmoid(-100)
+    and no warning for any ``|x|``, and small outputs keep their relative precision (sigmoid(-100)
     is 3.7e-44, not 0). Saturated outputs are exactly 0 or 1; NaN gives NaN.
 
     Args:

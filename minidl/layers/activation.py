@@ -90,7 +90,7 @@ class Softmax(_Stateless):
 class Sigmoid(_OutputActivation):
     """The logistic sigmoid ``1 / (1 + exp(-x))`` elementwise (PyTorch's ``nn.Sigmoid``).
 
-    Computed without overflow for any |x| (see :func:`minidl.functional.sigmoid_forward`); the
+    Computed without overflow for any ``|x|`` (see :func:`minidl.functional.sigmoid_forward`); the
     backward pass is ``dout * y * (1 - y)`` from the output ``y``, so an output modified in
     place before ``backward`` changes the gradient.
 
