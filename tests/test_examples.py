@@ -106,3 +106,22 @@ def test_distributed_bn_example_on_two_processes_and_on_one(tmp_path, mirror_env
         assert plain[key] == synced[key], key  # one process: SyncBatchNorm is BatchNorm
     assert abs(synced["test_loss"] - sync["test_loss"]) < 1e-3
     assert abs(synced["train_loss_last_epoch"] - sync["train_loss_last_epoch"]) < 1e-3
+
+
+def test_distributed_bn_example_help_shows_every_default_and_rejects_bad_values():
+    """--help gives each option a help line with its default; bad values exit with usage (2)."""
+    script = os.path.join(REPO, "examples", "distributed_bn.py")
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run([sys.executable, script, "--help"], capture_output=True, text=True, env=env,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    options = ["--batch-size", "--epochs", "--train-samples", "--test-samples", "--lr", "--momentum",
+               "--seed", "--norm", "--root", "--out", "--no-progress"]
+    text = " ".join(proc.stdout.split())  # argparse wraps lines
+    for option in options:
+        assert f" {option}" in text, option
+    assert text.count("(default:") == len(options)
+    assert "(default: 4)" in text and "(default: 12000)" in text
+    proc = subprocess.run([sys.executable, script, "--batch-size", "0"], capture_output=True, text=True,
+                          env=env, timeout=60)
+    assert proc.returncode == 2 and "--batch-size must be >= 1, got 0" in proc.stderr
