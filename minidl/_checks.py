@@ -22,7 +22,7 @@ def check_float_array(layer, x, arg="input"):
     return x
 
 
-def check_input(layer, x, layouts, sizes=None, arg="input"):
+def check_input(layer, x, layouts, sizes=None, arg="input", empty_batch=False):
     """Check dtype, rank and named sizes of ``x``.
 
     Args:
@@ -32,6 +32,7 @@ def check_input(layer, x, layouts, sizes=None, arg="input"):
             ``("NC", "NCHW")``.
         sizes (dict, optional): required sizes by letter, e.g. ``{"C": 3}``.
         arg (str): what ``x`` is, for the message.
+        empty_batch (bool): accept a first axis of size 0 (a SyncBatchNorm rank without samples).
     Returns:
         str: the layout that matched.
     Raises:
@@ -50,7 +51,7 @@ def check_input(layer, x, layouts, sizes=None, arg="input"):
     bad = sizes and any(d in sizes and x.shape[i] != sizes[d] for i, d in enumerate(layout))
     if bad:
         raise ValueError(f"{layer}: expected {arg} of shape {expected}, got shape {x.shape}")
-    if 0 in x.shape:
+    if 0 in (x.shape[1:] if empty_batch else x.shape):
         raise ValueError(f"{layer}: expected {arg} of shape {expected} with no empty axis, "
                          f"got shape {x.shape}")
     return layout

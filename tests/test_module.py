@@ -296,3 +296,16 @@ def test_print_of_a_model_with_nested_blocks():
         "  (2): Flatten()\n"
         ")"
     )
+
+
+def test_replacing_a_child_or_parameter_keeps_its_place(rng):
+    """As in PyTorch: assigning a new layer to a Sequential's name keeps it in the same position
+    (the forward order), and a new Parameter keeps its state_dict position."""
+    model = _model(rng)
+    model.__setattr__("1", Flatten())
+    assert [type(m).__name__ for m in model] == ["Dense", "Flatten", "Dense"]
+    assert list(model.state_dict()) == ["0.weight", "0.bias", "2.weight", "2.bias"]
+    model[0].weight = minidl.layers.Parameter(np.zeros((6, 4), np.float32))
+    assert list(model.state_dict()) == ["0.weight", "0.bias", "2.weight", "2.bias"]
+    model.__setattr__("1", minidl.layers.Parameter(np.zeros(2, np.float32)))  # module -> parameter
+    assert [type(m).__name__ for m in model] == ["Dense", "Dense"] and "1" in model._parameters

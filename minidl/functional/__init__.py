@@ -9,7 +9,7 @@ from .normalization import (batch_norm_backward, batch_norm_forward, batch_norm_
                             batch_norm_input_grad, batch_norm_stats, channel_stats,
                             combine_batch_norm_stats, group_norm_backward, group_norm_forward,
                             instance_norm_backward, instance_norm_forward, layer_norm_backward,
-                            layer_norm_forward)
+                            layer_norm_forward, sync_batch_norm_backward, sync_batch_norm_forward)
 from .pooling import max_pool2d_backward, max_pool2d_forward
 
 __all__ = [
@@ -22,4 +22,5 @@ __all__ = [
     "layer_norm_forward", "layer_norm_backward", "group_norm_forward", "group_norm_backward",
     "instance_norm_forward", "instance_norm_backward",
     "batch_norm_stats", "combine_batch_norm_stats", "batch_norm_grad_sums", "batch_norm_input_grad",
+    "sync_batch_norm_forward", "sync_batch_norm_backward",
 ]

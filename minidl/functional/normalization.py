@@ -38,7 +38,8 @@ from ..reference.functional import normalization as reference
 
 __all__ = ["BatchNormCache", "batch_norm_forward", "batch_norm_backward", "channel_stats",
            "update_running_stats", "batch_norm_stats", "combine_batch_norm_stats",
-           "batch_norm_grad_sums", "batch_norm_input_grad", "SampleNormCache",
+           "batch_norm_grad_sums", "batch_norm_input_grad", "SyncBatchNormCache",
+           "sync_batch_norm_forward", "sync_batch_norm_backward", "SampleNormCache",
            "layer_norm_forward", "layer_norm_backward", "group_norm_forward",
            "group_norm_backward", "instance_norm_forward", "instance_norm_backward"]
 
@@ -242,6 +243,9 @@ def batch_norm_backward(dout, cache, layer="batch_norm", out=None):
 # Backward: local sums (batch_norm_grad_sums), summed over the processes, then dx
 # (batch_norm_input_grad). All statistics and sums are float64. These are building blocks on
 # the compiled kernels for either backend (no textbook twin: the math is BatchNorm's above).
+# sync_batch_norm_forward/backward put them together (layers.SyncBatchNorm runs them); the
+# communication comes in as callables, so nothing here imports minidl.distributed (which sits
+# above the layers: DistributedDataParallel wraps a model).
 
 def _as_view(layer, x, what="input"):
     """Validated ``(N, C, *spatial)`` input as a C-contiguous ``(N, C, prod(spatial))`` view."""
@@ -367,6 +371,147 @@ def batch_norm_input_grad(dout, x, mean, var, weight, sum_dy, sum_dy_xmu, count,
     _kernel.input_grad(_as_acb(dout), x3, mean, invstd, gamma, sum_dy, sum_dy_xmu, float(count),
                        dx.reshape(x3.shape), _config.threads_for(x3.size))
     return dx
+
+
+def _single_process_gather(array):
+    """The all-gather of a world of one process: ``array`` as the only row."""
+    return array[None]
+
+
+class SyncBatchNormCache(NamedTuple):
+    """What :func:`sync_batch_norm_backward` needs from :func:`sync_batch_norm_forward`.
+
+    Attributes:
+        x: this process's input, C-contiguous (its first axis may be 0).
+        mean, var: ``(C,)`` float64, the global mean and biased variance it was normalized with.
+        count (int): values per channel in the global batch (all processes).
+        gamma: ``(C,)`` float64 weight (ones without affine parameters).
+        eps (float): as in the forward pass.
+        has_weight, has_bias: whether to return their gradients.
+    """
+
+    x: np.ndarray
+    mean: np.ndarray
+    var: np.ndarray
+    count: int
+    gamma: np.ndarray
+    eps: float
+    has_weight: bool
+    has_bias: bool
+
+
+def sync_batch_norm_forward(x, weight=None, bias=None, running_mean=None, running_var=None,
+                            momentum=0.1, eps=1e-5, all_gather=None, layer="sync_batch_norm",
+                            out=None):
+    """Training-mode BatchNorm with the statistics of the union of every process's batch.
+
+    PyTorch's ``SyncBatchNorm`` forward. Each process computes its local per-channel count,
+    mean and biased variance (:func:`batch_norm_stats`) and sends them, ``1 + 2C`` float64
+    numbers, through one ``all_gather``; every process then combines the rows in rank order
+    (:func:`combine_batch_norm_stats`: Chan et al.'s parallel formula, no raw sums of squares),
+    so every process gets bit-identical global statistics, with BatchNorm's float32
+    guarantees. The running estimates are updated with the global count (unbiased variance),
+    and the local input is normalized with the global statistics (:func:`batch_norm_forward`
+    with ``training=False``). In one process this is exactly :func:`batch_norm_forward` in
+    training mode, bit for bit.
+
+    The communication is a callable, so this module needs no MPI: pass
+    ``lambda a: minidl.distributed.all_gather(a, group)``.
+
+    Args:
+        x (np.ndarray): this process's batch, ``(N, C)``, ``(N, C, L)`` or ``(N, C, H, W)``,
+            float32 or float64; ``N`` may be 0 (the process then contributes no values but
+            must still take part).
+        weight, bias (np.ndarray or None): gamma and beta, ``(C,)``; None means 1 and 0.
+        running_mean, running_var (np.ndarray or None): ``(C,)`` float arrays updated in place
+            with ``momentum`` (PyTorch's convention), or both None.
+        momentum (float): running-average factor.
+        eps (float): added to the variance before the square root.
+        all_gather (callable or None): ``all_gather(a)`` of a float64 ``(K,)`` array returns a
+            ``(P, K)`` array holding every process's ``a``, row ``r`` from rank ``r``, the same
+            on every process; None for a single process.
+        layer (str): name used in error messages.
+        out (np.ndarray, optional): where to write the result (C-contiguous, x's shape and dtype).
+    Returns:
+        (out, cache): ``out`` like ``x``; ``cache`` a :class:`SyncBatchNormCache`.
+    Raises:
+        TypeError/ValueError: as :func:`batch_norm_forward` (naming ``layer``); an
+            ``all_gather`` result of the wrong shape; one value per channel or fewer over all
+            processes together (raised on every process alike).
+    """
+    check_input(layer, x, _LAYOUTS, empty_batch=True)
+    c = x.shape[1]
+    if not eps > 0:
+        raise ValueError(f"{layer}: eps must be > 0, got {eps}")
+    gamma = _channel_vector(layer, weight, c, "weight", default=1.0)
+    _channel_vector(layer, bias, c, "bias")
+    _check_running_stats(layer, running_mean, running_var, c, training=True)
+    out = _memory.output(layer, out, x.shape, x.dtype)
+    local = np.zeros(1 + 2 * c, np.float64)  # [count, mean (C), var (C)]; zeros without samples
+    if x.shape[0] > 0:
+        local[0], local[1:c + 1], local[c + 1:] = batch_norm_stats(x, layer)
+    table = (all_gather or _single_process_gather)(local)
+    if not (isinstance(table, np.ndarray) and table.ndim == 2 and table.shape[0] >= 1
+            and table.shape[1] == local.size):
+        got = table.shape if isinstance(table, np.ndarray) else type(table).__name__
+        raise ValueError(f"{layer}: all_gather must return a (processes, {local.size}) array, "
+                         f"got {got}")
+    counts = table[:, 0]
+    if counts.sum() <= 1:
+        raise ValueError(f"{layer}: expected more than 1 value per channel over all processes "
+                         f"when training, got {int(counts.sum())} (this process's input has shape "
+                         f"{x.shape})")
+    present = counts > 0  # processes without samples add nothing (Chan's formula needs n > 0)
+    count, mean, var = combine_batch_norm_stats(counts[present], table[present, 1:c + 1],
+                                                table[present, c + 1:], layer)
+    if running_mean is not None:
+        update_running_stats(running_mean, running_var, mean, var, count, momentum)
+    if x.shape[0] > 0:
+        batch_norm_forward(x, weight, bias, mean, var, training=False, eps=eps, layer=layer,
+                           out=out)
+    return out, SyncBatchNormCache(np.ascontiguousarray(x), mean, var, count, gamma, float(eps),
+                                   weight is not None, bias is not None)
+
+
+def sync_batch_norm_backward(dout, cache, all_reduce=None, layer="sync_batch_norm", out=None):
+    """Gradients of :func:`sync_batch_norm_forward` (PyTorch's ``SyncBatchNorm`` backward).
+
+    Each process computes its two per-channel sums (:func:`batch_norm_grad_sums`), the ``2C``
+    float64 numbers are summed over the processes by one ``all_reduce``, and each process forms
+    its ``dx`` from the global sums and count (:func:`batch_norm_input_grad`). ``dweight`` and
+    ``dbias`` are this process's own sums, as in PyTorch: averaging them over the processes is
+    the job of :class:`~minidl.distributed.DistributedDataParallel`, with all other gradients.
+
+    Args:
+        dout (np.ndarray): d loss / d out of this process, the forward output's shape and dtype.
+        cache (SyncBatchNormCache): from :func:`sync_batch_norm_forward`.
+        all_reduce (callable or None): ``all_reduce(a)`` sums a float64 ``(2C,)`` array over the
+            processes in place; None for a single process.
+        layer (str): name used in error messages.
+        out (np.ndarray, optional): where to write ``dx`` (C-contiguous, x's shape and dtype).
+    Returns:
+        (dx, dweight, dbias): ``dx`` like ``x``, including the paths through the global mean and
+        variance; ``dweight``, ``dbias`` float64 ``(C,)`` of this process's samples (None where
+        the forward had no weight/bias).
+    Raises:
+        TypeError/ValueError: ``dout`` does not match the forward output.
+    """
+    x, mean, var, count, gamma, eps, has_weight, has_bias = cache
+    check_grad(layer, dout, x.shape, x.dtype)
+    c = x.shape[1]
+    dx = _memory.output(layer, out, x.shape, x.dtype)
+    local = np.zeros(2 * c, np.float64)  # [sum dy (C), sum dy * (x - mean) (C)]
+    if x.shape[0] > 0:
+        local[:c], local[c:] = batch_norm_grad_sums(dout, x, mean, layer)
+    total = local.copy()
+    if all_reduce is not None:
+        all_reduce(total)
+    if x.shape[0] > 0:
+        batch_norm_input_grad(dout, x, mean, var, gamma, total[:c], total[c:], count, eps, layer,
+                              out=dx)
+    dweight = local[c:] * (1.0 / np.sqrt(var + eps)) if has_weight else None
+    dbias = local[:c] if has_bias else None
+    return dx, dweight, dbias
 
 
 # =============================================================================== the sample norms

@@ -120,12 +120,19 @@ class Module:
         if name in self._buffers and not isinstance(value, (Parameter, Module)):
             object.__setattr__(self, name, value)  # re-assigning a buffer keeps it a buffer
             return
-        for store in (self._parameters, self._buffers, self._modules):
-            store.pop(name, None)
         if isinstance(value, Parameter):
-            self._parameters[name] = value
+            target = self._parameters
         elif isinstance(value, Module):
-            self._modules[name] = value
+            target = self._modules
+        else:
+            target = None
+        for store in (self._parameters, self._buffers, self._modules):
+            if store is not target:
+                store.pop(name, None)
+        if target is not None:
+            # a replaced child or parameter keeps its place (as in PyTorch): a Sequential's
+            # layer swapped for another still runs in the same position
+            target[name] = value
         object.__setattr__(self, name, value)
 
     def register_buffer(self, name, array):

@@ -7,6 +7,7 @@ What each averages over, for an ``(N, C, H, W)`` input:
 layer                statistics over                parameters (gamma, beta)
 ===================  =============================  ==========================================
 BatchNorm            N, H, W (per channel)          per channel; running estimates
+SyncBatchNorm        N, H, W of all processes       as BatchNorm
 PerActivationBN      N (per (c, h, w) position)     per position; running estimates
 InstanceNorm         H, W (per sample and channel)  per channel, optional; running optional
 GroupNorm            C/G, H, W (per sample, group)  per channel
@@ -16,23 +17,26 @@ LayerNorm            normalized_shape (per sample)  per element of normalized_sh
 The layers with running estimates share one base class, :class:`_NormBase`, which owns the
 constructor, the parameters and buffers, the choice between batch and running statistics, and
 forward/backward; the public classes only say which input ranks they accept and which
-functional op they run. LayerNorm and GroupNorm have no state but their parameters
+functional op they run (SyncBatchNorm: the synchronized op in training, BatchNorm's in eval). LayerNorm and GroupNorm have no state but their parameters
 (:class:`_SampleNorm`). The math is in :mod:`minidl.functional.normalization`.
 """
+import functools
 import math
 
 import numpy as np
 
-from ..functional.normalization import (batch_norm_backward, batch_norm_forward,
-                                        group_norm_backward, group_norm_forward,
-                                        instance_norm_backward, instance_norm_forward,
-                                        layer_norm_backward, layer_norm_forward)
+from ..functional.normalization import (SyncBatchNormCache, batch_norm_backward,
+                                        batch_norm_forward, group_norm_backward,
+                                        group_norm_forward, instance_norm_backward,
+                                        instance_norm_forward, layer_norm_backward,
+                                        layer_norm_forward, sync_batch_norm_backward,
+                                        sync_batch_norm_forward)
 from .._checks import check_float_array, check_grad, check_input, positive_int, shape_tuple
 from .._grad_mode import save_for_backward, saved_for_backward
 from .module import Module, Parameter
 
-__all__ = ["BatchNorm", "BatchNorm1D", "BatchNorm2D", "PerActivationBatchNorm", "InstanceNorm",
-           "InstanceNorm1D", "InstanceNorm2D", "LayerNorm", "GroupNorm"]
+__all__ = ["BatchNorm", "BatchNorm1D", "BatchNorm2D", "SyncBatchNorm", "PerActivationBatchNorm",
+           "InstanceNorm", "InstanceNorm1D", "InstanceNorm2D", "LayerNorm", "GroupNorm"]
 
 
 class _NormBase(Module):
@@ -45,6 +49,7 @@ class _NormBase(Module):
     _layouts = ("NC", "NCL", "NCHW")
     _forward_op = staticmethod(batch_norm_forward)
     _backward_op = staticmethod(batch_norm_backward)
+    _empty_batch_when_training = False  # SyncBatchNorm: a process may hold no samples
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
                  track_running_stats=True, dtype=np.float32):
@@ -92,7 +97,8 @@ class _NormBase(Module):
 
     def forward(self, x):
         name = type(self).__name__
-        check_input(name, x, self._layouts, {"C": self.num_features})
+        check_input(name, x, self._layouts, {"C": self.num_features},
+                    empty_batch=self._empty_batch_when_training and self.training)
         use_batch_stats = self.training or not self.track_running_stats
         factor = 0.0
         if self.training and self.track_running_stats:
@@ -194,6 +200,176 @@ class BatchNorm2D(BatchNorm):
     """:class:`BatchNorm` that accepts only ``(N, C, H, W)`` inputs."""
 
     _layouts = ("NCHW",)
+
+
+def _collectives():
+    """:mod:`minidl.distributed.collectives`, imported when a SyncBatchNorm first needs it.
+
+    Not at the top of this module: :mod:`minidl.distributed` sits above the layers (its
+    DistributedDataParallel wraps a model), so importing it while ``minidl.layers`` is being
+    imported would run the import arrow backwards. The collectives themselves use nothing of
+    minidl, and importing them never imports mpi4py.
+    """
+    from ..distributed import collectives
+    return collectives
+
+
+class SyncBatchNorm(BatchNorm):
+    r"""BatchNorm whose training statistics are those of the union of every process's batch
+    (data-parallel training); PyTorch's ``torch.nn.SyncBatchNorm``.
+
+    With data parallelism each of the W processes holds a part of every batch. A plain
+    :class:`BatchNorm` then normalizes with the statistics of its own part: with a small
+    per-process batch these are noisy, and training degrades as the batch per process shrinks
+    (Wu & He 2018, "Group Normalization", section 1 and figure 1). SyncBatchNorm computes the
+    statistics over all processes' samples together, so W processes with batch B/W each
+    normalize exactly as one process with batch B (Ioffe & Szegedy 2015, Algorithm 1, with the
+    mini-batch being the union).
+
+    In training mode, per channel (see :func:`minidl.functional.sync_batch_norm_forward` and
+    ``sync_batch_norm_backward`` for the math):
+
+    * forward: each process's count, mean and biased variance (float64 shifted sums, as
+      BatchNorm) go through one ``all_gather`` of ``1 + 2C`` float64 numbers; every process
+      combines them in rank order with the law of total variance (Chan, Golub & LeVeque 1983),
+      ``mean = sum n_p mean_p / n``, ``var = sum n_p (var_p + (mean_p - mean)^2) / n``, and
+      normalizes its own samples with the result. Every process gets bit-identical statistics;
+      BatchNorm's float32 guarantees hold (a channel with mean 1e4 and standard deviation 1e-2
+      normalizes correctly, a constant channel gives exactly ``beta``);
+    * running estimates: updated with the global mean and the *unbiased* global variance
+      ``var * n / (n - 1)``, ``n`` the global count, so they stay identical on every process;
+    * backward: the two per-channel sums ``sum dy`` and ``sum dy * (x - mean)`` are summed over
+      the processes with one ``all_reduce`` of ``2C`` float64 numbers, and each process forms
+      its ``dx`` from the global sums. ``weight.grad`` and ``bias.grad`` hold this process's
+      share; :class:`~minidl.distributed.DistributedDataParallel` averages them with the other
+      gradients, as in PyTorch.
+
+    Processes may hold batches of different sizes (each contributes its own count), and a
+    process may hold no samples at all (``N == 0``; it still takes part in the collectives).
+    Every process of the group must run the layer's forward and backward in the same order.
+
+    Eval mode is :class:`BatchNorm`'s: the running estimates, no communication (with
+    ``track_running_stats=False``, each process's own batch statistics, as PyTorch). In a single
+    process -- before :func:`minidl.distributed.init`, or in a world of one -- the layer
+    computes exactly what :class:`BatchNorm` computes, bit for bit (the same kernels, split
+    where the communication goes).
+
+    Convert a model's BatchNorm layers with :meth:`convert_sync_batchnorm` before wrapping it in
+    :class:`~minidl.distributed.DistributedDataParallel`.
+
+    Args:
+        num_features (int): C, the number of channels.
+        eps (float): added to the variance. Default 1e-5.
+        momentum (float or None): running-average factor (PyTorch's convention; None for a
+            cumulative average). Default 0.1.
+        affine (bool): learn ``weight`` (init 1) and ``bias`` (init 0). Default True.
+        track_running_stats (bool): keep ``running_mean``, ``running_var`` and
+            ``num_batches_tracked``. Default True.
+        process_group (ProcessGroup or None): the processes whose batches are combined
+            (:func:`minidl.distributed.new_group`); None (default): the world once
+            :func:`minidl.distributed.init` has run, else this process alone.
+        dtype: dtype of the parameters and buffers, float32 (default) or float64.
+
+    Shape:
+        input ``(N, C)``, ``(N, C, L)`` or ``(N, C, H, W)``, float32 or float64 (``N`` may be 0
+        in training); output: the same shape and dtype.
+
+    Raises:
+        TypeError: a ``process_group`` that is not a ProcessGroup; a non-float input.
+        ValueError: wrong rank or channel count; training with at most one value per channel
+            over all processes together (raised on every process).
+
+    Example:
+        >>> dist.init()                     # under mpiexec: one process per rank
+        >>> model = SyncBatchNorm.convert_sync_batchnorm(mnist_cnn())
+        >>> model = dist.DistributedDataParallel(model)
+    """
+
+    _empty_batch_when_training = True
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
+                 track_running_stats=True, process_group=None, dtype=np.float32):
+        if process_group is not None and not isinstance(process_group,
+                                                        _collectives().ProcessGroup):
+            raise TypeError(f"{type(self).__name__}: process_group must be a "
+                            f"minidl.distributed.ProcessGroup or None, got "
+                            f"{type(process_group).__name__}")
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, dtype)
+        self.process_group = process_group
+
+    def _group(self):
+        """The group to synchronize over, or None for this process alone."""
+        if self.process_group is not None:
+            return self.process_group
+        collectives = _collectives()
+        return collectives.init() if collectives.is_initialized() else None  # init(): the world
+
+    def _forward_op(self, x, weight, bias, running_mean, running_var, training, momentum, eps,
+                    layer):
+        """BatchNorm's eval mode, or the synchronized training forward (called by
+        :meth:`_NormBase.forward` with the same arguments as :func:`batch_norm_forward`)."""
+        if not self.training:
+            return batch_norm_forward(x, weight, bias, running_mean, running_var,
+                                      training=training, momentum=momentum, eps=eps, layer=layer)
+        group = self._group()
+        gather = None if group is None else functools.partial(_collectives().all_gather,
+                                                              group=group)
+        return sync_batch_norm_forward(x, weight, bias, running_mean, running_var, momentum, eps,
+                                       all_gather=gather, layer=layer)
+
+    def _backward_op(self, dout, cache, layer):
+        if not isinstance(cache, SyncBatchNormCache):  # the forward ran in eval mode
+            return batch_norm_backward(dout, cache, layer=layer)
+        group = self._group()
+        reduce = None if group is None else functools.partial(_collectives().all_reduce,
+                                                              op="sum", group=group)
+        return sync_batch_norm_backward(dout, cache, all_reduce=reduce, layer=layer)
+
+    @classmethod
+    def convert_sync_batchnorm(cls, module, process_group=None):
+        """Replace every :class:`BatchNorm` in ``module`` (and its children) by a SyncBatchNorm.
+
+        PyTorch's ``SyncBatchNorm.convert_sync_batchnorm``: each BatchNorm, BatchNorm1D and
+        BatchNorm2D (and SyncBatchNorm, given the new ``process_group``) becomes a SyncBatchNorm
+        with its ``num_features``, ``eps``, ``momentum``, ``affine``, ``track_running_stats``
+        and train/eval mode, holding the *same* ``weight`` and ``bias`` Parameters and the same
+        running-statistics arrays (so an optimizer built before the conversion still updates
+        them). Other layers (PerActivationBatchNorm, InstanceNorm, ...) are left as they are.
+        The children are replaced in place.
+
+        Args:
+            module (Module): a layer or a model.
+            process_group (ProcessGroup or None): for the new layers (see the class).
+        Returns:
+            Module: ``module`` with its BatchNorm layers replaced, or the new SyncBatchNorm if
+            ``module`` itself is a BatchNorm.
+        Raises:
+            TypeError: ``module`` is not a Module, or a bad ``process_group``.
+
+        Example:
+            >>> model = SyncBatchNorm.convert_sync_batchnorm(mnist_cnn())
+        """
+        if not isinstance(module, Module):
+            raise TypeError(f"{cls.__name__}.convert_sync_batchnorm: module must be a minidl "
+                            f"Module, got {type(module).__name__}")
+        if isinstance(module, BatchNorm):
+            dtype = (module.weight.dtype if module.affine else module.running_mean.dtype
+                     if module.track_running_stats else np.float32)
+            converted = cls(module.num_features, module.eps, module.momentum, module.affine,
+                            module.track_running_stats, process_group, dtype)
+            if module.affine:
+                converted.weight, converted.bias = module.weight, module.bias
+            if module.track_running_stats:
+                converted.running_mean = module.running_mean
+                converted.running_var = module.running_var
+                converted.num_batches_tracked = module.num_batches_tracked
+            converted.train(module.training)
+            return converted
+        for name, child in list(module._modules.items()):
+            converted = cls.convert_sync_batchnorm(child, process_group)
+            if converted is not child:
+                setattr(module, name, converted)
+        return module
 
 
 class PerActivationBatchNorm(_NormBase):
