@@ -21,7 +21,9 @@ from .layers.conv import Conv2D
 from .layers.dense import Dense
 from .layers.module import Module
 from .layers.normalization import BatchNorm
-from .layers.pooling import MaxPool2D
+from .layers.dropout import Dropout
+from .layers.pooling import AvgPool2D, GlobalAvgPool2D, MaxPool2D
+from .layers.residual import Identity, Residual
 from .layers.shape import Flatten
 
 __all__ = ["summary", "ModelSummary", "SummaryRow", "FLOP_FORMULAS"]
@@ -43,6 +45,15 @@ def _max_pool_flops(layer, input_shape, output_shape):
     return (window - 1) * math.prod(output_shape)  # comparisons
 
 
+def _avg_pool_flops(layer, input_shape, output_shape):
+    window = layer.kernel_size[0] * layer.kernel_size[1]
+    return window * math.prod(output_shape)  # window - 1 additions and a division per output
+
+
+def _global_avg_pool_flops(layer, input_shape, output_shape):
+    return math.prod(input_shape)  # H*W - 1 additions and a division per output
+
+
 def _per_element(count):
     def flops(layer, input_shape, output_shape):
         return count * math.prod(output_shape)
@@ -59,6 +70,11 @@ FLOP_FORMULAS = {
     Softmax: _per_element(5),  # max, subtract, exp, sum, divide
     MaxPool2D: _max_pool_flops,
     Flatten: _per_element(0),
+    AvgPool2D: _avg_pool_flops,
+    GlobalAvgPool2D: _global_avg_pool_flops,
+    Dropout: _per_element(0),  # eval: the identity
+    Identity: _per_element(0),
+    Residual: _per_element(1),  # its own work, the addition (the children have their rows)
 }
 
 
@@ -209,7 +225,7 @@ def summary(model, input_shape, dtype=np.float32, verbose=True):
             input (its own error, raised from the forward pass).
 
     Example:
-        >>> minidl.summary(minidl.experiments.networks.mnist_cnn(), (1, 1, 28, 28))
+        >>> minidl.summary(minidl.models.mnist_cnn(), (1, 1, 28, 28))
     """
     if not isinstance(model, Module):
         raise TypeError(f"summary: expected a Module, got {type(model).__name__}")

@@ -23,7 +23,9 @@ DTYPES = [np.float32, np.float64]
 
 OPS = ["conv2d_forward", "conv2d_backward", "batch_norm_forward", "batch_norm_backward",
        "max_pool2d_forward", "max_pool2d_backward", "relu_forward", "relu_backward",
-       "softmax_forward", "softmax_backward", "linear_forward", "linear_backward"]
+       "softmax_forward", "softmax_backward", "linear_forward", "linear_backward",
+       "avg_pool2d_forward", "avg_pool2d_backward", "global_avg_pool2d_forward",
+       "global_avg_pool2d_backward", "dropout_forward", "dropout_backward"]
 
 
 def assert_gradient(analytic, f, array, dout, what):
@@ -48,6 +50,8 @@ def test_forward_caches_are_reference_types_with_shape_and_dtype(rng):
         ref.relu_forward(x),
         ref.softmax_forward(x),
         ref.linear_forward(x.reshape(2, -1), rng.standard_normal((5, 108))),
+        ref.avg_pool2d_forward(x, 3, 2, 1),
+        ref.dropout_forward(x, 0.5, True, np.random.default_rng(0)),
     ]
     for out, cache in forwards:
         assert isinstance(cache, ref.CACHE_TYPES) and isinstance(cache, tuple)
@@ -56,7 +60,9 @@ def test_forward_caches_are_reference_types_with_shape_and_dtype(rng):
     # a compiled cache is never mistaken for a reference one
     for _, cache in [compiled.conv2d_forward(x, rng.standard_normal((4, 3, 3, 3))),
                      compiled.batch_norm_forward(x), compiled.max_pool2d_forward(x, 2),
-                     compiled.relu_forward(x), compiled.softmax_forward(x)]:
+                     compiled.relu_forward(x), compiled.softmax_forward(x),
+                     compiled.avg_pool2d_forward(x, 2), compiled.global_avg_pool2d_forward(x),
+                     compiled.dropout_forward(x, 0.5, True, np.random.default_rng(0))]:
         assert not isinstance(cache, ref.CACHE_TYPES)
 
 

@@ -3,9 +3,12 @@
 kernels behind them trust their inputs."""
 from .activation import relu_backward, relu_forward, softmax_backward, softmax_forward
 from .conv import conv2d_backward, conv2d_forward, conv2d_output_size
+from .dropout import dropout_backward, dropout_forward
 from .linear import linear_backward, linear_forward
 from .normalization import batch_norm_backward, batch_norm_forward, channel_stats
 from .pooling import max_pool2d_backward, max_pool2d_forward
+from .pooling import (avg_pool2d_backward, avg_pool2d_forward, global_avg_pool2d_backward,
+                      global_avg_pool2d_forward)
 
 __all__ = [
     "relu_forward", "relu_backward", "softmax_forward", "softmax_backward",
@@ -13,4 +16,7 @@ __all__ = [
     "linear_forward", "linear_backward",
     "batch_norm_forward", "batch_norm_backward", "channel_stats",
     "max_pool2d_forward", "max_pool2d_backward",
+    "avg_pool2d_forward", "avg_pool2d_backward",
+    "global_avg_pool2d_forward", "global_avg_pool2d_backward",
+    "dropout_forward", "dropout_backward",
 ]

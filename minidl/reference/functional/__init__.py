@@ -12,6 +12,10 @@ nothing), with NumPy's BLAS on one thread for the matrix products of ``conv2d_*`
   2015, Algorithm 1 and the backprop equations of section 3.
 * :mod:`.pooling` — ``max_pool2d_forward``/``max_pool2d_backward``: the max over windows
   (the same book, section 9.3), with PyTorch's rule for ties.
+  ``avg_pool2d_*`` and ``global_avg_pool2d_*``: window sums over the zero-padded input
+  divided by the window's size (the same section; Lin et al. 2014 for the global mean).
+* :mod:`.dropout` — ``dropout_forward``/``dropout_backward``: Bernoulli masks (Srivastava et
+  al. 2014, section 4), inverted as in PyTorch.
 * :mod:`.activation` — ``relu_*`` (Nair & Hinton 2010) and ``softmax_*`` (Bridle 1990).
 * :mod:`.linear` — ``linear_forward``/``linear_backward``: ``y = x W^T + b`` and its chain rule.
 
@@ -26,6 +30,9 @@ from .conv import Conv2dCache, conv2d_backward, conv2d_forward
 from .linear import LinearCache, linear_backward, linear_forward
 from .normalization import BatchNormCache, batch_norm_backward, batch_norm_forward
 from .pooling import MaxPool2dCache, max_pool2d_backward, max_pool2d_forward
+from .pooling import (AvgPool2dCache, avg_pool2d_backward, avg_pool2d_forward,
+                      global_avg_pool2d_backward, global_avg_pool2d_forward)
+from .dropout import DropoutCache, dropout_backward, dropout_forward
 
 __all__ = [
     "relu_forward", "relu_backward", "softmax_forward", "softmax_backward",
@@ -33,7 +40,11 @@ __all__ = [
     "batch_norm_forward", "batch_norm_backward", "max_pool2d_forward", "max_pool2d_backward",
     "ReluCache", "SoftmaxCache", "Conv2dCache", "LinearCache", "BatchNormCache",
     "MaxPool2dCache", "CACHE_TYPES",
+    "avg_pool2d_forward", "avg_pool2d_backward", "global_avg_pool2d_forward",
+    "global_avg_pool2d_backward", "AvgPool2dCache", "dropout_forward", "dropout_backward",
+    "DropoutCache",
 ]
 
-CACHE_TYPES = (ReluCache, SoftmaxCache, Conv2dCache, LinearCache, BatchNormCache, MaxPool2dCache)
+CACHE_TYPES = (ReluCache, SoftmaxCache, Conv2dCache, LinearCache, BatchNormCache, MaxPool2dCache,
+               AvgPool2dCache, DropoutCache)
 """Every cache type a reference ``*_forward`` returns."""
