@@ -102,9 +102,9 @@ def test_cifar_bn_example_prints_tables_and_writes_json_and_png(tmp_path, cifar_
     assert proc.returncode == 0, proc.stderr
     stdout = proc.stdout
     assert "CIFAR-10: 256 training images" in stdout
-    for text in ("VGG-style CNN (vgg_cifar), lr 0.05: test accuracy on 60 test images",
+    for text in ("VGG-style CNN (vgg_cifar), lr 0.02: test accuracy on 60 test images",
                  "ResNet-20 (resnet_cifar, option A), lr 1000000.0: test accuracy",
-                 "step | test acc, BN | test acc, no BN", "steps to 50% test accuracy",
+                 "step | test acc, BN | test acc, no BN", "steps to 40% test accuracy",
                  "final test accuracy (120 images)", "ms per training step",
                  "wall-clock seconds (incl. evals)", "diverged at step"):
         assert text in stdout, text
