@@ -30,10 +30,10 @@ The step budget: the defaults (400 steps per run, about one epoch of 50,000 imag
 from measured training steps at batch 128 -- about 0.14 s for the VGG CNN and 0.30 s for
 ResNet-20 on 2 quiet cores (from 0.28 s and 0.59 s of CPU time on one thread) -- so that the
 four runs, their evaluations and the data preparation take about 7 minutes on such a machine,
-under the 10-minute budget. ``--full`` is the schedule of He et al. (2016), section 4.2, for both networks: learning
-rate 0.1 divided by 10 at steps 32,000 and 48,000 (``MultiStepLR``, stepped every optimizer
-step), 64,000 steps in all, evaluated every 2,000 steps on the whole test set -- about 6 hours
-per ResNet-20 run on 2 cores.
+under the 10-minute budget. ``--full`` is the schedule of He et al. (2016), section 4.2, for
+both networks: learning rate 0.1 divided by 10 at steps 32,000 and 48,000 (``MultiStepLR``,
+stepped every optimizer step), 64,000 steps in all, evaluated every 2,000 steps on the whole
+test set -- about 6 hours per ResNet-20 run on 2 cores.
 """
 import argparse
 import sys
@@ -69,7 +69,8 @@ def milestones(text):
     """argparse type: comma-separated optimizer steps, increasing."""
     values = [positive_int(part) for part in text.split(",") if part.strip()]
     if values != sorted(set(values)):
-        raise argparse.ArgumentTypeError(f"expected increasing steps like 32000,48000, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected increasing steps like 32000,48000, got {text!r}")
     return values
 
 
@@ -138,7 +139,8 @@ def load_data(args):
     """The (subsets of the) training and test sets, the augmentation, and the loaders' sets."""
     train = data.CIFAR10(root=args.root, train=True)
     test = data.CIFAR10(root=args.root, train=False)
-    train_images, train_labels = train.images[:args.train_samples], train.labels[:args.train_samples]
+    train_images = train.images[:args.train_samples]
+    train_labels = train.labels[:args.train_samples]
     test_images, test_labels = test.images[:args.test_samples], test.labels[:args.test_samples]
     normalize = transforms.Normalize.from_dataset(train_images)  # from the training images
     augment = transforms.Compose([transforms.RandomCrop(32, padding=4),

@@ -104,26 +104,32 @@ MINIDL_POOL_2X2(d, double, uint64_t)
    window (never 0: the caller keeps the padding at most half the window). Sums are
    accumulated in double. The gradient of output (oh, ow) is dout / divisor, added to every
    plane element of its window. */
+/* The rows [*lo, *hi) of a plane of n rows that window o covers (likewise for columns): the
+   window starts at o*s - p in the padded plane and is k long. */
+static MINIDL_INLINE void minidl_avgpool_span(ptrdiff_t o, ptrdiff_t s, ptrdiff_t p, ptrdiff_t k,
+                                              ptrdiff_t n, ptrdiff_t* lo, ptrdiff_t* hi) {
+    const ptrdiff_t start = o * s - p;
+    *lo = start > 0 ? start : 0;
+    *hi = start + k < n ? start + k : n;
+}
+
 #define MINIDL_AVG_POOL(SUFFIX, T)                                                          \
     MINIDL_CLONES static void minidl_avgpool_plane_##SUFFIX(                                \
             const T* restrict plane, ptrdiff_t H, ptrdiff_t W, T* restrict out,             \
             ptrdiff_t OH, ptrdiff_t OW, ptrdiff_t kH, ptrdiff_t kW, ptrdiff_t sH,           \
             ptrdiff_t sW, ptrdiff_t pH, ptrdiff_t pW, int count_include_pad) {              \
+        ptrdiff_t h0, h1, w0, w1;                                                           \
         for (ptrdiff_t oh = 0; oh < OH; oh++) {                                             \
-            const ptrdiff_t top = oh * sH - pH;                                             \
-            const ptrdiff_t h0 = top > 0 ? top : 0;                                         \
-            const ptrdiff_t h1 = top + kH < H ? top + kH : H;                               \
+            minidl_avgpool_span(oh, sH, pH, kH, H, &h0, &h1);                               \
             for (ptrdiff_t ow = 0; ow < OW; ow++) {                                         \
-                const ptrdiff_t left = ow * sW - pW;                                        \
-                const ptrdiff_t w0 = left > 0 ? left : 0;                                   \
-                const ptrdiff_t w1 = left + kW < W ? left + kW : W;                         \
+                minidl_avgpool_span(ow, sW, pW, kW, W, &w0, &w1);                           \
                 double sum = 0.0;                                                           \
                 for (ptrdiff_t h = h0; h < h1; h++)                                         \
                     for (ptrdiff_t w = w0; w < w1; w++)                                     \
                         sum += plane[h * W + w];                                            \
-                const double divisor =                                                      \
-                    count_include_pad ? (double)(kH * kW) : (double)((h1 - h0) * (w1 - w0));\
-                out[oh * OW + ow] = (T)(sum / divisor);                                     \
+                const ptrdiff_t divisor =                                                   \
+                    count_include_pad ? kH * kW : (h1 - h0) * (w1 - w0);                    \
+                out[oh * OW + ow] = (T)(sum / (double)divisor);                             \
             }                                                                               \
         }                                                                                   \
     }                                                                                       \
@@ -131,15 +137,12 @@ MINIDL_POOL_2X2(d, double, uint64_t)
             const T* restrict dout, ptrdiff_t H, ptrdiff_t W, T* restrict dx,               \
             ptrdiff_t OH, ptrdiff_t OW, ptrdiff_t kH, ptrdiff_t kW, ptrdiff_t sH,           \
             ptrdiff_t sW, ptrdiff_t pH, ptrdiff_t pW, int count_include_pad) {              \
+        ptrdiff_t h0, h1, w0, w1;                                                           \
         for (ptrdiff_t p = 0; p < H * W; p++) dx[p] = (T)0;                                 \
         for (ptrdiff_t oh = 0; oh < OH; oh++) {                                             \
-            const ptrdiff_t top = oh * sH - pH;                                             \
-            const ptrdiff_t h0 = top > 0 ? top : 0;                                         \
-            const ptrdiff_t h1 = top + kH < H ? top + kH : H;                               \
+            minidl_avgpool_span(oh, sH, pH, kH, H, &h0, &h1);                               \
             for (ptrdiff_t ow = 0; ow < OW; ow++) {                                         \
-                const ptrdiff_t left = ow * sW - pW;                                        \
-                const ptrdiff_t w0 = left > 0 ? left : 0;                                   \
-                const ptrdiff_t w1 = left + kW < W ? left + kW : W;                         \
+                minidl_avgpool_span(ow, sW, pW, kW, W, &w0, &w1);                           \
                 const ptrdiff_t divisor =                                                   \
                     count_include_pad ? kH * kW : (h1 - h0) * (w1 - w0);                    \
                 const T g = dout[oh * OW + ow] / (T)divisor;                                \

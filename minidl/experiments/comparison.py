@@ -229,7 +229,8 @@ def comparison_table(runs, labels, target):
 
     summary = [
         [f"steps to {target:.0%} test accuracy"] + [reached(run) for run in runs],
-        [f"final test accuracy ({runs[0]['test_samples']} images)"] + number("final_test_accuracy", 4),
+        [f"final test accuracy ({runs[0]['test_samples']} images)"]
+        + number("final_test_accuracy", 4),
         ["final test loss"] + number("final_test_loss", 4),
         ["ms per training step"] + [f"{run['ms_per_step']:.0f}" if run["ms_per_step"] else "-"
                                     for run in runs],

@@ -174,7 +174,8 @@ class AvgPool2dCache(NamedTuple):
 
 
 def avg_pool_params(kernel_size, stride, padding, count_include_pad, layer):
-    """Validate average pooling's settings; return ``(kernel_size, stride, padding, count_include_pad)``.
+    """Validate average pooling's settings; return them as
+    ``(kernel_size, stride, padding, count_include_pad)``.
 
     ``stride`` None means ``kernel_size``. As in PyTorch, the padding may be at most half the
     window (``pH <= kH // 2``, ``pW <= kW // 2``), so that no window lies in the padding only.
