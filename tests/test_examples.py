@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+from datahelpers import real_mirror, shared_cifar_root  # noqa: F401 (fixtures)
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -74,31 +76,19 @@ TINY = ["--train-samples", "256", "--test-samples", "120", "--curve-samples", "6
         "--eval-every", "2", "--batch-size", "32", "--no-progress"]
 
 
-@pytest.fixture(scope="module")
-def cifar_root(tmp_path_factory):
-    """A data root holding CIFAR-10, copied once from the mirror for this module."""
-    path = os.environ.get("MINIDL_DATA_MIRROR") or os.path.join(REPO, "..", "shared", "data")
-    if not os.path.isdir(path) and "://" not in path:
-        pytest.skip("no CIFAR-10 mirror: set MINIDL_DATA_MIRROR")
-    root = tmp_path_factory.mktemp("cifar_example")
-    env = dict(os.environ, MINIDL_DATA_MIRROR=path)
-    code = "import sys, minidl; minidl.data.CIFAR10(sys.argv[1], train=False)"
-    subprocess.run([sys.executable, "-c", code, str(root)], env=env, check=True, timeout=600)
-    return str(root)
-
-
 def run_example(script, *args, timeout=600):
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
     return subprocess.run([sys.executable, script, *args], capture_output=True, text=True,
                           env=env, timeout=timeout)
 
 
-def test_cifar_bn_example_prints_tables_and_writes_json_and_png(tmp_path, cifar_root):
+def test_cifar_bn_example_prints_tables_and_writes_json_and_png(tmp_path,
+                                                                 shared_cifar_root):  # noqa: F811
     """Both networks on a tiny slice of real CIFAR-10; ResNet-20 at an absurd learning rate
     so that the plain network diverges: reported in the table and the JSON, not a crash."""
     out, plot = tmp_path / "cifar.json", tmp_path / "cifar.png"
-    proc = run_example(CIFAR_EXAMPLE, *TINY, "--root", cifar_root, "--out", str(out), "--plot",
-                       str(plot), "--resnet-lr", "1e6")
+    proc = run_example(CIFAR_EXAMPLE, *TINY, "--root", shared_cifar_root, "--out", str(out),
+                       "--plot", str(plot), "--resnet-lr", "1e6")
     assert proc.returncode == 0, proc.stderr
     stdout = proc.stdout
     assert "CIFAR-10: 256 training images" in stdout
@@ -131,8 +121,8 @@ def test_cifar_bn_example_prints_tables_and_writes_json_and_png(tmp_path, cifar_
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size < 100_000
 
 
-def test_cifar_bn_example_without_matplotlib_writes_the_data_and_says_how(tmp_path, cifar_root,
-                                                                            monkeypatch, capsys):
+def test_cifar_bn_example_without_matplotlib_writes_the_data_and_says_how(
+        tmp_path, shared_cifar_root, monkeypatch, capsys):  # noqa: F811
     sys.path.insert(0, os.path.join(REPO, "examples"))
     try:
         import cifar_bn
@@ -140,8 +130,8 @@ def test_cifar_bn_example_without_matplotlib_writes_the_data_and_says_how(tmp_pa
         sys.path.pop(0)
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib fails
     out, plot = tmp_path / "cifar.json", tmp_path / "cifar.png"
-    assert cifar_bn.main([*TINY, "--networks", "vgg", "--root", cifar_root, "--out", str(out),
-                          "--plot", str(plot)]) == 0
+    assert cifar_bn.main([*TINY, "--networks", "vgg", "--root", shared_cifar_root,
+                          "--out", str(out), "--plot", str(plot)]) == 0
     printed = capsys.readouterr().out
     assert 'matplotlib is not installed: no plot' in printed
     assert 'pip install "minidl[plot]"' in printed

@@ -8,7 +8,7 @@ from minidl import data, layers, losses, models, optim
 from minidl.data import transforms
 
 from helpers import assert_close_to_torch
-from datahelpers import real_mirror  # noqa: F401 (fixture)
+from datahelpers import real_mirror, shared_cifar_root  # noqa: F401 (fixtures)
 
 torch = pytest.importorskip("torch")
 import torch_models  # noqa: E402 (needs torch)
@@ -184,23 +184,14 @@ def test_resnet20_training_step_matches_torch(shortcut, dtype, rng):
 
 
 # ----------------------------------------------------------------------------- real CIFAR-10
-@pytest.fixture(scope="module")
-def cifar(real_mirror, tmp_path_factory):  # noqa: F811
-    """The real CIFAR-10 training and test sets, copied once through the mirror."""
-    root = tmp_path_factory.mktemp("cifar_models")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(data.CIFAR10, "mirrors", ())
-        mp.setenv(data.MIRROR_ENV, real_mirror)
-        return data.CIFAR10(root, train=True), data.CIFAR10(root, train=False)
-
-
-def test_short_real_cifar_run_reaches_stated_accuracy(cifar):
+def test_short_real_cifar_run_reaches_stated_accuracy(shared_cifar_root):  # noqa: F811
     """150 steps of the half-width VGG CNN with BatchNorm (batch 64, SGD lr 0.02 momentum 0.9)
     on the first 9,600 real training images: >= 35% on the first 2,000 test images.
 
     Measured with seeds 0-4 (weights and order): 47.5%, 45.4%, 42.1%, 44.5%, 48.1%; the
     threshold leaves 7 points below the worst. About 14 s of CPU time for the training."""
-    train, test = cifar
+    train = data.CIFAR10(shared_cifar_root, train=True, download=False)
+    test = data.CIFAR10(shared_cifar_root, train=False, download=False)
     images, labels = train.images[:9600], train.labels[:9600]
     normalize = transforms.Normalize.from_dataset(images)
     minidl.manual_seed(0)
