@@ -18,7 +18,7 @@ import numpy as np
 import minidl
 import minidl.distributed as dist
 from minidl import losses, optim
-from minidl.experiments import mnist_cnn
+from minidl.models import mnist_cnn
 
 
 def parse_args(argv=None):
@@ -43,7 +43,7 @@ def main(argv=None):
         f"DDP, {args.bucket_bytes} B buckets": dict(bucket_bytes=args.bucket_bytes),
         f"DDP, {args.bucket_bytes} B buckets, overlap": dict(bucket_bytes=args.bucket_bytes, overlap=True),
     }
-    models = {name: dist.DistributedDataParallel(mnist_cnn(batch_norm=not args.no_batch_norm), **kw)
+    models = {name: dist.DistributedDataParallel(mnist_cnn(norm=None if args.no_batch_norm else "batch"), **kw)
               for name, kw in configs.items()}
     rng = np.random.default_rng(rank)
     x = rng.random((args.batch_size, 1, 28, 28), dtype=np.float32)

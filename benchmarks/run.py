@@ -15,7 +15,7 @@ to the thread count, so NumPy's BLAS, minidl's OpenMP kernels and PyTorch use th
 threads from start-up; the workers also call ``minidl.set_num_threads`` and
 ``torch.set_num_threads``.
 
-Workloads 1-6 run in one worker that holds both frameworks. Each workload is warmed up, then
+Workloads 1-6 and 8 run in one worker that holds both frameworks. Each workload is warmed up, then
 timed in rounds; a round times a block of steps of one framework and then a block of the
 other, alternating which goes first, so drift of the machine affects both. The figures are
 medians over the rounds. Workload 7 (peak memory) runs each framework in its own fresh process.
@@ -47,8 +47,9 @@ WORKLOADS = {
             extra_name="FLOP rate, fwd + dgrad + wgrad", extra_unit="GFLOP/s"),
     6: dict(name="MNIST CNN + BN, eval forward", kind="throughput", unit="images/s", target=1.0),
     7: dict(name="CIFAR CNN + BN, peak RSS in training", kind="memory", unit="MiB", target=1.0),
+    8: dict(name="ResNet-20 + BN, train step", kind="throughput", unit="images/s", target=1.3),
 }
-TIMED = (1, 2, 3, 4, 5, 6)
+TIMED = (1, 2, 3, 4, 5, 6, 8)
 
 SIZES = {
     "full": dict(mnist_batch=64, cifar_batch=128, bn_shape=(128, 64, 32, 32),
@@ -504,7 +505,7 @@ def _import_frameworks(with_torch, need_minidl=True):
     import numpy as np  # noqa: F811 (the module-level placeholder)
     if need_minidl:
         import minidl  # noqa: F811
-        import minidl.experiments  # noqa: F401
+        import minidl.models  # noqa: F401
     if with_torch:
         try:
             import torch  # noqa: F811
@@ -616,18 +617,23 @@ def timed_workload(workload_id, sizes, repeats):
 
 
 def workload_setup(workload_id, sizes):
-    """``(steps, detail, work)`` of workload 1-6, see the set-up functions below."""
-    if workload_id in (1, 2, 3):
-        return train_setup("cifar" if workload_id == 3 else "mnist", workload_id != 2, sizes)
+    """``(steps, detail, work)`` of workload 1-6 and 8, see the set-up functions below."""
+    if workload_id in (1, 2, 3, 8):
+        kind = {3: "cifar", 8: "resnet20"}.get(workload_id, "mnist")
+        return train_setup(kind, workload_id != 2, sizes)
     return {4: batchnorm_setup, 5: conv_setup, 6: eval_setup}[workload_id](sizes)
 
 
 # --------------------------------------------------------------------- networks and data
 def minidl_network(kind, batch_norm):
-    """The minidl network of a workload, initialized from minidl's seeded generator."""
+    """The minidl network of a workload (``"mnist"``, ``"cifar"`` or ``"resnet20"``, from
+    :mod:`minidl.models`), initialized from minidl's seeded generator."""
     minidl.manual_seed(0)
-    builder = minidl.experiments.mnist_cnn if kind == "mnist" else minidl.experiments.cifar_cnn
-    return builder(batch_norm=batch_norm)
+    norm = "batch" if batch_norm else None
+    if kind == "resnet20":
+        return minidl.models.resnet_cifar(20, norm=norm)
+    builder = minidl.models.mnist_cnn if kind == "mnist" else minidl.models.vgg_cifar
+    return builder(norm=norm)
 
 
 def torch_network(kind, batch_norm):
@@ -638,6 +644,8 @@ def torch_network(kind, batch_norm):
         block = [nn.Conv2d(cin, cout, 3, padding=1, bias=not batch_norm)]
         return block + ([nn.BatchNorm2d(cout)] if batch_norm else []) + [nn.ReLU()]
 
+    if kind == "resnet20":
+        return torch_resnet20(batch_norm)
     if kind == "mnist":
         hidden = [nn.Linear(64 * 7 * 7, 128, bias=not batch_norm)]
         hidden += [nn.BatchNorm1d(128)] if batch_norm else []
@@ -646,6 +654,51 @@ def torch_network(kind, batch_norm):
     return nn.Sequential(*conv(3, 32), *conv(32, 32), nn.MaxPool2d(2),
                          *conv(32, 64), *conv(64, 64), nn.MaxPool2d(2),
                          *conv(64, 128), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(128 * 4 * 4, 10))
+
+
+def torch_resnet20(batch_norm):
+    """ResNet-20 with option-A shortcuts (minidl.models.resnet_cifar(20)) in torch.nn, with the
+    same module names: ``Residual`` has ``body`` and ``shortcut``, the zero-padding shortcut
+    subsamples with stride 2 and appends zero channels."""
+    nn = torch.nn
+
+    class Residual(nn.Module):
+        def __init__(self, body, shortcut):
+            super().__init__()
+            self.body, self.shortcut = body, shortcut
+
+        def forward(self, x):
+            return self.body(x) + (x if self.shortcut is None else self.shortcut(x))
+
+    class ZeroPadShortcut(nn.Module):
+        def __init__(self, extra):
+            super().__init__()
+            self.extra = extra
+
+        def forward(self, x):
+            return nn.functional.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, 0, self.extra))
+
+    class GlobalAvgPool(nn.Module):  # one module, like minidl's GlobalAvgPool2D
+        def forward(self, x):
+            return x.mean((2, 3))
+
+    def conv_bn(cin, cout, stride, relu=True):
+        layers = [nn.Conv2d(cin, cout, 3, stride, 1, bias=not batch_norm)]
+        return layers + ([nn.BatchNorm2d(cout)] if batch_norm else []) + (
+            [nn.ReLU()] if relu else [])
+
+    stages, channels = [], 16
+    for width, stride in ((16, 1), (32, 2), (64, 2)):
+        blocks = []
+        for i in range(3):
+            step = stride if i == 0 else 1
+            body = nn.Sequential(*conv_bn(channels, width, step),
+                                 *conv_bn(width, width, 1, relu=False))
+            shortcut = ZeroPadShortcut(width - channels) if step != 1 else None
+            blocks.append(nn.Sequential(Residual(body, shortcut), nn.ReLU()))
+            channels = width
+        stages.append(nn.Sequential(*blocks))
+    return nn.Sequential(*conv_bn(3, 16, 1), *stages, GlobalAvgPool(), nn.Linear(64, 10))
 
 
 def torch_copy(module, minidl_module):
@@ -658,7 +711,7 @@ def torch_copy(module, minidl_module):
 
 def image_shape(kind):
     """``(C, H, W)`` of one image of the network ``kind``."""
-    return (1, 28, 28) if kind == "mnist" else (3, 32, 32)
+    return (1, 28, 28) if kind == "mnist" else (3, 32, 32)  # CIFAR-10 for cifar and resnet20
 
 
 def random_batches(kind, batch, count, seed=0):
@@ -673,7 +726,7 @@ def random_batches(kind, batch, count, seed=0):
 # for the table, and the work of one step (images, bytes or FLOPs).
 
 def train_setup(kind, batch_norm, sizes):
-    """Workloads 1-3: forward, cross-entropy, backward and an SGD (momentum 0.9) update."""
+    """Workloads 1-3 and 8: forward, cross-entropy, backward and an SGD (momentum 0.9) update."""
     batch = sizes["mnist_batch" if kind == "mnist" else "cifar_batch"]
     batches = random_batches(kind, batch, sizes["num_batches"])
     model = minidl_network(kind, batch_norm)
@@ -861,8 +914,14 @@ def print_cprofile(step, count, top):
               f"{function}{where}")
 
 
-def print_layer_times(step, count):
-    """minidl: wall time of each layer's forward and backward, per step (no profiler)."""
+def print_layer_times(step, count, top=20):
+    """minidl: wall time of each layer's forward and backward, per step (no profiler).
+
+    The layers timed are the modules without children (a residual network's convolutions,
+    norms and ReLUs, not its blocks); a container's own work (a Residual's addition) is in
+    "the rest". Up to ``top`` layers are listed in model order; a deeper model lists its
+    ``top`` slowest layers and then the time per layer type.
+    """
     model = step.model
     seconds = {}
 
@@ -874,23 +933,39 @@ def print_layer_times(step, count):
             return out
         return wrapper
 
+    leaves = [(name, layer) for name, layer in model.named_modules() if not layer._modules]
     labels = []
-    for index, layer in enumerate(model):
-        labels.append(f"{index} {layer_label(layer)}")
-        layer.forward = timed((labels[-1], "forward"), layer.forward)
-        layer.backward = timed((labels[-1], "backward"), layer.backward)
+    for name, layer in leaves:
+        labels.append((f"{name} {layer_label(layer)}", type(layer).__name__))
+        layer.forward = timed((labels[-1][0], "forward"), layer.forward)
+        layer.backward = timed((labels[-1][0], "backward"), layer.backward)
     total = timed_call(lambda: [step() for _ in range(count)])
-    for layer in model:  # back to the class's methods
+    for _, layer in leaves:  # back to the class's methods
         del layer.forward, layer.backward
-    print(f"minidl, per layer (wall time, {total / count * 1e3:.1f} ms per step):")
+    rows = [(label, kind, seconds.get((label, "forward"), 0.0),
+             seconds.get((label, "backward"), 0.0)) for label, kind in labels]
+    deep = len(rows) > top
+    print(f"minidl, per layer (wall time, {total / count * 1e3:.1f} ms per step"
+          + (f"; the {top} slowest of {len(rows)} layers):" if deep else "):"))
     print(f"{'forward':>9} {'backward':>9} {'share':>6}  layer  (ms per step)")
-    for label in labels:
-        forward = seconds.get((label, "forward"), 0.0)
-        backward = seconds.get((label, "backward"), 0.0)
+    shown = sorted(rows, key=lambda r: r[2] + r[3], reverse=True)[:top] if deep else rows
+    for label, _, forward, backward in shown:
         print(f"{forward / count * 1e3:9.2f} {backward / count * 1e3:9.2f} "
               f"{(forward + backward) / total:6.1%}  {label}")
     rest = total - sum(seconds.values())
     print(f"{rest / count * 1e3:19.2f} {rest / total:6.1%}  the rest (loss, optimizer, Python)")
+    if deep:
+        kinds = {}
+        for _, kind, forward, backward in rows:
+            entry = kinds.setdefault(kind, [0.0, 0.0, 0])
+            entry[0] += forward
+            entry[1] += backward
+            entry[2] += 1
+        print("minidl, per layer type:")
+        for kind, (forward, backward, number) in sorted(kinds.items(), key=lambda item:
+                                                        -(item[1][0] + item[1][1])):
+            print(f"{forward / count * 1e3:9.2f} {backward / count * 1e3:9.2f} "
+                  f"{(forward + backward) / total:6.1%}  {kind} (x{number})")
 
 
 def layer_label(layer):

@@ -5,7 +5,7 @@
         python examples/distributed_bn.py          # as root, or with more processes than cores
     python examples/distributed_bn.py              # one process: the two runs are the same
 
-Every process (rank) trains the same MNIST CNN (minidl.experiments.mnist_cnn: BatchNorm after
+Every process (rank) trains the same MNIST CNN (minidl.models.mnist_cnn: BatchNorm after
 both convolutions and the hidden dense layer) wrapped in DistributedDataParallel, on its own
 shard of every batch: ``--batch-size`` images per process, W times that per optimizer step.
 Twice, from the same weights, over the same batches, with the same SGD:
@@ -27,7 +27,7 @@ import time
 import minidl
 import minidl.distributed as dist
 from minidl import data, layers, losses, optim
-from minidl.experiments import mnist_cnn
+from minidl.models import mnist_cnn
 
 
 def parse_args(argv=None):
@@ -83,7 +83,7 @@ def train_one(sync, train_set, test_set, args):
     """Train one network data-parallel; return its test figures and timings."""
     rank, world = dist.get_rank(), dist.get_world_size()
     minidl.manual_seed(args.seed)
-    model = mnist_cnn(batch_norm=True)
+    model = mnist_cnn(norm="batch")
     if sync:
         model = layers.SyncBatchNorm.convert_sync_batchnorm(model)
     model = dist.DistributedDataParallel(model)  # rank 0's weights on every rank

@@ -5,7 +5,7 @@ Layers have an explicit forward and backward; arrays are NumPy arrays in NCHW la
     import minidl
     from minidl import layers, losses, optim, data
 """
-from . import data, functional, layers, losses, optim
+from . import data, functional, layers, losses, models, optim
 from ._backend import backend, get_backend, set_backend
 from ._config import get_num_threads, get_wait_policy, set_num_threads, set_wait_policy, show_config
 from ._grad_mode import enable_grad, is_grad_enabled, no_grad
@@ -19,7 +19,7 @@ from .summary import summary
 from .trainer import History, NonFiniteLossError, Trainer
 
 __all__ = [
-    "data", "functional", "layers", "losses", "optim",
+    "data", "functional", "layers", "losses", "models", "optim",
     "Sequential", "Trainer", "History", "Callback", "EvaluateEvery",
     "EarlyStopping", "ModelCheckpoint", "CSVLogger", "NonFiniteLossError",
     "save", "load", "SerializationError",

@@ -24,10 +24,12 @@ from ._snapshot import Snapshot
 from .layers.activation import ReLU, Sigmoid, Softmax, Tanh
 from .layers.conv import Conv2D
 from .layers.dense import Dense
+from .layers.dropout import Dropout
 from .layers.module import Module
 from .layers.normalization import (BatchNorm, GroupNorm, InstanceNorm, LayerNorm,
                                    PerActivationBatchNorm)
-from .layers.pooling import MaxPool2D
+from .layers.pooling import AvgPool2D, GlobalAvgPool2D, MaxPool2D
+from .layers.residual import Identity, Residual
 from .layers.shape import Flatten
 
 __all__ = ["summary", "ModelSummary", "SummaryRow", "FLOP_FORMULAS"]
@@ -58,6 +60,15 @@ def _sample_norm_flops(layer, input_shape, output_shape):
     return (5 + (2 if affine else 0)) * math.prod(output_shape)
 
 
+def _avg_pool_flops(layer, input_shape, output_shape):
+    window = layer.kernel_size[0] * layer.kernel_size[1]
+    return window * math.prod(output_shape)  # window - 1 additions and a division per output
+
+
+def _global_avg_pool_flops(layer, input_shape, output_shape):
+    return math.prod(input_shape)  # H*W - 1 additions and a division per output
+
+
 def _per_element(count):
     def flops(layer, input_shape, output_shape):
         return count * math.prod(output_shape)
@@ -80,6 +91,11 @@ FLOP_FORMULAS = {
     GroupNorm: _sample_norm_flops,
     Sigmoid: _per_element(4),  # |x|, exp, add, divide
     Tanh: _per_element(1),
+    AvgPool2D: _avg_pool_flops,
+    GlobalAvgPool2D: _global_avg_pool_flops,
+    Dropout: _per_element(0),  # eval: the identity
+    Identity: _per_element(0),
+    Residual: _per_element(1),  # its own work, the addition (the children have their rows)
 }
 
 
@@ -230,7 +246,7 @@ def summary(model, input_shape, dtype=np.float32, verbose=True):
             input (its own error, raised from the forward pass).
 
     Example:
-        >>> minidl.summary(minidl.experiments.networks.mnist_cnn(), (1, 1, 28, 28))
+        >>> minidl.summary(minidl.models.mnist_cnn(), (1, 1, 28, 28))
     """
     if not isinstance(model, Module):
         raise TypeError(f"summary: expected a Module, got {type(model).__name__}")

@@ -13,7 +13,7 @@ import minidl.reference.functional as ref
 from helpers import assert_close
 from minidl import _backend, layers
 from minidl._backend import BACKENDS
-from minidl.experiments.networks import mnist_cnn
+from minidl.models import mnist_cnn
 
 
 @pytest.fixture(autouse=True)
@@ -246,8 +246,8 @@ def test_training_the_mnist_cnn_agrees_on_both_backends(dtype, batch_norm):
     3 steps of SGD with momentum on each backend: losses, parameters, running statistics and
     eval-mode logits agree to float64 rtol 1e-10 / float32 rtol 1e-4 (helpers.assert_close;
     measured: about 1e-15 and 1e-6 relative)."""
-    compiled = mnist_cnn(batch_norm=batch_norm, rng=0)
-    reference = mnist_cnn(batch_norm=batch_norm, rng=0)
+    compiled = mnist_cnn(norm="batch" if batch_norm else None, rng=0)
+    reference = mnist_cnn(norm="batch" if batch_norm else None, rng=0)
     assert_close(_train(reference, "reference", dtype), _train(compiled, "compiled", dtype),
                  dtype, "losses")
     for (name, ours), (_, theirs) in zip(reference.named_parameters(),

@@ -15,7 +15,7 @@ import minidl
 ROOT = Path(__file__).resolve().parents[1]
 RUN = ROOT / "benchmarks" / "run.py"
 HAS_TORCH = importlib.util.find_spec("torch") is not None
-ALL_WORKLOADS = {str(i) for i in range(1, 8)}
+ALL_WORKLOADS = {str(i) for i in range(1, 9)}
 
 
 def run_benchmark(*options):

@@ -1,12 +1,14 @@
 """The examples run end to end (on a small slice of the real data) and print what they promise."""
 import json
 import os
+import re
 import subprocess
 import sys
 
 import pytest
 
 from mpi_helpers import run_mpi
+from datahelpers import real_mirror, shared_cifar_root  # noqa: F401 (fixtures)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -125,3 +127,101 @@ def test_distributed_bn_example_help_shows_every_default_and_rejects_bad_values(
     proc = subprocess.run([sys.executable, script, "--batch-size", "0"], capture_output=True, text=True,
                           env=env, timeout=60)
     assert proc.returncode == 2 and "--batch-size must be >= 1, got 0" in proc.stderr
+# ----------------------------------------------------------------------------- cifar_bn.py
+CIFAR_EXAMPLE = os.path.join(REPO, "examples", "cifar_bn.py")
+TINY = ["--train-samples", "256", "--test-samples", "120", "--curve-samples", "60", "--steps", "4",
+        "--eval-every", "2", "--batch-size", "32", "--no-progress"]
+
+
+def run_example(script, *args, timeout=600):
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run([sys.executable, script, *args], capture_output=True, text=True,
+                          env=env, timeout=timeout)
+
+
+def test_cifar_bn_example_prints_tables_and_writes_json_and_png(tmp_path,
+                                                                 shared_cifar_root):  # noqa: F811
+    """Both networks on a tiny slice of real CIFAR-10; ResNet-20 at an absurd learning rate
+    so that the plain network diverges: reported in the table and the JSON, not a crash."""
+    out, plot = tmp_path / "cifar.json", tmp_path / "cifar.png"
+    proc = run_example(CIFAR_EXAMPLE, *TINY, "--root", shared_cifar_root, "--out", str(out),
+                       "--plot", str(plot), "--resnet-lr", "1e6")
+    assert proc.returncode == 0, proc.stderr
+    stdout = proc.stdout
+    assert "CIFAR-10: 256 training images" in stdout
+    for text in ("VGG-style CNN (vgg_cifar), lr 0.02: test accuracy on 60 test images",
+                 "ResNet-20 (resnet_cifar, option A), lr 1000000.0: test accuracy",
+                 "step | test acc, BN | test acc, no BN", "steps to 40% test accuracy",
+                 "final test accuracy (120 images)", "ms per training step",
+                 "wall-clock seconds (incl. evals)", "diverged at step"):
+        assert text in stdout, text
+    assert "Traceback" not in proc.stderr and "RuntimeWarning" not in proc.stderr
+    for table in stdout.split("\n\n"):  # every table's rows line up on its column separators
+        rows = [line for line in table.splitlines() if " | " in line]
+        assert len({tuple(i for i, ch in enumerate(line) if ch == "|") for line in rows}) <= 1
+
+    result = json.loads(out.read_text())
+    assert result["args"]["steps"] == 4 and result["args"]["networks"] == ["vgg", "resnet20"]
+    assert set(result["networks"]) == {"vgg", "resnet20"}
+    for name, network in result["networks"].items():
+        bn, plain = network["runs"]
+        assert (bn["norm"], plain["norm"]) == ("batch", None)
+        assert bn["lr"] == plain["lr"] == network["lr"]
+        assert bn["steps"] == [2, 4] and len(bn["train_loss_per_step"]) == 4
+        assert bn["curve_samples"] == 60 and bn["test_samples"] == 120
+        assert 0 <= bn["final_test_accuracy"] <= 1 and bn["ms_per_step"] > 0
+    vgg_plain = result["networks"]["vgg"]["runs"][1]
+    assert vgg_plain["diverged_at_step"] is None and len(vgg_plain["test_accuracy"]) == 2
+    diverged = result["networks"]["resnet20"]["runs"][1]
+    assert diverged["diverged_at_step"] in (1, 2, 3, 4) and diverged["final_test_accuracy"] is None
+    assert len(diverged["train_loss_per_step"]) == diverged["diverged_at_step"] - 1
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size < 100_000
+
+
+def test_cifar_bn_example_without_matplotlib_writes_the_data_and_says_how(
+        tmp_path, shared_cifar_root, monkeypatch, capsys):  # noqa: F811
+    sys.path.insert(0, os.path.join(REPO, "examples"))
+    try:
+        import cifar_bn
+    finally:
+        sys.path.pop(0)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib fails
+    out, plot = tmp_path / "cifar.json", tmp_path / "cifar.png"
+    assert cifar_bn.main([*TINY, "--networks", "vgg", "--root", shared_cifar_root,
+                          "--out", str(out), "--plot", str(plot)]) == 0
+    printed = capsys.readouterr().out
+    assert 'matplotlib is not installed: no plot' in printed
+    assert 'pip install "minidl[plot]"' in printed
+    assert not plot.exists() and list(json.loads(out.read_text())["networks"]) == ["vgg"]
+
+
+@pytest.mark.parametrize("script", ["mnist_bn.py", "cifar_bn.py"])
+def test_help_shows_every_option_with_a_help_line_and_its_default(script):
+    proc = run_example(os.path.join(REPO, "examples", script), "--help", timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    options = re.findall(r"^  (--[a-z-]+)", proc.stdout, re.MULTILINE)
+    assert len(options) >= 10
+    entries = re.split(r"\n  (?=--)", proc.stdout.split("options:", 1)[1])[1:]
+    assert len(entries) == len(options)
+    for entry in entries:
+        text = " ".join(entry.split())
+        assert "(default: " in text, text
+        words = text.split(" ", 2)
+        assert len(words) == 3 and len(words[2]) > len("(default: x)"), text  # a help line too
+
+
+@pytest.mark.parametrize("script, args, message", [
+    ("mnist_bn.py", ["--epochs", "0"], "argument --epochs: expected an integer >= 1, got '0'"),
+    ("mnist_bn.py", ["--lr", "-1"], "argument --lr: expected a finite number > 0"),
+    ("mnist_bn.py", ["--target", "1.5"], "argument --target: expected an accuracy in (0, 1]"),
+    ("cifar_bn.py", ["--steps", "0"], "argument --steps: expected an integer >= 1"),
+    ("cifar_bn.py", ["--resnet-lr", "inf"], "argument --resnet-lr: expected a finite number > 0"),
+    ("cifar_bn.py", ["--momentum", "1"], "argument --momentum: expected a number in [0, 1)"),
+    ("cifar_bn.py", ["--networks", "vgg,alexnet"], "argument --networks: choose from vgg, resnet20"),
+    ("cifar_bn.py", ["--steps", "10", "--milestones", "5,20"], "beyond --steps 10"),
+])
+def test_invalid_options_are_rejected_up_front(script, args, message):
+    proc = run_example(os.path.join(REPO, "examples", script), *args, timeout=120)
+    assert proc.returncode == 2
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.stdout == ""

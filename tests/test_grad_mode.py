@@ -7,7 +7,7 @@ import pytest
 
 import minidl
 from minidl import layers
-from minidl.experiments import mnist_cnn
+from minidl.models import mnist_cnn
 
 
 def test_no_grad_is_a_context_manager_that_restores_the_mode():
@@ -128,7 +128,7 @@ def test_enable_grad_inside_no_grad_keeps_the_cache(rng):
 def test_inference_holds_no_intermediate_arrays(rng):
     """A no_grad eval forward of the MNIST CNN + BN leaves no array of minidl's allocator alive
     (every intermediate went back); with gradients the caches keep megabytes."""
-    model = mnist_cnn(batch_norm=True, rng=0).eval()
+    model = mnist_cnn(norm="batch", rng=0).eval()
     x = rng.random((256, 1, 28, 28), dtype=np.float32)
     base = minidl.memory_stats()["allocated_bytes"]
     with minidl.no_grad():

@@ -25,7 +25,9 @@ OPS = ["conv2d_forward", "conv2d_backward", "batch_norm_forward", "batch_norm_ba
        "max_pool2d_forward", "max_pool2d_backward", "relu_forward", "relu_backward",
        "softmax_forward", "softmax_backward", "linear_forward", "linear_backward",
        "layer_norm_forward", "layer_norm_backward", "group_norm_forward", "group_norm_backward",
-       "instance_norm_forward", "instance_norm_backward"]
+       "instance_norm_forward", "instance_norm_backward",
+       "avg_pool2d_forward", "avg_pool2d_backward", "global_avg_pool2d_forward",
+       "global_avg_pool2d_backward", "dropout_forward", "dropout_backward"]
 
 
 def assert_gradient(analytic, f, array, dout, what):
@@ -53,6 +55,8 @@ def test_forward_caches_are_reference_types_with_shape_and_dtype(rng):
         ref.layer_norm_forward(x, (6, 6)),
         ref.group_norm_forward(x, 3),
         ref.instance_norm_forward(x),
+        ref.avg_pool2d_forward(x, 3, 2, 1),
+        ref.dropout_forward(x, 0.5, True, np.random.default_rng(0)),
     ]
     for out, cache in forwards:
         assert isinstance(cache, ref.CACHE_TYPES) and isinstance(cache, tuple)
@@ -63,7 +67,9 @@ def test_forward_caches_are_reference_types_with_shape_and_dtype(rng):
                      compiled.batch_norm_forward(x), compiled.max_pool2d_forward(x, 2),
                      compiled.relu_forward(x), compiled.softmax_forward(x),
                      compiled.layer_norm_forward(x, (6, 6)), compiled.group_norm_forward(x, 3),
-                     compiled.instance_norm_forward(x)]:
+                     compiled.instance_norm_forward(x),
+                     compiled.avg_pool2d_forward(x, 2), compiled.global_avg_pool2d_forward(x),
+                     compiled.dropout_forward(x, 0.5, True, np.random.default_rng(0))]:
         assert not isinstance(cache, ref.CACHE_TYPES)
 
 

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import minidl
-from minidl.experiments.networks import mnist_cnn
+from minidl.models import mnist_cnn
 from minidl.layers import BatchNorm, Dense, Flatten, Module, Parameter, ReLU, Softmax
 from minidl.model import Sequential
 
@@ -29,7 +29,7 @@ MNIST_CNN_ROWS = [
 
 
 def test_mnist_cnn_counts_by_hand(capsys):
-    model = mnist_cnn(batch_norm=True, rng=0)
+    model = mnist_cnn(norm="batch", rng=0)
     result = minidl.summary(model, (N, 1, 28, 28))
     root, *rows = result.rows
     assert (root.name, root.type, root.depth, root.output_shape) == ("", "Sequential", 0, (N, 10))
@@ -53,7 +53,7 @@ def test_mnist_cnn_counts_by_hand(capsys):
 
 
 def test_flops_scale_with_the_batch():
-    model = mnist_cnn(batch_norm=False, rng=0)
+    model = mnist_cnn(norm=None, rng=0)
     one = minidl.summary(model, (1, 1, 28, 28), verbose=False)
     four = minidl.summary(model, (4, 1, 28, 28), verbose=False)
     assert four.total_flops == 4 * one.total_flops

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from minidl import layers, losses, optim
-from minidl.experiments import mnist_cnn
+from minidl.models import mnist_cnn
 
 from helpers import assert_close_to_torch
 
@@ -117,7 +117,7 @@ def test_whole_cnn_training_steps_match_torch(rng, batch_norm, optimizer, dtype)
     Adam runs in float64: its update divides by sqrt(v), so in float32 a rounding-level
     difference in a near-zero gradient becomes a visible difference in the weights.
     """
-    ours = mnist_cnn(batch_norm=batch_norm, rng=rng).astype(dtype)
+    ours = mnist_cnn(norm="batch" if batch_norm else None, rng=rng).astype(dtype)
     theirs = _torch_mnist_cnn(batch_norm).to(torch.float64 if dtype == np.float64 else torch.float32)
     theirs.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in ours.state_dict().items()})
     tol = dict(rtol=1e-4, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-9, atol=1e-12)

@@ -12,7 +12,7 @@ import pytest
 
 import minidl
 from minidl import data, layers
-from minidl.experiments import mnist_cnn
+from minidl.models import mnist_cnn
 
 from trainer_helpers import assert_same_state, blobs, make_trainer, mlp, shuffled_loader
 
@@ -199,6 +199,29 @@ def test_interrupted_and_resumed_run_is_bit_identical(tmp_path, references, kind
     # another seed: the resumed run must take every random state from the checkpoint
     trainer, history = _run(kind, tmp_path, seed=99, checkpoint_every=every, resume=True)
     _assert_same_run(trainer, history, *references[kind])
+
+
+def test_a_resumed_run_continues_the_masks_of_a_dropout_layer(tmp_path):
+    """Dropout keeps its generator in ``rng``: the checkpoint saves it, and a run resumed after
+    a crash ends bit-identical to one that never stopped."""
+    x, y = blobs(np.random.default_rng(0), 96)
+
+    def run(callbacks, resume):
+        minidl.manual_seed(0)
+        model = minidl.Sequential(layers.Dense(2, 16, rng=1), layers.ReLU(), layers.Dropout(0.5),
+                                  layers.Dense(16, 2, rng=2))
+        trainer = make_trainer(model, progress=False, callbacks=callbacks)
+        loader = data.DataLoader(data.ArrayDataset(x, y), 16, shuffle=True, seed=3)
+        trainer.fit(loader, epochs=2, checkpoint_dir=tmp_path / "ckpt", checkpoint_every=4,
+                    resume=resume)
+        return trainer
+
+    reference = run([], False)
+    with pytest.raises(RuntimeError, match="crash"):
+        run([RaiseAt(6)], False)
+    resumed = run([], True)
+    assert_same_state(resumed.model, reference.model)
+    assert resumed.model[2].rng.bit_generator.state == reference.model[2].rng.bit_generator.state
 
 
 def test_checkpoint_contents(tmp_path, references):
@@ -658,7 +681,7 @@ def test_short_real_mnist_run_reaches_stated_accuracy(mirror, tmp_path):
     train = data.MNIST(root=str(tmp_path), train=True)
     test = data.MNIST(root=str(tmp_path), train=False)
     minidl.manual_seed(0)
-    model = mnist_cnn(batch_norm=True)
+    model = mnist_cnn(norm="batch")
     trainer = make_trainer(model, lr=0.05, progress=False)
     subset = data.ArrayDataset(train.images[:6400], train.labels[:6400])
     trainer.fit(data.DataLoader(subset, batch_size=64, shuffle=True, seed=0), epochs=1)

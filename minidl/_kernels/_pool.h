@@ -1,6 +1,7 @@
-/* 2x2, stride-2 max-pooling (_pool.pyx) of one plane of windows, and its gradient. Written with
- * selects instead of branches so that the compiler vectorizes over the windows (MINIDL_SIMD);
- * SIMD clones as described in _portable.h.
+/* The per-plane loops of _pool.pyx: 2x2, stride-2 max-pooling of one plane of windows and its
+ * gradient, written with selects instead of branches so that the compiler vectorizes over the
+ * windows (MINIDL_SIMD); average pooling of one plane and its gradient (any window, stride and
+ * padding). SIMD clones as described in _portable.h.
  */
 #ifndef MINIDL_POOL_H
 #define MINIDL_POOL_H
@@ -94,5 +95,65 @@
     }
 MINIDL_POOL_2X2(f, float, uint32_t)
 MINIDL_POOL_2X2(d, double, uint64_t)
+
+/* Average pooling (_pool.pyx) of one (H, W) plane with zero padding, and its gradient. The
+   window of output (oh, ow) covers rows [oh*sH - pH, oh*sH - pH + kH) and columns
+   [ow*sW - pW, ow*sW - pW + kW) of the zero-padded plane; the sum runs over its part inside
+   the plane (the padding adds zeros) and is divided by kH*kW when count_include_pad (in
+   floor mode no window reaches past the padding), else by the number of plane elements in the
+   window (never 0: the caller keeps the padding at most half the window). Sums are
+   accumulated in double. The gradient of output (oh, ow) is dout / divisor, added to every
+   plane element of its window. */
+/* The rows [*lo, *hi) of a plane of n rows that window o covers (likewise for columns): the
+   window starts at o*s - p in the padded plane and is k long. */
+static MINIDL_INLINE void minidl_avgpool_span(ptrdiff_t o, ptrdiff_t s, ptrdiff_t p, ptrdiff_t k,
+                                              ptrdiff_t n, ptrdiff_t* lo, ptrdiff_t* hi) {
+    const ptrdiff_t start = o * s - p;
+    *lo = start > 0 ? start : 0;
+    *hi = start + k < n ? start + k : n;
+}
+
+#define MINIDL_AVG_POOL(SUFFIX, T)                                                          \
+    MINIDL_CLONES static void minidl_avgpool_plane_##SUFFIX(                                \
+            const T* restrict plane, ptrdiff_t H, ptrdiff_t W, T* restrict out,             \
+            ptrdiff_t OH, ptrdiff_t OW, ptrdiff_t kH, ptrdiff_t kW, ptrdiff_t sH,           \
+            ptrdiff_t sW, ptrdiff_t pH, ptrdiff_t pW, int count_include_pad) {              \
+        ptrdiff_t h0, h1, w0, w1;                                                           \
+        for (ptrdiff_t oh = 0; oh < OH; oh++) {                                             \
+            minidl_avgpool_span(oh, sH, pH, kH, H, &h0, &h1);                               \
+            for (ptrdiff_t ow = 0; ow < OW; ow++) {                                         \
+                minidl_avgpool_span(ow, sW, pW, kW, W, &w0, &w1);                           \
+                double sum = 0.0;                                                           \
+                for (ptrdiff_t h = h0; h < h1; h++)                                         \
+                    for (ptrdiff_t w = w0; w < w1; w++)                                     \
+                        sum += plane[h * W + w];                                            \
+                const ptrdiff_t divisor =                                                   \
+                    count_include_pad ? kH * kW : (h1 - h0) * (w1 - w0);                    \
+                out[oh * OW + ow] = (T)(sum / (double)divisor);                             \
+            }                                                                               \
+        }                                                                                   \
+    }                                                                                       \
+    MINIDL_CLONES static void minidl_avgpool_grad_plane_##SUFFIX(                           \
+            const T* restrict dout, ptrdiff_t H, ptrdiff_t W, T* restrict dx,               \
+            ptrdiff_t OH, ptrdiff_t OW, ptrdiff_t kH, ptrdiff_t kW, ptrdiff_t sH,           \
+            ptrdiff_t sW, ptrdiff_t pH, ptrdiff_t pW, int count_include_pad) {              \
+        ptrdiff_t h0, h1, w0, w1;                                                           \
+        for (ptrdiff_t p = 0; p < H * W; p++) dx[p] = (T)0;                                 \
+        for (ptrdiff_t oh = 0; oh < OH; oh++) {                                             \
+            minidl_avgpool_span(oh, sH, pH, kH, H, &h0, &h1);                               \
+            for (ptrdiff_t ow = 0; ow < OW; ow++) {                                         \
+                minidl_avgpool_span(ow, sW, pW, kW, W, &w0, &w1);                           \
+                const ptrdiff_t divisor =                                                   \
+                    count_include_pad ? kH * kW : (h1 - h0) * (w1 - w0);                    \
+                const T g = dout[oh * OW + ow] / (T)divisor;                                \
+                for (ptrdiff_t h = h0; h < h1; h++) {                                       \
+                    MINIDL_SIMD                                                             \
+                    for (ptrdiff_t w = w0; w < w1; w++) dx[h * W + w] += g;                 \
+                }                                                                           \
+            }                                                                               \
+        }                                                                                   \
+    }
+MINIDL_AVG_POOL(f, float)
+MINIDL_AVG_POOL(d, double)
 
 #endif

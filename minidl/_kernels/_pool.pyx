@@ -1,4 +1,7 @@
-"""Max-pooling kernels (2-D, no padding, floor mode), as defined for ``torch.nn.MaxPool2d``.
+"""Pooling kernels (2-D, floor mode): max-pooling without padding as ``torch.nn.MaxPool2d``, and
+average pooling with zero padding as ``torch.nn.AvgPool2d``.
+
+Max-pooling:
 
     out[n, c, oh, ow] = max over 0 <= i < kH, 0 <= j < kW of x[n, c, oh*sH + i, ow*sW + j]
 
@@ -6,6 +9,14 @@ with ``OH = (H - kH) // sH + 1`` and ``OW = (W - kW) // sW + 1``. The forward pa
 per output element, the flat index ``h*W + w`` of the winning input inside its ``(H, W)`` plane
 (the same convention as PyTorch's ``return_indices=True``). Ties go to the first maximum in
 row-major window order; a NaN in the window wins (the last one, as in PyTorch's CPU kernel).
+
+Average pooling, with zero padding ``(pH, pW)`` and ``OH = (H + 2*pH - kH) // sH + 1`` (likewise
+``OW``)::
+
+    out[n, c, oh, ow] = (sum over the window's elements inside the plane) / divisor
+
+where the divisor is ``kH*kW`` (``count_include_pad``, PyTorch's default: the padded zeros are
+counted) or the number of the window's elements inside the plane.
 
 These kernels trust their inputs (checked by ``minidl.functional.pooling``), write into
 caller-allocated arrays (OUT), release the GIL and split the (sample, channel) planes over
@@ -77,6 +88,22 @@ cdef extern from "_pool.h" nogil:
     void minidl_pool2x2_grad_table_d(const double* dout, const int64_t* argmax,
                                      const int32_t* owner, Py_ssize_t count,
                                      double* dx)
+    void minidl_avgpool_plane_f(const float* plane, Py_ssize_t H, Py_ssize_t W, float* out,
+                                Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t kH, Py_ssize_t kW,
+                                Py_ssize_t sH, Py_ssize_t sW, Py_ssize_t pH, Py_ssize_t pW,
+                                int count_include_pad)
+    void minidl_avgpool_plane_d(const double* plane, Py_ssize_t H, Py_ssize_t W, double* out,
+                                Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t kH, Py_ssize_t kW,
+                                Py_ssize_t sH, Py_ssize_t sW, Py_ssize_t pH, Py_ssize_t pW,
+                                int count_include_pad)
+    void minidl_avgpool_grad_plane_f(const float* dout, Py_ssize_t H, Py_ssize_t W, float* dx,
+                                     Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t kH,
+                                     Py_ssize_t kW, Py_ssize_t sH, Py_ssize_t sW,
+                                     Py_ssize_t pH, Py_ssize_t pW, int count_include_pad)
+    void minidl_avgpool_grad_plane_d(const double* dout, Py_ssize_t H, Py_ssize_t W,
+                                     double* dx, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t kH,
+                                     Py_ssize_t kW, Py_ssize_t sH, Py_ssize_t sW,
+                                     Py_ssize_t pH, Py_ssize_t pW, int count_include_pad)
 
 
 # Rows of fewer 2x2 windows than this go through a table (gathers, full vectors); longer ones
@@ -247,3 +274,85 @@ def max_pool2d_backward(const floating[:, :, :, ::1] dout, const int64_t[:, :, :
             plane[p] = 0
         for k in range(OH * OW):
             plane[where[k]] += grad[k]
+
+
+def avg_pool2d_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out,
+                       Py_ssize_t kernel_h, Py_ssize_t kernel_w, Py_ssize_t stride_h,
+                       Py_ssize_t stride_w, Py_ssize_t pad_h, Py_ssize_t pad_w,
+                       bint count_include_pad=True, int num_threads=1):
+    """Mean over each pooling window of the zero-padded input.
+
+    Args:
+        x (IN): input, shape ``(N, C, H, W)``, float32 or float64, C-contiguous.
+        out (OUT): shape ``(N, C, OH, OW)``, same dtype; fully overwritten.
+        kernel_h, kernel_w: window size (>= 1).
+        stride_h, stride_w: window step (>= 1).
+        pad_h, pad_w: zeros on each side (>= 0).
+        count_include_pad: divide by ``kH*kW`` (True) or by the number of input elements in
+            the window (False).
+        num_threads: OpenMP threads (ignored in a serial build).
+
+    Work is split over the ``N*C`` planes.
+
+    Preconditions (checked by the caller, not here): ``kH, kW, sH, sW >= 1``;
+    ``0 <= pH <= kH // 2`` and ``0 <= pW <= kW // 2`` (so no window lies in the padding only);
+    ``kH <= H + 2*pH`` and ``kW <= W + 2*pW``; ``out`` exactly ``(N, C, OH, OW)`` with
+    ``OH = (H + 2*pH - kH) // sH + 1``, ``OW = (W + 2*pW - kW) // sW + 1``, sharing no memory
+    with ``x``; ``num_threads >= 1``.
+    """
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t OH = out.shape[2], OW = out.shape[3]
+    cdef Py_ssize_t task
+    cdef int include_pad = count_include_pad
+    if N * C == 0:
+        return
+    cdef const floating* x0 = &x[0, 0, 0, 0]
+    cdef floating* out0 = &out[0, 0, 0, 0]
+    for task in prange(N * C, nogil=True, num_threads=num_threads, schedule="static"):
+        if floating is float:
+            minidl_avgpool_plane_f(x0 + task * H * W, H, W, out0 + task * OH * OW, OH, OW,
+                                   kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
+                                   include_pad)
+        else:
+            minidl_avgpool_plane_d(x0 + task * H * W, H, W, out0 + task * OH * OW, OH, OW,
+                                   kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
+                                   include_pad)
+
+
+def avg_pool2d_backward(const floating[:, :, :, ::1] dout, floating[:, :, :, ::1] dx,
+                        Py_ssize_t kernel_h, Py_ssize_t kernel_w, Py_ssize_t stride_h,
+                        Py_ssize_t stride_w, Py_ssize_t pad_h, Py_ssize_t pad_w,
+                        bint count_include_pad=True, int num_threads=1):
+    """Spread each upstream gradient evenly over the input elements of its window.
+
+    ``dx[n, c, h, w] = sum over the windows (oh, ow) holding (h, w) of
+    dout[n, c, oh, ow] / divisor(oh, ow)``, the divisor of :func:`avg_pool2d_forward`.
+
+    Args:
+        dout (IN): shape ``(N, C, OH, OW)``, float32 or float64, C-contiguous.
+        dx (OUT): shape ``(N, C, H, W)``, same dtype; fully overwritten.
+        kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, count_include_pad: as in the
+            forward pass.
+        num_threads: OpenMP threads (ignored in a serial build).
+
+    Preconditions (checked by the caller, not here): those of :func:`avg_pool2d_forward`, with
+    ``dout`` of the forward output's shape and ``dx`` of its input's; ``dx`` shares no memory
+    with ``dout``; ``num_threads >= 1``.
+    """
+    cdef Py_ssize_t N = dx.shape[0], C = dx.shape[1], H = dx.shape[2], W = dx.shape[3]
+    cdef Py_ssize_t OH = dout.shape[2], OW = dout.shape[3]
+    cdef Py_ssize_t task
+    cdef int include_pad = count_include_pad
+    if N * C == 0:
+        return
+    cdef const floating* dout0 = &dout[0, 0, 0, 0]
+    cdef floating* dx0 = &dx[0, 0, 0, 0]
+    for task in prange(N * C, nogil=True, num_threads=num_threads, schedule="static"):
+        if floating is float:
+            minidl_avgpool_grad_plane_f(dout0 + task * OH * OW, H, W, dx0 + task * H * W,
+                                        OH, OW, kernel_h, kernel_w, stride_h, stride_w,
+                                        pad_h, pad_w, include_pad)
+        else:
+            minidl_avgpool_grad_plane_d(dout0 + task * OH * OW, H, W, dx0 + task * H * W,
+                                        OH, OW, kernel_h, kernel_w, stride_h, stride_w,
+                                        pad_h, pad_w, include_pad)

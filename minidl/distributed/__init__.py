@@ -1,4 +1,4 @@
-"""Data-parallel training over MPI (mpi4py), with PyTorch's names.
+"""Data-parallel training over MPI (mpi4py), with PyTorch's names::
 
     import minidl.distributed as dist
     dist.init()                                   # MPI under mpiexec, else one process

@@ -1,4 +1,9 @@
-"""Experiment building blocks: the reference networks used by examples, experiments and benchmarks."""
-from .networks import cifar_cnn, mnist_cnn
+"""Experiments: runners that train networks, compare them and write JSON and plots.
 
-__all__ = ["mnist_cnn", "cifar_cnn"]
+The networks themselves are in :mod:`minidl.models`. :mod:`minidl.experiments.comparison` holds
+what the BatchNorm examples share (training with periodic evaluation, the comparison table,
+JSON and PNG output).
+"""
+from . import comparison
+
+__all__ = ["comparison"]

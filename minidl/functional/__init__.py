@@ -4,6 +4,7 @@ kernels behind them trust their inputs."""
 from .activation import (relu_backward, relu_forward, sigmoid_backward, sigmoid_forward,
                          softmax_backward, softmax_forward, tanh_backward, tanh_forward)
 from .conv import conv2d_backward, conv2d_forward, conv2d_output_size
+from .dropout import dropout_backward, dropout_forward
 from .linear import linear_backward, linear_forward
 from .normalization import (batch_norm_backward, batch_norm_forward, batch_norm_grad_sums,
                             batch_norm_input_grad, batch_norm_stats, channel_stats,
@@ -11,6 +12,8 @@ from .normalization import (batch_norm_backward, batch_norm_forward, batch_norm_
                             instance_norm_backward, instance_norm_forward, layer_norm_backward,
                             layer_norm_forward, sync_batch_norm_backward, sync_batch_norm_forward)
 from .pooling import max_pool2d_backward, max_pool2d_forward
+from .pooling import (avg_pool2d_backward, avg_pool2d_forward, global_avg_pool2d_backward,
+                      global_avg_pool2d_forward)
 
 __all__ = [
     "relu_forward", "relu_backward", "softmax_forward", "softmax_backward",
@@ -23,4 +26,7 @@ __all__ = [
     "instance_norm_forward", "instance_norm_backward",
     "batch_norm_stats", "combine_batch_norm_stats", "batch_norm_grad_sums", "batch_norm_input_grad",
     "sync_batch_norm_forward", "sync_batch_norm_backward",
+    "avg_pool2d_forward", "avg_pool2d_backward",
+    "global_avg_pool2d_forward", "global_avg_pool2d_backward",
+    "dropout_forward", "dropout_backward",
 ]

@@ -1,4 +1,6 @@
-"""2-D max pooling as a stateless forward/backward pair (validation + kernel dispatch).
+"""2-D max and average pooling as stateless forward/backward pairs (validation + kernel dispatch).
+
+Max pooling:
 
 Definition (``torch.nn.functional.max_pool2d`` with no padding, dilation 1, floor mode; see
 ``minidl/reference/pooling.py``)::
@@ -10,8 +12,19 @@ The forward kernel also records where each maximum was (a flat index ``h*W + w``
 ``(H, W)`` plane, as PyTorch's ``return_indices=True``); the backward kernel adds ``dout`` into
 those positions. Ties go to the first maximum in row-major window order, like PyTorch.
 
+Average pooling (``torch.nn.functional.avg_pool2d``, floor mode, zero padding at most half the
+window) and global average pooling (``adaptive_avg_pool2d(x, 1)`` flattened to ``(N, C)``)::
+
+    out[n, c, oh, ow] = sum_{i < kH, j < kW} xpad[n, c, oh*sH + i, ow*sW + j] / divisor
+    OH = (H + 2*pH - kH) // sH + 1,   OW = (W + 2*pW - kW) // sW + 1
+    global: out[n, c] = sum_{h, w} x[n, c, h, w] / (H*W)
+
+with ``xpad`` the input padded with ``pH``/``pW`` zeros on each side and ``divisor = kH*kW``
+(``count_include_pad=True``, PyTorch's default) or the number of window elements that are not
+padding. The backward pass gives every input element of a window ``dout / divisor``.
+
 Under ``with minidl.backend("reference"):`` the validated arguments go instead to the
-window-by-window loop of :mod:`minidl.reference.functional.pooling`, and a cache that it made
+window-by-window loops of :mod:`minidl.reference.functional.pooling`, and a cache that they made
 sends the backward pass there too (the ``if`` statements marked "reference backend").
 """
 from typing import NamedTuple, Tuple
@@ -24,7 +37,9 @@ from .._checks import check_grad, check_input, pair
 from .._kernels import _pool as _kernel
 from ..reference.functional import pooling as reference
 
-__all__ = ["MaxPool2dCache", "max_pool2d_forward", "max_pool2d_backward", "pool_params"]
+__all__ = ["MaxPool2dCache", "max_pool2d_forward", "max_pool2d_backward", "pool_params",
+           "AvgPool2dCache", "avg_pool2d_forward", "avg_pool2d_backward", "avg_pool_params",
+           "global_avg_pool2d_forward", "global_avg_pool2d_backward"]
 
 
 class MaxPool2dCache(NamedTuple):
@@ -132,4 +147,182 @@ def max_pool2d_backward(dout, cache, layer="max_pool2d", out=None):
     dout = np.ascontiguousarray(dout)
     _kernel.max_pool2d_backward(dout, cache.argmax, dx, _config.threads_for(dx.size),
                                 cache.two_by_two)
+    return dx
+
+
+# ----------------------------------------------------------------------------- average pooling
+class AvgPool2dCache(NamedTuple):
+    """What :func:`avg_pool2d_backward` and :func:`global_avg_pool2d_backward` need.
+
+    Attributes:
+        x_shape (tuple): ``(N, C, H, W)``.
+        out_shape (tuple): the output's shape, ``(N, C, OH, OW)`` (``(N, C)`` for global
+            pooling).
+        dtype (np.dtype): dtype of the input and output.
+        kernel_size, stride, padding (pairs of int): the geometry (for global pooling
+            ``(H, W)``, ``(1, 1)``, ``(0, 0)``).
+        count_include_pad (bool): padded zeros count in the divisor.
+    """
+
+    x_shape: Tuple[int, int, int, int]
+    out_shape: Tuple[int, ...]
+    dtype: np.dtype
+    kernel_size: Tuple[int, int]
+    stride: Tuple[int, int]
+    padding: Tuple[int, int]
+    count_include_pad: bool
+
+
+def avg_pool_params(kernel_size, stride, padding, count_include_pad, layer):
+    """Validate average pooling's settings; return them as
+    ``(kernel_size, stride, padding, count_include_pad)``.
+
+    ``stride`` None means ``kernel_size``. As in PyTorch, the padding may be at most half the
+    window (``pH <= kH // 2``, ``pW <= kW // 2``), so that no window lies in the padding only.
+
+    Raises:
+        ValueError: ``kernel_size``/``stride`` not an int or a pair of ints >= 1, ``padding``
+            not >= 0 or more than half the window.
+        TypeError: ``count_include_pad`` not a bool.
+    """
+    kernel_size, stride = pool_params(kernel_size, stride, layer)
+    padding = pair(padding, "padding", layer, minimum=0)
+    if padding[0] > kernel_size[0] // 2 or padding[1] > kernel_size[1] // 2:
+        raise ValueError(f"{layer}: padding {padding} must be at most half of kernel_size "
+                         f"{kernel_size} (at most {(kernel_size[0] // 2, kernel_size[1] // 2)}), "
+                         f"as in PyTorch")
+    if not isinstance(count_include_pad, (bool, np.bool_)):
+        raise TypeError(f"{layer}: count_include_pad must be True or False, got "
+                        f"{count_include_pad!r}")
+    return kernel_size, stride, padding, bool(count_include_pad)
+
+
+def avg_pool2d_forward(x, kernel_size, stride=None, padding=0, count_include_pad=True,
+                       layer="avg_pool2d", out=None):
+    """Mean over sliding windows of each channel, like ``torch.nn.functional.avg_pool2d``.
+
+    Args:
+        x (np.ndarray): ``(N, C, H, W)``, float32 or float64, any strides.
+        kernel_size (int or pair): window ``(kH, kW)``, >= 1, at most the padded input.
+        stride (int or pair or None): step ``(sH, sW)`` >= 1; None (default) means
+            ``kernel_size``.
+        padding (int or pair): zeros added on each side ``(pH, pW)``, default 0, at most half
+            the window.
+        count_include_pad (bool): divide by ``kH*kW`` including padded zeros (default, as
+            PyTorch) or by the number of input elements in the window.
+        layer (str): name used in error messages.
+        out (np.ndarray, optional): where to write the result (C-contiguous, ``(N, C, OH, OW)``,
+            x's dtype); a new array when None.
+    Returns:
+        (out, cache): ``out`` is ``(N, C, OH, OW)`` in the dtype of ``x`` with
+        ``OH = (H + 2*pH - kH) // sH + 1`` (likewise ``OW``); ``cache`` an
+        :class:`AvgPool2dCache` (under the reference backend the one of
+        :mod:`minidl.reference.functional.pooling`).
+    Raises:
+        TypeError: ``x`` is not a float32/float64 ndarray; ``count_include_pad`` not a bool.
+        ValueError: wrong rank, bad kernel_size/stride/padding, an input smaller than the
+            window (after padding), or an unusable ``out``.
+    """
+    check_input(layer, x, "NCHW")
+    kernel_size, stride, padding, count_include_pad = avg_pool_params(
+        kernel_size, stride, padding, count_include_pad, layer)
+    n, c, height, width = x.shape
+    padded = (height + 2 * padding[0], width + 2 * padding[1])
+    if padded[0] < kernel_size[0] or padded[1] < kernel_size[1]:
+        raise ValueError(
+            f"{layer}: input of shape {x.shape} with padding {padding} is smaller than "
+            f"kernel_size {kernel_size}: expected H + 2*pH >= {kernel_size[0]} and "
+            f"W + 2*pW >= {kernel_size[1]}"
+        )
+    shape = (n, c, (padded[0] - kernel_size[0]) // stride[0] + 1,
+             (padded[1] - kernel_size[1]) // stride[1] + 1)
+    out = _memory.output(layer, out, shape, x.dtype)
+    if get_backend() == "reference":  # reference backend: the windows' sums, in NumPy
+        return reference.avg_pool2d_forward(x, kernel_size, stride, padding, count_include_pad,
+                                            layer, out)
+    x = np.ascontiguousarray(x)
+    _kernel.avg_pool2d_forward(x, out, *kernel_size, *stride, *padding, count_include_pad,
+                               _config.threads_for(x.size))
+    return out, AvgPool2dCache(x.shape, shape, x.dtype, kernel_size, stride, padding,
+                               count_include_pad)
+
+
+def avg_pool2d_backward(dout, cache, layer="avg_pool2d", out=None):
+    """Gradient of :func:`avg_pool2d_forward` with respect to its input.
+
+    Args:
+        dout (np.ndarray): d loss / d out, ``(N, C, OH, OW)``, the dtype of the forward output;
+            any strides.
+        cache (AvgPool2dCache): the second value returned by :func:`avg_pool2d_forward`.
+        layer (str): name used in error messages.
+        out (np.ndarray, optional): where to write ``dx`` (C-contiguous, ``(N, C, H, W)``, the
+            input's dtype); a new array when None.
+    Returns:
+        np.ndarray: ``dx`` of shape ``(N, C, H, W)``: each input element receives
+        ``dout / divisor`` from every window that holds it.
+    Raises:
+        TypeError/ValueError: ``dout`` does not match the forward output, or an unusable
+            ``out``.
+    """
+    check_grad(layer, dout, cache.out_shape, cache.dtype)
+    dx = _memory.output(layer, out, cache.x_shape, cache.dtype)
+    if isinstance(cache, reference.AvgPool2dCache):  # reference backend: made by its forward
+        return reference.avg_pool2d_backward(dout, cache, layer, dx)
+    _kernel.avg_pool2d_backward(np.ascontiguousarray(dout), dx, *cache.kernel_size,
+                                *cache.stride, *cache.padding, cache.count_include_pad,
+                                _config.threads_for(dx.size))
+    return dx
+
+
+def global_avg_pool2d_forward(x, layer="global_avg_pool2d", out=None):
+    """Mean of each channel over its ``H*W`` positions: ``(N, C, H, W) -> (N, C)``.
+
+    Like ``torch.nn.functional.adaptive_avg_pool2d(x, 1).flatten(1)`` (the last pooling of
+    ResNet, He et al. 2016, section 3.4); computed by the average-pooling kernel with one
+    ``(H, W)`` window.
+
+    Args:
+        x (np.ndarray): ``(N, C, H, W)``, float32 or float64, any strides.
+        layer (str): name used in error messages.
+        out (np.ndarray, optional): where to write the result (C-contiguous ``(N, C)``, x's
+            dtype); a new array when None.
+    Returns:
+        (out, cache): ``out`` is ``(N, C)`` in the dtype of ``x``; ``cache`` an
+        :class:`AvgPool2dCache` (or the reference one).
+    Raises:
+        TypeError: ``x`` is not a float32/float64 ndarray.
+        ValueError: wrong rank or an empty axis, or an unusable ``out``.
+    """
+    check_input(layer, x, "NCHW")
+    n, c, height, width = x.shape
+    out = _memory.output(layer, out, (n, c), x.dtype)
+    if get_backend() == "reference":  # reference backend: the mean by its formula
+        return reference.global_avg_pool2d_forward(x, layer, out)
+    x = np.ascontiguousarray(x)
+    _kernel.avg_pool2d_forward(x, out.reshape(n, c, 1, 1), height, width, 1, 1, 0, 0, True,
+                               _config.threads_for(x.size))
+    return out, AvgPool2dCache(x.shape, (n, c), x.dtype, (height, width), (1, 1), (0, 0), True)
+
+
+def global_avg_pool2d_backward(dout, cache, layer="global_avg_pool2d", out=None):
+    """Gradient of :func:`global_avg_pool2d_forward`: ``dx[n, c, h, w] = dout[n, c] / (H*W)``.
+
+    Args:
+        dout (np.ndarray): ``(N, C)``, the dtype of the forward output; any strides.
+        cache (AvgPool2dCache): the second value returned by :func:`global_avg_pool2d_forward`.
+        layer (str): name used in error messages.
+        out (np.ndarray, optional): where to write ``dx`` (C-contiguous ``(N, C, H, W)``).
+    Returns:
+        np.ndarray: ``dx`` of shape ``(N, C, H, W)`` in the input's dtype.
+    Raises:
+        TypeError/ValueError: ``dout`` does not match the forward output, or an unusable
+            ``out``.
+    """
+    check_grad(layer, dout, cache.out_shape, cache.dtype)
+    dx = _memory.output(layer, out, cache.x_shape, cache.dtype)
+    if isinstance(cache, reference.AvgPool2dCache):  # reference backend: made by its forward
+        return reference.global_avg_pool2d_backward(dout, cache, layer, dx)
+    n, c, height, width = cache.x_shape
+    _kernel.avg_pool2d_backward(np.ascontiguousarray(dout).reshape(n, c, 1, 1), dx, height,
+                                width, 1, 1, 0, 0, True, _config.threads_for(dx.size))
     return dx

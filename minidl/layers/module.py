@@ -498,6 +498,8 @@ class Module:
     def __repr__(self):
         lines = [f"{type(self).__name__}({self.extra_repr()}"]
         if self._modules:
+            if self.extra_repr():  # on a line of its own before the children, as PyTorch
+                lines = [f"{type(self).__name__}(", f"  {self.extra_repr()}"]
             for name, child in self._modules.items():
                 child_repr = repr(child).replace("\n", "\n  ")
                 lines.append(f"  ({name}): {child_repr}")

@@ -14,6 +14,10 @@ nothing), with NumPy's BLAS on one thread for the matrix products of ``conv2d_*`
   (Ulyanov et al. 2016, eq. 2).
 * :mod:`.pooling` — ``max_pool2d_forward``/``max_pool2d_backward``: the max over windows
   (the same book, section 9.3), with PyTorch's rule for ties.
+  ``avg_pool2d_*`` and ``global_avg_pool2d_*``: window sums over the zero-padded input
+  divided by the window's size (the same section; Lin et al. 2014 for the global mean).
+* :mod:`.dropout` — ``dropout_forward``/``dropout_backward``: Bernoulli masks (Srivastava et
+  al. 2014, section 4), inverted as in PyTorch.
 * :mod:`.activation` — ``relu_*`` (Nair & Hinton 2010) and ``softmax_*`` (Bridle 1990).
   (``sigmoid_*`` and ``tanh_*`` have no twin: their compiled versions are already plain NumPy
   formulas, which both backends run.)
@@ -33,6 +37,9 @@ from .normalization import (BatchNormCache, SampleNormCache, batch_norm_backward
                             instance_norm_backward, instance_norm_forward, layer_norm_backward,
                             layer_norm_forward)
 from .pooling import MaxPool2dCache, max_pool2d_backward, max_pool2d_forward
+from .pooling import (AvgPool2dCache, avg_pool2d_backward, avg_pool2d_forward,
+                      global_avg_pool2d_backward, global_avg_pool2d_forward)
+from .dropout import DropoutCache, dropout_backward, dropout_forward
 
 __all__ = [
     "relu_forward", "relu_backward", "softmax_forward", "softmax_backward",
@@ -42,8 +49,11 @@ __all__ = [
     "MaxPool2dCache", "CACHE_TYPES",
     "layer_norm_forward", "layer_norm_backward", "group_norm_forward", "group_norm_backward",
     "instance_norm_forward", "instance_norm_backward", "SampleNormCache",
+    "avg_pool2d_forward", "avg_pool2d_backward", "global_avg_pool2d_forward",
+    "global_avg_pool2d_backward", "AvgPool2dCache", "dropout_forward", "dropout_backward",
+    "DropoutCache",
 ]
 
 CACHE_TYPES = (ReluCache, SoftmaxCache, Conv2dCache, LinearCache, BatchNormCache, MaxPool2dCache,
-               SampleNormCache)
+               SampleNormCache, AvgPool2dCache, DropoutCache)
 """Every cache type a reference ``*_forward`` returns."""

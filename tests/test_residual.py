@@ -1,0 +1,214 @@
+"""Residual and Identity: gradients through both paths (identity and projection shortcuts,
+nested blocks), PyTorch parity, one object twice, printing and summary, errors."""
+import numpy as np
+import pytest
+
+import minidl
+from minidl import layers
+from minidl.model import Sequential
+
+from helpers import assert_close_to_torch, check_module_gradients
+
+torch = pytest.importorskip("torch")
+import torch_models  # noqa: E402 (needs torch)
+
+
+def projection_block(cin, cout, rng, dtype=np.float32):
+    """A ResNet basic block with a projection shortcut (1x1 conv stride 2 + BN), He et al. eq. 2."""
+    body = Sequential(layers.Conv2D(cin, cout, 3, stride=2, padding=1, bias=False, rng=rng),
+                      layers.BatchNorm(cout), layers.ReLU(),
+                      layers.Conv2D(cout, cout, 3, padding=1, bias=False, rng=rng),
+                      layers.BatchNorm(cout))
+    shortcut = Sequential(layers.Conv2D(cin, cout, 1, stride=2, bias=False, rng=rng),
+                          layers.BatchNorm(cout))
+    return Sequential(layers.Residual(body, shortcut), layers.ReLU()).astype(dtype)
+
+
+def torch_projection_block(cin, cout):
+    nn = torch.nn
+    body = nn.Sequential(nn.Conv2d(cin, cout, 3, 2, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(),
+                         nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout))
+    shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, 2, bias=False), nn.BatchNorm2d(cout))
+    return nn.Sequential(torch_models.Residual(body, shortcut), nn.ReLU())
+
+
+# ----------------------------------------------------------------------------- gradients
+def test_identity_shortcut_gradients(rng):
+    block = layers.Residual(Sequential(layers.Conv2D(3, 3, 3, padding=1, rng=rng),
+                                       layers.BatchNorm(3), layers.ReLU()))
+    check_module_gradients(block.astype(np.float64), rng.standard_normal((2, 3, 5, 5)), rng)
+
+
+def test_projection_shortcut_gradients_in_train_and_eval(rng):
+    block = projection_block(2, 4, rng, np.float64)
+    x = rng.standard_normal((3, 2, 6, 6))
+    block(x)  # running statistics away from their initial values for the eval-mode check
+    report = minidl.gradcheck(block, x, seed=3)
+    assert {c.mode for c in report.checks} == {"train", "eval"}
+    assert len(report.checks) == 2 * (1 + len(block.parameters()))
+
+
+def test_nested_residuals_gradients(rng):
+    inner = layers.Residual(Sequential(layers.Dense(4, 4, rng=rng), layers.ReLU()))
+    outer = layers.Residual(Sequential(inner, layers.Dense(4, 4, rng=rng)),
+                            shortcut=layers.Dense(4, 4, rng=rng))
+    check_module_gradients(outer.astype(np.float64), rng.standard_normal((5, 4)), rng)
+
+
+def test_backward_sums_both_paths_exactly(rng):
+    """With the identity as both body and a separate Identity shortcut: dx = 2 * dout, and
+    the caller's dout is not modified in place."""
+    block = layers.Residual(layers.Identity(), layers.Identity())
+    x = rng.standard_normal((2, 3)).astype(np.float32)
+    y = block(x)
+    np.testing.assert_array_equal(y, 2 * x)
+    dout = rng.standard_normal((2, 3)).astype(np.float32)
+    saved = dout.copy()
+    np.testing.assert_array_equal(block.backward(dout), 2 * saved)
+    np.testing.assert_array_equal(dout, saved)
+
+
+def test_the_sum_does_not_overwrite_the_bodys_cached_output(rng):
+    relu = layers.ReLU()
+    block = layers.Residual(relu)
+    x = rng.standard_normal((4, 4)).astype(np.float32)
+    y = block(x)
+    np.testing.assert_array_equal(relu._cache.y, np.maximum(x, 0))  # ReLU keeps its output
+    assert not np.shares_memory(y, relu._cache.y) and not np.shares_memory(y, x)
+
+
+def test_input_grad_false_skips_the_input_gradient_but_not_the_parameters(rng):
+    block = projection_block(2, 4, rng)
+    x = rng.standard_normal((2, 2, 6, 6)).astype(np.float32)
+    dout = rng.standard_normal(block(x).shape).astype(np.float32)
+    block.backward(dout)
+    expected = [p.grad.copy() for p in block.parameters()]
+    block.zero_grad()
+    block(x)
+    assert block.backward(dout, input_grad=False) is None
+    for p, grad in zip(block.parameters(), expected):
+        np.testing.assert_allclose(p.grad, grad, rtol=1e-6, atol=1e-7)
+
+
+# ----------------------------------------------------------------------------- PyTorch
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_projection_block_matches_torch(rng, dtype):
+    ours = projection_block(3, 8, rng, dtype)
+    theirs = torch_models.load_from_minidl(torch_projection_block(3, 8), ours,
+                                           torch.float64 if dtype == np.float64 else torch.float32)
+    tol = dict(rtol=1e-4, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-12)
+    for step in range(2):  # two training steps: running statistics move too
+        x = rng.standard_normal((4, 3, 8, 8)).astype(dtype)
+        dout = rng.standard_normal((4, 8, 4, 4)).astype(dtype)
+        ours.zero_grad()
+        theirs.zero_grad()
+        y = ours(x)
+        dx = ours.backward(dout)
+        xt = torch.from_numpy(x).requires_grad_()
+        yt = theirs(xt)
+        yt.backward(torch.from_numpy(dout))
+        assert_close_to_torch(y, yt, **tol, what=f"output, step {step}")
+        assert_close_to_torch(dx, xt.grad, **tol, what=f"input gradient, step {step}")
+        for (name, p), tp in zip(ours.named_parameters(), theirs.parameters()):
+            assert_close_to_torch(p.grad, tp.grad, **tol, what=f"{name}.grad, step {step}")
+    tstate = theirs.state_dict()
+    for key, value in ours.state_dict().items():
+        assert_close_to_torch(np.asarray(value, np.float64), tstate[key].double(), **tol, what=key)
+
+
+# ----------------------------------------------------------------------------- one object twice
+def test_the_same_block_as_body_and_shortcut_raises_at_the_forward_pass(rng):
+    block = Sequential(layers.Dense(3, 3, rng=rng), layers.ReLU())
+    twice = layers.Residual(block, block)
+    with pytest.raises(RuntimeError, match=r"Sequential \(at 'body' and 'shortcut' in the "
+                                           r"Residual\) was called twice in one forward pass"):
+        twice(np.zeros((2, 3), np.float32))
+    with minidl.no_grad():  # nothing is cached: allowed
+        assert twice(np.ones((2, 3), np.float32)).shape == (2, 3)
+
+
+# ----------------------------------------------------------------------------- display
+def test_print_shows_nested_residual_blocks():
+    inner = layers.Residual(Sequential(layers.ReLU()))
+    model = Sequential(layers.Residual(Sequential(inner, layers.ReLU()), shortcut=layers.Identity()))
+    assert repr(model) == (
+        "Sequential(\n"
+        "  (0): Residual(\n"
+        "    (body): Sequential(\n"
+        "      (0): Residual(\n"
+        "        shortcut=identity\n"
+        "        (body): Sequential(\n"
+        "          (0): ReLU()\n"
+        "        )\n"
+        "      )\n"
+        "      (1): ReLU()\n"
+        "    )\n"
+        "    (shortcut): Identity()\n"
+        "  )\n"
+        ")"
+    )
+
+
+def test_summary_of_nested_residual_blocks(rng):
+    model = Sequential(layers.Conv2D(3, 4, 3, padding=1, bias=False, rng=rng),
+                       projection_block(4, 8, rng),
+                       layers.Residual(layers.Residual(layers.ReLU())),
+                       layers.GlobalAvgPool2D(), layers.Dense(8, 10, rng=rng))
+    result = minidl.summary(model, (2, 3, 8, 8), verbose=False)
+    rows = {r.name: r for r in result.rows}
+    assert rows["1.0.body.0"].output_shape == (2, 8, 4, 4) and rows["1.0.body.0"].depth == 4
+    assert rows["1.0.shortcut.0"].flops == 2 * 4 * (2 * 8 * 4 * 4)  # 1x1 conv, no bias
+    assert rows["1.0"].type == "Residual" and rows["1.0"].flops == 2 * 8 * 4 * 4  # the addition
+    assert rows["2"].flops == rows["2.body"].flops == 2 * 8 * 4 * 4
+    assert result.trainable_params == sum(p.data.size for p in model.parameters())
+    assert result.output_shape == (2, 10)
+    assert "    1.0.shortcut: Sequential" in str(result)
+
+
+# ----------------------------------------------------------------------------- Identity
+def test_identity_returns_its_input(rng):
+    layer = layers.Identity()
+    x = rng.standard_normal((2, 3)).astype(np.float32)
+    assert layer(x) is x
+    dout = rng.standard_normal((2, 3)).astype(np.float32)
+    assert layer.backward(dout) is dout
+    assert layer.backward(dout, input_grad=False) is None
+    with pytest.raises(ValueError, match=r"Identity: expected gradient of shape \(2, 3\)"):
+        layer.backward(np.zeros((3, 2), np.float32))
+    with pytest.raises(TypeError, match="Identity: expected input to be a numpy.ndarray"):
+        layer([1.0, 2.0])
+
+
+# ----------------------------------------------------------------------------- errors
+def test_bad_residuals_are_refused(rng):
+    with pytest.raises(TypeError, match="Residual: body must be a Module, got function"):
+        layers.Residual(lambda x: x)
+    with pytest.raises(TypeError, match="Residual: shortcut must be a Module or None, got int"):
+        layers.Residual(layers.ReLU(), 3)
+    shrink = layers.Residual(layers.Conv2D(3, 8, 3, stride=2, padding=1, rng=rng))
+    with pytest.raises(ValueError, match=r"Residual: the body's output \(2, 8, 4, 4\) and the "
+                                         r"shortcut's \(2, 3, 8, 8\) must have the same shape.*"
+                                         r"projection shortcut"):
+        shrink(np.zeros((2, 3, 8, 8), np.float32))
+    mixed = layers.Residual(layers.Dense(3, 3, rng=rng, dtype=np.float64),
+                            layers.Dense(3, 3, rng=rng))
+    mixed_input = np.zeros((2, 3), np.float32)
+    with pytest.raises(TypeError, match="Residual: the body's output is float32"):
+        layers.Residual(layers.ReLU(), _Cast())(mixed_input)
+    assert mixed(mixed_input).dtype == np.float32  # Dense keeps the input's dtype
+    block = layers.Residual(layers.ReLU())
+    with pytest.raises(RuntimeError, match="Residual: backward called before forward"):
+        block.backward(np.zeros((2, 3), np.float32))
+    block(np.zeros((2, 3), np.float32))
+    with pytest.raises(ValueError, match=r"Residual: expected gradient of shape \(2, 3\)"):
+        block.backward(np.zeros((2, 4), np.float32))
+
+
+class _Cast(layers.Module):
+    """A shortcut that returns float64 (to provoke the dtype check)."""
+
+    def forward(self, x):
+        return x.astype(np.float64)
+
+    def backward(self, dout, input_grad=True):
+        return dout.astype(np.float32) if input_grad else None
