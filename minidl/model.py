@@ -54,9 +54,15 @@ class Sequential(Module):
                 may skip that work (PyTorch never computes it for an input that does not
                 require grad); the return value is then None.
         Returns:
-            d loss / d input, or None when ``input_grad`` is False.
+            d loss / d input, or None when ``input_grad`` is False. An empty Sequential is
+            the identity: it returns ``dout``.
+        Raises:
+            whatever a layer raises; the parameter gradients are then left as they were before
+            the call (see :meth:`minidl.layers.Module.backward`).
         """
         layers = list(self._modules.values())
+        if not layers:
+            return dout if input_grad else None
         for layer in reversed(layers[1:]):
             dout = layer.backward(dout)
         if input_grad:

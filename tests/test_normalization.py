@@ -357,3 +357,71 @@ def test_functional_out_argument_is_checked(rng):
     out = np.empty((4, 3), np.float32)
     y, _ = F.batch_norm_forward(x, out=out)
     assert np.shares_memory(y, out)
+
+
+# ------------------------------------------------ aliasing, arguments and caches (issue 10)
+def test_out_and_running_statistics_must_be_memory_of_their_own(rng):
+    x = _random_bn_input(rng, (4, 3, 2, 2), np.float32)
+    stats = np.zeros(6, np.float32)
+    mean, var = stats[:3], stats[3:]
+    var[...] = 1
+    with pytest.raises(ValueError, match="^batch_norm: out must not overlap input"):
+        F.batch_norm_forward(x, out=x)
+    with pytest.raises(ValueError, match="^batch_norm: running_mean must not overlap running_var"):
+        F.batch_norm_forward(x, running_mean=mean, running_var=mean)
+    with pytest.raises(ValueError, match="^batch_norm: running_mean must not overlap input"):
+        F.batch_norm_forward(x, running_mean=x[0, :, 0, 0], running_var=var)
+    buffer = np.zeros(x.size + 2, np.float32)
+    out, shared = buffer[:x.size].reshape(x.shape), buffer[x.size - 1:]  # one element in common
+    with pytest.raises(ValueError, match="^batch_norm: out must not overlap running_mean"):
+        F.batch_norm_forward(x, running_mean=shared, running_var=var, out=out)
+    with pytest.raises(ValueError, match="^batch_norm: out must not overlap weight"):
+        F.batch_norm_forward(x, shared, out=out)
+    np.testing.assert_array_equal(stats, [0, 0, 0, 1, 1, 1])  # nothing was updated
+    # eval mode reads the statistics only: the same array for both is allowed
+    F.batch_norm_forward(x, running_mean=var, running_var=var, training=False)
+    y, cache = F.batch_norm_forward(x)
+    dout = rng.standard_normal(x.shape).astype(np.float32)
+    with pytest.raises(ValueError, match="^batch_norm: out must not overlap gradient"):
+        F.batch_norm_backward(dout, cache, out=dout)
+    with pytest.raises(ValueError, match="^batch_norm: out must not overlap the cached input"):
+        F.batch_norm_backward(dout, cache, out=cache.x3.reshape(x.shape))
+
+
+@pytest.mark.parametrize("kwargs, exc, match", [
+    (dict(training=1), TypeError, "batch_norm: expected training to be True or False, got 1"),
+    (dict(training=np.array([1, 0])), TypeError, "batch_norm: expected training to be True or"),
+    (dict(eps="1e-5"), TypeError, "batch_norm: expected eps to be a real number, got '1e-5'"),
+    (dict(eps=float("inf")), ValueError, "batch_norm: expected eps to be a finite number"),
+    (dict(eps=-1.0), ValueError, r"batch_norm: eps must be > 0, got -1.0"),
+    (dict(momentum="0.1"), TypeError, "batch_norm: expected momentum to be a real number"),
+    (dict(momentum=float("nan")), ValueError, "batch_norm: expected momentum to be a finite"),
+    (dict(momentum=-0.1), ValueError, r"batch_norm: expected momentum in \[0, 1\], got -0.1"),
+    (dict(weight=np.array(["a", "b", "c"])), TypeError, "batch_norm: expected weight to be an "
+                                                        "array of real numbers, got dtype <U1"),
+    (dict(bias=[1.0, [2.0], 3.0]), TypeError, "batch_norm: expected bias to be an array of real"),
+    (dict(weight=np.ones(4)), ValueError, r"batch_norm: expected weight of shape \(3,\), got \(4,\)"),
+    (dict(running_mean=np.zeros(3, np.float16), running_var=np.ones(3)), TypeError,
+     "batch_norm: expected running_mean dtype float32 or float64, got float16"),
+])
+def test_functional_arguments_of_the_wrong_kind_are_named(rng, kwargs, exc, match):
+    x = _random_bn_input(rng, (4, 3), np.float32)
+    with pytest.raises(exc, match=f"^{match}"):
+        F.batch_norm_forward(x, **kwargs)
+
+
+@pytest.mark.parametrize("field, value", [
+    ("x3", lambda c: c.x3[:, :, :-1]), ("x3", lambda c: np.asfortranarray(c.x3)),
+    ("x3", lambda c: c.x3.astype(np.float16)), ("mean", lambda c: c.mean[:2]),
+    ("invstd", lambda c: c.invstd.astype(np.float32)), ("gamma", lambda c: c.gamma[::-1]),
+    ("shape", lambda c: (4, 3, 2, 3)), ("shape", lambda c: None),
+])
+def test_batch_norm_backward_refuses_a_changed_cache(rng, field, value):
+    x = _random_bn_input(rng, (4, 3, 2, 2), np.float32)
+    y, cache = F.batch_norm_forward(x, np.ones(3), np.zeros(3))
+    changed = cache._replace(**{field: value(cache)})
+    with pytest.raises(ValueError, match=r"^batch_norm: the cache's "):
+        F.batch_norm_backward(np.ones_like(y), changed)
+    with pytest.raises(TypeError, match="batch_norm: expected the cache returned by "
+                                        "batch_norm_forward, got tuple"):
+        F.batch_norm_backward(np.ones_like(y), tuple(cache))

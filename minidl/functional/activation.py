@@ -10,7 +10,8 @@ import numpy as np
 
 from .. import _config, _memory
 from .._backend import get_backend
-from .._checks import check_float_array, check_grad
+from .._checks import (check_allocation, check_cache_array, check_float_array, check_grad,
+                       check_no_overlap)
 from .._kernels import _activation as _kernel
 from ..reference.functional import activation as reference
 
@@ -40,13 +41,17 @@ def relu_forward(x, layer="relu", out=None):
         NaN outputs, as in PyTorch.
     Raises:
         TypeError: ``x`` is not a float32/float64 ndarray.
-        ValueError: an unusable ``out`` (wrong shape or dtype, or overlapping ``x``).
+        ValueError: an unusable ``out`` (wrong shape, dtype or layout, read-only, or
+            overlapping ``x``).
+        MemoryError: the output would not fit in this machine's memory.
     """
     check_float_array(layer, x)
     given = out is not None
+    if not given:
+        check_allocation(layer, "output", x.shape, x.dtype)
     out = _memory.output(layer, out, x.shape, x.dtype)
-    if given and np.shares_memory(out, x):  # (a new array is never x's memory)
-        raise ValueError(f"{layer}: out must not overlap the input")
+    if given:  # (a new array is never x's memory)
+        check_no_overlap(layer, "out", out, input=x)
     if get_backend() == "reference":  # reference backend: max(x, 0) in NumPy
         return reference.relu_forward(x, layer, out)
     x = np.ascontiguousarray(x)
@@ -66,11 +71,23 @@ def relu_backward(dout, cache, layer="relu", out=None):
     Returns:
         np.ndarray: d loss / d x, the shape and dtype of the forward input.
     Raises:
-        TypeError/ValueError: ``dout`` does not match the forward output.
+        TypeError/ValueError: ``dout`` does not match the forward output; an unusable ``out``
+            (as for the forward, or sharing memory with ``dout`` or the cached output); a cache
+            that is not the one the forward returned.
     """
+    if not isinstance(cache, (ReluCache, reference.ReluCache)):
+        raise TypeError(f"{layer}: expected the cache returned by relu_forward, got "
+                        f"{type(cache).__name__}")
     y = cache.y
+    if not isinstance(y, np.ndarray) or y.dtype not in (np.float32, np.float64):
+        raise ValueError(f"{layer}: the cache's y is not what relu_forward made; pass the "
+                         f"cache it returned, unchanged")
+    check_cache_array(layer, "relu_forward", "y", y, y.shape, y.dtype)
     check_grad(layer, dout, y.shape, y.dtype)
+    given = out is not None
     dx = _memory.output(layer, out, y.shape, y.dtype)
+    if given:  # the cache serves further backward calls: y must stay intact
+        check_no_overlap(layer, "out", dx, gradient=dout, **{"the cached output": y})
     if isinstance(cache, reference.ReluCache):  # reference backend: made by its forward
         return reference.relu_backward(dout, cache, layer, dx)
     _kernel.relu_backward(np.ascontiguousarray(dout).reshape(-1), y.reshape(-1), dx.reshape(-1),
@@ -87,11 +104,17 @@ def softmax_forward(x, axis=1, layer="softmax"):
     Returns:
         (out, cache): ``out`` like ``x``, each slice along ``axis`` sums to 1.
     Raises:
-        TypeError: non-float input. ValueError: ``axis`` out of range for ``x``.
+        TypeError: non-float input, or an ``axis`` that is not an int.
+        ValueError: ``axis`` out of range for ``x``, or ``x`` empty along it.
     """
     check_float_array(layer, x)
+    if isinstance(axis, (bool, np.bool_)) or not isinstance(axis, (int, np.integer)):
+        raise TypeError(f"{layer}: expected axis to be an int, got {axis!r}")
     if not -x.ndim <= axis < x.ndim:
         raise ValueError(f"{layer}: axis {axis} is out of range for input of shape {x.shape}")
+    if x.shape[axis] == 0:
+        raise ValueError(f"{layer}: expected at least one entry along axis {axis} (the classes "
+                         f"the softmax normalizes over), got input of shape {x.shape}")
     if get_backend() == "reference":  # reference backend: the formula, step by step
         return reference.softmax_forward(x, axis, layer)
     shifted = x - x.max(axis=axis, keepdims=True)

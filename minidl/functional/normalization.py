@@ -23,13 +23,15 @@ Under ``with minidl.backend("reference"):`` the validated arguments go instead t
 written out line by line in :mod:`minidl.reference.functional.normalization`, and a cache that
 it made sends the backward pass there too (the ``if`` statements marked "reference backend").
 """
+import math
 from typing import NamedTuple, Tuple
 
 import numpy as np
 
 from .. import _config, _memory
 from .._backend import get_backend
-from .._checks import check_float_array, check_grad, check_input
+from .._checks import (check_allocation, check_bool, check_cache_array, check_float_array,
+                       check_grad, check_input, check_no_overlap, check_number)
 from .._kernels import _batchnorm as _kernel
 from ..reference.functional import normalization as reference
 
@@ -70,7 +72,13 @@ def _channel_vector(layer, value, num_channels, name, default=None):
     (a constant vector) or None."""
     if value is None:
         return None if default is None else np.full(num_channels, float(default))
-    value = np.asarray(value)
+    try:
+        value = np.asarray(value)
+    except (TypeError, ValueError):  # e.g. a ragged list
+        value = np.asarray(None)
+    if value.dtype.kind not in "fiu":
+        raise TypeError(f"{layer}: expected {name} to be an array of real numbers, got dtype "
+                        f"{value.dtype}")
     if value.shape != (num_channels,):
         raise ValueError(f"{layer}: expected {name} of shape ({num_channels},), got {value.shape}")
     return value.astype(np.float64)
@@ -98,6 +106,8 @@ def _check_running_stats(layer, running_mean, running_var, num_channels, trainin
         if training and not value.flags.writeable:
             raise ValueError(f"{layer}: {name} is updated in place when training, but it is "
                              f"read-only")
+    if training:  # updated in place: sharing memory with each other would update them twice
+        check_no_overlap(layer, "running_mean", running_mean, running_var=running_var)
 
 
 def channel_stats(x3):
@@ -156,12 +166,21 @@ def batch_norm_forward(x, weight=None, bias=None, running_mean=None, running_var
         TypeError: ``x``, ``running_mean`` or ``running_var`` is not a float32/float64 ndarray.
         ValueError: wrong rank or parameter shape; training with one value per channel;
             eval without running statistics; only one of the running statistics given; a
-            read-only running statistic when training; eps <= 0; an unusable ``out``.
+            read-only running statistic when training, or running statistics sharing memory
+            with each other, the input or ``out``; eps <= 0 or not finite; momentum outside
+            [0, 1]; an unusable ``out`` (wrong shape/dtype/layout, read-only, or sharing memory
+            with an argument).
+        TypeError: ``training`` is not a bool; ``eps``/``momentum`` are not real numbers;
+            ``weight``/``bias`` are not arrays of real numbers.
+        MemoryError: the output would not fit in this machine's memory.
     """
     check_input(layer, x, _LAYOUTS)
     num_channels = x.shape[1]
+    training = check_bool(layer, "training", training)
+    eps = check_number(layer, "eps", eps, low=-np.inf)
     if not eps > 0:
         raise ValueError(f"{layer}: eps must be > 0, got {eps}")
+    momentum = check_number(layer, "momentum", momentum, low=0.0, high=1.0)
     gamma = _channel_vector(layer, weight, num_channels, "weight", default=1.0)
     beta = _channel_vector(layer, bias, num_channels, "bias", default=0.0)
     _check_running_stats(layer, running_mean, running_var, num_channels, training)
@@ -171,7 +190,16 @@ def batch_norm_forward(x, weight=None, bias=None, running_mean=None, running_var
             f"{layer}: expected more than 1 value per channel when training, "
             f"got input of shape {x.shape}"
         )
+    if training and running_mean is not None:  # updated in place while x (cached) is in use
+        for name, value in (("running_mean", running_mean), ("running_var", running_var)):
+            check_no_overlap(layer, name, value, input=x)
+    given = out is not None
+    if not given:
+        check_allocation(layer, "output", x.shape, x.dtype)
     out = _memory.output(layer, out, x.shape, x.dtype)
+    if given:
+        check_no_overlap(layer, "out", out, input=x, weight=weight, bias=bias,
+                         running_mean=running_mean, running_var=running_var)
     if get_backend() == "reference":  # reference backend: Algorithm 1, line by line
         return reference.batch_norm_forward(x, weight, bias, running_mean, running_var, training,
                                             momentum, eps, layer, out)
@@ -194,6 +222,21 @@ def batch_norm_forward(x, weight=None, bias=None, running_mean=None, running_var
     return out, cache
 
 
+def _check_cache(layer, cache):
+    """The arrays of a :class:`BatchNormCache` as the kernels need them (see
+    :func:`minidl._checks.check_cache_array`)."""
+    x3 = cache.x3
+    ok = isinstance(x3, np.ndarray) and x3.ndim == 3 and x3.dtype in (np.float32, np.float64)
+    shape = tuple(cache.shape) if isinstance(cache.shape, tuple) else ()
+    if not ok or len(shape) < 2 or math.prod(shape) != x3.size or shape[:2] != x3.shape[:2]:
+        raise ValueError(f"{layer}: the cache's x3 or shape is not what batch_norm_forward "
+                         f"made; pass the cache it returned, unchanged")
+    check_cache_array(layer, "batch_norm_forward", "x3", x3, x3.shape, x3.dtype)
+    for field in ("mean", "invstd", "gamma"):
+        check_cache_array(layer, "batch_norm_forward", field, getattr(cache, field),
+                          (x3.shape[1],), np.float64)
+
+
 def batch_norm_backward(dout, cache, layer="batch_norm", out=None):
     """Gradients of :func:`batch_norm_forward`.
 
@@ -212,12 +255,19 @@ def batch_norm_backward(dout, cache, layer="batch_norm", out=None):
         check_grad(layer, dout, cache.out_shape, cache.dtype)
         dx = _memory.output(layer, out, cache.out_shape, cache.dtype)
         return reference.batch_norm_backward(dout, cache, layer, dx)
+    if not isinstance(cache, BatchNormCache):
+        raise TypeError(f"{layer}: expected the cache returned by batch_norm_forward, got "
+                        f"{type(cache).__name__}")
     x3, mean, invstd, gamma, training, shape, has_weight, has_bias = cache
+    _check_cache(layer, cache)
     check_grad(layer, dout, shape, x3.dtype)
     dy3 = _as_acb(dout)
     num_channels = x3.shape[1]
     sum_dy = np.empty(num_channels, np.float64)
     sum_dy_xmu = np.empty(num_channels, np.float64)
+    if out is not None:  # the cache serves further backward calls: x3 must stay intact
+        out = _memory.output(layer, out, shape, x3.dtype)
+        check_no_overlap(layer, "out", out, gradient=dout, **{"the cached input": x3})
     dx3 = _memory.output(layer, out, shape, x3.dtype).reshape(x3.shape)
     _kernel.backward(dy3, x3, mean, invstd, gamma, training, dx3,
                      sum_dy, sum_dy_xmu, _config.threads_for(x3.size))

@@ -1,5 +1,7 @@
 """Activation layers: ReLU and Softmax."""
-from .._checks import check_grad
+import numpy as np
+
+from .._checks import check_grad, check_kept, watch_kept
 from .._grad_mode import save_for_backward, saved_for_backward
 from ..functional.activation import relu_backward, relu_forward, softmax_backward, softmax_forward
 from .module import Module
@@ -13,9 +15,17 @@ class _Stateless(Module):
     def __init__(self):
         super().__init__()
         self._cache = None
+        self._watched = ()  # fingerprint of the output the cache refers to
+
+    def _keep(self, cache, out):
+        """Keep ``cache`` for backward, with a fingerprint of ``out`` (which it refers to)."""
+        self._cache = save_for_backward(cache)
+        self._watched = watch_kept(self._cache, output=out)
 
     def _need_cache(self):
-        return saved_for_backward(type(self).__name__, self._cache)
+        cache = saved_for_backward(type(self).__name__, self._cache)
+        check_kept(type(self).__name__, self._watched)
+        return cache
 
     def _no_input_grad(self, dout, output):
         """``backward(dout, input_grad=False)``: check ``dout`` against ``output``; None."""
@@ -27,13 +37,13 @@ class ReLU(_Stateless):
 
     Shape: any input, float32 or float64; output of the same shape and dtype.
     The gradient at exactly 0 is 0, as in PyTorch. The backward pass reads the output (as
-    PyTorch's does), so an output modified in place before ``backward`` changes the gradient.
+    PyTorch's does), so an output modified in place before ``backward`` is a RuntimeError.
     """
 
     def forward(self, x):
         self._cache = None  # frees the previous output: its block can serve this one
         out, cache = relu_forward(x, layer="ReLU")
-        self._cache = save_for_backward(cache)
+        self._keep(cache, out)
         return out
 
     def backward(self, dout, input_grad=True):
@@ -53,17 +63,21 @@ class Softmax(_Stateless):
     Args:
         axis (int): the axis that sums to 1. Default 1 (classes of an ``(N, K)`` input).
     Shape: any input with that axis, float32 or float64; output of the same shape and dtype.
-    Raises: TypeError for non-float input, ValueError if ``axis`` is out of range.
+    Raises: TypeError for non-float input or a non-int ``axis``; ValueError if ``axis`` is out
+        of range or the input has no entry along it (zero classes); RuntimeError if the output
+        was modified in place before ``backward``.
     """
 
     def __init__(self, axis=1):
         super().__init__()
+        if isinstance(axis, (bool, np.bool_)) or not isinstance(axis, (int, np.integer)):
+            raise TypeError(f"Softmax: expected axis to be an int, got {axis!r}")
         self.axis = int(axis)
 
     def forward(self, x):
         self._cache = None
         out, cache = softmax_forward(x, self.axis, layer="Softmax")
-        self._cache = save_for_backward(cache)
+        self._keep(cache, out)
         return out
 
     def backward(self, dout, input_grad=True):

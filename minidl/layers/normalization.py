@@ -7,7 +7,8 @@ input ranks they accept. The math is in :mod:`minidl.functional.normalization`.
 import numpy as np
 
 from ..functional.normalization import batch_norm_backward, batch_norm_forward
-from .._checks import check_input, positive_int
+from .._checks import (check_allocation, check_bool, check_input, check_kept, check_number,
+                       float_dtype, positive_int, watch_kept)
 from .._grad_mode import save_for_backward, saved_for_backward
 from .module import Module, Parameter
 
@@ -24,15 +25,18 @@ class _NormBase(Module):
         super().__init__()
         name = type(self).__name__
         num_features = positive_int(num_features, "num_features", name)
+        eps = check_number(name, "eps", eps, low=-np.inf)
         if not eps > 0:
             raise ValueError(f"{name}: eps must be > 0, got {eps!r}")
-        if momentum is not None and not 0.0 <= momentum <= 1.0:
-            raise ValueError(f"{name}: momentum must be in [0, 1] or None, got {momentum!r}")
+        if momentum is not None:
+            momentum = check_number(name, "momentum (or None)", momentum, low=0.0, high=1.0)
+        dtype = float_dtype(name, dtype)
+        check_allocation(name, "parameters and buffers", (6, num_features), dtype)
         self.num_features = int(num_features)
         self.eps = float(eps)
         self.momentum = momentum
-        self.affine = bool(affine)
-        self.track_running_stats = bool(track_running_stats)
+        self.affine = check_bool(name, "affine", affine)
+        self.track_running_stats = check_bool(name, "track_running_stats", track_running_stats)
         if self.affine:
             self.weight = Parameter(np.ones(self.num_features, dtype))
             self.bias = Parameter(np.zeros(self.num_features, dtype))
@@ -48,6 +52,7 @@ class _NormBase(Module):
             self.register_buffer("running_var", None)
             self.register_buffer("num_batches_tracked", None)
         self._cache = None
+        self._watched = ()  # fingerprint of the input when the cache refers to it
 
     def reset_running_stats(self):
         """Running mean 0, running variance 1, no batches tracked."""
@@ -68,13 +73,12 @@ class _NormBase(Module):
         check_input(name, x, self._layouts, {"C": self.num_features})
         use_batch_stats = self.training or not self.track_running_stats
         factor = 0.0
-        if self.training and self.track_running_stats:
-            self.num_batches_tracked += 1
+        update = self.training and self.track_running_stats
+        if update:  # num_batches_tracked counts this batch only once the forward succeeded
             if self.momentum is None:  # cumulative moving average
-                factor = 1.0 / float(self.num_batches_tracked)
+                factor = 1.0 / (float(self.num_batches_tracked) + 1.0)
             else:
                 factor = self.momentum
-        update = self.training and self.track_running_stats
         self._cache = None  # drops the previous step's input before this pass allocates
         out, cache = batch_norm_forward(
             x,
@@ -87,13 +91,23 @@ class _NormBase(Module):
             eps=self.eps,
             layer=name,
         )
+        if update:
+            self.num_batches_tracked += 1
         self._cache = save_for_backward(cache)
+        self._watched = watch_kept(self._cache, input=x)
         return out
 
     def backward(self, dout, input_grad=True):
         """Accumulate parameter gradients; return d loss / d x, or None when ``input_grad`` is
-        False (see :meth:`Module.backward`)."""
+        False (see :meth:`Module.backward`).
+
+        Raises:
+            RuntimeError: no forward pass to backpropagate through, or its input was modified
+                in place since (PyTorch raises there too).
+            ValueError/TypeError: ``dout`` does not match the last output.
+        """
         cache = saved_for_backward(type(self).__name__, self._cache)
+        check_kept(type(self).__name__, self._watched)
         dx, dweight, dbias = batch_norm_backward(dout, cache, layer=type(self).__name__)
         if self.affine:
             self.weight.accumulate_grad(dweight)
@@ -146,8 +160,12 @@ class BatchNorm(_NormBase):
         shape and dtype.
 
     Raises:
-        TypeError: a non-float input. ValueError: wrong rank or channel count, or training with
-        one value per channel (N*H*W == 1).
+        TypeError: a non-float input; a non-numeric ``eps``/``momentum``; non-bool ``affine``
+            or ``track_running_stats``; a ``dtype`` other than float32/float64.
+        ValueError: wrong rank or channel count, or training with one value per channel
+            (N*H*W == 1); ``eps`` <= 0 or ``momentum`` outside [0, 1]. A failed forward
+            changes nothing (running statistics, ``num_batches_tracked``).
+        RuntimeError: ``backward`` without a forward, or after its input was modified in place.
 
     Example:
         >>> bn = BatchNorm(32)
