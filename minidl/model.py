@@ -32,7 +32,15 @@ class Sequential(Module):
         return len(self._modules)
 
     def __getitem__(self, index):
-        return list(self._modules.values())[index]
+        layers = list(self._modules.values())
+        try:
+            return layers[index]
+        except IndexError:
+            raise IndexError(f"Sequential: index {index} is out of range for {len(layers)} "
+                             f"layers") from None
+        except TypeError:
+            raise TypeError(f"Sequential: expected an int or a slice index, got "
+                            f"{type(index).__name__}") from None
 
     def __iter__(self):
         return iter(self._modules.values())

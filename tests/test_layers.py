@@ -372,6 +372,15 @@ def test_softmax_axis_must_be_an_int_and_the_classes_not_empty():
     assert Softmax(axis=np.int64(0))(np.zeros((2, 3), np.float32)).shape == (2, 3)
 
 
+def test_sequential_indexing_errors_name_the_model():
+    model = Sequential(ReLU(), Flatten())
+    assert isinstance(model[-1], Flatten) and len(model[:1]) == 1
+    with pytest.raises(IndexError, match="^Sequential: index 3 is out of range for 2 layers"):
+        model[3]
+    with pytest.raises(TypeError, match="^Sequential: expected an int or a slice index, got str"):
+        model["0"]
+
+
 def test_an_empty_sequential_is_the_identity_both_ways(rng):
     model = Sequential()
     x = rng.standard_normal((2, 3))
