@@ -581,3 +581,16 @@ def test_giant_but_valid_shapes_fail_before_anything_is_allocated(x_shape, w_sha
     after = minidl.memory_stats()
     assert after["allocated_bytes"] == before["allocated_bytes"]
     assert after["misses"] == before["misses"] and after["hits"] == before["hits"]
+
+
+def test_public_helpers_and_other_caches_check_their_arguments(rng):
+    from minidl.functional import conv2d_output_size, linear_backward, softmax_backward
+    assert conv2d_output_size((7, 5), 3, (2, 1), 1) == (4, 5)
+    for bad in ({"stride": 0}, {"padding": -1}, {"kernel_size": 2.5}, {"in_size": (5,)}):
+        args = {"in_size": (7, 5), "kernel_size": 3, "stride": 1, "padding": 0, **bad}
+        with pytest.raises(ValueError, match=f"^conv2d_output_size: {next(iter(bad))} must be"):
+            conv2d_output_size(**args)
+    with pytest.raises(TypeError, match="^linear: expected the cache returned by linear_forward"):
+        linear_backward(np.ones((2, 2)), (1, 2))
+    with pytest.raises(TypeError, match="^softmax: expected the cache returned by softmax_forward"):
+        softmax_backward(np.ones(2), None)

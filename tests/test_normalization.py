@@ -425,3 +425,13 @@ def test_batch_norm_backward_refuses_a_changed_cache(rng, field, value):
     with pytest.raises(TypeError, match="batch_norm: expected the cache returned by "
                                         "batch_norm_forward, got tuple"):
         F.batch_norm_backward(np.ones_like(y), tuple(cache))
+
+
+def test_channel_stats_checks_its_input():
+    x = np.arange(24.0).reshape(2, 3, 4)
+    mean, var = F.channel_stats(x[:, :, ::2])  # any strides
+    np.testing.assert_allclose(mean, x[:, :, ::2].mean(axis=(0, 2)))
+    for bad, exc in ((np.zeros((0, 3, 5)), ValueError), (np.zeros((2, 3)), ValueError),
+                     (np.zeros((2, 3, 4), np.int32), TypeError), ([[[1.0]]], TypeError)):
+        with pytest.raises(exc, match="^channel_stats: expected input"):
+            F.channel_stats(bad)

@@ -124,7 +124,15 @@ def softmax_forward(x, axis=1, layer="softmax"):
 
 
 def softmax_backward(dout, cache, layer="softmax"):
-    """d loss / d x = y * (dout - sum(dout * y, axis)) for y = softmax(x)."""
+    """d loss / d x = y * (dout - sum(dout * y, axis)) for y = softmax(x).
+
+    Raises:
+        TypeError: ``cache`` is not what :func:`softmax_forward` returned.
+        TypeError/ValueError: ``dout`` does not match the forward output.
+    """
+    if not (isinstance(cache, tuple) and len(cache) == 2 and isinstance(cache[0], np.ndarray)):
+        raise TypeError(f"{layer}: expected the cache returned by softmax_forward, got "
+                        f"{type(cache).__name__}")
     out, axis = cache
     check_grad(layer, dout, out.shape, out.dtype)
     if isinstance(cache, reference.SoftmaxCache):  # reference backend: made by its forward

@@ -88,12 +88,18 @@ def choose_method(method, taps, layer="conv2d", stride=(1, 1), kernel_size=None)
 
 
 def conv2d_output_size(in_size, kernel_size, stride, padding):
-    """``(OH, OW)`` of a convolution; every argument is a pair ``(h, w)`` of ints.
+    """``(OH, OW)`` of a convolution; every argument is an int or a pair ``(h, w)`` of ints.
 
     ``O = (I + 2*padding - kernel) // stride + 1`` per axis (PyTorch's ``Conv2d`` with
     dilation 1); a result < 1 means the input is too small.
+
+    Raises:
+        ValueError: an argument that is not an int or a pair of ints (>= 1; padding >= 0).
     """
-    sizes = zip(in_size, kernel_size, stride, padding)
+    sizes = zip(pair(in_size, "in_size", "conv2d_output_size", minimum=1),
+                pair(kernel_size, "kernel_size", "conv2d_output_size", minimum=1),
+                pair(stride, "stride", "conv2d_output_size", minimum=1),
+                pair(padding, "padding", "conv2d_output_size", minimum=0))
     return tuple((i + 2 * p - k) // s + 1 for i, k, s, p in sizes)
 
 

@@ -110,12 +110,17 @@ def _check_running_stats(layer, running_mean, running_var, num_channels, trainin
         check_no_overlap(layer, "running_mean", running_mean, running_var=running_var)
 
 
-def channel_stats(x3):
-    """Per-channel mean and biased variance of a C-contiguous ``(A, C, B)`` array.
+def channel_stats(x3, layer="channel_stats"):
+    """Per-channel mean and biased variance of an ``(A, C, B)`` array (any strides).
 
     Returns:
         (mean, var): two float64 arrays of shape ``(C,)``.
+    Raises:
+        TypeError: ``x3`` is not a float32/float64 ndarray.
+        ValueError: ``x3`` is not 3-D, or has an empty axis.
     """
+    check_input(layer, x3, "ACB")
+    x3 = np.ascontiguousarray(x3)
     c = x3.shape[1]
     mean = np.empty(c, np.float64)
     var = np.empty(c, np.float64)
