@@ -42,6 +42,7 @@ class ReLU(_Stateless):
 
     def forward(self, x):
         self._cache = None  # frees the previous output: its block can serve this one
+        self._watched = ()  # (and the fingerprints' references to them)
         out, cache = relu_forward(x, layer="ReLU")
         self._keep(cache, out)
         return out
@@ -76,6 +77,7 @@ class Softmax(_Stateless):
 
     def forward(self, x):
         self._cache = None
+        self._watched = ()  # (and the fingerprints' references to them)
         out, cache = softmax_forward(x, self.axis, layer="Softmax")
         self._keep(cache, out)
         return out

@@ -94,6 +94,7 @@ class Conv2D(Module):
         """Convolve ``x`` ``(N, C_in, H, W)``; returns ``(N, C_out, OH, OW)`` in x's dtype."""
         check_input("Conv2D", x, "NCHW", {"C": self.in_channels})
         self._cache = None  # frees the previous step's arrays before this one allocates
+        self._watched = ()  # (and the fingerprints' references to them)
         weight, bias = self._params_as(x.dtype)
         out, cache = conv2d_forward(x, weight, bias, self.stride, self.padding, layer="Conv2D",
                                     method=self.method)
@@ -123,6 +124,7 @@ class Conv2D(Module):
         check_kept("Conv2D", self._watched)
         dx, dweight, dbias = conv2d_backward(dout, cache, layer="Conv2D", input_grad=input_grad)
         self._cache = None
+        self._watched = ()  # (and the fingerprints' references to them)
         self.weight.accumulate_grad(dweight)
         if self.bias is not None:
             self.bias.accumulate_grad(dbias)

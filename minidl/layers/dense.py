@@ -53,6 +53,7 @@ class Dense(Module):
 
     def forward(self, x):
         self._cache = None
+        self._watched = ()  # (and the fingerprints' references to them)
         out, cache = linear_forward(
             x, self.weight.data, None if self.bias is None else self.bias.data, layer="Dense"
         )

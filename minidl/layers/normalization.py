@@ -80,6 +80,7 @@ class _NormBase(Module):
             else:
                 factor = self.momentum
         self._cache = None  # drops the previous step's input before this pass allocates
+        self._watched = ()  # (and the fingerprints' references to them)
         out, cache = batch_norm_forward(
             x,
             None if self.weight is None else self.weight.data,
