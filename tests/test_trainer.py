@@ -733,3 +733,32 @@ def test_a_batch_the_model_refuses_leaves_the_model_as_it_was(rng):
     assert_same_state(model.state_dict(), before)
     for p, g in zip(model.parameters(), grads):
         np.testing.assert_array_equal(p.grad, g)
+
+
+# ------------------------------------------------------------------------------ determinism
+def _mnist_cnn_steps(threads, steps=3, batch_norm=True):
+    """A few SGD steps of the MNIST CNN on random images, at ``threads`` OpenMP threads."""
+    previous = minidl.get_num_threads()
+    minidl.set_num_threads(threads)
+    try:
+        minidl.manual_seed(0)
+        model = mnist_cnn(batch_norm=batch_norm)
+        trainer = make_trainer(model, lr=0.05)
+        data_rng = np.random.default_rng(0)
+        for _ in range(steps):
+            x = data_rng.standard_normal((64, 1, 28, 28)).astype(np.float32)
+            trainer.train_step(x, data_rng.integers(0, 10, 64))
+        return model.state_dict(), trainer.optimizer.state_dict()
+    finally:
+        minidl.set_num_threads(previous)
+
+
+@pytest.mark.parametrize("batch_norm", [True, False])
+def test_training_is_bit_identical_across_runs_and_thread_counts(batch_norm):
+    """Every reduction combines its parts in an order fixed by the batch, not by the threads
+    (Winograd's weight and bias gradients in chunks of images; the others per channel or in
+    one thread), so 1, 2 and 3 threads give the same bits, run after run."""
+    runs = [_mnist_cnn_steps(threads, batch_norm=batch_norm) for threads in (1, 2, 1, 3)]
+    for model_state, optimizer_state in runs[1:]:
+        assert_same_state(model_state, runs[0][0])
+        assert_same_optimizer_state(optimizer_state, runs[0][1])
