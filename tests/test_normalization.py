@@ -435,3 +435,16 @@ def test_channel_stats_checks_its_input():
                      (np.zeros((2, 3, 4), np.int32), TypeError), ([[[1.0]]], TypeError)):
         with pytest.raises(exc, match="^channel_stats: expected input"):
             F.channel_stats(bad)
+
+
+def test_the_reference_backend_refuses_the_same_aliasing(rng):
+    import minidl
+    x = _random_bn_input(rng, (4, 3, 2, 2), np.float64)
+    with minidl.backend("reference"):
+        with pytest.raises(ValueError, match="^batch_norm: out must not overlap input"):
+            F.batch_norm_forward(x, out=x)
+        y, cache = F.batch_norm_forward(x)
+    dout = rng.standard_normal(x.shape)
+    with pytest.raises(ValueError, match="^batch_norm: out must not overlap gradient"):
+        F.batch_norm_backward(dout, cache, out=dout)
+    assert F.batch_norm_backward(dout, cache, out=np.empty_like(x))[0].shape == x.shape

@@ -258,7 +258,11 @@ def batch_norm_backward(dout, cache, layer="batch_norm", out=None):
     """
     if isinstance(cache, reference.BatchNormCache):  # reference backend: made by its forward
         check_grad(layer, dout, cache.out_shape, cache.dtype)
+        given = out is not None
         dx = _memory.output(layer, out, cache.out_shape, cache.dtype)
+        if given:
+            check_no_overlap(layer, "out", dx, gradient=dout, **{
+                f"the cached {name}": value for name, value in cache._asdict().items()})
         return reference.batch_norm_backward(dout, cache, layer, dx)
     if not isinstance(cache, BatchNormCache):
         raise TypeError(f"{layer}: expected the cache returned by batch_norm_forward, got "
