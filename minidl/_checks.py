@@ -196,6 +196,19 @@ def check_number(where, name, value, low=0.0, high=None, high_inclusive=True):
     return number
 
 
+def check_eps(owner, eps):
+    """Return ``eps`` (a normalization's variance offset) as a float > 0.
+
+    Raises:
+        TypeError: ``eps`` is not a real number.
+        ValueError: ``eps`` is not finite, or not > 0.
+    """
+    eps = check_number(owner, "eps", eps, low=-math.inf)
+    if not eps > 0:
+        raise ValueError(f"{owner}: eps must be > 0, got {eps!r}")
+    return eps
+
+
 def check_integer(where, name, value, low):
     """Return ``value`` as a Python int ``>= low``: an integer, or a float/0-d array holding one."""
     if isinstance(value, np.ndarray) and value.ndim == 0:

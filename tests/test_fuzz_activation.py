@@ -1,11 +1,12 @@
-"""Fuzzing minidl.functional.activation (hypothesis): ReLU and softmax over random shapes,
-dtypes, layouts and special values (NaN, +-0, +-inf, huge logits) against NumPy, forward and
-backward (issue 10)."""
+"""Fuzzing minidl.functional.activation (hypothesis): ReLU, softmax, sigmoid and tanh over random
+shapes, dtypes, layouts and special values (NaN, +-0, +-inf, huge logits) against NumPy, forward
+and backward (issue 10)."""
 import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
 from fuzz_helpers import DTYPES, FUZZ, LAYOUTS, relayout, values
+from minidl.functional import activation as F
 from minidl.functional.activation import (relu_backward, relu_forward, softmax_backward,
                                           softmax_forward)
 
@@ -59,3 +60,35 @@ def test_softmax_agrees_with_numpy(x, scale, data):
     expected_dx = expected * (d64 - (d64 * expected).sum(axis=axis, keepdims=True))
     np.testing.assert_allclose(dx, expected_dx, rtol=10 * tol,
                                atol=10 * tol * np.abs(d64).max())
+
+
+def _exact(op, x):
+    """sigmoid or tanh in extended precision (the stable branches for sigmoid)."""
+    x = x.astype(np.longdouble)
+    if op == "tanh":
+        return np.tanh(x)
+    with np.errstate(over="ignore", under="ignore"):
+        e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1 / (1 + e), e / (1 + e))
+
+
+@FUZZ
+@given(arrays(), st.sampled_from(["sigmoid", "tanh"]), st.sampled_from([1.0, 30.0, 1e3]),
+       st.data())
+def test_sigmoid_and_tanh_agree_with_extended_precision(x, op, scale, data):
+    """No warning, no overflow for any |x|; NaN stays NaN; the output within a few ulps (its
+    own dtype's) of the exact value; the gradient from the output."""
+    with np.errstate(over="ignore"):
+        x = (x * scale).astype(x.dtype)
+    with np.errstate(all="raise"):
+        y, cache = getattr(F, f"{op}_forward")(x)
+    exact = _exact(op, x)
+    assert y.dtype == x.dtype and y.shape == x.shape and y.flags.c_contiguous
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(x))
+    eps = np.finfo(x.dtype).eps
+    np.testing.assert_allclose(y, exact.astype(np.float64), rtol=4 * eps, atol=eps)
+    dout = relayout(values(data.draw, x.shape, x.dtype), data.draw(LAYOUTS))
+    dx = getattr(F, f"{op}_backward")(dout, cache)
+    y64, d64 = y.astype(np.float64), dout.astype(np.float64)
+    expected = d64 * (y64 * (1 - y64) if op == "sigmoid" else 1 - y64 * y64)
+    np.testing.assert_allclose(dx, expected, rtol=8 * eps, atol=8 * eps * np.abs(d64).max())

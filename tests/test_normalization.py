@@ -522,6 +522,74 @@ def test_sync_batchnorm_pieces_validate_their_arguments(rng):
         F.batch_norm_stats(np.zeros((4, 3), np.int8), layer="SyncBatchNorm")
 
 
+_X43 = np.arange(12, dtype=np.float32).reshape(4, 3)
+_STATS = dict(mean=np.zeros(3), var=np.ones(3), weight=None, sum_dy=np.zeros(3),
+              sum_dy_xmu=np.zeros(3), count=4)
+
+
+def _input_grad(**changes):
+    return F.batch_norm_input_grad(_X43.copy(), _X43, **{**_STATS, **changes})
+
+
+@pytest.mark.parametrize("call, exc, match", [
+    (lambda: F.combine_batch_norm_stats(["a"], [[1.0]], [[1.0]]), TypeError,
+     "batch_norm: expected counts to be an array of real numbers, got dtype <U1"),
+    (lambda: F.combine_batch_norm_stats([2], [[1.0], [1.0, 2.0]], [[1.0]]), TypeError,
+     "batch_norm: expected means to be an array of real numbers, got dtype object"),
+    (lambda: F.combine_batch_norm_stats([2.5], [[1.0]], [[1.0]]), ValueError,
+     r"batch_norm: expected positive counts \(whole numbers\), got \[2.5\]"),
+    (lambda: F.combine_batch_norm_stats([2, np.inf], [[1.0], [1.0]], [[1.0], [1.0]]), ValueError,
+     r"batch_norm: expected positive counts \(whole numbers\), got \[2.0, inf\]"),
+    (lambda: F.combine_batch_norm_stats([2], [[np.nan]], [[1.0]]), ValueError,
+     "batch_norm: expected finite means"),
+    (lambda: F.combine_batch_norm_stats([2], [[1.0]], [[-1.0]]), ValueError,
+     r"batch_norm: expected finite variances >= 0, got \[\[-1.0\]\]"),
+    (lambda: F.combine_batch_norm_stats([2], np.zeros((1, 0)), np.zeros((1, 0))), ValueError,
+     r"batch_norm: expected counts \(P,\) and means, variances \(P, C\) of one P, P >= 1 and C >= 1"),
+    (lambda: F.combine_batch_norm_stats([2], np.zeros((1, 2, 2)), np.zeros((1, 2, 2))), ValueError,
+     r"batch_norm: expected counts \(P,\) and means"),
+    (lambda: F.batch_norm_grad_sums(_X43, _X43, [[1], [2, 3]]), TypeError,
+     "batch_norm: expected mean to be an array of real numbers"),
+    (lambda: F.batch_norm_grad_sums(_X43, _X43, None), ValueError, "batch_norm: mean is required"),
+    (lambda: F.batch_norm_grad_sums(_X43.tolist(), _X43, np.zeros(3)), TypeError,
+     "batch_norm: expected gradient to be a numpy.ndarray, got list"),
+    (lambda: F.batch_norm_stats(np.zeros((0, 3), np.float32)), ValueError,
+     r"batch_norm: expected input of shape .* with no empty axis, got shape \(0, 3\)"),
+    (lambda: F.batch_norm_stats(np.zeros((4, 3), np.float16)), TypeError,
+     "batch_norm: expected input dtype float32 or float64, got float16"),
+    (lambda: _input_grad(count="4"), TypeError, "batch_norm: expected count to be a real number, got '4'"),
+    (lambda: _input_grad(count=np.inf), ValueError, "batch_norm: expected count to be a finite number"),
+    (lambda: _input_grad(eps="1e-5"), TypeError, "batch_norm: expected eps to be a real number"),
+    (lambda: _input_grad(eps=0.0), ValueError, "batch_norm: eps must be > 0, got 0.0"),
+    (lambda: _input_grad(var=-np.ones(3)), ValueError, r"batch_norm: expected a finite var >= 0, got \[-1.0"),
+    (lambda: _input_grad(var=np.full(3, np.nan)), ValueError, "batch_norm: expected a finite var >= 0"),
+    (lambda: _input_grad(sum_dy=np.zeros(4)), ValueError, r"batch_norm: expected sum_dy of shape \(3,\), got \(4,\)"),
+    (lambda: _input_grad(out=_X43), ValueError, "batch_norm: out must not overlap input"),
+    (lambda: F.batch_norm_input_grad(_X43, _X43.copy(), **_STATS, out=_X43), ValueError,
+     "batch_norm: out must not overlap gradient"),
+    (lambda: _input_grad(out=np.empty((4, 3), np.float64)), ValueError,
+     r"batch_norm: expected out to be a writable C-contiguous float32 array of shape \(4, 3\)"),
+])
+def test_sync_batchnorm_pieces_refuse_every_kind_of_bad_argument(call, exc, match):
+    """Issue 10: the SyncBatchNorm pieces are public; a wrong statistic would be a silent wrong
+    gradient on every process (negative or NaN variances, fractional or infinite counts)."""
+    with pytest.raises(exc, match=f"^{match}"):
+        call()
+
+
+def test_sync_batchnorm_pieces_accept_any_memory_layout(rng):
+    x = _random_bn_input(rng, (6, 3, 4, 5), np.float64)
+    dy = rng.standard_normal(x.shape)
+    count, mean, var = F.batch_norm_stats(x)
+    for make in (np.asfortranarray, lambda a: a[..., ::-1].copy()[..., ::-1]):
+        assert F.batch_norm_stats(make(x))[1].tobytes() == mean.tobytes()
+        sums = F.batch_norm_grad_sums(make(dy), make(x), mean)
+        assert [s.tobytes() for s in sums] == [s.tobytes() for s in F.batch_norm_grad_sums(dy, x, mean)]
+        dx = F.batch_norm_input_grad(make(dy), make(x), mean, var, None, *sums, count)
+        assert dx.flags.c_contiguous and dx.tobytes() == F.batch_norm_input_grad(
+            dy, x, mean, var, None, *sums, count).tobytes()
+
+
 # ----------------------------------------------------------------------------- the (A, C, 1) view
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_column_kernels_for_one_value_per_row_and_channel(rng, dtype):

@@ -159,12 +159,32 @@ class TanhCache(NamedTuple):
 
 
 def _elementwise_out(layer, x, out):
-    """A validated ``out`` for an elementwise op on ``x`` (a new array when None)."""
-    given = out is not None
+    """A validated ``out`` for an elementwise op on ``x``: C-contiguous, x's shape and dtype,
+    writable, sharing no memory with ``x``; or a new array after checking that it fits in
+    memory."""
+    if out is None:
+        check_allocation(layer, "output", x.shape, x.dtype)
+        return _memory.output(layer, None, x.shape, x.dtype)
     out = _memory.output(layer, out, x.shape, x.dtype)
-    if given and np.shares_memory(out, x):
-        raise ValueError(f"{layer}: out must not overlap the input")
+    check_no_overlap(layer, "out", out, **{"the input": x})
     return out
+
+
+def _output_grad_args(layer, op, cache_type, dout, cache, out):
+    """The kept output ``y`` and a validated ``dx`` for the backward pass of an activation whose
+    cache (a ``cache_type`` made by ``op``) holds its output: ``dout`` must match ``y``, and an
+    ``out`` must share no memory with ``dout`` or ``y`` (the cache serves further backward
+    calls)."""
+    if not isinstance(cache, cache_type):
+        raise TypeError(f"{layer}: expected the cache returned by {op}, got "
+                        f"{type(cache).__name__}")
+    y = cache.y
+    check_float_array(layer, y, f"the cache's y (made by {op})")
+    check_grad(layer, dout, y.shape, y.dtype)
+    dx = _memory.output(layer, out, y.shape, y.dtype)
+    if out is not None:
+        check_no_overlap(layer, "out", dx, gradient=dout, **{"the cached output": y})
+    return y, dx
 
 
 def sigmoid_forward(x, layer="sigmoid", out=None):
@@ -186,7 +206,9 @@ def sigmoid_forward(x, layer="sigmoid", out=None):
         ``cache`` a :class:`SigmoidCache` holding ``out`` itself.
     Raises:
         TypeError: ``x`` is not a float32/float64 ndarray.
-        ValueError: an unusable ``out``.
+        ValueError: an unusable ``out`` (wrong shape, dtype or layout, read-only, or sharing
+            memory with ``x``).
+        MemoryError: the output would not fit in this machine's memory.
     """
     check_float_array(layer, x)
     out = _elementwise_out(layer, x, out)
@@ -207,11 +229,11 @@ def sigmoid_backward(dout, cache, layer="sigmoid", out=None):
     Returns:
         np.ndarray: d loss / d x, the shape and dtype of the forward input.
     Raises:
-        TypeError/ValueError: ``dout`` does not match the forward output.
+        TypeError/ValueError: ``dout`` does not match the forward output; a cache that is not
+            a :class:`SigmoidCache`; an unusable ``out`` (as for the forward, or sharing memory
+            with ``dout`` or the cached output).
     """
-    y = cache.y
-    check_grad(layer, dout, y.shape, y.dtype)
-    dx = _memory.output(layer, out, y.shape, y.dtype)
+    y, dx = _output_grad_args(layer, "sigmoid_forward", SigmoidCache, dout, cache, out)
     np.subtract(1, y, out=dx)  # 1 - y
     dx *= y
     dx *= dout
@@ -231,7 +253,9 @@ def tanh_forward(x, layer="tanh", out=None):
         ``out`` itself.
     Raises:
         TypeError: ``x`` is not a float32/float64 ndarray.
-        ValueError: an unusable ``out``.
+        ValueError: an unusable ``out`` (wrong shape, dtype or layout, read-only, or sharing
+            memory with ``x``).
+        MemoryError: the output would not fit in this machine's memory.
     """
     check_float_array(layer, x)
     out = _elementwise_out(layer, x, out)
@@ -250,11 +274,11 @@ def tanh_backward(dout, cache, layer="tanh", out=None):
     Returns:
         np.ndarray: d loss / d x, the shape and dtype of the forward input.
     Raises:
-        TypeError/ValueError: ``dout`` does not match the forward output.
+        TypeError/ValueError: ``dout`` does not match the forward output; a cache that is not
+            a :class:`TanhCache`; an unusable ``out`` (as for the forward, or sharing memory
+            with ``dout`` or the cached output).
     """
-    y = cache.y
-    check_grad(layer, dout, y.shape, y.dtype)
-    dx = _memory.output(layer, out, y.shape, y.dtype)
+    y, dx = _output_grad_args(layer, "tanh_forward", TanhCache, dout, cache, out)
     np.multiply(y, y, out=dx)
     np.subtract(1, dx, out=dx)  # 1 - y^2
     dx *= dout
