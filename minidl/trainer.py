@@ -27,6 +27,7 @@ from ._grad_mode import no_grad
 from ._random import get_rng
 from .callbacks import Callback, EvaluateEvery
 from .distributed import barrier, get_world_size, is_main_process, reduce_metrics
+from .layers.module import Module
 from .serialization import load, save
 
 __all__ = ["Trainer", "History", "Callback", "EvaluateEvery", "NonFiniteLossError"]
@@ -304,7 +305,10 @@ class Trainer:
         stop_training (bool): set by a callback to end :meth:`fit` after the current step.
 
     Raises:
-        TypeError: a callback that is not a :class:`Callback`; a scheduler without the interface.
+        TypeError: a ``model`` that is not a :class:`minidl.layers.Module`; a ``loss_fn``
+            without ``__call__`` and ``backward``; an ``optimizer`` without ``step``,
+            ``zero_grad``, ``state_dict`` and ``load_state_dict``; a callback that is not a
+            :class:`Callback`; a scheduler without the interface.
         ValueError: an unknown ``scheduler_interval``.
     """
 
@@ -312,7 +316,21 @@ class Trainer:
 
     def __init__(self, model, loss_fn, optimizer, progress=None, callbacks=(), scheduler=None,
                  scheduler_interval="epoch"):
-        callbacks = list(callbacks)
+        if not isinstance(model, Module):
+            raise TypeError(f"Trainer: expected model to be a minidl Module (e.g. a "
+                            f"Sequential), got {type(model).__name__}")
+        for name, value, needed in (
+                ("loss_fn", loss_fn, ("__call__", "backward")),
+                ("optimizer", optimizer, ("step", "zero_grad", "state_dict", "load_state_dict"))):
+            lacking = [m for m in needed if not callable(getattr(value, m, None))]
+            if lacking:
+                raise TypeError(f"Trainer: {name} ({type(value).__name__}) lacks "
+                                f"{', '.join(lacking)}")
+        try:
+            callbacks = list(callbacks)
+        except TypeError:
+            raise TypeError(f"Trainer: callbacks must be a list of minidl.Callback, got "
+                            f"{type(callbacks).__name__}") from None
         for index, callback in enumerate(callbacks):
             if not isinstance(callback, Callback):
                 raise TypeError(f"Trainer: callbacks[{index}] is a {type(callback).__name__}, "
@@ -450,9 +468,12 @@ class Trainer:
         for name, value in (("checkpoint_every", checkpoint_every), ("resume", resume)):
             if value and path is None:
                 raise ValueError(f"Trainer.fit: {name}={value!r} needs a checkpoint_dir")
-        if not hasattr(type(train_loader), "__iter__"):  # not iter(): that may draw a shuffle
-            raise TypeError(f"Trainer.fit: train_loader must be an iterable of (x, y) batches, "
-                            f"got {type(train_loader).__name__}")
+        for name, loader in (("train_loader", train_loader), ("val_loader", val_loader)):
+            # hasattr, not iter(): iter() may draw a shuffle
+            if (loader is not None or name == "train_loader") and \
+                    not hasattr(type(loader), "__iter__"):
+                raise TypeError(f"Trainer.fit: {name} must be an iterable of (x, y) batches, "
+                                f"got {type(loader).__name__}")
 
         run = _Run(train_loader, val_loader, epochs, self.progress if progress is None else progress,
                    path, checkpoint_every)
@@ -491,6 +512,11 @@ class Trainer:
             raise TypeError(f"Trainer.fit: checkpoint_dir must be a path, got "
                             f"{type(checkpoint_dir).__name__}")
         folder = os.fspath(checkpoint_dir)
+        if isinstance(folder, bytes):
+            folder = os.fsdecode(folder)
+        if not folder:
+            raise ValueError("Trainer.fit: checkpoint_dir is an empty path; give a folder, e.g. "
+                             "'runs/mnist' (or '.' for the current folder)")
         if os.path.exists(folder) and not os.path.isdir(folder):
             raise NotADirectoryError(f"Trainer.fit: checkpoint_dir {folder!r} is a file, not a folder")
         if is_main_process():  # data parallel: rank 0 writes the checkpoints
@@ -676,6 +702,7 @@ class Trainer:
         Returns:
             dict: ``{"loss": float, "accuracy": float in [0, 1]}``, weighted by batch size.
         Raises:
+            TypeError: ``loader`` is not iterable.
             ValueError: the loader yields no batches, or a batch that is not a pair.
 
         **Data parallel** (a job of W > 1 ranks): the sums of the loss, of the correct
@@ -691,6 +718,9 @@ class Trainer:
         rounding, at W times the work.
         """
         _check_progress("Trainer.evaluate", progress)
+        if not hasattr(type(loader), "__iter__"):
+            raise TypeError(f"Trainer.evaluate: loader must be an iterable of (x, y) batches, "
+                            f"got {type(loader).__name__}")
         return self._evaluate(loader, self.progress if progress is None else progress, None)
 
     def _evaluate(self, loader, progress, sigint):

@@ -126,6 +126,55 @@ def test_errors_name_the_layer(layer):
     assert m.backward(np.zeros((2, 3), np.float32), input_grad=False) is None
 
 
+@pytest.mark.parametrize("op", ["sigmoid", "tanh"])
+def test_backward_refuses_a_foreign_cache_and_an_out_sharing_memory(rng, op):
+    """Issue 10: the cache holds the output, which the backward reads while it writes ``out``."""
+    forward, backward = getattr(F, f"{op}_forward"), getattr(F, f"{op}_backward")
+    other = "tanh" if op == "sigmoid" else "sigmoid"
+    x = rng.standard_normal((3, 4)).astype(np.float32)
+    y, cache = forward(x)
+    dout = rng.standard_normal(x.shape).astype(np.float32)
+    with pytest.raises(TypeError, match=f"^{op}: expected the cache returned by {op}_forward, got NoneType"):
+        backward(dout, None)
+    with pytest.raises(TypeError, match=f"^{op}: expected the cache returned by {op}_forward, got "):
+        backward(dout, getattr(F, f"{other}_forward")(x)[1])  # the other op's cache
+    with pytest.raises(TypeError, match=f"^{op}: expected the cache's y .* to be a numpy.ndarray"):
+        backward(dout, cache._replace(y=[1.0]))
+    with pytest.raises(ValueError, match=f"^{op}: out must not overlap the cached output"):
+        backward(dout, cache, out=y)
+    with pytest.raises(ValueError, match=f"^{op}: out must not overlap gradient"):
+        backward(dout, cache, out=dout)
+    expected = backward(dout, cache)
+    np.testing.assert_array_equal(backward(dout, cache, out=np.empty_like(x)), expected)
+
+
+@pytest.mark.parametrize("layer", [Sigmoid, Tanh])
+def test_empty_0d_and_strided_inputs_work(rng, layer):
+    """As in PyTorch: an empty batch gives an empty output and gradient; 0-d arrays and any
+    memory layout work (the same bits as the contiguous input)."""
+    m = layer()
+    assert m(np.zeros((0, 3), np.float32)).shape == (0, 3)
+    assert m.backward(np.zeros((0, 3), np.float32)).shape == (0, 3)
+    assert m(np.array(0.5)).shape == ()
+    x = rng.standard_normal((4, 6))
+    dout = rng.standard_normal((4, 6))
+    expected = m(x), m.backward(dout)
+    got = m(np.asfortranarray(x)[:, ::-1][:, ::-1]), m.backward(np.repeat(dout, 2, axis=1)[:, ::2])
+    for ours, theirs in zip(got, expected):
+        assert ours.tobytes() == theirs.tobytes()
+
+
+@pytest.mark.parametrize("layer", [Sigmoid, Tanh])
+def test_modifying_the_output_in_place_before_backward_is_a_runtime_error(rng, layer):
+    """The backward pass reads the output (as PyTorch's), so changing it is an error there too."""
+    m = layer()
+    y = m(rng.standard_normal((3, 4)).astype(np.float32))
+    y += 1
+    with pytest.raises(RuntimeError, match=f"^{layer.__name__}: the output of the last forward "
+                                           f"pass was modified in place before backward"):
+        m.backward(np.ones_like(y))
+
+
 # ---------------------------------------------------------------------------- PyTorch
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("name", ["Sigmoid", "Tanh"])

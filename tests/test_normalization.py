@@ -359,6 +359,97 @@ def test_functional_out_argument_is_checked(rng):
     assert np.shares_memory(y, out)
 
 
+# ------------------------------------------------ aliasing, arguments and caches (issue 10)
+def test_out_and_running_statistics_must_be_memory_of_their_own(rng):
+    x = _random_bn_input(rng, (4, 3, 2, 2), np.float32)
+    stats = np.zeros(6, np.float32)
+    mean, var = stats[:3], stats[3:]
+    var[...] = 1
+    with pytest.raises(ValueError, match="^batch_norm: out must not overlap input"):
+        F.batch_norm_forward(x, out=x)
+    with pytest.raises(ValueError, match="^batch_norm: running_mean must not overlap running_var"):
+        F.batch_norm_forward(x, running_mean=mean, running_var=mean)
+    with pytest.raises(ValueError, match="^batch_norm: running_mean must not overlap input"):
+        F.batch_norm_forward(x, running_mean=x[0, :, 0, 0], running_var=var)
+    buffer = np.zeros(x.size + 2, np.float32)
+    out, shared = buffer[:x.size].reshape(x.shape), buffer[x.size - 1:]  # one element in common
+    with pytest.raises(ValueError, match="^batch_norm: out must not overlap running_mean"):
+        F.batch_norm_forward(x, running_mean=shared, running_var=var, out=out)
+    with pytest.raises(ValueError, match="^batch_norm: out must not overlap weight"):
+        F.batch_norm_forward(x, shared, out=out)
+    np.testing.assert_array_equal(stats, [0, 0, 0, 1, 1, 1])  # nothing was updated
+    # eval mode reads the statistics only: the same array for both is allowed
+    F.batch_norm_forward(x, running_mean=var, running_var=var, training=False)
+    y, cache = F.batch_norm_forward(x)
+    dout = rng.standard_normal(x.shape).astype(np.float32)
+    with pytest.raises(ValueError, match="^batch_norm: out must not overlap gradient"):
+        F.batch_norm_backward(dout, cache, out=dout)
+    with pytest.raises(ValueError, match="^batch_norm: out must not overlap the cached input"):
+        F.batch_norm_backward(dout, cache, out=cache.x3.reshape(x.shape))
+
+
+@pytest.mark.parametrize("kwargs, exc, match", [
+    (dict(training=1), TypeError, "batch_norm: expected training to be True or False, got 1"),
+    (dict(training=np.array([1, 0])), TypeError, "batch_norm: expected training to be True or"),
+    (dict(eps="1e-5"), TypeError, "batch_norm: expected eps to be a real number, got '1e-5'"),
+    (dict(eps=float("inf")), ValueError, "batch_norm: expected eps to be a finite number"),
+    (dict(eps=-1.0), ValueError, r"batch_norm: eps must be > 0, got -1.0"),
+    (dict(momentum="0.1"), TypeError, "batch_norm: expected momentum to be a real number"),
+    (dict(momentum=float("nan")), ValueError, "batch_norm: expected momentum to be a finite"),
+    (dict(momentum=-0.1), ValueError, r"batch_norm: expected momentum in \[0, 1\], got -0.1"),
+    (dict(weight=np.array(["a", "b", "c"])), TypeError, "batch_norm: expected weight to be an "
+                                                        "array of real numbers, got dtype <U1"),
+    (dict(bias=[1.0, [2.0], 3.0]), TypeError, "batch_norm: expected bias to be an array of real"),
+    (dict(weight=np.ones(4)), ValueError, r"batch_norm: expected weight of shape \(3,\), got \(4,\)"),
+    (dict(running_mean=np.zeros(3, np.float16), running_var=np.ones(3)), TypeError,
+     "batch_norm: expected running_mean dtype float32 or float64, got float16"),
+])
+def test_functional_arguments_of_the_wrong_kind_are_named(rng, kwargs, exc, match):
+    x = _random_bn_input(rng, (4, 3), np.float32)
+    with pytest.raises(exc, match=f"^{match}"):
+        F.batch_norm_forward(x, **kwargs)
+
+
+@pytest.mark.parametrize("field, value", [
+    ("x3", lambda c: c.x3[:, :, :-1]), ("x3", lambda c: np.asfortranarray(c.x3)),
+    ("x3", lambda c: c.x3.astype(np.float16)), ("mean", lambda c: c.mean[:2]),
+    ("invstd", lambda c: c.invstd.astype(np.float32)), ("gamma", lambda c: c.gamma[::-1]),
+    ("shape", lambda c: (4, 3, 2, 3)), ("shape", lambda c: None),
+])
+def test_batch_norm_backward_refuses_a_changed_cache(rng, field, value):
+    x = _random_bn_input(rng, (4, 3, 2, 2), np.float32)
+    y, cache = F.batch_norm_forward(x, np.ones(3), np.zeros(3))
+    changed = cache._replace(**{field: value(cache)})
+    with pytest.raises(ValueError, match=r"^batch_norm: the cache's "):
+        F.batch_norm_backward(np.ones_like(y), changed)
+    with pytest.raises(TypeError, match="batch_norm: expected the cache returned by "
+                                        "batch_norm_forward, got tuple"):
+        F.batch_norm_backward(np.ones_like(y), tuple(cache))
+
+
+def test_channel_stats_checks_its_input():
+    x = np.arange(24.0).reshape(2, 3, 4)
+    mean, var = F.channel_stats(x[:, :, ::2])  # any strides
+    np.testing.assert_allclose(mean, x[:, :, ::2].mean(axis=(0, 2)))
+    for bad, exc in ((np.zeros((0, 3, 5)), ValueError), (np.zeros((2, 3)), ValueError),
+                     (np.zeros((2, 3, 4), np.int32), TypeError), ([[[1.0]]], TypeError)):
+        with pytest.raises(exc, match="^channel_stats: expected input"):
+            F.channel_stats(bad)
+
+
+def test_the_reference_backend_refuses_the_same_aliasing(rng):
+    import minidl
+    x = _random_bn_input(rng, (4, 3, 2, 2), np.float64)
+    with minidl.backend("reference"):
+        with pytest.raises(ValueError, match="^batch_norm: out must not overlap input"):
+            F.batch_norm_forward(x, out=x)
+        y, cache = F.batch_norm_forward(x)
+    dout = rng.standard_normal(x.shape)
+    with pytest.raises(ValueError, match="^batch_norm: out must not overlap gradient"):
+        F.batch_norm_backward(dout, cache, out=dout)
+    assert F.batch_norm_backward(dout, cache, out=np.empty_like(x))[0].shape == x.shape
+
+
 # ----------------------------------------------------------------------------- SyncBatchNorm's pieces
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_split_backward_kernels_equal_the_fused_one_bit_for_bit(rng, dtype):
@@ -429,6 +520,74 @@ def test_sync_batchnorm_pieces_validate_their_arguments(rng):
         F.combine_batch_norm_stats([3, 4], np.zeros((3, 3)), np.zeros((3, 3)))
     with pytest.raises(TypeError, match="SyncBatchNorm: expected input dtype float32 or float64"):
         F.batch_norm_stats(np.zeros((4, 3), np.int8), layer="SyncBatchNorm")
+
+
+_X43 = np.arange(12, dtype=np.float32).reshape(4, 3)
+_STATS = dict(mean=np.zeros(3), var=np.ones(3), weight=None, sum_dy=np.zeros(3),
+              sum_dy_xmu=np.zeros(3), count=4)
+
+
+def _input_grad(**changes):
+    return F.batch_norm_input_grad(_X43.copy(), _X43, **{**_STATS, **changes})
+
+
+@pytest.mark.parametrize("call, exc, match", [
+    (lambda: F.combine_batch_norm_stats(["a"], [[1.0]], [[1.0]]), TypeError,
+     "batch_norm: expected counts to be an array of real numbers, got dtype <U1"),
+    (lambda: F.combine_batch_norm_stats([2], [[1.0], [1.0, 2.0]], [[1.0]]), TypeError,
+     "batch_norm: expected means to be an array of real numbers, got dtype object"),
+    (lambda: F.combine_batch_norm_stats([2.5], [[1.0]], [[1.0]]), ValueError,
+     r"batch_norm: expected positive counts \(whole numbers\), got \[2.5\]"),
+    (lambda: F.combine_batch_norm_stats([2, np.inf], [[1.0], [1.0]], [[1.0], [1.0]]), ValueError,
+     r"batch_norm: expected positive counts \(whole numbers\), got \[2.0, inf\]"),
+    (lambda: F.combine_batch_norm_stats([2], [[np.nan]], [[1.0]]), ValueError,
+     "batch_norm: expected finite means"),
+    (lambda: F.combine_batch_norm_stats([2], [[1.0]], [[-1.0]]), ValueError,
+     r"batch_norm: expected finite variances >= 0, got \[\[-1.0\]\]"),
+    (lambda: F.combine_batch_norm_stats([2], np.zeros((1, 0)), np.zeros((1, 0))), ValueError,
+     r"batch_norm: expected counts \(P,\) and means, variances \(P, C\) of one P, P >= 1 and C >= 1"),
+    (lambda: F.combine_batch_norm_stats([2], np.zeros((1, 2, 2)), np.zeros((1, 2, 2))), ValueError,
+     r"batch_norm: expected counts \(P,\) and means"),
+    (lambda: F.batch_norm_grad_sums(_X43, _X43, [[1], [2, 3]]), TypeError,
+     "batch_norm: expected mean to be an array of real numbers"),
+    (lambda: F.batch_norm_grad_sums(_X43, _X43, None), ValueError, "batch_norm: mean is required"),
+    (lambda: F.batch_norm_grad_sums(_X43.tolist(), _X43, np.zeros(3)), TypeError,
+     "batch_norm: expected gradient to be a numpy.ndarray, got list"),
+    (lambda: F.batch_norm_stats(np.zeros((0, 3), np.float32)), ValueError,
+     r"batch_norm: expected input of shape .* with no empty axis, got shape \(0, 3\)"),
+    (lambda: F.batch_norm_stats(np.zeros((4, 3), np.float16)), TypeError,
+     "batch_norm: expected input dtype float32 or float64, got float16"),
+    (lambda: _input_grad(count="4"), TypeError, "batch_norm: expected count to be a real number, got '4'"),
+    (lambda: _input_grad(count=np.inf), ValueError, "batch_norm: expected count to be a finite number"),
+    (lambda: _input_grad(eps="1e-5"), TypeError, "batch_norm: expected eps to be a real number"),
+    (lambda: _input_grad(eps=0.0), ValueError, "batch_norm: eps must be > 0, got 0.0"),
+    (lambda: _input_grad(var=-np.ones(3)), ValueError, r"batch_norm: expected a finite var >= 0, got \[-1.0"),
+    (lambda: _input_grad(var=np.full(3, np.nan)), ValueError, "batch_norm: expected a finite var >= 0"),
+    (lambda: _input_grad(sum_dy=np.zeros(4)), ValueError, r"batch_norm: expected sum_dy of shape \(3,\), got \(4,\)"),
+    (lambda: _input_grad(out=_X43), ValueError, "batch_norm: out must not overlap input"),
+    (lambda: F.batch_norm_input_grad(_X43, _X43.copy(), **_STATS, out=_X43), ValueError,
+     "batch_norm: out must not overlap gradient"),
+    (lambda: _input_grad(out=np.empty((4, 3), np.float64)), ValueError,
+     r"batch_norm: expected out to be a writable C-contiguous float32 array of shape \(4, 3\)"),
+])
+def test_sync_batchnorm_pieces_refuse_every_kind_of_bad_argument(call, exc, match):
+    """Issue 10: the SyncBatchNorm pieces are public; a wrong statistic would be a silent wrong
+    gradient on every process (negative or NaN variances, fractional or infinite counts)."""
+    with pytest.raises(exc, match=f"^{match}"):
+        call()
+
+
+def test_sync_batchnorm_pieces_accept_any_memory_layout(rng):
+    x = _random_bn_input(rng, (6, 3, 4, 5), np.float64)
+    dy = rng.standard_normal(x.shape)
+    count, mean, var = F.batch_norm_stats(x)
+    for make in (np.asfortranarray, lambda a: a[..., ::-1].copy()[..., ::-1]):
+        assert F.batch_norm_stats(make(x))[1].tobytes() == mean.tobytes()
+        sums = F.batch_norm_grad_sums(make(dy), make(x), mean)
+        assert [s.tobytes() for s in sums] == [s.tobytes() for s in F.batch_norm_grad_sums(dy, x, mean)]
+        dx = F.batch_norm_input_grad(make(dy), make(x), mean, var, None, *sums, count)
+        assert dx.flags.c_contiguous and dx.tobytes() == F.batch_norm_input_grad(
+            dy, x, mean, var, None, *sums, count).tobytes()
 
 
 # ----------------------------------------------------------------------------- the (A, C, 1) view

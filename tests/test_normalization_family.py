@@ -461,7 +461,7 @@ def test_scale_shift_is_exact_for_zero_and_works_in_place(rng):
     (InstanceNorm1D(3), np.zeros((2, 3, 4, 4), np.float32), ValueError, r"InstanceNorm1D: expected input of shape \(N, 3, L\), got"),
     (InstanceNorm2D(3), np.zeros((2, 3, 4), np.float32), ValueError, r"InstanceNorm2D: expected input of shape \(N, 3, H, W\), got"),
     (PerActivationBatchNorm((3, 4)), np.zeros((2, 3, 5), np.float32), ValueError,
-     r"PerActivationBatchNorm: expected input of shape \(N, 3, 4\), got shape \(2, 3, 5\)"),
+     r"PerActivationBatchNorm: expected input of shape \(N, 3, 4\) with N >= 1, got shape \(2, 3, 5\)"),
     (PerActivationBatchNorm(3), np.zeros((1, 3), np.float32), ValueError,
      "PerActivationBatchNorm: expected more than 1 sample per activation when training"),
 ])
@@ -486,7 +486,7 @@ def test_one_spatial_element_is_fine_with_running_stats_in_eval():
     (lambda: LayerNorm("ab"), "LayerNorm: normalized_shape must be"),
     (lambda: LayerNorm(4, eps=-1), "LayerNorm: eps must be > 0"),
     (lambda: InstanceNorm(0), "InstanceNorm: num_features must be an integer >= 1"),
-    (lambda: InstanceNorm(3, momentum=2), "InstanceNorm: momentum must be in"),
+    (lambda: InstanceNorm(3, momentum=2), r"InstanceNorm: expected momentum \(or None\) in \[0, 1\], got 2"),
     (lambda: PerActivationBatchNorm((3, 0)), r"PerActivationBatchNorm: feature_shape must be an int or a non-empty tuple of ints >= 1, got \(3, 0\)"),
 ])
 def test_bad_constructor_arguments(make, match):
@@ -503,7 +503,7 @@ def test_bad_constructor_arguments(make, match):
     (lambda x: F.layer_norm_forward(x, (3,), bias=np.ones(4)), ValueError,
      r"layer_norm: expected bias of shape \(3,\), got \(4,\)"),
     (lambda x: F.layer_norm_forward(x, (3,), weight=np.array(["a", "b", "c"])), TypeError,
-     "layer_norm: expected weight to be a float array"),
+     "layer_norm: expected weight to be an array of real numbers"),
     (lambda x: F.instance_norm_forward(x, running_mean=np.zeros(6)), ValueError,
      "instance_norm: running_mean and running_var must be given together"),
     (lambda x: F.instance_norm_forward(x, training=False), ValueError,
@@ -536,3 +536,194 @@ def test_backward_errors(make, shape):
         layer(np.ones(shape, np.float32))
     with pytest.raises(RuntimeError, match=f"{name}: backward after a forward pass under minidl.no_grad"):
         layer.backward(np.zeros(shape, np.float32))
+
+
+# ---------------------------------------------------------------------- adversarial arguments
+# (issue 10: every bad argument is an exception naming the layer, the expected and the received)
+@pytest.mark.parametrize("make, exc, match", [
+    (lambda: LayerNorm(3, eps="a"), TypeError, r"LayerNorm: expected eps to be a real number, got 'a'"),
+    (lambda: LayerNorm(3, eps=float("inf")), ValueError, "LayerNorm: expected eps to be a finite number"),
+    (lambda: LayerNorm(3, elementwise_affine="no"), TypeError,
+     "LayerNorm: expected elementwise_affine to be True or False, got 'no'"),
+    (lambda: LayerNorm(3, bias=0), TypeError, "LayerNorm: expected bias to be True or False, got 0"),
+    (lambda: LayerNorm(3, dtype=np.float16), TypeError, "LayerNorm: dtype must be float32 or float64, got float16"),
+    (lambda: LayerNorm((10 ** 6, 10 ** 7)), MemoryError,
+     r"LayerNorm: the parameters of shape \(2, 1000000, 10000000\) \(float32\) would need"),
+    (lambda: GroupNorm(2, 4, eps=None), TypeError, "GroupNorm: expected eps to be a real number, got None"),
+    (lambda: GroupNorm(2, 4, affine=1), TypeError, "GroupNorm: expected affine to be True or False, got 1"),
+    (lambda: GroupNorm(2, 4, dtype=np.int32), TypeError, "GroupNorm: dtype must be float32 or float64, got int32"),
+    (lambda: GroupNorm(2.0, 4), ValueError, "GroupNorm: num_groups must be an integer >= 1, got 2.0"),
+    (lambda: InstanceNorm(3, eps=float("nan")), ValueError, "InstanceNorm: expected eps to be a finite number"),
+    (lambda: InstanceNorm(3, affine="yes"), TypeError, "InstanceNorm: expected affine to be True or False"),
+    (lambda: InstanceNorm2D(3, dtype="float16"), TypeError, "InstanceNorm2D: dtype must be float32 or float64"),
+    (lambda: PerActivationBatchNorm((3, 4), momentum="0.1"), TypeError,
+     r"PerActivationBatchNorm: expected momentum \(or None\) to be a real number, got '0.1'"),
+    (lambda: PerActivationBatchNorm((2 ** 31, 2 ** 31)), MemoryError,
+     "PerActivationBatchNorm: the parameters and buffers of shape"),
+])
+def test_bad_constructor_arguments_of_every_kind_name_the_layer(make, exc, match):
+    with pytest.raises(exc, match=f"^{match}"):
+        make()
+
+
+@pytest.mark.parametrize("make", [lambda: LayerNorm(3), lambda: GroupNorm(1, 3),
+                                  lambda: InstanceNorm(3), lambda: PerActivationBatchNorm(3)])
+@pytest.mark.parametrize("x, exc, match", [
+    (np.zeros((2, 3, 4), np.float16), TypeError, "expected input dtype float32 or float64, got float16"),
+    (np.zeros((2, 3, 4), bool), TypeError, "expected input dtype float32 or float64, got bool"),
+    (np.zeros((2, 3, 4), object), TypeError, "expected input dtype float32 or float64, got object"),
+    (np.float32(1.0), TypeError, "expected input to be a numpy.ndarray, got float32"),
+    ([[1.0, 2.0, 3.0]], TypeError, "expected input to be a numpy.ndarray, got list"),
+    (np.array(1.0), ValueError, r"expected input .*got shape \(\)"),
+    (np.zeros((0, 3, 4), np.float32), ValueError, r"expected input .*got shape \(0, 3, 4\)"),
+])
+def test_bad_inputs_name_the_layer(make, x, exc, match):
+    layer = make()
+    if isinstance(layer, (LayerNorm, PerActivationBatchNorm)) and getattr(x, "ndim", 0) == 3:
+        x = x[:, :, 0] if x.dtype.kind != "O" else x[:, :, 0]  # their features are (3,)
+        match = match.replace(r"\(0, 3, 4\)", r"\(0, 3\)")
+    with pytest.raises(exc, match=f"^{type(layer).__name__}: {match}"):
+        layer(x)
+
+
+
+_FORWARD_ARGS = {"layer_norm": (3,), "group_norm": (3,), "instance_norm": ()}
+
+
+@pytest.mark.parametrize("backend", ["compiled", "reference"])
+@pytest.mark.parametrize("name", ["layer_norm", "group_norm", "instance_norm"])
+def test_out_arrays_that_share_memory_are_refused(rng, name, backend):
+    x = rng.standard_normal((2, 6, 3)).astype(np.float32)
+    forward, backward = getattr(F, f"{name}_forward"), getattr(F, f"{name}_backward")
+    args = _FORWARD_ARGS[name]
+    block = np.ones(x.size, np.float32)  # an out whose first elements are the weight
+    weight = block[:3 if name == "layer_norm" else 6]
+    dout = rng.standard_normal(x.shape).astype(np.float32)
+    with minidl.backend(backend):
+        with pytest.raises(ValueError, match=f"^{name}: out must not overlap input"):
+            forward(x, *args, out=x)
+        with pytest.raises(ValueError, match=f"^{name}: out must not overlap weight"):
+            forward(x, *args, weight, out=block.reshape(x.shape))
+        y, cache = forward(x, *args, weight.copy())
+        with pytest.raises(ValueError, match=f"^{name}: out must not overlap gradient"):
+            backward(dout, cache, out=dout)
+        if backend == "compiled":  # (the reference's cache holds a float64 copy)
+            with pytest.raises(ValueError, match=f"^{name}: out must not overlap the cached input"):
+                backward(dout, cache, out=x)
+        first = backward(dout, cache, out=np.empty_like(x))[0].copy()
+        np.testing.assert_array_equal(backward(dout, cache)[0], first)  # the cache is intact
+
+
+@pytest.mark.parametrize("name", ["layer_norm", "group_norm", "instance_norm"])
+@pytest.mark.parametrize("field, value, exc", [
+    (None, lambda c: (c.x3, c.mean), TypeError),
+    ("x3", lambda c: c.x3[:, :, :-1], ValueError),
+    ("x3", lambda c: np.asfortranarray(c.x3), ValueError),
+    ("x3", lambda c: c.x3.astype(np.float16), ValueError),
+    ("mean", lambda c: c.mean[:1], ValueError),
+    ("invstd", lambda c: c.invstd.astype(np.float32), ValueError),
+    ("weight", lambda c: c.weight[:-1], ValueError),
+    ("repeat", lambda c: 0, ValueError),
+    ("repeat", lambda c: 7, ValueError),
+    ("shape", lambda c: (2, 6, 4), ValueError),
+    ("param_shape", lambda c: (5,), ValueError),
+])
+def test_backward_refuses_a_changed_cache(rng, name, field, value, exc):
+    """A cache is a plain NamedTuple the caller can change; its arrays reach kernels that trust
+    their shapes, so a changed one is an error naming the op, never a crash."""
+    x = rng.standard_normal((2, 6, 3)).astype(np.float32)
+    forward, backward = getattr(F, f"{name}_forward"), getattr(F, f"{name}_backward")
+    _, cache = forward(x, *_FORWARD_ARGS[name], np.ones(3 if name == "layer_norm" else 6))
+    bad = value(cache) if field is None else cache._replace(**{field: value(cache)})
+    expected = (f"expected the cache returned by {name}_forward" if field is None
+                else f"the cache's .* not what {name}_forward made")
+    with pytest.raises(exc, match=f"^{name}: {expected}"):
+        backward(np.ones_like(x), bad)
+
+
+@pytest.mark.parametrize("call, exc, match", [
+    (lambda x: F.layer_norm_forward(x, 3, eps="1e-5"), TypeError, "layer_norm: expected eps to be a real number"),
+    (lambda x: F.group_norm_forward(x, 3, eps=float("nan")), ValueError, "group_norm: expected eps to be a finite number"),
+    (lambda x: F.group_norm_forward(x, True), ValueError, "group_norm: num_groups must be an integer >= 1, got True"),
+    (lambda x: F.layer_norm_forward(x, 3, weight=[[1.0], [1.0, 2.0]]), TypeError,
+     "layer_norm: expected weight to be an array of real numbers, got dtype object"),
+    (lambda x: F.group_norm_forward(x, 3, bias=np.ones(6, complex)), TypeError,
+     "group_norm: expected bias to be an array of real numbers, got dtype complex128"),
+    (lambda x: F.instance_norm_forward(x, training="yes"), TypeError,
+     "instance_norm: expected training to be True or False, got 'yes'"),
+    (lambda x: F.instance_norm_forward(x, momentum="0.1"), TypeError,
+     "instance_norm: expected momentum to be a real number"),
+    (lambda x: F.instance_norm_forward(x, None, None, np.zeros(6), np.ones(6), momentum=5), ValueError,
+     r"instance_norm: expected momentum in \[0, 1\], got 5"),
+    (lambda x: F.instance_norm_forward(x, None, None, x[0, :, 0], np.ones(6, np.float32)), ValueError,
+     "instance_norm: running_mean must not overlap input"),
+    (lambda x: (lambda s: F.instance_norm_forward(x, None, None, s[:6], s[3:]))(np.zeros(9, np.float32)),
+     ValueError, "instance_norm: running_mean must not overlap running_var"),
+])
+def test_functional_arguments_of_the_wrong_kind_are_named(call, exc, match):
+    x = np.random.default_rng(0).standard_normal((2, 6, 3)).astype(np.float32)
+    with pytest.raises(exc, match=f"^{match}"):
+        call(x)
+
+
+@pytest.mark.parametrize("make, shape", [(lambda: LayerNorm(3), (4, 3)),
+                                         (lambda: GroupNorm(2, 4), (2, 4, 3)),
+                                         (lambda: InstanceNorm(4, affine=True), (2, 4, 3)),
+                                         (lambda: PerActivationBatchNorm((4, 3)), (2, 4, 3))])
+def test_modifying_the_input_in_place_before_backward_is_a_runtime_error(rng, make, shape):
+    """As in PyTorch: the backward pass needs the input's old values (the cache refers to it)."""
+    layer = make()
+    name = type(layer).__name__
+    x = rng.standard_normal(shape).astype(np.float32)
+    y = layer(x)
+    x *= 2
+    with pytest.raises(RuntimeError, match=f"^{name}: the input of the last forward pass was "
+                                           f"modified in place before backward"):
+        layer.backward(np.ones_like(y))
+    for parameter in layer.parameters():  # nothing accumulated by the failed pass
+        assert not parameter.grad.any()
+    layer(x)  # a new forward pass takes the new values
+    assert layer.backward(np.ones_like(y)).shape == shape
+
+
+@pytest.mark.parametrize("layout", ["fortran", "strided", "reversed"])
+@pytest.mark.parametrize("make, shape", [(lambda: LayerNorm((3, 4)), (2, 3, 4)),
+                                         (lambda: GroupNorm(3, 3), (2, 3, 4)),
+                                         (lambda: InstanceNorm1D(3, affine=True), (2, 3, 4)),
+                                         (lambda: PerActivationBatchNorm((3, 4)), (2, 3, 4))])
+def test_any_memory_layout_gives_the_same_bits(rng, make, shape, layout):
+    x = rng.standard_normal(shape)
+    dout = rng.standard_normal(shape)
+    expected_layer, layer = make(), make()
+    expected = expected_layer(x.astype(np.float32)), expected_layer.backward(dout.astype(np.float32))
+    strided = {"fortran": np.asfortranarray, "reversed": lambda a: np.ascontiguousarray(a[..., ::-1])[..., ::-1],
+               "strided": lambda a: np.repeat(a, 2, axis=-1)[..., ::2]}[layout]
+    got = layer(strided(x.astype(np.float32))), layer.backward(strided(dout.astype(np.float32)))
+    for ours, theirs in zip(got, expected):
+        np.testing.assert_array_equal(ours, theirs)
+
+
+@pytest.mark.parametrize("make, shape", [(lambda: LayerNorm(256), (288, 256)),
+                                         (lambda: GroupNorm(4, 16), (5, 16, 32, 32)),
+                                         (lambda: InstanceNorm2D(16, affine=True), (5, 16, 32, 32)),
+                                         (lambda: PerActivationBatchNorm((16, 8, 8)), (72, 16, 8, 8))])
+def test_results_do_not_depend_on_the_thread_count(rng, make, shape):
+    """Issue 10, determinism: every reduction sums in an order fixed by the shape (per segment,
+    per position or per channel), so 1, 2 and 3 threads give the same bits (the inputs are
+    large enough for the kernels to use them all)."""
+    assert np.prod(shape) >= minidl._config.PARALLEL_MIN_ELEMENTS
+    x = rng.standard_normal(shape).astype(np.float32)
+    dout = rng.standard_normal(shape).astype(np.float32)
+    previous = minidl.get_num_threads()
+    runs = []
+    try:
+        for threads in (1, 2, 3):
+            minidl.set_num_threads(threads)
+            layer = make()
+            y = layer(x)
+            runs.append([y, layer.backward(dout)] + [p.grad for p in layer.parameters()])
+    finally:
+        minidl.set_num_threads(previous)
+    for run in runs[1:]:
+        for ours, theirs in zip(run, runs[0]):
+            assert ours.tobytes() == theirs.tobytes()

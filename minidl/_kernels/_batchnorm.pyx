@@ -52,6 +52,11 @@ The kernels trust their inputs (shapes, contiguity, dtypes are checked by ``mini
 release the GIL and run channels (or rows ``(a, c)``) in parallel with OpenMP when it was compiled
 in. The inner loops are C, in ``_batchnorm.h``.
 Arguments are marked IN (read) or OUT (written).
+
+Integer arithmetic: indices and sizes are ``Py_ssize_t`` (``ptrdiff_t`` in the header), bounded
+by the size of the arrays (each checked in Python to fit in memory); ``num_threads`` is an
+``int`` from 1 to 1024. Every reduction runs over one channel in one thread, in a fixed order,
+so no result depends on the number of threads.
 """
 from cython.parallel cimport prange
 from libc.math cimport sqrt

@@ -26,13 +26,16 @@ Under ``with minidl.backend("reference"):`` the validated arguments go instead t
 written out line by line in :mod:`minidl.reference.functional.normalization`, and a cache that
 it made sends the backward pass there too (the ``if`` statements marked "reference backend").
 """
+import math
 from typing import NamedTuple, Tuple
 
 import numpy as np
 
 from .. import _config, _memory
 from .._backend import get_backend
-from .._checks import check_float_array, check_grad, check_input, positive_int, shape_tuple
+from .._checks import (check_allocation, check_bool, check_cache_array, check_eps,
+                       check_float_array, check_grad, check_input, check_no_overlap, check_number,
+                       positive_int, shape_tuple)
 from .._kernels import _batchnorm as _kernel
 from ..reference.functional import normalization as reference
 
@@ -73,20 +76,38 @@ def _as_acb(x):
     return np.ascontiguousarray(x).reshape(n, c, -1)
 
 
+def _real_array(layer, value, shape, name):
+    """``value`` (an array or nested list of real numbers of ``shape``, any shape when None) as
+    a float64 array.
+
+    Raises:
+        TypeError: not numbers (strings, objects, a ragged list, complex).
+        ValueError: another shape.
+    """
+    try:
+        value = np.asarray(value)
+    except (TypeError, ValueError):  # e.g. a ragged list
+        value = np.asarray(None)
+    if value.dtype.kind not in "fiu":
+        raise TypeError(f"{layer}: expected {name} to be an array of real numbers, got dtype "
+                        f"{value.dtype}")
+    if shape is not None and value.shape != tuple(shape):
+        raise ValueError(f"{layer}: expected {name} of shape {tuple(shape)}, got {value.shape}")
+    return value.astype(np.float64)
+
+
 def _channel_vector(layer, value, num_channels, name, default=None):
     """A per-channel parameter/statistic as a float64 ``(C,)`` array; None gives ``default``
     (a constant vector) or None."""
     if value is None:
         return None if default is None else np.full(num_channels, float(default))
-    value = np.asarray(value)
-    if value.shape != (num_channels,):
-        raise ValueError(f"{layer}: expected {name} of shape ({num_channels},), got {value.shape}")
-    return value.astype(np.float64)
+    return _real_array(layer, value, (num_channels,), name)
 
 
-def _check_running_stats(layer, running_mean, running_var, num_channels, training):
+def _check_running_stats(layer, running_mean, running_var, num_channels, training, x):
     """Both running statistics or neither, each a float ``(C,)`` array (writable when
-    training, where they are updated in place); eval mode needs both.
+    training, where they are updated in place, and then sharing no memory with each other or
+    with the input ``x``, which the cache keeps); eval mode needs both.
 
     Raises:
         TypeError/ValueError: naming ``layer``, the argument and what it should be.
@@ -106,14 +127,23 @@ def _check_running_stats(layer, running_mean, running_var, num_channels, trainin
         if training and not value.flags.writeable:
             raise ValueError(f"{layer}: {name} is updated in place when training, but it is "
                              f"read-only")
+    if training:  # updated in place: sharing memory with each other would update them twice
+        check_no_overlap(layer, "running_mean", running_mean, running_var=running_var)
+        for name, value in (("running_mean", running_mean), ("running_var", running_var)):
+            check_no_overlap(layer, name, value, input=x)  # x is cached for backward
 
 
-def channel_stats(x3):
-    """Per-channel mean and biased variance of a C-contiguous ``(A, C, B)`` array.
+def channel_stats(x3, layer="channel_stats"):
+    """Per-channel mean and biased variance of an ``(A, C, B)`` array (any strides).
 
     Returns:
         (mean, var): two float64 arrays of shape ``(C,)``.
+    Raises:
+        TypeError: ``x3`` is not a float32/float64 ndarray.
+        ValueError: ``x3`` is not 3-D, or has an empty axis.
     """
+    check_input(layer, x3, "ACB")
+    x3 = np.ascontiguousarray(x3)
     c = x3.shape[1]
     mean = np.empty(c, np.float64)
     var = np.empty(c, np.float64)
@@ -164,22 +194,30 @@ def batch_norm_forward(x, weight=None, bias=None, running_mean=None, running_var
         TypeError: ``x``, ``running_mean`` or ``running_var`` is not a float32/float64 ndarray.
         ValueError: wrong rank or parameter shape; training with one value per channel;
             eval without running statistics; only one of the running statistics given; a
-            read-only running statistic when training; eps <= 0; an unusable ``out``.
+            read-only running statistic when training, or running statistics sharing memory
+            with each other, the input or ``out``; eps <= 0 or not finite; momentum outside
+            [0, 1]; an unusable ``out`` (wrong shape/dtype/layout, read-only, or sharing memory
+            with an argument).
+        TypeError: ``training`` is not a bool; ``eps``/``momentum`` are not real numbers;
+            ``weight``/``bias`` are not arrays of real numbers.
+        MemoryError: the output would not fit in this machine's memory.
     """
     check_input(layer, x, _LAYOUTS)
     num_channels = x.shape[1]
-    if not eps > 0:
-        raise ValueError(f"{layer}: eps must be > 0, got {eps}")
+    training = check_bool(layer, "training", training)
+    eps = check_eps(layer, eps)
+    momentum = check_number(layer, "momentum", momentum, low=0.0, high=1.0)
     gamma = _channel_vector(layer, weight, num_channels, "weight", default=1.0)
     beta = _channel_vector(layer, bias, num_channels, "bias", default=0.0)
-    _check_running_stats(layer, running_mean, running_var, num_channels, training)
+    _check_running_stats(layer, running_mean, running_var, num_channels, training, x)
     count = x.size // num_channels  # values per channel
     if training and count <= 1:
         raise ValueError(
             f"{layer}: expected more than 1 value per channel when training, "
             f"got input of shape {x.shape}"
         )
-    out = _memory.output(layer, out, x.shape, x.dtype)
+    out = _output(layer, out, x, weight=weight, bias=bias, running_mean=running_mean,
+                  running_var=running_var)
     if get_backend() == "reference":  # reference backend: Algorithm 1, line by line
         return reference.batch_norm_forward(x, weight, bias, running_mean, running_var, training,
                                             momentum, eps, layer, out)
@@ -202,6 +240,44 @@ def batch_norm_forward(x, weight=None, bias=None, running_mean=None, running_var
     return out, cache
 
 
+def _output(layer, out, x, **others):
+    """``out`` for a forward pass on ``x``, validated (see :func:`minidl._memory.output`; it must
+    share no memory with ``x`` or any of ``others``), or a new array after checking it fits in
+    memory."""
+    if out is None:
+        check_allocation(layer, "output", x.shape, x.dtype)
+        return _memory.output(layer, None, x.shape, x.dtype)
+    out = _memory.output(layer, out, x.shape, x.dtype)
+    check_no_overlap(layer, "out", out, input=x, **others)
+    return out
+
+
+def _grad_output(layer, out, shape, dtype, dout, kept):
+    """``out`` for a backward pass, validated: besides :func:`minidl._memory.output`'s rules it
+    must share no memory with the gradient ``dout`` or the cached input ``kept`` (the cache
+    serves further backward calls, so its arrays must stay intact)."""
+    if out is None:
+        return _memory.output(layer, None, shape, dtype)
+    out = _memory.output(layer, out, shape, dtype)
+    check_no_overlap(layer, "out", out, gradient=dout, **{"the cached input": kept})
+    return out
+
+
+def _check_cache(layer, cache):
+    """The arrays of a :class:`BatchNormCache` as the kernels need them (see
+    :func:`minidl._checks.check_cache_array`)."""
+    x3 = cache.x3
+    ok = isinstance(x3, np.ndarray) and x3.ndim == 3 and x3.dtype in (np.float32, np.float64)
+    shape = tuple(cache.shape) if isinstance(cache.shape, tuple) else ()
+    if not ok or len(shape) < 2 or math.prod(shape) != x3.size or shape[:2] != x3.shape[:2]:
+        raise ValueError(f"{layer}: the cache's x3 or shape is not what batch_norm_forward "
+                         f"made; pass the cache it returned, unchanged")
+    check_cache_array(layer, "batch_norm_forward", "x3", x3, x3.shape, x3.dtype)
+    for field in ("mean", "invstd", "gamma"):
+        check_cache_array(layer, "batch_norm_forward", field, getattr(cache, field),
+                          (x3.shape[1],), np.float64)
+
+
 def batch_norm_backward(dout, cache, layer="batch_norm", out=None):
     """Gradients of :func:`batch_norm_forward`.
 
@@ -217,16 +293,18 @@ def batch_norm_backward(dout, cache, layer="batch_norm", out=None):
         ValueError/TypeError: ``dout`` does not match the forward output.
     """
     if isinstance(cache, reference.BatchNormCache):  # reference backend: made by its forward
-        check_grad(layer, dout, cache.out_shape, cache.dtype)
-        dx = _memory.output(layer, out, cache.out_shape, cache.dtype)
-        return reference.batch_norm_backward(dout, cache, layer, dx)
+        return _reference_backward(reference.batch_norm_backward, dout, cache, layer, out)
+    if not isinstance(cache, BatchNormCache):
+        raise TypeError(f"{layer}: expected the cache returned by batch_norm_forward, got "
+                        f"{type(cache).__name__}")
     x3, mean, invstd, gamma, training, shape, has_weight, has_bias = cache
+    _check_cache(layer, cache)
     check_grad(layer, dout, shape, x3.dtype)
     dy3 = _as_acb(dout)
     num_channels = x3.shape[1]
     sum_dy = np.empty(num_channels, np.float64)
     sum_dy_xmu = np.empty(num_channels, np.float64)
-    dx3 = _memory.output(layer, out, shape, x3.dtype).reshape(x3.shape)
+    dx3 = _grad_output(layer, out, shape, x3.dtype, dout, x3).reshape(x3.shape)
     _kernel.backward(dy3, x3, mean, invstd, gamma, training, dx3,
                      sum_dy, sum_dy_xmu, _config.threads_for(x3.size))
     dweight = sum_dy_xmu * invstd if has_weight else None
@@ -284,16 +362,25 @@ def combine_batch_norm_stats(counts, means, variances, layer="batch_norm"):
     Returns:
         (count, mean, var): the total count (int) and float64 ``(C,)`` mean and biased variance.
     Raises:
-        ValueError: mismatched shapes, or a count that is not positive.
+        TypeError: an argument that is not an array of real numbers.
+        ValueError: mismatched shapes (or none with a part, or none with a channel); a count
+            that is not a positive integer; a mean that is not finite; a variance that is not
+            finite and >= 0.
     """
-    counts = np.asarray(counts, np.float64).reshape(-1)
-    means = np.atleast_2d(np.asarray(means, np.float64))
-    variances = np.atleast_2d(np.asarray(variances, np.float64))
-    if means.shape != variances.shape or means.shape[0] != counts.shape[0]:
+    counts = _real_array(layer, counts, None, "counts").reshape(-1)
+    means = np.atleast_2d(_real_array(layer, means, None, "means"))
+    variances = np.atleast_2d(_real_array(layer, variances, None, "variances"))
+    if (means.ndim != 2 or means.shape != variances.shape or means.shape[0] != counts.shape[0]
+            or 0 in means.shape):
         raise ValueError(f"{layer}: expected counts (P,) and means, variances (P, C) of one P, "
-                         f"got {counts.shape}, {means.shape}, {variances.shape}")
-    if not np.all(counts > 0):
-        raise ValueError(f"{layer}: expected positive counts, got {counts.tolist()}")
+                         f"P >= 1 and C >= 1, got {counts.shape}, {means.shape}, "
+                         f"{variances.shape}")
+    if not np.all((counts > 0) & np.isfinite(counts) & (counts == np.round(counts))):
+        raise ValueError(f"{layer}: expected positive counts (whole numbers), got {counts.tolist()}")
+    if not np.all(np.isfinite(means)):
+        raise ValueError(f"{layer}: expected finite means, got {means.tolist()}")
+    if not np.all((variances >= 0) & np.isfinite(variances)):
+        raise ValueError(f"{layer}: expected finite variances >= 0, got {variances.tolist()}")
     total = counts.sum()
     weights = (counts / total)[:, None]
     mean = (weights * means).sum(axis=0)
@@ -321,7 +408,8 @@ def batch_norm_grad_sums(dout, x, mean, layer="batch_norm"):
         channel (sum them over the processes, then call :func:`batch_norm_input_grad`;
         ``sum_dy`` is d loss / d bias and ``sum_dy_xmu * invstd`` d loss / d weight).
     Raises:
-        TypeError/ValueError: bad shapes or dtypes, naming ``layer``.
+        TypeError/ValueError: bad shapes or dtypes (``mean`` not real numbers of shape
+            ``(C,)``), naming ``layer``.
     """
     x3 = _as_view(layer, x)
     check_grad(layer, dout, x.shape, x.dtype)
@@ -353,21 +441,27 @@ def batch_norm_input_grad(dout, x, mean, var, weight, sum_dy, sum_dy_xmu, count,
     Returns:
         np.ndarray: dx, ``x``'s shape and dtype.
     Raises:
-        TypeError/ValueError: bad shapes or dtypes, ``count <= 0`` or ``eps <= 0``.
+        TypeError: bad dtypes; ``count`` or ``eps`` not a real number.
+        ValueError: bad shapes; ``count`` not finite and > 0; ``eps`` not finite and > 0; a
+            ``var`` that is not finite and >= 0; an unusable ``out`` (as for
+            :func:`batch_norm_forward`, or sharing memory with ``dout`` or ``x``).
     """
     x3 = _as_view(layer, x)
     check_grad(layer, dout, x.shape, x.dtype)
     c = x3.shape[1]
-    if not eps > 0:
-        raise ValueError(f"{layer}: eps must be > 0, got {eps}")
+    eps = check_eps(layer, eps)
+    count = check_number(layer, "count", count, low=-math.inf)
     if not count > 0:
         raise ValueError(f"{layer}: expected count > 0, got {count}")
     mean = _stat_vector(layer, mean, c, "mean")
-    invstd = 1.0 / np.sqrt(_stat_vector(layer, var, c, "var") + eps)
+    var = _stat_vector(layer, var, c, "var")
+    if not np.all((var >= 0) & np.isfinite(var)):
+        raise ValueError(f"{layer}: expected a finite var >= 0, got {var.tolist()}")
+    invstd = 1.0 / np.sqrt(var + eps)
     gamma = _channel_vector(layer, weight, c, "weight", default=1.0)
     sum_dy = _stat_vector(layer, sum_dy, c, "sum_dy")
     sum_dy_xmu = _stat_vector(layer, sum_dy_xmu, c, "sum_dy_xmu")
-    dx = _memory.output(layer, out, x.shape, x.dtype)
+    dx = _output(layer, out, x, gradient=dout)
     _kernel.input_grad(_as_acb(dout), x3, mean, invstd, gamma, sum_dy, sum_dy_xmu, float(count),
                        dx.reshape(x3.shape), _config.threads_for(x3.size))
     return dx
@@ -555,21 +649,9 @@ class SampleNormCache(NamedTuple):
     has_bias: bool
 
 
-def _check_eps(layer, eps):
-    if not eps > 0:
-        raise ValueError(f"{layer}: eps must be > 0, got {eps!r}")
-
-
 def _param_array(layer, value, shape, name):
     """A parameter of ``shape`` as float64 (flattened), or None."""
-    if value is None:
-        return None
-    value = np.asarray(value)
-    if value.dtype.kind not in "fiu":
-        raise TypeError(f"{layer}: expected {name} to be a float array, got dtype {value.dtype}")
-    if value.shape != tuple(shape):
-        raise ValueError(f"{layer}: expected {name} of shape {tuple(shape)}, got {value.shape}")
-    return value.astype(np.float64).reshape(-1)
+    return None if value is None else _real_array(layer, value, shape, name).reshape(-1)
 
 
 def _sample_norm_forward(x, view, weight, bias, repeat, param_shape, eps, out):
@@ -608,13 +690,42 @@ def _sample_norm_forward(x, view, weight, bias, repeat, param_shape, eps, out):
     return out, cache, var.reshape(r, s)
 
 
-def _sample_norm_backward(dout, cache, layer, out):
-    """Gradients of :func:`_sample_norm_forward`: the affine step's backward, then the core's."""
+def _check_sample_cache(layer, op, cache):
+    """Raise unless ``cache`` is a :class:`SampleNormCache` as ``op`` made it (its arrays reach
+    the kernels, which trust their shapes; see :func:`minidl._checks.check_cache_array`)."""
+    if not isinstance(cache, SampleNormCache):
+        raise TypeError(f"{layer}: expected the cache returned by {op}, got "
+                        f"{type(cache).__name__}")
+    x3, weight, repeat, shape = cache.x3, cache.weight, cache.repeat, cache.shape
+    ok = (isinstance(x3, np.ndarray) and x3.ndim == 3 and x3.dtype in (np.float32, np.float64)
+          and isinstance(shape, tuple) and math.prod(shape) == x3.size
+          and _is_count(repeat) and x3.shape[1] * x3.shape[2] % repeat == 0
+          and isinstance(cache.param_shape, tuple))
+    if ok and weight is not None:
+        per_row = x3.shape[1] * x3.shape[2] // repeat
+        ok = math.prod(cache.param_shape) == per_row
+        check_cache_array(layer, op, "weight", weight, (per_row,), np.float64)
+    if not ok:
+        raise ValueError(f"{layer}: the cache's x3, weight, repeat or shapes are not what {op} "
+                         f"made; pass the cache it returned, unchanged")
+    check_cache_array(layer, op, "x3", x3, x3.shape, x3.dtype)
+    for field in ("mean", "invstd"):
+        check_cache_array(layer, op, field, getattr(cache, field), x3.shape[:2], np.float64)
+
+
+def _is_count(value):
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 1
+
+
+def _sample_norm_backward(dout, cache, layer, out, op):
+    """Gradients of :func:`_sample_norm_forward`: the affine step's backward, then the core's.
+    ``op`` is the forward function that made ``cache`` (for error messages)."""
+    _check_sample_cache(layer, op, cache)
     x3, mean, invstd, weight, repeat, param_shape, shape, has_weight, has_bias = cache
     check_grad(layer, dout, shape, x3.dtype)
     r, s, l = x3.shape
     dy3 = np.ascontiguousarray(dout).reshape(x3.shape)
-    dx3 = _memory.output(layer, out, shape, x3.dtype).reshape(x3.shape)
+    dx3 = _grad_output(layer, out, shape, x3.dtype, dout, x3).reshape(x3.shape)
     threads = _config.threads_for(x3.size)
     dweight = dbias = None
     if weight is not None:
@@ -663,9 +774,13 @@ def layer_norm_forward(x, normalized_shape, weight=None, bias=None, eps=1e-5, la
         (out, cache): ``out`` like ``x``; ``cache`` for :func:`layer_norm_backward` (a
         :class:`SampleNormCache`, or under the reference backend the reference's).
     Raises:
-        TypeError: ``x`` is not a float32/float64 ndarray, or a parameter is not numeric.
+        TypeError: ``x`` is not a float32/float64 ndarray; a parameter or ``eps`` is not
+            numeric.
         ValueError: a bad ``normalized_shape``; ``x``'s last dimensions differ from it; an empty
-            axis; ``weight``/``bias`` not of ``normalized_shape``; eps <= 0; an unusable ``out``.
+            axis; ``weight``/``bias`` not of ``normalized_shape``; eps not finite and > 0; an
+            unusable ``out`` (wrong shape/dtype/layout, read-only, or sharing memory with an
+            argument).
+        MemoryError: the output would not fit in this machine's memory.
     """
     normalized_shape = shape_tuple(normalized_shape, "normalized_shape", layer)
     check_float_array(layer, x)
@@ -677,10 +792,10 @@ def layer_norm_forward(x, normalized_shape, weight=None, bias=None, eps=1e-5, la
                          f"got shape {x.shape}")
     if 0 in x.shape:
         raise ValueError(f"{layer}: expected input with no empty axis, got shape {x.shape}")
-    _check_eps(layer, eps)
+    eps = check_eps(layer, eps)
     w = _param_array(layer, weight, normalized_shape, "weight")
     b = _param_array(layer, bias, normalized_shape, "bias")
-    out = _memory.output(layer, out, x.shape, x.dtype)
+    out = _output(layer, out, x, weight=weight, bias=bias)
     if get_backend() == "reference":  # reference backend: Ba et al., eqs. 3-4
         return reference.layer_norm_forward(x, normalized_shape, weight, bias, eps, layer, out)
     d = int(np.prod(normalized_shape))
@@ -705,17 +820,23 @@ def layer_norm_backward(dout, cache, layer="layer_norm", out=None):
         (dx, dweight, dbias): ``dx`` like ``x``; ``dweight``, ``dbias`` float64 of
         ``normalized_shape`` (None where the forward had no weight / bias).
     Raises:
-        ValueError/TypeError: ``dout`` does not match the forward output.
+        ValueError/TypeError: ``dout`` does not match the forward output; a cache that is not
+            the one the forward returned; an unusable ``out`` (wrong shape/dtype/layout,
+            read-only, or sharing memory with ``dout`` or the cached input).
     """
     if isinstance(cache, reference.SampleNormCache):  # reference backend: made by its forward
         return _reference_backward(reference.layer_norm_backward, dout, cache, layer, out)
-    return _sample_norm_backward(dout, cache, layer, out)
+    return _sample_norm_backward(dout, cache, layer, out, "layer_norm_forward")
 
 
 def _reference_backward(backward, dout, cache, layer, out):
-    """Check ``dout`` against a reference cache and run the reference ``backward``."""
+    """Check ``dout`` and ``out`` against a reference cache and run the reference ``backward``."""
     check_grad(layer, dout, cache.out_shape, cache.dtype)
+    given = out is not None
     dx = _memory.output(layer, out, cache.out_shape, cache.dtype)
+    if given:
+        check_no_overlap(layer, "out", dx, gradient=dout, **{
+            f"the cached {name}": value for name, value in cache._asdict().items()})
     return backward(dout, cache, layer, dx)
 
 
@@ -739,9 +860,12 @@ def group_norm_forward(x, num_groups, weight=None, bias=None, eps=1e-5, layer="g
     Returns:
         (out, cache): ``out`` like ``x``; ``cache`` for :func:`group_norm_backward`.
     Raises:
-        TypeError: ``x`` is not a float32/float64 ndarray.
+        TypeError: ``x`` is not a float32/float64 ndarray; a parameter or ``eps`` is not
+            numeric.
         ValueError: wrong rank or an empty axis; ``num_groups`` not an int >= 1 or not dividing
-            C; parameter shapes; eps <= 0; an unusable ``out``.
+            C; parameter shapes; eps not finite and > 0; an unusable ``out`` (wrong
+            shape/dtype/layout, read-only, or sharing memory with an argument).
+        MemoryError: the output would not fit in this machine's memory.
     """
     check_input(layer, x, _LAYOUTS)
     n, c = x.shape[:2]
@@ -749,10 +873,10 @@ def group_norm_forward(x, num_groups, weight=None, bias=None, eps=1e-5, layer="g
     if c % groups:
         raise ValueError(f"{layer}: expected the number of channels to be divisible by "
                          f"num_groups={groups}, got input of shape {x.shape} with {c} channels")
-    _check_eps(layer, eps)
+    eps = check_eps(layer, eps)
     w = _param_array(layer, weight, (c,), "weight")
     b = _param_array(layer, bias, (c,), "bias")
-    out = _memory.output(layer, out, x.shape, x.dtype)
+    out = _output(layer, out, x, weight=weight, bias=bias)
     if get_backend() == "reference":  # reference backend: Wu & He, eqs. 1-2
         return reference.group_norm_forward(x, groups, weight, bias, eps, layer, out)
     hw = x.size // (n * c)
@@ -774,11 +898,13 @@ def group_norm_backward(dout, cache, layer="group_norm", out=None):
         (dx, dweight, dbias): ``dx`` like ``x``; ``dweight``, ``dbias`` float64 ``(C,)`` (None
         where the forward had no weight / bias).
     Raises:
-        ValueError/TypeError: ``dout`` does not match the forward output.
+        ValueError/TypeError: ``dout`` does not match the forward output; a cache that is not
+            the one the forward returned; an unusable ``out`` (wrong shape/dtype/layout,
+            read-only, or sharing memory with ``dout`` or the cached input).
     """
     if isinstance(cache, reference.SampleNormCache):  # reference backend: made by its forward
         return _reference_backward(reference.group_norm_backward, dout, cache, layer, out)
-    return _sample_norm_backward(dout, cache, layer, out)
+    return _sample_norm_backward(dout, cache, layer, out, "group_norm_forward")
 
 
 def instance_norm_forward(x, weight=None, bias=None, running_mean=None, running_var=None,
@@ -809,25 +935,32 @@ def instance_norm_forward(x, weight=None, bias=None, running_mean=None, running_
     Returns:
         (out, cache): ``out`` like ``x``; ``cache`` for :func:`instance_norm_backward`.
     Raises:
-        TypeError: ``x`` or a running statistic is not a float32/float64 ndarray.
+        TypeError: ``x`` or a running statistic is not a float32/float64 ndarray; ``training``
+            is not a bool; ``eps``, ``momentum`` or a parameter is not numeric.
         ValueError: wrong rank or an empty axis; one spatial value per instance when training;
-            parameter or statistic shapes; only one running statistic, none in eval, or a
-            read-only one when training; eps <= 0; an unusable ``out``.
+            parameter or statistic shapes; only one running statistic, none in eval, or when
+            training a read-only one or one sharing memory with the other or the input; eps not
+            finite and > 0; momentum outside [0, 1]; an unusable ``out`` (wrong
+            shape/dtype/layout, read-only, or sharing memory with an argument).
+        MemoryError: the output would not fit in this machine's memory.
     """
     check_input(layer, x, ("NCL", "NCHW"))
     n, c = x.shape[:2]
     hw = x.size // (n * c)
-    _check_eps(layer, eps)
+    training = check_bool(layer, "training", training)
+    eps = check_eps(layer, eps)
+    momentum = check_number(layer, "momentum", momentum, low=0.0, high=1.0)
     w = _param_array(layer, weight, (c,), "weight")
     b = _param_array(layer, bias, (c,), "bias")
-    _check_running_stats(layer, running_mean, running_var, c, training)
+    _check_running_stats(layer, running_mean, running_var, c, training, x)
     if not training:  # the running estimates for every instance: BatchNorm's eval mode
         return batch_norm_forward(x, weight, bias, running_mean, running_var, training=False,
                                   eps=eps, layer=layer, out=out)
     if hw <= 1:
         raise ValueError(f"{layer}: expected more than 1 spatial element when training, got "
                          f"input of shape {x.shape}")
-    out = _memory.output(layer, out, x.shape, x.dtype)
+    out = _output(layer, out, x, weight=weight, bias=bias, running_mean=running_mean,
+                  running_var=running_var)
     if get_backend() == "reference":  # reference backend: Ulyanov et al., eq. 2
         return reference.instance_norm_forward(x, weight, bias, running_mean, running_var,
                                                training, momentum, eps, layer, out)
@@ -851,10 +984,12 @@ def instance_norm_backward(dout, cache, layer="instance_norm", out=None):
         (dx, dweight, dbias): ``dx`` like ``x``; ``dweight``, ``dbias`` float64 ``(C,)`` (None
         where the forward had no weight / bias).
     Raises:
-        ValueError/TypeError: ``dout`` does not match the forward output.
+        ValueError/TypeError: ``dout`` does not match the forward output; a cache that is not
+            the one the forward returned; an unusable ``out`` (wrong shape/dtype/layout,
+            read-only, or sharing memory with ``dout`` or the cached input).
     """
     if isinstance(cache, (BatchNormCache, reference.BatchNormCache)):  # running statistics
         return batch_norm_backward(dout, cache, layer, out)
     if isinstance(cache, reference.SampleNormCache):  # reference backend: made by its forward
         return _reference_backward(reference.instance_norm_backward, dout, cache, layer, out)
-    return _sample_norm_backward(dout, cache, layer, out)
+    return _sample_norm_backward(dout, cache, layer, out, "instance_norm_forward")

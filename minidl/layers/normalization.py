@@ -31,7 +31,9 @@ from ..functional.normalization import (SyncBatchNormCache, batch_norm_backward,
                                         instance_norm_forward, layer_norm_backward,
                                         layer_norm_forward, sync_batch_norm_backward,
                                         sync_batch_norm_forward)
-from .._checks import check_float_array, check_grad, check_input, positive_int, shape_tuple
+from .._checks import (check_allocation, check_bool, check_eps, check_float_array, check_grad,
+                       check_input, check_kept, check_number, float_dtype, positive_int,
+                       shape_tuple, watch_kept)
 from .._grad_mode import save_for_backward, saved_for_backward
 from .module import Module, Parameter
 
@@ -56,15 +58,16 @@ class _NormBase(Module):
         super().__init__()
         name = type(self).__name__
         num_features = positive_int(num_features, "num_features", name)
-        if not eps > 0:
-            raise ValueError(f"{name}: eps must be > 0, got {eps!r}")
-        if momentum is not None and not 0.0 <= momentum <= 1.0:
-            raise ValueError(f"{name}: momentum must be in [0, 1] or None, got {momentum!r}")
+        eps = check_eps(name, eps)
+        if momentum is not None:
+            momentum = check_number(name, "momentum (or None)", momentum, low=0.0, high=1.0)
+        dtype = float_dtype(name, dtype)
+        check_allocation(name, "parameters and buffers", (6, num_features), dtype)
         self.num_features = int(num_features)
         self.eps = float(eps)
         self.momentum = momentum
-        self.affine = bool(affine)
-        self.track_running_stats = bool(track_running_stats)
+        self.affine = check_bool(name, "affine", affine)
+        self.track_running_stats = check_bool(name, "track_running_stats", track_running_stats)
         if self.affine:
             self.weight = Parameter(np.ones(self.num_features, dtype))
             self.bias = Parameter(np.zeros(self.num_features, dtype))
@@ -80,6 +83,7 @@ class _NormBase(Module):
             self.register_buffer("running_var", None)
             self.register_buffer("num_batches_tracked", None)
         self._cache = None
+        self._watched = ()  # fingerprint of the input when the cache refers to it
 
     def reset_running_stats(self):
         """Running mean 0, running variance 1, no batches tracked."""
@@ -101,14 +105,14 @@ class _NormBase(Module):
                     empty_batch=self._empty_batch_when_training and self.training)
         use_batch_stats = self.training or not self.track_running_stats
         factor = 0.0
-        if self.training and self.track_running_stats:
-            self.num_batches_tracked += 1
+        update = self.training and self.track_running_stats
+        if update:  # num_batches_tracked counts this batch only once the forward succeeded
             if self.momentum is None:  # cumulative moving average
-                factor = 1.0 / float(self.num_batches_tracked)
+                factor = 1.0 / (float(self.num_batches_tracked) + 1.0)
             else:
                 factor = self.momentum
-        update = self.training and self.track_running_stats
         self._cache = None  # drops the previous step's input before this pass allocates
+        self._watched = ()  # (and the fingerprints' references to them)
         running = update or not use_batch_stats
         out, cache = self._forward_op(
             x,
@@ -121,13 +125,23 @@ class _NormBase(Module):
             eps=self.eps,
             layer=name,
         )
+        if update:
+            self.num_batches_tracked += 1
         self._cache = save_for_backward(cache)
+        self._watched = watch_kept(self._cache, input=x)
         return out
 
     def backward(self, dout, input_grad=True):
         """Accumulate parameter gradients; return d loss / d x, or None when ``input_grad`` is
-        False (see :meth:`Module.backward`)."""
+        False (see :meth:`Module.backward`).
+
+        Raises:
+            RuntimeError: no forward pass to backpropagate through, or its input was modified
+                in place since (PyTorch raises there too).
+            ValueError/TypeError: ``dout`` does not match the last output.
+        """
         cache = saved_for_backward(type(self).__name__, self._cache)
+        check_kept(type(self).__name__, self._watched)
         dx, dweight, dbias = self._backward_op(dout, cache, layer=type(self).__name__)
         if self.affine:
             self.weight.accumulate_grad(dweight.reshape(self.weight.shape))
@@ -180,8 +194,12 @@ class BatchNorm(_NormBase):
         shape and dtype.
 
     Raises:
-        TypeError: a non-float input. ValueError: wrong rank or channel count, or training with
-        one value per channel (N*H*W == 1).
+        TypeError: a non-float input; a non-numeric ``eps``/``momentum``; non-bool ``affine``
+            or ``track_running_stats``; a ``dtype`` other than float32/float64.
+        ValueError: wrong rank or channel count, or training with one value per channel
+            (N*H*W == 1); ``eps`` <= 0 or ``momentum`` outside [0, 1]. A failed forward
+            changes nothing (running statistics, ``num_batches_tracked``).
+        RuntimeError: ``backward`` without a forward, or after its input was modified in place.
 
     Example:
         >>> bn = BatchNorm(32)
@@ -405,8 +423,12 @@ class PerActivationBatchNorm(_NormBase):
         input ``(N, *feature_shape)``, float32 or float64; output: the same shape and dtype.
 
     Raises:
-        TypeError: a non-float input. ValueError: a bad ``feature_shape``; an input whose shape
-        after N differs from it; training with N == 1.
+        TypeError: a non-float input; a non-numeric ``eps``/``momentum``; non-bool ``affine``
+            or ``track_running_stats``; a ``dtype`` other than float32/float64.
+        ValueError: a bad ``feature_shape``; an input whose shape after N differs from it, or an
+            empty batch; training with N == 1; ``eps`` <= 0 or ``momentum`` outside [0, 1].
+        MemoryError: parameters and buffers that would not fit in memory.
+        RuntimeError: ``backward`` without a forward, or after its input was modified in place.
 
     Example:
         >>> bn = PerActivationBatchNorm((32, 14, 14))
@@ -433,7 +455,8 @@ class PerActivationBatchNorm(_NormBase):
         check_float_array(name, x)
         if x.shape[1:] != self.feature_shape or x.shape[0] == 0:
             dims = ", ".join(map(str, self.feature_shape))
-            raise ValueError(f"{name}: expected input of shape (N, {dims}), got shape {x.shape}")
+            raise ValueError(f"{name}: expected input of shape (N, {dims}) with N >= 1, got "
+                             f"shape {x.shape}")
         if self.training and x.shape[0] == 1:
             raise ValueError(f"{name}: expected more than 1 sample per activation when training, "
                              f"got input of shape {x.shape}")
@@ -491,8 +514,12 @@ class InstanceNorm(_NormBase):
         input ``(N, C, L)`` or ``(N, C, H, W)``, float32 or float64; output: the same.
 
     Raises:
-        TypeError: a non-float input. ValueError: wrong rank or channel count; one spatial
-        value per instance (L or H*W == 1) when the instances' statistics are used.
+        TypeError: a non-float input; a non-numeric ``eps``/``momentum``; non-bool ``affine``
+            or ``track_running_stats``; a ``dtype`` other than float32/float64.
+        ValueError: wrong rank or channel count, or an empty axis; one spatial value per
+            instance (L or H*W == 1) when the instances' statistics are used; ``eps`` <= 0 or
+            ``momentum`` outside [0, 1].
+        RuntimeError: ``backward`` without a forward, or after its input was modified in place.
 
     Example:
         >>> norm = InstanceNorm(16, affine=True)
@@ -525,19 +552,32 @@ class _SampleNorm(Module):
     """Shared parts of LayerNorm and GroupNorm: optional ``weight``/``bias`` and the backward.
 
     Their statistics are each sample's own, so there are no buffers and no train/eval
-    difference. A subclass's ``forward`` stores its functional cache in ``_cache`` and sets
+    difference. A subclass's ``forward`` runs its functional op through :meth:`_run` (which
+    keeps the cache and a fingerprint of the input it refers to), and the subclass sets
     ``_backward_op``.
     """
 
     def __init__(self, eps, shape, weight, bias, dtype):
         super().__init__()
         name = type(self).__name__
-        if not eps > 0:
-            raise ValueError(f"{name}: eps must be > 0, got {eps!r}")
-        self.eps = float(eps)
+        self.eps = check_eps(name, eps)
+        dtype = float_dtype(name, dtype)
+        check_allocation(name, "parameters", (2,) + tuple(shape), dtype)
         self.weight = Parameter(np.ones(shape, dtype)) if weight else None
         self.bias = Parameter(np.zeros(shape, dtype)) if bias else None
         self._cache = None
+        self._watched = ()  # fingerprint of the input when the cache refers to it
+
+    def _run(self, forward_op, x, *args):
+        """``forward_op(x, *args, weight, bias, eps)``; keeps its cache for backward, with a
+        fingerprint of ``x`` when the cache refers to it."""
+        self._cache = None  # drops the previous step's input before this pass allocates
+        self._watched = ()  # (and the fingerprints' references to them)
+        weight, bias = self._parameter_data()
+        out, cache = forward_op(x, *args, weight, bias, self.eps, layer=type(self).__name__)
+        self._cache = save_for_backward(cache)
+        self._watched = watch_kept(self._cache, input=x)
+        return out
 
     def reset_parameters(self):
         """gamma to 1 and beta to 0."""
@@ -552,9 +592,16 @@ class _SampleNorm(Module):
 
     def backward(self, dout, input_grad=True):
         """Accumulate parameter gradients; return d loss / d x, or None when ``input_grad`` is
-        False (see :meth:`Module.backward`)."""
+        False (see :meth:`Module.backward`).
+
+        Raises:
+            RuntimeError: no forward pass to backpropagate through, or its input was modified
+                in place since (PyTorch raises there too).
+            ValueError/TypeError: ``dout`` does not match the last output.
+        """
         name = type(self).__name__
         cache = saved_for_backward(name, self._cache)
+        check_kept(name, self._watched)
         dx, dweight, dbias = self._backward_op(dout, cache, layer=name)
         if self.weight is not None:
             self.weight.accumulate_grad(dweight)
@@ -592,8 +639,12 @@ class LayerNorm(_SampleNorm):
         input ``(*, *normalized_shape)``, float32 or float64; output: the same shape and dtype.
 
     Raises:
-        TypeError: a non-float input. ValueError: a bad ``normalized_shape`` or ``eps``; an input
-        whose last dimensions differ from ``normalized_shape``.
+        TypeError: a non-float input; a non-numeric ``eps``; non-bool ``elementwise_affine`` or
+            ``bias``; a ``dtype`` other than float32/float64.
+        ValueError: a bad ``normalized_shape``; ``eps`` not finite and > 0; an input whose last
+            dimensions differ from ``normalized_shape``, or with an empty axis.
+        MemoryError: parameters that would not fit in memory.
+        RuntimeError: ``backward`` without a forward, or after its input was modified in place.
 
     Example:
         >>> ln = LayerNorm((32, 14, 14))
@@ -604,20 +655,16 @@ class LayerNorm(_SampleNorm):
 
     def __init__(self, normalized_shape, eps=1e-5, elementwise_affine=True, bias=True,
                  dtype=np.float32):
-        shape = shape_tuple(normalized_shape, "normalized_shape", type(self).__name__)
-        affine = bool(elementwise_affine)
-        super().__init__(eps, shape, affine, affine and bool(bias), dtype)
+        name = type(self).__name__
+        shape = shape_tuple(normalized_shape, "normalized_shape", name)
+        affine = check_bool(name, "elementwise_affine", elementwise_affine)
+        bias = check_bool(name, "bias", bias)
+        super().__init__(eps, shape, affine, affine and bias, dtype)
         self.normalized_shape = shape
         self.elementwise_affine = affine
 
     def forward(self, x):
-        name = type(self).__name__
-        self._cache = None
-        weight, bias = self._parameter_data()
-        out, cache = layer_norm_forward(x, self.normalized_shape, weight, bias, self.eps,
-                                        layer=name)
-        self._cache = save_for_backward(cache)
-        return out
+        return self._run(layer_norm_forward, x, self.normalized_shape)
 
     def extra_repr(self):
         return (f"{self.normalized_shape}, eps={self.eps}, "
@@ -647,8 +694,11 @@ class GroupNorm(_SampleNorm):
         input ``(N, C)``, ``(N, C, L)`` or ``(N, C, H, W)``, float32 or float64; output: the same.
 
     Raises:
-        TypeError: a non-float input. ValueError: ``num_channels`` not divisible by
-        ``num_groups``; a bad ``eps``; wrong rank or channel count.
+        TypeError: a non-float input; a non-numeric ``eps``; a non-bool ``affine``; a ``dtype``
+            other than float32/float64.
+        ValueError: ``num_channels`` not divisible by ``num_groups``; ``eps`` not finite and
+            > 0; wrong rank or channel count, or an empty axis.
+        RuntimeError: ``backward`` without a forward, or after its input was modified in place.
 
     Example:
         >>> gn = GroupNorm(8, 32)
@@ -664,19 +714,15 @@ class GroupNorm(_SampleNorm):
         if channels % groups:
             raise ValueError(f"{name}: num_channels ({channels}) must be divisible by "
                              f"num_groups ({groups})")
+        affine = check_bool(name, "affine", affine)
         super().__init__(eps, (channels,), affine, affine, dtype)
         self.num_groups = groups
         self.num_channels = channels
-        self.affine = bool(affine)
+        self.affine = affine
 
     def forward(self, x):
-        name = type(self).__name__
-        check_input(name, x, ("NC", "NCL", "NCHW"), {"C": self.num_channels})
-        self._cache = None
-        weight, bias = self._parameter_data()
-        out, cache = group_norm_forward(x, self.num_groups, weight, bias, self.eps, layer=name)
-        self._cache = save_for_backward(cache)
-        return out
+        check_input(type(self).__name__, x, ("NC", "NCL", "NCHW"), {"C": self.num_channels})
+        return self._run(group_norm_forward, x, self.num_groups)
 
     def extra_repr(self):
         return f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}"
