@@ -65,8 +65,8 @@ class Sequential(Module):
             d loss / d input, or None when ``input_grad`` is False. An empty Sequential is
             the identity: it returns ``dout``.
         Raises:
-            whatever a layer raises; the parameter gradients are then left as they were before
-            the call (see :meth:`minidl.layers.Module.backward`).
+            Exception: whatever a layer raises; the parameter gradients are then left as they
+                were before the call (see :meth:`minidl.layers.Module.backward`).
         """
         layers = list(self._modules.values())
         if not layers:

@@ -74,10 +74,13 @@ class Softmax(_Stateless):
 
     Args:
         axis (int): the axis that sums to 1. Default 1 (classes of an ``(N, K)`` input).
-    Shape: any input with that axis, float32 or float64; output of the same shape and dtype.
-    Raises: TypeError for non-float input or a non-int ``axis``; ValueError if ``axis`` is out
-        of range or the input has no entry along it (zero classes); RuntimeError if the output
-        was modified in place before ``backward``.
+    Shape:
+        any input with that axis, float32 or float64; output of the same shape and dtype.
+
+    Raises:
+        TypeError: non-float input or a non-int ``axis``.
+        ValueError: ``axis`` out of range, or the input has no entry along it (zero classes).
+        RuntimeError: the output was modified in place before ``backward``.
     """
 
     def __init__(self, axis=1):
@@ -111,9 +114,12 @@ class Sigmoid(_OutputActivation):
     backward pass is ``dout * y * (1 - y)`` from the output ``y``, so an output modified in
     place before ``backward`` is a RuntimeError (as in PyTorch).
 
-    Shape: any input, float32 or float64; output of the same shape and dtype.
-    Raises: TypeError for non-float input; RuntimeError if the output was modified in place
-        before ``backward``.
+    Shape:
+        any input, float32 or float64; output of the same shape and dtype.
+
+    Raises:
+        TypeError: non-float input.
+        RuntimeError: the output was modified in place before ``backward``.
     """
 
     _forward_op = staticmethod(sigmoid_forward)
@@ -126,9 +132,12 @@ class Tanh(_OutputActivation):
     The backward pass is ``dout * (1 - y^2)`` from the output ``y``, so an output modified in
     place before ``backward`` is a RuntimeError (as in PyTorch).
 
-    Shape: any input, float32 or float64; output of the same shape and dtype.
-    Raises: TypeError for non-float input; RuntimeError if the output was modified in place
-        before ``backward``.
+    Shape:
+        any input, float32 or float64; output of the same shape and dtype.
+
+    Raises:
+        TypeError: non-float input.
+        RuntimeError: the output was modified in place before ``backward``.
     """
 
     _forward_op = staticmethod(tanh_forward)
