@@ -539,7 +539,7 @@ def sync_batch_norm_forward(x, weight=None, bias=None, running_mean=None, runnin
         raise ValueError(f"{layer}: eps must be > 0, got {eps}")
     gamma = _channel_vector(layer, weight, c, "weight", default=1.0)
     _channel_vector(layer, bias, c, "bias")
-    _check_running_stats(layer, running_mean, running_var, c, training=True)
+    _check_running_stats(layer, running_mean, running_var, c, True, x)
     out = _memory.output(layer, out, x.shape, x.dtype)
     local = np.zeros(1 + 2 * c, np.float64)  # [count, mean (C), var (C)]; zeros without samples
     if x.shape[0] > 0:
