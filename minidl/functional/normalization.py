@@ -18,6 +18,10 @@ With running statistics (eval mode) mu and var are constants, so dx = gamma / sq
 The kernels work on a ``(A, C, B)`` view of the input and reduce over axes 0 and 2 (see
 ``minidl/_kernels/_batchnorm.pyx``); BatchNorm's view of ``(N, C, *spatial)`` is
 ``(N, C, prod(spatial))``. LayerNorm, GroupNorm and InstanceNorm are other views of the same core.
+An input without spatial positions (``(N, C)``, BatchNorm1D after a Dense layer) would give
+``(N, C, 1)``, whose channels are columns ``C`` elements apart: the kernels would read one
+element per cache line (measured 13 ms per call on (256, 1024) float32). Such an input is
+transposed to ``(1, C, N)`` instead (a tiled, parallel copy), and the result back.
 
 Under ``with minidl.backend("reference"):`` the validated arguments go instead to Algorithm 1
 written out line by line in :mod:`minidl.reference.functional.normalization`, and a cache that
@@ -31,6 +35,7 @@ from .. import _config, _memory
 from .._backend import get_backend
 from .._checks import check_float_array, check_grad, check_input
 from .._kernels import _batchnorm as _kernel
+from .._kernels import _conv as _layout
 from ..reference.functional import normalization as reference
 
 __all__ = ["BatchNormCache", "batch_norm_forward", "batch_norm_backward", "channel_stats", "update_running_stats"]
@@ -42,7 +47,8 @@ class BatchNormCache(NamedTuple):
     """What :func:`batch_norm_backward` needs from the forward pass.
 
     Attributes:
-        x3: the input as a C-contiguous ``(N, C, prod(spatial))`` array.
+        x3: the input as a C-contiguous ``(N, C, prod(spatial))`` array, or ``(1, C, N)`` for an
+            input without spatial positions (see the module docstring).
         mean, invstd: ``(C,)`` float64, the statistics used (batch or running).
         gamma: ``(C,)`` float64 weight (ones without affine parameters).
         training: whether mean/invstd were the batch's own statistics.
@@ -60,9 +66,28 @@ class BatchNormCache(NamedTuple):
 
 
 def _as_acb(x):
-    """View ``(N, C, *spatial)`` as a C-contiguous ``(N, C, prod(spatial))`` array."""
+    """``(N, C, *spatial)`` as a C-contiguous ``(N, C, prod(spatial))`` array (a view when x is
+    contiguous); without spatial positions ``(1, C, N)``, a transposed copy."""
     n, c = x.shape[:2]
-    return np.ascontiguousarray(x).reshape(n, c, -1)
+    if x.size != n * c or n == 1:
+        return np.ascontiguousarray(x).reshape(n, c, -1)
+    columns = _memory.empty((1, c, n), x.dtype)
+    _transpose(np.ascontiguousarray(x).reshape(1, n, c), columns)
+    return columns
+
+
+def _transpose(src, dst):
+    """``dst[0] = src[0].T`` with the tiled, parallel transpose of the convolution kernels."""
+    _layout.transpose_batched(src, np.empty(0, src.dtype), False, dst,
+                              _config.threads_for(src.size))
+
+
+def _from_acb(x3, out):
+    """Write the ``(A, C, B)`` result ``x3`` of a kernel into ``out`` (the input's shape):
+    nothing to do when ``x3`` is a view of ``out``, else the transpose of :func:`_as_acb`."""
+    if x3.shape[0] != out.shape[0]:
+        _transpose(x3, out.reshape(1, out.shape[0], out.shape[1]))
+    return out
 
 
 def _channel_vector(layer, value, num_channels, name, default=None):
@@ -176,7 +201,8 @@ def batch_norm_forward(x, weight=None, bias=None, running_mean=None, running_var
         return reference.batch_norm_forward(x, weight, bias, running_mean, running_var, training,
                                             momentum, eps, layer, out)
     x3 = _as_acb(x)
-    out3 = out.reshape(x3.shape)
+    out3 = out.reshape(x3.shape) if x3.shape[0] == x.shape[0] else _memory.empty(x3.shape,
+                                                                                  x.dtype)
     threads = _config.threads_for(x3.size)
     if training:
         mean = np.empty(num_channels, np.float64)
@@ -191,7 +217,7 @@ def batch_norm_forward(x, weight=None, bias=None, running_mean=None, running_var
         _kernel.normalize(x3, mean, gamma * invstd, beta, out3, threads)
     cache = BatchNormCache(x3, mean, invstd, gamma, bool(training), x.shape, weight is not None,
                            bias is not None)
-    return out, cache
+    return _from_acb(out3, out), cache
 
 
 def batch_norm_backward(dout, cache, layer="batch_norm", out=None):
@@ -218,9 +244,10 @@ def batch_norm_backward(dout, cache, layer="batch_norm", out=None):
     num_channels = x3.shape[1]
     sum_dy = np.empty(num_channels, np.float64)
     sum_dy_xmu = np.empty(num_channels, np.float64)
-    dx3 = _memory.output(layer, out, shape, x3.dtype).reshape(x3.shape)
+    dx = _memory.output(layer, out, shape, x3.dtype)
+    dx3 = dx.reshape(x3.shape) if x3.shape[0] == shape[0] else _memory.empty(x3.shape, x3.dtype)
     _kernel.backward(dy3, x3, mean, invstd, gamma, training, dx3,
                      sum_dy, sum_dy_xmu, _config.threads_for(x3.size))
     dweight = sum_dy_xmu * invstd if has_weight else None
     dbias = sum_dy if has_bias else None
-    return dx3.reshape(shape), dweight, dbias
+    return _from_acb(dx3, dx), dweight, dbias
