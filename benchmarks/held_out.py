@@ -16,7 +16,9 @@ The machine may be shared, so the timing uses many short rounds: a round runs a 
 ``--block`` seconds of one framework and then of the other, alternating which goes first. The
 table shows the median and the minimum time per step of each framework over the rounds, and
 the ratios PyTorch time / minidl time of both (higher is better for minidl; 1.0 is parity), with
-the machine's load average before and after. This is a development tool (the gemm work of issue
+the machine's load average before and after. ``--clock cpu`` times with the process's CPU time
+instead: at one thread it leaves out the time other processes held the core (on a busy machine
+the better estimate); with more threads it also counts threads that spin while waiting. This is a development tool (the gemm work of issue
 12); ``benchmarks/run.py`` remains the benchmark whose figures go into the README.
 """
 import argparse
@@ -52,6 +54,9 @@ def parse_args(argv=None):
     parser.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated names")
     parser.add_argument("--rounds", type=int, default=21, help="interleaved rounds per config")
     parser.add_argument("--block", type=float, default=0.15, help="seconds per block")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="wall time (default) or the process's CPU time (meaningful at one "
+                             "thread, where it leaves out the time other processes had the core)")
     parser.add_argument("--json", metavar="PATH", help="write every round's figures")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -89,7 +94,7 @@ def main(argv=None):
             command = [sys.executable, os.path.abspath(__file__), "--worker",
                        "--threads", str(threads), "--policies", policy,
                        "--configs", ",".join(args.configs), "--rounds", str(args.rounds),
-                       "--block", str(args.block)]
+                       "--block", str(args.block), "--clock", args.clock]
             load = os.getloadavg()[0]
             out = subprocess.run(command, env=child_env(threads, policy), stdout=subprocess.PIPE,
                                  text=True, check=True).stdout
@@ -126,7 +131,8 @@ def worker(args):
     torch.set_num_threads(threads)
     for name in args.configs:
         steps = setup(name, np, torch, minidl)
-        seconds = interleave(steps, args.rounds, args.block)
+        clock = time.process_time if args.clock == "cpu" else time.perf_counter
+        seconds = interleave(steps, args.rounds, args.block, clock)
         ours, theirs = seconds["minidl"], seconds["torch"]
         record = dict(config=name, minidl_median=1e3 * statistics.median(ours),
                       minidl_min=1e3 * min(ours), torch_median=1e3 * statistics.median(theirs),
@@ -137,24 +143,24 @@ def worker(args):
     return 0
 
 
-def interleave(steps, rounds, block):
+def interleave(steps, rounds, block, clock=time.perf_counter):
     """``{name: [seconds per step, one per round]}``, blocks of about ``block`` seconds."""
     counts = {}
     for name, step in steps.items():
         for _ in range(3):
             step()
-        start = time.perf_counter()
+        start = clock()
         step()
-        counts[name] = max(1, round(block / (time.perf_counter() - start)))
+        counts[name] = max(1, round(block / max(clock() - start, 1e-6)))
     seconds = {name: [] for name in steps}
     names = list(steps)
     for index in range(rounds):
         for name in names if index % 2 == 0 else names[::-1]:
             gc.collect()
-            start = time.perf_counter()
+            start = clock()
             for _ in range(counts[name]):
                 steps[name]()
-            seconds[name].append((time.perf_counter() - start) / counts[name])
+            seconds[name].append((clock() - start) / counts[name])
     return seconds
 
 
