@@ -44,8 +44,11 @@ __all__ = ["matmul", "one_thread", "PARALLEL_MIN_WORK", "TILE_COLS"]
 # Below this many multiply-adds a product runs on one thread (about 12 microseconds of work:
 # waking the team would cost more).
 PARALLEL_MIN_WORK = 1 << 20
-# Widest tile of C a thread computes (a multiple of every micro-kernel width, 32).
+# Widest tile of C a thread computes (a multiple of every micro-kernel width, 32), and the
+# smallest tiles made only to have more tiles than threads (each tile packs its own blocks).
 TILE_COLS = 512
+MIN_TILE_COLS = 128
+MIN_TILE_ROWS = 256
 
 _controller = []  # the ThreadpoolController, made on first use (it scans the loaded libraries)
 
@@ -62,18 +65,24 @@ def _ceil_div(a, b):
 
 
 def _tiles(tasks_per_tile, rows, cols, threads, nr):
-    """``(tile_rows, tile_cols)`` of C so that the threads get equal shares of the tiles.
+    """``(tile_rows, tile_cols)`` of C: about two tiles per thread where the matrix allows.
 
-    Columns are cut into tiles of at most ``TILE_COLS``; rows only when there are fewer tasks
-    than threads or they do not divide evenly (every tile then packs its own block of B). The
-    tiling never changes the result (see the module docstring).
+    The threads take tiles one at a time (dynamic schedule), so a thread that the OS
+    deschedules on a busy machine holds up at most one tile, not half the product. Each tile
+    packs its own blocks of A and B, so tiles stay at least ``MIN_TILE_COLS`` wide and
+    ``MIN_TILE_ROWS`` high unless there would be fewer tiles than threads. The tiling never
+    changes the result (see the module docstring).
     """
+    want = 2 * threads if threads > 1 else 1
     tiles_n = _ceil_div(cols, TILE_COLS)
+    while tasks_per_tile * tiles_n < want and _ceil_div(cols, tiles_n + 1) >= MIN_TILE_COLS:
+        tiles_n += 1
     tile_cols = min(_ceil_div(_ceil_div(cols, tiles_n), nr) * nr, TILE_COLS)
     tasks = tasks_per_tile * _ceil_div(cols, tile_cols)
     pieces = 1
-    while (tasks * pieces) % threads and tasks * pieces < 4 * threads \
-            and rows > pieces * _kernel.MR:
+    while tasks * pieces < want and rows >= (pieces + 1) * MIN_TILE_ROWS:
+        pieces += 1
+    while tasks * pieces < threads and rows > pieces * _kernel.MR:
         pieces += 1
     tile_rows = _ceil_div(_ceil_div(rows, pieces), _kernel.MR) * _kernel.MR
     return min(tile_rows, rows), tile_cols

@@ -87,7 +87,8 @@ def gemm(const floating[:, :, :] a, const floating[:, :, :] b, floating[:, :, :]
     ``Ba, Bb`` is 1 or ``B``; ``c.shape[0]`` is ``B`` (1 when ``sum_batch``); the inner sizes
     agree; ``c`` shares no memory with ``a`` or ``b`` and its last stride is one element;
     ``scratch`` has at least ``num_threads`` rows of at least that size; ``num_threads >= 1``.
-    Work is split over the tiles of C (and the batch, unless ``sum_batch``).
+    Work is split over the tiles of C (and the batch, unless ``sum_batch``), handed out one at
+    a time (dynamic schedule: a thread that is descheduled holds up one tile, not a share).
     """
     cdef Py_ssize_t batch = a.shape[0] if a.shape[0] > b.shape[0] else b.shape[0]
     cdef Py_ssize_t M = c.shape[1], N = c.shape[2], K = a.shape[2]
@@ -108,7 +109,7 @@ def gemm(const floating[:, :, :] a, const floating[:, :, :] b, floating[:, :, :]
     cdef floating* c0 = &c[0, 0, 0]
     terms = batch if sum_batch else 1
 
-    for task in prange(tasks, nogil=True, num_threads=num_threads, schedule="static"):
+    for task in prange(tasks, nogil=True, num_threads=num_threads, schedule="dynamic"):
         n = task // per_matrix
         tile = task - n * per_matrix
         i0 = (tile // tiles_n) * tile_rows
