@@ -52,6 +52,23 @@
 /* Ap[s*kc*MR + k*MR + r] = A(s*MR + r, k) for rows in strips of MR (zeros past `rows`) */   \
 static void minidl_gemm_pack_a_##S(const T* restrict A, ptrdiff_t rsa, ptrdiff_t csa,        \
                                    ptrdiff_t rows, ptrdiff_t kc, T* restrict ap) {            \
+    if (rsa == 1 && csa != 1) { /* A transposed: read each column's `rows` values at once */ \
+        const ptrdiff_t whole = rows / MINIDL_GEMM_MR * MINIDL_GEMM_MR;                      \
+        for (ptrdiff_t k = 0; k < kc; k++) {                                                 \
+            const T* restrict a = A + k * csa;                                               \
+            T* restrict out = ap + k * MINIDL_GEMM_MR;                                       \
+            for (ptrdiff_t i0 = 0; i0 < whole; i0 += MINIDL_GEMM_MR) {                       \
+                T* restrict o = out + i0 * kc;                                               \
+                for (ptrdiff_t r = 0; r < MINIDL_GEMM_MR; r++) o[r] = a[i0 + r];             \
+            }                                                                                \
+            if (whole < rows) {                                                              \
+                T* restrict o = out + whole * kc;                                            \
+                for (ptrdiff_t r = 0; r < MINIDL_GEMM_MR; r++)                               \
+                    o[r] = whole + r < rows ? a[whole + r] : 0;                              \
+            }                                                                                \
+        }                                                                                    \
+        return;                                                                              \
+    }                                                                                        \
     for (ptrdiff_t i0 = 0; i0 < rows; i0 += MINIDL_GEMM_MR, ap += kc * MINIDL_GEMM_MR) {      \
         const ptrdiff_t valid = rows - i0 < MINIDL_GEMM_MR ? rows - i0 : MINIDL_GEMM_MR;      \
         const T* restrict a = A + i0 * rsa;                                                  \
