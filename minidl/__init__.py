@@ -7,7 +7,7 @@ Layers have an explicit forward and backward; arrays are NumPy arrays in NCHW la
 """
 from . import data, functional, layers, losses, optim
 from ._backend import backend, get_backend, set_backend
-from ._config import get_num_threads, set_num_threads
+from ._config import get_num_threads, get_wait_policy, set_num_threads, set_wait_policy, show_config
 from ._grad_mode import enable_grad, is_grad_enabled, no_grad
 from ._memory import empty_cache, get_cache_limit, memory_stats, set_cache_limit
 from ._random import manual_seed
@@ -23,7 +23,8 @@ __all__ = [
     "Sequential", "Trainer", "History", "Callback", "EvaluateEvery",
     "EarlyStopping", "ModelCheckpoint", "CSVLogger", "NonFiniteLossError",
     "save", "load", "SerializationError",
-    "manual_seed", "set_num_threads", "get_num_threads",
+    "manual_seed", "set_num_threads", "get_num_threads", "set_wait_policy", "get_wait_policy",
+    "show_config",
     "empty_cache", "memory_stats", "set_cache_limit", "get_cache_limit",
     "no_grad", "enable_grad", "is_grad_enabled",
     "gradcheck", "GradcheckError", "summary",

@@ -1,5 +1,3 @@
-# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
-# cython: initializedcheck=False
 """ReLU kernels: one pass over memory each way, split over OpenMP threads.
 
     forward   y  = 0 if x < 0 else x        (a NaN stays NaN, -0.0 stays -0.0, as in PyTorch)
@@ -8,43 +6,20 @@
 
 These kernels trust their inputs (checked by ``minidl.functional.activation``): flat
 C-contiguous arrays of equal length, written into caller-allocated arrays (OUT). The inner loops
-are C (vectorized; compiled for AVX-512, AVX2 and the baseline with GCC on x86-64 Linux).
+are C, in ``_activation.h``.
 """
 from cython.parallel cimport prange
 
-ctypedef fused floating:
-    float
-    double
+from ._common cimport build_facts, ceil_div, floating
 
-cdef extern from *:
-    """
-    #include <stddef.h>
-    #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) \\
-        && (__GNUC__ >= 8)
-    #define MINIDL_ACT_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-    #else
-    #define MINIDL_ACT_CLONES
-    #endif
-    #define MINIDL_ACT_LOOPS(SUFFIX, T)                                                      \\
-        MINIDL_ACT_CLONES static void minidl_relu_##SUFFIX(const T* restrict x,             \\
-                                                            T* restrict y, ptrdiff_t n) {    \\
-            for (ptrdiff_t i = 0; i < n; i++) y[i] = x[i] < 0 ? (T)0 : x[i];                 \\
-        }                                                                                    \\
-        MINIDL_ACT_CLONES static void minidl_relu_grad_##SUFFIX(const T* restrict dy,       \\
-                                                                 const T* restrict y,        \\
-                                                                 T* restrict dx,             \\
-                                                                 ptrdiff_t n) {              \\
-            for (ptrdiff_t i = 0; i < n; i++) dx[i] = y[i] <= 0 ? (T)0 : dy[i];              \\
-        }
-    MINIDL_ACT_LOOPS(f, float)
-    MINIDL_ACT_LOOPS(d, double)
-    """
-    void minidl_relu_f(const float* x, float* y, Py_ssize_t n) noexcept nogil
-    void minidl_relu_d(const double* x, double* y, Py_ssize_t n) noexcept nogil
-    void minidl_relu_grad_f(const float* dy, const float* y, float* dx,
-                            Py_ssize_t n) noexcept nogil
-    void minidl_relu_grad_d(const double* dy, const double* y, double* dx,
-                            Py_ssize_t n) noexcept nogil
+cdef extern from "_activation.h" nogil:
+    void minidl_relu_f(const float* x, float* y, Py_ssize_t n)
+    void minidl_relu_d(const double* x, double* y, Py_ssize_t n)
+    void minidl_relu_grad_f(const float* dy, const float* y, float* dx, Py_ssize_t n)
+    void minidl_relu_grad_d(const double* dy, const double* y, double* dx, Py_ssize_t n)
+
+#: What this extension was compiled with (read by ``minidl.show_config()``).
+BUILD = build_facts()
 
 cdef enum:
     BLOCK = 1 << 14  # elements per task (64 KiB of float32)
@@ -58,11 +33,15 @@ def relu_forward(const floating[::1] x, floating[::1] out, int num_threads=1):
         out (OUT): the same length and dtype; fully overwritten (may not overlap ``x`` unless
             it is ``x`` itself).
         num_threads: OpenMP threads (ignored in a serial build).
+
+    Preconditions (checked by the caller, not here): ``x`` and ``out`` C-contiguous, the same
+    dtype and length; ``out`` is ``x`` itself or shares no memory with it (a shifted overlap
+    would read elements already written); ``num_threads >= 1``.
     """
     cdef Py_ssize_t n = x.shape[0], task, start, length
     if n == 0:
         return
-    for task in prange((n + BLOCK - 1) // BLOCK, nogil=True, num_threads=num_threads,
+    for task in prange(ceil_div(n, BLOCK), nogil=True, num_threads=num_threads,
                        schedule="static"):
         start = task * BLOCK
         length = n - start if n - start < BLOCK else BLOCK
@@ -80,11 +59,15 @@ def relu_backward(const floating[::1] dout, const floating[::1] y, floating[::1]
         dout (IN), y (IN): flat, float32 or float64, the same length.
         dx (OUT): the same length and dtype; fully overwritten.
         num_threads: OpenMP threads (ignored in a serial build).
+
+    Preconditions (checked by the caller, not here): the three arrays C-contiguous, the same
+    dtype and length; ``dx`` is ``dout`` or ``y`` itself or shares no memory with them;
+    ``num_threads >= 1``.
     """
     cdef Py_ssize_t n = y.shape[0], task, start, length
     if n == 0:
         return
-    for task in prange((n + BLOCK - 1) // BLOCK, nogil=True, num_threads=num_threads,
+    for task in prange(ceil_div(n, BLOCK), nogil=True, num_threads=num_threads,
                        schedule="static"):
         start = task * BLOCK
         length = n - start if n - start < BLOCK else BLOCK

@@ -1,5 +1,4 @@
-# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
-"""Per-channel normalization kernels (the core shared by BatchNorm and, later, Layer/Group/InstanceNorm).
+"""Per-channel normalization kernels (shared by BatchNorm and, later, Layer/Group/InstanceNorm).
 
 Every kernel sees its input as a C-contiguous 3-D array ``x`` of shape ``(A, C, B)`` and computes
 one statistic per *channel* ``c`` over the ``A * B`` values ``x[:, c, :]``:
@@ -15,16 +14,14 @@ LayerNorm      (1, N, C*H*W)           N
 
 All statistics and per-channel coefficients are float64; data is float32 or float64 (fused type).
 The kernels trust their inputs (shapes, contiguity, dtypes are checked by ``minidl.functional``),
-release the GIL and run channels (or rows ``(a, c)``) in parallel with OpenMP when it was compiled in.
+release the GIL and run channels (or rows ``(a, c)``) in parallel with OpenMP when it was compiled
+in. The inner loops are C, in ``_batchnorm.h``.
 Arguments are marked IN (read) or OUT (written).
 """
-cimport cython
 from cython.parallel cimport prange
 from libc.math cimport sqrt
 
-ctypedef fused floating:
-    float
-    double
+from ._common cimport build_facts, floating
 
 # A channel whose mean lies further than sqrt(CANCEL_RATIO) standard deviations from its first
 # value gets a second pass centered on the first-pass mean: the shifted one-pass formula loses
@@ -33,7 +30,7 @@ ctypedef fused floating:
 cdef double CANCEL_RATIO = 1e6
 
 
-cdef extern from "_norm_simd.h" nogil:
+cdef extern from "_batchnorm.h" nogil:
     void minidl_shifted_sums_f(const float* x, Py_ssize_t n, double k, double* s1, double* s2)
     void minidl_shifted_sums_d(const double* x, Py_ssize_t n, double k, double* s1, double* s2)
     void minidl_product_sums_f(const float* dy, const float* x, Py_ssize_t n, double mean,
@@ -48,6 +45,9 @@ cdef extern from "_norm_simd.h" nogil:
                           double k, double mean_dy, double proj)
     void minidl_norm_dx_d(const double* dy, const double* x, double* dx, Py_ssize_t n,
                           double mean, double k, double mean_dy, double proj)
+
+#: What this extension was compiled with (read by ``minidl.show_config()``).
+BUILD = build_facts()
 
 
 cdef inline void _shifted_sums(const floating* x, Py_ssize_t n, double k,
@@ -130,6 +130,9 @@ def channel_stats(const floating[:, :, ::1] x, double[::1] mean, double[::1] var
     Uses shifted sums in float64 (shift = the channel's first value, so a constant channel gets
     exactly its value as mean and 0 as variance) and, when the mean is far from that shift
     compared with the spread, an exact centered second pass (no catastrophic cancellation).
+
+    Preconditions (checked by the caller, not here): ``A, C, B >= 1`` (the first value of each
+    channel is read as its shift); ``mean`` and ``var`` of length ``C``; ``num_threads >= 1``.
     """
     cdef Py_ssize_t A = x.shape[0], C = x.shape[1], B = x.shape[2], c
     cdef const floating* xp = &x[0, 0, 0]
@@ -147,6 +150,10 @@ def normalize(const floating[:, :, ::1] x, const double[::1] mean, const double[
     OUT out: (A, C, B), same dtype as x; may be x itself (in place).
 
     Subtracting the mean before scaling keeps a constant channel at exactly ``shift``.
+
+    Preconditions (checked by the caller, not here): ``out`` has ``x``'s shape and is ``x``
+    itself or shares no memory with it; ``mean``, ``scale``, ``shift`` of length ``C``;
+    ``num_threads >= 1``.
     """
     cdef Py_ssize_t A = x.shape[0], C = x.shape[1], B = x.shape[2], r, c
     cdef double m, s, t
@@ -184,6 +191,11 @@ def forward_train(const floating[:, :, ::1] x, const double[::1] gamma, const do
 
     A channel is normalized right after its statistics are computed, while its values are still
     in the core's cache, so x is read from memory once instead of twice.
+
+    Preconditions (checked by the caller, not here): ``A, C, B >= 1``; ``out`` has ``x``'s
+    shape and is ``x`` itself or shares no memory with it; ``gamma``, ``beta``, ``mean``,
+    ``var`` of length ``C``; ``eps >= 0`` (``var + eps == 0`` gives inf, not a crash);
+    ``num_threads >= 1``.
     """
     cdef Py_ssize_t A = x.shape[0], C = x.shape[1], B = x.shape[2], c
     cdef const floating* xp = &x[0, 0, 0]
@@ -213,6 +225,11 @@ def backward(const floating[:, :, ::1] dy, const floating[:, :, ::1] x, const do
 
     With k = gamma * invstd and m = A * B (Ioffe & Szegedy 2015, section 3):
     dx = k * (dy - sum_dy / m - (x - mean) * invstd^2 * sum_dy_xmu / m).
+
+    Preconditions (checked by the caller, not here): ``dy``, ``x`` and ``dx`` of one shape
+    ``(A, C, B)`` with ``A, C, B >= 1``, ``dx`` being ``dy`` or ``x`` itself or sharing no memory
+    with them (a channel's sums are complete before its dx is written); ``mean``, ``invstd``,
+    ``gamma``, ``sum_dy``, ``sum_dy_xmu`` of length ``C``; ``num_threads >= 1``.
     """
     cdef Py_ssize_t A = x.shape[0], C = x.shape[1], B = x.shape[2], a, c, off
     cdef const floating* dyp = &dy[0, 0, 0]

@@ -1,5 +1,3 @@
-# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
-# cython: initializedcheck=False
 """Convolution kernels: im2col, col2im and the layout changes around the matrix products, and
 direct (no im2col, no GEMM) stride-1 kernels for few input channels (end of this file).
 
@@ -26,11 +24,11 @@ These kernels trust their inputs: shapes, dtypes and contiguity are checked by
 ``num_threads`` OpenMP threads with ``prange`` when the extension is built with OpenMP.
 """
 from cython.parallel cimport prange, threadid
-from libc.stdlib cimport free, malloc
 
-ctypedef fused floating:
-    float
-    double
+from ._common cimport build_facts, ceil_div, floating
+
+#: What this extension was compiled with (read by ``minidl.show_config()``).
+BUILD = build_facts()
 
 # Tile edge of the blocked transpose: a 64x64 tile of float64 is 32 KiB, within L1.
 cdef enum:
@@ -42,8 +40,8 @@ cdef inline bint _inside(Py_ssize_t index, Py_ssize_t size) noexcept nogil:
 
 
 def im2col(const floating[:, :, :, ::1] x_nhwc, floating[:, ::1] cols,
-           int kernel_h, int kernel_w, int stride_h, int stride_w, int pad_h, int pad_w,
-           int num_threads=1):
+           Py_ssize_t kernel_h, Py_ssize_t kernel_w, Py_ssize_t stride_h, Py_ssize_t stride_w,
+           Py_ssize_t pad_h, Py_ssize_t pad_w, int num_threads=1):
     """Copy every receptive field of an NHWC image into one row of ``cols``.
 
     Args:
@@ -59,6 +57,10 @@ def im2col(const floating[:, :, :, ::1] x_nhwc, floating[:, ::1] cols,
     ``OH = (H + 2*pH - kH) // sH + 1`` and ``OW`` likewise; the caller guarantees both >= 1.
     Work is split over output rows ``(n, oh)``.
     Reference: Chellapilla et al., 2006.
+
+    Preconditions (checked by the caller, not here): ``kH, kW, sH, sW >= 1``, ``pH, pW >= 0``,
+    ``OH, OW >= 1``; ``cols`` exactly ``(N*OH*OW, kH*kW*C)`` of ``x_nhwc``'s dtype, sharing no
+    memory with it; ``num_threads >= 1``.
     """
     cdef Py_ssize_t N = x_nhwc.shape[0], H = x_nhwc.shape[1], W = x_nhwc.shape[2]
     cdef Py_ssize_t C = x_nhwc.shape[3]
@@ -88,8 +90,8 @@ def im2col(const floating[:, :, :, ::1] x_nhwc, floating[:, ::1] cols,
 
 
 def col2im(const floating[:, ::1] cols, floating[:, :, :, ::1] dx_nhwc,
-           int kernel_h, int kernel_w, int stride_h, int stride_w, int pad_h, int pad_w,
-           int num_threads=1):
+           Py_ssize_t kernel_h, Py_ssize_t kernel_w, Py_ssize_t stride_h, Py_ssize_t stride_w,
+           Py_ssize_t pad_h, Py_ssize_t pad_w, int num_threads=1):
     """Fold the rows of ``cols`` back into an NHWC image, summing overlaps (im2col's adjoint).
 
     Args:
@@ -103,6 +105,10 @@ def col2im(const floating[:, ::1] cols, floating[:, :, :, ::1] dx_nhwc,
 
     Work is split over samples, so no two threads write the same element.
     Reference: Chellapilla et al., 2006 (backward of the unrolled convolution).
+
+    Preconditions (checked by the caller, not here): as for :func:`im2col`, with ``OH, OW`` computed
+    from ``dx_nhwc``'s ``(H, W)``: ``cols`` exactly ``(N*OH*OW, kH*kW*C)``, sharing no memory
+    with ``dx_nhwc``.
     """
     cdef Py_ssize_t N = dx_nhwc.shape[0], H = dx_nhwc.shape[1], W = dx_nhwc.shape[2]
     cdef Py_ssize_t C = dx_nhwc.shape[3]
@@ -145,9 +151,13 @@ def transpose_batched(const floating[:, :, ::1] src, const floating[::1] bias, b
         num_threads: OpenMP threads (ignored in a serial build).
 
     Work is split over ``TILE x TILE`` tiles (64 x 64) so both reads and writes stay in cache.
+
+    Preconditions (checked by the caller, not here): ``dst`` exactly ``(N, B, A)`` for ``src``
+    ``(N, A, B)``, sharing no memory with it; ``bias`` of length ``B`` when ``use_bias``;
+    ``num_threads >= 1``.
     """
     cdef Py_ssize_t N = src.shape[0], A = src.shape[1], B = src.shape[2]
-    cdef Py_ssize_t tiles_a = (A + TILE - 1) // TILE, tiles_b = (B + TILE - 1) // TILE
+    cdef Py_ssize_t tiles_a = ceil_div(A, TILE), tiles_b = ceil_div(B, TILE)
     cdef Py_ssize_t task, n, tile, a_start, a_end, b_start, b_end, a, b
     cdef floating shift
     cdef floating* out
@@ -184,6 +194,10 @@ def nchw_to_rows(const floating[:, :, ::1] dout, floating[:, ::1] rows,
         num_threads: OpenMP threads (ignored in a serial build).
 
     Work is split over channels, so each thread owns its rows and its bias_grad entries.
+
+    Preconditions (checked by the caller, not here): ``rows`` exactly ``(C, N*P)``, sharing no
+    memory with ``dout``; ``bias_grad`` of length ``C`` when ``want_bias_grad``;
+    ``num_threads >= 1``.
     """
     cdef Py_ssize_t N = dout.shape[0], C = dout.shape[1], P = dout.shape[2]
     cdef Py_ssize_t n, c, p
@@ -215,102 +229,21 @@ def nchw_to_rows(const floating[:, :, ::1] dout, floating[:, ::1] rows,
 # (``L = (OH-1)*Wp + OW`` elements) that the compiler vectorizes; the columns
 # ``OW <= ow < Wp`` of the wide grid are scratch (the wide gradient keeps zeros there).
 
-cdef extern from *:
-    """
-    /* Inner loops of the direct convolution, in C so that `restrict` tells the compiler the
-       arrays do not overlap and it vectorizes them (`omp simd` lets it reorder the dot
-       product's additions); with GCC on x86-64 Linux each is compiled for AVX-512, AVX2 and
-       the baseline, and the loader picks the best the CPU supports. */
-    #include <stddef.h>
-    #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) \
-        && (__GNUC__ >= 8)
-    #define MINIDL_CONV_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-    #else
-    #define MINIDL_CONV_CLONES
-    #endif
-    #define MINIDL_CONV_PRAGMA(x) _Pragma(#x)
-    #define MINIDL_CONV_ROWS(SUFFIX, T)                                                      \
-        /* y[k] += a * x[k] */                                                               \
-        MINIDL_CONV_CLONES static void minidl_axpy_##SUFFIX(T* restrict y,                  \
-                                                             const T* restrict x, T a,       \
-                                                             ptrdiff_t n) {                  \
-            for (ptrdiff_t k = 0; k < n; k++) y[k] += a * x[k];                              \
-        }                                                                                    \
-        /* sum of g[k] * x[k] in T, in SIMD-lane partial sums (one plane: ~1e3 terms) */      \
-        MINIDL_CONV_CLONES static double minidl_dot_##SUFFIX(const T* restrict g,           \
-                                                              const T* restrict x,           \
-                                                              ptrdiff_t n) {                 \
-            T s = 0;                                                                         \
-            MINIDL_CONV_PRAGMA(omp simd reduction(+ : s))                                    \
-            for (ptrdiff_t k = 0; k < n; k++) s += g[k] * x[k];                              \
-            return (double)s;                                                                \
-        }                                                                                    \
-        /* sum of x[k] in T, in SIMD-lane partial sums */                                     \
-        MINIDL_CONV_CLONES static double minidl_sum_##SUFFIX(const T* restrict x,           \
-                                                              ptrdiff_t n) {                 \
-            T s = 0;                                                                         \
-            MINIDL_CONV_PRAGMA(omp simd reduction(+ : s))                                    \
-            for (ptrdiff_t k = 0; k < n; k++) s += x[k];                                     \
-            return (double)s;                                                                \
-        }
-    MINIDL_CONV_ROWS(f, float)
-    MINIDL_CONV_ROWS(d, double)
-    /* y[k] += sum over the 3x3 taps (i, j) of w[3*i + j] * x[k + i*row + j]: all nine taps of
-       a 3x3 kernel in one pass, so y is loaded and stored once instead of nine times */
-    #define MINIDL_CONV_3X3(SUFFIX, T)                                                       \
-        MINIDL_CONV_CLONES static void minidl_conv3x3_##SUFFIX(T* restrict y,               \
-                                                                const T* restrict x,         \
-                                                                const T* restrict w,         \
-                                                                ptrdiff_t row, ptrdiff_t n) {\
-            const T w0 = w[0], w1 = w[1], w2 = w[2], w3 = w[3], w4 = w[4], w5 = w[5];        \
-            const T w6 = w[6], w7 = w[7], w8 = w[8];                                         \
-            const T* restrict x1 = x + row;                                                  \
-            const T* restrict x2 = x + 2 * row;                                              \
-            for (ptrdiff_t k = 0; k < n; k++) {                                              \
-                y[k] += w0 * x[k] + w1 * x[k + 1] + w2 * x[k + 2]                            \
-                      + w3 * x1[k] + w4 * x1[k + 1] + w5 * x1[k + 2]                         \
-                      + w6 * x2[k] + w7 * x2[k + 1] + w8 * x2[k + 2];                        \
-            }                                                                                \
-        }
-    MINIDL_CONV_3X3(f, float)
-    MINIDL_CONV_3X3(d, double)
-    /* out[3*i + j] += sum_k g[k] * x[k + i*row + j] for the nine taps of a 3x3 kernel, in one
-       pass over g (partial sums in T, in SIMD lanes) */
-    #define MINIDL_DOT_3X3(SUFFIX, T)                                                        \
-        MINIDL_CONV_CLONES static void minidl_dot3x3_##SUFFIX(const T* restrict g,          \
-                                                               const T* restrict x,          \
-                                                               ptrdiff_t row, ptrdiff_t n,   \
-                                                               double* restrict out) {       \
-            T s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0, s5 = 0, s6 = 0, s7 = 0, s8 = 0;        \
-            const T* restrict x1 = x + row;                                                  \
-            const T* restrict x2 = x + 2 * row;                                              \
-            MINIDL_CONV_PRAGMA(omp simd reduction(+ : s0, s1, s2, s3, s4, s5, s6, s7, s8))   \
-            for (ptrdiff_t k = 0; k < n; k++) {                                              \
-                const T gk = g[k];                                                           \
-                s0 += gk * x[k]; s1 += gk * x[k + 1]; s2 += gk * x[k + 2];                   \
-                s3 += gk * x1[k]; s4 += gk * x1[k + 1]; s5 += gk * x1[k + 2];                \
-                s6 += gk * x2[k]; s7 += gk * x2[k + 1]; s8 += gk * x2[k + 2];                \
-            }                                                                                \
-            out[0] += s0; out[1] += s1; out[2] += s2; out[3] += s3; out[4] += s4;            \
-            out[5] += s5; out[6] += s6; out[7] += s7; out[8] += s8;                          \
-        }
-    MINIDL_DOT_3X3(f, float)
-    MINIDL_DOT_3X3(d, double)
-    """
+cdef extern from "_conv.h" nogil:
     void minidl_dot3x3_f(const float* g, const float* x, Py_ssize_t row, Py_ssize_t n,
-                         double* out) noexcept nogil
+                         double* out)
     void minidl_dot3x3_d(const double* g, const double* x, Py_ssize_t row, Py_ssize_t n,
-                         double* out) noexcept nogil
+                         double* out)
     void minidl_conv3x3_f(float* y, const float* x, const float* w, Py_ssize_t row,
-                          Py_ssize_t n) noexcept nogil
+                          Py_ssize_t n)
     void minidl_conv3x3_d(double* y, const double* x, const double* w, Py_ssize_t row,
-                          Py_ssize_t n) noexcept nogil
-    void minidl_axpy_f(float* y, const float* x, float a, Py_ssize_t n) noexcept nogil
-    void minidl_axpy_d(double* y, const double* x, double a, Py_ssize_t n) noexcept nogil
-    double minidl_dot_f(const float* g, const float* x, Py_ssize_t n) noexcept nogil
-    double minidl_dot_d(const double* g, const double* x, Py_ssize_t n) noexcept nogil
-    double minidl_sum_f(const float* x, Py_ssize_t n) noexcept nogil
-    double minidl_sum_d(const double* x, Py_ssize_t n) noexcept nogil
+                          Py_ssize_t n)
+    void minidl_axpy_f(float* y, const float* x, float a, Py_ssize_t n)
+    void minidl_axpy_d(double* y, const double* x, double a, Py_ssize_t n)
+    double minidl_dot_f(const float* g, const float* x, Py_ssize_t n)
+    double minidl_dot_d(const double* g, const double* x, Py_ssize_t n)
+    double minidl_sum_f(const float* x, Py_ssize_t n)
+    double minidl_sum_d(const double* x, Py_ssize_t n)
 
 
 cdef inline void _axpy(floating* y, const floating* x, floating a, Py_ssize_t n) noexcept nogil:
@@ -375,6 +308,12 @@ def direct_forward(const floating[:, :, :, ::1] x_pad, const floating[:, :, :, :
         num_threads: OpenMP threads (ignored in a serial build).
 
     Work is split over the ``N*C_out`` output planes.
+
+    Preconditions (checked by the caller, not here): ``weight`` has ``x_pad``'s ``C_in``;
+    ``OH = Hp - kH + 1 >= 1`` and ``OW = Wp - kW + 1 >= 1`` are ``out``'s last two sizes;
+    ``out`` is ``(N, C_out, OH, OW)`` and shares no memory with the inputs; ``bias`` of length
+    ``C_out`` when ``use_bias``; ``scratch`` has at least ``num_threads`` rows of at least
+    ``OH*Wp`` elements; ``num_threads >= 1``.
     """
     cdef Py_ssize_t N = x_pad.shape[0], C = x_pad.shape[1], Hp = x_pad.shape[2]
     cdef Py_ssize_t Wp = x_pad.shape[3]
@@ -436,6 +375,12 @@ def direct_weight_grad(const floating[:, :, :, ::1] x_pad, const floating[:, :, 
         num_threads: OpenMP threads (ignored in a serial build).
 
     Work is split over output channels, so each thread owns its rows of ``dweight``.
+
+    Preconditions (checked by the caller, not here): ``dout`` is ``(N, C_out, OH, OW)`` with
+    ``OH = Hp - kH + 1 >= 1``, ``OW = Wp - kW + 1 >= 1``; ``dweight`` is ``(C_out, C_in, kH,
+    kW)`` with ``x_pad``'s ``C_in``; ``bias_grad`` of length ``C_out`` when
+    ``want_bias_grad``; ``scratch`` has at least ``num_threads`` rows of at least ``OH*Wp``
+    elements; no output shares memory with an input; ``num_threads >= 1``.
     """
     cdef Py_ssize_t N = x_pad.shape[0], C = x_pad.shape[1], Hp = x_pad.shape[2]
     cdef Py_ssize_t Wp = x_pad.shape[3]
@@ -482,8 +427,8 @@ def direct_weight_grad(const floating[:, :, :, ::1] x_pad, const floating[:, :, 
 
 
 def direct_input_grad(const floating[:, :, :, ::1] dout_wide, const floating[:, :, :, ::1] weight,
-                      floating[:, :, :, ::1] dx, int pad_h, int pad_w, floating[:, ::1] scratch,
-                      int num_threads=1):
+                      floating[:, :, :, ::1] dx, Py_ssize_t pad_h, Py_ssize_t pad_w,
+                      floating[:, ::1] scratch, int num_threads=1):
     """Input gradient of :func:`direct_forward` (a transposed convolution), without col2im.
 
     ``dx[n, c, h, w] = sum_{o,i,j} dout[n, o, h + pH - i, w + pW - j] * weight[o, c, i, j]``
@@ -499,6 +444,12 @@ def direct_input_grad(const floating[:, :, :, ::1] dout_wide, const floating[:, 
         num_threads: OpenMP threads (ignored in a serial build).
 
     Work is split over the ``N*C_in`` input planes, so no two threads write the same element.
+
+    Preconditions (checked by the caller, not here): ``pH, pW >= 0``; ``dout_wide`` is ``(N, C_out,
+    OH, Wp)`` with ``Wp = W + 2*pW``, ``OH = H + 2*pH - kH + 1 >= 1`` and ``kW <= Wp``;
+    ``weight`` is ``(C_out, C_in, kH, kW)`` for ``dx`` ``(N, C_in, H, W)``; ``scratch`` has at
+    least ``num_threads`` rows of at least ``Hp*Wp`` elements; ``dx`` shares no memory with the
+    inputs; ``num_threads >= 1``.
     """
     cdef Py_ssize_t N = dx.shape[0], C = dx.shape[1], H = dx.shape[2], W = dx.shape[3]
     cdef Py_ssize_t O = dout_wide.shape[1], OH = dout_wide.shape[2], Wp = dout_wide.shape[3]

@@ -1,4 +1,3 @@
-# cython: language_level=3
 # distutils: define_macros=NPY_NO_DEPRECATED_API=NPY_1_7_API_VERSION NPY_TARGET_VERSION=NPY_1_22_API_VERSION
 """minidl's caching allocator, installed as a NumPy memory handler (NEP 49) around minidl's own
 allocations only.

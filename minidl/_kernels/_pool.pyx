@@ -1,5 +1,3 @@
-# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
-# cython: initializedcheck=False
 """Max-pooling kernels (2-D, no padding, floor mode), as defined for ``torch.nn.MaxPool2d``.
 
     out[n, c, oh, ow] = max over 0 <= i < kH, 0 <= j < kW of x[n, c, oh*sH + i, ow*sW + j]
@@ -18,14 +16,15 @@ from libc.stdint cimport INT32_MAX, int32_t, int64_t
 
 import numpy as np
 
-ctypedef fused floating:
-    float
-    double
+from ._common cimport build_facts, floating
+
+#: What this extension was compiled with (read by ``minidl.show_config()``).
+BUILD = build_facts()
 
 
 cdef void _pool_plane(const floating* plane, Py_ssize_t W, floating* out, int64_t* argmax,
-                      Py_ssize_t OH, Py_ssize_t OW, int kernel_h, int kernel_w,
-                      int stride_h, int stride_w) noexcept nogil:
+                      Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t kernel_h, Py_ssize_t kernel_w,
+                      Py_ssize_t stride_h, Py_ssize_t stride_w) noexcept nogil:
     """Max-pool one ``(H, W)`` plane into ``out`` / ``argmax`` (both ``OH*OW``, row-major).
 
     The loop is written without data-dependent branches (which comparison wins is random on
@@ -57,126 +56,27 @@ cdef void _pool_plane(const floating* plane, Py_ssize_t W, floating* out, int64_
             argmax[oh * OW + ow] = best_index
 
 
-cdef extern from *:
-    """
-    /* 2x2, stride-2 max-pooling of one row of windows (`top` and `bottom` are the two input
-       rows, `base` the flat index of top[0] in its plane), and its gradient. Written with
-       selects instead of branches so that the compiler vectorizes over the windows (`omp
-       simd`); compiled for AVX-512, AVX2 and the baseline with GCC on x86-64 Linux. */
-    #include <stddef.h>
-    #include <stdint.h>
-    #include <string.h>
-    #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) \
-        && (__GNUC__ >= 8)
-    #define MINIDL_POOL_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-    #else
-    #define MINIDL_POOL_CLONES
-    #endif
-    #define MINIDL_POOL_PRAGMA(x) _Pragma(#x)
-    /* The rule of _pool_plane for the window a b / c d (row-major) whose top-left element is
-       plane[i]: a later value wins if it is greater and no NaN was seen, or if it is a NaN;
-       OUT gets the winning element itself (bit for bit), ARGMAX its index i + (0, 1, W or
-       W + 1). The selects are done on the values' bits with masks, so that a scalar loop has
-       no branches either (mispredicted ones made it 1.5x slower). */
-    #define MINIDL_POOL_SELECT(mask, yes, no) (((yes) & (mask)) | ((no) & ~(mask)))
-    #define MINIDL_POOL_STEP(T, U, x, at)                                                    \
-        take = (U)0 - (U)((((x) > best) & !seen) | ((x) != (x)));                            \
-        pick = (int64_t)0 - (int64_t)(take & 1);                                             \
-        memcpy(&bits, &(x), sizeof(T));                                                      \
-        value = MINIDL_POOL_SELECT(take, bits, value);                                       \
-        offset = MINIDL_POOL_SELECT(pick, (int64_t)(at), offset);                            \
-        seen |= (x) != (x); best = best > (x) ? best : (x);
-    #define MINIDL_POOL_WINDOW(T, U, plane, i, W, OUT, ARGMAX)                               \
-        {                                                                                    \
-            const T a = plane[i], b = plane[(i) + 1];                                        \
-            const T c = plane[(i) + W], d = plane[(i) + W + 1];                              \
-            U value, bits, take;                                                             \
-            int64_t offset = 0, pick;                                                        \
-            int seen = a != a;                                                               \
-            T best = a;                                                                      \
-            memcpy(&value, &a, sizeof(T));                                                   \
-            MINIDL_POOL_STEP(T, U, b, 1)                                                     \
-            MINIDL_POOL_STEP(T, U, c, W)                                                     \
-            MINIDL_POOL_STEP(T, U, d, W + 1)                                                 \
-            memcpy(&(OUT), &value, sizeof(T));                                               \
-            ARGMAX = (i) + offset;                                                           \
-        }
-    /* Two ways over the windows of one plane and back, picked by row length (see
-       _POOL_GATHER_BELOW): along each row of windows, where the loads and stores are
-       contiguous, or all windows in one loop through a table of their corners, which gathers
-       but keeps full vectors when rows are short. */
-    #define MINIDL_POOL_2X2(SUFFIX, T, U)                                                    \
-        MINIDL_POOL_CLONES static void minidl_pool2x2_rows_##SUFFIX(                        \
-                const T* restrict plane, ptrdiff_t W, ptrdiff_t OH, ptrdiff_t OW,            \
-                T* restrict out, int64_t* restrict argmax) {                                 \
-            for (ptrdiff_t oh = 0; oh < OH; oh++) {                                          \
-                MINIDL_POOL_PRAGMA(omp simd)                                                 \
-                for (ptrdiff_t ow = 0; ow < OW; ow++) {                                      \
-                    const ptrdiff_t i = 2 * oh * W + 2 * ow;                                 \
-                    MINIDL_POOL_WINDOW(T, U, plane, i, W, out[oh * OW + ow],                 \
-                                       argmax[oh * OW + ow])                                 \
-                }                                                                            \
-            }                                                                                \
-        }                                                                                    \
-        MINIDL_POOL_CLONES static void minidl_pool2x2_table_##SUFFIX(                       \
-                const T* restrict plane, ptrdiff_t W, const int32_t* restrict corner,        \
-                ptrdiff_t count, T* restrict out, int64_t* restrict argmax) {                \
-            MINIDL_POOL_PRAGMA(omp simd)                                                     \
-            for (ptrdiff_t o = 0; o < count; o++) {                                          \
-                const ptrdiff_t i = corner[o];                                               \
-                MINIDL_POOL_WINDOW(T, U, plane, i, W, out[o], argmax[o])                     \
-            }                                                                                \
-        }                                                                                    \
-        /* dx of one row of 2x2 windows: dout where the window's winner was, 0 elsewhere */  \
-        MINIDL_POOL_CLONES static void minidl_pool2x2_grad_rows_##SUFFIX(                   \
-                const T* restrict dout, const int64_t* restrict argmax, ptrdiff_t W,         \
-                int64_t base, T* restrict top, T* restrict bottom, ptrdiff_t OW) {           \
-            MINIDL_POOL_PRAGMA(omp simd)                                                     \
-            for (ptrdiff_t ow = 0; ow < OW; ow++) {                                          \
-                const int64_t offset = argmax[ow] - base - 2 * ow;                           \
-                const T g = dout[ow];                                                        \
-                top[2 * ow] = offset == 0 ? g : (T)0;                                        \
-                top[2 * ow + 1] = offset == 1 ? g : (T)0;                                    \
-                bottom[2 * ow] = offset == W ? g : (T)0;                                     \
-                bottom[2 * ow + 1] = offset == W + 1 ? g : (T)0;                             \
-            }                                                                                \
-        }                                                                                    \
-        /* dx of a whole plane, element by element: owner[p] is the window that covers p (0  \
-           if none: no window's winner is an uncovered element) */                          \
-        MINIDL_POOL_CLONES static void minidl_pool2x2_grad_table_##SUFFIX(                  \
-                const T* restrict dout, const int64_t* restrict argmax,                      \
-                const int32_t* restrict owner, ptrdiff_t count, T* restrict dx) {            \
-            MINIDL_POOL_PRAGMA(omp simd)                                                     \
-            for (ptrdiff_t p = 0; p < count; p++) {                                          \
-                const int32_t o = owner[p];                                                  \
-                const int64_t winner = argmax[o];   /* both loads unconditional: */          \
-                const T g = dout[o];                /* GCC gathers only those */             \
-                dx[p] = winner == p ? g : (T)0;                                              \
-            }                                                                                \
-        }
-    MINIDL_POOL_2X2(f, float, uint32_t)
-    MINIDL_POOL_2X2(d, double, uint64_t)
-    """
+cdef extern from "_pool.h" nogil:
     void minidl_pool2x2_rows_f(const float* plane, Py_ssize_t W, Py_ssize_t OH, Py_ssize_t OW,
-                               float* out, int64_t* argmax) noexcept nogil
+                               float* out, int64_t* argmax)
     void minidl_pool2x2_rows_d(const double* plane, Py_ssize_t W, Py_ssize_t OH,
-                               Py_ssize_t OW, double* out, int64_t* argmax) noexcept nogil
+                               Py_ssize_t OW, double* out, int64_t* argmax)
     void minidl_pool2x2_table_f(const float* plane, Py_ssize_t W, const int32_t* corner,
-                                Py_ssize_t count, float* out, int64_t* argmax) noexcept nogil
+                                Py_ssize_t count, float* out, int64_t* argmax)
     void minidl_pool2x2_table_d(const double* plane, Py_ssize_t W, const int32_t* corner,
-                                Py_ssize_t count, double* out, int64_t* argmax) noexcept nogil
+                                Py_ssize_t count, double* out, int64_t* argmax)
     void minidl_pool2x2_grad_rows_f(const float* dout, const int64_t* argmax, Py_ssize_t W,
                                     int64_t base, float* top, float* bottom,
-                                    Py_ssize_t OW) noexcept nogil
+                                    Py_ssize_t OW)
     void minidl_pool2x2_grad_rows_d(const double* dout, const int64_t* argmax, Py_ssize_t W,
                                     int64_t base, double* top, double* bottom,
-                                    Py_ssize_t OW) noexcept nogil
+                                    Py_ssize_t OW)
     void minidl_pool2x2_grad_table_f(const float* dout, const int64_t* argmax,
                                      const int32_t* owner, Py_ssize_t count,
-                                     float* dx) noexcept nogil
+                                     float* dx)
     void minidl_pool2x2_grad_table_d(const double* dout, const int64_t* argmax,
                                      const int32_t* owner, Py_ssize_t count,
-                                     double* dx) noexcept nogil
+                                     double* dx)
 
 
 # Rows of fewer 2x2 windows than this go through a table (gathers, full vectors); longer ones
@@ -241,8 +141,8 @@ cdef bint _use_table(Py_ssize_t H, Py_ssize_t W, Py_ssize_t OW):
 
 def max_pool2d_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out,
                        int64_t[:, :, :, ::1] argmax,
-                       int kernel_h, int kernel_w, int stride_h, int stride_w,
-                       int num_threads=1):
+                       Py_ssize_t kernel_h, Py_ssize_t kernel_w, Py_ssize_t stride_h,
+                       Py_ssize_t stride_w, int num_threads=1):
     """Max over each pooling window, and where it was found.
 
     Args:
@@ -255,6 +155,11 @@ def max_pool2d_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] ou
         num_threads: OpenMP threads (ignored in a serial build).
 
     Work is split over the ``N*C`` planes.
+
+    Preconditions (checked by the caller, not here): ``1 <= kH <= H``, ``1 <= kW <= W``,
+    ``sH, sW >= 1``; ``out`` and ``argmax`` exactly ``(N, C, OH, OW)`` with
+    ``OH = (H - kH) // sH + 1``, ``OW = (W - kW) // sW + 1``, sharing no memory with ``x`` or
+    each other; ``num_threads >= 1``.
     """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t OH = out.shape[2], OW = out.shape[3]
@@ -301,6 +206,13 @@ def max_pool2d_backward(const floating[:, :, :, ::1] dout, const int64_t[:, :, :
         num_threads: OpenMP threads (ignored in a serial build).
         two_by_two: the forward pass used 2x2 windows with stride 2 (then each dx element is
             written once, without zeroing the planes first).
+
+    Preconditions (checked by the caller, not here): ``dout`` and ``argmax`` of one shape
+    ``(N, C, OH, OW)`` and ``dx`` ``(N, C, H, W)`` with the forward's geometry; every
+    ``argmax`` entry in ``0 <= argmax < H*W`` (the general path writes ``dx`` at those indices;
+    the 2x2 path only compares them); ``two_by_two`` only for 2x2 windows with stride 2, so
+    ``2*OH <= H`` and ``2*OW <= W``; ``dx`` shares no memory with the inputs;
+    ``num_threads >= 1``.
     """
     cdef Py_ssize_t N = dx.shape[0], C = dx.shape[1], H = dx.shape[2], W = dx.shape[3]
     cdef Py_ssize_t OH = dout.shape[2], OW = dout.shape[3]

@@ -2,9 +2,7 @@
  *
  * 1. the tile transforms, which the compiler vectorizes over the channel axis: every function
  *    works on C (or K) channels at once, reading and writing contiguous channel vectors
- *    (`restrict`: the arrays never overlap). With GCC on x86-64 Linux each is compiled for
- *    AVX-512, AVX2 and the baseline, and the loader picks the best one the CPU supports
- *    (target_clones), so one build runs everywhere;
+ *    (`restrict`: the arrays never overlap); SIMD clones as described in _portable.h;
  * 2. the small matrix products between them (end of the file).
  *
  * Lavin & Gray, 2016, "Fast Algorithms for Convolutional Neural Networks", section 4, with
@@ -21,14 +19,7 @@
 #ifndef MINIDL_WINOGRAD_H
 #define MINIDL_WINOGRAD_H
 
-#include <stddef.h>
-
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) \
-    && (__GNUC__ >= 8)
-#define MINIDL_WINO_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define MINIDL_WINO_CLONES
-#endif
+#include "_portable.h"
 
 /* one row (or column) of B^T d: (d0 - d2, d1 + d2, d2 - d1, d1 - d3) */
 #define MINIDL_WINO_BT(d0, d1, d2, d3, o0, o1, o2, o3)                                        \
@@ -43,19 +34,19 @@
 #define MINIDL_WINO_B(e0, e1, e2, e3, o0, o1, o2, o3)                                         \
     o0 = (e0); o1 = (e1) - (e2) + (e3); o2 = (e1) + (e2) - (e0); o3 = -(e3);
 
-/* `omp simd`: the channel loops have no loop-carried dependence; without it GCC gives up on
-   them, as it cannot prove that the 16 planes (a run-time stride apart) do not overlap. */
-#define MINIDL_WINO_SIMD _Pragma("omp simd")
+/* MINIDL_SIMD (`omp simd`): the channel loops have no loop-carried dependence; without it GCC
+   gives up on them, as it cannot prove that the 16 planes (a run-time stride apart) do not
+   overlap. */
 
 #define MINIDL_WINO_KERNELS(SUFFIX, T)                                                        \
 /* v = B^T d B for a 4x4 input tile d (rows `row` apart, columns C apart), C channels */      \
-MINIDL_WINO_CLONES static void minidl_wino_input_tile_##SUFFIX(                              \
+MINIDL_CLONES static void minidl_wino_input_tile_##SUFFIX(                                   \
         const T* restrict d, ptrdiff_t row, T* restrict v, ptrdiff_t plane, ptrdiff_t C) {   \
     const T* restrict d0 = d;                                                                \
     const T* restrict d1 = d + row;                                                          \
     const T* restrict d2 = d + 2 * row;                                                      \
     const T* restrict d3 = d + 3 * row;                                                      \
-    MINIDL_WINO_SIMD                                                                         \
+    MINIDL_SIMD                                                                              \
     for (ptrdiff_t c = 0; c < C; c++) {                                                      \
         T a0, a1, a2, a3, b0, b1, b2, b3, c0, c1, c2, c3, e0, e1, e2, e3; /* B^T d, by column */\
         MINIDL_WINO_BT(d0[c], d1[c], d2[c], d3[c], a0, a1, a2, a3)                           \
@@ -76,9 +67,9 @@ MINIDL_WINO_CLONES static void minidl_wino_input_tile_##SUFFIX(                 
 }                                                                                            \
 /* the 2x2 output tile A^T m A of 16 transformed planes m, K channels: row 0 of the tile to  \
    y0[0..K), y0[K..2K), row 1 to y1 */                                                       \
-MINIDL_WINO_CLONES static void minidl_wino_output_tile_##SUFFIX(                             \
+MINIDL_CLONES static void minidl_wino_output_tile_##SUFFIX(                                  \
         const T* restrict m, ptrdiff_t plane, T* restrict y0, T* restrict y1, ptrdiff_t K) {  \
-    MINIDL_WINO_SIMD                                                                         \
+    MINIDL_SIMD                                                                              \
     for (ptrdiff_t k = 0; k < K; k++) {                                                      \
         const T* restrict q = m + k;                                                         \
         T s00, s10, s01, s11, s02, s12, s03, s13; /* A^T m, by column */                     \
@@ -91,11 +82,11 @@ MINIDL_WINO_CLONES static void minidl_wino_output_tile_##SUFFIX(                
     }                                                                                        \
 }                                                                                            \
 /* z = A g A^T for a 2x2 output-gradient tile g (rows `row` apart, columns K apart) */        \
-MINIDL_WINO_CLONES static void minidl_wino_grad_tile_##SUFFIX(                               \
+MINIDL_CLONES static void minidl_wino_grad_tile_##SUFFIX(                                    \
         const T* restrict g, ptrdiff_t row, T* restrict z, ptrdiff_t plane, ptrdiff_t K) {   \
     const T* restrict g0 = g;                                                                \
     const T* restrict g1 = g + row;                                                          \
-    MINIDL_WINO_SIMD                                                                         \
+    MINIDL_SIMD                                                                              \
     for (ptrdiff_t k = 0; k < K; k++) {                                                      \
         T a0, a1, a2, a3, b0, b1, b2, b3; /* A g, by column */                               \
         MINIDL_WINO_A(g0[k], g1[k], a0, a1, a2, a3)                                          \
@@ -109,13 +100,13 @@ MINIDL_WINO_CLONES static void minidl_wino_grad_tile_##SUFFIX(                  
 }                                                                                            \
 /* d += B e B^T: the 4x4 input-gradient tile of 16 transformed planes e, added into an image  \
    tile (rows `row` apart, columns C apart), C channels */                                   \
-MINIDL_WINO_CLONES static void minidl_wino_input_grad_tile_##SUFFIX(                         \
+MINIDL_CLONES static void minidl_wino_input_grad_tile_##SUFFIX(                              \
         const T* restrict e, ptrdiff_t plane, T* restrict d, ptrdiff_t row, ptrdiff_t C) {   \
     T* restrict d0 = d;                                                                      \
     T* restrict d1 = d + row;                                                                \
     T* restrict d2 = d + 2 * row;                                                            \
     T* restrict d3 = d + 3 * row;                                                            \
-    MINIDL_WINO_SIMD                                                                         \
+    MINIDL_SIMD                                                                              \
     for (ptrdiff_t c = 0; c < C; c++) {                                                      \
         const T* restrict q = e + c;                                                         \
         T a0, a1, a2, a3, b0, b1, b2, b3, c0, c1, c2, c3, f0, f1, f2, f3; /* B e, by column */\
@@ -150,11 +141,16 @@ MINIDL_WINO_KERNELS(d, double)
  *
  * with A read as a(i, k) = A[i*rs + k*cs] (so A or its transpose), B and C row-major with
  * leading dimensions ldb, ldc. rows must be a multiple of 4 and cols of 32 (callers pad).
- * Compiled for AVX-512, AVX2+FMA and SSE2; minidl_wino_gemm_* picks one at run time.
+ * With GCC/clang vector extensions (MINIDL_VECTOR_EXT): on x86-64 compiled for AVX-512,
+ * AVX2+FMA and SSE2, and minidl_wino_init() picks one at run time; elsewhere (e.g. NEON) one
+ * version with 16-byte vectors. Without them (MSVC, MINIDL_PORTABLE_C), the same blocking in
+ * plain C, which compilers vectorize as they can.
  */
-#define MINIDL_WINO_GEMM(NAME, T, TARGET, VBYTES)                                            \
+#if defined(MINIDL_VECTOR_EXT)
+
+#define MINIDL_WINO_GEMM(NAME, T, ATTRIBUTES, VBYTES)                                        \
 typedef T NAME##_vec __attribute__((vector_size(VBYTES), aligned(sizeof(T))));               \
-MINIDL_WINO_TARGET(TARGET) static void NAME(                                            \
+ATTRIBUTES static void NAME(                                                                 \
         const T* restrict A, ptrdiff_t rs, ptrdiff_t cs, const T* restrict B, ptrdiff_t ldb, \
         T* restrict C, ptrdiff_t ldc, ptrdiff_t rows, ptrdiff_t inner, ptrdiff_t cols,       \
         int acc) {                                                                           \
@@ -188,22 +184,47 @@ MINIDL_WINO_TARGET(TARGET) static void NAME(                                    
     }                                                                                        \
 }
 
-#if defined(__GNUC__) && defined(__x86_64__)
-#define MINIDL_WINO_X86 1
-#define MINIDL_WINO_TARGET(isa) __attribute__((target(isa)))
+#if defined(MINIDL_X86_DISPATCH)
+MINIDL_WINO_GEMM(minidl_wino_gemm_f_avx512, float, MINIDL_TARGET("avx512f"), 64)
+MINIDL_WINO_GEMM(minidl_wino_gemm_f_avx2, float, MINIDL_TARGET("avx2,fma"), 32)
+MINIDL_WINO_GEMM(minidl_wino_gemm_d_avx512, double, MINIDL_TARGET("avx512f"), 64)
+MINIDL_WINO_GEMM(minidl_wino_gemm_d_avx2, double, MINIDL_TARGET("avx2,fma"), 32)
+MINIDL_WINO_GEMM(minidl_wino_gemm_f_base, float, MINIDL_TARGET("sse2"), 16)
+MINIDL_WINO_GEMM(minidl_wino_gemm_d_base, double, MINIDL_TARGET("sse2"), 16)
 #else
-#define MINIDL_WINO_TARGET(isa)
+MINIDL_WINO_GEMM(minidl_wino_gemm_f_base, float, , 16)
+MINIDL_WINO_GEMM(minidl_wino_gemm_d_base, double, , 16)
 #endif
-#ifdef MINIDL_WINO_X86
-MINIDL_WINO_GEMM(minidl_wino_gemm_f_avx512, float, "avx512f", 64)
-MINIDL_WINO_GEMM(minidl_wino_gemm_f_avx2, float, "avx2,fma", 32)
-MINIDL_WINO_GEMM(minidl_wino_gemm_d_avx512, double, "avx512f", 64)
-MINIDL_WINO_GEMM(minidl_wino_gemm_d_avx2, double, "avx2,fma", 32)
-MINIDL_WINO_GEMM(minidl_wino_gemm_f_base, float, "sse2", 16)
-MINIDL_WINO_GEMM(minidl_wino_gemm_d_base, double, "sse2", 16)
-#else
-MINIDL_WINO_GEMM(minidl_wino_gemm_f_base, float, "", 16)
-MINIDL_WINO_GEMM(minidl_wino_gemm_d_base, double, "", 16)
+
+#else /* plain C: 4 rows x 8 columns of accumulators per step */
+
+#define MINIDL_WINO_GEMM(NAME, T)                                                            \
+static void NAME(                                                                            \
+        const T* restrict A, ptrdiff_t rs, ptrdiff_t cs, const T* restrict B, ptrdiff_t ldb, \
+        T* restrict C, ptrdiff_t ldc, ptrdiff_t rows, ptrdiff_t inner, ptrdiff_t cols,       \
+        int acc) {                                                                           \
+    for (ptrdiff_t i = 0; i < rows; i += 4) {                                                \
+        for (ptrdiff_t j = 0; j < cols; j += 8) {                                            \
+            T s[4][8] = {{0}};                                                               \
+            for (ptrdiff_t k = 0; k < inner; k++) {                                          \
+                const T* ak = A + i * rs + k * cs;                                           \
+                const T* bk = B + k * ldb + j;                                               \
+                for (int r = 0; r < 4; r++) {                                                \
+                    const T ar = ak[r * rs];                                                 \
+                    for (int q = 0; q < 8; q++) s[r][q] += ar * bk[q];                       \
+                }                                                                            \
+            }                                                                                \
+            for (int r = 0; r < 4; r++) {                                                    \
+                T* cr = C + (i + r) * ldc + j;                                               \
+                for (int q = 0; q < 8; q++) cr[q] = acc ? s[r][q] + cr[q] : s[r][q];         \
+            }                                                                                \
+        }                                                                                    \
+    }                                                                                        \
+}
+
+MINIDL_WINO_GEMM(minidl_wino_gemm_f_base, float)
+MINIDL_WINO_GEMM(minidl_wino_gemm_d_base, double)
+
 #endif
 
 typedef void (*minidl_wino_gemm_f_fn)(const float*, ptrdiff_t, ptrdiff_t, const float*, ptrdiff_t,
@@ -216,20 +237,19 @@ static minidl_wino_gemm_d_fn minidl_wino_gemm_d = minidl_wino_gemm_d_base;
 
 /* Choose the products' instruction set (once, at import); returns its name. */
 static const char* minidl_wino_init(void) {
-#ifdef MINIDL_WINO_X86
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f")) {
+#if defined(MINIDL_X86_DISPATCH)
+    const int isa = minidl_cpu_isa();
+    if (isa == MINIDL_ISA_AVX512F) {
         minidl_wino_gemm_f = minidl_wino_gemm_f_avx512;
         minidl_wino_gemm_d = minidl_wino_gemm_d_avx512;
-        return "avx512f";
-    }
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+    } else if (isa == MINIDL_ISA_AVX2) {
         minidl_wino_gemm_f = minidl_wino_gemm_f_avx2;
         minidl_wino_gemm_d = minidl_wino_gemm_d_avx2;
-        return "avx2";
     }
+    return minidl_isa_name(isa);
+#else
+    return minidl_isa_name(MINIDL_ISA_BASELINE);
 #endif
-    return "baseline";
 }
 
 #endif

@@ -1,5 +1,3 @@
-# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
-# cython: initializedcheck=False
 """Winograd F(2x2, 3x3) convolution kernels: forward, and weight/input gradients, fused.
 
 Lavin & Gray, 2016, "Fast Algorithms for Convolutional Neural Networks": a 3x3, stride-1
@@ -34,9 +32,7 @@ compiled in), without the GIL.
 """
 from cython.parallel cimport prange, threadid
 
-ctypedef fused floating:
-    float
-    double
+from ._common cimport build_facts, ceil_div, floating, round_up
 
 
 cdef extern from "_winograd.h" nogil:
@@ -67,6 +63,8 @@ cdef extern from "_winograd.h" nogil:
 
 #: The instruction set of the tile products on this CPU ("avx512f", "avx2" or "baseline").
 ISA = minidl_wino_init().decode()
+#: What this extension was compiled with (read by ``minidl.show_config()``).
+BUILD = build_facts()
 
 cdef enum:
     ROW_STEP = 4      # the products' rows come in steps of 4
@@ -76,10 +74,6 @@ cdef enum:
 
 #: ``(ROW_STEP, COL_STEP)``: the callers pad ``u``, ``ut`` and ``dweight`` to these steps.
 PRODUCT_STEPS = (ROW_STEP, COL_STEP)
-
-
-cdef inline Py_ssize_t _round_up(Py_ssize_t value, Py_ssize_t step) noexcept nogil:
-    return (value + step - 1) // step * step
 
 
 cdef struct _Layout:
@@ -97,17 +91,17 @@ cdef _Layout _layout(Py_ssize_t C, Py_ssize_t K, Py_ssize_t OH, Py_ssize_t OW,
     cdef _Layout L
     L.TH = (OH + 1) // 2
     L.TW = (OW + 1) // 2
-    L.CP = _round_up(C, COL_STEP)
-    L.KP = _round_up(K, COL_STEP)
+    L.CP = round_up(C, COL_STEP)
+    L.KP = round_up(K, COL_STEP)
     L.rows_per_block = block_rows if block_rows < L.TH else L.TH
-    L.tile_rows = _round_up(L.rows_per_block * L.TW, ROW_STEP)
+    L.tile_rows = round_up(L.rows_per_block * L.TW, ROW_STEP)
     L.v_plane = L.tile_rows * L.CP + PLANE_PAD
     L.m_plane = L.tile_rows * L.KP + PLANE_PAD
     L.rows_at = 0                                          # a block's input rows, NHWC
-    L.v_at = _round_up(L.rows_at + (2 * L.rows_per_block + 2) * (2 * L.TW + 2) * C, ALIGN)
-    L.m_at = _round_up(L.v_at + 16 * L.v_plane, ALIGN)     # V, then M or Z: 16 planes each
-    L.out_at = _round_up(L.m_at + 16 * L.m_plane, ALIGN)   # a block's output (grad) rows, NHWC
-    L.img_at = _round_up(L.out_at + 2 * L.rows_per_block * 2 * L.TW * K, ALIGN)
+    L.v_at = round_up(L.rows_at + (2 * L.rows_per_block + 2) * (2 * L.TW + 2) * C, ALIGN)
+    L.m_at = round_up(L.v_at + 16 * L.v_plane, ALIGN)     # V, then M or Z: 16 planes each
+    L.out_at = round_up(L.m_at + 16 * L.m_plane, ALIGN)   # a block's output (grad) rows, NHWC
+    L.img_at = round_up(L.out_at + 2 * L.rows_per_block * 2 * L.TW * K, ALIGN)
     # then the input gradient of one image, NHWC with padding (backward only)
     L.size = L.img_at + (((2 * L.TH + 2) * (2 * L.TW + 2) * C) if image else 0) + ALIGN
     return L
@@ -116,7 +110,7 @@ cdef _Layout _layout(Py_ssize_t C, Py_ssize_t K, Py_ssize_t OH, Py_ssize_t OW,
 def scratch_size(Py_ssize_t C, Py_ssize_t K, Py_ssize_t OH, Py_ssize_t OW,
                  Py_ssize_t block_rows, bint input_grad):
     """Elements of scratch each thread needs for :func:`forward` (``input_grad`` False) or
-    :func:`backward` with ``block_rows`` rows of tiles per block."""
+    :func:`backward` with ``block_rows`` rows of tiles per block (all arguments >= 1)."""
     return _layout(C, K, OH, OW, block_rows, input_grad).size
 
 
@@ -176,8 +170,8 @@ cdef inline void _gemm(const floating* A, Py_ssize_t rs, Py_ssize_t cs, const fl
 
 
 cdef inline void _transform_input_block(const floating* img, Py_ssize_t C, Py_ssize_t H,
-                                        Py_ssize_t W, int pad_h, int pad_w, Py_ssize_t tr0,
-                                        Py_ssize_t rb, _Layout* L, floating* rows,
+                                        Py_ssize_t W, Py_ssize_t pad_h, Py_ssize_t pad_w,
+                                        Py_ssize_t tr0, Py_ssize_t rb, _Layout* L, floating* rows,
                                         floating* v) noexcept nogil:
     """V of the tiles in tile rows ``tr0 .. tr0 + rb - 1`` of one CHW image (tile ``t`` of
     the block is row ``t`` of each plane); the planes' padding rows are zeroed. The block's
@@ -194,13 +188,14 @@ cdef inline void _transform_input_block(const floating* img, Py_ssize_t C, Py_ss
             else:
                 minidl_wino_input_tile_d(rows + (2 * r * wide + 2 * tw) * C, wide * C,
                                          v + t * L.CP, L.v_plane, C)
-    _zero(v, L.v_plane, L.CP, 0, rb * L.TW, C, _round_up(C, ROW_STEP))  # read by dU's rows
-    _zero(v, L.v_plane, L.CP, rb * L.TW, _round_up(rb * L.TW, ROW_STEP), 0, L.CP)
+    _zero(v, L.v_plane, L.CP, 0, rb * L.TW, C, round_up(C, ROW_STEP))  # read by dU's rows
+    _zero(v, L.v_plane, L.CP, rb * L.TW, round_up(rb * L.TW, ROW_STEP), 0, L.CP)
 
 
 def forward(const floating[:, :, :, ::1] x, const floating[:, :, ::1] u,
-            const floating[::1] bias, bint use_bias, floating[:, :, :, ::1] out, int pad_h,
-            int pad_w, int block_rows, floating[:, ::1] scratch, int num_threads=1):
+            const floating[::1] bias, bint use_bias, floating[:, :, :, ::1] out,
+            Py_ssize_t pad_h, Py_ssize_t pad_w, Py_ssize_t block_rows, floating[:, ::1] scratch,
+            int num_threads=1):
     """3x3 stride-1 convolution ``out = conv(x, g) (+ bias)`` by F(2x2, 3x3).
 
     Args:
@@ -215,6 +210,12 @@ def forward(const floating[:, :, :, ::1] x, const floating[:, :, ::1] u,
         scratch (OUT): ``(num_threads, scratch_size(C, K, OH, OW, block_rows, False))``, same
             dtype; clobbered.
         num_threads: OpenMP threads (ignored in a serial build).
+
+    Preconditions (checked by the caller, not here): ``pH, pW >= 0``; ``OH, OW >= 1`` as above
+    (``out``'s last two sizes); ``u`` exactly ``(16, C, KP)`` with ``KP`` = ``K`` rounded up to
+    a multiple of 32 (``PRODUCT_STEPS``) and zeros in columns ``>= K``; ``bias`` of length ``K``
+    when ``use_bias``; ``block_rows >= 1``; ``scratch`` of at least ``num_threads`` rows of at
+    least that size; ``out`` shares no memory with the inputs; ``num_threads >= 1``.
     """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t K = out.shape[1], OH = out.shape[2], OW = out.shape[3]
@@ -238,14 +239,14 @@ def forward(const floating[:, :, :, ::1] x, const floating[:, :, ::1] u,
         v = base + L.v_at
         m = base + L.m_at
         orow = base + L.out_at
-        for blk in range((L.TH + L.rows_per_block - 1) // L.rows_per_block):
+        for blk in range(ceil_div(L.TH, L.rows_per_block)):
             tr0 = blk * L.rows_per_block
             rb = L.rows_per_block if tr0 + L.rows_per_block <= L.TH else L.TH - tr0
             _transform_input_block(x0 + n * C * H * W, C, H, W, pad_h, pad_w, tr0, rb, &L,
                                    base + L.rows_at, v)
             for xi in range(16):
                 _gemm(v + xi * L.v_plane, L.CP, 1, u0 + xi * C * L.KP, L.KP,
-                      m + xi * L.m_plane, L.KP, _round_up(rb * L.TW, ROW_STEP), C, L.KP, 0)
+                      m + xi * L.m_plane, L.KP, round_up(rb * L.TW, ROW_STEP), C, L.KP, 0)
             for r in range(rb):
                 for tw in range(L.TW):
                     t = r * L.TW + tw
@@ -270,7 +271,7 @@ def forward(const floating[:, :, :, ::1] x, const floating[:, :, ::1] u,
 def backward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] dout,
              const floating[:, :, ::1] ut, floating[:, :, :, ::1] dweight,
              double[:, ::1] dbias, bint want_bias, floating[:, :, :, ::1] dx, bint input_grad,
-             int pad_h, int pad_w, int block_rows, floating[:, ::1] scratch,
+             Py_ssize_t pad_h, Py_ssize_t pad_w, Py_ssize_t block_rows, floating[:, ::1] scratch,
              int num_threads=1):
     """Gradients of :func:`forward`: the transformed weight gradient per thread, the bias
     gradient per thread, and the input gradient.
@@ -294,6 +295,16 @@ def backward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] dout,
         scratch (OUT): ``(num_threads, scratch_size(C, K, OH, OW, block_rows, input_grad))``,
             same dtype; clobbered.
         num_threads: OpenMP threads (ignored in a serial build).
+
+    Preconditions (checked by the caller, not here): the forward's geometry (``pH, pW >= 0``,
+    ``OH = H + 2*pH - 2 >= 1``, ``OW = W + 2*pW - 2 >= 1``); ``dweight`` of at least
+    ``num_threads`` rows, each ``(16, C4, KP)`` with ``C4`` = ``C`` rounded up to a multiple of
+    4 and ``KP`` = ``K`` rounded up to 32, zeroed; ``dbias`` of at least ``num_threads`` rows of
+    ``K`` (read as such even when ``want_bias`` is false), zeroed; when ``input_grad``: ``ut``
+    exactly ``(16, K, CP)`` with ``CP`` = ``C`` rounded up to 32 and zeros in columns ``>= C``,
+    and ``dx`` ``(N, C, H, W)``; ``block_rows >= 1``; ``scratch`` of at least ``num_threads``
+    rows of at least that size; no output shares memory with an input or another output;
+    ``num_threads >= 1``.
     """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t K = dout.shape[1], OH = dout.shape[2], OW = dout.shape[3]
@@ -327,7 +338,7 @@ def backward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] dout,
         if input_grad:
             for j in range((2 * L.TH + 2) * img_wide * C):
                 img[j] = 0
-        for blk in range((L.TH + L.rows_per_block - 1) // L.rows_per_block):
+        for blk in range(ceil_div(L.TH, L.rows_per_block)):
             tr0 = blk * L.rows_per_block
             rb = L.rows_per_block if tr0 + L.rows_per_block <= L.TH else L.TH - tr0
             tiles = rb * L.TW
@@ -345,7 +356,7 @@ def backward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] dout,
                         minidl_wino_grad_tile_d(base + L.out_at + (2 * r * wide + 2 * tw) * K,
                                                 wide * K, z + t * L.KP, L.m_plane, K)
             _zero(z, L.m_plane, L.KP, 0, tiles, K, L.KP)  # read by dU's columns
-            _zero(z, L.m_plane, L.KP, tiles, _round_up(tiles, ROW_STEP), 0, L.KP)
+            _zero(z, L.m_plane, L.KP, tiles, round_up(tiles, ROW_STEP), 0, L.KP)
             if want_bias:  # Z[(1, 1)] of a tile is the sum of its 2x2 output gradient
                 for t in range(tiles):
                     for k in range(K):
@@ -357,7 +368,7 @@ def backward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] dout,
                 continue
             for xi in range(16):  # dV[xi] = Z[xi] @ U[xi]^T, into V's planes
                 _gemm(z + xi * L.m_plane, L.KP, 1, ut0 + xi * K * L.CP, L.CP,
-                      v + xi * L.v_plane, L.CP, _round_up(tiles, ROW_STEP), K, L.CP, 0)
+                      v + xi * L.v_plane, L.CP, round_up(tiles, ROW_STEP), K, L.CP, 0)
             for r in range(rb):
                 th = tr0 + r
                 for tw in range(L.TW):

@@ -1,32 +1,21 @@
 /* Inner loops of the normalization kernels (_batchnorm.pyx), written in C so that the compiler
- * can vectorize the float64 reductions: `#pragma omp simd reduction` allows it to reorder the
- * additions (with -fopenmp or -fopenmp-simd; without them the pragma is ignored and the loops
- * run in order, still correct). On x86-64 Linux with GCC every function is compiled for
- * AVX-512, AVX2 and the baseline, and the loader picks the best one the CPU supports
- * (target_clones), so one build runs everywhere.
+ * can vectorize the float64 reductions: MINIDL_SIMD_SUM allows it to reorder the additions
+ * (see _portable.h; without OpenMP the loops run in order, still correct). SIMD clones as
+ * described in _portable.h.
  *
  * All statistics are accumulated in double whatever the data type (float or double).
  */
-#ifndef MINIDL_NORM_SIMD_H
-#define MINIDL_NORM_SIMD_H
+#ifndef MINIDL_BATCHNORM_H
+#define MINIDL_BATCHNORM_H
 
-#include <stddef.h>
-
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) \
-    && (__GNUC__ >= 8)
-#define MINIDL_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define MINIDL_CLONES
-#endif
-
-#define MINIDL_PRAGMA(x) _Pragma(#x)
+#include "_portable.h"
 
 /* s1 += sum(x - k), s2 += sum((x - k)^2) */
 #define MINIDL_SHIFTED_SUMS(NAME, T)                                                        \
     MINIDL_CLONES static void NAME(const T* x, ptrdiff_t n, double k, double* s1,           \
                                    double* s2) {                                           \
         double a = 0.0, q = 0.0;                                                            \
-        MINIDL_PRAGMA(omp simd reduction(+ : a, q))                                         \
+        MINIDL_SIMD_SUM(a, q)                                                               \
         for (ptrdiff_t i = 0; i < n; i++) {                                                 \
             double d = (double)x[i] - k;                                                    \
             a += d;                                                                         \
@@ -41,7 +30,7 @@
     MINIDL_CLONES static void NAME(const T* dy, const T* x, ptrdiff_t n, double mean,       \
                                    double* s_dy, double* s_dyx) {                          \
         double a = 0.0, p = 0.0;                                                            \
-        MINIDL_PRAGMA(omp simd reduction(+ : a, p))                                         \
+        MINIDL_SIMD_SUM(a, p)                                                               \
         for (ptrdiff_t i = 0; i < n; i++) {                                                 \
             double g = (double)dy[i];                                                       \
             a += g;                                                                         \
@@ -55,7 +44,7 @@
 #define MINIDL_AFFINE(NAME, T)                                                              \
     MINIDL_CLONES static void NAME(const T* x, T* out, ptrdiff_t n, double mean,            \
                                    double scale, double shift) {                           \
-        MINIDL_PRAGMA(omp simd)                                                             \
+        MINIDL_SIMD                                                                         \
         for (ptrdiff_t i = 0; i < n; i++)                                                   \
             out[i] = (T)(((double)x[i] - mean) * scale + shift);                            \
     }
@@ -64,7 +53,7 @@
 #define MINIDL_NORM_DX(NAME, T)                                                             \
     MINIDL_CLONES static void NAME(const T* dy, const T* x, T* dx, ptrdiff_t n, double mean, \
                                    double k, double mean_dy, double proj) {                \
-        MINIDL_PRAGMA(omp simd)                                                             \
+        MINIDL_SIMD                                                                         \
         for (ptrdiff_t i = 0; i < n; i++)                                                   \
             dx[i] = (T)(k * ((double)dy[i] - mean_dy - ((double)x[i] - mean) * proj));      \
     }

@@ -1,0 +1,98 @@
+/* 2x2, stride-2 max-pooling (_pool.pyx) of one plane of windows, and its gradient. Written with
+ * selects instead of branches so that the compiler vectorizes over the windows (MINIDL_SIMD);
+ * SIMD clones as described in _portable.h.
+ */
+#ifndef MINIDL_POOL_H
+#define MINIDL_POOL_H
+
+#include <string.h>
+#include "_portable.h"
+
+/* The rule of _pool_plane for the window a b / c d (row-major) whose top-left element is
+   plane[i]: a later value wins if it is greater and no NaN was seen, or if it is a NaN;
+   OUT gets the winning element itself (bit for bit), ARGMAX its index i + (0, 1, W or
+   W + 1). The selects are done on the values' bits with masks, so that a scalar loop has
+   no branches either (mispredicted ones made it 1.5x slower). */
+#define MINIDL_POOL_SELECT(mask, yes, no) (((yes) & (mask)) | ((no) & ~(mask)))
+#define MINIDL_POOL_STEP(T, U, x, at)                                                       \
+    take = (U)0 - (U)((((x) > best) & !seen) | ((x) != (x)));                               \
+    pick = (int64_t)0 - (int64_t)(take & 1);                                                \
+    memcpy(&bits, &(x), sizeof(T));                                                         \
+    value = MINIDL_POOL_SELECT(take, bits, value);                                          \
+    offset = MINIDL_POOL_SELECT(pick, (int64_t)(at), offset);                               \
+    seen |= (x) != (x); best = best > (x) ? best : (x);
+#define MINIDL_POOL_WINDOW(T, U, plane, i, W, OUT, ARGMAX)                                  \
+    {                                                                                       \
+        const T a = plane[i], b = plane[(i) + 1];                                           \
+        const T c = plane[(i) + W], d = plane[(i) + W + 1];                                 \
+        U value, bits, take;                                                                \
+        int64_t offset = 0, pick;                                                           \
+        int seen = a != a;                                                                  \
+        T best = a;                                                                         \
+        memcpy(&value, &a, sizeof(T));                                                      \
+        MINIDL_POOL_STEP(T, U, b, 1)                                                        \
+        MINIDL_POOL_STEP(T, U, c, W)                                                        \
+        MINIDL_POOL_STEP(T, U, d, W + 1)                                                    \
+        memcpy(&(OUT), &value, sizeof(T));                                                  \
+        ARGMAX = (i) + offset;                                                              \
+    }
+/* Two ways over the windows of one plane and back, picked by row length (see
+   _POOL_GATHER_BELOW): along each row of windows, where the loads and stores are
+   contiguous, or all windows in one loop through a table of their corners, which gathers
+   but keeps full vectors when rows are short. */
+#define MINIDL_POOL_2X2(SUFFIX, T, U)                                                       \
+    MINIDL_CLONES static void minidl_pool2x2_rows_##SUFFIX(                                 \
+            const T* restrict plane, ptrdiff_t W, ptrdiff_t OH, ptrdiff_t OW,               \
+            T* restrict out, int64_t* restrict argmax) {                                    \
+        for (ptrdiff_t oh = 0; oh < OH; oh++) {                                             \
+            MINIDL_SIMD                                                                     \
+            for (ptrdiff_t ow = 0; ow < OW; ow++) {                                         \
+                const ptrdiff_t i = 2 * oh * W + 2 * ow;                                    \
+                MINIDL_POOL_WINDOW(T, U, plane, i, W, out[oh * OW + ow],                    \
+                                   argmax[oh * OW + ow])                                    \
+            }                                                                               \
+        }                                                                                   \
+    }                                                                                       \
+    MINIDL_CLONES static void minidl_pool2x2_table_##SUFFIX(                                \
+            const T* restrict plane, ptrdiff_t W,                                           \
+            const int32_t* restrict corner, ptrdiff_t count, T* restrict out,               \
+            int64_t* restrict argmax) {                                                     \
+        MINIDL_SIMD                                                                         \
+        for (ptrdiff_t o = 0; o < count; o++) {                                             \
+            const ptrdiff_t i = corner[o];                                                  \
+            MINIDL_POOL_WINDOW(T, U, plane, i, W, out[o], argmax[o])                        \
+        }                                                                                   \
+    }                                                                                       \
+    /* dx of one row of 2x2 windows: dout where the window's winner was, 0 elsewhere */     \
+    MINIDL_CLONES static void minidl_pool2x2_grad_rows_##SUFFIX(                            \
+            const T* restrict dout, const int64_t* restrict argmax,                         \
+            ptrdiff_t W, int64_t base, T* restrict top, T* restrict bottom,                 \
+            ptrdiff_t OW) {                                                                 \
+        MINIDL_SIMD                                                                         \
+        for (ptrdiff_t ow = 0; ow < OW; ow++) {                                             \
+            const int64_t offset = argmax[ow] - base - 2 * ow;                              \
+            const T g = dout[ow];                                                           \
+            top[2 * ow] = offset == 0 ? g : (T)0;                                           \
+            top[2 * ow + 1] = offset == 1 ? g : (T)0;                                       \
+            bottom[2 * ow] = offset == W ? g : (T)0;                                        \
+            bottom[2 * ow + 1] = offset == W + 1 ? g : (T)0;                                \
+        }                                                                                   \
+    }                                                                                       \
+    /* dx of a whole plane, element by element: owner[p] is the window that covers p (0     \
+       if none: no window's winner is an uncovered element) */                              \
+    MINIDL_CLONES static void minidl_pool2x2_grad_table_##SUFFIX(                           \
+            const T* restrict dout, const int64_t* restrict argmax,                         \
+            const int32_t* restrict owner, ptrdiff_t count,                                 \
+            T* restrict dx) {                                                               \
+        MINIDL_SIMD                                                                         \
+        for (ptrdiff_t p = 0; p < count; p++) {                                             \
+            const int32_t o = owner[p];                                                     \
+            const int64_t winner = argmax[o];   /* both loads unconditional: */             \
+            const T g = dout[o];                /* GCC gathers only those */                \
+            dx[p] = winner == p ? g : (T)0;                                                 \
+        }                                                                                   \
+    }
+MINIDL_POOL_2X2(f, float, uint32_t)
+MINIDL_POOL_2X2(d, double, uint64_t)
+
+#endif
