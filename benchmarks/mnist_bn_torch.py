@@ -2,8 +2,9 @@
 
     python benchmarks/mnist_bn_torch.py --root data      # after examples/mnist_bn.py fetched MNIST
 
-The same work, step for step: the MNIST training images (float32 in [0, 1], N x 1 x 28 x 28)
-and test images read from the original IDX files in ``<root>/mnist/``; for the network with
+The same work, step for step: the MNIST training and test images read from the original IDX
+files in ``<root>/mnist/`` (kept as bytes, as torchvision does, and fed to the network as float32
+in [0, 1], N x 1 x 28 x 28); for the network with
 BatchNorm and then without, seed, build the MNIST CNN, train one epoch with SGD (lr 0.05,
 momentum 0.9) on shuffled batches of 64, evaluate in eval mode under ``torch.no_grad()`` on
 the first ``--curve-samples`` test images in batches of 1000 every ``--eval-every`` steps and
@@ -53,13 +54,18 @@ def read_idx(path):
 
 
 def load_mnist(root, train):
-    """``(images, labels)``: float32 ``(N, 1, 28, 28)`` in [0, 1] and int64 ``(N,)`` tensors."""
+    """``(images, labels)``: uint8 ``(N, 1, 28, 28)`` and int64 ``(N,)`` tensors (kept as
+    bytes, as torchvision's MNIST keeps them; :func:`as_float` converts each batch)."""
     prefix = "train" if train else "t10k"
     folder = os.path.join(root, "mnist")
     images = read_idx(os.path.join(folder, f"{prefix}-images-idx3-ubyte.gz"))
     labels = read_idx(os.path.join(folder, f"{prefix}-labels-idx1-ubyte.gz"))
-    images = torch.from_numpy(images.astype(np.float32)[:, None] / np.float32(255))
-    return images, torch.from_numpy(labels.astype(np.int64))
+    return torch.from_numpy(images[:, None].copy()), torch.from_numpy(labels.astype(np.int64))
+
+
+def as_float(x):
+    """A batch of uint8 images as float32 in [0, 1] (torchvision's ``ToTensor`` scaling)."""
+    return x.float().div_(255)
 
 
 def evaluate(model, loader):
@@ -68,7 +74,7 @@ def evaluate(model, loader):
     total_loss, correct, seen = 0.0, 0, 0
     with torch.no_grad():
         for x, y in loader:
-            logits = model(x)
+            logits = model(as_float(x))
             total_loss += nn.functional.cross_entropy(logits, y).item() * len(y)
             correct += int((logits.argmax(1) == y).sum())
             seen += len(y)
@@ -92,7 +98,7 @@ def train_one(batch_norm, train_set, test_set, args):
     for _ in range(args.epochs):
         for x, y in train_loader:
             optimizer.zero_grad()
-            loss = nn.functional.cross_entropy(model(x), y)
+            loss = nn.functional.cross_entropy(model(as_float(x)), y)
             loss.backward()
             optimizer.step()
             step_losses.append(loss.item())

@@ -269,6 +269,9 @@ def collect(args):
             else:
                 info.update({k: v for k, v in record.items() if info.get(k) is None})
     main_threads = args.threads[0]
+    if not timed:  # the versions of the libraries, which the timing worker reports otherwise
+        for record in run_worker(args, "versions", [], main_threads):
+            info.update(record)
     if "7" in args.workloads:
         results["7"] = {main_threads: rss_training_result(args, info, main_threads)}
     if "11" in args.workloads:
@@ -696,7 +699,9 @@ def worker_main(args):
         minidl.set_num_threads(threads)
     if torch is not None:
         torch.set_num_threads(threads)
-    if args.worker == "time":
+    if args.worker == "versions":
+        emit(versions())
+    elif args.worker == "time":
         emit(versions())
         emit(copy_bandwidth(sizes))
         for i in args.workloads:
