@@ -59,6 +59,29 @@ def test_a_freed_block_is_reused_by_the_next_allocation_of_its_size(cache):
     assert address(cache.empty((69632,), np.uint8)) == where
 
 
+def test_a_smaller_allocation_takes_the_smallest_free_block_of_up_to_twice_its_size(cache):
+    """Exact sizes first; else the smallest free block no more than twice as large (it keeps
+    its capacity); never a block more than twice as large."""
+    blocks = {n: cache.empty((n << 10,), np.uint8) for n in (128, 160, 300, 600)}  # KiB
+    where = {n: address(a) for n, a in blocks.items()}
+    del blocks
+    hits, misses = cache.memory_stats()["hits"], cache.memory_stats()["misses"]
+    exact = cache.empty((160 << 10,), np.uint8)
+    assert address(exact) == where[160]
+    smaller = cache.empty((100 << 10,), np.uint8)  # 128 KiB is the smallest that fits
+    assert address(smaller) == where[128]
+    assert cache.memory_stats()["allocated_bytes"] >= (160 + 128) << 10  # the whole blocks
+    middle = cache.empty((290 << 10,), np.uint8)  # 300 fits; 600 too, but it is larger
+    assert address(middle) == where[300]
+    tiny = cache.empty((200 << 10,), np.uint8)  # only 600 KiB is left: more than twice
+    assert address(tiny) != where[600]
+    stats = cache.memory_stats()
+    assert (stats["hits"], stats["misses"]) == (hits + 3, misses + 1)
+    assert stats["cached_bytes"] == 600 << 10
+    smaller[...] = 1  # the block serves its whole request
+    assert smaller.sum() == 100 << 10
+
+
 def test_an_array_in_use_is_never_handed_out(cache):
     kept = cache.empty(LARGE, np.float32)
     view = cache.empty(LARGE, np.float32)[:1]  # the view keeps its base alive
