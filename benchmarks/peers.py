@@ -1,9 +1,10 @@
-"""The optional peers of the benchmark: ``torch.compile`` (inductor) and JAX ``jit``.
+"""The optional JAX peer of the benchmark: a JAX ``jit`` training step of a minidl network.
 
-Each function returns a training step -- forward, cross-entropy, backward, SGD with momentum --
-of the same network with the same initial parameters as a minidl model, as a callable that
-runs one step and returns the loss (a Python float, so an asynchronous framework has finished
-the step). They run in the worker processes of ``run.py`` only.
+(The other optional peer, ``torch.compile``, is ``run.torch_train_step(..., compile=True)``.)
+:func:`jax_train_step` returns a training step -- forward, cross-entropy, backward, SGD with
+momentum -- of the same network with the same initial parameters as a minidl model, as a
+callable that runs one step and returns the loss (a Python float, so the asynchronous
+dispatch has finished the step). It runs in the worker processes of ``run.py`` only.
 
 JAX has no BatchNorm or max-pooling layer in its core, so :func:`jax_train_step` writes the
 network in plain ``jax.numpy`` and ``jax.lax``, layer by layer from the minidl model:
@@ -24,29 +25,6 @@ images are stored NHWC once, the convolution weights HWIO, and the features are 
 NCHW frameworks.
 """
 import itertools
-
-
-def torch_compile_step(torch_model, batches, lr, momentum):
-    """A training step of ``torch.compile(torch_model)`` (default inductor backend, CPU).
-
-    Returns:
-        callable: one step per call, cycling through ``batches`` (NumPy ``(x, y)`` pairs);
-        returns the loss.
-    """
-    import torch
-    compiled = torch.compile(torch_model)
-    compiled.train()
-    optimizer = torch.optim.SGD(torch_model.parameters(), lr=lr, momentum=momentum)
-    cycle = itertools.cycle([(torch.from_numpy(x), torch.from_numpy(y)) for x, y in batches])
-
-    def step():
-        x, y = next(cycle)
-        optimizer.zero_grad()
-        loss = torch.nn.functional.cross_entropy(compiled(x), y)
-        loss.backward()
-        optimizer.step()
-        return loss.item()
-    return step
 
 
 def jax_train_step(model, minidl, batches, lr, momentum):

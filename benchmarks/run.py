@@ -957,17 +957,21 @@ def minidl_train_step(model, batches):
     return step
 
 
-def torch_train_step(model, batches):
-    """One PyTorch (eager) training step per call, cycling through ``batches``; returns the
-    loss."""
+def torch_train_step(model, batches, compile=False):
+    """One PyTorch training step per call, cycling through ``batches``; returns the loss.
+
+    Eager, or with ``compile`` through ``torch.compile(model)`` (the default inductor backend;
+    its first call compiles) and the same optimizer on the model's parameters.
+    """
     model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=LEARNING_RATE, momentum=MOMENTUM)
+    forward = torch.compile(model) if compile else model
     cycle = itertools.cycle([(torch.from_numpy(x), torch.from_numpy(y)) for x, y in batches])
 
     def step():
         x, y = next(cycle)
         optimizer.zero_grad()
-        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss = torch.nn.functional.cross_entropy(forward(x), y)
         loss.backward()
         optimizer.step()
         return loss.item()
@@ -1003,7 +1007,6 @@ def peer_setup(peer, sizes, no_torch):
     """Workloads 9 and 10: the MNIST CNN + BN training step of workload 1 against
     ``torch.compile`` or JAX ``jit`` (``peers.py``); the peer's first step, which compiles,
     is timed on its own (``compile_seconds``) and only later steps are compared."""
-    import peers
     batch = sizes["mnist_batch"]
     model = minidl_network("mnist", True)
     batches = random_batches(image_shape("mnist"), batch, sizes["num_batches"])
@@ -1014,11 +1017,11 @@ def peer_setup(peer, sizes, no_torch):
         if peer == "torch.compile":
             if torch is None:
                 raise Skipped("PyTorch is not installed")
-            peer_step = peers.torch_compile_step(torch_copy(model), batches, LEARNING_RATE,
-                                                 MOMENTUM)
+            peer_step = torch_train_step(torch_copy(model), batches, compile=True)
         else:
             if _version_of("jax") is None:
                 raise Skipped("jax is not installed (pip install jax)")
+            import peers
             peer_step = peers.jax_train_step(model, minidl, batches, LEARNING_RATE, MOMENTUM)
         start = time.perf_counter()
         try:
