@@ -202,3 +202,16 @@ def test_the_reference_backend_runs_blas_on_one_thread(monkeypatch, rng):
         linear.linear_backward(np.ones_like(out), cache)
         assert all(n == 2 for n in _blas_threads())
     assert len(seen) == 4 and all(n == 1 for threads in seen for n in threads)
+
+
+def test_one_thread_nests_and_restores_after_an_exception():
+    with threadpool_limits(limits=2, user_api="blas"):
+        try:
+            with _blas.one_thread():
+                with _blas.one_thread():  # already one thread: nothing to change or restore
+                    assert all(n == 1 for n in _blas_threads())
+                assert all(n == 1 for n in _blas_threads())
+                raise KeyError("inside")
+        except KeyError:
+            pass
+        assert all(n == 2 for n in _blas_threads())
