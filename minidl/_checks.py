@@ -98,3 +98,23 @@ def check_grad(layer, dout, shape, dtype, what="gradient"):
         )
     if dout.dtype != dtype:
         raise TypeError(f"{layer}: expected {what} dtype {np.dtype(dtype)} (the output's), got {dout.dtype}")
+
+
+def shape_tuple(value, name, owner):
+    """``value`` (an int or a non-empty sequence of ints >= 1) as a tuple of Python ints.
+
+    Raises:
+        ValueError: naming ``owner`` and ``name`` otherwise (bools, zeros, empty tuples,
+            strings included).
+    """
+    shape = (value,) if isinstance(value, (int, np.integer)) else value
+    try:
+        shape = tuple(shape)
+        ok = len(shape) > 0 and all(isinstance(d, (int, np.integer)) and not isinstance(d, bool)
+                                    and d >= 1 for d in shape)
+    except TypeError:
+        ok = False
+    if not ok:
+        raise ValueError(f"{owner}: {name} must be an int or a non-empty tuple of ints >= 1, "
+                         f"got {value!r}")
+    return tuple(int(d) for d in shape)

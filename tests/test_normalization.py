@@ -357,3 +357,126 @@ def test_functional_out_argument_is_checked(rng):
     out = np.empty((4, 3), np.float32)
     y, _ = F.batch_norm_forward(x, out=out)
     assert np.shares_memory(y, out)
+
+
+# ----------------------------------------------------------------------------- SyncBatchNorm's pieces
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_split_backward_kernels_equal_the_fused_one_bit_for_bit(rng, dtype):
+    from minidl._kernels import _batchnorm as kernel
+
+    x3 = _random_bn_input(rng, (5, 3, 40), dtype)
+    dy3 = rng.standard_normal(x3.shape).astype(dtype)
+    mean, var = F.channel_stats(x3)
+    invstd = 1 / np.sqrt(var + 1e-5)
+    gamma = rng.standard_normal(3)
+    dx, s_dy, s_dyx = np.empty_like(x3), np.empty(3), np.empty(3)
+    kernel.backward(dy3, x3, mean, invstd, gamma, True, dx, s_dy, s_dyx, 2)
+    sums = np.empty(3), np.empty(3)
+    kernel.grad_sums(dy3, x3, mean, *sums, 2)
+    np.testing.assert_array_equal(sums[0], s_dy)
+    np.testing.assert_array_equal(sums[1], s_dyx)
+    split = np.empty_like(x3)
+    kernel.input_grad(dy3, x3, mean, invstd, gamma, *sums, 5 * 40.0, split, 2)
+    np.testing.assert_array_equal(split, dx)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape, parts", [((12, 3, 4, 4), [5, 4, 3]), ((10, 4), [2, 8]),
+                                          ((6, 2, 5), [1, 1, 4])])
+def test_sync_batchnorm_pieces_over_shards_equal_one_batchnorm(rng, shape, parts, dtype):
+    """Emulates a SyncBatchNorm over len(parts) processes, each with its slice of the batch:
+    the global statistics, outputs, input and parameter gradients are those of one BatchNorm
+    over the whole batch."""
+    x = _random_bn_input(rng, shape, dtype) + np.float32(1e3)  # an offset: no cancellation
+    dy = rng.standard_normal(shape).astype(dtype)
+    gamma, beta = rng.uniform(0.5, 1.5, shape[1]), rng.standard_normal(shape[1])
+    bounds = np.cumsum([0] + parts)
+    shards = [(x[a:b], dy[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+
+    local = [F.batch_norm_stats(xs) for xs, _ in shards]  # forward: local statistics ...
+    count, mean, var = F.combine_batch_norm_stats(*zip(*local))  # ... "all-gathered"
+    assert count == x.size // shape[1]
+    full_mean, full_var = ref.batch_stats(x)
+    np.testing.assert_allclose(mean, full_mean, rtol=1e-12)
+    np.testing.assert_allclose(var, full_var, rtol=1e-9)
+    outputs = [F.batch_norm_forward(xs, gamma, beta, mean, var, training=False)[0]
+               for xs, _ in shards]  # normalize with the global statistics
+    sums = [F.batch_norm_grad_sums(dys, xs, mean) for xs, dys in shards]  # backward ...
+    sum_dy, sum_dy_xmu = (sum(s[k] for s in sums) for k in (0, 1))  # ... "all-reduced"
+    dxs = [F.batch_norm_input_grad(dys, xs, mean, var, gamma, sum_dy, sum_dy_xmu, count)
+           for xs, dys in shards]
+
+    expected, cache = F.batch_norm_forward(x, gamma, beta, training=True)
+    edx, edgamma, edbeta = F.batch_norm_backward(dy, cache)
+    tol = TOL[dtype] if dtype == np.float64 else dict(rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(np.concatenate(outputs), expected, **tol)
+    np.testing.assert_allclose(np.concatenate(dxs), edx, **tol)
+    np.testing.assert_allclose(sum_dy, edbeta, rtol=1e-6)
+    np.testing.assert_allclose(sum_dy_xmu / np.sqrt(var + 1e-5), edgamma, rtol=1e-5)
+
+
+def test_sync_batchnorm_pieces_validate_their_arguments(rng):
+    x = np.zeros((4, 3), np.float32)
+    with pytest.raises(ValueError, match=r"batch_norm: expected mean of shape \(3,\), got \(2,\)"):
+        F.batch_norm_grad_sums(x, x, np.zeros(2))
+    with pytest.raises(ValueError, match=r"batch_norm: expected gradient of shape \(4, 3\)"):
+        F.batch_norm_grad_sums(np.zeros((3, 4), np.float32), x, np.zeros(3))
+    with pytest.raises(ValueError, match="batch_norm: expected count > 0, got 0"):
+        F.batch_norm_input_grad(x, x, np.zeros(3), np.ones(3), None, np.zeros(3), np.zeros(3), 0)
+    with pytest.raises(ValueError, match="batch_norm: expected positive counts"):
+        F.combine_batch_norm_stats([3, 0], np.zeros((2, 3)), np.zeros((2, 3)))
+    with pytest.raises(ValueError, match=r"batch_norm: expected counts \(P,\) and means, variances \(P, C\)"):
+        F.combine_batch_norm_stats([3, 4], np.zeros((3, 3)), np.zeros((3, 3)))
+    with pytest.raises(TypeError, match="SyncBatchNorm: expected input dtype float32 or float64"):
+        F.batch_norm_stats(np.zeros((4, 3), np.int8), layer="SyncBatchNorm")
+
+
+# ----------------------------------------------------------------------------- the (A, C, 1) view
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_column_kernels_for_one_value_per_row_and_channel(rng, dtype):
+    """BatchNorm on (N, C) (and per-activation BatchNorm) views its input as (N, C, 1): the
+    column kernels, in blocks of 256 channels. Several blocks, a ragged last one, any thread
+    count: the reference's results, and the same bits for every thread count."""
+    from minidl._kernels import _batchnorm as kernel
+
+    a, c = 37, 600
+    x3 = _random_bn_input(rng, (a, c), dtype).reshape(a, c, 1)
+    x3[:, 5] = 1e4 + 1e-2 * rng.standard_normal((a, 1))  # far from 0, small spread
+    x3[:, 7] = -2.5  # constant
+    dy3 = rng.standard_normal(x3.shape).astype(dtype)
+    gamma, beta = rng.standard_normal(c), rng.standard_normal(c)
+    rmean, rvar = ref.batch_stats(x3[..., 0])
+    results = []
+    for threads in (1, 2, 3):
+        mean, var, out = np.empty(c), np.empty(c), np.empty_like(x3)
+        kernel.forward_train(x3, gamma, beta, 1e-5, out, mean, var, threads)
+        stats = np.empty(c), np.empty(c)
+        kernel.channel_stats(x3, *stats, threads)
+        invstd = 1 / np.sqrt(var + 1e-5)
+        dx, s_dy, s_dyx = np.empty_like(x3), np.empty(c), np.empty(c)
+        kernel.backward(dy3, x3, mean, invstd, gamma, True, dx, s_dy, s_dyx, threads)
+        sums = np.empty(c), np.empty(c)
+        kernel.grad_sums(dy3, x3, mean, *sums, threads)
+        split_dx = np.empty_like(x3)
+        kernel.input_grad(dy3, x3, mean, invstd, gamma, *sums, float(a), split_dx, threads)
+        evaluated = np.empty_like(x3)
+        kernel.normalize(x3, mean, gamma * invstd, beta, evaluated, threads)
+        results.append((mean, var, out, *stats, dx, s_dy, s_dyx, *sums, split_dx, evaluated))
+    for other in results[1:]:
+        for got, first in zip(other, results[0]):
+            np.testing.assert_array_equal(got, first)
+    mean, var, out, smean, svar, dx, s_dy, s_dyx, g_dy, g_dyx, split_dx, evaluated = results[0]
+    np.testing.assert_allclose(mean, rmean, rtol=1e-13)
+    np.testing.assert_allclose(var, rvar, rtol=1e-9, atol=1e-300)
+    np.testing.assert_array_equal(smean, mean)
+    np.testing.assert_array_equal(svar, var)
+    assert np.all(out[:, 7] == dtype(beta[7]))  # a constant channel gives exactly beta
+    np.testing.assert_allclose(out[..., 0], ref.batch_norm_forward(x3[..., 0], gamma, beta, mean, var, 1e-5),
+                               **TOL[dtype])
+    np.testing.assert_array_equal(evaluated, out)
+    rdx, _, _ = ref.batch_norm_backward_train(dy3[..., 0], x3[..., 0], gamma, 1e-5)
+    np.testing.assert_allclose(dx[..., 0], rdx, rtol=1e-4 if dtype == np.float32 else 1e-9,
+                               atol=1e-4 if dtype == np.float32 else 1e-9)
+    np.testing.assert_array_equal(g_dy, s_dy)
+    np.testing.assert_array_equal(g_dyx, s_dyx)
+    np.testing.assert_array_equal(split_dx, dx)

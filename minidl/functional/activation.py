@@ -1,8 +1,10 @@
-"""Activations as stateless forward/backward pairs: ReLU and softmax.
+"""Activations as stateless forward/backward pairs: ReLU, softmax, sigmoid and tanh.
 
-Under ``with minidl.backend("reference"):`` the validated arguments go instead to the formulas
-in :mod:`minidl.reference.functional.activation`, and a cache that they made sends the backward
-pass there too (the ``if`` statements marked "reference backend").
+Under ``with minidl.backend("reference"):`` the validated arguments of ReLU and softmax go
+instead to the formulas in :mod:`minidl.reference.functional.activation`, and a cache that they
+made sends the backward pass there too (the ``if`` statements marked "reference backend").
+Sigmoid and tanh are plain NumPy formulas here, which is what a reference would say, so both
+backends run this code and they have no twin.
 """
 from typing import NamedTuple
 
@@ -14,7 +16,9 @@ from .._checks import check_float_array, check_grad
 from .._kernels import _activation as _kernel
 from ..reference.functional import activation as reference
 
-__all__ = ["ReluCache", "relu_forward", "relu_backward", "softmax_forward", "softmax_backward"]
+__all__ = ["ReluCache", "relu_forward", "relu_backward", "softmax_forward", "softmax_backward",
+           "SigmoidCache", "sigmoid_forward", "sigmoid_backward", "TanhCache", "tanh_forward",
+           "tanh_backward"]
 
 
 class ReluCache(NamedTuple):
@@ -107,3 +111,120 @@ def softmax_backward(dout, cache, layer="softmax"):
     if isinstance(cache, reference.SoftmaxCache):  # reference backend: made by its forward
         return reference.softmax_backward(dout, cache, layer)
     return out * (dout - np.sum(dout * out, axis=axis, keepdims=True))
+
+
+class SigmoidCache(NamedTuple):
+    """What :func:`sigmoid_backward` needs: the output ``y`` (as PyTorch's
+    ``sigmoid_backward``), which must not be modified before the backward pass."""
+
+    y: np.ndarray
+
+
+class TanhCache(NamedTuple):
+    """What :func:`tanh_backward` needs: the output ``y`` (as PyTorch's ``tanh_backward``),
+    which must not be modified before the backward pass."""
+
+    y: np.ndarray
+
+
+def _elementwise_out(layer, x, out):
+    """A validated ``out`` for an elementwise op on ``x`` (a new array when None)."""
+    given = out is not None
+    out = _memory.output(layer, out, x.shape, x.dtype)
+    if given and np.shares_memory(out, x):
+        raise ValueError(f"{layer}: out must not overlap the input")
+    return out
+
+
+def sigmoid_forward(x, layer="sigmoid", out=None):
+    """The logistic sigmoid ``1 / (1 + exp(-x))`` elementwise, without overflow.
+
+    ``exp(-x)`` overflows for x < -88 in float32 (x < -709 in float64). Computed instead from
+    ``e = exp(-|x|)``, which lies in (0, 1]: ``1 / (1 + e)`` for x >= 0 and ``e / (1 + e)`` for
+    x < 0, the same function (multiply numerator and denominator by ``exp(x)``). So no overflow
+    and no warning for any ``|x|``, and small outputs keep their relative precision (sigmoid(-100)
+    is 3.7e-44, not 0). Saturated outputs are exactly 0 or 1; NaN gives NaN.
+
+    Args:
+        x (np.ndarray): any shape, float32 or float64 (kept).
+        layer (str): name used in error messages.
+        out (np.ndarray, optional): where to write the result (x's shape and dtype,
+            C-contiguous, not overlapping ``x``).
+    Returns:
+        (out, cache): ``out`` like ``x``, in (0, 1) (or exactly 0 or 1 where it saturates);
+        ``cache`` a :class:`SigmoidCache` holding ``out`` itself.
+    Raises:
+        TypeError: ``x`` is not a float32/float64 ndarray.
+        ValueError: an unusable ``out``.
+    """
+    check_float_array(layer, x)
+    out = _elementwise_out(layer, x, out)
+    with np.errstate(under="ignore"):  # exp(-|x|) underflows to 0 for large |x|: that is fine
+        e = np.exp(-np.abs(x))  # in (0, 1]
+        np.divide(np.where(x >= 0, 1, e), 1 + e, out=out)
+    return out, SigmoidCache(out)
+
+
+def sigmoid_backward(dout, cache, layer="sigmoid", out=None):
+    """d loss / d x = dout * y * (1 - y), for y = sigmoid(x) (the output kept in ``cache``).
+
+    Args:
+        dout (np.ndarray): the shape and dtype of the forward output; any strides.
+        cache: the second value returned by :func:`sigmoid_forward`.
+        layer (str): name used in error messages.
+        out (np.ndarray, optional): where to write d loss / d x (C-contiguous).
+    Returns:
+        np.ndarray: d loss / d x, the shape and dtype of the forward input.
+    Raises:
+        TypeError/ValueError: ``dout`` does not match the forward output.
+    """
+    y = cache.y
+    check_grad(layer, dout, y.shape, y.dtype)
+    dx = _memory.output(layer, out, y.shape, y.dtype)
+    np.subtract(1, y, out=dx)  # 1 - y
+    dx *= y
+    dx *= dout
+    return dx
+
+
+def tanh_forward(x, layer="tanh", out=None):
+    """``tanh(x)`` elementwise (NumPy's, which saturates to +-1 without overflow).
+
+    Args:
+        x (np.ndarray): any shape, float32 or float64 (kept).
+        layer (str): name used in error messages.
+        out (np.ndarray, optional): where to write the result (x's shape and dtype,
+            C-contiguous, not overlapping ``x``).
+    Returns:
+        (out, cache): ``out`` like ``x``, in [-1, 1]; ``cache`` a :class:`TanhCache` holding
+        ``out`` itself.
+    Raises:
+        TypeError: ``x`` is not a float32/float64 ndarray.
+        ValueError: an unusable ``out``.
+    """
+    check_float_array(layer, x)
+    out = _elementwise_out(layer, x, out)
+    np.tanh(x, out=out)
+    return out, TanhCache(out)
+
+
+def tanh_backward(dout, cache, layer="tanh", out=None):
+    """d loss / d x = dout * (1 - y^2), for y = tanh(x) (the output kept in ``cache``).
+
+    Args:
+        dout (np.ndarray): the shape and dtype of the forward output; any strides.
+        cache: the second value returned by :func:`tanh_forward`.
+        layer (str): name used in error messages.
+        out (np.ndarray, optional): where to write d loss / d x (C-contiguous).
+    Returns:
+        np.ndarray: d loss / d x, the shape and dtype of the forward input.
+    Raises:
+        TypeError/ValueError: ``dout`` does not match the forward output.
+    """
+    y = cache.y
+    check_grad(layer, dout, y.shape, y.dtype)
+    dx = _memory.output(layer, out, y.shape, y.dtype)
+    np.multiply(y, y, out=dx)
+    np.subtract(1, dx, out=dx)  # 1 - y^2
+    dx *= dout
+    return dx

@@ -17,11 +17,10 @@ With running statistics (eval mode) mu and var are constants, so dx = gamma / sq
 
 The kernels work on a ``(A, C, B)`` view of the input and reduce over axes 0 and 2 (see
 ``minidl/_kernels/_batchnorm.pyx``); BatchNorm's view of ``(N, C, *spatial)`` is
-``(N, C, prod(spatial))``. LayerNorm, GroupNorm and InstanceNorm are other views of the same core.
-An input without spatial positions (``(N, C)``, BatchNorm1D after a Dense layer) would give
-``(N, C, 1)``, whose channels are columns ``C`` elements apart: the kernels would read one
-element per cache line (measured 13 ms per call on (256, 1024) float32). Such an input is
-transposed to ``(1, C, N)`` instead (a tiled, parallel copy), and the result back.
+``(N, C, prod(spatial))``. LayerNorm, GroupNorm and InstanceNorm (``layer_norm_*``,
+``group_norm_*``, ``instance_norm_*``, below "the sample norms") are other views of the same
+core, followed by a separate affine step; the pieces a synchronized (multi-process) BatchNorm
+needs are below "SyncBatchNorm".
 
 Under ``with minidl.backend("reference"):`` the validated arguments go instead to Algorithm 1
 written out line by line in :mod:`minidl.reference.functional.normalization`, and a cache that
@@ -33,12 +32,15 @@ import numpy as np
 
 from .. import _config, _memory
 from .._backend import get_backend
-from .._checks import check_float_array, check_grad, check_input
+from .._checks import check_float_array, check_grad, check_input, positive_int, shape_tuple
 from .._kernels import _batchnorm as _kernel
-from .._kernels import _conv as _layout
 from ..reference.functional import normalization as reference
 
-__all__ = ["BatchNormCache", "batch_norm_forward", "batch_norm_backward", "channel_stats", "update_running_stats"]
+__all__ = ["BatchNormCache", "batch_norm_forward", "batch_norm_backward", "channel_stats",
+           "update_running_stats", "batch_norm_stats", "combine_batch_norm_stats",
+           "batch_norm_grad_sums", "batch_norm_input_grad", "SampleNormCache",
+           "layer_norm_forward", "layer_norm_backward", "group_norm_forward",
+           "group_norm_backward", "instance_norm_forward", "instance_norm_backward"]
 
 _LAYOUTS = ("NC", "NCL", "NCHW")
 
@@ -47,8 +49,7 @@ class BatchNormCache(NamedTuple):
     """What :func:`batch_norm_backward` needs from the forward pass.
 
     Attributes:
-        x3: the input as a C-contiguous ``(N, C, prod(spatial))`` array, or ``(1, C, N)`` for an
-            input without spatial positions (see the module docstring).
+        x3: the input as a C-contiguous ``(N, C, prod(spatial))`` array.
         mean, invstd: ``(C,)`` float64, the statistics used (batch or running).
         gamma: ``(C,)`` float64 weight (ones without affine parameters).
         training: whether mean/invstd were the batch's own statistics.
@@ -66,28 +67,9 @@ class BatchNormCache(NamedTuple):
 
 
 def _as_acb(x):
-    """``(N, C, *spatial)`` as a C-contiguous ``(N, C, prod(spatial))`` array (a view when x is
-    contiguous); without spatial positions ``(1, C, N)``, a transposed copy."""
+    """View ``(N, C, *spatial)`` as a C-contiguous ``(N, C, prod(spatial))`` array."""
     n, c = x.shape[:2]
-    if x.size != n * c or n == 1:
-        return np.ascontiguousarray(x).reshape(n, c, -1)
-    columns = _memory.empty((1, c, n), x.dtype)
-    _transpose(np.ascontiguousarray(x).reshape(1, n, c), columns)
-    return columns
-
-
-def _transpose(src, dst):
-    """``dst[0] = src[0].T`` with the tiled, parallel transpose of the convolution kernels."""
-    _layout.transpose_batched(src, np.empty(0, src.dtype), False, dst,
-                              _config.threads_for(src.size))
-
-
-def _from_acb(x3, out):
-    """Write the ``(A, C, B)`` result ``x3`` of a kernel into ``out`` (the input's shape):
-    nothing to do when ``x3`` is a view of ``out``, else the transpose of :func:`_as_acb`."""
-    if x3.shape[0] != out.shape[0]:
-        _transpose(x3, out.reshape(1, out.shape[0], out.shape[1]))
-    return out
+    return np.ascontiguousarray(x).reshape(n, c, -1)
 
 
 def _channel_vector(layer, value, num_channels, name, default=None):
@@ -201,8 +183,7 @@ def batch_norm_forward(x, weight=None, bias=None, running_mean=None, running_var
         return reference.batch_norm_forward(x, weight, bias, running_mean, running_var, training,
                                             momentum, eps, layer, out)
     x3 = _as_acb(x)
-    out3 = out.reshape(x3.shape) if x3.shape[0] == x.shape[0] else _memory.empty(x3.shape,
-                                                                                  x.dtype)
+    out3 = out.reshape(x3.shape)
     threads = _config.threads_for(x3.size)
     if training:
         mean = np.empty(num_channels, np.float64)
@@ -217,7 +198,7 @@ def batch_norm_forward(x, weight=None, bias=None, running_mean=None, running_var
         _kernel.normalize(x3, mean, gamma * invstd, beta, out3, threads)
     cache = BatchNormCache(x3, mean, invstd, gamma, bool(training), x.shape, weight is not None,
                            bias is not None)
-    return _from_acb(out3, out), cache
+    return out, cache
 
 
 def batch_norm_backward(dout, cache, layer="batch_norm", out=None):
@@ -244,10 +225,491 @@ def batch_norm_backward(dout, cache, layer="batch_norm", out=None):
     num_channels = x3.shape[1]
     sum_dy = np.empty(num_channels, np.float64)
     sum_dy_xmu = np.empty(num_channels, np.float64)
-    dx = _memory.output(layer, out, shape, x3.dtype)
-    dx3 = dx.reshape(x3.shape) if x3.shape[0] == shape[0] else _memory.empty(x3.shape, x3.dtype)
+    dx3 = _memory.output(layer, out, shape, x3.dtype).reshape(x3.shape)
     _kernel.backward(dy3, x3, mean, invstd, gamma, training, dx3,
                      sum_dy, sum_dy_xmu, _config.threads_for(x3.size))
     dweight = sum_dy_xmu * invstd if has_weight else None
     dbias = sum_dy if has_bias else None
-    return _from_acb(dx3, dx), dweight, dbias
+    return dx3.reshape(shape), dweight, dbias
+
+
+# =============================================================================== SyncBatchNorm
+# The pieces a data-parallel (synchronized) BatchNorm needs, mirroring PyTorch's
+# batch_norm_stats / batch_norm_gather_stats_with_counts / batch_norm_backward_reduce /
+# batch_norm_backward_elemt. Forward: each process computes its local statistics
+# (batch_norm_stats), gathers everyone's and combines them (combine_batch_norm_stats), then
+# normalizes with the global ones (batch_norm_forward(..., training=False) does exactly that).
+# Backward: local sums (batch_norm_grad_sums), summed over the processes, then dx
+# (batch_norm_input_grad). All statistics and sums are float64. These are building blocks on
+# the compiled kernels for either backend (no textbook twin: the math is BatchNorm's above).
+
+def _as_view(layer, x, what="input"):
+    """Validated ``(N, C, *spatial)`` input as a C-contiguous ``(N, C, prod(spatial))`` view."""
+    check_input(layer, x, _LAYOUTS, arg=what)
+    return _as_acb(x)
+
+
+def batch_norm_stats(x, layer="batch_norm"):
+    """Per-channel count, mean and biased variance of a local batch (a SyncBatchNorm's forward).
+
+    Args:
+        x (np.ndarray): ``(N, C)``, ``(N, C, L)`` or ``(N, C, H, W)``, float32 or float64.
+        layer (str): name used in error messages.
+    Returns:
+        (count, mean, var): ``count`` (int) the values per channel, ``N * H * W``; ``mean`` and
+        ``var`` float64 ``(C,)``, computed as BatchNorm's forward does (shifted float64 sums).
+    Raises:
+        TypeError/ValueError: ``x`` is not a float array of one of those shapes.
+    """
+    x3 = _as_view(layer, x)
+    mean, var = channel_stats(x3)
+    return x3.shape[0] * x3.shape[2], mean, var
+
+
+def combine_batch_norm_stats(counts, means, variances, layer="batch_norm"):
+    """The statistics of a union of batches from each batch's (count, mean, biased variance).
+
+    The law of total variance (Chan, Golub & LeVeque 1983's pairwise update, for all parts at
+    once): ``mean = sum n_p mean_p / n`` and ``var = sum n_p (var_p + (mean_p - mean)^2) / n``,
+    in float64 (no raw sum of squares, so no cancellation).
+
+    Args:
+        counts: ``(P,)`` values per channel in each part (> 0).
+        means, variances: ``(P, C)`` each part's per-channel mean and biased variance.
+        layer (str): name used in error messages.
+    Returns:
+        (count, mean, var): the total count (int) and float64 ``(C,)`` mean and biased variance.
+    Raises:
+        ValueError: mismatched shapes, or a count that is not positive.
+    """
+    counts = np.asarray(counts, np.float64).reshape(-1)
+    means = np.atleast_2d(np.asarray(means, np.float64))
+    variances = np.atleast_2d(np.asarray(variances, np.float64))
+    if means.shape != variances.shape or means.shape[0] != counts.shape[0]:
+        raise ValueError(f"{layer}: expected counts (P,) and means, variances (P, C) of one P, "
+                         f"got {counts.shape}, {means.shape}, {variances.shape}")
+    if not np.all(counts > 0):
+        raise ValueError(f"{layer}: expected positive counts, got {counts.tolist()}")
+    total = counts.sum()
+    weights = (counts / total)[:, None]
+    mean = (weights * means).sum(axis=0)
+    var = (weights * (variances + (means - mean) ** 2)).sum(axis=0)
+    return int(round(total)), mean, var
+
+
+def _stat_vector(layer, value, num_channels, name):
+    """A required ``(C,)`` statistic as float64."""
+    if value is None:
+        raise ValueError(f"{layer}: {name} is required")
+    return _channel_vector(layer, value, num_channels, name)
+
+
+def batch_norm_grad_sums(dout, x, mean, layer="batch_norm"):
+    """The two per-channel sums of BatchNorm's backward, for a local batch.
+
+    Args:
+        dout (np.ndarray): d loss / d out, ``x``'s shape and dtype.
+        x (np.ndarray): the forward input, ``(N, C, *spatial)``.
+        mean: ``(C,)`` the mean the forward normalized with (a SyncBatchNorm's global mean).
+        layer (str): name used in error messages.
+    Returns:
+        (sum_dy, sum_dy_xmu): float64 ``(C,)``: ``sum dout`` and ``sum dout * (x - mean)`` per
+        channel (sum them over the processes, then call :func:`batch_norm_input_grad`;
+        ``sum_dy`` is d loss / d bias and ``sum_dy_xmu * invstd`` d loss / d weight).
+    Raises:
+        TypeError/ValueError: bad shapes or dtypes, naming ``layer``.
+    """
+    x3 = _as_view(layer, x)
+    check_grad(layer, dout, x.shape, x.dtype)
+    mean = _stat_vector(layer, mean, x3.shape[1], "mean")
+    sum_dy = np.empty(x3.shape[1], np.float64)
+    sum_dy_xmu = np.empty(x3.shape[1], np.float64)
+    _kernel.grad_sums(_as_acb(dout), x3, mean, sum_dy, sum_dy_xmu, _config.threads_for(x3.size))
+    return sum_dy, sum_dy_xmu
+
+
+def batch_norm_input_grad(dout, x, mean, var, weight, sum_dy, sum_dy_xmu, count, eps=1e-5,
+                          layer="batch_norm", out=None):
+    """d loss / d x of a training-mode BatchNorm from given per-channel sums.
+
+    ``dx = gamma * invstd * (dout - sum_dy / count - (x - mean) * invstd^2 * sum_dy_xmu / count)``
+    with ``invstd = 1 / sqrt(var + eps)`` (Ioffe & Szegedy 2015, section 3): with the sums and
+    statistics of the whole (global) batch, this is a SyncBatchNorm's input gradient.
+
+    Args:
+        dout, x (np.ndarray): the local batch's upstream gradient and input, one shape and dtype.
+        mean, var: ``(C,)`` the statistics the forward normalized with (biased variance).
+        weight: ``(C,)`` gamma, or None (1).
+        sum_dy, sum_dy_xmu: ``(C,)`` the sums of :func:`batch_norm_grad_sums` over all ``count``
+            values of each channel.
+        count (int): values per channel behind the sums and statistics (> 0).
+        eps (float): as in the forward pass.
+        layer (str): name used in error messages.
+        out (np.ndarray, optional): where to write dx (C-contiguous, x's shape and dtype).
+    Returns:
+        np.ndarray: dx, ``x``'s shape and dtype.
+    Raises:
+        TypeError/ValueError: bad shapes or dtypes, ``count <= 0`` or ``eps <= 0``.
+    """
+    x3 = _as_view(layer, x)
+    check_grad(layer, dout, x.shape, x.dtype)
+    c = x3.shape[1]
+    if not eps > 0:
+        raise ValueError(f"{layer}: eps must be > 0, got {eps}")
+    if not count > 0:
+        raise ValueError(f"{layer}: expected count > 0, got {count}")
+    mean = _stat_vector(layer, mean, c, "mean")
+    invstd = 1.0 / np.sqrt(_stat_vector(layer, var, c, "var") + eps)
+    gamma = _channel_vector(layer, weight, c, "weight", default=1.0)
+    sum_dy = _stat_vector(layer, sum_dy, c, "sum_dy")
+    sum_dy_xmu = _stat_vector(layer, sum_dy_xmu, c, "sum_dy_xmu")
+    dx = _memory.output(layer, out, x.shape, x.dtype)
+    _kernel.input_grad(_as_acb(dout), x3, mean, invstd, gamma, sum_dy, sum_dy_xmu, float(count),
+                       dx.reshape(x3.shape), _config.threads_for(x3.size))
+    return dx
+
+
+# =============================================================================== the sample norms
+# LayerNorm, GroupNorm and InstanceNorm normalize inside each sample. Each sees its input as
+# (R, S, L): R rows (samples, or LayerNorm's leading positions), S segments per row, L values
+# per segment, and normalizes every segment with its own statistics:
+#
+#     LayerNorm     (R, 1, D)            D = prod(normalized_shape)
+#     GroupNorm     (N, G, C/G * H*W)
+#     InstanceNorm  (N, C, H*W)
+#
+# The core is BatchNorm's kernel on the (1, R*S, L) view, with gamma = 1 and beta = 0
+# (statistics per view-channel = per segment, float64 shifted sums with the corrected second
+# pass). Their gamma and beta are not per segment (LayerNorm: one per position of D; GroupNorm
+# and InstanceNorm: one per channel), so the affine step is a separate kernel call, and its
+# backward comes before the core's backward.
+
+class SampleNormCache(NamedTuple):
+    """What :func:`layer_norm_backward`, :func:`group_norm_backward` and
+    :func:`instance_norm_backward` (with the instances' own statistics) need.
+
+    Attributes:
+        x3: the input as a C-contiguous ``(R, S, L)`` array (see the comment above).
+        mean, invstd: ``(R, S)`` float64, each segment's mean and ``1 / sqrt(var + eps)``.
+        weight: float64 ``(P,)`` the affine step's gamma (ones with only a bias), or None when
+            there is no affine step; each of the ``P`` values serves ``repeat`` consecutive
+            positions of a row (``P * repeat == S * L``).
+        repeat (int): 1 for LayerNorm, H*W for GroupNorm and InstanceNorm.
+        param_shape: the shape of the parameter gradients (``normalized_shape`` or ``(C,)``).
+        shape: the input's shape. has_weight, has_bias: whether to return their gradients.
+    """
+
+    x3: np.ndarray
+    mean: np.ndarray
+    invstd: np.ndarray
+    weight: np.ndarray
+    repeat: int
+    param_shape: Tuple[int, ...]
+    shape: Tuple[int, ...]
+    has_weight: bool
+    has_bias: bool
+
+
+def _check_eps(layer, eps):
+    if not eps > 0:
+        raise ValueError(f"{layer}: eps must be > 0, got {eps!r}")
+
+
+def _param_array(layer, value, shape, name):
+    """A parameter of ``shape`` as float64 (flattened), or None."""
+    if value is None:
+        return None
+    value = np.asarray(value)
+    if value.dtype.kind not in "fiu":
+        raise TypeError(f"{layer}: expected {name} to be a float array, got dtype {value.dtype}")
+    if value.shape != tuple(shape):
+        raise ValueError(f"{layer}: expected {name} of shape {tuple(shape)}, got {value.shape}")
+    return value.astype(np.float64).reshape(-1)
+
+
+def _sample_norm_forward(x, view, weight, bias, repeat, param_shape, eps, out):
+    """Normalize each segment of ``x`` seen as ``view = (R, S, L)``, then the affine step.
+
+    Args:
+        weight, bias: float64 ``(P,)`` or None, one value per ``repeat`` positions of a row.
+    Returns:
+        (out, cache, var): ``var`` the ``(R, S)`` biased variances (for running statistics).
+    """
+    r, s, l = view
+    x3 = np.ascontiguousarray(x).reshape(view)
+    segments = x3.reshape(1, r * s, l)
+    out_segments = out.reshape(1, r * s, l)
+    threads = _config.threads_for(x3.size)
+    mean = np.empty(r * s, np.float64)
+    var = np.empty(r * s, np.float64)
+    # 1. the core: every segment to mean 0, variance 1 (gamma = 1, beta = 0)
+    _kernel.forward_train(segments, np.ones(r * s), np.zeros(r * s), float(eps), out_segments,
+                          mean, var, threads)
+    # 2. the affine step, in place on the normalized values
+    has_weight, has_bias = weight is not None, bias is not None
+    if has_weight or has_bias:
+        p = s * l // repeat  # parameters per row
+        weight = np.ones(p) if weight is None else weight
+        bias = np.zeros(p) if bias is None else bias
+        if repeat == 1:  # one parameter per position (LayerNorm; GroupNorm on (N, C))
+            rows = out.reshape(r, p)
+            _kernel.scale_shift(rows, weight, bias, rows, threads)
+        else:  # one per channel of `repeat` positions: the core's per-channel normalize
+            channels = out.reshape(r, p, repeat)
+            _kernel.normalize(channels, np.zeros(p), weight, bias, channels, threads)
+    invstd = 1.0 / np.sqrt(var + eps)
+    cache = SampleNormCache(x3, mean.reshape(r, s), invstd.reshape(r, s), weight, int(repeat),
+                            tuple(param_shape), x.shape, has_weight, has_bias)
+    return out, cache, var.reshape(r, s)
+
+
+def _sample_norm_backward(dout, cache, layer, out):
+    """Gradients of :func:`_sample_norm_forward`: the affine step's backward, then the core's."""
+    x3, mean, invstd, weight, repeat, param_shape, shape, has_weight, has_bias = cache
+    check_grad(layer, dout, shape, x3.dtype)
+    r, s, l = x3.shape
+    dy3 = np.ascontiguousarray(dout).reshape(x3.shape)
+    dx3 = _memory.output(layer, out, shape, x3.dtype).reshape(x3.shape)
+    threads = _config.threads_for(x3.size)
+    dweight = dbias = None
+    if weight is not None:
+        # 1. the affine step: d xhat = dy * gamma (into dx3), and the parameter gradients
+        per_position = np.repeat(weight, repeat).reshape(s, l)
+        dw = np.empty((s, l), np.float64)
+        db = np.empty((s, l), np.float64)
+        _kernel.scale_shift_backward(dy3, x3, mean, invstd, per_position, dx3, dw, db, threads)
+        dy3 = dx3
+        if has_weight:
+            dweight = dw.reshape(-1, repeat).sum(axis=1).reshape(param_shape)
+        if has_bias:
+            dbias = db.reshape(-1, repeat).sum(axis=1).reshape(param_shape)
+    # 2. the core's backward with gamma = 1 (in place when dy3 is dx3)
+    segments = (1, r * s, l)
+    ones = np.ones(r * s)
+    _kernel.backward(dy3.reshape(segments), x3.reshape(segments), mean.reshape(-1),
+                     invstd.reshape(-1), ones, True, dx3.reshape(segments),
+                     np.empty(r * s), np.empty(r * s), threads)
+    return dx3.reshape(shape), dweight, dbias
+
+
+def layer_norm_forward(x, normalized_shape, weight=None, bias=None, eps=1e-5, layer="layer_norm",
+                       out=None):
+    """Layer-normalize ``x`` over its last ``len(normalized_shape)`` dimensions; like
+    ``torch.nn.functional.layer_norm``.
+
+    Ba, Kiros & Hinton (2016), "Layer Normalization", eqs. 3-4: for every position of the
+    leading dimensions, over the D = prod(normalized_shape) values behind it,
+
+        mu = 1/D sum x,  var = 1/D sum (x - mu)^2,  y = (x - mu) / sqrt(var + eps) * gamma + beta
+
+    with one gamma and beta per element of ``normalized_shape``. The statistics are the
+    sample's own: the same in training and evaluation, no running estimates.
+
+    Args:
+        x (np.ndarray): ``(*, *normalized_shape)``, float32 or float64.
+        normalized_shape (int or tuple of int): the trailing dimensions to normalize over, e.g.
+            ``(C, H, W)`` for a conv map or ``D`` for ``(N, D)`` features.
+        weight, bias (np.ndarray or None): gamma and beta of shape ``normalized_shape``; None
+            means 1 and 0.
+        eps (float): added to the variance before the square root (default 1e-5, as PyTorch).
+        layer (str): name used in error messages.
+        out (np.ndarray, optional): where to write the result (C-contiguous, x's shape and dtype).
+    Returns:
+        (out, cache): ``out`` like ``x``; ``cache`` for :func:`layer_norm_backward` (a
+        :class:`SampleNormCache`, or under the reference backend the reference's).
+    Raises:
+        TypeError: ``x`` is not a float32/float64 ndarray, or a parameter is not numeric.
+        ValueError: a bad ``normalized_shape``; ``x``'s last dimensions differ from it; an empty
+            axis; ``weight``/``bias`` not of ``normalized_shape``; eps <= 0; an unusable ``out``.
+    """
+    normalized_shape = shape_tuple(normalized_shape, "normalized_shape", layer)
+    check_float_array(layer, x)
+    k = len(normalized_shape)
+    if x.ndim < k or x.shape[x.ndim - k:] != normalized_shape:
+        expected = "(*, " + ", ".join(map(str, normalized_shape)) + ")"
+        raise ValueError(f"{layer}: expected input of shape {expected} (its last {k} "
+                         f"dimension(s) equal to normalized_shape {normalized_shape}), "
+                         f"got shape {x.shape}")
+    if 0 in x.shape:
+        raise ValueError(f"{layer}: expected input with no empty axis, got shape {x.shape}")
+    _check_eps(layer, eps)
+    w = _param_array(layer, weight, normalized_shape, "weight")
+    b = _param_array(layer, bias, normalized_shape, "bias")
+    out = _memory.output(layer, out, x.shape, x.dtype)
+    if get_backend() == "reference":  # reference backend: Ba et al., eqs. 3-4
+        return reference.layer_norm_forward(x, normalized_shape, weight, bias, eps, layer, out)
+    d = int(np.prod(normalized_shape))
+    out, cache, _ = _sample_norm_forward(x, (x.size // d, 1, d), w, b, 1, normalized_shape,
+                                         eps, out)
+    return out, cache
+
+
+def layer_norm_backward(dout, cache, layer="layer_norm", out=None):
+    """Gradients of :func:`layer_norm_forward`.
+
+    The affine step's backward (``dgamma = sum dy * xhat``, ``dbeta = sum dy`` over the leading
+    positions, ``dxhat = dy * gamma``), then the normalization's, per row of D values:
+    ``dx = (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)) / sqrt(var + eps)``.
+
+    Args:
+        dout (np.ndarray): d loss / d out, the shape and dtype of the forward output.
+        cache: the second value returned by :func:`layer_norm_forward`.
+        layer (str): name used in error messages.
+        out (np.ndarray, optional): where to write ``dx`` (C-contiguous, x's shape and dtype).
+    Returns:
+        (dx, dweight, dbias): ``dx`` like ``x``; ``dweight``, ``dbias`` float64 of
+        ``normalized_shape`` (None where the forward had no weight / bias).
+    Raises:
+        ValueError/TypeError: ``dout`` does not match the forward output.
+    """
+    if isinstance(cache, reference.SampleNormCache):  # reference backend: made by its forward
+        return _reference_backward(reference.layer_norm_backward, dout, cache, layer, out)
+    return _sample_norm_backward(dout, cache, layer, out)
+
+
+def _reference_backward(backward, dout, cache, layer, out):
+    """Check ``dout`` against a reference cache and run the reference ``backward``."""
+    check_grad(layer, dout, cache.out_shape, cache.dtype)
+    dx = _memory.output(layer, out, cache.out_shape, cache.dtype)
+    return backward(dout, cache, layer, dx)
+
+
+def group_norm_forward(x, num_groups, weight=None, bias=None, eps=1e-5, layer="group_norm",
+                       out=None):
+    """Group-normalize ``x``; like ``torch.nn.functional.group_norm``.
+
+    Wu & He (2018), "Group Normalization", eqs. 1-2 and section 3.2: the C channels are split
+    into ``G = num_groups`` groups of C/G consecutive channels, and each (sample, group) is
+    normalized over its C/G * H * W values; then every channel gets its own gamma and beta.
+    ``G = 1`` is LayerNorm over ``(C, H, W)`` with per-channel parameters, ``G = C`` is
+    InstanceNorm. The same in training and evaluation, no running estimates.
+
+    Args:
+        x (np.ndarray): ``(N, C)``, ``(N, C, L)`` or ``(N, C, H, W)``, float32 or float64.
+        num_groups (int): G, dividing C.
+        weight, bias (np.ndarray or None): gamma and beta, ``(C,)``; None means 1 and 0.
+        eps (float): added to the variance before the square root (default 1e-5, as PyTorch).
+        layer (str): name used in error messages.
+        out (np.ndarray, optional): where to write the result (C-contiguous, x's shape and dtype).
+    Returns:
+        (out, cache): ``out`` like ``x``; ``cache`` for :func:`group_norm_backward`.
+    Raises:
+        TypeError: ``x`` is not a float32/float64 ndarray.
+        ValueError: wrong rank or an empty axis; ``num_groups`` not an int >= 1 or not dividing
+            C; parameter shapes; eps <= 0; an unusable ``out``.
+    """
+    check_input(layer, x, _LAYOUTS)
+    n, c = x.shape[:2]
+    groups = positive_int(num_groups, "num_groups", layer)
+    if c % groups:
+        raise ValueError(f"{layer}: expected the number of channels to be divisible by "
+                         f"num_groups={groups}, got input of shape {x.shape} with {c} channels")
+    _check_eps(layer, eps)
+    w = _param_array(layer, weight, (c,), "weight")
+    b = _param_array(layer, bias, (c,), "bias")
+    out = _memory.output(layer, out, x.shape, x.dtype)
+    if get_backend() == "reference":  # reference backend: Wu & He, eqs. 1-2
+        return reference.group_norm_forward(x, groups, weight, bias, eps, layer, out)
+    hw = x.size // (n * c)
+    out, cache, _ = _sample_norm_forward(x, (n, groups, c // groups * hw), w, b, hw, (c,), eps,
+                                         out)
+    return out, cache
+
+
+def group_norm_backward(dout, cache, layer="group_norm", out=None):
+    """Gradients of :func:`group_norm_forward`: the per-channel affine step's backward, then the
+    normalization's per (sample, group).
+
+    Args:
+        dout (np.ndarray): d loss / d out, the shape and dtype of the forward output.
+        cache: the second value returned by :func:`group_norm_forward`.
+        layer (str): name used in error messages.
+        out (np.ndarray, optional): where to write ``dx``.
+    Returns:
+        (dx, dweight, dbias): ``dx`` like ``x``; ``dweight``, ``dbias`` float64 ``(C,)`` (None
+        where the forward had no weight / bias).
+    Raises:
+        ValueError/TypeError: ``dout`` does not match the forward output.
+    """
+    if isinstance(cache, reference.SampleNormCache):  # reference backend: made by its forward
+        return _reference_backward(reference.group_norm_backward, dout, cache, layer, out)
+    return _sample_norm_backward(dout, cache, layer, out)
+
+
+def instance_norm_forward(x, weight=None, bias=None, running_mean=None, running_var=None,
+                          training=True, momentum=0.1, eps=1e-5, layer="instance_norm",
+                          out=None):
+    """Instance-normalize ``x``; like ``torch.nn.functional.instance_norm``.
+
+    Ulyanov, Vedaldi & Lempitsky (2016), eq. 2: each channel of each sample is normalized over
+    its own L (or H*W) values, then (optionally) scaled and shifted per channel.
+
+    With running statistics (PyTorch's InstanceNorm with ``track_running_stats=True``): in
+    training they are updated in place with the batch average of the instances' means and of
+    their *unbiased* variances, ``running = (1 - momentum) * running + momentum * average``;
+    with ``training=False`` they normalize every instance, which is BatchNorm's eval mode
+    (:func:`batch_norm_forward` runs it, and returns its cache).
+
+    Args:
+        x (np.ndarray): ``(N, C, L)`` or ``(N, C, H, W)``, float32 or float64.
+        weight, bias (np.ndarray or None): gamma and beta, ``(C,)``; None means 1 and 0.
+        running_mean, running_var (np.ndarray or None): ``(C,)`` running estimates (both or
+            neither); updated in place when training, used when not.
+        training (bool): normalize with each instance's own statistics (True) or the running
+            ones (False; needs them).
+        momentum (float): running-average factor (PyTorch's convention).
+        eps (float): added to the variance before the square root (default 1e-5).
+        layer (str): name used in error messages.
+        out (np.ndarray, optional): where to write the result.
+    Returns:
+        (out, cache): ``out`` like ``x``; ``cache`` for :func:`instance_norm_backward`.
+    Raises:
+        TypeError: ``x`` or a running statistic is not a float32/float64 ndarray.
+        ValueError: wrong rank or an empty axis; one spatial value per instance when training;
+            parameter or statistic shapes; only one running statistic, none in eval, or a
+            read-only one when training; eps <= 0; an unusable ``out``.
+    """
+    check_input(layer, x, ("NCL", "NCHW"))
+    n, c = x.shape[:2]
+    hw = x.size // (n * c)
+    _check_eps(layer, eps)
+    w = _param_array(layer, weight, (c,), "weight")
+    b = _param_array(layer, bias, (c,), "bias")
+    _check_running_stats(layer, running_mean, running_var, c, training)
+    if not training:  # the running estimates for every instance: BatchNorm's eval mode
+        return batch_norm_forward(x, weight, bias, running_mean, running_var, training=False,
+                                  eps=eps, layer=layer, out=out)
+    if hw <= 1:
+        raise ValueError(f"{layer}: expected more than 1 spatial element when training, got "
+                         f"input of shape {x.shape}")
+    out = _memory.output(layer, out, x.shape, x.dtype)
+    if get_backend() == "reference":  # reference backend: Ulyanov et al., eq. 2
+        return reference.instance_norm_forward(x, weight, bias, running_mean, running_var,
+                                               training, momentum, eps, layer, out)
+    out, cache, var = _sample_norm_forward(x, (n, c, hw), w, b, hw, (c,), eps, out)
+    if running_mean is not None:  # the batch average of the instances' statistics
+        update_running_stats(running_mean, running_var, cache.mean.mean(axis=0),
+                             var.mean(axis=0), hw, momentum)
+    return out, cache
+
+
+def instance_norm_backward(dout, cache, layer="instance_norm", out=None):
+    """Gradients of :func:`instance_norm_forward`: as :func:`group_norm_backward` with one
+    group per channel, or with running statistics BatchNorm's affine-only backward.
+
+    Args:
+        dout (np.ndarray): d loss / d out, the shape and dtype of the forward output.
+        cache: the second value returned by :func:`instance_norm_forward`.
+        layer (str): name used in error messages.
+        out (np.ndarray, optional): where to write ``dx``.
+    Returns:
+        (dx, dweight, dbias): ``dx`` like ``x``; ``dweight``, ``dbias`` float64 ``(C,)`` (None
+        where the forward had no weight / bias).
+    Raises:
+        ValueError/TypeError: ``dout`` does not match the forward output.
+    """
+    if isinstance(cache, (BatchNormCache, reference.BatchNormCache)):  # running statistics
+        return batch_norm_backward(dout, cache, layer, out)
+    if isinstance(cache, reference.SampleNormCache):  # reference backend: made by its forward
+        return _reference_backward(reference.instance_norm_backward, dout, cache, layer, out)
+    return _sample_norm_backward(dout, cache, layer, out)

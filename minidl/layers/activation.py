@@ -1,10 +1,12 @@
-"""Activation layers: ReLU and Softmax."""
+"""Activation layers: ReLU, Softmax, Sigmoid and Tanh."""
 from .._checks import check_grad
 from .._grad_mode import save_for_backward, saved_for_backward
-from ..functional.activation import relu_backward, relu_forward, softmax_backward, softmax_forward
+from ..functional.activation import (relu_backward, relu_forward, sigmoid_backward,
+                                     sigmoid_forward, softmax_backward, softmax_forward,
+                                     tanh_backward, tanh_forward)
 from .module import Module
 
-__all__ = ["ReLU", "Softmax"]
+__all__ = ["ReLU", "Softmax", "Sigmoid", "Tanh"]
 
 
 class _Stateless(Module):
@@ -22,17 +24,13 @@ class _Stateless(Module):
         check_grad(type(self).__name__, dout, output.shape, output.dtype)
 
 
-class ReLU(_Stateless):
-    """Rectified linear unit, ``max(x, 0)`` elementwise (Nair & Hinton, 2010).
-
-    Shape: any input, float32 or float64; output of the same shape and dtype.
-    The gradient at exactly 0 is 0, as in PyTorch. The backward pass reads the output (as
-    PyTorch's does), so an output modified in place before ``backward`` changes the gradient.
-    """
+class _OutputActivation(_Stateless):
+    """An elementwise activation whose backward reads its output (``_forward_op``,
+    ``_backward_op`` from :mod:`minidl.functional.activation`)."""
 
     def forward(self, x):
         self._cache = None  # frees the previous output: its block can serve this one
-        out, cache = relu_forward(x, layer="ReLU")
+        out, cache = self._forward_op(x, layer=type(self).__name__)
         self._cache = save_for_backward(cache)
         return out
 
@@ -41,7 +39,19 @@ class ReLU(_Stateless):
         cache = self._need_cache()
         if not input_grad:
             return self._no_input_grad(dout, cache.y)
-        return relu_backward(dout, cache, layer="ReLU")
+        return self._backward_op(dout, cache, layer=type(self).__name__)
+
+
+class ReLU(_OutputActivation):
+    """Rectified linear unit, ``max(x, 0)`` elementwise (Nair & Hinton, 2010).
+
+    Shape: any input, float32 or float64; output of the same shape and dtype.
+    The gradient at exactly 0 is 0, as in PyTorch. The backward pass reads the output (as
+    PyTorch's does), so an output modified in place before ``backward`` changes the gradient.
+    """
+
+    _forward_op = staticmethod(relu_forward)
+    _backward_op = staticmethod(relu_backward)
 
 
 class Softmax(_Stateless):
@@ -75,3 +85,32 @@ class Softmax(_Stateless):
 
     def extra_repr(self):
         return f"axis={self.axis}"
+
+
+class Sigmoid(_OutputActivation):
+    """The logistic sigmoid ``1 / (1 + exp(-x))`` elementwise (PyTorch's ``nn.Sigmoid``).
+
+    Computed without overflow for any ``|x|`` (see :func:`minidl.functional.sigmoid_forward`); the
+    backward pass is ``dout * y * (1 - y)`` from the output ``y``, so an output modified in
+    place before ``backward`` changes the gradient.
+
+    Shape: any input, float32 or float64; output of the same shape and dtype.
+    Raises: TypeError for non-float input.
+    """
+
+    _forward_op = staticmethod(sigmoid_forward)
+    _backward_op = staticmethod(sigmoid_backward)
+
+
+class Tanh(_OutputActivation):
+    """The hyperbolic tangent elementwise (PyTorch's ``nn.Tanh``).
+
+    The backward pass is ``dout * (1 - y^2)`` from the output ``y``, so an output modified in
+    place before ``backward`` changes the gradient.
+
+    Shape: any input, float32 or float64; output of the same shape and dtype.
+    Raises: TypeError for non-float input.
+    """
+
+    _forward_op = staticmethod(tanh_forward)
+    _backward_op = staticmethod(tanh_backward)

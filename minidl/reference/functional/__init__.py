@@ -9,10 +9,14 @@ nothing), with NumPy's BLAS on one thread for the matrix products of ``conv2d_*`
 * :mod:`.conv` — ``conv2d_forward``/``conv2d_backward``: the convolution sum (Goodfellow,
   Bengio & Courville 2016, "Deep Learning", eqs. 9.8, 9.11 and 9.13).
 * :mod:`.normalization` — ``batch_norm_forward``/``batch_norm_backward``: Ioffe & Szegedy
-  2015, Algorithm 1 and the backprop equations of section 3.
+  2015, Algorithm 1 and the backprop equations of section 3; ``layer_norm_*`` (Ba et al. 2016,
+  eqs. 3-4), ``group_norm_*`` (Wu & He 2018, eqs. 1-2, section 3.2), ``instance_norm_*``
+  (Ulyanov et al. 2016, eq. 2).
 * :mod:`.pooling` — ``max_pool2d_forward``/``max_pool2d_backward``: the max over windows
   (the same book, section 9.3), with PyTorch's rule for ties.
 * :mod:`.activation` — ``relu_*`` (Nair & Hinton 2010) and ``softmax_*`` (Bridle 1990).
+  (``sigmoid_*`` and ``tanh_*`` have no twin: their compiled versions are already plain NumPy
+  formulas, which both backends run.)
 * :mod:`.linear` — ``linear_forward``/``linear_backward``: ``y = x W^T + b`` and its chain rule.
 
 Each ``*_forward`` returns ``(out, cache)``; its cache is a small immutable NamedTuple of this
@@ -24,7 +28,10 @@ from .activation import (ReluCache, SoftmaxCache, relu_backward, relu_forward, s
                          softmax_forward)
 from .conv import Conv2dCache, conv2d_backward, conv2d_forward
 from .linear import LinearCache, linear_backward, linear_forward
-from .normalization import BatchNormCache, batch_norm_backward, batch_norm_forward
+from .normalization import (BatchNormCache, SampleNormCache, batch_norm_backward,
+                            batch_norm_forward, group_norm_backward, group_norm_forward,
+                            instance_norm_backward, instance_norm_forward, layer_norm_backward,
+                            layer_norm_forward)
 from .pooling import MaxPool2dCache, max_pool2d_backward, max_pool2d_forward
 
 __all__ = [
@@ -33,7 +40,10 @@ __all__ = [
     "batch_norm_forward", "batch_norm_backward", "max_pool2d_forward", "max_pool2d_backward",
     "ReluCache", "SoftmaxCache", "Conv2dCache", "LinearCache", "BatchNormCache",
     "MaxPool2dCache", "CACHE_TYPES",
+    "layer_norm_forward", "layer_norm_backward", "group_norm_forward", "group_norm_backward",
+    "instance_norm_forward", "instance_norm_backward", "SampleNormCache",
 ]
 
-CACHE_TYPES = (ReluCache, SoftmaxCache, Conv2dCache, LinearCache, BatchNormCache, MaxPool2dCache)
+CACHE_TYPES = (ReluCache, SoftmaxCache, Conv2dCache, LinearCache, BatchNormCache, MaxPool2dCache,
+               SampleNormCache)
 """Every cache type a reference ``*_forward`` returns."""
