@@ -21,7 +21,10 @@ of ``models.BREADTH``). The measurements run in child processes of this same fil
 ``OPENBLAS_NUM_THREADS``, ``MKL_NUM_THREADS`` and ``MINIDL_NUM_THREADS`` set to it, so every
 library uses that many threads from start-up; the workers also call ``minidl.set_num_threads``
 and ``torch.set_num_threads``, and a worker with fewer threads than cores runs on that many
-cores only (its CPU affinity: the only limit JAX's XLA obeys).
+cores only (its CPU affinity: the only limit JAX's XLA obeys). Every worker gets the same
+``OMP_WAIT_POLICY`` (``--wait-policy``; by default none, the OpenMP runtimes' own default): in the
+timing worker minidl and PyTorch even share one OpenMP runtime (both load ``libgomp.so.1``, and
+the dynamic loader keeps the first one loaded), so one policy governs both.
 
 The timed workloads run in one worker that holds every framework. Each workload is warmed up,
 then timed in rounds; a round times a block of steps of one framework and then a block of the
@@ -105,6 +108,9 @@ NOISY_SPREAD = 0.25  # flag a workload whose rounds differ by more than this
 BUSY_CORES = 0.25    # warn when other processes used more cores than this during the run
 LOSS_TOLERANCE = 1e-3  # first-step losses of the frameworks must agree to this (relative)
 RESULT_PREFIX = "@@result "
+# --wait-policy: what the workers' OMP_WAIT_POLICY is ("default": unset, each OpenMP runtime's
+# own default, as a user gets it out of the box).
+WAIT_POLICIES = {"default": None, "passive": "PASSIVE", "active": "ACTIVE"}
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 README = os.path.join(ROOT, "README.md")
@@ -132,6 +138,10 @@ def parse_args(argv=None):
                         help="canonical (1-11), breadth (b1-b12) or all (default)")
     parser.add_argument("--workloads", default=None,
                         help="comma-separated workload ids, e.g. 1,4,b3 (default: the suite's)")
+    parser.add_argument("--wait-policy", choices=sorted(WAIT_POLICIES), default="default",
+                        help="OMP_WAIT_POLICY of every worker, the same for all frameworks: "
+                             "default (unset: the OpenMP runtimes' own default; the default), "
+                             "passive or active")
     parser.add_argument("--json", metavar="PATH", help="write all figures and machine info")
     parser.add_argument("--markdown", metavar="PATH", help="write the results table")
     parser.add_argument("--update-readme", metavar="PATH", nargs="?", const=README, default=None,
@@ -186,12 +196,17 @@ def available_cores():
 
 
 # ===================================================================== orchestration
-def thread_env(threads):
-    """The environment of a worker: every thread pool sized to ``threads`` from start-up."""
+def thread_env(threads, wait_policy="default"):
+    """The environment of a worker: every thread pool sized to ``threads`` from start-up, and
+    ``OMP_WAIT_POLICY`` set as ``wait_policy`` says (a key of WAIT_POLICIES; "default" removes
+    it) for every framework alike."""
     env = dict(os.environ)
     for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                  "MINIDL_NUM_THREADS"):
         env[name] = str(threads)
+    env.pop("OMP_WAIT_POLICY", None)
+    if WAIT_POLICIES[wait_policy] is not None:
+        env["OMP_WAIT_POLICY"] = WAIT_POLICIES[wait_policy]
     return env
 
 
@@ -226,7 +241,8 @@ def run_worker(args, kind, workloads, threads, show_progress=True):
     for each of its workloads that has no record yet.
     """
     process = subprocess.Popen(worker_command(args, kind, workloads, threads),
-                               env=thread_env(threads), stdout=subprocess.PIPE, text=True)
+                               env=thread_env(threads, args.wait_policy), stdout=subprocess.PIPE,
+                               text=True)
     records = []
     for line in process.stdout:
         if line.startswith(RESULT_PREFIX):
@@ -314,7 +330,7 @@ def rss_example_result(args, threads):
     scripts = [("minidl", os.path.join(ROOT, "examples", "mnist_bn.py"))]
     if not args.no_torch:
         scripts.append(("peer", os.path.join(HERE, "mnist_bn_torch.py")))
-    env = thread_env(threads)
+    env = thread_env(threads, args.wait_policy)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, env.get("PYTHONPATH")]))
     with tempfile.TemporaryDirectory() as folder:
         for key, script in scripts:
@@ -361,6 +377,7 @@ def machine_info(args, worker_info):
         threads=args.threads,
         sizes=args.sizes,
         repeats=args.repeats,
+        omp_wait_policy=WAIT_POLICIES[args.wait_policy] or "unset (runtime default)",
         date=datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         python=platform.python_version(),
         platform=platform.platform(),
@@ -377,6 +394,8 @@ def load_average():
         return [round(value, 2) for value in os.getloadavg()]
     except (AttributeError, OSError):
         return None
+
+
 def cpu_usage():
     """``(wall seconds, busy CPU seconds of the machine, CPU seconds of us and our children)``.
 
@@ -609,7 +628,10 @@ def header(info):
             f"{info['date']}; python {info['python']}, numpy {info.get('numpy', '?')}, "
             f"torch {info.get('torch') or '-'}, jax {info.get('jax') or '-'}, "
             f"minidl {info.get('minidl', '?')} ({info.get('git_commit') or 'no git'}); "
-            f"sizes {info['sizes']}, {info['repeats']} rounds, median")
+            f"sizes {info['sizes']}, {info['repeats']} rounds, median; "
+            f"OMP_WAIT_POLICY {info.get('omp_wait_policy', '?')}")
+
+
 def text_table(rows):
     """Rows as aligned plain text."""
     widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]))]
@@ -665,6 +687,8 @@ def update_readme(path, text):
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         f.write(content)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
     print(f"results written into {path}")
 
@@ -677,7 +701,7 @@ def main(argv=None):
     if args.profile is not None:
         threads = args.threads[0]
         return subprocess.call(worker_command(args, "profile", args.workloads, threads),
-                               env=thread_env(threads))
+                               env=thread_env(threads, args.wait_policy))
     usage_before = cpu_usage()
     raw, worker_info = collect(args)
     info = machine_info(args, worker_info)
@@ -751,7 +775,8 @@ def guarded(workload_id, measure):
 def versions():
     """Versions and paths of the measured libraries."""
     info = dict(numpy=np.__version__, torch=None if torch is None else torch.__version__,
-                jax=_version_of("jax"))
+                jax=_version_of("jax"),
+                worker_omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"))
     if minidl is not None:
         info.update(minidl=minidl.__version__, minidl_path=os.path.dirname(minidl.__file__))
     try:

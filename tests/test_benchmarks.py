@@ -86,6 +86,9 @@ def test_quick_run_of_the_timed_workloads_writes_table_json_and_readme(tmp_path)
 
     data = json.loads(json_path.read_text())
     assert list(data["workloads"]) == timed  # in the table's order
+    # by default the workers run with the OpenMP runtimes' own wait policy (variable unset)
+    assert data["machine"]["omp_wait_policy"] == "unset (runtime default)"
+    assert data["machine"]["worker_omp_wait_policy"] is None
     assert data["machine"]["threads"] == [1]
     assert data["machine"]["torch"] is not None
     markdown = markdown_path.read_text()
@@ -136,10 +139,15 @@ def test_torch_compile_peer(tmp_path):
 
 def test_runs_without_pytorch(tmp_path):
     json_path = tmp_path / "bench.json"
-    result = run_benchmark("--no-torch", "--workloads", "4,7,10,b3", "--json", str(json_path))
+    result = run_benchmark("--no-torch", "--workloads", "4,7,10,b3", "--json", str(json_path),
+                           "--wait-policy", "passive")
     assert result.returncode == 0, result.stdout + result.stderr
 
     data = json.loads(json_path.read_text())
+    # the policy asked for reached the workers, and the table's header names it
+    assert data["machine"]["omp_wait_policy"] == "PASSIVE"
+    assert data["machine"]["worker_omp_wait_policy"] == "PASSIVE"
+    assert "OMP_WAIT_POLICY PASSIVE" in result.stdout
     assert list(data["workloads"]) == ["4", "7", "10", "b3"]
     for key, record in data["workloads"].items():
         assert record["minidl"] > 0
@@ -151,7 +159,8 @@ def test_runs_without_pytorch(tmp_path):
 
 
 def test_command_line_errors():
-    for options in (["--workloads", "1,b99"], ["--threads", "0"], ["--threads", "two"]):
+    for options in (["--workloads", "1,b99"], ["--threads", "0"], ["--threads", "two"],
+                    ["--wait-policy", "sleepy"]):
         result = subprocess.run([sys.executable, str(RUN), *options], capture_output=True,
                                 text=True, timeout=60, cwd=ROOT)
         assert result.returncode == 2 and "error" in result.stderr, options
