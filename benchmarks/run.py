@@ -1,24 +1,36 @@
-"""minidl vs PyTorch on the CPU: the workloads of the issue "Faster than PyTorch on the CPU for
-the small CNNs our users train".
+"""minidl vs PyTorch (and torch.compile, JAX) on the CPU: the workloads of the issues "Faster
+than PyTorch on the CPU for the small CNNs our users train" and "Performance everywhere".
 
-    python benchmarks/run.py                          # all workloads, all cores, 7 rounds
-    python benchmarks/run.py --threads 1 --workloads 1,4,5
-    python benchmarks/run.py --quick                  # tiny sizes: a smoke run in seconds
+    python benchmarks/run.py                          # every workload at 1 thread and all cores
+    python benchmarks/run.py --suite canonical --threads 2
+    python benchmarks/run.py --suite breadth --threads 1,2
+    python benchmarks/run.py --workloads 1,4,b3       # chosen workloads
+    python benchmarks/run.py --quick                  # tiny sizes: a smoke run
     python benchmarks/run.py --json bench.json --markdown bench.md
     python benchmarks/run.py --update-readme          # the results table in README.md
-    python benchmarks/run.py --profile 10 --workloads 1,3    # where minidl's time goes
+    python benchmarks/run.py --profile 10 --workloads 1,b5   # where minidl's time goes
 
-This process only orchestrates and imports nothing but the standard library. The measurements
-run in child processes of this same file (the hidden ``--worker`` flag), started with
-``OMP_NUM_THREADS``, ``OPENBLAS_NUM_THREADS``, ``MKL_NUM_THREADS`` and ``MINIDL_NUM_THREADS`` set
-to the thread count, so NumPy's BLAS, minidl's OpenMP kernels and PyTorch use the same number of
-threads from start-up; the workers also call ``minidl.set_num_threads`` and
-``torch.set_num_threads``.
+Two suites (see benchmarks/README.md for every workload): "canonical" (numbered 1-11: the
+networks of the examples, BatchNorm, convolution and Dense alone, inference, the optional peers
+torch.compile and JAX, peak memory) and "breadth" (b1-b12: layer configurations a user can
+build, each ahead of PyTorch or not).
 
-Workloads 1-6 and 8 run in one worker that holds both frameworks. Each workload is warmed up, then
-timed in rounds; a round times a block of steps of one framework and then a block of the
+This process only orchestrates and imports nothing but the standard library (and the plain data
+of ``models.BREADTH``). The measurements run in child processes of this same file (the hidden
+``--worker`` flag), one per thread count, started with ``OMP_NUM_THREADS``,
+``OPENBLAS_NUM_THREADS``, ``MKL_NUM_THREADS`` and ``MINIDL_NUM_THREADS`` set to it, so every
+library uses that many threads from start-up; the workers also call ``minidl.set_num_threads``
+and ``torch.set_num_threads``, and a worker with fewer threads than cores runs on that many
+cores only (its CPU affinity: the only limit JAX's XLA obeys). Every worker gets the same
+``OMP_WAIT_POLICY`` (``--wait-policy``; by default none, the OpenMP runtimes' own default): in the
+timing worker minidl and PyTorch even share one OpenMP runtime (both load ``libgomp.so.1``, and
+the dynamic loader keeps the first one loaded), so one policy governs both.
+
+The timed workloads run in one worker that holds every framework. Each workload is warmed up,
+then timed in rounds; a round times a block of steps of one framework and then a block of the
 other, alternating which goes first, so drift of the machine affects both. The figures are
-medians over the rounds. Workload 7 (peak memory) runs each framework in its own fresh process.
+medians over the rounds (the JSON keeps every round). The memory workloads run each framework
+in its own fresh process.
 
 The benchmark is not a test: it never checks its figures against the targets. It exits with
 status 1 only when a workload raised an error.
@@ -33,39 +45,76 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
-# kind: "throughput" (ratio = minidl / PyTorch, higher is better), "time" (ratio = PyTorch /
-# minidl, the speed-up, higher is better) or "memory" (ratio = minidl / PyTorch, lower is better).
-WORKLOADS = {
-    1: dict(name="MNIST CNN + BN, train step", kind="throughput", unit="images/s", target=1.3),
-    2: dict(name="MNIST CNN no BN, train step", kind="throughput", unit="images/s", target=1.3),
-    3: dict(name="CIFAR CNN + BN, train step", kind="throughput", unit="images/s", target=1.3),
-    4: dict(name="BatchNorm train fwd+bwd", kind="time", unit="ms", target=3.0,
-            extra_name="effective bandwidth, 5 x x.nbytes", extra_unit="GB/s"),
-    5: dict(name="Conv2D 3x3 fwd+bwd", kind="time", unit="ms", target=0.8,
-            extra_name="FLOP rate, fwd + dgrad + wgrad", extra_unit="GFLOP/s"),
-    6: dict(name="MNIST CNN + BN, eval forward", kind="throughput", unit="images/s", target=1.0),
-    7: dict(name="CIFAR CNN + BN, peak RSS in training", kind="memory", unit="MiB", target=1.0),
-    8: dict(name="ResNet-20 + BN, train step", kind="throughput", unit="images/s", target=1.3),
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from models import BREADTH, breadth_batch  # noqa: E402 (plain data; NumPy is not imported)
+
+# kind: "throughput" (ratio = minidl / peer, higher is better), "time" (ratio = peer / minidl,
+# the speed-up, higher is better) or "memory" (ratio = minidl / peer, lower is better).
+# runner: "time" (the timing worker) or "memory" (fresh processes). peer: what minidl is
+# compared with. target_threads: "max" checks the target at the largest thread count of the
+# run (the issue's "at 2 threads"), "all" at every thread count.
+CANONICAL = {
+    "1": dict(name="MNIST CNN + BN, train step", kind="throughput", unit="images/s", target=1.5),
+    "2": dict(name="MNIST CNN no BN, train step", kind="throughput", unit="images/s", target=1.5),
+    "3": dict(name="CIFAR CNN + BN, train step", kind="throughput", unit="images/s", target=1.5),
+    "4": dict(name="BatchNorm train fwd+bwd", kind="time", unit="ms", target=3.0,
+              extra_name="effective bandwidth, 5 x x.nbytes", extra_unit="GB/s"),
+    "5": dict(name="Conv2D 3x3 fwd+bwd", kind="time", unit="ms", target=0.8,
+              extra_name="FLOP rate, fwd + dgrad + wgrad", extra_unit="GFLOP/s"),
+    "6": dict(name="MNIST CNN + BN, eval forward", kind="throughput", unit="images/s", target=2.0),
+    "7": dict(name="CIFAR CNN + BN, peak RSS in training", kind="memory", unit="MiB", target=1.0,
+              runner="memory"),
+    "8": dict(name="Dense fwd+bwd", kind="time", unit="ms", target=1.0, target_threads="all",
+              extra_name="FLOP rate, fwd + dgrad + wgrad", extra_unit="GFLOP/s"),
+    "9": dict(name="MNIST CNN + BN, train step vs torch.compile", kind="throughput",
+              unit="images/s", target=1.5, peer="torch.compile"),
+    "10": dict(name="MNIST CNN + BN, train step vs JAX jit", kind="throughput", unit="images/s",
+               target=1.5, peer="JAX"),
+    "11": dict(name="examples/mnist_bn.py, peak RSS", kind="memory", unit="MiB", target=1.0,
+               runner="memory"),
+    "12": dict(name="ResNet-20 + BN, train step", kind="throughput", unit="images/s", target=1.5),
 }
-TIMED = (1, 2, 3, 4, 5, 6, 8)
+WORKLOADS = dict(CANONICAL)
+for _id, (_name, _kind, _batch, _shape) in BREADTH.items():
+    WORKLOADS[_id] = dict(name=_name, kind="throughput", unit="images/s", target=1.0,
+                          target_threads="all", suite="breadth")
+for _spec in WORKLOADS.values():
+    _spec.setdefault("suite", "canonical")
+    _spec.setdefault("runner", "time")
+    _spec.setdefault("peer", "PyTorch")
+    _spec.setdefault("target_threads", "max")
+SUITES = {"canonical": [i for i in WORKLOADS if WORKLOADS[i]["suite"] == "canonical"],
+          "breadth": [i for i in WORKLOADS if WORKLOADS[i]["suite"] == "breadth"]}
+SUITES["all"] = SUITES["canonical"] + SUITES["breadth"]
 
 SIZES = {
     "full": dict(mnist_batch=64, cifar_batch=128, bn_shape=(128, 64, 32, 32),
-                 conv_shape=(64, 64, 32, 32), eval_batch=1000, memory_steps=20, copy_mib=256,
-                 repeats=7, warmup=2, block_seconds=0.5, max_steps=50, num_batches=4,
-                 profile_seconds=3.0),
+                 conv_shape=(64, 64, 32, 32), dense_shape=(256, 1024, 1024), eval_batch=1000,
+                 memory_steps=20, copy_mib=256, repeats=7, warmup=2, block_seconds=0.5,
+                 max_steps=50, num_batches=4, profile_seconds=3.0, tiny=False,
+                 example_args=[]),
     "tiny": dict(mnist_batch=8, cifar_batch=8, bn_shape=(8, 16, 16, 16),
-                 conv_shape=(4, 8, 16, 16), eval_batch=32, memory_steps=3, copy_mib=8,
-                 repeats=2, warmup=1, block_seconds=0.01, max_steps=5, num_batches=2,
-                 profile_seconds=0.1),
+                 conv_shape=(4, 8, 16, 16), dense_shape=(8, 32, 16), eval_batch=32,
+                 memory_steps=3, copy_mib=8, repeats=2, warmup=1, block_seconds=0.01,
+                 max_steps=5, num_batches=2, profile_seconds=0.1, tiny=True,
+                 example_args=["--train-samples", "256", "--test-samples", "200",
+                               "--curve-samples", "100", "--eval-every", "2"]),
 }
 LEARNING_RATE = 0.01
+MOMENTUM = 0.9
 NOISY_SPREAD = 0.25  # flag a workload whose rounds differ by more than this
 BUSY_CORES = 0.25    # warn when other processes used more cores than this during the run
+LOSS_TOLERANCE = 1e-3  # first-step losses of the frameworks must agree to this (relative)
 RESULT_PREFIX = "@@result "
-README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
+# --wait-policy: what the workers' OMP_WAIT_POLICY is ("default": unset, each OpenMP runtime's
+# own default, as a user gets it out of the box).
+WAIT_POLICIES = {"default": None, "passive": "PASSIVE", "active": "ACTIVE"}
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+README = os.path.join(ROOT, "README.md")
 README_START = "<!-- benchmark results: start (written by benchmarks/run.py --update-readme) -->"
 README_END = "<!-- benchmark results: end -->"
 
@@ -77,32 +126,38 @@ np = minidl = torch = None
 def parse_args(argv=None):
     """The command line (see the module docstring)."""
     parser = argparse.ArgumentParser(description="Benchmark minidl against PyTorch on the CPU.")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="threads for minidl, PyTorch and the BLAS (default: all cores)")
+    parser.add_argument("--threads", default=None,
+                        help="thread counts for minidl, its peers and the BLAS, comma-separated "
+                             "(default: 1 and all cores, e.g. 1,2)")
     parser.add_argument("--repeats", type=int, default=None,
                         help="timed rounds per workload (default 7; 2 with --quick)")
     parser.add_argument("--sizes", choices=sorted(SIZES), default="full",
                         help="problem sizes: full (default) or tiny")
     parser.add_argument("--quick", action="store_const", const="tiny", dest="sizes",
                         help="same as --sizes tiny")
-    parser.add_argument("--workloads", default=",".join(map(str, WORKLOADS)),
-                        help="comma-separated workload numbers, e.g. 1,4,5 (default: all)")
+    parser.add_argument("--suite", choices=sorted(SUITES), default="all",
+                        help="canonical (1-11), breadth (b1-b12) or all (default)")
+    parser.add_argument("--workloads", default=None,
+                        help="comma-separated workload ids, e.g. 1,4,b3 (default: the suite's)")
+    parser.add_argument("--wait-policy", choices=sorted(WAIT_POLICIES), default="default",
+                        help="OMP_WAIT_POLICY of every worker, the same for all frameworks: "
+                             "default (unset: the OpenMP runtimes' own default; the default), "
+                             "passive or active")
     parser.add_argument("--json", metavar="PATH", help="write all figures and machine info")
     parser.add_argument("--markdown", metavar="PATH", help="write the results table")
     parser.add_argument("--update-readme", metavar="PATH", nargs="?", const=README, default=None,
                         help="replace the results between the benchmark markers of README.md "
                              "(or PATH) with this run's table")
-    parser.add_argument("--no-torch", action="store_true", help="measure minidl only")
+    parser.add_argument("--no-torch", action="store_true",
+                        help="measure minidl only (no PyTorch, no peers)")
     parser.add_argument("--profile", type=int, nargs="?", const=10, default=None, metavar="N",
                         help="instead of comparing, profile minidl and print the top N "
                              "functions by own time per workload (default N: 10)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    args.workloads = parse_workloads(parser, args.workloads)
-    if args.threads is None:
-        args.threads = available_cores()
-    if args.threads < 1:
-        parser.error("--threads must be >= 1")
+    args.workloads = (SUITES[args.suite] if args.workloads is None
+                      else parse_workloads(parser, args.workloads))
+    args.threads = parse_threads(parser, args.threads)
     if args.repeats is None:
         args.repeats = SIZES[args.sizes]["repeats"]
     if args.repeats < 1:
@@ -111,15 +166,26 @@ def parse_args(argv=None):
 
 
 def parse_workloads(parser, text):
-    """``"1,4,5"`` -> ``[1, 4, 5]``, checked against :data:`WORKLOADS`."""
-    try:
-        ids = sorted({int(part) for part in text.split(",") if part.strip()})
-    except ValueError:
-        parser.error(f"--workloads: expected numbers like 1,4,5, got {text!r}")
-    unknown = [i for i in ids if i not in WORKLOADS]
+    """``"1,4,b3"`` -> ``["1", "4", "b3"]`` in the table's order, checked against WORKLOADS."""
+    ids = {part.strip() for part in text.split(",") if part.strip()}
+    unknown = sorted(ids - set(WORKLOADS))
     if unknown or not ids:
-        parser.error(f"--workloads: choose from {sorted(WORKLOADS)}, got {text!r}")
-    return ids
+        parser.error(f"--workloads: choose from {', '.join(WORKLOADS)}; got {text!r}")
+    return [i for i in WORKLOADS if i in ids]
+
+
+def parse_threads(parser, text):
+    """``"1,2"`` -> ``[2, 1]`` (largest first: the table's main figures); None -> 1 and all
+    cores."""
+    if text is None:
+        return sorted({1, available_cores()}, reverse=True)
+    try:
+        counts = {int(part) for part in str(text).split(",") if part.strip()}
+    except ValueError:
+        counts = set()
+    if not counts or min(counts) < 1:
+        parser.error(f"--threads: expected thread counts >= 1 like 2 or 1,2, got {text!r}")
+    return sorted(counts, reverse=True)
 
 
 def available_cores():
@@ -131,20 +197,37 @@ def available_cores():
 
 
 # ===================================================================== orchestration
-def thread_env(threads):
-    """The environment of a worker: every thread pool sized to ``threads`` from start-up."""
+def thread_env(threads, wait_policy="default"):
+    """The environment of a worker: every thread pool sized to ``threads`` from start-up, and
+    ``OMP_WAIT_POLICY`` set as ``wait_policy`` says (a key of WAIT_POLICIES; "default" removes
+    it) for every framework alike."""
     env = dict(os.environ)
     for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                  "MINIDL_NUM_THREADS"):
         env[name] = str(threads)
+    env.pop("OMP_WAIT_POLICY", None)
+    if WAIT_POLICIES[wait_policy] is not None:
+        env["OMP_WAIT_POLICY"] = WAIT_POLICIES[wait_policy]
     return env
 
 
-def worker_command(args, kind, workloads):
+def pin_to_cores(threads):
+    """Restrict this process to ``threads`` of the CPUs it may use (Linux), when fewer than
+    all: XLA (JAX) sizes its thread pools from the process's CPU affinity and has no setting
+    for it, so this is how a worker limits every framework to ``threads`` cores alike."""
+    try:
+        allowed = sorted(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return
+    if threads < len(allowed):
+        os.sched_setaffinity(0, allowed[:threads])
+
+
+def worker_command(args, kind, workloads, threads):
     """The command line that runs this file as a worker of ``kind``."""
     command = [sys.executable, os.path.abspath(__file__), "--worker", kind,
-               "--sizes", args.sizes, "--threads", str(args.threads),
-               "--repeats", str(args.repeats), "--workloads", ",".join(map(str, workloads))]
+               "--sizes", args.sizes, "--threads", str(threads),
+               "--repeats", str(args.repeats), "--workloads", ",".join(workloads)]
     if args.no_torch:
         command.append("--no-torch")
     if args.profile is not None:
@@ -152,21 +235,22 @@ def worker_command(args, kind, workloads):
     return command
 
 
-def run_worker(args, kind, workloads, show_progress=True):
+def run_worker(args, kind, workloads, threads, show_progress=True):
     """Run a worker; return the records it printed (lines starting with ``@@result``).
 
     Other output of the worker goes to our stderr. A worker that dies leaves an error record
     for each of its workloads that has no record yet.
     """
-    process = subprocess.Popen(worker_command(args, kind, workloads), env=thread_env(args.threads),
-                               stdout=subprocess.PIPE, text=True)
+    process = subprocess.Popen(worker_command(args, kind, workloads, threads),
+                               env=thread_env(threads, args.wait_policy), stdout=subprocess.PIPE,
+                               text=True)
     records = []
     for line in process.stdout:
         if line.startswith(RESULT_PREFIX):
             record = json.loads(line[len(RESULT_PREFIX):])
             records.append(record)
             if "id" in record and show_progress:
-                progress(record)
+                progress(record, threads)
         else:
             sys.stderr.write(line)
     code = process.wait()
@@ -178,47 +262,111 @@ def run_worker(args, kind, workloads, show_progress=True):
     return records
 
 
-def progress(record):
+def progress(record, threads):
     """One line on stderr when a workload is done."""
     name = WORKLOADS[record["id"]]["name"]
-    state = "error: " + record["error"] if record.get("error") else "done"
-    print(f"[benchmark] {record['id']} {name}: {state}", file=sys.stderr, flush=True)
+    state = ("error: " + record["error"] if record.get("error")
+             else "skipped: " + record["skipped"] if record.get("skipped") else "done")
+    print(f"[benchmark] {record['id']} {name} ({threads} thread{'s' * (threads > 1)}): {state}",
+          file=sys.stderr, flush=True)
 
 
 def collect(args):
-    """Run the workers for the selected workloads; return ``(results, worker_info)``."""
+    """Run the workers for the selected workloads; return ``(results, worker_info)``.
+
+    ``results[id]`` is ``{thread count: record}``; the memory workloads run at the largest
+    thread count only.
+    """
     results, info = {}, {}
-    timed = [i for i in args.workloads if i in TIMED]
-    if timed:
-        for record in run_worker(args, "time", timed):
+    timed = [i for i in args.workloads if WORKLOADS[i]["runner"] == "time"]
+    for threads in args.threads if timed else []:
+        for record in run_worker(args, "time", timed, threads):
             if "id" in record:
-                results[record["id"]] = record
+                results.setdefault(record.pop("id"), {})[threads] = record
             else:
-                info.update(record)
-    if 7 in args.workloads:
-        results[7] = memory_result(args, info)
+                info.update({k: v for k, v in record.items() if info.get(k) is None})
+    main_threads = args.threads[0]
+    if not timed:  # the versions of the libraries, which the timing worker reports otherwise
+        for record in run_worker(args, "versions", [], main_threads):
+            info.update(record)
+    if "7" in args.workloads:
+        results["7"] = {main_threads: rss_training_result(args, info, main_threads)}
+    if "11" in args.workloads:
+        results["11"] = {main_threads: rss_example_result(args, main_threads)}
     return results, info
 
 
-def memory_result(args, info):
+def rss_training_result(args, info, threads):
     """Workload 7: one fresh process per framework; peak RSS of each."""
-    record = dict(id=7, detail=f"{SIZES[args.sizes]['memory_steps']} steps, "
-                               f"batch {SIZES[args.sizes]['cifar_batch']}")
+    sizes = SIZES[args.sizes]
+    record = dict(detail=f"{sizes['memory_steps']} steps, batch {sizes['cifar_batch']}")
     frameworks = ["minidl"] if args.no_torch else ["minidl", "pytorch"]
     errors = []
     for framework in frameworks:
-        for entry in run_worker(args, "memory-" + framework, [7], show_progress=False):
+        for entry in run_worker(args, "memory-" + framework, ["7"], threads, show_progress=False):
             if entry.get("error"):
                 errors.append(f"{framework}: {entry['error']}")
             elif "id" in entry:
-                record[framework] = entry.get("peak_rss_mib")
+                record["minidl" if framework == "minidl" else "peer"] = entry.get("peak_rss_mib")
                 record.setdefault("processes", {})[framework] = entry
             else:
                 info.update({k: v for k, v in entry.items() if info.get(k) is None})
     if errors:
         record["error"] = "; ".join(errors)
-    progress(record)
+    progress(dict(record, id="7"), threads)
     return record
+
+
+def rss_example_result(args, threads):
+    """Workload 11: peak RSS of ``examples/mnist_bn.py`` and of its PyTorch twin
+    (``benchmarks/mnist_bn_torch.py``), each in a fresh process with the same options.
+
+    The data come from ``<repository>/data`` (downloaded by the example if missing, from
+    ``$MINIDL_DATA_MIRROR`` first).
+    """
+    sizes = SIZES[args.sizes]
+    options = sizes["example_args"] + ["--root", os.path.join(ROOT, "data"), "--no-progress"]
+    record = dict(detail=("1 epoch" if not sizes["tiny"] else "256 images")
+                  + " x 2 networks, batch 64")
+    scripts = [("minidl", os.path.join(ROOT, "examples", "mnist_bn.py"))]
+    if not args.no_torch:
+        scripts.append(("peer", os.path.join(HERE, "mnist_bn_torch.py")))
+    env = thread_env(threads, args.wait_policy)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, env.get("PYTHONPATH")]))
+    with tempfile.TemporaryDirectory() as folder:
+        for key, script in scripts:
+            out = os.path.join(folder, key + ".json")
+            run = peak_rss_of([sys.executable, script, *options, "--out", out], env)
+            if run.get("error"):
+                record["error"] = f"{os.path.basename(script)}: {run['error']}"
+                break
+            with open(out) as f:
+                runs = json.load(f)["runs"]
+            run["final_test_accuracy"] = [r["final_test_accuracy"] for r in runs]
+            record[key] = run["peak_rss_mib"]
+            record.setdefault("processes", {})[key] = run
+    progress(dict(record, id="11"), threads)
+    return record
+
+
+def peak_rss_of(command, env):
+    """Run ``command``; return its peak RSS (MiB, from wait4's ru_maxrss) and wall time, or an
+    error with the end of its output."""
+    start = time.perf_counter()
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    output = process.stdout.read()
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    process.stdout.close()
+    if process.returncode != 0:
+        return dict(error=f"exit status {process.returncode}: {output[-2000:]}")
+    return dict(peak_rss_mib=usage.ru_maxrss / 1024, seconds=time.perf_counter() - start)
+
+
+def maxrss_mib(value):
+    """``ru_maxrss`` in MiB (Linux reports KiB, macOS bytes)."""
+    return value / (2**20 if sys.platform == "darwin" else 2**10)
 
 
 def machine_info(args, worker_info):
@@ -230,13 +378,23 @@ def machine_info(args, worker_info):
         threads=args.threads,
         sizes=args.sizes,
         repeats=args.repeats,
+        omp_wait_policy=WAIT_POLICIES[args.wait_policy] or "unset (runtime default)",
         date=datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         python=platform.python_version(),
         platform=platform.platform(),
         git_commit=git_commit(),
+        load_average=load_average(),
     )
     info.update(worker_info)
     return info
+
+
+def load_average():
+    """The 1-, 5- and 15-minute load averages (as ``uptime``), or None."""
+    try:
+        return [round(value, 2) for value in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
 
 
 def cpu_usage():
@@ -295,24 +453,35 @@ def git_commit():
 
 
 # ===================================================================== the table
-def finish(record):
-    """Add the ratio, target and whether it is met to a workload record."""
-    spec = WORKLOADS[record["id"]]
-    for name in ("minidl", "pytorch"):
-        record.setdefault(name, None)
-        if record.get("extra"):
-            record["extra"].setdefault(name, None)
-    ours, theirs = record["minidl"], record["pytorch"]
-    ratio = None
-    if ours and theirs:
-        ratio = theirs / ours if spec["kind"] == "time" else ours / theirs
-    met = None
-    if ratio is not None:
-        met = ratio <= spec["target"] if spec["kind"] == "memory" else ratio >= spec["target"]
-    record.update(name=spec["name"], unit=spec["unit"], kind=spec["kind"], ratio=ratio,
-                  target=spec["target"], met=met)
-    record["spread"] = {name: (max(samples) - min(samples)) / statistics.median(samples)
-                        for name, samples in record.get("seconds_per_step", {}).items()}
+def finish(workload_id, by_threads, thread_counts):
+    """One workload's record for the table and the JSON: the figures at the largest thread
+    count measured, ``by_threads`` with the ratio at each, and whether the target is met."""
+    spec = WORKLOADS[workload_id]
+    main = max(by_threads)
+    per_threads = {}
+    for threads in sorted(by_threads, reverse=True):
+        entry = by_threads[threads]
+        for name in ("minidl", "peer"):
+            entry.setdefault(name, None)
+            if entry.get("extra"):
+                entry["extra"].setdefault(name, None)
+        ours, theirs = entry["minidl"], entry["peer"]
+        ratio = met = None
+        if ours and theirs and not entry.get("error"):
+            ratio = theirs / ours if spec["kind"] == "time" else ours / theirs
+            met = ratio <= spec["target"] if spec["kind"] == "memory" else ratio >= spec["target"]
+        entry.update(ratio=ratio, met=met)
+        entry["spread"] = {name: (max(samples) - min(samples)) / statistics.median(samples)
+                           for name, samples in entry.get("seconds_per_step", {}).items()}
+        per_threads[threads] = entry
+    record = dict(per_threads[main])
+    judged = [per_threads[main]] if spec["target_threads"] == "max" else per_threads.values()
+    verdicts = [entry["met"] for entry in judged]
+    met = None if None in verdicts else all(verdicts)
+    record.update(id=workload_id, name=spec["name"], unit=spec["unit"], kind=spec["kind"],
+                  suite=spec["suite"], peer_name=spec["peer"], target=spec["target"],
+                  target_threads=spec["target_threads"], threads=main, met=met,
+                  by_threads={str(n): per_threads[n] for n in per_threads})
     return record
 
 
@@ -329,50 +498,113 @@ def format_number(value):
     return f"{value:.2f}"
 
 
-def table_rows(results):
-    """The table as a list of string rows (header first)."""
-    rows = [["workload", "minidl", "PyTorch", "unit", "ratio", "target", "met?"]]
-    for i in sorted(results):
-        r = results[i]
-        label = f"{i} {WORKLOADS[i]['name']}" + (f" ({r['detail']})" if r.get("detail") else "")
+def format_ratio(ratio):
+    return "-" if ratio is None else f"{ratio:.2f}x"
+
+
+def label(record):
+    """``"1 MNIST CNN + BN, train step (batch 64)"``."""
+    return f"{record['id']} {record['name']}" + (f" ({record['detail']})"
+                                                 if record.get("detail") else "")
+
+
+def breadth_worst(results, thread_counts):
+    """``{threads: (ratio, id)}``: the breadth suite's smallest ratio at each thread count."""
+    worst = {}
+    for threads in thread_counts:
+        ratios = [(r["by_threads"][str(threads)]["ratio"], i) for i, r in results.items()
+                  if r["suite"] == "breadth" and str(threads) in r["by_threads"]
+                  and r["by_threads"][str(threads)]["ratio"] is not None]
+        if ratios:
+            worst[threads] = min(ratios)
+    return worst
+
+
+def table_rows(results, thread_counts):
+    """The table as a list of string rows (header first). The figures are at the largest
+    thread count; each other thread count adds a ratio column."""
+    others = thread_counts[1:]
+    rows = [["workload", "minidl", "peer", "unit", "ratio"]
+            + [f"ratio, {n} thread{'s' * (n > 1)}" for n in others] + ["target", "met?"]]
+    for i, r in results.items():
         if r.get("error"):
-            rows.append([label, "error", "error", WORKLOADS[i]["unit"], "-", "-", "-"])
+            rows.append([label(r), "error", "error", r["unit"], "-"] + ["-"] * len(others)
+                        + ["-", "-"])
             continue
         sign = "<=" if r["kind"] == "memory" else ">="
-        ratio = "-" if r["ratio"] is None else f"{r['ratio']:.2f}x"
         met = "-" if r["met"] is None else ("yes" if r["met"] else "no")
-        rows.append([label, format_number(r.get("minidl")), format_number(r.get("pytorch")),
-                     r["unit"], ratio, f"{sign} {r['target']:.1f}x", met])
+        peer = "skipped" if r.get("skipped") else format_number(r.get("peer"))
+        other_ratios = [format_ratio(r["by_threads"].get(str(n), {}).get("ratio")) for n in others]
+        rows.append([label(r), format_number(r.get("minidl")), peer, r["unit"],
+                     format_ratio(r["ratio"])] + other_ratios + [f"{sign} {r['target']:.1f}x", met])
         extra = r.get("extra")
         if extra:
             rows.append([f"  {i} {extra['name']}", format_number(extra.get("minidl")),
-                         format_number(extra.get("pytorch")), extra["unit"], ratio, "", ""])
+                         format_number(extra.get("peer")), extra["unit"],
+                         format_ratio(r["ratio"])] + [""] * len(others) + ["", ""])
+    worst = breadth_worst(results, thread_counts)
+    if worst:
+        count = sum(r["suite"] == "breadth" for r in results.values())
+        verdicts = [r["met"] for r in results.values() if r["suite"] == "breadth"]
+        met = "-" if None in verdicts else ("yes" if all(verdicts) else "no")
+        rows.append([f"breadth suite, worst of {count}", "", "", "",
+                     _worst_cell(worst.get(thread_counts[0]))]
+                    + [_worst_cell(worst.get(n)) for n in others] + [">= 1.0x", met])
     return rows
+
+
+def _worst_cell(entry):
+    return "-" if entry is None else f"{entry[0]:.2f}x ({entry[1]})"
 
 
 def notes(results, info):
     """The lines printed under the table."""
+    main = info["threads"][0]
     lines = [
-        "ratio: images/s, GB/s, GFLOP/s rows minidl/PyTorch; ms rows PyTorch/minidl "
-        "(the speed-up); both higher is better. Memory row minidl/PyTorch, lower is better.",
+        f"figures at {main} thread{'s' * (main > 1)}; peer: PyTorch {info.get('torch') or '-'} "
+        f"eager unless the row names torch.compile or JAX. ratio: images/s, GB/s, GFLOP/s rows "
+        f"minidl/peer; ms rows peer/minidl (the speed-up); both higher is better. Memory rows "
+        f"minidl/peer, lower is better. Targets of the canonical rows apply at {main} "
+        f"thread{'s' * (main > 1)}; of Dense and the breadth suite at every thread count.",
     ]
     copy = info.get("copy_bandwidth_gbs")
     if copy:
         text = (f"copy bandwidth (np.copyto of {info.get('copy_mib')} MiB, read+write): "
                 f"{copy:.1f} GB/s")
         if info.get("copy_bandwidth_torch_gbs"):
-            text += (f"; torch copy_ with {info['threads']} threads: "
-                     f"{info['copy_bandwidth_torch_gbs']:.1f} GB/s")
+            text += f"; torch copy_: {info['copy_bandwidth_torch_gbs']:.1f} GB/s"
         lines.append(text)
-        bn = results.get(4, {}).get("extra") or {}
+        bn = results.get("4", {}).get("extra") or {}
         if bn.get("minidl"):
             lines.append(f"BatchNorm effective bandwidth: minidl {bn['minidl'] / copy:.0%} of "
-                         f"np.copyto's" + (f", PyTorch {bn['pytorch'] / copy:.0%}"
-                                           if bn.get("pytorch") else ""))
+                         f"np.copyto's" + (f", PyTorch {bn['peer'] / copy:.0%}"
+                                           if bn.get("peer") else ""))
+    worst = breadth_worst(results, info["threads"])
+    if worst:
+        lines.append("breadth suite, worst ratio: " + "; ".join(
+            f"{ratio:.2f}x at {n} thread{'s' * (n > 1)} ({i} {WORKLOADS[i]['name']})"
+            for n, (ratio, i) in worst.items()))
+    for i, r in results.items():
+        for threads, entry in r["by_threads"].items():
+            if entry.get("compile_seconds") is not None:
+                lines.append(f"{i}: {r['peer_name']}'s first step (compilation) took "
+                             f"{entry['compile_seconds']:.1f} s at {threads} thread(s); "
+                             f"only later steps are timed")
+        if r.get("skipped"):
+            lines.append(f"{i}: {r['peer_name']} skipped: {r['skipped']}")
+        mismatch = r.get("loss_mismatch")
+        if mismatch:
+            lines.append(f"{i}: the first step's losses differ: {mismatch}")
+    example = results.get("11", {}).get("processes")
+    if example and "peer" in example:
+        lines.append("11: wall time minidl {:.0f} s, PyTorch {:.0f} s; final test accuracy "
+                     "(BN, no BN) minidl {}, PyTorch {}".format(
+                         example["minidl"]["seconds"], example["peer"]["seconds"],
+                         _accuracies(example["minidl"]), _accuracies(example["peer"])))
     if not info.get("torch"):
         lines.append("PyTorch not measured (not installed or --no-torch): ratios are '-'.")
     noisy = [f"{i} ({', '.join(f'{name} {value:.0%}' for name, value in r['spread'].items())})"
-             for i, r in sorted(results.items())
+             for i, r in results.items()
              if max(r.get("spread", {}).values(), default=0) > NOISY_SPREAD]
     if noisy:
         lines.append(f"noisy: the rounds of workload {'; '.join(noisy)} differ by more than "
@@ -380,19 +612,25 @@ def notes(results, info):
     others = info.get("other_processes_cores")
     if others is not None and others > BUSY_CORES:
         lines.append(f"the machine was busy: other processes used {others:.1f} cores on average "
-                     f"during the run; they steal cores from the threads of both frameworks "
-                     f"(an OpenMP barrier waits for a descheduled thread), so the figures are "
-                     f"unreliable")
+                     f"during the run (load average {info.get('load_average')}); they steal "
+                     f"cores from the threads of every framework (an OpenMP barrier waits for a "
+                     f"descheduled thread), so the figures are unreliable")
     return lines
+
+
+def _accuracies(process):
+    return "/".join(f"{a:.4f}" for a in process.get("final_test_accuracy", []))
 
 
 def header(info):
     """One line naming the machine, the run's settings and the versions."""
-    return (f"{info['cpu']}, {info['available_cores']} cores, {info['threads']} threads, "
+    threads = ",".join(map(str, info["threads"]))
+    return (f"{info['cpu']}, {info['available_cores']} cores, threads {threads}, "
             f"{info['date']}; python {info['python']}, numpy {info.get('numpy', '?')}, "
-            f"torch {info.get('torch') or '-'}, minidl {info.get('minidl', '?')} "
-            f"({info.get('git_commit') or 'no git'}); sizes {info['sizes']}, "
-            f"{info['repeats']} rounds, median")
+            f"torch {info.get('torch') or '-'}, jax {info.get('jax') or '-'}, "
+            f"minidl {info.get('minidl', '?')} ({info.get('git_commit') or 'no git'}); "
+            f"sizes {info['sizes']}, {info['repeats']} rounds, median; "
+            f"OMP_WAIT_POLICY {info.get('omp_wait_policy', '?')}")
 
 
 def text_table(rows):
@@ -417,15 +655,14 @@ def markdown_table(rows):
 
 def report(args, results, info):
     """Print the table; write the JSON and Markdown files when asked."""
-    rows = table_rows(results)
+    rows = table_rows(results, info["threads"])
     print(header(info))
     print(text_table(rows))
     for line in notes(results, info):
         print(line)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"machine": info, "workloads": {str(i): results[i] for i in sorted(results)}},
-                      f, indent=2)
+            json.dump({"machine": info, "workloads": results}, f, indent=2)
             f.write("\n")
     text = (header(info) + "\n\n" + markdown_table(rows) + "\n\n"
             + "\n".join(f"- {line}" for line in notes(results, info)) + "\n")
@@ -451,6 +688,8 @@ def update_readme(path, text):
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         f.write(content)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
     print(f"results written into {path}")
 
@@ -461,14 +700,14 @@ def main(argv=None):
     if args.worker:
         return worker_main(args)
     if args.profile is not None:
-        return subprocess.call(worker_command(args, "profile", args.workloads),
-                               env=thread_env(args.threads))
+        threads = args.threads[0]
+        return subprocess.call(worker_command(args, "profile", args.workloads, threads),
+                               env=thread_env(threads, args.wait_policy))
     usage_before = cpu_usage()
-    results, worker_info = collect(args)
+    raw, worker_info = collect(args)
     info = machine_info(args, worker_info)
     info["other_processes_cores"] = other_processes_cores(usage_before, cpu_usage())
-    for record in results.values():
-        finish(record)
+    results = {i: finish(i, raw[i], args.threads) for i in args.workloads if i in raw}
     report(args, results, info)
     return 1 if any(r.get("error") for r in results.values()) else 0
 
@@ -476,21 +715,25 @@ def main(argv=None):
 # ===================================================================== workers
 def worker_main(args):
     """Run in a child process: measure, print records as ``@@result {json}`` lines."""
+    pin_to_cores(args.threads[0])
     want_torch = not args.no_torch and args.worker != "memory-minidl"
     _import_frameworks(want_torch, need_minidl=args.worker != "memory-pytorch")
     sizes = SIZES[args.sizes]
+    threads = args.threads[0]
     if minidl is not None:
-        minidl.set_num_threads(args.threads)
+        minidl.set_num_threads(threads)
     if torch is not None:
-        torch.set_num_threads(args.threads)
-    if args.worker == "time":
+        torch.set_num_threads(threads)
+    if args.worker == "versions":
+        emit(versions())
+    elif args.worker == "time":
         emit(versions())
         emit(copy_bandwidth(sizes))
         for i in args.workloads:
-            emit(guarded(i, lambda i=i: timed_workload(i, sizes, args.repeats)))
+            emit(guarded(i, lambda i=i: timed_workload(i, sizes, args.repeats, args.no_torch)))
     elif args.worker.startswith("memory-"):
         emit(versions())
-        emit(guarded(7, lambda: memory_workload(args.worker[len("memory-"):], sizes)))
+        emit(guarded("7", lambda: memory_workload(args.worker[len("memory-"):], sizes)))
     elif args.worker == "profile":
         for i in args.workloads:
             profile_workload(i, sizes, args.profile)
@@ -532,7 +775,9 @@ def guarded(workload_id, measure):
 
 def versions():
     """Versions and paths of the measured libraries."""
-    info = dict(numpy=np.__version__, torch=None if torch is None else torch.__version__)
+    info = dict(numpy=np.__version__, torch=None if torch is None else torch.__version__,
+                jax=_version_of("jax"),
+                worker_omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"))
     if minidl is not None:
         info.update(minidl=minidl.__version__, minidl_path=os.path.dirname(minidl.__file__))
     try:
@@ -541,6 +786,15 @@ def versions():
     except Exception:  # older NumPy, or a build without this information
         pass
     return info
+
+
+def _version_of(package):
+    """The installed version of ``package`` (without importing it), or None."""
+    from importlib import metadata
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
 
 
 def copy_bandwidth(sizes):
@@ -573,12 +827,14 @@ def interleaved(steps, sizes, repeats):
     the order alternating from round to round.
 
     Returns:
-        (seconds, block_steps): ``{framework: [seconds per step, one per round]}`` and
-        ``{framework: steps per block}``.
+        (seconds, block_steps, first): ``{framework: [seconds per step, one per round]}``,
+        ``{framework: steps per block}`` and ``{framework: what its first step returned}``
+        (the loss of a training step).
     """
-    block_steps = {}
+    block_steps, first = {}, {}
     for name, step in steps.items():
-        for _ in range(sizes["warmup"]):
+        first[name] = step()
+        for _ in range(sizes["warmup"] - 1):
             step()
         one = timed_call(step)
         block_steps[name] = max(1, min(sizes["max_steps"], round(sizes["block_seconds"] / one)))
@@ -592,15 +848,29 @@ def interleaved(steps, sizes, repeats):
             for _ in range(count):
                 step()
             seconds[name].append((time.perf_counter() - start) / count)
-    return seconds, block_steps
+    return seconds, block_steps, first
 
 
-def timed_workload(workload_id, sizes, repeats):
-    """Measure workload 1-6 for minidl and (if present) PyTorch; medians over the rounds."""
-    steps, detail, work = workload_setup(workload_id, sizes)
-    seconds, block_steps = interleaved(steps, sizes, repeats)
-    record = dict(detail=detail, block_steps=block_steps, seconds_per_step=seconds)
-    spec = WORKLOADS[workload_id]
+class Skipped(Exception):
+    """A peer that is not installed or cannot run here (the reason is the message)."""
+
+
+def timed_workload(workload_id, sizes, repeats, no_torch):
+    """Measure a timed workload for minidl and (if present) its peer; medians over the rounds."""
+    setup = workload_setup(workload_id, sizes, no_torch)
+    steps = setup["steps"]
+    seconds, block_steps, first = interleaved(steps, sizes, repeats)
+    record = dict(detail=setup["detail"], block_steps=block_steps, seconds_per_step=seconds)
+    for key in ("skipped", "compile_seconds"):
+        if setup.get(key) is not None:
+            record[key] = setup[key]
+    losses = {name: value for name, value in first.items() if isinstance(value, float)}
+    if len(losses) == 2:
+        record["first_loss"] = losses
+        a, b = losses.values()
+        if not abs(a - b) <= LOSS_TOLERANCE * max(abs(a), abs(b)):
+            record["loss_mismatch"] = ", ".join(f"{k} {v:.6f}" for k, v in losses.items())
+    spec, work = WORKLOADS[workload_id], setup["work"]
     record["best"] = {}  # the best round, less sensitive to other processes than the median
     if spec["kind"] == "time":  # ms per step, plus GB/s or GFLOP/s
         extra = dict(name=spec["extra_name"], unit=spec["extra_unit"])
@@ -616,93 +886,38 @@ def timed_workload(workload_id, sizes, repeats):
     return record
 
 
-def workload_setup(workload_id, sizes):
-    """``(steps, detail, work)`` of workload 1-6 and 8, see the set-up functions below."""
-    if workload_id in (1, 2, 3, 8):
-        kind = {3: "cifar", 8: "resnet20"}.get(workload_id, "mnist")
-        return train_setup(kind, workload_id != 2, sizes)
-    return {4: batchnorm_setup, 5: conv_setup, 6: eval_setup}[workload_id](sizes)
+def workload_setup(workload_id, sizes, no_torch=False):
+    """The set-up of a timed workload: a dict with ``steps`` (``{"minidl": step, "peer":
+    step}``, each a callable running one step), ``detail`` (for the table), ``work`` (images,
+    bytes or FLOPs of one step) and, for the optional peers, ``skipped`` (why the peer is not
+    measured) or ``compile_seconds``."""
+    if workload_id in BREADTH:
+        return breadth_setup(workload_id, sizes)
+    if workload_id in ("1", "2", "3", "12"):
+        kind = {"1": "mnist", "2": "mnist", "3": "cifar", "12": "resnet20"}[workload_id]
+        return train_setup(kind, workload_id != "2", sizes)
+    if workload_id in ("9", "10"):
+        return peer_setup(WORKLOADS[workload_id]["peer"], sizes, no_torch)
+    return {"4": batchnorm_setup, "5": conv_setup, "6": eval_setup,
+            "8": dense_setup}[workload_id](sizes)
 
 
 # --------------------------------------------------------------------- networks and data
 def minidl_network(kind, batch_norm):
-    """The minidl network of a workload (``"mnist"``, ``"cifar"`` or ``"resnet20"``, from
-    :mod:`minidl.models`), initialized from minidl's seeded generator."""
+    """The minidl network of a workload, initialized from minidl's seeded generator."""
     minidl.manual_seed(0)
     norm = "batch" if batch_norm else None
-    if kind == "resnet20":
+    if kind == "resnet20":  # option-A shortcuts, as He et al.'s CIFAR networks
         return minidl.models.resnet_cifar(20, norm=norm)
     builder = minidl.models.mnist_cnn if kind == "mnist" else minidl.models.vgg_cifar
     return builder(norm=norm)
 
 
-def torch_network(kind, batch_norm):
-    """The same architecture with torch.nn modules (children numbered as in minidl)."""
-    nn = torch.nn
-
-    def conv(cin, cout):
-        block = [nn.Conv2d(cin, cout, 3, padding=1, bias=not batch_norm)]
-        return block + ([nn.BatchNorm2d(cout)] if batch_norm else []) + [nn.ReLU()]
-
-    if kind == "resnet20":
-        return torch_resnet20(batch_norm)
-    if kind == "mnist":
-        hidden = [nn.Linear(64 * 7 * 7, 128, bias=not batch_norm)]
-        hidden += [nn.BatchNorm1d(128)] if batch_norm else []
-        return nn.Sequential(*conv(1, 32), nn.MaxPool2d(2), *conv(32, 64), nn.MaxPool2d(2),
-                             nn.Flatten(), *hidden, nn.ReLU(), nn.Linear(128, 10))
-    return nn.Sequential(*conv(3, 32), *conv(32, 32), nn.MaxPool2d(2),
-                         *conv(32, 64), *conv(64, 64), nn.MaxPool2d(2),
-                         *conv(64, 128), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(128 * 4 * 4, 10))
-
-
-def torch_resnet20(batch_norm):
-    """ResNet-20 with option-A shortcuts (minidl.models.resnet_cifar(20)) in torch.nn, with the
-    same module names: ``Residual`` has ``body`` and ``shortcut``, the zero-padding shortcut
-    subsamples with stride 2 and appends zero channels."""
-    nn = torch.nn
-
-    class Residual(nn.Module):
-        def __init__(self, body, shortcut):
-            super().__init__()
-            self.body, self.shortcut = body, shortcut
-
-        def forward(self, x):
-            return self.body(x) + (x if self.shortcut is None else self.shortcut(x))
-
-    class ZeroPadShortcut(nn.Module):
-        def __init__(self, extra):
-            super().__init__()
-            self.extra = extra
-
-        def forward(self, x):
-            return nn.functional.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, 0, self.extra))
-
-    class GlobalAvgPool(nn.Module):  # one module, like minidl's GlobalAvgPool2D
-        def forward(self, x):
-            return x.mean((2, 3))
-
-    def conv_bn(cin, cout, stride, relu=True):
-        layers = [nn.Conv2d(cin, cout, 3, stride, 1, bias=not batch_norm)]
-        return layers + ([nn.BatchNorm2d(cout)] if batch_norm else []) + (
-            [nn.ReLU()] if relu else [])
-
-    stages, channels = [], 16
-    for width, stride in ((16, 1), (32, 2), (64, 2)):
-        blocks = []
-        for i in range(3):
-            step = stride if i == 0 else 1
-            body = nn.Sequential(*conv_bn(channels, width, step),
-                                 *conv_bn(width, width, 1, relu=False))
-            shortcut = ZeroPadShortcut(width - channels) if step != 1 else None
-            blocks.append(nn.Sequential(Residual(body, shortcut), nn.ReLU()))
-            channels = width
-        stages.append(nn.Sequential(*blocks))
-    return nn.Sequential(*conv_bn(3, 16, 1), *stages, GlobalAvgPool(), nn.Linear(64, 10))
-
-
-def torch_copy(module, minidl_module):
-    """Load minidl's parameters and buffers into ``module`` (strict: the layouts must match)."""
+def torch_copy(minidl_module):
+    """The PyTorch twin of ``minidl_module`` (``models.torch_twin``) holding minidl's
+    parameters and buffers (a strict ``load_state_dict``: the layouts must match)."""
+    from models import torch_twin
+    module = torch_twin(minidl_module, minidl, torch)
     state = {key: torch.from_numpy(np.array(value)) for key, value in
              minidl_module.state_dict().items()}
     module.load_state_dict(state, strict=True)
@@ -711,62 +926,157 @@ def torch_copy(module, minidl_module):
 
 def image_shape(kind):
     """``(C, H, W)`` of one image of the network ``kind``."""
-    return (1, 28, 28) if kind == "mnist" else (3, 32, 32)  # CIFAR-10 for cifar and resnet20
+    return (1, 28, 28) if kind == "mnist" else (3, 32, 32)
 
 
-def random_batches(kind, batch, count, seed=0):
-    """``count`` batches of uniform float32 images in [0, 1) and int64 labels in [0, 10)."""
+def random_batches(shape, batch, count, seed=0):
+    """``count`` batches of uniform float32 inputs in [0, 1) of ``(batch,) + shape`` and int64
+    labels in [0, 10)."""
     rng = np.random.default_rng(seed)
-    return [(rng.random((batch,) + image_shape(kind), dtype=np.float32),
+    return [(rng.random((batch,) + tuple(shape), dtype=np.float32),
              rng.integers(0, 10, batch, dtype=np.int64)) for _ in range(count)]
 
 
 # --------------------------------------------------------------------- workload set-ups
-# Each returns (steps, detail, work): {framework: callable running one step}, a short text
-# for the table, and the work of one step (images, bytes or FLOPs).
-
 def train_setup(kind, batch_norm, sizes):
-    """Workloads 1-3 and 8: forward, cross-entropy, backward and an SGD (momentum 0.9) update."""
+    """Workloads 1-3 and 12: forward, cross-entropy, backward and an SGD (momentum 0.9) update."""
     batch = sizes["mnist_batch" if kind == "mnist" else "cifar_batch"]
-    batches = random_batches(kind, batch, sizes["num_batches"])
     model = minidl_network(kind, batch_norm)
-    steps = {"minidl": minidl_train_step(model, batches)}
-    if torch is not None:
-        steps["pytorch"] = torch_train_step(torch_copy(torch_network(kind, batch_norm), model),
-                                            batches)
-    return steps, f"batch {batch}", batch
+    return network_setup(model, image_shape(kind), batch, "train", sizes)
+
+
+def breadth_setup(config_id, sizes):
+    """A breadth configuration: a training step, or an eval-mode forward, of its network."""
+    from models import build_breadth
+    _, mode, _, shape = BREADTH[config_id]
+    model = build_breadth(config_id, minidl)
+    return network_setup(model, shape, breadth_batch(config_id, sizes["tiny"]), mode, sizes)
+
+
+def network_setup(model, shape, batch, mode, sizes):
+    """minidl's ``model`` and its PyTorch twin: training steps (``mode="train"``) or eval-mode
+    forwards (``"eval"``, minidl under ``no_grad``, PyTorch under ``torch.no_grad``)."""
+    batches = random_batches(shape, batch, sizes["num_batches"])
+    if mode == "eval":
+        model.eval()
+        steps = {"minidl": minidl_eval_step(model, batches[0][0])}
+        if torch is not None:
+            steps["peer"] = torch_eval_step(torch_copy(model).eval(), batches[0][0])
+    else:
+        steps = {"minidl": minidl_train_step(model, batches)}
+        if torch is not None:
+            steps["peer"] = torch_train_step(torch_copy(model), batches)
+    return dict(steps=steps, detail=f"batch {batch}", work=batch)
 
 
 def minidl_train_step(model, batches):
-    """One minidl training step per call, cycling through ``batches``."""
+    """One minidl training step per call, cycling through ``batches``; returns the loss."""
     model.train()
     loss_fn = minidl.losses.CrossEntropyLoss()
-    optimizer = minidl.optim.SGD(model.parameters(), lr=LEARNING_RATE, momentum=0.9)
+    optimizer = minidl.optim.SGD(model.parameters(), lr=LEARNING_RATE, momentum=MOMENTUM)
     cycle = itertools.cycle(batches)
 
     def step():
         x, y = next(cycle)
-        loss_fn(model(x), y)
+        loss = loss_fn(model(x), y)
         model.backward(loss_fn.backward(), input_grad=False)  # as PyTorch: no grad for the input
         optimizer.step()
         optimizer.zero_grad()
+        return loss
     step.model = model  # for --profile's per-layer times
     return step
 
 
-def torch_train_step(model, batches):
-    """One PyTorch (eager) training step per call, cycling through ``batches``."""
+def torch_train_step(model, batches, compile=False):
+    """One PyTorch training step per call, cycling through ``batches``; returns the loss.
+
+    Eager, or with ``compile`` through ``torch.compile(model)`` (the default inductor backend;
+    its first call compiles) and the same optimizer on the model's parameters.
+    """
     model.train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=LEARNING_RATE, momentum=0.9)
+    optimizer = torch.optim.SGD(model.parameters(), lr=LEARNING_RATE, momentum=MOMENTUM)
+    forward = torch.compile(model) if compile else model
     cycle = itertools.cycle([(torch.from_numpy(x), torch.from_numpy(y)) for x, y in batches])
 
     def step():
         x, y = next(cycle)
         optimizer.zero_grad()
-        torch.nn.functional.cross_entropy(model(x), y).backward()
+        loss = torch.nn.functional.cross_entropy(forward(x), y)
+        loss.backward()
         optimizer.step()
+        return loss.item()
     return step
 
+
+def minidl_eval_step(model, x):
+    """An inference forward of ``x`` under ``minidl.no_grad()`` (as Trainer.evaluate)."""
+    def step():
+        with minidl.no_grad():
+            model(x)
+    step.model = model  # for --profile's per-layer times
+    return step
+
+
+def torch_eval_step(module, x):
+    """An inference forward of ``x`` under ``torch.no_grad()``."""
+    x_t = torch.from_numpy(x)
+
+    def step():
+        with torch.no_grad():
+            module(x_t)
+    return step
+
+
+def eval_setup(sizes):
+    """Workload 6: inference, the MNIST CNN with BN in eval mode, under no_grad."""
+    model = minidl_network("mnist", True)
+    return network_setup(model, image_shape("mnist"), sizes["eval_batch"], "eval", sizes)
+
+
+def peer_setup(peer, sizes, no_torch):
+    """Workloads 9 and 10: the MNIST CNN + BN training step of workload 1 against
+    ``torch.compile`` or JAX ``jit`` (``peers.py``); the peer's first step, which compiles,
+    is timed on its own (``compile_seconds``) and only later steps are compared."""
+    batch = sizes["mnist_batch"]
+    model = minidl_network("mnist", True)
+    batches = random_batches(image_shape("mnist"), batch, sizes["num_batches"])
+    setup = dict(detail=f"batch {batch}", work=batch)
+    try:
+        if no_torch:
+            raise Skipped("--no-torch")
+        if peer == "torch.compile":
+            if torch is None:
+                raise Skipped("PyTorch is not installed")
+            peer_step = torch_train_step(torch_copy(model), batches, compile=True)
+        else:
+            if _version_of("jax") is None:
+                raise Skipped("jax is not installed (pip install jax)")
+            import peers
+            peer_step = peers.jax_train_step(model, minidl, batches, LEARNING_RATE, MOMENTUM)
+        start = time.perf_counter()
+        try:
+            first_loss = peer_step()
+        except Exception as exc:  # e.g. inductor without a working C++ compiler
+            raise Skipped(f"its first step failed: {type(exc).__name__}: {str(exc)[:300]}")
+        setup["compile_seconds"] = time.perf_counter() - start
+    except Skipped as reason:
+        setup["skipped"] = str(reason)
+        setup["steps"] = {"minidl": minidl_train_step(model, batches)}
+        return setup
+    # the peer has taken its first step on the first batch; minidl takes its own first step
+    # on it too, inside interleaved(), from the same initial parameters
+    setup["steps"] = {"minidl": minidl_train_step(model, batches),
+                      "peer": _first_then(first_loss, peer_step)}
+    return setup
+
+
+def _first_then(first_value, step):
+    """``step`` whose first call returns ``first_value`` without running (it already ran)."""
+    pending = [first_value]
+
+    def wrapped():
+        return pending.pop() if pending else step()
+    return wrapped
 
 def batchnorm_setup(sizes):
     """Workload 4: BatchNorm over channels, training-mode forward and backward.
@@ -792,8 +1102,8 @@ def batchnorm_setup(sizes):
         def torch_step():
             out = module(x_t)
             torch.autograd.grad(out, (x_t, module.weight, module.bias), dy_t)
-        steps["pytorch"] = torch_step
-    return steps, "x".join(map(str, shape)), 5 * x.nbytes
+        steps["peer"] = torch_step
+    return dict(steps=steps, detail="x".join(map(str, shape)), work=5 * x.nbytes)
 
 
 def conv_setup(sizes):
@@ -822,30 +1132,38 @@ def conv_setup(sizes):
         def torch_step():
             out = module(x_t)
             torch.autograd.grad(out, (x_t, module.weight), dy_t)
-        steps["pytorch"] = torch_step
+        steps["peer"] = torch_step
     flops = 3 * 2 * n * c * c * 3 * 3 * h * w
-    return steps, f"{c}->{c} on {n}x{c}x{h}x{w}", flops
+    return dict(steps=steps, detail=f"{c}->{c} on {n}x{c}x{h}x{w}", work=flops)
 
 
-def eval_setup(sizes):
-    """Workload 6: inference, the MNIST CNN with BN in eval mode (PyTorch under no_grad)."""
-    batch = sizes["eval_batch"]
-    x = random_batches("mnist", batch, 1)[0][0]
-    model = minidl_network("mnist", True).eval()
+def dense_setup(sizes):
+    """Workload 8: Dense alone (``(N, in) -> (N, out)`` with bias), forward and backward.
+
+    Work: ``3 * 2*N*in*out`` FLOPs (forward, input and weight gradients).
+    """
+    n, fan_in, fan_out = sizes["dense_shape"]
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((n, fan_in), dtype=np.float32)
+    dy = rng.standard_normal((n, fan_out), dtype=np.float32)
+    minidl.manual_seed(0)
+    layer = minidl.layers.Dense(fan_in, fan_out)
 
     def minidl_step():
-        model(x)
-    minidl_step.model = model  # for --profile's per-layer times
+        layer(x)
+        layer.backward(dy)
     steps = {"minidl": minidl_step}
     if torch is not None:
-        module = torch_copy(torch_network("mnist", True), model).eval()
-        x_t = torch.from_numpy(x)
+        module = torch_copy(layer)
+        x_t = torch.from_numpy(x).requires_grad_()
+        dy_t = torch.from_numpy(dy)
 
         def torch_step():
-            with torch.no_grad():
-                module(x_t)
-        steps["pytorch"] = torch_step
-    return steps, f"batch {batch}", batch
+            out = module(x_t)
+            torch.autograd.grad(out, (x_t, module.weight, module.bias), dy_t)
+        steps["peer"] = torch_step
+    return dict(steps=steps, detail=f"({n}, {fan_in}) -> {fan_out}",
+                work=3 * 2 * n * fan_in * fan_out)
 
 
 # --------------------------------------------------------------------- memory and profile
@@ -853,18 +1171,20 @@ def memory_workload(framework, sizes):
     """Workload 7 in a fresh process: train the CIFAR CNN; report the peak RSS (ru_maxrss)."""
     import resource
     kind, steps = "cifar", sizes["memory_steps"]
-    batches = random_batches(kind, sizes["cifar_batch"], min(steps, sizes["num_batches"]))
+    batches = random_batches(image_shape(kind), sizes["cifar_batch"],
+                             min(steps, sizes["num_batches"]))
     if framework == "minidl":
         step = minidl_train_step(minidl_network(kind, True), batches)
     elif torch is None:
         raise RuntimeError("PyTorch is not installed")
     else:
         torch.manual_seed(0)
-        step = torch_train_step(torch_network(kind, True), batches)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+        from models import torch_network
+        step = torch_train_step(torch_network(kind, True, torch), batches)
+    before = maxrss_mib(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
     for _ in range(steps):
         step()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = maxrss_mib(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
     return dict(framework=framework, steps=steps, peak_rss_mib=peak,
                 rss_before_training_mib=before)
 
@@ -877,10 +1197,11 @@ def profile_workload(workload_id, sizes, top):
     the functional wrappers (``conv2d_forward`` ...) stand for their kernels.
     """
     name = WORKLOADS[workload_id]["name"]
-    if workload_id not in TIMED:
+    if WORKLOADS[workload_id]["runner"] != "time":
         print(f"\n{workload_id} {name}: nothing to profile (a memory measurement)")
         return
-    steps, detail, _ = workload_setup(workload_id, sizes)
+    setup = workload_setup(workload_id, sizes)
+    steps, detail = setup["steps"], setup["detail"]
     for step in steps.values():
         for _ in range(sizes["warmup"]):
             step()
@@ -890,8 +1211,8 @@ def profile_workload(workload_id, sizes, top):
     print_cprofile(step, count, top)
     if getattr(step, "model", None) is not None:
         print_layer_times(step, count)
-    if "pytorch" in steps:
-        print_torch_profile(steps["pytorch"], count, top)
+    if "peer" in steps and WORKLOADS[workload_id]["peer"] == "PyTorch":
+        print_torch_profile(steps["peer"], count, top)
 
 
 def print_cprofile(step, count, top):
@@ -914,14 +1235,8 @@ def print_cprofile(step, count, top):
               f"{function}{where}")
 
 
-def print_layer_times(step, count, top=20):
-    """minidl: wall time of each layer's forward and backward, per step (no profiler).
-
-    The layers timed are the modules without children (a residual network's convolutions,
-    norms and ReLUs, not its blocks); a container's own work (a Residual's addition) is in
-    "the rest". Up to ``top`` layers are listed in model order; a deeper model lists its
-    ``top`` slowest layers and then the time per layer type.
-    """
+def print_layer_times(step, count):
+    """minidl: wall time of each layer's forward and backward, per step (no profiler)."""
     model = step.model
     seconds = {}
 
@@ -933,39 +1248,23 @@ def print_layer_times(step, count, top=20):
             return out
         return wrapper
 
-    leaves = [(name, layer) for name, layer in model.named_modules() if not layer._modules]
     labels = []
-    for name, layer in leaves:
-        labels.append((f"{name} {layer_label(layer)}", type(layer).__name__))
-        layer.forward = timed((labels[-1][0], "forward"), layer.forward)
-        layer.backward = timed((labels[-1][0], "backward"), layer.backward)
+    for index, layer in enumerate(model):
+        labels.append(f"{index} {layer_label(layer)}")
+        layer.forward = timed((labels[-1], "forward"), layer.forward)
+        layer.backward = timed((labels[-1], "backward"), layer.backward)
     total = timed_call(lambda: [step() for _ in range(count)])
-    for _, layer in leaves:  # back to the class's methods
+    for layer in model:  # back to the class's methods
         del layer.forward, layer.backward
-    rows = [(label, kind, seconds.get((label, "forward"), 0.0),
-             seconds.get((label, "backward"), 0.0)) for label, kind in labels]
-    deep = len(rows) > top
-    print(f"minidl, per layer (wall time, {total / count * 1e3:.1f} ms per step"
-          + (f"; the {top} slowest of {len(rows)} layers):" if deep else "):"))
+    print(f"minidl, per layer (wall time, {total / count * 1e3:.1f} ms per step):")
     print(f"{'forward':>9} {'backward':>9} {'share':>6}  layer  (ms per step)")
-    shown = sorted(rows, key=lambda r: r[2] + r[3], reverse=True)[:top] if deep else rows
-    for label, _, forward, backward in shown:
+    for label in labels:
+        forward = seconds.get((label, "forward"), 0.0)
+        backward = seconds.get((label, "backward"), 0.0)
         print(f"{forward / count * 1e3:9.2f} {backward / count * 1e3:9.2f} "
               f"{(forward + backward) / total:6.1%}  {label}")
     rest = total - sum(seconds.values())
     print(f"{rest / count * 1e3:19.2f} {rest / total:6.1%}  the rest (loss, optimizer, Python)")
-    if deep:
-        kinds = {}
-        for _, kind, forward, backward in rows:
-            entry = kinds.setdefault(kind, [0.0, 0.0, 0])
-            entry[0] += forward
-            entry[1] += backward
-            entry[2] += 1
-        print("minidl, per layer type:")
-        for kind, (forward, backward, number) in sorted(kinds.items(), key=lambda item:
-                                                        -(item[1][0] + item[1][1])):
-            print(f"{forward / count * 1e3:9.2f} {backward / count * 1e3:9.2f} "
-                  f"{(forward + backward) / total:6.1%}  {kind} (x{number})")
 
 
 def layer_label(layer):

@@ -1,24 +1,193 @@
-"""NumPy's BLAS, called on one thread while minidl's own kernels run on OpenMP threads.
+"""minidl's matrix products: its own tiled GEMM, run on minidl's OpenMP team.
 
-NumPy's OpenBLAS keeps its own pool of threads, and after every multi-threaded product those
-threads busy-wait for more work (by default for about 2**28 cycles, a tenth of a second). The
-Cython kernels that run right after (convolution, BatchNorm, pooling) then share the cores
-with a spinning thread, and an OpenMP team that loses a core waits at every barrier. Measured
-on 2 cores: a training step of the MNIST CNN without BatchNorm took 29.4 ms with NumPy's BLAS
-on 2 threads and 18.4 ms with it on 1 (``OPENBLAS_NUM_THREADS=1``). So minidl runs its own
-matrix products (Dense layers, the im2col convolution path, Winograd's weight transforms) with
-the BLAS limited to one thread for the duration of the call, using threadpoolctl; the user's
-own NumPy calls are unaffected.
+The products of Dense layers, 1x1 convolutions and the im2col convolution run in
+:func:`matmul` (the kernel is ``minidl/_kernels/_gemm.pyx`` with its blocking and micro-kernel in
+``_gemm.h``): C is cut into tiles, and the tiles are shared out among the same OpenMP threads
+(:func:`minidl.set_num_threads`) that run every other kernel of a training step. Why not NumPy's
+BLAS, or another one:
+
+* NumPy's OpenBLAS keeps its own pool of threads, and after every multi-threaded product those
+  threads busy-wait for more work (about 2**28 cycles, a tenth of a second); its spin can only
+  be changed by an environment variable read when NumPy is loaded, which minidl must not set
+  (importing minidl has no side effects). The OpenMP kernels that follow (BatchNorm, pooling,
+  convolutions) then share the cores with a spinning thread, and an OpenMP team that loses a
+  core waits at every barrier. So minidl ran OpenBLAS on one thread (threadpoolctl), which
+  halves every large product on 2 cores: the Dense MLP of issue 12 trained at 0.48x PyTorch's
+  speed. Running every parallel region on ONE team also suits OpenMP's default wait policy
+  (libgomp spins a while after each region): the threads that spin are the ones the next
+  region needs, and no foreign pool competes with them.
+* The ``blis`` package (cimportable, never spins) vendors BLIS 0.7.0, which does not recognise
+  AMD family 19h (Zen 3, Zen 4) and falls back to its "generic" kernels: 7-16 GFLOP/s per core
+  here against 80-88 for OpenBLAS on one thread (AMD EPYC Zen 3, float32, 512^3 and
+  256x1024x1024, best of 40; ``BLIS_ARCH_DEBUG=1`` prints "selecting sub-configuration
+  'generic'").
+* SciPy's ``cython_blas`` would add SciPy as a dependency and brings its own OpenBLAS (or, on
+  macOS, Accelerate) with its own threads, set process-wide.
+
+The micro-kernel reaches 101 GFLOP/s on one core of this Zen 3 (its peak is about 102) on
+packed data, and whole products 63-84 GFLOP/s per core (float32; OpenBLAS on one thread: 80-88
+on square-ish shapes, 40 on 8192x576 @ 576x128, an im2col shape), on every thread of the team.
+Every element of C is summed in a fixed order that depends neither on the tiling nor on the
+number of threads, so results are bit-identical for any thread count.
+
+Wait policies, measured on the shared 2-core machine while other jobs kept it busy (load 9-11,
+so only the order is meaningful): a loop of a (256, 1024) @ (1024, 1024) product, BatchNorm and
+ReLU on 2 threads, best iteration of 15 in a fresh process. With OpenMP's default policy
+(threads spin a while after each region): OpenBLAS on 2 threads 203-332 ms, OpenBLAS on 1
+thread 86-171 ms, this GEMM on minidl's team 61-132 ms. With ``OMP_WAIT_POLICY=PASSIVE``:
+54-121, 17-25 and 23-28 ms. A second spinning pool (OpenBLAS's) is the worst case under both
+policies; with the team alone, the default policy costs what spinning costs any OpenMP program
+on a busy machine (README, "Threads").
+
+:func:`one_thread` remains for the few small products still done by NumPy (Winograd's weight
+transforms, the reference backend), so that they never start OpenBLAS's threads.
 """
+import numpy as np
 from threadpoolctl import ThreadpoolController
 
-__all__ = ["one_thread"]
+from . import _config, _memory
+from ._kernels import _gemm as _kernel
 
-_controller = []  # the ThreadpoolController, made on first use (it scans the loaded libraries)
+__all__ = ["matmul", "one_thread", "PARALLEL_MIN_WORK", "TILE_COLS"]
+
+# Below this many multiply-adds a product runs on one thread (about 12 microseconds of work:
+# waking the team would cost more).
+PARALLEL_MIN_WORK = 1 << 20
+# Widest tile of C a thread computes (a multiple of every micro-kernel width, 32), and the
+# smallest tiles made only to have more tiles than threads (each tile packs its own blocks).
+TILE_COLS = 512
+MIN_TILE_COLS = 128
+MIN_TILE_ROWS = 256
+
+_libraries = []  # threadpoolctl's controllers of the BLAS libraries, found on first use
+
+
+def _blas_libraries():
+    if not _libraries:
+        _libraries.append(ThreadpoolController().select(user_api="blas").lib_controllers)
+    return _libraries[0]
+
+
+class _OneThread:
+    """The context manager :func:`one_thread` returns: on entry, every BLAS library that runs
+    more than one thread is set to one; on exit, each gets its previous count back.
+
+    threadpoolctl finds the libraries once (:func:`_blas_libraries`); entering and leaving then
+    call their own get/set-thread-count functions, 7 microseconds per use, where
+    ``ThreadpoolController.limit`` re-reads every library's settings each time (12 us, 0.2 ms of
+    a training step of the MNIST CNN at batch 1).
+    """
+
+    __slots__ = ("_previous",)
+
+    def __enter__(self):
+        self._previous = []
+        for library in _blas_libraries():
+            threads = library.get_num_threads()
+            if threads is not None and threads != 1:
+                library.set_num_threads(1)
+                self._previous.append((library, threads))
+        return self
+
+    def __exit__(self, *exc_info):
+        for library, threads in reversed(self._previous):
+            library.set_num_threads(threads)
+        self._previous = []
+        return False
 
 
 def one_thread():
     """A context manager that limits the BLAS libraries NumPy loaded to one thread."""
-    if not _controller:
-        _controller.append(ThreadpoolController())
-    return _controller[0].limit(limits=1, user_api="blas")
+    return _OneThread()
+
+
+def _ceil_div(a, b):
+    return -(-a // b)
+
+
+def _tiles(tasks_per_tile, rows, cols, threads, nr):
+    """``(tile_rows, tile_cols)`` of C: about two tiles per thread where the matrix allows.
+
+    The threads take tiles one at a time (dynamic schedule), so a thread that the OS
+    deschedules on a busy machine holds up at most one tile, not half the product. Each tile
+    packs its own blocks of A and B, so tiles stay at least ``MIN_TILE_COLS`` wide and
+    ``MIN_TILE_ROWS`` high unless there would be fewer tiles than threads. The tiling never
+    changes the result (see the module docstring).
+    """
+    want = 2 * threads if threads > 1 else 1
+    tiles_n = _ceil_div(cols, TILE_COLS)
+    while tasks_per_tile * tiles_n < want and _ceil_div(cols, tiles_n + 1) >= MIN_TILE_COLS:
+        tiles_n += 1
+    tile_cols = min(_ceil_div(_ceil_div(cols, tiles_n), nr) * nr, TILE_COLS)
+    tasks = tasks_per_tile * _ceil_div(cols, tile_cols)
+    pieces = 1
+    while tasks * pieces < want and rows >= (pieces + 1) * MIN_TILE_ROWS:
+        pieces += 1
+    while tasks * pieces < threads and rows > pieces * _kernel.MR:
+        pieces += 1
+    tile_rows = _ceil_div(_ceil_div(rows, pieces), _kernel.MR) * _kernel.MR
+    return min(tile_rows, rows), tile_cols
+
+
+def _as_batch(array):
+    """A 2-D matrix as a batch of one (a view), a 3-D batch as it is."""
+    return array[None] if array.ndim == 2 else array
+
+
+def matmul(a, b, out=None, accumulate=False, sum_batch=False, layer="matmul"):
+    """``a @ b`` on minidl's OpenMP team (see the module docstring).
+
+    Args:
+        a (np.ndarray): ``(M, K)`` or a batch ``(B, M, K)``; float32 or float64, any strides
+            (a transposed view costs nothing).
+        b (np.ndarray): ``(K, N)`` or ``(B, K, N)``, a's dtype, any strides. A 2-D operand is
+            used for every matrix of the other's batch.
+        out (np.ndarray or None): where to write: C-contiguous, a's dtype, ``(M, N)`` when
+            neither operand is a batch or ``sum_batch``, else ``(B, M, N)``. A new array from
+            :mod:`minidl._memory` when None.
+        accumulate (bool): add the product to ``out`` (which must then be given).
+        sum_batch (bool): ``sum_n a[n] @ b[n]``, a single ``(M, N)`` matrix, summed over the
+            batch in order.
+        layer (str): name used in error messages.
+    Returns:
+        np.ndarray: ``out``.
+    Raises:
+        TypeError: the operands are not float32/float64 arrays of one dtype.
+        ValueError: their shapes do not match, or ``out`` is unusable.
+    """
+    if not (isinstance(a, np.ndarray) and isinstance(b, np.ndarray)) \
+            or a.dtype != b.dtype or a.dtype not in (np.float32, np.float64):
+        raise TypeError(f"{layer}: expected two float32 or two float64 arrays, got "
+                        f"{getattr(a, 'dtype', type(a).__name__)} and "
+                        f"{getattr(b, 'dtype', type(b).__name__)}")
+    batched = a.ndim == 3 or b.ndim == 3
+    a3, b3 = _as_batch(a), _as_batch(b)
+    batch = max(a3.shape[0], b3.shape[0])
+    if a3.ndim != 3 or b3.ndim != 3 or a3.shape[2] != b3.shape[1] \
+            or a3.shape[0] not in (1, batch) or b3.shape[0] not in (1, batch):
+        raise ValueError(f"{layer}: cannot multiply shapes {a.shape} and {b.shape}")
+    rows, inner, cols = a3.shape[1], a3.shape[2], b3.shape[2]
+    shape = (rows, cols) if sum_batch or not batched else (batch, rows, cols)
+    if accumulate and out is None:
+        raise ValueError(f"{layer}: accumulate=True needs an out array")
+    given = out is not None
+    out = _memory.output(layer, out, shape, a.dtype)
+    if given and (np.may_share_memory(out, a) or np.may_share_memory(out, b)):
+        raise ValueError(f"{layer}: out must not share memory with the operands")
+    out3 = out.reshape((1 if sum_batch or not batched else batch, rows, cols))
+    if out.size == 0:
+        return out
+    if inner == 0 or batch == 0:
+        if not accumulate:
+            out3.fill(0)
+        return out
+    tasks_per_tile = 1 if sum_batch else batch
+    work = batch * rows * cols * inner
+    threads = 1 if work < PARALLEL_MIN_WORK else _config.get_num_threads()
+    nr = _kernel.NR[a.dtype.name]
+    tile_rows, tile_cols = _tiles(tasks_per_tile, rows, cols, threads, nr)
+    tasks = tasks_per_tile * _ceil_div(rows, tile_rows) * _ceil_div(cols, tile_cols)
+    threads = max(1, min(threads, tasks))
+    scratch = _memory.empty((threads, _kernel.scratch_size(tile_cols, a.dtype.name)), a.dtype)
+    _kernel.gemm(a3, b3, out3, accumulate, sum_batch, tile_rows, tile_cols, scratch, threads)
+    return out

@@ -87,19 +87,26 @@ def check_input(layer, x, layouts, sizes=None, arg="input", empty_batch=False):
     check_float_array(layer, x, arg)
     if isinstance(layouts, str):
         layouts = (layouts,)
-    expected = " or ".join(_describe(l, sizes) for l in layouts)
     for layout in layouts:
         if x.ndim == len(layout):
             break
     else:
-        raise ValueError(f"{layer}: expected {arg} of shape {expected}, got shape {x.shape}")
+        raise ValueError(f"{layer}: expected {arg} of shape {_expected(layouts, sizes)}, got "
+                         f"shape {x.shape}")
     bad = sizes and any(d in sizes and x.shape[i] != sizes[d] for i, d in enumerate(layout))
     if bad:
-        raise ValueError(f"{layer}: expected {arg} of shape {expected}, got shape {x.shape}")
+        raise ValueError(f"{layer}: expected {arg} of shape {_expected(layouts, sizes)}, got "
+                         f"shape {x.shape}")
     if 0 in (x.shape[1:] if empty_batch else x.shape):
-        raise ValueError(f"{layer}: expected {arg} of shape {expected} with no empty axis, "
-                         f"got shape {x.shape}")
+        raise ValueError(f"{layer}: expected {arg} of shape {_expected(layouts, sizes)} with no "
+                         f"empty axis, got shape {x.shape}")
     return layout
+
+
+def _expected(layouts, sizes):
+    """``"(N, 3, H, W)"`` or ``"(N, C) or (N, C, L)"``: the shapes an error message expects
+    (built only when there is an error: checks run on every layer call)."""
+    return " or ".join(_describe(l, sizes) for l in layouts)
 
 
 def _is_int(value):

@@ -10,8 +10,8 @@ minidl changes nothing that other libraries can see: no environment variable, no
   between kernel calls (``OMP_WAIT_POLICY``).
 * :func:`show_config`: compiler, OpenMP, SIMD, threads, BLAS and debug build, as text and dict.
 
-NumPy's BLAS has its own threads: see :mod:`minidl._blas` for how minidl's own matrix products
-use it.
+minidl's matrix products run on its own OpenMP team, not in NumPy's BLAS (which has its own
+threads): see :mod:`minidl._blas`.
 """
 import ctypes
 import numbers
@@ -250,8 +250,8 @@ def config():
     from threadpoolctl import threadpool_info
 
     from . import __version__
-    from ._kernels import _activation, _batchnorm, _conv, _pool, _winograd
-    modules = (_activation, _batchnorm, _conv, _pool, _winograd)
+    from ._kernels import _activation, _batchnorm, _conv, _gemm, _pool, _winograd
+    modules = (_activation, _batchnorm, _conv, _gemm, _pool, _winograd)
     build = _build()
     runtime = _openmp_runtime() if build["openmp"] else None
     facts = {
@@ -316,10 +316,10 @@ def _format(facts):
         ("portable C", "yes (plain C99 paths only)" if facts["portable_build"] else "no"),
         ("OpenMP", openmp),
         ("wait policy", policy),
-        ("SIMD", f"elementwise kernels {', '.join(simd['clones'])}; Winograd products "
+        ("SIMD", f"elementwise kernels {', '.join(simd['clones'])}; matrix products "
                  f"{', '.join(simd['winograd_products'])}; this CPU runs {simd['cpu']}"),
         ("threads", thread_text),
-        ("BLAS", f"{blas} (minidl's own products run it on 1 thread)"),
+        ("BLAS", f"{blas} (minidl's matrix products use its own GEMM on its OpenMP threads)"),
     ]
     if "warning" in facts:
         rows.append(("WARNING", facts["warning"]))

@@ -1,13 +1,148 @@
-"""minidl._blas: minidl's matrix products run NumPy's BLAS on one thread, the user's do not."""
+"""minidl._blas: matmul (minidl's tiled GEMM on its OpenMP team) against NumPy in float64, for
+any strides, batches, sums and thread counts; the layers' products go through it; and the small
+NumPy products that remain run NumPy's BLAS on one thread, the user's do not."""
 import numpy as np
+import pytest
 from threadpoolctl import threadpool_info, threadpool_limits
 
+import minidl
 from minidl import _blas
+from minidl._kernels import _gemm
 from minidl.functional import linear
+
+DTYPES = [np.float32, np.float64]
+# (M, K, N): single elements, sizes below and between the micro-kernel's 6 rows and 8-32
+# columns, inner sizes across several 256-long blocks, and more rows than one 144-row block
+SHAPES = [(1, 1, 1), (5, 3, 7), (6, 16, 32), (13, 257, 33), (150, 600, 70), (37, 1, 129)]
 
 
 def _blas_threads():
     return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+
+
+def _close(actual, expected, dtype, inner):
+    """float32: about the error of an inner-long sum; float64: near exact."""
+    scale = max(1.0, float(np.abs(expected).max()))
+    tol = (1e-6 * (inner ** 0.5 + 4) if dtype == np.float32 else 1e-13 * (inner + 4)) * scale
+    np.testing.assert_allclose(actual, expected, rtol=0, atol=tol)
+
+
+def _strided(array):
+    """The same values behind exotic strides: a transposed copy, sliced with a step."""
+    base = np.zeros(array.shape[:-2] + (array.shape[-1], 2 * array.shape[-2]), array.dtype)
+    base[..., ::2] = np.swapaxes(array, -1, -2)
+    view = np.swapaxes(base[..., ::2], -1, -2)
+    assert np.array_equal(view, array) and (view.size == 1 or not view.flags.c_contiguous)
+    return view
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES, ids=[str(s) for s in SHAPES])
+def test_matmul_matches_numpy(shape, dtype, rng):
+    m, k, n = shape
+    a = rng.standard_normal((m, k)).astype(dtype)
+    b = rng.standard_normal((k, n)).astype(dtype)
+    expected = a.astype(np.float64) @ b.astype(np.float64)
+    out = _blas.matmul(a, b)
+    assert out.shape == (m, n) and out.dtype == dtype and out.flags.c_contiguous
+    _close(out, expected, dtype, k)
+    # transposed and sliced operands give the same bits (only the packing reads differently)
+    np.testing.assert_array_equal(_blas.matmul(_strided(a), _strided(b)), out)
+    np.testing.assert_array_equal(_blas.matmul(np.asfortranarray(a), b.T.copy().T), out)
+    # accumulate adds to what is there
+    start = rng.standard_normal((m, n)).astype(dtype)
+    result = start.copy()
+    assert _blas.matmul(a, b, out=result, accumulate=True) is result
+    _close(result, expected + start, dtype, k)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_matmul_batches_broadcasts_and_sums(dtype, rng):
+    a = rng.standard_normal((3, 14, 40)).astype(dtype)
+    b = rng.standard_normal((3, 40, 9)).astype(dtype)
+    w = rng.standard_normal((14, 40)).astype(dtype)
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    _close(_blas.matmul(a, b), a64 @ b64, dtype, 40)
+    _close(_blas.matmul(w, b), w.astype(np.float64) @ b64, dtype, 40)   # w for every n
+    _close(_blas.matmul(a, b[0]), a64 @ b64[0], dtype, 40)            # b[0] for every n
+    _close(_blas.matmul(a, b, sum_batch=True), (a64 @ b64).sum(axis=0), dtype, 120)
+    at = np.ascontiguousarray(a.transpose(0, 2, 1)).transpose(0, 2, 1)  # a transposed batch
+    np.testing.assert_array_equal(_blas.matmul(at, b), _blas.matmul(a, b))
+
+
+def test_matmul_empty_and_zero_inner():
+    assert _blas.matmul(np.zeros((0, 3)), np.zeros((3, 4))).shape == (0, 4)
+    np.testing.assert_array_equal(_blas.matmul(np.zeros((2, 0)), np.zeros((0, 3))),
+                                  np.zeros((2, 3)))
+    out = np.ones((2, 3))
+    _blas.matmul(np.zeros((2, 0)), np.zeros((0, 3)), out=out, accumulate=True)
+    np.testing.assert_array_equal(out, np.ones((2, 3)))
+
+
+def test_matmul_same_bits_for_any_thread_count_and_tiling(rng):
+    """One thread sums each element in a fixed order: threads and tiles change nothing."""
+    a = rng.standard_normal((100, 700)).astype(np.float32)
+    b = rng.standard_normal((700, 90)).astype(np.float32)
+    before = minidl.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2, 3, 4):
+            minidl.set_num_threads(threads)
+            results.append(_blas.matmul(a, b))
+    finally:
+        minidl.set_num_threads(before)
+    for tile_rows, tile_cols in [(6, 16), (7, 40), (100, 96)]:  # the kernel called directly
+        c = np.empty((1, 100, 90), np.float32)
+        scratch = np.empty((2, _gemm.scratch_size(tile_cols, "float32")), np.float32)
+        _gemm.gemm(a[None], b[None], c, False, False, tile_rows, tile_cols, scratch, 2)
+        results.append(c[0])
+    for other in results[1:]:
+        np.testing.assert_array_equal(other, results[0])
+
+
+def test_matmul_errors():
+    a, b = np.ones((2, 3)), np.ones((3, 4))
+    with pytest.raises(TypeError, match="Dense.*float32 or two float64.*float64 and float32"):
+        _blas.matmul(a, b.astype(np.float32), layer="Dense")
+    with pytest.raises(TypeError, match="matmul.*int64"):
+        _blas.matmul(a.astype(np.int64), b.astype(np.int64))
+    with pytest.raises(ValueError, match=r"matmul: cannot multiply shapes \(2, 3\) and \(4, 3\)"):
+        _blas.matmul(a, b.T)
+    with pytest.raises(ValueError, match="cannot multiply"):
+        _blas.matmul(np.ones((2, 2, 3)), np.ones((3, 3, 4)))
+    with pytest.raises(ValueError, match="accumulate=True needs an out"):
+        _blas.matmul(a, b, accumulate=True)
+    with pytest.raises(ValueError, match=r"out.*C-contiguous float64 array of shape \(2, 4\)"):
+        _blas.matmul(a, b, out=np.empty((4, 2)).T)
+    square = np.ones((3, 3))
+    with pytest.raises(ValueError, match="share memory"):
+        _blas.matmul(square, square, out=square)
+
+
+def test_dense_and_im2col_products_run_on_minidls_team(monkeypatch, rng):
+    """Dense and the im2col convolution multiply with _blas.matmul, never with NumPy's BLAS."""
+    from minidl.functional import conv
+    calls = []
+    real = _blas.matmul
+
+    def probe(*args, **kwargs):
+        calls.append(args[0].shape)
+        return real(*args, **kwargs)
+
+    def no_numpy_products(*args, **kwargs):
+        raise AssertionError("NumPy's matmul was called")
+
+    monkeypatch.setattr(_blas, "matmul", probe)
+    monkeypatch.setattr(np, "matmul", no_numpy_products)
+    x = rng.standard_normal((4, 3))
+    out, cache = linear.linear_forward(x, rng.standard_normal((2, 3)))
+    linear.linear_backward(np.ones((4, 2)), cache)
+    assert len(calls) == 3
+    x = rng.standard_normal((2, 3, 6, 6))
+    out, cache = conv.conv2d_forward(x, rng.standard_normal((4, 3, 3, 3)), stride=2,
+                                     method="im2col")
+    conv.conv2d_backward(np.ones_like(out), cache)
+    assert len(calls) == 6
 
 
 def test_one_thread_limits_blas_and_restores_it():
@@ -17,24 +152,6 @@ def test_one_thread_limits_blas_and_restores_it():
         with _blas.one_thread():
             assert all(n == 1 for n in _blas_threads())
         assert _blas_threads() == before
-
-
-def test_linear_runs_blas_on_one_thread(monkeypatch, rng):
-    seen = []
-    real_matmul = np.ndarray.__matmul__
-
-    class Probe(np.ndarray):
-        def __matmul__(self, other):
-            seen.append(_blas_threads())
-            return real_matmul(np.asarray(self), np.asarray(other))
-
-    x = rng.standard_normal((4, 3)).view(Probe)
-    weight = rng.standard_normal((2, 3))
-    with threadpool_limits(limits=2, user_api="blas"):
-        out, cache = linear.linear_forward(x, weight)
-        linear.linear_backward(np.ones((4, 2)).view(Probe), cache)
-        assert all(n == 2 for n in _blas_threads())
-    assert len(seen) == 3 and all(n == 1 for threads in seen for n in threads)
 
 
 def test_winograd_weight_transforms_run_blas_on_one_thread(monkeypatch, rng):
@@ -85,3 +202,16 @@ def test_the_reference_backend_runs_blas_on_one_thread(monkeypatch, rng):
         linear.linear_backward(np.ones_like(out), cache)
         assert all(n == 2 for n in _blas_threads())
     assert len(seen) == 4 and all(n == 1 for threads in seen for n in threads)
+
+
+def test_one_thread_nests_and_restores_after_an_exception():
+    with threadpool_limits(limits=2, user_api="blas"):
+        try:
+            with _blas.one_thread():
+                with _blas.one_thread():  # already one thread: nothing to change or restore
+                    assert all(n == 1 for n in _blas_threads())
+                assert all(n == 1 for n in _blas_threads())
+                raise KeyError("inside")
+        except KeyError:
+            pass
+        assert all(n == 2 for n in _blas_threads())

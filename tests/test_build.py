@@ -35,10 +35,11 @@ import minidl
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(minidl.__file__)))
 KERNELS = os.path.join(ROOT, "minidl", "_kernels")
-MODULES = ["_activation", "_batchnorm", "_conv", "_pool", "_winograd"]
+MODULES = ["_activation", "_batchnorm", "_conv", "_gemm", "_pool", "_winograd"]
 # the test modules that exercise the compiled modules (matched by name, so new ones are included)
 KERNEL_TESTS = re.compile(
-    r"test_(conv|winograd|im2col|direct|pool|norm|batchnorm|activation|relu|layers|config|memory)"
+    r"test_(conv|winograd|im2col|direct|pool|norm|batchnorm|activation|relu|layers|config|memory"
+    r"|blas)"
     r"\w*\.py$")
 # the hypothesis fuzz tests, run once more against the bounds-checked debug build
 FUZZ_TESTS = re.compile(r"test_fuzz_\w+\.py$")
@@ -150,12 +151,16 @@ def _symbols(path):
 
 
 def _assert_simd_variants(kernels_dir):
-    """Every kernel module has AVX-512 and AVX2 clones, and the Winograd products all three
-    variants: the vector paths are still chosen on GCC/clang x86-64."""
+    """Every kernel module has AVX-512 and AVX2 clones, and the Winograd products and the GEMM
+    micro-kernels all three variants: the vector paths are still chosen on GCC/clang x86-64."""
     for name in MODULES:
         (path,) = [os.path.join(kernels_dir, f) for f in os.listdir(kernels_dir)
                    if f.startswith(name + ".") and f.endswith(".so")]
         symbols = _symbols(path)
+        if name == "_gemm":  # no SIMD clones: the micro-kernels are dispatched at import
+            for isa in ("avx512", "avx2", "base"):
+                assert f"minidl_gemm_micro_f_{isa}" in symbols, isa
+            continue
         for isa in ("avx512f", "avx2"):
             assert re.search(rf"^\S+ [tT] minidl_\w+\.{isa}", symbols, re.M), f"{name}: no {isa}"
         if name == "_winograd":

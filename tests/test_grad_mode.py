@@ -127,14 +127,16 @@ def test_enable_grad_inside_no_grad_keeps_the_cache(rng):
 
 def test_inference_holds_no_intermediate_arrays(rng):
     """A no_grad eval forward of the MNIST CNN + BN leaves no array of minidl's allocator alive
-    (every intermediate went back); with gradients the caches keep megabytes."""
+    but its output (every intermediate went back); with gradients the caches keep megabytes."""
     model = mnist_cnn(norm="batch", rng=0).eval()
     x = rng.random((256, 1, 28, 28), dtype=np.float32)
     base = minidl.memory_stats()["allocated_bytes"]
     with minidl.no_grad():
         logits = model(x)
     assert logits.shape == (256, 10)
-    assert minidl.memory_stats()["allocated_bytes"] == base
+    # nothing but the logits themselves (the last Dense layer's product may come from minidl's
+    # allocator)
+    assert minidl.memory_stats()["allocated_bytes"] in (base, base + logits.nbytes)
     kept = model(x)
     assert minidl.memory_stats()["allocated_bytes"] > base + (8 << 20)
     np.testing.assert_array_equal(kept, logits)

@@ -80,6 +80,28 @@ def test_pool_kernels_match_reference(geometry, dtype, ties, rng):
         np.testing.assert_allclose(dx, ref_dx, rtol=1e-6 if dtype == np.float32 else 1e-14)
 
 
+@pytest.mark.parametrize("values", ["distinct", "ties", "nan"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("geometry", GEOMETRIES, ids=GEOMETRY_IDS)
+def test_values_kernel_matches_the_forward_bit_for_bit(geometry, dtype, values, rng):
+    """max_pool2d_values (inference: no indices) writes exactly the forward kernel's maxima,
+    NaN payloads included."""
+    n, c, h, w, kernel, stride = geometry
+    shape = (n, c, h, w)
+    x = input_with_ties(shape, dtype, rng) if values == "ties" else rng.standard_normal(shape)
+    x = x.astype(dtype)
+    bits = np.uint32 if dtype == np.float32 else np.uint64
+    if values == "nan":
+        x[rng.random(shape) < 0.2] = np.nan
+        payloads = rng.integers(1, 1 << 20, size=int(np.isnan(x).sum())).astype(bits)
+        x.view(bits)[np.isnan(x)] |= payloads  # distinct NaNs: the kernel must pick the same
+    out = np.empty((n, c) + pooled_size(h, w, kernel, stride), dtype)
+    _pool.max_pool2d_forward(x, out, np.empty(out.shape, np.int64), *kernel, *stride, 2)
+    maxima = np.full(out.shape, 7, dtype)  # the kernel must overwrite everything
+    _pool.max_pool2d_values(x, maxima, *kernel, *stride, 2)
+    np.testing.assert_array_equal(maxima.view(bits), out.view(bits))
+
+
 def test_reference_pool_matches_brute_force(rng):
     """The vectorized reference agrees with a loop over windows written from the definition."""
     x = input_with_ties((2, 2, 7, 8), np.float64, rng)
@@ -396,3 +418,29 @@ def test_max_pool2d_backward_refuses_a_changed_cache(rng, field, value):
     with pytest.raises(TypeError, match="max_pool2d: expected the cache returned by "
                                         "max_pool2d_forward, got tuple"):
         max_pool2d_backward(np.ones_like(out), tuple(cache))
+
+
+@pytest.mark.parametrize("geometry", [((2, 3, 8, 8), 2, None), ((2, 3, 9, 9), 3, 2)])
+def test_no_grad_forward_computes_no_indices(geometry, rng):
+    """Under minidl.no_grad the forward pass writes the maxima only (the same output), allocates
+    no int64 indices, and its cache cannot be backpropagated; MaxPool2D likewise."""
+    import minidl
+    shape, kernel, stride = geometry
+    x = rng.standard_normal(shape).astype(np.float32)
+    expected, cache = max_pool2d_forward(x, kernel, stride)
+    assert cache.argmax is not None
+    with minidl.no_grad():
+        out, cache = max_pool2d_forward(x, kernel, stride)
+        layer_out = MaxPool2D(kernel, stride)(x)
+        given = np.empty(expected.shape, np.int64)  # indices asked for explicitly are written
+        _, kept = max_pool2d_forward(x, kernel, stride, argmax=given)
+    np.testing.assert_array_equal(out, expected)
+    np.testing.assert_array_equal(layer_out, expected)
+    assert cache.argmax is None and kept.argmax is given
+    with pytest.raises(RuntimeError, match="max_pool2d: backward after a forward pass under "
+                                           "minidl.no_grad"):
+        max_pool2d_backward(np.ones_like(out), cache)
+    np.testing.assert_array_equal(max_pool2d_backward(np.ones_like(out), kept),
+                                  max_pool2d_backward(np.ones_like(out), max_pool2d_forward(
+                                      x, kernel, stride)[1]))
+

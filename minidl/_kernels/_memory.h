@@ -14,7 +14,11 @@
  * kept after free in a list ordered by the time they were freed (oldest first):
  *
  *   - an allocation takes the most recently freed block of exactly its capacity (a "hit"), else
- *     asks the system (a "miss"; if the system refuses, the cache is emptied and it asks again);
+ *     the smallest free block of up to twice its capacity (also a hit: the block keeps its
+ *     capacity, the tail is unused), else asks the system (a "miss"; if the system refuses,
+ *     the cache is emptied and it asks again). Taking a larger block lets a pass whose arrays
+ *     shrink from layer to layer (an evaluation at batch 1000: 100 MB, then 50 MB, then 25 MB
+ *     per array) reuse the blocks of the earlier layers instead of mapping new ones;
  *   - the free blocks are at most `limit` bytes: a free that goes over it returns the oldest
  *     free blocks to the system;
  *   - a free block that has not been taken during the next `idle_allocations` cacheable
@@ -171,13 +175,19 @@ static void *minidl_cache_alloc(minidl_cache *cache, size_t size, int zero)
     if (cacheable) {
         minidl_lock(cache);
         cache->clock += 1;
+        minidl_block *larger = NULL;  /* the smallest free block of up to twice `capacity` */
         for (block = cache->newest; block != NULL; block = block->prev) {
             if (block->capacity == capacity) break;
+            if (block->capacity > capacity && block->capacity / 2 <= capacity
+                && (larger == NULL || block->capacity < larger->capacity)) {
+                larger = block;
+            }
         }
+        if (block == NULL) block = larger;
         if (block != NULL) {
             minidl_unlink(cache, block);
             cache->hits += 1;
-            cache->allocated_bytes += capacity;
+            cache->allocated_bytes += block->capacity;
         }
         minidl_trim(cache, &chain);
         minidl_unlock(cache);

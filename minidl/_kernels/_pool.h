@@ -64,6 +64,32 @@
             MINIDL_POOL_WINDOW(T, U, plane, i, W, out[o], argmax[o])                        \
         }                                                                                   \
     }                                                                                       \
+    /* the same two ways for inference: the maxima only (the index arithmetic is dead code, \
+       which the compiler removes) */                                                       \
+    MINIDL_CLONES static void minidl_pool2x2_max_rows_##SUFFIX(                             \
+            const T* restrict plane, ptrdiff_t W, ptrdiff_t OH, ptrdiff_t OW,               \
+            T* restrict out) {                                                              \
+        for (ptrdiff_t oh = 0; oh < OH; oh++) {                                             \
+            MINIDL_SIMD                                                                     \
+            for (ptrdiff_t ow = 0; ow < OW; ow++) {                                         \
+                const ptrdiff_t i = 2 * oh * W + 2 * ow;                                    \
+                int64_t unused;                                                             \
+                MINIDL_POOL_WINDOW(T, U, plane, i, W, out[oh * OW + ow], unused)            \
+                (void)unused;                                                               \
+            }                                                                               \
+        }                                                                                   \
+    }                                                                                       \
+    MINIDL_CLONES static void minidl_pool2x2_max_table_##SUFFIX(                            \
+            const T* restrict plane, ptrdiff_t W,                                           \
+            const int32_t* restrict corner, ptrdiff_t count, T* restrict out) {             \
+        MINIDL_SIMD                                                                         \
+        for (ptrdiff_t o = 0; o < count; o++) {                                             \
+            const ptrdiff_t i = corner[o];                                                  \
+            int64_t unused;                                                                 \
+            MINIDL_POOL_WINDOW(T, U, plane, i, W, out[o], unused)                           \
+            (void)unused;                                                                   \
+        }                                                                                   \
+    }                                                                                       \
     /* dx of one row of 2x2 windows: dout where the window's winner was, 0 elsewhere */     \
     MINIDL_CLONES static void minidl_pool2x2_grad_rows_##SUFFIX(                            \
             const T* restrict dout, const int64_t* restrict argmax,                         \

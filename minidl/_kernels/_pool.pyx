@@ -43,7 +43,8 @@ BUILD = build_facts()
 cdef void _pool_plane(const floating* plane, Py_ssize_t W, floating* out, int64_t* argmax,
                       Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t kernel_h, Py_ssize_t kernel_w,
                       Py_ssize_t stride_h, Py_ssize_t stride_w) noexcept nogil:
-    """Max-pool one ``(H, W)`` plane into ``out`` / ``argmax`` (both ``OH*OW``, row-major).
+    """Max-pool one ``(H, W)`` plane into ``out`` / ``argmax`` (both ``OH*OW``, row-major;
+    ``argmax`` may be NULL: then only the maxima are written).
 
     The loop is written without data-dependent branches (which comparison wins is random on
     real data, and mispredicted branches made it 3x slower): the index is updated with
@@ -71,7 +72,8 @@ cdef void _pool_plane(const floating* plane, Py_ssize_t W, floating* out, int64_
                     seen_nan = seen_nan | is_nan
                     best = best if best > value else value
             out[oh * OW + ow] = plane[best_index]
-            argmax[oh * OW + ow] = best_index
+            if argmax != NULL:
+                argmax[oh * OW + ow] = best_index
 
 
 cdef extern from "_pool.h" nogil:
@@ -83,6 +85,14 @@ cdef extern from "_pool.h" nogil:
                                 Py_ssize_t count, float* out, int64_t* argmax)
     void minidl_pool2x2_table_d(const double* plane, Py_ssize_t W, const int32_t* corner,
                                 Py_ssize_t count, double* out, int64_t* argmax)
+    void minidl_pool2x2_max_rows_f(const float* plane, Py_ssize_t W, Py_ssize_t OH,
+                                   Py_ssize_t OW, float* out)
+    void minidl_pool2x2_max_rows_d(const double* plane, Py_ssize_t W, Py_ssize_t OH,
+                                   Py_ssize_t OW, double* out)
+    void minidl_pool2x2_max_table_f(const float* plane, Py_ssize_t W, const int32_t* corner,
+                                    Py_ssize_t count, float* out)
+    void minidl_pool2x2_max_table_d(const double* plane, Py_ssize_t W, const int32_t* corner,
+                                    Py_ssize_t count, double* out)
     void minidl_pool2x2_grad_rows_f(const float* dout, const int64_t* argmax, Py_ssize_t W,
                                     int64_t base, float* top, float* bottom,
                                     Py_ssize_t OW)
@@ -128,8 +138,18 @@ cdef void _pool_plane_2x2(const floating* plane, Py_ssize_t W, Py_ssize_t OH, Py
                           int64_t* argmax) noexcept nogil:
     """:func:`_pool_plane` specialized for 2x2 windows with stride 2 (the common case): the
     same rule (values, indices, ties, NaNs), vectorized; ``corner`` (NULL for long rows) holds
-    the flat index of each window's top-left element."""
-    if corner != NULL:
+    the flat index of each window's top-left element; ``argmax`` NULL writes the maxima only."""
+    if argmax == NULL:
+        if corner != NULL:
+            if floating is float:
+                minidl_pool2x2_max_table_f(plane, W, corner, OH * OW, out)
+            else:
+                minidl_pool2x2_max_table_d(plane, W, corner, OH * OW, out)
+        elif floating is float:
+            minidl_pool2x2_max_rows_f(plane, W, OH, OW, out)
+        else:
+            minidl_pool2x2_max_rows_d(plane, W, OH, OW, out)
+    elif corner != NULL:
         if floating is float:
             minidl_pool2x2_table_f(plane, W, corner, OH * OW, out, argmax)
         else:
@@ -195,17 +215,37 @@ def max_pool2d_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] ou
     ``OH = (H - kH) // sH + 1``, ``OW = (W - kW) // sW + 1``, sharing no memory with ``x`` or
     each other; ``num_threads >= 1``.
     """
+    if x.shape[0] * x.shape[1] == 0:
+        return
+    _forward(x, out, &argmax[0, 0, 0, 0], kernel_h, kernel_w, stride_h, stride_w, num_threads)
+
+
+def max_pool2d_values(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out,
+                      Py_ssize_t kernel_h, Py_ssize_t kernel_w, Py_ssize_t stride_h,
+                      Py_ssize_t stride_w, int num_threads=1):
+    """:func:`max_pool2d_forward` for inference: the maxima only, no ``argmax`` (the same
+    values, bit for bit; a pass that will not be backpropagated needs no indices, which are
+    twice the output's bytes in float32).
+
+    Args and preconditions: as :func:`max_pool2d_forward`, without ``argmax``.
+    """
+    if x.shape[0] * x.shape[1] == 0:
+        return
+    _forward(x, out, NULL, kernel_h, kernel_w, stride_h, stride_w, num_threads)
+
+
+cdef void _forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out, int64_t* argmax0,
+                   Py_ssize_t kernel_h, Py_ssize_t kernel_w, Py_ssize_t stride_h,
+                   Py_ssize_t stride_w, int num_threads):
+    """The forward pass of both: ``argmax0`` is the first index of ``argmax``, or NULL."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t OH = out.shape[2], OW = out.shape[3]
     cdef Py_ssize_t task
     cdef bint two_by_two = (kernel_h == 2 and kernel_w == 2 and stride_h == 2
                             and stride_w == 2)
-    if N * C == 0:
-        return
     # the planes are contiguous and equally spaced: address them by pointer arithmetic
     cdef const floating* x0 = &x[0, 0, 0, 0]
     cdef floating* out0 = &out[0, 0, 0, 0]
-    cdef int64_t* argmax0 = &argmax[0, 0, 0, 0]
     # short rows: the flat index of each window's top-left element, the same in every plane
     cdef int32_t[::1] table
     cdef const int32_t* corner = NULL
@@ -220,9 +260,10 @@ def max_pool2d_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] ou
     for task in prange(N * C, nogil=True, num_threads=num_threads, schedule="static"):
         if two_by_two:
             _pool_plane_2x2(x0 + task * H * W, W, OH, OW, corner, out0 + task * OH * OW,
-                            argmax0 + task * OH * OW)
+                            NULL if argmax0 == NULL else argmax0 + task * OH * OW)
         else:
-            _pool_plane(x0 + task * H * W, W, out0 + task * OH * OW, argmax0 + task * OH * OW,
+            _pool_plane(x0 + task * H * W, W, out0 + task * OH * OW,
+                        NULL if argmax0 == NULL else argmax0 + task * OH * OW,
                         OH, OW, kernel_h, kernel_w, stride_h, stride_w)
 
 

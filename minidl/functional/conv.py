@@ -4,8 +4,10 @@ Math (cross-correlation, as ``torch.nn.functional.conv2d``; see ``minidl/referen
 
     out[n, o, oh, ow] = bias[o] + sum_{c,i,j} weight[o, c, i, j] * x_pad[n, c, oh*sH + i, ow*sW + j]
 
-Three algorithms compute it, one module each, each with its own immutable cache type:
+Four algorithms compute it, one module each, each with its own immutable cache type:
 
+* :mod:`~minidl.functional.conv_pointwise` -- 1x1 kernels without padding (any stride): one
+  matrix product per image on the NCHW data, no im2col.
 * :mod:`~minidl.functional.conv_direct` -- direct Cython loops over the taps (stride 1; fast when
   ``C_in*kH*kW`` is small, e.g. a first layer on 1 or 3 channels): no im2col, no GEMM.
 * :mod:`~minidl.functional.conv_winograd` -- Winograd's F(2x2, 3x3) (Lavin & Gray, 2016; 3x3
@@ -13,6 +15,8 @@ Three algorithms compute it, one module each, each with its own immutable cache 
   kernels, no im2col matrix.
 * :mod:`~minidl.functional.conv_im2col` -- im2col and matrix products, a chunk of samples at a
   time (Chellapilla, Puri and Simard, 2006): any kernel, stride and padding.
+
+All matrix products run on minidl's own OpenMP team (:func:`minidl._blas.matmul`).
 
 :func:`choose_method` picks one ("auto") or checks the caller's choice; :func:`conv2d_forward`
 validates the arguments, allocates the output (from :mod:`minidl._memory`) and calls the
@@ -30,31 +34,36 @@ from .._backend import get_backend
 from .._checks import (check_allocation, check_cache_array, check_float_array, check_grad,
                        check_input, check_no_overlap, pair)
 from ..reference.functional import conv as reference
-from . import conv_direct, conv_im2col, conv_winograd
+from . import conv_direct, conv_im2col, conv_pointwise, conv_winograd
 from .conv_direct import DirectCache
 from .conv_im2col import Im2colCache
+from .conv_pointwise import PointwiseCache
 from .conv_winograd import WinogradCache
 
 __all__ = [
     "conv2d_forward", "conv2d_backward", "conv2d_output_size", "choose_method", "check_method",
-    "column_matrix_shape", "DirectCache", "Im2colCache", "WinogradCache", "METHODS",
+    "column_matrix_shape", "DirectCache", "Im2colCache", "PointwiseCache", "WinogradCache",
+    "METHODS",
     "DIRECT_MAX_TAPS",
 ]
 
 # Convolutions with at most this many taps per output (C_in*kH*kW) use the direct kernels.
 DIRECT_MAX_TAPS = 32
-METHODS = ("auto", "direct", "im2col", "winograd")
+METHODS = ("auto", "direct", "im2col", "pointwise", "winograd")
 _BACKWARD = {DirectCache: conv_direct.backward, Im2colCache: conv_im2col.backward,
-             WinogradCache: conv_winograd.backward}
+             PointwiseCache: conv_pointwise.backward, WinogradCache: conv_winograd.backward}
 
 
-def check_method(method, layer="conv2d", stride=(1, 1), kernel_size=None):
-    """Check that ``method`` can compute a convolution with this stride and kernel size.
+def check_method(method, layer="conv2d", stride=(1, 1), kernel_size=None, padding=None):
+    """Check that ``method`` can compute a convolution with this stride, kernel size and
+    padding.
 
     Raises:
         ValueError: ``method`` is not one of ``"auto"``, ``"direct"``, ``"im2col"``,
-            ``"winograd"``; ``"direct"`` or ``"winograd"`` with a stride other than 1; or
-            ``"winograd"`` with a kernel_size other than ``(3, 3)`` (when given).
+            ``"pointwise"``, ``"winograd"``; ``"direct"`` or ``"winograd"`` with a stride
+            other than 1; ``"winograd"`` with a kernel_size other than ``(3, 3)``; or
+            ``"pointwise"`` with a kernel_size other than ``(1, 1)`` or a padding other than
+            ``(0, 0)`` (kernel_size and padding are checked when given).
     """
     if method not in METHODS:
         raise ValueError(f"{layer}: method must be one of {METHODS}, got {method!r}")
@@ -63,23 +72,33 @@ def check_method(method, layer="conv2d", stride=(1, 1), kernel_size=None):
     if method == "winograd" and kernel_size is not None and tuple(kernel_size) != (3, 3):
         raise ValueError(f"{layer}: method 'winograd' needs kernel_size (3, 3), got "
                          f"{tuple(kernel_size)}")
+    if method == "pointwise" and kernel_size is not None and tuple(kernel_size) != (1, 1):
+        raise ValueError(f"{layer}: method 'pointwise' needs kernel_size (1, 1), got "
+                         f"{tuple(kernel_size)}")
+    if method == "pointwise" and padding is not None and tuple(padding) != (0, 0):
+        raise ValueError(f"{layer}: method 'pointwise' needs padding (0, 0), got "
+                         f"{tuple(padding)}")
 
 
-def choose_method(method, taps, layer="conv2d", stride=(1, 1), kernel_size=None):
-    """``"direct"``, ``"winograd"`` or ``"im2col"`` for a convolution with
+def choose_method(method, taps, layer="conv2d", stride=(1, 1), kernel_size=None,
+                  padding=(0, 0)):
+    """``"direct"``, ``"winograd"``, ``"pointwise"`` or ``"im2col"`` for a convolution with
     ``taps = C_in*kH*kW``.
 
-    ``"auto"`` picks, for stride 1, the direct kernels when ``taps <= DIRECT_MAX_TAPS`` (there
-    the GEMM's inner dimension is too small for BLAS to pay for im2col's copy), else Winograd
-    F(2x2, 3x3) when ``kernel_size`` is ``(3, 3)``; im2col for everything else. Any other
-    ``method`` is checked (:func:`check_method`) and returned.
+    ``"auto"`` picks the pointwise products for a ``(1, 1)`` kernel without padding (any
+    stride); for stride 1 the direct kernels when ``taps <= DIRECT_MAX_TAPS`` (there the
+    product's inner dimension is too small to pay for im2col's copy), else Winograd F(2x2, 3x3)
+    when ``kernel_size`` is ``(3, 3)``; im2col for everything else. Any other ``method`` is
+    checked (:func:`check_method`) and returned.
 
     Raises:
         ValueError: as :func:`check_method`.
     """
-    check_method(method, layer, stride, kernel_size)
+    check_method(method, layer, stride, kernel_size, padding)
     if method != "auto":
         return method
+    if kernel_size is not None and tuple(kernel_size) == (1, 1) and tuple(padding) == (0, 0):
+        return "pointwise"
     stride_one = tuple(stride) == (1, 1)
     if stride_one and taps <= DIRECT_MAX_TAPS:
         return "direct"
@@ -194,14 +213,16 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, layer="conv2d", wo
             :mod:`minidl._memory`. Unused by the other methods.
         method (str): ``"auto"`` (default; see :func:`choose_method`), ``"direct"`` (direct
             Cython loops: fast when ``C_in*kH*kW`` is small; stride 1 only), ``"winograd"``
-            (F(2x2, 3x3); 3x3 kernels, stride 1) or ``"im2col"`` (im2col + matrix products).
+            (F(2x2, 3x3); 3x3 kernels, stride 1), ``"pointwise"`` (a matrix product per image;
+            1x1 kernels, padding 0) or ``"im2col"`` (im2col + matrix products).
             All give the same results up to rounding.
         out (np.ndarray or None): where to write the result (C-contiguous, ``(N, C_out, OH, OW)``,
             x's dtype); a new array when None.
     Returns:
         (out, cache): ``out`` is ``(N, C_out, OH, OW)`` in the dtype of ``x`` with
         ``OH = (H + 2*pH - kH) // sH + 1`` (likewise ``OW``); ``cache`` is the chosen
-        algorithm's :class:`DirectCache`, :class:`WinogradCache` or :class:`Im2colCache` (its
+        algorithm's :class:`DirectCache`, :class:`WinogradCache`, :class:`PointwiseCache` or
+        :class:`Im2colCache` (its
         ``method`` attribute names it) for :func:`conv2d_backward`; under the reference
         backend a :class:`minidl.reference.functional.conv.Conv2dCache`, whatever ``method``
         says (``method`` is checked, then unused there, like ``workspace``).
@@ -221,7 +242,7 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, layer="conv2d", wo
     out_h, out_w = check_spatial_size(layer, x.shape, (kernel_h, kernel_w), stride, padding)
     out_shape = (x.shape[0], out_channels, out_h, out_w)
     method = choose_method(method, kernel_h * kernel_w * in_channels, layer, stride,
-                           (kernel_h, kernel_w))
+                           (kernel_h, kernel_w), padding)
     _check_workspace_sizes(layer, x, weight.shape, stride, padding, method, out is None,
                            workspace is None)
     if method == "im2col" and isinstance(workspace, np.ndarray):
@@ -239,6 +260,8 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, layer="conv2d", wo
         cache = conv_direct.forward(x, weight, bias, padding, out)
     elif method == "winograd":
         cache = conv_winograd.forward(x, weight, bias, padding, out)
+    elif method == "pointwise":
+        cache = conv_pointwise.forward(x, weight, bias, stride, out)
     else:
         cache = conv_im2col.forward(x, weight, bias, stride, padding, out, workspace, layer)
     return out, cache
@@ -291,7 +314,8 @@ def _check_cache(layer, cache):
     try:
         n, channels, height, width = (int(v) for v in cache.x_shape)
         _, out_channels, out_h, out_w = (int(v) for v in cache.out_shape)
-        pad_h, pad_w = (int(v) for v in cache.padding)
+        padding = (0, 0) if isinstance(cache, PointwiseCache) else cache.padding  # 1x1: none
+        pad_h, pad_w = (int(v) for v in padding)
         dtype_ok = np.dtype(cache.dtype) in (np.float32, np.float64)
     except (TypeError, ValueError):
         dtype_ok = False
@@ -307,6 +331,12 @@ def _check_cache(layer, cache):
         array("x_pad", padded)
         array("weight", (out_channels, channels, kernel_h, kernel_w))
         geometry = (padded[2] - kernel_h + 1, padded[3] - kernel_w + 1)
+    elif isinstance(cache, PointwiseCache):
+        stride = tuple(int(v) for v in cache.stride)
+        array("xs", (n, channels, out_h, out_w))
+        array("weight", (out_channels, channels))
+        geometry = conv2d_output_size((height, width), (1, 1), stride, (0, 0)) if (
+            len(stride) == 2 and min(stride) >= 1) else None
     elif isinstance(cache, WinogradCache):
         array("x", (n, channels, height, width))
         array("u", (16, channels, out_channels), contiguous=False)
@@ -329,5 +359,5 @@ def _check_cache(layer, cache):
                                       (pad_h, pad_w)) if valid else None
     if geometry != (out_h, out_w):
         raise ValueError(f"{layer}: the cache's geometry (input {cache.x_shape}, output "
-                         f"{cache.out_shape}, padding {cache.padding}) is not what "
+                         f"{cache.out_shape}, padding {padding}) is not what "
                          f"conv2d_forward made; pass the cache it returned, unchanged")

@@ -9,18 +9,19 @@ samples, ``K = kH*kW*C_in`` taps and
     forward    x_nhwc                 = x in NHWC order                 Cython, parallel
                per chunk of S samples:
                  cols     (M, K)      = im2col(x_nhwc[chunk])           Cython, parallel
-                 out_rows (M, C_out)  = cols @ weight_rows.T            BLAS GEMM (1 thread)
+                 out_rows (M, C_out)  = cols @ weight_rows.T            GEMM, parallel
                out (N, C_out, OH, OW) = out_rows in NCHW order + bias   Cython, parallel
     backward   drows (C_out, N*OH*OW) = dout reordered; dbias = sums    Cython, parallel
                per chunk:
-                 dweight_rows        += drows[:, chunk] @ cols          BLAS GEMM
-                 dcols    (M, K)      = drows[:, chunk].T @ weight_rows BLAS GEMM
+                 dweight_rows        += drows[:, chunk] @ cols          GEMM, parallel
+                 dcols    (M, K)      = drows[:, chunk].T @ weight_rows GEMM, parallel
                  dx_nhwc[chunk]       = col2im(dcols)                   Cython, parallel
                dx                     = dx_nhwc in NCHW order           Cython, parallel
 
 ``cols[(n*OH + oh)*OW + ow, (i*kW + j)*C_in + c] = x_pad[n, c, oh*sH + i, ow*sW + j]``: one row
-per output position with NHWC taps, measured faster with OpenBLAS than
-``(C_in*kH*kW, N*OH*OW)`` (tall-skinny products, contiguous copies).
+per output position with NHWC taps (contiguous copies). The products are
+:func:`minidl._blas.matmul` on minidl's OpenMP team; with the chunk's output positions as the
+rows of C the weight is packed once per thread, not once per image.
 
 The matrix is built for ``S`` samples at a time, about ``CHUNK_BYTES`` of it (a whole batch's
 would be ``kH*kW`` times the input: 151 MB for 64x64x32x32 float32), so it stays in the CPU
@@ -176,8 +177,8 @@ def forward(x, weight, bias, stride, padding, out, workspace=None, layer="conv2d
         stop = min(n, start + chunk)
         part = cols[:(stop - start) * per_sample]
         _kernel.im2col(x_nhwc[start:stop], part, kernel_h, kernel_w, *stride, *padding, threads)
-        with _blas.one_thread():
-            np.matmul(part, weight_rows.T, out=out_rows[start * per_sample:stop * per_sample])
+        _blas.matmul(part, weight_rows.T, out=out_rows[start * per_sample:stop * per_sample],
+                     layer=layer)
 
     has_bias = bias is not None
     bias_vector = np.ascontiguousarray(bias) if has_bias else _no_bias(x.dtype)
@@ -211,7 +212,7 @@ def backward(dout, cache, input_grad):
     if input_grad:
         dx_nhwc = _memory.empty((n,) + cache.x_shape[2:] + (in_channels,), cache.dtype)
         dcols = _memory.empty((chunk * per_sample, taps), cache.dtype)
-    dweight_rows = partial = None
+    dweight_rows = _memory.empty((out_channels, taps), cache.dtype)
     for start in range(0, n, chunk):
         stop = min(n, start + chunk)
         rows = slice(start * per_sample, stop * per_sample)
@@ -221,15 +222,9 @@ def backward(dout, cache, input_grad):
             _kernel.im2col(cache.x_nhwc[start:stop], part, *geometry, threads)
         else:
             part = cache.cols
-        with _blas.one_thread():
-            if dweight_rows is None:
-                dweight_rows = np.matmul(drows[:, rows], part)
-            else:
-                partial = np.matmul(drows[:, rows], part, out=partial)
-                dweight_rows += partial
-            if input_grad:
-                np.matmul(drows[:, rows].T, cache.weight_rows, out=dcols[:size])
+        _blas.matmul(drows[:, rows], part, out=dweight_rows, accumulate=start > 0)
         if input_grad:
+            _blas.matmul(drows[:, rows].T, cache.weight_rows, out=dcols[:size])
             _kernel.col2im(dcols[:size], dx_nhwc[start:stop], *geometry, threads)
     dweight_rows = dweight_rows.reshape(out_channels, kernel_h, kernel_w, in_channels)
     dweight = np.ascontiguousarray(dweight_rows.transpose(0, 3, 1, 2))

@@ -1,7 +1,8 @@
 """Fully connected (dense) layer as a stateless forward/backward pair.
 
 out = x @ weight.T + bias, with ``weight`` in PyTorch's ``(out_features, in_features)`` layout.
-The matrix products use NumPy's BLAS, on one thread (see :mod:`minidl._blas`).
+The matrix products run on minidl's OpenMP team (:func:`minidl._blas.matmul`, which reads the
+transposes through strides, without copies).
 
 Under ``with minidl.backend("reference"):`` the validated arguments go instead to
 :mod:`minidl.reference.functional.linear`, and a cache that it made sends the backward pass
@@ -42,11 +43,11 @@ def linear_forward(x, weight, bias=None, layer="linear"):
         if bias.shape != (out_features,):
             raise ValueError(f"{layer}: expected bias of shape ({out_features},), got shape "
                              f"{bias.shape}")
-    with _blas.one_thread():
-        if get_backend() == "reference":  # reference backend: y = x W^T + b in NumPy
+    if get_backend() == "reference":  # reference backend: y = x W^T + b in NumPy
+        with _blas.one_thread():
             return reference.linear_forward(x, weight, bias, layer)
-        w = weight.astype(x.dtype, copy=False)
-        out = x @ w.T
+    w = weight.astype(x.dtype, copy=False)
+    out = _blas.matmul(x, w.T, layer=layer)
     if bias is not None:
         out += bias.astype(x.dtype, copy=False)
     return out, (x, w, bias is not None)
@@ -70,10 +71,10 @@ def linear_backward(dout, cache, layer="linear", input_grad=True):
                         f"{type(cache).__name__}")
     x, w, has_bias = cache
     check_grad(layer, dout, (x.shape[0], w.shape[0]), x.dtype)
-    with _blas.one_thread():
-        if isinstance(cache, reference.LinearCache):  # reference backend: made by its forward
+    if isinstance(cache, reference.LinearCache):  # reference backend: made by its forward
+        with _blas.one_thread():
             return reference.linear_backward(dout, cache, layer, input_grad)
-        dx = dout @ w if input_grad else None
-        dweight = dout.T @ x
+    dx = _blas.matmul(dout, w, layer=layer) if input_grad else None
+    dweight = _blas.matmul(dout.T, x, layer=layer)
     dbias = dout.sum(axis=0) if has_bias else None
     return dx, dweight, dbias

@@ -10,7 +10,9 @@ Definition (``torch.nn.functional.max_pool2d`` with no padding, dilation 1, floo
 
 The forward kernel also records where each maximum was (a flat index ``h*W + w`` into its
 ``(H, W)`` plane, as PyTorch's ``return_indices=True``); the backward kernel adds ``dout`` into
-those positions. Ties go to the first maximum in row-major window order, like PyTorch.
+those positions. Ties go to the first maximum in row-major window order, like PyTorch. Under
+:func:`minidl.no_grad` (inference) the forward pass writes the maxima only: the indices, twice
+the output's bytes in float32, are not computed.
 
 Average pooling (``torch.nn.functional.avg_pool2d``, floor mode, zero padding at most half the
 window) and global average pooling (``adaptive_avg_pool2d(x, 1)`` flattened to ``(N, C)``)::
@@ -35,6 +37,7 @@ from .. import _config, _memory
 from .._backend import get_backend
 from .._checks import (check_allocation, check_cache_array, check_grad, check_input,
                        check_no_overlap, pair)
+from .._grad_mode import is_grad_enabled
 from .._kernels import _pool as _kernel
 from ..reference.functional import pooling as reference
 
@@ -47,7 +50,9 @@ class MaxPool2dCache(NamedTuple):
     """What :func:`max_pool2d_backward` needs from the forward pass.
 
     Attributes:
-        argmax (np.ndarray): int64 ``(N, C, OH, OW)``, flat index of each maximum in its plane.
+        argmax (np.ndarray or None): int64 ``(N, C, OH, OW)``, flat index of each maximum in its
+            plane; None after a forward pass under :func:`minidl.no_grad`, which computes no
+            indices (such a cache cannot be backpropagated).
         x_shape (tuple): ``(N, C, H, W)``.
         dtype (np.dtype): dtype of the input and output.
         two_by_two (bool): the windows were 2x2 with stride 2 (they do not overlap, so the
@@ -93,11 +98,14 @@ def max_pool2d_forward(x, kernel_size, stride=None, layer="max_pool2d", out=None
         out (np.ndarray, optional): where to write the result (C-contiguous, ``(N, C, OH, OW)``,
             x's dtype); a new array when None.
         argmax (np.ndarray, optional): where to write the winners' indices (C-contiguous int64
-            ``(N, C, OH, OW)``); it becomes part of the cache. A new array when None.
+            ``(N, C, OH, OW)``); it becomes part of the cache. A new array when None, except
+            under :func:`minidl.no_grad`, where no indices are computed unless ``argmax`` is
+            given.
     Returns:
         (out, cache): ``out`` is ``(N, C, OH, OW)`` in the dtype of ``x`` with
         ``OH = (H - kH) // sH + 1`` (likewise ``OW``); ``cache`` is a :class:`MaxPool2dCache`
-        (under the reference backend the one of :mod:`minidl.reference.functional.pooling`).
+        (under the reference backend the one of :mod:`minidl.reference.functional.pooling`),
+        whose ``argmax`` is None under :func:`minidl.no_grad`.
     Raises:
         TypeError: ``x`` is not a float32/float64 ndarray.
         ValueError: wrong rank, bad kernel_size/stride, an input smaller than the window, or an
@@ -120,7 +128,9 @@ def max_pool2d_forward(x, kernel_size, stride=None, layer="max_pool2d", out=None
     if not (given_out and given_argmax):  # int64 indices and the output: <= 16 bytes each
         check_allocation(layer, "output and argmax", (2,) + shape, np.float64)
     out = _memory.output(layer, out, shape, x.dtype)
-    argmax = _memory.output(layer, argmax, shape, np.int64, "argmax")
+    indices = argmax is not None or is_grad_enabled() or get_backend() == "reference"
+    if indices:
+        argmax = _memory.output(layer, argmax, shape, np.int64, "argmax")
     if given_out:
         check_no_overlap(layer, "out", out, input=x, argmax=argmax)
     if given_argmax:
@@ -128,7 +138,11 @@ def max_pool2d_forward(x, kernel_size, stride=None, layer="max_pool2d", out=None
     if get_backend() == "reference":  # reference backend: the max of each window, in NumPy
         return reference.max_pool2d_forward(x, kernel_size, stride, layer, out, argmax)
     x = np.ascontiguousarray(x)
-    _kernel.max_pool2d_forward(x, out, argmax, *kernel_size, *stride, _config.threads_for(x.size))
+    threads = _config.threads_for(x.size)
+    if indices:
+        _kernel.max_pool2d_forward(x, out, argmax, *kernel_size, *stride, threads)
+    else:  # inference: the maxima only
+        _kernel.max_pool2d_values(x, out, *kernel_size, *stride, threads)
     two_by_two = kernel_size == (2, 2) and stride == (2, 2)
     return out, MaxPool2dCache(argmax, x.shape, x.dtype, two_by_two)
 
@@ -184,10 +198,15 @@ def max_pool2d_backward(dout, cache, layer="max_pool2d", out=None):
             (as for the forward, or sharing memory with ``dout`` or the cache's ``argmax``); a
             cache that is not the one the forward returned (its ``argmax`` changed shape,
             dtype or layout, or holds an index outside its ``(H, W)`` plane).
+        RuntimeError: the forward pass ran under :func:`minidl.no_grad` (no indices).
     """
     if not isinstance(cache, (MaxPool2dCache, reference.MaxPool2dCache)):
         raise TypeError(f"{layer}: expected the cache returned by max_pool2d_forward, got "
                         f"{type(cache).__name__}")
+    if cache.argmax is None:
+        raise RuntimeError(f"{layer}: backward after a forward pass under minidl.no_grad(), "
+                           f"which computes no indices; run forward again with gradients "
+                           f"enabled")
     _check_cache(layer, cache)
     check_grad(layer, dout, cache.argmax.shape, cache.dtype)
     given = out is not None

@@ -15,7 +15,8 @@ class Conv2D(Module):
     """2-D convolution over a batch of images, like ``torch.nn.Conv2d`` (dilation 1, groups 1).
 
     ``out[n, o] = bias[o] + sum_c cross_correlate(x[n, c], weight[o, c])`` with the given stride
-    and zero padding; computed with direct loops when ``C_in*kH*kW`` is small and the stride 1,
+    and zero padding; computed as a matrix product per image for 1x1 kernels without padding,
+    with direct loops when ``C_in*kH*kW`` is small and the stride 1,
     with Winograd's F(2x2, 3x3) for other 3x3 stride-1 convolutions (Lavin & Gray, 2016), and
     with im2col and GEMMs otherwise (Chellapilla et al., 2006); see
     :mod:`minidl.functional.conv`.
@@ -30,10 +31,11 @@ class Conv2D(Module):
         rng (np.random.Generator or int or None): initialization randomness (default: minidl's
             global generator, see ``minidl.manual_seed``).
         dtype: float32 (default) or float64, the dtype of the parameters.
-        method (str): ``"auto"`` (default), ``"direct"``, ``"winograd"`` or ``"im2col"``: how
-            the convolution is computed (see :func:`minidl.functional.conv.choose_method`);
-            ``"auto"`` uses direct loops when ``C_in*kH*kW`` is small, Winograd for other 3x3
-            stride-1 kernels, else im2col and matrix products.
+        method (str): ``"auto"`` (default), ``"direct"``, ``"winograd"``, ``"pointwise"`` or
+            ``"im2col"``: how the convolution is computed (see
+            :func:`minidl.functional.conv.choose_method`); ``"auto"`` uses one matrix product
+            per image for 1x1 kernels without padding, direct loops when ``C_in*kH*kW`` is
+            small, Winograd for other 3x3 stride-1 kernels, else im2col and matrix products.
 
     Parameters are initialized as PyTorch does: U(-b, b) with ``b = 1/sqrt(C_in*kH*kW)`` for
     both ``weight`` and ``bias`` (see :mod:`minidl.layers.init`).
@@ -70,7 +72,7 @@ class Conv2D(Module):
         self.stride = pair(stride, "stride", "Conv2D", minimum=1)
         self.padding = pair(padding, "padding", "Conv2D", minimum=0)
         self.method = method
-        check_method(method, "Conv2D", self.stride, self.kernel_size)
+        check_method(method, "Conv2D", self.stride, self.kernel_size, self.padding)
         dtype = float_dtype("Conv2D", dtype)
         bias = check_bool("Conv2D", "bias", bias)
         fan_in = self.in_channels * self.kernel_size[0] * self.kernel_size[1]

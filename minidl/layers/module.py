@@ -136,12 +136,16 @@ class Module:
 
     # ----------------------------------------------------------------- registration
     def __setattr__(self, name, value):
-        if "_parameters" not in self.__dict__:
+        state = self.__dict__
+        if "_parameters" not in state:
             raise AttributeError(
                 f"{type(self).__name__}: call super().__init__() before assigning attributes"
             )
-        if name in self._buffers and not isinstance(value, (Parameter, Module)):
-            object.__setattr__(self, name, value)  # re-assigning a buffer keeps it a buffer
+        if (not isinstance(value, (Parameter, Module)) and name not in state["_parameters"]
+                and name not in state["_modules"]):
+            # a plain value (a layer's cache, every step) needs no bookkeeping; re-assigning a
+            # buffer keeps it a buffer
+            object.__setattr__(self, name, value)
             return
         if isinstance(value, Parameter):
             target = self._parameters

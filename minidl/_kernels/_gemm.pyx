@@ -1,0 +1,128 @@
+"""Matrix products on minidl's own OpenMP team: ``C = A @ B``, batched, or summed over a batch.
+
+The products of the Dense layer, of 1x1 convolutions and of the im2col convolution run here
+instead of in NumPy's BLAS, so that every parallel region of a training step runs on the same
+OpenMP threads (see ``minidl/_blas.py`` for why and for the measurements). C is cut into
+tiles of ``tile_rows x tile_cols``; each tile is computed from start to end by one thread
+(the GotoBLAS/BLIS blocking and the register-blocked micro-kernel are in ``_gemm.h``), so no
+two threads write the same element and nothing is summed across threads: the result is the
+same for any number of threads and any tiling.
+
+Shapes (``batch`` may be 1 in ``a`` or ``b`` for an operand shared by the whole batch)::
+
+    sum_batch False:  c[n] = (c[n] +) a[n] @ b[n]        a (B, M, K), b (B, K, N), c (B, M, N)
+    sum_batch True:   c[0] = (c[0] +) sum_n a[n] @ b[n]                             c (1, M, N)
+
+These kernels trust their inputs: shapes and strides are checked by ``minidl._blas``. The
+result is written into the caller's ``c`` (OUT); ``a`` and ``b`` are only read (IN).
+"""
+from cython.parallel cimport prange, threadid
+
+from ._common cimport build_facts, ceil_div, floating
+
+
+cdef extern from "_gemm.h" nogil:
+    enum:
+        MINIDL_GEMM_MR
+        MINIDL_GEMM_KC
+    Py_ssize_t minidl_gemm_nr_f
+    Py_ssize_t minidl_gemm_nr_d
+    Py_ssize_t minidl_gemm_scratch_size(Py_ssize_t cols, Py_ssize_t nr)
+    void minidl_gemm_tile_f(const float* A, Py_ssize_t sa, Py_ssize_t rsa, Py_ssize_t csa,
+                            const float* B, Py_ssize_t sb, Py_ssize_t rsb, Py_ssize_t csb,
+                            float* C, Py_ssize_t ldc, Py_ssize_t rows, Py_ssize_t inner,
+                            Py_ssize_t cols, Py_ssize_t terms, int acc, float* scratch)
+    void minidl_gemm_tile_d(const double* A, Py_ssize_t sa, Py_ssize_t rsa, Py_ssize_t csa,
+                            const double* B, Py_ssize_t sb, Py_ssize_t rsb, Py_ssize_t csb,
+                            double* C, Py_ssize_t ldc, Py_ssize_t rows, Py_ssize_t inner,
+                            Py_ssize_t cols, Py_ssize_t terms, int acc, double* scratch)
+    const char* minidl_gemm_init()
+
+
+#: The instruction set of the micro-kernel on this CPU ("avx512f", "avx2" or "baseline").
+ISA = minidl_gemm_init().decode()
+#: What this extension was compiled with (read by ``minidl.show_config()``).
+BUILD = build_facts()
+#: Rows of C per micro-kernel call (tiles of C are best a multiple of it).
+MR = MINIDL_GEMM_MR
+#: The inner dimension is summed in blocks of this many terms.
+KC = MINIDL_GEMM_KC
+#: Columns of C per micro-kernel call, by dtype name (2 SIMD vectors on this CPU).
+NR = {"float32": minidl_gemm_nr_f, "float64": minidl_gemm_nr_d}
+
+
+def scratch_size(Py_ssize_t tile_cols, dtype_name):
+    """Elements of scratch each thread needs for tiles of C at most ``tile_cols`` wide, in
+    ``dtype_name`` ("float32" or "float64"), with 64 elements of slack for the alignment."""
+    return minidl_gemm_scratch_size(tile_cols, NR[dtype_name]) + 64
+
+
+cdef inline floating* _aligned(floating* p) noexcept nogil:
+    """``p`` rounded up to a multiple of 64 bytes (the scratch has 64 elements of slack)."""
+    return <floating*>((<size_t>p + 63) & ~(<size_t>63))
+
+
+def gemm(const floating[:, :, :] a, const floating[:, :, :] b, floating[:, :, :] c,
+         bint accumulate, bint sum_batch, Py_ssize_t tile_rows, Py_ssize_t tile_cols,
+         floating[:, ::1] scratch, int num_threads=1):
+    """``c[n] = a[n] @ b[n]`` for each n, or ``c[0] = sum_n a[n] @ b[n]``; ``+ c`` if
+    ``accumulate``.
+
+    Args:
+        a (IN): ``(Ba, M, K)``, float32 or float64, any strides (0 for a batch axis of 1 is
+            fine); ``Ba`` is 1 (the same matrix for every n) or the batch size ``B``.
+        b (IN): ``(Bb, K, N)``, same dtype, any strides; ``Bb`` is 1 or ``B``.
+        c (IN/OUT): ``(B, M, N)`` (``(1, M, N)`` when ``sum_batch``), same dtype, rows
+            contiguous (``c.strides[2]`` one element); overwritten, or added to when
+            ``accumulate``.
+        accumulate: add the product to ``c`` instead of overwriting it.
+        sum_batch: sum the products over the batch into ``c[0]``.
+        tile_rows, tile_cols: the tiles of C that the threads share out (>= 1).
+        scratch (OUT): ``(num_threads, scratch_size(tile_cols, dtype))``, same
+            dtype; clobbered.
+        num_threads: OpenMP threads (ignored in a serial build).
+
+    Preconditions (checked by the caller, not here): ``K >= 1`` (nothing is written
+    otherwise); ``B = max(Ba, Bb) >= 1`` and each of
+    ``Ba, Bb`` is 1 or ``B``; ``c.shape[0]`` is ``B`` (1 when ``sum_batch``); the inner sizes
+    agree; ``c`` shares no memory with ``a`` or ``b`` and its last stride is one element;
+    ``scratch`` has at least ``num_threads`` rows of at least that size; ``num_threads >= 1``.
+    Work is split over the tiles of C (and the batch, unless ``sum_batch``), handed out one at
+    a time (dynamic schedule: a thread that is descheduled holds up one tile, not a share).
+    """
+    cdef Py_ssize_t batch = a.shape[0] if a.shape[0] > b.shape[0] else b.shape[0]
+    cdef Py_ssize_t M = c.shape[1], N = c.shape[2], K = a.shape[2]
+    cdef Py_ssize_t item = sizeof(floating)
+    cdef Py_ssize_t sa = a.strides[0] // item if a.shape[0] > 1 else 0
+    cdef Py_ssize_t sb = b.strides[0] // item if b.shape[0] > 1 else 0
+    cdef Py_ssize_t rsa = a.strides[1] // item, csa = a.strides[2] // item
+    cdef Py_ssize_t rsb = b.strides[1] // item, csb = b.strides[2] // item
+    cdef Py_ssize_t sc = c.strides[0] // item, ldc = c.strides[1] // item
+    cdef Py_ssize_t tiles_m = ceil_div(M, tile_rows), tiles_n = ceil_div(N, tile_cols)
+    cdef Py_ssize_t per_matrix = tiles_m * tiles_n
+    cdef Py_ssize_t tasks = per_matrix * (1 if sum_batch else batch)
+    cdef Py_ssize_t task, n, tile, i0, j0, rows, cols, terms
+    if M == 0 or N == 0 or K == 0 or batch == 0:
+        return
+    cdef const floating* a0 = &a[0, 0, 0]
+    cdef const floating* b0 = &b[0, 0, 0]
+    cdef floating* c0 = &c[0, 0, 0]
+    terms = batch if sum_batch else 1
+
+    for task in prange(tasks, nogil=True, num_threads=num_threads, schedule="dynamic"):
+        n = task // per_matrix
+        tile = task - n * per_matrix
+        i0 = (tile // tiles_n) * tile_rows
+        j0 = (tile % tiles_n) * tile_cols
+        rows = tile_rows if i0 + tile_rows <= M else M - i0
+        cols = tile_cols if j0 + tile_cols <= N else N - j0
+        if floating is float:
+            minidl_gemm_tile_f(a0 + n * sa + i0 * rsa, sa, rsa, csa,
+                               b0 + n * sb + j0 * csb, sb, rsb, csb,
+                               c0 + n * sc + i0 * ldc + j0, ldc, rows, K, cols, terms,
+                               accumulate, _aligned(&scratch[threadid(), 0]))
+        else:
+            minidl_gemm_tile_d(a0 + n * sa + i0 * rsa, sa, rsa, csa,
+                               b0 + n * sb + j0 * csb, sb, rsb, csb,
+                               c0 + n * sc + i0 * ldc + j0, ldc, rows, K, cols, terms,
+                               accumulate, _aligned(&scratch[threadid(), 0]))

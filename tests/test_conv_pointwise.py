@@ -1,0 +1,153 @@
+"""The 1x1 convolution as one matrix product per image (minidl.functional.conv_pointwise):
+against the convolution sum of minidl.reference.conv and PyTorch, gradient checks, strides,
+odd shapes, batch 1, non-contiguous inputs, and the dispatcher's choice."""
+import numpy as np
+import pytest
+
+import minidl
+from conv_helpers import DTYPES, assert_close, non_contiguous
+from minidl.functional.conv import PointwiseCache, choose_method, conv2d_backward, conv2d_forward
+from minidl.layers import Conv2D
+from minidl.reference import conv as ref
+
+# (x shape, C_out, stride, bias): strides that do and do not divide the input, batch 1, single
+# channels, sizes that are not multiples of the product's tiles (6 rows, 8-32 columns), and a
+# case large enough for several threads and several 256-long inner blocks
+CASES = [
+    ((2, 3, 5, 4), 4, (1, 1), True),
+    ((1, 1, 1, 1), 1, (1, 1), False),
+    ((3, 7, 9, 11), 13, (2, 2), True),
+    ((2, 5, 8, 7), 6, (3, 2), False),
+    ((1, 64, 6, 6), 128, (1, 1), False),
+    ((2, 300, 9, 9), 70, (2, 1), True),
+]
+IDS = [f"x{c[0]}-o{c[1]}-s{c[2]}-b{int(c[3])}".replace(" ", "") for c in CASES]
+
+
+@pytest.fixture(scope="module")
+def torch():
+    return pytest.importorskip("torch")
+
+
+def _arrays(case, dtype, rng):
+    x_shape, out_channels, _, use_bias = case
+    x = rng.standard_normal(x_shape).astype(dtype)
+    weight = rng.standard_normal((out_channels, x_shape[1], 1, 1)).astype(dtype)
+    bias = rng.standard_normal(out_channels).astype(dtype) if use_bias else None
+    return x, weight, bias
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_pointwise_matches_reference(case, dtype, rng):
+    x, weight, bias = _arrays(case, dtype, rng)
+    stride = case[2]
+    out, cache = conv2d_forward(x, weight, bias, stride, 0, method="pointwise")
+    assert isinstance(cache, PointwiseCache) and cache.method == "pointwise"
+    assert_close(out, ref.conv2d_forward(x, weight, bias, stride, (0, 0)), dtype, "out")
+    dout = rng.standard_normal(out.shape).astype(dtype)
+    dx, dweight, dbias = conv2d_backward(dout, cache)
+    ref_dx, ref_dweight, ref_dbias = ref.conv2d_backward(dout, x, weight, bias is not None,
+                                                         stride, (0, 0))
+    assert_close(dx, ref_dx, dtype, "dx")
+    assert_close(dweight, ref_dweight, dtype, "dweight")
+    if bias is None:
+        assert dbias is None
+    else:
+        assert_close(dbias, ref_dbias, dtype, "dbias")
+    for array in (out, dx, dweight):
+        assert array.dtype == dtype
+    again = conv2d_backward(dout, cache)  # a cache serves any number of backward calls
+    for first, second in zip((dx, dweight, dbias), again):
+        np.testing.assert_array_equal(first, second)
+    none, dweight2, _ = conv2d_backward(dout, cache, input_grad=False)
+    assert none is None
+    np.testing.assert_array_equal(dweight2, dweight)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_pointwise_non_contiguous_input_and_gradient(dtype, rng):
+    x, weight, bias = _arrays(((2, 4, 6, 5), 3, (1, 1), True), dtype, rng)
+    for stride in ((1, 1), (2, 2)):
+        out, cache = conv2d_forward(non_contiguous(x), weight, bias, stride, method="pointwise")
+        expected, ref_cache = conv2d_forward(x, weight, bias, stride, method="pointwise")
+        np.testing.assert_array_equal(out, expected)
+        dout = rng.standard_normal(out.shape).astype(dtype)
+        for ours, theirs in zip(conv2d_backward(non_contiguous(dout), cache),
+                                conv2d_backward(dout, ref_cache)):
+            np.testing.assert_array_equal(ours, theirs)
+
+
+@pytest.mark.parametrize("case", CASES[:4], ids=IDS[:4])
+def test_pointwise_gradcheck(case, rng):
+    x_shape, out_channels, stride, use_bias = case
+    layer = Conv2D(x_shape[1], out_channels, 1, stride=stride, bias=use_bias, rng=rng,
+                   dtype=np.float64, method="pointwise")
+    minidl.gradcheck(layer, rng.standard_normal(x_shape), modes=("train",))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_pointwise_matches_torch(case, dtype, torch, rng):
+    x, weight, bias = _arrays(case, dtype, rng)
+    stride = case[2]
+    layer = Conv2D(x.shape[1], weight.shape[0], 1, stride=stride, bias=bias is not None,
+                   dtype=dtype)
+    layer.weight.data[...] = weight
+    if bias is not None:
+        layer.bias.data[...] = bias
+    out = layer(x)
+    dout = rng.standard_normal(out.shape).astype(dtype)
+    dx = layer.backward(dout)
+    xt = torch.tensor(x, requires_grad=True)
+    wt = torch.tensor(weight, requires_grad=True)
+    bt = torch.tensor(bias, requires_grad=True) if bias is not None else None
+    outt = torch.nn.functional.conv2d(xt, wt, bt, stride=stride)
+    outt.backward(torch.tensor(dout))
+    pairs = [(out, outt), (dx, xt.grad), (layer.weight.grad, wt.grad)]
+    if bias is not None:
+        pairs.append((layer.bias.grad, bt.grad))
+    for ours, theirs in pairs:
+        assert_close(ours, theirs.detach().numpy(), dtype)
+
+
+def test_pointwise_same_bits_for_any_thread_count(rng):
+    """Each output element is summed by one thread in a fixed order: no dependence on threads."""
+    x, weight, bias = _arrays(((4, 96, 12, 12), 64, (1, 1), True), np.float32, rng)
+    dout = rng.standard_normal((4, 64, 12, 12)).astype(np.float32)
+    results = []
+    before = minidl.get_num_threads()
+    try:
+        for threads in (1, 2, 3):
+            minidl.set_num_threads(threads)
+            out, cache = conv2d_forward(x, weight, bias, method="pointwise")
+            results.append((out,) + conv2d_backward(dout, cache))
+    finally:
+        minidl.set_num_threads(before)
+    for other in results[1:]:
+        for first, second in zip(results[0], other):
+            np.testing.assert_array_equal(first, second)
+
+
+def test_auto_picks_pointwise_for_1x1_without_padding(rng):
+    assert choose_method("auto", 64, kernel_size=(1, 1)) == "pointwise"
+    assert choose_method("auto", 4, stride=(2, 2), kernel_size=(1, 1)) == "pointwise"
+    assert choose_method("auto", 64, kernel_size=(1, 1), padding=(1, 0)) == "im2col"
+    _, cache = conv2d_forward(rng.standard_normal((1, 8, 5, 5)), rng.standard_normal((2, 8, 1, 1)),
+                              stride=2)
+    assert isinstance(cache, PointwiseCache)
+    _, cache = conv2d_forward(rng.standard_normal((1, 40, 5, 5)),
+                              rng.standard_normal((2, 40, 1, 1)), padding=1)
+    assert cache.method == "im2col"  # 40 taps: too many for the direct kernels
+
+
+def test_pointwise_refuses_other_kernels_and_padding(rng):
+    x = rng.standard_normal((1, 2, 5, 5))
+    with pytest.raises(ValueError, match=r"conv2d.*pointwise.*kernel_size \(1, 1\).*\(3, 3\)"):
+        conv2d_forward(x, rng.standard_normal((2, 2, 3, 3)), method="pointwise")
+    with pytest.raises(ValueError, match=r"conv2d.*pointwise.*padding \(0, 0\).*\(1, 1\)"):
+        conv2d_forward(x, rng.standard_normal((2, 2, 1, 1)), padding=1, method="pointwise")
+    with pytest.raises(ValueError, match=r"Conv2D.*pointwise.*kernel_size"):
+        Conv2D(2, 2, 3, method="pointwise")
+    with pytest.raises(ValueError, match=r"Conv2D.*pointwise.*padding"):
+        Conv2D(2, 2, 1, padding=2, method="pointwise")
