@@ -233,8 +233,8 @@ def avg_pool_params(kernel_size, stride, padding, count_include_pad, layer):
     window (``pH <= kH // 2``, ``pW <= kW // 2``), so that no window lies in the padding only.
 
     Raises:
-        ValueError: ``kernel_size``/``stride`` not an int or a pair of ints from 1 to ``MAX_SIZE``, ``padding``
-            not >= 0 or more than half the window.
+        ValueError: ``kernel_size``/``stride`` not an int or a pair of ints from 1 to
+            ``MAX_SIZE``, ``padding`` not >= 0 or more than half the window.
         TypeError: ``count_include_pad`` not a bool.
     """
     kernel_size, stride = pool_params(kernel_size, stride, layer)
