@@ -97,8 +97,12 @@ def output(layer, array, shape, dtype, name="out"):
         return empty(shape, dtype)
     if not (isinstance(array, np.ndarray) and array.shape == tuple(shape)
             and array.dtype == dtype and array.flags.c_contiguous and array.flags.writeable):
-        got = (f"{array.dtype} {array.shape}" if isinstance(array, np.ndarray)
-               else type(array).__name__)
+        got = type(array).__name__
+        if isinstance(array, np.ndarray):
+            flaws = [flaw for flaw, bad in (("read-only", not array.flags.writeable),
+                                            ("non-contiguous", not array.flags.c_contiguous))
+                     if bad]
+            got = " ".join(flaws + [f"{array.dtype} {array.shape}"])
         raise ValueError(f"{layer}: expected {name} to be a writable C-contiguous "
                          f"{np.dtype(dtype)} array of shape {tuple(shape)}, got {got}")
     return array

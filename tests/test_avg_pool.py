@@ -100,18 +100,26 @@ def test_reference_backend_runs_the_references(rng):
 
 
 def test_threads_give_the_same_result(rng):
+    """Each (sample, channel) plane is one thread's: 1, 2 and 3 threads give the same bits."""
     x = rng.standard_normal((8, 32, 32, 32)).astype(np.float32)  # large enough for threads
+    dout = rng.standard_normal((8, 32, 16, 16)).astype(np.float32)
     previous = minidl.get_num_threads()
     results = []
     try:
-        for threads in (1, 2):
+        for threads in (1, 2, 3):
             minidl.set_num_threads(threads)
-            out, cache = F.avg_pool2d_forward(x, 3, 2, 1)
-            results.append((out, F.avg_pool2d_backward(np.ones_like(out), cache)))
+            run = []
+            for include in (True, False):
+                out, cache = F.avg_pool2d_forward(x, 3, 2, 1, include)
+                run += [out, F.avg_pool2d_backward(dout, cache)]
+            out, cache = F.global_avg_pool2d_forward(x)
+            run += [out, F.global_avg_pool2d_backward(dout[:, :, 0, 0].copy(), cache)]
+            results.append(run)
     finally:
         minidl.set_num_threads(previous)
-    for a, b in zip(*results):
-        np.testing.assert_array_equal(a, b)
+    for run in results[1:]:
+        for a, b in zip(run, results[0]):
+            np.testing.assert_array_equal(a, b)
 
 
 def test_out_argument_and_strided_input(rng):
@@ -133,7 +141,7 @@ def test_repr_and_defaults():
 
 
 @pytest.mark.parametrize("kwargs, error, match", [
-    (dict(kernel_size=0), ValueError, "kernel_size must be an int or a pair of ints >= 1"),
+    (dict(kernel_size=0), ValueError, "kernel_size must be an int or a pair of ints from 1 to 2147483647"),
     (dict(kernel_size=2, stride=0), ValueError, "stride must be"),
     (dict(kernel_size=2, padding=-1), ValueError, "padding must be"),
     (dict(kernel_size=3, padding=2), ValueError, r"padding \(2, 2\) must be at most half"),
@@ -179,3 +187,188 @@ def test_summary_counts_average_pooling():
     _, avg, glob = result.rows
     assert (avg.output_shape, avg.flops) == ((2, 3, 4, 4), 4 * 2 * 3 * 4 * 4)
     assert (glob.output_shape, glob.flops) == ((2, 3), 2 * 3 * 4 * 4)
+
+
+# ---------------------------------------------------------------- adversarial cases (issue 10)
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(kernel_size=float("nan")), ValueError, "kernel_size must be an int or a pair"),
+    (dict(kernel_size=2.0), ValueError, "kernel_size must be an int or a pair"),
+    (dict(kernel_size=True), ValueError, "kernel_size must be an int or a pair"),
+    (dict(kernel_size=(2,)), ValueError, "kernel_size must be an int or a pair"),
+    (dict(kernel_size=(2, 2, 2)), ValueError, "kernel_size must be an int or a pair"),
+    (dict(kernel_size="2"), ValueError, "kernel_size must be an int or a pair"),
+    (dict(kernel_size=2 ** 31), ValueError, "kernel_size must be .* to 2147483647"),
+    (dict(kernel_size=2, stride=(1, 0)), ValueError, "stride must be"),
+    (dict(kernel_size=2, stride=np.nan), ValueError, "stride must be"),
+    (dict(kernel_size=2, padding=(0, -1)), ValueError, "padding must be"),
+    (dict(kernel_size=2, padding=0.5), ValueError, "padding must be"),
+    (dict(kernel_size=1, padding=1), ValueError, r"padding \(1, 1\) must be at most half"),
+    (dict(kernel_size=2, count_include_pad=None), TypeError, "count_include_pad must be True"),
+    (dict(kernel_size=2, count_include_pad="False"), TypeError, "count_include_pad must be True"),
+])
+def test_more_bad_settings_are_refused(kwargs, error, match):
+    with pytest.raises(error, match=f"AvgPool2D: {match}"):
+        layers.AvgPool2D(**kwargs)
+    x = np.zeros((1, 1, 4, 4), np.float32)
+    with pytest.raises(error, match=f"avg_pool2d: {match}"):
+        F.avg_pool2d_forward(x, **kwargs)
+
+
+@pytest.mark.parametrize("kernel", [1, 2, 3, 4, 5])
+def test_padding_is_refused_exactly_where_torch_refuses_it(kernel):
+    x = np.zeros((1, 1, 6, 6), np.float32)
+    for padding in range(4):
+        try:
+            torch.nn.functional.avg_pool2d(torch.tensor(x), kernel, 1, padding)
+            torch_accepts = True
+        except RuntimeError:
+            torch_accepts = False
+        try:
+            F.avg_pool2d_forward(x, kernel, 1, padding)
+            ours = True
+        except ValueError as error:
+            assert "must be at most half of kernel_size" in str(error)
+            ours = False
+        assert ours == torch_accepts, (kernel, padding)
+
+
+@pytest.mark.parametrize("make", [lambda: layers.AvgPool2D(2), layers.GlobalAvgPool2D])
+@pytest.mark.parametrize("x, error, match", [
+    (np.zeros((1, 1, 4, 4), np.float16), TypeError, "dtype float32 or float64, got float16"),
+    (np.zeros((1, 1, 4, 4), np.int32), TypeError, "dtype float32 or float64, got int32"),
+    (np.zeros((1, 1, 4, 4), bool), TypeError, "dtype float32 or float64, got bool"),
+    (np.zeros((1, 1, 4, 4), object), TypeError, "dtype float32 or float64, got object"),
+    (np.zeros((1, 1, 4, 4), np.complex64), TypeError, "dtype float32 or float64, got complex64"),
+    ([[[[1.0, 2.0], [3.0, 4.0]]]], TypeError, "to be a numpy.ndarray, got list"),
+    (np.ma.zeros((1, 1, 4, 4)), TypeError, "plain numpy.ndarray"),
+    (np.array(1.0), ValueError, r"expected input of shape \(N, C, H, W\), got shape \(\)"),
+    (np.zeros((4, 4)), ValueError, r"got shape \(4, 4\)"),
+    (np.zeros((1, 1, 1, 4, 4)), ValueError, r"got shape \(1, 1, 1, 4, 4\)"),
+    (np.zeros((0, 1, 4, 4)), ValueError, "with no empty axis"),
+    (np.zeros((1, 0, 4, 4)), ValueError, "with no empty axis"),
+    (np.zeros((1, 1, 0, 4)), ValueError, "with no empty axis"),
+    (np.zeros((1, 1, 4, 0)), ValueError, "with no empty axis"),
+])
+def test_bad_inputs_are_named(make, x, error, match):
+    layer = make()
+    with pytest.raises(error, match=f"{type(layer).__name__}: .*{match}"):
+        layer(x)
+
+
+@pytest.mark.parametrize("layout", ["fortran", "strided", "reversed", "transposed"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_any_memory_layout_gives_the_same_bits(layout, dtype, rng):
+    x = rng.standard_normal((2, 3, 7, 6)).astype(dtype)
+    dout = rng.standard_normal((2, 3, 4, 3)).astype(dtype)
+    dglobal = rng.standard_normal((2, 3)).astype(dtype)
+
+    def relaid(a):
+        if layout == "fortran":
+            return np.asfortranarray(a)
+        if layout == "strided":
+            wide = np.zeros(a.shape[:-1] + (2 * a.shape[-1],), dtype)
+            wide[..., ::2] = a
+            return wide[..., ::2]
+        if layout == "reversed":
+            return np.ascontiguousarray(a[..., ::-1])[..., ::-1]
+        return np.ascontiguousarray(np.swapaxes(a, 0, 1)).swapaxes(0, 1)
+
+    def run(x, dout, dglobal):
+        out, cache = F.avg_pool2d_forward(x, 3, 2, 1, False)
+        pooled, global_cache = F.global_avg_pool2d_forward(x)
+        return (out, F.avg_pool2d_backward(dout, cache), pooled,
+                F.global_avg_pool2d_backward(dglobal, global_cache))
+
+    for a, b in zip(run(relaid(x), relaid(dout), relaid(dglobal)), run(x, dout, dglobal)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_out_arrays_that_alias_or_do_not_fit_are_refused(rng):
+    x = rng.standard_normal((2, 3, 5, 5)).astype(np.float32)
+    out, cache = F.avg_pool2d_forward(x, 3, 1, 1)  # output shape == input shape
+    with pytest.raises(ValueError, match="avg_pool2d: out must not overlap input"):
+        F.avg_pool2d_forward(x, 3, 1, 1, out=x)
+    dout = rng.standard_normal(out.shape).astype(np.float32)
+    before = dout.copy()
+    with pytest.raises(ValueError, match="avg_pool2d: out must not overlap gradient"):
+        F.avg_pool2d_backward(dout, cache, out=dout)
+    np.testing.assert_array_equal(dout, before)
+    readonly = np.empty(x.shape, np.float32)
+    readonly.flags.writeable = False
+    for bad, match in ((readonly, "got read-only float32"),
+                       (np.empty((2, 3, 5, 10), np.float32)[..., ::2], "got non-contiguous"),
+                       (np.empty(x.shape, np.float64), "got float64"),
+                       (np.empty((2, 3, 5, 4), np.float32), r"got float32 \(2, 3, 5, 4\)")):
+        with pytest.raises(ValueError, match=f"avg_pool2d: expected out to be a writable "
+                                             f"C-contiguous float32 .*{match}"):
+            F.avg_pool2d_forward(x, 3, 1, 1, out=bad)
+        with pytest.raises(ValueError, match=f"avg_pool2d: expected out .*{match}"):
+            F.avg_pool2d_backward(dout, cache, out=bad)
+    flat = np.zeros((2, 3, 1, 1), np.float32)
+    _, global_cache = F.global_avg_pool2d_forward(flat)
+    with pytest.raises(ValueError, match="global_avg_pool2d: out must not overlap input"):
+        F.global_avg_pool2d_forward(flat, out=flat.reshape(2, 3))
+    grad = np.ones((2, 3), np.float32)
+    with pytest.raises(ValueError, match="global_avg_pool2d: out must not overlap gradient"):
+        F.global_avg_pool2d_backward(grad, global_cache, out=grad.reshape(2, 3, 1, 1))
+
+
+def test_tampered_caches_are_refused_before_the_kernel(rng):
+    """A cache is a tuple the caller can change; the backward kernel trusts its geometry (an
+    out_shape with another batch made it read past dout)."""
+    x = rng.standard_normal((2, 3, 6, 6)).astype(np.float32)
+    out, cache = F.avg_pool2d_forward(x, 3, 2, 1)
+    dout = np.ones(out.shape, np.float32)
+    for bad in (None, (1, 2), F.max_pool2d_forward(x, 2)[1], F.dropout_forward(x)[1]):
+        with pytest.raises(TypeError, match="avg_pool2d: expected the cache returned by "
+                                            "avg_pool2d_forward"):
+            F.avg_pool2d_backward(dout, bad)
+    for change in (dict(out_shape=(1, 1, 3, 3)), dict(out_shape=(2, 3, 4, 4)),
+                   dict(kernel_size=(0, 0)), dict(stride=(0, 1)), dict(padding=(2, 2)),
+                   dict(count_include_pad="yes"), dict(x_shape=(2, 3, 6)),
+                   dict(x_shape=(2, 3, 6, 6.5)), dict(dtype=np.float16), dict(kernel_size=None)):
+        with pytest.raises(ValueError, match="avg_pool2d: the cache's shapes or window .* are "
+                                             "not what avg_pool2d_forward made"):
+            F.avg_pool2d_backward(dout, cache._replace(**change))
+    giant = cache._replace(x_shape=(2 ** 20, 2 ** 20, 6, 6), out_shape=(2 ** 20, 2 ** 20, 3, 3))
+    with pytest.raises(MemoryError, match="avg_pool2d: the input gradient of shape"):
+        F.avg_pool2d_backward(dout, giant)
+    pooled, global_cache = F.global_avg_pool2d_forward(x)
+    for change in (dict(out_shape=(1, 1)), dict(kernel_size=(3, 3)), dict(stride=(2, 2))):
+        with pytest.raises(ValueError, match="global_avg_pool2d: the cache's shapes or window"):
+            F.global_avg_pool2d_backward(np.ones((2, 3), np.float32),
+                                         global_cache._replace(**change))
+    with pytest.raises(ValueError, match="global_avg_pool2d: the cache's shapes or window"):
+        F.global_avg_pool2d_backward(dout, cache)  # the windowed op's cache
+    with minidl.backend("reference"):
+        _, ref_cache = F.avg_pool2d_forward(x, 3, 2, 1)
+    with pytest.raises(ValueError, match="avg_pool2d: the cache's shapes or window"):
+        F.avg_pool2d_backward(dout, ref_cache._replace(divisor=np.ones(3)))  # would broadcast
+    np.testing.assert_array_equal(F.avg_pool2d_backward(dout, ref_cache),
+                                  F.avg_pool2d_backward(dout, cache))
+
+
+def test_the_largest_window_does_not_overflow():
+    """kernel_size 2**31 - 1 (MAX_SIZE) with the padding that lets it fit: kH*kW and every
+    window offset stay far inside the kernels' 64-bit integers."""
+    k = 2 ** 31 - 1
+    x = np.full((1, 2, 1, 1), 3.0)
+    out, cache = F.avg_pool2d_forward(x, k, 1, k // 2)
+    assert out.shape == (1, 2, 1, 1)
+    np.testing.assert_array_equal(out, 3.0 / (float(k) * float(k)))
+    out, cache = F.avg_pool2d_forward(x, k, 1, k // 2, count_include_pad=False)
+    np.testing.assert_array_equal(out, x)
+    np.testing.assert_array_equal(F.avg_pool2d_backward(np.ones_like(out), cache), 1.0)
+
+
+def test_changing_the_input_after_forward_does_not_change_the_gradient(rng):
+    """Average pooling keeps no array for backward (its gradient depends only on dout), so
+    unlike a layer that keeps its input there is nothing to guard."""
+    pool = layers.AvgPool2D(3, 2, 1)
+    x = rng.standard_normal((2, 2, 6, 6)).astype(np.float32)
+    y = pool(x)
+    dout = rng.standard_normal(y.shape).astype(np.float32)
+    expected = layers.AvgPool2D(3, 2, 1)
+    expected(x.copy())
+    x *= 2
+    np.testing.assert_array_equal(pool.backward(dout), expected.backward(dout))

@@ -38,9 +38,8 @@ KERNELS = os.path.join(ROOT, "minidl", "_kernels")
 MODULES = ["_activation", "_batchnorm", "_conv", "_gemm", "_pool", "_winograd"]
 # the test modules that exercise the compiled modules (matched by name, so new ones are included)
 KERNEL_TESTS = re.compile(
-    r"test_(conv|winograd|im2col|direct|pool|norm|batchnorm|activation|relu|layers|config|memory"
-    r"|blas)"
-    r"\w*\.py$")
+    r"test_(conv|winograd|im2col|direct|pool|avg_pool|norm|batchnorm|activation|relu|layers|"
+    r"config|memory|blas)\w*\.py$")
 # the hypothesis fuzz tests, run once more against the bounds-checked debug build
 FUZZ_TESTS = re.compile(r"test_fuzz_\w+\.py$")
 DEBUG_FUZZ_EXAMPLES = "15"

@@ -144,3 +144,98 @@ def test_summary_counts_no_work_in_eval():
     model = minidl.Sequential(layers.Dense(4, 4, rng=0), layers.Dropout(0.5))
     result = minidl.summary(model, (2, 4), verbose=False)
     assert result.rows[2].flops == 0 and result.rows[2].is_view
+
+
+# ---------------------------------------------------------------- adversarial cases (issue 10)
+@pytest.mark.parametrize("p", [0, 1, np.float32(0.25), np.float64(0.75), 0.999999])
+def test_every_real_probability_is_accepted(p):
+    assert layers.Dropout(p).p == float(p)
+
+
+@pytest.mark.parametrize("p", [np.array(0.5), [0.5], 1 + 0j, float("inf"), -0.0 - 1e-300])
+def test_more_bad_p_is_refused(p):
+    with pytest.raises(ValueError, match=r"dropout: p must be a probability in \[0, 1\]"):
+        F.dropout_forward(np.zeros(3), p)
+
+
+@pytest.mark.parametrize("bad", [np.random.RandomState(0), -1, True, 1.5, "0", object()])
+def test_bad_generators_are_refused(bad):
+    with pytest.raises(TypeError, match="Dropout: rng must be a numpy.random.Generator"):
+        layers.Dropout(0.5, rng=bad)
+    drop = layers.Dropout(0.5)
+    drop.rng = bad  # replaced after construction: refused at the forward pass
+    with pytest.raises(TypeError, match="Dropout: rng must be a numpy.random.Generator or None"):
+        drop(np.zeros(3))
+
+
+@pytest.mark.parametrize("x, match", [
+    (np.zeros(3, np.float16), "got float16"), (np.zeros(3, bool), "got bool"),
+    (np.zeros(3, object), "got object"), ([1.0, 2.0], "numpy.ndarray, got list"),
+    (np.ma.zeros(3), "plain numpy.ndarray"),
+])
+def test_bad_inputs_are_named(x, match):
+    with pytest.raises(TypeError, match=f"Dropout: expected input .*{match}"):
+        layers.Dropout(0.5)(x)
+
+
+@pytest.mark.parametrize("shape", [(), (0,), (3, 0, 2)])
+def test_zero_dim_and_empty_inputs_work_like_torch(shape):
+    drop = layers.Dropout(0.5, rng=0)
+    x = np.ones(shape, np.float32)
+    y = drop(x)
+    assert y.shape == shape and y.dtype == np.float32
+    assert np.all((y == 0) | (y == 2))
+    dx = drop.backward(np.ones(shape, np.float32))
+    np.testing.assert_array_equal(dx, y)  # dout = 1: the mask itself
+    assert torch.nn.functional.dropout(torch.ones(shape), 0.5).shape == shape
+
+
+@pytest.mark.parametrize("layout", ["fortran", "strided", "transposed"])
+def test_non_contiguous_inputs_give_the_same_bits(layout, rng):
+    x = rng.standard_normal((4, 6)).astype(np.float32)
+    dout = rng.standard_normal((4, 6)).astype(np.float32)
+    relaid = {"fortran": np.asfortranarray,
+              "strided": lambda a: np.repeat(a, 2, axis=1)[:, ::2],
+              "transposed": lambda a: np.ascontiguousarray(a.T).T}[layout]
+    runs = []
+    for a, d in ((x, dout), (relaid(x), relaid(dout))):
+        out, cache = F.dropout_forward(a, 0.3, rng=np.random.default_rng(5))
+        runs.append((out, F.dropout_backward(d, cache)))
+    for a, b in zip(*runs):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_tampered_caches_are_refused(rng):
+    x = rng.standard_normal((3, 4)).astype(np.float32)
+    out, cache = F.dropout_forward(x, 0.5, rng=np.random.default_rng(0))
+    dout = np.ones_like(out)
+    for bad in (None, (cache.mask, cache.out_shape, cache.dtype),
+                F.avg_pool2d_forward(np.zeros((1, 1, 2, 2)), 2)[1]):
+        with pytest.raises(TypeError, match="dropout: expected the cache returned by "
+                                            "dropout_forward"):
+            F.dropout_backward(dout, bad)
+    for mask in (np.ones(1, np.float32), np.ones(4, np.float32),  # would broadcast silently
+                 cache.mask.astype(np.float64), [1.0] * 12):
+        with pytest.raises(ValueError, match="dropout: the cache's mask is not what "
+                                             "dropout_forward made"):
+            F.dropout_backward(dout, cache._replace(mask=mask))
+    with pytest.raises(ValueError, match="dropout: the cache's out_shape or dtype"):
+        F.dropout_backward(dout, cache._replace(dtype=np.int32))
+    with minidl.backend("reference"):
+        _, ref_cache = F.dropout_forward(x, 0.5, rng=np.random.default_rng(0))
+    np.testing.assert_array_equal(F.dropout_backward(dout, ref_cache),
+                                  F.dropout_backward(dout, cache))
+    with pytest.raises(ValueError, match="dropout: the cache's mask"):
+        F.dropout_backward(dout, ref_cache._replace(keep=np.ones(4, bool)))
+    with pytest.raises(ValueError, match="the cache's p: p must be a probability"):
+        F.dropout_backward(dout, ref_cache._replace(p="x"))
+
+
+def test_changing_the_input_after_forward_does_not_change_the_gradient(rng):
+    """Dropout keeps its mask, not its input: the gradient depends only on dout and the mask."""
+    drop = layers.Dropout(0.5, rng=1)
+    x = rng.standard_normal((4, 5)).astype(np.float32)
+    y = drop(x)
+    x *= 3
+    dout = rng.standard_normal(y.shape).astype(np.float32)
+    np.testing.assert_array_equal(drop.backward(dout), np.where(y != 0, 2 * dout, 0))

@@ -1,13 +1,17 @@
 """Fuzzing minidl.functional.pooling (hypothesis): random shapes, windows, strides, dtypes,
-layouts, ties and NaNs against the NumPy reference, forward and backward (issue 10). The
-results must be exact: a max and its index involve no rounding, and the backward kernels add
-the gradients of a shared winner in the reference's order."""
+layouts, ties and NaNs against the NumPy reference, forward and backward (issue 10). Max pooling
+must be exact: a max and its index involve no rounding, and the backward kernels add the
+gradients of a shared winner in the reference's order. Average pooling (also padded, with and
+without counting the padding, and global) must agree with the float64 reference to rounding."""
 import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fuzz_helpers import DTYPES, FUZZ, LAYOUTS, relayout, values
-from minidl.functional.pooling import max_pool2d_backward, max_pool2d_forward
+import minidl.reference.functional as reffn
+from fuzz_helpers import DTYPES, FUZZ, LAYOUTS, assert_within, relayout, values
+from minidl.functional.pooling import (avg_pool2d_backward, avg_pool2d_forward,
+                                       global_avg_pool2d_backward, global_avg_pool2d_forward,
+                                       max_pool2d_backward, max_pool2d_forward)
 from minidl.reference import pooling as ref
 
 
@@ -43,3 +47,56 @@ def test_max_pool2d_agrees_with_the_reference(case, data):
     np.testing.assert_array_equal(dx, ref.max_pool2d_backward(np.ascontiguousarray(dout), argmax,
                                                               x.shape))
     assert dx.dtype == x.dtype and dx.flags.c_contiguous
+
+
+@st.composite
+def avg_pool_cases(draw):
+    """Batch 1-8, channels 1-8, sizes 1-12, any window that fits the padded input (up to twice
+    the size), padding up to half the window (PyTorch's limit), stride 1-4."""
+    n, c = draw(st.integers(1, 8)), draw(st.integers(1, 8))
+    size, kernel, padding = [], [], []
+    for _ in range(2):
+        s = draw(st.integers(1, 12))
+        k = draw(st.integers(1, 2 * s))
+        size.append(s)
+        kernel.append(k)
+        padding.append(draw(st.integers(max(0, -(-(k - s) // 2)), k // 2)))  # k <= s + 2p
+    stride = (draw(st.integers(1, 4)), draw(st.integers(1, 4)))
+    x = values(draw, (n, c, *size), draw(DTYPES), ties=draw(st.booleans()))
+    return relayout(x, draw(LAYOUTS)), tuple(kernel), stride, tuple(padding), draw(st.booleans())
+
+
+@FUZZ
+@given(avg_pool_cases(), st.data())
+def test_avg_pool2d_agrees_with_the_reference(case, data):
+    x, kernel, stride, padding, include = case
+    out, cache = avg_pool2d_forward(x, kernel, stride, padding, include)
+    x64 = x.astype(np.float64)
+    expected, ref_cache = reffn.avg_pool2d_forward(x64, kernel, stride, padding, include)
+    bound, _ = reffn.avg_pool2d_forward(np.abs(x64), kernel, stride, padding, include)
+    assert_within(out, expected, bound, x.dtype, "out")
+    dout = relayout(values(data.draw, out.shape, x.dtype), data.draw(LAYOUTS))
+    dx = avg_pool2d_backward(dout, cache)
+    dout64 = dout.astype(np.float64)
+    assert_within(dx, reffn.avg_pool2d_backward(dout64, ref_cache),
+                  reffn.avg_pool2d_backward(np.abs(dout64), ref_cache), x.dtype, "dx")
+    assert dx.flags.c_contiguous
+
+
+@FUZZ
+@given(pool_cases(), st.data())
+def test_global_avg_pool2d_agrees_with_the_reference(case, data):
+    x = case[0]
+    out, cache = global_avg_pool2d_forward(x)
+    x64 = x.astype(np.float64)
+    expected, ref_cache = reffn.global_avg_pool2d_forward(x64)
+    finite = np.isfinite(x64).all(axis=(2, 3))  # NaN planes: NaN on both sides
+    np.testing.assert_array_equal(np.isnan(out), ~finite)
+    bound, _ = reffn.global_avg_pool2d_forward(np.nan_to_num(np.abs(x64)))
+    assert_within(np.where(finite, out, 0).astype(x.dtype), np.where(finite, expected, 0), bound,
+                  x.dtype, "out")
+    dout = relayout(values(data.draw, out.shape, x.dtype), data.draw(LAYOUTS))
+    dout64 = dout.astype(np.float64)
+    assert_within(global_avg_pool2d_backward(dout, cache),
+                  reffn.global_avg_pool2d_backward(dout64, ref_cache),
+                  reffn.global_avg_pool2d_backward(np.abs(dout64), ref_cache), x.dtype, "dx")

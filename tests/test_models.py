@@ -134,7 +134,13 @@ def test_same_seed_same_weights():
     (lambda: models.mnist_cnn(norm=1), TypeError, "mnist_cnn: norm must be None, a name"),
     (lambda: models.vgg_cifar(norm_position="middle"), ValueError, "norm_position must be"),
     (lambda: models.vgg_cifar(width=0), ValueError, "vgg_cifar: width must be a finite number"),
-    (lambda: models.vgg_cifar(num_classes=0), ValueError, "out_features must be an integer"),
+    (lambda: models.vgg_cifar(num_classes=0), ValueError,
+     "vgg_cifar: num_classes must be an integer >= 1, got 0"),
+    (lambda: models.resnet_cifar(8, num_classes=2.5), ValueError,
+     "resnet_cifar: num_classes must be an integer >= 1, got 2.5"),
+    (lambda: models.resnet_cifar(True), ValueError, "depth must be 6n"),
+    (lambda: models.ZeroPadShortcut(4, 8, stride=0), ValueError,
+     "ZeroPadShortcut: stride must be an integer >= 1, got 0"),
     (lambda: models.ZeroPadShortcut(8, 4), ValueError, r"out_channels \(4\) must be >= "),
 ])
 def test_bad_arguments_are_refused(call, error, match):

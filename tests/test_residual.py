@@ -212,3 +212,86 @@ class _Cast(layers.Module):
 
     def backward(self, dout, input_grad=True):
         return dout.astype(np.float32) if input_grad else None
+
+
+# ---------------------------------------------------------------- adversarial cases (issue 10)
+class _Returns(layers.Module):
+    """A custom child whose forward and backward return what it is told (to provoke checks)."""
+
+    def __init__(self, forward=None, backward=None):
+        super().__init__()
+        self._out, self._grad = forward, backward
+
+    def forward(self, x):
+        return x if self._out is None else self._out(x)
+
+    def backward(self, dout, input_grad=True):
+        return (dout if self._grad is None else self._grad(dout)) if input_grad else None
+
+
+@pytest.mark.parametrize("body, shortcut, error, match", [
+    (_Returns(lambda x: x[:, :, :1, :1]), None, ValueError,  # (2, 3, 1, 1) would broadcast
+     r"Residual: the body's output \(2, 3, 1, 1\) and the shortcut's \(2, 3, 4, 4\)"),
+    (layers.Identity(), _Returns(lambda x: x[:1]), ValueError,
+     r"Residual: the body's output \(2, 3, 4, 4\) and the shortcut's \(1, 3, 4, 4\)"),
+    (_Returns(lambda x: x.tolist()), None, TypeError,
+     "Residual: expected the body's output to be a numpy.ndarray, got list"),
+    (layers.Identity(), _Returns(lambda x: None), TypeError,
+     "Residual: expected the shortcut's output to be a numpy.ndarray, got NoneType"),
+    (_Returns(lambda x: x.astype(np.float16)), None, TypeError,
+     "Residual: expected the body's output dtype float32 or float64, got float16"),
+])
+def test_outputs_that_cannot_be_added_are_named(body, shortcut, error, match):
+    with pytest.raises(error, match=match):
+        layers.Residual(body, shortcut)(np.zeros((2, 3, 4, 4), np.float32))
+
+
+@pytest.mark.parametrize("path", ["body", "shortcut"])
+@pytest.mark.parametrize("grad, got", [
+    (lambda d: d[:1], r"got float32 \(1, 3\)"),          # would broadcast
+    (lambda d: d[:, :1], r"got float32 \(2, 1\)"),       # would broadcast
+    (lambda d: d.astype(np.float64), r"got float64 \(2, 3\)"),
+    (lambda d: None, "got NoneType"),
+    (lambda d: d.tolist(), "got list"),
+])
+def test_a_child_gradient_of_the_wrong_shape_is_refused_and_changes_nothing(path, grad, got, rng):
+    """A custom child's backward returning another shape is an error naming Residual and the
+    path (never a broadcast), and the other child's parameter gradients are left as they were."""
+    dense = layers.Dense(3, 3, rng=rng)
+    bad = _Returns()
+    block = layers.Residual(dense, bad) if path == "shortcut" else layers.Residual(bad, dense)
+    x = rng.standard_normal((2, 3)).astype(np.float32)
+    block(x)
+    block.backward(np.ones((2, 3), np.float32))
+    before = dense.weight.grad.copy(), dense.bias.grad.copy()
+    bad._grad = grad
+    block(x)
+    with pytest.raises(ValueError, match=rf"Residual: the {path}'s backward must return the "
+                                         rf"gradient of the input, float32 \(2, 3\), {got}"):
+        block.backward(np.ones((2, 3), np.float32))
+    np.testing.assert_array_equal(dense.weight.grad, before[0])
+    np.testing.assert_array_equal(dense.bias.grad, before[1])
+
+
+def test_an_input_modified_before_backward_is_caught_inside_the_block(rng):
+    block = layers.Residual(Sequential(layers.Dense(3, 3, rng=rng), layers.ReLU()))
+    x = rng.standard_normal((4, 3)).astype(np.float32)
+    block(x)
+    x += 1
+    with pytest.raises(RuntimeError, match="Dense: the input of the last forward pass was "
+                                           "modified in place before backward"):
+        block.backward(np.ones((4, 3), np.float32))
+    assert not block.body[0].weight.grad.any()  # nothing accumulated
+
+
+@pytest.mark.parametrize("layout", ["fortran", "strided"])
+def test_non_contiguous_inputs_give_the_same_bits(layout, rng):
+    x = rng.standard_normal((2, 3, 6, 6)).astype(np.float32)
+    relaid = np.asfortranarray(x) if layout == "fortran" else np.repeat(x, 2, axis=3)[..., ::2]
+    results = []
+    for a in (x, relaid):
+        block = projection_block(3, 4, np.random.default_rng(0))
+        y = block(a)
+        results.append((y, block.backward(np.ones_like(y))))
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)

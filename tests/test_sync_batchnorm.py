@@ -323,3 +323,131 @@ def test_thread_group_helper_reports_a_failing_rank_without_hanging():
     with pytest.raises(RuntimeError, match="rank 1 failed"):
         run_ranks(groups, rank)
     assert threading.active_count() >= 1
+
+
+# ---------------------------------------------------------------- adversarial cases (issue 10)
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(eps="1e-5"), TypeError, "expected eps to be a real number, got '1e-5'"),
+    (dict(eps=True), TypeError, "expected eps to be a real number"),
+    (dict(eps=float("nan")), ValueError, "expected eps to be a finite number"),
+    (dict(eps=0.0), ValueError, "eps must be > 0"),
+    (dict(eps=-1e-5), ValueError, "eps must be > 0"),
+    (dict(momentum="0.1"), TypeError, "expected momentum to be a real number"),
+    (dict(momentum=None), TypeError, "expected momentum to be a real number"),
+    (dict(momentum=float("inf")), ValueError, "expected momentum to be a finite number"),
+    (dict(momentum=1.5), ValueError, r"expected momentum in \[0, 1\], got 1.5"),
+    (dict(all_gather="world"), TypeError, "all_gather must be a callable or None, got str"),
+])
+def test_functional_settings_are_checked_before_anything_changes(kwargs, error, match, rng):
+    x = rng.standard_normal((4, 3)).astype(np.float32)
+    running = np.zeros(3, np.float32), np.ones(3, np.float32)
+    with pytest.raises(error, match=f"sbn: {match}"):
+        F.sync_batch_norm_forward(x, None, None, *running, layer="sbn", **kwargs)
+    np.testing.assert_array_equal(running[0], 0)
+    np.testing.assert_array_equal(running[1], 1)
+
+
+@pytest.mark.parametrize("x, error, match", [
+    (np.zeros((4, 3), np.float16), TypeError, "got float16"),
+    (np.zeros((4, 3), np.int64), TypeError, "got int64"),
+    (np.zeros((4, 3), bool), TypeError, "got bool"),
+    (np.zeros((4, 3), object), TypeError, "got object"),
+    (np.array(1.0), ValueError, r"got shape \(\)"),
+    (np.zeros(3), ValueError, r"got shape \(3,\)"),
+    (np.zeros((4, 0)), ValueError, "with no empty axis"),
+    (np.zeros((4, 3, 0, 2)), ValueError, "with no empty axis"),
+])
+def test_functional_bad_inputs_are_named(x, error, match):
+    with pytest.raises(error, match=f"sync_batch_norm: expected input .*{match}"):
+        F.sync_batch_norm_forward(x)
+
+
+def test_functional_out_arrays_that_alias_are_refused_before_the_running_statistics_change(rng):
+    x = rng.standard_normal((4, 3)).astype(np.float32)
+    weight, bias = np.ones(3, np.float32), np.zeros(3, np.float32)
+    running = np.zeros(3, np.float32), np.ones(3, np.float32)
+    with pytest.raises(ValueError, match="sync_batch_norm: out must not overlap input"):
+        F.sync_batch_norm_forward(x, weight, bias, *running, out=x)
+    stacked = np.zeros((4, 3), np.float32)
+    with pytest.raises(ValueError, match="sync_batch_norm: out must not overlap weight"):
+        F.sync_batch_norm_forward(x, stacked[0], bias, out=stacked)
+    np.testing.assert_array_equal(running[0], 0)
+    np.testing.assert_array_equal(running[1], 1)
+    with pytest.raises(ValueError, match="sync_batch_norm: expected out to be a writable "
+                                         "C-contiguous float32 .* got non-contiguous"):
+        F.sync_batch_norm_forward(x, weight, bias, *running, out=np.zeros((3, 4), np.float32).T)
+    out, cache = F.sync_batch_norm_forward(x, weight, bias)
+    dout = rng.standard_normal(x.shape).astype(np.float32)
+    with pytest.raises(ValueError, match="sync_batch_norm: out must not overlap gradient"):
+        F.sync_batch_norm_backward(dout, cache, out=dout)
+    with pytest.raises(ValueError, match="sync_batch_norm: out must not overlap the cached input"):
+        F.sync_batch_norm_backward(dout, cache, out=x)
+    with pytest.raises(TypeError, match="sync_batch_norm: all_reduce must be a callable or None"):
+        F.sync_batch_norm_backward(dout, cache, all_reduce=3)
+
+
+def test_functional_tampered_caches_are_refused(rng):
+    """The cache is a tuple the caller can change; on a process without samples nothing else
+    would look at it."""
+    for n in (4, 0):
+        x = rng.standard_normal((n, 3, 2)).astype(np.float32)
+        gather = None if n else (lambda a: np.stack([a, np.r_[8.0, np.zeros(3), np.ones(3)]]))
+        out, cache = F.sync_batch_norm_forward(x, all_gather=gather)
+        dout = np.ones_like(out)
+        for bad in (None, tuple(cache), F.batch_norm_forward(np.ones((4, 3)))[1]):
+            with pytest.raises(TypeError, match="sync_batch_norm: expected the cache returned "
+                                                "by sync_batch_norm_forward"):
+                F.sync_batch_norm_backward(dout, bad)
+        for change, match in ((dict(x=x.tolist()), "the cache's x is not"),
+                              (dict(x=x[:, :2].copy()), "the cache's mean is not"),
+                              (dict(x=x.astype(np.float16)), "the cache's x is not"),
+                              (dict(mean=np.zeros(2)), "the cache's mean is not"),
+                              (dict(var=cache.var.astype(np.float32)), "the cache's var is not"),
+                              (dict(gamma=None), "the cache's gamma is not"),
+                              (dict(count=1), "the cache's count to be an integer >= 2"),
+                              (dict(count=2.5), "the cache's count to be an integer >= 2"),
+                              (dict(eps=-1.0), "eps must be > 0")):
+            with pytest.raises(ValueError, match=f"sync_batch_norm: .*{match}"):
+                F.sync_batch_norm_backward(dout, cache._replace(**change))
+
+
+@pytest.mark.parametrize("layout", ["fortran", "strided", "transposed"])
+def test_non_contiguous_inputs_give_the_same_bits(layout, rng):
+    x = rng.standard_normal((6, 3, 4, 5)).astype(np.float32)
+    dout = rng.standard_normal(x.shape).astype(np.float32)
+    relaid = {"fortran": np.asfortranarray,
+              "strided": lambda a: np.repeat(a, 2, axis=3)[..., ::2],
+              "transposed": lambda a: np.ascontiguousarray(np.swapaxes(a, 0, 1)).swapaxes(0, 1)}
+    results = []
+    for a, d in ((x, dout), (relaid[layout](x), relaid[layout](dout))):
+        bn = layers.SyncBatchNorm(3)
+        results.append((bn(a), bn.backward(d), bn.weight.grad, bn.running_var))
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_an_input_modified_before_backward_is_a_runtime_error(rng):
+    bn = layers.SyncBatchNorm(3)
+    x = rng.standard_normal((4, 3, 2)).astype(np.float32)
+    bn(x)
+    x[1, 2, 1] = 7.0
+    with pytest.raises(RuntimeError, match="SyncBatchNorm: the input of the last forward pass "
+                                           "was modified in place before backward"):
+        bn.backward(np.ones_like(x))
+    assert not bn.weight.grad.any()
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(eps="a"), TypeError, "expected eps to be a real number"),
+    (dict(eps=0), ValueError, "eps must be > 0"),
+    (dict(momentum=float("nan")), ValueError, r"expected momentum \(or None\) to be a finite"),
+    (dict(momentum=-0.1), ValueError, r"expected momentum \(or None\) in \[0, 1\]"),
+    (dict(momentum="0.1"), TypeError, r"expected momentum \(or None\) to be a real number"),
+    (dict(affine=1), TypeError, "expected affine to be True or False"),
+    (dict(dtype=np.float16), TypeError, "dtype must be float32 or float64, got float16"),
+    (dict(num_features=0), ValueError, "num_features must be an integer >= 1"),
+])
+def test_layer_settings_are_named(kwargs, error, match):
+    kwargs = {"num_features": 3, **kwargs}
+    with pytest.raises(error, match=f"SyncBatchNorm: {match}"):
+        layers.SyncBatchNorm(**kwargs)

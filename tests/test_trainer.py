@@ -759,13 +759,28 @@ def test_a_batch_the_model_refuses_leaves_the_model_as_it_was(rng):
 
 
 # ------------------------------------------------------------------------------ determinism
+def _residual_cnn():
+    """A small network of the CIFAR layers (a residual block, average pooling, dropout,
+    global average pooling) for 28x28 single-channel images."""
+    conv = lambda cin: layers.Conv2D(cin, 8, 3, padding=1)  # noqa: E731
+    return minidl.Sequential(
+        conv(1), layers.BatchNorm(8), layers.ReLU(),
+        layers.Residual(minidl.Sequential(conv(8), layers.BatchNorm(8), layers.ReLU(), conv(8))),
+        layers.ReLU(), layers.AvgPool2D(3, 2, 1), layers.Dropout(0.3), layers.GlobalAvgPool2D(),
+        layers.Dense(8, 10))
+
+
 def _mnist_cnn_steps(threads, steps=3, batch_norm=True):
-    """A few SGD steps of the MNIST CNN on random images, at ``threads`` OpenMP threads."""
+    """A few SGD steps of the MNIST CNN (or, for ``batch_norm="residual"``, of
+    :func:`_residual_cnn`) on random images, at ``threads`` OpenMP threads."""
     previous = minidl.get_num_threads()
     minidl.set_num_threads(threads)
     try:
         minidl.manual_seed(0)
-        model = mnist_cnn(norm="batch" if batch_norm else None)
+        if batch_norm == "residual":
+            model = _residual_cnn()
+        else:
+            model = mnist_cnn(norm="batch" if batch_norm else None)
         trainer = make_trainer(model, lr=0.05)
         data_rng = np.random.default_rng(0)
         for _ in range(steps):
@@ -776,11 +791,12 @@ def _mnist_cnn_steps(threads, steps=3, batch_norm=True):
         minidl.set_num_threads(previous)
 
 
-@pytest.mark.parametrize("batch_norm", [True, False])
+@pytest.mark.parametrize("batch_norm", [True, False, "residual"])
 def test_training_is_bit_identical_across_runs_and_thread_counts(batch_norm):
     """Every reduction combines its parts in an order fixed by the batch, not by the threads
     (Winograd's weight and bias gradients in chunks of images; the others per channel or in
-    one thread), so 1, 2 and 3 threads give the same bits, run after run."""
+    one thread; average pooling per plane; dropout masks from the layer's generator), so 1, 2
+    and 3 threads give the same bits, run after run."""
     runs = [_mnist_cnn_steps(threads, batch_norm=batch_norm) for threads in (1, 2, 1, 3)]
     for model_state, optimizer_state in runs[1:]:
         assert_same_state(model_state, runs[0][0])

@@ -26,7 +26,7 @@ import numpy as np
 
 from .. import _memory
 from .._backend import get_backend
-from .._checks import check_float_array, check_grad
+from .._checks import check_cache_array, check_float_array, check_grad
 from .._random import get_rng
 from ..reference.functional import dropout as reference
 
@@ -109,6 +109,30 @@ def dropout_forward(x, p=0.5, training=True, rng=None, layer="dropout"):
     return out, DropoutCache(mask, x.shape, x.dtype)
 
 
+def _check_cache(layer, cache):
+    """Raise unless ``cache`` is a Dropout cache whose mask (if any) has the output's shape and
+    dtype (bool for the reference backend's): a cache is a tuple the caller can change, and a
+    mask of another shape would broadcast silently in the product."""
+    if not isinstance(cache, (DropoutCache, reference.DropoutCache)):
+        raise TypeError(f"{layer}: expected the cache returned by dropout_forward, got "
+                        f"{type(cache).__name__}")
+    try:
+        shape, dtype = tuple(cache.out_shape), np.dtype(cache.dtype)
+    except TypeError:
+        shape, dtype = None, None
+    if shape is None or dtype not in (np.float32, np.float64):
+        raise ValueError(f"{layer}: the cache's out_shape or dtype is not what dropout_forward "
+                         f"made; pass the cache it returned, unchanged")
+    if isinstance(cache, reference.DropoutCache):
+        dropout_probability(cache.p, f"{layer}: the cache's p")
+        mask, mask_dtype = cache.keep, np.bool_
+    else:
+        mask, mask_dtype = cache.mask, dtype
+    if mask is not None:
+        check_cache_array(layer, "dropout_forward", "mask", mask, shape, mask_dtype,
+                          contiguous=False)
+
+
 def dropout_backward(dout, cache, layer="dropout"):
     """Gradient of :func:`dropout_forward`: ``dout`` times the same mask.
 
@@ -120,8 +144,10 @@ def dropout_backward(dout, cache, layer="dropout"):
         np.ndarray: ``dx`` like ``dout`` (``dout`` itself when the forward pass was the
         identity).
     Raises:
-        TypeError/ValueError: ``dout`` does not match the forward output.
+        TypeError/ValueError: ``dout`` does not match the forward output; a cache that is not
+            the one the forward returned (another type, or a mask of another shape or dtype).
     """
+    _check_cache(layer, cache)
     check_grad(layer, dout, cache.out_shape, cache.dtype)
     if isinstance(cache, reference.DropoutCache):  # reference backend: made by its forward
         return reference.dropout_backward(dout, cache, layer)

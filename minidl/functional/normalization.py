@@ -33,9 +33,9 @@ import numpy as np
 
 from .. import _config, _memory
 from .._backend import get_backend
-from .._checks import (check_allocation, check_bool, check_cache_array, check_eps,
-                       check_float_array, check_grad, check_input, check_no_overlap, check_number,
-                       positive_int, shape_tuple)
+from .._checks import (FLOAT_DTYPES, check_allocation, check_bool, check_cache_array,
+                       check_eps, check_float_array, check_grad, check_input, check_integer,
+                       check_no_overlap, check_number, positive_int, shape_tuple)
 from .._kernels import _batchnorm as _kernel
 from ..reference.functional import normalization as reference
 
@@ -529,18 +529,25 @@ def sync_batch_norm_forward(x, weight=None, bias=None, running_mean=None, runnin
     Returns:
         (out, cache): ``out`` like ``x``; ``cache`` a :class:`SyncBatchNormCache`.
     Raises:
-        TypeError/ValueError: as :func:`batch_norm_forward` (naming ``layer``); an
-            ``all_gather`` result of the wrong shape; one value per channel or fewer over all
-            processes together (raised on every process alike).
+        TypeError/ValueError: as :func:`batch_norm_forward` (naming ``layer``: eps finite and
+            > 0, momentum in [0, 1], an ``out`` sharing no memory with any argument, all
+            checked before the running statistics change); an ``all_gather`` that is not
+            callable or returns an array of the wrong shape; one value per channel or fewer
+            over all processes together (raised on every process alike).
     """
     check_input(layer, x, _LAYOUTS, empty_batch=True)
     c = x.shape[1]
-    if not eps > 0:
-        raise ValueError(f"{layer}: eps must be > 0, got {eps}")
+    eps = check_eps(layer, eps)
+    momentum = check_number(layer, "momentum", momentum, low=0.0, high=1.0)
     gamma = _channel_vector(layer, weight, c, "weight", default=1.0)
     _channel_vector(layer, bias, c, "bias")
     _check_running_stats(layer, running_mean, running_var, c, True, x)
-    out = _memory.output(layer, out, x.shape, x.dtype)
+    if all_gather is not None and not callable(all_gather):
+        raise TypeError(f"{layer}: all_gather must be a callable or None, got "
+                        f"{type(all_gather).__name__}")
+    # checked before the running statistics change (a failed call changes nothing)
+    out = _output(layer, out, x, weight=weight, bias=bias, running_mean=running_mean,
+                  running_var=running_var)
     local = np.zeros(1 + 2 * c, np.float64)  # [count, mean (C), var (C)]; zeros without samples
     if x.shape[0] > 0:
         local[0], local[1:c + 1], local[c + 1:] = batch_norm_stats(x, layer)
@@ -567,6 +574,26 @@ def sync_batch_norm_forward(x, weight=None, bias=None, running_mean=None, runnin
                                    weight is not None, bias is not None)
 
 
+def _check_sync_cache(layer, cache):
+    """Raise unless ``cache`` is a :class:`SyncBatchNormCache` whose fields are what
+    :func:`sync_batch_norm_forward` makes (a cache is a tuple the caller can change; a process
+    without samples would otherwise pass a bad one on to no check)."""
+    if not isinstance(cache, SyncBatchNormCache):
+        raise TypeError(f"{layer}: expected the cache returned by sync_batch_norm_forward, got "
+                        f"{type(cache).__name__}")
+    x = cache.x
+    if not (isinstance(x, np.ndarray) and 2 <= x.ndim <= 4 and x.dtype in FLOAT_DTYPES
+            and x.shape[1] >= 1):
+        raise ValueError(f"{layer}: the cache's x is not what sync_batch_norm_forward made; "
+                         f"pass the cache it returned, unchanged")
+    check_cache_array(layer, "sync_batch_norm_forward", "x", x, x.shape, x.dtype)
+    for field in ("mean", "var", "gamma"):
+        check_cache_array(layer, "sync_batch_norm_forward", field, getattr(cache, field),
+                          (x.shape[1],), np.float64)
+    check_integer(layer, "the cache's count", cache.count, low=2)
+    check_eps(layer, cache.eps)
+
+
 def sync_batch_norm_backward(dout, cache, all_reduce=None, layer="sync_batch_norm", out=None):
     """Gradients of :func:`sync_batch_norm_forward` (PyTorch's ``SyncBatchNorm`` backward).
 
@@ -588,12 +615,19 @@ def sync_batch_norm_backward(dout, cache, all_reduce=None, layer="sync_batch_nor
         variance; ``dweight``, ``dbias`` float64 ``(C,)`` of this process's samples (None where
         the forward had no weight/bias).
     Raises:
-        TypeError/ValueError: ``dout`` does not match the forward output.
+        TypeError/ValueError: ``dout`` does not match the forward output; a cache that is not
+            the one the forward returned (its type, or a field of another shape, dtype or
+            range); an ``all_reduce`` that is not callable; an ``out`` as in the forward, or
+            sharing memory with ``dout`` or the cached input.
     """
+    _check_sync_cache(layer, cache)
+    if all_reduce is not None and not callable(all_reduce):
+        raise TypeError(f"{layer}: all_reduce must be a callable or None, got "
+                        f"{type(all_reduce).__name__}")
     x, mean, var, count, gamma, eps, has_weight, has_bias = cache
     check_grad(layer, dout, x.shape, x.dtype)
     c = x.shape[1]
-    dx = _memory.output(layer, out, x.shape, x.dtype)
+    dx = _grad_output(layer, out, x.shape, x.dtype, dout, x)
     local = np.zeros(2 * c, np.float64)  # [sum dy (C), sum dy * (x - mean) (C)]
     if x.shape[0] > 0:
         local[:c], local[c:] = batch_norm_grad_sums(dout, x, mean, layer)

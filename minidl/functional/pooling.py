@@ -35,8 +35,8 @@ import numpy as np
 
 from .. import _config, _memory
 from .._backend import get_backend
-from .._checks import (check_allocation, check_cache_array, check_grad, check_input,
-                       check_no_overlap, pair)
+from .._checks import (FLOAT_DTYPES, check_allocation, check_cache_array, check_grad,
+                       check_input, check_no_overlap, pair, positive_int)
 from .._grad_mode import is_grad_enabled
 from .._kernels import _pool as _kernel
 from ..reference.functional import pooling as reference
@@ -69,7 +69,7 @@ def pool_params(kernel_size, stride, layer):
     """Validate ``kernel_size`` and ``stride`` (None means ``kernel_size``); return two pairs.
 
     Raises:
-        ValueError: not an int or a pair of ints >= 1.
+        ValueError: not an int or a pair of ints from 1 to ``MAX_SIZE`` (2**31 - 1).
     """
     kernel_size = pair(kernel_size, "kernel_size", layer, minimum=1)
     stride = kernel_size if stride is None else pair(stride, "stride", layer, minimum=1)
@@ -252,8 +252,8 @@ def avg_pool_params(kernel_size, stride, padding, count_include_pad, layer):
     window (``pH <= kH // 2``, ``pW <= kW // 2``), so that no window lies in the padding only.
 
     Raises:
-        ValueError: ``kernel_size``/``stride`` not an int or a pair of ints >= 1, ``padding``
-            not >= 0 or more than half the window.
+        ValueError: ``kernel_size``/``stride`` not an int or a pair of ints from 1 to
+            ``MAX_SIZE``, ``padding`` not >= 0 or more than half the window.
         TypeError: ``count_include_pad`` not a bool.
     """
     kernel_size, stride = pool_params(kernel_size, stride, layer)
@@ -266,6 +266,77 @@ def avg_pool_params(kernel_size, stride, padding, count_include_pad, layer):
         raise TypeError(f"{layer}: count_include_pad must be True or False, got "
                         f"{count_include_pad!r}")
     return kernel_size, stride, padding, bool(count_include_pad)
+
+
+def _avg_out_shape(layer, x_shape, kernel_size, stride, padding):
+    """The output shape ``(N, C, OH, OW)`` of average pooling on an input of ``x_shape``.
+
+    Raises:
+        ValueError: the padded input is smaller than the window.
+    """
+    n, c, height, width = x_shape
+    padded = (height + 2 * padding[0], width + 2 * padding[1])
+    if padded[0] < kernel_size[0] or padded[1] < kernel_size[1]:
+        raise ValueError(
+            f"{layer}: input of shape {tuple(x_shape)} with padding {padding} is smaller than "
+            f"kernel_size {kernel_size}: expected H + 2*pH >= {kernel_size[0]} and "
+            f"W + 2*pW >= {kernel_size[1]}"
+        )
+    return (n, c, (padded[0] - kernel_size[0]) // stride[0] + 1,
+            (padded[1] - kernel_size[1]) // stride[1] + 1)
+
+
+def _pool_output(layer, out, shape, dtype, **inputs):
+    """``out`` validated (:func:`minidl._memory.output`, sharing no memory with any of
+    ``inputs``), or a new array after checking that it fits in memory."""
+    if out is None:
+        check_allocation(layer, "output", shape, dtype)
+        return _memory.output(layer, None, shape, dtype)
+    out = _memory.output(layer, out, shape, dtype)
+    check_no_overlap(layer, "out", out, **inputs)
+    return out
+
+
+def _check_avg_cache(layer, cache, op):
+    """Raise unless ``cache`` is what ``op`` (``"avg_pool2d_forward"`` or
+    ``"global_avg_pool2d_forward"``) returned: its type, and a geometry (``x_shape``,
+    ``out_shape``, ``kernel_size``, ``stride``, ``padding``, ``count_include_pad``) that
+    ``op`` could have made.
+
+    A cache is a tuple the caller can change, and the backward kernel trusts it: an
+    ``out_shape`` with other ``(N, C)`` than ``x_shape`` would make it read past ``dout``, a
+    zero window divide by zero. The check is a few integer comparisons.
+
+    Raises:
+        TypeError: not an :class:`AvgPool2dCache` (or the reference backend's).
+        ValueError: a geometry ``op`` would not have made.
+        MemoryError: an ``x_shape`` whose gradient would not fit in memory.
+    """
+    if not isinstance(cache, (AvgPool2dCache, reference.AvgPool2dCache)):
+        raise TypeError(f"{layer}: expected the cache returned by {op}, got "
+                        f"{type(cache).__name__}")
+    try:
+        x_shape = tuple(positive_int(d, "x_shape", layer) for d in cache.x_shape)
+        ok = len(x_shape) == 4 and np.dtype(cache.dtype) in FLOAT_DTYPES
+        if op == "global_avg_pool2d_forward":
+            geometry = (x_shape[2:], (1, 1), (0, 0), True)
+            expected = x_shape[:2]
+        else:
+            geometry = avg_pool_params(cache.kernel_size, cache.stride, cache.padding,
+                                       getattr(cache, "count_include_pad", True), layer)
+            expected = _avg_out_shape(layer, x_shape, *geometry[:3])
+        given = (tuple(cache.kernel_size), tuple(cache.stride), tuple(cache.padding),
+                 getattr(cache, "count_include_pad", True))
+        ok = ok and given == geometry and tuple(cache.out_shape) == expected
+        if isinstance(cache, reference.AvgPool2dCache):  # its divisor broadcasts onto dout
+            divisor = np.asarray(cache.divisor)
+            ok = ok and divisor.shape == (expected[2:] if len(expected) == 4 else ())
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"{layer}: the cache's shapes or window ({cache!r:.200}) are not what "
+                         f"{op} made; pass the cache it returned, unchanged")
+    check_allocation(layer, "input gradient", x_shape, cache.dtype)
 
 
 def avg_pool2d_forward(x, kernel_size, stride=None, padding=0, count_include_pad=True,
@@ -292,22 +363,15 @@ def avg_pool2d_forward(x, kernel_size, stride=None, padding=0, count_include_pad
     Raises:
         TypeError: ``x`` is not a float32/float64 ndarray; ``count_include_pad`` not a bool.
         ValueError: wrong rank, bad kernel_size/stride/padding, an input smaller than the
-            window (after padding), or an unusable ``out``.
+            window (after padding), or an unusable ``out`` (wrong shape, dtype or layout,
+            read-only, or sharing memory with ``x``).
+        MemoryError: the output would not fit in this machine's memory.
     """
     check_input(layer, x, "NCHW")
     kernel_size, stride, padding, count_include_pad = avg_pool_params(
         kernel_size, stride, padding, count_include_pad, layer)
-    n, c, height, width = x.shape
-    padded = (height + 2 * padding[0], width + 2 * padding[1])
-    if padded[0] < kernel_size[0] or padded[1] < kernel_size[1]:
-        raise ValueError(
-            f"{layer}: input of shape {x.shape} with padding {padding} is smaller than "
-            f"kernel_size {kernel_size}: expected H + 2*pH >= {kernel_size[0]} and "
-            f"W + 2*pW >= {kernel_size[1]}"
-        )
-    shape = (n, c, (padded[0] - kernel_size[0]) // stride[0] + 1,
-             (padded[1] - kernel_size[1]) // stride[1] + 1)
-    out = _memory.output(layer, out, shape, x.dtype)
+    shape = _avg_out_shape(layer, x.shape, kernel_size, stride, padding)
+    out = _pool_output(layer, out, shape, x.dtype, input=x)
     if get_backend() == "reference":  # reference backend: the windows' sums, in NumPy
         return reference.avg_pool2d_forward(x, kernel_size, stride, padding, count_include_pad,
                                             layer, out)
@@ -332,11 +396,13 @@ def avg_pool2d_backward(dout, cache, layer="avg_pool2d", out=None):
         np.ndarray: ``dx`` of shape ``(N, C, H, W)``: each input element receives
         ``dout / divisor`` from every window that holds it.
     Raises:
-        TypeError/ValueError: ``dout`` does not match the forward output, or an unusable
-            ``out``.
+        TypeError/ValueError: ``dout`` does not match the forward output; an unusable ``out``
+            (as for the forward, or sharing memory with ``dout``); a cache that is not the one
+            the forward returned (another type, or shapes/window it would not have made).
     """
+    _check_avg_cache(layer, cache, "avg_pool2d_forward")
     check_grad(layer, dout, cache.out_shape, cache.dtype)
-    dx = _memory.output(layer, out, cache.x_shape, cache.dtype)
+    dx = _pool_output(layer, out, cache.x_shape, cache.dtype, gradient=dout)
     if isinstance(cache, reference.AvgPool2dCache):  # reference backend: made by its forward
         return reference.avg_pool2d_backward(dout, cache, layer, dx)
     _kernel.avg_pool2d_backward(np.ascontiguousarray(dout), dx, *cache.kernel_size,
@@ -362,11 +428,12 @@ def global_avg_pool2d_forward(x, layer="global_avg_pool2d", out=None):
         :class:`AvgPool2dCache` (or the reference one).
     Raises:
         TypeError: ``x`` is not a float32/float64 ndarray.
-        ValueError: wrong rank or an empty axis, or an unusable ``out``.
+        ValueError: wrong rank or an empty axis, or an unusable ``out`` (wrong shape, dtype
+            or layout, read-only, or sharing memory with ``x``).
     """
     check_input(layer, x, "NCHW")
     n, c, height, width = x.shape
-    out = _memory.output(layer, out, (n, c), x.dtype)
+    out = _pool_output(layer, out, (n, c), x.dtype, input=x)
     if get_backend() == "reference":  # reference backend: the mean by its formula
         return reference.global_avg_pool2d_forward(x, layer, out)
     x = np.ascontiguousarray(x)
@@ -386,11 +453,13 @@ def global_avg_pool2d_backward(dout, cache, layer="global_avg_pool2d", out=None)
     Returns:
         np.ndarray: ``dx`` of shape ``(N, C, H, W)`` in the input's dtype.
     Raises:
-        TypeError/ValueError: ``dout`` does not match the forward output, or an unusable
-            ``out``.
+        TypeError/ValueError: ``dout`` does not match the forward output; an unusable ``out``
+            (as for the forward, or sharing memory with ``dout``); a cache that is not the one
+            the forward returned.
     """
+    _check_avg_cache(layer, cache, "global_avg_pool2d_forward")
     check_grad(layer, dout, cache.out_shape, cache.dtype)
-    dx = _memory.output(layer, out, cache.x_shape, cache.dtype)
+    dx = _pool_output(layer, out, cache.x_shape, cache.dtype, gradient=dout)
     if isinstance(cache, reference.AvgPool2dCache):  # reference backend: made by its forward
         return reference.global_avg_pool2d_backward(dout, cache, layer, dx)
     n, c, height, width = cache.x_shape

@@ -121,7 +121,7 @@ class Residual(Module):
             raise TypeError(f"Residual: the body's output is {main.dtype} but the shortcut's "
                              f"is {side.dtype}; they must have the same dtype to be added")
         out = np.add(main, side, out=_memory.empty(main.shape, main.dtype))
-        self._cache = save_for_backward((out.shape, out.dtype))
+        self._cache = save_for_backward((out.shape, out.dtype, x.shape, x.dtype))
         return out
 
     def backward(self, dout, input_grad=True):
@@ -138,8 +138,10 @@ class Residual(Module):
             RuntimeError: no forward pass has been run, or it ran under
                 :class:`minidl.no_grad`.
             ValueError/TypeError: ``dout`` does not match the last output.
+            ValueError: the body's or the shortcut's backward returned something other than
+                an array of the input's shape and dtype (it is never broadcast).
         """
-        shape, dtype = saved_for_backward("Residual", self._cache)
+        shape, dtype, x_shape, x_dtype = saved_for_backward("Residual", self._cache)
         check_grad("Residual", dout, shape, dtype)
         main = self.body.backward(dout, input_grad=input_grad)
         if self.shortcut is None:
@@ -148,6 +150,13 @@ class Residual(Module):
             side = self.shortcut.backward(dout, input_grad=input_grad)
         if not input_grad:
             return None
+        for path, grad in (("body", main), ("shortcut", side)):  # a custom child's, perhaps
+            if not (isinstance(grad, np.ndarray) and grad.shape == x_shape
+                    and grad.dtype == x_dtype):
+                got = (f"{grad.dtype} {grad.shape}" if isinstance(grad, np.ndarray)
+                       else type(grad).__name__)
+                raise ValueError(f"Residual: the {path}'s backward must return the gradient of "
+                                 f"the input, {np.dtype(x_dtype)} {x_shape}, got {got}")
         return np.add(main, side, out=_memory.empty(main.shape, main.dtype))
 
     def extra_repr(self):

@@ -2,6 +2,7 @@
 import numbers
 
 from .. import layers
+from .._checks import positive_int
 from .._random import get_rng
 from ..model import Sequential
 from .norms import check_norm, check_norm_position, conv_norm_act, has_bias
@@ -76,6 +77,7 @@ def vgg_cifar(norm="batch", width=1, norm_position="before", num_classes=10, rng
     if (isinstance(width, bool) or not isinstance(width, numbers.Real) or not width > 0
             or width == float("inf")):
         raise ValueError(f"vgg_cifar: width must be a finite number > 0, got {width!r}")
+    num_classes = positive_int(num_classes, "num_classes", "vgg_cifar")
     c1, c2, c3 = (max(1, round(channels * width)) for channels in (32, 64, 128))
     rng = get_rng(rng)
 

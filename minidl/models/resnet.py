@@ -162,7 +162,7 @@ def resnet_cifar(depth=20, norm="batch", shortcut="A", norm_position="before", n
         and the dense layer.
     Raises:
         ValueError: ``depth`` is not ``6n + 2`` with ``n >= 1``; an unknown ``shortcut``,
-            ``norm`` or ``norm_position``.
+            ``norm`` or ``norm_position``; ``num_classes`` not an integer >= 1.
         TypeError: a ``norm`` of the wrong type.
     """
     if (isinstance(depth, bool) or not isinstance(depth, numbers.Integral) or depth < 8
@@ -174,6 +174,7 @@ def resnet_cifar(depth=20, norm="batch", shortcut="A", norm_position="before", n
     if shortcut not in SHORTCUTS:
         raise ValueError(f"resnet_cifar: shortcut must be 'A' (zero-padding identity) or 'B' "
                          f"(1x1 projection), got {shortcut!r}")
+    num_classes = positive_int(num_classes, "num_classes", "resnet_cifar")
     n = (int(depth) - 2) // 6
     rng = get_rng(rng)
     stem = conv_norm_act(_conv3x3(3, 16, 1, norm, norm_position, rng), 16, norm, norm_position,
