@@ -1,4 +1,4 @@
-"""Dense, ReLU, Softmax, Flatten, Module and Sequential: gradients, dtypes, state, errors."""
+"""Dense, ReLU, Softmax, Flatten and Module: gradients, dtypes, state, errors (Sequential: test_model.py)."""
 import numpy as np
 import pytest
 
@@ -30,13 +30,6 @@ def test_relu_gradients(rng):
 @pytest.mark.parametrize("axis", [1, -1, 0])
 def test_softmax_gradients(rng, axis):
     check_module_gradients(Softmax(axis=axis), rng.standard_normal((3, 4, 2)), rng)
-
-
-def test_sequential_gradients_through_all_layer_kinds(rng):
-    model = Sequential(Flatten(), Dense(12, 6, rng=rng), BatchNorm(6), ReLU(), Dense(6, 4, rng=rng),
-                       Softmax()).astype(np.float64)
-    x = rng.standard_normal((5, 3, 2, 2))
-    check_module_gradients(model, x, rng)
 
 
 # ----------------------------------------------------------------------------- forward semantics
@@ -146,11 +139,6 @@ def test_astype_converts_parameters_and_buffers(rng):
     assert model[1].num_batches_tracked.dtype == np.int64
     with pytest.raises(TypeError, match="float32 or float64"):
         model.astype(np.int32)
-
-
-def test_sequential_rejects_non_modules():
-    with pytest.raises(TypeError, match="Sequential: argument 1 is a int"):
-        Sequential(ReLU(), 3)
 
 
 def test_module_requires_super_init():
@@ -370,23 +358,6 @@ def test_softmax_axis_must_be_an_int_and_the_classes_not_empty():
                                          r"\(the classes"):
         Softmax()(np.zeros((3, 0), np.float32))
     assert Softmax(axis=np.int64(0))(np.zeros((2, 3), np.float32)).shape == (2, 3)
-
-
-def test_sequential_indexing_errors_name_the_model():
-    model = Sequential(ReLU(), Flatten())
-    assert isinstance(model[-1], Flatten) and len(model[:1]) == 1
-    with pytest.raises(IndexError, match="^Sequential: index 3 is out of range for 2 layers"):
-        model[3]
-    with pytest.raises(TypeError, match="^Sequential: expected an int or a slice index, got str"):
-        model["0"]
-
-
-def test_an_empty_sequential_is_the_identity_both_ways(rng):
-    model = Sequential()
-    x = rng.standard_normal((2, 3))
-    assert model(x) is x
-    assert model.backward(x) is x
-    assert model.backward(x, input_grad=False) is None
 
 
 @pytest.mark.parametrize("make, exc, match", [
