@@ -1,6 +1,6 @@
 """Train CIFAR-10 networks with and without Batch Normalization and compare how they converge.
 
-    python examples/cifar_bn.py                  # the defaults: about 10 minutes on 2 cores
+    python examples/cifar_bn.py                  # the defaults: about 7 minutes on 2 quiet cores
     python examples/cifar_bn.py --networks vgg --steps 200 --eval-every 25   # a quick look
     python examples/cifar_bn.py --full           # He et al.'s schedule: 64,000 steps per run
 

@@ -4,6 +4,10 @@ A callback overrides any of the hooks of :class:`Callback`. Epoch numbers start 
 ``epoch 1/3`` the progress bar shows). A callback that keeps state across epochs (the best value
 seen, the epochs waited) returns it from ``state_dict()`` and takes it back in
 ``load_state_dict()``, so a run resumed from a checkpoint behaves as if it had never stopped.
+
+In a data-parallel job (:mod:`minidl.distributed`) every rank runs the callbacks with the same
+logs (the Trainer sums them over the ranks); the callbacks that write files, ModelCheckpoint and
+CSVLogger, write on rank 0 only and keep the same state on every rank.
 """
 import csv
 import io
@@ -11,6 +15,7 @@ import math
 import os
 
 from ._checks import positive_int
+from .distributed import is_main_process
 from .serialization import atomic_write, save
 
 __all__ = ["Callback", "EvaluateEvery", "EarlyStopping", "ModelCheckpoint", "CSVLogger"]
@@ -238,7 +243,8 @@ class ModelCheckpoint(Callback):
 
     Attributes:
         best (float): the best monitored value so far (with ``save_best_only``).
-        saved (list[str]): the paths written, in order.
+        saved (list[str]): the paths written, in order (in a data-parallel job rank 0 writes
+            them and every rank lists them).
 
     Raises:
         ValueError: a bad argument; at the end of an epoch, a format field that is not the epoch
@@ -271,10 +277,11 @@ class ModelCheckpoint(Callback):
                 return
             self.best = current
         path = self._path(epoch, logs)
-        folder = os.path.dirname(path)
-        if folder:
-            os.makedirs(folder, exist_ok=True)
-        save(trainer.model.state_dict(), path)
+        if is_main_process():  # data parallel: rank 0 writes; the replicas are identical
+            folder = os.path.dirname(path)
+            if folder:
+                os.makedirs(folder, exist_ok=True)
+            save(trainer.model.state_dict(), path)
         self.saved.append(path)
 
     def state_dict(self):
@@ -293,7 +300,7 @@ class CSVLogger(Callback):
     ``repr`` (exact). The whole file is rewritten atomically after every epoch
     (:func:`~minidl.serialization.atomic_write`), so it is always complete, never half a row.
     A value missing in some epoch is written as ``NA``; a name that first appears later adds a
-    column.
+    column. In a data-parallel job only rank 0 writes the file.
 
     Args:
         filename (str or os.PathLike): the CSV file; its folder must exist.
@@ -337,8 +344,9 @@ class CSVLogger(Callback):
         writer = csv.writer(text, delimiter=self.separator, lineterminator="\n")
         writer.writerow(self.fields)
         writer.writerows([row.get(field, "NA") for field in self.fields] for row in self.rows)
-        with atomic_write(self.filename, "w", encoding="utf-8", newline="") as f:
-            f.write(text.getvalue())
+        if is_main_process():  # data parallel: rank 0 writes; every rank has the same rows
+            with atomic_write(self.filename, "w", encoding="utf-8", newline="") as f:
+                f.write(text.getvalue())
 
     def state_dict(self):
         return {"fields": list(self.fields), "rows": [dict(r) for r in self.rows]}

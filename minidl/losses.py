@@ -26,7 +26,7 @@ of the rest of minidl; :class:`CrossEntropyLoss` is a thin stateful wrapper arou
 """
 import numpy as np
 
-from ._checks import check_input
+from ._checks import check_input, check_number
 
 __all__ = ["CrossEntropyLoss", "cross_entropy", "cross_entropy_backward"]
 
@@ -122,7 +122,10 @@ def cross_entropy_backward(cache, dloss=1.0):
         dloss (float): upstream gradient of the scalar loss (1.0 when the loss is the output).
     Returns:
         np.ndarray: ``(N, K)`` gradient, a new C-contiguous array in the logits' dtype.
+    Raises:
+        TypeError: ``dloss`` is not a real number. ValueError: ``dloss`` is NaN or infinite.
     """
+    dloss = check_number("CrossEntropyLoss.backward", "dloss", dloss, low=-np.inf)
     probs, labels, reduction, dtype = cache
     num_samples = probs.shape[0]
     grad = probs.copy()
@@ -181,9 +184,10 @@ class CrossEntropyLoss:
         """Return ``d loss / d logits`` ``(N, K)`` in the logits' dtype for the last forward.
 
         Args:
-            dloss (float): upstream gradient of the loss (default 1.0).
+            dloss (float): upstream gradient of the loss (default 1.0), a finite real number.
         Raises:
             RuntimeError: if :meth:`forward` has not been called successfully.
+            TypeError/ValueError: ``dloss`` is not a finite real number.
         """
         if self._cache is None:
             raise RuntimeError("CrossEntropyLoss: backward() called before forward(logits, labels)")

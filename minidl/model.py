@@ -32,7 +32,15 @@ class Sequential(Module):
         return len(self._modules)
 
     def __getitem__(self, index):
-        return list(self._modules.values())[index]
+        layers = list(self._modules.values())
+        try:
+            return layers[index]
+        except IndexError:
+            raise IndexError(f"Sequential: index {index} is out of range for {len(layers)} "
+                             f"layers") from None
+        except TypeError:
+            raise TypeError(f"Sequential: expected an int or a slice index, got "
+                            f"{type(index).__name__}") from None
 
     def __iter__(self):
         return iter(self._modules.values())
@@ -54,9 +62,15 @@ class Sequential(Module):
                 may skip that work (PyTorch never computes it for an input that does not
                 require grad); the return value is then None.
         Returns:
-            d loss / d input, or None when ``input_grad`` is False.
+            d loss / d input, or None when ``input_grad`` is False. An empty Sequential is
+            the identity: it returns ``dout``.
+        Raises:
+            Exception: whatever a layer raises; the parameter gradients are then left as they
+                were before the call (see :meth:`minidl.layers.Module.backward`).
         """
         layers = list(self._modules.values())
+        if not layers:
+            return dout if input_grad else None
         for layer in reversed(layers[1:]):
             dout = layer.backward(dout)
         if input_grad:

@@ -8,7 +8,12 @@ FLOP convention: floating-point operations of one forward pass over the whole ba
 ``input_shape``, a multiply-add counted as 2 (so a Dense layer costs ``2 * N * in * out``, plus
 ``N * out`` for the bias); a comparison, an ``exp`` or a division each count 1. BatchNorm is
 counted in eval mode, where it is one multiply-add per element with the per-channel scale and
-shift folded (``gamma / sqrt(var + eps)`` and ``beta - mean * scale``).
+shift folded (``gamma / sqrt(var + eps)`` and ``beta - mean * scale``); so are
+PerActivationBatchNorm and an InstanceNorm with running estimates. The norms that compute their
+statistics in every pass (LayerNorm, GroupNorm, InstanceNorm without running estimates) count 3
+per element for them (an add for the sum, a multiply-add for the sum of squares), 2 to normalize
+(``(x - mean) * invstd``) and 2 for the affine step when they have one. Sigmoid counts 4 per
+element (``|x|``, exp, add, divide), Tanh 1 (one tanh, counted like an exp).
 """
 import math
 from dataclasses import dataclass
@@ -16,12 +21,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._snapshot import Snapshot
-from .layers.activation import ReLU, Softmax
+from .layers.activation import ReLU, Sigmoid, Softmax, Tanh
 from .layers.conv import Conv2D
 from .layers.dense import Dense
-from .layers.module import Module
-from .layers.normalization import BatchNorm
 from .layers.dropout import Dropout
+from .layers.module import Module
+from .layers.normalization import (BatchNorm, GroupNorm, InstanceNorm, LayerNorm,
+                                   PerActivationBatchNorm)
 from .layers.pooling import AvgPool2D, GlobalAvgPool2D, MaxPool2D
 from .layers.residual import Identity, Residual
 from .layers.shape import Flatten
@@ -43,6 +49,15 @@ def _dense_flops(layer, input_shape, output_shape):
 def _max_pool_flops(layer, input_shape, output_shape):
     window = layer.kernel_size[0] * layer.kernel_size[1]
     return (window - 1) * math.prod(output_shape)  # comparisons
+
+
+def _sample_norm_flops(layer, input_shape, output_shape):
+    """Statistics (3) and normalization (2) per element, plus 2 for the affine step; an
+    InstanceNorm with running estimates is counted as BatchNorm (2, folded)."""
+    if getattr(layer, "track_running_stats", False):
+        return 2 * math.prod(output_shape)
+    affine = getattr(layer, "weight", None) is not None or getattr(layer, "bias", None) is not None
+    return (5 + (2 if affine else 0)) * math.prod(output_shape)
 
 
 def _avg_pool_flops(layer, input_shape, output_shape):
@@ -70,6 +85,12 @@ FLOP_FORMULAS = {
     Softmax: _per_element(5),  # max, subtract, exp, sum, divide
     MaxPool2D: _max_pool_flops,
     Flatten: _per_element(0),
+    PerActivationBatchNorm: _per_element(2),  # eval: x * scale + shift, per position
+    InstanceNorm: _sample_norm_flops,
+    LayerNorm: _sample_norm_flops,
+    GroupNorm: _sample_norm_flops,
+    Sigmoid: _per_element(4),  # |x|, exp, add, divide
+    Tanh: _per_element(1),
     AvgPool2D: _avg_pool_flops,
     GlobalAvgPool2D: _global_avg_pool_flops,
     Dropout: _per_element(0),  # eval: the identity

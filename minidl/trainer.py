@@ -4,6 +4,14 @@
 from it (``resume=True``) so that an interrupted run ends bit-identical to one that never
 stopped; Ctrl-C stops it between two steps; a non-finite loss stops it before the step is
 applied. See :meth:`Trainer.fit` for the exact promises.
+
+**Data-parallel jobs** (several processes started by ``mpiexec``, see :mod:`minidl.distributed`):
+the same Trainer code runs on every rank. Only rank 0 draws progress bars, prints and writes
+checkpoints (:class:`~minidl.callbacks.ModelCheckpoint` and
+:class:`~minidl.callbacks.CSVLogger` also write on rank 0 only); the numbers a step or an
+evaluation reports are summed over the ranks (:func:`minidl.distributed.reduce_metrics`), so
+History, callbacks and checkpoints are identical on every rank. Every piece of this marked
+"data parallel" below; in a single process none of it communicates or changes a result.
 """
 import itertools
 import os
@@ -18,6 +26,8 @@ from ._checks import positive_int
 from ._grad_mode import no_grad
 from ._random import get_rng
 from .callbacks import Callback, EvaluateEvery
+from .distributed import barrier, get_world_size, is_main_process, reduce_metrics
+from .layers.module import Module
 from .serialization import load, save
 
 __all__ = ["Trainer", "History", "Callback", "EvaluateEvery", "NonFiniteLossError"]
@@ -119,8 +129,35 @@ def _check_progress(owner, progress):
 
 
 def _disable(progress):
-    """tqdm's ``disable`` for a progress setting: None shows the bar only on a terminal."""
+    """tqdm's ``disable`` for a progress setting: None shows the bar only on a terminal.
+
+    Data parallel: ranks other than 0 never draw one."""
+    if not is_main_process():
+        return True
     return None if progress is None else not progress
+
+
+def _sum_over_ranks(loss_sum, correct, count):
+    """Data parallel: ``(loss_sum, correct, count)`` summed over the ranks of the job (every
+    rank gets the same totals); in a single process the values unchanged."""
+    if get_world_size() == 1:
+        return loss_sum, correct, count
+    totals = reduce_metrics({"loss_sum": loss_sum, "correct": correct, "count": count})
+    return totals["loss_sum"], int(totals["correct"]), int(totals["count"])
+
+
+def _checkpoint_exists(path):
+    """Whether ``path`` exists. Data parallel: every rank reads the checkpoint rank 0 wrote, so
+    the ranks must agree (a ValueError on every rank otherwise)."""
+    exists = os.path.exists(path)
+    if get_world_size() > 1:
+        found = int(reduce_metrics({"ranks_with_checkpoint": exists})["ranks_with_checkpoint"])
+        if 0 < found < get_world_size():
+            raise ValueError(f"Trainer.fit: {path!r} exists on {found} of {get_world_size()} "
+                             f"ranks; every rank resumes from the checkpoint rank 0 writes, so "
+                             f"checkpoint_dir must be a folder every rank can read (a shared "
+                             f"file system)")
+    return exists
 
 
 class _ModeGuard:
@@ -227,6 +264,25 @@ class Trainer:
     ``model.backward(loss_fn.backward(), input_grad=False)``, ``optimizer.step()``,
     ``optimizer.zero_grad()`` (and ``scheduler.step()`` with ``scheduler_interval="step"``).
 
+    **Data-parallel training** works unchanged: start the script on W processes
+    (``mpiexec -n W``), call :func:`minidl.distributed.init`, wrap the model in
+    :class:`~minidl.distributed.DistributedDataParallel` and give each rank its shard of the
+    data (``DataLoader(..., num_shards=W, shard_index=rank)``). Then, when the world has more
+    than one rank:
+
+    * only rank 0 draws progress bars and prints the epoch summaries;
+    * only rank 0 writes ``checkpoint_dir/last.ckpt`` (and ModelCheckpoint / CSVLogger files);
+      ``resume`` reads it on every rank, so ``checkpoint_dir`` must be readable by all ranks
+      (one machine, or a shared file system);
+    * each step's loss, correct count and batch size are summed over the ranks (one small
+      ``reduce_metrics`` per step), so ``History``, the progress bar, the callbacks' logs and
+      the checkpoints hold the figures of the global batch, the same on every rank, and
+      callbacks such as EarlyStopping decide alike everywhere; :meth:`evaluate` sums in the same
+      way (see there for how a sharded loader's padding is counted);
+    * every rank must run the same ``fit``/``evaluate`` calls (they communicate). A custom
+      callback that writes files should check :func:`minidl.distributed.is_main_process`, and
+      one that sets ``stop_training`` must decide the same on every rank.
+
     Args:
         model (Module): maps a batch ``x`` to logits ``(N, K)``; its ``backward(dout,
             input_grad=False)`` accumulates parameter gradients.
@@ -249,7 +305,10 @@ class Trainer:
         stop_training (bool): set by a callback to end :meth:`fit` after the current step.
 
     Raises:
-        TypeError: a callback that is not a :class:`Callback`; a scheduler without the interface.
+        TypeError: a ``model`` that is not a :class:`minidl.layers.Module`; a ``loss_fn``
+            without ``__call__`` and ``backward``; an ``optimizer`` without ``step``,
+            ``zero_grad``, ``state_dict`` and ``load_state_dict``; a callback that is not a
+            :class:`Callback`; a scheduler without the interface.
         ValueError: an unknown ``scheduler_interval``.
     """
 
@@ -257,7 +316,21 @@ class Trainer:
 
     def __init__(self, model, loss_fn, optimizer, progress=None, callbacks=(), scheduler=None,
                  scheduler_interval="epoch"):
-        callbacks = list(callbacks)
+        if not isinstance(model, Module):
+            raise TypeError(f"Trainer: expected model to be a minidl Module (e.g. a "
+                            f"Sequential), got {type(model).__name__}")
+        for name, value, needed in (
+                ("loss_fn", loss_fn, ("__call__", "backward")),
+                ("optimizer", optimizer, ("step", "zero_grad", "state_dict", "load_state_dict"))):
+            lacking = [m for m in needed if not callable(getattr(value, m, None))]
+            if lacking:
+                raise TypeError(f"Trainer: {name} ({type(value).__name__}) lacks "
+                                f"{', '.join(lacking)}")
+        try:
+            callbacks = list(callbacks)
+        except TypeError:
+            raise TypeError(f"Trainer: callbacks must be a list of minidl.Callback, got "
+                            f"{type(callbacks).__name__}") from None
         for index, callback in enumerate(callbacks):
             if not isinstance(callback, Callback):
                 raise TypeError(f"Trainer: callbacks[{index}] is a {type(callback).__name__}, "
@@ -293,7 +366,8 @@ class Trainer:
 
     # ----------------------------------------------------------------- one step
     def train_step(self, x, y):
-        """One optimizer step on a batch; returns ``(loss, number of correct predictions)``.
+        """One optimizer step on a batch; returns ``(loss, number of correct predictions)`` of
+        this batch (in a data-parallel job: of this rank's batch, not summed over the ranks).
 
         If the loss is not finite, or the forward/loss/backward raises, the step is undone before
         anything is applied: buffers (running statistics) and module RNGs are restored from a
@@ -394,9 +468,12 @@ class Trainer:
         for name, value in (("checkpoint_every", checkpoint_every), ("resume", resume)):
             if value and path is None:
                 raise ValueError(f"Trainer.fit: {name}={value!r} needs a checkpoint_dir")
-        if not hasattr(type(train_loader), "__iter__"):  # not iter(): that may draw a shuffle
-            raise TypeError(f"Trainer.fit: train_loader must be an iterable of (x, y) batches, "
-                            f"got {type(train_loader).__name__}")
+        for name, loader in (("train_loader", train_loader), ("val_loader", val_loader)):
+            # hasattr, not iter(): iter() may draw a shuffle
+            if (loader is not None or name == "train_loader") and \
+                    not hasattr(type(loader), "__iter__"):
+                raise TypeError(f"Trainer.fit: {name} must be an iterable of (x, y) batches, "
+                                f"got {type(loader).__name__}")
 
         run = _Run(train_loader, val_loader, epochs, self.progress if progress is None else progress,
                    path, checkpoint_every)
@@ -407,8 +484,10 @@ class Trainer:
         with _ModeGuard(self.model, True), _DeferredSigint() as sigint:
             run.sigint = sigint
             self._call("on_train_begin")
-            if resume is True or (resume == "auto" and os.path.exists(path)):
+            if resume is True or (resume == "auto" and _checkpoint_exists(path)):
                 run.loader_restored = self._resume(path, run, position, history)
+                if get_world_size() > 1:  # data parallel: rank 0 overwrites the file only
+                    barrier()             # after every rank has read it
             try:
                 while position.epoch < epochs and not self.stop_training:
                     self._fit_epoch(run, position, history)
@@ -421,7 +500,8 @@ class Trainer:
                     f"; checkpoint written to {path}" if path is not None else "")
                 if on_interrupt == "raise":
                     raise KeyboardInterrupt(f"Trainer.fit interrupted {where}") from None
-                tqdm.write(f"Trainer.fit interrupted {where}")
+                if is_main_process():
+                    tqdm.write(f"Trainer.fit interrupted {where}")
             self._call("on_train_end")
         return history
 
@@ -432,9 +512,15 @@ class Trainer:
             raise TypeError(f"Trainer.fit: checkpoint_dir must be a path, got "
                             f"{type(checkpoint_dir).__name__}")
         folder = os.fspath(checkpoint_dir)
+        if isinstance(folder, bytes):
+            folder = os.fsdecode(folder)
+        if not folder:
+            raise ValueError("Trainer.fit: checkpoint_dir is an empty path; give a folder, e.g. "
+                             "'runs/mnist' (or '.' for the current folder)")
         if os.path.exists(folder) and not os.path.isdir(folder):
             raise NotADirectoryError(f"Trainer.fit: checkpoint_dir {folder!r} is a file, not a folder")
-        os.makedirs(folder, exist_ok=True)
+        if is_main_process():  # data parallel: rank 0 writes the checkpoints
+            os.makedirs(folder, exist_ok=True)
         return os.path.join(folder, self.CHECKPOINT_NAME)
 
     def _fit_epoch(self, run, position, history):
@@ -463,7 +549,7 @@ class Trainer:
             self.scheduler.step()
         history.record_epoch(logs, time.perf_counter() - position.started)
         self._call("on_epoch_end", number, logs)
-        if run.progress is not False:
+        if run.progress is not False and is_main_process():
             lr = self._lr
             tqdm.write(f"epoch {number}/{run.epochs}: " + ", ".join(
                 f"{k} {v:.4f}" for k, v in logs.items()) + ("" if lr is None else f", lr {lr:.4g}"))
@@ -488,6 +574,9 @@ class Trainer:
                 if self.scheduler is not None and self.scheduler_interval == "step":
                     self.scheduler.step()
                 n = len(y)
+                if get_world_size() > 1:  # data parallel: the step over every rank's samples
+                    loss_sum, correct, n = _sum_over_ranks(loss * n, correct, n)
+                    loss = loss_sum / n
                 history.step_loss.append(loss)
                 position.step += 1
                 position.total_loss += loss * n
@@ -544,7 +633,8 @@ class Trainer:
         }
 
     def _save_checkpoint(self, run, position, history):
-        save(self._checkpoint(run, position, history), run.path)
+        if is_main_process():  # data parallel: every rank holds the same state; rank 0 writes
+            save(self._checkpoint(run, position, history), run.path)
 
     def _resume(self, path, run, position, history):
         """Load ``path`` into the trainer; all or nothing. Returns whether the loader was restored."""
@@ -612,9 +702,25 @@ class Trainer:
         Returns:
             dict: ``{"loss": float, "accuracy": float in [0, 1]}``, weighted by batch size.
         Raises:
+            TypeError: ``loader`` is not iterable.
             ValueError: the loader yields no batches, or a batch that is not a pair.
+
+        **Data parallel** (a job of W > 1 ranks): the sums of the loss, of the correct
+        predictions and of the samples are added over the ranks before dividing
+        (:func:`minidl.distributed.reduce_metrics`), so every rank returns the same figures of
+        the union of the ranks' batches; every rank must call ``evaluate``. Give each rank its
+        part of the data: ``DataLoader(..., num_shards=W, shard_index=rank)``. When W does not
+        divide the number of samples, that loader pads some ranks' parts with samples from the
+        start of the order (``drop_last=False``, as PyTorch's ``DistributedSampler``), and those
+        up to W - 1 samples are evaluated and counted twice. For exact figures, use a number of
+        samples that W divides, or give every rank the whole unsharded loader: each rank then
+        computes the single-process sums, and the figures equal the single-process ones up to
+        rounding, at W times the work.
         """
         _check_progress("Trainer.evaluate", progress)
+        if not hasattr(type(loader), "__iter__"):
+            raise TypeError(f"Trainer.evaluate: loader must be an iterable of (x, y) batches, "
+                            f"got {type(loader).__name__}")
         return self._evaluate(loader, self.progress if progress is None else progress, None)
 
     def _evaluate(self, loader, progress, sigint):
@@ -629,6 +735,9 @@ class Trainer:
                 seen += len(y)
                 if sigint is not None and sigint.pending:
                     raise _Interrupted
+        # data parallel: the sums over every rank's batches (before the check, so that a rank
+        # without batches does not leave the others waiting)
+        total_loss, total_correct, seen = _sum_over_ranks(total_loss, total_correct, seen)
         if seen == 0:
             raise ValueError("Trainer.evaluate: the loader yielded no batches")
         return {"loss": total_loss / seen, "accuracy": total_correct / seen}

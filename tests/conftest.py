@@ -1,18 +1,50 @@
-"""Shared pytest configuration.
+"""Shared pytest configuration and the fixtures every test module may use.
 
 In CI (``CI`` set in the environment) a skipped test is an error: everything the suite names
 must actually run there, including the PyTorch comparisons.
+
+Fixtures: ``rng`` (a seeded NumPy Generator per test), ``torch`` (PyTorch, the test oracle; the
+test skips with the reason when it is absent), ``real_mirror`` (the folder or URL holding the
+real datasets: ``$MINIDL_DATA_MIRROR``, else ``../shared/data`` beside the repository; skips
+when neither exists).
 """
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
+
+FALLBACK_MIRROR = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 @pytest.fixture
 def rng():
     """A seeded NumPy Generator, fresh for every test."""
     return np.random.default_rng(1234)
+
+
+@pytest.fixture(scope="session")
+def torch():
+    """PyTorch, imported once: the oracle of the parity tests (minidl never imports it)."""
+    return pytest.importorskip("torch", reason="the PyTorch comparisons need torch==2.13.0 "
+                               "(pip install torch==2.13.0)")
+
+
+def resolve_mirror():
+    """``$MINIDL_DATA_MIRROR`` if set, else ``../shared/data`` if it exists, else None."""
+    env = os.environ.get("MINIDL_DATA_MIRROR", "").strip()
+    if env:
+        return env
+    return str(FALLBACK_MIRROR) if FALLBACK_MIRROR.is_dir() else None
+
+
+@pytest.fixture(scope="session")
+def real_mirror():
+    """The mirror holding the real datasets (see :func:`resolve_mirror`); skips without one."""
+    mirror = resolve_mirror()
+    if mirror is None:
+        pytest.skip(f"no dataset mirror: set MINIDL_DATA_MIRROR or provide {FALLBACK_MIRROR}")
+    return mirror
 
 
 def pytest_sessionfinish(session, exitstatus):

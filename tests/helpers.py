@@ -1,6 +1,6 @@
 """Test helpers: numerical gradients and comparison against PyTorch.
 
-Gradient checks follow ../DESIGN: float64, central differences, a *random* upstream gradient
+Gradient checks (``minidl.gradcheck``): float64, central differences, a *random* upstream gradient
 (an all-ones upstream gradient makes BatchNorm's input gradient vanish and proves nothing).
 """
 import numpy as np

@@ -1,5 +1,8 @@
 """Programs that tests/test_distributed.py runs under ``mpiexec -n 2``: ``python mpi_worker.py NAME[,NAME...] [TIMEOUT]``.
 
+The ``trainer`` program writes into the folder named by the environment variable
+``MPI_WORKER_DIR``.
+
 Each program checks many things in one MPI start-up (which costs about a second). A failed
 check raises, and minidl.distributed's excepthook then aborts every rank, so the test sees a
 non-zero exit instead of a hang; a passing rank prints ``rank R: NAME ok``.
@@ -157,6 +160,213 @@ class _nothing:
         return False
 
 
+# --------------------------------------------------------------------------- SyncBatchNorm
+def close(got, want, what, rtol=1e-10):
+    """Equal to ``rtol`` relative (with an absolute floor of rtol * 1e-3 * max |want|)."""
+    np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol * 1e-3 * max(1.0, float(np.abs(want).max())),
+                               err_msg=f"rank {dist.get_rank()}: {what}")
+
+
+def bn_cnn(seed, norm=layers.BatchNorm):
+    """conv - norm - ReLU - pool - dense - norm - ReLU - dense, float64: BatchNorm over
+    (N, H, W) and over N."""
+    rng = np.random.default_rng(seed)
+    return minidl.Sequential(
+        layers.Conv2D(2, 4, kernel_size=3, padding=1, bias=False, rng=rng), norm(4), layers.ReLU(),
+        layers.MaxPool2D(2), layers.Flatten(), layers.Dense(4 * 3 * 3, 8, bias=False, rng=rng), norm(8),
+        layers.ReLU(), layers.Dense(8, 3, rng=rng)).astype(np.float64)
+
+
+def image_batch(step, n=8):
+    rng = np.random.default_rng(200 + step)
+    return rng.standard_normal((n, 2, 6, 6)) * 2 + 1, rng.integers(0, 3, n)
+
+
+def sgd_run(model, rows=None, steps=5, scale=None):
+    """``steps`` SGD steps on image_batch(step) (or its ``rows``); returns per step the
+    gradients and the first norm layer's output. With ``scale`` the loss is the batch's sum and
+    its gradient is multiplied by ``scale``."""
+    opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    loss_fn = losses.CrossEntropyLoss(reduction="mean" if scale is None else "sum")
+    bn = next(m for _, m in model.named_modules() if isinstance(m, layers.BatchNorm))
+    seen = []
+    handle = bn.register_forward_hook(lambda module, inputs, output: seen.append((inputs[0].copy(), output.copy())))
+    grads = []
+    for step in range(steps):
+        x, y = image_batch(step)
+        if rows is not None:
+            x, y = x[rows], y[rows]
+        loss_fn(model(x), y)
+        dout = loss_fn.backward()
+        model.backward(dout if scale is None else dout * scale, input_grad=False)
+        grads.append([p.grad.copy() for p in model.parameters()])
+        opt.step()
+        opt.zero_grad()
+    handle.remove()
+    return grads, seen
+
+
+def running_stats(model):
+    return [b for name, b in model.state_dict().items() if "running" in name]
+
+
+def sync_batchnorm():
+    rank = dist.get_rank()
+    halves = slice(4 * rank, 4 * rank + 4)
+    single = bn_cnn(seed=0)
+    want, want_seen = sgd_run(single)
+
+    # N = 2 ranks with batch 4 each and SyncBatchNorm reproduce 1 process with batch 8
+    synced = dist.DistributedDataParallel(layers.SyncBatchNorm.convert_sync_batchnorm(bn_cnn(seed=rank)))
+    check(sum(isinstance(m, layers.SyncBatchNorm) for _, m in synced.named_modules()) == 2, "converted")
+    got, got_seen = sgd_run(synced, halves)
+    for step, (gs, ws) in enumerate(zip(got, want)):
+        for i, (g, w) in enumerate(zip(gs, ws)):
+            close(g, w, f"SyncBatchNorm: gradient {i} at step {step}")
+    for p, q in zip(synced.parameters(), single.parameters()):
+        close(p.data, q.data, "SyncBatchNorm: parameters after 5 steps")
+        check(same_on_all_ranks(p.data), "replicas identical")
+    for a, b in zip(running_stats(synced), running_stats(single)):
+        close(a, b, "SyncBatchNorm: running statistics after 5 steps")
+        check(same_on_all_ranks(a), "running statistics identical on every rank")
+    close(got_seen[0][1], want_seen[0][1][halves], "SyncBatchNorm output = the full batch's rows")
+
+    # with ordinary BatchNorm they differ, and the difference is the per-process statistics
+    plain = dist.DistributedDataParallel(bn_cnn(seed=rank))
+    got, got_seen = sgd_run(plain, halves)
+    bn_input, bn_output = got_seen[0]
+    close(bn_input, want_seen[0][0][halves], "BatchNorm's input is the full batch's rows")
+    own_half = layers.BatchNorm(4, dtype=np.float64)(bn_input)  # statistics of this rank's half
+    close(bn_output, own_half, "each rank's BatchNorm normalizes with its own half's statistics")
+    gap = np.abs(bn_output - want_seen[0][1][halves]).max()
+    check(gap > 1e-2, f"per-process statistics change the output (largest difference {gap})")
+    rel = max(np.abs(p.data - q.data).max() / np.abs(q.data).max()
+              for p, q in zip(plain.parameters(), single.parameters()))
+    check(rel > 1e-4, f"ordinary BatchNorm must not reproduce the single process (relative {rel})")
+
+    # uneven batches, 3 and 5: summed losses scaled by W / 8, so DDP's average is the mean's gradient
+    rows = slice(0, 3) if rank == 0 else slice(3, 8)
+    uneven = dist.DistributedDataParallel(layers.SyncBatchNorm.convert_sync_batchnorm(bn_cnn(seed=rank)))
+    got, got_seen = sgd_run(uneven, rows, scale=2 / 8)
+    for step, (gs, ws) in enumerate(zip(got, want)):
+        for i, (g, w) in enumerate(zip(gs, ws)):
+            close(g, w, f"uneven batches: gradient {i} at step {step}")
+    for p, q in zip(uneven.parameters(), single.parameters()):
+        close(p.data, q.data, "uneven batches: parameters after 5 steps")
+    for a, b in zip(running_stats(uneven), running_stats(single)):
+        close(a, b, "uneven batches: running statistics")
+    close(got_seen[0][1], want_seen[0][1][rows], "uneven batches: outputs")
+
+    # a rank without samples: the other rank's batch alone sets the statistics
+    x, _ = image_batch(0)
+    bn = layers.SyncBatchNorm(2, dtype=np.float64)
+    out = bn(x if rank == 0 else x[:0])
+    dout = np.random.default_rng(5).standard_normal(x.shape)
+    dx = bn.backward(dout if rank == 0 else dout[:0])
+    alone = layers.BatchNorm(2, dtype=np.float64)
+    want_out, want_dx = alone(x), alone.backward(dout)
+    check(out.shape == dx.shape == (8 if rank == 0 else 0, 2, 6, 6), f"output shape {out.shape}")
+    if rank == 0:
+        close(out, want_out, "one rank with every sample: output")
+        close(dx, want_dx, "one rank with every sample: dx")
+    close(bn.running_var, alone.running_var, "one rank with every sample: running variance")
+
+
+# ---------------------------------------------------------------------------------- Trainer
+def trainer():
+    """The Trainer on DDP + SyncBatchNorm: rank 0 alone prints and writes, the figures are
+    summed over the ranks and equal on both, resume reads the checkpoint on every rank."""
+    import contextlib
+    import io
+    import os
+
+    rank = dist.get_rank()
+    tmp = os.environ["MPI_WORKER_DIR"]
+    rng = np.random.default_rng(11)
+    x, y = rng.standard_normal((47, 2, 6, 6)), rng.integers(0, 3, 47)
+    train, val = ArrayDataset(x[:32], y[:32]), ArrayDataset(x[32:], y[32:])  # 15 validation samples
+
+    def build():
+        model = dist.DistributedDataParallel(layers.SyncBatchNorm.convert_sync_batchnorm(bn_cnn(seed=rank)))
+        return model, optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+
+    def train_loader():
+        return DataLoader(train, batch_size=4, shuffle=True, seed=5, num_shards=2, shard_index=rank)
+
+    val_loader = DataLoader(val, batch_size=4, num_shards=2, shard_index=rank)  # 8 + 8: sample 0 twice
+
+    # each rank gets its own folder: whatever rank 1 wrote would show up in rank1/
+    own = os.path.join(tmp, f"rank{rank}")
+    model, opt = build()
+    best = minidl.ModelCheckpoint(os.path.join(own, "best-{epoch}.weights"), save_best_only=True)
+    trainer = minidl.Trainer(model, losses.CrossEntropyLoss(), opt, progress=True,
+                             callbacks=[best, minidl.CSVLogger(os.path.join(own, "log.csv"))])
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        history = trainer.fit(train_loader(), epochs=2, val_loader=val_loader, checkpoint_dir=own,
+                              checkpoint_every=3)
+    dist.barrier()
+    if rank == 0:
+        written = sorted(os.listdir(own))
+        check(written[-2:] == ["last.ckpt", "log.csv"] and written[0].startswith("best-"), f"rank 0 wrote {written}")
+        check("epoch 2/2: loss" in out.getvalue() and "epoch 1/2" in err.getvalue(), "rank 0 shows progress")
+    else:
+        check(not os.path.exists(own), f"rank 1 wrote {os.listdir(own) if os.path.exists(own) else ''}")
+        check(out.getvalue() == "" and err.getvalue() == "", f"rank 1 printed {out.getvalue()!r} {err.getvalue()!r}")
+    check(best.saved == [os.path.join(own, f"best-{e}.weights") for e in best_epochs(history)],
+          f"ModelCheckpoint state on every rank: {best.saved}")
+    figures = np.array(history.step_loss + [v for k in sorted(history.history) for v in history.history[k]])
+    check(len(history.step_loss) == 8 and same_on_all_ranks(figures), "History identical on both ranks")
+
+    # evaluation: sums over the ranks; a sharded loader counts its padding (sample 0) twice
+    with minidl.no_grad():
+        model.eval()
+        logits = model.module(x[32:])
+        model.train()
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    per_sample = np.log(np.exp(shifted).sum(axis=1)) - shifted[np.arange(15), y[32:]]
+    correct = np.argmax(logits, axis=1) == y[32:]
+    sharded = trainer.evaluate(val_loader, progress=False)
+    check(same_on_all_ranks(np.array(list(sharded.values()))), "evaluate equal on both ranks")
+    close(sharded["loss"], (per_sample.sum() + per_sample[0]) / 16, "sharded evaluation counts sample 0 twice", 1e-12)
+    close(sharded["accuracy"], (correct.sum() + correct[0]) / 16, "sharded accuracy", 1e-12)
+    whole = trainer.evaluate(DataLoader(val, batch_size=4), progress=False)  # the whole set everywhere
+    close(whole["loss"], per_sample.mean(), "unsharded evaluation on every rank", 1e-12)
+    close(history.history["val_loss"][-1], sharded["loss"], "val_loss of the last epoch", 1e-12)
+
+    # resume="auto" where only rank 0 sees a checkpoint: an error on every rank, no divergence
+    try:
+        trainer.fit(train_loader(), epochs=3, checkpoint_dir=own, resume="auto")
+    except ValueError as error:
+        check("exists on 1 of 2 ranks" in str(error), str(error))
+    else:
+        check(False, "resume with a checkpoint on one rank only was accepted")
+
+    # resume: 1 epoch, then a fresh trainer resumes to 2 = 2 epochs without a break, bit for bit
+    straight, opt = build()
+    minidl.Trainer(straight, losses.CrossEntropyLoss(), opt, progress=False).fit(train_loader(), epochs=2)
+    shared = os.path.join(tmp, "shared")
+    first, opt = build()
+    minidl.Trainer(first, losses.CrossEntropyLoss(), opt, progress=False).fit(
+        train_loader(), epochs=1, checkpoint_dir=shared)
+    resumed, opt = build()
+    resumed_trainer = minidl.Trainer(resumed, losses.CrossEntropyLoss(), opt, progress=False)
+    again = resumed_trainer.fit(train_loader(), epochs=2, checkpoint_dir=shared, resume=True)
+    check(resumed_trainer.global_step == 8 and len(again.step_loss) == 8, "resumed to 2 epochs")
+    for (name, a), b in zip(resumed.state_dict().items(), straight.state_dict().values()):
+        check(np.array_equal(a, b), f"resumed run differs from the straight one in {name}")
+
+
+def best_epochs(history):
+    """The epochs at which val_loss improved (ModelCheckpoint's save_best_only rule)."""
+    epochs, best = [], np.inf
+    for epoch, value in enumerate(history.history["val_loss"], start=1):
+        if value < best:
+            epochs.append(epoch)
+            best = value
+    return epochs
+
+
 # ------------------------------------------------------------------------------- failures
 def raising_rank():
     if dist.get_rank() == 1:
@@ -171,7 +381,8 @@ def stuck_rank():
     dist.all_reduce(np.ones(3))
 
 
-PROGRAMS = {"collectives": collectives, "ddp": ddp, "raising_rank": raising_rank, "stuck_rank": stuck_rank}
+PROGRAMS = {"collectives": collectives, "ddp": ddp, "sync_batchnorm": sync_batchnorm, "trainer": trainer,
+            "raising_rank": raising_rank, "stuck_rank": stuck_rank}
 
 if __name__ == "__main__":
     names = sys.argv[1]  # comma-separated program names

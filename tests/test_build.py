@@ -10,6 +10,7 @@ generated for the main build are reused, so Cython runs once more, for the debug
 * the debug build (``MINIDL_DEBUG_BUILD=1``, Cython's bounds checks on), which also compiles only
   the plain C99 paths (``MINIDL_PORTABLE_C=1``, what MSVC compiles), so that one run checks both
   the kernels' indexing and the fallbacks' results; an out-of-bounds index raises IndexError.
+  The hypothesis fuzz tests (``tests/test_fuzz_*.py``) run against it too, with fewer examples.
 * compile-only, with zig's clang (``ziglang`` from the ``test`` extra): every generated .c file
   for aarch64 Linux, x86-64 Linux with musl, and aarch64 and x86-64 macOS.
 * the C headers as MSVC would see them: ``_MSC_VER`` set, neither ``__GNUC__`` nor ``__clang__``
@@ -39,6 +40,9 @@ MODULES = ["_activation", "_batchnorm", "_conv", "_pool", "_winograd"]
 KERNEL_TESTS = re.compile(
     r"test_(conv|winograd|im2col|direct|pool|norm|batchnorm|activation|relu|layers|config|memory)"
     r"\w*\.py$")
+# the hypothesis fuzz tests, run once more against the bounds-checked debug build
+FUZZ_TESTS = re.compile(r"test_fuzz_\w+\.py$")
+DEBUG_FUZZ_EXAMPLES = "15"
 CROSS_TARGETS = ["aarch64-linux-gnu", "x86_64-linux-musl", "aarch64-macos", "x86_64-macos"]
 
 pytestmark = pytest.mark.skipif(
@@ -122,14 +126,17 @@ def _build_facts(dest):
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def _run_kernel_tests(dest):
-    """Run the kernel test modules of the copy at ``dest`` against its build."""
+def _run_kernel_tests(dest, fuzz=False):
+    """Run the kernel test modules of the copy at ``dest`` against its build (and, with
+    ``fuzz``, the fuzz tests, with ``DEBUG_FUZZ_EXAMPLES`` examples each)."""
     tests = sorted(name for name in os.listdir(os.path.join(dest, "tests"))
-                   if KERNEL_TESTS.match(name))
+                   if KERNEL_TESTS.match(name) or (fuzz and FUZZ_TESTS.match(name)))
     assert "test_conv.py" in tests or "test_winograd.py" in tests, tests
+    assert not fuzz or "test_fuzz_conv.py" in tests, tests
     result = _run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
                    *(os.path.join("tests", name) for name in tests)],
-                  cwd=dest, env={**os.environ, "PYTHONPATH": dest})
+                  cwd=dest, env={**os.environ, "PYTHONPATH": dest,
+                                 "MINIDL_FUZZ_EXAMPLES": DEBUG_FUZZ_EXAMPLES})
     assert result.returncode == 0, _tail(result)
     summary = result.stdout.strip().splitlines()[-1]
     assert re.search(r"\d+ passed", summary) and "failed" not in summary, summary
@@ -194,7 +201,7 @@ def test_debug_build_passes_the_kernel_tests(debug_build):
     assert path.startswith(debug_build)
     assert build["debug_build"] and build["portable_build"]
     assert build["clone_targets"] == ["baseline"] and build["gemm_targets"] == ["scalar"]
-    print(_run_kernel_tests(debug_build))
+    print(_run_kernel_tests(debug_build, fuzz=True))
 
 
 def test_debug_build_turns_out_of_bounds_access_into_index_error(debug_build):

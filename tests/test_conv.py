@@ -455,3 +455,142 @@ def test_conv2d_forward_out_argument(rng):
     with pytest.raises(ValueError, match="conv2d.*out"):
         conv2d_forward(x, weight, None, 1, 1, out=np.empty((2, 4, 6, 6), np.float32))
 
+
+
+# ----------------------------------------------- 6. aliasing, caches and sizes (issue 10)
+def _conv_args(rng, method):
+    channels = 8 if method == "winograd" else 2
+    x = rng.standard_normal((2, channels, 6, 6))
+    return x, rng.standard_normal((channels, channels, 3, 3)), rng.standard_normal(channels)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("target", ["input", "weight", "bias", "part of input"])
+def test_conv2d_out_must_not_share_memory_with_an_input(rng, method, target):
+    x, weight, bias = _conv_args(rng, method)
+    n, c, h, w = x.shape
+    if target == "part of input":  # out is a contiguous block inside a larger input
+        big = rng.standard_normal((2 * n, c, h, w))
+        x, out = big[::2], big[1:n + 1]
+        target = "input"
+    else:
+        flat = {"input": x, "weight": weight, "bias": bias}[target].reshape(-1)
+        buffer = np.zeros(flat.size - 1 + n * c * h * w)  # out shares target's last element
+        buffer[:flat.size] = flat
+        arrays = {"input": x, "weight": weight, "bias": bias}
+        arrays[target] = buffer[:flat.size].reshape(arrays[target].shape)
+        x, weight, bias = arrays["input"], arrays["weight"], arrays["bias"]
+        out = buffer[flat.size - 1:].reshape(n, c, h, w)
+    expected, _ = conv2d_forward(x.copy(), weight.copy(), bias.copy(), 1, 1, method=method)
+    with pytest.raises(ValueError, match=f"^conv2d: out must not overlap {target}"):
+        conv2d_forward(x, weight, bias, 1, 1, method=method, out=out)
+    result, _ = conv2d_forward(x, weight, bias, 1, 1, method=method)  # unchanged inputs
+    np.testing.assert_array_equal(result, expected)
+
+
+def _read_only(shape):
+    array = np.zeros(shape)
+    array.flags.writeable = False
+    return array
+
+
+@pytest.mark.parametrize("make_out, fragment", [
+    (lambda shape: np.zeros(shape, np.float32), "writable C-contiguous float64 array"),
+    (lambda shape: np.zeros(shape[:3] + (shape[3] + 1,)), "of shape (2, 2, 6, 6), got float64 (2, 2, 6, 7)"),
+    (lambda shape: np.zeros(shape[::-1]).T, "C-contiguous"),
+    (_read_only, "writable"),
+    (lambda shape: [[0.0]], "got list"),
+], ids=["dtype", "shape", "Fortran", "read-only", "list"])
+def test_conv2d_out_of_the_wrong_kind_is_refused(rng, make_out, fragment):
+    x, weight, bias = _conv_args(rng, "direct")
+    with pytest.raises(ValueError, match="^conv2d: expected out to be a writable") as info:
+        conv2d_forward(x, weight, bias, 1, 1, out=make_out((2, 2, 6, 6)))
+    assert fragment in str(info.value)
+
+
+def test_conv2d_workspace_is_checked_and_must_be_memory_of_its_own(rng):
+    x, weight, bias = _conv_args(rng, "im2col")
+    size = 2 * 6 * 6 * 9 * 2
+    for workspace in (np.zeros(size - 1), np.zeros(size, np.float32), np.zeros((size, 1)),
+                      np.zeros(2 * size)[::2], "memory"):
+        with pytest.raises(ValueError, match="conv2d: expected workspace to be a writable"):
+            conv2d_forward(x, weight, bias, 1, 1, method="im2col", workspace=workspace)
+    buffer = np.zeros(size + x.size)
+    inside = buffer[size:].reshape(x.shape)
+    inside[...] = x
+    with pytest.raises(ValueError, match="conv2d: workspace must not overlap input"):
+        conv2d_forward(inside, weight, bias, 1, 1, method="im2col", workspace=buffer)
+    workspace = np.zeros(size)
+    out = workspace[:2 * 2 * 6 * 6].reshape(2, 2, 6, 6)
+    with pytest.raises(ValueError, match="conv2d: out must not overlap workspace"):
+        conv2d_forward(x, weight, bias, 1, 1, method="im2col", workspace=workspace, out=out)
+    result, _ = conv2d_forward(x, weight, bias, 1, 1, method="im2col", workspace=np.zeros(size))
+    np.testing.assert_allclose(result, ref.conv2d_forward(x, weight, bias, (1, 1), (1, 1)),
+                               rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("method, field, value", [
+    ("direct", "x_pad", lambda c: c.x_pad[:, :, :-1]),
+    ("direct", "weight", lambda c: c.weight[:, :, :2]),
+    ("direct", "out_shape", lambda c: c.out_shape[:3] + (c.out_shape[3] + 4,)),
+    ("direct", "x_pad", lambda c: np.asfortranarray(c.x_pad)),
+    ("winograd", "x", lambda c: c.x[:1]),
+    ("winograd", "u", lambda c: c.u[:, :2]),
+    ("winograd", "padding", lambda c: (3, 3)),
+    ("winograd", "block_rows", lambda c: 0),
+    ("winograd", "dtype", lambda c: np.dtype(np.float32)),
+    ("im2col", "cols", lambda c: c.cols[:-1]),
+    ("im2col", "weight_rows", lambda c: c.weight_rows.astype(np.float32)),
+    ("im2col", "stride", lambda c: (0, 1)),
+    ("im2col", "chunk", lambda c: 0),
+    ("im2col", "x_shape", lambda c: (2, 2, 9, 6)),
+    ("im2col", "x_shape", lambda c: "shape"),
+])
+def test_conv2d_backward_refuses_a_changed_cache(rng, method, field, value):
+    """A cache is a tuple the caller can rebuild; arrays whose shapes do not fit its geometry
+    would make the kernels read or write out of bounds, so they are refused."""
+    x, weight, bias = _conv_args(rng, method)
+    out, cache = conv2d_forward(x, weight, bias, 1, 1, method=method)
+    changed = cache._replace(**{field: value(cache)})
+    with pytest.raises(ValueError, match=r"^conv2d: the cache's .* (not what conv2d_forward made|"
+                                         r"geometry)"):
+        conv2d_backward(np.ones(changed.out_shape if field == "out_shape" else out.shape), changed)
+    dx, _, _ = conv2d_backward(np.ones_like(out), cache)  # the original still works
+    assert dx.shape == x.shape
+
+
+def test_conv2d_backward_refuses_another_operations_cache(rng):
+    from minidl.functional import max_pool2d_forward
+    _, cache = max_pool2d_forward(rng.standard_normal((1, 1, 4, 4)), 2)
+    with pytest.raises(TypeError, match="conv2d: expected the cache returned by conv2d_forward"):
+        conv2d_backward(np.ones((1, 1, 2, 2)), cache)
+
+
+@pytest.mark.parametrize("x_shape, w_shape, padding, method, what", [
+    ((1, 1, 3, 3), (1, 1, 3, 3), 2 ** 20, "auto", "output"),
+    ((1, 4096, 1, 1), (1, 4096, 1, 1), 2 ** 14, "direct", "padded input"),
+    ((1, 1, 1024, 1024), (1, 1, 1024, 1024), 1023, "im2col", "im2col matrix"),
+])
+def test_giant_but_valid_shapes_fail_before_anything_is_allocated(x_shape, w_shape, padding,
+                                                                  method, what):
+    x, weight = np.zeros(x_shape, np.float32), np.zeros(w_shape, np.float32)
+    before = minidl.memory_stats()
+    with pytest.raises(MemoryError, match=f"^conv2d: the {what} of shape .* would need .*, more "
+                                          f"than this machine's"):
+        conv2d_forward(x, weight, None, 1, padding, method=method)
+    after = minidl.memory_stats()
+    assert after["allocated_bytes"] == before["allocated_bytes"]
+    assert after["misses"] == before["misses"] and after["hits"] == before["hits"]
+
+
+def test_public_helpers_and_other_caches_check_their_arguments(rng):
+    from minidl.functional import conv2d_output_size, linear_backward, softmax_backward
+    assert conv2d_output_size((7, 5), 3, (2, 1), 1) == (4, 5)
+    for bad in ({"stride": 0}, {"padding": -1}, {"kernel_size": 2.5}, {"in_size": (5,)}):
+        args = {"in_size": (7, 5), "kernel_size": 3, "stride": 1, "padding": 0, **bad}
+        with pytest.raises(ValueError, match=f"^conv2d_output_size: {next(iter(bad))} must be"):
+            conv2d_output_size(**args)
+    with pytest.raises(TypeError, match="^linear: expected the cache returned by linear_forward"):
+        linear_backward(np.ones((2, 2)), (1, 2))
+    with pytest.raises(TypeError, match="^softmax: expected the cache returned by softmax_forward"):
+        softmax_backward(np.ones(2), None)

@@ -2,11 +2,10 @@
 
 The MPI tests start ``mpiexec -n 2 --oversubscribe`` on tests/mpi_worker.py (each start-up
 costs about a second, so each run checks many things) with a timeout, so a hang fails the test
-instead of blocking the suite. Open MPI refuses to run as root unless told; the variables that
-allow it are set here, in the tests' environment, never by minidl.
+instead of blocking the suite (tests/mpi_helpers.py). Open MPI refuses to run as root unless
+told; the variables that allow it are set there, in the tests' environment, never by minidl.
 """
 import os
-import shutil
 import subprocess
 import sys
 
@@ -20,8 +19,8 @@ from minidl.data import ArrayDataset, DataLoader
 from minidl.distributed.collectives import LAUNCHER_VARIABLES
 from minidl.distributed.ddp import plan_buckets
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-WORKER = os.path.join(REPO, "tests", "mpi_worker.py")
+from mpi_helpers import REPO, run_mpi
+from thread_group import run_ranks, thread_groups
 
 
 @pytest.fixture
@@ -191,6 +190,32 @@ def test_ddp_runs_under_the_trainer(single):
     assert model.training and 0.0 <= trainer.evaluate(DataLoader(dataset, 8))["accuracy"] <= 1.0
 
 
+def test_ddp_broadcasts_buffers_in_one_message_per_dtype(rng):
+    """Before a training forward rank 0's running statistics (float32) and batch counters
+    (int64) reach every rank in two messages, not two per BatchNorm (ranks as threads)."""
+    groups = thread_groups(2)
+    x = rng.standard_normal((2, 4, 1, 8, 8)).astype(np.float32)
+
+    def rank(group):
+        model = minidl.Sequential(layers.Conv2D(1, 4, 3, padding=1, bias=False), layers.BatchNorm(4),
+                                  layers.Conv2D(4, 4, 3, padding=1, bias=False), layers.BatchNorm(4))
+        ddp = dist.DistributedDataParallel(model, group=group)
+        ddp(x[group.rank])  # each rank's BatchNorms update their running statistics differently
+        before = [b.copy() for _, b in ddp.named_buffers()]
+        group.calls.clear()
+        received = []
+        model.register_forward_pre_hook(lambda m, inputs: received.extend(b.copy() for _, b in m.named_buffers()))
+        ddp(x[group.rank])
+        return group.calls, before, received
+
+    (calls0, before0, received0), (calls1, before1, received1) = run_ranks(groups, rank)
+    assert calls0 == calls1 == ["broadcast", "broadcast"]
+    assert not np.array_equal(before0[0], before1[0])
+    for a, b in zip(received1, before0):
+        np.testing.assert_array_equal(a, b)  # rank 1 got rank 0's buffers before its forward
+    assert before0[1].dtype == np.float32 and before0[2].dtype == np.int64
+
+
 def test_ddp_initializes_the_default_group(fresh):
     dist.DistributedDataParallel(small_cnn(0))
     assert dist.is_initialized() and dist.get_world_size() == 1
@@ -209,25 +234,32 @@ def test_ddp_rejects_bad_arguments(single, kwargs, error, match):
 
 
 # -------------------------------------------------------------------- MPI jobs (mpiexec -n 2)
-def run_mpi(*args, timeout=120):
-    """Run tests/mpi_worker.py under ``mpiexec -n 2 --oversubscribe``; returns the CompletedProcess."""
-    pytest.importorskip("mpi4py", reason='MPI tests need mpi4py: pip install "minidl[mpi]"')
-    beside_python = os.path.join(os.path.dirname(sys.executable), "mpiexec")
-    mpiexec = beside_python if os.path.exists(beside_python) else shutil.which("mpiexec")
-    if mpiexec is None:
-        pytest.skip('MPI tests need mpiexec: pip install "minidl[mpi]" (Open MPI)')
-    env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARIABLES}
-    env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", MINIDL_NUM_THREADS="1",
-               PYTHONPATH=REPO + os.pathsep + env.get("PYTHONPATH", ""))
-    cmd = [mpiexec, "-n", "2", "--oversubscribe", sys.executable, WORKER, *args]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
-
-
 def test_mpi_collectives_and_ddp_average_to_the_full_batch_gradient():
     proc = run_mpi("collectives,ddp")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     for rank in (0, 1):
         assert f"rank {rank}: collectives,ddp ok" in proc.stdout
+
+
+def test_mpi_sync_batchnorm_reproduces_one_process_and_the_trainer_runs_on_two_ranks(tmp_path):
+    """tests/mpi_worker.py, programs sync_batchnorm and trainer:
+
+    * 2 ranks with batch 4 each and SyncBatchNorm (DDP) reproduce 1 process with batch 8 over 5
+      SGD steps, float64: gradients at every step, parameters and running statistics to 1e-10;
+    * with ordinary BatchNorm they do not, and the difference is the statistics: each rank's
+      BatchNorm input is the full batch's rows, its output is BatchNorm of its own half;
+    * uneven batches (3 and 5) and a rank without samples give the full batch's results;
+    * the Trainer on DDP + SyncBatchNorm: only rank 0 prints and writes (checkpoint,
+      ModelCheckpoint, CSVLogger), History and evaluations equal on both ranks and equal to the
+      single-process figures (a sharded loader's padding counted twice, as documented), resume
+      reads rank 0's checkpoint on both ranks and ends bit-identical to a straight run, and a
+      checkpoint visible to one rank only is an error on both.
+    """
+    proc = run_mpi("sync_batchnorm,trainer", env={"MPI_WORKER_DIR": str(tmp_path)})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for rank in (0, 1):
+        assert f"rank {rank}: sync_batchnorm,trainer ok" in proc.stdout
+    assert sorted(os.listdir(tmp_path)) == ["rank0", "shared"]  # rank 1 never wrote a file
 
 
 def test_mpi_a_raising_rank_ends_every_rank_with_an_error():

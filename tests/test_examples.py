@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from mpi_helpers import run_mpi
 from datahelpers import real_mirror, shared_cifar_root  # noqa: F401 (fixtures)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -70,6 +71,62 @@ def test_reference_backend_example_pdb_session_from_the_readme():
     assert "((8, 4, 8, 8), True)" in out
 
 
+def _distributed_bn(tmp_path, mirror_env, name, *args, processes=2):
+    """Run examples/distributed_bn.py briefly (160 training, 200 test images); return its JSON."""
+    out = tmp_path / f"{name}.json"
+    argv = ["--train-samples", "160", "--test-samples", "200", "--root", str(tmp_path / "data"),
+            "--out", str(out), "--no-progress", *args]
+    script = os.path.join(REPO, "examples", "distributed_bn.py")
+    if processes == 2:
+        proc = run_mpi(*argv, script=script, env={"MINIDL_DATA_MIRROR": mirror_env["MINIDL_DATA_MIRROR"]},
+                       timeout=300)
+    else:
+        env = dict(mirror_env, MINIDL_NUM_THREADS="1",
+                   PYTHONPATH=REPO + os.pathsep + mirror_env.get("PYTHONPATH", ""))
+        proc = subprocess.run([sys.executable, script, *argv], capture_output=True, text=True, env=env,
+                              timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout, json.loads(out.read_text())
+
+
+def test_distributed_bn_example_on_two_processes_and_on_one(tmp_path, mirror_env):
+    """examples/distributed_bn.py under mpiexec -n 2 (batch 4 per process) prints the comparison;
+    its SyncBatchNorm run is the one-process run with batch 8 (float32: to rounding), and in one
+    process the two runs are the same."""
+    stdout, two = _distributed_bn(tmp_path, mirror_env, "two", "--batch-size", "4")
+    assert "SyncBatchNorm - BatchNorm test accuracy:" in stdout and "over 8)" in stdout
+    assert stdout.count("MNIST: 160 training") == 1  # rank 0 alone prints
+    assert two["processes"] == 2 and [r["norm"] for r in two["runs"]] == ["BatchNorm", "SyncBatchNorm"]
+    assert all(r["steps"] == 20 and 0 <= r["test_accuracy"] <= 1 for r in two["runs"])
+    batchnorm, sync = two["runs"]
+    assert abs(batchnorm["test_loss"] - sync["test_loss"]) > 1e-3  # per-process statistics differ
+
+    _, one = _distributed_bn(tmp_path, mirror_env, "one", "--batch-size", "8", processes=1)
+    assert one["processes"] == 1
+    plain, synced = one["runs"]
+    for key in ("test_accuracy", "test_loss", "train_loss_last_epoch"):
+        assert plain[key] == synced[key], key  # one process: SyncBatchNorm is BatchNorm
+    assert abs(synced["test_loss"] - sync["test_loss"]) < 1e-3
+    assert abs(synced["train_loss_last_epoch"] - sync["train_loss_last_epoch"]) < 1e-3
+
+
+def test_distributed_bn_example_help_shows_every_default_and_rejects_bad_values():
+    """--help gives each option a help line with its default; bad values exit with usage (2)."""
+    script = os.path.join(REPO, "examples", "distributed_bn.py")
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run([sys.executable, script, "--help"], capture_output=True, text=True, env=env,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    options = ["--batch-size", "--epochs", "--train-samples", "--test-samples", "--lr", "--momentum",
+               "--seed", "--norm", "--root", "--out", "--no-progress"]
+    text = " ".join(proc.stdout.split())  # argparse wraps lines
+    for option in options:
+        assert f" {option}" in text, option
+    assert text.count("(default:") == len(options)
+    assert "(default: 4)" in text and "(default: 12000)" in text
+    proc = subprocess.run([sys.executable, script, "--batch-size", "0"], capture_output=True, text=True,
+                          env=env, timeout=60)
+    assert proc.returncode == 2 and "--batch-size must be >= 1, got 0" in proc.stderr
 # ----------------------------------------------------------------------------- cifar_bn.py
 CIFAR_EXAMPLE = os.path.join(REPO, "examples", "cifar_bn.py")
 TINY = ["--train-samples", "256", "--test-samples", "120", "--curve-samples", "60", "--steps", "4",

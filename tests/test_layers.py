@@ -272,3 +272,242 @@ def test_relu_forward_out_must_not_overlap_the_input(rng):
         relu_forward(x, out=x)
     out = np.empty_like(x)
     assert relu_forward(x, out=out)[0] is out
+
+
+# ------------------------------------------------- adversarial inputs and arguments (issue 10)
+_LAYERS = {  # name: (make, input shape)
+    "Dense": (lambda: Dense(6, 3), (4, 6)),
+    "Conv2D-direct": (lambda: Conv2D(2, 3, 3, padding=1), (2, 2, 6, 5)),
+    "Conv2D-winograd": (lambda: Conv2D(4, 3, 3, padding=1, method="winograd"), (2, 4, 6, 5)),
+    "Conv2D-im2col": (lambda: Conv2D(2, 3, (3, 2), stride=(2, 1), padding=(1, 0)), (2, 2, 7, 5)),
+    "BatchNorm": (lambda: BatchNorm(3), (4, 3, 2, 5)),
+    "ReLU": (ReLU, (3, 4, 5)),
+    "Softmax": (lambda: Softmax(axis=-1), (3, 4, 5)),
+    "MaxPool2D": (lambda: MaxPool2D(3, stride=2), (2, 3, 7, 6)),
+    "Flatten": (Flatten, (3, 4, 5)),
+}
+
+
+def _layouts(x):
+    """The same values as ``x`` in other memory layouts: Fortran order, reversed and strided
+    views, read-only, a broadcast (zero strides) and a byte-for-byte copy."""
+    padded = np.zeros(x.shape[:-1] + (2 * x.shape[-1],), x.dtype)
+    padded[..., ::2] = x
+    flipped = np.ascontiguousarray(x[..., ::-1])[..., ::-1]
+    readonly = x.copy()
+    readonly.flags.writeable = False
+    return {"fortran": np.asfortranarray(x), "negative strides": flipped,
+            "strided view": padded[..., ::2], "read-only": readonly,
+            "broadcast": np.broadcast_to(x[:1], x.shape) if x.shape[0] == 1 else
+            np.broadcast_to(x, (2,) + x.shape)[1]}
+
+
+@pytest.mark.parametrize("name", list(_LAYERS))
+def test_every_layout_of_the_input_gives_the_contiguous_result(rng, name):
+    make, shape = _LAYERS[name]
+    layer = make()
+    x = rng.standard_normal(shape).astype(np.float32)
+    y = layer(x)
+    dout = rng.standard_normal(y.shape).astype(np.float32)
+    dx = layer.backward(dout)
+    expected = [p.grad.copy() for p in layer.parameters()]
+    for kind, variant in _layouts(x).items():
+        layer.zero_grad()
+        np.testing.assert_array_equal(layer(variant), y, err_msg=kind)
+        np.testing.assert_array_equal(layer.backward(np.asfortranarray(dout)), dx, err_msg=kind)
+        for p, g in zip(layer.parameters(), expected):
+            np.testing.assert_array_equal(p.grad, g, err_msg=kind)
+
+
+@pytest.mark.parametrize("name", list(_LAYERS))
+@pytest.mark.parametrize("x, exc, match", [
+    (np.zeros((2, 3), np.float16), TypeError, r"dtype float32 or float64, got float16 \(convert"),
+    (np.zeros((2, 3), np.int64), TypeError, r"dtype float32 or float64, got int64"),
+    (np.zeros((2, 3), bool), TypeError, r"dtype float32 or float64, got bool"),
+    (np.zeros((2, 3), object), TypeError, r"dtype float32 or float64, got object"),
+    (np.zeros((2, 3), ">f4"), TypeError, r"got >f4 \(non-native byte order"),
+    (np.ma.zeros((2, 3), np.float32), TypeError, r"plain numpy.ndarray, got a numpy.ma"),
+    ([[1.0, 2.0]], TypeError, r"expected input to be a numpy.ndarray, got list"),
+    (np.float32(1.0), TypeError, r"expected input to be a numpy.ndarray, got float32"),
+])
+def test_unusable_inputs_are_type_errors_naming_the_layer(name, x, exc, match):
+    layer = _LAYERS[name][0]()
+    with pytest.raises(exc, match=f"^{type(layer).__name__}: .*{match}"):
+        layer(x)
+
+
+@pytest.mark.parametrize("name", [n for n in _LAYERS if n not in ("ReLU", "Flatten")])
+@pytest.mark.parametrize("kind", ["0-d", "empty batch", "empty axis"])
+def test_0d_and_empty_inputs_are_value_errors_naming_the_layer(name, kind):
+    make, shape = _LAYERS[name]
+    x = {"0-d": np.array(1.0, np.float32), "empty batch": np.zeros((0,) + shape[1:], np.float32),
+         "empty axis": np.zeros(shape[:-1] + (0,), np.float32)}[kind]
+    layer = make()
+    if name == "Softmax" and kind == "empty batch":  # normalizes each of no rows, as PyTorch
+        assert layer(x).shape == x.shape
+        return
+    with pytest.raises(ValueError, match=f"^{type(layer).__name__}: "):
+        layer(x)
+
+
+def test_relu_and_flatten_pass_empty_arrays_through_like_pytorch():
+    assert ReLU()(np.zeros((0, 3), np.float32)).shape == (0, 3)
+    flatten = Flatten()
+    y = flatten(np.zeros((0, 3, 2), np.float32))
+    assert y.shape == (0, 6)
+    assert flatten.backward(np.zeros((0, 6), np.float32)).shape == (0, 3, 2)
+    assert Flatten()(np.zeros((4, 0, 2), np.float32)).shape == (4, 0)
+    with pytest.raises(ValueError, match=r"Flatten: expected input of shape \(N, ...\) with >= 2 "
+                                         r"axes, got \(\)"):
+        Flatten()(np.array(1.0, np.float32))
+
+
+def test_softmax_axis_must_be_an_int_and_the_classes_not_empty():
+    for axis in (1.5, None, "1", True):
+        with pytest.raises(TypeError, match=f"Softmax: expected axis to be an int, got {axis!r}"):
+            Softmax(axis=axis)
+    with pytest.raises(ValueError, match=r"Softmax: expected at least one entry along axis 1 "
+                                         r"\(the classes"):
+        Softmax()(np.zeros((3, 0), np.float32))
+    assert Softmax(axis=np.int64(0))(np.zeros((2, 3), np.float32)).shape == (2, 3)
+
+
+def test_sequential_indexing_errors_name_the_model():
+    model = Sequential(ReLU(), Flatten())
+    assert isinstance(model[-1], Flatten) and len(model[:1]) == 1
+    with pytest.raises(IndexError, match="^Sequential: index 3 is out of range for 2 layers"):
+        model[3]
+    with pytest.raises(TypeError, match="^Sequential: expected an int or a slice index, got str"):
+        model["0"]
+
+
+def test_an_empty_sequential_is_the_identity_both_ways(rng):
+    model = Sequential()
+    x = rng.standard_normal((2, 3))
+    assert model(x) is x
+    assert model.backward(x) is x
+    assert model.backward(x, input_grad=False) is None
+
+
+@pytest.mark.parametrize("make, exc, match", [
+    (lambda: Conv2D(1, 1, True), ValueError, r"Conv2D: kernel_size must be an int or a pair of ints from 1"),
+    (lambda: Conv2D(1, 1, float("nan")), ValueError, r"Conv2D: kernel_size must be .*, got nan"),
+    (lambda: Conv2D(1, 1, 3, stride=0), ValueError, r"Conv2D: stride must be .*from 1 to .*, got 0"),
+    (lambda: Conv2D(1, 1, 3, padding=-1), ValueError, r"Conv2D: padding must be .*from 0 to .*, got -1"),
+    (lambda: Conv2D(1, 1, 3, padding=2 ** 40), ValueError, r"Conv2D: padding must be .*2147483647"),
+    (lambda: Conv2D(1, 1, 3, dtype=np.float16), TypeError, r"Conv2D: dtype must be float32 or float64, got float16"),
+    (lambda: Conv2D(1, 1, 3, dtype="foo"), TypeError, r"Conv2D: dtype must be float32 or float64, got 'foo'"),
+    (lambda: Conv2D(1, 1, 3, bias="yes"), TypeError, r"Conv2D: expected bias to be True or False"),
+    (lambda: Conv2D(1, 1, 3, rng="seed"), TypeError, r"rng: expected a numpy Generator or an int seed"),
+    (lambda: Conv2D(1, 1, 3, rng=-5), ValueError, r"rng: expected a numpy Generator or an int seed"),
+    (lambda: Conv2D(2 ** 20, 2 ** 20, 2 ** 10), MemoryError, r"Conv2D: the weight of shape .* would need"),
+    (lambda: Dense(10 ** 7, 10 ** 7), MemoryError, r"Dense: the weight of shape \(2, 10000000, 10000000\) \(float32\) would need"),
+    (lambda: Dense(3, 2, dtype=int), TypeError, r"Dense: dtype must be float32 or float64, got int"),
+    (lambda: Dense(3, 2, bias=None), TypeError, r"Dense: expected bias to be True or False, got None"),
+    (lambda: BatchNorm(3, eps="a"), TypeError, r"BatchNorm: expected eps to be a real number, got 'a'"),
+    (lambda: BatchNorm(3, eps=0.0), ValueError, r"BatchNorm: eps must be > 0, got 0.0"),
+    (lambda: BatchNorm(3, eps=float("nan")), ValueError, r"BatchNorm: expected eps to be a finite number"),
+    (lambda: BatchNorm(3, momentum="0.1"), TypeError, r"BatchNorm: expected momentum \(or None\) to be a real number, got '0.1'"),
+    (lambda: BatchNorm(3, momentum=True), TypeError, r"BatchNorm: expected momentum \(or None\) to be a real number, got True"),
+    (lambda: BatchNorm(3, momentum=1.5), ValueError, r"BatchNorm: expected momentum \(or None\) in \[0, 1\], got 1.5"),
+    (lambda: BatchNorm(3, affine="no"), TypeError, r"BatchNorm: expected affine to be True or False, got 'no'"),
+    (lambda: BatchNorm(3, track_running_stats=1), TypeError, r"BatchNorm: expected track_running_stats to be True or False"),
+    (lambda: BatchNorm(3, dtype=np.int8), TypeError, r"BatchNorm: dtype must be float32 or float64"),
+    (lambda: BatchNorm(2 ** 62), MemoryError, r"BatchNorm: the parameters and buffers of shape"),
+    (lambda: MaxPool2D(2, stride=2 ** 70), ValueError, r"MaxPool2D: stride must be .*from 1 to 2147483647"),
+    (lambda: MaxPool2D((2, 0)), ValueError, r"MaxPool2D: kernel_size must be"),
+])
+def test_bad_constructor_arguments_name_the_layer(make, exc, match):
+    with pytest.raises(exc, match=f"^{match}"):
+        make()
+
+
+def test_a_failed_batchnorm_forward_changes_no_state(rng):
+    bn = BatchNorm(3, momentum=None)
+    bn(rng.standard_normal((4, 3)).astype(np.float32))
+    state = {k: v.copy() for k, v in bn.state_dict().items()}
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        bn(rng.standard_normal((1, 3)).astype(np.float32))
+    for key, value in bn.state_dict().items():
+        np.testing.assert_array_equal(value, state[key], err_msg=key)
+    bn(rng.standard_normal((4, 3)).astype(np.float32))  # the cumulative average counts 2 batches
+    assert int(bn.num_batches_tracked) == 2
+
+
+# ------------------------------------------------ arrays modified between forward and backward
+@pytest.mark.parametrize("name, modify", [
+    ("Dense", "input"), ("Dense", "weight"), ("Conv2D-direct", "weight"),
+    ("Conv2D-winograd", "input"), ("BatchNorm", "input"), ("ReLU", "output"),
+    ("Softmax", "output"),
+])
+def test_modifying_a_kept_array_in_place_before_backward_is_a_runtime_error(rng, name, modify):
+    make, shape = _LAYERS[name]
+    layer = make()
+    if name == "Conv2D-direct":
+        layer.padding = (0, 0)  # without padding the direct cache refers to x and the weight
+    x = rng.standard_normal(shape).astype(np.float32)
+    y = layer(x)
+    target = {"input": x, "output": y, "weight": getattr(layer, "weight", None)}[modify]
+    target = target.data if modify == "weight" else target
+    target *= 2
+    with pytest.raises(RuntimeError, match=f"^{type(layer).__name__}: the {modify} of the last "
+                                           f"forward pass was modified in place before backward"):
+        layer.backward(np.ones_like(y))
+    layer(x)  # a new forward pass takes the new values
+    assert layer.backward(np.ones_like(y)).shape == x.shape
+
+
+@pytest.mark.parametrize("method, padding, kept", [
+    ("direct", 0, True), ("winograd", 1, True), ("direct", 1, False), ("im2col", 0, False)])
+def test_conv2d_refuses_a_modified_input_when_its_cache_refers_to_it(rng, method, padding, kept):
+    """The direct method without padding and Winograd keep a view of a contiguous input; the
+    direct method with padding keeps a padded copy and im2col (for a small batch) its matrix,
+    and then a modified input cannot change the gradient, so it is allowed."""
+    conv = Conv2D(4, 2, 3, padding=padding, method=method, rng=rng)
+    x = rng.standard_normal((2, 4, 6, 6)).astype(np.float32)
+    y = conv(x)
+    expected = conv.backward(np.ones_like(y))
+    conv(x)
+    x[1, 0, 2, 3] += 1  # one element: in a sample this small every element is watched
+    if kept:
+        with pytest.raises(RuntimeError, match="Conv2D: the input of the last forward pass"):
+            conv.backward(np.ones_like(y))
+    else:
+        np.testing.assert_array_equal(conv.backward(np.ones_like(y)), expected)
+
+
+def test_an_optimizer_step_between_forward_and_backward_is_refused(rng):
+    from minidl import optim
+    layer = Dense(3, 2, rng=rng)
+    opt = optim.SGD(layer.parameters(), lr=0.1)
+    y = layer(rng.standard_normal((4, 3)).astype(np.float32))
+    layer.weight.grad[...] = 1
+    opt.step()
+    with pytest.raises(RuntimeError, match="Dense: the weight of the last forward pass"):
+        layer.backward(np.ones_like(y))
+
+
+def test_reassigning_a_parameter_or_modifying_a_copy_is_fine(rng):
+    layer = Dense(3, 2, rng=rng)
+    x = rng.standard_normal((4, 3))  # float64 input: the layer keeps a float64 copy of W
+    y = layer(x)
+    layer.weight.data *= 2  # the cache holds its own cast copy
+    layer.weight.data = np.zeros((2, 3), np.float32)  # a new array: the old one is intact
+    assert layer.backward(np.ones_like(y)).shape == x.shape
+
+
+def test_relu_backward_out_must_not_overlap_the_gradient_or_the_cached_output(rng):
+    from minidl.functional.activation import ReluCache, relu_backward, relu_forward
+    x = rng.standard_normal((4, 5))
+    y, cache = relu_forward(x)
+    dout = rng.standard_normal(x.shape)
+    expected = relu_backward(dout, cache)
+    with pytest.raises(ValueError, match="^relu: out must not overlap gradient"):
+        relu_backward(dout, cache, out=dout)
+    with pytest.raises(ValueError, match="^relu: out must not overlap the cached output"):
+        relu_backward(dout, cache, out=y)
+    np.testing.assert_array_equal(relu_backward(dout, cache), expected)  # the cache is intact
+    with pytest.raises(TypeError, match="relu: expected the cache returned by relu_forward"):
+        relu_backward(dout, (y,))
+    with pytest.raises(ValueError, match="relu: the cache's y is not what relu_forward made"):
+        relu_backward(dout[:, ::2], ReluCache(y[:, ::2]))

@@ -201,3 +201,19 @@ def test_against_torch(rng, dtype, rtol, reduction, scale):
     # torch works in float32 for float32 inputs: compare relative to the largest entry
     atol = rtol * np.abs(grad_t).max()
     np.testing.assert_allclose(grad, grad_t, rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("dloss, error, pattern", [
+    ("a", TypeError, r"CrossEntropyLoss.backward: expected dloss to be a real number, got 'a'"),
+    (None, TypeError, r"expected dloss to be a real number, got None"),
+    (np.ones(2), TypeError, r"expected dloss to be a real number"),
+    (float("nan"), ValueError, r"CrossEntropyLoss.backward: expected dloss to be a finite number"),
+    (float("inf"), ValueError, r"expected dloss to be a finite number"),
+])
+def test_backward_refuses_a_dloss_that_is_not_a_finite_number(rng, dloss, error, pattern):
+    loss_fn = CrossEntropyLoss()
+    loss_fn(*make_batch(rng))
+    with pytest.raises(error, match=pattern):
+        loss_fn.backward(dloss)
+    np.testing.assert_allclose(loss_fn.backward(np.float32(2.0)), 2 * loss_fn.backward())
+    np.testing.assert_allclose(loss_fn.backward(np.array(-0.5)), -0.5 * loss_fn.backward())

@@ -1,4 +1,6 @@
-"""Module machinery: forward/backward hooks, the same object twice in one pass, printing."""
+"""Module machinery: forward/backward hooks, the same object twice in one pass, a failed
+backward pass, printing."""
+import sys
 import threading
 
 import numpy as np
@@ -296,3 +298,144 @@ def test_print_of_a_model_with_nested_blocks():
         "  (2): Flatten()\n"
         ")"
     )
+
+
+def test_replacing_a_child_or_parameter_keeps_its_place(rng):
+    """As in PyTorch: assigning a new layer to a Sequential's name keeps it in the same position
+    (the forward order), and a new Parameter keeps its state_dict position."""
+    model = _model(rng)
+    model.__setattr__("1", Flatten())
+    assert [type(m).__name__ for m in model] == ["Dense", "Flatten", "Dense"]
+    assert list(model.state_dict()) == ["0.weight", "0.bias", "2.weight", "2.bias"]
+    model[0].weight = minidl.layers.Parameter(np.zeros((6, 4), np.float32))
+    assert list(model.state_dict()) == ["0.weight", "0.bias", "2.weight", "2.bias"]
+    model.__setattr__("1", minidl.layers.Parameter(np.zeros(2, np.float32)))  # module -> parameter
+    assert [type(m).__name__ for m in model] == ["Dense", "Dense"] and "1" in model._parameters
+
+
+# ------------------------------------------------------------------- a failed backward pass
+def _cnn(rng):
+    return Sequential(Conv2D(2, 3, 3, padding=1, rng=rng), BatchNorm(3), ReLU(), MaxPool2D(2),
+                      Flatten(), Dense(3 * 2 * 2, 5, rng=rng), ReLU(), Dense(5, 4, rng=rng))
+
+
+def _grads(model):
+    return [(p.grad, p.grad.copy()) for p in model.parameters()]
+
+
+def _assert_grads_unchanged(saved, model):
+    for (array, values), p in zip(saved, model.parameters()):
+        assert p.grad is array  # the same array object (optimizers may hold it)
+        np.testing.assert_array_equal(p.grad, values)
+
+
+class _Fails(Module):
+    """Passes x through; its backward accumulates into its own parameter, then raises."""
+
+    def __init__(self, how):
+        super().__init__()
+        self.how = how
+        self.scale = minidl.layers.Parameter(np.ones(1, np.float32))
+
+    def forward(self, x):
+        return x
+
+    def backward(self, dout, input_grad=True):
+        if self.how == "accumulate_grad":
+            self.scale.accumulate_grad(np.full(1, 7.0))
+        else:
+            self.scale.grad += 7.0  # written directly, not through accumulate_grad
+        raise ZeroDivisionError("custom layer failed")
+
+
+@pytest.mark.parametrize("accumulated", [False, True])
+def test_a_wrong_dout_midway_leaves_every_grad_as_it_was(rng, accumulated):
+    model = _cnn(rng)
+    x = rng.standard_normal((2, 2, 4, 4)).astype(np.float32)
+    if accumulated:  # gradients from an earlier pass, to accumulate onto
+        model.backward(rng.standard_normal(model(x).shape).astype(np.float32))
+    saved = _grads(model)
+    model(x)
+    # the first Dense's backward hook hands a wrongly shaped gradient to Flatten, after both
+    # Dense layers have accumulated theirs
+    hook = model[5].register_full_backward_hook(lambda *args: np.ones((2, 7), np.float32))
+    with pytest.raises(ValueError, match=r"Flatten: expected gradient of shape \(2, 12\)") as info:
+        model.backward(rng.standard_normal((2, 4)).astype(np.float32))
+    hook.remove()
+    _assert_grads_unchanged(saved, model)
+    if sys.version_info >= (3, 11):  # exceptions carry notes
+        assert any("Parameter.grad was put back" in note for note in info.value.__notes__)
+    model(x)  # and the model trains on: one more backward accumulates once
+    model.backward(np.ones((2, 4), np.float32))
+    assert any(not np.array_equal(p.grad, values) for (_, values), p in zip(saved, model.parameters()))
+
+
+@pytest.mark.parametrize("how", ["accumulate_grad", "direct"])
+def test_an_exception_in_a_custom_layer_leaves_every_grad_as_it_was(rng, how):
+    model = Sequential(Dense(3, 4, rng=rng), _Fails(how), ReLU(), Dense(4, 2, rng=rng))
+    saved = _grads(model)
+    model(rng.standard_normal((5, 3)).astype(np.float32))
+    with pytest.raises(ZeroDivisionError, match="custom layer failed"):
+        model.backward(rng.standard_normal((5, 2)).astype(np.float32))
+    _assert_grads_unchanged(saved, model)  # the Dense after it, and its own direct write
+
+
+def test_a_failing_backward_hook_and_keyboard_interrupt_restore_too(rng):
+    model = _model(rng)
+    x = rng.standard_normal((3, 4)).astype(np.float32)
+    saved = _grads(model)
+    model(x)
+    with model[0].register_full_backward_hook(lambda *args: 1 / 0):
+        with pytest.raises(ZeroDivisionError):
+            model.backward(np.ones((3, 3), np.float32))
+    _assert_grads_unchanged(saved, model)
+
+    def interrupt(module, grad_output):
+        raise KeyboardInterrupt
+
+    model(x)
+    with model[0].register_full_backward_pre_hook(interrupt):
+        with pytest.raises(KeyboardInterrupt):
+            model.backward(np.ones((3, 3), np.float32))
+    _assert_grads_unchanged(saved, model)
+
+
+def test_grads_set_to_none_come_back_as_none(rng):
+    model = _model(rng)
+    for p in model.parameters():
+        p.grad = None
+    model(np.ones((2, 4), np.float32))
+    with pytest.raises(TypeError):
+        model.backward(np.ones((2, 3), np.float64))  # wrong dtype: nothing accumulated
+    assert all(p.grad is None for p in model.parameters())
+    model(np.ones((2, 4), np.float32))
+    model.backward(np.ones((2, 3), np.float32))  # None starts again from the gradient
+    assert all(p.grad is not None and p.grad.shape == p.shape for p in model.parameters())
+
+
+def test_a_successful_backward_is_unchanged_and_nested_calls_save_once(rng):
+    """Gradients accumulate exactly as before; a layer's own backward called at top level is
+    its own pass (and restores only its own parameters)."""
+    model = _model(rng)
+    x = rng.standard_normal((3, 4)).astype(np.float32)
+    dout = rng.standard_normal((3, 3)).astype(np.float32)
+    model(x)
+    model.backward(dout)
+    once = [p.grad.copy() for p in model.parameters()]
+    model(x)
+    model.backward(dout)
+    for p, g in zip(model.parameters(), once):
+        np.testing.assert_allclose(p.grad, 2 * g, rtol=1e-6)
+    dense = model[2]
+    dense(rng.standard_normal((3, 6)).astype(np.float32))
+    before = [p.grad.copy() for p in model.parameters()]
+    with pytest.raises(ValueError):
+        dense.backward(np.ones((4, 3), np.float32))
+    for p, g in zip(model.parameters(), before):
+        np.testing.assert_array_equal(p.grad, g)
+
+
+def test_accumulate_grad_refuses_a_gradient_that_would_broadcast():
+    p = minidl.layers.Parameter(np.zeros((2, 3), np.float32))
+    with pytest.raises(ValueError, match=r"expected a gradient of shape \(2, 3\), got shape \(3,\)"):
+        p.accumulate_grad(np.ones(3))

@@ -357,3 +357,285 @@ def test_functional_out_argument_is_checked(rng):
     out = np.empty((4, 3), np.float32)
     y, _ = F.batch_norm_forward(x, out=out)
     assert np.shares_memory(y, out)
+
+
+# ------------------------------------------------ aliasing, arguments and caches (issue 10)
+def test_out_and_running_statistics_must_be_memory_of_their_own(rng):
+    x = _random_bn_input(rng, (4, 3, 2, 2), np.float32)
+    stats = np.zeros(6, np.float32)
+    mean, var = stats[:3], stats[3:]
+    var[...] = 1
+    with pytest.raises(ValueError, match="^batch_norm: out must not overlap input"):
+        F.batch_norm_forward(x, out=x)
+    with pytest.raises(ValueError, match="^batch_norm: running_mean must not overlap running_var"):
+        F.batch_norm_forward(x, running_mean=mean, running_var=mean)
+    with pytest.raises(ValueError, match="^batch_norm: running_mean must not overlap input"):
+        F.batch_norm_forward(x, running_mean=x[0, :, 0, 0], running_var=var)
+    buffer = np.zeros(x.size + 2, np.float32)
+    out, shared = buffer[:x.size].reshape(x.shape), buffer[x.size - 1:]  # one element in common
+    with pytest.raises(ValueError, match="^batch_norm: out must not overlap running_mean"):
+        F.batch_norm_forward(x, running_mean=shared, running_var=var, out=out)
+    with pytest.raises(ValueError, match="^batch_norm: out must not overlap weight"):
+        F.batch_norm_forward(x, shared, out=out)
+    np.testing.assert_array_equal(stats, [0, 0, 0, 1, 1, 1])  # nothing was updated
+    # eval mode reads the statistics only: the same array for both is allowed
+    F.batch_norm_forward(x, running_mean=var, running_var=var, training=False)
+    y, cache = F.batch_norm_forward(x)
+    dout = rng.standard_normal(x.shape).astype(np.float32)
+    with pytest.raises(ValueError, match="^batch_norm: out must not overlap gradient"):
+        F.batch_norm_backward(dout, cache, out=dout)
+    with pytest.raises(ValueError, match="^batch_norm: out must not overlap the cached input"):
+        F.batch_norm_backward(dout, cache, out=cache.x3.reshape(x.shape))
+
+
+@pytest.mark.parametrize("kwargs, exc, match", [
+    (dict(training=1), TypeError, "batch_norm: expected training to be True or False, got 1"),
+    (dict(training=np.array([1, 0])), TypeError, "batch_norm: expected training to be True or"),
+    (dict(eps="1e-5"), TypeError, "batch_norm: expected eps to be a real number, got '1e-5'"),
+    (dict(eps=float("inf")), ValueError, "batch_norm: expected eps to be a finite number"),
+    (dict(eps=-1.0), ValueError, r"batch_norm: eps must be > 0, got -1.0"),
+    (dict(momentum="0.1"), TypeError, "batch_norm: expected momentum to be a real number"),
+    (dict(momentum=float("nan")), ValueError, "batch_norm: expected momentum to be a finite"),
+    (dict(momentum=-0.1), ValueError, r"batch_norm: expected momentum in \[0, 1\], got -0.1"),
+    (dict(weight=np.array(["a", "b", "c"])), TypeError, "batch_norm: expected weight to be an "
+                                                        "array of real numbers, got dtype <U1"),
+    (dict(bias=[1.0, [2.0], 3.0]), TypeError, "batch_norm: expected bias to be an array of real"),
+    (dict(weight=np.ones(4)), ValueError, r"batch_norm: expected weight of shape \(3,\), got \(4,\)"),
+    (dict(running_mean=np.zeros(3, np.float16), running_var=np.ones(3)), TypeError,
+     "batch_norm: expected running_mean dtype float32 or float64, got float16"),
+])
+def test_functional_arguments_of_the_wrong_kind_are_named(rng, kwargs, exc, match):
+    x = _random_bn_input(rng, (4, 3), np.float32)
+    with pytest.raises(exc, match=f"^{match}"):
+        F.batch_norm_forward(x, **kwargs)
+
+
+@pytest.mark.parametrize("field, value", [
+    ("x3", lambda c: c.x3[:, :, :-1]), ("x3", lambda c: np.asfortranarray(c.x3)),
+    ("x3", lambda c: c.x3.astype(np.float16)), ("mean", lambda c: c.mean[:2]),
+    ("invstd", lambda c: c.invstd.astype(np.float32)), ("gamma", lambda c: c.gamma[::-1]),
+    ("shape", lambda c: (4, 3, 2, 3)), ("shape", lambda c: None),
+])
+def test_batch_norm_backward_refuses_a_changed_cache(rng, field, value):
+    x = _random_bn_input(rng, (4, 3, 2, 2), np.float32)
+    y, cache = F.batch_norm_forward(x, np.ones(3), np.zeros(3))
+    changed = cache._replace(**{field: value(cache)})
+    with pytest.raises(ValueError, match=r"^batch_norm: the cache's "):
+        F.batch_norm_backward(np.ones_like(y), changed)
+    with pytest.raises(TypeError, match="batch_norm: expected the cache returned by "
+                                        "batch_norm_forward, got tuple"):
+        F.batch_norm_backward(np.ones_like(y), tuple(cache))
+
+
+def test_channel_stats_checks_its_input():
+    x = np.arange(24.0).reshape(2, 3, 4)
+    mean, var = F.channel_stats(x[:, :, ::2])  # any strides
+    np.testing.assert_allclose(mean, x[:, :, ::2].mean(axis=(0, 2)))
+    for bad, exc in ((np.zeros((0, 3, 5)), ValueError), (np.zeros((2, 3)), ValueError),
+                     (np.zeros((2, 3, 4), np.int32), TypeError), ([[[1.0]]], TypeError)):
+        with pytest.raises(exc, match="^channel_stats: expected input"):
+            F.channel_stats(bad)
+
+
+def test_the_reference_backend_refuses_the_same_aliasing(rng):
+    import minidl
+    x = _random_bn_input(rng, (4, 3, 2, 2), np.float64)
+    with minidl.backend("reference"):
+        with pytest.raises(ValueError, match="^batch_norm: out must not overlap input"):
+            F.batch_norm_forward(x, out=x)
+        y, cache = F.batch_norm_forward(x)
+    dout = rng.standard_normal(x.shape)
+    with pytest.raises(ValueError, match="^batch_norm: out must not overlap gradient"):
+        F.batch_norm_backward(dout, cache, out=dout)
+    assert F.batch_norm_backward(dout, cache, out=np.empty_like(x))[0].shape == x.shape
+
+
+# ----------------------------------------------------------------------------- SyncBatchNorm's pieces
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_split_backward_kernels_equal_the_fused_one_bit_for_bit(rng, dtype):
+    from minidl._kernels import _batchnorm as kernel
+
+    x3 = _random_bn_input(rng, (5, 3, 40), dtype)
+    dy3 = rng.standard_normal(x3.shape).astype(dtype)
+    mean, var = F.channel_stats(x3)
+    invstd = 1 / np.sqrt(var + 1e-5)
+    gamma = rng.standard_normal(3)
+    dx, s_dy, s_dyx = np.empty_like(x3), np.empty(3), np.empty(3)
+    kernel.backward(dy3, x3, mean, invstd, gamma, True, dx, s_dy, s_dyx, 2)
+    sums = np.empty(3), np.empty(3)
+    kernel.grad_sums(dy3, x3, mean, *sums, 2)
+    np.testing.assert_array_equal(sums[0], s_dy)
+    np.testing.assert_array_equal(sums[1], s_dyx)
+    split = np.empty_like(x3)
+    kernel.input_grad(dy3, x3, mean, invstd, gamma, *sums, 5 * 40.0, split, 2)
+    np.testing.assert_array_equal(split, dx)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape, parts", [((12, 3, 4, 4), [5, 4, 3]), ((10, 4), [2, 8]),
+                                          ((6, 2, 5), [1, 1, 4])])
+def test_sync_batchnorm_pieces_over_shards_equal_one_batchnorm(rng, shape, parts, dtype):
+    """Emulates a SyncBatchNorm over len(parts) processes, each with its slice of the batch:
+    the global statistics, outputs, input and parameter gradients are those of one BatchNorm
+    over the whole batch."""
+    x = _random_bn_input(rng, shape, dtype) + np.float32(1e3)  # an offset: no cancellation
+    dy = rng.standard_normal(shape).astype(dtype)
+    gamma, beta = rng.uniform(0.5, 1.5, shape[1]), rng.standard_normal(shape[1])
+    bounds = np.cumsum([0] + parts)
+    shards = [(x[a:b], dy[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+
+    local = [F.batch_norm_stats(xs) for xs, _ in shards]  # forward: local statistics ...
+    count, mean, var = F.combine_batch_norm_stats(*zip(*local))  # ... "all-gathered"
+    assert count == x.size // shape[1]
+    full_mean, full_var = ref.batch_stats(x)
+    np.testing.assert_allclose(mean, full_mean, rtol=1e-12)
+    np.testing.assert_allclose(var, full_var, rtol=1e-9)
+    outputs = [F.batch_norm_forward(xs, gamma, beta, mean, var, training=False)[0]
+               for xs, _ in shards]  # normalize with the global statistics
+    sums = [F.batch_norm_grad_sums(dys, xs, mean) for xs, dys in shards]  # backward ...
+    sum_dy, sum_dy_xmu = (sum(s[k] for s in sums) for k in (0, 1))  # ... "all-reduced"
+    dxs = [F.batch_norm_input_grad(dys, xs, mean, var, gamma, sum_dy, sum_dy_xmu, count)
+           for xs, dys in shards]
+
+    expected, cache = F.batch_norm_forward(x, gamma, beta, training=True)
+    edx, edgamma, edbeta = F.batch_norm_backward(dy, cache)
+    tol = TOL[dtype] if dtype == np.float64 else dict(rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(np.concatenate(outputs), expected, **tol)
+    np.testing.assert_allclose(np.concatenate(dxs), edx, **tol)
+    np.testing.assert_allclose(sum_dy, edbeta, rtol=1e-6)
+    np.testing.assert_allclose(sum_dy_xmu / np.sqrt(var + 1e-5), edgamma, rtol=1e-5)
+
+
+def test_sync_batchnorm_pieces_validate_their_arguments(rng):
+    x = np.zeros((4, 3), np.float32)
+    with pytest.raises(ValueError, match=r"batch_norm: expected mean of shape \(3,\), got \(2,\)"):
+        F.batch_norm_grad_sums(x, x, np.zeros(2))
+    with pytest.raises(ValueError, match=r"batch_norm: expected gradient of shape \(4, 3\)"):
+        F.batch_norm_grad_sums(np.zeros((3, 4), np.float32), x, np.zeros(3))
+    with pytest.raises(ValueError, match="batch_norm: expected count > 0, got 0"):
+        F.batch_norm_input_grad(x, x, np.zeros(3), np.ones(3), None, np.zeros(3), np.zeros(3), 0)
+    with pytest.raises(ValueError, match="batch_norm: expected positive counts"):
+        F.combine_batch_norm_stats([3, 0], np.zeros((2, 3)), np.zeros((2, 3)))
+    with pytest.raises(ValueError, match=r"batch_norm: expected counts \(P,\) and means, variances \(P, C\)"):
+        F.combine_batch_norm_stats([3, 4], np.zeros((3, 3)), np.zeros((3, 3)))
+    with pytest.raises(TypeError, match="SyncBatchNorm: expected input dtype float32 or float64"):
+        F.batch_norm_stats(np.zeros((4, 3), np.int8), layer="SyncBatchNorm")
+
+
+_X43 = np.arange(12, dtype=np.float32).reshape(4, 3)
+_STATS = dict(mean=np.zeros(3), var=np.ones(3), weight=None, sum_dy=np.zeros(3),
+              sum_dy_xmu=np.zeros(3), count=4)
+
+
+def _input_grad(**changes):
+    return F.batch_norm_input_grad(_X43.copy(), _X43, **{**_STATS, **changes})
+
+
+@pytest.mark.parametrize("call, exc, match", [
+    (lambda: F.combine_batch_norm_stats(["a"], [[1.0]], [[1.0]]), TypeError,
+     "batch_norm: expected counts to be an array of real numbers, got dtype <U1"),
+    (lambda: F.combine_batch_norm_stats([2], [[1.0], [1.0, 2.0]], [[1.0]]), TypeError,
+     "batch_norm: expected means to be an array of real numbers, got dtype object"),
+    (lambda: F.combine_batch_norm_stats([2.5], [[1.0]], [[1.0]]), ValueError,
+     r"batch_norm: expected positive counts \(whole numbers\), got \[2.5\]"),
+    (lambda: F.combine_batch_norm_stats([2, np.inf], [[1.0], [1.0]], [[1.0], [1.0]]), ValueError,
+     r"batch_norm: expected positive counts \(whole numbers\), got \[2.0, inf\]"),
+    (lambda: F.combine_batch_norm_stats([2], [[np.nan]], [[1.0]]), ValueError,
+     "batch_norm: expected finite means"),
+    (lambda: F.combine_batch_norm_stats([2], [[1.0]], [[-1.0]]), ValueError,
+     r"batch_norm: expected finite variances >= 0, got \[\[-1.0\]\]"),
+    (lambda: F.combine_batch_norm_stats([2], np.zeros((1, 0)), np.zeros((1, 0))), ValueError,
+     r"batch_norm: expected counts \(P,\) and means, variances \(P, C\) of one P, P >= 1 and C >= 1"),
+    (lambda: F.combine_batch_norm_stats([2], np.zeros((1, 2, 2)), np.zeros((1, 2, 2))), ValueError,
+     r"batch_norm: expected counts \(P,\) and means"),
+    (lambda: F.batch_norm_grad_sums(_X43, _X43, [[1], [2, 3]]), TypeError,
+     "batch_norm: expected mean to be an array of real numbers"),
+    (lambda: F.batch_norm_grad_sums(_X43, _X43, None), ValueError, "batch_norm: mean is required"),
+    (lambda: F.batch_norm_grad_sums(_X43.tolist(), _X43, np.zeros(3)), TypeError,
+     "batch_norm: expected gradient to be a numpy.ndarray, got list"),
+    (lambda: F.batch_norm_stats(np.zeros((0, 3), np.float32)), ValueError,
+     r"batch_norm: expected input of shape .* with no empty axis, got shape \(0, 3\)"),
+    (lambda: F.batch_norm_stats(np.zeros((4, 3), np.float16)), TypeError,
+     "batch_norm: expected input dtype float32 or float64, got float16"),
+    (lambda: _input_grad(count="4"), TypeError, "batch_norm: expected count to be a real number, got '4'"),
+    (lambda: _input_grad(count=np.inf), ValueError, "batch_norm: expected count to be a finite number"),
+    (lambda: _input_grad(eps="1e-5"), TypeError, "batch_norm: expected eps to be a real number"),
+    (lambda: _input_grad(eps=0.0), ValueError, "batch_norm: eps must be > 0, got 0.0"),
+    (lambda: _input_grad(var=-np.ones(3)), ValueError, r"batch_norm: expected a finite var >= 0, got \[-1.0"),
+    (lambda: _input_grad(var=np.full(3, np.nan)), ValueError, "batch_norm: expected a finite var >= 0"),
+    (lambda: _input_grad(sum_dy=np.zeros(4)), ValueError, r"batch_norm: expected sum_dy of shape \(3,\), got \(4,\)"),
+    (lambda: _input_grad(out=_X43), ValueError, "batch_norm: out must not overlap input"),
+    (lambda: F.batch_norm_input_grad(_X43, _X43.copy(), **_STATS, out=_X43), ValueError,
+     "batch_norm: out must not overlap gradient"),
+    (lambda: _input_grad(out=np.empty((4, 3), np.float64)), ValueError,
+     r"batch_norm: expected out to be a writable C-contiguous float32 array of shape \(4, 3\)"),
+])
+def test_sync_batchnorm_pieces_refuse_every_kind_of_bad_argument(call, exc, match):
+    """Issue 10: the SyncBatchNorm pieces are public; a wrong statistic would be a silent wrong
+    gradient on every process (negative or NaN variances, fractional or infinite counts)."""
+    with pytest.raises(exc, match=f"^{match}"):
+        call()
+
+
+def test_sync_batchnorm_pieces_accept_any_memory_layout(rng):
+    x = _random_bn_input(rng, (6, 3, 4, 5), np.float64)
+    dy = rng.standard_normal(x.shape)
+    count, mean, var = F.batch_norm_stats(x)
+    for make in (np.asfortranarray, lambda a: a[..., ::-1].copy()[..., ::-1]):
+        assert F.batch_norm_stats(make(x))[1].tobytes() == mean.tobytes()
+        sums = F.batch_norm_grad_sums(make(dy), make(x), mean)
+        assert [s.tobytes() for s in sums] == [s.tobytes() for s in F.batch_norm_grad_sums(dy, x, mean)]
+        dx = F.batch_norm_input_grad(make(dy), make(x), mean, var, None, *sums, count)
+        assert dx.flags.c_contiguous and dx.tobytes() == F.batch_norm_input_grad(
+            dy, x, mean, var, None, *sums, count).tobytes()
+
+
+# ----------------------------------------------------------------------------- the (A, C, 1) view
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_column_kernels_for_one_value_per_row_and_channel(rng, dtype):
+    """BatchNorm on (N, C) (and per-activation BatchNorm) views its input as (N, C, 1): the
+    column kernels, in blocks of 256 channels. Several blocks, a ragged last one, any thread
+    count: the reference's results, and the same bits for every thread count."""
+    from minidl._kernels import _batchnorm as kernel
+
+    a, c = 37, 600
+    x3 = _random_bn_input(rng, (a, c), dtype).reshape(a, c, 1)
+    x3[:, 5] = 1e4 + 1e-2 * rng.standard_normal((a, 1))  # far from 0, small spread
+    x3[:, 7] = -2.5  # constant
+    dy3 = rng.standard_normal(x3.shape).astype(dtype)
+    gamma, beta = rng.standard_normal(c), rng.standard_normal(c)
+    rmean, rvar = ref.batch_stats(x3[..., 0])
+    results = []
+    for threads in (1, 2, 3):
+        mean, var, out = np.empty(c), np.empty(c), np.empty_like(x3)
+        kernel.forward_train(x3, gamma, beta, 1e-5, out, mean, var, threads)
+        stats = np.empty(c), np.empty(c)
+        kernel.channel_stats(x3, *stats, threads)
+        invstd = 1 / np.sqrt(var + 1e-5)
+        dx, s_dy, s_dyx = np.empty_like(x3), np.empty(c), np.empty(c)
+        kernel.backward(dy3, x3, mean, invstd, gamma, True, dx, s_dy, s_dyx, threads)
+        sums = np.empty(c), np.empty(c)
+        kernel.grad_sums(dy3, x3, mean, *sums, threads)
+        split_dx = np.empty_like(x3)
+        kernel.input_grad(dy3, x3, mean, invstd, gamma, *sums, float(a), split_dx, threads)
+        evaluated = np.empty_like(x3)
+        kernel.normalize(x3, mean, gamma * invstd, beta, evaluated, threads)
+        results.append((mean, var, out, *stats, dx, s_dy, s_dyx, *sums, split_dx, evaluated))
+    for other in results[1:]:
+        for got, first in zip(other, results[0]):
+            np.testing.assert_array_equal(got, first)
+    mean, var, out, smean, svar, dx, s_dy, s_dyx, g_dy, g_dyx, split_dx, evaluated = results[0]
+    np.testing.assert_allclose(mean, rmean, rtol=1e-13)
+    np.testing.assert_allclose(var, rvar, rtol=1e-9, atol=1e-300)
+    np.testing.assert_array_equal(smean, mean)
+    np.testing.assert_array_equal(svar, var)
+    assert np.all(out[:, 7] == dtype(beta[7]))  # a constant channel gives exactly beta
+    np.testing.assert_allclose(out[..., 0], ref.batch_norm_forward(x3[..., 0], gamma, beta, mean, var, 1e-5),
+                               **TOL[dtype])
+    np.testing.assert_array_equal(evaluated, out)
+    rdx, _, _ = ref.batch_norm_backward_train(dy3[..., 0], x3[..., 0], gamma, 1e-5)
+    np.testing.assert_allclose(dx[..., 0], rdx, rtol=1e-4 if dtype == np.float32 else 1e-9,
+                               atol=1e-4 if dtype == np.float32 else 1e-9)
+    np.testing.assert_array_equal(g_dy, s_dy)
+    np.testing.assert_array_equal(g_dyx, s_dyx)
+    np.testing.assert_array_equal(split_dx, dx)

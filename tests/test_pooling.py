@@ -339,3 +339,60 @@ def test_maxpool2d_layer_input_grad_false_returns_none(rng):
     assert layer.backward(np.ones_like(y), input_grad=False) is None
     with pytest.raises(ValueError, match="MaxPool2D"):
         layer.backward(np.ones((2, 3, 3, 3)), input_grad=False)
+
+
+# ------------------------------------------------ aliasing and the cache's argmax (issue 10)
+def test_max_pool2d_out_and_argmax_must_be_memory_of_their_own(rng):
+    x = rng.standard_normal((2, 3, 4, 4))
+    with pytest.raises(ValueError, match="^max_pool2d: out must not overlap input"):
+        max_pool2d_forward(x, 1, out=x)
+    with pytest.raises(ValueError, match="^max_pool2d: argmax must not overlap input"):
+        max_pool2d_forward(x, 2, argmax=x.reshape(-1)[:24].view(np.int64).reshape(2, 3, 2, 2))
+    buffer = np.empty(24)
+    with pytest.raises(ValueError, match="^max_pool2d: out must not overlap argmax"):
+        max_pool2d_forward(x, 2, out=buffer.reshape(2, 3, 2, 2),
+                           argmax=buffer.view(np.int64).reshape(2, 3, 2, 2))
+    out, cache = max_pool2d_forward(x, 1)  # output and gradient have the input's shape
+    dout = rng.standard_normal(out.shape)
+    with pytest.raises(ValueError, match="^max_pool2d: out must not overlap gradient"):
+        max_pool2d_backward(dout, cache, out=dout)
+    with pytest.raises(ValueError, match="^max_pool2d: out must not overlap argmax"):
+        max_pool2d_backward(dout, cache, out=cache.argmax.view(np.float64))
+    np.testing.assert_array_equal(max_pool2d_backward(dout, cache), dout)  # cache intact
+
+
+@pytest.mark.parametrize("bad", [-1, 16, 10 ** 12, -(10 ** 12)])
+def test_a_changed_argmax_is_refused_before_the_kernel_writes_with_it(rng, bad):
+    """The general backward kernel writes dx at the argmax indices: an index outside the
+    (H, W) plane (the caller's own argmax array, changed after the forward) is a ValueError,
+    not a write outside dx. The 2x2 kernel only compares indices, so it stays in bounds."""
+    x = rng.standard_normal((2, 3, 4, 4))
+    argmax = np.empty((2, 3, 2, 2), np.int64)
+    out, cache = max_pool2d_forward(x, 3, stride=1, argmax=argmax)
+    argmax[1, 2, 0, 1] = bad
+    with pytest.raises(ValueError, match=r"^max_pool2d: the cache's argmax holds indices outside "
+                                         r"\[0, 16\) \(H\*W of the input\)"):
+        max_pool2d_backward(np.ones_like(out), cache)
+    out, cache = max_pool2d_forward(x, 2, argmax=argmax)
+    argmax[...] = bad
+    assert max_pool2d_backward(np.ones_like(out), cache).shape == x.shape
+
+
+@pytest.mark.parametrize("field, value", [
+    ("argmax", lambda c: c.argmax.astype(np.int32)),
+    ("argmax", lambda c: c.argmax[:, :, :1]),
+    ("argmax", lambda c: np.asfortranarray(c.argmax)),
+    ("argmax", lambda c: c.argmax.tolist()),
+    ("x_shape", lambda c: (2, 3, 5, 5)[:3]),
+    ("x_shape", lambda c: (1, 3, 6, 6)),
+    ("two_by_two", lambda c: True),
+])
+def test_max_pool2d_backward_refuses_a_changed_cache(rng, field, value):
+    x = rng.standard_normal((2, 3, 6, 6))
+    out, cache = max_pool2d_forward(x, 3, stride=1)
+    changed = cache._replace(**{field: value(cache)})
+    with pytest.raises(ValueError, match=r"^max_pool2d: the cache's "):
+        max_pool2d_backward(np.ones_like(out), changed)
+    with pytest.raises(TypeError, match="max_pool2d: expected the cache returned by "
+                                        "max_pool2d_forward, got tuple"):
+        max_pool2d_backward(np.ones_like(out), tuple(cache))

@@ -24,6 +24,8 @@ DTYPES = [np.float32, np.float64]
 OPS = ["conv2d_forward", "conv2d_backward", "batch_norm_forward", "batch_norm_backward",
        "max_pool2d_forward", "max_pool2d_backward", "relu_forward", "relu_backward",
        "softmax_forward", "softmax_backward", "linear_forward", "linear_backward",
+       "layer_norm_forward", "layer_norm_backward", "group_norm_forward", "group_norm_backward",
+       "instance_norm_forward", "instance_norm_backward",
        "avg_pool2d_forward", "avg_pool2d_backward", "global_avg_pool2d_forward",
        "global_avg_pool2d_backward", "dropout_forward", "dropout_backward"]
 
@@ -50,6 +52,9 @@ def test_forward_caches_are_reference_types_with_shape_and_dtype(rng):
         ref.relu_forward(x),
         ref.softmax_forward(x),
         ref.linear_forward(x.reshape(2, -1), rng.standard_normal((5, 108))),
+        ref.layer_norm_forward(x, (6, 6)),
+        ref.group_norm_forward(x, 3),
+        ref.instance_norm_forward(x),
         ref.avg_pool2d_forward(x, 3, 2, 1),
         ref.dropout_forward(x, 0.5, True, np.random.default_rng(0)),
     ]
@@ -61,6 +66,8 @@ def test_forward_caches_are_reference_types_with_shape_and_dtype(rng):
     for _, cache in [compiled.conv2d_forward(x, rng.standard_normal((4, 3, 3, 3))),
                      compiled.batch_norm_forward(x), compiled.max_pool2d_forward(x, 2),
                      compiled.relu_forward(x), compiled.softmax_forward(x),
+                     compiled.layer_norm_forward(x, (6, 6)), compiled.group_norm_forward(x, 3),
+                     compiled.instance_norm_forward(x),
                      compiled.avg_pool2d_forward(x, 2), compiled.global_avg_pool2d_forward(x),
                      compiled.dropout_forward(x, 0.5, True, np.random.default_rng(0))]:
         assert not isinstance(cache, ref.CACHE_TYPES)

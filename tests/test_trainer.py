@@ -707,3 +707,81 @@ def test_evaluate_runs_under_no_grad_and_keeps_no_caches(rng):
     assert minidl.is_grad_enabled()
     with pytest.raises(RuntimeError):
         model.backward(np.ones((32, 2), np.float32))
+
+
+# ------------------------------------------------------------- arguments of the wrong kind
+@pytest.mark.parametrize("args, match", [
+    (lambda m: (None, minidl.losses.CrossEntropyLoss(), minidl.optim.SGD(m.parameters(), lr=0.1)),
+     r"Trainer: expected model to be a minidl Module \(e.g. a Sequential\), got NoneType"),
+    (lambda m: (m, lambda logits, y: 0.0, minidl.optim.SGD(m.parameters(), lr=0.1)),
+     r"Trainer: loss_fn \(function\) lacks backward"),
+    (lambda m: (m, minidl.losses.CrossEntropyLoss(), None),
+     r"Trainer: optimizer \(NoneType\) lacks step, zero_grad, state_dict, load_state_dict"),
+    (lambda m: (m, minidl.losses.CrossEntropyLoss(), minidl.optim.SGD(m.parameters(), lr=0.1),
+                None, 5), r"Trainer: callbacks must be a list of minidl.Callback, got int"),
+])
+def test_trainer_arguments_of_the_wrong_kind_are_type_errors(rng, args, match):
+    with pytest.raises(TypeError, match=f"^{match}"):
+        minidl.Trainer(*args(mlp(rng)))
+
+
+def test_fit_and_evaluate_check_their_loaders_and_folder_before_training(rng, tmp_path):
+    model = mlp(rng)
+    trainer = make_trainer(model, progress=False)
+    before = model.state_dict()
+    x, y = blobs(rng, 64)
+    batches = [(x[:32], y[:32]), (x[32:], y[32:])]
+    with pytest.raises(TypeError, match="^Trainer.fit: val_loader must be an iterable of "
+                                        r"\(x, y\) batches, got int"):
+        trainer.fit(batches, val_loader=5)
+    with pytest.raises(ValueError, match="^Trainer.fit: checkpoint_dir is an empty path"):
+        trainer.fit(batches, checkpoint_dir="")
+    with pytest.raises(TypeError, match="^Trainer.evaluate: loader must be an iterable"):
+        trainer.evaluate(3.5)
+    assert_same_state(model.state_dict(), before)  # nothing was trained
+    assert trainer.global_step == 0
+
+
+def test_a_batch_the_model_refuses_leaves_the_model_as_it_was(rng):
+    model = mlp(rng)
+    trainer = make_trainer(model, progress=False)
+    x, y = blobs(rng, 32)
+    trainer.fit([(x, y)])
+    before = model.state_dict()
+    grads = [p.grad.copy() for p in model.parameters()]
+    for bad_x, bad_y, error in ((x.astype(np.int64), y, TypeError), (x[:, :1], y, ValueError),
+                                (x, y.astype(np.float32), TypeError), (x, y + 5, ValueError)):
+        with pytest.raises(error):
+            trainer.train_step(bad_x, bad_y)
+    assert_same_state(model.state_dict(), before)
+    for p, g in zip(model.parameters(), grads):
+        np.testing.assert_array_equal(p.grad, g)
+
+
+# ------------------------------------------------------------------------------ determinism
+def _mnist_cnn_steps(threads, steps=3, batch_norm=True):
+    """A few SGD steps of the MNIST CNN on random images, at ``threads`` OpenMP threads."""
+    previous = minidl.get_num_threads()
+    minidl.set_num_threads(threads)
+    try:
+        minidl.manual_seed(0)
+        model = mnist_cnn(norm="batch" if batch_norm else None)
+        trainer = make_trainer(model, lr=0.05)
+        data_rng = np.random.default_rng(0)
+        for _ in range(steps):
+            x = data_rng.standard_normal((64, 1, 28, 28)).astype(np.float32)
+            trainer.train_step(x, data_rng.integers(0, 10, 64))
+        return model.state_dict(), trainer.optimizer.state_dict()
+    finally:
+        minidl.set_num_threads(previous)
+
+
+@pytest.mark.parametrize("batch_norm", [True, False])
+def test_training_is_bit_identical_across_runs_and_thread_counts(batch_norm):
+    """Every reduction combines its parts in an order fixed by the batch, not by the threads
+    (Winograd's weight and bias gradients in chunks of images; the others per channel or in
+    one thread), so 1, 2 and 3 threads give the same bits, run after run."""
+    runs = [_mnist_cnn_steps(threads, batch_norm=batch_norm) for threads in (1, 2, 1, 3)]
+    for model_state, optimizer_state in runs[1:]:
+        assert_same_state(model_state, runs[0][0])
+        assert_same_optimizer_state(optimizer_state, runs[0][1])

@@ -6,7 +6,8 @@
 
 These kernels trust their inputs (checked by ``minidl.functional.activation``): flat
 C-contiguous arrays of equal length, written into caller-allocated arrays (OUT). The inner loops
-are C, in ``_activation.h``.
+are C, in ``_activation.h``. Indices are ``Py_ssize_t``, bounded by the arrays' length;
+``num_threads`` is an ``int`` from 1 to 1024.
 """
 from cython.parallel cimport prange
 

@@ -58,6 +58,80 @@
             dx[i] = (T)(k * ((double)dy[i] - mean_dy - ((double)x[i] - mean) * proj));      \
     }
 
+/* The affine step of the norms whose parameters are not per view-channel (LayerNorm's
+ * elementwise weight and bias, GroupNorm's per-channel ones over group statistics):
+ * out = x * w + b with one (w, b) per position; out may be x itself. */
+#define MINIDL_SCALE_SHIFT(NAME, T)                                                         \
+    MINIDL_CLONES static void NAME(const T* x, T* out, ptrdiff_t n, const double* w,        \
+                                   const double* b) {                                      \
+        MINIDL_SIMD                                                                         \
+        for (ptrdiff_t i = 0; i < n; i++)                                                   \
+            out[i] = (T)((double)x[i] * w[i] + b[i]);                                       \
+    }
+
+/* Its backward over n positions of one normalized segment with statistics (mean, invstd):
+ * xhat = (x - mean) * invstd; dw += dy * xhat; db += dy; dxhat = dy * w (per position).
+ * dxhat may be dy itself (each position is read before it is written). */
+#define MINIDL_SCALE_SHIFT_GRAD(NAME, T)                                                    \
+    MINIDL_CLONES static void NAME(const T* dy, const T* x, T* dxhat, ptrdiff_t n,          \
+                                   double mean, double invstd, const double* w, double* dw, \
+                                   double* db) {                                           \
+        MINIDL_SIMD                                                                         \
+        for (ptrdiff_t i = 0; i < n; i++) {                                                 \
+            double g = (double)dy[i];                                                       \
+            dw[i] += g * (((double)x[i] - mean) * invstd);                                  \
+            db[i] += g;                                                                     \
+            dxhat[i] = (T)(g * w[i]);                                                       \
+        }                                                                                   \
+    }
+
+/* Column variants, for the (A, C, 1) view (BatchNorm on (N, C), per-activation BatchNorm):
+ * one row segment of n channels (columns), with per-column shifts and coefficients, so the
+ * loops run along the contiguous row instead of making one call per value. */
+
+/* s1[i] += x[i] - k[i], s2[i] += (x[i] - k[i])^2 */
+#define MINIDL_COL_SHIFTED_SUMS(NAME, T)                                                    \
+    MINIDL_CLONES static void NAME(const T* x, ptrdiff_t n, const double* k, double* s1,    \
+                                   double* s2) {                                           \
+        MINIDL_SIMD                                                                         \
+        for (ptrdiff_t i = 0; i < n; i++) {                                                 \
+            double d = (double)x[i] - k[i];                                                 \
+            s1[i] += d;                                                                     \
+            s2[i] += d * d;                                                                 \
+        }                                                                                   \
+    }
+
+/* s_dy[i] += dy[i], s_dyx[i] += dy[i] * (x[i] - mean[i]) */
+#define MINIDL_COL_PRODUCT_SUMS(NAME, T)                                                    \
+    MINIDL_CLONES static void NAME(const T* dy, const T* x, ptrdiff_t n, const double* mean, \
+                                   double* s_dy, double* s_dyx) {                          \
+        MINIDL_SIMD                                                                         \
+        for (ptrdiff_t i = 0; i < n; i++) {                                                 \
+            double g = (double)dy[i];                                                       \
+            s_dy[i] += g;                                                                   \
+            s_dyx[i] += g * ((double)x[i] - mean[i]);                                       \
+        }                                                                                   \
+    }
+
+/* out[i] = (x[i] - mean[i]) * scale[i] + shift[i]; out may be x itself */
+#define MINIDL_COL_AFFINE(NAME, T)                                                          \
+    MINIDL_CLONES static void NAME(const T* x, T* out, ptrdiff_t n, const double* mean,     \
+                                   const double* scale, const double* shift) {             \
+        MINIDL_SIMD                                                                         \
+        for (ptrdiff_t i = 0; i < n; i++)                                                   \
+            out[i] = (T)(((double)x[i] - mean[i]) * scale[i] + shift[i]);                   \
+    }
+
+/* dx[i] = k[i] * (dy[i] - mean_dy[i] - (x[i] - mean[i]) * proj[i]) */
+#define MINIDL_COL_NORM_DX(NAME, T)                                                         \
+    MINIDL_CLONES static void NAME(const T* dy, const T* x, T* dx, ptrdiff_t n,             \
+                                   const double* mean, const double* k,                    \
+                                   const double* mean_dy, const double* proj) {            \
+        MINIDL_SIMD                                                                         \
+        for (ptrdiff_t i = 0; i < n; i++)                                                   \
+            dx[i] = (T)(k[i] * ((double)dy[i] - mean_dy[i] - ((double)x[i] - mean[i]) * proj[i])); \
+    }
+
 MINIDL_SHIFTED_SUMS(minidl_shifted_sums_f, float)
 MINIDL_SHIFTED_SUMS(minidl_shifted_sums_d, double)
 MINIDL_PRODUCT_SUMS(minidl_product_sums_f, float)
@@ -66,5 +140,17 @@ MINIDL_AFFINE(minidl_affine_f, float)
 MINIDL_AFFINE(minidl_affine_d, double)
 MINIDL_NORM_DX(minidl_norm_dx_f, float)
 MINIDL_NORM_DX(minidl_norm_dx_d, double)
+MINIDL_SCALE_SHIFT(minidl_scale_shift_f, float)
+MINIDL_SCALE_SHIFT(minidl_scale_shift_d, double)
+MINIDL_SCALE_SHIFT_GRAD(minidl_scale_shift_grad_f, float)
+MINIDL_SCALE_SHIFT_GRAD(minidl_scale_shift_grad_d, double)
+MINIDL_COL_SHIFTED_SUMS(minidl_col_shifted_sums_f, float)
+MINIDL_COL_SHIFTED_SUMS(minidl_col_shifted_sums_d, double)
+MINIDL_COL_PRODUCT_SUMS(minidl_col_product_sums_f, float)
+MINIDL_COL_PRODUCT_SUMS(minidl_col_product_sums_d, double)
+MINIDL_COL_AFFINE(minidl_col_affine_f, float)
+MINIDL_COL_AFFINE(minidl_col_affine_d, double)
+MINIDL_COL_NORM_DX(minidl_col_norm_dx_f, float)
+MINIDL_COL_NORM_DX(minidl_col_norm_dx_d, double)
 
 #endif

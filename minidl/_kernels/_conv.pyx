@@ -22,6 +22,12 @@ These kernels trust their inputs: shapes, dtypes and contiguity are checked by
 ``minidl.functional.conv``. Every function writes its result into a caller-allocated array
 (marked OUT); arrays marked IN are only read. All loops run without the GIL and are split over
 ``num_threads`` OpenMP threads with ``prange`` when the extension is built with OpenMP.
+
+Integer arithmetic: every index, size and geometry argument is a ``Py_ssize_t`` (64-bit where
+it matters; ``ptrdiff_t`` in ``_conv.h``), and ``num_threads`` an ``int`` from 1 to 1024. Each
+product of sizes is bounded by the size of an array that exists (the caller checks that every
+array fits in memory) or by such a size times a stride or padding of at most ``2**31 - 1``
+(``minidl._checks.MAX_SIZE``), so none can overflow.
 """
 from cython.parallel cimport prange, threadid
 

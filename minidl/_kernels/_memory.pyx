@@ -53,12 +53,17 @@ cdef object _allocate(function, shape, dtype):
 
 
 def empty(shape, dtype):
-    """``np.empty(shape, dtype)`` with its data from the caching allocator."""
+    """``np.empty(shape, dtype)`` with its data from the caching allocator.
+
+    Preconditions: none beyond NumPy's (it refuses a shape whose byte size overflows, and a
+    failed allocation is a MemoryError); minidl's callers check beforehand that the array fits
+    in memory (``minidl._checks.check_allocation``).
+    """
     return _allocate(np.empty, shape, dtype)
 
 
 def zeros(shape, dtype):
-    """``np.zeros(shape, dtype)`` with its data from the caching allocator."""
+    """``np.zeros(shape, dtype)`` with its data from the caching allocator (as :func:`empty`)."""
     return _allocate(np.zeros, shape, dtype)
 
 
@@ -93,12 +98,19 @@ def empty_cache():
 
 
 def set_limit(size_t limit):
-    """Keep at most ``limit`` bytes of free blocks (the oldest above it are returned now)."""
+    """Keep at most ``limit`` bytes of free blocks (the oldest above it are returned now).
+
+    Preconditions (checked by ``minidl._memory.set_cache_limit``): an integer >= 0 (a negative
+    one would not convert to ``size_t``: OverflowError).
+    """
     minidl_cache_set_limit(&minidl_cache_state, limit)
 
 
 def set_idle_allocations(uint64_t count):
-    """Return a free block once ``count`` cacheable allocations went by without taking it."""
+    """Return a free block once ``count`` cacheable allocations went by without taking it.
+
+    Preconditions: ``count >= 0`` (set once, by ``minidl._memory``, to ``IDLE_ALLOCATIONS``).
+    """
     minidl_lock(&minidl_cache_state)
     minidl_cache_state.idle_allocations = count
     minidl_unlock(&minidl_cache_state)

@@ -21,6 +21,13 @@ counted) or the number of the window's elements inside the plane.
 These kernels trust their inputs (checked by ``minidl.functional.pooling``), write into
 caller-allocated arrays (OUT), release the GIL and split the (sample, channel) planes over
 OpenMP threads with ``prange``.
+
+Integer arithmetic: indices and sizes are ``Py_ssize_t``/``int64_t`` (``ptrdiff_t`` in
+``_pool.h``), bounded by the arrays' sizes or by a size times a stride of at most ``2**31 - 1``;
+the 2x2 kernels' ``int32`` tables are used only for planes of at most ``INT32_MAX`` elements.
+``num_threads`` is an ``int`` from 1 to 1024. The backward kernel of the general path writes
+``dx`` at the ``argmax`` indices: they must lie in ``[0, H*W)``, which the caller checks (the
+cache, and an ``argmax`` array the caller passed in, can be changed after the forward).
 """
 from cython.parallel cimport prange
 from libc.stdint cimport INT32_MAX, int32_t, int64_t

@@ -17,8 +17,12 @@ end: the block's input rows are gathered into NHWC order in the thread's scratch
 output. So ``V`` and ``M`` never leave the cache, and the products are small in-cache matrix
 products computed by the kernel of ``_winograd.h`` (4 rows x 2 SIMD vectors of columns at a
 time), not BLAS calls. The backward pass does the same with ``Z``; its weight gradient is summed
-per thread (``dweight`` rows of the caller's array) and the input gradient of an image is summed
-in a padded NHWC image in the scratch, then written to ``dx``.
+per chunk of consecutive images (``chunks`` of them, the batch split as evenly as possible; one
+``dweight`` row of the caller's array per chunk, each chunk summed by one thread in image
+order), and the input gradient of an image is summed in a padded NHWC image in the scratch,
+then written to ``dx``. The chunks depend on the batch, not on the threads, and
+:func:`sum_chunks` adds their sums in chunk order, so the weight and bias gradients are
+bit-identical for every thread count.
 
 Padded sizes (the products work on whole 4-row steps and 32-column steps):
 ``CP``/``KP`` = C/K rounded up to a multiple of 32, ``C4`` = C rounded up to a multiple of 4.
@@ -27,8 +31,10 @@ zeros in the extra columns.
 
 These kernels trust their inputs: shapes, dtypes and contiguity are checked by
 ``minidl.functional``. Every function writes its results into caller-allocated arrays (marked
-OUT); arrays marked IN are only read. Work is split over images with ``prange`` (OpenMP, when
-compiled in), without the GIL.
+OUT); arrays marked IN are only read. Work is split over images (chunks of images in the
+backward pass) with ``prange`` (OpenMP, when compiled in), without the GIL. Every index and
+size is a ``Py_ssize_t``; each product of sizes is bounded by the size of an array the caller
+allocated (checked in Python to fit in memory), so none can overflow.
 """
 from cython.parallel cimport prange, threadid
 
@@ -71,6 +77,7 @@ cdef enum:
     COL_STEP = 32     # and their columns in steps of 32 (2 vectors of 16 floats / 8 doubles)
     PLANE_PAD = 16    # extra elements between planes (see _Layout)
     ALIGN = 16        # every scratch buffer starts on a multiple of 16 elements (64 bytes)
+    SUM_BLOCK = 2048  # elements per task of sum_chunks (16 KiB of float64 sums, in L1)
 
 #: ``(ROW_STEP, COL_STEP)``: the callers pad ``u``, ``ut`` and ``dweight`` to these steps.
 PRODUCT_STEPS = (ROW_STEP, COL_STEP)
@@ -110,7 +117,12 @@ cdef _Layout _layout(Py_ssize_t C, Py_ssize_t K, Py_ssize_t OH, Py_ssize_t OW,
 def scratch_size(Py_ssize_t C, Py_ssize_t K, Py_ssize_t OH, Py_ssize_t OW,
                  Py_ssize_t block_rows, bint input_grad):
     """Elements of scratch each thread needs for :func:`forward` (``input_grad`` False) or
-    :func:`backward` with ``block_rows`` rows of tiles per block (all arguments >= 1)."""
+    :func:`backward` with ``block_rows`` rows of tiles per block.
+
+    Preconditions (checked by the caller, not here): every argument >= 1, and the sizes those
+    of arrays that exist (so that the result, about ``16*(OW/2)*block_rows*(C + K)`` elements,
+    cannot overflow ``Py_ssize_t``).
+    """
     return _layout(C, K, OH, OW, block_rows, input_grad).size
 
 
@@ -271,47 +283,52 @@ def forward(const floating[:, :, :, ::1] x, const floating[:, :, ::1] u,
 def backward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] dout,
              const floating[:, :, ::1] ut, floating[:, :, :, ::1] dweight,
              double[:, ::1] dbias, bint want_bias, floating[:, :, :, ::1] dx, bint input_grad,
-             Py_ssize_t pad_h, Py_ssize_t pad_w, Py_ssize_t block_rows, floating[:, ::1] scratch,
-             int num_threads=1):
-    """Gradients of :func:`forward`: the transformed weight gradient per thread, the bias
-    gradient per thread, and the input gradient.
+             Py_ssize_t pad_h, Py_ssize_t pad_w, Py_ssize_t block_rows, Py_ssize_t chunks,
+             floating[:, ::1] scratch, int num_threads=1):
+    """Gradients of :func:`forward`: the transformed weight gradient and the bias gradient per
+    chunk of images, and the input gradient.
 
     Args:
         x (IN): the forward's input ``(N, C, H, W)``, float32 or float64, C-contiguous.
         dout (IN): ``(N, K, OH, OW)``, same dtype, C-contiguous.
         ut (IN): the transposed transformed weight ``(16, K, CP)`` (``ut[xi] = u[xi].T``),
             same dtype, zeros in columns >= C; read only when ``input_grad``.
-        dweight (IN/OUT): ``(num_threads, 16, C4, KP)``, same dtype, zeroed by the caller;
-            thread ``i`` adds ``sum over its tiles of V^T Z`` to ``dweight[i]`` (rows >= C and
-            columns >= K are scratch). The transformed weight gradient is the sum over threads.
-        dbias (IN/OUT): ``(num_threads, K)`` float64, zeroed by the caller; thread ``i`` adds
-            the sum of its part of ``dout`` per channel; only when ``want_bias``.
+        dweight (OUT): ``(chunks, 16, C4, KP)``, same dtype; row ``i`` is overwritten with
+            ``sum of V^T Z`` over the tiles of images ``i*N // chunks`` to
+            ``(i + 1)*N // chunks - 1``, summed in image order (rows >= C and columns >= K are
+            scratch). The transformed weight gradient is the sum over the chunks.
+        dbias (OUT): ``(chunks, K)`` float64; row ``i`` is overwritten with the per-channel sum
+            of ``dout`` over the chunk's images (zeros without ``want_bias``).
         want_bias: whether to compute ``dbias``.
         dx (OUT): ``(N, C, H, W)``, same dtype, C-contiguous; fully overwritten when
             ``input_grad`` (else not touched).
         input_grad: whether to compute ``dx``.
         pad_h, pad_w: the forward's zero padding.
         block_rows: rows of tiles per block (>= 1).
+        chunks: rows of ``dweight``/``dbias`` the batch is summed into (``1 <= chunks <= N``).
+            It must not depend on ``num_threads`` for the results not to.
         scratch (OUT): ``(num_threads, scratch_size(C, K, OH, OW, block_rows, input_grad))``,
             same dtype; clobbered.
-        num_threads: OpenMP threads (ignored in a serial build).
+        num_threads: OpenMP threads (ignored in a serial build); each runs whole chunks.
 
     Preconditions (checked by the caller, not here): the forward's geometry (``pH, pW >= 0``,
-    ``OH = H + 2*pH - 2 >= 1``, ``OW = W + 2*pW - 2 >= 1``); ``dweight`` of at least
-    ``num_threads`` rows, each ``(16, C4, KP)`` with ``C4`` = ``C`` rounded up to a multiple of
-    4 and ``KP`` = ``K`` rounded up to 32, zeroed; ``dbias`` of at least ``num_threads`` rows of
-    ``K`` (read as such even when ``want_bias`` is false), zeroed; when ``input_grad``: ``ut``
-    exactly ``(16, K, CP)`` with ``CP`` = ``C`` rounded up to 32 and zeros in columns ``>= C``,
-    and ``dx`` ``(N, C, H, W)``; ``block_rows >= 1``; ``scratch`` of at least ``num_threads``
-    rows of at least that size; no output shares memory with an input or another output;
-    ``num_threads >= 1``.
+    ``OH = H + 2*pH - 2 >= 1``, ``OW = W + 2*pW - 2 >= 1``); ``1 <= chunks <= N``;
+    ``dweight`` of at least ``chunks`` rows, each ``(16, C4, KP)`` with ``C4`` = ``C`` rounded
+    up to a multiple of 4 and ``KP`` = ``K`` rounded up to 32; ``dbias`` of at least ``chunks``
+    rows of ``K`` (written as such even when ``want_bias`` is false); when ``input_grad``:
+    ``ut`` exactly ``(16, K, CP)`` with ``CP`` = ``C`` rounded up to 32 and zeros in columns
+    ``>= C``, and ``dx`` ``(N, C, H, W)``; ``block_rows >= 1``; ``scratch`` of at least
+    ``num_threads`` rows of at least that size; no output shares memory with an input or
+    another output; ``num_threads >= 1``.
     """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t K = dout.shape[1], OH = dout.shape[2], OW = dout.shape[3]
     cdef _Layout L = _layout(C, K, OH, OW, block_rows, input_grad)
     cdef Py_ssize_t C4 = dweight.shape[2]
+    cdef Py_ssize_t chunk, n_first, n_end
     cdef Py_ssize_t n, tid, blk, tr0, rb, r, th, tw, t, xi, k, c, h, w, j, tiles
     cdef Py_ssize_t wide = 2 * L.TW, img_wide = 2 * L.TW + 2
+    cdef int acc
     cdef floating* base
     cdef floating* v
     cdef floating* z
@@ -327,64 +344,110 @@ def backward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] dout,
     cdef const floating* ut0 = &ut[0, 0, 0]
     cdef floating* dx0 = &dx[0, 0, 0, 0] if input_grad else NULL
 
-    for n in prange(N, nogil=True, num_threads=num_threads, schedule="static"):
+    for chunk in prange(chunks, nogil=True, num_threads=num_threads, schedule="static"):
         tid = threadid()
         base = _aligned(&scratch[tid, 0])
         v = base + L.v_at
         z = base + L.m_at
         img = base + L.img_at
-        dw = &dweight[tid, 0, 0, 0]
-        db = &dbias[tid, 0]
-        if input_grad:
-            for j in range((2 * L.TH + 2) * img_wide * C):
-                img[j] = 0
-        for blk in range(ceil_div(L.TH, L.rows_per_block)):
-            tr0 = blk * L.rows_per_block
-            rb = L.rows_per_block if tr0 + L.rows_per_block <= L.TH else L.TH - tr0
-            tiles = rb * L.TW
-            _transform_input_block(x0 + n * C * H * W, C, H, W, pad_h, pad_w, tr0, rb, &L,
-                                   base + L.rows_at, v)
-            _gather_rows(g0 + n * K * OH * OW, K, OH, OW, 2 * tr0, 0, 2 * rb, wide,
-                         base + L.out_at)
-            for r in range(rb):
-                for tw in range(L.TW):
-                    t = r * L.TW + tw
-                    if floating is float:
-                        minidl_wino_grad_tile_f(base + L.out_at + (2 * r * wide + 2 * tw) * K,
-                                                wide * K, z + t * L.KP, L.m_plane, K)
-                    else:
-                        minidl_wino_grad_tile_d(base + L.out_at + (2 * r * wide + 2 * tw) * K,
-                                                wide * K, z + t * L.KP, L.m_plane, K)
-            _zero(z, L.m_plane, L.KP, 0, tiles, K, L.KP)  # read by dU's columns
-            _zero(z, L.m_plane, L.KP, tiles, round_up(tiles, ROW_STEP), 0, L.KP)
-            if want_bias:  # Z[(1, 1)] of a tile is the sum of its 2x2 output gradient
-                for t in range(tiles):
-                    for k in range(K):
-                        db[k] += z[5 * L.m_plane + t * L.KP + k]
-            for xi in range(16):  # dU[xi] += V[xi]^T @ Z[xi], over the block's tiles
-                _gemm(v + xi * L.v_plane, 1, L.CP, z + xi * L.m_plane, L.KP,
-                      dw + xi * C4 * L.KP, L.KP, C4, tiles, L.KP, 1)
-            if not input_grad:
-                continue
-            for xi in range(16):  # dV[xi] = Z[xi] @ U[xi]^T, into V's planes
-                _gemm(z + xi * L.m_plane, L.KP, 1, ut0 + xi * K * L.CP, L.CP,
-                      v + xi * L.v_plane, L.CP, round_up(tiles, ROW_STEP), K, L.CP, 0)
-            for r in range(rb):
-                th = tr0 + r
-                for tw in range(L.TW):
-                    t = r * L.TW + tw
-                    if floating is float:
-                        minidl_wino_input_grad_tile_f(v + t * L.CP, L.v_plane,
-                                                      img + (2 * th * img_wide + 2 * tw) * C,
-                                                      img_wide * C, C)
-                    else:
-                        minidl_wino_input_grad_tile_d(v + t * L.CP, L.v_plane,
-                                                      img + (2 * th * img_wide + 2 * tw) * C,
-                                                      img_wide * C, C)
-        if input_grad:
-            for c in range(C):
-                for h in range(H):
-                    dst = dx0 + ((n * C + c) * H + h) * W
-                    src = img + ((h + pad_h) * img_wide + pad_w) * C + c
-                    for w in range(W):
-                        dst[w] = src[w * C]
+        dw = &dweight[chunk, 0, 0, 0]
+        db = &dbias[chunk, 0]
+        for k in range(K):
+            db[k] = 0
+        n_first = chunk * N // chunks
+        n_end = (chunk + 1) * N // chunks
+        for n in range(n_first, n_end):
+            if input_grad:
+                for j in range((2 * L.TH + 2) * img_wide * C):
+                    img[j] = 0
+            for blk in range(ceil_div(L.TH, L.rows_per_block)):
+                tr0 = blk * L.rows_per_block
+                rb = L.rows_per_block if tr0 + L.rows_per_block <= L.TH else L.TH - tr0
+                tiles = rb * L.TW
+                _transform_input_block(x0 + n * C * H * W, C, H, W, pad_h, pad_w, tr0, rb, &L,
+                                       base + L.rows_at, v)
+                _gather_rows(g0 + n * K * OH * OW, K, OH, OW, 2 * tr0, 0, 2 * rb, wide,
+                             base + L.out_at)
+                for r in range(rb):
+                    for tw in range(L.TW):
+                        t = r * L.TW + tw
+                        if floating is float:
+                            minidl_wino_grad_tile_f(base + L.out_at + (2 * r * wide + 2 * tw) * K,
+                                                    wide * K, z + t * L.KP, L.m_plane, K)
+                        else:
+                            minidl_wino_grad_tile_d(base + L.out_at + (2 * r * wide + 2 * tw) * K,
+                                                    wide * K, z + t * L.KP, L.m_plane, K)
+                _zero(z, L.m_plane, L.KP, 0, tiles, K, L.KP)  # read by dU's columns
+                _zero(z, L.m_plane, L.KP, tiles, round_up(tiles, ROW_STEP), 0, L.KP)
+                if want_bias:  # Z[(1, 1)] of a tile is the sum of its 2x2 output gradient
+                    for t in range(tiles):
+                        for k in range(K):
+                            db[k] += z[5 * L.m_plane + t * L.KP + k]
+                # dU[xi] (+)= V[xi]^T @ Z[xi] over the block's tiles; the chunk's first block
+                # overwrites its row of dweight, so the caller need not zero it
+                acc = 0 if (n == n_first and blk == 0) else 1
+                for xi in range(16):
+                    _gemm(v + xi * L.v_plane, 1, L.CP, z + xi * L.m_plane, L.KP,
+                          dw + xi * C4 * L.KP, L.KP, C4, tiles, L.KP, acc)
+                if not input_grad:
+                    continue
+                for xi in range(16):  # dV[xi] = Z[xi] @ U[xi]^T, into V's planes
+                    _gemm(z + xi * L.m_plane, L.KP, 1, ut0 + xi * K * L.CP, L.CP,
+                          v + xi * L.v_plane, L.CP, round_up(tiles, ROW_STEP), K, L.CP, 0)
+                for r in range(rb):
+                    th = tr0 + r
+                    for tw in range(L.TW):
+                        t = r * L.TW + tw
+                        if floating is float:
+                            minidl_wino_input_grad_tile_f(v + t * L.CP, L.v_plane,
+                                                          img + (2 * th * img_wide + 2 * tw) * C,
+                                                          img_wide * C, C)
+                        else:
+                            minidl_wino_input_grad_tile_d(v + t * L.CP, L.v_plane,
+                                                          img + (2 * th * img_wide + 2 * tw) * C,
+                                                          img_wide * C, C)
+            if input_grad:
+                for c in range(C):
+                    for h in range(H):
+                        dst = dx0 + ((n * C + c) * H + h) * W
+                        src = img + ((h + pad_h) * img_wide + pad_w) * C + c
+                        for w in range(W):
+                            dst[w] = src[w * C]
+
+
+def sum_chunks(const floating[:, ::1] parts, double[::1] out, int num_threads=1):
+    """``out[e] = parts[0, e] + parts[1, e] + ...``, added in chunk order, in float64.
+
+    Adds up the per-chunk weight gradients of :func:`backward` (flattened rows of
+    ``dweight``): every element is summed in the same order whatever ``num_threads`` is, so the
+    result does not depend on it. Work is split over blocks of elements.
+
+    Args:
+        parts (IN): ``(chunks, M)``, float32 or float64, C-contiguous.
+        out (OUT): ``(M,)`` float64; fully overwritten.
+        num_threads: OpenMP threads (ignored in a serial build).
+
+    Preconditions (checked by the caller, not here): ``chunks >= 1``; ``out`` has ``M``
+    elements (``parts``'s second size) and shares no memory with ``parts``;
+    ``num_threads >= 1``.
+    """
+    cdef Py_ssize_t chunks = parts.shape[0], size = out.shape[0], stride = parts.shape[1]
+    cdef Py_ssize_t block, start, length, i, e
+    cdef double* total
+    cdef const floating* row
+    if chunks * size == 0:
+        return
+    cdef const floating* p0 = &parts[0, 0]
+    cdef double* out0 = &out[0]
+    for block in prange(ceil_div(size, SUM_BLOCK), nogil=True, num_threads=num_threads,
+                        schedule="static"):
+        start = block * SUM_BLOCK
+        length = SUM_BLOCK if start + SUM_BLOCK < size else size - start
+        total = out0 + start
+        row = p0 + start
+        for e in range(length):  # contiguous runs: the compiler vectorizes them
+            total[e] = row[e]
+        for i in range(1, chunks):
+            row = p0 + i * stride + start
+            for e in range(length):
+                total[e] += row[e]

@@ -1,7 +1,9 @@
-"""Data-parallel training over MPI (mpi4py), with PyTorch's names.
+"""Data-parallel training over MPI (mpi4py), with PyTorch's names::
 
     import minidl.distributed as dist
     dist.init()                                   # MPI under mpiexec, else one process
+    model = layers.SyncBatchNorm.convert_sync_batchnorm(model)   # optional: BatchNorm
+                                                  # statistics over every rank's batch
     model = dist.DistributedDataParallel(model)   # same start everywhere, averaged gradients
 
 Run with ``mpiexec -n 2 python train.py``. mpi4py is an optional dependency

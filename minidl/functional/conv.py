@@ -27,7 +27,8 @@ import numpy as np
 
 from .. import _blas, _memory
 from .._backend import get_backend
-from .._checks import check_float_array, check_grad, check_input, pair
+from .._checks import (check_allocation, check_cache_array, check_float_array, check_grad,
+                       check_input, check_no_overlap, pair)
 from ..reference.functional import conv as reference
 from . import conv_direct, conv_im2col, conv_winograd
 from .conv_direct import DirectCache
@@ -87,12 +88,18 @@ def choose_method(method, taps, layer="conv2d", stride=(1, 1), kernel_size=None)
 
 
 def conv2d_output_size(in_size, kernel_size, stride, padding):
-    """``(OH, OW)`` of a convolution; every argument is a pair ``(h, w)`` of ints.
+    """``(OH, OW)`` of a convolution; every argument is an int or a pair ``(h, w)`` of ints.
 
     ``O = (I + 2*padding - kernel) // stride + 1`` per axis (PyTorch's ``Conv2d`` with
     dilation 1); a result < 1 means the input is too small.
+
+    Raises:
+        ValueError: an argument that is not an int or a pair of ints (>= 1; padding >= 0).
     """
-    sizes = zip(in_size, kernel_size, stride, padding)
+    sizes = zip(pair(in_size, "in_size", "conv2d_output_size", minimum=1),
+                pair(kernel_size, "kernel_size", "conv2d_output_size", minimum=1),
+                pair(stride, "stride", "conv2d_output_size", minimum=1),
+                pair(padding, "padding", "conv2d_output_size", minimum=0))
     return tuple((i + 2 * p - k) // s + 1 for i, k, s, p in sizes)
 
 
@@ -149,6 +156,25 @@ def _check_weight_and_bias(layer, x, weight, bias):
         )
 
 
+def _check_workspace_sizes(layer, x, weight_shape, stride, padding, method, new_out,
+                           new_matrix):
+    """MemoryError, before anything is allocated, if the output, the padded input (direct) or
+    im2col's matrix would not fit in memory (see :func:`minidl._checks.check_allocation`)."""
+    n, channels, height, width = x.shape
+    out_channels, _, kernel_h, kernel_w = weight_shape
+    kernel_size = (kernel_h, kernel_w)
+    out_h, out_w = conv2d_output_size((height, width), kernel_size, stride, padding)
+    if new_out:
+        check_allocation(layer, "output", (n, out_channels, out_h, out_w), x.dtype)
+    if method == "direct":
+        check_allocation(layer, "padded input",
+                         (n, channels, height + 2 * padding[0], width + 2 * padding[1]), x.dtype)
+    elif method == "im2col" and new_matrix:
+        check_allocation(layer, "im2col matrix",
+                         conv_im2col.matrix_shape(x.shape, kernel_size, (out_h, out_w), x.dtype),
+                         x.dtype)
+
+
 def conv2d_forward(x, weight, bias=None, stride=1, padding=0, layer="conv2d", workspace=None,
                    method="auto", out=None):
     """2-D convolution (cross-correlation) of a batch, like ``torch.nn.functional.conv2d``.
@@ -182,7 +208,10 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, layer="conv2d", wo
     Raises:
         TypeError: an argument is not a float32/float64 ndarray, or dtypes differ.
         ValueError: a wrong shape, a bad stride/padding, an input smaller than the kernel, an
-            unknown method, or an unusable workspace or out.
+            unknown method, or an unusable workspace or out (wrong shape, dtype or layout,
+            read-only, or sharing memory with an input or with each other).
+        MemoryError: the output (or the padded input, or im2col's matrix) would not fit in
+            this machine's memory; raised before anything is allocated.
     """
     check_input(layer, x, "NCHW")
     _check_weight_and_bias(layer, x, weight, bias)
@@ -190,9 +219,18 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, layer="conv2d", wo
     padding = pair(padding, "padding", layer, minimum=0)
     out_channels, in_channels, kernel_h, kernel_w = weight.shape
     out_h, out_w = check_spatial_size(layer, x.shape, (kernel_h, kernel_w), stride, padding)
-    out = _memory.output(layer, out, (x.shape[0], out_channels, out_h, out_w), x.dtype)
+    out_shape = (x.shape[0], out_channels, out_h, out_w)
     method = choose_method(method, kernel_h * kernel_w * in_channels, layer, stride,
                            (kernel_h, kernel_w))
+    _check_workspace_sizes(layer, x, weight.shape, stride, padding, method, out is None,
+                           workspace is None)
+    if method == "im2col" and isinstance(workspace, np.ndarray):
+        check_no_overlap(layer, "workspace", workspace, input=x, weight=weight, bias=bias)
+    given = out is not None
+    out = _memory.output(layer, out, out_shape, x.dtype)
+    if given:
+        check_no_overlap(layer, "out", out, input=x, weight=weight, bias=bias,
+                         workspace=workspace if method == "im2col" else None)
     if get_backend() == "reference":  # reference backend: the convolution sum, in NumPy
         with _blas.one_thread():  # its einsums are matrix products, on one thread like ours
             return reference.conv2d_forward(x, weight, bias, stride, padding, layer, workspace,
@@ -234,5 +272,62 @@ def conv2d_backward(dout, cache, layer="conv2d", input_grad=True):
     if backward is None:
         raise TypeError(f"{layer}: expected the cache returned by conv2d_forward, got "
                         f"{type(cache).__name__}")
+    _check_cache(layer, cache)
     check_grad(layer, dout, cache.out_shape, cache.dtype)
     return backward(dout, cache, input_grad)
+
+
+def _check_cache(layer, cache):
+    """Check that the arrays of a compiled method's cache have the shapes its geometry implies
+    (a cache is a tuple the caller could have changed; its arrays reach the kernels).
+
+    Raises:
+        ValueError: naming the field and what it should be.
+    """
+    def array(field, shape, contiguous=True):
+        check_cache_array(layer, "conv2d_forward", field, getattr(cache, field), shape,
+                          cache.dtype, contiguous)
+
+    try:
+        n, channels, height, width = (int(v) for v in cache.x_shape)
+        _, out_channels, out_h, out_w = (int(v) for v in cache.out_shape)
+        pad_h, pad_w = (int(v) for v in cache.padding)
+        dtype_ok = np.dtype(cache.dtype) in (np.float32, np.float64)
+    except (TypeError, ValueError):
+        dtype_ok = False
+    if not dtype_ok or min(n, channels, height, width, out_channels, out_h, out_w) < 1 or \
+            min(pad_h, pad_w) < 0:
+        raise ValueError(f"{layer}: the cache's shapes, padding or dtype are not what "
+                         f"conv2d_forward made; pass the cache it returned, unchanged")
+    if isinstance(cache, DirectCache):
+        weight = cache.weight
+        kernel_h, kernel_w = weight.shape[2:] if isinstance(weight, np.ndarray) and \
+            weight.ndim == 4 else (1, 1)
+        padded = (n, channels, height + 2 * pad_h, width + 2 * pad_w)
+        array("x_pad", padded)
+        array("weight", (out_channels, channels, kernel_h, kernel_w))
+        geometry = (padded[2] - kernel_h + 1, padded[3] - kernel_w + 1)
+    elif isinstance(cache, WinogradCache):
+        array("x", (n, channels, height, width))
+        array("u", (16, channels, out_channels), contiguous=False)
+        geometry = (height + 2 * pad_h - 2, width + 2 * pad_w - 2)
+        if not isinstance(cache.block_rows, (int, np.integer)) or cache.block_rows < 1:
+            geometry = None
+    else:
+        _, _, kernel_h, kernel_w = (int(v) for v in cache.weight_shape)
+        stride = tuple(int(v) for v in cache.stride)
+        taps = kernel_h * kernel_w * channels
+        array("weight_rows", (out_channels, taps))
+        if cache.cols is not None:
+            array("cols", (n * out_h * out_w, taps))
+        else:
+            array("x_nhwc", (n, height, width, channels))
+        chunk = int(cache.chunk)
+        valid = min(kernel_h, kernel_w, *stride, chunk) >= 1 and len(stride) == 2 and (
+            cache.cols is None or chunk >= n)
+        geometry = conv2d_output_size((height, width), (kernel_h, kernel_w), stride,
+                                      (pad_h, pad_w)) if valid else None
+    if geometry != (out_h, out_w):
+        raise ValueError(f"{layer}: the cache's geometry (input {cache.x_shape}, output "
+                         f"{cache.out_shape}, padding {cache.padding}) is not what "
+                         f"conv2d_forward made; pass the cache it returned, unchanged")

@@ -26,6 +26,15 @@ __all__ = ["WinogradCache", "forward", "backward", "BLOCK_BYTES"]
 BLOCK_BYTES = 384 << 10
 # the kernels' products work on rows in steps of 4 and columns in steps of 32
 ROW_STEP, COL_STEP = _kernel.PRODUCT_STEPS
+# The backward pass sums the weight and bias gradients per chunk of consecutive images, each
+# chunk on one thread, and then adds the chunks in order: the same sums whatever the number of
+# threads. A chunk holds about CHUNK_TILES tiles or more, so that adding its partial gradient
+# (one pass over 16*C4*KP numbers, in _kernel.sum_chunks) costs about 1-2% of computing it (4
+# flops per tile and number, for dU and dV); the number of chunks is one of CHUNK_COUNTS, which
+# split evenly among 2, 3, 4, 6, 8, 12, 16 or 24 threads (the batch is split as evenly as
+# possible among the chunks), so no thread count loses more than a chunk's share of balance.
+CHUNK_TILES = 128
+CHUNK_COUNTS = (1, 2, 4, 6, 12, 24, 48)
 
 
 class WinogradCache(NamedTuple):
@@ -79,6 +88,14 @@ def _threads(n, work):
     return max(1, min(n, _config.threads_for(work)))
 
 
+def gradient_chunks(n, tiles_per_image):
+    """How many chunks of images the backward pass sums the weight gradient in: a function of
+    the batch alone (never of the thread count), the largest of ``CHUNK_COUNTS`` that gives
+    chunks of at least ``CHUNK_TILES`` tiles, at most ``n``."""
+    wanted = min(n, max(1, n * tiles_per_image // CHUNK_TILES))
+    return max(c for c in CHUNK_COUNTS if c <= wanted)
+
+
 def forward(x, weight, bias, padding, out):
     """Write the convolution of ``x`` into ``out``; return the :class:`WinogradCache`.
 
@@ -112,17 +129,22 @@ def backward(dout, cache, input_grad):
     dout = np.ascontiguousarray(dout)
     n, channels = x.shape[:2]
     k, out_h, out_w = dout.shape[1:]
-    threads = _threads(n, dout.size * channels)
+    tile_rows, tiles_per_row = tiles(out_h, out_w)
+    chunks = gradient_chunks(n, tile_rows * tiles_per_row)
+    threads = _threads(chunks, dout.size * channels)
     ut = _padded_columns(cache.u.transpose(0, 2, 1), _round_up(channels, COL_STEP))
-    du = _memory.zeros((threads, 16, _round_up(channels, ROW_STEP), _round_up(k, COL_STEP)),
+    # one row per chunk, overwritten by the kernel (no zeroing needed)
+    du = _memory.empty((chunks, 16, _round_up(channels, ROW_STEP), _round_up(k, COL_STEP)),
                        dtype)
-    dbias = np.zeros((threads, k), np.float64)
+    dbias = np.empty((chunks, k), np.float64)
     dx = _memory.empty(x.shape, dtype) if input_grad else np.empty((1, 1, 1, 1), dtype)
     size = _kernel.scratch_size(channels, k, out_h, out_w, cache.block_rows, input_grad)
     scratch = _memory.empty((threads, size), dtype)
     _kernel.backward(x, dout, ut, du, dbias, has_bias, dx, input_grad, *cache.padding,
-                     cache.block_rows, scratch, threads)
-    du = du[:, :, :channels, :k].sum(axis=0, dtype=np.float64)
+                     cache.block_rows, chunks, scratch, threads)
+    total = np.empty(du[0].size, np.float64)
+    _kernel.sum_chunks(du.reshape(chunks, -1), total, _threads(total.size, du.size))
+    du = total.reshape(du.shape[1:])[:, :channels, :k]
     with _blas.one_thread():
         dweight = weight_grad_transform(du, dtype)
     dbias = dbias.sum(axis=0).astype(dtype) if has_bias else None

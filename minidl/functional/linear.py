@@ -7,6 +7,8 @@ Under ``with minidl.backend("reference"):`` the validated arguments go instead t
 :mod:`minidl.reference.functional.linear`, and a cache that it made sends the backward pass
 there too (the ``if`` statements marked "reference backend").
 """
+import numpy as np
+
 from .. import _blas
 from .._backend import get_backend
 from .._checks import check_float_array, check_grad, check_input
@@ -62,6 +64,10 @@ def linear_backward(dout, cache, layer="linear", input_grad=True):
     Raises:
         ValueError/TypeError: ``dout`` does not match the forward output.
     """
+    if not (isinstance(cache, tuple) and len(cache) == 3 and all(
+            isinstance(a, np.ndarray) for a in cache[:2])):
+        raise TypeError(f"{layer}: expected the cache returned by linear_forward, got "
+                        f"{type(cache).__name__}")
     x, w, has_bias = cache
     check_grad(layer, dout, (x.shape[0], w.shape[0]), x.dtype)
     with _blas.one_thread():

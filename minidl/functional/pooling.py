@@ -33,7 +33,8 @@ import numpy as np
 
 from .. import _config, _memory
 from .._backend import get_backend
-from .._checks import check_grad, check_input, pair
+from .._checks import (check_allocation, check_cache_array, check_grad, check_input,
+                       check_no_overlap, pair)
 from .._kernels import _pool as _kernel
 from ..reference.functional import pooling as reference
 
@@ -100,7 +101,9 @@ def max_pool2d_forward(x, kernel_size, stride=None, layer="max_pool2d", out=None
     Raises:
         TypeError: ``x`` is not a float32/float64 ndarray.
         ValueError: wrong rank, bad kernel_size/stride, an input smaller than the window, or an
-            unusable ``out``/``argmax``.
+            unusable ``out``/``argmax`` (wrong shape, dtype or layout, read-only, or sharing
+            memory with ``x`` or with each other).
+        MemoryError: the output would not fit in this machine's memory.
 
     2x2 windows with stride 2 take a specialized kernel; every geometry gives the same
     results (values, indices, ties and NaN rule) as the general one.
@@ -113,14 +116,54 @@ def max_pool2d_forward(x, kernel_size, stride=None, layer="max_pool2d", out=None
     out_w = (width - kernel_size[1]) // stride[1] + 1
 
     shape = (n, c, out_h, out_w)
+    given_out, given_argmax = out is not None, argmax is not None
+    if not (given_out and given_argmax):  # int64 indices and the output: <= 16 bytes each
+        check_allocation(layer, "output and argmax", (2,) + shape, np.float64)
     out = _memory.output(layer, out, shape, x.dtype)
     argmax = _memory.output(layer, argmax, shape, np.int64, "argmax")
+    if given_out:
+        check_no_overlap(layer, "out", out, input=x, argmax=argmax)
+    if given_argmax:
+        check_no_overlap(layer, "argmax", argmax, input=x)
     if get_backend() == "reference":  # reference backend: the max of each window, in NumPy
         return reference.max_pool2d_forward(x, kernel_size, stride, layer, out, argmax)
     x = np.ascontiguousarray(x)
     _kernel.max_pool2d_forward(x, out, argmax, *kernel_size, *stride, _config.threads_for(x.size))
     two_by_two = kernel_size == (2, 2) and stride == (2, 2)
     return out, MaxPool2dCache(argmax, x.shape, x.dtype, two_by_two)
+
+
+def _check_cache(layer, cache):
+    """The cache's ``argmax`` as the backward kernel needs it: int64, C-contiguous, one entry
+    per output of the geometry in ``x_shape``, and (where the kernel writes ``dx`` at those
+    indices: any window but 2x2 with stride 2) every index inside its ``(H, W)`` plane.
+
+    The arrays of a cache can be changed by the caller (``argmax`` may even be the caller's own
+    array, passed to the forward), and an index out of its plane would make the kernel write
+    outside ``dx``. The range check is one pass over ``argmax`` (a quarter or less of the
+    input's size), on the general path only: the 2x2 kernel only compares the indices.
+    """
+    try:
+        n, c, height, width = (int(v) for v in cache.x_shape)
+        ok = min(n, c, height, width) >= 1 and isinstance(cache.argmax, np.ndarray) and \
+            cache.argmax.ndim == 4 and cache.argmax.shape[:2] == (n, c)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"{layer}: the cache's x_shape or argmax is not what "
+                         f"max_pool2d_forward made; pass the cache it returned, unchanged")
+    argmax = cache.argmax
+    out_h, out_w = argmax.shape[2:]
+    check_cache_array(layer, "max_pool2d_forward", "argmax", argmax, (n, c, out_h, out_w),
+                      np.int64)
+    if getattr(cache, "two_by_two", False):
+        if 2 * out_h > height or 2 * out_w > width:
+            raise ValueError(f"{layer}: the cache's argmax {argmax.shape} does not fit 2x2 "
+                             f"windows on an input of shape {cache.x_shape}")
+    elif argmax.size and (argmax.min() < 0 or argmax.max() >= height * width):
+        raise ValueError(f"{layer}: the cache's argmax holds indices outside [0, {height * width})"
+                         f" (H*W of the input): it was changed after max_pool2d_forward; pass "
+                         f"the cache it returned, unchanged")
 
 
 def max_pool2d_backward(dout, cache, layer="max_pool2d", out=None):
@@ -137,11 +180,20 @@ def max_pool2d_backward(dout, cache, layer="max_pool2d", out=None):
         np.ndarray: ``dx`` of shape ``(N, C, H, W)`` in the dtype of ``x``: each ``dout``
         element is added to the input element that won its window, zeros elsewhere.
     Raises:
-        TypeError/ValueError: ``dout`` does not match the forward output, or an unusable
-            ``out``.
+        TypeError/ValueError: ``dout`` does not match the forward output; an unusable ``out``
+            (as for the forward, or sharing memory with ``dout`` or the cache's ``argmax``); a
+            cache that is not the one the forward returned (its ``argmax`` changed shape,
+            dtype or layout, or holds an index outside its ``(H, W)`` plane).
     """
+    if not isinstance(cache, (MaxPool2dCache, reference.MaxPool2dCache)):
+        raise TypeError(f"{layer}: expected the cache returned by max_pool2d_forward, got "
+                        f"{type(cache).__name__}")
+    _check_cache(layer, cache)
     check_grad(layer, dout, cache.argmax.shape, cache.dtype)
+    given = out is not None
     dx = _memory.output(layer, out, cache.x_shape, cache.dtype)
+    if given:  # the cache serves further backward calls: argmax must stay intact
+        check_no_overlap(layer, "out", dx, gradient=dout, argmax=cache.argmax)
     if isinstance(cache, reference.MaxPool2dCache):  # reference backend: made by its forward
         return reference.max_pool2d_backward(dout, cache, layer, dx)
     dout = np.ascontiguousarray(dout)

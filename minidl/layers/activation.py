@@ -1,10 +1,14 @@
-"""Activation layers: ReLU and Softmax."""
-from .._checks import check_grad
+"""Activation layers: ReLU, Softmax, Sigmoid and Tanh."""
+import numpy as np
+
+from .._checks import check_grad, check_kept, watch_kept
 from .._grad_mode import save_for_backward, saved_for_backward
-from ..functional.activation import relu_backward, relu_forward, softmax_backward, softmax_forward
+from ..functional.activation import (relu_backward, relu_forward, sigmoid_backward,
+                                     sigmoid_forward, softmax_backward, softmax_forward,
+                                     tanh_backward, tanh_forward)
 from .module import Module
 
-__all__ = ["ReLU", "Softmax"]
+__all__ = ["ReLU", "Softmax", "Sigmoid", "Tanh"]
 
 
 class _Stateless(Module):
@@ -13,27 +17,33 @@ class _Stateless(Module):
     def __init__(self):
         super().__init__()
         self._cache = None
+        self._watched = ()  # fingerprint of the output the cache refers to
+
+    def _keep(self, cache, out):
+        """Keep ``cache`` for backward, with a fingerprint of ``out`` (which it refers to)."""
+        self._cache = save_for_backward(cache)
+        self._watched = watch_kept(self._cache, output=out)
 
     def _need_cache(self):
-        return saved_for_backward(type(self).__name__, self._cache)
+        cache = saved_for_backward(type(self).__name__, self._cache)
+        check_kept(type(self).__name__, self._watched)
+        return cache
 
     def _no_input_grad(self, dout, output):
         """``backward(dout, input_grad=False)``: check ``dout`` against ``output``; None."""
         check_grad(type(self).__name__, dout, output.shape, output.dtype)
 
 
-class ReLU(_Stateless):
-    """Rectified linear unit, ``max(x, 0)`` elementwise (Nair & Hinton, 2010).
-
-    Shape: any input, float32 or float64; output of the same shape and dtype.
-    The gradient at exactly 0 is 0, as in PyTorch. The backward pass reads the output (as
-    PyTorch's does), so an output modified in place before ``backward`` changes the gradient.
-    """
+class _OutputActivation(_Stateless):
+    """An elementwise activation whose backward reads its output (``_forward_op``,
+    ``_backward_op`` from :mod:`minidl.functional.activation`); an output modified in place
+    before ``backward`` is a RuntimeError."""
 
     def forward(self, x):
         self._cache = None  # frees the previous output: its block can serve this one
-        out, cache = relu_forward(x, layer="ReLU")
-        self._cache = save_for_backward(cache)
+        self._watched = ()  # (and the fingerprints' references to them)
+        out, cache = self._forward_op(x, layer=type(self).__name__)
+        self._keep(cache, out)
         return out
 
     def backward(self, dout, input_grad=True):
@@ -41,7 +51,19 @@ class ReLU(_Stateless):
         cache = self._need_cache()
         if not input_grad:
             return self._no_input_grad(dout, cache.y)
-        return relu_backward(dout, cache, layer="ReLU")
+        return self._backward_op(dout, cache, layer=type(self).__name__)
+
+
+class ReLU(_OutputActivation):
+    """Rectified linear unit, ``max(x, 0)`` elementwise (Nair & Hinton, 2010).
+
+    Shape: any input, float32 or float64; output of the same shape and dtype.
+    The gradient at exactly 0 is 0, as in PyTorch. The backward pass reads the output (as
+    PyTorch's does), so an output modified in place before ``backward`` is a RuntimeError.
+    """
+
+    _forward_op = staticmethod(relu_forward)
+    _backward_op = staticmethod(relu_backward)
 
 
 class Softmax(_Stateless):
@@ -52,18 +74,26 @@ class Softmax(_Stateless):
 
     Args:
         axis (int): the axis that sums to 1. Default 1 (classes of an ``(N, K)`` input).
-    Shape: any input with that axis, float32 or float64; output of the same shape and dtype.
-    Raises: TypeError for non-float input, ValueError if ``axis`` is out of range.
+    Shape:
+        any input with that axis, float32 or float64; output of the same shape and dtype.
+
+    Raises:
+        TypeError: non-float input or a non-int ``axis``.
+        ValueError: ``axis`` out of range, or the input has no entry along it (zero classes).
+        RuntimeError: the output was modified in place before ``backward``.
     """
 
     def __init__(self, axis=1):
         super().__init__()
+        if isinstance(axis, (bool, np.bool_)) or not isinstance(axis, (int, np.integer)):
+            raise TypeError(f"Softmax: expected axis to be an int, got {axis!r}")
         self.axis = int(axis)
 
     def forward(self, x):
         self._cache = None
+        self._watched = ()  # (and the fingerprints' references to them)
         out, cache = softmax_forward(x, self.axis, layer="Softmax")
-        self._cache = save_for_backward(cache)
+        self._keep(cache, out)
         return out
 
     def backward(self, dout, input_grad=True):
@@ -75,3 +105,40 @@ class Softmax(_Stateless):
 
     def extra_repr(self):
         return f"axis={self.axis}"
+
+
+class Sigmoid(_OutputActivation):
+    """The logistic sigmoid ``1 / (1 + exp(-x))`` elementwise (PyTorch's ``nn.Sigmoid``).
+
+    Computed without overflow for any ``|x|`` (see :func:`minidl.functional.sigmoid_forward`); the
+    backward pass is ``dout * y * (1 - y)`` from the output ``y``, so an output modified in
+    place before ``backward`` is a RuntimeError (as in PyTorch).
+
+    Shape:
+        any input, float32 or float64; output of the same shape and dtype.
+
+    Raises:
+        TypeError: non-float input.
+        RuntimeError: the output was modified in place before ``backward``.
+    """
+
+    _forward_op = staticmethod(sigmoid_forward)
+    _backward_op = staticmethod(sigmoid_backward)
+
+
+class Tanh(_OutputActivation):
+    """The hyperbolic tangent elementwise (PyTorch's ``nn.Tanh``).
+
+    The backward pass is ``dout * (1 - y^2)`` from the output ``y``, so an output modified in
+    place before ``backward`` is a RuntimeError (as in PyTorch).
+
+    Shape:
+        any input, float32 or float64; output of the same shape and dtype.
+
+    Raises:
+        TypeError: non-float input.
+        RuntimeError: the output was modified in place before ``backward``.
+    """
+
+    _forward_op = staticmethod(tanh_forward)
+    _backward_op = staticmethod(tanh_backward)

@@ -1,7 +1,8 @@
 """The 2-D convolution layer."""
 import numpy as np
 
-from .._checks import check_input, pair, positive_int
+from .._checks import (check_allocation, check_bool, check_input, check_kept, float_dtype, pair,
+                       positive_int, watch_kept)
 from .._grad_mode import save_for_backward, saved_for_backward
 from ..functional.conv import check_method, conv2d_backward, conv2d_forward
 from .init import uniform_fan_in
@@ -46,9 +47,12 @@ class Conv2D(Module):
     Raises:
         ValueError: bad constructor arguments; an input of the wrong rank, channel count or
             too small for the kernel; a gradient of the wrong shape.
-        TypeError: a non-float input or gradient.
+        TypeError: a non-float input or gradient; a ``dtype`` other than float32/float64; a
+            ``bias`` that is not a bool.
+        MemoryError: a weight (at construction) or an output too large for this machine.
         RuntimeError: ``backward`` before ``forward``, or after a forward under
-            :class:`minidl.no_grad`.
+            :class:`minidl.no_grad`; the input or the weight was modified in place between
+            ``forward`` and ``backward`` (PyTorch raises there too).
 
     Example::
 
@@ -67,14 +71,18 @@ class Conv2D(Module):
         self.padding = pair(padding, "padding", "Conv2D", minimum=0)
         self.method = method
         check_method(method, "Conv2D", self.stride, self.kernel_size)
+        dtype = float_dtype("Conv2D", dtype)
+        bias = check_bool("Conv2D", "bias", bias)
         fan_in = self.in_channels * self.kernel_size[0] * self.kernel_size[1]
         weight_shape = (self.out_channels, self.in_channels) + self.kernel_size
+        check_allocation("Conv2D", "weight", (2,) + weight_shape, dtype)  # with its grad
         self.weight = Parameter(uniform_fan_in(weight_shape, fan_in, rng, dtype))
         if bias:
             self.bias = Parameter(uniform_fan_in((self.out_channels,), fan_in, rng, dtype))
         else:
             self.bias = None
         self._cache = None
+        self._watched = ()  # fingerprints of the arrays the cache refers to (see forward)
 
     def _params_as(self, dtype):
         """``(weight, bias)`` data in ``dtype`` (no copy when it already matches)."""
@@ -86,10 +94,12 @@ class Conv2D(Module):
         """Convolve ``x`` ``(N, C_in, H, W)``; returns ``(N, C_out, OH, OW)`` in x's dtype."""
         check_input("Conv2D", x, "NCHW", {"C": self.in_channels})
         self._cache = None  # frees the previous step's arrays before this one allocates
+        self._watched = ()  # (and the fingerprints' references to them)
         weight, bias = self._params_as(x.dtype)
         out, cache = conv2d_forward(x, weight, bias, self.stride, self.padding, layer="Conv2D",
                                     method=self.method)
         self._cache = save_for_backward(cache)
+        self._watched = watch_kept(self._cache, input=x, weight=self.weight.data)
         return out
 
     def backward(self, dout, input_grad=True):
@@ -106,12 +116,15 @@ class Conv2D(Module):
             np.ndarray or None: ``(N, C_in, H, W)`` in the dtype of the last input, or None.
         Raises:
             RuntimeError: no forward pass has been run since the last backward pass, or it ran
-                under :class:`minidl.no_grad`.
+                under :class:`minidl.no_grad`; the input or weight of the forward pass was
+                modified in place since (when the cache refers to it rather than a copy).
             ValueError/TypeError: ``dout`` does not match the last output.
         """
         cache = saved_for_backward("Conv2D", self._cache, " (each forward allows one backward)")
+        check_kept("Conv2D", self._watched)
         dx, dweight, dbias = conv2d_backward(dout, cache, layer="Conv2D", input_grad=input_grad)
         self._cache = None
+        self._watched = ()  # (and the fingerprints' references to them)
         self.weight.accumulate_grad(dweight)
         if self.bias is not None:
             self.bias.accumulate_grad(dbias)

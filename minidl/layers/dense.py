@@ -1,7 +1,8 @@
 """Dense (fully connected) layer."""
 import numpy as np
 
-from .._checks import positive_int
+from .._checks import (check_allocation, check_bool, check_kept, float_dtype, positive_int,
+                       watch_kept)
 from .._grad_mode import save_for_backward, saved_for_backward
 from ..functional.linear import linear_backward, linear_forward
 from .init import uniform_fan_in
@@ -29,29 +30,42 @@ class Dense(Module):
         input ``(N, in_features)``, float32 or float64; output ``(N, out_features)``, same dtype.
 
     Raises:
-        TypeError: non-float input. ValueError: input not ``(N, in_features)``.
+        TypeError: non-float input; a ``dtype`` other than float32/float64; a non-bool ``bias``.
+        ValueError: input not ``(N, in_features)``; sizes that are not integers >= 1.
+        MemoryError: a weight too large for this machine (at construction).
+        RuntimeError: ``backward`` before ``forward``; the input or the weight was modified in
+            place between ``forward`` and ``backward`` (PyTorch raises there too).
     """
 
     def __init__(self, in_features, out_features, bias=True, rng=None, dtype=np.float32):
         super().__init__()
         self.in_features = positive_int(in_features, "in_features", "Dense")
         self.out_features = positive_int(out_features, "out_features", "Dense")
-        self.weight = Parameter(uniform_fan_in((out_features, in_features), in_features, rng, dtype))
-        self.bias = Parameter(uniform_fan_in((out_features,), in_features, rng, dtype)) if bias else None
+        dtype = float_dtype("Dense", dtype)
+        bias = check_bool("Dense", "bias", bias)
+        shape = (self.out_features, self.in_features)
+        check_allocation("Dense", "weight", (2,) + shape, dtype)  # with its grad
+        self.weight = Parameter(uniform_fan_in(shape, self.in_features, rng, dtype))
+        self.bias = (Parameter(uniform_fan_in((self.out_features,), self.in_features, rng, dtype))
+                     if bias else None)
         self._cache = None
+        self._watched = ()  # fingerprints of the arrays the cache refers to (see forward)
 
     def forward(self, x):
         self._cache = None
+        self._watched = ()  # (and the fingerprints' references to them)
         out, cache = linear_forward(
             x, self.weight.data, None if self.bias is None else self.bias.data, layer="Dense"
         )
         self._cache = save_for_backward(cache)
+        self._watched = watch_kept(self._cache, input=x, weight=self.weight.data)
         return out
 
     def backward(self, dout, input_grad=True):
         """Accumulate parameter gradients; return d loss / d x, or None when ``input_grad`` is
         False (see :meth:`Module.backward`)."""
         cache = saved_for_backward("Dense", self._cache)
+        check_kept("Dense", self._watched)
         dx, dweight, dbias = linear_backward(dout, cache, layer="Dense", input_grad=input_grad)
         self.weight.accumulate_grad(dweight)
         if self.bias is not None:

@@ -12,6 +12,11 @@ Every module implements an explicit ``forward(x)``, which keeps what its backwar
 *accumulates* parameter gradients into ``Parameter.grad`` (like PyTorch's ``.grad``; call
 ``zero_grad()`` or ``optimizer.zero_grad()`` between steps) and returns the gradient with
 respect to its input -- or None when ``input_grad`` is False (see :meth:`Module.backward`).
+
+A backward pass is all or nothing for the gradients: when any ``backward`` raises (a wrong
+``dout`` reaching a layer in the middle of a model, an error in your own layer, Ctrl-C), every
+``Parameter.grad`` the pass could have changed is put back to its value before the outermost
+``backward`` call, so no layer's gradient is left accumulated twice (see :class:`_BackwardPass`).
 """
 import contextvars
 import functools
@@ -34,7 +39,7 @@ class Parameter:
             backward pass accumulates into it.
     """
 
-    __slots__ = ("data", "grad")
+    __slots__ = ("data", "grad", "_backup")
 
     def __init__(self, data):
         data = np.ascontiguousarray(data)
@@ -42,6 +47,7 @@ class Parameter:
             raise TypeError(f"Parameter: expected float32 or float64 data, got {data.dtype}")
         self.data = data
         self.grad = np.zeros_like(data)
+        self._backup = None  # where a backward pass keeps grad's old value (see _BackwardPass)
 
     @property
     def shape(self):
@@ -56,8 +62,25 @@ class Parameter:
         self.grad[...] = 0
 
     def accumulate_grad(self, g):
-        """Add ``g`` (same shape, any float dtype) to ``grad`` in place."""
-        self.grad += g
+        """Add ``g`` (same shape, any float dtype) to ``grad`` in place.
+
+        Inside a backward pass the old value is saved first, so that a failing pass can put it
+        back (see :meth:`Module.backward`). A ``grad`` set to None starts again from ``g``.
+
+        Raises:
+            ValueError: ``g`` does not have the parameter's shape (it would broadcast).
+        """
+        g = np.asarray(g)
+        if g.shape != self.data.shape:
+            raise ValueError(f"Parameter{self.data.shape}: expected a gradient of shape "
+                             f"{self.data.shape}, got shape {g.shape}")
+        backward_pass = _BACKWARD_PASS.get()
+        if backward_pass is not None:
+            backward_pass.save(self)
+        if self.grad is None:
+            self.grad = g.astype(self.data.dtype)  # a new array
+        else:
+            self.grad += g
 
     def __repr__(self):
         return f"Parameter(shape={self.data.shape}, dtype={self.data.dtype})"
@@ -120,12 +143,19 @@ class Module:
         if name in self._buffers and not isinstance(value, (Parameter, Module)):
             object.__setattr__(self, name, value)  # re-assigning a buffer keeps it a buffer
             return
-        for store in (self._parameters, self._buffers, self._modules):
-            store.pop(name, None)
         if isinstance(value, Parameter):
-            self._parameters[name] = value
+            target = self._parameters
         elif isinstance(value, Module):
-            self._modules[name] = value
+            target = self._modules
+        else:
+            target = None
+        for store in (self._parameters, self._buffers, self._modules):
+            if store is not target:
+                store.pop(name, None)
+        if target is not None:
+            # a replaced child or parameter keeps its place (as in PyTorch): a Sequential's
+            # layer swapped for another still runs in the same position
+            target[name] = value
         object.__setattr__(self, name, value)
 
     def register_buffer(self, name, array):
@@ -167,6 +197,10 @@ class Module:
                 under :class:`minidl.no_grad` (which keeps nothing for backward), or, for
                 layers that keep one forward pass for one backward pass, it was already used.
             ValueError/TypeError: ``dout`` does not match the last output.
+
+        Whatever the error (here or in any module this one calls), the parameter gradients are
+        left as they were before the call: the outermost ``backward`` saves every gradient it
+        may change and puts them back when an exception leaves it (see :class:`_BackwardPass`).
         """
         raise NotImplementedError(f"{type(self).__name__} does not implement backward")
 
@@ -377,7 +411,7 @@ class Module:
         for _, module in self.named_modules():
             for p in module._parameters.values():
                 p.data = p.data.astype(dtype)
-                p.grad = p.grad.astype(dtype)
+                p.grad = None if p.grad is None else p.grad.astype(dtype)
             for name, value in module._buffer_items():
                 if isinstance(value, np.ndarray) and value.dtype.kind == "f":
                     object.__setattr__(module, name, value.astype(dtype))
@@ -524,16 +558,81 @@ class RemovableHandle:
         self.remove()
 
 
-def _with_backward_hooks(backward):
-    """Wrap a class's ``backward`` so that the instance's backward hooks run around it."""
+class _BackwardPass:
+    """The parameter gradients one outermost ``backward`` call may change, as they were before.
 
-    @functools.wraps(backward)
-    def backward_with_hooks(self, dout, *args, **kwargs):
+    The outermost call saves the gradient of every parameter of its module (one copy into a
+    buffer each Parameter keeps, so a step allocates nothing); :meth:`Parameter.accumulate_grad`
+    saves any other parameter it is asked to change (one held outside the module tree). When an
+    exception leaves the outermost call, :meth:`restore` puts each ``grad`` back -- the same
+    array object, its old values -- so a failed backward changes no gradient. Measured on the
+    MNIST CNN + BN at batch 64 (421,642 parameters): about 0.1 ms per step (README, "Errors and
+    guarantees").
+    """
+
+    __slots__ = ("saved",)
+
+    def __init__(self, module):
+        self.saved = {}
+        for p in module.parameters():
+            self.save(p)
+
+    def save(self, p):
+        """Keep ``p.grad`` as it is now, unless it is already kept."""
+        if id(p) in self.saved:
+            return
+        grad = p.grad
+        if grad is None:
+            self.saved[id(p)] = (p, None)
+            return
+        backup = p._backup
+        if backup is None or backup.shape != grad.shape or backup.dtype != grad.dtype:
+            backup = p._backup = np.empty_like(grad)
+        np.copyto(backup, grad)
+        self.saved[id(p)] = (p, grad)
+
+    def restore(self):
+        """Put every saved gradient back (the original array, with its old values)."""
+        for p, grad in self.saved.values():
+            if grad is not None:
+                np.copyto(grad, p._backup)
+            p.grad = grad
+
+
+_BACKWARD_PASS = contextvars.ContextVar("minidl_backward_pass", default=None)  # per thread
+
+
+def _restored_note(error):
+    if hasattr(error, "add_note"):  # Python >= 3.11
+        error.add_note("minidl: the backward pass failed, so every Parameter.grad was put back "
+                       "to its value before the outermost backward call")
+
+
+def _with_backward_hooks(backward):
+    """Wrap a class's ``backward`` so that the instance's backward hooks run around it, and the
+    outermost call of a backward pass restores the gradients if it fails."""
+
+    def run(self, dout, args, kwargs):
         if self._backward_pre_hooks or self._backward_hooks:
             return self._backward_with_hooks(backward, dout, args, kwargs)
         if args or kwargs:
             return backward(self, dout, *args, **kwargs)
         return backward(self, dout)
+
+    @functools.wraps(backward)
+    def backward_with_hooks(self, dout, *args, **kwargs):
+        if _BACKWARD_PASS.get() is not None:  # inside a backward pass: a parent called us
+            return run(self, dout, args, kwargs)
+        backward_pass = _BackwardPass(self)
+        token = _BACKWARD_PASS.set(backward_pass)
+        try:
+            return run(self, dout, args, kwargs)
+        except BaseException as error:
+            backward_pass.restore()
+            _restored_note(error)
+            raise
+        finally:
+            _BACKWARD_PASS.reset(token)
 
     backward_with_hooks._runs_backward_hooks = True
     return backward_with_hooks

@@ -11,8 +11,9 @@ __all__ = ["Flatten"]
 class Flatten(Module):
     """Flatten every axis but the first: ``(N, d1, d2, ...)`` to ``(N, d1*d2*...)``.
 
-    Shape: input ``(N, *)`` with at least 2 axes, float32 or float64; output ``(N, prod(*))``.
-    Raises: TypeError for non-float input, ValueError for a 1-D input.
+    Shape: input ``(N, *)`` with at least 2 axes, float32 or float64; output ``(N, prod(*))``
+    (an empty batch ``(0, *)`` gives ``(0, prod(*))``, as in PyTorch).
+    Raises: TypeError for non-float input, ValueError for a 0-d or 1-D input.
     """
 
     def __init__(self):
@@ -24,7 +25,7 @@ class Flatten(Module):
         if x.ndim < 2:
             raise ValueError(f"Flatten: expected input of shape (N, ...) with >= 2 axes, got {x.shape}")
         self._shape = save_for_backward((x.shape, x.dtype))
-        return x.reshape(x.shape[0], -1)
+        return x.reshape(x.shape[0], math.prod(x.shape[1:]))  # (not -1: N may be 0)
 
     def backward(self, dout, input_grad=True):
         """d loss / d x reshaped to the input's shape, or None when ``input_grad`` is False."""

@@ -22,10 +22,10 @@ to float64 (NEP 50) and change the rounding.
 """
 import math
 from collections.abc import Mapping
-from numbers import Integral, Real
 
 import numpy as np
 
+from .._checks import check_integer, check_number  # noqa: F401 (also used by the schedulers)
 from ..layers.module import Parameter
 
 __all__ = ["Optimizer"]
@@ -34,42 +34,6 @@ __all__ = ["Optimizer"]
 # ("initial_lr" for every scheduler, the rest for OneCycleLR). They are saved and loaded with the
 # group; any other key that is not a hyperparameter is an error.
 SCHEDULER_KEYS = ("initial_lr", "max_lr", "min_lr", "max_momentum", "base_momentum")
-
-
-def check_number(where, name, value, low=0.0, high=None, high_inclusive=True):
-    """Return ``value`` as a Python float in ``[low, high]`` (or ``[low, high)``), else raise.
-
-    Args:
-        where (str): who is asking, e.g. ``"SGD"``; starts the error message.
-        name (str): the setting, e.g. ``"momentum"``.
-        value: a real number (a Python or NumPy scalar, or a 0-d array); not a bool.
-        low, high (float): the accepted range (``high=None``: no upper bound).
-        high_inclusive (bool): whether ``high`` itself is accepted.
-    Raises:
-        TypeError: ``value`` is not a real number.
-        ValueError: ``value`` is NaN, infinite or out of range.
-    """
-    if isinstance(value, np.ndarray) and value.ndim == 0:
-        value = value[()]  # a 0-d array, e.g. read back from an .npz file
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, Real):
-        raise TypeError(
-            f"{where}: expected {name} to be a real number, got {value!r} ({type(value).__name__})"
-        )
-    number = float(value)
-    if not math.isfinite(number):
-        raise ValueError(f"{where}: expected {name} to be a finite number, got {value!r}")
-    if high is None:
-        ok = number >= low
-        expected = f"{name} >= {low:g}"
-    elif high_inclusive:
-        ok = low <= number <= high
-        expected = f"{name} in [{low:g}, {high:g}]"
-    else:
-        ok = low <= number < high
-        expected = f"{name} in [{low:g}, {high:g})"
-    if not ok:
-        raise ValueError(f"{where}: expected {expected}, got {value!r}")
-    return number
 
 
 def check_keys(prefix, what, expected, mapping, allowed=()):
@@ -82,21 +46,6 @@ def check_keys(prefix, what, expected, mapping, allowed=()):
             f"{prefix} missing {what} {missing}, unexpected {what} {unexpected} "
             f"(expected {list(expected)})"
         )
-
-
-def check_integer(where, name, value, low):
-    """Return ``value`` as a Python int ``>= low``: an integer, or a float/0-d array holding one."""
-    if isinstance(value, np.ndarray) and value.ndim == 0:
-        value = value[()]
-    if isinstance(value, (bool, np.bool_)):
-        ok = False
-    elif isinstance(value, Integral):
-        ok = True
-    else:
-        ok = isinstance(value, Real) and math.isfinite(value) and float(value).is_integer()
-    if not ok or int(value) < low:
-        raise ValueError(f"{where}: expected {name} to be an integer >= {low}, got {value!r}")
-    return int(value)
 
 
 class Optimizer:

@@ -1,5 +1,6 @@
-"""Batch Normalization step by step: the readable, runnable twin of
-:mod:`minidl.functional.normalization`.
+"""Batch, Layer, Group and Instance Normalization step by step: the readable, runnable twins of
+:mod:`minidl.functional.normalization` (BatchNorm first; the sample norms from "the sample
+norms" below).
 
 Ioffe & Szegedy (2015), "Batch Normalization: Accelerating Deep Network Training by Reducing
 Internal Covariate Shift". Each channel ``c`` (axis 1) is normalized over its mini-batch
@@ -27,7 +28,10 @@ import numpy as np
 
 from ._result import into
 
-__all__ = ["BatchNormCache", "batch_sum", "batch_norm_forward", "batch_norm_backward"]
+__all__ = ["BatchNormCache", "SampleNormCache", "batch_sum", "batch_norm_forward",
+           "batch_norm_backward", "layer_norm_forward", "layer_norm_backward",
+           "group_norm_forward", "group_norm_backward", "instance_norm_forward",
+           "instance_norm_backward"]
 
 
 class BatchNormCache(NamedTuple):
@@ -159,3 +163,243 @@ def batch_norm_backward(dout, cache, layer="batch_norm", out=None):
     dweight = dgamma.ravel() if has_weight else None
     dbias = dbeta.ravel() if has_bias else None
     return into(out, dx.astype(dtype)), dweight, dbias
+
+
+# =============================================================================== the sample norms
+# LayerNorm, GroupNorm and InstanceNorm take their statistics inside each sample. Wu & He (2018),
+# "Group Normalization", section 3.1, write all of them (and BatchNorm) as one computation over a
+# set S_i of values that share the statistics of value i:
+#
+#     mu_i    = 1/m sum_{k in S_i} x_k                       (eq. 2)
+#     sigma_i = sqrt(1/m sum_{k in S_i} (x_k - mu_i)^2 + eps)  (eq. 2)
+#     xhat_i  = (x_i - mu_i) / sigma_i                        (eq. 1)
+#
+# and they differ only in S_i. Below, each forward reshapes its input so that every set S_i is
+# one row of the last axis (``_normalize_rows``), then applies its own gamma and beta.
+
+class SampleNormCache(NamedTuple):
+    """What :func:`layer_norm_backward`, :func:`group_norm_backward` and
+    :func:`instance_norm_backward` (with the instances' own statistics) need.
+
+    Attributes:
+        x (np.ndarray): the input as float64 (a copy), reshaped so that each set S_i is one row
+            of the last axis (LayerNorm ``(R, H)``, GroupNorm ``(N, G, C/G*H*W)``,
+            InstanceNorm ``(N, C, H*W)``).
+        mean, var (np.ndarray): float64 mean and biased variance of each row, with the last axis
+            kept (length 1) so they broadcast against ``x``.
+        eps (float): added to the variance.
+        gamma (np.ndarray or None): float64 scale, shaped to broadcast against the *input*
+            (None: no weight).
+        param_axes (tuple of int): the input's axes that ``dgamma``, ``dbeta`` sum over.
+        shape (tuple of int): the input's shape. dtype (np.dtype): its dtype.
+        has_weight, has_bias (bool): whether to return ``dweight`` / ``dbias``.
+    """
+
+    x: np.ndarray
+    mean: np.ndarray
+    var: np.ndarray
+    eps: float
+    gamma: np.ndarray
+    param_axes: Tuple[int, ...]
+    shape: Tuple[int, ...]
+    dtype: np.dtype
+    has_weight: bool
+    has_bias: bool
+
+    @property
+    def out_shape(self) -> Tuple[int, ...]:
+        """The shape of the output, and of ``dout``: the input's."""
+        return self.shape
+
+
+def _normalize_rows(x_rows, eps):
+    """Normalize each row (last axis) of float64 ``x_rows``: Wu & He (2018), eqs. 1-2.
+
+    Returns:
+        (xhat, mean, var): ``xhat`` like ``x_rows``; ``mean`` and ``var`` with the last axis
+        kept.
+    """
+    m = x_rows.shape[-1]                                       # |S_i|, the values per set
+    mean = x_rows.sum(axis=-1, keepdims=True) / m              # mu_i      = 1/m sum_k x_k
+    var = ((x_rows - mean) ** 2).sum(axis=-1, keepdims=True) / m  # sigma_i^2 = 1/m sum_k (x_k - mu_i)^2
+    xhat = (x_rows - mean) / np.sqrt(var + eps)               # xhat_i    = (x_i - mu_i) / sqrt(sigma_i^2 + eps)
+    return xhat, mean, var
+
+
+def _sample_norm_backward(dout, cache, out):
+    """Gradients of a sample norm: the affine step's, then the chain rule through eqs. 1-2.
+
+    The same three chain-rule lines as BatchNorm's (:func:`batch_norm_backward`), with the sums
+    over each set S_i (one row of the last axis) instead of over the mini-batch.
+    """
+    x, mean, var, eps, gamma, param_axes, shape, dtype, has_weight, has_bias = cache
+    m = x.shape[-1]
+    dy = dout.astype(np.float64)
+    xhat = ((x - mean) / np.sqrt(var + eps)).reshape(shape)
+
+    dbeta = dy.sum(axis=param_axes)                           # dl/dbeta  = sum dl/dy
+    dgamma = (dy * xhat).sum(axis=param_axes)                 # dl/dgamma = sum dl/dy xhat
+    dxhat = (dy if gamma is None else dy * gamma).reshape(x.shape)  # dl/dxhat = dl/dy gamma
+
+
+    def row_sum(a):                                           # sum over k in S_i
+        return a.sum(axis=-1, keepdims=True)
+
+    # dl/dsigma_i^2 = sum_k dl/dxhat_k (x_k - mu_i) (-1/2) (sigma_i^2 + eps)^(-3/2)
+    dvar = row_sum(dxhat * (x - mean)) * -0.5 * (var + eps) ** -1.5
+    # dl/dmu_i = sum_k dl/dxhat_k (-1 / sqrt(sigma_i^2 + eps)) + dl/dsigma_i^2 sum_k -2 (x_k - mu_i) / m
+    dmean = row_sum(-dxhat / np.sqrt(var + eps)) + dvar * row_sum(-2 * (x - mean)) / m
+    # dl/dx_i = dl/dxhat_i / sqrt(sigma_i^2 + eps) + dl/dsigma_i^2 2 (x_i - mu_i) / m + dl/dmu_i / m
+    dx = dxhat / np.sqrt(var + eps) + dvar * 2 * (x - mean) / m + dmean / m
+
+    dweight = dgamma if has_weight else None
+    dbias = dbeta if has_bias else None
+    return into(out, dx.reshape(shape).astype(dtype)), dweight, dbias
+
+
+def layer_norm_forward(x, normalized_shape, weight=None, bias=None, eps=1e-5, layer="layer_norm",
+                       out=None):
+    """Layer-normalize ``x`` over its last dimensions: Ba, Kiros & Hinton (2016), eqs. 3-4.
+
+    "Layer Normalization" computes the statistics over the H hidden units of one layer, for each
+    training case separately (Wu & He's S_i = all values of the same sample), and then applies a
+    gain ``g`` and a bias ``b`` of their own to each unit. Here the "units" are the trailing
+    ``normalized_shape`` dimensions, as in PyTorch. Same arguments and results as
+    :func:`minidl.functional.layer_norm_forward` (``layer`` is ignored).
+
+    Returns:
+        (out, cache): ``out`` like ``x``; ``cache`` is a :class:`SampleNormCache`.
+    """
+    H = int(np.prod(normalized_shape))                        # units per layer
+    rows = x.astype(np.float64).reshape(-1, H)                # one row per case: its H units
+    # eq. 3: mu = 1/H sum_i a_i, sigma = sqrt(1/H sum_i (a_i - mu)^2); eq. 4: (a - mu) / sigma
+    # (eps inside the square root, as in PyTorch)
+    xhat, mean, var = _normalize_rows(rows, eps)
+    xhat = xhat.reshape(x.shape)
+    gain = None if weight is None else np.asarray(weight, np.float64)   # g, per unit
+    y = xhat if gain is None else gain * xhat                 # eq. 4: g / sigma (a - mu)
+    if bias is not None:
+        y = y + np.asarray(bias, np.float64)                  #        ... + b
+    param_axes = tuple(range(x.ndim - len(normalized_shape)))  # the gradients sum over the cases
+    cache = SampleNormCache(rows, mean, var, float(eps), gain, param_axes, x.shape, x.dtype,
+                            weight is not None, bias is not None)
+    return into(out, y.astype(x.dtype)), cache
+
+
+def layer_norm_backward(dout, cache, layer="layer_norm", out=None):
+    """Gradients of :func:`layer_norm_forward` by the chain rule (see
+    :func:`_sample_norm_backward`). Same arguments and results as
+    :func:`minidl.functional.layer_norm_backward`.
+
+    Returns:
+        (dx, dweight, dbias): ``dx`` like the input; ``dweight`` and ``dbias`` float64 of
+        ``normalized_shape`` (None where the forward had no weight / bias).
+    """
+    return _sample_norm_backward(dout, cache, out)
+
+
+def _per_channel_param(value, ndim):
+    """A ``(C,)`` parameter as float64 ``(1, C, 1, ...)``, or None."""
+    if value is None:
+        return None
+    return np.asarray(value, np.float64).reshape((1, -1) + (1,) * (ndim - 2))
+
+
+def _per_channel_affine(xhat, weight, bias):
+    """``y = gamma_c xhat + beta_c`` with one gamma and beta per channel (axis 1)."""
+    gamma = _per_channel_param(weight, xhat.ndim)
+    y = xhat if gamma is None else gamma * xhat
+    if bias is not None:
+        y = y + _per_channel_param(bias, xhat.ndim)
+    return y, gamma
+
+
+def group_norm_forward(x, num_groups, weight=None, bias=None, eps=1e-5, layer="group_norm",
+                       out=None):
+    """Group-normalize ``x``: Wu & He (2018), "Group Normalization", eqs. 1-2 and section 3.2.
+
+    The channels are split into ``G = num_groups`` groups of ``C/G`` consecutive channels; the
+    set of GN is S_i = {k | k_N = i_N, floor(k_C / (C/G)) = floor(i_C / (C/G))}: the same sample,
+    the same group (all their spatial positions). Each channel then gets its own gamma and beta
+    ("a per-channel linear transform", section 3.1). Same arguments and results as
+    :func:`minidl.functional.group_norm_forward` (``layer`` is ignored).
+
+    Returns:
+        (out, cache): ``out`` like ``x``; ``cache`` is a :class:`SampleNormCache`.
+    """
+    n = x.shape[0]
+    groups = x.astype(np.float64).reshape(n, num_groups, -1)  # row (n, g) = S_i of GN
+    xhat, mean, var = _normalize_rows(groups, eps)            # eqs. 1-2
+    y, gamma = _per_channel_affine(xhat.reshape(x.shape), weight, bias)  # y_i = gamma xhat_i + beta
+    param_axes = (0,) + tuple(range(2, x.ndim))               # all but the channel axis
+    cache = SampleNormCache(groups, mean, var, float(eps), gamma, param_axes, x.shape, x.dtype,
+                            weight is not None, bias is not None)
+    return into(out, y.astype(x.dtype)), cache
+
+
+def group_norm_backward(dout, cache, layer="group_norm", out=None):
+    """Gradients of :func:`group_norm_forward` by the chain rule (see
+    :func:`_sample_norm_backward`). Same arguments and results as
+    :func:`minidl.functional.group_norm_backward`.
+
+    Returns:
+        (dx, dweight, dbias): ``dx`` like the input; ``dweight``, ``dbias`` float64 ``(C,)``.
+    """
+    return _sample_norm_backward(dout, cache, out)
+
+
+def instance_norm_forward(x, weight=None, bias=None, running_mean=None, running_var=None,
+                          training=True, momentum=0.1, eps=1e-5, layer="instance_norm",
+                          out=None):
+    """Instance-normalize ``x``: Ulyanov, Vedaldi & Lempitsky (2016), eq. 2.
+
+    "Instance Normalization: The Missing Ingredient for Fast Stylization" normalizes each
+    channel ``i`` of each image ``t`` over its own H x W positions:
+
+        y_tijk = (x_tijk - mu_ti) / sqrt(sigma_ti^2 + eps)
+        mu_ti = 1/(HW) sum_l sum_m x_tilm,   sigma_ti^2 = 1/(HW) sum_l sum_m (x_tilm - mu_ti)^2
+
+    then (as in PyTorch, with ``weight``/``bias``) applies a per-channel gamma and beta.
+
+    Running estimates (PyTorch's InstanceNorm with ``track_running_stats``): in training,
+    ``running = (1 - momentum) * running + momentum * (the average over the batch of the
+    instances' mu_ti, and of their unbiased variances sigma_ti^2 * HW / (HW - 1))``. With
+    ``training=False`` the running estimates replace mu_ti and sigma_ti^2 for every instance:
+    per channel, exactly BatchNorm's inference (Algorithm 2), so that is what runs.
+
+    Same arguments and results as :func:`minidl.functional.instance_norm_forward` (``layer`` is
+    ignored).
+
+    Returns:
+        (out, cache): ``out`` like ``x``; ``cache`` is a :class:`SampleNormCache` (training) or
+        a :class:`BatchNormCache` (running statistics).
+    """
+    if not training:  # the running estimates for every instance: BatchNorm's Algorithm 2
+        return batch_norm_forward(x, weight, bias, running_mean, running_var, False, momentum,
+                                  eps, layer, out)
+    n, c = x.shape[:2]
+    instances = x.astype(np.float64).reshape(n, c, -1)        # row (t, i): channel i of image t
+    xhat, mean, var = _normalize_rows(instances, eps)         # eq. 2: mu_ti, sigma_ti^2
+    if running_mean is not None:
+        hw = instances.shape[-1]
+        running_mean[...] = (1 - momentum) * running_mean + momentum * mean.mean(axis=0).ravel()
+        running_var[...] = ((1 - momentum) * running_var
+                            + momentum * (var * hw / (hw - 1)).mean(axis=0).ravel())
+    y, gamma = _per_channel_affine(xhat.reshape(x.shape), weight, bias)
+    param_axes = (0,) + tuple(range(2, x.ndim))
+    cache = SampleNormCache(instances, mean, var, float(eps), gamma, param_axes, x.shape,
+                            x.dtype, weight is not None, bias is not None)
+    return into(out, y.astype(x.dtype)), cache
+
+
+def instance_norm_backward(dout, cache, layer="instance_norm", out=None):
+    """Gradients of :func:`instance_norm_forward`: the chain rule through eq. 2 (see
+    :func:`_sample_norm_backward`), or with running statistics BatchNorm's affine-only backward.
+    Same arguments and results as :func:`minidl.functional.instance_norm_backward`.
+
+    Returns:
+        (dx, dweight, dbias): ``dx`` like the input; ``dweight``, ``dbias`` float64 ``(C,)``.
+    """
+    if isinstance(cache, BatchNormCache):
+        return batch_norm_backward(dout, cache, layer, out)
+    return _sample_norm_backward(dout, cache, out)
