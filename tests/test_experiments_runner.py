@@ -202,7 +202,7 @@ def test_python_m_runs_an_experiment_end_to_end(tmp_path, experiment_root):  # n
          "--curve-samples", "100", "--seeds", "1", "--root", experiment_root, "--out",
          str(tmp_path)], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert "| scale | norm |" in proc.stdout and "results in" in proc.stdout
+    assert "| scale |  norm |" in proc.stdout and "results in" in proc.stdout
     (folder,) = [os.path.join(tmp_path, "init-scale", d)
                  for d in os.listdir(tmp_path / "init-scale")]
     config = json.load(open(os.path.join(folder, "config.json")))

@@ -130,7 +130,9 @@ def test_same_seed_same_weights():
     (lambda: models.resnet_cifar(20.0), ValueError, "depth must be 6n"),
     (lambda: models.resnet_cifar(shortcut="C"), ValueError, "shortcut must be 'A'"),
     (lambda: models.resnet_cifar(norm="batchnorm"), ValueError, r"unknown norm 'batchnorm'; "
-                                                                r"expected None, one of \['batch'\]"),
+                                                                r"expected None, one of \['batch', "
+                                                                r"'group', 'instance', 'layer', "
+                                                                r"'per-activation'\]"),
     (lambda: models.mnist_cnn(norm=1), TypeError, "mnist_cnn: norm must be None, a name"),
     (lambda: models.vgg_cifar(norm_position="middle"), ValueError, "norm_position must be"),
     (lambda: models.vgg_cifar(width=0), ValueError, "vgg_cifar: width must be a finite number"),
@@ -236,7 +238,7 @@ def test_the_family_on_dense_layers_and_where_a_shaped_norm_cannot_go():
         model = models.mnist_cnn(norm=name, rng=0)
         assert model(np.zeros((2, 1, 28, 28), np.float32)).shape == (2, 10)
     assert isinstance(models.NORMS["layer"], models.ShapedNorm)
-    assert models.mnist_cnn(norm="layer", rng=0)[9].normalized_shape == (128,)
+    assert models.mnist_cnn(norm="layer", rng=0)[10].normalized_shape == (128,)
     with pytest.raises(ValueError, match="has no spatial positions"):
         models.mnist_cnn(norm="instance", rng=0)
     with pytest.raises(ValueError, match="resnet_cifar does not fix"):

@@ -259,6 +259,21 @@ def sweep_plot(axis, result, x_key, group_key, metric, labels=None, log_x=True):
     axis.legend(fontsize=8)
 
 
+def sweep_figure(path, result, x_key, xlabel, title):
+    """The figure of a sweep: final test accuracy against ``x_key`` (log axis), one line per
+    norm (see :func:`sweep_plot`); returns False without matplotlib."""
+    plt = pyplot()
+    if plt is None:
+        return False
+    figure, axis = plt.subplots(figsize=(4.4, 3.0))
+    sweep_plot(axis, result, x_key, "norm", "test_accuracy", NORM_LABELS)
+    axis.set_xlabel(xlabel, fontsize=8)
+    axis.set_ylabel("final test accuracy", fontsize=8)
+    axis.set_ylim(0, 1)
+    axis.set_title(title, fontsize=8)
+    return save(figure, path)
+
+
 def finite_or_none(value):
     """A float, or None for NaN/Inf/None."""
     return None if value is None or not math.isfinite(value) else float(value)

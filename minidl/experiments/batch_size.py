@@ -38,18 +38,10 @@ def run(spec, config):
 
 
 def plot(path, result):
-    plt = _common.pyplot()
-    if plt is None:
-        return False
-    figure, axis = plt.subplots(figsize=(4.4, 3.0))
-    _common.sweep_plot(axis, result, "batch_size", "norm", "test_accuracy", _common.NORM_LABELS)
-    axis.set_xscale("log", base=2)
-    axis.invert_xaxis()
-    axis.set_xlabel("batch size (same epochs)", fontsize=8)
-    axis.set_ylabel("final test accuracy", fontsize=8)
-    axis.set_title(f"mnist_cnn, {result.config['epochs']} epoch(s) of "
-                   f"{result.config['train_samples'] or 60000} images", fontsize=8)
-    return _common.save(figure, path)
+    config = result.config
+    return _common.sweep_figure(path, result, "batch_size", "batch size (same epochs)",
+                                f"mnist_cnn, {config['epochs']} epoch(s) of "
+                                f"{config['train_samples'] or 60000} images")
 
 
 EXPERIMENT = Experiment(

@@ -31,17 +31,10 @@ def run(spec, config):
 
 
 def plot(path, result):
-    plt = _common.pyplot()
-    if plt is None:
-        return False
-    figure, axis = plt.subplots(figsize=(4.4, 3.0))
-    _common.sweep_plot(axis, result, "scale", "norm", "test_accuracy", _common.NORM_LABELS)
-    axis.set_xlabel("initial weight scale (x default)", fontsize=8)
-    axis.set_ylabel("final test accuracy", fontsize=8)
-    axis.set_ylim(0, 1)
-    axis.set_title(f"{result.config['network']}, lr {result.config['lr']}, "
-                   f"{result.config['steps']} steps (x: all seeds diverged)", fontsize=8)
-    return _common.save(figure, path)
+    config = result.config
+    return _common.sweep_figure(path, result, "scale", "initial weight scale (x default)",
+                                f"{config['network']}, lr {config['lr']}, {config['steps']} "
+                                f"steps (x: all seeds diverged)")
 
 
 EXPERIMENT = Experiment(

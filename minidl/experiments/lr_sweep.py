@@ -37,17 +37,9 @@ def run(spec, config):
 
 
 def plot(path, result):
-    plt = _common.pyplot()
-    if plt is None:
-        return False
-    figure, axis = plt.subplots(figsize=(4.4, 3.0))
-    _common.sweep_plot(axis, result, "lr", "norm", "test_accuracy", _common.NORM_LABELS)
-    axis.set_xlabel("learning rate", fontsize=8)
-    axis.set_ylabel("final test accuracy", fontsize=8)
-    axis.set_ylim(0, 1)
-    axis.set_title(f"{result.config['network']}, {result.config['steps']} SGD steps "
-                   f"(x: all seeds diverged)", fontsize=8)
-    return _common.save(figure, path)
+    return _common.sweep_figure(path, result, "lr", "learning rate",
+                                f"{result.config['network']}, {result.config['steps']} SGD "
+                                f"steps (x: all seeds diverged)")
 
 
 FULL_LRS = [0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 2.0, 5.0]
