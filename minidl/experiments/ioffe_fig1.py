@@ -13,7 +13,7 @@ before every sigmoid (the dense layers then have no bias) and once without:
 
 The weights start from minidl's default initialization (the paper: "small random Gaussian
 values"); the learning rate is ours (the paper does not give one). Defaults: 2,000 steps per run,
-4 runs, about 1 minute on 2 quiet cores; ``--full`` runs the paper's 50,000 steps.
+4 runs, 36 s of CPU time; ``--full`` runs the paper's 50,000 steps.
 """
 import argparse
 

@@ -15,7 +15,7 @@ The parameters, running statistics and gradients are put back before training co
 measurement does not change the run. The network is the VGG-style CIFAR-10 CNN
 (:func:`minidl.models.vgg_cifar`, ``--width``) with BatchNorm after every convolution and
 without (the paper's networks are VGG on CIFAR-10 too). Defaults: 150 steps, a measurement every
-15, 4 runs, about 2 minutes on 2 quiet cores; ``--full``: full width, 10,000 steps.
+15, 4 runs, 314 s of CPU time; ``--full``: full width, 10,000 steps.
 """
 import numpy as np
 

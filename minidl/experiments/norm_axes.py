@@ -14,7 +14,7 @@ convolution, before the ReLU) is trained from each seed with
 * ``none``: no normalization (the layers get a bias).
 
 Same SGD settings for all; test accuracy every ``--eval-every`` steps. Defaults: 100 steps of
-batch 64, 12 runs, about 3 minutes on 2 quiet cores; ``--full``: full width, 10,000 steps.
+batch 64, 12 runs, 603 s of CPU time; ``--full``: full width, 10,000 steps.
 """
 from . import _common
 from .. import models
