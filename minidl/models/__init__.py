@@ -19,5 +19,6 @@ from .cnn import mlp, mnist_cnn, vgg_cifar
 from .norms import NORM_POSITIONS, NORMS, ShapedNorm
 from .resnet import SHORTCUTS, ZeroPadShortcut, basic_block, resnet_cifar
 
-__all__ = ["mlp", "mnist_cnn", "vgg_cifar", "resnet_cifar", "basic_block", "ZeroPadShortcut", "NORMS",
+__all__ = ["mlp", "mnist_cnn", "vgg_cifar", "resnet_cifar", "basic_block", "ZeroPadShortcut",
+           "NORMS",
            "NORM_POSITIONS", "SHORTCUTS", "ShapedNorm"]
