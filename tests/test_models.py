@@ -130,7 +130,9 @@ def test_same_seed_same_weights():
     (lambda: models.resnet_cifar(20.0), ValueError, "depth must be 6n"),
     (lambda: models.resnet_cifar(shortcut="C"), ValueError, "shortcut must be 'A'"),
     (lambda: models.resnet_cifar(norm="batchnorm"), ValueError, r"unknown norm 'batchnorm'; "
-                                                                r"expected None, one of \['batch'\]"),
+                                                                r"expected None, one of \['batch', "
+                                                                r"'group', 'instance', 'layer', "
+                                                                r"'per-activation'\]"),
     (lambda: models.mnist_cnn(norm=1), TypeError, "mnist_cnn: norm must be None, a name"),
     (lambda: models.vgg_cifar(norm_position="middle"), ValueError, "norm_position must be"),
     (lambda: models.vgg_cifar(width=0), ValueError, "vgg_cifar: width must be a finite number"),
@@ -209,3 +211,58 @@ def test_short_real_cifar_run_reaches_stated_accuracy(shared_cifar_root):  # noq
     held_out = data.ArrayDataset(normalize(test.images[:2000]), test.labels[:2000])
     result = trainer.evaluate(data.DataLoader(held_out, 500), progress=False)
     assert result["accuracy"] >= 0.35, result
+
+
+# ----------------------------------------------------------------------------- the norm family
+@pytest.mark.parametrize("name, kind, statistics_over", [
+    ("batch", layers.BatchNorm, "N, H, W per channel"),
+    ("per-activation", layers.PerActivationBatchNorm, "N per position"),
+    ("layer", layers.LayerNorm, "C, H, W per sample"),
+    ("instance", layers.InstanceNorm, "H, W per sample and channel"),
+    ("group", layers.GroupNorm, "C/G, H, W per sample"),
+])
+def test_every_name_of_the_norm_family_builds_the_cnn_and_normalizes_its_axes(
+        name, kind, statistics_over):
+    model = models.vgg_cifar(norm=name, width=0.25, rng=0)
+    norms = [m for _, m in model.named_modules() if isinstance(m, kind)]
+    assert len(norms) == 5  # after every convolution
+    x = np.random.default_rng(0).normal(3, 2, (4, 3, 32, 32)).astype(np.float32)
+    out = model[0](x)  # the first convolution's output, then its norm (identity affine)
+    y = model[1](out).astype(np.float64)
+    axes = {"batch": (0, 2, 3), "per-activation": (0,), "layer": (1, 2, 3),
+            "instance": (2, 3)}.get(name)
+    if name == "group":  # 8 channels in gcd(8, 8) = 8 groups of 1 channel: over (H, W)
+        assert norms[0].num_groups == 8
+        axes = (2, 3)
+    np.testing.assert_allclose(y.mean(axis=axes), 0, atol=1e-4)
+    np.testing.assert_allclose(y.var(axis=axes), 1, atol=2e-2)
+    assert model(x).shape == (4, 10)
+
+
+def test_the_family_on_dense_layers_and_where_a_shaped_norm_cannot_go():
+    for name in ("batch", "per-activation", "layer", "group"):
+        model = models.mnist_cnn(norm=name, rng=0)
+        assert model(np.zeros((2, 1, 28, 28), np.float32)).shape == (2, 10)
+    assert isinstance(models.NORMS["layer"], models.ShapedNorm)
+    assert models.mnist_cnn(norm="layer", rng=0)[10].normalized_shape == (128,)
+    with pytest.raises(ValueError, match="has no spatial positions"):
+        models.mnist_cnn(norm="instance", rng=0)
+    with pytest.raises(ValueError, match="resnet_cifar does not fix"):
+        models.resnet_cifar(8, norm="per-activation")
+    assert models.resnet_cifar(8, norm="group", rng=0)  # per-channel norms work anywhere
+    assert models.NORMS["group"](12).num_groups == 4
+
+
+def test_mlp_is_ioffe_and_szegedys_network():
+    model = models.mlp(784, (100, 100, 100), activation="sigmoid", norm="batch", rng=0)
+    assert leaf_types(model) == ["Flatten"] + ["Dense", "BatchNorm", "Sigmoid"] * 3 + ["Dense"]
+    assert all(m.bias is None for m in list(model)[1:-1] if isinstance(m, layers.Dense))
+    plain = models.mlp(784, (100, 100, 100), activation="sigmoid", rng=0)
+    assert leaf_types(plain) == ["Flatten"] + ["Dense", "Sigmoid"] * 3 + ["Dense"]
+    after = models.mlp(20, (8,), activation="tanh", norm="layer", norm_position="after", rng=0)
+    assert leaf_types(after) == ["Flatten", "Dense", "Tanh", "LayerNorm", "Dense"]
+    assert after(np.zeros((3, 4, 5), np.float32)).shape == (3, 10)
+    with pytest.raises(ValueError, match="mlp: activation must be one of"):
+        models.mlp(activation="gelu")
+    with pytest.raises(ValueError, match="mlp: hidden width must be an integer >= 1"):
+        models.mlp(hidden=(10, 0))

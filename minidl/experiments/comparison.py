@@ -96,7 +96,7 @@ class _Recorder(EvaluateEvery):
 
 def train_and_record(model, optimizer, loss_fn, train_loader, curve_loader, test_loader, *,
                      steps=None, epochs=None, eval_every=50, target=None, scheduler=None,
-                     scheduler_interval="step", progress=None):
+                     scheduler_interval="step", progress=None, callbacks=()):
     """Train ``model`` and record its test accuracy every ``eval_every`` steps.
 
     Args:
@@ -112,6 +112,8 @@ def train_and_record(model, optimizer, loss_fn, train_loader, curve_loader, test
         target (float, optional): report the first evaluated step with this accuracy.
         scheduler, scheduler_interval: a learning-rate scheduler and when to step it.
         progress (bool or None): the Trainer's progress bars (None: only on a terminal).
+        callbacks (sequence of Callback): more callbacks for the Trainer, called after the
+            recorder (e.g. measurements every few steps).
     Returns:
         dict: ``steps`` and ``test_accuracy``/``test_loss`` (the curve), ``steps_to_target``
         (None: not reached), ``final_test_accuracy``/``final_test_loss`` (None if diverged),
@@ -128,7 +130,8 @@ def train_and_record(model, optimizer, loss_fn, train_loader, curve_loader, test
     if steps is not None:
         epochs = math.ceil(steps / len(train_loader))
     recorder = _Recorder(curve_loader, eval_every, steps)
-    trainer = Trainer(model, loss_fn, optimizer, progress=progress, callbacks=[recorder],
+    trainer = Trainer(model, loss_fn, optimizer, progress=progress,
+                      callbacks=[recorder, *callbacks],
                       scheduler=scheduler, scheduler_interval=scheduler_interval)
     diverged_at = None
     start = time.perf_counter()

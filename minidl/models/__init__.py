@@ -1,5 +1,6 @@
 """Ready-made networks, built from :mod:`minidl.layers` with deterministic initialization.
 
+* :func:`mlp` -- fully connected networks (Ioffe & Szegedy's figure 1 network);
 * :func:`mnist_cnn` -- the MNIST CNN of the examples and benchmarks;
 * :func:`vgg_cifar` -- a small VGG-style CIFAR-10 CNN (the benchmark's "CIFAR CNN");
 * :func:`resnet_cifar` -- the CIFAR-10 ResNets of He et al. (2016), section 4.2 (ResNet-20 ...).
@@ -14,9 +15,10 @@ activation) and ``rng`` (a generator or seed; default minidl's global generator,
     model = minidl.models.resnet_cifar(depth=20, norm="batch")
     minidl.summary(model, (1, 3, 32, 32))
 """
-from .cnn import mnist_cnn, vgg_cifar
-from .norms import NORM_POSITIONS, NORMS
+from .cnn import mlp, mnist_cnn, vgg_cifar
+from .norms import NORM_POSITIONS, NORMS, ShapedNorm
 from .resnet import SHORTCUTS, ZeroPadShortcut, basic_block, resnet_cifar
 
-__all__ = ["mnist_cnn", "vgg_cifar", "resnet_cifar", "basic_block", "ZeroPadShortcut", "NORMS",
-           "NORM_POSITIONS", "SHORTCUTS"]
+__all__ = ["mlp", "mnist_cnn", "vgg_cifar", "resnet_cifar", "basic_block", "ZeroPadShortcut",
+           "NORMS",
+           "NORM_POSITIONS", "SHORTCUTS", "ShapedNorm"]

@@ -7,14 +7,60 @@ from .._random import get_rng
 from ..model import Sequential
 from .norms import check_norm, check_norm_position, conv_norm_act, has_bias
 
-__all__ = ["mnist_cnn", "vgg_cifar"]
+__all__ = ["mlp", "mnist_cnn", "vgg_cifar"]
+
+ACTIVATIONS = {"relu": layers.ReLU, "sigmoid": layers.Sigmoid, "tanh": layers.Tanh}
+"""The activations :func:`mlp` accepts, by name."""
 
 
-def _conv3x3(in_channels, out_channels, norm, norm_position, rng, owner):
-    """conv 3x3 pad 1 -> [norm] -> ReLU (the order of ``norm_position``)."""
+def mlp(in_features=784, hidden=(100, 100, 100), num_classes=10, activation="relu", norm=None,
+        norm_position="before", rng=None):
+    """A fully connected network: ``flatten – (dense – [norm] – activation) x len(hidden) –
+    dense``.
+
+    The network of Ioffe & Szegedy (2015), section 4.1 / figure 1, is
+    ``mlp(784, (100, 100, 100), activation="sigmoid", norm="batch")`` (and ``norm=None``
+    without BatchNorm). A dense layer followed directly by a normalization has no bias.
+
+    Args:
+        in_features (int): inputs per sample after flattening (784 for 28x28 images).
+        hidden (sequence of int): the widths of the hidden layers (may be empty).
+        num_classes (int): outputs of the last layer.
+        activation (str): ``"relu"`` (default), ``"sigmoid"`` or ``"tanh"``.
+        norm: None (default), a name in :data:`minidl.models.NORMS` or a callable
+            ``num_features -> Module``.
+        norm_position (str): ``"before"`` (default, as the paper) or ``"after"`` the activation.
+        rng: generator or seed for the initialization (default: minidl's global generator).
+    Returns:
+        Sequential: input ``(N, *)`` with ``in_features`` values per sample, float32; output
+        logits ``(N, num_classes)``.
+    Raises:
+        ValueError/TypeError: a bad size, ``activation``, ``norm`` or ``norm_position``.
+    """
+    norm = check_norm(norm, "mlp")
+    check_norm_position(norm_position, "mlp")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"mlp: activation must be one of {sorted(ACTIVATIONS)}, got "
+                         f"{activation!r}")
+    widths = [positive_int(in_features, "in_features", "mlp")]
+    widths += [positive_int(width, "hidden width", "mlp") for width in hidden]
+    rng = get_rng(rng)
+    body = []
+    for fan_in, width in zip(widths[:-1], widths[1:]):
+        dense = layers.Dense(fan_in, width, bias=has_bias(norm, norm_position), rng=rng)
+        body += conv_norm_act(dense, width, norm, norm_position, "mlp",
+                              activation=ACTIVATIONS[activation], feature_shape=(width,))
+    last = layers.Dense(widths[-1], positive_int(num_classes, "num_classes", "mlp"), rng=rng)
+    return Sequential(layers.Flatten(), *body, last)
+
+
+def _conv3x3(in_channels, out_channels, size, norm, norm_position, rng, owner):
+    """conv 3x3 pad 1 -> [norm] -> ReLU (the order of ``norm_position``) on ``size x size``
+    maps."""
     conv = layers.Conv2D(in_channels, out_channels, kernel_size=3, padding=1,
                          bias=has_bias(norm, norm_position), rng=rng)
-    return conv_norm_act(conv, out_channels, norm, norm_position, owner)
+    return conv_norm_act(conv, out_channels, norm, norm_position, owner,
+                         feature_shape=(out_channels, size, size))
 
 
 def mnist_cnn(norm="batch", norm_position="before", rng=None):
@@ -42,10 +88,10 @@ def mnist_cnn(norm="batch", norm_position="before", rng=None):
     rng = get_rng(rng)  # one generator for all layers: an int seed must not restart per layer
     hidden = layers.Dense(64 * 7 * 7, 128, bias=has_bias(norm, norm_position), rng=rng)
     return Sequential(
-        *_conv3x3(1, 32, norm, norm_position, rng, "mnist_cnn"), layers.MaxPool2D(2),
-        *_conv3x3(32, 64, norm, norm_position, rng, "mnist_cnn"), layers.MaxPool2D(2),
+        *_conv3x3(1, 32, 28, norm, norm_position, rng, "mnist_cnn"), layers.MaxPool2D(2),
+        *_conv3x3(32, 64, 14, norm, norm_position, rng, "mnist_cnn"), layers.MaxPool2D(2),
         layers.Flatten(),
-        *conv_norm_act(hidden, 128, norm, norm_position, "mnist_cnn"),
+        *conv_norm_act(hidden, 128, norm, norm_position, "mnist_cnn", feature_shape=(128,)),
         layers.Dense(128, 10, rng=rng),
     )
 
@@ -81,13 +127,13 @@ def vgg_cifar(norm="batch", width=1, norm_position="before", num_classes=10, rng
     c1, c2, c3 = (max(1, round(channels * width)) for channels in (32, 64, 128))
     rng = get_rng(rng)
 
-    def conv(cin, cout):
-        return _conv3x3(cin, cout, norm, norm_position, rng, "vgg_cifar")
+    def conv(cin, cout, size):
+        return _conv3x3(cin, cout, size, norm, norm_position, rng, "vgg_cifar")
 
     return Sequential(
-        *conv(3, c1), *conv(c1, c1), layers.MaxPool2D(2),
-        *conv(c1, c2), *conv(c2, c2), layers.MaxPool2D(2),
-        *conv(c2, c3), layers.MaxPool2D(2),
+        *conv(3, c1, 32), *conv(c1, c1, 32), layers.MaxPool2D(2),
+        *conv(c1, c2, 16), *conv(c2, c2, 16), layers.MaxPool2D(2),
+        *conv(c2, c3, 8), layers.MaxPool2D(2),
         layers.Flatten(),
         layers.Dense(c3 * 4 * 4, num_classes, rng=rng),
     )
