@@ -47,6 +47,23 @@ def real_mirror():
     return mirror
 
 
+@pytest.fixture(scope="session")
+def experiment_root(real_mirror, tmp_path_factory):
+    """A data root holding the real MNIST, Fashion-MNIST and CIFAR-10 files, copied once per
+    session from the mirror (the tests of minidl.experiments read their data from it)."""
+    from minidl import data
+    from datahelpers import PUBLIC_MIRRORS
+    root = tmp_path_factory.mktemp("experiment_root")
+    with pytest.MonkeyPatch.context() as mp:
+        for cls in PUBLIC_MIRRORS:
+            mp.setattr(cls, "mirrors", ())
+        mp.setenv(data.MIRROR_ENV, real_mirror)
+        for cls in (data.MNIST, data.FashionMNIST, data.CIFAR10):
+            cls(root, train=True)
+            cls(root, train=False)
+    return str(root)
+
+
 def pytest_sessionfinish(session, exitstatus):
     if not os.environ.get("CI"):
         return

@@ -1,34 +1,15 @@
 """Shared fixture and checks for the tests of minidl.experiments (test_experiments_*.py).
 
-``experiment_root`` is a data root holding the real MNIST, Fashion-MNIST and CIFAR-10 files,
-copied once per session through the mirror (``MINIDL_DATA_MIRROR`` or ../shared/data; see
-datahelpers.py). ``check_files`` verifies what every experiment writes.
+The ``experiment_root`` fixture (a data root holding the real MNIST, Fashion-MNIST and CIFAR-10
+files, copied once per session through the mirror) is in conftest.py, so that it is built once
+for all these modules. ``check_files`` verifies what every experiment writes.
 """
 import csv
 import json
 import os
 
-import pytest
-
-from minidl import data
-
-from datahelpers import PUBLIC_MIRRORS, real_mirror  # noqa: F401 (fixture)
-
 FILES = ("config.json", "results.json", "runs.csv", "curves.csv", "summary.csv", "summary.md",
          "figure.png")
-
-
-@pytest.fixture(scope="session")
-def experiment_root(real_mirror, tmp_path_factory):  # noqa: F811
-    root = tmp_path_factory.mktemp("experiment_root")
-    with pytest.MonkeyPatch.context() as mp:
-        for cls in PUBLIC_MIRRORS:
-            mp.setattr(cls, "mirrors", ())
-        mp.setenv(data.MIRROR_ENV, real_mirror)
-        for cls in (data.MNIST, data.FashionMNIST, data.CIFAR10):
-            cls(root, train=True)
-            cls(root, train=False)
-    return str(root)
 
 
 def check_files(result, settings, seeds):

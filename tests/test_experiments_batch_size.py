@@ -3,7 +3,7 @@ the files, the linear learning-rate scaling and steps per epoch, and GroupNorm a
 BatchNorm at batch 2 (Wu & He 2018, figure 1)."""
 from minidl.experiments.batch_size import batch_size
 
-from experiment_helpers import by_setting, check_files, experiment_root, runs  # noqa: F401
+from experiment_helpers import by_setting, check_files, runs  # noqa: F401
 
 
 def test_batch_size_tiny(tmp_path, experiment_root):  # noqa: F811

@@ -2,7 +2,7 @@
 lower test loss from the same seed."""
 from minidl.experiments.bn_vs_plain import bn_vs_plain
 
-from experiment_helpers import check_files, experiment_root, runs  # noqa: F401
+from experiment_helpers import check_files, runs  # noqa: F401
 
 
 def test_bn_vs_plain_tiny(tmp_path, experiment_root):  # noqa: F811

@@ -6,7 +6,7 @@ from minidl import models
 from minidl.experiments import _common
 from minidl.experiments.init_scale import init_scale
 
-from experiment_helpers import check_files, experiment_root, runs  # noqa: F401
+from experiment_helpers import check_files, runs  # noqa: F401
 
 
 def test_init_scale_tiny(tmp_path, experiment_root):  # noqa: F811

@@ -3,7 +3,7 @@ BatchNorm the input of a last-layer sigmoid keeps a stable spread, without it th
 drifts."""
 from minidl.experiments.ioffe_fig1 import SigmoidInputRecorder, ioffe_fig1
 
-from experiment_helpers import by_setting, check_files, experiment_root, runs  # noqa: F401
+from experiment_helpers import by_setting, check_files, runs  # noqa: F401
 
 import numpy as np
 import pytest

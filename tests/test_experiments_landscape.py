@@ -8,7 +8,7 @@ from minidl import data, layers, losses, optim
 from minidl.experiments.comparison import train_and_record
 from minidl.experiments.landscape import LandscapeProbe, landscape
 
-from experiment_helpers import by_setting, check_files, experiment_root  # noqa: F401
+from experiment_helpers import by_setting, check_files  # noqa: F401
 from trainer_helpers import blobs
 
 

@@ -2,7 +2,7 @@
 BatchNorm still trains at lr 2 where the plain network does not."""
 from minidl.experiments.lr_sweep import lr_sweep
 
-from experiment_helpers import check_files, experiment_root, runs  # noqa: F401
+from experiment_helpers import check_files, runs  # noqa: F401
 
 
 def test_lr_sweep_tiny(tmp_path, experiment_root):  # noqa: F811

@@ -3,7 +3,7 @@ files, every member of the normalization family trains in the same CNN, and the 
 BatchNorm's running statistics this early."""
 from minidl.experiments.norm_axes import NORMS, norm_axes
 
-from experiment_helpers import by_setting, check_files, experiment_root  # noqa: F401
+from experiment_helpers import by_setting, check_files  # noqa: F401
 
 
 def test_norm_axes_tiny(tmp_path, experiment_root):  # noqa: F811

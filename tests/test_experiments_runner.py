@@ -13,7 +13,7 @@ import minidl.experiments
 from minidl.experiments import EXPERIMENTS, runner
 from minidl.experiments.__main__ import main
 
-from experiment_helpers import experiment_root, check_files  # noqa: F401 (fixture)
+from experiment_helpers import check_files  # noqa: F401 (fixture)
 
 
 
