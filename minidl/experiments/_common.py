@@ -234,6 +234,16 @@ def group_runs(result, key, value):
             and run["status"] != "failed"]
 
 
+def step_axis(axis, ylabel=None, legend_loc="best"):
+    """The style every curve-against-steps panel shares: x labelled "step", an optional y label,
+    a light grid and a small legend."""
+    axis.set_xlabel("step", fontsize=8)
+    if ylabel is not None:
+        axis.set_ylabel(ylabel, fontsize=8)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=7, loc=legend_loc)
+
+
 def sweep_plot(axis, result, x_key, group_key, metric, labels=None, log_x=True):
     """Final ``metric`` (mean ± std over ok seeds) against ``x_key``, one line per
     ``group_key`` value; settings where every run diverged are marked ``x`` at 0."""

@@ -68,10 +68,7 @@ def plot(path, result):
                     if r["setting"]["norm"] == norm]
             _common.band(axis, runs, "test", "test_accuracy", _common.NORM_LABELS[norm])
         axis.set_title(dataset, fontsize=9)
-        axis.set_xlabel("step", fontsize=8)
-        axis.set_ylabel("test accuracy", fontsize=8)
-        axis.grid(alpha=0.3)
-        axis.legend(fontsize=7, loc="lower right")
+        _common.step_axis(axis, "test accuracy", legend_loc="lower right")
     figure.suptitle(f"with and without BatchNorm (mean ± std, {len(result.config['seeds'])} "
                     f"seeds)", fontsize=9)
     return _common.save(figure, path)

@@ -98,9 +98,7 @@ def plot(path, result):
         runs = _common.group_runs(result, "norm", norm)
         _common.band(axes[0], runs, "test", "test_accuracy", _common.NORM_LABELS[norm])
     axes[0].set_title("(a) test accuracy", fontsize=9)
-    axes[0].set_xlabel("step", fontsize=8)
-    axes[0].legend(fontsize=7, loc="lower right")
-    axes[0].grid(alpha=0.3)
+    _common.step_axis(axes[0], legend_loc="lower right")
     seed = result.config["seeds"][0]
     for axis, norm, title in ((axes[1], "none", "(b) no BN"), (axes[2], "batch", "(c) BN")):
         runs = [r for r in _common.group_runs(result, "norm", norm) if r["seed"] == seed]
@@ -110,9 +108,7 @@ def plot(path, result):
                 axis.plot(rows["step"], rows[f"p{q}"], style, color="C0", linewidth=1.2,
                           label=f"{q}th percentile")
         axis.set_title(f"{title}: a last-layer sigmoid's input, seed {seed}", fontsize=8)
-        axis.set_xlabel("step", fontsize=8)
-        axis.grid(alpha=0.3)
-        axis.legend(fontsize=7)
+        _common.step_axis(axis)
     return _common.save(figure, path)
 
 

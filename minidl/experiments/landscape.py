@@ -140,10 +140,8 @@ def plot(path, result):
             else:
                 axis.plot(steps, top, color=color, label=_common.NORM_LABELS[norm])
         axis.set_title(title, fontsize=9)
-        axis.set_xlabel("step", fontsize=8)
         axis.set_yscale("log")
-        axis.grid(alpha=0.3)
-        axis.legend(fontsize=7)
+        _common.step_axis(axis)
     return _common.save(figure, path)
 
 

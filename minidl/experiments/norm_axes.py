@@ -43,10 +43,7 @@ def plot(path, result):
     for index, norm in enumerate(result.config["norms"]):
         _common.band(axis, _common.group_runs(result, "norm", norm), "test", "test_accuracy",
                      _common.NORM_LABELS[norm], color=f"C{index}")
-    axis.set_xlabel("step", fontsize=8)
-    axis.set_ylabel("test accuracy", fontsize=8)
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize=7, loc="upper left")
+    _common.step_axis(axis, "test accuracy", legend_loc="upper left")
     axis.set_title(f"CIFAR-10, vgg_cifar width {result.config['width']}, lr "
                    f"{result.config['lr']} (mean ± std)", fontsize=8)
     return _common.save(figure, path)
