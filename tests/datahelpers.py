@@ -1,13 +1,12 @@
 """Shared fixtures and helpers for the minidl.data tests (import the fixtures into a test module).
 
-The real files come from the mirror in ``MINIDL_DATA_MIRROR`` (CI sets it to the shared data
-folder) or, when it is unset, from ``../shared/data`` next to the repository. The ``offline``
+The real files come from the ``real_mirror`` fixture of conftest.py (``MINIDL_DATA_MIRROR``, which
+CI sets to the shared data folder, else ``../shared/data`` next to the repository). The ``offline``
 fixture switches the public internet mirrors off, so nothing leaves the machine.
 """
 import functools
 import hashlib
 import http.server
-import os
 import threading
 import time
 from pathlib import Path
@@ -16,8 +15,6 @@ import pytest
 
 from minidl import data
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-FALLBACK_MIRROR = REPO_ROOT.parent / "shared" / "data"
 PUBLIC_MIRRORS = {cls: cls.mirrors for cls in (data.MNIST, data.FashionMNIST, data.CIFAR10)}
 
 
@@ -36,24 +33,6 @@ def flip_byte(path, offset=100):
     raw = bytearray(Path(path).read_bytes())
     raw[offset] ^= 0xFF
     Path(path).write_bytes(bytes(raw))
-
-
-def resolve_mirror():
-    env = os.environ.get(data.MIRROR_ENV, "").strip()
-    if env:
-        return env
-    if FALLBACK_MIRROR.is_dir():
-        return str(FALLBACK_MIRROR)
-    return None
-
-
-@pytest.fixture(scope="session")
-def real_mirror():
-    """The mirror holding the real files: $MINIDL_DATA_MIRROR, else ../shared/data, else skip."""
-    mirror = resolve_mirror()
-    if mirror is None:
-        pytest.skip(f"no dataset mirror: set {data.MIRROR_ENV} or provide {FALLBACK_MIRROR}")
-    return mirror
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from datahelpers import http_mirror, leftovers, md5, offline, real_mirror  # noqa: F401 (fixtures)
+from datahelpers import http_mirror, leftovers, md5, offline  # noqa: F401 (fixtures)
 from minidl import data
 from minidl.data import cifar
 

@@ -8,7 +8,7 @@ import struct
 import numpy as np
 import pytest
 
-from datahelpers import flip_byte, http_mirror, leftovers, md5, offline, real_mirror  # noqa: F401 (fixtures)
+from datahelpers import flip_byte, http_mirror, leftovers, md5, offline  # noqa: F401 (fixtures)
 from minidl import data
 
 MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from mpi_helpers import run_mpi
-from datahelpers import real_mirror, shared_cifar_root  # noqa: F401 (fixtures)
+from datahelpers import shared_cifar_root  # noqa: F401 (fixtures)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

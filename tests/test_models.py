@@ -8,7 +8,7 @@ from minidl import data, layers, losses, models, optim
 from minidl.data import transforms
 
 from helpers import assert_close_to_torch
-from datahelpers import real_mirror, shared_cifar_root  # noqa: F401 (fixtures)
+from datahelpers import shared_cifar_root  # noqa: F401 (fixtures)
 
 torch = pytest.importorskip("torch")
 import torch_models  # noqa: E402 (needs torch)
