@@ -14,11 +14,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture
-def mirror_env():
-    path = os.environ.get("MINIDL_DATA_MIRROR") or os.path.join(REPO, "..", "shared", "data")
-    if not os.path.isdir(path) and "://" not in path:
-        pytest.skip("no MNIST mirror: set MINIDL_DATA_MIRROR")
-    return dict(os.environ, MINIDL_DATA_MIRROR=path)
+def mirror_env(real_mirror):
+    """The environment for an example subprocess, with conftest's dataset mirror."""
+    return dict(os.environ, MINIDL_DATA_MIRROR=real_mirror)
 
 
 def test_mnist_bn_example_prints_comparison_table(tmp_path, mirror_env):

@@ -20,13 +20,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture
-def mirror(monkeypatch):
-    """Point MINIDL_DATA_MIRROR at the shared datasets (CI sets it; locally ../shared/data)."""
-    path = os.environ.get("MINIDL_DATA_MIRROR") or os.path.join(REPO, "..", "shared", "data")
-    if not os.path.isdir(path) and "://" not in path:
-        pytest.skip("no MNIST mirror: set MINIDL_DATA_MIRROR")
-    monkeypatch.setenv("MINIDL_DATA_MIRROR", path)
-    return path
+def mirror(monkeypatch, real_mirror):
+    """Point MINIDL_DATA_MIRROR at the shared datasets (conftest's ``real_mirror``)."""
+    monkeypatch.setenv("MINIDL_DATA_MIRROR", real_mirror)
+    return real_mirror
 
 
 class Recorder(minidl.Callback):
