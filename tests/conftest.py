@@ -4,9 +4,12 @@ In CI (``CI`` set in the environment) a skipped test is an error: everything the
 must actually run there, including the PyTorch comparisons.
 
 Fixtures: ``rng`` (a seeded NumPy Generator per test), ``torch`` (PyTorch, the test oracle; the
-test skips with the reason when it is absent), ``real_mirror`` (the folder or URL holding the
-real datasets: ``$MINIDL_DATA_MIRROR``, else ``../shared/data`` beside the repository; skips
-when neither exists).
+test skips with the reason when it is absent; ``helpers.import_torch`` is the same import for the
+few modules that need torch at import time), ``torch_models`` (PyTorch twins of minidl's
+networks), ``real_mirror`` (the folder or URL holding the real datasets:
+``$MINIDL_DATA_MIRROR``, else ``../shared/data`` beside the repository; skips when neither
+exists), ``real_data_root`` (a data root with the real datasets, copied once) and its
+alias ``experiment_root``.
 """
 import os
 from pathlib import Path
@@ -26,9 +29,16 @@ def rng():
 @pytest.fixture(scope="session")
 def torch():
     """PyTorch, imported once: the oracle of the parity tests (minidl never imports it)."""
-    return pytest.importorskip("torch", reason="the PyTorch comparisons need torch==2.13.0 "
-                               "(pip install torch==2.13.0)")
+    from helpers import import_torch
+    return import_torch()
 
+
+
+@pytest.fixture(scope="session")
+def torch_models(torch):
+    """tests/torch_models.py (PyTorch twins of minidl's networks), imported once torch is."""
+    import torch_models
+    return torch_models
 
 def resolve_mirror():
     """``$MINIDL_DATA_MIRROR`` if set, else ``../shared/data`` if it exists, else None."""
@@ -48,12 +58,13 @@ def real_mirror():
 
 
 @pytest.fixture(scope="session")
-def experiment_root(real_mirror, tmp_path_factory):
+def real_data_root(real_mirror, tmp_path_factory):
     """A data root holding the real MNIST, Fashion-MNIST and CIFAR-10 files, copied once per
-    session from the mirror (the tests of minidl.experiments read their data from it)."""
+    session through the mirror (for the model, example and experiment tests; the tests of the
+    readers build their own)."""
     from minidl import data
     from datahelpers import PUBLIC_MIRRORS
-    root = tmp_path_factory.mktemp("experiment_root")
+    root = tmp_path_factory.mktemp("real_data_root")
     with pytest.MonkeyPatch.context() as mp:
         for cls in PUBLIC_MIRRORS:
             mp.setattr(cls, "mirrors", ())
@@ -62,6 +73,12 @@ def experiment_root(real_mirror, tmp_path_factory):
             cls(root, train=True)
             cls(root, train=False)
     return str(root)
+
+
+@pytest.fixture(scope="session")
+def experiment_root(real_data_root):
+    """The data root the tests of minidl.experiments read (:func:`real_data_root`)."""
+    return real_data_root
 
 
 def pytest_sessionfinish(session, exitstatus):

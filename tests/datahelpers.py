@@ -35,19 +35,6 @@ def flip_byte(path, offset=100):
     Path(path).write_bytes(bytes(raw))
 
 
-@pytest.fixture(scope="session")
-def shared_cifar_root(real_mirror, tmp_path_factory):
-    """A data root holding the real CIFAR-10 folder, copied once per session through the mirror
-    (for the model and example tests; tests of the reader make their own)."""
-    root = tmp_path_factory.mktemp("cifar_shared_root")
-    with pytest.MonkeyPatch.context() as mp:
-        for cls in PUBLIC_MIRRORS:
-            mp.setattr(cls, "mirrors", ())
-        mp.setenv(data.MIRROR_ENV, real_mirror)
-        data.CIFAR10(root, train=False)
-    return str(root)
-
-
 @pytest.fixture(autouse=True)
 def offline(monkeypatch):
     """No public internet mirrors, and no mirror variable unless a test sets one."""

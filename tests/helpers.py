@@ -4,11 +4,21 @@ Gradient checks (``minidl.gradcheck``): float64, central differences, a *random*
 (an all-ones upstream gradient makes BatchNorm's input gradient vanish and proves nothing).
 """
 import numpy as np
+import pytest
 
 from minidl import gradcheck
 from minidl.gradcheck import numerical_gradient as numerical_grad
 
-__all__ = ["numerical_grad", "assert_close", "check_module_gradients", "assert_close_to_torch"]
+__all__ = ["numerical_grad", "assert_close", "check_module_gradients", "assert_close_to_torch",
+           "import_torch"]
+
+
+def import_torch():
+    """PyTorch, the oracle of the parity tests (minidl itself never imports it); skips the caller
+    with the install command when it is absent. conftest.py's ``torch`` fixture returns it; a module
+    that needs torch at import time (to build its parametrization or twins) calls it directly."""
+    return pytest.importorskip("torch", reason="the PyTorch comparisons need torch==2.13.0 "
+                               "(pip install torch==2.13.0)")
 
 
 def assert_close(actual, expected, dtype, what=""):

@@ -178,8 +178,7 @@ def test_modifying_the_output_in_place_before_backward_is_a_runtime_error(rng, l
 # ---------------------------------------------------------------------------- PyTorch
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("name", ["Sigmoid", "Tanh"])
-def test_matches_torch(rng, name, dtype):
-    torch = pytest.importorskip("torch")
+def test_matches_torch(rng, name, dtype, torch):
     x = np.concatenate([rng.standard_normal(500) * 5, np.array(EXTREMES[:-2])]).astype(dtype)
     dout = rng.standard_normal(x.shape).astype(dtype)
     ours = getattr(minidl.layers, name)()

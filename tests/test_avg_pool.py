@@ -10,8 +10,6 @@ from minidl import layers
 
 from helpers import assert_close, assert_close_to_torch, check_module_gradients
 
-torch = pytest.importorskip("torch")
-
 DTYPES = [np.float32, np.float64]
 # (N, C, H, W, kernel, stride, padding)
 GEOMETRIES = [
@@ -25,7 +23,7 @@ GEOMETRIES = [
 IDS = [f"x{g[:4]}-k{g[4]}-s{g[5]}-p{g[6]}".replace(" ", "") for g in GEOMETRIES]
 
 
-def torch_avg_pool(x, dout, kernel, stride, padding, include):
+def torch_avg_pool(x, dout, kernel, stride, padding, include, torch):
     xt = torch.tensor(x, requires_grad=True)
     yt = torch.nn.functional.avg_pool2d(xt, kernel, stride, padding, count_include_pad=include)
     yt.backward(torch.tensor(dout))
@@ -35,7 +33,7 @@ def torch_avg_pool(x, dout, kernel, stride, padding, include):
 @pytest.mark.parametrize("include", [True, False])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("geometry", GEOMETRIES, ids=IDS)
-def test_avg_pool_matches_reference_and_torch(geometry, dtype, include, rng):
+def test_avg_pool_matches_reference_and_torch(geometry, dtype, include, rng, torch):
     n, c, h, w, kernel, stride, padding = geometry
     x = rng.standard_normal((n, c, h, w)).astype(dtype)
     out, cache = F.avg_pool2d_forward(x, kernel, stride, padding, include)
@@ -47,7 +45,7 @@ def test_avg_pool_matches_reference_and_torch(geometry, dtype, include, rng):
     assert dx.dtype == dtype and dx.shape == x.shape
     assert_close(dx, ref.avg_pool2d_backward(dout, ref_cache), dtype, "dx")
 
-    yt, dxt = torch_avg_pool(x, dout, kernel, stride or kernel, padding, include)
+    yt, dxt = torch_avg_pool(x, dout, kernel, stride or kernel, padding, include, torch)
     tol = dict(rtol=1e-5, atol=1e-6) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-13)
     assert_close_to_torch(out, yt, **tol, what="forward")
     assert_close_to_torch(dx, dxt, **tol, what="input gradient")
@@ -55,7 +53,7 @@ def test_avg_pool_matches_reference_and_torch(geometry, dtype, include, rng):
 
 @pytest.mark.parametrize("shape", [(2, 3, 8, 8), (4, 16, 1, 1), (1, 2, 5, 3)])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_global_avg_pool_matches_reference_and_torch(shape, dtype, rng):
+def test_global_avg_pool_matches_reference_and_torch(shape, dtype, rng, torch):
     x = rng.standard_normal(shape).astype(dtype)
     pool = layers.GlobalAvgPool2D()
     y = pool(x)
@@ -215,7 +213,7 @@ def test_more_bad_settings_are_refused(kwargs, error, match):
 
 
 @pytest.mark.parametrize("kernel", [1, 2, 3, 4, 5])
-def test_padding_is_refused_exactly_where_torch_refuses_it(kernel):
+def test_padding_is_refused_exactly_where_torch_refuses_it(kernel, torch):
     x = np.zeros((1, 1, 6, 6), np.float32)
     for padding in range(4):
         try:

@@ -321,10 +321,6 @@ def test_conv2d_layer_constructor_errors(kwargs, fragment):
 
 
 # --------------------------------------------------------------------------- 3. PyTorch
-@pytest.fixture(scope="module")
-def torch():
-    return pytest.importorskip("torch")
-
 
 TORCH_CASES = [
     # (x shape, C_out, kernel, stride, padding, bias)

@@ -24,10 +24,6 @@ CASES = [
 IDS = [f"x{c[0]}-o{c[1]}-s{c[2]}-b{int(c[3])}".replace(" ", "") for c in CASES]
 
 
-@pytest.fixture(scope="module")
-def torch():
-    return pytest.importorskip("torch")
-
 
 def _arrays(case, dtype, rng):
     x_shape, out_channels, _, use_bias = case

@@ -11,9 +11,6 @@ from minidl import layers
 
 from helpers import check_module_gradients
 
-torch = pytest.importorskip("torch")
-
-
 @pytest.mark.parametrize("p", [0.2, 0.5, 0.8])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_training_drops_a_fraction_p_and_scales_the_rest(p, dtype, rng):
@@ -31,7 +28,7 @@ def test_training_drops_a_fraction_p_and_scales_the_rest(p, dtype, rng):
     assert dx.dtype == dtype
 
 
-def test_scaling_matches_torch_dropout(rng):
+def test_scaling_matches_torch_dropout(rng, torch):
     """PyTorch's F.dropout: kept elements are x / (1 - p), the others 0; eval is the identity."""
     x = rng.uniform(1, 2, (64, 64)).astype(np.float32)
     ours = layers.Dropout(0.3, rng=1)(x)
@@ -55,7 +52,7 @@ def test_eval_mode_and_p_zero_are_the_identity(rng):
         assert drop.rng.bit_generator.state == state  # nothing drawn
 
 
-def test_p_one_drops_everything_like_torch(rng):
+def test_p_one_drops_everything_like_torch(rng, torch):
     x = rng.standard_normal((3, 4)).astype(np.float32)
     drop = layers.Dropout(1.0)
     y = drop(x)
@@ -179,7 +176,7 @@ def test_bad_inputs_are_named(x, match):
 
 
 @pytest.mark.parametrize("shape", [(), (0,), (3, 0, 2)])
-def test_zero_dim_and_empty_inputs_work_like_torch(shape):
+def test_zero_dim_and_empty_inputs_work_like_torch(shape, torch):
     drop = layers.Dropout(0.5, rng=0)
     x = np.ones(shape, np.float32)
     y = drop(x)

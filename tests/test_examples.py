@@ -8,7 +8,6 @@ import sys
 import pytest
 
 from mpi_helpers import run_mpi
-from datahelpers import shared_cifar_root  # noqa: F401 (fixtures)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -138,11 +137,11 @@ def run_example(script, *args, timeout=600):
 
 
 def test_cifar_bn_example_prints_tables_and_writes_json_and_png(tmp_path,
-                                                                 shared_cifar_root):  # noqa: F811
+                                                                 real_data_root):
     """Both networks on a tiny slice of real CIFAR-10; ResNet-20 at an absurd learning rate
     so that the plain network diverges: reported in the table and the JSON, not a crash."""
     out, plot = tmp_path / "cifar.json", tmp_path / "cifar.png"
-    proc = run_example(CIFAR_EXAMPLE, *TINY, "--root", shared_cifar_root, "--out", str(out),
+    proc = run_example(CIFAR_EXAMPLE, *TINY, "--root", real_data_root, "--out", str(out),
                        "--plot", str(plot), "--resnet-lr", "1e6")
     assert proc.returncode == 0, proc.stderr
     stdout = proc.stdout
@@ -177,7 +176,7 @@ def test_cifar_bn_example_prints_tables_and_writes_json_and_png(tmp_path,
 
 
 def test_cifar_bn_example_without_matplotlib_writes_the_data_and_says_how(
-        tmp_path, shared_cifar_root, monkeypatch, capsys):  # noqa: F811
+        tmp_path, real_data_root, monkeypatch, capsys):
     sys.path.insert(0, os.path.join(REPO, "examples"))
     try:
         import cifar_bn
@@ -185,7 +184,7 @@ def test_cifar_bn_example_without_matplotlib_writes_the_data_and_says_how(
         sys.path.pop(0)
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib fails
     out, plot = tmp_path / "cifar.json", tmp_path / "cifar.png"
-    assert cifar_bn.main([*TINY, "--networks", "vgg", "--root", shared_cifar_root,
+    assert cifar_bn.main([*TINY, "--networks", "vgg", "--root", real_data_root,
                           "--out", str(out), "--plot", str(plot)]) == 0
     printed = capsys.readouterr().out
     assert 'matplotlib is not installed: no plot' in printed

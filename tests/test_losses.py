@@ -185,8 +185,7 @@ def test_labels_as_list_are_accepted(rng):
 @pytest.mark.parametrize("dtype, rtol", [(np.float32, 1e-5), (np.float64, 1e-12)])
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 @pytest.mark.parametrize("scale", [1.0, 30.0, 1e4])
-def test_against_torch(rng, dtype, rtol, reduction, scale):
-    torch = pytest.importorskip("torch")
+def test_against_torch(rng, dtype, rtol, reduction, scale, torch):
     logits, labels = make_batch(rng, n=32, k=10, dtype=dtype, scale=scale)
     loss_fn = CrossEntropyLoss(reduction=reduction)
     loss = loss_fn(logits, labels)

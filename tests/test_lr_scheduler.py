@@ -10,7 +10,9 @@ from minidl import optim
 from minidl.layers.module import Parameter
 from minidl.optim import lr_scheduler as sched
 
-torch = pytest.importorskip("torch")
+from helpers import import_torch
+
+torch = import_torch()
 T = torch.optim.lr_scheduler
 
 # (name, minidl factory, torch factory, steps); each factory takes (scheduler module, optimizer)

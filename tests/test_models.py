@@ -8,10 +8,6 @@ from minidl import data, layers, losses, models, optim
 from minidl.data import transforms
 
 from helpers import assert_close_to_torch
-from datahelpers import shared_cifar_root  # noqa: F401 (fixtures)
-
-torch = pytest.importorskip("torch")
-import torch_models  # noqa: E402 (needs torch)
 
 
 def leaf_types(model):
@@ -43,7 +39,7 @@ def test_every_builder_gives_logits_and_gradients(build, shape, norm, position, 
     assert ("BatchNorm" in leaf_types(model)) == (norm == "batch")
 
 
-def test_resnet20_has_0_27m_parameters_like_the_same_net_in_torch():
+def test_resnet20_has_0_27m_parameters_like_the_same_net_in_torch(torch_models):
     counts = {}
     for shortcut in ("A", "B"):
         for norm in ("batch", None):
@@ -165,7 +161,7 @@ def test_zero_pad_shortcut(rng):
 
 # ----------------------------------------------------------------------------- PyTorch parity
 @pytest.mark.parametrize("shortcut, dtype", [("A", np.float64), ("B", np.float32)])
-def test_resnet20_training_step_matches_torch(shortcut, dtype, rng):
+def test_resnet20_training_step_matches_torch(shortcut, dtype, rng, torch, torch_models):
     """Same weights, same batch: loss, every gradient, and the weights and running statistics
     after one SGD step (momentum, weight decay) agree with PyTorch's ResNet-20."""
     ours = models.resnet_cifar(20, shortcut=shortcut, rng=rng).astype(dtype)
@@ -192,14 +188,14 @@ def test_resnet20_training_step_matches_torch(shortcut, dtype, rng):
 
 
 # ----------------------------------------------------------------------------- real CIFAR-10
-def test_short_real_cifar_run_reaches_stated_accuracy(shared_cifar_root):  # noqa: F811
+def test_short_real_cifar_run_reaches_stated_accuracy(real_data_root):
     """150 steps of the half-width VGG CNN with BatchNorm (batch 64, SGD lr 0.02 momentum 0.9)
     on the first 9,600 real training images: >= 35% on the first 2,000 test images.
 
     Measured with seeds 0-4 (weights and order): 47.5%, 45.4%, 42.1%, 44.5%, 48.1%; the
     threshold leaves 7 points below the worst. About 14 s of CPU time for the training."""
-    train = data.CIFAR10(shared_cifar_root, train=True, download=False)
-    test = data.CIFAR10(shared_cifar_root, train=False, download=False)
+    train = data.CIFAR10(real_data_root, train=True, download=False)
+    test = data.CIFAR10(real_data_root, train=False, download=False)
     images, labels = train.images[:9600], train.labels[:9600]
     normalize = transforms.Normalize.from_dataset(images)
     minidl.manual_seed(0)

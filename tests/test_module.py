@@ -274,8 +274,7 @@ def test_passes_in_two_threads_do_not_mix(rng):
 
 
 # ----------------------------------------------------------------------------- printing
-def test_print_shows_nested_structure_like_pytorch():
-    torch = pytest.importorskip("torch")
+def test_print_shows_nested_structure_like_pytorch(torch):
     ours = Sequential(ReLU(), Sequential(ReLU(), Sequential(ReLU()), ReLU()), Sequential(), ReLU())
     theirs = torch.nn.Sequential(
         torch.nn.ReLU(),

@@ -8,9 +8,9 @@ import pytest
 
 from minidl.layers.normalization import GroupNorm, InstanceNorm, LayerNorm, PerActivationBatchNorm
 
-from helpers import assert_close_to_torch
+from helpers import assert_close_to_torch, import_torch
 
-torch = pytest.importorskip("torch")
+torch = import_torch()
 TOL = {np.float32: dict(rtol=1e-5, atol=2e-5), np.float64: dict(rtol=1e-10, atol=1e-12)}
 TORCH_DTYPE = {np.float32: torch.float32, np.float64: torch.float64}
 

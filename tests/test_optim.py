@@ -43,8 +43,7 @@ def run_steps(optimizer, params, grads):
         optimizer.step()
 
 
-def compare_with_torch(rng, our_class, torch_class, config, dtype):
-    torch = pytest.importorskip("torch")
+def compare_with_torch(rng, our_class, torch_class, config, dtype, torch):
     params = make_params(rng, dtype)
     torch_params = [torch.tensor(p.data.copy(), requires_grad=True) for p in params]
     grads = make_grads(rng, dtype)
@@ -70,9 +69,8 @@ def compare_with_torch(rng, our_class, torch_class, config, dtype):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("config", SGD_CONFIGS, ids=str)
-def test_sgd_matches_torch(rng, config, dtype):
-    torch = pytest.importorskip("torch")
-    ours, theirs = compare_with_torch(rng, SGD, torch.optim.SGD, config, dtype)
+def test_sgd_matches_torch(rng, config, dtype, torch):
+    ours, theirs = compare_with_torch(rng, SGD, torch.optim.SGD, config, dtype, torch)
     if config.get("momentum", 0) != 0:
         for i, tp in enumerate(theirs.param_groups[0]["params"]):
             np.testing.assert_allclose(
@@ -85,9 +83,8 @@ def test_sgd_matches_torch(rng, config, dtype):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("config", ADAM_CONFIGS, ids=str)
-def test_adam_matches_torch(rng, config, dtype):
-    torch = pytest.importorskip("torch")
-    ours, theirs = compare_with_torch(rng, Adam, torch.optim.Adam, config, dtype)
+def test_adam_matches_torch(rng, config, dtype, torch):
+    ours, theirs = compare_with_torch(rng, Adam, torch.optim.Adam, config, dtype, torch)
     for i, tp in enumerate(theirs.param_groups[0]["params"]):
         state = theirs.state[tp]
         assert ours.state[i]["step"] == int(state["step"]) == NUM_STEPS
@@ -408,8 +405,7 @@ GROUP_CASES = [
 
 @pytest.mark.parametrize("cls, defaults, overrides", GROUP_CASES,
                          ids=lambda v: getattr(v, "__name__", str(v)))
-def test_param_groups_match_torch(rng, cls, defaults, overrides):
-    torch = pytest.importorskip("torch")
+def test_param_groups_match_torch(rng, cls, defaults, overrides, torch):
     params = make_params(rng, np.float64)
     torch_params = [torch.tensor(p.data.copy(), requires_grad=True) for p in params]
     splits = [[0], [1, 2]]

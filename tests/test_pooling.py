@@ -246,10 +246,6 @@ def test_maxpool2d_layer_repr():
 
 
 # --------------------------------------------------------------------------- 4. PyTorch
-@pytest.fixture(scope="module")
-def torch():
-    return pytest.importorskip("torch")
-
 
 @pytest.mark.parametrize("ties", [False, True], ids=["distinct", "ties"])
 @pytest.mark.parametrize("dtype", DTYPES)

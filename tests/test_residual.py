@@ -9,8 +9,6 @@ from minidl.model import Sequential
 
 from helpers import assert_close_to_torch, check_module_gradients
 
-torch = pytest.importorskip("torch")
-import torch_models  # noqa: E402 (needs torch)
 
 
 def projection_block(cin, cout, rng, dtype=np.float32):
@@ -24,7 +22,7 @@ def projection_block(cin, cout, rng, dtype=np.float32):
     return Sequential(layers.Residual(body, shortcut), layers.ReLU()).astype(dtype)
 
 
-def torch_projection_block(cin, cout):
+def torch_projection_block(cin, cout, torch, torch_models):
     nn = torch.nn
     body = nn.Sequential(nn.Conv2d(cin, cout, 3, 2, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(),
                          nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout))
@@ -92,9 +90,9 @@ def test_input_grad_false_skips_the_input_gradient_but_not_the_parameters(rng):
 
 # ----------------------------------------------------------------------------- PyTorch
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_projection_block_matches_torch(rng, dtype):
+def test_projection_block_matches_torch(rng, dtype, torch, torch_models):
     ours = projection_block(3, 8, rng, dtype)
-    theirs = torch_models.load_from_minidl(torch_projection_block(3, 8), ours,
+    theirs = torch_models.load_from_minidl(torch_projection_block(3, 8, torch, torch_models), ours,
                                            torch.float64 if dtype == np.float64 else torch.float32)
     tol = dict(rtol=1e-4, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-12)
     for step in range(2):  # two training steps: running statistics move too

@@ -104,8 +104,7 @@ def test_not_a_mapping():
         _model().load_state_dict([("0.weight", np.zeros((8, 4)))])
 
 
-def test_missing_and_unexpected_keys_match_pytorch():
-    torch = pytest.importorskip("torch")
+def test_missing_and_unexpected_keys_match_pytorch(torch):
     ours = _model()
     theirs = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8), torch.nn.ReLU(),
                                  torch.nn.Linear(8, 3))

@@ -10,9 +10,9 @@ import pytest
 from minidl import layers, losses, optim
 from minidl.models import mnist_cnn
 
-from helpers import assert_close_to_torch
+from helpers import assert_close_to_torch, import_torch
 
-torch = pytest.importorskip("torch")
+torch = import_torch()
 F32 = dict(rtol=1e-5, atol=1e-5)
 
 
