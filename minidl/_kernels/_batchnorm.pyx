@@ -524,6 +524,9 @@ def backward(const floating[:, :, ::1] dy, const floating[:, :, ::1] x, const do
 # ----------------------------------------------------------------------------------------------
 # SyncBatchNorm's extension point: the fused backward above, split at the point where the
 # per-channel sums would be summed over processes.
+# The loops repeat backward's on purpose: backward runs both halves for one channel inside
+# one parallel iteration, so the channel's rows are often still in cache for the second pass;
+# calling grad_sums and then input_grad would stream x and dy from memory twice.
 
 def grad_sums(const floating[:, :, ::1] dy, const floating[:, :, ::1] x, const double[::1] mean,
               double[::1] sum_dy, double[::1] sum_dy_xmu, int num_threads=1):
