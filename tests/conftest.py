@@ -6,7 +6,8 @@ must actually run there, including the PyTorch comparisons.
 Fixtures: ``rng`` (a seeded NumPy Generator per test), ``torch`` (PyTorch, the test oracle; the
 test skips with the reason when it is absent), ``real_mirror`` (the folder or URL holding the
 real datasets: ``$MINIDL_DATA_MIRROR``, else ``../shared/data`` beside the repository; skips
-when neither exists).
+when neither exists), ``experiment_root`` (a data root with the real datasets, built once per
+session), ``one_kernel_thread`` (minidl's kernels on one thread for the test, restored after).
 """
 import os
 from pathlib import Path
@@ -62,6 +63,19 @@ def experiment_root(real_mirror, tmp_path_factory):
             cls(root, train=True)
             cls(root, train=False)
     return str(root)
+
+
+@pytest.fixture
+def one_kernel_thread():
+    """minidl's kernels on one OpenMP thread during the test (the previous count restored
+    after): the tiny runs of the experiment tests are faster on one thread, and much faster
+    when other processes compete for the cores (a parallel kernel waits for its slowest
+    thread)."""
+    import minidl
+    previous = minidl.get_num_threads()
+    minidl.set_num_threads(1)
+    yield
+    minidl.set_num_threads(previous)
 
 
 def pytest_sessionfinish(session, exitstatus):
