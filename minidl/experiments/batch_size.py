@@ -41,7 +41,8 @@ def plot(path, result):
     config = result.config
     return _common.sweep_figure(path, result, "batch_size", "batch size (same epochs)",
                                 f"mnist_cnn, {config['epochs']} epoch(s) of "
-                                f"{config['train_samples'] or 60000} images")
+                                f"{config['train_samples'] or 60000} images",
+                                ticks=sorted(config["batch_sizes"]), descending=True)
 
 
 EXPERIMENT = Experiment(
