@@ -9,7 +9,8 @@ few modules that need torch at import time), ``torch_models`` (PyTorch twins of 
 networks), ``real_mirror`` (the folder or URL holding the real datasets:
 ``$MINIDL_DATA_MIRROR``, else ``../shared/data`` beside the repository; skips when neither
 exists), ``real_data_root`` (a data root with the real datasets, copied once) and its
-alias ``experiment_root``.
+alias ``experiment_root``, ``one_kernel_thread`` (minidl's kernels on one thread for the test,
+restored after).
 """
 import os
 from pathlib import Path
@@ -79,6 +80,19 @@ def real_data_root(real_mirror, tmp_path_factory):
 def experiment_root(real_data_root):
     """The data root the tests of minidl.experiments read (:func:`real_data_root`)."""
     return real_data_root
+
+
+@pytest.fixture
+def one_kernel_thread():
+    """minidl's kernels on one OpenMP thread during the test (the previous count restored
+    after): the tiny runs of the experiment tests are faster on one thread, and much faster
+    when other processes compete for the cores (a parallel kernel waits for its slowest
+    thread)."""
+    import minidl
+    previous = minidl.get_num_threads()
+    minidl.set_num_threads(1)
+    yield
+    minidl.set_num_threads(previous)
 
 
 def pytest_sessionfinish(session, exitstatus):

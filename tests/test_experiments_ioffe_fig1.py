@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 
-def test_ioffe_fig1_tiny(tmp_path, experiment_root):  # noqa: F811
+def test_ioffe_fig1_tiny(tmp_path, experiment_root, one_kernel_thread):  # noqa: F811
     result = ioffe_fig1(steps=150, eval_every=50, record_every=10, train_samples=3000,
                         test_samples=300, curve_samples=200, seeds=2, root=experiment_root,
                         out=str(tmp_path), progress=False, log=None)

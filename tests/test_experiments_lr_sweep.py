@@ -5,7 +5,7 @@ from minidl.experiments.lr_sweep import lr_sweep
 from experiment_helpers import check_files, runs  # noqa: F401
 
 
-def test_lr_sweep_tiny(tmp_path, experiment_root):  # noqa: F811
+def test_lr_sweep_tiny(tmp_path, experiment_root, one_kernel_thread):  # noqa: F811
     result = lr_sweep(lrs=[0.1, 2.0], steps=60, eval_every=30, train_samples=2000,
                       test_samples=300, curve_samples=200, seeds=2, root=experiment_root,
                       out=str(tmp_path), progress=False, log=None)

@@ -123,19 +123,14 @@ def test_a_run_whose_worker_dies_twice_is_marked_failed(tmp_path):
 
 
 def test_a_real_experiment_on_two_worker_processes_matches_the_sequential_run(
-        tmp_path, experiment_root):  # noqa: F811
+        tmp_path, experiment_root, one_kernel_thread):  # noqa: F811
     """ioffe-fig1 at a tiny size: the workers read MNIST from their own data root; one
     kernel thread in both cases."""
     need_dask()
     options = dict(steps=20, eval_every=10, record_every=5, train_samples=600, test_samples=200,
                    curve_samples=100, seeds=2, root=experiment_root, out=None, progress=False,
                    log=None)
-    previous = minidl.get_num_threads()
-    minidl.set_num_threads(1)
-    try:
-        sequential = minidl.experiments.run("ioffe-fig1", **options)
-    finally:
-        minidl.set_num_threads(previous)
+    sequential = minidl.experiments.run("ioffe-fig1", **options)
     parallel = minidl.experiments.run("ioffe-fig1", workers=2, **options)
     assert [r["status"] for r in parallel.runs] == ["ok"] * 4
     for a, b in zip(sequential.runs, parallel.runs):
@@ -195,7 +190,7 @@ def test_without_dask_workers_and_scheduler_say_how_to_install_it(monkeypatch, c
 
 
 def test_python_m_runs_an_experiment_end_to_end(tmp_path, experiment_root):  # noqa: F811
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), MINIDL_NUM_THREADS="1")
     proc = subprocess.run(
         [sys.executable, "-m", "minidl.experiments", "init-scale", "--scales", "1",
          "--steps", "5", "--eval-every", "5", "--train-samples", "320", "--test-samples", "100",

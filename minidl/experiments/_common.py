@@ -269,14 +269,20 @@ def sweep_plot(axis, result, x_key, group_key, metric, labels=None, log_x=True):
     axis.legend(fontsize=8)
 
 
-def sweep_figure(path, result, x_key, xlabel, title):
+def sweep_figure(path, result, x_key, xlabel, title, ticks=None, descending=False):
     """The figure of a sweep: final test accuracy against ``x_key`` (log axis), one line per
-    norm (see :func:`sweep_plot`); returns False without matplotlib."""
+    norm (see :func:`sweep_plot`); ``ticks``: label exactly these x values; ``descending``:
+    the largest x on the left. Returns False without matplotlib."""
     plt = pyplot()
     if plt is None:
         return False
     figure, axis = plt.subplots(figsize=(4.4, 3.0))
     sweep_plot(axis, result, x_key, "norm", "test_accuracy", NORM_LABELS)
+    if ticks is not None:
+        axis.set_xticks(ticks, [str(t) for t in ticks])
+        axis.minorticks_off()
+    if descending:
+        axis.invert_xaxis()
     axis.set_xlabel(xlabel, fontsize=8)
     axis.set_ylabel("final test accuracy", fontsize=8)
     axis.set_ylim(0, 1)
