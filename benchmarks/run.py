@@ -981,7 +981,7 @@ def minidl_train_step(model, batches):
         loss = loss_fn(model(x), y)
         model.backward(loss_fn.backward(), input_grad=False)  # as PyTorch: no grad for the input
         optimizer.step()
-        optimizer.zero_grad()
+        optimizer.zero_grad(set_to_none=True)  # what PyTorch's zero_grad() does by default
         return loss
     step.model = model  # for --profile's per-layer times
     return step

@@ -1,5 +1,6 @@
 """minidl._checks: the shared validation rules (aliasing, allocation sizes, geometry, numbers,
 dtypes) and the fingerprint of arrays kept for a backward pass (issue 10)."""
+import math
 import re
 
 import numpy as np
@@ -7,7 +8,8 @@ import pytest
 
 from minidl import _checks
 from minidl._checks import (MAX_SIZE, Fingerprint, check_allocation, check_kept, check_no_overlap,
-                            check_pool_padding, float_dtype, overlaps, pair, watch_kept)
+                            check_number, check_pool_padding, data_address, float_dtype, overlaps,
+                            pair, watch_kept)
 
 
 # ------------------------------------------------------------------------------------ overlap
@@ -73,11 +75,46 @@ def test_pair_accepts_ints_and_pairs_of_ints(value, expected):
 
 @pytest.mark.parametrize("value", [0, -1, True, (True, 2), 2.0, (2.0, 2), float("nan"), "33", "3",
                                    (1, 2, 3), (1,), None, MAX_SIZE + 1, (1, 2 ** 70), 2 ** 70,
-                                   np.float64(2), [[1, 2]]])
+                                   np.float64(2), [[1, 2]], (0, 3), (3, -1), (MAX_SIZE + 1, 1),
+                                   (np.int64(2), True)])
 def test_pair_refuses_everything_else_with_the_layer_and_value(value):
     with pytest.raises(ValueError, match=re.escape(
             f"L: kernel_size must be an int or a pair of ints from 1 to {MAX_SIZE}, got {value!r}")):
         pair(value, "kernel_size", "L", minimum=1)
+
+
+def test_pair_returns_a_normalized_pair_unchanged():
+    value = (2, 5)
+    assert pair(value, "stride", "L", minimum=1) is value  # no new tuple on the hot path
+    assert pair(0, "padding", "L") == (0, 0)
+
+
+# ------------------------------------------------------------------------------- numbers
+@pytest.mark.parametrize("value, low, high, inclusive", [
+    (0.1, 0.0, 1.0, True), (1, 0.0, 1.0, True), (0.0, 0.0, None, True), (1e-5, -math.inf, None,
+                                                                         True),
+    (np.float32(0.5), 0.0, 1.0, True), (np.array(0.25), 0.0, 1.0, True), (np.int64(3), 0.0, None,
+                                                                          True),
+])
+def test_check_number_accepts_real_numbers_in_range_as_floats(value, low, high, inclusive):
+    number = check_number("SGD", "lr", value, low=low, high=high, high_inclusive=inclusive)
+    assert type(number) is float and number == float(value)
+
+
+@pytest.mark.parametrize("value, low, high, inclusive, error, message", [
+    (1.0, 0.0, 1.0, False, ValueError, r"expected lr in \[0, 1\), got 1.0"),
+    (1.5, 0.0, 1.0, True, ValueError, r"expected lr in \[0, 1\], got 1.5"),
+    (-1, 0.0, None, True, ValueError, r"expected lr >= 0, got -1"),
+    (math.inf, -math.inf, None, True, ValueError, r"expected lr to be a finite number, got inf"),
+    (-math.inf, -math.inf, None, True, ValueError, r"expected lr to be a finite number, got -inf"),
+    (math.nan, 0.0, None, True, ValueError, r"expected lr to be a finite number, got nan"),
+    (True, 0.0, None, True, TypeError, r"expected lr to be a real number, got True"),
+    ("0.1", 0.0, None, True, TypeError, r"expected lr to be a real number, got '0.1'"),
+])
+def test_check_number_refuses_the_rest_naming_the_owner(value, low, high, inclusive, error,
+                                                        message):
+    with pytest.raises(error, match=r"^SGD: " + message):
+        check_number("SGD", "lr", value, low=low, high=high, high_inclusive=inclusive)
 
 
 def test_pool_padding_is_at_most_half_the_window_as_in_pytorch():
@@ -168,6 +205,14 @@ def test_fingerprint_sees_a_resize_and_works_on_non_contiguous_arrays():
     fingerprint = Fingerprint(y)
     y.resize(4, refcheck=False)
     assert fingerprint.changed()
+
+
+def test_data_address_is_the_array_interface_address():
+    x = np.zeros((4, 6), np.float32)
+    for array in (x, x[1:, 2:], x.T, x[::2, ::-1]):
+        assert data_address(array) == array.__array_interface__["data"][0]
+    with pytest.raises(TypeError):
+        data_address([1.0])
 
 
 def test_watch_kept_watches_only_arrays_the_cache_refers_to():

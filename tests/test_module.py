@@ -369,6 +369,26 @@ def test_a_wrong_dout_midway_leaves_every_grad_as_it_was(rng, accumulated):
     assert any(not np.array_equal(p.grad, values) for (_, values), p in zip(saved, model.parameters()))
 
 
+def test_a_failed_pass_after_zero_grad_set_to_none_leaves_every_grad_none(rng):
+    model = Sequential(Dense(3, 4, rng=rng), _Fails("accumulate_grad"), ReLU(), Dense(4, 2, rng=rng))
+    model.zero_grad(set_to_none=True)
+    assert all(p.grad is None for p in model.parameters())
+    model(rng.standard_normal((5, 3)).astype(np.float32))
+    with pytest.raises(ZeroDivisionError, match="custom layer failed"):
+        model.backward(rng.standard_normal((5, 2)).astype(np.float32))
+    assert all(p.grad is None for p in model.parameters())  # the last Dense's new grad undone
+    model.zero_grad()  # zeros in place: a None gradient stays None
+    assert all(p.grad is None for p in model.parameters())
+    with pytest.raises(TypeError, match=r"^Sequential.zero_grad: expected set_to_none to be "
+                                        r"True or False"):
+        model.zero_grad(set_to_none="yes")
+
+
+def test_parameters_lists_named_parameters_in_order(rng):
+    model = Sequential(Dense(3, 4, rng=rng), Sequential(ReLU(), Dense(4, 2, rng=rng)))
+    assert [id(p) for p in model.parameters()] == [id(p) for _, p in model.named_parameters()]
+
+
 @pytest.mark.parametrize("how", ["accumulate_grad", "direct"])
 def test_an_exception_in_a_custom_layer_leaves_every_grad_as_it_was(rng, how):
     model = Sequential(Dense(3, 4, rng=rng), _Fails(how), ReLU(), Dense(4, 2, rng=rng))

@@ -201,6 +201,46 @@ def test_zero_grad(rng):
         assert p.grad is g and not np.any(p.grad)
 
 
+def test_zero_grad_set_to_none_gives_the_same_training_as_zeros(rng):
+    """PyTorch's default: grads become None, the next backward writes new arrays, and the
+    updates are bit-identical to zeroing in place (a model, its loss and momentum SGD)."""
+    from minidl import Sequential, layers
+    from minidl.losses import CrossEntropyLoss
+    x = rng.standard_normal((6, 5)).astype(np.float32)
+    y = rng.integers(0, 3, 6)
+    results = []
+    for set_to_none in (False, True):
+        model = Sequential(layers.Dense(5, 8, rng=0), layers.ReLU(), layers.Dense(8, 3, rng=1))
+        optimizer, loss_fn = SGD(model.parameters(), lr=0.1, momentum=0.9), CrossEntropyLoss()
+        for _ in range(3):
+            loss_fn(model(x), y)
+            model.backward(loss_fn.backward(), input_grad=False)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=set_to_none)
+            assert all((p.grad is None) == set_to_none for p in model.parameters())
+        results.append([p.data.copy() for p in model.parameters()])
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_zero_grad_set_to_none_skips_parameters_without_a_new_grad(rng):
+    params = make_params(rng, np.float32)
+    optimizer = SGD(params, lr=0.1, momentum=0.9)
+    optimizer.zero_grad(set_to_none=True)
+    before = [p.data.copy() for p in params]
+    params[0].accumulate_grad(np.ones(SHAPES[0], np.float64))  # any float dtype, cast
+    assert params[0].grad.dtype == np.float32 and params[0].grad.shape == SHAPES[0]
+    optimizer.step()  # only params[0] has a gradient (as in PyTorch)
+    np.testing.assert_allclose(params[0].data, before[0] - 0.1, rtol=1e-6)
+    for p, old in zip(params[1:], before[1:]):
+        np.testing.assert_array_equal(p.data, old)
+    optimizer.zero_grad()  # zeros in place leave a None gradient as it is
+    assert params[1].grad is None and not np.any(params[0].grad)
+    with pytest.raises(TypeError, match=r"^SGD.zero_grad: expected set_to_none to be True or "
+                                        r"False, got 1"):
+        optimizer.zero_grad(set_to_none=1)
+
+
 def test_accepts_generator_and_lr_changes(rng):
     params = make_params(rng, np.float64)
     opt = SGD((p for p in params), lr=0.1)

@@ -25,6 +25,8 @@ from collections import OrderedDict, namedtuple
 
 import numpy as np
 
+from .. import _memory
+from .._checks import check_bool
 from .._grad_mode import is_grad_enabled
 
 __all__ = ["Parameter", "Module", "RemovableHandle"]
@@ -58,8 +60,9 @@ class Parameter:
         return self.data.dtype
 
     def zero_grad(self):
-        """Set the gradient to zero in place."""
-        self.grad[...] = 0
+        """Set the gradient to zero in place (a ``grad`` that is None stays None)."""
+        if self.grad is not None:
+            self.grad[...] = 0
 
     def accumulate_grad(self, g):
         """Add ``g`` (same shape, any float dtype) to ``grad`` in place.
@@ -77,8 +80,9 @@ class Parameter:
         backward_pass = _BACKWARD_PASS.get()
         if backward_pass is not None:
             backward_pass.save(self)
-        if self.grad is None:
-            self.grad = g.astype(self.data.dtype)  # a new array
+        if self.grad is None:  # a new array (a block of minidl's allocator: no page faults)
+            self.grad = _memory.empty(self.data.shape, self.data.dtype)
+            np.copyto(self.grad, g, casting="unsafe")
         else:
             self.grad += g
 
@@ -374,7 +378,10 @@ class Module:
 
     def parameters(self):
         """All trainable parameters, in layer order. Buffers are not included."""
-        return [p for _, p in self.named_parameters()]
+        found = list(self._parameters.values())  # named_parameters' order, without the names
+        for child in self._modules.values():
+            found += child.parameters()
+        return found
 
     def named_buffers(self, prefix=""):
         """Yield ``(qualified_name, array)`` for every non-None buffer."""
@@ -394,10 +401,19 @@ class Module:
         """Set evaluation mode (``train(False)``); returns ``self``."""
         return self.train(False)
 
-    def zero_grad(self):
-        """Zero the gradient of every parameter."""
+    def zero_grad(self, set_to_none=False):
+        """Reset the gradient of every parameter: zeros in place (default), or None with
+        ``set_to_none=True`` (PyTorch's default; see :meth:`minidl.optim.Optimizer.zero_grad`).
+
+        Raises:
+            TypeError: ``set_to_none`` is not a bool.
+        """
+        set_to_none = check_bool(f"{type(self).__name__}.zero_grad", "set_to_none", set_to_none)
         for p in self.parameters():
-            p.zero_grad()
+            if set_to_none:
+                p.grad = None
+            else:
+                p.zero_grad()
 
     def astype(self, dtype):
         """Convert every parameter (and its grad) and floating buffer to ``dtype`` in place.
