@@ -11,7 +11,7 @@ from minidl.reference import conv as ref
 
 # (N, C_in, C_out, H, W, padding): odd and even outputs (a last row/column of tiles that is half
 # outside), padding 0-2, outputs of one pixel, channel counts that are not multiples of the
-# kernels' steps (4 rows, 32 columns).
+# kernels' steps (4 rows, 16 columns).
 WINOGRAD_GEOMETRIES = [
     (2, 3, 4, 5, 6, (1, 1)),
     (3, 5, 2, 8, 7, (0, 0)),

@@ -45,6 +45,23 @@ cdef inline bint _inside(Py_ssize_t index, Py_ssize_t size) noexcept nogil:
     return 0 <= index < size
 
 
+cdef inline Py_ssize_t _first_inside(Py_ssize_t start, Py_ssize_t size,
+                                     Py_ssize_t taps) noexcept nogil:
+    """The first ``j < taps`` with ``0 <= start + j`` (``taps`` if none is inside ``[0, size)``)."""
+    if start + taps <= 0 or start >= size:
+        return taps
+    return -start if start < 0 else 0
+
+
+cdef inline Py_ssize_t _end_inside(Py_ssize_t start, Py_ssize_t size,
+                                   Py_ssize_t taps) noexcept nogil:
+    """One past the last ``j < taps`` with ``start + j < size``, at least
+    :func:`_first_inside`: taps ``[_first_inside, _end_inside)`` are the ones in ``[0, size)``."""
+    if start + taps <= 0 or start >= size:
+        return taps
+    return size - start if size - start < taps else taps
+
+
 def im2col(const floating[:, :, :, ::1] x_nhwc, floating[:, ::1] cols,
            Py_ssize_t kernel_h, Py_ssize_t kernel_w, Py_ssize_t stride_h, Py_ssize_t stride_w,
            Py_ssize_t pad_h, Py_ssize_t pad_w, int num_threads=1):
@@ -72,7 +89,8 @@ def im2col(const floating[:, :, :, ::1] x_nhwc, floating[:, ::1] cols,
     cdef Py_ssize_t C = x_nhwc.shape[3]
     cdef Py_ssize_t OH = (H + 2 * pad_h - kernel_h) // stride_h + 1
     cdef Py_ssize_t OW = (W + 2 * pad_w - kernel_w) // stride_w + 1
-    cdef Py_ssize_t task, n, oh, ow, i, j, ih, iw, c
+    cdef Py_ssize_t task, n, oh, ow, i, ih, iw0, lo, hi, k
+    cdef Py_ssize_t run = kernel_w * C
     cdef floating* dst
     cdef const floating* src
 
@@ -81,18 +99,25 @@ def im2col(const floating[:, :, :, ::1] x_nhwc, floating[:, ::1] cols,
         oh = task - n * OH
         for ow in range(OW):
             dst = &cols[task * OW + ow, 0]
+            iw0 = ow * stride_w - pad_w
+            lo = _first_inside(iw0, W, kernel_w) * C
+            hi = _end_inside(iw0, W, kernel_w) * C
             for i in range(kernel_h):
+                # the kW taps of kernel row i read one contiguous run of x_nhwc's row ih, from
+                # column iw0: elements [lo, hi) of the run are inside the image
                 ih = oh * stride_h - pad_h + i
-                for j in range(kernel_w):
-                    iw = ow * stride_w - pad_w + j
-                    if _inside(ih, H) and _inside(iw, W):
-                        src = &x_nhwc[n, ih, iw, 0]
-                        for c in range(C):
-                            dst[c] = src[c]
-                    else:
-                        for c in range(C):
-                            dst[c] = 0
-                    dst = dst + C
+                if _inside(ih, H) and lo < hi:
+                    src = &x_nhwc[n, ih, 0, 0] + iw0 * C + lo  # element lo of the run
+                    for k in range(lo):
+                        dst[k] = 0
+                    for k in range(hi - lo):
+                        dst[lo + k] = src[k]
+                    for k in range(hi, run):
+                        dst[k] = 0
+                else:
+                    for k in range(run):
+                        dst[k] = 0
+                dst = dst + run
 
 
 def col2im(const floating[:, ::1] cols, floating[:, :, :, ::1] dx_nhwc,
@@ -120,7 +145,8 @@ def col2im(const floating[:, ::1] cols, floating[:, :, :, ::1] dx_nhwc,
     cdef Py_ssize_t C = dx_nhwc.shape[3]
     cdef Py_ssize_t OH = (H + 2 * pad_h - kernel_h) // stride_h + 1
     cdef Py_ssize_t OW = (W + 2 * pad_w - kernel_w) // stride_w + 1
-    cdef Py_ssize_t n, oh, ow, i, j, ih, iw, c, k
+    cdef Py_ssize_t n, oh, ow, i, ih, iw0, lo, hi, k
+    cdef Py_ssize_t run = kernel_w * C
     cdef floating* dst
     cdef const floating* src
 
@@ -131,15 +157,18 @@ def col2im(const floating[:, ::1] cols, floating[:, :, :, ::1] dx_nhwc,
         for oh in range(OH):
             for ow in range(OW):
                 src = &cols[(n * OH + oh) * OW + ow, 0]
+                iw0 = ow * stride_w - pad_w
+                lo = _first_inside(iw0, W, kernel_w) * C
+                hi = _end_inside(iw0, W, kernel_w) * C
                 for i in range(kernel_h):
+                    # as in im2col: kernel row i is one run of dx's row ih (distinct elements,
+                    # so each still receives its terms in the order of the loops above)
                     ih = oh * stride_h - pad_h + i
-                    for j in range(kernel_w):
-                        iw = ow * stride_w - pad_w + j
-                        if _inside(ih, H) and _inside(iw, W):
-                            dst = &dx_nhwc[n, ih, iw, 0]
-                            for c in range(C):
-                                dst[c] += src[c]
-                        src = src + C
+                    if _inside(ih, H) and lo < hi:
+                        dst = &dx_nhwc[n, ih, 0, 0] + iw0 * C + lo  # element lo of the run
+                        for k in range(hi - lo):
+                            dst[k] += src[lo + k]
+                    src = src + run
 
 
 def transpose_batched(const floating[:, :, ::1] src, const floating[::1] bias, bint use_bias,

@@ -24,8 +24,8 @@ then written to ``dx``. The chunks depend on the batch, not on the threads, and
 :func:`sum_chunks` adds their sums in chunk order, so the weight and bias gradients are
 bit-identical for every thread count.
 
-Padded sizes (the products work on whole 4-row steps and 32-column steps):
-``CP``/``KP`` = C/K rounded up to a multiple of 32, ``C4`` = C rounded up to a multiple of 4.
+Padded sizes (the products work on whole 4-row steps and 16-column steps):
+``CP``/``KP`` = C/K rounded up to a multiple of 16, ``C4`` = C rounded up to a multiple of 4.
 The transformed weight ``u`` is ``(16, C, KP)``, its transpose ``ut`` ``(16, K, CP)``, both with
 zeros in the extra columns.
 
@@ -74,7 +74,7 @@ BUILD = build_facts()
 
 cdef enum:
     ROW_STEP = 4      # the products' rows come in steps of 4
-    COL_STEP = 32     # and their columns in steps of 32 (2 vectors of 16 floats / 8 doubles)
+    COL_STEP = 16     # and their columns in steps of 16 (a whole number of SIMD vectors)
     PLANE_PAD = 16    # extra elements between planes (see _Layout)
     ALIGN = 16        # every scratch buffer starts on a multiple of 16 elements (64 bytes)
     SUM_BLOCK = 2048  # elements per task of sum_chunks (16 KiB of float64 sums, in L1)
@@ -225,7 +225,7 @@ def forward(const floating[:, :, :, ::1] x, const floating[:, :, ::1] u,
 
     Preconditions (checked by the caller, not here): ``pH, pW >= 0``; ``OH, OW >= 1`` as above
     (``out``'s last two sizes); ``u`` exactly ``(16, C, KP)`` with ``KP`` = ``K`` rounded up to
-    a multiple of 32 (``PRODUCT_STEPS``) and zeros in columns ``>= K``; ``bias`` of length ``K``
+    a multiple of 16 (``PRODUCT_STEPS``) and zeros in columns ``>= K``; ``bias`` of length ``K``
     when ``use_bias``; ``block_rows >= 1``; ``scratch`` of at least ``num_threads`` rows of at
     least that size; ``out`` shares no memory with the inputs; ``num_threads >= 1``.
     """
@@ -314,9 +314,9 @@ def backward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] dout,
     Preconditions (checked by the caller, not here): the forward's geometry (``pH, pW >= 0``,
     ``OH = H + 2*pH - 2 >= 1``, ``OW = W + 2*pW - 2 >= 1``); ``1 <= chunks <= N``;
     ``dweight`` of at least ``chunks`` rows, each ``(16, C4, KP)`` with ``C4`` = ``C`` rounded
-    up to a multiple of 4 and ``KP`` = ``K`` rounded up to 32; ``dbias`` of at least ``chunks``
+    up to a multiple of 4 and ``KP`` = ``K`` rounded up to 16; ``dbias`` of at least ``chunks``
     rows of ``K`` (written as such even when ``want_bias`` is false); when ``input_grad``:
-    ``ut`` exactly ``(16, K, CP)`` with ``CP`` = ``C`` rounded up to 32 and zeros in columns
+    ``ut`` exactly ``(16, K, CP)`` with ``CP`` = ``C`` rounded up to 16 and zeros in columns
     ``>= C``, and ``dx`` ``(N, C, H, W)``; ``block_rows >= 1``; ``scratch`` of at least
     ``num_threads`` rows of at least that size; no output shares memory with an input or
     another output; ``num_threads >= 1``.

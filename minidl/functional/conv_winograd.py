@@ -24,7 +24,7 @@ __all__ = ["WinogradCache", "forward", "backward", "BLOCK_BYTES"]
 # A block of tiles (whole rows of tiles of one image) has about this many bytes of V and M
 # (or Z): with the transformed weight they stay in a core's L2 cache.
 BLOCK_BYTES = 384 << 10
-# the kernels' products work on rows in steps of 4 and columns in steps of 32
+# the kernels' products work on rows in steps of 4 and columns in steps of 16
 ROW_STEP, COL_STEP = _kernel.PRODUCT_STEPS
 # The backward pass sums the weight and bias gradients per chunk of consecutive images, each
 # chunk on one thread, and then adds the chunks in order: the same sums whatever the number of
