@@ -273,8 +273,8 @@ class SigintAt(layers.Module):
         if self.training:
             self.calls += 1
             if self.calls in self.steps:
-                for _ in range(self.count):
-                    os.kill(os.getpid(), signal.SIGINT)
+                for _ in range(self.count):  # raised in this (the main) thread, synchronously
+                    signal.raise_signal(signal.SIGINT)
         return x
 
     def backward(self, dout, input_grad=True):
@@ -397,7 +397,7 @@ def test_sigint_during_validation_resumes_exactly(tmp_path, references):
             self.calls += 1
             for i, batch in enumerate(_loader("list")):
                 if self.calls == 2 and i == 3:
-                    os.kill(os.getpid(), signal.SIGINT)
+                    signal.raise_signal(signal.SIGINT)
                 yield batch
 
     minidl.manual_seed(0)
