@@ -185,6 +185,8 @@ def matmul(a, b, out=None, accumulate=False, sum_batch=False, layer="matmul"):
         if not accumulate:
             out3.fill(0)
         return out
+    if rows <= _kernel.DOT_ROWS and a3.strides[2] != a3.itemsize and inner > 1:
+        a3 = np.ascontiguousarray(a3)  # the kernel's dot products read A's rows in place
     tasks_per_tile = 1 if sum_batch else batch
     work = batch * rows * cols * inner
     threads = 1 if work < PARALLEL_MIN_WORK else _config.get_num_threads()
