@@ -18,8 +18,10 @@
  * Packing copies each strip into the order the micro-kernel reads it (k-major: the MR values
  * of A and the NR values of B for one k are adjacent), zero-padded to whole strips, so the
  * micro-kernel only ever reads contiguous memory, whatever the strides of A and B (a transposed
- * operand is a matter of strides, never of a copy before the call). A block at the edge of C is
- * computed into a small MR x NR buffer and the valid part copied out.
+ * operand is a matter of strides, never of a copy before the call). The last strip of A, when
+ * `rows` is not a multiple of MR, goes to a micro-kernel of that many rows (there is one for each
+ * R = 1..MR); a block narrower than NR at the right edge of C is computed into a small MR x NR
+ * buffer and the valid part copied out.
  *
  * The micro-kernel keeps an MR x NR = 6 x (2 SIMD vectors) block of C in 12 vector registers
  * and adds one rank-1 update per k: 2 vector loads of B, 6 broadcasts of A, 12 fused
@@ -33,6 +35,11 @@
  * Every element of C is the sum over k in increasing order, in KC-long partial sums (one per
  * SIMD lane, in registers) added to C one after the other. KC is fixed, so the result does not
  * depend on the tiling or the number of threads: the same inputs give the same bits.
+ *
+ * Products of at most DOT_ROWS rows (a Dense layer at batch 1-8) take another path,
+ * minidl_gemm_dot_tile (described where it is defined): packing B would cost more than such a
+ * product, which reads each element of B once for few rows, so B is read in place as dot
+ * products, in an order fixed by k alone. Which path a product takes depends on M only.
  *
  * Strides (in elements): A_t(i, k) = A[t*sa + i*rsa + k*csa], B_t(k, j) = B[t*sb + k*rsb +
  * j*csb], C(i, j) = C[i*ldc + j].
@@ -49,10 +56,10 @@
 #define MINIDL_GEMM_DOT_ROWS 8 /* products of up to this many rows: dot products (below) */
 
 /* ---- packing ------------------------------------------------------------------------------ */
-#define MINIDL_GEMM_PACK(S, T)                                                                \
+#define MINIDL_GEMM_PACK(S, T)                                                               \
 /* Ap[s*kc*MR + k*MR + r] = A(s*MR + r, k) for rows in strips of MR (zeros past `rows`) */   \
 static void minidl_gemm_pack_a_##S(const T* restrict A, ptrdiff_t rsa, ptrdiff_t csa,        \
-                                   ptrdiff_t rows, ptrdiff_t kc, T* restrict ap) {            \
+                                   ptrdiff_t rows, ptrdiff_t kc, T* restrict ap) {           \
     if (rsa == 1 && csa != 1) { /* A transposed: read each column's `rows` values at once */ \
         const ptrdiff_t whole = rows / MINIDL_GEMM_MR * MINIDL_GEMM_MR;                      \
         for (ptrdiff_t k = 0; k < kc; k++) {                                                 \
@@ -70,8 +77,8 @@ static void minidl_gemm_pack_a_##S(const T* restrict A, ptrdiff_t rsa, ptrdiff_t
         }                                                                                    \
         return;                                                                              \
     }                                                                                        \
-    for (ptrdiff_t i0 = 0; i0 < rows; i0 += MINIDL_GEMM_MR, ap += kc * MINIDL_GEMM_MR) {      \
-        const ptrdiff_t valid = rows - i0 < MINIDL_GEMM_MR ? rows - i0 : MINIDL_GEMM_MR;      \
+    for (ptrdiff_t i0 = 0; i0 < rows; i0 += MINIDL_GEMM_MR, ap += kc * MINIDL_GEMM_MR) {     \
+        const ptrdiff_t valid = rows - i0 < MINIDL_GEMM_MR ? rows - i0 : MINIDL_GEMM_MR;     \
         const T* restrict a = A + i0 * rsa;                                                  \
         if (valid == MINIDL_GEMM_MR) { /* a whole strip: one k at a time, 6 values */        \
             for (ptrdiff_t k = 0; k < kc; k++) {                                             \
@@ -88,7 +95,7 @@ static void minidl_gemm_pack_a_##S(const T* restrict A, ptrdiff_t rsa, ptrdiff_t
         }                                                                                    \
     }                                                                                        \
 }                                                                                            \
-/* Bp[s*(kc*nr + PAD) + k*nr + q] = B(k, s*nr + q) for columns in strips of nr (zeros past  \
+/* Bp[s*(kc*nr + PAD) + k*nr + q] = B(k, s*nr + q) for columns in strips of nr (zeros past   \
    `cols`); the PAD elements between strips keep the strips' rows out of one cache set */    \
 static void minidl_gemm_pack_b_##S(const T* restrict B, ptrdiff_t rsb, ptrdiff_t csb,        \
                                    ptrdiff_t kc, ptrdiff_t cols, ptrdiff_t nr,               \
@@ -127,16 +134,16 @@ MINIDL_GEMM_PACK(d, double)
    R rows of work, not MR); each row's arithmetic is the same in all of them, so a row of C has
    the same bits whatever R computed it. */
 #define MINIDL_GEMM_MICRO_ARGS(T)                                                            \
-    ptrdiff_t kc, const T* restrict ap, const T* restrict bp, T* restrict c, ptrdiff_t ldc,   \
+    ptrdiff_t kc, const T* restrict ap, const T* restrict bp, T* restrict c, ptrdiff_t ldc,  \
     int acc
 typedef void (*minidl_gemm_micro_float_fn)(MINIDL_GEMM_MICRO_ARGS(float));
 typedef void (*minidl_gemm_micro_double_fn)(MINIDL_GEMM_MICRO_ARGS(double));
 
 /* NAME[R] for R = 1..MR (NAME[0] unused), from the kernel template MINIDL_GEMM_MICRO */
 #define MINIDL_GEMM_MICRO_TABLE(NAME, T, ...)                                                \
-    MINIDL_GEMM_MICRO(NAME, T, 1, __VA_ARGS__) MINIDL_GEMM_MICRO(NAME, T, 2, __VA_ARGS__)   \
-    MINIDL_GEMM_MICRO(NAME, T, 3, __VA_ARGS__) MINIDL_GEMM_MICRO(NAME, T, 4, __VA_ARGS__)   \
-    MINIDL_GEMM_MICRO(NAME, T, 5, __VA_ARGS__) MINIDL_GEMM_MICRO(NAME, T, 6, __VA_ARGS__)   \
+    MINIDL_GEMM_MICRO(NAME, T, 1, __VA_ARGS__) MINIDL_GEMM_MICRO(NAME, T, 2, __VA_ARGS__)    \
+    MINIDL_GEMM_MICRO(NAME, T, 3, __VA_ARGS__) MINIDL_GEMM_MICRO(NAME, T, 4, __VA_ARGS__)    \
+    MINIDL_GEMM_MICRO(NAME, T, 5, __VA_ARGS__) MINIDL_GEMM_MICRO(NAME, T, 6, __VA_ARGS__)    \
     static const minidl_gemm_micro_##T##_fn NAME[MINIDL_GEMM_MR + 1] = {                     \
         0, NAME##_1, NAME##_2, NAME##_3, NAME##_4, NAME##_5, NAME##_6};
 
@@ -213,16 +220,17 @@ MINIDL_GEMM_MICRO_TABLE(minidl_gemm_micro_d_base, double, )
 
 #endif
 
-/* ---- few rows of C (M <= MINIDL_GEMM_DOT_ROWS): dot products, B read in place ------------- */
-/* A product of a few rows (a Dense layer at batch 1-4) is a matrix-vector product: B is read
- * once, so packing it would cost more than the product. Each element of C is instead a dot
- * product in MINIDL_GEMM_LANES partial sums: s_l = sum over k = l (mod LANES), in increasing
- * k, then C (+)= ((s0 + s4) + (s2 + s6)) + ((s1 + s5) + (s3 + s7)). The same order, hence the
- * same bits, whatever B's layout:
+/* ---- few rows of C (M <= MINIDL_GEMM_DOT_ROWS): dot products, B never packed ------------- */
+/* A product of a few rows (a Dense layer at batch 1-8) is nearly a matrix-vector product: each
+ * element of B is used by few rows, so packing B would cost more than the product. Each element
+ * of C is instead a dot product in MINIDL_GEMM_LANES partial sums: s_l = sum over k = l
+ * (mod LANES), in increasing k, then C (+)= ((s0 + s4) + (s2 + s6)) + ((s1 + s5) + (s3 + s7)).
+ * The same order, hence the same bits, whatever B's layout:
  *   columns of B contiguous (rsb == 1, e.g. x @ W.T): LANES consecutive k in one vector, four
  *       columns of B at a time (four independent sums);
  *   rows of B contiguous (csb == 1, e.g. dout @ W): LANES consecutive columns in one vector and
- *       one vector of partial sums per l (eight independent sums);
+ *       one vector of partial sums per l (eight independent sums), B copied
+ *       block by block (DOT_KB rows) to a buffer whose rows do not share cache sets;
  *   other strides, and the last columns that do not fill a vector: one element at a time.
  * A's rows must be contiguous (csa == 1; minidl._blas copies A when they are not). Which
  * elements take this path depends on M only (the rows of the whole product, not of a tile),
@@ -244,7 +252,8 @@ ATTRIBUTES static void NAME(const T* restrict a, const T* restrict b, ptrdiff_t 
 
 /* C[rows x cols] (+)= A (rows x inner, rows contiguous) @ B (inner x cols, any strides) */
 #define MINIDL_GEMM_DOT_ARGS(T)                                                              \
-    const T* A, ptrdiff_t rsa, const T* B, ptrdiff_t rsb, ptrdiff_t csb, T* C, ptrdiff_t ldc, \
+    const T* A, ptrdiff_t rsa, const T* B, ptrdiff_t rsb, ptrdiff_t csb, T* C,               \
+    ptrdiff_t ldc,                                                                           \
     ptrdiff_t rows, ptrdiff_t inner, ptrdiff_t cols, int add, void* scratch
 typedef void (*minidl_gemm_dot_float_fn)(MINIDL_GEMM_DOT_ARGS(float));
 typedef void (*minidl_gemm_dot_double_fn)(MINIDL_GEMM_DOT_ARGS(double));
@@ -252,9 +261,10 @@ typedef void (*minidl_gemm_dot_double_fn)(MINIDL_GEMM_DOT_ARGS(double));
 #if defined(MINIDL_VECTOR_EXT)
 
 #define MINIDL_GEMM_DOT(NAME, T, ATTRIBUTES)                                                 \
-MINIDL_GEMM_DOT_ONE(NAME##_one, T, ATTRIBUTES)                                             \
+MINIDL_GEMM_DOT_ONE(NAME##_one, T, ATTRIBUTES)                                               \
 ATTRIBUTES static void NAME(MINIDL_GEMM_DOT_ARGS(T)) {                                       \
-    typedef T V __attribute__((vector_size(MINIDL_GEMM_LANES * sizeof(T)), aligned(sizeof(T))));\
+    typedef T V                                                                              \
+        __attribute__((vector_size(MINIDL_GEMM_LANES * sizeof(T)), aligned(sizeof(T))));     \
     const ptrdiff_t whole = inner / MINIDL_GEMM_LANES * MINIDL_GEMM_LANES;                   \
     ptrdiff_t j0 = 0;                                                                        \
     if (rsb == 1) { /* columns of B contiguous: four at a time */                            \
@@ -286,24 +296,25 @@ ATTRIBUTES static void NAME(MINIDL_GEMM_DOT_ARGS(T)) {                          
             }                                                                                \
         }                                                                                    \
     } else if (csb == 1) { /* rows of B contiguous: LANES columns, LANES sums (one per l) */ \
-        /* k in blocks of DOT_KB rows, each block swept across all the columns (B is read   \
+        /* k in blocks of DOT_KB rows, each block swept across all the columns (B is read    \
            row after row, not down its columns); the sums wait in `state` between blocks */  \
         const ptrdiff_t vectors = cols / MINIDL_GEMM_LANES;                                  \
         V* state = (V*)scratch; /* rows x vectors x LANES */                                 \
         /* each block is first copied, row after row, to `copy` (rows of ld elements): its   \
-           DOT_KB rows then fall in different cache sets whatever rsb is, and B is read in    \
+           DOT_KB rows then fall in different cache sets whatever rsb is, and B is read in   \
            the order the prefetchers follow */                                               \
-        const ptrdiff_t ld = vectors * MINIDL_GEMM_LANES + MINIDL_GEMM_PAD;                   \
+        const ptrdiff_t ld = vectors * MINIDL_GEMM_LANES + MINIDL_GEMM_PAD;                  \
         T* copy = (T*)(state + rows * vectors * MINIDL_GEMM_LANES);                          \
         for (ptrdiff_t kb = 0; kb < inner; kb += MINIDL_GEMM_DOT_KB) {                       \
-            const ptrdiff_t kend = whole < kb + MINIDL_GEMM_DOT_KB ? whole : kb + MINIDL_GEMM_DOT_KB;\
-            const ptrdiff_t klast = inner < kb + MINIDL_GEMM_DOT_KB ? inner : kb + MINIDL_GEMM_DOT_KB;\
+            const ptrdiff_t next = kb + MINIDL_GEMM_DOT_KB;                                  \
+            const ptrdiff_t kend = whole < next ? whole : next; /* whole groups of LANES */  \
+            const ptrdiff_t klast = inner < next ? inner : next;                             \
             for (ptrdiff_t k = kb; k < klast; k++)                                           \
                 for (ptrdiff_t j = 0; j < vectors * MINIDL_GEMM_LANES; j++)                  \
                     copy[(k - kb) * ld + j] = B[k * rsb + j];                                \
             for (ptrdiff_t v = 0; v < vectors; v++) {                                        \
-                const T* b = copy + v * MINIDL_GEMM_LANES; /* row k of B: b + (k - kb) * ld */\
-                for (ptrdiff_t i = 0; i < rows; i++) { /* B's block of the vector: in L1 */  \
+                const T* b = copy + v * MINIDL_GEMM_LANES; /* B(k): b + (k - kb) * ld */     \
+                for (ptrdiff_t i = 0; i < rows; i++) { /* this vector's block: in L1 */      \
                     const T* a = A + i * rsa;                                                \
                     V* st = state + (i * vectors + v) * MINIDL_GEMM_LANES;                   \
                     V s0 = {0}, s1 = {0}, s2 = {0}, s3 = {0}, s4 = {0}, s5 = {0}, s6 = {0};  \
@@ -314,28 +325,28 @@ ATTRIBUTES static void NAME(MINIDL_GEMM_DOT_ARGS(T)) {                          
                     }                                                                        \
                     ptrdiff_t k = kb;                                                        \
                     for (; k < kend; k += MINIDL_GEMM_LANES) {                               \
-                        const T* bk = b + (k - kb) * ld;                                           \
-                        s0 += a[k] * *(const V*)bk; s1 += a[k + 1] * *(const V*)(bk + ld);  \
-                        s2 += a[k + 2] * *(const V*)(bk + 2 * ld);                          \
-                        s3 += a[k + 3] * *(const V*)(bk + 3 * ld);                          \
-                        s4 += a[k + 4] * *(const V*)(bk + 4 * ld);                          \
-                        s5 += a[k + 5] * *(const V*)(bk + 5 * ld);                          \
-                        s6 += a[k + 6] * *(const V*)(bk + 6 * ld);                          \
-                        s7 += a[k + 7] * *(const V*)(bk + 7 * ld);                          \
+                        const T* bk = b + (k - kb) * ld;                                     \
+                        s0 += a[k] * *(const V*)bk; s1 += a[k + 1] * *(const V*)(bk + ld);   \
+                        s2 += a[k + 2] * *(const V*)(bk + 2 * ld);                           \
+                        s3 += a[k + 3] * *(const V*)(bk + 3 * ld);                           \
+                        s4 += a[k + 4] * *(const V*)(bk + 4 * ld);                           \
+                        s5 += a[k + 5] * *(const V*)(bk + 5 * ld);                           \
+                        s6 += a[k + 6] * *(const V*)(bk + 6 * ld);                           \
+                        s7 += a[k + 7] * *(const V*)(bk + 7 * ld);                           \
                     }                                                                        \
                     if (kb + MINIDL_GEMM_DOT_KB < inner) {                                   \
                         st[0] = s0; st[1] = s1; st[2] = s2; st[3] = s3;                      \
                         st[4] = s4; st[5] = s5; st[6] = s6; st[7] = s7;                      \
                         continue;                                                            \
                     }                                                                        \
-                    const T* bk = b + (k - kb) * ld; /* the last block: its inner % LANES terms */ \
+                    const T* bk = b + (k - kb) * ld; /* the last inner % LANES terms */      \
                     switch (inner - whole) { /* go into s0, s1, ... */                       \
                         case 7: s6 += a[k + 6] * *(const V*)(bk + 6 * ld); /* fall through */\
                         case 6: s5 += a[k + 5] * *(const V*)(bk + 5 * ld); /* fall through */\
                         case 5: s4 += a[k + 4] * *(const V*)(bk + 4 * ld); /* fall through */\
                         case 4: s3 += a[k + 3] * *(const V*)(bk + 3 * ld); /* fall through */\
                         case 3: s2 += a[k + 2] * *(const V*)(bk + 2 * ld); /* fall through */\
-                        case 2: s1 += a[k + 1] * *(const V*)(bk + ld); /* fall through */   \
+                        case 2: s1 += a[k + 1] * *(const V*)(bk + ld); /* fall through */    \
                         case 1: s0 += a[k] * *(const V*)bk; /* fall through */               \
                         default: break;                                                      \
                     }                                                                        \
@@ -427,15 +438,15 @@ static MINIDL_INLINE ptrdiff_t minidl_gemm_scratch_size(ptrdiff_t cols, ptrdiff_
     return gemm > dot ? gemm : dot;
 }
 
-#define MINIDL_GEMM_TILE(S, T)                                                                \
+#define MINIDL_GEMM_TILE(S, T)                                                               \
 /* C[mc x valid] (+)= Ap (mc rows, packed) @ one packed strip of B (kc x NR):                \
-   one micro-kernel call per strip of MR rows; a strip narrower than NR (valid < NR) goes     \
-   through the MR x NR `edge` buffer */                                                       \
+   one micro-kernel call per strip of MR rows; a strip narrower than NR (valid < NR) goes    \
+   through the MR x NR `edge` buffer */                                                      \
 static void minidl_gemm_strip_##S(ptrdiff_t kc, ptrdiff_t mc, const T* ap, const T* b,       \
                                   ptrdiff_t valid, T* C, ptrdiff_t ldc, int add, T* edge) {  \
     const ptrdiff_t nr = minidl_gemm_nr_##S;                                                 \
     for (ptrdiff_t i0 = 0; i0 < mc; i0 += MINIDL_GEMM_MR) {                                  \
-        const ptrdiff_t r = mc - i0 < MINIDL_GEMM_MR ? mc - i0 : MINIDL_GEMM_MR;              \
+        const ptrdiff_t r = mc - i0 < MINIDL_GEMM_MR ? mc - i0 : MINIDL_GEMM_MR;             \
         const T* a = ap + i0 * kc;                                                           \
         T* c = C + i0 * ldc;                                                                 \
         if (valid == nr) {                                                                   \
@@ -470,8 +481,9 @@ static void minidl_gemm_tile_##S(                                               
                 minidl_gemm_pack_a_##S(At + ic * rsa, rsa, csa, mc, kc, ap);                 \
                 for (ptrdiff_t j0 = 0; j0 < cols; j0 += nr) {                                \
                     const ptrdiff_t valid = cols - j0 < nr ? cols - j0 : nr;                 \
-                    minidl_gemm_strip_##S(kc, mc, ap, bp + (j0 / nr) * (kc * nr + MINIDL_GEMM_PAD),\
-                                          valid, C + ic * ldc + j0, ldc, add, edge);         \
+                    const T* b = bp + (j0 / nr) * (kc * nr + MINIDL_GEMM_PAD);               \
+                    minidl_gemm_strip_##S(kc, mc, ap, b, valid, C + ic * ldc + j0, ldc, add, \
+                                          edge);                                             \
                 }                                                                            \
             }                                                                                \
         }                                                                                    \
@@ -482,7 +494,7 @@ MINIDL_GEMM_TILE(f, float)
 MINIDL_GEMM_TILE(d, double)
 
 /* ---- one tile of a product of at most MINIDL_GEMM_DOT_ROWS rows (A's rows contiguous) ---- */
-#define MINIDL_GEMM_DOT_TILE(S, T)                                                            \
+#define MINIDL_GEMM_DOT_TILE(S, T)                                                           \
 static void minidl_gemm_dot_tile_##S(const T* A, ptrdiff_t sa, ptrdiff_t rsa,                \
                                      const T* B, ptrdiff_t sb, ptrdiff_t rsb, ptrdiff_t csb, \
                                      T* C, ptrdiff_t ldc, ptrdiff_t rows, ptrdiff_t inner,   \
