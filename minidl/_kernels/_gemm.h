@@ -115,7 +115,19 @@ static void minidl_gemm_pack_b_##S(const T* restrict B, ptrdiff_t rsb, ptrdiff_t
     }                                                                                        \
     for (ptrdiff_t j0 = 0; j0 < cols; j0 += nr, bp += strip) { /* read down each column */   \
         const ptrdiff_t valid = cols - j0 < nr ? cols - j0 : nr;                             \
-        for (ptrdiff_t q = 0; q < nr; q++) {                                                 \
+        ptrdiff_t q = 0;                                                                     \
+        for (; q + 4 <= valid; q += 4) { /* four columns at once: four adjacent stores */    \
+            const T* restrict b0 = B + (j0 + q) * csb;                                       \
+            const T* restrict b1 = b0 + csb;                                                 \
+            const T* restrict b2 = b1 + csb;                                                 \
+            const T* restrict b3 = b2 + csb;                                                 \
+            for (ptrdiff_t k = 0; k < kc; k++) {                                             \
+                T* restrict out = bp + k * nr + q;                                           \
+                out[0] = b0[k * rsb]; out[1] = b1[k * rsb];                                  \
+                out[2] = b2[k * rsb]; out[3] = b3[k * rsb];                                  \
+            }                                                                                \
+        }                                                                                    \
+        for (; q < nr; q++) {                                                                \
             const T* restrict b = B + (j0 + q) * csb;                                        \
             if (q >= valid) {                                                                \
                 for (ptrdiff_t k = 0; k < kc; k++) bp[k * nr + q] = 0;                       \
