@@ -100,6 +100,70 @@ def test_matmul_same_bits_for_any_thread_count_and_tiling(rng):
         np.testing.assert_array_equal(other, results[0])
 
 
+# inner sizes: below one vector of 8 partial sums, not a multiple of 8, across the 64-row
+# blocks of the few-rows path and the 256-long blocks of the packed path
+FEW_ROWS_INNER = [1, 5, 8, 67, 300]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("inner", FEW_ROWS_INNER)
+def test_matmul_few_rows_any_layout_same_bits(inner, dtype, rng):
+    """M = 1..17 covers the dot-product path (M <= DOT_ROWS) and the packed one with its
+    1- to 6-row micro-kernels: accurate, and the same bits for every layout of A and B (B as
+    W.T like Dense's forward, contiguous like its input gradient, strided) and on every call."""
+    assert 1 <= _gemm.DOT_ROWS < 17
+    n = 43  # whole vectors and a remainder of columns, for every vector width
+    for m in range(1, 18):
+        a = rng.standard_normal((m, inner)).astype(dtype)
+        w = rng.standard_normal((n, inner)).astype(dtype)
+        b = w.T  # columns contiguous
+        out = _blas.matmul(a, b)
+        _close(out, a.astype(np.float64) @ b.astype(np.float64), dtype, inner)
+        for a_layout, b_layout in [(a, np.ascontiguousarray(b)), (_strided(a), _strided(b)),
+                                   (np.asfortranarray(a), b), (a, b)]:
+            np.testing.assert_array_equal(_blas.matmul(a_layout, b_layout), out)
+        start = rng.standard_normal((m, n)).astype(dtype)
+        result = start.copy()
+        _blas.matmul(a, np.ascontiguousarray(b), out=result, accumulate=True)
+        _close(result, start + a.astype(np.float64) @ b.astype(np.float64), dtype, inner)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_matmul_rows_of_the_packed_path_do_not_depend_on_m(dtype, rng):
+    """Above DOT_ROWS, a row of C has the same bits whichever micro-kernel (1-6 rows)
+    computed it: the first m rows of a 40-row product equal the m-row product."""
+    a = rng.standard_normal((40, 300)).astype(dtype)
+    b = rng.standard_normal((300, 37)).astype(dtype)
+    full = _blas.matmul(a, b)
+    for m in range(_gemm.DOT_ROWS + 1, 18):
+        np.testing.assert_array_equal(_blas.matmul(a[:m], b), full[:m])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_matmul_few_rows_batches_sums_and_threads(dtype, rng):
+    """The dot-product path with a batch, a shared operand, a sum over the batch, and 1 or
+    2 threads on wide products (tiles of columns): same bits for any thread count."""
+    a = rng.standard_normal((3, 2, 70)).astype(dtype)
+    b = rng.standard_normal((3, 70, 9)).astype(dtype)
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    _close(_blas.matmul(a, b), a64 @ b64, dtype, 70)
+    _close(_blas.matmul(a, b[0]), a64 @ b64[0], dtype, 70)
+    _close(_blas.matmul(a, b, sum_batch=True), (a64 @ b64).sum(axis=0), dtype, 210)
+    x = rng.standard_normal((3, 1500)).astype(dtype)
+    w = rng.standard_normal((1100, 1500)).astype(dtype)  # enough work for several threads
+    before = minidl.get_num_threads()
+    try:
+        results = []
+        for threads in (1, 2):
+            minidl.set_num_threads(threads)
+            results += [_blas.matmul(x, w.T), _blas.matmul(x, np.ascontiguousarray(w.T))]
+    finally:
+        minidl.set_num_threads(before)
+    _close(results[0], x.astype(np.float64) @ w.T.astype(np.float64), dtype, 1500)
+    for other in results[1:]:
+        np.testing.assert_array_equal(other, results[0])
+
+
 def test_matmul_errors():
     a, b = np.ones((2, 3)), np.ones((3, 4))
     with pytest.raises(TypeError, match="Dense.*float32 or two float64.*float64 and float32"):

@@ -18,8 +18,10 @@
  * Packing copies each strip into the order the micro-kernel reads it (k-major: the MR values
  * of A and the NR values of B for one k are adjacent), zero-padded to whole strips, so the
  * micro-kernel only ever reads contiguous memory, whatever the strides of A and B (a transposed
- * operand is a matter of strides, never of a copy before the call). A block at the edge of C is
- * computed into a small MR x NR buffer and the valid part copied out.
+ * operand is a matter of strides, never of a copy before the call). The last strip of A, when
+ * `rows` is not a multiple of MR, goes to a micro-kernel of that many rows (there is one for each
+ * R = 1..MR); a block narrower than NR at the right edge of C is computed into a small MR x NR
+ * buffer and the valid part copied out.
  *
  * The micro-kernel keeps an MR x NR = 6 x (2 SIMD vectors) block of C in 12 vector registers
  * and adds one rank-1 update per k: 2 vector loads of B, 6 broadcasts of A, 12 fused
@@ -34,6 +36,11 @@
  * SIMD lane, in registers) added to C one after the other. KC is fixed, so the result does not
  * depend on the tiling or the number of threads: the same inputs give the same bits.
  *
+ * Products of at most DOT_ROWS rows (a Dense layer at batch 1-8) take another path,
+ * minidl_gemm_dot_tile (described where it is defined): packing B would cost more than such a
+ * product, which reads each element of B once for few rows, so B is read in place as dot
+ * products, in an order fixed by k alone. Which path a product takes depends on M only.
+ *
  * Strides (in elements): A_t(i, k) = A[t*sa + i*rsa + k*csa], B_t(k, j) = B[t*sb + k*rsb +
  * j*csb], C(i, j) = C[i*ldc + j].
  */
@@ -46,12 +53,13 @@
 #define MINIDL_GEMM_KC 256 /* inner dimension per packed block (fixed: see above) */
 #define MINIDL_GEMM_MC 144 /* rows of A per packed block (a multiple of MR) */
 #define MINIDL_GEMM_PAD 16 /* elements between two packed strips of B */
+#define MINIDL_GEMM_DOT_ROWS 8 /* products of up to this many rows: dot products (below) */
 
 /* ---- packing ------------------------------------------------------------------------------ */
-#define MINIDL_GEMM_PACK(S, T)                                                                \
+#define MINIDL_GEMM_PACK(S, T)                                                               \
 /* Ap[s*kc*MR + k*MR + r] = A(s*MR + r, k) for rows in strips of MR (zeros past `rows`) */   \
 static void minidl_gemm_pack_a_##S(const T* restrict A, ptrdiff_t rsa, ptrdiff_t csa,        \
-                                   ptrdiff_t rows, ptrdiff_t kc, T* restrict ap) {            \
+                                   ptrdiff_t rows, ptrdiff_t kc, T* restrict ap) {           \
     if (rsa == 1 && csa != 1) { /* A transposed: read each column's `rows` values at once */ \
         const ptrdiff_t whole = rows / MINIDL_GEMM_MR * MINIDL_GEMM_MR;                      \
         for (ptrdiff_t k = 0; k < kc; k++) {                                                 \
@@ -69,8 +77,8 @@ static void minidl_gemm_pack_a_##S(const T* restrict A, ptrdiff_t rsa, ptrdiff_t
         }                                                                                    \
         return;                                                                              \
     }                                                                                        \
-    for (ptrdiff_t i0 = 0; i0 < rows; i0 += MINIDL_GEMM_MR, ap += kc * MINIDL_GEMM_MR) {      \
-        const ptrdiff_t valid = rows - i0 < MINIDL_GEMM_MR ? rows - i0 : MINIDL_GEMM_MR;      \
+    for (ptrdiff_t i0 = 0; i0 < rows; i0 += MINIDL_GEMM_MR, ap += kc * MINIDL_GEMM_MR) {     \
+        const ptrdiff_t valid = rows - i0 < MINIDL_GEMM_MR ? rows - i0 : MINIDL_GEMM_MR;     \
         const T* restrict a = A + i0 * rsa;                                                  \
         if (valid == MINIDL_GEMM_MR) { /* a whole strip: one k at a time, 6 values */        \
             for (ptrdiff_t k = 0; k < kc; k++) {                                             \
@@ -87,7 +95,7 @@ static void minidl_gemm_pack_a_##S(const T* restrict A, ptrdiff_t rsa, ptrdiff_t
         }                                                                                    \
     }                                                                                        \
 }                                                                                            \
-/* Bp[s*(kc*nr + PAD) + k*nr + q] = B(k, s*nr + q) for columns in strips of nr (zeros past  \
+/* Bp[s*(kc*nr + PAD) + k*nr + q] = B(k, s*nr + q) for columns in strips of nr (zeros past   \
    `cols`); the PAD elements between strips keep the strips' rows out of one cache set */    \
 static void minidl_gemm_pack_b_##S(const T* restrict B, ptrdiff_t rsb, ptrdiff_t csb,        \
                                    ptrdiff_t kc, ptrdiff_t cols, ptrdiff_t nr,               \
@@ -107,7 +115,19 @@ static void minidl_gemm_pack_b_##S(const T* restrict B, ptrdiff_t rsb, ptrdiff_t
     }                                                                                        \
     for (ptrdiff_t j0 = 0; j0 < cols; j0 += nr, bp += strip) { /* read down each column */   \
         const ptrdiff_t valid = cols - j0 < nr ? cols - j0 : nr;                             \
-        for (ptrdiff_t q = 0; q < nr; q++) {                                                 \
+        ptrdiff_t q = 0;                                                                     \
+        for (; q + 4 <= valid; q += 4) { /* four columns at once: four adjacent stores */    \
+            const T* restrict b0 = B + (j0 + q) * csb;                                       \
+            const T* restrict b1 = b0 + csb;                                                 \
+            const T* restrict b2 = b1 + csb;                                                 \
+            const T* restrict b3 = b2 + csb;                                                 \
+            for (ptrdiff_t k = 0; k < kc; k++) {                                             \
+                T* restrict out = bp + k * nr + q;                                           \
+                out[0] = b0[k * rsb]; out[1] = b1[k * rsb];                                  \
+                out[2] = b2[k * rsb]; out[3] = b3[k * rsb];                                  \
+            }                                                                                \
+        }                                                                                    \
+        for (; q < nr; q++) {                                                                \
             const T* restrict b = B + (j0 + q) * csb;                                        \
             if (q >= valid) {                                                                \
                 for (ptrdiff_t k = 0; k < kc; k++) bp[k * nr + q] = 0;                       \
@@ -121,7 +141,24 @@ static void minidl_gemm_pack_b_##S(const T* restrict B, ptrdiff_t rsb, ptrdiff_t
 MINIDL_GEMM_PACK(f, float)
 MINIDL_GEMM_PACK(d, double)
 
-/* ---- micro-kernels: C[6 x NR] = (acc ? C : 0) + ap (kc x 6, k-major) @ bp (kc x NR) -------- */
+/* ---- micro-kernels: C[R x NR] = (acc ? C : 0) + ap (kc x MR, k-major) @ B (kc x NR) ------- */
+/* One kernel per row count R = 1..MR (the last strip of A, or a product of fewer rows, costs
+   R rows of work, not MR); each row's arithmetic is the same in all of them, so a row of C has
+   the same bits whatever R computed it. */
+#define MINIDL_GEMM_MICRO_ARGS(T)                                                            \
+    ptrdiff_t kc, const T* restrict ap, const T* restrict bp, T* restrict c, ptrdiff_t ldc,  \
+    int acc
+typedef void (*minidl_gemm_micro_float_fn)(MINIDL_GEMM_MICRO_ARGS(float));
+typedef void (*minidl_gemm_micro_double_fn)(MINIDL_GEMM_MICRO_ARGS(double));
+
+/* NAME[R] for R = 1..MR (NAME[0] unused), from the kernel template MINIDL_GEMM_MICRO */
+#define MINIDL_GEMM_MICRO_TABLE(NAME, T, ...)                                                \
+    MINIDL_GEMM_MICRO(NAME, T, 1, __VA_ARGS__) MINIDL_GEMM_MICRO(NAME, T, 2, __VA_ARGS__)    \
+    MINIDL_GEMM_MICRO(NAME, T, 3, __VA_ARGS__) MINIDL_GEMM_MICRO(NAME, T, 4, __VA_ARGS__)    \
+    MINIDL_GEMM_MICRO(NAME, T, 5, __VA_ARGS__) MINIDL_GEMM_MICRO(NAME, T, 6, __VA_ARGS__)    \
+    static const minidl_gemm_micro_##T##_fn NAME[MINIDL_GEMM_MR + 1] = {                     \
+        0, NAME##_1, NAME##_2, NAME##_3, NAME##_4, NAME##_5, NAME##_6};
+
 #if defined(MINIDL_VECTOR_EXT)
 
 /* one row of the block: c_i0, c_i1 (+)= C[i, 0:W], C[i, W:2W], then stored */
@@ -133,76 +170,247 @@ MINIDL_GEMM_PACK(d, double)
         *row = lo; *row_hi = hi;                                                             \
     }
 
-#define MINIDL_GEMM_MICRO(NAME, T, ATTRIBUTES, VBYTES)                                       \
-typedef T NAME##_vec __attribute__((vector_size(VBYTES), aligned(sizeof(T))));               \
-ATTRIBUTES static void NAME(ptrdiff_t kc, const T* restrict ap, const T* restrict bp,        \
-                            T* restrict c, ptrdiff_t ldc, int acc) {                         \
-    typedef NAME##_vec V;                                                                    \
+/* R rows x 2 vectors of C in 2R registers; per k: 2 vector loads of B, R broadcasts of A,
+   2R fused multiply-adds (R is a constant: the `if (R > i)` are resolved at compile time) */
+#define MINIDL_GEMM_MICRO(NAME, T, R, ATTRIBUTES, VBYTES)                                    \
+ATTRIBUTES static void NAME##_##R(MINIDL_GEMM_MICRO_ARGS(T)) {                               \
+    typedef T V __attribute__((vector_size(VBYTES), aligned(sizeof(T))));                    \
     enum { W = VBYTES / sizeof(T) };                                                         \
     V c00 = {0}, c01 = {0}, c10 = {0}, c11 = {0}, c20 = {0}, c21 = {0};                      \
     V c30 = {0}, c31 = {0}, c40 = {0}, c41 = {0}, c50 = {0}, c51 = {0};                      \
     for (ptrdiff_t k = 0; k < kc; k++) {                                                     \
         const V b0 = *(const V*)(bp + 2 * W * k), b1 = *(const V*)(bp + 2 * W * k + W);      \
         const T* restrict a = ap + MINIDL_GEMM_MR * k;                                       \
-        const T a0 = a[0], a1 = a[1], a2 = a[2], a3 = a[3], a4 = a[4], a5 = a[5];            \
-        c00 += a0 * b0; c01 += a0 * b1; c10 += a1 * b0; c11 += a1 * b1;                      \
-        c20 += a2 * b0; c21 += a2 * b1; c30 += a3 * b0; c31 += a3 * b1;                      \
-        c40 += a4 * b0; c41 += a4 * b1; c50 += a5 * b0; c51 += a5 * b1;                      \
+        c00 += a[0] * b0; c01 += a[0] * b1;                                                  \
+        if (R > 1) { c10 += a[1] * b0; c11 += a[1] * b1; }                                   \
+        if (R > 2) { c20 += a[2] * b0; c21 += a[2] * b1; }                                   \
+        if (R > 3) { c30 += a[3] * b0; c31 += a[3] * b1; }                                   \
+        if (R > 4) { c40 += a[4] * b0; c41 += a[4] * b1; }                                   \
+        if (R > 5) { c50 += a[5] * b0; c51 += a[5] * b1; }                                   \
     }                                                                                        \
     MINIDL_GEMM_STORE_ROW(V, c, ldc, W, 0, c00, c01, acc)                                    \
-    MINIDL_GEMM_STORE_ROW(V, c, ldc, W, 1, c10, c11, acc)                                    \
-    MINIDL_GEMM_STORE_ROW(V, c, ldc, W, 2, c20, c21, acc)                                    \
-    MINIDL_GEMM_STORE_ROW(V, c, ldc, W, 3, c30, c31, acc)                                    \
-    MINIDL_GEMM_STORE_ROW(V, c, ldc, W, 4, c40, c41, acc)                                    \
-    MINIDL_GEMM_STORE_ROW(V, c, ldc, W, 5, c50, c51, acc)                                    \
+    if (R > 1) MINIDL_GEMM_STORE_ROW(V, c, ldc, W, 1, c10, c11, acc)                         \
+    if (R > 2) MINIDL_GEMM_STORE_ROW(V, c, ldc, W, 2, c20, c21, acc)                         \
+    if (R > 3) MINIDL_GEMM_STORE_ROW(V, c, ldc, W, 3, c30, c31, acc)                         \
+    if (R > 4) MINIDL_GEMM_STORE_ROW(V, c, ldc, W, 4, c40, c41, acc)                         \
+    if (R > 5) MINIDL_GEMM_STORE_ROW(V, c, ldc, W, 5, c50, c51, acc)                         \
 }
 
 #if defined(MINIDL_X86_DISPATCH)
-MINIDL_GEMM_MICRO(minidl_gemm_micro_f_avx512, float, MINIDL_TARGET("avx512f"), 64)
-MINIDL_GEMM_MICRO(minidl_gemm_micro_d_avx512, double, MINIDL_TARGET("avx512f"), 64)
-MINIDL_GEMM_MICRO(minidl_gemm_micro_f_avx2, float, MINIDL_TARGET("avx2,fma"), 32)
-MINIDL_GEMM_MICRO(minidl_gemm_micro_d_avx2, double, MINIDL_TARGET("avx2,fma"), 32)
-MINIDL_GEMM_MICRO(minidl_gemm_micro_f_base, float, MINIDL_TARGET("sse2"), 16)
-MINIDL_GEMM_MICRO(minidl_gemm_micro_d_base, double, MINIDL_TARGET("sse2"), 16)
+MINIDL_GEMM_MICRO_TABLE(minidl_gemm_micro_f_avx512, float, MINIDL_TARGET("avx512f"), 64)
+MINIDL_GEMM_MICRO_TABLE(minidl_gemm_micro_d_avx512, double, MINIDL_TARGET("avx512f"), 64)
+MINIDL_GEMM_MICRO_TABLE(minidl_gemm_micro_f_avx2, float, MINIDL_TARGET("avx2,fma"), 32)
+MINIDL_GEMM_MICRO_TABLE(minidl_gemm_micro_d_avx2, double, MINIDL_TARGET("avx2,fma"), 32)
+MINIDL_GEMM_MICRO_TABLE(minidl_gemm_micro_f_base, float, MINIDL_TARGET("sse2"), 16)
+MINIDL_GEMM_MICRO_TABLE(minidl_gemm_micro_d_base, double, MINIDL_TARGET("sse2"), 16)
 #else
-MINIDL_GEMM_MICRO(minidl_gemm_micro_f_base, float, , 16)
-MINIDL_GEMM_MICRO(minidl_gemm_micro_d_base, double, , 16)
+MINIDL_GEMM_MICRO_TABLE(minidl_gemm_micro_f_base, float, , 16)
+MINIDL_GEMM_MICRO_TABLE(minidl_gemm_micro_d_base, double, , 16)
 #endif
 #define MINIDL_GEMM_NR_BASE(T) (2 * 16 / (ptrdiff_t)sizeof(T))
 
-#else /* plain C: 6 x 8 accumulators */
+#else /* plain C: R x 8 accumulators */
 
-#define MINIDL_GEMM_MICRO(NAME, T)                                                           \
-static void NAME(ptrdiff_t kc, const T* restrict ap, const T* restrict bp, T* restrict c,    \
-                 ptrdiff_t ldc, int acc) {                                                   \
-    T s[MINIDL_GEMM_MR][8] = {{0}};                                                          \
+#define MINIDL_GEMM_MICRO(NAME, T, R, UNUSED)                                                \
+static void NAME##_##R(MINIDL_GEMM_MICRO_ARGS(T)) {                                          \
+    T s[R][8] = {{0}};                                                                       \
     for (ptrdiff_t k = 0; k < kc; k++) {                                                     \
-        for (int r = 0; r < MINIDL_GEMM_MR; r++) {                                           \
+        for (int r = 0; r < R; r++) {                                                        \
             const T a = ap[MINIDL_GEMM_MR * k + r];                                          \
             for (int q = 0; q < 8; q++) s[r][q] += a * bp[8 * k + q];                        \
         }                                                                                    \
     }                                                                                        \
-    for (int r = 0; r < MINIDL_GEMM_MR; r++) {                                               \
+    for (int r = 0; r < R; r++) {                                                            \
         T* restrict row = c + r * ldc;                                                       \
         for (int q = 0; q < 8; q++) row[q] = acc ? s[r][q] + row[q] : s[r][q];               \
     }                                                                                        \
 }
 
-MINIDL_GEMM_MICRO(minidl_gemm_micro_f_base, float)
-MINIDL_GEMM_MICRO(minidl_gemm_micro_d_base, double)
+MINIDL_GEMM_MICRO_TABLE(minidl_gemm_micro_f_base, float, )
+MINIDL_GEMM_MICRO_TABLE(minidl_gemm_micro_d_base, double, )
 #define MINIDL_GEMM_NR_BASE(T) ((ptrdiff_t)8)
 
 #endif
 
-typedef void (*minidl_gemm_micro_f_fn)(ptrdiff_t, const float*, const float*, float*, ptrdiff_t,
-                                       int);
-typedef void (*minidl_gemm_micro_d_fn)(ptrdiff_t, const double*, const double*, double*,
-                                       ptrdiff_t, int);
-static minidl_gemm_micro_f_fn minidl_gemm_micro_f = minidl_gemm_micro_f_base;
-static minidl_gemm_micro_d_fn minidl_gemm_micro_d = minidl_gemm_micro_d_base;
+/* ---- few rows of C (M <= MINIDL_GEMM_DOT_ROWS): dot products, B never packed ------------- */
+/* A product of a few rows (a Dense layer at batch 1-8) is nearly a matrix-vector product: each
+ * element of B is used by few rows, so packing B would cost more than the product. Each element
+ * of C is instead a dot product in MINIDL_GEMM_LANES partial sums: s_l = sum over k = l
+ * (mod LANES), in increasing k, then C (+)= ((s0 + s4) + (s2 + s6)) + ((s1 + s5) + (s3 + s7)).
+ * The same order, hence the same bits, whatever B's layout:
+ *   columns of B contiguous (rsb == 1, e.g. x @ W.T): LANES consecutive k in one vector, four
+ *       columns of B at a time (four independent sums);
+ *   rows of B contiguous (csb == 1, e.g. dout @ W): LANES consecutive columns in one vector and
+ *       one vector of partial sums per l (eight independent sums), B copied
+ *       block by block (DOT_KB rows) to a buffer whose rows do not share cache sets;
+ *   other strides, and the last columns that do not fill a vector: one element at a time.
+ * A's rows must be contiguous (csa == 1; minidl._blas copies A when they are not). Which
+ * elements take this path depends on M only (the rows of the whole product, not of a tile),
+ * never on the strides or on the threads. */
+#define MINIDL_GEMM_LANES 8
+#define MINIDL_GEMM_DOT_KB 64 /* rows of B per block when B's rows are contiguous */
+#define MINIDL_GEMM_COMBINE(s0, s1, s2, s3, s4, s5, s6, s7)                                  \
+    (((s0) + (s4)) + ((s2) + (s6))) + (((s1) + (s5)) + ((s3) + (s7)))
+
+/* C[i, j] (+)= A[i, :] . B[:, j], one element at a time (any stride of B) */
+#define MINIDL_GEMM_DOT_ONE(NAME, T, ATTRIBUTES)                                             \
+ATTRIBUTES static void NAME(const T* restrict a, const T* restrict b, ptrdiff_t rsb,         \
+                            ptrdiff_t inner, T* restrict c, int add) {                       \
+    T s[MINIDL_GEMM_LANES] = {0};                                                            \
+    for (ptrdiff_t k = 0; k < inner; k++) s[k % MINIDL_GEMM_LANES] += a[k] * b[k * rsb];     \
+    const T r = MINIDL_GEMM_COMBINE(s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7]);         \
+    *c = add ? r + *c : r;                                                                   \
+}
+
+/* C[rows x cols] (+)= A (rows x inner, rows contiguous) @ B (inner x cols, any strides) */
+#define MINIDL_GEMM_DOT_ARGS(T)                                                              \
+    const T* A, ptrdiff_t rsa, const T* B, ptrdiff_t rsb, ptrdiff_t csb, T* C,               \
+    ptrdiff_t ldc,                                                                           \
+    ptrdiff_t rows, ptrdiff_t inner, ptrdiff_t cols, int add, void* scratch
+typedef void (*minidl_gemm_dot_float_fn)(MINIDL_GEMM_DOT_ARGS(float));
+typedef void (*minidl_gemm_dot_double_fn)(MINIDL_GEMM_DOT_ARGS(double));
+
+#if defined(MINIDL_VECTOR_EXT)
+
+#define MINIDL_GEMM_DOT(NAME, T, ATTRIBUTES)                                                 \
+MINIDL_GEMM_DOT_ONE(NAME##_one, T, ATTRIBUTES)                                               \
+ATTRIBUTES static void NAME(MINIDL_GEMM_DOT_ARGS(T)) {                                       \
+    typedef T V                                                                              \
+        __attribute__((vector_size(MINIDL_GEMM_LANES * sizeof(T)), aligned(sizeof(T))));     \
+    const ptrdiff_t whole = inner / MINIDL_GEMM_LANES * MINIDL_GEMM_LANES;                   \
+    ptrdiff_t j0 = 0;                                                                        \
+    if (rsb == 1) { /* columns of B contiguous: four at a time */                            \
+        for (; j0 + 4 <= cols; j0 += 4) {                                                    \
+            const T* b0 = B + j0 * csb, * b1 = b0 + csb, * b2 = b1 + csb, * b3 = b2 + csb;   \
+            for (ptrdiff_t i = 0; i < rows; i++) {                                           \
+                const T* a = A + i * rsa;                                                    \
+                V s0 = {0}, s1 = {0}, s2 = {0}, s3 = {0};                                    \
+                for (ptrdiff_t k = 0; k < whole; k += MINIDL_GEMM_LANES) {                   \
+                    const V av = *(const V*)(a + k);                                         \
+                    s0 += av * *(const V*)(b0 + k); s1 += av * *(const V*)(b1 + k);          \
+                    s2 += av * *(const V*)(b2 + k); s3 += av * *(const V*)(b3 + k);          \
+                }                                                                            \
+                for (ptrdiff_t k = whole; k < inner; k++) {                                  \
+                    s0[k - whole] += a[k] * b0[k]; s1[k - whole] += a[k] * b1[k];            \
+                    s2[k - whole] += a[k] * b2[k]; s3[k - whole] += a[k] * b3[k];            \
+                }                                                                            \
+                T* c = C + i * ldc + j0;                                                     \
+                const T r0 = MINIDL_GEMM_COMBINE(s0[0], s0[1], s0[2], s0[3], s0[4], s0[5],   \
+                                                 s0[6], s0[7]);                              \
+                const T r1 = MINIDL_GEMM_COMBINE(s1[0], s1[1], s1[2], s1[3], s1[4], s1[5],   \
+                                                 s1[6], s1[7]);                              \
+                const T r2 = MINIDL_GEMM_COMBINE(s2[0], s2[1], s2[2], s2[3], s2[4], s2[5],   \
+                                                 s2[6], s2[7]);                              \
+                const T r3 = MINIDL_GEMM_COMBINE(s3[0], s3[1], s3[2], s3[3], s3[4], s3[5],   \
+                                                 s3[6], s3[7]);                              \
+                c[0] = add ? r0 + c[0] : r0; c[1] = add ? r1 + c[1] : r1;                    \
+                c[2] = add ? r2 + c[2] : r2; c[3] = add ? r3 + c[3] : r3;                    \
+            }                                                                                \
+        }                                                                                    \
+    } else if (csb == 1) { /* rows of B contiguous: LANES columns, LANES sums (one per l) */ \
+        /* k in blocks of DOT_KB rows, each block swept across all the columns (B is read    \
+           row after row, not down its columns); the sums wait in `state` between blocks */  \
+        const ptrdiff_t vectors = cols / MINIDL_GEMM_LANES;                                  \
+        V* state = (V*)scratch; /* rows x vectors x LANES */                                 \
+        /* each block is first copied, row after row, to `copy` (rows of ld elements): its   \
+           DOT_KB rows then fall in different cache sets whatever rsb is, and B is read in   \
+           the order the prefetchers follow */                                               \
+        const ptrdiff_t ld = vectors * MINIDL_GEMM_LANES + MINIDL_GEMM_PAD;                  \
+        T* copy = (T*)(state + rows * vectors * MINIDL_GEMM_LANES);                          \
+        for (ptrdiff_t kb = 0; kb < inner; kb += MINIDL_GEMM_DOT_KB) {                       \
+            const ptrdiff_t next = kb + MINIDL_GEMM_DOT_KB;                                  \
+            const ptrdiff_t kend = whole < next ? whole : next; /* whole groups of LANES */  \
+            const ptrdiff_t klast = inner < next ? inner : next;                             \
+            for (ptrdiff_t k = kb; k < klast; k++)                                           \
+                for (ptrdiff_t j = 0; j < vectors * MINIDL_GEMM_LANES; j++)                  \
+                    copy[(k - kb) * ld + j] = B[k * rsb + j];                                \
+            for (ptrdiff_t v = 0; v < vectors; v++) {                                        \
+                const T* b = copy + v * MINIDL_GEMM_LANES; /* B(k): b + (k - kb) * ld */     \
+                for (ptrdiff_t i = 0; i < rows; i++) { /* this vector's block: in L1 */      \
+                    const T* a = A + i * rsa;                                                \
+                    V* st = state + (i * vectors + v) * MINIDL_GEMM_LANES;                   \
+                    V s0 = {0}, s1 = {0}, s2 = {0}, s3 = {0}, s4 = {0}, s5 = {0}, s6 = {0};  \
+                    V s7 = {0};                                                              \
+                    if (kb > 0) {                                                            \
+                        s0 = st[0]; s1 = st[1]; s2 = st[2]; s3 = st[3];                      \
+                        s4 = st[4]; s5 = st[5]; s6 = st[6]; s7 = st[7];                      \
+                    }                                                                        \
+                    ptrdiff_t k = kb;                                                        \
+                    for (; k < kend; k += MINIDL_GEMM_LANES) {                               \
+                        const T* bk = b + (k - kb) * ld;                                     \
+                        s0 += a[k] * *(const V*)bk; s1 += a[k + 1] * *(const V*)(bk + ld);   \
+                        s2 += a[k + 2] * *(const V*)(bk + 2 * ld);                           \
+                        s3 += a[k + 3] * *(const V*)(bk + 3 * ld);                           \
+                        s4 += a[k + 4] * *(const V*)(bk + 4 * ld);                           \
+                        s5 += a[k + 5] * *(const V*)(bk + 5 * ld);                           \
+                        s6 += a[k + 6] * *(const V*)(bk + 6 * ld);                           \
+                        s7 += a[k + 7] * *(const V*)(bk + 7 * ld);                           \
+                    }                                                                        \
+                    if (kb + MINIDL_GEMM_DOT_KB < inner) {                                   \
+                        st[0] = s0; st[1] = s1; st[2] = s2; st[3] = s3;                      \
+                        st[4] = s4; st[5] = s5; st[6] = s6; st[7] = s7;                      \
+                        continue;                                                            \
+                    }                                                                        \
+                    const T* bk = b + (k - kb) * ld; /* the last inner % LANES terms */      \
+                    switch (inner - whole) { /* go into s0, s1, ... */                       \
+                        case 7: s6 += a[k + 6] * *(const V*)(bk + 6 * ld); /* fall through */\
+                        case 6: s5 += a[k + 5] * *(const V*)(bk + 5 * ld); /* fall through */\
+                        case 5: s4 += a[k + 4] * *(const V*)(bk + 4 * ld); /* fall through */\
+                        case 4: s3 += a[k + 3] * *(const V*)(bk + 3 * ld); /* fall through */\
+                        case 3: s2 += a[k + 2] * *(const V*)(bk + 2 * ld); /* fall through */\
+                        case 2: s1 += a[k + 1] * *(const V*)(bk + ld); /* fall through */    \
+                        case 1: s0 += a[k] * *(const V*)bk; /* fall through */               \
+                        default: break;                                                      \
+                    }                                                                        \
+                    const V r = MINIDL_GEMM_COMBINE(s0, s1, s2, s3, s4, s5, s6, s7);         \
+                    T* c = C + i * ldc + v * MINIDL_GEMM_LANES;                              \
+                    for (int q = 0; q < MINIDL_GEMM_LANES; q++)                              \
+                        c[q] = add ? r[q] + c[q] : r[q];                                     \
+                }                                                                            \
+            }                                                                                \
+        }                                                                                    \
+        j0 = vectors * MINIDL_GEMM_LANES;                                                    \
+    }                                                                                        \
+    for (; j0 < cols; j0++) /* other strides; the last columns */                            \
+        for (ptrdiff_t i = 0; i < rows; i++)                                                 \
+            NAME##_one(A + i * rsa, B + j0 * csb, rsb, inner, C + i * ldc + j0, add);        \
+}
+
+#if defined(MINIDL_X86_DISPATCH)
+MINIDL_GEMM_DOT(minidl_gemm_dot_f_avx512, float, MINIDL_TARGET("avx512f"))
+MINIDL_GEMM_DOT(minidl_gemm_dot_d_avx512, double, MINIDL_TARGET("avx512f"))
+MINIDL_GEMM_DOT(minidl_gemm_dot_f_avx2, float, MINIDL_TARGET("avx2,fma"))
+MINIDL_GEMM_DOT(minidl_gemm_dot_d_avx2, double, MINIDL_TARGET("avx2,fma"))
+MINIDL_GEMM_DOT(minidl_gemm_dot_f_base, float, MINIDL_TARGET("sse2"))
+MINIDL_GEMM_DOT(minidl_gemm_dot_d_base, double, MINIDL_TARGET("sse2"))
+#else
+MINIDL_GEMM_DOT(minidl_gemm_dot_f_base, float, )
+MINIDL_GEMM_DOT(minidl_gemm_dot_d_base, double, )
+#endif
+
+#else /* plain C: every element by MINIDL_GEMM_DOT_ONE */
+
+#define MINIDL_GEMM_DOT(NAME, T)                                                             \
+MINIDL_GEMM_DOT_ONE(NAME##_one, T, )                                                         \
+static void NAME(MINIDL_GEMM_DOT_ARGS(T)) {                                                  \
+    for (ptrdiff_t j = 0; j < cols; j++)                                                     \
+        for (ptrdiff_t i = 0; i < rows; i++)                                                 \
+            NAME##_one(A + i * rsa, B + j * csb, rsb, inner, C + i * ldc + j, add);          \
+}
+
+MINIDL_GEMM_DOT(minidl_gemm_dot_f_base, float)
+MINIDL_GEMM_DOT(minidl_gemm_dot_d_base, double)
+
+#endif
+
+/* the kernels of this CPU, by row count */
+static const minidl_gemm_micro_float_fn* minidl_gemm_micro_f = minidl_gemm_micro_f_base;
+static const minidl_gemm_micro_double_fn* minidl_gemm_micro_d = minidl_gemm_micro_d_base;
 /* NR: the columns of C per micro-kernel call (2 SIMD vectors) */
 static ptrdiff_t minidl_gemm_nr_f = MINIDL_GEMM_NR_BASE(float);
 static ptrdiff_t minidl_gemm_nr_d = MINIDL_GEMM_NR_BASE(double);
+static minidl_gemm_dot_float_fn minidl_gemm_dot_f = minidl_gemm_dot_f_base;
+static minidl_gemm_dot_double_fn minidl_gemm_dot_d = minidl_gemm_dot_d_base;
 
 /* Choose the micro-kernels' instruction set (once, at import); returns its name. */
 static const char* minidl_gemm_init(void) {
@@ -211,11 +419,15 @@ static const char* minidl_gemm_init(void) {
     if (isa == MINIDL_ISA_AVX512F) {
         minidl_gemm_micro_f = minidl_gemm_micro_f_avx512;
         minidl_gemm_micro_d = minidl_gemm_micro_d_avx512;
+        minidl_gemm_dot_f = minidl_gemm_dot_f_avx512;
+        minidl_gemm_dot_d = minidl_gemm_dot_d_avx512;
         minidl_gemm_nr_f = 32;
         minidl_gemm_nr_d = 16;
     } else if (isa == MINIDL_ISA_AVX2) {
         minidl_gemm_micro_f = minidl_gemm_micro_f_avx2;
         minidl_gemm_micro_d = minidl_gemm_micro_d_avx2;
+        minidl_gemm_dot_f = minidl_gemm_dot_f_avx2;
+        minidl_gemm_dot_d = minidl_gemm_dot_d_avx2;
         minidl_gemm_nr_f = 16;
         minidl_gemm_nr_d = 8;
     }
@@ -226,14 +438,40 @@ static const char* minidl_gemm_init(void) {
 }
 
 /* ---- one tile: C[rows x cols] = (acc ? C : 0) + sum_{t < terms} A_t B_t ------------------ */
-/* scratch: minidl_gemm_scratch_size(cols, nr) elements, 64-byte aligned */
+/* scratch: minidl_gemm_scratch_size(cols, nr) elements, 64-byte aligned (it also holds the
+   partial sums of minidl_gemm_dot_tile, DOT_ROWS x cols x LANES, and its copy of a block of B,
+   DOT_KB x (cols + PAD)) */
 static MINIDL_INLINE ptrdiff_t minidl_gemm_scratch_size(ptrdiff_t cols, ptrdiff_t nr) {
     const ptrdiff_t strips = (cols + nr - 1) / nr;
-    return MINIDL_GEMM_MC * MINIDL_GEMM_KC + strips * (nr * MINIDL_GEMM_KC + MINIDL_GEMM_PAD)
-           + MINIDL_GEMM_MR * nr;
+    const ptrdiff_t gemm = MINIDL_GEMM_MC * MINIDL_GEMM_KC
+                           + strips * (nr * MINIDL_GEMM_KC + MINIDL_GEMM_PAD) + MINIDL_GEMM_MR * nr;
+    const ptrdiff_t dot = MINIDL_GEMM_DOT_ROWS * cols * MINIDL_GEMM_LANES
+                          + MINIDL_GEMM_DOT_KB * (cols + MINIDL_GEMM_PAD);
+    return gemm > dot ? gemm : dot;
 }
 
-#define MINIDL_GEMM_TILE(S, T)                                                                \
+#define MINIDL_GEMM_TILE(S, T)                                                               \
+/* C[mc x valid] (+)= Ap (mc rows, packed) @ one packed strip of B (kc x NR):                \
+   one micro-kernel call per strip of MR rows; a strip narrower than NR (valid < NR) goes    \
+   through the MR x NR `edge` buffer */                                                      \
+static void minidl_gemm_strip_##S(ptrdiff_t kc, ptrdiff_t mc, const T* ap, const T* b,       \
+                                  ptrdiff_t valid, T* C, ptrdiff_t ldc, int add, T* edge) {  \
+    const ptrdiff_t nr = minidl_gemm_nr_##S;                                                 \
+    for (ptrdiff_t i0 = 0; i0 < mc; i0 += MINIDL_GEMM_MR) {                                  \
+        const ptrdiff_t r = mc - i0 < MINIDL_GEMM_MR ? mc - i0 : MINIDL_GEMM_MR;             \
+        const T* a = ap + i0 * kc;                                                           \
+        T* c = C + i0 * ldc;                                                                 \
+        if (valid == nr) {                                                                   \
+            minidl_gemm_micro_##S[r](kc, a, b, c, ldc, add);                                 \
+            continue;                                                                        \
+        }                                                                                    \
+        minidl_gemm_micro_##S[r](kc, a, b, edge, nr, 0);                                     \
+        for (ptrdiff_t i = 0; i < r; i++)                                                    \
+            for (ptrdiff_t j = 0; j < valid; j++)                                            \
+                c[i * ldc + j] = add ? edge[i * nr + j] + c[i * ldc + j] : edge[i * nr + j]; \
+    }                                                                                        \
+}                                                                                            \
+                                                                                             \
 static void minidl_gemm_tile_##S(                                                            \
         const T* A, ptrdiff_t sa, ptrdiff_t rsa, ptrdiff_t csa,                              \
         const T* B, ptrdiff_t sb, ptrdiff_t rsb, ptrdiff_t csb,                              \
@@ -247,26 +485,17 @@ static void minidl_gemm_tile_##S(                                               
         for (ptrdiff_t pc = 0; pc < inner; pc += MINIDL_GEMM_KC) {                           \
             const ptrdiff_t kc = inner - pc < MINIDL_GEMM_KC ? inner - pc : MINIDL_GEMM_KC;  \
             const int add = acc || t > 0 || pc > 0;                                          \
-            minidl_gemm_pack_b_##S(B + t * sb + pc * rsb, rsb, csb, kc, cols, nr, bp);       \
+            const T* At = A + t * sa + pc * csa;                                             \
+            const T* Bt = B + t * sb + pc * rsb;                                             \
+            minidl_gemm_pack_b_##S(Bt, rsb, csb, kc, cols, nr, bp);                          \
             for (ptrdiff_t ic = 0; ic < rows; ic += MINIDL_GEMM_MC) {                        \
                 const ptrdiff_t mc = rows - ic < MINIDL_GEMM_MC ? rows - ic : MINIDL_GEMM_MC;\
-                minidl_gemm_pack_a_##S(A + t * sa + ic * rsa + pc * csa, rsa, csa, mc, kc,   \
-                                       ap);                                                  \
+                minidl_gemm_pack_a_##S(At + ic * rsa, rsa, csa, mc, kc, ap);                 \
                 for (ptrdiff_t j0 = 0; j0 < cols; j0 += nr) {                                \
+                    const ptrdiff_t valid = cols - j0 < nr ? cols - j0 : nr;                 \
                     const T* b = bp + (j0 / nr) * (kc * nr + MINIDL_GEMM_PAD);               \
-                    for (ptrdiff_t i0 = 0; i0 < mc; i0 += MINIDL_GEMM_MR) {                  \
-                        const T* a = ap + i0 * kc;                                           \
-                        T* c = C + (ic + i0) * ldc + j0;                                     \
-                        if (i0 + MINIDL_GEMM_MR <= mc && j0 + nr <= cols) {                  \
-                            minidl_gemm_micro_##S(kc, a, b, c, ldc, add);                    \
-                            continue;                                                        \
-                        }                                                                    \
-                        minidl_gemm_micro_##S(kc, a, b, edge, nr, 0);                        \
-                        for (ptrdiff_t i = 0; i < MINIDL_GEMM_MR && i0 + i < mc; i++)        \
-                            for (ptrdiff_t j = 0; j < nr && j0 + j < cols; j++)              \
-                                c[i * ldc + j] = add ? edge[i * nr + j] + c[i * ldc + j]     \
-                                                     : edge[i * nr + j];                     \
-                    }                                                                        \
+                    minidl_gemm_strip_##S(kc, mc, ap, b, valid, C + ic * ldc + j0, ldc, add, \
+                                          edge);                                             \
                 }                                                                            \
             }                                                                                \
         }                                                                                    \
@@ -275,5 +504,19 @@ static void minidl_gemm_tile_##S(                                               
 
 MINIDL_GEMM_TILE(f, float)
 MINIDL_GEMM_TILE(d, double)
+
+/* ---- one tile of a product of at most MINIDL_GEMM_DOT_ROWS rows (A's rows contiguous) ---- */
+#define MINIDL_GEMM_DOT_TILE(S, T)                                                           \
+static void minidl_gemm_dot_tile_##S(const T* A, ptrdiff_t sa, ptrdiff_t rsa,                \
+                                     const T* B, ptrdiff_t sb, ptrdiff_t rsb, ptrdiff_t csb, \
+                                     T* C, ptrdiff_t ldc, ptrdiff_t rows, ptrdiff_t inner,   \
+                                     ptrdiff_t cols, ptrdiff_t terms, int acc, T* scratch) { \
+    for (ptrdiff_t t = 0; t < terms; t++)                                                    \
+        minidl_gemm_dot_##S(A + t * sa, rsa, B + t * sb, rsb, csb, C, ldc, rows, inner, cols,\
+                            acc || t > 0, scratch);                                          \
+}
+
+MINIDL_GEMM_DOT_TILE(f, float)
+MINIDL_GEMM_DOT_TILE(d, double)
 
 #endif

@@ -25,6 +25,7 @@ cdef extern from "_gemm.h" nogil:
     enum:
         MINIDL_GEMM_MR
         MINIDL_GEMM_KC
+        MINIDL_GEMM_DOT_ROWS
     Py_ssize_t minidl_gemm_nr_f
     Py_ssize_t minidl_gemm_nr_d
     Py_ssize_t minidl_gemm_scratch_size(Py_ssize_t cols, Py_ssize_t nr)
@@ -36,6 +37,14 @@ cdef extern from "_gemm.h" nogil:
                             const double* B, Py_ssize_t sb, Py_ssize_t rsb, Py_ssize_t csb,
                             double* C, Py_ssize_t ldc, Py_ssize_t rows, Py_ssize_t inner,
                             Py_ssize_t cols, Py_ssize_t terms, int acc, double* scratch)
+    void minidl_gemm_dot_tile_f(const float* A, Py_ssize_t sa, Py_ssize_t rsa,
+                                const float* B, Py_ssize_t sb, Py_ssize_t rsb, Py_ssize_t csb,
+                                float* C, Py_ssize_t ldc, Py_ssize_t rows, Py_ssize_t inner,
+                                Py_ssize_t cols, Py_ssize_t terms, int acc, float* scratch)
+    void minidl_gemm_dot_tile_d(const double* A, Py_ssize_t sa, Py_ssize_t rsa,
+                                const double* B, Py_ssize_t sb, Py_ssize_t rsb, Py_ssize_t csb,
+                                double* C, Py_ssize_t ldc, Py_ssize_t rows, Py_ssize_t inner,
+                                Py_ssize_t cols, Py_ssize_t terms, int acc, double* scratch)
     const char* minidl_gemm_init()
 
 
@@ -47,6 +56,9 @@ BUILD = build_facts()
 MR = MINIDL_GEMM_MR
 #: The inner dimension is summed in blocks of this many terms.
 KC = MINIDL_GEMM_KC
+#: Products of at most this many rows (M) are dot products, B read in place (``_gemm.h``);
+#: their ``a`` must have contiguous rows.
+DOT_ROWS = MINIDL_GEMM_DOT_ROWS
 #: Columns of C per micro-kernel call, by dtype name (2 SIMD vectors on this CPU).
 NR = {"float32": minidl_gemm_nr_f, "float64": minidl_gemm_nr_d}
 
@@ -86,7 +98,8 @@ def gemm(const floating[:, :, :] a, const floating[:, :, :] b, floating[:, :, :]
     otherwise); ``B = max(Ba, Bb) >= 1`` and each of
     ``Ba, Bb`` is 1 or ``B``; ``c.shape[0]`` is ``B`` (1 when ``sum_batch``); the inner sizes
     agree; ``c`` shares no memory with ``a`` or ``b`` and its last stride is one element;
-    ``scratch`` has at least ``num_threads`` rows of at least that size; ``num_threads >= 1``.
+    ``scratch`` has at least ``num_threads`` rows of at least that size; ``num_threads >= 1``;
+    when ``M <= DOT_ROWS``, the rows of ``a`` are contiguous (``a.strides[2]`` one element).
     Work is split over the tiles of C (and the batch, unless ``sum_batch``), handed out one at
     a time (dynamic schedule: a thread that is descheduled holds up one tile, not a share).
     """
@@ -102,6 +115,7 @@ def gemm(const floating[:, :, :] a, const floating[:, :, :] b, floating[:, :, :]
     cdef Py_ssize_t per_matrix = tiles_m * tiles_n
     cdef Py_ssize_t tasks = per_matrix * (1 if sum_batch else batch)
     cdef Py_ssize_t task, n, tile, i0, j0, rows, cols, terms
+    cdef bint dot = M <= MINIDL_GEMM_DOT_ROWS
     if M == 0 or N == 0 or K == 0 or batch == 0:
         return
     cdef const floating* a0 = &a[0, 0, 0]
@@ -117,10 +131,21 @@ def gemm(const floating[:, :, :] a, const floating[:, :, :] b, floating[:, :, :]
         rows = tile_rows if i0 + tile_rows <= M else M - i0
         cols = tile_cols if j0 + tile_cols <= N else N - j0
         if floating is float:
-            minidl_gemm_tile_f(a0 + n * sa + i0 * rsa, sa, rsa, csa,
-                               b0 + n * sb + j0 * csb, sb, rsb, csb,
-                               c0 + n * sc + i0 * ldc + j0, ldc, rows, K, cols, terms,
-                               accumulate, _aligned(&scratch[threadid(), 0]))
+            if dot:
+                minidl_gemm_dot_tile_f(a0 + n * sa + i0 * rsa, sa, rsa,
+                                       b0 + n * sb + j0 * csb, sb, rsb, csb,
+                                       c0 + n * sc + i0 * ldc + j0, ldc, rows, K, cols, terms,
+                                       accumulate, _aligned(&scratch[threadid(), 0]))
+            else:
+                minidl_gemm_tile_f(a0 + n * sa + i0 * rsa, sa, rsa, csa,
+                                   b0 + n * sb + j0 * csb, sb, rsb, csb,
+                                   c0 + n * sc + i0 * ldc + j0, ldc, rows, K, cols, terms,
+                                   accumulate, _aligned(&scratch[threadid(), 0]))
+        elif dot:
+            minidl_gemm_dot_tile_d(a0 + n * sa + i0 * rsa, sa, rsa,
+                                   b0 + n * sb + j0 * csb, sb, rsb, csb,
+                                   c0 + n * sc + i0 * ldc + j0, ldc, rows, K, cols, terms,
+                                   accumulate, _aligned(&scratch[threadid(), 0]))
         else:
             minidl_gemm_tile_d(a0 + n * sa + i0 * rsa, sa, rsa, csa,
                                b0 + n * sb + j0 * csb, sb, rsb, csb,
