@@ -9,8 +9,11 @@ scale of each normalized layer (its output is invariant to it, Ioffe & Szegedy 2
 section 3.3), so only the last layer's factor is left. Each factor, with and without BN, from
 every seed; diverged runs are counted in the table.
 
-The network, data and defaults are those of ``lr-sweep`` (``--network mlp``: 784-100-100-100-10
-ReLU on MNIST, 300 SGD steps at ``--lr``); 33 s of CPU time.
+The network and data are those of ``lr-sweep`` (``--network mlp``: 784-100-100-100-10 ReLU on
+MNIST, 300 steps of batch 64), but SGD runs at one rate, ``--lr`` 0.05, with momentum 0.9
+(lr-sweep: no momentum). The defaults (6 scales x 2 settings x 2 seeds = 24 runs) take 13 s of
+wall-clock time and 25 s of CPU time (user + system; 2 kernel threads on a 2-core machine with
+nothing else running, 3 December 2026).
 """
 from . import _common
 from .lr_sweep import NETWORKS, build

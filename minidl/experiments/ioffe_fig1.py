@@ -12,8 +12,10 @@ before every sigmoid (the dense layers then have no bias) and once without:
     ("internal covariate shift").
 
 The weights start from minidl's default initialization (the paper: "small random Gaussian
-values"); the learning rate is ours (the paper does not give one). Defaults: 2,000 steps per run,
-4 runs, 36 s of CPU time; ``--full`` runs the paper's 50,000 steps.
+values"); the learning rate is ours (the paper does not give one). Defaults: 2,000 steps of
+batch 60 at lr 0.5 per run, all 60,000 training images, 4 runs (2 settings x 2 seeds): 17 s of
+wall-clock time and 32 s of CPU time (user + system; 2 kernel threads on a 2-core machine with
+nothing else running, 3 December 2026); ``--full`` runs the paper's 50,000 steps.
 """
 import argparse
 

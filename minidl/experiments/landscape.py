@@ -14,8 +14,10 @@ the loss ``L(w)``, then for every step size ``eta`` of ``--step-sizes`` move to
 The parameters, running statistics and gradients are put back before training continues, so the
 measurement does not change the run. The network is the VGG-style CIFAR-10 CNN
 (:func:`minidl.models.vgg_cifar`, ``--width``) with BatchNorm after every convolution and
-without (the paper's networks are VGG on CIFAR-10 too). Defaults: 150 steps, a measurement every
-15, 4 runs, 314 s of CPU time; ``--full``: full width, 10,000 steps.
+without (the paper's networks are VGG on CIFAR-10 too). Defaults: width 0.5, 150 steps of
+batch 64 at lr 0.05, a measurement every 15, 4 runs (2 settings x 2 seeds): 33 s of wall-clock
+time and 61 s of CPU time (user + system; 2 kernel threads on a 2-core machine with nothing else
+running, 3 December 2026); ``--full``: full width, 10,000 steps.
 """
 import numpy as np
 

@@ -7,8 +7,10 @@ without; plain SGD (no momentum by default, so the rate alone sets the step). A 
 becomes NaN/Inf is recorded as diverged and counted in the table's last column.
 
 ``--network mlp`` (default): 784-100-100-100-10 ReLU on MNIST; ``cnn``: ``mnist_cnn``. The
-defaults (300 steps per run, 24 runs) took 36 s of CPU time; ``--full`` trains
-the CNN for 2,000 steps at 8 rates on all of MNIST.
+defaults (300 steps of batch 64 per run, 6 rates x 2 settings x 2 seeds = 24 runs) take 14 s of
+wall-clock time and 26 s of CPU time (user + system; 2 kernel threads on a 2-core machine with
+nothing else running, 3 December 2026); ``--full`` trains the CNN for 2,000 steps at 8 rates on
+all of MNIST.
 """
 from . import _common
 from .runner import Experiment, Option, experiment_function

@@ -13,8 +13,10 @@ convolution, before the ReLU) is trained from each seed with
 * ``group``: GroupNorm per sample over groups of C/8 channels and (H, W) -- Wu & He 2018;
 * ``none``: no normalization (the layers get a bias).
 
-Same SGD settings for all; test accuracy every ``--eval-every`` steps. Defaults: 100 steps of
-batch 64, 12 runs, 603 s of CPU time; ``--full``: full width, 10,000 steps.
+Same SGD settings for all; test accuracy every ``--eval-every`` steps. Defaults: width 0.5,
+100 steps of batch 64 at lr 0.02, 12 runs (6 settings x 2 seeds): 42 s of wall-clock time and
+80 s of CPU time (user + system; 2 kernel threads on a 2-core machine with nothing else running,
+3 December 2026); ``--full``: full width, 10,000 steps.
 """
 from . import _common
 from .. import models
