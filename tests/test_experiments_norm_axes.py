@@ -16,6 +16,7 @@ def test_norm_axes_tiny(tmp_path, experiment_root, one_kernel_thread):  # noqa: 
     # Measured over 4 seeds at this size: BatchNorm's test loss in eval mode 3.5-22.8, the
     # plain network's 2.30-2.31. After 20 steps the running averages (momentum 0.1) still hold
     # 0.9^20 = 12% of their initial mean 0 / variance 1, so eval mode normalizes with the wrong
-    # statistics. The default run (100 steps) reverses the order: 1.76 +- 0.03 vs 2.04 +- 0.07.
+    # statistics. The default run (100 steps, 3 December 2026) reverses the order: 1.76 +- 0.05
+    # vs 2.04 +- 0.07.
     bn, plain = by_setting(result, norm="batch"), by_setting(result, norm="none")
     assert bn["test_loss_mean"] > plain["test_loss_mean"] + 0.5
