@@ -11,8 +11,11 @@ from minidl.reference import conv as ref
 
 # (N, C_in, C_out, H, W, padding): odd and even outputs (a last row/column of tiles that is half
 # outside), padding 0-2, outputs of one pixel, channel counts that are not multiples of the
-# kernels' steps (4 rows, 16 columns).
+# kernels' steps (4 rows, 16 columns); and for the NCHW <-> NHWC transposes (_transpose.h,
+# 8x8 blocks): whole blocks only (16 channels, widths 16) and several blocks plus remainders.
 WINOGRAD_GEOMETRIES = [
+    (2, 16, 16, 16, 16, (1, 1)),
+    (2, 19, 24, 13, 21, (1, 1)),
     (2, 3, 4, 5, 6, (1, 1)),
     (3, 5, 2, 8, 7, (0, 0)),
     (2, 4, 3, 6, 9, (2, 1)),

@@ -66,6 +66,12 @@ cdef extern from "_winograd.h" nogil:
                             Py_ssize_t inner, Py_ssize_t cols, int acc)
     const char* minidl_wino_init()
 
+cdef extern from "_transpose.h" nogil:
+    void minidl_transpose_f(const float* src, Py_ssize_t ss, float* dst, Py_ssize_t ds,
+                            Py_ssize_t rows, Py_ssize_t cols, const float* bias)
+    void minidl_transpose_d(const double* src, Py_ssize_t ss, double* dst, Py_ssize_t ds,
+                            Py_ssize_t rows, Py_ssize_t cols, const double* bias)
+
 
 #: The instruction set of the tile products on this CPU ("avx512f", "avx2" or "baseline").
 ISA = minidl_wino_init().decode()
@@ -131,33 +137,41 @@ cdef inline floating* _aligned(floating* p) noexcept nogil:
     return <floating*>((<size_t>p + 63) & ~(<size_t>63))
 
 
+cdef inline void _transpose(const floating* src, Py_ssize_t ss, floating* dst, Py_ssize_t ds,
+                            Py_ssize_t rows, Py_ssize_t cols,
+                            const floating* bias) noexcept nogil:
+    """``dst[c*ds + r] = src[r*ss + c] (+ bias[c])`` for ``r < rows``, ``c < cols`` (see
+    ``_transpose.h``: 8x8 blocks in AVX2 registers for float32; ``bias`` may be NULL)."""
+    if floating is float:
+        minidl_transpose_f(src, ss, dst, ds, rows, cols, bias)
+    else:
+        minidl_transpose_d(src, ss, dst, ds, rows, cols, bias)
+
+
 cdef inline void _gather_rows(const floating* img, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
                               Py_ssize_t row0, Py_ssize_t col0, Py_ssize_t rows,
                               Py_ssize_t wide, floating* dst) noexcept nogil:
     """``dst[(i*wide + col)*C + c] = img[c, row0 + i, col0 + col]`` (NCHW -> NHWC) for
     ``i < rows``, ``col < wide``, with zeros outside the ``H x W`` image."""
-    cdef Py_ssize_t c, i, col, r, lo, hi
+    cdef Py_ssize_t i, j, r, lo, hi
     cdef floating* d
-    cdef const floating* src
     lo = -col0 if col0 < 0 else 0                         # first col inside the image
     hi = W - col0 if W - col0 < wide else wide             # one past the last
     if hi < lo:
         hi = lo
-    for c in range(C):
-        for i in range(rows):
-            r = row0 + i
-            d = dst + i * wide * C + c
-            if r < 0 or r >= H:
-                for col in range(wide):
-                    d[col * C] = 0
-                continue
-            src = img + (c * H + r) * W + col0
-            for col in range(lo):
-                d[col * C] = 0
-            for col in range(lo, hi):
-                d[col * C] = src[col]
-            for col in range(hi, wide):
-                d[col * C] = 0
+    for i in range(rows):
+        r = row0 + i
+        d = dst + i * wide * C
+        if r < 0 or r >= H:
+            for j in range(wide * C):
+                d[j] = 0
+            continue
+        for j in range(lo * C):
+            d[j] = 0
+        for j in range(hi * C, wide * C):
+            d[j] = 0
+        # the C rows img[c, r, col0 + lo : col0 + hi] become columns of d
+        _transpose(img + r * W + col0 + lo, H * W, d + lo * C, C, C, hi - lo, <floating*>NULL)
 
 
 cdef inline void _zero(floating* planes, Py_ssize_t plane, Py_ssize_t width, Py_ssize_t row0,
@@ -232,19 +246,17 @@ def forward(const floating[:, :, :, ::1] x, const floating[:, :, ::1] u,
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t K = out.shape[1], OH = out.shape[2], OW = out.shape[3]
     cdef _Layout L = _layout(C, K, OH, OW, block_rows, False)
-    cdef Py_ssize_t n, blk, tr0, rb, r, tw, t, xi, k, i, ow, rows, wide = 2 * L.TW
-    cdef floating shift
+    cdef Py_ssize_t n, blk, tr0, rb, r, tw, t, xi, i, rows, wide = 2 * L.TW
     cdef floating* base
     cdef floating* v
     cdef floating* m
     cdef floating* orow
-    cdef floating* dst
-    cdef const floating* src
     if N * K * OH * OW == 0:
         return
     cdef const floating* x0 = &x[0, 0, 0, 0]
     cdef const floating* u0 = &u[0, 0, 0]
     cdef floating* out0 = &out[0, 0, 0, 0]
+    cdef const floating* bias0 = &bias[0] if use_bias else NULL
 
     for n in prange(N, nogil=True, num_threads=num_threads, schedule="static"):
         base = _aligned(&scratch[threadid(), 0])
@@ -271,13 +283,9 @@ def forward(const floating[:, :, :, ::1] x, const floating[:, :, ::1] u,
                                                   orow + (2 * r * wide + 2 * tw) * K,
                                                   orow + ((2 * r + 1) * wide + 2 * tw) * K, K)
             rows = 2 * rb if 2 * (tr0 + rb) <= OH else OH - 2 * tr0
-            for k in range(K):
-                shift = bias[k] if use_bias else 0
-                for i in range(rows):
-                    dst = out0 + ((n * K + k) * OH + 2 * tr0 + i) * OW
-                    src = orow + i * wide * K + k
-                    for ow in range(OW):
-                        dst[ow] = src[ow * K] + shift
+            for i in range(rows):  # NHWC rows of the block -> out[n, :, 2*tr0 + i, :] (+ bias)
+                _transpose(orow + i * wide * K, K, out0 + (n * K * OH + 2 * tr0 + i) * OW,
+                           OH * OW, OW, K, bias0)
 
 
 def backward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] dout,
@@ -326,16 +334,14 @@ def backward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] dout,
     cdef _Layout L = _layout(C, K, OH, OW, block_rows, input_grad)
     cdef Py_ssize_t C4 = dweight.shape[2]
     cdef Py_ssize_t chunk, n_first, n_end
-    cdef Py_ssize_t n, tid, blk, tr0, rb, r, th, tw, t, xi, k, c, h, w, j, tiles
+    cdef Py_ssize_t n, tid, blk, tr0, rb, r, th, tw, t, xi, k, h, j, tiles
     cdef Py_ssize_t wide = 2 * L.TW, img_wide = 2 * L.TW + 2
     cdef int acc
     cdef floating* base
     cdef floating* v
     cdef floating* z
     cdef floating* img
-    cdef floating* dst
     cdef floating* dw
-    cdef const floating* src
     cdef double* db
     if N * K * OH * OW == 0:
         return
@@ -406,13 +412,10 @@ def backward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] dout,
                             minidl_wino_input_grad_tile_d(v + t * L.CP, L.v_plane,
                                                           img + (2 * th * img_wide + 2 * tw) * C,
                                                           img_wide * C, C)
-            if input_grad:
-                for c in range(C):
-                    for h in range(H):
-                        dst = dx0 + ((n * C + c) * H + h) * W
-                        src = img + ((h + pad_h) * img_wide + pad_w) * C + c
-                        for w in range(W):
-                            dst[w] = src[w * C]
+            if input_grad:  # the padded NHWC image's inner rows -> dx[n, :, h, :]
+                for h in range(H):
+                    _transpose(img + ((h + pad_h) * img_wide + pad_w) * C, C,
+                               dx0 + (n * C * H + h) * W, H * W, W, C, <floating*>NULL)
 
 
 def sum_chunks(const floating[:, ::1] parts, double[::1] out, int num_threads=1):
