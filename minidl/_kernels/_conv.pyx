@@ -33,8 +33,16 @@ from cython.parallel cimport prange, threadid
 
 from ._common cimport build_facts, ceil_div, floating
 
+cdef extern from "_transpose.h" nogil:
+    void minidl_transpose_init()
+    void minidl_transpose_f(const float* src, Py_ssize_t ss, float* dst, Py_ssize_t ds,
+                            Py_ssize_t rows, Py_ssize_t cols, const float* bias)
+    void minidl_transpose_d(const double* src, Py_ssize_t ss, double* dst, Py_ssize_t ds,
+                            Py_ssize_t rows, Py_ssize_t cols, const double* bias)
+
 #: What this extension was compiled with (read by ``minidl.show_config()``).
 BUILD = build_facts()
+minidl_transpose_init()  # picks the AVX2 transpose on CPUs that have it
 
 # Rows of the source per block of the transpose (see transpose_batched).
 cdef enum:
@@ -186,9 +194,10 @@ def transpose_batched(const floating[:, :, ::1] src, const floating[::1] bias, b
         num_threads: OpenMP threads (ignored in a serial build).
 
     Work is split over blocks of ``ROWS`` (8) rows of ``src``: a block is read as 8 sequential
-    streams and written as runs of 8 elements, one per row of ``dst``. (Square tiles of 64 x 64
-    were 20x slower than a copy when ``A`` or ``B`` is a multiple of 1024: 64 rows 4 KiB apart
-    fall into one set of the L1 cache, which holds 8.)
+    streams and written as runs of 8 elements, one per row of ``dst`` (8x8 blocks in AVX2
+    registers for float32, see ``_transpose.h``). (Square tiles of 64 x 64 were 20x slower than
+    a copy when ``A`` or ``B`` is a multiple of 1024: 64 rows 4 KiB apart fall into one set of
+    the L1 cache, which holds 8.)
 
     Preconditions (checked by the caller, not here): ``dst`` exactly ``(N, B, A)`` for ``src``
     ``(N, A, B)``, sharing no memory with it; ``bias`` of length ``B`` when ``use_bias``;
@@ -196,21 +205,23 @@ def transpose_batched(const floating[:, :, ::1] src, const floating[::1] bias, b
     """
     cdef Py_ssize_t N = src.shape[0], A = src.shape[1], B = src.shape[2]
     cdef Py_ssize_t blocks = ceil_div(A, ROWS)
-    cdef Py_ssize_t task, n, a_start, a_end, a, b
-    cdef floating shift
-    cdef floating* out
-    cdef const floating* column
+    cdef Py_ssize_t task, n, a_start, a_end
+    if N * A * B == 0:
+        return
+    cdef const floating* src0 = &src[0, 0, 0]
+    cdef floating* dst0 = &dst[0, 0, 0]
+    cdef const floating* bias0 = &bias[0] if use_bias else NULL
 
     for task in prange(N * blocks, nogil=True, num_threads=num_threads, schedule="static"):
         n = task // blocks
         a_start = (task - n * blocks) * ROWS
         a_end = a_start + ROWS if a_start + ROWS < A else A
-        for b in range(B):
-            shift = bias[b] if use_bias else 0
-            out = &dst[n, b, 0]
-            column = &src[n, 0, b]
-            for a in range(a_start, a_end):
-                out[a] = column[a * B] + shift
+        if floating is float:
+            minidl_transpose_f(src0 + (n * A + a_start) * B, B, dst0 + n * A * B + a_start, A,
+                               a_end - a_start, B, bias0)
+        else:
+            minidl_transpose_d(src0 + (n * A + a_start) * B, B, dst0 + n * A * B + a_start, A,
+                               a_end - a_start, B, bias0)
 
 
 def nchw_to_rows(const floating[:, :, ::1] dout, floating[:, ::1] rows,
