@@ -32,7 +32,8 @@ from setuptools.command.build_ext import build_ext
 
 # The compiled modules: one .pyx each in minidl/_kernels (with its C in a .h of the same name).
 # _memory is the caching allocator (a NEP 49 memory handler), not a compute kernel.
-EXTENSIONS = ["_activation", "_batchnorm", "_conv", "_gemm", "_pool", "_winograd", "_memory"]
+EXTENSIONS = ["_activation", "_batchnorm", "_conv", "_gemm", "_optim", "_pool", "_winograd",
+              "_memory"]
 
 # Cython directives for every kernel module: the kernels trust their inputs (minidl.functional
 # validates them), so no bounds or wraparound checks, and C division semantics.

@@ -250,8 +250,8 @@ def config():
     from threadpoolctl import threadpool_info
 
     from . import __version__
-    from ._kernels import _activation, _batchnorm, _conv, _gemm, _pool, _winograd
-    modules = (_activation, _batchnorm, _conv, _gemm, _pool, _winograd)
+    from ._kernels import _activation, _batchnorm, _conv, _gemm, _optim, _pool, _winograd
+    modules = (_activation, _batchnorm, _conv, _gemm, _optim, _pool, _winograd)
     build = _build()
     runtime = _openmp_runtime() if build["openmp"] else None
     facts = {

@@ -35,11 +35,11 @@ import minidl
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(minidl.__file__)))
 KERNELS = os.path.join(ROOT, "minidl", "_kernels")
-MODULES = ["_activation", "_batchnorm", "_conv", "_gemm", "_pool", "_winograd"]
+MODULES = ["_activation", "_batchnorm", "_conv", "_gemm", "_optim", "_pool", "_winograd"]
 # the test modules that exercise the compiled modules (matched by name, so new ones are included)
 KERNEL_TESTS = re.compile(
     r"test_(conv|winograd|im2col|direct|pool|avg_pool|norm|batchnorm|activation|relu|layers|"
-    r"config|memory|blas)\w*\.py$")
+    r"config|memory|blas|optim)\w*\.py$")
 # the hypothesis fuzz tests, run once more against the bounds-checked debug build
 FUZZ_TESTS = re.compile(r"test_fuzz_\w+\.py$")
 DEBUG_FUZZ_EXAMPLES = "15"

@@ -10,7 +10,7 @@ import pytest
 
 import minidl
 from minidl import _config
-from minidl._kernels import _activation, _batchnorm, _conv, _gemm, _pool, _winograd
+from minidl._kernels import _activation, _batchnorm, _conv, _gemm, _optim, _pool, _winograd
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(minidl.__file__)))
 
@@ -159,7 +159,7 @@ def test_show_config_prints_and_returns_the_build_facts(capsys, fresh_threads):
     facts = minidl.show_config()
     text = capsys.readouterr().out
     build = _activation.BUILD
-    for module in (_batchnorm, _conv, _gemm, _pool, _winograd):
+    for module in (_batchnorm, _conv, _gemm, _optim, _pool, _winograd):
         assert module.BUILD == build  # one build, one set of facts
     assert "warning" not in facts
     assert facts["minidl"] == minidl.__version__

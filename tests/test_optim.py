@@ -93,6 +93,77 @@ def test_adam_matches_torch(rng, config, dtype, torch):
         np.testing.assert_allclose(ours.state[i]["exp_avg_sq"], state["exp_avg_sq"].numpy(), rtol=rtol, atol=atol)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("config", SGD_CONFIGS, ids=str)
+def test_sgd_fused_kernel_matches_the_numpy_update(rng, config, dtype):
+    """The fused kernel (minidl/_kernels/_optim.pyx, compiled backend) against the readable
+    NumPy update (SGD._update, run under the reference backend): the same bits after several
+    steps, for parameters smaller and larger than a kernel task (16,384 elements, so two
+    threads share the large one), momentum buffers included. Where the CPU runs the AVX-512
+    clone the compiler may fuse a multiply and an add, so there only to rounding."""
+    import minidl
+    from minidl._kernels import _optim
+    shapes = [(3, 5), (300, 200)]
+    params = [Parameter(rng.standard_normal(shape).astype(dtype)) for shape in shapes]
+    twins = [Parameter(p.data.copy()) for p in params]
+    fused, numpy_version = SGD(params, **config), SGD(twins, **config)
+    for _ in range(NUM_STEPS):
+        for p, q in zip(params, twins):
+            p.grad = rng.standard_normal(p.data.shape).astype(dtype)
+            q.grad = p.grad.copy()
+        fused.step()
+        with minidl.backend("reference"):
+            numpy_version.step()
+    exact = _optim.BUILD["cpu_isa"] != "avx512f"
+    pairs = [(p.data, q.data) for p, q in zip(params, twins)]
+    pairs += [(fused.state[i]["momentum_buffer"], numpy_version.state[i]["momentum_buffer"])
+              for i in fused.state if "momentum_buffer" in fused.state[i]]
+    assert len(pairs) == (4 if config.get("momentum") else 2)
+    for a, b in pairs:
+        assert a.dtype == dtype
+        if exact:
+            np.testing.assert_array_equal(a, b)
+        else:
+            np.testing.assert_allclose(a, b, rtol=1e-5 if dtype == np.float32 else 1e-13)
+
+
+def test_sgd_arrays_the_kernel_does_not_take_use_the_numpy_update(rng):
+    """A Fortran-ordered parameter, a gradient of another dtype, a gradient that is the data
+    itself and a non-contiguous momentum buffer loaded into the state all still follow
+    PyTorch's rule (compared with the NumPy update on plain copies)."""
+    import minidl
+    data = rng.standard_normal((6, 4)).astype(np.float32)
+    grad = rng.standard_normal((6, 4)).astype(np.float32)
+    expected = Parameter(data.copy())
+    reference = SGD([expected], lr=0.1, momentum=0.9)
+    for _ in range(2):
+        expected.grad = grad.copy()
+        with minidl.backend("reference"):
+            reference.step()
+    fortran = Parameter(np.asfortranarray(data))
+    other_dtype = Parameter(data.copy())
+    strided_buffer = Parameter(data.copy())
+    optimizers = [SGD([p], lr=0.1, momentum=0.9) for p in (fortran, other_dtype,
+                                                           strided_buffer)]
+    for step in range(2):
+        fortran.grad = np.asfortranarray(grad)
+        other_dtype.grad = grad.astype(np.float64)
+        strided_buffer.grad = grad.copy()
+        if step == 1:  # replace the buffer by a strided view with the same values
+            buf = optimizers[2].state[0]["momentum_buffer"]
+            wide = np.zeros((6, 8), np.float32)
+            wide[:, ::2] = buf
+            optimizers[2].state[0]["momentum_buffer"] = wide[:, ::2]
+        for optimizer in optimizers:
+            optimizer.step()
+    for p in (fortran, other_dtype, strided_buffer):
+        np.testing.assert_allclose(p.data, expected.data, rtol=1e-6, atol=1e-7)
+    same = Parameter(data.copy())
+    same.grad = same.data  # the gradient is the data: p - lr * p
+    SGD([same], lr=0.25).step()
+    np.testing.assert_array_equal(same.data, data - np.float32(0.25) * data)
+
+
 def test_sgd_by_hand():
     p = Parameter(np.array([1.0, -2.0]))
     opt = SGD([p], lr=0.5, momentum=0.9, weight_decay=0.1)

@@ -3,9 +3,14 @@ import math
 
 import numpy as np
 
+from .._backend import get_backend
+from .._config import threads_for
+from .._kernels import _optim as _optim_kernel
 from .optimizer import Optimizer, check_number
 
 __all__ = ["SGD"]
+
+_FUSED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 class SGD(Optimizer):
@@ -88,41 +93,84 @@ class SGD(Optimizer):
         return super()._load_param_state(index, entry)
 
     def step(self):
-        """Apply one SGD update to every parameter that has a gradient, in place."""
+        """Apply one SGD update to every parameter that has a gradient, in place.
+
+        float32/float64 parameters with C-contiguous data, gradient and buffer of their dtype
+        are updated by one fused pass over memory (``minidl/_kernels/_optim.pyx``, the same
+        operations in the same order); anything else, and everything under
+        ``minidl.backend("reference")``, by :meth:`_update`, the readable NumPy version.
+        """
+        fused = get_backend() == "compiled"
         for settings, params in self._groups():
-            lr = settings["lr"]
-            momentum = settings["momentum"]
-            dampening = settings["dampening"]
-            weight_decay = settings["weight_decay"]
             for index, p, grad in params:
-                work = self._scratch(p, 0)
-                if weight_decay != 0:
-                    np.multiply(p.data, weight_decay, out=work)
-                    np.add(grad, work, out=work)  # grad + wd * p: PyTorch's grad.add(p, alpha=wd)
-                    d_p = work
-                else:
-                    d_p = grad
+                if not (fused and self._fused_update(index, p, grad, settings)):
+                    self._update(index, p, grad, settings)
 
-                if momentum != 0:
-                    state = self.state.setdefault(index, {})
-                    buf = state.get("momentum_buffer")
-                    if buf is None:
-                        state["momentum_buffer"] = np.array(d_p, dtype=p.data.dtype, copy=True)
-                        buf = state["momentum_buffer"]
-                    else:
-                        buf *= momentum
-                        if dampening == 0:
-                            buf += d_p
-                        else:  # nesterov is off here, so d_p is not needed afterwards
-                            np.multiply(d_p, 1.0 - dampening, out=work)
-                            buf += work
-                    if settings["nesterov"]:
-                        extra = self._scratch(p, 1)
-                        np.multiply(buf, momentum, out=extra)
-                        np.add(d_p, extra, out=work)  # d_p + momentum * buf
-                        d_p = work
-                    else:
-                        d_p = buf
+    def _fused_update(self, index, p, grad, settings):
+        """The update of :meth:`_update` by the fused kernel; False (nothing done) when the
+        arrays do not suit it."""
+        data = p.data
+        if not (data.dtype in _FUSED_DTYPES and grad.dtype == data.dtype
+                and data.flags.c_contiguous and grad.flags.c_contiguous
+                and not np.may_share_memory(data, grad)):
+            return False
+        momentum = settings["momentum"]
+        first = False
+        if momentum != 0:
+            state = self.state.setdefault(index, {})
+            buf = state.get("momentum_buffer")
+            if buf is None:
+                buf = np.empty_like(data)
+                first = True
+            elif not (buf.dtype == data.dtype and buf.shape == data.shape
+                      and buf.flags.c_contiguous and buf.flags.writeable
+                      and not np.may_share_memory(buf, data)
+                      and not np.may_share_memory(buf, grad)):
+                return False
+        else:
+            buf = self._scratch(p, 0)  # not touched without momentum
+        _optim_kernel.sgd_update(
+            data.reshape(-1), grad.reshape(-1), buf.reshape(-1), settings["lr"], momentum,
+            settings["dampening"], settings["weight_decay"], settings["nesterov"], first,
+            threads_for(data.size))
+        if first:
+            state["momentum_buffer"] = buf
+        return True
 
-                np.multiply(d_p, lr, out=work)
-                p.data -= work
+    def _update(self, index, p, grad, settings):
+        """One parameter's update, in NumPy (the readable version of the fused kernel)."""
+        lr = settings["lr"]
+        momentum = settings["momentum"]
+        dampening = settings["dampening"]
+        weight_decay = settings["weight_decay"]
+        work = self._scratch(p, 0)
+        if weight_decay != 0:
+            np.multiply(p.data, weight_decay, out=work)
+            np.add(grad, work, out=work)  # grad + wd * p: PyTorch's grad.add(p, alpha=wd)
+            d_p = work
+        else:
+            d_p = grad
+
+        if momentum != 0:
+            state = self.state.setdefault(index, {})
+            buf = state.get("momentum_buffer")
+            if buf is None:
+                state["momentum_buffer"] = np.array(d_p, dtype=p.data.dtype, copy=True)
+                buf = state["momentum_buffer"]
+            else:
+                buf *= momentum
+                if dampening == 0:
+                    buf += d_p
+                else:  # nesterov is off here, so d_p is not needed afterwards
+                    np.multiply(d_p, 1.0 - dampening, out=work)
+                    buf += work
+            if settings["nesterov"]:
+                extra = self._scratch(p, 1)
+                np.multiply(buf, momentum, out=extra)
+                np.add(d_p, extra, out=work)  # d_p + momentum * buf
+                d_p = work
+            else:
+                d_p = buf
+
+        np.multiply(d_p, lr, out=work)
+        p.data -= work
