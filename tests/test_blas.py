@@ -218,28 +218,6 @@ def test_one_thread_limits_blas_and_restores_it():
         assert _blas_threads() == before
 
 
-def test_winograd_weight_transforms_run_blas_on_one_thread(monkeypatch, rng):
-    from minidl.functional import conv_winograd as winograd
-    seen = []
-
-    def probe(function):
-        def wrapper(*args):
-            seen.append(_blas_threads())
-            return function(*args)
-        return wrapper
-
-    monkeypatch.setattr(winograd, "weight_transform", probe(winograd.weight_transform))
-    monkeypatch.setattr(winograd, "weight_grad_transform", probe(winograd.weight_grad_transform))
-    x = rng.standard_normal((2, 3, 6, 6)).astype(np.float32)
-    weight = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
-    out = np.empty((2, 4, 6, 6), np.float32)
-    with threadpool_limits(limits=2, user_api="blas"):
-        cache = winograd.forward(x, weight, None, (1, 1), out)
-        winograd.backward(np.ones_like(out), cache, True)
-        assert all(n == 2 for n in _blas_threads())
-    assert len(seen) == 2 and all(n == 1 for threads in seen for n in threads)
-
-
 def test_the_reference_backend_runs_blas_on_one_thread(monkeypatch, rng):
     """The references' matrix products (conv2d's einsums, linear's @) run under one_thread too."""
     import minidl

@@ -43,6 +43,28 @@ def test_winograd_reference_matches_definition(geometry, rng):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("k, c", [(1, 1), (4, 3), (33, 37), (64, 16)])
+def test_weight_transforms_match_the_reference(k, c, dtype, rng):
+    """The kernels' G g G^T and G^T dU G (float64 arithmetic, rows then columns) against the
+    reference's one product with G kron G: equal to float64 rounding before the cast, zeros in
+    the padded columns of U, every element of both outputs written."""
+    from minidl.reference import winograd as wino
+    weight = rng.standard_normal((k, c, 3, 3)).astype(dtype)
+    columns = conv_winograd._round_up(k, conv_winograd.COL_STEP)
+    u = conv_winograd.weight_transform(weight, columns)
+    assert u.shape == (16, c, columns) and u.dtype == dtype
+    tolerance = dict(rtol=1e-6, atol=1e-7) if dtype == np.float32 else dict(rtol=1e-14,
+                                                                            atol=1e-15)
+    np.testing.assert_allclose(u[:, :, :k], wino.weight_transform(weight), **tolerance)
+    assert not u[:, :, k:].any()
+    wide = rng.standard_normal((16, c + 3, k + 5))
+    du = wide[:, 1:c + 1, 2:k + 2]  # a strided view, as the backward pass passes it
+    dweight = conv_winograd.weight_grad_transform(du, dtype)
+    assert dweight.shape == (k, c, 3, 3) and dweight.dtype == dtype
+    np.testing.assert_allclose(dweight, wino.weight_grad_transform(du, dtype), **tolerance)
+
+
 @pytest.mark.parametrize("block_bytes", [1, 1 << 30], ids=["one-row-blocks", "whole-images"])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("geometry", WINOGRAD_GEOMETRIES)

@@ -35,6 +35,42 @@
 #define MINIDL_WINO_B(e0, e1, e2, e3, o0, o1, o2, o3)                                         \
     o0 = (e0); o1 = (e1) - (e2) + (e3); o2 = (e1) + (e2) - (e0); o3 = -(e3);
 
+/* The weight transforms, in float64 whatever the weight's dtype (as the NumPy reference, which
+   does them as one product with G kron G; here G is applied to rows, then to columns, which
+   rounds in another order: the results agree to float64 rounding). One filter at a time:
+
+     u = G g G^T        (4x4, from a 3x3 filter g; u[4a + b] = u[a][b])
+     g' = G^T u' G      (3x3, from a 4x4 transformed gradient u') */
+static MINIDL_INLINE void minidl_wino_filter(const double g[9], double u[16]) {
+    double t[4][3]; /* G g */
+    for (int j = 0; j < 3; j++) {
+        t[0][j] = g[j];
+        t[1][j] = 0.5 * (g[j] + g[3 + j] + g[6 + j]);
+        t[2][j] = 0.5 * (g[j] - g[3 + j] + g[6 + j]);
+        t[3][j] = g[6 + j];
+    }
+    for (int a = 0; a < 4; a++) { /* (G g) G^T */
+        u[4 * a] = t[a][0];
+        u[4 * a + 1] = 0.5 * (t[a][0] + t[a][1] + t[a][2]);
+        u[4 * a + 2] = 0.5 * (t[a][0] - t[a][1] + t[a][2]);
+        u[4 * a + 3] = t[a][2];
+    }
+}
+
+static MINIDL_INLINE void minidl_wino_filter_grad(const double u[16], double g[9]) {
+    double s[3][4]; /* G^T u' */
+    for (int b = 0; b < 4; b++) {
+        s[0][b] = u[b] + 0.5 * u[4 + b] + 0.5 * u[8 + b];
+        s[1][b] = 0.5 * u[4 + b] - 0.5 * u[8 + b];
+        s[2][b] = 0.5 * u[4 + b] + 0.5 * u[8 + b] + u[12 + b];
+    }
+    for (int i = 0; i < 3; i++) { /* (G^T u') G */
+        g[3 * i] = s[i][0] + 0.5 * s[i][1] + 0.5 * s[i][2];
+        g[3 * i + 1] = 0.5 * s[i][1] - 0.5 * s[i][2];
+        g[3 * i + 2] = 0.5 * s[i][1] + 0.5 * s[i][2] + s[i][3];
+    }
+}
+
 /* MINIDL_SIMD (`omp simd`): the channel loops have no loop-carried dependence; without it GCC
    gives up on them, as it cannot prove that the 16 planes (a run-time stride apart) do not
    overlap. */

@@ -65,6 +65,8 @@ cdef extern from "_winograd.h" nogil:
                             Py_ssize_t ldb, double* C, Py_ssize_t ldc, Py_ssize_t rows,
                             Py_ssize_t inner, Py_ssize_t cols, int acc)
     const char* minidl_wino_init()
+    void minidl_wino_filter(const double* g, double* u)
+    void minidl_wino_filter_grad(const double* u, double* g)
 
 cdef extern from "_transpose.h" nogil:
     void minidl_transpose_f(const float* src, Py_ssize_t ss, float* dst, Py_ssize_t ds,
@@ -216,6 +218,82 @@ cdef inline void _transform_input_block(const floating* img, Py_ssize_t C, Py_ss
                                          v + t * L.CP, L.v_plane, C)
     _zero(v, L.v_plane, L.CP, 0, rb * L.TW, C, round_up(C, ROW_STEP))  # read by dU's rows
     _zero(v, L.v_plane, L.CP, rb * L.TW, round_up(rb * L.TW, ROW_STEP), 0, L.CP)
+
+
+def weight_transform(const floating[:, :, :, ::1] weight, floating[:, :, ::1] u):
+    """The transformed weight ``U = G g G^T`` of every filter, in float64 arithmetic.
+
+    Args:
+        weight (IN): ``(K, C, 3, 3)``, float32 or float64, C-contiguous.
+        u (OUT): ``(16, C, KP)``, same dtype, ``KP >= K``: ``u[4*a + b, c, k] = U[a, b]`` of
+            filter ``weight[k, c]``, zeros in columns ``>= K``; fully overwritten.
+
+    Preconditions (checked by the caller, not here): the shapes above; ``u`` shares no
+    memory with ``weight``.
+    """
+    cdef Py_ssize_t K = weight.shape[0], C = weight.shape[1], KP = u.shape[2]
+    cdef Py_ssize_t c, k0, k, i, j
+    cdef double g[9]
+    cdef double t[16]
+    cdef double block[16][16]  # 16 filters' U, plane by plane: u's planes are written as rows
+    cdef const floating* w0
+    cdef floating* u0
+    if C * KP == 0:
+        return
+    w0 = &weight[0, 0, 0, 0] if K > 0 else NULL
+    u0 = &u[0, 0, 0]
+    with nogil:
+        for c in range(C):
+            for k0 in range(0, KP, 16):
+                for k in range(k0, k0 + 16 if k0 + 16 < KP else KP):
+                    if k < K:
+                        for j in range(9):
+                            g[j] = w0[(k * C + c) * 9 + j]
+                        minidl_wino_filter(g, t)
+                    else:
+                        for i in range(16):
+                            t[i] = 0
+                    for i in range(16):
+                        block[i][k - k0] = t[i]
+                # (writing the 16 planes one filter at a time would put 16 stores a plane
+                # apart, often a multiple of 4 KiB: the same cache set)
+                for i in range(16):
+                    for k in range(k0, k0 + 16 if k0 + 16 < KP else KP):
+                        u0[(i * C + c) * KP + k] = <floating>block[i][k - k0]
+
+
+def weight_grad_transform(const double[:, :, :] du, floating[:, :, :, ::1] dweight):
+    """The weight gradient ``G^T dU G`` of every filter from the transformed gradient ``dU``,
+    in float64 arithmetic.
+
+    Args:
+        du (IN): ``(16, C, K)`` float64 (any strides): ``du[4*a + b, c, k] = dU[a, b]`` of
+            filter ``(k, c)``.
+        dweight (OUT): ``(K, C, 3, 3)``, float32 or float64, C-contiguous; fully overwritten.
+
+    Preconditions (checked by the caller, not here): the shapes above; no shared memory.
+    """
+    cdef Py_ssize_t K = dweight.shape[0], C = dweight.shape[1]
+    cdef Py_ssize_t c, k0, k, i, j, end
+    cdef double t[16]
+    cdef double g[9]
+    cdef double block[16][16]  # 16 filters' dU, read plane by plane (see weight_transform)
+    if C * K == 0:
+        return
+    cdef floating* d0 = &dweight[0, 0, 0, 0]
+    with nogil:
+        for c in range(C):
+            for k0 in range(0, K, 16):
+                end = k0 + 16 if k0 + 16 < K else K
+                for i in range(16):
+                    for k in range(k0, end):
+                        block[i][k - k0] = du[i, c, k]
+                for k in range(k0, end):
+                    for i in range(16):
+                        t[i] = block[i][k - k0]
+                    minidl_wino_filter_grad(t, g)
+                    for j in range(9):
+                        d0[(k * C + c) * 9 + j] = <floating>g[j]
 
 
 def forward(const floating[:, :, :, ::1] x, const floating[:, :, ::1] u,
