@@ -39,8 +39,8 @@ thread 86-171 ms, this GEMM on minidl's team 61-132 ms. With ``OMP_WAIT_POLICY=P
 policies; with the team alone, the default policy costs what spinning costs any OpenMP program
 on a busy machine (README, "Threads").
 
-:func:`one_thread` remains for the few small products still done by NumPy (Winograd's weight
-transforms, the reference backend), so that they never start OpenBLAS's threads.
+:func:`one_thread` remains for the products still done by NumPy (the reference backend's), so
+that they never start OpenBLAS's threads.
 """
 import numpy as np
 from threadpoolctl import ThreadpoolController

@@ -9,7 +9,7 @@ version of every step are in ``minidl/reference/winograd.py``::
     Z[xi] = A dy A^T (per tile, output channel)   dU[xi] += V[xi]^T @ Z[xi]
     dV[xi] = Z[xi] @ U[xi]^T                       dx += B dV B^T (overlapping tiles)
 
-with ``U[xi] = G g G^T`` the transformed weight (computed in NumPy, it is small).
+with ``U[xi] = G g G^T`` the transformed weight (:func:`weight_transform`, in float64).
 
 Each image is processed in blocks of ``block_rows`` rows of tiles, by one thread from start to
 end: the block's input rows are gathered into NHWC order in the thread's scratch, transformed
