@@ -1091,6 +1091,8 @@ def batchnorm_setup(sizes):
     layer = minidl.layers.BatchNorm(shape[1])
 
     def minidl_step():
+        # new gradients each step, as torch.autograd.grad returns (nothing accumulated)
+        layer.zero_grad(set_to_none=True)
         layer(x)
         layer.backward(dy)
     steps = {"minidl": minidl_step}
@@ -1119,6 +1121,8 @@ def conv_setup(sizes):
     layer = minidl.layers.Conv2D(c, c, 3, padding=1, bias=False)
 
     def minidl_step():
+        # new gradients each step, as torch.autograd.grad returns (nothing accumulated)
+        layer.zero_grad(set_to_none=True)
         layer(x)
         layer.backward(dy)
     steps = {"minidl": minidl_step}
@@ -1150,6 +1154,8 @@ def dense_setup(sizes):
     layer = minidl.layers.Dense(fan_in, fan_out)
 
     def minidl_step():
+        # new gradients each step, as torch.autograd.grad returns (nothing accumulated)
+        layer.zero_grad(set_to_none=True)
         layer(x)
         layer.backward(dy)
     steps = {"minidl": minidl_step}

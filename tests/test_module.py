@@ -458,3 +458,51 @@ def test_accumulate_grad_refuses_a_gradient_that_would_broadcast():
     p = minidl.layers.Parameter(np.zeros((2, 3), np.float32))
     with pytest.raises(ValueError, match=r"expected a gradient of shape \(2, 3\), got shape \(3,\)"):
         p.accumulate_grad(np.ones(3))
+
+
+def test_accumulate_grad_takes_over_only_owned_arrays_of_its_dtype():
+    """owned=True: a gradient set to None becomes the given array itself (no copy) when it owns
+    its memory and has the parameter's dtype; a view, another dtype or owned=False is copied,
+    and a later call adds into whichever array grad is."""
+    p = minidl.layers.Parameter(np.zeros((2, 3), np.float32))
+    g = np.ones((2, 3), np.float32)
+    p.accumulate_grad(g, owned=True)  # a grad of zeros exists: added into, not replaced
+    assert p.grad is not g and (p.grad == 1).all()
+    p.grad = None
+    p.accumulate_grad(g, owned=True)
+    assert p.grad is g
+    p.accumulate_grad(np.full((2, 3), 2.0, np.float32), owned=True)
+    assert p.grad is g and (g == 3).all()
+    for given in (np.ones((2, 6), np.float32)[:, ::2], np.ones((2, 3), np.float64),
+                  np.ones((3, 2), np.float32).T):
+        p.grad = None
+        p.accumulate_grad(given, owned=True)
+        assert p.grad is not given and not np.shares_memory(p.grad, given)
+        assert p.grad.dtype == np.float32 and (p.grad == 1).all()
+    g = np.ones((2, 3), np.float32)
+    p.grad = None
+    p.accumulate_grad(g)  # not owned: copied, so the caller may reuse g
+    assert p.grad is not g
+
+
+def test_dense_gradients_after_set_to_none_equal_the_accumulated_ones(rng):
+    """Dense hands its fresh weight and bias gradients over (owned=True): training with
+    zero_grad(set_to_none=True) gives the gradients of zero_grad(), and two backward passes
+    still add up."""
+    x = rng.standard_normal((5, 4)).astype(np.float32)
+    dout = rng.standard_normal((5, 3)).astype(np.float32)
+    a = Dense(4, 3, rng=np.random.default_rng(0))
+    b = Dense(4, 3, rng=np.random.default_rng(0))
+    a.zero_grad(set_to_none=True)
+    b.zero_grad()  # gradients of zeros, added into
+    for layer in (a, b):
+        layer(x)
+        layer.backward(dout)
+    for p, q in zip(a.parameters(), b.parameters()):
+        np.testing.assert_array_equal(p.grad, q.grad)
+    a(x)
+    a.backward(dout)
+    for p, q in zip(a.parameters(), b.parameters()):
+        np.testing.assert_allclose(p.grad, 2 * q.grad, rtol=1e-6)
+    for p in a.parameters():
+        assert not any(np.shares_memory(p.grad, q.grad) for q in a.parameters() if q is not p)

@@ -67,9 +67,10 @@ class Dense(Module):
         cache = saved_for_backward("Dense", self._cache)
         check_kept("Dense", self._watched)
         dx, dweight, dbias = linear_backward(dout, cache, layer="Dense", input_grad=input_grad)
-        self.weight.accumulate_grad(dweight)
+        # both are new arrays that only this call holds: a gradient set to None takes them over
+        self.weight.accumulate_grad(dweight, owned=True)
         if self.bias is not None:
-            self.bias.accumulate_grad(dbias)
+            self.bias.accumulate_grad(dbias, owned=True)
         return dx
 
     def extra_repr(self):

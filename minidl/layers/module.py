@@ -64,11 +64,15 @@ class Parameter:
         if self.grad is not None:
             self.grad[...] = 0
 
-    def accumulate_grad(self, g):
+    def accumulate_grad(self, g, owned=False):
         """Add ``g`` (same shape, any float dtype) to ``grad`` in place.
 
         Inside a backward pass the old value is saved first, so that a failing pass can put it
-        back (see :meth:`Module.backward`). A ``grad`` set to None starts again from ``g``.
+        back (see :meth:`Module.backward`). A ``grad`` set to None starts again from ``g``: a
+        copy of it, or, when the caller passes ``owned=True`` (``g`` is a new array that
+        nothing else refers to or will write, e.g. what a functional backward has just
+        returned), ``g`` itself if it owns its memory and has the parameter's dtype -- as
+        PyTorch's AccumulateGrad takes over a fresh gradient instead of copying it.
 
         Raises:
             ValueError: ``g`` does not have the parameter's shape (it would broadcast).
@@ -80,7 +84,12 @@ class Parameter:
         backward_pass = _BACKWARD_PASS.get()
         if backward_pass is not None:
             backward_pass.save(self)
-        if self.grad is None:  # a new array (a block of minidl's allocator: no page faults)
+        if self.grad is None:
+            if (owned and type(g) is np.ndarray and g.dtype == self.data.dtype
+                    and g.flags.owndata and g.flags.c_contiguous and g.flags.writeable):
+                self.grad = g
+                return
+            # a new array (a block of minidl's allocator: no page faults)
             self.grad = _memory.empty(self.data.shape, self.data.dtype)
             np.copyto(self.grad, g, casting="unsafe")
         else:
