@@ -53,6 +53,10 @@ __all__ = ["matmul", "one_thread", "PARALLEL_MIN_WORK", "TILE_COLS"]
 # Below this many multiply-adds a product runs on one thread (about 12 microseconds of work:
 # waking the team would cost more).
 PARALLEL_MIN_WORK = 1 << 20
+# The same for products of at most DOT_ROWS rows (the kernel's dot products, e.g. a Dense layer
+# at batch 1): they read every element of B once, so they run at memory speed, about 5x slower
+# per multiply-add; (1, 3136) @ (3136, 128) took 73 us on one thread.
+PARALLEL_MIN_DOT_WORK = 1 << 17
 # Widest tile of C a thread computes (a multiple of every micro-kernel width, 32), and the
 # smallest tiles made only to have more tiles than threads (each tile packs its own blocks).
 TILE_COLS = 512
@@ -189,7 +193,8 @@ def matmul(a, b, out=None, accumulate=False, sum_batch=False, layer="matmul"):
         a3 = np.ascontiguousarray(a3)  # the kernel's dot products read A's rows in place
     tasks_per_tile = 1 if sum_batch else batch
     work = batch * rows * cols * inner
-    threads = 1 if work < PARALLEL_MIN_WORK else _config.get_num_threads()
+    minimum = PARALLEL_MIN_DOT_WORK if rows <= _kernel.DOT_ROWS else PARALLEL_MIN_WORK
+    threads = 1 if work < minimum else _config.get_num_threads()
     name = _DTYPE_NAMES[a.dtype]
     nr = _kernel.NR[name]
     tile_rows, tile_cols = _tiles(tasks_per_tile, rows, cols, threads, nr)
