@@ -32,17 +32,11 @@ array fits in memory) or by such a size times a stride or padding of at most ``2
 from cython.parallel cimport prange, threadid
 
 from ._common cimport build_facts, ceil_div, floating
-
-cdef extern from "_transpose.h" nogil:
-    void minidl_transpose_init()
-    void minidl_transpose_f(const float* src, Py_ssize_t ss, float* dst, Py_ssize_t ds,
-                            Py_ssize_t rows, Py_ssize_t cols, const float* bias)
-    void minidl_transpose_d(const double* src, Py_ssize_t ss, double* dst, Py_ssize_t ds,
-                            Py_ssize_t rows, Py_ssize_t cols, const double* bias)
+from ._transpose cimport transpose, transpose_init
 
 #: What this extension was compiled with (read by ``minidl.show_config()``).
 BUILD = build_facts()
-minidl_transpose_init()  # picks the AVX2 transpose on CPUs that have it
+transpose_init()
 
 # Rows of the source per block of the transpose (see transpose_batched).
 cdef enum:
@@ -216,12 +210,8 @@ def transpose_batched(const floating[:, :, ::1] src, const floating[::1] bias, b
         n = task // blocks
         a_start = (task - n * blocks) * ROWS
         a_end = a_start + ROWS if a_start + ROWS < A else A
-        if floating is float:
-            minidl_transpose_f(src0 + (n * A + a_start) * B, B, dst0 + n * A * B + a_start, A,
-                               a_end - a_start, B, bias0)
-        else:
-            minidl_transpose_d(src0 + (n * A + a_start) * B, B, dst0 + n * A * B + a_start, A,
-                               a_end - a_start, B, bias0)
+        transpose(src0 + (n * A + a_start) * B, B, dst0 + n * A * B + a_start, A,
+                  a_end - a_start, B, bias0)
 
 
 def nchw_to_rows(const floating[:, :, ::1] dout, floating[:, ::1] rows,

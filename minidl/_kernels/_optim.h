@@ -20,8 +20,10 @@
 
 #include "_portable.h"
 
-/* The loop, with the choices as arguments: the dispatcher below calls it with constants, so
-   that each case is compiled as its own branch-free loop, which the compiler vectorizes. */
+/* The loop, with the choices as arguments: the dispatcher below calls it with constants (and
+   the weight-decay flag, which the compiler unswitches), so that each case is compiled as its
+   own branch-free loop, which the compiler vectorizes (with every choice a run-time flag it
+   did not: 169 instead of 98 us for 269K parameters). */
 #define MINIDL_SGD_LOOP(SUFFIX, T)                                                          \
 static MINIDL_INLINE void minidl_sgd_loop_##SUFFIX(                                         \
         T* restrict p, const T* restrict grad, T* restrict buf, ptrdiff_t n, T lr,          \
@@ -57,31 +59,22 @@ static MINIDL_INLINE void minidl_sgd_loop_##SUFFIX(                             
 MINIDL_CLONES static void minidl_sgd_##SUFFIX(                                              \
         T* restrict p, const T* restrict grad, T* restrict buf, ptrdiff_t n, T lr,          \
         T momentum, T scale, T weight_decay, int nesterov, int first) {                     \
-    const int decay = weight_decay != 0, damp = scale != 1;                                 \
-    if (momentum == 0) {                                                                    \
-        if (decay) minidl_sgd_loop_##SUFFIX(p, grad, buf, n, lr, momentum, scale,           \
-                                            weight_decay, 1, 0, 0, 0, 0);                   \
-        else minidl_sgd_loop_##SUFFIX(p, grad, buf, n, lr, momentum, scale, weight_decay,   \
-                                      0, 0, 0, 0, 0);                                       \
-    } else if (first) {                                                                     \
-        if (decay) minidl_sgd_loop_##SUFFIX(p, grad, buf, n, lr, momentum, scale,           \
-                                            weight_decay, 1, 1, 1, 0, nesterov);            \
-        else minidl_sgd_loop_##SUFFIX(p, grad, buf, n, lr, momentum, scale, weight_decay,   \
-                                      0, 1, 1, 0, nesterov);                                \
-    } else if (nesterov) { /* (no dampening with Nesterov momentum) */                      \
-        if (decay) minidl_sgd_loop_##SUFFIX(p, grad, buf, n, lr, momentum, scale,           \
-                                            weight_decay, 1, 1, 0, 0, 1);                   \
-        else minidl_sgd_loop_##SUFFIX(p, grad, buf, n, lr, momentum, scale, weight_decay,   \
-                                      0, 1, 0, 0, 1);                                       \
-    } else if (damp) {                                                                      \
+    const int decay = weight_decay != 0; /* (a run-time flag the compiler unswitches) */    \
+    if (momentum == 0)                                                                      \
+        minidl_sgd_loop_##SUFFIX(p, grad, buf, n, lr, momentum, scale, weight_decay, decay, \
+                                 0, 0, 0, 0);                                               \
+    else if (first)                                                                         \
+        minidl_sgd_loop_##SUFFIX(p, grad, buf, n, lr, momentum, scale, weight_decay, decay, \
+                                 1, 1, 0, nesterov);                                        \
+    else if (nesterov) /* (no dampening with Nesterov momentum) */                          \
+        minidl_sgd_loop_##SUFFIX(p, grad, buf, n, lr, momentum, scale, weight_decay, decay, \
+                                 1, 0, 0, 1);                                               \
+    else if (scale != 1)                                                                    \
         minidl_sgd_loop_##SUFFIX(p, grad, buf, n, lr, momentum, scale, weight_decay, decay, \
                                  1, 0, 1, 0);                                               \
-    } else {                                                                                \
-        if (decay) minidl_sgd_loop_##SUFFIX(p, grad, buf, n, lr, momentum, scale,           \
-                                            weight_decay, 1, 1, 0, 0, 0);                   \
-        else minidl_sgd_loop_##SUFFIX(p, grad, buf, n, lr, momentum, scale, weight_decay,   \
-                                      0, 1, 0, 0, 0);                                       \
-    }                                                                                       \
+    else                                                                                    \
+        minidl_sgd_loop_##SUFFIX(p, grad, buf, n, lr, momentum, scale, weight_decay, decay, \
+                                 1, 0, 0, 0);                                               \
 }
 
 MINIDL_SGD_LOOP(f, float)

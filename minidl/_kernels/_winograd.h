@@ -20,7 +20,6 @@
 #define MINIDL_WINOGRAD_H
 
 #include "_portable.h"
-#include "_transpose.h" /* the NCHW <-> NHWC gathers and scatters of _winograd.pyx */
 
 /* one row (or column) of B^T d: (d0 - d2, d1 + d2, d2 - d1, d1 - d3) */
 #define MINIDL_WINO_BT(d0, d1, d2, d3, o0, o1, o2, o3)                                        \
@@ -293,10 +292,8 @@ typedef void (*minidl_wino_gemm_d_fn)(const double*, ptrdiff_t, ptrdiff_t, const
 static minidl_wino_gemm_f_fn minidl_wino_gemm_f = minidl_wino_gemm_f_base;
 static minidl_wino_gemm_d_fn minidl_wino_gemm_d = minidl_wino_gemm_d_base;
 
-/* Choose the products' (and the transposes') instruction set (once, at import); returns its
-   name. */
+/* Choose the products' instruction set (once, at import); returns its name. */
 static const char* minidl_wino_init(void) {
-    minidl_transpose_init();
 #if defined(MINIDL_X86_DISPATCH)
     const int isa = minidl_cpu_isa();
     if (isa == MINIDL_ISA_AVX512F) {

@@ -39,6 +39,7 @@ allocated (checked in Python to fit in memory), so none can overflow.
 from cython.parallel cimport prange, threadid
 
 from ._common cimport build_facts, ceil_div, floating, round_up
+from ._transpose cimport transpose, transpose_init
 
 
 cdef extern from "_winograd.h" nogil:
@@ -68,17 +69,12 @@ cdef extern from "_winograd.h" nogil:
     void minidl_wino_filter(const double* g, double* u)
     void minidl_wino_filter_grad(const double* u, double* g)
 
-cdef extern from "_transpose.h" nogil:
-    void minidl_transpose_f(const float* src, Py_ssize_t ss, float* dst, Py_ssize_t ds,
-                            Py_ssize_t rows, Py_ssize_t cols, const float* bias)
-    void minidl_transpose_d(const double* src, Py_ssize_t ss, double* dst, Py_ssize_t ds,
-                            Py_ssize_t rows, Py_ssize_t cols, const double* bias)
-
 
 #: The instruction set of the tile products on this CPU ("avx512f", "avx2" or "baseline").
 ISA = minidl_wino_init().decode()
 #: What this extension was compiled with (read by ``minidl.show_config()``).
 BUILD = build_facts()
+transpose_init()
 
 cdef enum:
     ROW_STEP = 4      # the products' rows come in steps of 4
@@ -139,17 +135,6 @@ cdef inline floating* _aligned(floating* p) noexcept nogil:
     return <floating*>((<size_t>p + 63) & ~(<size_t>63))
 
 
-cdef inline void _transpose(const floating* src, Py_ssize_t ss, floating* dst, Py_ssize_t ds,
-                            Py_ssize_t rows, Py_ssize_t cols,
-                            const floating* bias) noexcept nogil:
-    """``dst[c*ds + r] = src[r*ss + c] (+ bias[c])`` for ``r < rows``, ``c < cols`` (see
-    ``_transpose.h``: 8x8 blocks in AVX2 registers for float32; ``bias`` may be NULL)."""
-    if floating is float:
-        minidl_transpose_f(src, ss, dst, ds, rows, cols, bias)
-    else:
-        minidl_transpose_d(src, ss, dst, ds, rows, cols, bias)
-
-
 cdef inline void _gather_rows(const floating* img, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
                               Py_ssize_t row0, Py_ssize_t col0, Py_ssize_t rows,
                               Py_ssize_t wide, floating* dst) noexcept nogil:
@@ -173,7 +158,7 @@ cdef inline void _gather_rows(const floating* img, Py_ssize_t C, Py_ssize_t H, P
         for j in range(hi * C, wide * C):
             d[j] = 0
         # the C rows img[c, r, col0 + lo : col0 + hi] become columns of d
-        _transpose(img + r * W + col0 + lo, H * W, d + lo * C, C, C, hi - lo, <floating*>NULL)
+        transpose(img + r * W + col0 + lo, H * W, d + lo * C, C, C, hi - lo, <floating*>NULL)
 
 
 cdef inline void _zero(floating* planes, Py_ssize_t plane, Py_ssize_t width, Py_ssize_t row0,
@@ -362,7 +347,7 @@ def forward(const floating[:, :, :, ::1] x, const floating[:, :, ::1] u,
                                                   orow + ((2 * r + 1) * wide + 2 * tw) * K, K)
             rows = 2 * rb if 2 * (tr0 + rb) <= OH else OH - 2 * tr0
             for i in range(rows):  # NHWC rows of the block -> out[n, :, 2*tr0 + i, :] (+ bias)
-                _transpose(orow + i * wide * K, K, out0 + (n * K * OH + 2 * tr0 + i) * OW,
+                transpose(orow + i * wide * K, K, out0 + (n * K * OH + 2 * tr0 + i) * OW,
                            OH * OW, OW, K, bias0)
 
 
@@ -492,7 +477,7 @@ def backward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] dout,
                                                           img_wide * C, C)
             if input_grad:  # the padded NHWC image's inner rows -> dx[n, :, h, :]
                 for h in range(H):
-                    _transpose(img + ((h + pad_h) * img_wide + pad_w) * C, C,
+                    transpose(img + ((h + pad_h) * img_wide + pad_w) * C, C,
                                dx0 + (n * C * H + h) * W, H * W, W, C, <floating*>NULL)
 
 
