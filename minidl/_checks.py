@@ -100,10 +100,11 @@ def check_input(layer, x, layouts, sizes=None, arg="input", empty_batch=False):
     else:
         raise ValueError(f"{layer}: expected {arg} of shape {_expected(layouts, sizes)}, got "
                          f"shape {x.shape}")
-    bad = sizes and any(d in sizes and x.shape[i] != sizes[d] for i, d in enumerate(layout))
-    if bad:
-        raise ValueError(f"{layer}: expected {arg} of shape {_expected(layouts, sizes)}, got "
-                         f"shape {x.shape}")
+    if sizes:
+        for axis, size in zip(layout, x.shape):
+            if axis in sizes and size != sizes[axis]:
+                raise ValueError(f"{layer}: expected {arg} of shape "
+                                 f"{_expected(layouts, sizes)}, got shape {x.shape}")
     if 0 in (x.shape[1:] if empty_batch else x.shape):
         raise ValueError(f"{layer}: expected {arg} of shape {_expected(layouts, sizes)} with no "
                          f"empty axis, got shape {x.shape}")

@@ -323,6 +323,46 @@ cdef inline double _dot(const floating* g, const floating* x, Py_ssize_t n) noex
         return minidl_dot_d(g, x, n)
 
 
+def pad(const floating[:, :, :, :] x, floating[:, :, :, ::1] x_pad, Py_ssize_t pad_h,
+        Py_ssize_t pad_w, int num_threads=1):
+    """``x`` with ``pad_h`` / ``pad_w`` zeros on each side of H and W: the input of the direct
+    kernels.
+
+    Args:
+        x (IN): ``(N, C, H, W)``, float32 or float64, any strides.
+        x_pad (OUT): ``(N, C, H + 2*pad_h, W + 2*pad_w)``, same dtype, C-contiguous; fully
+            overwritten.
+        pad_h, pad_w: the zeros on each side (>= 0).
+        num_threads: OpenMP threads (ignored in a serial build); work is split over the
+            ``N*C`` planes.
+
+    Preconditions (checked by the caller, not here): the shapes above; ``x_pad`` shares no
+    memory with ``x``; ``num_threads >= 1``.
+    """
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t Hp = x_pad.shape[2], Wp = x_pad.shape[3]
+    cdef Py_ssize_t plane, n, c, i, j
+    cdef floating* row
+    if N * C * Hp * Wp == 0:
+        return
+    cdef floating* p0 = &x_pad[0, 0, 0, 0]
+    for plane in prange(N * C, nogil=True, num_threads=num_threads, schedule="static"):
+        n = plane // C
+        c = plane - n * C
+        for i in range(Hp):
+            row = p0 + (plane * Hp + i) * Wp
+            if i < pad_h or i >= pad_h + H:
+                for j in range(Wp):
+                    row[j] = 0
+                continue
+            for j in range(pad_w):
+                row[j] = 0
+            for j in range(W):
+                row[pad_w + j] = x[n, c, i - pad_h, j]
+            for j in range(pad_w + W, Wp):
+                row[j] = 0
+
+
 def direct_forward(const floating[:, :, :, ::1] x_pad, const floating[:, :, :, ::1] weight,
                    const floating[::1] bias, bint use_bias, floating[:, :, :, ::1] out,
                    floating[:, ::1] scratch, int num_threads=1):

@@ -31,8 +31,8 @@ zeros in the extra columns.
 
 These kernels trust their inputs: shapes, dtypes and contiguity are checked by
 ``minidl.functional``. Every function writes its results into caller-allocated arrays (marked
-OUT); arrays marked IN are only read. Work is split over images (chunks of images in the
-backward pass) with ``prange`` (OpenMP, when compiled in), without the GIL. Every index and
+OUT); arrays marked IN are only read. Work is split over blocks of tile rows of each image in
+the forward pass and over chunks of images in the backward pass, with ``prange`` (OpenMP, when compiled in), without the GIL. Every index and
 size is a ``Py_ssize_t``; each product of sizes is bounded by the size of an array the caller
 allocated (checked in Python to fit in memory), so none can overflow.
 """
@@ -205,46 +205,53 @@ cdef inline void _transform_input_block(const floating* img, Py_ssize_t C, Py_ss
     _zero(v, L.v_plane, L.CP, rb * L.TW, round_up(rb * L.TW, ROW_STEP), 0, L.CP)
 
 
-def weight_transform(const floating[:, :, :, ::1] weight, floating[:, :, ::1] u):
+cdef void _transform_filters(const floating* w0, floating* u0, Py_ssize_t K, Py_ssize_t C,
+                             Py_ssize_t KP, Py_ssize_t c) noexcept nogil:
+    """Columns ``u[:, c, :]`` of :func:`weight_transform`: ``U`` of every filter
+    ``weight[k, c]`` (zeros for ``k >= K``)."""
+    cdef Py_ssize_t k0, k, i, j
+    cdef double g[9]
+    cdef double t[16]
+    cdef double block[16][16]  # 16 filters' U, plane by plane: u's planes are written as rows
+    for k0 in range(0, KP, 16):
+        for k in range(k0, k0 + 16 if k0 + 16 < KP else KP):
+            if k < K:
+                for j in range(9):
+                    g[j] = w0[(k * C + c) * 9 + j]
+                minidl_wino_filter(g, t)
+            else:
+                for i in range(16):
+                    t[i] = 0
+            for i in range(16):
+                block[i][k - k0] = t[i]
+        # (writing the 16 planes one filter at a time would put 16 stores a plane
+        # apart, often a multiple of 4 KiB: the same cache set)
+        for i in range(16):
+            for k in range(k0, k0 + 16 if k0 + 16 < KP else KP):
+                u0[(i * C + c) * KP + k] = <floating>block[i][k - k0]
+
+
+def weight_transform(const floating[:, :, :, ::1] weight, floating[:, :, ::1] u,
+                     int num_threads=1):
     """The transformed weight ``U = G g G^T`` of every filter, in float64 arithmetic.
 
     Args:
         weight (IN): ``(K, C, 3, 3)``, float32 or float64, C-contiguous.
         u (OUT): ``(16, C, KP)``, same dtype, ``KP >= K``: ``u[4*a + b, c, k] = U[a, b]`` of
             filter ``weight[k, c]``, zeros in columns ``>= K``; fully overwritten.
+        num_threads: OpenMP threads (ignored in a serial build); work is split over ``C``.
 
     Preconditions (checked by the caller, not here): the shapes above; ``u`` shares no
-    memory with ``weight``.
+    memory with ``weight``; ``num_threads >= 1``.
     """
     cdef Py_ssize_t K = weight.shape[0], C = weight.shape[1], KP = u.shape[2]
-    cdef Py_ssize_t c, k0, k, i, j
-    cdef double g[9]
-    cdef double t[16]
-    cdef double block[16][16]  # 16 filters' U, plane by plane: u's planes are written as rows
-    cdef const floating* w0
-    cdef floating* u0
+    cdef Py_ssize_t c
     if C * KP == 0:
         return
-    w0 = &weight[0, 0, 0, 0] if K > 0 else NULL
-    u0 = &u[0, 0, 0]
-    with nogil:
-        for c in range(C):
-            for k0 in range(0, KP, 16):
-                for k in range(k0, k0 + 16 if k0 + 16 < KP else KP):
-                    if k < K:
-                        for j in range(9):
-                            g[j] = w0[(k * C + c) * 9 + j]
-                        minidl_wino_filter(g, t)
-                    else:
-                        for i in range(16):
-                            t[i] = 0
-                    for i in range(16):
-                        block[i][k - k0] = t[i]
-                # (writing the 16 planes one filter at a time would put 16 stores a plane
-                # apart, often a multiple of 4 KiB: the same cache set)
-                for i in range(16):
-                    for k in range(k0, k0 + 16 if k0 + 16 < KP else KP):
-                        u0[(i * C + c) * KP + k] = <floating>block[i][k - k0]
+    cdef const floating* w0 = &weight[0, 0, 0, 0] if K > 0 else NULL
+    cdef floating* u0 = &u[0, 0, 0]
+    for c in prange(C, nogil=True, num_threads=num_threads, schedule="static"):
+        _transform_filters(w0, u0, K, C, KP, c)
 
 
 def weight_grad_transform(const double[:, :, :] du, floating[:, :, :, ::1] dweight):
@@ -309,7 +316,8 @@ def forward(const floating[:, :, :, ::1] x, const floating[:, :, ::1] u,
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t K = out.shape[1], OH = out.shape[2], OW = out.shape[3]
     cdef _Layout L = _layout(C, K, OH, OW, block_rows, False)
-    cdef Py_ssize_t n, blk, tr0, rb, r, tw, t, xi, i, rows, wide = 2 * L.TW
+    cdef Py_ssize_t blocks = ceil_div(L.TH, L.rows_per_block)
+    cdef Py_ssize_t task, n, blk, tr0, rb, r, tw, t, xi, i, rows, wide = 2 * L.TW
     cdef floating* base
     cdef floating* v
     cdef floating* m
@@ -321,34 +329,37 @@ def forward(const floating[:, :, :, ::1] x, const floating[:, :, ::1] u,
     cdef floating* out0 = &out[0, 0, 0, 0]
     cdef const floating* bias0 = &bias[0] if use_bias else NULL
 
-    for n in prange(N, nogil=True, num_threads=num_threads, schedule="static"):
+    # one task per block of tile rows of one image: a small batch still keeps every thread busy
+    # (each output element is computed the same way whoever computes it)
+    for task in prange(N * blocks, nogil=True, num_threads=num_threads, schedule="static"):
+        n = task // blocks
+        blk = task - n * blocks
         base = _aligned(&scratch[threadid(), 0])
         v = base + L.v_at
         m = base + L.m_at
         orow = base + L.out_at
-        for blk in range(ceil_div(L.TH, L.rows_per_block)):
-            tr0 = blk * L.rows_per_block
-            rb = L.rows_per_block if tr0 + L.rows_per_block <= L.TH else L.TH - tr0
-            _transform_input_block(x0 + n * C * H * W, C, H, W, pad_h, pad_w, tr0, rb, &L,
-                                   base + L.rows_at, v)
-            for xi in range(16):
-                _gemm(v + xi * L.v_plane, L.CP, 1, u0 + xi * C * L.KP, L.KP,
-                      m + xi * L.m_plane, L.KP, round_up(rb * L.TW, ROW_STEP), C, L.KP, 0)
-            for r in range(rb):
-                for tw in range(L.TW):
-                    t = r * L.TW + tw
-                    if floating is float:
-                        minidl_wino_output_tile_f(m + t * L.KP, L.m_plane,
-                                                  orow + (2 * r * wide + 2 * tw) * K,
-                                                  orow + ((2 * r + 1) * wide + 2 * tw) * K, K)
-                    else:
-                        minidl_wino_output_tile_d(m + t * L.KP, L.m_plane,
-                                                  orow + (2 * r * wide + 2 * tw) * K,
-                                                  orow + ((2 * r + 1) * wide + 2 * tw) * K, K)
-            rows = 2 * rb if 2 * (tr0 + rb) <= OH else OH - 2 * tr0
-            for i in range(rows):  # NHWC rows of the block -> out[n, :, 2*tr0 + i, :] (+ bias)
-                transpose(orow + i * wide * K, K, out0 + (n * K * OH + 2 * tr0 + i) * OW,
-                           OH * OW, OW, K, bias0)
+        tr0 = blk * L.rows_per_block
+        rb = L.rows_per_block if tr0 + L.rows_per_block <= L.TH else L.TH - tr0
+        _transform_input_block(x0 + n * C * H * W, C, H, W, pad_h, pad_w, tr0, rb, &L,
+                               base + L.rows_at, v)
+        for xi in range(16):
+            _gemm(v + xi * L.v_plane, L.CP, 1, u0 + xi * C * L.KP, L.KP,
+                  m + xi * L.m_plane, L.KP, round_up(rb * L.TW, ROW_STEP), C, L.KP, 0)
+        for r in range(rb):
+            for tw in range(L.TW):
+                t = r * L.TW + tw
+                if floating is float:
+                    minidl_wino_output_tile_f(m + t * L.KP, L.m_plane,
+                                              orow + (2 * r * wide + 2 * tw) * K,
+                                              orow + ((2 * r + 1) * wide + 2 * tw) * K, K)
+                else:
+                    minidl_wino_output_tile_d(m + t * L.KP, L.m_plane,
+                                              orow + (2 * r * wide + 2 * tw) * K,
+                                              orow + ((2 * r + 1) * wide + 2 * tw) * K, K)
+        rows = 2 * rb if 2 * (tr0 + rb) <= OH else OH - 2 * tr0
+        for i in range(rows):  # NHWC rows of the block -> out[n, :, 2*tr0 + i, :] (+ bias)
+            transpose(orow + i * wide * K, K, out0 + (n * K * OH + 2 * tr0 + i) * OW,
+                       OH * OW, OW, K, bias0)
 
 
 def backward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] dout,

@@ -115,11 +115,12 @@ def conv2d_output_size(in_size, kernel_size, stride, padding):
     Raises:
         ValueError: an argument that is not an int or a pair of ints (>= 1; padding >= 0).
     """
-    sizes = zip(pair(in_size, "in_size", "conv2d_output_size", minimum=1),
-                pair(kernel_size, "kernel_size", "conv2d_output_size", minimum=1),
-                pair(stride, "stride", "conv2d_output_size", minimum=1),
-                pair(padding, "padding", "conv2d_output_size", minimum=0))
-    return tuple((i + 2 * p - k) // s + 1 for i, k, s, p in sizes)
+    in_h, in_w = pair(in_size, "in_size", "conv2d_output_size", minimum=1)
+    kernel_h, kernel_w = pair(kernel_size, "kernel_size", "conv2d_output_size", minimum=1)
+    stride_h, stride_w = pair(stride, "stride", "conv2d_output_size", minimum=1)
+    pad_h, pad_w = pair(padding, "padding", "conv2d_output_size", minimum=0)
+    return ((in_h + 2 * pad_h - kernel_h) // stride_h + 1,
+            (in_w + 2 * pad_w - kernel_w) // stride_w + 1)
 
 
 def check_spatial_size(layer, x_shape, kernel_size, stride, padding):
@@ -175,22 +176,21 @@ def _check_weight_and_bias(layer, x, weight, bias):
         )
 
 
-def _check_workspace_sizes(layer, x, weight_shape, stride, padding, method, new_out,
+def _check_workspace_sizes(layer, x, weight_shape, out_shape, padding, method, new_out,
                            new_matrix):
-    """MemoryError, before anything is allocated, if the output, the padded input (direct) or
-    im2col's matrix would not fit in memory (see :func:`minidl._checks.check_allocation`)."""
+    """MemoryError, before anything is allocated, if the output ``out_shape``, the padded input
+    (direct) or im2col's matrix would not fit in memory (see
+    :func:`minidl._checks.check_allocation`)."""
     n, channels, height, width = x.shape
-    out_channels, _, kernel_h, kernel_w = weight_shape
-    kernel_size = (kernel_h, kernel_w)
-    out_h, out_w = conv2d_output_size((height, width), kernel_size, stride, padding)
+    kernel_size = weight_shape[2:]
     if new_out:
-        check_allocation(layer, "output", (n, out_channels, out_h, out_w), x.dtype)
+        check_allocation(layer, "output", out_shape, x.dtype)
     if method == "direct":
         check_allocation(layer, "padded input",
                          (n, channels, height + 2 * padding[0], width + 2 * padding[1]), x.dtype)
     elif method == "im2col" and new_matrix:
         check_allocation(layer, "im2col matrix",
-                         conv_im2col.matrix_shape(x.shape, kernel_size, (out_h, out_w), x.dtype),
+                         conv_im2col.matrix_shape(x.shape, kernel_size, out_shape[2:], x.dtype),
                          x.dtype)
 
 
@@ -243,7 +243,7 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, layer="conv2d", wo
     out_shape = (x.shape[0], out_channels, out_h, out_w)
     method = choose_method(method, kernel_h * kernel_w * in_channels, layer, stride,
                            (kernel_h, kernel_w), padding)
-    _check_workspace_sizes(layer, x, weight.shape, stride, padding, method, out is None,
+    _check_workspace_sizes(layer, x, weight.shape, out_shape, padding, method, out is None,
                            workspace is None)
     if method == "im2col" and isinstance(workspace, np.ndarray):
         check_no_overlap(layer, "workspace", workspace, input=x, weight=weight, bias=bias)

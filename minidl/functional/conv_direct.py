@@ -50,17 +50,14 @@ class DirectCache(NamedTuple):
 
 
 def _padded(x, padding):
-    """C-contiguous ``x`` with ``padding`` zeros on each side of H and W (x itself if none)."""
+    """C-contiguous ``x`` with ``padding`` zeros on each side of H and W (x itself if none),
+    written by the kernel ``_conv.pad`` in one pass."""
     pad_h, pad_w = padding
     if pad_h == 0 and pad_w == 0:
         return np.ascontiguousarray(x)
     n, c, h, w = x.shape
     x_pad = _memory.empty((n, c, h + 2 * pad_h, w + 2 * pad_w), x.dtype)
-    x_pad[:, :, :pad_h] = 0
-    x_pad[:, :, h + pad_h:] = 0
-    x_pad[:, :, pad_h:h + pad_h, :pad_w] = 0
-    x_pad[:, :, pad_h:h + pad_h, w + pad_w:] = 0
-    x_pad[:, :, pad_h:h + pad_h, pad_w:w + pad_w] = x
+    _kernel.pad(x, x_pad, pad_h, pad_w, _config.threads_for(x_pad.size))
     return x_pad
 
 

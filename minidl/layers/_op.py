@@ -1,6 +1,6 @@
 """The base of parameter-free layers that are one functional forward/backward pair."""
 from .._checks import check_grad
-from .._grad_mode import save_for_backward, saved_for_backward
+from .._grad_mode import saved_for_backward
 from .module import Module
 
 __all__ = ["OpLayer"]
@@ -23,9 +23,9 @@ class OpLayer(Module):
 
     def forward(self, x):
         """Apply the layer to ``x``; keep what the backward pass needs."""
-        self._cache = None  # frees the previous cache before the new arrays are allocated
+        self._release_saved()  # frees the previous cache before the new arrays are allocated
         out, cache = self._forward(x)
-        self._cache = save_for_backward(cache)
+        self._keep_for_backward(cache)
         return out
 
     def backward(self, dout, input_grad=True):

@@ -1,8 +1,8 @@
 """Activation layers: ReLU, Softmax, Sigmoid and Tanh."""
 import numpy as np
 
-from .._checks import check_grad, check_kept, watch_kept
-from .._grad_mode import save_for_backward, saved_for_backward
+from .._checks import check_grad, check_kept
+from .._grad_mode import saved_for_backward
 from ..functional.activation import (relu_backward, relu_forward, sigmoid_backward,
                                      sigmoid_forward, softmax_backward, softmax_forward,
                                      tanh_backward, tanh_forward)
@@ -21,8 +21,7 @@ class _Stateless(Module):
 
     def _keep(self, cache, out):
         """Keep ``cache`` for backward, with a fingerprint of ``out`` (which it refers to)."""
-        self._cache = save_for_backward(cache)
-        self._watched = watch_kept(self._cache, output=out)
+        self._keep_for_backward(cache, output=out)
 
     def _need_cache(self):
         cache = saved_for_backward(type(self).__name__, self._cache)
@@ -40,8 +39,7 @@ class _OutputActivation(_Stateless):
     before ``backward`` is a RuntimeError."""
 
     def forward(self, x):
-        self._cache = None  # frees the previous output: its block can serve this one
-        self._watched = ()  # (and the fingerprints' references to them)
+        self._release_saved()  # frees the previous output: its block can serve this one
         out, cache = self._forward_op(x, layer=type(self).__name__)
         self._keep(cache, out)
         return out
@@ -90,8 +88,7 @@ class Softmax(_Stateless):
         self.axis = int(axis)
 
     def forward(self, x):
-        self._cache = None
-        self._watched = ()  # (and the fingerprints' references to them)
+        self._release_saved()
         out, cache = softmax_forward(x, self.axis, layer="Softmax")
         self._keep(cache, out)
         return out

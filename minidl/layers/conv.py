@@ -2,8 +2,8 @@
 import numpy as np
 
 from .._checks import (check_allocation, check_bool, check_input, check_kept, float_dtype, pair,
-                       positive_int, watch_kept)
-from .._grad_mode import save_for_backward, saved_for_backward
+                       positive_int)
+from .._grad_mode import saved_for_backward
 from ..functional.conv import check_method, conv2d_backward, conv2d_forward
 from .init import uniform_fan_in
 from .module import Module, Parameter
@@ -95,13 +95,11 @@ class Conv2D(Module):
     def forward(self, x):
         """Convolve ``x`` ``(N, C_in, H, W)``; returns ``(N, C_out, OH, OW)`` in x's dtype."""
         check_input("Conv2D", x, "NCHW", {"C": self.in_channels})
-        self._cache = None  # frees the previous step's arrays before this one allocates
-        self._watched = ()  # (and the fingerprints' references to them)
+        self._release_saved()  # frees the previous step's arrays before this one allocates
         weight, bias = self._params_as(x.dtype)
         out, cache = conv2d_forward(x, weight, bias, self.stride, self.padding, layer="Conv2D",
                                     method=self.method)
-        self._cache = save_for_backward(cache)
-        self._watched = watch_kept(self._cache, input=x, weight=self.weight.data)
+        self._keep_for_backward(cache, input=x, weight=self.weight.data)
         return out
 
     def backward(self, dout, input_grad=True):
@@ -125,8 +123,7 @@ class Conv2D(Module):
         cache = saved_for_backward("Conv2D", self._cache, " (each forward allows one backward)")
         check_kept("Conv2D", self._watched)
         dx, dweight, dbias = conv2d_backward(dout, cache, layer="Conv2D", input_grad=input_grad)
-        self._cache = None
-        self._watched = ()  # (and the fingerprints' references to them)
+        self._release_saved()
         self.weight.accumulate_grad(dweight)
         if self.bias is not None:
             self.bias.accumulate_grad(dbias)

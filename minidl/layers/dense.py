@@ -1,9 +1,8 @@
 """Dense (fully connected) layer."""
 import numpy as np
 
-from .._checks import (check_allocation, check_bool, check_kept, float_dtype, positive_int,
-                       watch_kept)
-from .._grad_mode import save_for_backward, saved_for_backward
+from .._checks import check_allocation, check_bool, check_kept, float_dtype, positive_int
+from .._grad_mode import saved_for_backward
 from ..functional.linear import linear_backward, linear_forward
 from .init import uniform_fan_in
 from .module import Module, Parameter
@@ -52,13 +51,11 @@ class Dense(Module):
         self._watched = ()  # fingerprints of the arrays the cache refers to (see forward)
 
     def forward(self, x):
-        self._cache = None
-        self._watched = ()  # (and the fingerprints' references to them)
+        self._release_saved()
         out, cache = linear_forward(
             x, self.weight.data, None if self.bias is None else self.bias.data, layer="Dense"
         )
-        self._cache = save_for_backward(cache)
-        self._watched = watch_kept(self._cache, input=x, weight=self.weight.data)
+        self._keep_for_backward(cache, input=x, weight=self.weight.data)
         return out
 
     def backward(self, dout, input_grad=True):

@@ -33,8 +33,8 @@ from ..functional.normalization import (SyncBatchNormCache, batch_norm_backward,
                                         sync_batch_norm_forward)
 from .._checks import (check_allocation, check_bool, check_eps, check_float_array, check_grad,
                        check_input, check_kept, check_number, float_dtype, positive_int,
-                       shape_tuple, watch_kept)
-from .._grad_mode import save_for_backward, saved_for_backward
+                       shape_tuple)
+from .._grad_mode import saved_for_backward
 from .module import Module, Parameter
 
 __all__ = ["BatchNorm", "BatchNorm1D", "BatchNorm2D", "SyncBatchNorm", "PerActivationBatchNorm",
@@ -111,8 +111,7 @@ class _NormBase(Module):
                 factor = 1.0 / (float(self.num_batches_tracked) + 1.0)
             else:
                 factor = self.momentum
-        self._cache = None  # drops the previous step's input before this pass allocates
-        self._watched = ()  # (and the fingerprints' references to them)
+        self._release_saved()  # drops the previous step's input before this pass allocates
         running = update or not use_batch_stats
         out, cache = self._forward_op(
             x,
@@ -127,8 +126,7 @@ class _NormBase(Module):
         )
         if update:
             self.num_batches_tracked += 1
-        self._cache = save_for_backward(cache)
-        self._watched = watch_kept(self._cache, input=x)
+        self._keep_for_backward(cache, input=x)
         return out
 
     def backward(self, dout, input_grad=True):
@@ -571,12 +569,10 @@ class _SampleNorm(Module):
     def _run(self, forward_op, x, *args):
         """``forward_op(x, *args, weight, bias, eps)``; keeps its cache for backward, with a
         fingerprint of ``x`` when the cache refers to it."""
-        self._cache = None  # drops the previous step's input before this pass allocates
-        self._watched = ()  # (and the fingerprints' references to them)
+        self._release_saved()  # drops the previous step's input before this pass allocates
         weight, bias = self._parameter_data()
         out, cache = forward_op(x, *args, weight, bias, self.eps, layer=type(self).__name__)
-        self._cache = save_for_backward(cache)
-        self._watched = watch_kept(self._cache, input=x)
+        self._keep_for_backward(cache, input=x)
         return out
 
     def reset_parameters(self):

@@ -1,6 +1,6 @@
 """Pooling layers."""
 from .._checks import check_grad
-from .._grad_mode import save_for_backward, saved_for_backward
+from .._grad_mode import saved_for_backward
 from ..functional.pooling import max_pool2d_backward, max_pool2d_forward, pool_params
 from ..functional.pooling import (avg_pool2d_backward, avg_pool2d_forward, avg_pool_params,
                                   global_avg_pool2d_backward, global_avg_pool2d_forward)
@@ -45,9 +45,9 @@ class MaxPool2D(Module):
 
     def forward(self, x):
         """Pool ``x`` ``(N, C, H, W)``; returns ``(N, C, OH, OW)`` in x's dtype (a new array)."""
-        self._cache = None  # frees the previous indices before new ones are allocated
+        self._release_saved()  # frees the previous indices before new ones are allocated
         out, cache = max_pool2d_forward(x, self.kernel_size, self.stride, layer="MaxPool2D")
-        self._cache = save_for_backward(cache)
+        self._keep_for_backward(cache)
         return out
 
     def backward(self, dout, input_grad=True):

@@ -8,7 +8,7 @@ import numpy as np
 
 from .. import _memory
 from .._checks import check_float_array, check_grad
-from .._grad_mode import save_for_backward, saved_for_backward
+from .._grad_mode import saved_for_backward
 from .module import Module
 
 __all__ = ["Residual", "Identity"]
@@ -36,7 +36,7 @@ class Identity(Module):
     def forward(self, x):
         """Return ``x``."""
         check_float_array("Identity", x)
-        self._cache = save_for_backward((x.shape, x.dtype))
+        self._keep_for_backward((x.shape, x.dtype))
         return x
 
     def backward(self, dout, input_grad=True):
@@ -105,7 +105,7 @@ class Residual(Module):
 
     def forward(self, x):
         """``body(x) + shortcut(x)`` in a new array."""
-        self._cache = None
+        self._release_saved()
         main = self.body(x)
         side = x if self.shortcut is None else self.shortcut(x)
         check_float_array("Residual", main, "the body's output")
@@ -121,7 +121,7 @@ class Residual(Module):
             raise TypeError(f"Residual: the body's output is {main.dtype} but the shortcut's "
                              f"is {side.dtype}; they must have the same dtype to be added")
         out = np.add(main, side, out=_memory.empty(main.shape, main.dtype))
-        self._cache = save_for_backward((out.shape, out.dtype, x.shape, x.dtype))
+        self._keep_for_backward((out.shape, out.dtype, x.shape, x.dtype))
         return out
 
     def backward(self, dout, input_grad=True):
