@@ -1,5 +1,8 @@
 """Models built from layers."""
+from ._backend import get_backend
+from .layers.activation import ReLU
 from .layers.module import Module
+from .layers.normalization import BatchNorm, BatchNorm1D, BatchNorm2D
 
 __all__ = ["Sequential"]
 
@@ -46,9 +49,22 @@ class Sequential(Module):
         return iter(self._modules.values())
 
     def forward(self, x):
-        """Run every layer in order; returns the last layer's output."""
-        for layer in self._modules.values():
-            x = layer(x)
+        """Run every layer in order; returns the last layer's output.
+
+        A BatchNorm followed directly by a ReLU runs as one pass (see :func:`_fuses_relu`):
+        the kernel applies the ReLU as it writes BatchNorm's output. The output is the same bit
+        for bit, one pass over memory and one layer call are saved, and both layers keep what
+        their usual backward passes need.
+        """
+        layers = list(self._modules.values())
+        i = 0
+        while i < len(layers):
+            if i + 1 < len(layers) and _fuses_relu(layers[i], layers[i + 1]):
+                x = layers[i]._call_fused(layers[i + 1], x)
+                i += 2
+            else:
+                x = layers[i](x)
+                i += 1
         return x
 
     def backward(self, dout, input_grad=True):
@@ -77,3 +93,17 @@ class Sequential(Module):
             return layers[0].backward(dout)
         layers[0].backward(dout, input_grad=False)
         return None
+
+
+_FUSABLE_NORMS = (BatchNorm, BatchNorm1D, BatchNorm2D)  # (not SyncBatchNorm: its own forward)
+
+
+def _fuses_relu(layer, following):
+    """Whether :meth:`Sequential.forward` runs ``layer`` and ``following`` as one BatchNorm +
+    ReLU pass: exactly these classes (a subclass may change ``forward``), on the compiled
+    backend (the reference one shows each step), and no forward hooks on either (they would
+    not see BatchNorm's output before the ReLU)."""
+    return (type(following) is ReLU and type(layer) in _FUSABLE_NORMS
+            and not (layer._forward_pre_hooks or layer._forward_hooks
+                     or following._forward_pre_hooks or following._forward_hooks)
+            and get_backend() == "compiled")

@@ -39,3 +39,104 @@ def test_an_empty_sequential_is_the_identity_both_ways(rng):
     assert model(x) is x
     assert model.backward(x) is x
     assert model.backward(x, input_grad=False) is None
+
+
+# ---------------------------------------------------------------- BatchNorm + ReLU in one pass
+def _fused_pair(rng, norm=BatchNorm):
+    return Sequential(Dense(6, 5, rng=rng), norm(5), ReLU(), Dense(5, 3, rng=rng))
+
+
+def _run(model, x, dout, fused):
+    """Output, input gradient and parameter gradients, through Sequential (fused) or layer by
+    layer (each layer's own __call__: never fused)."""
+    model.zero_grad()
+    if fused:
+        out = model(x)
+        dx = model.backward(dout)
+    else:
+        out = x
+        for layer in model:
+            out = layer(out)
+        dx = dout
+        for layer in reversed(list(model)):
+            dx = layer.backward(dx)
+    return out, dx, [p.grad.copy() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_batchnorm_relu_fusion_changes_no_bit(rng, training, dtype):
+    import copy
+    model = _fused_pair(rng).astype(dtype)
+    model.train(training)
+    twin = copy.deepcopy(model)
+    x = rng.standard_normal((8, 6)).astype(dtype)
+    dout = rng.standard_normal((8, 3)).astype(dtype)
+    for _ in range(2):  # the running statistics too (two steps)
+        got = _run(model, x, dout, fused=True)
+        want = _run(twin, x, dout, fused=False)
+        assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+        assert all(np.array_equal(a, b) for a, b in zip(got[2], want[2]))
+    for a, b in zip(model.state_dict().values(), twin.state_dict().values()):
+        assert np.array_equal(a, b)
+
+
+def test_batchnorm_relu_fusion_in_a_cnn_under_no_grad(rng):
+    import copy
+    import minidl
+    from minidl import models
+    model = models.mnist_cnn(norm="batch", rng=rng)
+    x = rng.standard_normal((3, 1, 28, 28)).astype(np.float32)
+    model(x)  # training step: running statistics move
+    model.eval()
+    twin = copy.deepcopy(model)
+    with minidl.no_grad():
+        out = model(x)
+        want = x
+        for layer in twin:
+            want = layer(want)
+    assert np.array_equal(out, want)
+    with pytest.raises(RuntimeError, match="no_grad"):
+        model.backward(np.ones_like(out))
+
+
+def test_the_fused_relu_output_is_watched_for_in_place_changes(rng):
+    model = Sequential(BatchNorm(4), ReLU())
+    out = model(rng.standard_normal((5, 4)).astype(np.float32))
+    out[0, 0] += 1.0
+    with pytest.raises(RuntimeError, match="ReLU: the output of the last forward pass was "
+                                           "modified in place"):
+        model.backward(np.ones_like(out))
+
+
+def test_hooks_or_other_classes_are_not_fused(rng):
+    seen = []
+
+    class MyNorm(BatchNorm):
+        def forward(self, x):
+            seen.append("MyNorm.forward")
+            return super().forward(x)
+
+    model = _fused_pair(rng, MyNorm)
+    model(rng.standard_normal((4, 6)).astype(np.float32))
+    assert seen == ["MyNorm.forward"]  # a subclass runs its own forward
+    model = _fused_pair(rng)
+    handle = model[1].register_forward_hook(lambda m, inp, out: seen.append(out.min()))
+    model(rng.standard_normal((64, 6)).astype(np.float32))
+    assert seen[-1] < 0  # the hook saw BatchNorm's own output, before the ReLU
+    handle.remove()
+    handle = model[2].register_forward_pre_hook(lambda m, inp: seen.append(inp[0].min()))
+    model(rng.standard_normal((64, 6)).astype(np.float32))
+    assert seen[-1] < 0
+    handle.remove()
+
+
+def test_a_relu_after_two_batchnorms_runs_twice_only_under_no_grad(rng):
+    import minidl
+    relu = ReLU()
+    model = Sequential(BatchNorm(4), relu, BatchNorm(4), relu)
+    x = rng.standard_normal((5, 4)).astype(np.float32)
+    with pytest.raises(RuntimeError, match="ReLU"):
+        model(x)
+    with minidl.no_grad():
+        assert model(x).shape == (5, 4)

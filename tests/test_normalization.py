@@ -639,3 +639,40 @@ def test_column_kernels_for_one_value_per_row_and_channel(rng, dtype):
     np.testing.assert_array_equal(g_dy, s_dy)
     np.testing.assert_array_equal(g_dyx, s_dyx)
     np.testing.assert_array_equal(split_dx, dx)
+
+
+@pytest.mark.parametrize("shape", [(6, 5), (4, 3, 7), (3, 4, 5, 5), (2, 40)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("backend", ["compiled", "reference"])
+def test_relu_option_is_batch_norm_then_relu_bit_for_bit(rng, shape, dtype, training, backend):
+    # (N, C) inputs take the column kernels; NaN stays NaN and -0.0 stays -0.0, as ReLU has it
+    import minidl
+    from minidl.functional.activation import relu_forward
+    x = rng.standard_normal(shape).astype(dtype)
+    x.flat[0] = np.nan
+    channels = shape[1]
+    weight, bias = rng.standard_normal((2, channels)).astype(dtype)
+    bias[1] = -0.0
+    weight[1] = 0.0  # channel 1 is exactly -0.0 (in eval: 0 * x + -0.0)
+    stats = rng.standard_normal(channels).astype(dtype), rng.random(channels).astype(dtype) + 0.5
+    with minidl.backend(backend):
+        plain, _ = F.batch_norm_forward(x, weight, bias, *(s.copy() for s in stats),
+                                        training=training)
+        expected, _ = relu_forward(plain)
+        running = [s.copy() for s in stats]
+        fused, cache = F.batch_norm_forward(x, weight, bias, *running, training=training,
+                                            relu=True)
+        unfused = [s.copy() for s in stats]
+        F.batch_norm_forward(x, weight, bias, *unfused, training=training)
+    assert np.array_equal(fused, expected, equal_nan=True)
+    assert np.array_equal(np.signbit(fused), np.signbit(expected))
+    assert (fused[np.isfinite(fused)] >= 0).all() and (fused < 0).sum() == 0
+    # the running statistics are updated (in training) as without the option
+    assert all(np.array_equal(a, b, equal_nan=True) for a, b in zip(running, unfused))
+
+
+def test_relu_option_must_be_a_bool(rng):
+    x = rng.standard_normal((4, 3)).astype(np.float32)
+    with pytest.raises(TypeError, match="^batch_norm: expected relu to be True or False"):
+        F.batch_norm_forward(x, relu="yes")

@@ -49,6 +49,19 @@
             out[i] = (T)(((double)x[i] - mean) * scale + shift);                            \
     }
 
+/* The same followed by ReLU in the same pass: out = max(affine, 0) as _activation.h's ReLU
+ * computes it on the rounded value (0 if v < 0 else v: a NaN stays NaN, -0.0 stays -0.0), so
+ * the output is bit for bit that of BatchNorm then ReLU. */
+#define MINIDL_AFFINE_RELU(NAME, T)                                                         \
+    MINIDL_CLONES static void NAME(const T* x, T* out, ptrdiff_t n, double mean,            \
+                                   double scale, double shift) {                           \
+        MINIDL_SIMD                                                                         \
+        for (ptrdiff_t i = 0; i < n; i++) {                                                 \
+            T v = (T)(((double)x[i] - mean) * scale + shift);                               \
+            out[i] = v < 0 ? (T)0 : v;                                                      \
+        }                                                                                   \
+    }
+
 /* dx = k * (dy - mean_dy - (x - mean) * proj) */
 #define MINIDL_NORM_DX(NAME, T)                                                             \
     MINIDL_CLONES static void NAME(const T* dy, const T* x, T* dx, ptrdiff_t n, double mean, \
@@ -122,6 +135,17 @@
             out[i] = (T)(((double)x[i] - mean[i]) * scale[i] + shift[i]);                   \
     }
 
+/* the same followed by ReLU (as MINIDL_AFFINE_RELU) */
+#define MINIDL_COL_AFFINE_RELU(NAME, T)                                                     \
+    MINIDL_CLONES static void NAME(const T* x, T* out, ptrdiff_t n, const double* mean,     \
+                                   const double* scale, const double* shift) {             \
+        MINIDL_SIMD                                                                         \
+        for (ptrdiff_t i = 0; i < n; i++) {                                                 \
+            T v = (T)(((double)x[i] - mean[i]) * scale[i] + shift[i]);                      \
+            out[i] = v < 0 ? (T)0 : v;                                                      \
+        }                                                                                   \
+    }
+
 /* dx[i] = k[i] * (dy[i] - mean_dy[i] - (x[i] - mean[i]) * proj[i]) */
 #define MINIDL_COL_NORM_DX(NAME, T)                                                         \
     MINIDL_CLONES static void NAME(const T* dy, const T* x, T* dx, ptrdiff_t n,             \
@@ -138,6 +162,8 @@ MINIDL_PRODUCT_SUMS(minidl_product_sums_f, float)
 MINIDL_PRODUCT_SUMS(minidl_product_sums_d, double)
 MINIDL_AFFINE(minidl_affine_f, float)
 MINIDL_AFFINE(minidl_affine_d, double)
+MINIDL_AFFINE_RELU(minidl_affine_relu_f, float)
+MINIDL_AFFINE_RELU(minidl_affine_relu_d, double)
 MINIDL_NORM_DX(minidl_norm_dx_f, float)
 MINIDL_NORM_DX(minidl_norm_dx_d, double)
 MINIDL_SCALE_SHIFT(minidl_scale_shift_f, float)
@@ -150,6 +176,8 @@ MINIDL_COL_PRODUCT_SUMS(minidl_col_product_sums_f, float)
 MINIDL_COL_PRODUCT_SUMS(minidl_col_product_sums_d, double)
 MINIDL_COL_AFFINE(minidl_col_affine_f, float)
 MINIDL_COL_AFFINE(minidl_col_affine_d, double)
+MINIDL_COL_AFFINE_RELU(minidl_col_affine_relu_f, float)
+MINIDL_COL_AFFINE_RELU(minidl_col_affine_relu_d, double)
 MINIDL_COL_NORM_DX(minidl_col_norm_dx_f, float)
 MINIDL_COL_NORM_DX(minidl_col_norm_dx_d, double)
 

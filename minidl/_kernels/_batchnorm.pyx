@@ -81,6 +81,10 @@ cdef extern from "_batchnorm.h" nogil:
                          double shift)
     void minidl_affine_d(const double* x, double* out, Py_ssize_t n, double mean, double scale,
                          double shift)
+    void minidl_affine_relu_f(const float* x, float* out, Py_ssize_t n, double mean,
+                              double scale, double shift)
+    void minidl_affine_relu_d(const double* x, double* out, Py_ssize_t n, double mean,
+                              double scale, double shift)
     void minidl_norm_dx_f(const float* dy, const float* x, float* dx, Py_ssize_t n, double mean,
                           double k, double mean_dy, double proj)
     void minidl_norm_dx_d(const double* dy, const double* x, double* dx, Py_ssize_t n,
@@ -107,6 +111,10 @@ cdef extern from "_batchnorm.h" nogil:
                              const double* scale, const double* shift)
     void minidl_col_affine_d(const double* x, double* out, Py_ssize_t n, const double* mean,
                              const double* scale, const double* shift)
+    void minidl_col_affine_relu_f(const float* x, float* out, Py_ssize_t n, const double* mean,
+                                  const double* scale, const double* shift)
+    void minidl_col_affine_relu_d(const double* x, double* out, Py_ssize_t n,
+                                  const double* mean, const double* scale, const double* shift)
     void minidl_col_norm_dx_f(const float* dy, const float* x, float* dx, Py_ssize_t n,
                               const double* mean, const double* k, const double* mean_dy,
                               const double* proj)
@@ -137,10 +145,16 @@ cdef inline void _product_sums(const floating* dy, const floating* x, Py_ssize_t
 
 
 cdef inline void _affine(const floating* x, floating* out, Py_ssize_t n, double mean,
-                         double scale, double shift) noexcept nogil:
-    """out = (x - mean) * scale + shift over n contiguous values, computed in float64."""
+                         double scale, double shift, bint relu=False) noexcept nogil:
+    """out = (x - mean) * scale + shift over n contiguous values, computed in float64; then
+    ``max(out, 0)`` in the same pass when ``relu``."""
     if floating is float:
-        minidl_affine_f(x, out, n, mean, scale, shift)
+        if relu:
+            minidl_affine_relu_f(x, out, n, mean, scale, shift)
+        else:
+            minidl_affine_f(x, out, n, mean, scale, shift)
+    elif relu:
+        minidl_affine_relu_d(x, out, n, mean, scale, shift)
     else:
         minidl_affine_d(x, out, n, mean, scale, shift)
 
@@ -207,9 +221,15 @@ cdef inline void _col_product_sums(const floating* dy, const floating* x, Py_ssi
 
 
 cdef inline void _col_affine(const floating* x, floating* out, Py_ssize_t n, const double* mean,
-                             const double* scale, const double* shift) noexcept nogil:
+                             const double* scale, const double* shift,
+                             bint relu=False) noexcept nogil:
     if floating is float:
-        minidl_col_affine_f(x, out, n, mean, scale, shift)
+        if relu:
+            minidl_col_affine_relu_f(x, out, n, mean, scale, shift)
+        else:
+            minidl_col_affine_f(x, out, n, mean, scale, shift)
+    elif relu:
+        minidl_col_affine_relu_d(x, out, n, mean, scale, shift)
     else:
         minidl_col_affine_d(x, out, n, mean, scale, shift)
 
@@ -263,16 +283,19 @@ cdef void _column_stats(const floating* x, Py_ssize_t A, Py_ssize_t C, Py_ssize_
 
 cdef void _column_normalize(const floating* x, floating* out, Py_ssize_t A, Py_ssize_t C,
                             Py_ssize_t c0, const double* mean, const double* scale,
-                            const double* shift) noexcept nogil:
-    """out = (x - mean) * scale + shift on the block of columns c0.. of every row."""
+                            const double* shift, bint relu) noexcept nogil:
+    """out = (x - mean) * scale + shift (then max(out, 0) when ``relu``) on the block of
+    columns c0.. of every row."""
     cdef Py_ssize_t a, n = _block_size(C, c0)
     for a in range(A):
-        _col_affine(x + a * C + c0, out + a * C + c0, n, mean + c0, scale + c0, shift + c0)
+        _col_affine(x + a * C + c0, out + a * C + c0, n, mean + c0, scale + c0, shift + c0,
+                    relu)
 
 
 cdef void _column_forward_train(const floating* x, floating* out, Py_ssize_t A, Py_ssize_t C,
                                 Py_ssize_t c0, const double* gamma, const double* beta,
-                                double eps, double* mean, double* var) noexcept nogil:
+                                double eps, double* mean, double* var,
+                                bint relu) noexcept nogil:
     """:func:`forward_train` on the block of columns c0..: statistics, then normalization."""
     cdef double scale[COLUMN_BLOCK]
     cdef Py_ssize_t a, i, n = _block_size(C, c0)
@@ -280,7 +303,7 @@ cdef void _column_forward_train(const floating* x, floating* out, Py_ssize_t A, 
     for i in range(n):
         scale[i] = gamma[c0 + i] * (1.0 / sqrt(var[c0 + i] + eps))
     for a in range(A):
-        _col_affine(x + a * C + c0, out + a * C + c0, n, mean + c0, scale, beta + c0)
+        _col_affine(x + a * C + c0, out + a * C + c0, n, mean + c0, scale, beta + c0, relu)
 
 
 cdef void _column_sums(const floating* dy, const floating* x, Py_ssize_t A, Py_ssize_t C,
@@ -379,12 +402,14 @@ def channel_stats(const floating[:, :, ::1] x, double[::1] mean, double[::1] var
 
 
 def normalize(const floating[:, :, ::1] x, const double[::1] mean, const double[::1] scale,
-              const double[::1] shift, floating[:, :, ::1] out, int num_threads=1):
+              const double[::1] shift, floating[:, :, ::1] out, int num_threads=1,
+              bint relu=False):
     """out[a, c, b] = (x[a, c, b] - mean[c]) * scale[c] + shift[c], computed in float64.
 
     IN  x: (A, C, B) float32/float64, C-contiguous.
     IN  mean, scale, shift: (C,) float64 (BatchNorm: scale = gamma / sqrt(var + eps), shift = beta).
     OUT out: (A, C, B), same dtype as x; may be x itself (in place).
+    IN  relu: then ``out = max(out, 0)`` in the same pass (a following ReLU, bit for bit).
 
     Subtracting the mean before scaling keeps a constant channel at exactly ``shift``.
 
@@ -402,7 +427,7 @@ def normalize(const floating[:, :, ::1] x, const double[::1] mean, const double[
             for blk in prange(ceil_div(C, COLUMN_BLOCK), num_threads=num_threads,
                               schedule="static"):
                 _column_normalize(xp, outp, A, C, blk * COLUMN_BLOCK, &mean[0], &scale[0],
-                                  &shift[0])
+                                  &shift[0], relu)
         return
     with nogil:
         for r in prange(A * C, num_threads=num_threads, schedule="static"):
@@ -410,28 +435,30 @@ def normalize(const floating[:, :, ::1] x, const double[::1] mean, const double[
             m = mean[c]
             s = scale[c]
             t = shift[c]
-            _affine(xp + r * B, outp + r * B, B, m, s, t)
+            _affine(xp + r * B, outp + r * B, B, m, s, t, relu)
 
 
 cdef void _normalize_channel(const floating* x, floating* out, Py_ssize_t A, Py_ssize_t C,
                              Py_ssize_t B, Py_ssize_t c, double mean, double scale,
-                             double shift) noexcept nogil:
-    """out = (x - mean) * scale + shift over channel c (all A rows of B values)."""
+                             double shift, bint relu) noexcept nogil:
+    """out = (x - mean) * scale + shift (then max(out, 0) when ``relu``) over channel c (all A
+    rows of B values)."""
     cdef Py_ssize_t a, off
     for a in range(A):
         off = (a * C + c) * B
-        _affine(x + off, out + off, B, mean, scale, shift)
+        _affine(x + off, out + off, B, mean, scale, shift, relu)
 
 
 def forward_train(const floating[:, :, ::1] x, const double[::1] gamma, const double[::1] beta,
                   double eps, floating[:, :, ::1] out, double[::1] mean, double[::1] var,
-                  int num_threads=1):
+                  int num_threads=1, bint relu=False):
     """Fused training-mode forward: statistics, then normalization, channel by channel.
 
     IN  x: (A, C, B) float32/float64, C-contiguous.
     IN  gamma, beta: (C,) float64 (ones and zeros without affine parameters).
     IN  eps: added to the variance.
     OUT out: (A, C, B), x's dtype: gamma * (x - mean) / sqrt(var + eps) + beta.
+    IN  relu: then ``out = max(out, 0)`` in the same pass (a following ReLU, bit for bit).
     OUT mean, var: (C,) float64, the batch mean and biased variance (as :func:`channel_stats`).
 
     A channel is normalized right after its statistics are computed, while its values are still
@@ -451,13 +478,13 @@ def forward_train(const floating[:, :, ::1] x, const double[::1] gamma, const do
             for blk in prange(ceil_div(C, COLUMN_BLOCK), num_threads=num_threads,
                               schedule="static"):
                 _column_forward_train(xp, outp, A, C, blk * COLUMN_BLOCK, &gamma[0], &beta[0],
-                                      eps, &mean[0], &var[0])
+                                      eps, &mean[0], &var[0], relu)
         return
     with nogil:
         for c in prange(C, num_threads=num_threads, schedule="static"):
             _channel_stats_one(xp, A, C, B, c, &mean[c], &var[c])
             _normalize_channel(xp, outp, A, C, B, c, mean[c],
-                               gamma[c] * (1.0 / sqrt(var[c] + eps)), beta[c])
+                               gamma[c] * (1.0 / sqrt(var[c] + eps)), beta[c], relu)
 
 
 def backward(const floating[:, :, ::1] dy, const floating[:, :, ::1] x, const double[::1] mean,

@@ -171,7 +171,8 @@ def update_running_stats(running_mean, running_var, mean, var, count, momentum):
 
 
 def batch_norm_forward(x, weight=None, bias=None, running_mean=None, running_var=None,
-                       training=True, momentum=0.1, eps=1e-5, layer="batch_norm", out=None):
+                       training=True, momentum=0.1, eps=1e-5, layer="batch_norm", out=None,
+                       relu=False):
     """Batch-normalize ``x`` per channel (axis 1); like ``torch.nn.functional.batch_norm``.
 
     Args:
@@ -186,6 +187,11 @@ def batch_norm_forward(x, weight=None, bias=None, running_mean=None, running_var
         eps (float): added to the variance before the square root (default 1e-5, as PyTorch).
         layer (str): name used in error messages.
         out (np.ndarray, optional): where to write the result (C-contiguous, x's shape and dtype).
+        relu (bool): return ``relu(BN(x))`` instead, the ReLU applied as each value is written
+            (one pass over memory less than :func:`~minidl.functional.activation.relu_forward`
+            after this; bit for bit the same values). The cache is still BatchNorm's: give
+            :func:`batch_norm_backward` d loss / d ``BN(x)``, i.e. pass the gradient through
+            the ReLU first (``relu_backward`` with ``ReluCache(out)``). Default False.
     Returns:
         (out, cache): ``out`` has the shape and dtype of ``x``; ``cache`` is for
         :func:`batch_norm_backward` (a :class:`BatchNormCache`, or under the reference backend
@@ -205,6 +211,7 @@ def batch_norm_forward(x, weight=None, bias=None, running_mean=None, running_var
     check_input(layer, x, _LAYOUTS)
     num_channels = x.shape[1]
     training = check_bool(layer, "training", training)
+    relu = check_bool(layer, "relu", relu)
     eps = check_eps(layer, eps)
     momentum = check_number(layer, "momentum", momentum, low=0.0, high=1.0)
     gamma = _channel_vector(layer, weight, num_channels, "weight", default=1.0)
@@ -219,22 +226,22 @@ def batch_norm_forward(x, weight=None, bias=None, running_mean=None, running_var
     out = _output(layer, out, x, weight=weight, bias=bias, running_mean=running_mean,
                   running_var=running_var)
     if get_backend() == "reference":  # reference backend: Algorithm 1, line by line
-        return reference.batch_norm_forward(x, weight, bias, running_mean, running_var, training,
-                                            momentum, eps, layer, out)
+        return reference.batch_norm_forward(x, weight, bias, running_mean, running_var,
+                                            training, momentum, eps, layer, out, relu)
     x3 = _as_acb(x)
     out3 = out.reshape(x3.shape)
     threads = _config.threads_for(x3.size)
     if training:
         mean = np.empty(num_channels, np.float64)
         var = np.empty(num_channels, np.float64)
-        _kernel.forward_train(x3, gamma, beta, float(eps), out3, mean, var, threads)
+        _kernel.forward_train(x3, gamma, beta, float(eps), out3, mean, var, threads, relu)
         if running_mean is not None:
             update_running_stats(running_mean, running_var, mean, var, count, momentum)
         invstd = 1.0 / np.sqrt(var + eps)
     else:
         mean = running_mean.astype(np.float64)
         invstd = 1.0 / np.sqrt(running_var.astype(np.float64) + eps)
-        _kernel.normalize(x3, mean, gamma * invstd, beta, out3, threads)
+        _kernel.normalize(x3, mean, gamma * invstd, beta, out3, threads, relu)
     cache = BatchNormCache(x3, mean, invstd, gamma, bool(training), x.shape, weight is not None,
                            bias is not None)
     return out, cache

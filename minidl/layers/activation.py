@@ -3,7 +3,7 @@ import numpy as np
 
 from .._checks import check_grad, check_kept
 from .._grad_mode import saved_for_backward
-from ..functional.activation import (relu_backward, relu_forward, sigmoid_backward,
+from ..functional.activation import (ReluCache, relu_backward, relu_forward, sigmoid_backward,
                                      sigmoid_forward, softmax_backward, softmax_forward,
                                      tanh_backward, tanh_forward)
 from .module import Module
@@ -62,6 +62,14 @@ class ReLU(_OutputActivation):
 
     _forward_op = staticmethod(relu_forward)
     _backward_op = staticmethod(relu_backward)
+
+
+    def _adopt_output(self, out):
+        """Keep ``out`` for ``backward`` as if this layer's forward had returned it: the
+        output of a BatchNorm that applied this ReLU in its own pass
+        (:meth:`minidl.layers.BatchNorm._forward_fused`)."""
+        self._release_saved()
+        self._keep(ReluCache(out), out)
 
 
 class Softmax(_Stateless):

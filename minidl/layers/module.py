@@ -256,6 +256,23 @@ class Module:
                 enabled (the same object appears twice in the model, e.g. one ``ReLU()`` used
                 after two convolutions).
         """
+        forward_pass = self._enter_forward_pass()
+        try:
+            if self._forward_pre_hooks or self._forward_hooks:
+                return self._forward_with_hooks((x,) + args, kwargs)
+            if args or kwargs:
+                return self.forward(x, *args, **kwargs)
+            return self.forward(x)
+        finally:
+            forward_pass.leave()
+
+    def _enter_forward_pass(self):
+        """Record that this module runs in the current forward pass (the outermost call starts
+        a new one) and return the pass; its ``leave()`` ends the call.
+
+        Raises:
+            RuntimeError: the module already ran in this pass with gradients enabled.
+        """
         forward_pass = _FORWARD_PASS.get(None)
         if forward_pass is None:
             forward_pass = _ForwardPass()
@@ -267,16 +284,26 @@ class Module:
             raise RuntimeError(_called_twice_message(self, forward_pass.root))
         self.__dict__["_forward_pass"] = forward_pass.number
         forward_pass.depth += 1
+        return forward_pass
+
+    def _call_fused(self, follower, x):
+        """``follower(self(x))`` computed in one go by ``self._forward_fused(follower, x)``
+        (:class:`~minidl.Sequential` fuses a BatchNorm with the ReLU after it this way). Both
+        modules are recorded in the forward pass as :meth:`__call__` records them; callers
+        fuse only modules without forward hooks, which would not see the intermediate value.
+
+        Raises:
+            RuntimeError: either module already ran in this pass with gradients enabled.
+        """
+        forward_pass = self._enter_forward_pass()
         try:
-            if self._forward_pre_hooks or self._forward_hooks:
-                return self._forward_with_hooks((x,) + args, kwargs)
-            if args or kwargs:
-                return self.forward(x, *args, **kwargs)
-            return self.forward(x)
+            follower._enter_forward_pass()
+            try:
+                return self._forward_fused(follower, x)
+            finally:
+                forward_pass.leave()  # the follower's call
         finally:
-            forward_pass.depth -= 1
-            if forward_pass.depth == 0:
-                forward_pass.root = None
+            forward_pass.leave()
 
     # ----------------------------------------------------------------- hooks
     def register_forward_pre_hook(self, hook, *, prepend=False):
@@ -710,6 +737,12 @@ class _ForwardPass:
         self.depth = 0  # how many Module.__call__ are running
         self.number = 0  # the running pass, unique across threads
         self.root = None  # the module whose call started it
+
+    def leave(self):
+        """End one module's call (the pass ends with its outermost call)."""
+        self.depth -= 1
+        if self.depth == 0:
+            self.root = None
 
 
 _FORWARD_PASS = contextvars.ContextVar("minidl_forward_pass")  # each thread has its own

@@ -80,7 +80,8 @@ def _per_channel(vector, x):
 
 
 def batch_norm_forward(x, weight=None, bias=None, running_mean=None, running_var=None,
-                       training=True, momentum=0.1, eps=1e-5, layer="batch_norm", out=None):
+                       training=True, momentum=0.1, eps=1e-5, layer="batch_norm", out=None,
+                       relu=False):
     """Batch-normalize ``x`` per channel: Algorithm 1 (training) or fixed statistics (eval).
 
     Same arguments and results as :func:`minidl.functional.batch_norm_forward` (``layer`` is
@@ -95,9 +96,10 @@ def batch_norm_forward(x, weight=None, bias=None, running_mean=None, running_var
         momentum (float): PyTorch's running-average factor (see the module docstring).
         eps (float): added to the variance before the square root.
         out (np.ndarray or None): where to write the result; a new array when None.
+        relu (bool): return ``max(y, 0)`` (the reference ReLU of the rounded output) instead.
     Returns:
         (out, cache): ``out`` has the shape and dtype of ``x``; ``cache`` is a
-        :class:`BatchNormCache`.
+        :class:`BatchNormCache` (BatchNorm's own, also with ``relu``).
     """
     x64 = x.astype(np.float64)
     num_channels = x.shape[1]
@@ -123,7 +125,10 @@ def batch_norm_forward(x, weight=None, bias=None, running_mean=None, running_var
 
     cache = BatchNormCache(x64, mean, var, gamma, float(eps), bool(training), x.dtype,
                            weight is not None, bias is not None)
-    return into(out, y.astype(x.dtype)), cache
+    y = y.astype(x.dtype)
+    if relu:  # the ReLU that follows, applied here (minidl.Sequential's fusion)
+        y = np.maximum(y, 0)
+    return into(out, y), cache
 
 
 def batch_norm_backward(dout, cache, layer="batch_norm", out=None):
