@@ -48,6 +48,7 @@
 #define MINIDL_GEMM_H
 
 #include "_portable.h"
+#include "_transpose.h"
 
 #define MINIDL_GEMM_MR 6   /* rows of C per micro-kernel call */
 #define MINIDL_GEMM_KC 256 /* inner dimension per packed block (fixed: see above) */
@@ -101,6 +102,16 @@ static void minidl_gemm_pack_b_##S(const T* restrict B, ptrdiff_t rsb, ptrdiff_t
                                    ptrdiff_t kc, ptrdiff_t cols, ptrdiff_t nr,               \
                                    T* restrict bp) {                                         \
     const ptrdiff_t strip = kc * nr + MINIDL_GEMM_PAD;                                       \
+    if (rsb == 1 && csb != 1) { /* B transposed (x @ W.T): a strip is the transpose of nr    \
+                                   rows of W, in 8x8 blocks in registers (_transpose.h) */   \
+        for (ptrdiff_t j0 = 0; j0 < cols; j0 += nr, bp += strip) {                           \
+            const ptrdiff_t valid = cols - j0 < nr ? cols - j0 : nr;                         \
+            minidl_transpose_##S(B + j0 * csb, csb, bp, nr, valid, kc, NULL);                \
+            for (ptrdiff_t k = 0; valid < nr && k < kc; k++)                                 \
+                for (ptrdiff_t q = valid; q < nr; q++) bp[k * nr + q] = 0;                   \
+        }                                                                                    \
+        return;                                                                              \
+    }                                                                                        \
     if (csb == 1) { /* rows of B are contiguous: read them one after the other */            \
         for (ptrdiff_t k = 0; k < kc; k++) {                                                 \
             const T* restrict b = B + k * rsb;                                               \

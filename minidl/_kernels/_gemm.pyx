@@ -19,6 +19,7 @@ result is written into the caller's ``c`` (OUT); ``a`` and ``b`` are only read (
 from cython.parallel cimport prange, threadid
 
 from ._common cimport build_facts, ceil_div, floating
+from ._transpose cimport transpose_init
 
 
 cdef extern from "_gemm.h" nogil:
@@ -52,6 +53,7 @@ cdef extern from "_gemm.h" nogil:
 ISA = minidl_gemm_init().decode()
 #: What this extension was compiled with (read by ``minidl.show_config()``).
 BUILD = build_facts()
+transpose_init()  # (packing a transposed B uses it)
 #: Rows of C per micro-kernel call (tiles of C are best a multiple of it).
 MR = MINIDL_GEMM_MR
 #: The inner dimension is summed in blocks of this many terms.

@@ -1,5 +1,6 @@
-/* Transposing a block of a matrix, for the kernels that move data between NCHW and NHWC
- * (the Winograd convolution's gathers and scatters, _winograd.pyx):
+/* Transposing a block of a matrix, for the kernels that move data between NCHW and NHWC (the
+ * Winograd convolution's gathers and scatters, _winograd.pyx; im2col's layout changes,
+ * _conv.pyx) and for packing a transposed operand of a matrix product (_gemm.h):
  *
  *     dst[c*ds + r] = src[r*ss + c] (+ bias[c])      for r < rows, c < cols
  *

@@ -1,6 +1,7 @@
-# The block transpose of _transpose.h, shared by _conv.pyx and _winograd.pyx (cimported;
-# nothing here is compiled on its own). A module that cimports it calls transpose_init() once
-# at import: each module has its own copy of the header's dispatch pointer.
+# The block transpose of _transpose.h, shared by _conv.pyx, _winograd.pyx and _gemm.pyx
+# (cimported; nothing here is compiled on its own). A module that cimports it calls
+# transpose_init() once at import: each module has its own copy of the header's dispatch
+# pointer.
 
 from ._common cimport floating
 
