@@ -3,6 +3,7 @@ from ._backend import get_backend
 from .layers.activation import ReLU
 from .layers.module import Module
 from .layers.normalization import BatchNorm, BatchNorm1D, BatchNorm2D
+from .layers.residual import Residual
 
 __all__ = ["Sequential"]
 
@@ -51,10 +52,10 @@ class Sequential(Module):
     def forward(self, x):
         """Run every layer in order; returns the last layer's output.
 
-        A BatchNorm followed directly by a ReLU runs as one pass (see :func:`_fuses_relu`):
-        the kernel applies the ReLU as it writes BatchNorm's output. The output is the same bit
-        for bit, one pass over memory and one layer call are saved, and both layers keep what
-        their usual backward passes need.
+        A BatchNorm or a Residual followed directly by a ReLU runs as one pass (see
+        :func:`_fuses_relu`): the kernel applies the ReLU as it writes BatchNorm's output or
+        the residual sum. The output is the same bit for bit, one pass over memory and one
+        layer call are saved, and both layers keep what their usual backward passes need.
         """
         layers = list(self._modules.values())
         i = 0
@@ -95,15 +96,16 @@ class Sequential(Module):
         return None
 
 
-_FUSABLE_NORMS = (BatchNorm, BatchNorm1D, BatchNorm2D)  # (not SyncBatchNorm: its own forward)
+# the layers with a _forward_fused(relu, x) (not SyncBatchNorm: it has its own forward)
+_FUSES_RELU = (BatchNorm, BatchNorm1D, BatchNorm2D, Residual)
 
 
 def _fuses_relu(layer, following):
-    """Whether :meth:`Sequential.forward` runs ``layer`` and ``following`` as one BatchNorm +
-    ReLU pass: exactly these classes (a subclass may change ``forward``), on the compiled
-    backend (the reference one shows each step), and no forward hooks on either (they would
-    not see BatchNorm's output before the ReLU)."""
-    return (type(following) is ReLU and type(layer) in _FUSABLE_NORMS
+    """Whether :meth:`Sequential.forward` runs ``layer`` and the ReLU ``following`` it in one
+    pass: exactly these classes (a subclass may change ``forward``), on the compiled backend
+    (the reference one shows each step), and no forward hooks on either (they would not see
+    ``layer``'s output before the ReLU)."""
+    return (type(following) is ReLU and type(layer) in _FUSES_RELU
             and not (layer._forward_pre_hooks or layer._forward_hooks
                      or following._forward_pre_hooks or following._forward_hooks)
             and get_backend() == "compiled")

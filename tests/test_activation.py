@@ -193,3 +193,36 @@ def test_matches_torch(rng, name, dtype, torch):
     # nears 1 (or 0): an absolute error of a few eps * |dout| either way
     np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=16 * eps,
                                atol=4 * eps * np.abs(dout).max())
+
+
+# --------------------------------------------------------------------------- add (residual sum)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("backend", ["compiled", "reference"])
+def test_add_is_numpys_sum_and_relu_bit_for_bit(rng, dtype, relu, backend):
+    # 3 * 2**16 + 5 values: several blocks of the kernel (2 threads), strided and NaN inputs
+    a = rng.standard_normal((3, 2 ** 16 + 2)).astype(dtype)[:, 1:-1]
+    b = np.asfortranarray(rng.standard_normal(a.shape).astype(dtype))
+    a[0, 0], b[0, 1] = np.nan, np.nan
+    a[0, 2], b[0, 2] = -0.0, -0.0  # a sum of -0.0
+    with minidl.backend(backend):
+        out = F.add(a, b, relu=relu)
+        expected = a + b
+        if relu:
+            expected, _ = F.relu_forward(expected)
+    assert out.flags.c_contiguous and out.dtype == dtype and out.shape == a.shape
+    assert np.array_equal(out, expected, equal_nan=True)
+    assert np.array_equal(np.signbit(out), np.signbit(expected))
+
+
+def test_add_refuses_what_would_broadcast_or_mix_dtypes(rng):
+    a = rng.standard_normal((4, 3)).astype(np.float32)
+    with pytest.raises(ValueError, match=r"^Residual: expected operands of the same shape, got "
+                                         r"\(4, 3\) and \(1, 3\)"):
+        F.add(a, a[:1], layer="Residual")
+    with pytest.raises(TypeError, match="^add: expected operands of the same dtype, got float32 "
+                                        "and float64"):
+        F.add(a, a.astype(np.float64))
+    with pytest.raises(TypeError, match="^add: expected the second operand dtype float32 or "
+                                        "float64, got int64"):
+        F.add(a, np.zeros((4, 3), np.int64))

@@ -67,8 +67,10 @@ def _run(model, x, dout, fused):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_batchnorm_relu_fusion_changes_no_bit(rng, training, dtype):
     import copy
+    from minidl.model import _fuses_relu
     model = _fused_pair(rng).astype(dtype)
     model.train(training)
+    assert _fuses_relu(model[1], model[2]) and not _fuses_relu(model[0], model[1])
     twin = copy.deepcopy(model)
     x = rng.standard_normal((8, 6)).astype(dtype)
     dout = rng.standard_normal((8, 3)).astype(dtype)
@@ -110,6 +112,8 @@ def test_the_fused_relu_output_is_watched_for_in_place_changes(rng):
 
 
 def test_hooks_or_other_classes_are_not_fused(rng):
+    import minidl
+    from minidl.model import _fuses_relu
     seen = []
 
     class MyNorm(BatchNorm):
@@ -121,6 +125,8 @@ def test_hooks_or_other_classes_are_not_fused(rng):
     model(rng.standard_normal((4, 6)).astype(np.float32))
     assert seen == ["MyNorm.forward"]  # a subclass runs its own forward
     model = _fused_pair(rng)
+    with minidl.backend("reference"):
+        assert not _fuses_relu(model[1], model[2])
     handle = model[1].register_forward_hook(lambda m, inp, out: seen.append(out.min()))
     model(rng.standard_normal((64, 6)).astype(np.float32))
     assert seen[-1] < 0  # the hook saw BatchNorm's own output, before the ReLU

@@ -293,3 +293,30 @@ def test_non_contiguous_inputs_give_the_same_bits(layout, rng):
         results.append((y, block.backward(np.ones_like(y))))
     for a, b in zip(*results):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_a_residual_and_its_relu_fused_by_sequential_change_no_bit(rng, training):
+    import copy
+    import minidl.model as model_module
+    block = projection_block(3, 8, rng)
+    block.train(training)
+    assert model_module._fuses_relu(block[0], block[1])  # the path under test is taken
+    twin = copy.deepcopy(block)
+    x = rng.standard_normal((4, 3, 9, 9)).astype(np.float32)
+    dout = rng.standard_normal((4, 8, 5, 5)).astype(np.float32)
+    out = block(x)
+    dx = block.backward(dout)
+    fuses = model_module._fuses_relu
+    model_module._fuses_relu = lambda layer, following: False  # the twin: layer by layer
+    try:
+        twin_out = twin(x)
+        twin_dx = twin.backward(dout)
+    finally:
+        model_module._fuses_relu = fuses
+    assert np.array_equal(out, twin_out) and (out >= 0).all()
+    assert np.array_equal(dx, twin_dx)
+    for p, q in zip(block.parameters(), twin.parameters()):
+        assert np.array_equal(p.grad, q.grad)
+    for a, b in zip(block.state_dict().values(), twin.state_dict().values()):
+        assert np.array_equal(a, b)

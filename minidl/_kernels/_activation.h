@@ -7,6 +7,7 @@
  *   forward   y  = 0 if x < 0 else x     (a NaN stays NaN, -0.0 stays -0.0, as in PyTorch)
  *   backward  dx = 0 if y <= 0 else dy   (PyTorch's threshold_backward: the subgradient at 0
  *                                         is 0; a NaN in y passes dy on)
+ *   add       y  = a + b, or relu(a + b) (a residual connection's sum, and the ReLU after it)
  */
 #ifndef MINIDL_ACTIVATION_H
 #define MINIDL_ACTIVATION_H
@@ -25,7 +26,23 @@
         for (ptrdiff_t i = 0; i < n; i++) dx[i] = y[i] <= 0 ? (T)0 : dy[i];                 \
     }
 
+#define MINIDL_ADD_LOOPS(SUFFIX, T)                                                         \
+    MINIDL_CLONES static void minidl_add_##SUFFIX(const T* restrict a, const T* restrict b, \
+                                                  T* restrict y, ptrdiff_t n) {             \
+        for (ptrdiff_t i = 0; i < n; i++) y[i] = a[i] + b[i];                               \
+    }                                                                                       \
+    MINIDL_CLONES static void minidl_add_relu_##SUFFIX(const T* restrict a,                 \
+                                                       const T* restrict b,                 \
+                                                       T* restrict y, ptrdiff_t n) {        \
+        for (ptrdiff_t i = 0; i < n; i++) {                                                 \
+            const T v = a[i] + b[i];                                                        \
+            y[i] = v < 0 ? (T)0 : v;                                                        \
+        }                                                                                   \
+    }
+
 MINIDL_RELU_LOOPS(f, float)
 MINIDL_RELU_LOOPS(d, double)
+MINIDL_ADD_LOOPS(f, float)
+MINIDL_ADD_LOOPS(d, double)
 
 #endif

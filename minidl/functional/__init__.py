@@ -1,7 +1,7 @@
 """Stateless forward/backward pairs (CS231n style: ``*_forward`` returns ``(out, cache)``,
 ``*_backward(dout, cache)`` returns the gradients). Inputs are validated here; the Cython
 kernels behind them trust their inputs."""
-from .activation import (relu_backward, relu_forward, sigmoid_backward, sigmoid_forward,
+from .activation import (add, relu_backward, relu_forward, sigmoid_backward, sigmoid_forward,
                          softmax_backward, softmax_forward, tanh_backward, tanh_forward)
 from .conv import conv2d_backward, conv2d_forward, conv2d_output_size
 from .dropout import dropout_backward, dropout_forward
@@ -16,7 +16,7 @@ from .pooling import (avg_pool2d_backward, avg_pool2d_forward, global_avg_pool2d
                       global_avg_pool2d_forward)
 
 __all__ = [
-    "relu_forward", "relu_backward", "softmax_forward", "softmax_backward",
+    "relu_forward", "relu_backward", "softmax_forward", "softmax_backward", "add",
     "conv2d_forward", "conv2d_backward", "conv2d_output_size",
     "linear_forward", "linear_backward",
     "batch_norm_forward", "batch_norm_backward", "channel_stats",

@@ -19,7 +19,7 @@ from ..reference.functional import activation as reference
 
 __all__ = ["ReluCache", "relu_forward", "relu_backward", "softmax_forward", "softmax_backward",
            "SigmoidCache", "sigmoid_forward", "sigmoid_backward", "TanhCache", "tanh_forward",
-           "tanh_backward"]
+           "tanh_backward", "add"]
 
 
 class ReluCache(NamedTuple):
@@ -61,6 +61,48 @@ def relu_forward(x, layer="relu", out=None):
     x = np.ascontiguousarray(x)
     _kernel.relu_forward(x.reshape(-1), out.reshape(-1), _config.threads_for(x.size))
     return out, ReluCache(out)
+
+
+def add(a, b, relu=False, layer="add"):
+    """``a + b`` elementwise into a new array, or ``relu(a + b)`` with ``relu``: the sum of a
+    residual connection and the ReLU after it (He et al. 2016, eq. 1 and figure 2), in one pass
+    on OpenMP threads (NumPy's ``np.add`` runs on one).
+
+    The gradient of a sum is ``dout`` for both operands, so there is no ``add_backward``; with
+    ``relu``, pass the gradient through :func:`relu_backward` with ``ReluCache(out)`` first.
+    Under the reference backend: ``np.add``, then ``np.maximum(out, 0)`` as the reference ReLU.
+
+    Args:
+        a, b (np.ndarray): the same shape and dtype, float32 or float64, any strides (never
+            broadcast).
+        relu (bool): apply ReLU to the sum in the same pass (as :func:`relu_forward`, bit for
+            bit). Default False.
+        layer (str): name used in error messages.
+    Returns:
+        np.ndarray: C-contiguous, ``a``'s shape and dtype (from :mod:`minidl._memory`).
+    Raises:
+        TypeError: a non-float operand, or operands of different dtypes.
+        ValueError: operands of different shapes.
+        MemoryError: the output would not fit in this machine's memory.
+    """
+    check_float_array(layer, a, "the first operand")
+    check_float_array(layer, b, "the second operand")
+    if a.shape != b.shape:
+        raise ValueError(f"{layer}: expected operands of the same shape, got {a.shape} and "
+                         f"{b.shape}")
+    if a.dtype != b.dtype:
+        raise TypeError(f"{layer}: expected operands of the same dtype, got {a.dtype} and "
+                        f"{b.dtype}")
+    check_allocation(layer, "output", a.shape, a.dtype)
+    out = _memory.empty(a.shape, a.dtype)
+    if get_backend() == "reference":  # reference backend: NumPy's sum and maximum
+        np.add(a, b, out=out)
+        if relu:
+            np.maximum(out, 0, out=out)
+        return out
+    a, b = np.ascontiguousarray(a), np.ascontiguousarray(b)
+    _kernel.add(a.reshape(-1), b.reshape(-1), out.reshape(-1), _config.threads_for(a.size), relu)
+    return out
 
 
 def relu_backward(dout, cache, layer="relu", out=None):

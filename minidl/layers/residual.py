@@ -6,9 +6,9 @@ order in its own ``backward``, adding the gradients where two paths meet (DESIGN
 """
 import numpy as np
 
-from .. import _memory
 from .._checks import check_float_array, check_grad
 from .._grad_mode import saved_for_backward
+from ..functional.activation import add
 from .module import Module
 
 __all__ = ["Residual", "Identity"]
@@ -53,15 +53,17 @@ class Residual(Module):
     ``body`` and ``shortcut`` are any modules -- a :class:`~minidl.Sequential`, another
     ``Residual`` (blocks nest) or your own; ``shortcut=None`` is the identity (``x`` itself,
     no parameters). Nothing follows the addition: ResNet's ReLU after it is a separate layer,
-    e.g. ``Sequential(Residual(body, shortcut), ReLU())``.
+    e.g. ``Sequential(Residual(body, shortcut), ReLU())`` (which runs the sum and that ReLU in
+    one pass, :func:`minidl.functional.add` with ``relu=True``; see
+    :meth:`minidl.Sequential.forward`).
 
     The backward pass is the chain rule at a fork: ``x`` feeds both paths, so
     ``dL/dx = body.backward(dout) + shortcut.backward(dout)`` (``+ dout`` for the identity);
     both children accumulate their parameter gradients. With ``input_grad=False`` neither
     child computes an input gradient and None is returned.
 
-    The sum goes into a new array (from minidl's allocator), never into a child's output or
-    gradient in place: the last layer of ``body`` may keep its output for its own backward
+    The sum (:func:`minidl.functional.add`: one pass on the OpenMP threads) goes into a new
+    array (from minidl's allocator), never into a child's output or gradient in place: the last layer of ``body`` may keep its output for its own backward
     pass (ReLU does), and an identity path returns the very array it was given.
 
     Args:
@@ -105,6 +107,18 @@ class Residual(Module):
 
     def forward(self, x):
         """``body(x) + shortcut(x)`` in a new array."""
+        return self._sum(x)
+
+    def _forward_fused(self, relu, x):
+        """``relu(self(x))`` for :meth:`Module._call_fused` (a ResNet block's ``Residual`` and
+        the ``ReLU`` after it, fused by :class:`~minidl.Sequential`): the sum and the ReLU in
+        one pass (the same values bit for bit); ``relu`` keeps the output as if its own
+        forward had computed it, so both backward passes are the usual ones."""
+        out = self._sum(x, relu=True)
+        relu._adopt_output(out)
+        return out
+
+    def _sum(self, x, relu=False):
         self._release_saved()
         main = self.body(x)
         side = x if self.shortcut is None else self.shortcut(x)
@@ -120,7 +134,7 @@ class Residual(Module):
         if side.dtype != main.dtype:
             raise TypeError(f"Residual: the body's output is {main.dtype} but the shortcut's "
                              f"is {side.dtype}; they must have the same dtype to be added")
-        out = np.add(main, side, out=_memory.empty(main.shape, main.dtype))
+        out = add(main, side, relu=relu, layer="Residual")  # (on the threads, in one pass)
         self._keep_for_backward((out.shape, out.dtype, x.shape, x.dtype))
         return out
 
@@ -157,7 +171,7 @@ class Residual(Module):
                        else type(grad).__name__)
                 raise ValueError(f"Residual: the {path}'s backward must return the gradient of "
                                  f"the input, {np.dtype(x_dtype)} {x_shape}, got {got}")
-        return np.add(main, side, out=_memory.empty(main.shape, main.dtype))
+        return add(main, side, layer="Residual")
 
     def extra_repr(self):
         return "shortcut=identity" if self.shortcut is None else ""
