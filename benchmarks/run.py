@@ -94,7 +94,7 @@ SIZES = {
     "full": dict(mnist_batch=64, cifar_batch=128, bn_shape=(128, 64, 32, 32),
                  conv_shape=(64, 64, 32, 32), dense_shape=(256, 1024, 1024), eval_batch=1000,
                  memory_steps=20, copy_mib=256, repeats=7, warmup=2, block_seconds=0.5,
-                 max_steps=50, num_batches=4, profile_seconds=3.0, tiny=False,
+                 max_steps=2000, num_batches=4, profile_seconds=3.0, tiny=False,
                  example_args=[]),
     "tiny": dict(mnist_batch=8, cifar_batch=8, bn_shape=(8, 16, 16, 16),
                  conv_shape=(4, 8, 16, 16), dense_shape=(8, 32, 16), eval_batch=32,
