@@ -676,3 +676,27 @@ def test_relu_option_must_be_a_bool(rng):
     x = rng.standard_normal((4, 3)).astype(np.float32)
     with pytest.raises(TypeError, match="^batch_norm: expected relu to be True or False"):
         F.batch_norm_forward(x, relu="yes")
+
+
+@pytest.mark.parametrize("shape", [(6, 5), (3, 4, 5, 5), (1, 70)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_eval_scale_from_the_kernel_is_numpys_bit_for_bit(rng, shape, dtype):
+    # normalize_running computes 1 / sqrt(running_var + eps) and gamma * invstd per channel in
+    # C: the same operations, in the same order, as the NumPy expressions it replaced
+    from minidl._kernels import _batchnorm as kernel
+    channels = shape[1]
+    x = rng.standard_normal(shape).astype(dtype)
+    weight, bias, running_mean = rng.standard_normal((3, channels)).astype(dtype)
+    running_var = (rng.random(channels) * 3).astype(dtype)
+    out, cache = F.batch_norm_forward(x, weight, bias, running_mean, running_var,
+                                      training=False, eps=1e-3)
+    invstd = 1.0 / np.sqrt(running_var.astype(np.float64) + 1e-3)
+    x3 = x.reshape(shape[0], channels, -1)
+    expected = np.empty_like(x3)
+    kernel.normalize(x3, running_mean.astype(np.float64), weight.astype(np.float64) * invstd,
+                     bias.astype(np.float64), expected, 1)
+    assert np.array_equal(out, expected.reshape(shape))
+    assert np.array_equal(cache.invstd, invstd)
+    assert np.array_equal(cache.mean, running_mean.astype(np.float64))
+    running_mean[0] += 1.0  # the cache keeps its own copy of the running mean
+    assert cache.mean[0] != running_mean[0]

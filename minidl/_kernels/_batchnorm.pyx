@@ -60,6 +60,7 @@ so no result depends on the number of threads.
 """
 from cython.parallel cimport prange
 from libc.math cimport sqrt
+from libc.stdlib cimport free, malloc
 
 from ._common cimport build_facts, ceil_div, floating, round_up
 
@@ -417,25 +418,61 @@ def normalize(const floating[:, :, ::1] x, const double[::1] mean, const double[
     itself or shares no memory with it; ``mean``, ``scale``, ``shift`` of length ``C``;
     ``num_threads >= 1``.
     """
-    cdef Py_ssize_t A = x.shape[0], C = x.shape[1], B = x.shape[2], r, c
-    cdef double m, s, t
+    _normalize(x, &mean[0], &scale[0], &shift[0], out, num_threads, relu)
+
+
+def normalize_running(const floating[:, :, ::1] x, const double[::1] mean,
+                      const double[::1] running_var, const double[::1] gamma,
+                      const double[::1] beta, double eps, double[::1] invstd,
+                      floating[:, :, ::1] out, int num_threads=1, bint relu=False):
+    """Eval-mode BatchNorm: ``invstd = 1 / sqrt(running_var + eps)``, then :func:`normalize`
+    with ``scale = gamma * invstd`` and ``shift = beta`` -- the per-channel arithmetic of the
+    NumPy expressions it replaces, in the same order (the same bits), without their four
+    temporary arrays.
+
+    IN  x: (A, C, B) float32/float64, C-contiguous.
+    IN  mean, running_var, gamma, beta: (C,) float64 (``mean`` is the running mean).
+    IN  eps: added to the variance.
+    OUT invstd: (C,) float64, ``1 / sqrt(running_var + eps)`` (the cache keeps it).
+    OUT out: (A, C, B), x's dtype (may be x itself).
+    IN  relu: then ``out = max(out, 0)`` in the same pass.
+
+    Preconditions (checked by the caller, not here): those of :func:`normalize`; the vectors of
+    length ``C >= 1``; ``num_threads >= 1``.
+
+    Raises:
+        MemoryError: the C doubles of scale could not be allocated.
+    """
+    cdef Py_ssize_t C = x.shape[1], c
+    cdef double* scale = <double*>malloc(C * sizeof(double))
+    if scale == NULL:
+        raise MemoryError()
+    for c in range(C):
+        invstd[c] = 1.0 / sqrt(running_var[c] + eps)
+        scale[c] = gamma[c] * invstd[c]
+    try:
+        _normalize(x, &mean[0], scale, &beta[0], out, num_threads, relu)
+    finally:
+        free(scale)
+
+
+cdef void _normalize(const floating[:, :, ::1] x, const double* mean, const double* scale,
+                     const double* shift, floating[:, :, ::1] out, int num_threads,
+                     bint relu) noexcept:
+    """The loops of :func:`normalize` (per-channel pointers of length C)."""
+    cdef Py_ssize_t A = x.shape[0], C = x.shape[1], B = x.shape[2], r, c, blk
     cdef const floating* xp = &x[0, 0, 0]
     cdef floating* outp = &out[0, 0, 0]
-    cdef Py_ssize_t blk
     if B == 1:  # one value per row and channel: the column kernels
         with nogil:
             for blk in prange(ceil_div(C, COLUMN_BLOCK), num_threads=num_threads,
                               schedule="static"):
-                _column_normalize(xp, outp, A, C, blk * COLUMN_BLOCK, &mean[0], &scale[0],
-                                  &shift[0], relu)
+                _column_normalize(xp, outp, A, C, blk * COLUMN_BLOCK, mean, scale, shift, relu)
         return
     with nogil:
         for r in prange(A * C, num_threads=num_threads, schedule="static"):
             c = r % C
-            m = mean[c]
-            s = scale[c]
-            t = shift[c]
-            _affine(xp + r * B, outp + r * B, B, m, s, t, relu)
+            _affine(xp + r * B, outp + r * B, B, mean[c], scale[c], shift[c], relu)
 
 
 cdef void _normalize_channel(const floating* x, floating* out, Py_ssize_t A, Py_ssize_t C,

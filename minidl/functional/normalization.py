@@ -84,6 +84,9 @@ def _real_array(layer, value, shape, name):
         TypeError: not numbers (strings, objects, a ragged list, complex).
         ValueError: another shape.
     """
+    if (type(value) is np.ndarray and value.dtype.kind == "f" and shape is not None
+            and value.shape == shape):  # the common case: a layer's parameter
+        return value.astype(np.float64)
     try:
         value = np.asarray(value)
     except (TypeError, ValueError):  # e.g. a ragged list
@@ -239,9 +242,10 @@ def batch_norm_forward(x, weight=None, bias=None, running_mean=None, running_var
             update_running_stats(running_mean, running_var, mean, var, count, momentum)
         invstd = 1.0 / np.sqrt(var + eps)
     else:
-        mean = running_mean.astype(np.float64)
-        invstd = 1.0 / np.sqrt(running_var.astype(np.float64) + eps)
-        _kernel.normalize(x3, mean, gamma * invstd, beta, out3, threads, relu)
+        mean = running_mean.astype(np.float64)  # (a copy: the cache's, whatever updates follow)
+        invstd = np.empty(num_channels, np.float64)  # 1 / sqrt(running_var + eps), by the kernel
+        _kernel.normalize_running(x3, mean, running_var.astype(np.float64, copy=False), gamma,
+                                  beta, float(eps), invstd, out3, threads, relu)
     cache = BatchNormCache(x3, mean, invstd, gamma, bool(training), x.shape, weight is not None,
                            bias is not None)
     return out, cache
