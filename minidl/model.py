@@ -61,7 +61,7 @@ class Sequential(Module):
         i = 0
         while i < len(layers):
             if i + 1 < len(layers) and _fuses_relu(layers[i], layers[i + 1]):
-                x = layers[i]._call_fused(layers[i + 1], x)
+                x = layers[i]._call_with_relu(layers[i + 1], x)
                 i += 2
             else:
                 x = layers[i](x)
@@ -96,7 +96,7 @@ class Sequential(Module):
         return None
 
 
-# the layers with a _forward_fused(relu, x) (not SyncBatchNorm: it has its own forward)
+# the layers with a _forward_relu(x) (not SyncBatchNorm: it has its own forward)
 _FUSES_RELU = (BatchNorm, BatchNorm1D, BatchNorm2D, Residual)
 
 

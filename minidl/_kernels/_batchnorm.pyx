@@ -426,9 +426,9 @@ def normalize_running(const floating[:, :, ::1] x, const double[::1] mean,
                       const double[::1] beta, double eps, double[::1] invstd,
                       floating[:, :, ::1] out, int num_threads=1, bint relu=False):
     """Eval-mode BatchNorm: ``invstd = 1 / sqrt(running_var + eps)``, then :func:`normalize`
-    with ``scale = gamma * invstd`` and ``shift = beta`` -- the per-channel arithmetic of the
-    NumPy expressions it replaces, in the same order (the same bits), without their four
-    temporary arrays.
+    with ``scale = gamma * invstd`` and ``shift = beta``, all in float64: the same operations
+    in the same order as ``1.0 / np.sqrt(running_var + eps)`` and ``gamma * invstd`` (the
+    same bits), without four temporary NumPy arrays per call.
 
     IN  x: (A, C, B) float32/float64, C-contiguous.
     IN  mean, running_var, gamma, beta: (C,) float64 (``mean`` is the running mean).
@@ -450,10 +450,8 @@ def normalize_running(const floating[:, :, ::1] x, const double[::1] mean,
     for c in range(C):
         invstd[c] = 1.0 / sqrt(running_var[c] + eps)
         scale[c] = gamma[c] * invstd[c]
-    try:
-        _normalize(x, &mean[0], scale, &beta[0], out, num_threads, relu)
-    finally:
-        free(scale)
+    _normalize(x, &mean[0], scale, &beta[0], out, num_threads, relu)
+    free(scale)
 
 
 cdef void _normalize(const floating[:, :, ::1] x, const double* mean, const double* scale,

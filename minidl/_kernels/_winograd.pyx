@@ -32,9 +32,10 @@ zeros in the extra columns.
 These kernels trust their inputs: shapes, dtypes and contiguity are checked by
 ``minidl.functional``. Every function writes its results into caller-allocated arrays (marked
 OUT); arrays marked IN are only read. Work is split over blocks of tile rows of each image in
-the forward pass and over chunks of images in the backward pass, with ``prange`` (OpenMP, when compiled in), without the GIL. Every index and
-size is a ``Py_ssize_t``; each product of sizes is bounded by the size of an array the caller
-allocated (checked in Python to fit in memory), so none can overflow.
+the forward pass and over chunks of images in the backward pass, with ``prange`` (OpenMP, when
+compiled in), without the GIL. Every index and size is a ``Py_ssize_t``; each product of sizes
+is bounded by the size of an array the caller allocated (checked in Python to fit in memory), so
+none can overflow.
 """
 from cython.parallel cimport prange, threadid
 

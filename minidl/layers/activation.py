@@ -63,12 +63,10 @@ class ReLU(_OutputActivation):
     _forward_op = staticmethod(relu_forward)
     _backward_op = staticmethod(relu_backward)
 
-
     def _adopt_output(self, out):
         """Keep ``out`` for ``backward`` as if this layer's forward had returned it: the
-        output of a BatchNorm that applied this ReLU in its own pass
-        (:meth:`minidl.layers.BatchNorm._forward_fused`)."""
-        self._release_saved()
+        output of a layer that applied this ReLU in its own pass
+        (:meth:`Module._call_with_relu`)."""
         self._keep(ReluCache(out), out)
 
 

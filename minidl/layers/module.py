@@ -203,11 +203,10 @@ class Module:
     def _keep_for_backward(self, cache, **arrays):
         """Keep ``cache`` for one backward pass (a marker under :class:`minidl.no_grad`), with
         fingerprints of the ``arrays`` (keyword: what each is, e.g. ``input=x``) that it refers
-        to; returns what was kept."""
+        to."""
         state = self.__dict__
         state["_cache"] = saved = save_for_backward(cache)
         state["_watched"] = watch_kept(saved, **arrays) if arrays else ()
-        return saved
 
     # ----------------------------------------------------------------- forward/backward
     def forward(self, x):
@@ -286,22 +285,27 @@ class Module:
         forward_pass.depth += 1
         return forward_pass
 
-    def _call_fused(self, follower, x):
-        """``follower(self(x))`` computed in one go by ``self._forward_fused(follower, x)``
-        (:class:`~minidl.Sequential` fuses a BatchNorm with the ReLU after it this way). Both
-        modules are recorded in the forward pass as :meth:`__call__` records them; callers
-        fuse only modules without forward hooks, which would not see the intermediate value.
+    def _call_with_relu(self, relu, x):
+        """``relu(self(x))`` in one pass: ``self._forward_relu(x)`` computes it (a layer that
+        can apply a following ReLU as it writes its output: BatchNorm, Residual), and the ReLU
+        layer ``relu`` keeps that output as if its own forward had computed it, so both
+        backward passes are the usual ones. :class:`~minidl.Sequential` calls this; both
+        modules are recorded in the forward pass as :meth:`__call__` records them, and only
+        modules without forward hooks are fused (a hook would not see the value before the
+        ReLU).
 
         Raises:
             RuntimeError: either module already ran in this pass with gradients enabled.
         """
         forward_pass = self._enter_forward_pass()
         try:
-            follower._enter_forward_pass()
+            relu._enter_forward_pass()
             try:
-                return self._forward_fused(follower, x)
+                out = self._forward_relu(x)
+                relu._adopt_output(out)
+                return out
             finally:
-                forward_pass.leave()  # the follower's call
+                forward_pass.leave()  # the ReLU's call
         finally:
             forward_pass.leave()
 

@@ -102,9 +102,9 @@ class _NormBase(Module):
     def forward(self, x):
         return self._normalize(x)
 
-    def _normalize(self, x, relu=False):
-        """The forward pass; with ``relu`` (BatchNorm only) it returns ``relu(BN(x))`` from
-        one kernel pass, keeping BatchNorm's cache (see :meth:`BatchNorm._forward_fused`)."""
+    def _normalize(self, x, **options):
+        """The forward pass; ``options`` go to the functional op (BatchNorm's ``relu=True``:
+        see :meth:`BatchNorm._forward_relu`)."""
         name = type(self).__name__
         check_input(name, x, self._layouts, {"C": self.num_features},
                     empty_batch=self._empty_batch_when_training and self.training)
@@ -128,7 +128,7 @@ class _NormBase(Module):
             momentum=factor,
             eps=self.eps,
             layer=name,
-            **({"relu": True} if relu else {}),  # (batch_norm_forward's option alone)
+            **options,
         )
         if update:
             self.num_batches_tracked += 1
@@ -211,15 +211,11 @@ class BatchNorm(_NormBase):
         >>> bn.eval(); y = bn(x)                                          # running statistics
     """
 
-
-    def _forward_fused(self, relu, x):
-        """``relu(self(x))`` in one pass, for :meth:`Module._call_fused`: the kernel applies
-        the ReLU as it writes BatchNorm's output (the same values bit for bit, one pass over
-        memory less); this layer keeps its cache, and ``relu`` keeps the output as if its own
-        forward had computed it, so both backward passes are the usual ones."""
-        out = self._normalize(x, relu=True)
-        relu._adopt_output(out)
-        return out
+    def _forward_relu(self, x):
+        """``relu(self(x))`` in one kernel pass, for :meth:`Module._call_with_relu`: the ReLU
+        is applied as BatchNorm's output is written (the same values bit for bit, one pass over
+        memory less); this layer keeps its usual cache."""
+        return self._normalize(x, relu=True)
 
 
 class BatchNorm1D(BatchNorm):

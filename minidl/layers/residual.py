@@ -63,8 +63,9 @@ class Residual(Module):
     child computes an input gradient and None is returned.
 
     The sum (:func:`minidl.functional.add`: one pass on the OpenMP threads) goes into a new
-    array (from minidl's allocator), never into a child's output or gradient in place: the last layer of ``body`` may keep its output for its own backward
-    pass (ReLU does), and an identity path returns the very array it was given.
+    array (from minidl's allocator), never into a child's output or gradient in place: the
+    last layer of ``body`` may keep its output for its own backward pass (ReLU does), and an
+    identity path returns the very array it was given.
 
     Args:
         body (Module): the residual function F.
@@ -109,14 +110,11 @@ class Residual(Module):
         """``body(x) + shortcut(x)`` in a new array."""
         return self._sum(x)
 
-    def _forward_fused(self, relu, x):
-        """``relu(self(x))`` for :meth:`Module._call_fused` (a ResNet block's ``Residual`` and
-        the ``ReLU`` after it, fused by :class:`~minidl.Sequential`): the sum and the ReLU in
-        one pass (the same values bit for bit); ``relu`` keeps the output as if its own
-        forward had computed it, so both backward passes are the usual ones."""
-        out = self._sum(x, relu=True)
-        relu._adopt_output(out)
-        return out
+    def _forward_relu(self, x):
+        """``relu(self(x))`` for :meth:`Module._call_with_relu` (a ResNet block's ``Residual``
+        and the ``ReLU`` after it, fused by :class:`~minidl.Sequential`): the sum and the ReLU
+        in one pass (the same values bit for bit); this layer keeps its usual cache."""
+        return self._sum(x, relu=True)
 
     def _sum(self, x, relu=False):
         self._release_saved()
