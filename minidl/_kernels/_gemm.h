@@ -388,8 +388,10 @@ ATTRIBUTES static void NAME(MINIDL_GEMM_DOT_ARGS(T)) {                          
 }
 
 #if defined(MINIDL_X86_DISPATCH)
-MINIDL_GEMM_DOT(minidl_gemm_dot_f_avx512, float, MINIDL_TARGET("avx512f"))
-MINIDL_GEMM_DOT(minidl_gemm_dot_d_avx512, double, MINIDL_TARGET("avx512f"))
+/* No AVX-512 version: the vectors are LANES wide (256 bits for float), and compiled for
+   "avx512f" alone the scalar path (NAME_one) would fuse its multiply-adds (EVEX scalar FMA)
+   while the 256-bit vectors could not (no AVX512VL, no FMA3), so the paths would disagree in
+   the last bit. AVX-512 CPUs take the AVX2+FMA version, where every path fuses. */
 MINIDL_GEMM_DOT(minidl_gemm_dot_f_avx2, float, MINIDL_TARGET("avx2,fma"))
 MINIDL_GEMM_DOT(minidl_gemm_dot_d_avx2, double, MINIDL_TARGET("avx2,fma"))
 MINIDL_GEMM_DOT(minidl_gemm_dot_f_base, float, MINIDL_TARGET("sse2"))
@@ -430,8 +432,8 @@ static const char* minidl_gemm_init(void) {
     if (isa == MINIDL_ISA_AVX512F) {
         minidl_gemm_micro_f = minidl_gemm_micro_f_avx512;
         minidl_gemm_micro_d = minidl_gemm_micro_d_avx512;
-        minidl_gemm_dot_f = minidl_gemm_dot_f_avx512;
-        minidl_gemm_dot_d = minidl_gemm_dot_d_avx512;
+        minidl_gemm_dot_f = minidl_gemm_dot_f_avx2; /* (see MINIDL_GEMM_DOT's instances) */
+        minidl_gemm_dot_d = minidl_gemm_dot_d_avx2;
         minidl_gemm_nr_f = 32;
         minidl_gemm_nr_d = 16;
     } else if (isa == MINIDL_ISA_AVX2) {

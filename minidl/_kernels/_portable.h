@@ -58,7 +58,16 @@
 
 #if defined(MINIDL_GNU) && defined(__x86_64__) && defined(__linux__) && defined(__GLIBC__) \
     && ((defined(__clang__) && __clang_major__ >= 14) || (!defined(__clang__) && __GNUC__ >= 8))
+#if defined(__clang__)
 #define MINIDL_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else /* GCC fuses a * b + c across statements (-ffp-contract=fast) where the target has FMA,
+         i.e. in the AVX-512 clone only: that clone would then round differently from the
+         others, and its vectorized loop differently from its scalar remainder, so results would
+         depend on the CPU and on how a loop is split among threads. clang fuses only within one
+         expression, which the kernels avoid. */
+#define MINIDL_CLONES                                                                          \
+    __attribute__((target_clones("avx512f", "avx2", "default"), optimize("fp-contract=off")))
+#endif
 #define MINIDL_CLONE_TARGETS "avx512f avx2 baseline"
 #else
 #define MINIDL_CLONES
