@@ -51,6 +51,9 @@
 #include "_transpose.h"
 
 #define MINIDL_GEMM_MR 6   /* rows of C per micro-kernel call */
+#if MINIDL_GEMM_MR != 6 /* packing A and the micro-kernels below are written for 6 rows */
+#error "MINIDL_GEMM_MR must be 6"
+#endif
 #define MINIDL_GEMM_KC 256 /* inner dimension per packed block (fixed: see above) */
 #define MINIDL_GEMM_MC 144 /* rows of A per packed block (a multiple of MR) */
 #define MINIDL_GEMM_PAD 16 /* elements between two packed strips of B */
@@ -81,6 +84,10 @@ static void minidl_gemm_pack_a_##S(const T* restrict A, ptrdiff_t rsa, ptrdiff_t
     for (ptrdiff_t i0 = 0; i0 < rows; i0 += MINIDL_GEMM_MR, ap += kc * MINIDL_GEMM_MR) {     \
         const ptrdiff_t valid = rows - i0 < MINIDL_GEMM_MR ? rows - i0 : MINIDL_GEMM_MR;     \
         const T* restrict a = A + i0 * rsa;                                                  \
+        if (valid == MINIDL_GEMM_MR && csa == 1) { /* a whole strip of contiguous rows */    \
+            minidl_transpose6_##S(a, rsa, ap, kc); /* (_transpose.h; MR is 6) */             \
+            continue;                                                                        \
+        }                                                                                    \
         if (valid == MINIDL_GEMM_MR) { /* a whole strip: one k at a time, 6 values */        \
             for (ptrdiff_t k = 0; k < kc; k++) {                                             \
                 const T* restrict ak = a + k * csa;                                          \

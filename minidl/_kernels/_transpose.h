@@ -104,15 +104,78 @@ MINIDL_TARGET("avx2") static void minidl_transpose_avx2_f(
 }
 #endif
 
+/* Six rows, for packing A in matrix products (_gemm.h, MR = 6): dst[c*6 + r] = src[r*ss + c]
+ * for r < 6, c < cols; dst is cols x 6, contiguous. */
+#define MINIDL_TRANSPOSE6_PLAIN(SUFFIX, T)                                                     \
+static MINIDL_INLINE void minidl_transpose6_plain_##SUFFIX(const T* restrict src, ptrdiff_t ss,\
+                                             T* restrict dst, ptrdiff_t cols) {               \
+    for (ptrdiff_t c = 0; c < cols; c++) {                                                     \
+        const T* restrict s = src + c;                                                         \
+        T* restrict out = dst + 6 * c;                                                         \
+        out[0] = s[0]; out[1] = s[ss]; out[2] = s[2 * ss];                                     \
+        out[3] = s[3 * ss]; out[4] = s[4 * ss]; out[5] = s[5 * ss];                            \
+    }                                                                                          \
+}
+
+MINIDL_TRANSPOSE6_PLAIN(f, float)
+MINIDL_TRANSPOSE6_PLAIN(d, double)
+
+#if defined(MINIDL_X86_DISPATCH)
+/* float, AVX2: 6 x 8 blocks through the 8x8 sequence above, rows 6 and 7 being copies of
+   row 5 that are never stored. Output row j (6 floats) is stored as 8, the 2 extra lanes
+   landing where row j+1 is stored next; the last row of a block is stored as 4 + 2. Per 8
+   columns: 6 loads, 24 shuffles, 9 stores, against 48 scalar loads and 48 scalar stores. */
+MINIDL_TARGET("avx2") static void minidl_transpose6_avx2_f(
+        const float* restrict src, ptrdiff_t ss, float* restrict dst, ptrdiff_t cols) {
+    const ptrdiff_t cols8 = cols - cols % 8;
+    for (ptrdiff_t c = 0; c < cols8; c += 8) {
+        const float* s = src + c;
+        const __m256 x0 = _mm256_loadu_ps(s), x1 = _mm256_loadu_ps(s + ss);
+        const __m256 x2 = _mm256_loadu_ps(s + 2 * ss), x3 = _mm256_loadu_ps(s + 3 * ss);
+        const __m256 x4 = _mm256_loadu_ps(s + 4 * ss), x5 = _mm256_loadu_ps(s + 5 * ss);
+        const __m256 t0 = _mm256_unpacklo_ps(x0, x1), t1 = _mm256_unpackhi_ps(x0, x1);
+        const __m256 t2 = _mm256_unpacklo_ps(x2, x3), t3 = _mm256_unpackhi_ps(x2, x3);
+        const __m256 t4 = _mm256_unpacklo_ps(x4, x5), t5 = _mm256_unpackhi_ps(x4, x5);
+        const __m256 u0 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0));
+        const __m256 u1 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2));
+        const __m256 u2 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0));
+        const __m256 u3 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2));
+        /* rows 4, 5 and two don't-care rows: only the low pair of each quadruple is kept */
+        const __m256 u4 = _mm256_shuffle_ps(t4, t4, _MM_SHUFFLE(1, 0, 1, 0));
+        const __m256 u5 = _mm256_shuffle_ps(t4, t4, _MM_SHUFFLE(3, 2, 3, 2));
+        const __m256 u6 = _mm256_shuffle_ps(t5, t5, _MM_SHUFFLE(1, 0, 1, 0));
+        const __m256 u7 = _mm256_shuffle_ps(t5, t5, _MM_SHUFFLE(3, 2, 3, 2));
+        float* d = dst + 6 * c;
+        _mm256_storeu_ps(d, _mm256_permute2f128_ps(u0, u4, 0x20));
+        _mm256_storeu_ps(d + 6, _mm256_permute2f128_ps(u1, u5, 0x20));
+        _mm256_storeu_ps(d + 12, _mm256_permute2f128_ps(u2, u6, 0x20));
+        _mm256_storeu_ps(d + 18, _mm256_permute2f128_ps(u3, u7, 0x20));
+        _mm256_storeu_ps(d + 24, _mm256_permute2f128_ps(u0, u4, 0x31));
+        _mm256_storeu_ps(d + 30, _mm256_permute2f128_ps(u1, u5, 0x31));
+        _mm256_storeu_ps(d + 36, _mm256_permute2f128_ps(u2, u6, 0x31));
+        const __m256 last = _mm256_permute2f128_ps(u3, u7, 0x31);
+        _mm_storeu_ps(d + 42, _mm256_castps256_ps128(last));
+        _mm_storel_pi((__m64*)(d + 46), _mm256_extractf128_ps(last, 1));
+    }
+    minidl_transpose6_plain_f(src + cols8, ss, dst + 6 * cols8, cols - cols8);
+}
+#endif
+
 typedef void (*minidl_transpose_f_fn)(const float*, ptrdiff_t, float*, ptrdiff_t, ptrdiff_t,
                                       ptrdiff_t, const float*);
+typedef void (*minidl_transpose6_f_fn)(const float*, ptrdiff_t, float*, ptrdiff_t);
 static minidl_transpose_f_fn minidl_transpose_f = minidl_transpose_plain_f;
+static minidl_transpose6_f_fn minidl_transpose6_f = minidl_transpose6_plain_f;
 #define minidl_transpose_d minidl_transpose_plain_d
+#define minidl_transpose6_d minidl_transpose6_plain_d
 
 /* Choose the float transpose for this CPU (once, at import, by the including module). */
 static void minidl_transpose_init(void) {
 #if defined(MINIDL_X86_DISPATCH)
-    if (minidl_cpu_isa() >= MINIDL_ISA_AVX2) minidl_transpose_f = minidl_transpose_avx2_f;
+    if (minidl_cpu_isa() >= MINIDL_ISA_AVX2) {
+        minidl_transpose_f = minidl_transpose_avx2_f;
+        minidl_transpose6_f = minidl_transpose6_avx2_f;
+    }
 #endif
 }
 
