@@ -6,7 +6,8 @@ import pytest
 
 import minidl
 from conv_helpers import DTYPES, assert_close, non_contiguous
-from minidl.functional.conv import PointwiseCache, choose_method, conv2d_backward, conv2d_forward
+from minidl.functional.conv import (POINTWISE_MIN_POSITIONS, PointwiseCache, choose_method,
+                                   conv2d_backward, conv2d_forward)
 from minidl.layers import Conv2D
 from minidl.reference import conv as ref
 
@@ -129,8 +130,17 @@ def test_auto_picks_pointwise_for_1x1_without_padding(rng):
     assert choose_method("auto", 64, kernel_size=(1, 1)) == "pointwise"
     assert choose_method("auto", 4, stride=(2, 2), kernel_size=(1, 1)) == "pointwise"
     assert choose_method("auto", 64, kernel_size=(1, 1), padding=(1, 0)) == "im2col"
-    _, cache = conv2d_forward(rng.standard_normal((1, 8, 5, 5)), rng.standard_normal((2, 8, 1, 1)),
-                              stride=2)
+    # small images: the per-image products would be too narrow for the micro-kernel
+    small = (POINTWISE_MIN_POSITIONS // 8 - 1, 8)
+    assert choose_method("auto", 64, kernel_size=(1, 1), out_size=small) == "im2col"
+    assert choose_method("auto", 64, kernel_size=(1, 1), out_size=(8, 8)) == "pointwise"
+    x = np.ones((2, 4, 5, 5), np.float32)
+    _, cache = conv2d_forward(x, np.ones((3, 4, 1, 1), np.float32))
+    assert cache.method == "im2col"
+    _, cache = conv2d_forward(x, np.ones((3, 4, 1, 1), np.float32), method="pointwise")
+    assert cache.method == "pointwise"
+    _, cache = conv2d_forward(rng.standard_normal((1, 8, 20, 20)),
+                              rng.standard_normal((2, 8, 1, 1)), stride=2)  # 10x10 outputs
     assert isinstance(cache, PointwiseCache)
     _, cache = conv2d_forward(rng.standard_normal((1, 40, 5, 5)),
                               rng.standard_normal((2, 40, 1, 1)), padding=1)
