@@ -24,6 +24,9 @@ BREADTH = {
     "b10": ("MLP 784-256-256-10 with bias, train step", "train", 64, (784,)),
     "b11": ("MNIST CNN + BN, eval forward", "eval", 1, (1, 28, 28)),
     "b12": ("CIFAR CNN + BN, eval forward", "eval", 64, (3, 32, 32)),
+    "b13": ("5x5 convs 32->64 (TensorFlow's MNIST tutorial), train step", "train", 64,
+            (1, 28, 28)),
+    "b14": ("MLP 784-512-512-10, eval forward", "eval", 1, (784,)),
 }
 NUM_CLASSES = 10
 
@@ -87,6 +90,15 @@ def build_breadth(config_id, minidl):
                                  layers.ReLU(), layers.Dense(256, NUM_CLASSES))
     if config_id == "b12":
         return models.vgg_cifar(norm="batch")
+    if config_id == "b13":
+        return minidl.Sequential(
+            layers.Conv2D(1, 32, 5, padding=2), layers.ReLU(), layers.MaxPool2D(2),
+            layers.Conv2D(32, 64, 5, padding=2), layers.ReLU(), layers.MaxPool2D(2),
+            layers.Flatten(), layers.Dense(64 * 7 * 7, 1024), layers.ReLU(),
+            layers.Dense(1024, NUM_CLASSES))
+    if config_id == "b14":
+        return minidl.Sequential(layers.Dense(784, 512), layers.ReLU(), layers.Dense(512, 512),
+                                 layers.ReLU(), layers.Dense(512, NUM_CLASSES))
     raise KeyError(f"unknown breadth configuration {config_id!r}")
 
 
