@@ -1,6 +1,7 @@
 """Models built from layers."""
 from ._backend import get_backend
 from .layers.activation import ReLU
+from .layers.dense import Dense
 from .layers.module import Module
 from .layers.normalization import BatchNorm, BatchNorm1D, BatchNorm2D
 from .layers.residual import Residual
@@ -52,9 +53,9 @@ class Sequential(Module):
     def forward(self, x):
         """Run every layer in order; returns the last layer's output.
 
-        A BatchNorm or a Residual followed directly by a ReLU runs as one pass (see
+        A BatchNorm, Dense or Residual layer followed directly by a ReLU runs as one pass (see
         :func:`_fuses_relu`): the kernel applies the ReLU as it writes BatchNorm's output or
-        the residual sum. The output is the same bit for bit, one pass over memory and one
+        the residual sum, or in place on the Dense layer's new output. The output is the same bit for bit, one pass over memory and one
         layer call are saved, and both layers keep what their usual backward passes need.
         """
         layers = list(self._modules.values())
@@ -97,7 +98,7 @@ class Sequential(Module):
 
 
 # the layers with a _forward_relu(x) (not SyncBatchNorm: it has its own forward)
-_FUSES_RELU = (BatchNorm, BatchNorm1D, BatchNorm2D, Residual)
+_FUSES_RELU = (BatchNorm, BatchNorm1D, BatchNorm2D, Dense, Residual)
 
 
 def _fuses_relu(layer, following):

@@ -482,3 +482,23 @@ def test_relu_backward_out_must_not_overlap_the_gradient_or_the_cached_output(rn
         relu_backward(dout, (y,))
     with pytest.raises(ValueError, match="relu: the cache's y is not what relu_forward made"):
         relu_backward(dout[:, ::2], ReluCache(y[:, ::2]))
+
+
+@pytest.mark.parametrize("backend", ["compiled", "reference"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_linear_relu_option_is_linear_then_relu_bit_for_bit(rng, backend, dtype):
+    import minidl
+    from minidl.functional.activation import relu_forward
+    from minidl.functional.linear import linear_forward
+    x = rng.standard_normal((9, 12)).astype(dtype)
+    weight = rng.standard_normal((70, 12)).astype(dtype)
+    bias = rng.standard_normal(70).astype(dtype)
+    with minidl.backend(backend):
+        plain, _ = linear_forward(x, weight, bias)
+        expected, _ = relu_forward(plain)
+        fused, cache = linear_forward(x, weight, bias, relu=True)
+    assert (expected == 0).any() and (expected > 0).any()
+    assert np.array_equal(fused, expected) and fused.dtype == dtype
+    assert cache[0] is x  # the usual cache: the backward pass is Dense's own
+    with pytest.raises(TypeError, match="^linear: expected relu to be True or False"):
+        linear_forward(x, weight, bias, relu=1)

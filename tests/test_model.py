@@ -83,6 +83,40 @@ def test_batchnorm_relu_fusion_changes_no_bit(rng, training, dtype):
         assert np.array_equal(a, b)
 
 
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("batch, bias", [(1, True), (7, False), (300, True)])
+def test_dense_relu_fusion_changes_no_bit(rng, training, dtype, batch, bias):
+    import copy
+    from minidl.model import _fuses_relu
+    model = Sequential(Dense(40, 300, bias=bias, rng=rng), ReLU(), Dense(300, 16, rng=rng),
+                       ReLU()).astype(dtype)  # the last pair ends the model
+    model.train(training)
+    assert _fuses_relu(model[0], model[1]) and _fuses_relu(model[2], model[3])
+    twin = copy.deepcopy(model)
+    x = rng.standard_normal((batch, 40)).astype(dtype)
+    dout = rng.standard_normal((batch, 16)).astype(dtype)
+    got = _run(model, x, dout, fused=True)
+    want = _run(twin, x, dout, fused=False)
+    assert got[0].min() == 0 and got[0].max() > 0  # the ReLU did cut something
+    assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+    assert all(np.array_equal(a, b) for a, b in zip(got[2], want[2]))
+
+
+def test_dense_relu_fusion_under_no_grad_and_in_place_changes(rng):
+    import minidl
+    model = Sequential(Dense(6, 5, rng=rng), ReLU())
+    x = rng.standard_normal((4, 6)).astype(np.float32)
+    with minidl.no_grad():
+        out = model(x)
+    assert np.array_equal(out, np.maximum(model[0](x), 0))
+    out = model(x)
+    out[0, 0] += 1.0
+    with pytest.raises(RuntimeError, match="ReLU: the output of the last forward pass was "
+                                           "modified in place"):
+        model.backward(np.ones_like(out))
+
+
 def test_batchnorm_relu_fusion_in_a_cnn_under_no_grad(rng):
     import copy
     import minidl

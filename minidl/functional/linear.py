@@ -10,25 +10,31 @@ there too (the ``if`` statements marked "reference backend").
 """
 import numpy as np
 
-from .. import _blas
+from .. import _blas, _config
 from .._backend import get_backend
-from .._checks import check_float_array, check_grad, check_input
+from .._checks import check_bool, check_float_array, check_grad, check_input
+from .._kernels import _activation
 from ..reference.functional import linear as reference
 
 __all__ = ["linear_forward", "linear_backward"]
 
 
-def linear_forward(x, weight, bias=None, layer="linear"):
+def linear_forward(x, weight, bias=None, layer="linear", relu=False):
     """Affine map of a batch of vectors.
 
     Args:
         x (np.ndarray): ``(N, in_features)``, float32 or float64.
         weight (np.ndarray): ``(out_features, in_features)``, cast to x's dtype if it differs.
         bias (np.ndarray or None): ``(out_features,)``.
+        relu (bool): return ``relu(x W^T + b)`` instead, the ReLU applied in place by the
+            kernel of :func:`~minidl.functional.activation.relu_forward` (the same bits as the
+            two calls, without a second output array). The cache is the same; for the
+            backward pass, take ``dout`` through ``relu_backward`` with ``ReluCache(out)``
+            first. Default False.
     Returns:
         (out, cache): ``out`` is ``(N, out_features)`` in x's dtype.
     Raises:
-        TypeError: a non-float input, weight or bias.
+        TypeError: a non-float input, weight or bias; a non-bool ``relu``.
         ValueError: ``weight`` is not 2-D, ``x`` is not ``(N, in_features)``, ``bias`` is not
             ``(out_features,)``.
     """
@@ -43,13 +49,17 @@ def linear_forward(x, weight, bias=None, layer="linear"):
         if bias.shape != (out_features,):
             raise ValueError(f"{layer}: expected bias of shape ({out_features},), got shape "
                              f"{bias.shape}")
+    relu = check_bool(layer, "relu", relu)
     if get_backend() == "reference":  # reference backend: y = x W^T + b in NumPy
         with _blas.one_thread():
-            return reference.linear_forward(x, weight, bias, layer)
+            return reference.linear_forward(x, weight, bias, layer, relu)
     w = weight.astype(x.dtype, copy=False)
     out = _blas.matmul(x, w.T, layer=layer)
     if bias is not None:
         out += bias.astype(x.dtype, copy=False)
+    if relu:  # in place: out is a new contiguous array of this call's
+        flat = out.reshape(-1)
+        _activation.relu_forward(flat, flat, _config.threads_for(flat.size))
     return out, (x, w, bias is not None)
 
 

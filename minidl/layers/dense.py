@@ -51,9 +51,20 @@ class Dense(Module):
         self._watched = ()  # fingerprints of the arrays the cache refers to (see forward)
 
     def forward(self, x):
+        return self._affine(x)
+
+    def _forward_relu(self, x):
+        """``relu(self(x))``, for :meth:`Module._call_with_relu` (a Dense layer and the ReLU
+        after it, fused by :class:`~minidl.Sequential`): the ReLU applied in place to the new
+        output (the same values bit for bit, one layer call and one array less); this layer
+        keeps its usual cache."""
+        return self._affine(x, relu=True)
+
+    def _affine(self, x, relu=False):
         self._release_saved()
         out, cache = linear_forward(
-            x, self.weight.data, None if self.bias is None else self.bias.data, layer="Dense"
+            x, self.weight.data, None if self.bias is None else self.bias.data, layer="Dense",
+            relu=relu,
         )
         self._keep_for_backward(cache, input=x, weight=self.weight.data)
         return out

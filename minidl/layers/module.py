@@ -287,9 +287,9 @@ class Module:
 
     def _call_with_relu(self, relu, x):
         """``relu(self(x))`` in one pass: ``self._forward_relu(x)`` computes it (a layer that
-        can apply a following ReLU as it writes its output: BatchNorm, Residual), and the ReLU
-        layer ``relu`` keeps that output as if its own forward had computed it, so both
-        backward passes are the usual ones. :class:`~minidl.Sequential` calls this; both
+        can apply a following ReLU as it writes its output: BatchNorm, Dense, Residual), and
+        the ReLU layer ``relu`` keeps that output as if its own forward had computed it, so
+        both backward passes are the usual ones. :class:`~minidl.Sequential` calls this; both
         modules are recorded in the forward pass as :meth:`__call__` records them, and only
         modules without forward hooks are fused (a hook would not see the value before the
         ReLU).

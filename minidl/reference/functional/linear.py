@@ -37,8 +37,9 @@ class LinearCache(NamedTuple):
         return self.x.dtype
 
 
-def linear_forward(x, weight, bias=None, layer="linear"):
-    """``y = x W^T + b`` for a batch ``x`` of shape ``(N, in_features)``.
+def linear_forward(x, weight, bias=None, layer="linear", relu=False):
+    """``y = x W^T + b`` for a batch ``x`` of shape ``(N, in_features)``; ``max(y, 0)`` with
+    ``relu``.
 
     Same arguments and results as :func:`minidl.functional.linear_forward` (``layer`` is
     ignored; ``weight`` and ``bias`` are used in x's dtype).
@@ -50,6 +51,8 @@ def linear_forward(x, weight, bias=None, layer="linear"):
     y = x @ w.T
     if bias is not None:
         y = y + bias.astype(x.dtype)
+    if relu:
+        y = np.maximum(y, 0)  # the reference ReLU (NaN passes through)
     return y, LinearCache(x, w, bias is not None)
 
 
