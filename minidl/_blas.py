@@ -145,17 +145,33 @@ def _tiles(tasks_per_tile, rows, cols, threads, nr):
 
 @functools.lru_cache(maxsize=1024)
 def _plan(tasks_per_tile, rows, cols, threads, dtype_name):
-    """``(tile_rows, tile_cols, threads, scratch)`` of a product: its tiles (:func:`_tiles`),
-    the threads worth starting for that many tiles, and the scratch elements each needs.
+    """``(tile_rows, tile_cols, threads, scratch, narrow)`` of a product: its tiles
+    (:func:`_tiles`), the threads worth starting for that many tiles, the scratch elements each
+    needs, and whether the narrow micro-kernels compute it (see :func:`_narrow`).
 
     A pure function of its arguments (the kernel's ``NR`` and ``MR`` are fixed at import), so
     it is cached: a training step makes the same few products again and again, and working the
     plan out took about a microsecond, a tenth of a small product (a Dense layer at batch 1).
     """
-    tile_rows, tile_cols = _tiles(tasks_per_tile, rows, cols, threads, _kernel.NR[dtype_name])
+    narrow = _narrow(cols, dtype_name)
+    nr = (_kernel.NR_NARROW if narrow else _kernel.NR)[dtype_name]
+    tile_rows, tile_cols = _tiles(tasks_per_tile, rows, cols, threads, nr)
     tasks = tasks_per_tile * _ceil_div(rows, tile_rows) * _ceil_div(cols, tile_cols)
     return (tile_rows, tile_cols, max(1, min(threads, tasks)),
-            _kernel.scratch_size(tile_cols, dtype_name))
+            _kernel.scratch_size(tile_cols, dtype_name, narrow), narrow)
+
+
+def _narrow(cols, dtype_name):
+    """Whether a product of ``cols`` columns pads less with the narrow micro-kernels.
+
+    Each micro-kernel call computes ``NR`` columns, so the last strip of C is padded up to a
+    multiple of ``NR``: with AVX-512 (``NR`` = 32 floats) a product of 8 columns, such as an
+    im2col convolution with 8 output channels, would use a quarter of its arithmetic. The
+    narrow kernels (AVX2, 16 floats, as fast per core on AMD Zen 4, whose AVX-512 unit is
+    256 bits wide) are taken when they pad less; both give the same bits.
+    """
+    nr, narrow_nr = _kernel.NR[dtype_name], _kernel.NR_NARROW[dtype_name]
+    return _ceil_div(cols, narrow_nr) * narrow_nr < _ceil_div(cols, nr) * nr
 
 
 def matmul(a, b, out=None, accumulate=False, sum_batch=False, layer="matmul"):
@@ -212,8 +228,9 @@ def matmul(a, b, out=None, accumulate=False, sum_batch=False, layer="matmul"):
     work = batch * rows * cols * inner
     minimum = PARALLEL_MIN_DOT_WORK if rows <= _kernel.DOT_ROWS else PARALLEL_MIN_WORK
     threads = 1 if work < minimum else _config.get_num_threads()
-    tile_rows, tile_cols, threads, scratch_size = _plan(tasks_per_tile, rows, cols, threads,
-                                                        _DTYPE_NAMES[a.dtype])
+    tile_rows, tile_cols, threads, scratch_size, narrow = _plan(
+        tasks_per_tile, rows, cols, threads, _DTYPE_NAMES[a.dtype])
     scratch = _memory.empty((threads, scratch_size), a.dtype)
-    _kernel.gemm(a3, b3, out3, accumulate, sum_batch, tile_rows, tile_cols, scratch, threads)
+    _kernel.gemm(a3, b3, out3, accumulate, sum_batch, tile_rows, tile_cols, scratch, threads,
+                 narrow)
     return out

@@ -257,3 +257,25 @@ def test_one_thread_nests_and_restores_after_an_exception():
         except KeyError:
             pass
         assert all(n == 2 for n in _blas_threads())
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("cols", [1, 8, 10, 16, 17, 40, 48, 70])
+def test_narrow_kernels_give_the_same_bits(cols, dtype, rng):
+    """The narrow micro-kernels (AVX2 ones on AVX-512 CPUs) and the main ones compute each
+    element as the same chain of fused multiply-adds; matmul picks the one that pads less."""
+    a = rng.standard_normal((2, 37, 300)).astype(dtype)
+    b = rng.standard_normal((300, cols)).astype(dtype)[None]
+    name = np.dtype(dtype).name
+    results = []
+    for narrow in (False, True):
+        nr = (_gemm.NR_NARROW if narrow else _gemm.NR)[name]
+        tile_cols = -(-cols // nr) * nr
+        out = np.full((2, 37, cols), np.nan, dtype)
+        scratch = np.empty((2, _gemm.scratch_size(tile_cols, name, narrow)), dtype)
+        _gemm.gemm(a, b, out, False, False, 12, tile_cols, scratch, 2, narrow)
+        results.append(out)
+    np.testing.assert_array_equal(results[0], results[1])
+    _close(results[0], a.astype(np.float64) @ b[0].astype(np.float64), dtype, 300)
+    assert _gemm.NR_NARROW[name] <= _gemm.NR[name]
+    np.testing.assert_array_equal(_blas.matmul(a, b[0]), results[0])

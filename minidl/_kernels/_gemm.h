@@ -429,6 +429,15 @@ static const minidl_gemm_micro_double_fn* minidl_gemm_micro_d = minidl_gemm_micr
 /* NR: the columns of C per micro-kernel call (2 SIMD vectors) */
 static ptrdiff_t minidl_gemm_nr_f = MINIDL_GEMM_NR_BASE(float);
 static ptrdiff_t minidl_gemm_nr_d = MINIDL_GEMM_NR_BASE(double);
+/* Kernels half as wide, for products whose N fits them with less padding (the caller decides,
+   minidl._blas): with AVX-512 a product of N = 8 columns would fill a quarter of each 32-wide
+   strip, half of a 16-wide one. On AVX-512 CPUs these are the AVX2+FMA kernels; every element
+   is the same chain of fused multiply-adds in either, so the bits do not change. Elsewhere
+   they are the main kernels. */
+static const minidl_gemm_micro_float_fn* minidl_gemm_micro_narrow_f = minidl_gemm_micro_f_base;
+static const minidl_gemm_micro_double_fn* minidl_gemm_micro_narrow_d = minidl_gemm_micro_d_base;
+static ptrdiff_t minidl_gemm_nr_narrow_f = MINIDL_GEMM_NR_BASE(float);
+static ptrdiff_t minidl_gemm_nr_narrow_d = MINIDL_GEMM_NR_BASE(double);
 static minidl_gemm_dot_float_fn minidl_gemm_dot_f = minidl_gemm_dot_f_base;
 static minidl_gemm_dot_double_fn minidl_gemm_dot_d = minidl_gemm_dot_d_base;
 
@@ -443,6 +452,10 @@ static const char* minidl_gemm_init(void) {
         minidl_gemm_dot_d = minidl_gemm_dot_d_avx2;
         minidl_gemm_nr_f = 32;
         minidl_gemm_nr_d = 16;
+        minidl_gemm_micro_narrow_f = minidl_gemm_micro_f_avx2;
+        minidl_gemm_micro_narrow_d = minidl_gemm_micro_d_avx2;
+        minidl_gemm_nr_narrow_f = 16;
+        minidl_gemm_nr_narrow_d = 8;
     } else if (isa == MINIDL_ISA_AVX2) {
         minidl_gemm_micro_f = minidl_gemm_micro_f_avx2;
         minidl_gemm_micro_d = minidl_gemm_micro_d_avx2;
@@ -450,6 +463,10 @@ static const char* minidl_gemm_init(void) {
         minidl_gemm_dot_d = minidl_gemm_dot_d_avx2;
         minidl_gemm_nr_f = 16;
         minidl_gemm_nr_d = 8;
+        minidl_gemm_micro_narrow_f = minidl_gemm_micro_f;
+        minidl_gemm_micro_narrow_d = minidl_gemm_micro_d;
+        minidl_gemm_nr_narrow_f = 16;
+        minidl_gemm_nr_narrow_d = 8;
     }
     return minidl_isa_name(isa);
 #else
@@ -458,7 +475,8 @@ static const char* minidl_gemm_init(void) {
 }
 
 /* ---- one tile: C[rows x cols] = (acc ? C : 0) + sum_{t < terms} A_t B_t ------------------ */
-/* scratch: minidl_gemm_scratch_size(cols, nr) elements, 64-byte aligned (it also holds the
+/* narrow: use the narrow kernels (minidl_gemm_micro_narrow_*, NR minidl_gemm_nr_narrow_*).
+   scratch: minidl_gemm_scratch_size(cols, nr) elements for that NR, 64-byte aligned (it also holds the
    partial sums of minidl_gemm_dot_tile, DOT_ROWS x cols x LANES, and its copy of a block of B,
    DOT_KB x (cols + PAD)) */
 static MINIDL_INLINE ptrdiff_t minidl_gemm_scratch_size(ptrdiff_t cols, ptrdiff_t nr) {
@@ -474,18 +492,18 @@ static MINIDL_INLINE ptrdiff_t minidl_gemm_scratch_size(ptrdiff_t cols, ptrdiff_
 /* C[mc x valid] (+)= Ap (mc rows, packed) @ one packed strip of B (kc x NR):                \
    one micro-kernel call per strip of MR rows; a strip narrower than NR (valid < NR) goes    \
    through the MR x NR `edge` buffer */                                                      \
-static void minidl_gemm_strip_##S(ptrdiff_t kc, ptrdiff_t mc, const T* ap, const T* b,       \
+static void minidl_gemm_strip_##S(const minidl_gemm_micro_##T##_fn* micro, ptrdiff_t nr,   \
+                                  ptrdiff_t kc, ptrdiff_t mc, const T* ap, const T* b,       \
                                   ptrdiff_t valid, T* C, ptrdiff_t ldc, int add, T* edge) {  \
-    const ptrdiff_t nr = minidl_gemm_nr_##S;                                                 \
     for (ptrdiff_t i0 = 0; i0 < mc; i0 += MINIDL_GEMM_MR) {                                  \
         const ptrdiff_t r = mc - i0 < MINIDL_GEMM_MR ? mc - i0 : MINIDL_GEMM_MR;             \
         const T* a = ap + i0 * kc;                                                           \
         T* c = C + i0 * ldc;                                                                 \
         if (valid == nr) {                                                                   \
-            minidl_gemm_micro_##S[r](kc, a, b, c, ldc, add);                                 \
+            micro[r](kc, a, b, c, ldc, add);                                                 \
             continue;                                                                        \
         }                                                                                    \
-        minidl_gemm_micro_##S[r](kc, a, b, edge, nr, 0);                                     \
+        micro[r](kc, a, b, edge, nr, 0);                                                     \
         for (ptrdiff_t i = 0; i < r; i++)                                                    \
             for (ptrdiff_t j = 0; j < valid; j++)                                            \
                 c[i * ldc + j] = add ? edge[i * nr + j] + c[i * ldc + j] : edge[i * nr + j]; \
@@ -496,8 +514,10 @@ static void minidl_gemm_tile_##S(                                               
         const T* A, ptrdiff_t sa, ptrdiff_t rsa, ptrdiff_t csa,                              \
         const T* B, ptrdiff_t sb, ptrdiff_t rsb, ptrdiff_t csb,                              \
         T* C, ptrdiff_t ldc, ptrdiff_t rows, ptrdiff_t inner, ptrdiff_t cols,                \
-        ptrdiff_t terms, int acc, T* scratch) {                                              \
-    const ptrdiff_t nr = minidl_gemm_nr_##S;                                                 \
+        ptrdiff_t terms, int acc, int narrow, T* scratch) {                                  \
+    const ptrdiff_t nr = narrow ? minidl_gemm_nr_narrow_##S : minidl_gemm_nr_##S;            \
+    const minidl_gemm_micro_##T##_fn* micro =                                                \
+        narrow ? minidl_gemm_micro_narrow_##S : minidl_gemm_micro_##S;                       \
     T* ap = scratch;                                                                         \
     T* bp = ap + MINIDL_GEMM_MC * MINIDL_GEMM_KC;                                            \
     T* edge = bp + (cols + nr - 1) / nr * (nr * MINIDL_GEMM_KC + MINIDL_GEMM_PAD); /* MR x nr */\
@@ -514,8 +534,8 @@ static void minidl_gemm_tile_##S(                                               
                 for (ptrdiff_t j0 = 0; j0 < cols; j0 += nr) {                                \
                     const ptrdiff_t valid = cols - j0 < nr ? cols - j0 : nr;                 \
                     const T* b = bp + (j0 / nr) * (kc * nr + MINIDL_GEMM_PAD);               \
-                    minidl_gemm_strip_##S(kc, mc, ap, b, valid, C + ic * ldc + j0, ldc, add, \
-                                          edge);                                             \
+                    minidl_gemm_strip_##S(micro, nr, kc, mc, ap, b, valid, C + ic * ldc + j0,\
+                                          ldc, add, edge);                                   \
                 }                                                                            \
             }                                                                                \
         }                                                                                    \

@@ -29,15 +29,19 @@ cdef extern from "_gemm.h" nogil:
         MINIDL_GEMM_DOT_ROWS
     Py_ssize_t minidl_gemm_nr_f
     Py_ssize_t minidl_gemm_nr_d
+    Py_ssize_t minidl_gemm_nr_narrow_f
+    Py_ssize_t minidl_gemm_nr_narrow_d
     Py_ssize_t minidl_gemm_scratch_size(Py_ssize_t cols, Py_ssize_t nr)
     void minidl_gemm_tile_f(const float* A, Py_ssize_t sa, Py_ssize_t rsa, Py_ssize_t csa,
                             const float* B, Py_ssize_t sb, Py_ssize_t rsb, Py_ssize_t csb,
                             float* C, Py_ssize_t ldc, Py_ssize_t rows, Py_ssize_t inner,
-                            Py_ssize_t cols, Py_ssize_t terms, int acc, float* scratch)
+                            Py_ssize_t cols, Py_ssize_t terms, int acc, int narrow,
+                            float* scratch)
     void minidl_gemm_tile_d(const double* A, Py_ssize_t sa, Py_ssize_t rsa, Py_ssize_t csa,
                             const double* B, Py_ssize_t sb, Py_ssize_t rsb, Py_ssize_t csb,
                             double* C, Py_ssize_t ldc, Py_ssize_t rows, Py_ssize_t inner,
-                            Py_ssize_t cols, Py_ssize_t terms, int acc, double* scratch)
+                            Py_ssize_t cols, Py_ssize_t terms, int acc, int narrow,
+                            double* scratch)
     void minidl_gemm_dot_tile_f(const float* A, Py_ssize_t sa, Py_ssize_t rsa,
                                 const float* B, Py_ssize_t sb, Py_ssize_t rsb, Py_ssize_t csb,
                                 float* C, Py_ssize_t ldc, Py_ssize_t rows, Py_ssize_t inner,
@@ -63,12 +67,16 @@ KC = MINIDL_GEMM_KC
 DOT_ROWS = MINIDL_GEMM_DOT_ROWS
 #: Columns of C per micro-kernel call, by dtype name (2 SIMD vectors on this CPU).
 NR = {"float32": minidl_gemm_nr_f, "float64": minidl_gemm_nr_d}
+#: The same for the narrow kernels (``gemm(..., narrow=True)``): half of ``NR`` on AVX-512
+#: CPUs (their AVX2 kernels), ``NR`` elsewhere.
+NR_NARROW = {"float32": minidl_gemm_nr_narrow_f, "float64": minidl_gemm_nr_narrow_d}
 
 
-def scratch_size(Py_ssize_t tile_cols, dtype_name):
+def scratch_size(Py_ssize_t tile_cols, dtype_name, bint narrow=False):
     """Elements of scratch each thread needs for tiles of C at most ``tile_cols`` wide, in
-    ``dtype_name`` ("float32" or "float64"), with 64 elements of slack for the alignment."""
-    return minidl_gemm_scratch_size(tile_cols, NR[dtype_name]) + 64
+    ``dtype_name`` ("float32" or "float64"), with the narrow kernels or not, with 64 elements
+    of slack for the alignment."""
+    return minidl_gemm_scratch_size(tile_cols, (NR_NARROW if narrow else NR)[dtype_name]) + 64
 
 
 cdef inline floating* _aligned(floating* p) noexcept nogil:
@@ -78,7 +86,7 @@ cdef inline floating* _aligned(floating* p) noexcept nogil:
 
 def gemm(const floating[:, :, :] a, const floating[:, :, :] b, floating[:, :, :] c,
          bint accumulate, bint sum_batch, Py_ssize_t tile_rows, Py_ssize_t tile_cols,
-         floating[:, ::1] scratch, int num_threads=1):
+         floating[:, ::1] scratch, int num_threads=1, bint narrow=False):
     """``c[n] = a[n] @ b[n]`` for each n, or ``c[0] = sum_n a[n] @ b[n]``; ``+ c`` if
     ``accumulate``.
 
@@ -92,9 +100,12 @@ def gemm(const floating[:, :, :] a, const floating[:, :, :] b, floating[:, :, :]
         accumulate: add the product to ``c`` instead of overwriting it.
         sum_batch: sum the products over the batch into ``c[0]``.
         tile_rows, tile_cols: the tiles of C that the threads share out (>= 1).
-        scratch (OUT): ``(num_threads, scratch_size(tile_cols, dtype))``, same
+        scratch (OUT): ``(num_threads, scratch_size(tile_cols, dtype, narrow))``, same
             dtype; clobbered.
         num_threads: OpenMP threads (ignored in a serial build).
+        narrow: use the narrow micro-kernels (``NR_NARROW`` columns; the same bits), for
+            products whose N they fit with less padding. Products of at most ``DOT_ROWS`` rows
+            ignore it.
 
     Preconditions (checked by the caller, not here): ``K >= 1`` (nothing is written
     otherwise); ``B = max(Ba, Bb) >= 1`` and each of
@@ -142,7 +153,7 @@ def gemm(const floating[:, :, :] a, const floating[:, :, :] b, floating[:, :, :]
                 minidl_gemm_tile_f(a0 + n * sa + i0 * rsa, sa, rsa, csa,
                                    b0 + n * sb + j0 * csb, sb, rsb, csb,
                                    c0 + n * sc + i0 * ldc + j0, ldc, rows, K, cols, terms,
-                                   accumulate, _aligned(&scratch[threadid(), 0]))
+                                   accumulate, narrow, _aligned(&scratch[threadid(), 0]))
         elif dot:
             minidl_gemm_dot_tile_d(a0 + n * sa + i0 * rsa, sa, rsa,
                                    b0 + n * sb + j0 * csb, sb, rsb, csb,
@@ -152,4 +163,4 @@ def gemm(const floating[:, :, :] a, const floating[:, :, :] b, floating[:, :, :]
             minidl_gemm_tile_d(a0 + n * sa + i0 * rsa, sa, rsa, csa,
                                b0 + n * sb + j0 * csb, sb, rsb, csb,
                                c0 + n * sc + i0 * ldc + j0, ldc, rows, K, cols, terms,
-                               accumulate, _aligned(&scratch[threadid(), 0]))
+                               accumulate, narrow, _aligned(&scratch[threadid(), 0]))
