@@ -53,6 +53,19 @@ MINIDL_TRANSPOSE_PLAIN(f, float)
 MINIDL_TRANSPOSE_PLAIN(d, double)
 
 #if defined(MINIDL_X86_DISPATCH)
+/* Four rows x0..x3 of 8 floats regrouped by column: u[j] holds column j of the four rows in its
+   low half and column j + 4 in its high half (the first two steps of the 8x8 transpose). */
+MINIDL_TARGET("avx2") static MINIDL_INLINE void minidl_transpose_4x8_avx2(
+        __m256 x0, __m256 x1, __m256 x2, __m256 x3, __m256 u[4]) {
+    /* pairs of rows interleaved: t0 = x0[0] x1[0] x0[1] x1[1] | x0[4] x1[4] ... */
+    const __m256 t0 = _mm256_unpacklo_ps(x0, x1), t1 = _mm256_unpackhi_ps(x0, x1);
+    const __m256 t2 = _mm256_unpacklo_ps(x2, x3), t3 = _mm256_unpackhi_ps(x2, x3);
+    u[0] = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0));
+    u[1] = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2));
+    u[2] = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0));
+    u[3] = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2));
+}
+
 /* float, AVX2: whole 8x8 blocks in registers, the rest by the plain loops */
 MINIDL_TARGET("avx2") static void minidl_transpose_avx2_f(
         const float* restrict src, ptrdiff_t ss, float* restrict dst, ptrdiff_t ds,
@@ -69,30 +82,16 @@ MINIDL_TARGET("avx2") static void minidl_transpose_avx2_f(
             const __m256 x5 = _mm256_loadu_ps(s + 5 * ss + c);
             const __m256 x6 = _mm256_loadu_ps(s + 6 * ss + c);
             const __m256 x7 = _mm256_loadu_ps(s + 7 * ss + c);
-            /* pairs of rows interleaved: t0 = x0[0] x1[0] x0[1] x1[1] | x0[4] x1[4] ... */
-            const __m256 t0 = _mm256_unpacklo_ps(x0, x1), t1 = _mm256_unpackhi_ps(x0, x1);
-            const __m256 t2 = _mm256_unpacklo_ps(x2, x3), t3 = _mm256_unpackhi_ps(x2, x3);
-            const __m256 t4 = _mm256_unpacklo_ps(x4, x5), t5 = _mm256_unpackhi_ps(x4, x5);
-            const __m256 t6 = _mm256_unpacklo_ps(x6, x7), t7 = _mm256_unpackhi_ps(x6, x7);
-            /* quadruples: u0 = column 0 of rows 0-3 | column 4 of rows 0-3, ... */
-            const __m256 u0 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0));
-            const __m256 u1 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2));
-            const __m256 u2 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0));
-            const __m256 u3 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2));
-            const __m256 u4 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(1, 0, 1, 0));
-            const __m256 u5 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(3, 2, 3, 2));
-            const __m256 u6 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(1, 0, 1, 0));
-            const __m256 u7 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(3, 2, 3, 2));
+            /* lo[j], hi[j]: columns j and j + 4 of rows 0-3 and of rows 4-7 */
+            __m256 lo[4], hi[4];
+            minidl_transpose_4x8_avx2(x0, x1, x2, x3, lo);
+            minidl_transpose_4x8_avx2(x4, x5, x6, x7, hi);
             /* y_j = column c+j of rows r .. r+7 */
             __m256 y[8];
-            y[0] = _mm256_permute2f128_ps(u0, u4, 0x20);
-            y[1] = _mm256_permute2f128_ps(u1, u5, 0x20);
-            y[2] = _mm256_permute2f128_ps(u2, u6, 0x20);
-            y[3] = _mm256_permute2f128_ps(u3, u7, 0x20);
-            y[4] = _mm256_permute2f128_ps(u0, u4, 0x31);
-            y[5] = _mm256_permute2f128_ps(u1, u5, 0x31);
-            y[6] = _mm256_permute2f128_ps(u2, u6, 0x31);
-            y[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
+            for (int j = 0; j < 4; j++) {
+                y[j] = _mm256_permute2f128_ps(lo[j], hi[j], 0x20);
+                y[j + 4] = _mm256_permute2f128_ps(lo[j], hi[j], 0x31);
+            }
             for (int j = 0; j < 8; j++) {
                 const __m256 out = bias ? _mm256_add_ps(y[j], _mm256_set1_ps(bias[c + j])) : y[j];
                 _mm256_storeu_ps(dst + (c + j) * ds + r, out);
@@ -122,7 +121,7 @@ MINIDL_TRANSPOSE6_PLAIN(d, double)
 
 #if defined(MINIDL_X86_DISPATCH)
 /* float, AVX2: 6 x 8 blocks through the 8x8 sequence above, rows 6 and 7 being copies of
-   row 5 that are never stored. Output row j (6 floats) is stored as 8, the 2 extra lanes
+   rows 4 and 5 that are never stored. Output row j (6 floats) is stored as 8, the 2 extra lanes
    landing where row j+1 is stored next; the last row of a block is stored as 4 + 2. Per 8
    columns: 6 loads, 24 shuffles, 9 stores, against 48 scalar loads and 48 scalar stores. */
 MINIDL_TARGET("avx2") static void minidl_transpose6_avx2_f(
@@ -133,27 +132,15 @@ MINIDL_TARGET("avx2") static void minidl_transpose6_avx2_f(
         const __m256 x0 = _mm256_loadu_ps(s), x1 = _mm256_loadu_ps(s + ss);
         const __m256 x2 = _mm256_loadu_ps(s + 2 * ss), x3 = _mm256_loadu_ps(s + 3 * ss);
         const __m256 x4 = _mm256_loadu_ps(s + 4 * ss), x5 = _mm256_loadu_ps(s + 5 * ss);
-        const __m256 t0 = _mm256_unpacklo_ps(x0, x1), t1 = _mm256_unpackhi_ps(x0, x1);
-        const __m256 t2 = _mm256_unpacklo_ps(x2, x3), t3 = _mm256_unpackhi_ps(x2, x3);
-        const __m256 t4 = _mm256_unpacklo_ps(x4, x5), t5 = _mm256_unpackhi_ps(x4, x5);
-        const __m256 u0 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0));
-        const __m256 u1 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2));
-        const __m256 u2 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0));
-        const __m256 u3 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2));
-        /* rows 4, 5 and two don't-care rows: only the low pair of each quadruple is kept */
-        const __m256 u4 = _mm256_shuffle_ps(t4, t4, _MM_SHUFFLE(1, 0, 1, 0));
-        const __m256 u5 = _mm256_shuffle_ps(t4, t4, _MM_SHUFFLE(3, 2, 3, 2));
-        const __m256 u6 = _mm256_shuffle_ps(t5, t5, _MM_SHUFFLE(1, 0, 1, 0));
-        const __m256 u7 = _mm256_shuffle_ps(t5, t5, _MM_SHUFFLE(3, 2, 3, 2));
+        __m256 lo[4], hi[4]; /* as in minidl_transpose_avx2_f; rows 6, 7 are rows 4, 5 again */
+        minidl_transpose_4x8_avx2(x0, x1, x2, x3, lo);
+        minidl_transpose_4x8_avx2(x4, x5, x4, x5, hi);
         float* d = dst + 6 * c;
-        _mm256_storeu_ps(d, _mm256_permute2f128_ps(u0, u4, 0x20));
-        _mm256_storeu_ps(d + 6, _mm256_permute2f128_ps(u1, u5, 0x20));
-        _mm256_storeu_ps(d + 12, _mm256_permute2f128_ps(u2, u6, 0x20));
-        _mm256_storeu_ps(d + 18, _mm256_permute2f128_ps(u3, u7, 0x20));
-        _mm256_storeu_ps(d + 24, _mm256_permute2f128_ps(u0, u4, 0x31));
-        _mm256_storeu_ps(d + 30, _mm256_permute2f128_ps(u1, u5, 0x31));
-        _mm256_storeu_ps(d + 36, _mm256_permute2f128_ps(u2, u6, 0x31));
-        const __m256 last = _mm256_permute2f128_ps(u3, u7, 0x31);
+        for (int j = 0; j < 4; j++) /* column j, then column j + 4 (the last one below) */
+            _mm256_storeu_ps(d + 6 * j, _mm256_permute2f128_ps(lo[j], hi[j], 0x20));
+        for (int j = 0; j < 3; j++)
+            _mm256_storeu_ps(d + 6 * (j + 4), _mm256_permute2f128_ps(lo[j], hi[j], 0x31));
+        const __m256 last = _mm256_permute2f128_ps(lo[3], hi[3], 0x31);
         _mm_storeu_ps(d + 42, _mm256_castps256_ps128(last));
         _mm_storel_pi((__m64*)(d + 46), _mm256_extractf128_ps(last, 1));
     }
