@@ -55,8 +55,9 @@ class Sequential(Module):
 
         A BatchNorm, Dense or Residual layer followed directly by a ReLU runs as one pass (see
         :func:`_fuses_relu`): the kernel applies the ReLU as it writes BatchNorm's output or
-        the residual sum, or in place on the Dense layer's new output. The output is the same bit for bit, one pass over memory and one
-        layer call are saved, and both layers keep what their usual backward passes need.
+        the residual sum, or in place on the Dense layer's new output. The output is the same
+        bit for bit, one pass over memory (one array for Dense) and one layer call are saved,
+        and both layers keep what their usual backward passes need.
         """
         layers = list(self._modules.values())
         i = 0

@@ -463,10 +463,10 @@ static const char* minidl_gemm_init(void) {
         minidl_gemm_dot_d = minidl_gemm_dot_d_avx2;
         minidl_gemm_nr_f = 16;
         minidl_gemm_nr_d = 8;
-        minidl_gemm_micro_narrow_f = minidl_gemm_micro_f;
+        minidl_gemm_micro_narrow_f = minidl_gemm_micro_f; /* no narrower kernel with FMA */
         minidl_gemm_micro_narrow_d = minidl_gemm_micro_d;
-        minidl_gemm_nr_narrow_f = 16;
-        minidl_gemm_nr_narrow_d = 8;
+        minidl_gemm_nr_narrow_f = minidl_gemm_nr_f;
+        minidl_gemm_nr_narrow_d = minidl_gemm_nr_d;
     }
     return minidl_isa_name(isa);
 #else
@@ -476,9 +476,9 @@ static const char* minidl_gemm_init(void) {
 
 /* ---- one tile: C[rows x cols] = (acc ? C : 0) + sum_{t < terms} A_t B_t ------------------ */
 /* narrow: use the narrow kernels (minidl_gemm_micro_narrow_*, NR minidl_gemm_nr_narrow_*).
-   scratch: minidl_gemm_scratch_size(cols, nr) elements for that NR, 64-byte aligned (it also holds the
-   partial sums of minidl_gemm_dot_tile, DOT_ROWS x cols x LANES, and its copy of a block of B,
-   DOT_KB x (cols + PAD)) */
+   scratch: minidl_gemm_scratch_size(cols, nr) elements for that NR, 64-byte aligned (it also
+   holds the partial sums of minidl_gemm_dot_tile, DOT_ROWS x cols x LANES, and its copy of a
+   block of B, DOT_KB x (cols + PAD)) */
 static MINIDL_INLINE ptrdiff_t minidl_gemm_scratch_size(ptrdiff_t cols, ptrdiff_t nr) {
     const ptrdiff_t strips = (cols + nr - 1) / nr;
     const ptrdiff_t gemm = MINIDL_GEMM_MC * MINIDL_GEMM_KC

@@ -93,9 +93,10 @@ def choose_method(method, taps, layer="conv2d", stride=(1, 1), kernel_size=None,
     ``taps = C_in*kH*kW`` and output images of ``out_size = (OH, OW)`` (None: not known).
 
     ``"auto"`` picks the pointwise products for a ``(1, 1)`` kernel without padding (any
-    stride) unless ``OH*OW < POINTWISE_MIN_POSITIONS``; for stride 1 the direct kernels when ``taps <= DIRECT_MAX_TAPS`` (there the
-    product's inner dimension is too small to pay for im2col's copy), else Winograd F(2x2, 3x3)
-    when ``kernel_size`` is ``(3, 3)``; im2col for everything else. Any other ``method`` is
+    stride) unless ``OH*OW < POINTWISE_MIN_POSITIONS``; for stride 1 the direct kernels when
+    ``taps <= DIRECT_MAX_TAPS`` (there the product's inner dimension is too small to pay for
+    im2col's copy), else Winograd F(2x2, 3x3) when ``kernel_size`` is ``(3, 3)``; im2col for
+    everything else. Any other ``method`` is
     checked (:func:`check_method`) and returned.
 
     Raises:

@@ -16,9 +16,9 @@ class Conv2D(Module):
 
     ``out[n, o] = bias[o] + sum_c cross_correlate(x[n, c], weight[o, c])`` with the given stride
     and zero padding; computed as a matrix product per image for 1x1 kernels without padding
-    (on images of at least 64 output positions), with direct loops when ``C_in*kH*kW`` is small and the stride 1,
-    with Winograd's F(2x2, 3x3) for other 3x3 stride-1 convolutions (Lavin & Gray, 2016), and
-    with im2col and GEMMs otherwise (Chellapilla et al., 2006); see
+    (on images of at least 64 output positions), with direct loops when ``C_in*kH*kW`` is
+    small and the stride 1, with Winograd's F(2x2, 3x3) for other 3x3 stride-1 convolutions
+    (Lavin & Gray, 2016), and with im2col and GEMMs otherwise (Chellapilla et al., 2006); see
     :mod:`minidl.functional.conv`.
 
     Args:
@@ -35,8 +35,8 @@ class Conv2D(Module):
             ``"im2col"``: how the convolution is computed (see
             :func:`minidl.functional.conv.choose_method`); ``"auto"`` uses one matrix product
             per image for 1x1 kernels without padding (at least 64 output positions per
-            image), direct loops when ``C_in*kH*kW`` is
-            small, Winograd for other 3x3 stride-1 kernels, else im2col and matrix products.
+            image), direct loops when ``C_in*kH*kW`` is small, Winograd for other 3x3 stride-1
+            kernels, else im2col and matrix products.
 
     Parameters are initialized as PyTorch does: U(-b, b) with ``b = 1/sqrt(C_in*kH*kW)`` for
     both ``weight`` and ``bias`` (see :mod:`minidl.layers.init`).
