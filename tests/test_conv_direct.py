@@ -54,3 +54,24 @@ def test_direct_method_multithreaded_first_layer(dtype, rng):
         for ours, theirs in zip(results[0], other):
             assert_close(ours, theirs, dtype)
 
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kernel_w", range(1, 10))
+def test_direct_kernel_rows_of_every_width(kernel_w, dtype, rng):
+    """Kernel rows of 2..8 taps run fused (one pass per row, _conv.h's minidl_conv_row and
+    minidl_dot_row); 1 and 9 taps one at a time. Each width, on rows longer and shorter than a
+    SIMD vector, against the reference."""
+    for n, c, h, w, padding in ((2, 2, 6, 9 + kernel_w, (1, 0)), (3, 1, 4, kernel_w + 1, (0, 2))):
+        x = rng.standard_normal((n, c, h, w)).astype(dtype)
+        weight = rng.standard_normal((3, c, 2, kernel_w)).astype(dtype)
+        bias = rng.standard_normal(3).astype(dtype)
+        out, cache = conv2d_forward(x, weight, bias, 1, padding, method="direct")
+        assert_close(out, ref.conv2d_forward(x, weight, bias, (1, 1), padding), dtype, "out")
+        dout = rng.standard_normal(out.shape).astype(dtype)
+        dx, dweight, dbias = conv2d_backward(dout, cache)
+        ref_dx, ref_dweight, ref_dbias = ref.conv2d_backward(dout, x, weight, True, (1, 1),
+                                                             padding)
+        assert_close(dweight, ref_dweight, dtype, "dweight")
+        assert_close(dbias, ref_dbias, dtype, "dbias")
+        assert_close(dx, ref_dx, dtype, "dx")

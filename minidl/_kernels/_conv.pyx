@@ -279,6 +279,15 @@ cdef extern from "_conv.h" nogil:
     double minidl_dot_d(const double* g, const double* x, Py_ssize_t n)
     double minidl_sum_f(const float* x, Py_ssize_t n)
     double minidl_sum_d(const double* x, Py_ssize_t n)
+    enum: MINIDL_CONV_ROW_MAX
+    void minidl_conv_row_f(float* y, const float* x, const float* w, Py_ssize_t kw,
+                           Py_ssize_t n)
+    void minidl_conv_row_d(double* y, const double* x, const double* w, Py_ssize_t kw,
+                           Py_ssize_t n)
+    void minidl_dot_row_f(const float* g, const float* x, Py_ssize_t kw, Py_ssize_t n,
+                          double* out)
+    void minidl_dot_row_d(const double* g, const double* x, Py_ssize_t kw, Py_ssize_t n,
+                          double* out)
 
 
 cdef inline void _axpy(floating* y, const floating* x, floating a, Py_ssize_t n) noexcept nogil:
@@ -305,6 +314,24 @@ cdef inline void _dot3x3(const floating* g, const floating* x, Py_ssize_t row, P
         minidl_dot3x3_f(g, x, row, n, out)
     else:
         minidl_dot3x3_d(g, x, row, n, out)
+
+
+cdef inline void _conv_row(floating* y, const floating* x, const floating* w, Py_ssize_t kw,
+                          Py_ssize_t n) noexcept nogil:
+    """``y[k] += sum_{j < kw} w[j] * x[k + j]`` for ``0 <= k < n`` (``2 <= kw <= 8``)."""
+    if floating is float:
+        minidl_conv_row_f(y, x, w, kw, n)
+    else:
+        minidl_conv_row_d(y, x, w, kw, n)
+
+
+cdef inline void _dot_row(const floating* g, const floating* x, Py_ssize_t kw, Py_ssize_t n,
+                          double* out) noexcept nogil:
+    """``out[j] += sum_k g[k] * x[k + j]`` for ``j < kw`` (``2 <= kw <= 8``)."""
+    if floating is float:
+        minidl_dot_row_f(g, x, kw, n, out)
+    else:
+        minidl_dot_row_d(g, x, kw, n, out)
 
 
 cdef inline double _sum(const floating* x, Py_ssize_t n) noexcept nogil:
@@ -421,6 +448,9 @@ def direct_forward(const floating[:, :, :, ::1] x_pad, const floating[:, :, :, :
                 _conv3x3(wide, x_plane, w_taps, Wp, L)
                 continue
             for i in range(KH):
+                if 2 <= KW <= MINIDL_CONV_ROW_MAX:  # the row's KW taps in one pass
+                    _conv_row(wide, x_plane + i * Wp, w_taps + i * KW, KW, L)
+                    continue
                 for j in range(KW):
                     _axpy(wide, x_plane + i * Wp + j, w_taps[i * KW + j], L)
         out_plane = out0 + task * OH * OW
@@ -495,6 +525,9 @@ def direct_weight_grad(const floating[:, :, :, ::1] x_pad, const floating[:, :, 
                     _dot3x3(wide, x_plane, Wp, L, dw + c * 9)
                     continue
                 for i in range(KH):
+                    if 2 <= KW <= MINIDL_CONV_ROW_MAX:  # the row's KW taps in one pass
+                        _dot_row(wide, x_plane + i * Wp, KW, L, dw + (c * KH + i) * KW)
+                        continue
                     for j in range(KW):
                         dw[(c * KH + i) * KW + j] += _dot(wide, x_plane + i * Wp + j, L)
         if want_bias_grad:
