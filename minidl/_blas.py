@@ -50,7 +50,7 @@ from threadpoolctl import ThreadpoolController
 from . import _config, _memory
 from ._kernels import _gemm as _kernel
 
-__all__ = ["matmul", "one_thread", "PARALLEL_MIN_WORK", "TILE_COLS"]
+__all__ = ["matmul", "Gathered", "one_thread", "PARALLEL_MIN_WORK", "TILE_COLS"]
 
 # Below this many multiply-adds a product runs on one thread (about 12 microseconds of work:
 # waking the team would cost more).
@@ -174,6 +174,81 @@ def _narrow(cols, dtype_name):
     return _ceil_div(cols, narrow_nr) * narrow_nr < _ceil_div(cols, nr) * nr
 
 
+class Gathered:
+    """A matrix operand of :func:`matmul` that is read where it lies: ``G[i, k] = base[rows[i] +
+    cols[k]]``.
+
+    With ``base`` a zero-padded NHWC image, ``rows[i]`` the offset of output position ``i``'s
+    receptive field and ``cols[k]`` that of tap ``k = (i, j, c)`` within it, ``G`` is im2col's
+    matrix (:mod:`minidl.functional.conv_im2col`) without the copy: the GEMM packs its blocks
+    straight from the image (``_gemm.h``, "gathered operands") into the values the matrix would
+    have been packed into, so the product has the same bits.
+
+    Args:
+        base (np.ndarray): contiguous float32/float64 (any shape; read as 1-D).
+        rows, cols (np.ndarray): 1-D integer offsets (converted to ``np.intp``).
+    Raises:
+        ValueError: an offset pair outside ``base``, or ``base`` not contiguous.
+    """
+
+    __slots__ = ("base", "rows", "cols", "shape", "dtype")
+
+    def __init__(self, base, rows, cols):
+        if not (isinstance(base, np.ndarray) and base.flags.c_contiguous):
+            raise ValueError("Gathered: base must be a C-contiguous ndarray")
+        self.base = base.reshape(-1)
+        self.rows = np.ascontiguousarray(rows, dtype=np.intp)
+        self.cols = np.ascontiguousarray(cols, dtype=np.intp)
+        if self.rows.ndim != 1 or self.cols.ndim != 1:
+            raise ValueError("Gathered: rows and cols must be 1-D")
+        if self.rows.size and self.cols.size and (
+                self.rows.min() + self.cols.min() < 0
+                or self.rows.max() + self.cols.max() >= self.base.size):
+            raise ValueError(f"Gathered: offsets outside base of {self.base.size} elements")
+        self.shape = (self.rows.size, self.cols.size)
+        self.dtype = self.base.dtype
+
+    def materialize(self):
+        """The matrix itself, ``(len(rows), len(cols))`` (a new array)."""
+        return self.base[np.add.outer(self.rows, self.cols)]
+
+
+def _matmul_gathered(a, b, out, accumulate, layer):
+    """:func:`matmul` with one :class:`Gathered` operand and one 2-D array."""
+    gathered_a = isinstance(a, Gathered)
+    gathered, other = (a, b) if gathered_a else (b, a)
+    if isinstance(other, Gathered) or not isinstance(other, np.ndarray) or other.ndim != 2 \
+            or other.dtype != gathered.dtype or other.dtype not in (np.float32, np.float64):
+        raise TypeError(f"{layer}: a gathered operand multiplies a 2-D float32/float64 array "
+                        f"of its dtype")
+    rows, inner = a.shape
+    if b.shape[0] != inner:
+        raise ValueError(f"{layer}: cannot multiply shapes {a.shape} and {b.shape}")
+    cols = b.shape[1]
+    if rows <= _kernel.DOT_ROWS:  # the dot products read A's rows in place: give them a matrix
+        return _matmul(a.materialize() if gathered_a else a,
+                       b if gathered_a else b.materialize(), out, accumulate, False, layer)
+    if accumulate and out is None:
+        raise ValueError(f"{layer}: accumulate=True needs an out array")
+    given = out is not None
+    out = _memory.output(layer, out, (rows, cols), other.dtype)
+    if given and (np.may_share_memory(out, other) or np.may_share_memory(out, gathered.base)):
+        raise ValueError(f"{layer}: out must not share memory with the operands")
+    if out.size == 0:
+        return out
+    if inner == 0:
+        if not accumulate:
+            out.fill(0)
+        return out
+    threads = 1 if rows * cols * inner < PARALLEL_MIN_WORK else _config.get_num_threads()
+    tile_rows, tile_cols, threads, scratch_size, narrow = _plan(
+        1, rows, cols, threads, _DTYPE_NAMES[other.dtype])
+    scratch = _memory.empty((threads, scratch_size), other.dtype)
+    _kernel.gemm_gathered(gathered.base, gathered.rows, gathered.cols, other, out, gathered_a,
+                          accumulate, tile_rows, tile_cols, scratch, threads, narrow)
+    return out
+
+
 def matmul(a, b, out=None, accumulate=False, sum_batch=False, layer="matmul"):
     """``a @ b`` on minidl's OpenMP team (see the module docstring).
 
@@ -189,12 +264,23 @@ def matmul(a, b, out=None, accumulate=False, sum_batch=False, layer="matmul"):
         sum_batch (bool): ``sum_n a[n] @ b[n]``, a single ``(M, N)`` matrix, summed over the
             batch in order.
         layer (str): name used in error messages.
+    Either operand may instead be a :class:`Gathered` matrix (then the other is 2-D and
+    ``sum_batch`` is False).
     Returns:
         np.ndarray: ``out``.
     Raises:
         TypeError: the operands are not float32/float64 arrays of one dtype.
         ValueError: their shapes do not match, or ``out`` is unusable.
     """
+    if isinstance(a, Gathered) or isinstance(b, Gathered):
+        if sum_batch:
+            raise ValueError(f"{layer}: sum_batch needs two arrays, not a gathered operand")
+        return _matmul_gathered(a, b, out, accumulate, layer)
+    return _matmul(a, b, out, accumulate, sum_batch, layer)
+
+
+def _matmul(a, b, out, accumulate, sum_batch, layer):
+    """:func:`matmul` of two arrays."""
     if not (isinstance(a, np.ndarray) and isinstance(b, np.ndarray)) \
             or a.dtype != b.dtype or a.dtype not in (np.float32, np.float64):
         raise TypeError(f"{layer}: expected two float32 or two float64 arrays, got "

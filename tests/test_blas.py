@@ -279,3 +279,66 @@ def test_narrow_kernels_give_the_same_bits(cols, dtype, rng):
     _close(results[0], a.astype(np.float64) @ b[0].astype(np.float64), dtype, 300)
     assert _gemm.NR_NARROW[name] <= _gemm.NR[name]
     np.testing.assert_array_equal(_blas.matmul(a, b[0]), results[0])
+
+
+def _gathered_case(rng, dtype, rows, inner, runs):
+    """A Gathered operand (rows x inner) over a random base, its columns in runs of adjacent
+    offsets (``runs``: their lengths, summing to ``inner``), as im2col's taps are."""
+    base = rng.standard_normal(4000).astype(dtype)
+    starts = rng.integers(0, 200, len(runs))
+    cols = np.concatenate([s + 211 * i + np.arange(n) for i, (s, n) in
+                           enumerate(zip(starts, runs))])
+    row_offsets = rng.integers(0, 4000 - cols.max(), rows)
+    return _blas.Gathered(base, row_offsets, cols)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rows, runs, other", [
+    (13, [3, 7, 1], 20),        # a partial strip of 6 rows, runs shorter than a vector
+    (150, [64, 64, 64, 64, 40], 33),  # runs across the 256-long blocks, rows across 144
+    (9, [300], 70),             # one long run; just above the dot products' 8 rows
+    (5, [2, 2, 2], 4),          # few rows: the matrix goes to the dot products
+])
+def test_gathered_operands_give_the_matrix_bits(rows, runs, other, dtype, rng):
+    """A Gathered operand, on either side and at 1 or 2 threads, gives the same bits as the
+    matrix it stands for (its blocks are packed into the same values)."""
+    gathered = _gathered_case(rng, dtype, rows, sum(runs), runs)
+    matrix = gathered.materialize()
+    assert matrix.shape == (rows, sum(runs))
+    np.testing.assert_array_equal(
+        matrix, gathered.base[gathered.rows[:, None] + gathered.cols[None, :]])
+    right = rng.standard_normal((sum(runs), other)).astype(dtype)
+    left = rng.standard_normal((other, rows)).astype(dtype)
+    before = minidl.get_num_threads()
+    try:
+        for threads in (1, 2):
+            minidl.set_num_threads(threads)
+            np.testing.assert_array_equal(_blas.matmul(gathered, right),
+                                          _blas.matmul(matrix, right))
+            # gathered B, given transposed: (other x rows) @ (rows x inner) via its own offsets
+            gathered_b = _blas.Gathered(gathered.base, gathered.rows, gathered.cols)
+            np.testing.assert_array_equal(_blas.matmul(left, gathered_b),
+                                          _blas.matmul(left, matrix))
+            out = np.ones((other, sum(runs)), dtype)
+            _blas.matmul(left, gathered_b, out=out, accumulate=True)
+            np.testing.assert_array_equal(out, _blas.matmul(left, matrix) + 1)
+    finally:
+        minidl.set_num_threads(before)
+    _close(_blas.matmul(gathered, right), matrix.astype(np.float64) @ right, dtype, sum(runs))
+
+
+def test_gathered_operand_errors(rng):
+    base = np.zeros(100, np.float32)
+    with pytest.raises(ValueError, match="Gathered: offsets outside base"):
+        _blas.Gathered(base, [0, 90], [0, 10])
+    with pytest.raises(ValueError, match="Gathered: offsets outside base"):
+        _blas.Gathered(base, [-5, 0], [0, 1])
+    with pytest.raises(ValueError, match="C-contiguous"):
+        _blas.Gathered(np.zeros((10, 10), np.float32)[:, ::2], [0], [0])
+    gathered = _blas.Gathered(base, np.arange(0, 90, 10), np.arange(10))
+    with pytest.raises(ValueError, match="cannot multiply shapes"):
+        _blas.matmul(gathered, np.zeros((9, 3), np.float32))
+    with pytest.raises(TypeError, match="gathered operand"):
+        _blas.matmul(gathered, np.zeros((10, 3), np.float64))
+    with pytest.raises(ValueError, match="sum_batch"):
+        _blas.matmul(gathered, np.zeros((10, 3), np.float32), sum_batch=True)

@@ -221,17 +221,17 @@ def test_conv2d_layer_accumulates_gradients(rng):
 
 
 def test_conv2d_layer_reuses_memory_across_batches(rng):
-    """The layer owns no workspace: im2col's matrix comes from minidl's allocator, and a batch
-    size seen before is served from its cache (no new memory); results are right for every
-    batch size."""
+    """The layer owns no workspace: its padded NHWC input (what the gathered products read)
+    comes from minidl's allocator, and a batch size seen before is served from its cache (no
+    new memory); results are right for every batch size."""
     layer = Conv2D(3, 4, 3, padding=1, rng=rng, dtype=np.float64, method="im2col")
     assert not hasattr(layer, "_workspace")
     for i, n in enumerate((4, 2, 4, 5)):  # 55 KiB of matrix per sample: cached sizes
         x = rng.standard_normal((n, 3, 16, 16))
         misses = minidl.memory_stats()["misses"]
         out = layer(x)
-        assert layer._cache.cols.shape == (n * 16 * 16, 27)
-        assert get_handler_name(layer._cache.cols) == "minidl_caching"
+        assert layer._cache.cols is None and layer._cache.x_pad.shape == (n, 18, 18, 3)
+        assert get_handler_name(layer._cache.x_pad) == "minidl_caching"
         if i == 2:  # batch 4 again
             assert minidl.memory_stats()["misses"] == misses
         dout = rng.standard_normal(out.shape)
@@ -535,7 +535,9 @@ def test_conv2d_workspace_is_checked_and_must_be_memory_of_its_own(rng):
     ("winograd", "padding", lambda c: (3, 3)),
     ("winograd", "block_rows", lambda c: 0),
     ("winograd", "dtype", lambda c: np.dtype(np.float32)),
-    ("im2col", "cols", lambda c: c.cols[:-1]),
+    ("im2col", "x_pad", lambda c: c.x_pad[:, :-1]),
+    ("im2col", "x_pad", lambda c: np.asfortranarray(c.x_pad)),
+    ("im2col", "cols", lambda c: np.zeros((3, 3))),
     ("im2col", "weight_rows", lambda c: c.weight_rows.astype(np.float32)),
     ("im2col", "stride", lambda c: (0, 1)),
     ("im2col", "chunk", lambda c: 0),

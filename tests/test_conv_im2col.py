@@ -131,7 +131,7 @@ def test_im2col_in_chunks_matches_reference(geometry, dtype, input_grad, monkeyp
     workspace = np.full(rows * taps, np.nan, dtype)
     out, cache = conv2d_forward(x, weight, bias, stride, padding, method="im2col",
                                 workspace=workspace)
-    assert cache.chunk == 1 and cache.x_nhwc is not None and cache.cols is None
+    assert cache.chunk == 1 and cache.x_pad is not None and cache.cols is None
     # the matrix was built in the workspace, one sample at a time (the last one is left there)
     np.testing.assert_array_equal(workspace.reshape(rows, taps),
                                   ref.im2col(x[-1:], kernel, stride, padding))
@@ -146,3 +146,46 @@ def test_im2col_in_chunks_matches_reference(geometry, dtype, input_grad, monkeyp
     else:
         assert dx is None
 
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("geometry", GEOMETRIES, ids=GEOMETRY_IDS)
+def test_pad_nhwc_kernel(geometry, dtype, rng):
+    n, c, h, w, _, _, padding = geometry
+    x = rng.standard_normal((n, c, h, w)).astype(dtype)
+    x_pad = np.full((n, h + 2 * padding[0], w + 2 * padding[1], c), np.nan, dtype)
+    _conv.pad_nhwc(x, x_pad, *padding, 2)
+    expected = np.pad(nhwc(x), ((0, 0), (padding[0],) * 2, (padding[1],) * 2, (0, 0)))
+    np.testing.assert_array_equal(x_pad, expected)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("geometry", GEOMETRIES, ids=GEOMETRY_IDS)
+def test_gathered_products_give_the_matrix_bits(geometry, dtype, rng):
+    """The product that reads im2col's matrix in place from the padded input (no workspace)
+    gives the same output bits as the matrix built in a workspace, and its offsets address
+    exactly that matrix; the gradients agree with the reference."""
+    import minidl.functional.conv as fconv
+    n, c, h, w, kernel, stride, padding = geometry
+    for out_channels in (3, 11):  # weight gradients of few rows (built matrix) and of more
+        x = rng.standard_normal((n, c, h, w)).astype(dtype)
+        weight = rng.standard_normal((out_channels, c) + kernel).astype(dtype)
+        bias = rng.standard_normal(out_channels).astype(dtype)
+        out, cache = conv2d_forward(x, weight, bias, stride, padding, method="im2col")
+        assert cache.cols is None
+        rows, taps = conv_im2col.gather_offsets(cache.x_pad.shape, kernel, stride,
+                                                out.shape[2:])
+        np.testing.assert_array_equal(cache.x_pad.reshape(-1)[np.add.outer(rows, taps)],
+                                      ref.im2col(x, kernel, stride, padding))
+        size = np.prod(fconv.column_matrix_shape("conv2d", x.shape, kernel, stride, padding,
+                                                 dtype))
+        built, _ = conv2d_forward(x, weight, bias, stride, padding, method="im2col",
+                                  workspace=np.empty(size, dtype))
+        np.testing.assert_array_equal(out, built)
+        dout = rng.standard_normal(out.shape).astype(dtype)
+        dx, dweight, dbias = conv2d_backward(dout, cache)
+        ref_dx, ref_dweight, ref_dbias = ref.conv2d_backward(dout, x, weight, True, stride,
+                                                             padding)
+        assert_close(dweight, ref_dweight, dtype, "dweight")
+        assert_close(dbias, ref_dbias, dtype, "dbias")
+        assert_close(dx, ref_dx, dtype, "dx")

@@ -173,6 +173,49 @@ def col2im(const floating[:, ::1] cols, floating[:, :, :, ::1] dx_nhwc,
                     src = src + run
 
 
+def pad_nhwc(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] x_pad, Py_ssize_t pad_h,
+             Py_ssize_t pad_w, int num_threads=1):
+    """NCHW ``x`` in NHWC order with ``pad_h`` / ``pad_w`` zeros on each side of H and W:
+    ``x_pad[n, h + pH, w + pW, c] = x[n, c, h, w]``, zeros elsewhere. The image that the
+    gathered im2col products read (``minidl._blas.Gathered``): every receptive field of it lies
+    inside, so its offsets need no bounds.
+
+    Args:
+        x (IN): ``(N, C, H, W)``, float32 or float64, C-contiguous.
+        x_pad (OUT): ``(N, H + 2*pad_h, W + 2*pad_w, C)``, same dtype, C-contiguous; fully
+            overwritten.
+        pad_h, pad_w: the zeros on each side (>= 0).
+        num_threads: OpenMP threads (ignored in a serial build); work is split over the
+            ``N*(H + 2*pad_h)`` rows of ``x_pad``, each row of ``x`` transposed (C x W -> W x C)
+            in 8x8 blocks (``_transpose.h``).
+
+    Preconditions (checked by the caller, not here): the shapes above; ``x_pad`` shares no
+    memory with ``x``; ``num_threads >= 1``.
+    """
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t Hp = x_pad.shape[1], Wp = x_pad.shape[2]
+    cdef Py_ssize_t task, n, hp, k
+    cdef floating* row
+    if N * Hp * Wp * C == 0:
+        return
+    cdef floating* p0 = &x_pad[0, 0, 0, 0]
+    cdef const floating* x0 = &x[0, 0, 0, 0]
+    for task in prange(N * Hp, nogil=True, num_threads=num_threads, schedule="static"):
+        n = task // Hp
+        hp = task - n * Hp
+        row = p0 + task * Wp * C
+        if hp < pad_h or hp >= pad_h + H:
+            for k in range(Wp * C):
+                row[k] = 0
+            continue
+        for k in range(pad_w * C):
+            row[k] = 0
+        for k in range((pad_w + W) * C, Wp * C):
+            row[k] = 0
+        # row hp - pH of every channel (C rows of W, H*W apart) -> W runs of C channels
+        transpose(x0 + (n * C * H + hp - pad_h) * W, H * W, row + pad_w * C, C, C, W, NULL)
+
+
 def transpose_batched(const floating[:, :, ::1] src, const floating[::1] bias, bint use_bias,
                       floating[:, :, ::1] dst, int num_threads=1):
     """Transpose the last two axes of a batch, optionally adding a bias along the new middle axis.

@@ -87,7 +87,8 @@ static void minidl_gemm_pack_a_##S(const T* restrict A, ptrdiff_t rsa, ptrdiff_t
         const ptrdiff_t valid = rows - i0 < MINIDL_GEMM_MR ? rows - i0 : MINIDL_GEMM_MR;     \
         const T* restrict a = A + i0 * rsa;                                                  \
         if (valid == MINIDL_GEMM_MR && csa == 1) { /* a whole strip of contiguous rows */    \
-            minidl_transpose6_##S(a, rsa, ap, kc); /* (_transpose.h; MR is 6) */             \
+            const T* rows6[6] = {a, a + rsa, a + 2 * rsa, a + 3 * rsa, a + 4 * rsa, a + 5 * rsa};\
+            minidl_transpose6_##S(rows6, ap, kc); /* (_transpose.h; MR is 6) */              \
             continue;                                                                        \
         }                                                                                    \
         if (valid == MINIDL_GEMM_MR) { /* a whole strip: one k at a time, 6 values */        \
@@ -160,6 +161,68 @@ static void minidl_gemm_pack_b_##S(const T* restrict B, ptrdiff_t rsb, ptrdiff_t
 
 MINIDL_GEMM_PACK(f, float)
 MINIDL_GEMM_PACK(d, double)
+
+/* ---- gathered operands: the im2col matrix without the matrix ------------------------------ */
+/* An operand whose element (i, k) is base[rows[i] + cols[k]]: with base a zero-padded NHWC
+ * image, rows[i] the start of output position i's receptive field and cols[k] the offset of
+ * tap k = (i, j, c) in it, this is im2col's matrix (minidl/functional/conv_im2col.py), read
+ * where it lies instead of copied out first. A gathered operand is packed into exactly the
+ * values its matrix would be packed into, so a product gives the same bits either way. */
+typedef struct { const float* base; const ptrdiff_t* rows; const ptrdiff_t* cols; }
+    minidl_gemm_gather_f;
+typedef struct { const double* base; const ptrdiff_t* rows; const ptrdiff_t* cols; }
+    minidl_gemm_gather_d;
+
+#define MINIDL_GEMM_PACK_GATHER(S, T)                                                        \
+/* as minidl_gemm_pack_a, for A(i, k) = base[row[i] + col[k]]: whole strips run by run of     \
+   adjacent columns (a tap's channels), each run six rows at once (_transpose.h) */          \
+static void minidl_gemm_pack_a_gather_##S(const T* base, const ptrdiff_t* row,              \
+                                          const ptrdiff_t* col, ptrdiff_t rows, ptrdiff_t kc, \
+                                          T* restrict ap) {                                  \
+    for (ptrdiff_t i0 = 0; i0 < rows; i0 += MINIDL_GEMM_MR, ap += kc * MINIDL_GEMM_MR) {     \
+        const ptrdiff_t valid = rows - i0 < MINIDL_GEMM_MR ? rows - i0 : MINIDL_GEMM_MR;     \
+        if (valid < MINIDL_GEMM_MR) { /* the last, partial strip: zeros past `rows` */       \
+            for (ptrdiff_t k = 0; k < kc; k++)                                               \
+                for (ptrdiff_t r = 0; r < MINIDL_GEMM_MR; r++)                               \
+                    ap[k * MINIDL_GEMM_MR + r] = r < valid ? base[row[i0 + r] + col[k]] : 0; \
+            continue;                                                                        \
+        }                                                                                    \
+        for (ptrdiff_t k = 0; k < kc;) {                                                     \
+            ptrdiff_t run = 1; /* columns k .. k + run - 1 lie side by side in memory */     \
+            while (k + run < kc && col[k + run] == col[k] + run) run++;                      \
+            const T* rows6[6];                                                               \
+            for (int r = 0; r < 6; r++) rows6[r] = base + row[i0 + r] + col[k];              \
+            minidl_transpose6_##S(rows6, ap + k * MINIDL_GEMM_MR, run);                      \
+            k += run;                                                                        \
+        }                                                                                    \
+    }                                                                                        \
+}                                                                                            \
+/* as minidl_gemm_pack_b, for B(k, j) = base[row[k] + col[j]]: a strip whose columns lie     \
+   side by side (nr channels of one tap) is copied row after row */                          \
+static void minidl_gemm_pack_b_gather_##S(const T* base, const ptrdiff_t* row,              \
+                                          const ptrdiff_t* col, ptrdiff_t kc,                \
+                                          ptrdiff_t cols, ptrdiff_t nr, T* restrict bp) {    \
+    const ptrdiff_t strip = kc * nr + MINIDL_GEMM_PAD;                                       \
+    for (ptrdiff_t j0 = 0; j0 < cols; j0 += nr, bp += strip) {                               \
+        const ptrdiff_t valid = cols - j0 < nr ? cols - j0 : nr;                             \
+        ptrdiff_t run = 1;                                                                   \
+        while (run < valid && col[j0 + run] == col[j0] + run) run++;                         \
+        for (ptrdiff_t k = 0; k < kc; k++) {                                                 \
+            const T* restrict b = base + row[k];                                             \
+            T* restrict out = bp + k * nr;                                                   \
+            if (run == valid) {                                                              \
+                const T* restrict bj = b + col[j0];                                          \
+                for (ptrdiff_t q = 0; q < valid; q++) out[q] = bj[q];                        \
+            } else {                                                                         \
+                for (ptrdiff_t q = 0; q < valid; q++) out[q] = b[col[j0 + q]];               \
+            }                                                                                \
+            for (ptrdiff_t q = valid; q < nr; q++) out[q] = 0;                               \
+        }                                                                                    \
+    }                                                                                        \
+}
+
+MINIDL_GEMM_PACK_GATHER(f, float)
+MINIDL_GEMM_PACK_GATHER(d, double)
 
 /* ---- micro-kernels: C[R x NR] = (acc ? C : 0) + ap (kc x MR, k-major) @ B (kc x NR) ------- */
 /* One kernel per row count R = 1..MR (the last strip of A, or a product of fewer rows, costs
@@ -485,7 +548,10 @@ static const char* minidl_gemm_init(void) {
 /* narrow: use the narrow kernels (minidl_gemm_micro_narrow_*, NR minidl_gemm_nr_narrow_*).
    scratch: minidl_gemm_scratch_size(cols, nr) elements for that NR, 64-byte aligned (it also
    holds the partial sums of minidl_gemm_dot_tile, DOT_ROWS x cols x LANES, and its copy of a
-   block of B, DOT_KB x (cols + PAD)) */
+   block of B, DOT_KB x (cols + PAD)).
+   ga, gb: NULL, or A (B) gathered (terms 1; A, B and their strides are then unused for that
+   operand); i0, j0: the tile's first row and column in the whole product (where a gathered
+   operand's rows, or columns, start). */
 static MINIDL_INLINE ptrdiff_t minidl_gemm_scratch_size(ptrdiff_t cols, ptrdiff_t nr) {
     const ptrdiff_t strips = (cols + nr - 1) / nr;
     const ptrdiff_t gemm = MINIDL_GEMM_MC * MINIDL_GEMM_KC
@@ -521,7 +587,9 @@ static void minidl_gemm_tile_##S(                                               
         const T* A, ptrdiff_t sa, ptrdiff_t rsa, ptrdiff_t csa,                              \
         const T* B, ptrdiff_t sb, ptrdiff_t rsb, ptrdiff_t csb,                              \
         T* C, ptrdiff_t ldc, ptrdiff_t rows, ptrdiff_t inner, ptrdiff_t cols,                \
-        ptrdiff_t terms, int acc, int narrow, T* scratch) {                                  \
+        ptrdiff_t terms, int acc, int narrow, T* scratch,                                    \
+        const minidl_gemm_gather_##S* ga, const minidl_gemm_gather_##S* gb,                  \
+        ptrdiff_t i0, ptrdiff_t j0) {                                                        \
     const ptrdiff_t nr = narrow ? minidl_gemm_nr_narrow_##S : minidl_gemm_nr_##S;            \
     const minidl_gemm_micro_##T##_fn* micro =                                                \
         narrow ? minidl_gemm_micro_narrow_##S : minidl_gemm_micro_##S;                       \
@@ -534,10 +602,18 @@ static void minidl_gemm_tile_##S(                                               
             const int add = acc || t > 0 || pc > 0;                                          \
             const T* At = A + t * sa + pc * csa;                                             \
             const T* Bt = B + t * sb + pc * rsb;                                             \
-            minidl_gemm_pack_b_##S(Bt, rsb, csb, kc, cols, nr, bp);                          \
+            if (gb) /* B gathered: its rows pc.., columns j0.. (the tile's) */               \
+                minidl_gemm_pack_b_gather_##S(gb->base, gb->rows + pc, gb->cols + j0, kc,    \
+                                              cols, nr, bp);                                 \
+            else                                                                             \
+                minidl_gemm_pack_b_##S(Bt, rsb, csb, kc, cols, nr, bp);                      \
             for (ptrdiff_t ic = 0; ic < rows; ic += MINIDL_GEMM_MC) {                        \
                 const ptrdiff_t mc = rows - ic < MINIDL_GEMM_MC ? rows - ic : MINIDL_GEMM_MC;\
-                minidl_gemm_pack_a_##S(At + ic * rsa, rsa, csa, mc, kc, ap);                 \
+                if (ga) /* A gathered: its rows i0 + ic.., columns pc.. */                   \
+                    minidl_gemm_pack_a_gather_##S(ga->base, ga->rows + i0 + ic,              \
+                                                  ga->cols + pc, mc, kc, ap);                \
+                else                                                                         \
+                    minidl_gemm_pack_a_##S(At + ic * rsa, rsa, csa, mc, kc, ap);             \
                 for (ptrdiff_t j0 = 0; j0 < cols; j0 += nr) {                                \
                     const ptrdiff_t valid = cols - j0 < nr ? cols - j0 : nr;                 \
                     const T* b = bp + (j0 / nr) * (kc * nr + MINIDL_GEMM_PAD);               \

@@ -32,16 +32,26 @@ cdef extern from "_gemm.h" nogil:
     Py_ssize_t minidl_gemm_nr_narrow_f
     Py_ssize_t minidl_gemm_nr_narrow_d
     Py_ssize_t minidl_gemm_scratch_size(Py_ssize_t cols, Py_ssize_t nr)
+    ctypedef struct minidl_gemm_gather_f:
+        const float* base
+        const Py_ssize_t* rows
+        const Py_ssize_t* cols
+    ctypedef struct minidl_gemm_gather_d:
+        const double* base
+        const Py_ssize_t* rows
+        const Py_ssize_t* cols
     void minidl_gemm_tile_f(const float* A, Py_ssize_t sa, Py_ssize_t rsa, Py_ssize_t csa,
                             const float* B, Py_ssize_t sb, Py_ssize_t rsb, Py_ssize_t csb,
                             float* C, Py_ssize_t ldc, Py_ssize_t rows, Py_ssize_t inner,
                             Py_ssize_t cols, Py_ssize_t terms, int acc, int narrow,
-                            float* scratch)
+                            float* scratch, const minidl_gemm_gather_f* ga,
+                            const minidl_gemm_gather_f* gb, Py_ssize_t i0, Py_ssize_t j0)
     void minidl_gemm_tile_d(const double* A, Py_ssize_t sa, Py_ssize_t rsa, Py_ssize_t csa,
                             const double* B, Py_ssize_t sb, Py_ssize_t rsb, Py_ssize_t csb,
                             double* C, Py_ssize_t ldc, Py_ssize_t rows, Py_ssize_t inner,
                             Py_ssize_t cols, Py_ssize_t terms, int acc, int narrow,
-                            double* scratch)
+                            double* scratch, const minidl_gemm_gather_d* ga,
+                            const minidl_gemm_gather_d* gb, Py_ssize_t i0, Py_ssize_t j0)
     void minidl_gemm_dot_tile_f(const float* A, Py_ssize_t sa, Py_ssize_t rsa,
                                 const float* B, Py_ssize_t sb, Py_ssize_t rsb, Py_ssize_t csb,
                                 float* C, Py_ssize_t ldc, Py_ssize_t rows, Py_ssize_t inner,
@@ -153,7 +163,8 @@ def gemm(const floating[:, :, :] a, const floating[:, :, :] b, floating[:, :, :]
                 minidl_gemm_tile_f(a0 + n * sa + i0 * rsa, sa, rsa, csa,
                                    b0 + n * sb + j0 * csb, sb, rsb, csb,
                                    c0 + n * sc + i0 * ldc + j0, ldc, rows, K, cols, terms,
-                                   accumulate, narrow, _aligned(&scratch[threadid(), 0]))
+                                   accumulate, narrow, _aligned(&scratch[threadid(), 0]),
+                                   NULL, NULL, i0, j0)
         elif dot:
             minidl_gemm_dot_tile_d(a0 + n * sa + i0 * rsa, sa, rsa,
                                    b0 + n * sb + j0 * csb, sb, rsb, csb,
@@ -163,4 +174,68 @@ def gemm(const floating[:, :, :] a, const floating[:, :, :] b, floating[:, :, :]
             minidl_gemm_tile_d(a0 + n * sa + i0 * rsa, sa, rsa, csa,
                                b0 + n * sb + j0 * csb, sb, rsb, csb,
                                c0 + n * sc + i0 * ldc + j0, ldc, rows, K, cols, terms,
-                               accumulate, narrow, _aligned(&scratch[threadid(), 0]))
+                               accumulate, narrow, _aligned(&scratch[threadid(), 0]),
+                               NULL, NULL, i0, j0)
+
+
+def gemm_gathered(const floating[::1] base, const Py_ssize_t[::1] rows,
+                  const Py_ssize_t[::1] cols, const floating[:, :] other, floating[:, ::1] c,
+                  bint gathered_a, bint accumulate, Py_ssize_t tile_rows, Py_ssize_t tile_cols,
+                  floating[:, ::1] scratch, int num_threads=1, bint narrow=False):
+    """``c (+)= G @ other`` (``gathered_a``) or ``c (+)= other @ G``, where the gathered operand
+    is ``G[i, k] = base[rows[i] + cols[k]]`` (``_gemm.h``: im2col's matrix read in place from a
+    zero-padded NHWC image). Packed like the matrix it stands for: the same bits as
+    :func:`gemm` on that matrix.
+
+    Args:
+        base (IN): the elements G reads, float32 or float64, contiguous.
+        rows, cols (IN): G's row and column offsets into ``base`` (``G`` is
+            ``len(rows) x len(cols)``).
+        other (IN): the other operand, ``(len(cols), N)`` or ``(M, len(rows))``, same dtype,
+            any strides.
+        c (IN/OUT): ``(M, N)``, same dtype, C-contiguous; overwritten or added to.
+        gathered_a: whether G is the left operand.
+        accumulate, tile_rows, tile_cols, scratch, num_threads, narrow: as for :func:`gemm`.
+
+    Preconditions (checked by the caller, not here): every ``rows[i] + cols[k]`` indexes
+    ``base``; the inner sizes agree; ``M > DOT_ROWS`` (a gathered operand never takes the dot
+    products); ``c`` shares no memory with the operands; ``scratch`` as for :func:`gemm`.
+    """
+    cdef Py_ssize_t M = c.shape[0], N = c.shape[1]
+    cdef Py_ssize_t K = cols.shape[0] if gathered_a else rows.shape[0]
+    cdef Py_ssize_t item = sizeof(floating)
+    cdef Py_ssize_t rso = other.strides[0] // item, cso = other.strides[1] // item
+    cdef Py_ssize_t tiles_n = ceil_div(N, tile_cols)
+    cdef Py_ssize_t tasks = ceil_div(M, tile_rows) * tiles_n
+    cdef Py_ssize_t task, i0, j0, rows_, cols_
+    cdef const floating* a_tile
+    cdef const floating* b_tile
+    cdef minidl_gemm_gather_f gf
+    cdef minidl_gemm_gather_d gd
+    if M == 0 or N == 0 or K == 0:
+        return
+    cdef const floating* o0 = &other[0, 0]
+    cdef floating* c0 = &c[0, 0]
+    if floating is float:
+        gf.base, gf.rows, gf.cols = &base[0], &rows[0], &cols[0]
+    else:
+        gd.base, gd.rows, gd.cols = &base[0], &rows[0], &cols[0]
+
+    for task in prange(tasks, nogil=True, num_threads=num_threads, schedule="dynamic"):
+        i0 = (task // tiles_n) * tile_rows
+        j0 = (task % tiles_n) * tile_cols
+        rows_ = tile_rows if i0 + tile_rows <= M else M - i0
+        cols_ = tile_cols if j0 + tile_cols <= N else N - j0
+        # the other operand's tile (its strides serve A or B, whichever it is)
+        a_tile = NULL if gathered_a else o0 + i0 * rso
+        b_tile = o0 + j0 * cso if gathered_a else NULL
+        if floating is float:
+            minidl_gemm_tile_f(a_tile, 0, rso, cso, b_tile, 0, rso, cso, c0 + i0 * N + j0, N,
+                               rows_, K, cols_, 1, accumulate, narrow,
+                               _aligned(&scratch[threadid(), 0]), &gf if gathered_a else NULL,
+                               NULL if gathered_a else &gf, i0, j0)
+        else:
+            minidl_gemm_tile_d(a_tile, 0, rso, cso, b_tile, 0, rso, cso, c0 + i0 * N + j0, N,
+                               rows_, K, cols_, 1, accumulate, narrow,
+                               _aligned(&scratch[threadid(), 0]), &gd if gathered_a else NULL,
+                               NULL if gathered_a else &gd, i0, j0)

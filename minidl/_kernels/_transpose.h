@@ -103,16 +103,18 @@ MINIDL_TARGET("avx2") static void minidl_transpose_avx2_f(
 }
 #endif
 
-/* Six rows, for packing A in matrix products (_gemm.h, MR = 6): dst[c*6 + r] = src[r*ss + c]
- * for r < 6, c < cols; dst is cols x 6, contiguous. */
+/* Six rows, for packing A in matrix products (_gemm.h, MR = 6): dst[c*6 + r] = rows[r][c]
+ * for r < 6, c < cols; dst is cols x 6, contiguous. The rows may lie anywhere (the rows of a
+ * strided matrix, or the receptive fields of six output positions in an image). */
 #define MINIDL_TRANSPOSE6_PLAIN(SUFFIX, T)                                                     \
-static MINIDL_INLINE void minidl_transpose6_plain_##SUFFIX(const T* restrict src, ptrdiff_t ss,\
-                                             T* restrict dst, ptrdiff_t cols) {               \
+static MINIDL_INLINE void minidl_transpose6_plain_##SUFFIX(const T* const* rows,              \
+                                                          T* restrict dst, ptrdiff_t cols) {  \
+    const T* restrict s0 = rows[0], * restrict s1 = rows[1], * restrict s2 = rows[2];          \
+    const T* restrict s3 = rows[3], * restrict s4 = rows[4], * restrict s5 = rows[5];          \
     for (ptrdiff_t c = 0; c < cols; c++) {                                                     \
-        const T* restrict s = src + c;                                                         \
         T* restrict out = dst + 6 * c;                                                         \
-        out[0] = s[0]; out[1] = s[ss]; out[2] = s[2 * ss];                                     \
-        out[3] = s[3 * ss]; out[4] = s[4 * ss]; out[5] = s[5 * ss];                            \
+        out[0] = s0[c]; out[1] = s1[c]; out[2] = s2[c];                                        \
+        out[3] = s3[c]; out[4] = s4[c]; out[5] = s5[c];                                        \
     }                                                                                          \
 }
 
@@ -125,13 +127,12 @@ MINIDL_TRANSPOSE6_PLAIN(d, double)
    landing where row j+1 is stored next; the last row of a block is stored as 4 + 2. Per 8
    columns: 6 loads, 24 shuffles, 9 stores, against 48 scalar loads and 48 scalar stores. */
 MINIDL_TARGET("avx2") static void minidl_transpose6_avx2_f(
-        const float* restrict src, ptrdiff_t ss, float* restrict dst, ptrdiff_t cols) {
+        const float* const* rows, float* restrict dst, ptrdiff_t cols) {
     const ptrdiff_t cols8 = cols - cols % 8;
     for (ptrdiff_t c = 0; c < cols8; c += 8) {
-        const float* s = src + c;
-        const __m256 x0 = _mm256_loadu_ps(s), x1 = _mm256_loadu_ps(s + ss);
-        const __m256 x2 = _mm256_loadu_ps(s + 2 * ss), x3 = _mm256_loadu_ps(s + 3 * ss);
-        const __m256 x4 = _mm256_loadu_ps(s + 4 * ss), x5 = _mm256_loadu_ps(s + 5 * ss);
+        const __m256 x0 = _mm256_loadu_ps(rows[0] + c), x1 = _mm256_loadu_ps(rows[1] + c);
+        const __m256 x2 = _mm256_loadu_ps(rows[2] + c), x3 = _mm256_loadu_ps(rows[3] + c);
+        const __m256 x4 = _mm256_loadu_ps(rows[4] + c), x5 = _mm256_loadu_ps(rows[5] + c);
         __m256 lo[4], hi[4]; /* as in minidl_transpose_avx2_f; rows 6, 7 are rows 4, 5 again */
         minidl_transpose_4x8_avx2(x0, x1, x2, x3, lo);
         minidl_transpose_4x8_avx2(x4, x5, x4, x5, hi);
@@ -144,13 +145,15 @@ MINIDL_TARGET("avx2") static void minidl_transpose6_avx2_f(
         _mm_storeu_ps(d + 42, _mm256_castps256_ps128(last));
         _mm_storel_pi((__m64*)(d + 46), _mm256_extractf128_ps(last, 1));
     }
-    minidl_transpose6_plain_f(src + cols8, ss, dst + 6 * cols8, cols - cols8);
+    const float* rest[6] = {rows[0] + cols8, rows[1] + cols8, rows[2] + cols8,
+                            rows[3] + cols8, rows[4] + cols8, rows[5] + cols8};
+    minidl_transpose6_plain_f(rest, dst + 6 * cols8, cols - cols8);
 }
 #endif
 
 typedef void (*minidl_transpose_f_fn)(const float*, ptrdiff_t, float*, ptrdiff_t, ptrdiff_t,
                                       ptrdiff_t, const float*);
-typedef void (*minidl_transpose6_f_fn)(const float*, ptrdiff_t, float*, ptrdiff_t);
+typedef void (*minidl_transpose6_f_fn)(const float* const*, float*, ptrdiff_t);
 static minidl_transpose_f_fn minidl_transpose_f = minidl_transpose_plain_f;
 static minidl_transpose6_f_fn minidl_transpose6_f = minidl_transpose6_plain_f;
 #define minidl_transpose_d minidl_transpose_plain_d

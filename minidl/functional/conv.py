@@ -13,8 +13,9 @@ Four algorithms compute it, one module each, each with its own immutable cache t
 * :mod:`~minidl.functional.conv_winograd` -- Winograd's F(2x2, 3x3) (Lavin & Gray, 2016; 3x3
   kernels, stride 1): 4 instead of 9 multiply-adds per output and input channel, in fused
   kernels, no im2col matrix.
-* :mod:`~minidl.functional.conv_im2col` -- im2col and matrix products, a chunk of samples at a
-  time (Chellapilla, Puri and Simard, 2006): any kernel, stride and padding.
+* :mod:`~minidl.functional.conv_im2col` -- im2col and matrix products (Chellapilla, Puri and
+  Simard, 2006), the matrix read in place from the padded NHWC input: any kernel, stride and
+  padding.
 
 All matrix products run on minidl's own OpenMP team (:func:`minidl._blas.matmul`).
 
@@ -197,10 +198,12 @@ def _check_workspace_sizes(layer, x, weight_shape, out_shape, padding, method, n
     if method == "direct":
         check_allocation(layer, "padded input",
                          (n, channels, height + 2 * padding[0], width + 2 * padding[1]), x.dtype)
-    elif method == "im2col" and new_matrix:
-        check_allocation(layer, "im2col matrix",
-                         conv_im2col.matrix_shape(x.shape, kernel_size, out_shape[2:], x.dtype),
-                         x.dtype)
+    elif method == "im2col":
+        check_allocation(layer, "padded NHWC input",
+                         (n, height + 2 * padding[0], width + 2 * padding[1], channels), x.dtype)
+        if new_matrix:  # the backward pass's matrix (one chunk of samples)
+            check_allocation(layer, "im2col matrix", conv_im2col.matrix_shape(
+                x.shape, kernel_size, out_shape[2:], x.dtype), x.dtype)
 
 
 def conv2d_forward(x, weight, bias=None, stride=1, padding=0, layer="conv2d", workspace=None,
@@ -218,8 +221,9 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, layer="conv2d", wo
             1-D array of x's dtype with at least as many elements as
             :func:`column_matrix_shape` gives (``N*OH*OW*kH*kW*C_in`` for a small batch; one
             chunk of samples for a large one) in which im2col's matrix is built; it belongs to
-            the returned cache while the cache is used. Default: memory from
-            :mod:`minidl._memory`. Unused by the other methods.
+            the returned cache while the cache is used. Default: no matrix (the products
+            read it in place from the padded input, see
+            :mod:`~minidl.functional.conv_im2col`). Unused by the other methods.
         method (str): ``"auto"`` (default; see :func:`choose_method`), ``"direct"`` (direct
             Cython loops: fast when ``C_in*kH*kW`` is small; stride 1 only), ``"winograd"``
             (F(2x2, 3x3); 3x3 kernels, stride 1), ``"pointwise"`` (a matrix product per image;
@@ -359,8 +363,7 @@ def _check_cache(layer, cache):
         array("weight_rows", (out_channels, taps))
         if cache.cols is not None:
             array("cols", (n * out_h * out_w, taps))
-        else:
-            array("x_nhwc", (n, height, width, channels))
+        array("x_pad", (n, height + 2 * pad_h, width + 2 * pad_w, channels))
         chunk = int(cache.chunk)
         valid = min(kernel_h, kernel_w, *stride, chunk) >= 1 and len(stride) == 2 and (
             cache.cols is None or chunk >= n)

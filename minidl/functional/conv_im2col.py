@@ -1,50 +1,56 @@
 """Convolution as im2col + matrix products (any kernel size, stride and padding).
 
 Chellapilla, Puri and Simard, 2006, "High Performance Convolutional Neural Networks for Document
-Processing": every receptive field of the input is copied into one row of a matrix, and the
-convolution becomes a matrix product. With ``M = S*OH*OW`` output positions of a chunk of ``S``
-samples, ``K = kH*kW*C_in`` taps and
+Processing": every receptive field of the input is one row of a matrix, and the convolution
+becomes a matrix product. With ``M = N*OH*OW`` output positions, ``K = kH*kW*C_in`` taps and
 ``weight_rows = weight.transpose(0, 2, 3, 1).reshape(C_out, K)``::
 
-    forward    x_nhwc                 = x in NHWC order                 Cython, parallel
+    forward    x_pad (N, Hp, Wp, C_in)  = x in NHWC order, zero-padded        Cython, parallel
+               out_rows (M, C_out)      = cols @ weight_rows.T                GEMM, parallel
+               out (N, C_out, OH, OW)   = out_rows in NCHW order + bias       Cython, parallel
+    backward   drows (C_out, M)         = dout reordered; dbias = sums        Cython, parallel
+               dweight_rows             = drows @ cols                        GEMM, parallel
                per chunk of S samples:
-                 cols     (M, K)      = im2col(x_nhwc[chunk])           Cython, parallel
-                 out_rows (M, C_out)  = cols @ weight_rows.T            GEMM, parallel
-               out (N, C_out, OH, OW) = out_rows in NCHW order + bias   Cython, parallel
-    backward   drows (C_out, N*OH*OW) = dout reordered; dbias = sums    Cython, parallel
-               per chunk:
-                 dweight_rows        += drows[:, chunk] @ cols          GEMM, parallel
-                 dcols    (M, K)      = drows[:, chunk].T @ weight_rows GEMM, parallel
-                 dx_nhwc[chunk]       = col2im(dcols)                   Cython, parallel
-               dx                     = dx_nhwc in NCHW order           Cython, parallel
+                 dcols  (S*OH*OW, K)    = drows[:, chunk].T @ weight_rows     GEMM, parallel
+                 dx_nhwc[chunk]         = col2im(dcols)                       Cython, parallel
+               dx                       = dx_nhwc in NCHW order               Cython, parallel
 
-``cols[(n*OH + oh)*OW + ow, (i*kW + j)*C_in + c] = x_pad[n, c, oh*sH + i, ow*sW + j]``: one row
-per output position with NHWC taps (contiguous copies). The products are
-:func:`minidl._blas.matmul` on minidl's OpenMP team; with the chunk's output positions as the
-rows of C the weight is packed once per thread, not once per image.
+``cols[(n*OH + oh)*OW + ow, (i*kW + j)*C_in + c] = x_pad[n, oh*sH + i, ow*sW + j, c]``: one row
+per output position with NHWC taps. The products never build ``cols``: it is a
+:class:`minidl._blas.Gathered` operand, ``cols[m, k] = x_pad.flat[rows[m] + taps[k]]`` (the
+offsets of :func:`gather_offsets`), whose blocks the GEMM packs straight from ``x_pad`` into
+the values it would have packed from the matrix (so the bits are the same). That saves
+writing and reading the matrix, ``kH*kW`` times the input, and its memory. The products are
+:func:`minidl._blas.matmul` on minidl's OpenMP team.
 
-The matrix is built for ``S`` samples at a time, about ``CHUNK_BYTES`` of it (a whole batch's
-would be ``kH*kW`` times the input: 151 MB for 64x64x32x32 float32), so it stays in the CPU
-cache between im2col and its products. When the whole batch fits in one chunk the matrix is
-kept in the cache for the backward pass; otherwise the cache keeps ``x_nhwc`` and the backward
-pass unrolls each chunk again. Every array allocated here comes from :mod:`minidl._memory`;
-the backward pass writes only into arrays of its own, so a cache serves any number of backward
-calls.
+Only ``dcols`` (the input gradient's ``(S*OH*OW, K)`` matrix, folded back by col2im) is
+materialized, ``S`` samples at a time: about ``CHUNK_BYTES`` of it, so it stays in the CPU
+cache between its product and col2im. A caller may also pass a ``workspace``: the matrix is
+then built in it by the im2col kernel, a chunk of samples at a time (the way this module
+worked before the gathered products), and kept in the cache when the whole batch fits in one
+chunk. Products of at most ``minidl._kernels._gemm.DOT_ROWS`` rows (a weight gradient with
+that few output channels) are also computed chunk by chunk on the matrix. Every array
+allocated here comes from :mod:`minidl._memory`; the backward pass writes only into arrays of
+its own, so a cache serves any number of backward calls.
 
 Called by :func:`minidl.functional.conv.conv2d_forward` / ``conv2d_backward``, which validate
 the arguments and choose the method; these functions trust them (except ``workspace``, checked
 here).
 """
+import functools
 from typing import NamedTuple, Optional, Tuple
 
 import numpy as np
 
 from .. import _blas, _config, _memory
 from .._kernels import _conv as _kernel
+from .._kernels import _gemm
 
-__all__ = ["Im2colCache", "forward", "backward", "matrix_shape", "CHUNK_BYTES"]
+__all__ = ["Im2colCache", "forward", "backward", "matrix_shape", "gather_offsets",
+           "CHUNK_BYTES"]
 
-# im2col's matrix is built for this many bytes of samples at a time (at least one sample).
+# A materialized matrix (dcols; im2col's in a workspace) covers this many bytes of samples at a
+# time (at least one sample).
 CHUNK_BYTES = 4 << 20
 
 
@@ -54,9 +60,9 @@ class Im2colCache(NamedTuple):
 
     Attributes:
         cols (np.ndarray or None): im2col's matrix of the whole batch, ``(N*OH*OW, kH*kW*C_in)``,
-            when it was built in one chunk (``chunk == N``); None otherwise.
-        x_nhwc (np.ndarray or None): the input in NHWC order when the matrix was built in
-            several chunks (the backward pass unrolls them again); None otherwise.
+            when the forward built it (in a caller's workspace) in one chunk; None otherwise.
+        x_pad (np.ndarray): the input in NHWC order with its zero padding,
+            ``(N, H + 2*pH, W + 2*pW, C_in)``: what the gathered products read.
         weight_rows (np.ndarray): the weight as ``(C_out, kH*kW*C_in)``, taps ordered (i, j, c).
         has_bias (bool): whether the forward added a bias.
         x_shape (tuple): ``(N, C_in, H, W)``.
@@ -64,12 +70,12 @@ class Im2colCache(NamedTuple):
         out_shape (tuple): ``(N, C_out, OH, OW)``.
         stride (tuple): ``(sH, sW)``.
         padding (tuple): ``(pH, pW)``.
-        chunk (int): samples per chunk of the matrix.
+        chunk (int): samples per chunk of a materialized matrix.
         dtype (np.dtype): dtype of the input, output and gradients.
     """
 
     cols: Optional[np.ndarray]
-    x_nhwc: Optional[np.ndarray]
+    x_pad: np.ndarray
     weight_rows: np.ndarray
     has_bias: bool
     x_shape: Tuple[int, int, int, int]
@@ -129,15 +135,37 @@ def _no_bias(dtype):
     return np.empty(0, dtype=dtype)
 
 
-def _to_nhwc(x, threads):
-    """C-contiguous ``(N, C, H, W)`` -> C-contiguous ``(N, H, W, C)`` (a view when C == 1)."""
+def _padded_nhwc(x, padding, threads):
+    """C-contiguous ``(N, C, H, W)`` -> C-contiguous ``(N, H + 2*pH, W + 2*pW, C)``, zeros
+    around."""
     n, c, h, w = x.shape
-    if c == 1:
-        return x.reshape(n, h, w, 1)
-    x_nhwc = _memory.empty((n, h, w, c), x.dtype)
-    _kernel.transpose_batched(x.reshape(n, c, h * w), _no_bias(x.dtype), False,
-                              x_nhwc.reshape(n, h * w, c), threads)
-    return x_nhwc
+    x_pad = _memory.empty((n, h + 2 * padding[0], w + 2 * padding[1], c), x.dtype)
+    _kernel.pad_nhwc(x, x_pad, *padding, threads)
+    return x_pad
+
+
+@functools.lru_cache(maxsize=64)
+def gather_offsets(pad_shape, kernel_size, stride, out_size):
+    """``(rows, taps)``: the offsets in a C-contiguous padded NHWC image ``pad_shape = (N, Hp,
+    Wp, C)`` of each output position's receptive field, ``rows[(n*OH + oh)*OW + ow] = ((n*Hp +
+    oh*sH)*Wp + ow*sW)*C``, and of each tap within it, ``taps[(i*kW + j)*C + c] = (i*Wp +
+    j)*C + c``: ``cols[m, k] = x_pad.flat[rows[m] + taps[k]]`` is im2col's matrix. Read-only
+    ``np.intp`` arrays, cached by geometry."""
+    n, hp, wp, c = pad_shape
+    (kernel_h, kernel_w), (stride_h, stride_w), (out_h, out_w) = kernel_size, stride, out_size
+    rows = ((np.arange(n)[:, None, None] * hp + np.arange(out_h)[None, :, None] * stride_h) * wp
+            + np.arange(out_w)[None, None, :] * stride_w) * c
+    taps = ((np.arange(kernel_h)[:, None, None] * wp + np.arange(kernel_w)[None, :, None]) * c
+            + np.arange(c)[None, None, :])
+    rows, taps = (np.ascontiguousarray(a.reshape(-1), dtype=np.intp) for a in (rows, taps))
+    rows.flags.writeable = taps.flags.writeable = False
+    return rows, taps
+
+
+def _gathered(x_pad, kernel_size, stride, out_size):
+    """im2col's matrix of a padded NHWC image as a :class:`minidl._blas.Gathered` operand."""
+    rows, taps = gather_offsets(x_pad.shape, tuple(kernel_size), tuple(stride), tuple(out_size))
+    return _blas.Gathered(x_pad, rows, taps)
 
 
 def _to_nchw(x_nhwc, threads):
@@ -157,37 +185,44 @@ def forward(x, weight, bias, stride, padding, out, workspace=None, layer="conv2d
     Args:
         x: ``(N, C_in, H, W)`` float32/float64, any strides. weight: ``(C_out, C_in, kH, kW)``,
         x's dtype. bias: ``(C_out,)`` or None. stride, padding: pairs. out: C-contiguous
-        ``(N, C_out, OH, OW)``. workspace: None, or a 1-D array of at least
-        ``prod(matrix_shape(...))`` elements of x's dtype that holds the matrix.
+        ``(N, C_out, OH, OW)``. workspace: None (the product reads the matrix from the padded
+        input), or a 1-D array of at least ``prod(matrix_shape(...))`` elements of x's dtype in
+        which the im2col kernel builds the matrix, a chunk of samples at a time.
         layer: name used in error messages.
     Raises:
         ValueError: an unusable ``workspace``.
     """
     n = x.shape[0]
     out_channels, _, kernel_h, kernel_w = weight.shape
-    rows, taps = matrix_shape(x.shape, (kernel_h, kernel_w), out.shape[2:], x.dtype)
-    cols = _column_matrix(layer, workspace, (rows, taps), x.dtype)
-    per_sample = out.shape[2] * out.shape[3]
-    chunk = rows // per_sample
+    out_size = out.shape[2:]
+    per_sample = out_size[0] * out_size[1]
+    taps = kernel_h * kernel_w * x.shape[1]
     threads = _config.threads_for(n * per_sample * taps)
-    x_nhwc = _to_nhwc(np.ascontiguousarray(x), threads)
+    x_pad = _padded_nhwc(np.ascontiguousarray(x), padding, threads)
     weight_rows = np.ascontiguousarray(weight.transpose(0, 2, 3, 1)).reshape(out_channels, -1)
     out_rows = _memory.empty((n * per_sample, out_channels), x.dtype)
-    for start in range(0, n, chunk):
-        stop = min(n, start + chunk)
-        part = cols[:(stop - start) * per_sample]
-        _kernel.im2col(x_nhwc[start:stop], part, kernel_h, kernel_w, *stride, *padding, threads)
-        _blas.matmul(part, weight_rows.T, out=out_rows[start * per_sample:stop * per_sample],
-                     layer=layer)
+    cols, chunk = None, n
+    if workspace is None:
+        _blas.matmul(_gathered(x_pad, (kernel_h, kernel_w), stride, out_size), weight_rows.T,
+                     out=out_rows, layer=layer)
+    else:  # the matrix itself, built in the caller's workspace a chunk at a time
+        rows, _ = matrix_shape(x.shape, (kernel_h, kernel_w), out_size, x.dtype)
+        matrix = _column_matrix(layer, workspace, (rows, taps), x.dtype)
+        chunk = rows // per_sample
+        for start in range(0, n, chunk):
+            stop = min(n, start + chunk)
+            part = matrix[:(stop - start) * per_sample]
+            _kernel.im2col(x_pad[start:stop], part, kernel_h, kernel_w, *stride, 0, 0, threads)
+            _blas.matmul(part, weight_rows.T,
+                         out=out_rows[start * per_sample:stop * per_sample], layer=layer)
+        cols = matrix if chunk >= n else None
 
     has_bias = bias is not None
     bias_vector = np.ascontiguousarray(bias) if has_bias else _no_bias(x.dtype)
     _kernel.transpose_batched(out_rows.reshape(n, per_sample, out_channels), bias_vector,
                               has_bias, out.reshape(n, out_channels, per_sample), threads)
-    whole = chunk >= n
-    return Im2colCache(cols if whole else None, None if whole else x_nhwc, weight_rows, has_bias,
-                       x.shape, weight.shape, out.shape, tuple(stride), tuple(padding), chunk,
-                       x.dtype)
+    return Im2colCache(cols, x_pad, weight_rows, has_bias, x.shape, weight.shape, out.shape,
+                       tuple(stride), tuple(padding), chunk, x.dtype)
 
 
 def backward(dout, cache, input_grad):
@@ -197,7 +232,6 @@ def backward(dout, cache, input_grad):
     _, in_channels, kernel_h, kernel_w = cache.weight_shape
     per_sample = out_h * out_w
     taps = cache.weight_rows.shape[1]
-    chunk = cache.chunk
     threads = _config.threads_for(n * per_sample * taps)
 
     dout = np.ascontiguousarray(dout).reshape(n, out_channels, -1)
@@ -206,28 +240,35 @@ def backward(dout, cache, input_grad):
     _kernel.nchw_to_rows(dout, drows, bias_grad, cache.has_bias, threads)
     dbias = bias_grad.astype(cache.dtype) if cache.has_bias else None
 
-    geometry = (kernel_h, kernel_w, *cache.stride, *cache.padding)
-    if cache.cols is None:  # several chunks: each is unrolled again into a scratch matrix
-        cols = _memory.empty((chunk * per_sample, taps), cache.dtype)
-    if input_grad:
-        dx_nhwc = _memory.empty((n,) + cache.x_shape[2:] + (in_channels,), cache.dtype)
-        dcols = _memory.empty((chunk * per_sample, taps), cache.dtype)
+    rows, _ = matrix_shape(cache.x_shape, (kernel_h, kernel_w), (out_h, out_w), cache.dtype)
+    chunk = rows // per_sample  # samples per materialized matrix (dcols, or cols below)
     dweight_rows = _memory.empty((out_channels, taps), cache.dtype)
-    for start in range(0, n, chunk):
-        stop = min(n, start + chunk)
-        rows = slice(start * per_sample, stop * per_sample)
-        size = (stop - start) * per_sample
-        if cache.cols is None:
-            part = cols[:size]
-            _kernel.im2col(cache.x_nhwc[start:stop], part, *geometry, threads)
-        else:
-            part = cache.cols
-        _blas.matmul(drows[:, rows], part, out=dweight_rows, accumulate=start > 0)
-        if input_grad:
-            _blas.matmul(drows[:, rows].T, cache.weight_rows, out=dcols[:size])
-            _kernel.col2im(dcols[:size], dx_nhwc[start:stop], *geometry, threads)
+    if cache.cols is not None:  # the forward's matrix, whole
+        _blas.matmul(drows, cache.cols, out=dweight_rows)
+    elif out_channels > _gemm.DOT_ROWS:
+        _blas.matmul(drows, _gathered(cache.x_pad, (kernel_h, kernel_w), cache.stride,
+                                      (out_h, out_w)), out=dweight_rows)
+    else:  # a product of few rows reads its matrix B in place, so build it, chunk by chunk
+        cols = _memory.empty((chunk * per_sample, taps), cache.dtype)
+        for start in range(0, n, chunk):
+            stop = min(n, start + chunk)
+            part = cols[:(stop - start) * per_sample]
+            _kernel.im2col(cache.x_pad[start:stop], part, kernel_h, kernel_w, *cache.stride,
+                           0, 0, threads)
+            _blas.matmul(drows[:, start * per_sample:stop * per_sample], part,
+                         out=dweight_rows, accumulate=start > 0)
     dweight_rows = dweight_rows.reshape(out_channels, kernel_h, kernel_w, in_channels)
     dweight = np.ascontiguousarray(dweight_rows.transpose(0, 3, 1, 2))
     if not input_grad:
         return None, dweight, dbias
+
+    geometry = (kernel_h, kernel_w, *cache.stride, *cache.padding)
+    dx_nhwc = _memory.empty((n,) + cache.x_shape[2:] + (in_channels,), cache.dtype)
+    dcols = _memory.empty((chunk * per_sample, taps), cache.dtype)
+    for start in range(0, n, chunk):
+        stop = min(n, start + chunk)
+        size = (stop - start) * per_sample
+        _blas.matmul(drows[:, start * per_sample:stop * per_sample].T, cache.weight_rows,
+                     out=dcols[:size])
+        _kernel.col2im(dcols[:size], dx_nhwc[start:stop], *geometry, threads)
     return _to_nchw(dx_nhwc, threads), dweight, dbias
