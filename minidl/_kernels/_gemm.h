@@ -60,6 +60,7 @@
 #define MINIDL_GEMM_MC 144 /* rows of A per packed block (a multiple of MR) */
 #define MINIDL_GEMM_PAD 16 /* elements between two packed strips of B */
 #define MINIDL_GEMM_DOT_ROWS 8 /* products of up to this many rows: dot products (below) */
+#define MINIDL_GEMM_NR_MAX 64  /* no micro-kernel has more columns (AVX-512: 32 floats) */
 
 /* ---- packing ------------------------------------------------------------------------------ */
 #define MINIDL_GEMM_PACK(S, T)                                                               \
@@ -197,24 +198,26 @@ static void minidl_gemm_pack_a_gather_##S(const T* base, const ptrdiff_t* row,  
         }                                                                                    \
     }                                                                                        \
 }                                                                                            \
-/* as minidl_gemm_pack_b, for B(k, j) = base[row[k] + col[j]]: a strip whose columns lie     \
-   side by side (nr channels of one tap) is copied row after row */                          \
+/* as minidl_gemm_pack_b, for B(k, j) = base[row[k] + col[j]]: each strip is cut into runs of \
+   columns that lie side by side (a tap's channels, a kernel row's taps), each run copied     \
+   row after row */                                                                          \
 static void minidl_gemm_pack_b_gather_##S(const T* base, const ptrdiff_t* row,              \
                                           const ptrdiff_t* col, ptrdiff_t kc,                \
                                           ptrdiff_t cols, ptrdiff_t nr, T* restrict bp) {    \
     const ptrdiff_t strip = kc * nr + MINIDL_GEMM_PAD;                                       \
+    ptrdiff_t ends[MINIDL_GEMM_NR_MAX]; /* run r: columns ends[r-1] (or 0) .. ends[r] - 1 */ \
     for (ptrdiff_t j0 = 0; j0 < cols; j0 += nr, bp += strip) {                               \
         const ptrdiff_t valid = cols - j0 < nr ? cols - j0 : nr;                             \
-        ptrdiff_t run = 1;                                                                   \
-        while (run < valid && col[j0 + run] == col[j0] + run) run++;                         \
+        const ptrdiff_t* c = col + j0;                                                       \
+        ptrdiff_t runs = 0;                                                                  \
+        for (ptrdiff_t q = 1; q <= valid; q++)                                               \
+            if (q == valid || c[q] != c[q - 1] + 1) ends[runs++] = q;                        \
         for (ptrdiff_t k = 0; k < kc; k++) {                                                 \
             const T* restrict b = base + row[k];                                             \
             T* restrict out = bp + k * nr;                                                   \
-            if (run == valid) {                                                              \
-                const T* restrict bj = b + col[j0];                                          \
-                for (ptrdiff_t q = 0; q < valid; q++) out[q] = bj[q];                        \
-            } else {                                                                         \
-                for (ptrdiff_t q = 0; q < valid; q++) out[q] = b[col[j0 + q]];               \
+            for (ptrdiff_t r = 0, q0 = 0; r < runs; q0 = ends[r++]) {                        \
+                const T* restrict bq = b + c[q0] - q0;                                       \
+                for (ptrdiff_t q = q0; q < ends[r]; q++) out[q] = bq[q];                     \
             }                                                                                \
             for (ptrdiff_t q = valid; q < nr; q++) out[q] = 0;                               \
         }                                                                                    \
