@@ -227,8 +227,11 @@ def gemm_gathered(const floating[::1] base, const Py_ssize_t[::1] rows,
         rows_ = tile_rows if i0 + tile_rows <= M else M - i0
         cols_ = tile_cols if j0 + tile_cols <= N else N - j0
         # the other operand's tile (its strides serve A or B, whichever it is)
-        a_tile = NULL if gathered_a else o0 + i0 * rso
-        b_tile = o0 + j0 * cso if gathered_a else NULL
+        a_tile = b_tile = NULL
+        if gathered_a:
+            b_tile = o0 + j0 * cso
+        else:
+            a_tile = o0 + i0 * rso
         if floating is float:
             minidl_gemm_tile_f(a_tile, 0, rso, cso, b_tile, 0, rso, cso, c0 + i0 * N + j0, N,
                                rows_, K, cols_, 1, accumulate, narrow,
