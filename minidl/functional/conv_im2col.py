@@ -144,7 +144,8 @@ def _padded_nhwc(x, padding, threads):
     return x_pad
 
 
-@functools.lru_cache(maxsize=64)
+# cached for a network's im2col layers at a few batch sizes (8 bytes per output position each)
+@functools.lru_cache(maxsize=16)
 def gather_offsets(pad_shape, kernel_size, stride, out_size):
     """``(rows, taps)``: the offsets in a C-contiguous padded NHWC image ``pad_shape = (N, Hp,
     Wp, C)`` of each output position's receptive field, ``rows[(n*OH + oh)*OW + ow] = ((n*Hp +
