@@ -228,25 +228,42 @@ def _matmul_gathered(a, b, out, accumulate, layer):
     if rows <= _kernel.DOT_ROWS:  # the dot products read A's rows in place: give them a matrix
         return _matmul(a.materialize() if gathered_a else a,
                        b if gathered_a else b.materialize(), out, accumulate, False, layer)
-    if accumulate and out is None:
-        raise ValueError(f"{layer}: accumulate=True needs an out array")
-    given = out is not None
-    out = _memory.output(layer, out, (rows, cols), other.dtype)
-    if given and (np.may_share_memory(out, other) or np.may_share_memory(out, gathered.base)):
-        raise ValueError(f"{layer}: out must not share memory with the operands")
-    if out.size == 0:
-        return out
-    if inner == 0:
-        if not accumulate:
-            out.fill(0)
+    out = _output(layer, out, (rows, cols), other.dtype, accumulate, other, gathered.base)
+    if _nothing_to_multiply(out, inner == 0, accumulate):
         return out
     threads = 1 if rows * cols * inner < PARALLEL_MIN_WORK else _config.get_num_threads()
-    tile_rows, tile_cols, threads, scratch_size, narrow = _plan(
-        1, rows, cols, threads, _DTYPE_NAMES[other.dtype])
-    scratch = _memory.empty((threads, scratch_size), other.dtype)
+    tile_rows, tile_cols, threads, scratch, narrow = _plan_and_scratch(1, rows, cols, threads,
+                                                                       other.dtype)
     _kernel.gemm_gathered(gathered.base, gathered.rows, gathered.cols, other, out, gathered_a,
                           accumulate, tile_rows, tile_cols, scratch, threads, narrow)
     return out
+
+
+def _output(layer, out, shape, dtype, accumulate, *operands):
+    """The product's ``out``: the caller's (checked, and sharing no memory with the
+    ``operands``) or a new array from :mod:`minidl._memory`."""
+    if accumulate and out is None:
+        raise ValueError(f"{layer}: accumulate=True needs an out array")
+    given = out is not None
+    out = _memory.output(layer, out, shape, dtype)
+    if given and any(np.may_share_memory(out, operand) for operand in operands):
+        raise ValueError(f"{layer}: out must not share memory with the operands")
+    return out
+
+
+def _nothing_to_multiply(out, no_terms, accumulate):
+    """True when the product is empty or a sum of no terms (``out`` then zeroed unless
+    accumulating): the kernel is not called."""
+    if out.size and no_terms and not accumulate:
+        out.fill(0)
+    return out.size == 0 or no_terms
+
+
+def _plan_and_scratch(tasks_per_tile, rows, cols, threads, dtype):
+    """:func:`_plan` of a product, with the threads' scratch allocated."""
+    tile_rows, tile_cols, threads, scratch_size, narrow = _plan(
+        tasks_per_tile, rows, cols, threads, _DTYPE_NAMES[dtype])
+    return tile_rows, tile_cols, threads, _memory.empty((threads, scratch_size), dtype), narrow
 
 
 def matmul(a, b, out=None, accumulate=False, sum_batch=False, layer="matmul"):
@@ -295,18 +312,9 @@ def _matmul(a, b, out, accumulate, sum_batch, layer):
         raise ValueError(f"{layer}: cannot multiply shapes {a.shape} and {b.shape}")
     rows, inner, cols = a3.shape[1], a3.shape[2], b3.shape[2]
     shape = (rows, cols) if sum_batch or not batched else (batch, rows, cols)
-    if accumulate and out is None:
-        raise ValueError(f"{layer}: accumulate=True needs an out array")
-    given = out is not None
-    out = _memory.output(layer, out, shape, a.dtype)
-    if given and (np.may_share_memory(out, a) or np.may_share_memory(out, b)):
-        raise ValueError(f"{layer}: out must not share memory with the operands")
+    out = _output(layer, out, shape, a.dtype, accumulate, a, b)
     out3 = out.reshape((1 if sum_batch or not batched else batch, rows, cols))
-    if out.size == 0:
-        return out
-    if inner == 0 or batch == 0:
-        if not accumulate:
-            out3.fill(0)
+    if _nothing_to_multiply(out, inner == 0 or batch == 0, accumulate):
         return out
     if rows <= _kernel.DOT_ROWS and a3.strides[2] != a3.itemsize and inner > 1:
         a3 = np.ascontiguousarray(a3)  # the kernel's dot products read A's rows in place
@@ -314,9 +322,8 @@ def _matmul(a, b, out, accumulate, sum_batch, layer):
     work = batch * rows * cols * inner
     minimum = PARALLEL_MIN_DOT_WORK if rows <= _kernel.DOT_ROWS else PARALLEL_MIN_WORK
     threads = 1 if work < minimum else _config.get_num_threads()
-    tile_rows, tile_cols, threads, scratch_size, narrow = _plan(
-        tasks_per_tile, rows, cols, threads, _DTYPE_NAMES[a.dtype])
-    scratch = _memory.empty((threads, scratch_size), a.dtype)
+    tile_rows, tile_cols, threads, scratch, narrow = _plan_and_scratch(
+        tasks_per_tile, rows, cols, threads, a.dtype)
     _kernel.gemm(a3, b3, out3, accumulate, sum_batch, tile_rows, tile_cols, scratch, threads,
                  narrow)
     return out

@@ -603,8 +603,8 @@ static void minidl_gemm_tile_##S(                                               
         for (ptrdiff_t pc = 0; pc < inner; pc += MINIDL_GEMM_KC) {                           \
             const ptrdiff_t kc = inner - pc < MINIDL_GEMM_KC ? inner - pc : MINIDL_GEMM_KC;  \
             const int add = acc || t > 0 || pc > 0;                                          \
-            const T* At = A + t * sa + pc * csa;                                             \
-            const T* Bt = B + t * sb + pc * rsb;                                             \
+            const T* At = ga ? NULL : A + t * sa + pc * csa; /* (A is NULL when gathered) */ \
+            const T* Bt = gb ? NULL : B + t * sb + pc * rsb;                                 \
             if (gb) /* B gathered: its rows pc.., columns j0.. (the tile's) */               \
                 minidl_gemm_pack_b_gather_##S(gb->base, gb->rows + pc, gb->cols + j0, kc,    \
                                               cols, nr, bp);                                 \

@@ -163,6 +163,24 @@ def gather_offsets(pad_shape, kernel_size, stride, out_size):
     return rows, taps
 
 
+def _chunks(n, chunk, per_sample):
+    """``(samples, rows)`` slices of each chunk of ``chunk`` samples out of ``n``: the samples,
+    and their ``per_sample`` rows of a matrix with one row per output position."""
+    for start in range(0, n, chunk):
+        stop = min(n, start + chunk)
+        yield slice(start, stop), slice(start * per_sample, stop * per_sample)
+
+
+def _matrix_chunks(x_pad, matrix, kernel_size, stride, per_sample, chunk, threads):
+    """im2col's matrix a chunk of samples at a time, built by the im2col kernel in the front
+    of ``matrix``: yields ``(rows, part)``, the chunk's rows of the whole matrix and ``part``
+    holding them (valid until the next chunk)."""
+    for samples, rows in _chunks(x_pad.shape[0], chunk, per_sample):
+        part = matrix[:rows.stop - rows.start]
+        _kernel.im2col(x_pad[samples], part, *kernel_size, *stride, 0, 0, threads)
+        yield rows, part
+
+
 def _gathered(x_pad, kernel_size, stride, out_size):
     """im2col's matrix of a padded NHWC image as a :class:`minidl._blas.Gathered` operand."""
     rows, taps = gather_offsets(x_pad.shape, tuple(kernel_size), tuple(stride), tuple(out_size))
@@ -210,12 +228,9 @@ def forward(x, weight, bias, stride, padding, out, workspace=None, layer="conv2d
         rows, _ = matrix_shape(x.shape, (kernel_h, kernel_w), out_size, x.dtype)
         matrix = _column_matrix(layer, workspace, (rows, taps), x.dtype)
         chunk = rows // per_sample
-        for start in range(0, n, chunk):
-            stop = min(n, start + chunk)
-            part = matrix[:(stop - start) * per_sample]
-            _kernel.im2col(x_pad[start:stop], part, kernel_h, kernel_w, *stride, 0, 0, threads)
-            _blas.matmul(part, weight_rows.T,
-                         out=out_rows[start * per_sample:stop * per_sample], layer=layer)
+        for rows, part in _matrix_chunks(x_pad, matrix, (kernel_h, kernel_w), stride,
+                                         per_sample, chunk, threads):
+            _blas.matmul(part, weight_rows.T, out=out_rows[rows], layer=layer)
         cols = matrix if chunk >= n else None
 
     has_bias = bias is not None
@@ -251,13 +266,9 @@ def backward(dout, cache, input_grad):
                                       (out_h, out_w)), out=dweight_rows)
     else:  # a product of few rows reads its matrix B in place, so build it, chunk by chunk
         cols = _memory.empty((chunk * per_sample, taps), cache.dtype)
-        for start in range(0, n, chunk):
-            stop = min(n, start + chunk)
-            part = cols[:(stop - start) * per_sample]
-            _kernel.im2col(cache.x_pad[start:stop], part, kernel_h, kernel_w, *cache.stride,
-                           0, 0, threads)
-            _blas.matmul(drows[:, start * per_sample:stop * per_sample], part,
-                         out=dweight_rows, accumulate=start > 0)
+        for rows, part in _matrix_chunks(cache.x_pad, cols, (kernel_h, kernel_w), cache.stride,
+                                         per_sample, chunk, threads):
+            _blas.matmul(drows[:, rows], part, out=dweight_rows, accumulate=rows.start > 0)
     dweight_rows = dweight_rows.reshape(out_channels, kernel_h, kernel_w, in_channels)
     dweight = np.ascontiguousarray(dweight_rows.transpose(0, 3, 1, 2))
     if not input_grad:
@@ -266,10 +277,8 @@ def backward(dout, cache, input_grad):
     geometry = (kernel_h, kernel_w, *cache.stride, *cache.padding)
     dx_nhwc = _memory.empty((n,) + cache.x_shape[2:] + (in_channels,), cache.dtype)
     dcols = _memory.empty((chunk * per_sample, taps), cache.dtype)
-    for start in range(0, n, chunk):
-        stop = min(n, start + chunk)
-        size = (stop - start) * per_sample
-        _blas.matmul(drows[:, start * per_sample:stop * per_sample].T, cache.weight_rows,
-                     out=dcols[:size])
-        _kernel.col2im(dcols[:size], dx_nhwc[start:stop], *geometry, threads)
+    for samples, rows in _chunks(n, chunk, per_sample):
+        part = dcols[:rows.stop - rows.start]
+        _blas.matmul(drows[:, rows].T, cache.weight_rows, out=part)
+        _kernel.col2im(part, dx_nhwc[samples], *geometry, threads)
     return _to_nchw(dx_nhwc, threads), dweight, dbias
