@@ -60,20 +60,28 @@ class Sequential(Module):
         and both layers keep what their usual backward passes need.
         """
         layers = list(self._modules.values())
+        fused = []  # where a BatchNorm fed a ReLU, for backward
         i = 0
         while i < len(layers):
             if i + 1 < len(layers) and _fuses_relu(layers[i], layers[i + 1]):
                 x = layers[i]._call_with_relu(layers[i + 1], x)
+                if type(layers[i]) in _BACKWARD_FUSES_RELU:
+                    fused.append(i)
                 i += 2
             else:
                 x = layers[i](x)
                 i += 1
+        self.__dict__["_fused_relu"] = (layers, frozenset(fused))
         return x
 
     def backward(self, dout, input_grad=True):
         """Backpropagate ``dout`` (d loss / d output) through the layers in reverse.
 
-        Parameter gradients are accumulated into each ``Parameter.grad``.
+        Parameter gradients are accumulated into each ``Parameter.grad``. A BatchNorm whose
+        ReLU the last forward pass fused (see :meth:`forward`) takes the ReLU's gradient in
+        the same call (``BatchNorm._backward_relu``: the kernel zeroes it where the ReLU's
+        output is <= 0 as it reads it), unless either layer has backward hooks; the gradients
+        are the same bit for bit.
 
         Args:
             dout (np.ndarray): d loss / d output, the shape and dtype of the last output.
@@ -90,16 +98,34 @@ class Sequential(Module):
         layers = list(self._modules.values())
         if not layers:
             return dout if input_grad else None
-        for layer in reversed(layers[1:]):
-            dout = layer.backward(dout)
-        if input_grad:
-            return layers[0].backward(dout)
-        layers[0].backward(dout, input_grad=False)
-        return None
+        i = len(layers) - 1
+        while i >= 0:
+            layer, wanted = layers[i], input_grad or i > 0
+            if self._backward_fuses_relu(layers, i):  # BatchNorm i-1, ReLU i: one kernel call
+                layer, i = layers[i - 1], i - 1
+                wanted = input_grad or i > 0
+                dout = layer._backward_relu(layers[i + 1], dout, input_grad=wanted)
+            else:
+                dout = layer.backward(dout) if wanted else layer.backward(dout, input_grad=False)
+            i -= 1
+        return dout if input_grad else None
+
+    def _backward_fuses_relu(self, layers, i):
+        """Whether :meth:`backward` runs layer ``i`` (a ReLU) and ``i - 1`` (a BatchNorm) as
+        one call (``BatchNorm._backward_relu``): the last forward pass ran them as one (so the
+        ReLU's input was the BatchNorm's output), the layers are still those, and neither
+        has backward hooks (they would not see the gradient between the two)."""
+        ran, fused = self.__dict__.get("_fused_relu", ((), frozenset()))
+        return (i - 1 in fused and len(ran) == len(layers)
+                and all(a is b for a, b in zip(ran, layers))
+                and not any(layer._backward_pre_hooks or layer._backward_hooks
+                            for layer in layers[i - 1:i + 1]))
 
 
-# the layers with a _forward_relu(x) (not SyncBatchNorm: it has its own forward)
+# the layers with a _forward_relu(x) (not SyncBatchNorm: it has its own forward), and those of
+# them with a _backward_relu(relu, dout, input_grad)
 _FUSES_RELU = (BatchNorm, BatchNorm1D, BatchNorm2D, Dense, Residual)
+_BACKWARD_FUSES_RELU = (BatchNorm, BatchNorm1D, BatchNorm2D)
 
 
 def _fuses_relu(layer, following):

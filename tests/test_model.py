@@ -145,6 +145,47 @@ def test_the_fused_relu_output_is_watched_for_in_place_changes(rng):
         model.backward(np.ones_like(out))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_batchnorm_relu_backward_runs_as_one_call_and_changes_no_bit(rng, dtype, monkeypatch):
+    """Sequential.backward sends the gradient through a fused BatchNorm + ReLU pair in one
+    kernel call (the ReLU's backward is not run), unless a backward hook needs the gradient
+    in between; the gradients are the layer-by-layer ones either way (conv maps and (N, C))."""
+    import copy
+    from minidl import models
+    model = models.mnist_cnn(norm="batch", rng=rng).astype(dtype)
+    twin = copy.deepcopy(model)
+    x = rng.standard_normal((5, 1, 28, 28)).astype(dtype)
+    dout = rng.standard_normal((5, 10)).astype(dtype)
+    relu_calls = []
+    backward = ReLU.backward
+    monkeypatch.setattr(ReLU, "backward", lambda self, *a, **k: (relu_calls.append(self),
+                                                                   backward(self, *a, **k))[1])
+    got = _run(model, x, dout, fused=True)
+    assert relu_calls == []  # every ReLU of this model follows a BatchNorm
+    want = _run(twin, x, dout, fused=False)
+    assert len(relu_calls) == 3
+    assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+    assert all(np.array_equal(a, b) for a, b in zip(got[2], want[2]))
+    seen = []  # a hook on either layer of a pair: that pair runs layer by layer
+    relus = [layer for layer in model if isinstance(layer, ReLU)]
+    relus[0].register_full_backward_hook(lambda m, gin, gout: seen.append(gout[0].shape))
+    relu_calls.clear()
+    assert np.array_equal(_run(model, x, dout, fused=True)[1], want[1])
+    assert relu_calls == [relus[0]] and seen == [(5, 32, 28, 28)]
+
+
+def test_a_batchnorm_relu_pair_fused_in_forward_is_the_one_fused_in_backward(rng):
+    """The fusion follows the last forward pass: layers replaced since then run alone."""
+    model = _fused_pair(rng)
+    x = rng.standard_normal((4, 6)).astype(np.float32)
+    model(x)
+    assert model._backward_fuses_relu(list(model), 2)
+    model(x)
+    model._modules[list(model._modules)[2]] = ReLU()  # a new ReLU that has not run
+    with pytest.raises(RuntimeError, match="^ReLU: backward called before forward"):
+        model.backward(np.ones((4, 3), np.float32))
+
+
 def test_hooks_or_other_classes_are_not_fused(rng):
     import minidl
     from minidl.model import _fuses_relu

@@ -450,6 +450,43 @@ def test_the_reference_backend_refuses_the_same_aliasing(rng):
     assert F.batch_norm_backward(dout, cache, out=np.empty_like(x))[0].shape == x.shape
 
 
+# --------------------------------------------------------------- backward through a following ReLU
+@pytest.mark.parametrize("backend", ["compiled", "reference"])
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(6, 5), (4, 3, 7), (3, 4, 5, 6), (2, 300)])
+def test_backward_through_a_relu_equals_relu_backward_then_batch_norm_backward(
+        rng, shape, dtype, training, backend):
+    """relu_output: the kernel masks the gradient as it reads it (row and column layouts);
+    the same bits as relu_backward followed by batch_norm_backward."""
+    import minidl
+    from minidl.functional import activation as A
+    x = _random_bn_input(rng, shape, dtype)
+    gamma, beta = rng.uniform(0.5, 1.5, shape[1]), rng.standard_normal(shape[1])
+    mean, var = rng.standard_normal(shape[1]), rng.uniform(0.5, 2, shape[1])
+    with minidl.backend(backend):
+        y, cache = F.batch_norm_forward(x, gamma, beta, mean, var, training=training, relu=True)
+        assert 0 < np.count_nonzero(y) < y.size  # the ReLU cut something
+        y.flat[np.flatnonzero(y > 0)[0]] = 0.0  # an exact zero: its gradient is 0
+        dout = rng.standard_normal(shape).astype(dtype)
+        got = F.batch_norm_backward(dout, cache, relu_output=y)
+        want = F.batch_norm_backward(A.relu_backward(dout, A.ReluCache(y)), cache)
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_backward_through_a_relu_checks_the_relu_output(rng):
+    x = _random_bn_input(rng, (4, 3, 2, 2), np.float32)
+    y, cache = F.batch_norm_forward(x, relu=True)
+    dout = np.ones_like(y)
+    with pytest.raises(ValueError, match="^bn: expected relu_output of shape \\(4, 3, 2, 2\\)"):
+        F.batch_norm_backward(dout, cache, layer="bn", relu_output=y[:2])
+    with pytest.raises(TypeError, match="^bn: expected relu_output dtype float32"):
+        F.batch_norm_backward(dout, cache, layer="bn", relu_output=y.astype(np.float64))
+    with pytest.raises(ValueError, match="^bn: out must not overlap relu_output"):
+        F.batch_norm_backward(dout, cache, layer="bn", out=y, relu_output=y)
+
+
 # ----------------------------------------------------------------------------- SyncBatchNorm's pieces
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_split_backward_kernels_equal_the_fused_one_bit_for_bit(rng, dtype):

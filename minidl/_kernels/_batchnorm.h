@@ -156,6 +156,17 @@
             dx[i] = (T)(k[i] * ((double)dy[i] - mean_dy[i] - ((double)x[i] - mean[i]) * proj[i])); \
     }
 
+/* The gradient through a ReLU that followed the BatchNorm (BatchNorm._backward_relu): g = 0
+ * where the ReLU's output y is <= 0, else dy -- exactly _activation.h's relu_grad (a NaN output
+ * passes dy through). g may be dy itself. */
+#define MINIDL_RELU_MASK(NAME, T)                                                           \
+    MINIDL_CLONES static void NAME(const T* dy, const T* y, T* g, ptrdiff_t n) {            \
+        MINIDL_SIMD                                                                         \
+        for (ptrdiff_t i = 0; i < n; i++) g[i] = y[i] <= 0 ? (T)0 : dy[i];                  \
+    }
+
+MINIDL_RELU_MASK(minidl_relu_mask_f, float)
+MINIDL_RELU_MASK(minidl_relu_mask_d, double)
 MINIDL_SHIFTED_SUMS(minidl_shifted_sums_f, float)
 MINIDL_SHIFTED_SUMS(minidl_shifted_sums_d, double)
 MINIDL_PRODUCT_SUMS(minidl_product_sums_f, float)

@@ -86,6 +86,8 @@ cdef extern from "_batchnorm.h" nogil:
                               double scale, double shift)
     void minidl_affine_relu_d(const double* x, double* out, Py_ssize_t n, double mean,
                               double scale, double shift)
+    void minidl_relu_mask_f(const float* dy, const float* y, float* g, Py_ssize_t n)
+    void minidl_relu_mask_d(const double* dy, const double* y, double* g, Py_ssize_t n)
     void minidl_norm_dx_f(const float* dy, const float* x, float* dx, Py_ssize_t n, double mean,
                           double k, double mean_dy, double proj)
     void minidl_norm_dx_d(const double* dy, const double* x, double* dx, Py_ssize_t n,
@@ -158,6 +160,15 @@ cdef inline void _affine(const floating* x, floating* out, Py_ssize_t n, double 
         minidl_affine_relu_d(x, out, n, mean, scale, shift)
     else:
         minidl_affine_d(x, out, n, mean, scale, shift)
+
+
+cdef inline void _relu_mask(const floating* dy, const floating* y, floating* g,
+                            Py_ssize_t n) noexcept nogil:
+    """g = 0 where y <= 0, else dy, over n contiguous values (g may be dy)."""
+    if floating is float:
+        minidl_relu_mask_f(dy, y, g, n)
+    else:
+        minidl_relu_mask_d(dy, y, g, n)
 
 
 cdef inline void _norm_dx(const floating* dy, const floating* x, floating* dx, Py_ssize_t n,
@@ -525,7 +536,7 @@ def forward_train(const floating[:, :, ::1] x, const double[::1] gamma, const do
 def backward(const floating[:, :, ::1] dy, const floating[:, :, ::1] x, const double[::1] mean,
              const double[::1] invstd, const double[::1] gamma, bint training,
              floating[:, :, ::1] dx, double[::1] sum_dy, double[::1] sum_dy_xmu,
-             int num_threads=1):
+             int num_threads=1, const floating[:, :, ::1] relu_y=None):
     """Fused backward pass, channel by channel: the two reductions, then dx.
 
     IN  dy, x: (A, C, B) float32/float64, C-contiguous, same dtype.
@@ -537,19 +548,28 @@ def backward(const floating[:, :, ::1] dy, const floating[:, :, ::1] x, const do
     OUT dx: (A, C, B), dy's dtype.
     OUT sum_dy: (C,) float64, sum of dy[:, c, :]            (= d loss / d beta).
     OUT sum_dy_xmu: (C,) float64, sum of dy * (x - mean[c])  (times invstd = d loss / d gamma).
+    IN  relu_y: None, or (A, C, B) of dy's dtype: the output of a ReLU that followed this
+        BatchNorm (BatchNorm._backward_relu). dy is then the gradient of the ReLU's output and
+        the kernel backpropagates through the ReLU first: each channel's rows of dx are
+        overwritten with dy where relu_y > 0 and 0 elsewhere (as relu_backward), and the
+        formulas below read dy from there, while the channel is still in cache.
 
     With k = gamma * invstd and m = A * B (Ioffe & Szegedy 2015, section 3):
     dx = k * (dy - sum_dy / m - (x - mean) * invstd^2 * sum_dy_xmu / m).
 
     Preconditions (checked by the caller, not here): ``dy``, ``x`` and ``dx`` of one shape
     ``(A, C, B)`` with ``A, C, B >= 1``, ``dx`` being ``dy`` or ``x`` itself or sharing no memory
-    with them (a channel's sums are complete before its dx is written); ``mean``, ``invstd``,
-    ``gamma``, ``sum_dy``, ``sum_dy_xmu`` of length ``C``; ``num_threads >= 1``.
+    with them (a channel's sums are complete before its dx is written); with ``relu_y``: of
+    that shape too, and ``dx`` sharing no memory with ``dy``, ``x`` or ``relu_y``; ``mean``,
+    ``invstd``, ``gamma``, ``sum_dy``, ``sum_dy_xmu`` of length ``C``; ``num_threads >= 1``.
     """
-    cdef Py_ssize_t A = x.shape[0], C = x.shape[1], B = x.shape[2], a, c, off
+    cdef Py_ssize_t A = x.shape[0], C = x.shape[1], B = x.shape[2], a, c, off, c0, n0
+    cdef bint masked = relu_y is not None
     cdef const floating* dyp = &dy[0, 0, 0]
     cdef const floating* xp = &x[0, 0, 0]
     cdef floating* dxp = &dx[0, 0, 0]
+    cdef const floating* yp = &relu_y[0, 0, 0] if masked else NULL
+    cdef const floating* g = <const floating*>dxp if masked else dyp  # what the formulas read
     cdef double n = <double>(A * B)
     cdef double s_dy, s_dyx, m, k, md, p
     cdef Py_ssize_t blk
@@ -557,10 +577,14 @@ def backward(const floating[:, :, ::1] dy, const floating[:, :, ::1] x, const do
         with nogil:
             for blk in prange(ceil_div(C, COLUMN_BLOCK), num_threads=num_threads,
                               schedule="static"):
-                _column_sums(dyp, xp, A, C, blk * COLUMN_BLOCK, &mean[0], &sum_dy[0],
-                             &sum_dy_xmu[0])
-                _column_dx(dyp, xp, dxp, A, C, blk * COLUMN_BLOCK, &mean[0], &invstd[0],
-                           &gamma[0], &sum_dy[0], &sum_dy_xmu[0], n, training)
+                c0 = blk * COLUMN_BLOCK
+                if masked:
+                    n0 = _block_size(C, c0)
+                    for a in range(A):
+                        _relu_mask(dyp + a * C + c0, yp + a * C + c0, dxp + a * C + c0, n0)
+                _column_sums(g, xp, A, C, c0, &mean[0], &sum_dy[0], &sum_dy_xmu[0])
+                _column_dx(g, xp, dxp, A, C, c0, &mean[0], &invstd[0], &gamma[0], &sum_dy[0],
+                           &sum_dy_xmu[0], n, training)
         return
     with nogil:
         for c in prange(C, num_threads=num_threads, schedule="static"):
@@ -569,7 +593,9 @@ def backward(const floating[:, :, ::1] dy, const floating[:, :, ::1] x, const do
             m = mean[c]
             for a in range(A):
                 off = (a * C + c) * B
-                _product_sums(dyp + off, xp + off, B, m, &s_dy, &s_dyx)
+                if masked:
+                    _relu_mask(dyp + off, yp + off, dxp + off, B)
+                _product_sums(g + off, xp + off, B, m, &s_dy, &s_dyx)
             sum_dy[c] = s_dy
             sum_dy_xmu[c] = s_dyx
             k = gamma[c] * invstd[c]
@@ -580,7 +606,7 @@ def backward(const floating[:, :, ::1] dy, const floating[:, :, ::1] x, const do
                 p = invstd[c] * invstd[c] * s_dyx / n
             for a in range(A):
                 off = (a * C + c) * B
-                _norm_dx(dyp + off, xp + off, dxp + off, B, m, k, md, p)
+                _norm_dx(g + off, xp + off, dxp + off, B, m, k, md, p)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -37,6 +37,7 @@ from .._checks import (FLOAT_DTYPES, check_allocation, check_bool, check_cache_a
                        check_eps, check_float_array, check_grad, check_input, check_integer,
                        check_no_overlap, check_number, positive_int, shape_tuple)
 from .._kernels import _batchnorm as _kernel
+from .activation import ReluCache, relu_backward
 from ..reference.functional import normalization as reference
 
 __all__ = ["BatchNormCache", "batch_norm_forward", "batch_norm_backward", "channel_stats",
@@ -289,21 +290,30 @@ def _check_cache(layer, cache):
                           (x3.shape[1],), np.float64)
 
 
-def batch_norm_backward(dout, cache, layer="batch_norm", out=None):
+def batch_norm_backward(dout, cache, layer="batch_norm", out=None, relu_output=None):
     """Gradients of :func:`batch_norm_forward`.
 
     Args:
         dout (np.ndarray): d loss / d out, the shape and dtype of the forward output.
         cache: the second value returned by :func:`batch_norm_forward`.
         out (np.ndarray, optional): where to write ``dx`` (C-contiguous, x's shape and dtype).
+        relu_output (np.ndarray, optional): the output ``y = relu(out)`` of a ReLU applied to
+            this BatchNorm's output (the forward's ``relu=True``, or a following ReLU layer);
+            ``dout`` is then d loss / d y, and the gradient goes through the ReLU first
+            (``dout`` where ``y > 0``, else 0, as :func:`~minidl.functional.activation.
+            relu_backward`) inside the kernel's passes, with no array in between. Same results
+            as ``relu_backward`` then this function, bit for bit.
     Returns:
         (dx, dweight, dbias): ``dx`` like ``x``; ``dweight`` and ``dbias`` float64 ``(C,)``
         (None where the forward had no weight/bias). In training mode ``dx`` includes the paths
         through the batch mean and variance; in eval mode it is the affine part only.
     Raises:
-        ValueError/TypeError: ``dout`` does not match the forward output.
+        ValueError/TypeError: ``dout`` or ``relu_output`` does not match the forward output.
     """
     if isinstance(cache, reference.BatchNormCache):  # reference backend: made by its forward
+        if relu_output is not None:  # the textbook order: the ReLU's backward, then this one
+            check_float_array(layer, relu_output, "relu_output")
+            dout = relu_backward(dout, ReluCache(relu_output), layer)
         return _reference_backward(reference.batch_norm_backward, dout, cache, layer, out)
     if not isinstance(cache, BatchNormCache):
         raise TypeError(f"{layer}: expected the cache returned by batch_norm_forward, got "
@@ -311,13 +321,18 @@ def batch_norm_backward(dout, cache, layer="batch_norm", out=None):
     x3, mean, invstd, gamma, training, shape, has_weight, has_bias = cache
     _check_cache(layer, cache)
     check_grad(layer, dout, shape, x3.dtype)
+    if relu_output is not None:
+        check_grad(layer, relu_output, shape, x3.dtype, what="relu_output")
     dy3 = _as_acb(dout)
     num_channels = x3.shape[1]
     sum_dy = np.empty(num_channels, np.float64)
     sum_dy_xmu = np.empty(num_channels, np.float64)
-    dx3 = _grad_output(layer, out, shape, x3.dtype, dout, x3).reshape(x3.shape)
+    dx3 = _grad_output(layer, out, shape, x3.dtype, dout, x3)
+    check_no_overlap(layer, "out", dx3, relu_output=relu_output)
+    dx3 = dx3.reshape(x3.shape)
+    y3 = None if relu_output is None else _as_acb(relu_output)
     _kernel.backward(dy3, x3, mean, invstd, gamma, training, dx3,
-                     sum_dy, sum_dy_xmu, _config.threads_for(x3.size))
+                     sum_dy, sum_dy_xmu, _config.threads_for(x3.size), y3)
     dweight = sum_dy_xmu * invstd if has_weight else None
     dbias = sum_dy if has_bias else None
     return dx3.reshape(shape), dweight, dbias

@@ -144,9 +144,15 @@ class _NormBase(Module):
                 in place since (PyTorch raises there too).
             ValueError/TypeError: ``dout`` does not match the last output.
         """
+        return self._backward(dout, input_grad)
+
+    def _backward(self, dout, input_grad, **options):
+        """:meth:`backward`; ``options`` go to the functional op (BatchNorm's
+        ``relu_output``: see :meth:`BatchNorm._backward_relu`)."""
         cache = saved_for_backward(type(self).__name__, self._cache)
         check_kept(type(self).__name__, self._watched)
-        dx, dweight, dbias = self._backward_op(dout, cache, layer=type(self).__name__)
+        dx, dweight, dbias = self._backward_op(dout, cache, layer=type(self).__name__,
+                                               **options)
         if self.affine:
             self.weight.accumulate_grad(dweight.reshape(self.weight.shape))
             self.bias.accumulate_grad(dbias.reshape(self.bias.shape))
@@ -216,6 +222,16 @@ class BatchNorm(_NormBase):
         is applied as BatchNorm's output is written (the same values bit for bit, one pass over
         memory less); this layer keeps its usual cache."""
         return self._normalize(x, relu=True)
+
+    def _backward_relu(self, relu, dout, input_grad=True):
+        """``self.backward(relu.backward(dout))`` in one kernel call, for
+        :meth:`minidl.Sequential.backward` when this layer's output went straight into the
+        ReLU layer ``relu``: the kernel zeroes the gradient where the ReLU's output is <= 0 as
+        it reads it, channel by channel (no gradient array in between, one pass over memory
+        less). The same results bit for bit, and the same errors: those of ``relu.backward``
+        (no forward pass, its output modified in place), then this layer's."""
+        relu_output = relu._need_cache().y
+        return self._backward(dout, input_grad, relu_output=relu_output)
 
 
 class BatchNorm1D(BatchNorm):
