@@ -131,7 +131,7 @@ def batch_norm_forward(x, weight=None, bias=None, running_mean=None, running_var
     return into(out, y), cache
 
 
-def batch_norm_backward(dout, cache, layer="batch_norm", out=None):
+def batch_norm_backward(dout, cache, layer="batch_norm", out=None, relu_output=None):
     """Gradients of :func:`batch_norm_forward` by the chain rule of section 3.
 
     Same arguments and results as :func:`minidl.functional.batch_norm_backward` (``layer`` is
@@ -141,6 +141,9 @@ def batch_norm_backward(dout, cache, layer="batch_norm", out=None):
         dout (np.ndarray): d loss / d y, the shape and dtype of the forward output.
         cache (BatchNormCache): the second value returned by :func:`batch_norm_forward`.
         out (np.ndarray or None): where to write ``dx``; a new array when None.
+        relu_output (np.ndarray or None): the output of a ReLU applied to ``y``; ``dout`` is
+            then d loss / d relu(y), and the ReLU's backward comes first: ``dout`` where
+            ``relu_output > 0``, else 0.
     Returns:
         (dx, dweight, dbias): ``dx`` like the input; ``dweight`` and ``dbias`` float64
         ``(C,)`` (None where the forward had no weight / bias). In training mode ``dx``
@@ -148,6 +151,8 @@ def batch_norm_backward(dout, cache, layer="batch_norm", out=None):
     """
     x, mean, var, gamma, eps, training, dtype, has_weight, has_bias = cache
     m = x.size // x.shape[1]
+    if relu_output is not None:  # the ReLU's backward (its gradient at 0 is 0)
+        dout = np.where(relu_output <= 0, 0, dout).astype(dtype)
     dy = dout.astype(np.float64)
     xhat = (x - mean) / np.sqrt(var + eps)
 
