@@ -266,8 +266,10 @@ def _plan_and_scratch(tasks_per_tile, rows, cols, threads, dtype):
     return tile_rows, tile_cols, threads, _memory.empty((threads, scratch_size), dtype), narrow
 
 
-def matmul(a, b, out=None, accumulate=False, sum_batch=False, layer="matmul"):
-    """``a @ b`` on minidl's OpenMP team (see the module docstring).
+def matmul(a, b, out=None, accumulate=False, sum_batch=False, layer="matmul", bias=None,
+           relu=False):
+    """``a @ b`` on minidl's OpenMP team (see the module docstring); ``+ bias`` and a ReLU
+    in the same call when asked (a Dense layer's whole forward).
 
     Args:
         a (np.ndarray): ``(M, K)`` or a batch ``(B, M, K)``; float32 or float64, any strides
@@ -281,22 +283,30 @@ def matmul(a, b, out=None, accumulate=False, sum_batch=False, layer="matmul"):
         sum_batch (bool): ``sum_n a[n] @ b[n]``, a single ``(M, N)`` matrix, summed over the
             batch in order.
         layer (str): name used in error messages.
+        bias (np.ndarray or None): ``(N,)`` of a's dtype, contiguous: added to every row of the
+            product (``out += bias`` in NumPy gives the same bits).
+        relu (bool): then ``max(out, 0)`` (as ``functional.relu_forward``).
     Either operand may instead be a :class:`Gathered` matrix (then the other is 2-D and
-    ``sum_batch`` is False).
+    ``sum_batch`` is False). ``bias`` and ``relu`` need two arrays, without ``accumulate`` or
+    ``sum_batch``.
     Returns:
         np.ndarray: ``out``.
     Raises:
         TypeError: the operands are not float32/float64 arrays of one dtype.
         ValueError: their shapes do not match, or ``out`` is unusable.
     """
+    epilogue = bias is not None or relu
     if isinstance(a, Gathered) or isinstance(b, Gathered):
-        if sum_batch:
-            raise ValueError(f"{layer}: sum_batch needs two arrays, not a gathered operand")
+        if sum_batch or epilogue:
+            raise ValueError(f"{layer}: sum_batch, bias and relu need two arrays, not a "
+                             f"gathered operand")
         return _matmul_gathered(a, b, out, accumulate, layer)
-    return _matmul(a, b, out, accumulate, sum_batch, layer)
+    if epilogue and (accumulate or sum_batch):
+        raise ValueError(f"{layer}: bias and relu do not combine with accumulate or sum_batch")
+    return _matmul(a, b, out, accumulate, sum_batch, layer, bias, relu)
 
 
-def _matmul(a, b, out, accumulate, sum_batch, layer):
+def _matmul(a, b, out, accumulate, sum_batch, layer, bias=None, relu=False):
     """:func:`matmul` of two arrays."""
     if not (isinstance(a, np.ndarray) and isinstance(b, np.ndarray)) \
             or a.dtype != b.dtype or a.dtype not in (np.float32, np.float64):
@@ -324,6 +334,10 @@ def _matmul(a, b, out, accumulate, sum_batch, layer):
     threads = 1 if work < minimum else _config.get_num_threads()
     tile_rows, tile_cols, threads, scratch, narrow = _plan_and_scratch(
         tasks_per_tile, rows, cols, threads, a.dtype)
+    if bias is not None and not (isinstance(bias, np.ndarray) and bias.shape == (cols,)
+                                 and bias.dtype == a.dtype and bias.flags.c_contiguous):
+        raise ValueError(f"{layer}: bias must be a contiguous ({cols},) array of the operands' "
+                         f"dtype {a.dtype}")
     _kernel.gemm(a3, b3, out3, accumulate, sum_batch, tile_rows, tile_cols, scratch, threads,
-                 narrow)
+                 narrow, bias, relu)
     return out

@@ -183,6 +183,50 @@ def test_matmul_errors():
         _blas.matmul(square, square, out=square)
 
 
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(1, 40, 70), (8, 17, 9), (9, 300, 40), (600, 64, 1100)])
+def test_bias_and_relu_in_the_product_give_the_bits_of_separate_passes(shape, dtype, relu, rng):
+    """matmul(..., bias, relu): the bias added and the ReLU applied tile by tile, in the
+    product's call (dot-product and packed paths, several tiles on two threads): the same bits
+    as ``out += bias`` and relu_forward after it, NaN, -0.0 and exact zeros included."""
+    from minidl.functional.activation import relu_forward
+    m, k, n = shape
+    a = rng.standard_normal((m, k)).astype(dtype)
+    w = rng.standard_normal((n, k)).astype(dtype)
+    bias = rng.standard_normal(n).astype(dtype)
+    a[0, 0] = np.nan  # a NaN row of the output stays NaN through the ReLU
+    bias[0] = -0.0
+    before = minidl.get_num_threads()
+    try:
+        minidl.set_num_threads(2)
+        want = _blas.matmul(a, w.T)
+        want += bias
+        if relu:
+            want = relu_forward(want)[0]
+        for b in (bias, None):
+            got = _blas.matmul(a, w.T, bias=b, relu=relu)
+            expected = want if b is not None else (
+                relu_forward(_blas.matmul(a, w.T))[0] if relu else _blas.matmul(a, w.T))
+            np.testing.assert_array_equal(got, expected)
+            assert np.array_equal(np.signbit(got), np.signbit(expected))
+    finally:
+        minidl.set_num_threads(before)
+    assert np.isnan(want[0]).all() and (not relu or (want[1:] >= 0).all())
+
+
+def test_bias_and_relu_errors():
+    a, b = np.ones((2, 3), np.float32), np.ones((3, 4), np.float32)
+    out = np.zeros((2, 4), np.float32)
+    with pytest.raises(ValueError, match="^Dense: bias and relu do not combine with accumulate"):
+        _blas.matmul(a, b, out=out, accumulate=True, relu=True, layer="Dense")
+    with pytest.raises(ValueError, match=r"^Dense: bias must be a contiguous \(4,\) array of the "
+                                         r"operands' dtype float32"):
+        _blas.matmul(a, b, bias=np.ones(4), layer="Dense")
+    with pytest.raises(ValueError, match="need two arrays, not a gathered operand"):
+        _blas.matmul(_blas.Gathered(np.ones(9, np.float32), [0, 1], [0, 1, 2]), b, relu=True)
+
+
 def test_dense_and_im2col_products_run_on_minidls_team(monkeypatch, rng):
     """Dense and the im2col convolution multiply with _blas.matmul, never with NumPy's BLAS."""
     from minidl.functional import conv

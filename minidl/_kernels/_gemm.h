@@ -370,7 +370,26 @@ ATTRIBUTES static void NAME(MINIDL_GEMM_DOT_ARGS(T)) {                          
         __attribute__((vector_size(MINIDL_GEMM_LANES * sizeof(T)), aligned(sizeof(T))));     \
     const ptrdiff_t whole = inner / MINIDL_GEMM_LANES * MINIDL_GEMM_LANES;                   \
     ptrdiff_t j0 = 0;                                                                        \
-    if (rsb == 1) { /* columns of B contiguous: four at a time */                            \
+    if (rsb == 1) { /* columns of B contiguous: eight at a time, then four */                \
+        for (; j0 + 8 <= cols; j0 += 8) { /* eight streams of B in flight */                 \
+            const T* b0 = B + j0 * csb;                                                      \
+            for (ptrdiff_t i = 0; i < rows; i++) {                                           \
+                const T* a = A + i * rsa;                                                    \
+                V s[8] = {{0}};                                                              \
+                for (ptrdiff_t k = 0; k < whole; k += MINIDL_GEMM_LANES) {                   \
+                    const V av = *(const V*)(a + k);                                         \
+                    for (int q = 0; q < 8; q++) s[q] += av * *(const V*)(b0 + q * csb + k);  \
+                }                                                                            \
+                for (ptrdiff_t k = whole; k < inner; k++)                                    \
+                    for (int q = 0; q < 8; q++) s[q][k - whole] += a[k] * b0[q * csb + k];   \
+                T* c = C + i * ldc + j0;                                                     \
+                for (int q = 0; q < 8; q++) {                                                \
+                    const T r = MINIDL_GEMM_COMBINE(s[q][0], s[q][1], s[q][2], s[q][3],      \
+                                                    s[q][4], s[q][5], s[q][6], s[q][7]);     \
+                    c[q] = add ? r + c[q] : r;                                               \
+                }                                                                            \
+            }                                                                                \
+        }                                                                                    \
         for (; j0 + 4 <= cols; j0 += 4) {                                                    \
             const T* b0 = B + j0 * csb, * b1 = b0 + csb, * b2 = b1 + csb, * b3 = b2 + csb;   \
             for (ptrdiff_t i = 0; i < rows; i++) {                                           \

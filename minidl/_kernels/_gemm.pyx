@@ -94,11 +94,27 @@ cdef inline floating* _aligned(floating* p) noexcept nogil:
     return <floating*>((<size_t>p + 63) & ~(<size_t>63))
 
 
+cdef inline void _epilogue(floating* row, const floating* bias, Py_ssize_t cols,
+                           bint relu) noexcept nogil:
+    """``row += bias`` (when ``bias`` is not NULL), then ``row = max(row, 0)`` when ``relu``:
+    the same roundings as NumPy's ``out += bias`` and ``_activation.relu_forward`` (0 where
+    the value is < 0: a NaN stays NaN, -0.0 stays -0.0)."""
+    cdef Py_ssize_t j
+    if bias != NULL:
+        for j in range(cols):
+            row[j] = row[j] + bias[j]
+    if relu:
+        for j in range(cols):
+            if row[j] < 0:
+                row[j] = 0
+
+
 def gemm(const floating[:, :, :] a, const floating[:, :, :] b, floating[:, :, :] c,
          bint accumulate, bint sum_batch, Py_ssize_t tile_rows, Py_ssize_t tile_cols,
-         floating[:, ::1] scratch, int num_threads=1, bint narrow=False):
+         floating[:, ::1] scratch, int num_threads=1, bint narrow=False,
+         const floating[::1] bias=None, bint relu=False):
     """``c[n] = a[n] @ b[n]`` for each n, or ``c[0] = sum_n a[n] @ b[n]``; ``+ c`` if
-    ``accumulate``.
+    ``accumulate``; then ``+ bias`` (one per column) and ``max(., 0)`` if ``relu``.
 
     Args:
         a (IN): ``(Ba, M, K)``, float32 or float64, any strides (0 for a batch axis of 1 is
@@ -116,6 +132,9 @@ def gemm(const floating[:, :, :] a, const floating[:, :, :] b, floating[:, :, :]
         narrow: use the narrow micro-kernels (``NR_NARROW`` columns; the same bits), for
             products whose N they fit with less padding. Products of at most ``DOT_ROWS`` rows
             ignore it.
+        bias (IN): None, or ``(N,)`` of the same dtype, added to every row of each tile of C
+            once the tile is done (a Dense layer's bias, in the call that computes the product).
+        relu: then apply a ReLU to the tile (a Dense layer followed by a ReLU).
 
     Preconditions (checked by the caller, not here): ``K >= 1`` (nothing is written
     otherwise); ``B = max(Ba, Bb) >= 1`` and each of
@@ -137,13 +156,15 @@ def gemm(const floating[:, :, :] a, const floating[:, :, :] b, floating[:, :, :]
     cdef Py_ssize_t tiles_m = ceil_div(M, tile_rows), tiles_n = ceil_div(N, tile_cols)
     cdef Py_ssize_t per_matrix = tiles_m * tiles_n
     cdef Py_ssize_t tasks = per_matrix * (1 if sum_batch else batch)
-    cdef Py_ssize_t task, n, tile, i0, j0, rows, cols, terms
+    cdef Py_ssize_t task, n, tile, i0, j0, rows, cols, terms, r
     cdef bint dot = M <= MINIDL_GEMM_DOT_ROWS
     if M == 0 or N == 0 or K == 0 or batch == 0:
         return
     cdef const floating* a0 = &a[0, 0, 0]
     cdef const floating* b0 = &b[0, 0, 0]
     cdef floating* c0 = &c[0, 0, 0]
+    cdef const floating* bias0 = &bias[0] if bias is not None else NULL
+    cdef bint epilogue = bias is not None or relu
     terms = batch if sum_batch else 1
 
     for task in prange(tasks, nogil=True, num_threads=num_threads, schedule="dynamic"):
@@ -176,6 +197,10 @@ def gemm(const floating[:, :, :] a, const floating[:, :, :] b, floating[:, :, :]
                                c0 + n * sc + i0 * ldc + j0, ldc, rows, K, cols, terms,
                                accumulate, narrow, _aligned(&scratch[threadid(), 0]),
                                NULL, NULL, i0, j0)
+        if epilogue:  # the tile is still in cache
+            for r in range(rows):
+                _epilogue(c0 + n * sc + (i0 + r) * ldc + j0,
+                          bias0 + j0 if bias0 != NULL else NULL, cols, relu)
 
 
 def gemm_gathered(const floating[::1] base, const Py_ssize_t[::1] rows,

@@ -10,10 +10,9 @@ there too (the ``if`` statements marked "reference backend").
 """
 import numpy as np
 
-from .. import _blas, _config
+from .. import _blas
 from .._backend import get_backend
 from .._checks import check_bool, check_float_array, check_grad, check_input
-from .._kernels import _activation
 from ..reference.functional import linear as reference
 
 __all__ = ["linear_forward", "linear_backward"]
@@ -26,9 +25,10 @@ def linear_forward(x, weight, bias=None, layer="linear", relu=False):
         x (np.ndarray): ``(N, in_features)``, float32 or float64.
         weight (np.ndarray): ``(out_features, in_features)``, cast to x's dtype if it differs.
         bias (np.ndarray or None): ``(out_features,)``.
-        relu (bool): return ``relu(x W^T + b)`` instead, the ReLU applied in place by the
-            kernel of :func:`~minidl.functional.activation.relu_forward` (the same bits as the
-            two calls, without a second output array). The cache is the same; for the
+        relu (bool): return ``relu(x W^T + b)`` instead, the ReLU applied by the product's
+            own call as each tile of the output is finished (the same bits as
+            :func:`~minidl.functional.activation.relu_forward` after this function, without a
+            second output array or pass). The cache is the same; for the
             backward pass, take ``dout`` through ``relu_backward`` with ``ReluCache(out)``
             first. Default False.
     Returns:
@@ -54,12 +54,10 @@ def linear_forward(x, weight, bias=None, layer="linear", relu=False):
         with _blas.one_thread():
             return reference.linear_forward(x, weight, bias, layer, relu)
     w = weight.astype(x.dtype, copy=False)
-    out = _blas.matmul(x, w.T, layer=layer)
-    if bias is not None:
-        out += bias.astype(x.dtype, copy=False)
-    if relu:  # in place: out is a new contiguous array of this call's
-        flat = out.reshape(-1)
-        _activation.relu_forward(flat, flat, _config.threads_for(flat.size))
+    # the bias and the ReLU are applied by the product's call, tile by tile (the same bits as
+    # ``out += bias`` and relu_forward after it)
+    b = None if bias is None else np.ascontiguousarray(bias, dtype=x.dtype)
+    out = _blas.matmul(x, w.T, layer=layer, bias=b, relu=relu)
     return out, (x, w, bias is not None)
 
 
