@@ -55,9 +55,9 @@ class Dense(Module):
 
     def _forward_relu(self, x):
         """``relu(self(x))``, for :meth:`Module._call_with_relu` (a Dense layer and the ReLU
-        after it, fused by :class:`~minidl.Sequential`): the ReLU applied in place to the new
-        output (the same values bit for bit, one layer call and one array less); this layer
-        keeps its usual cache."""
+        after it, fused by :class:`~minidl.Sequential`): the ReLU applied by the product's own
+        call as it finishes each tile of the output (the same values bit for bit, one layer
+        call, one pass and one array less); this layer keeps its usual cache."""
         return self._affine(x, relu=True)
 
     def _affine(self, x, relu=False):
