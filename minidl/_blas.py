@@ -218,7 +218,7 @@ def _matmul_gathered(a, b, out, accumulate, layer):
     gathered_a = isinstance(a, Gathered)
     gathered, other = (a, b) if gathered_a else (b, a)
     if isinstance(other, Gathered) or not isinstance(other, np.ndarray) or other.ndim != 2 \
-            or other.dtype != gathered.dtype or other.dtype not in (np.float32, np.float64):
+            or other.dtype != gathered.dtype or other.dtype not in _DTYPE_NAMES:
         raise TypeError(f"{layer}: a gathered operand multiplies a 2-D float32/float64 array "
                         f"of its dtype")
     rows, inner = a.shape
@@ -232,10 +232,11 @@ def _matmul_gathered(a, b, out, accumulate, layer):
     if _nothing_to_multiply(out, inner == 0, accumulate):
         return out
     threads = 1 if rows * cols * inner < PARALLEL_MIN_WORK else _config.get_num_threads()
-    tile_rows, tile_cols, threads, scratch, narrow = _plan_and_scratch(1, rows, cols, threads,
-                                                                       other.dtype)
+    tile_rows, tile_cols, threads, scratch_size, narrow = _plan(
+        1, rows, cols, threads, _DTYPE_NAMES[other.dtype])
     _kernel.gemm_gathered(gathered.base, gathered.rows, gathered.cols, other, out, gathered_a,
-                          accumulate, tile_rows, tile_cols, scratch, threads, narrow)
+                          accumulate, tile_rows, tile_cols,
+                          _memory.empty((threads, scratch_size), other.dtype), threads, narrow)
     return out
 
 
@@ -257,13 +258,6 @@ def _nothing_to_multiply(out, no_terms, accumulate):
     if out.size and no_terms and not accumulate:
         out.fill(0)
     return out.size == 0 or no_terms
-
-
-def _plan_and_scratch(tasks_per_tile, rows, cols, threads, dtype):
-    """:func:`_plan` of a product, with the threads' scratch allocated."""
-    tile_rows, tile_cols, threads, scratch_size, narrow = _plan(
-        tasks_per_tile, rows, cols, threads, _DTYPE_NAMES[dtype])
-    return tile_rows, tile_cols, threads, _memory.empty((threads, scratch_size), dtype), narrow
 
 
 def matmul(a, b, out=None, accumulate=False, sum_batch=False, layer="matmul", bias=None,
@@ -293,7 +287,9 @@ def matmul(a, b, out=None, accumulate=False, sum_batch=False, layer="matmul", bi
         np.ndarray: ``out``.
     Raises:
         TypeError: the operands are not float32/float64 arrays of one dtype.
-        ValueError: their shapes do not match, or ``out`` is unusable.
+        ValueError: their shapes do not match; ``out`` is unusable; ``bias`` is not a
+            contiguous ``(N,)`` array of the operands' dtype; ``bias`` or ``relu`` with
+            ``accumulate``, ``sum_batch`` or a gathered operand.
     """
     epilogue = bias is not None or relu
     if isinstance(a, Gathered) or isinstance(b, Gathered):

@@ -98,28 +98,31 @@ class Sequential(Module):
         layers = list(self._modules.values())
         if not layers:
             return dout if input_grad else None
+        fused = self._backward_fused_pairs(layers)
         i = len(layers) - 1
         while i >= 0:
-            layer, wanted = layers[i], input_grad or i > 0
-            if self._backward_fuses_relu(layers, i):  # BatchNorm i-1, ReLU i: one kernel call
-                layer, i = layers[i - 1], i - 1
-                wanted = input_grad or i > 0
-                dout = layer._backward_relu(layers[i + 1], dout, input_grad=wanted)
+            first = i - 1 if i - 1 in fused else i  # BatchNorm i-1, ReLU i: one kernel call
+            wanted = input_grad or first > 0
+            if first < i:
+                dout = layers[first]._backward_relu(layers[i], dout, input_grad=wanted)
+            elif wanted:
+                dout = layers[i].backward(dout)
             else:
-                dout = layer.backward(dout) if wanted else layer.backward(dout, input_grad=False)
-            i -= 1
+                dout = layers[i].backward(dout, input_grad=False)
+            i = first - 1
         return dout if input_grad else None
 
-    def _backward_fuses_relu(self, layers, i):
-        """Whether :meth:`backward` runs layer ``i`` (a ReLU) and ``i - 1`` (a BatchNorm) as
-        one call (``BatchNorm._backward_relu``): the last forward pass ran them as one (so the
-        ReLU's input was the BatchNorm's output), the layers are still those, and neither
-        has backward hooks (they would not see the gradient between the two)."""
+    def _backward_fused_pairs(self, layers):
+        """The indices ``i`` of the BatchNorm + ReLU pairs ``(i, i + 1)`` that :meth:`backward`
+        runs as one call (``BatchNorm._backward_relu``): those the last forward pass ran as one
+        (so the ReLU's input was the BatchNorm's output), if the layers are still those, and
+        neither layer of the pair has backward hooks (they would not see the gradient between
+        the two)."""
         ran, fused = self.__dict__.get("_fused_relu", ((), frozenset()))
-        return (i - 1 in fused and len(ran) == len(layers)
-                and all(a is b for a, b in zip(ran, layers))
-                and not any(layer._backward_pre_hooks or layer._backward_hooks
-                            for layer in layers[i - 1:i + 1]))
+        if len(ran) != len(layers) or any(a is not b for a, b in zip(ran, layers)):
+            return frozenset()
+        return frozenset(i for i in fused if not any(
+            layer._backward_pre_hooks or layer._backward_hooks for layer in layers[i:i + 2]))
 
 
 # the layers with a _forward_relu(x) (not SyncBatchNorm: it has its own forward), and those of

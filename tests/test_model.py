@@ -179,7 +179,7 @@ def test_a_batchnorm_relu_pair_fused_in_forward_is_the_one_fused_in_backward(rng
     model = _fused_pair(rng)
     x = rng.standard_normal((4, 6)).astype(np.float32)
     model(x)
-    assert model._backward_fuses_relu(list(model), 2)
+    assert model._backward_fused_pairs(list(model)) == {1}
     model(x)
     model._modules[list(model._modules)[2]] = ReLU()  # a new ReLU that has not run
     with pytest.raises(RuntimeError, match="^ReLU: backward called before forward"):

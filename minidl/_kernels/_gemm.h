@@ -329,8 +329,8 @@ MINIDL_GEMM_MICRO_TABLE(minidl_gemm_micro_d_base, double, )
  * of C is instead a dot product in MINIDL_GEMM_LANES partial sums: s_l = sum over k = l
  * (mod LANES), in increasing k, then C (+)= ((s0 + s4) + (s2 + s6)) + ((s1 + s5) + (s3 + s7)).
  * The same order, hence the same bits, whatever B's layout:
- *   columns of B contiguous (rsb == 1, e.g. x @ W.T): LANES consecutive k in one vector, four
- *       columns of B at a time (four independent sums);
+ *   columns of B contiguous (rsb == 1, e.g. x @ W.T): LANES consecutive k in one vector, eight
+ *       columns of B at a time, then four (as many independent sums);
  *   rows of B contiguous (csb == 1, e.g. dout @ W): LANES consecutive columns in one vector and
  *       one vector of partial sums per l (eight independent sums), B copied
  *       block by block (DOT_KB rows) to a buffer whose rows do not share cache sets;
@@ -365,58 +365,45 @@ typedef void (*minidl_gemm_dot_double_fn)(MINIDL_GEMM_DOT_ARGS(double));
 
 #define MINIDL_GEMM_DOT(NAME, T, ATTRIBUTES)                                                 \
 MINIDL_GEMM_DOT_ONE(NAME##_one, T, ATTRIBUTES)                                               \
+/* columns j0, j0 + width, ... of C while whole groups of `width` (a constant where it is       \
+   called, so that the loops over q unroll) remain, B's columns contiguous: one vector of sums \
+   per column; returns the first column left */                                              \
+ATTRIBUTES __attribute__((always_inline)) static inline ptrdiff_t NAME##_columns(            \
+        const T* A, ptrdiff_t rsa, const T* B, ptrdiff_t csb, T* C, ptrdiff_t ldc,           \
+        ptrdiff_t rows, ptrdiff_t inner, ptrdiff_t cols, int add, ptrdiff_t j0, int width) { \
+    typedef T V                                                                              \
+        __attribute__((vector_size(MINIDL_GEMM_LANES * sizeof(T)), aligned(sizeof(T))));     \
+    const ptrdiff_t whole = inner / MINIDL_GEMM_LANES * MINIDL_GEMM_LANES;                   \
+    for (; j0 + width <= cols; j0 += width) {                                                \
+        const T* b0 = B + j0 * csb;                                                          \
+        for (ptrdiff_t i = 0; i < rows; i++) {                                               \
+            const T* a = A + i * rsa;                                                        \
+            V s[8] = {{0}};                                                                  \
+            for (ptrdiff_t k = 0; k < whole; k += MINIDL_GEMM_LANES) {                       \
+                const V av = *(const V*)(a + k);                                             \
+                for (int q = 0; q < width; q++) s[q] += av * *(const V*)(b0 + q * csb + k);  \
+            }                                                                                \
+            for (ptrdiff_t k = whole; k < inner; k++)                                        \
+                for (int q = 0; q < width; q++) s[q][k - whole] += a[k] * b0[q * csb + k];   \
+            T* c = C + i * ldc + j0;                                                         \
+            for (int q = 0; q < width; q++) {                                                \
+                const T r = MINIDL_GEMM_COMBINE(s[q][0], s[q][1], s[q][2], s[q][3],          \
+                                                s[q][4], s[q][5], s[q][6], s[q][7]);         \
+                c[q] = add ? r + c[q] : r;                                                   \
+            }                                                                                \
+        }                                                                                    \
+    }                                                                                        \
+    return j0;                                                                               \
+}                                                                                            \
 ATTRIBUTES static void NAME(MINIDL_GEMM_DOT_ARGS(T)) {                                       \
     typedef T V                                                                              \
         __attribute__((vector_size(MINIDL_GEMM_LANES * sizeof(T)), aligned(sizeof(T))));     \
     const ptrdiff_t whole = inner / MINIDL_GEMM_LANES * MINIDL_GEMM_LANES;                   \
     ptrdiff_t j0 = 0;                                                                        \
-    if (rsb == 1) { /* columns of B contiguous: eight at a time, then four */                \
-        for (; j0 + 8 <= cols; j0 += 8) { /* eight streams of B in flight */                 \
-            const T* b0 = B + j0 * csb;                                                      \
-            for (ptrdiff_t i = 0; i < rows; i++) {                                           \
-                const T* a = A + i * rsa;                                                    \
-                V s[8] = {{0}};                                                              \
-                for (ptrdiff_t k = 0; k < whole; k += MINIDL_GEMM_LANES) {                   \
-                    const V av = *(const V*)(a + k);                                         \
-                    for (int q = 0; q < 8; q++) s[q] += av * *(const V*)(b0 + q * csb + k);  \
-                }                                                                            \
-                for (ptrdiff_t k = whole; k < inner; k++)                                    \
-                    for (int q = 0; q < 8; q++) s[q][k - whole] += a[k] * b0[q * csb + k];   \
-                T* c = C + i * ldc + j0;                                                     \
-                for (int q = 0; q < 8; q++) {                                                \
-                    const T r = MINIDL_GEMM_COMBINE(s[q][0], s[q][1], s[q][2], s[q][3],      \
-                                                    s[q][4], s[q][5], s[q][6], s[q][7]);     \
-                    c[q] = add ? r + c[q] : r;                                               \
-                }                                                                            \
-            }                                                                                \
-        }                                                                                    \
-        for (; j0 + 4 <= cols; j0 += 4) {                                                    \
-            const T* b0 = B + j0 * csb, * b1 = b0 + csb, * b2 = b1 + csb, * b3 = b2 + csb;   \
-            for (ptrdiff_t i = 0; i < rows; i++) {                                           \
-                const T* a = A + i * rsa;                                                    \
-                V s0 = {0}, s1 = {0}, s2 = {0}, s3 = {0};                                    \
-                for (ptrdiff_t k = 0; k < whole; k += MINIDL_GEMM_LANES) {                   \
-                    const V av = *(const V*)(a + k);                                         \
-                    s0 += av * *(const V*)(b0 + k); s1 += av * *(const V*)(b1 + k);          \
-                    s2 += av * *(const V*)(b2 + k); s3 += av * *(const V*)(b3 + k);          \
-                }                                                                            \
-                for (ptrdiff_t k = whole; k < inner; k++) {                                  \
-                    s0[k - whole] += a[k] * b0[k]; s1[k - whole] += a[k] * b1[k];            \
-                    s2[k - whole] += a[k] * b2[k]; s3[k - whole] += a[k] * b3[k];            \
-                }                                                                            \
-                T* c = C + i * ldc + j0;                                                     \
-                const T r0 = MINIDL_GEMM_COMBINE(s0[0], s0[1], s0[2], s0[3], s0[4], s0[5],   \
-                                                 s0[6], s0[7]);                              \
-                const T r1 = MINIDL_GEMM_COMBINE(s1[0], s1[1], s1[2], s1[3], s1[4], s1[5],   \
-                                                 s1[6], s1[7]);                              \
-                const T r2 = MINIDL_GEMM_COMBINE(s2[0], s2[1], s2[2], s2[3], s2[4], s2[5],   \
-                                                 s2[6], s2[7]);                              \
-                const T r3 = MINIDL_GEMM_COMBINE(s3[0], s3[1], s3[2], s3[3], s3[4], s3[5],   \
-                                                 s3[6], s3[7]);                              \
-                c[0] = add ? r0 + c[0] : r0; c[1] = add ? r1 + c[1] : r1;                    \
-                c[2] = add ? r2 + c[2] : r2; c[3] = add ? r3 + c[3] : r3;                    \
-            }                                                                                \
-        }                                                                                    \
+    if (rsb == 1) { /* columns of B contiguous: eight at a time (eight streams of B in      \
+                       flight), then four */                                                 \
+        j0 = NAME##_columns(A, rsa, B, csb, C, ldc, rows, inner, cols, add, 0, 8);           \
+        j0 = NAME##_columns(A, rsa, B, csb, C, ldc, rows, inner, cols, add, j0, 4);          \
     } else if (csb == 1) { /* rows of B contiguous: LANES columns, LANES sums (one per l) */ \
         /* k in blocks of DOT_KB rows, each block swept across all the columns (B is read    \
            row after row, not down its columns); the sums wait in `state` between blocks */  \

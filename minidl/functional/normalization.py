@@ -37,7 +37,6 @@ from .._checks import (FLOAT_DTYPES, check_allocation, check_bool, check_cache_a
                        check_eps, check_float_array, check_grad, check_input, check_integer,
                        check_no_overlap, check_number, positive_int, shape_tuple)
 from .._kernels import _batchnorm as _kernel
-from .activation import ReluCache, relu_backward
 from ..reference.functional import normalization as reference
 
 __all__ = ["BatchNormCache", "batch_norm_forward", "batch_norm_backward", "channel_stats",
@@ -264,14 +263,15 @@ def _output(layer, out, x, **others):
     return out
 
 
-def _grad_output(layer, out, shape, dtype, dout, kept):
+def _grad_output(layer, out, shape, dtype, dout, kept, **others):
     """``out`` for a backward pass, validated: besides :func:`minidl._memory.output`'s rules it
-    must share no memory with the gradient ``dout`` or the cached input ``kept`` (the cache
-    serves further backward calls, so its arrays must stay intact)."""
+    must share no memory with the gradient ``dout``, the cached input ``kept`` (the cache
+    serves further backward calls, so its arrays must stay intact) or the ``others`` the
+    kernel reads (keyword: the argument's name; None values are skipped)."""
     if out is None:
         return _memory.output(layer, None, shape, dtype)
     out = _memory.output(layer, out, shape, dtype)
-    check_no_overlap(layer, "out", out, gradient=dout, **{"the cached input": kept})
+    check_no_overlap(layer, "out", out, gradient=dout, **{"the cached input": kept}, **others)
     return out
 
 
@@ -311,10 +311,8 @@ def batch_norm_backward(dout, cache, layer="batch_norm", out=None, relu_output=N
         ValueError/TypeError: ``dout`` or ``relu_output`` does not match the forward output.
     """
     if isinstance(cache, reference.BatchNormCache):  # reference backend: made by its forward
-        if relu_output is not None:  # the textbook order: the ReLU's backward, then this one
-            check_float_array(layer, relu_output, "relu_output")
-            dout = relu_backward(dout, ReluCache(relu_output), layer)
-        return _reference_backward(reference.batch_norm_backward, dout, cache, layer, out)
+        return _reference_backward(reference.batch_norm_backward, dout, cache, layer, out,
+                                   relu_output=relu_output)
     if not isinstance(cache, BatchNormCache):
         raise TypeError(f"{layer}: expected the cache returned by batch_norm_forward, got "
                         f"{type(cache).__name__}")
@@ -327,9 +325,8 @@ def batch_norm_backward(dout, cache, layer="batch_norm", out=None, relu_output=N
     num_channels = x3.shape[1]
     sum_dy = np.empty(num_channels, np.float64)
     sum_dy_xmu = np.empty(num_channels, np.float64)
-    dx3 = _grad_output(layer, out, shape, x3.dtype, dout, x3)
-    check_no_overlap(layer, "out", dx3, relu_output=relu_output)
-    dx3 = dx3.reshape(x3.shape)
+    dx3 = _grad_output(layer, out, shape, x3.dtype, dout, x3,
+                       relu_output=relu_output).reshape(x3.shape)
     y3 = None if relu_output is None else _as_acb(relu_output)
     _kernel.backward(dy3, x3, mean, invstd, gamma, training, dx3,
                      sum_dy, sum_dy_xmu, _config.threads_for(x3.size), y3)
@@ -889,15 +886,20 @@ def layer_norm_backward(dout, cache, layer="layer_norm", out=None):
     return _sample_norm_backward(dout, cache, layer, out, "layer_norm_forward")
 
 
-def _reference_backward(backward, dout, cache, layer, out):
-    """Check ``dout`` and ``out`` against a reference cache and run the reference ``backward``."""
+def _reference_backward(backward, dout, cache, layer, out, **arrays):
+    """Check ``dout``, ``out`` and the other gradient-shaped ``arrays`` (keyword: the argument's
+    name, passed on to ``backward``; None values are not checked) against a reference cache and
+    run the reference ``backward``."""
     check_grad(layer, dout, cache.out_shape, cache.dtype)
+    for name, array in arrays.items():
+        if array is not None:
+            check_grad(layer, array, cache.out_shape, cache.dtype, what=name)
     given = out is not None
     dx = _memory.output(layer, out, cache.out_shape, cache.dtype)
     if given:
-        check_no_overlap(layer, "out", dx, gradient=dout, **{
+        check_no_overlap(layer, "out", dx, gradient=dout, **arrays, **{
             f"the cached {name}": value for name, value in cache._asdict().items()})
-    return backward(dout, cache, layer, dx)
+    return backward(dout, cache, layer, dx, **arrays)
 
 
 def group_norm_forward(x, num_groups, weight=None, bias=None, eps=1e-5, layer="group_norm",
