@@ -342,10 +342,12 @@ def _gathered_case(rng, dtype, rows, inner, runs):
     (150, [64, 64, 64, 64, 40], 33),  # runs across the 256-long blocks, rows across 144
     (9, [300], 70),             # one long run; just above the dot products' 8 rows
     (5, [2, 2, 2], 4),          # few rows: the matrix goes to the dot products
+    (200, [32] * 9, 64),        # im2col's shape: whole strips of the wide kernels, K > 256
 ])
 def test_gathered_operands_give_the_matrix_bits(rows, runs, other, dtype, rng):
     """A Gathered operand, on either side and at 1 or 2 threads, gives the same bits as the
-    matrix it stands for (its blocks are packed into the same values)."""
+    matrix it stands for (a gathered B is packed into the same values; a gathered A is read in
+    place by kernels with the same arithmetic as the packed ones)."""
     gathered = _gathered_case(rng, dtype, rows, sum(runs), runs)
     matrix = gathered.materialize()
     assert matrix.shape == (rows, sum(runs))
@@ -359,6 +361,10 @@ def test_gathered_operands_give_the_matrix_bits(rows, runs, other, dtype, rng):
             minidl.set_num_threads(threads)
             np.testing.assert_array_equal(_blas.matmul(gathered, right),
                                           _blas.matmul(matrix, right))
+            out, expected = np.ones((2, rows, other), dtype)
+            _blas.matmul(gathered, right, out=out, accumulate=True)
+            _blas.matmul(matrix, right, out=expected, accumulate=True)
+            np.testing.assert_array_equal(out, expected)
             # gathered B, given transposed: (other x rows) @ (rows x inner) via its own offsets
             gathered_b = _blas.Gathered(gathered.base, gathered.rows, gathered.cols)
             np.testing.assert_array_equal(_blas.matmul(left, gathered_b),

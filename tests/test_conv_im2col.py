@@ -164,7 +164,8 @@ def test_pad_nhwc_kernel(geometry, dtype, rng):
 def test_gathered_products_give_the_matrix_bits(geometry, dtype, rng):
     """The product that reads im2col's matrix in place from the padded input (no workspace)
     gives the same output bits as the matrix built in a workspace, and its offsets address
-    exactly that matrix; the gradients agree with the reference."""
+    exactly that matrix; so does the weight gradient (which reads the matrix transposed, in
+    place); the gradients agree with the reference."""
     import minidl.functional.conv as fconv
     n, c, h, w, kernel, stride, padding = geometry
     for out_channels in (3, 11):  # weight gradients of few rows (built matrix) and of more
@@ -179,11 +180,13 @@ def test_gathered_products_give_the_matrix_bits(geometry, dtype, rng):
                                       ref.im2col(x, kernel, stride, padding))
         size = np.prod(fconv.column_matrix_shape("conv2d", x.shape, kernel, stride, padding,
                                                  dtype))
-        built, _ = conv2d_forward(x, weight, bias, stride, padding, method="im2col",
-                                  workspace=np.empty(size, dtype))
+        built, built_cache = conv2d_forward(x, weight, bias, stride, padding, method="im2col",
+                                            workspace=np.empty(size, dtype))
         np.testing.assert_array_equal(out, built)
         dout = rng.standard_normal(out.shape).astype(dtype)
         dx, dweight, dbias = conv2d_backward(dout, cache)
+        if built_cache.cols is not None:  # the weight gradient from the built matrix: same bits
+            np.testing.assert_array_equal(dweight, conv2d_backward(dout, built_cache)[1])
         ref_dx, ref_dweight, ref_dbias = ref.conv2d_backward(dout, x, weight, True, stride,
                                                              padding)
         assert_close(dweight, ref_dweight, dtype, "dweight")

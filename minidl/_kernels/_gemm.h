@@ -167,37 +167,18 @@ MINIDL_GEMM_PACK(d, double)
 /* An operand whose element (i, k) is base[rows[i] + cols[k]]: with base a zero-padded NHWC
  * image, rows[i] the start of output position i's receptive field and cols[k] the offset of
  * tap k = (i, j, c) in it, this is im2col's matrix (minidl/functional/conv_im2col.py), read
- * where it lies instead of copied out first. A gathered operand is packed into exactly the
- * values its matrix would be packed into, so a product gives the same bits either way. */
+ * where it lies instead of copied out first. A gathered B is packed into exactly the values
+ * its matrix would be packed into. A gathered A is not packed at all: the micro-kernels of
+ * MINIDL_GEMM_MICRO_ROWS broadcast its elements straight from the image, six rows (six
+ * receptive fields) at a time, in the order and with the arithmetic of the packed kernels. A
+ * product gives the same bits either way. (Packing A cost 12-30% of the forward of an im2col
+ * convolution with 64 output channels, where each packed element serves only 64 columns.) */
 typedef struct { const float* base; const ptrdiff_t* rows; const ptrdiff_t* cols; }
     minidl_gemm_gather_f;
 typedef struct { const double* base; const ptrdiff_t* rows; const ptrdiff_t* cols; }
     minidl_gemm_gather_d;
 
 #define MINIDL_GEMM_PACK_GATHER(S, T)                                                        \
-/* as minidl_gemm_pack_a, for A(i, k) = base[row[i] + col[k]]: whole strips run by run of     \
-   adjacent columns (a tap's channels), each run six rows at once (_transpose.h) */          \
-static void minidl_gemm_pack_a_gather_##S(const T* base, const ptrdiff_t* row,              \
-                                          const ptrdiff_t* col, ptrdiff_t rows, ptrdiff_t kc, \
-                                          T* restrict ap) {                                  \
-    for (ptrdiff_t i0 = 0; i0 < rows; i0 += MINIDL_GEMM_MR, ap += kc * MINIDL_GEMM_MR) {     \
-        const ptrdiff_t valid = rows - i0 < MINIDL_GEMM_MR ? rows - i0 : MINIDL_GEMM_MR;     \
-        if (valid < MINIDL_GEMM_MR) { /* the last, partial strip: zeros past `rows` */       \
-            for (ptrdiff_t k = 0; k < kc; k++)                                               \
-                for (ptrdiff_t r = 0; r < MINIDL_GEMM_MR; r++)                               \
-                    ap[k * MINIDL_GEMM_MR + r] = r < valid ? base[row[i0 + r] + col[k]] : 0; \
-            continue;                                                                        \
-        }                                                                                    \
-        for (ptrdiff_t k = 0; k < kc;) {                                                     \
-            ptrdiff_t run = 1; /* columns k .. k + run - 1 lie side by side in memory */     \
-            while (k + run < kc && col[k + run] == col[k] + run) run++;                      \
-            const T* rows6[6];                                                               \
-            for (int r = 0; r < 6; r++) rows6[r] = base + row[i0 + r] + col[k];              \
-            minidl_transpose6_##S(rows6, ap + k * MINIDL_GEMM_MR, run);                      \
-            k += run;                                                                        \
-        }                                                                                    \
-    }                                                                                        \
-}                                                                                            \
 /* as minidl_gemm_pack_b, for B(k, j) = base[row[k] + col[j]]: each strip is cut into runs of \
    columns that lie side by side (a tap's channels, a kernel row's taps), each run copied     \
    row after row */                                                                          \
@@ -236,14 +217,26 @@ MINIDL_GEMM_PACK_GATHER(d, double)
     int acc
 typedef void (*minidl_gemm_micro_float_fn)(MINIDL_GEMM_MICRO_ARGS(float));
 typedef void (*minidl_gemm_micro_double_fn)(MINIDL_GEMM_MICRO_ARGS(double));
+/* the kernels that read A unpacked, A(r, k) = arow[r][col[k]] (MINIDL_GEMM_MICRO_ROWS) */
+#define MINIDL_GEMM_MICRO_ROWS_ARGS(T)                                                       \
+    ptrdiff_t kc, const T* const* arow, const ptrdiff_t* restrict col, const T* restrict bp, \
+    T* restrict c, ptrdiff_t ldc, int acc
+typedef void (*minidl_gemm_micro_rows_float_fn)(MINIDL_GEMM_MICRO_ROWS_ARGS(float));
+typedef void (*minidl_gemm_micro_rows_double_fn)(MINIDL_GEMM_MICRO_ROWS_ARGS(double));
 
-/* NAME[R] for R = 1..MR (NAME[0] unused), from the kernel template MINIDL_GEMM_MICRO */
-#define MINIDL_GEMM_MICRO_TABLE(NAME, T, ...)                                                \
-    MINIDL_GEMM_MICRO(NAME, T, 1, __VA_ARGS__) MINIDL_GEMM_MICRO(NAME, T, 2, __VA_ARGS__)    \
-    MINIDL_GEMM_MICRO(NAME, T, 3, __VA_ARGS__) MINIDL_GEMM_MICRO(NAME, T, 4, __VA_ARGS__)    \
-    MINIDL_GEMM_MICRO(NAME, T, 5, __VA_ARGS__) MINIDL_GEMM_MICRO(NAME, T, 6, __VA_ARGS__)    \
-    static const minidl_gemm_micro_##T##_fn NAME[MINIDL_GEMM_MR + 1] = {                     \
+/* NAME[R] for R = 1..MR (NAME[0] unused), of type FN, from the kernel template KERNEL */
+#define MINIDL_GEMM_TABLE(NAME, T, FN, KERNEL, ...)                                          \
+    KERNEL(NAME, T, 1, __VA_ARGS__) KERNEL(NAME, T, 2, __VA_ARGS__)                          \
+    KERNEL(NAME, T, 3, __VA_ARGS__) KERNEL(NAME, T, 4, __VA_ARGS__)                          \
+    KERNEL(NAME, T, 5, __VA_ARGS__) KERNEL(NAME, T, 6, __VA_ARGS__)                          \
+    static const FN NAME[MINIDL_GEMM_MR + 1] = {                                             \
         0, NAME##_1, NAME##_2, NAME##_3, NAME##_4, NAME##_5, NAME##_6};
+/* both kernels (packed A, and A read in place) for one instruction set */
+#define MINIDL_GEMM_KERNELS(S, T, ISA, ...)                                                  \
+    MINIDL_GEMM_TABLE(minidl_gemm_micro_##S##_##ISA, T, minidl_gemm_micro_##T##_fn,          \
+                      MINIDL_GEMM_MICRO, __VA_ARGS__)                                        \
+    MINIDL_GEMM_TABLE(minidl_gemm_micro_rows_##S##_##ISA, T, minidl_gemm_micro_rows_##T##_fn,\
+                      MINIDL_GEMM_MICRO_ROWS, __VA_ARGS__)
 
 #if defined(MINIDL_VECTOR_EXT)
 
@@ -256,58 +249,90 @@ typedef void (*minidl_gemm_micro_double_fn)(MINIDL_GEMM_MICRO_ARGS(double));
         *row = lo; *row_hi = hi;                                                             \
     }
 
-/* R rows x 2 vectors of C in 2R registers; per k: 2 vector loads of B, R broadcasts of A,
-   2R fused multiply-adds (R is a constant: the `if (R > i)` are resolved at compile time) */
-#define MINIDL_GEMM_MICRO(NAME, T, R, ATTRIBUTES, VBYTES)                                    \
-ATTRIBUTES static void NAME##_##R(MINIDL_GEMM_MICRO_ARGS(T)) {                               \
+/* one step of k for R rows: C[i, :] += A(i, k) * B(k, :) with A(i, k) given by A0 .. A5 (only
+   A0 .. A(R-1) are evaluated: R is a constant, so the `if (R > i)` go at compile time) */
+#define MINIDL_GEMM_RANK1(R, A0, A1, A2, A3, A4, A5)                                        \
+    c00 += (A0) * b0; c01 += (A0) * b1;                                                      \
+    if (R > 1) { c10 += (A1) * b0; c11 += (A1) * b1; }                                       \
+    if (R > 2) { c20 += (A2) * b0; c21 += (A2) * b1; }                                       \
+    if (R > 3) { c30 += (A3) * b0; c31 += (A3) * b1; }                                       \
+    if (R > 4) { c40 += (A4) * b0; c41 += (A4) * b1; }                                       \
+    if (R > 5) { c50 += (A5) * b0; c51 += (A5) * b1; }
+
+/* the R x 2 vectors of sums: zeroed with C's block prefetched (it is read and written after
+   the loop over k, and its rows are often in L3 or memory); then stored to C */
+#define MINIDL_GEMM_BEGIN(T, R, VBYTES)                                                      \
     typedef T V __attribute__((vector_size(VBYTES), aligned(sizeof(T))));                    \
     enum { W = VBYTES / sizeof(T) };                                                         \
     V c00 = {0}, c01 = {0}, c10 = {0}, c11 = {0}, c20 = {0}, c21 = {0};                      \
     V c30 = {0}, c31 = {0}, c40 = {0}, c41 = {0}, c50 = {0}, c51 = {0};                      \
-    for (int i = 0; i < R; i++) { /* prefetch C's block (read and written after the loop: */ \
-        __builtin_prefetch(c + i * ldc, 1);     /* its rows are often in L3 or memory) */    \
+    for (int i = 0; i < R; i++) {                                                            \
+        __builtin_prefetch(c + i * ldc, 1);                                                  \
         __builtin_prefetch(c + i * ldc + 2 * W - 1, 1);                                      \
-    }                                                                                        \
-    for (ptrdiff_t k = 0; k < kc; k++) {                                                     \
-        const V b0 = *(const V*)(bp + 2 * W * k), b1 = *(const V*)(bp + 2 * W * k + W);      \
-        const T* restrict a = ap + MINIDL_GEMM_MR * k;                                       \
-        __builtin_prefetch(a + 96); /* the A strip, 16 steps of k ahead */                   \
-        c00 += a[0] * b0; c01 += a[0] * b1;                                                  \
-        if (R > 1) { c10 += a[1] * b0; c11 += a[1] * b1; }                                   \
-        if (R > 2) { c20 += a[2] * b0; c21 += a[2] * b1; }                                   \
-        if (R > 3) { c30 += a[3] * b0; c31 += a[3] * b1; }                                   \
-        if (R > 4) { c40 += a[4] * b0; c41 += a[4] * b1; }                                   \
-        if (R > 5) { c50 += a[5] * b0; c51 += a[5] * b1; }                                   \
-    }                                                                                        \
+    }
+#define MINIDL_GEMM_END(R)                                                                   \
     MINIDL_GEMM_STORE_ROW(V, c, ldc, W, 0, c00, c01, acc)                                    \
     if (R > 1) MINIDL_GEMM_STORE_ROW(V, c, ldc, W, 1, c10, c11, acc)                         \
     if (R > 2) MINIDL_GEMM_STORE_ROW(V, c, ldc, W, 2, c20, c21, acc)                         \
     if (R > 3) MINIDL_GEMM_STORE_ROW(V, c, ldc, W, 3, c30, c31, acc)                         \
     if (R > 4) MINIDL_GEMM_STORE_ROW(V, c, ldc, W, 4, c40, c41, acc)                         \
-    if (R > 5) MINIDL_GEMM_STORE_ROW(V, c, ldc, W, 5, c50, c51, acc)                         \
+    if (R > 5) MINIDL_GEMM_STORE_ROW(V, c, ldc, W, 5, c50, c51, acc)
+
+/* R rows x 2 vectors of C in 2R registers; per k: 2 vector loads of B, R broadcasts of A,
+   2R fused multiply-adds */
+#define MINIDL_GEMM_MICRO(NAME, T, R, ATTRIBUTES, VBYTES)                                    \
+ATTRIBUTES static void NAME##_##R(MINIDL_GEMM_MICRO_ARGS(T)) {                               \
+    MINIDL_GEMM_BEGIN(T, R, VBYTES)                                                          \
+    for (ptrdiff_t k = 0; k < kc; k++) {                                                     \
+        const V b0 = *(const V*)(bp + 2 * W * k), b1 = *(const V*)(bp + 2 * W * k + W);      \
+        const T* restrict a = ap + MINIDL_GEMM_MR * k;                                       \
+        __builtin_prefetch(a + 96); /* the A strip, 16 steps of k ahead */                   \
+        MINIDL_GEMM_RANK1(R, a[0], a[1], a[2], a[3], a[4], a[5])                             \
+    }                                                                                        \
+    MINIDL_GEMM_END(R)                                                                       \
+}
+
+/* The same product with A read where it lies, unpacked: A(r, k) = arow[r][col[k]] (a gathered
+   operand's rows, see "gathered operands"). The arithmetic is the same, step for step, so the
+   bits are those of the packed kernel. */
+#define MINIDL_GEMM_MICRO_ROWS(NAME, T, R, ATTRIBUTES, VBYTES)                               \
+ATTRIBUTES static void NAME##_##R(MINIDL_GEMM_MICRO_ROWS_ARGS(T)) {                          \
+    MINIDL_GEMM_BEGIN(T, R, VBYTES)                                                          \
+    const T* restrict a0 = arow[0];                                                          \
+    const T* restrict a1 = arow[R > 1 ? 1 : 0];                                              \
+    const T* restrict a2 = arow[R > 2 ? 2 : 0];                                              \
+    const T* restrict a3 = arow[R > 3 ? 3 : 0];                                              \
+    const T* restrict a4 = arow[R > 4 ? 4 : 0];                                              \
+    const T* restrict a5 = arow[R > 5 ? 5 : 0];                                              \
+    for (ptrdiff_t k = 0; k < kc; k++) {                                                     \
+        const V b0 = *(const V*)(bp + 2 * W * k), b1 = *(const V*)(bp + 2 * W * k + W);      \
+        const ptrdiff_t o = col[k];                                                          \
+        MINIDL_GEMM_RANK1(R, a0[o], a1[o], a2[o], a3[o], a4[o], a5[o])                       \
+    }                                                                                        \
+    MINIDL_GEMM_END(R)                                                                       \
 }
 
 #if defined(MINIDL_X86_DISPATCH)
-MINIDL_GEMM_MICRO_TABLE(minidl_gemm_micro_f_avx512, float, MINIDL_TARGET("avx512f"), 64)
-MINIDL_GEMM_MICRO_TABLE(minidl_gemm_micro_d_avx512, double, MINIDL_TARGET("avx512f"), 64)
-MINIDL_GEMM_MICRO_TABLE(minidl_gemm_micro_f_avx2, float, MINIDL_TARGET("avx2,fma"), 32)
-MINIDL_GEMM_MICRO_TABLE(minidl_gemm_micro_d_avx2, double, MINIDL_TARGET("avx2,fma"), 32)
-MINIDL_GEMM_MICRO_TABLE(minidl_gemm_micro_f_base, float, MINIDL_TARGET("sse2"), 16)
-MINIDL_GEMM_MICRO_TABLE(minidl_gemm_micro_d_base, double, MINIDL_TARGET("sse2"), 16)
+MINIDL_GEMM_KERNELS(f, float, avx512, MINIDL_TARGET("avx512f"), 64)
+MINIDL_GEMM_KERNELS(d, double, avx512, MINIDL_TARGET("avx512f"), 64)
+MINIDL_GEMM_KERNELS(f, float, avx2, MINIDL_TARGET("avx2,fma"), 32)
+MINIDL_GEMM_KERNELS(d, double, avx2, MINIDL_TARGET("avx2,fma"), 32)
+MINIDL_GEMM_KERNELS(f, float, base, MINIDL_TARGET("sse2"), 16)
+MINIDL_GEMM_KERNELS(d, double, base, MINIDL_TARGET("sse2"), 16)
 #else
-MINIDL_GEMM_MICRO_TABLE(minidl_gemm_micro_f_base, float, , 16)
-MINIDL_GEMM_MICRO_TABLE(minidl_gemm_micro_d_base, double, , 16)
+MINIDL_GEMM_KERNELS(f, float, base, , 16)
+MINIDL_GEMM_KERNELS(d, double, base, , 16)
 #endif
 #define MINIDL_GEMM_NR_BASE(T) (2 * 16 / (ptrdiff_t)sizeof(T))
 
 #else /* plain C: R x 8 accumulators */
 
-#define MINIDL_GEMM_MICRO(NAME, T, R, UNUSED)                                                \
-static void NAME##_##R(MINIDL_GEMM_MICRO_ARGS(T)) {                                          \
+#define MINIDL_GEMM_MICRO_PLAIN(NAME, T, R, ARGS, A)                                         \
+static void NAME##_##R(ARGS(T)) {                                                            \
     T s[R][8] = {{0}};                                                                       \
     for (ptrdiff_t k = 0; k < kc; k++) {                                                     \
         for (int r = 0; r < R; r++) {                                                        \
-            const T a = ap[MINIDL_GEMM_MR * k + r];                                          \
+            const T a = A;                                                                   \
             for (int q = 0; q < 8; q++) s[r][q] += a * bp[8 * k + q];                        \
         }                                                                                    \
     }                                                                                        \
@@ -316,9 +341,13 @@ static void NAME##_##R(MINIDL_GEMM_MICRO_ARGS(T)) {                             
         for (int q = 0; q < 8; q++) row[q] = acc ? s[r][q] + row[q] : s[r][q];               \
     }                                                                                        \
 }
+#define MINIDL_GEMM_MICRO(NAME, T, R, ...)                                                   \
+    MINIDL_GEMM_MICRO_PLAIN(NAME, T, R, MINIDL_GEMM_MICRO_ARGS, ap[MINIDL_GEMM_MR * k + r])
+#define MINIDL_GEMM_MICRO_ROWS(NAME, T, R, ...)                                              \
+    MINIDL_GEMM_MICRO_PLAIN(NAME, T, R, MINIDL_GEMM_MICRO_ROWS_ARGS, arow[r][col[k]])
 
-MINIDL_GEMM_MICRO_TABLE(minidl_gemm_micro_f_base, float, )
-MINIDL_GEMM_MICRO_TABLE(minidl_gemm_micro_d_base, double, )
+MINIDL_GEMM_KERNELS(f, float, base, )
+MINIDL_GEMM_KERNELS(d, double, base, )
 #define MINIDL_GEMM_NR_BASE(T) ((ptrdiff_t)8)
 
 #endif
@@ -505,6 +534,10 @@ MINIDL_GEMM_DOT(minidl_gemm_dot_d_base, double)
 /* the kernels of this CPU, by row count */
 static const minidl_gemm_micro_float_fn* minidl_gemm_micro_f = minidl_gemm_micro_f_base;
 static const minidl_gemm_micro_double_fn* minidl_gemm_micro_d = minidl_gemm_micro_d_base;
+static const minidl_gemm_micro_rows_float_fn* minidl_gemm_micro_rows_f =
+    minidl_gemm_micro_rows_f_base;
+static const minidl_gemm_micro_rows_double_fn* minidl_gemm_micro_rows_d =
+    minidl_gemm_micro_rows_d_base;
 /* NR: the columns of C per micro-kernel call (2 SIMD vectors) */
 static ptrdiff_t minidl_gemm_nr_f = MINIDL_GEMM_NR_BASE(float);
 static ptrdiff_t minidl_gemm_nr_d = MINIDL_GEMM_NR_BASE(double);
@@ -515,6 +548,10 @@ static ptrdiff_t minidl_gemm_nr_d = MINIDL_GEMM_NR_BASE(double);
    they are the main kernels. */
 static const minidl_gemm_micro_float_fn* minidl_gemm_micro_narrow_f = minidl_gemm_micro_f_base;
 static const minidl_gemm_micro_double_fn* minidl_gemm_micro_narrow_d = minidl_gemm_micro_d_base;
+static const minidl_gemm_micro_rows_float_fn* minidl_gemm_micro_rows_narrow_f =
+    minidl_gemm_micro_rows_f_base;
+static const minidl_gemm_micro_rows_double_fn* minidl_gemm_micro_rows_narrow_d =
+    minidl_gemm_micro_rows_d_base;
 static ptrdiff_t minidl_gemm_nr_narrow_f = MINIDL_GEMM_NR_BASE(float);
 static ptrdiff_t minidl_gemm_nr_narrow_d = MINIDL_GEMM_NR_BASE(double);
 static minidl_gemm_dot_float_fn minidl_gemm_dot_f = minidl_gemm_dot_f_base;
@@ -527,23 +564,31 @@ static const char* minidl_gemm_init(void) {
     if (isa == MINIDL_ISA_AVX512F) {
         minidl_gemm_micro_f = minidl_gemm_micro_f_avx512;
         minidl_gemm_micro_d = minidl_gemm_micro_d_avx512;
+        minidl_gemm_micro_rows_f = minidl_gemm_micro_rows_f_avx512;
+        minidl_gemm_micro_rows_d = minidl_gemm_micro_rows_d_avx512;
         minidl_gemm_dot_f = minidl_gemm_dot_f_avx2; /* (see MINIDL_GEMM_DOT's instances) */
         minidl_gemm_dot_d = minidl_gemm_dot_d_avx2;
         minidl_gemm_nr_f = 32;
         minidl_gemm_nr_d = 16;
         minidl_gemm_micro_narrow_f = minidl_gemm_micro_f_avx2;
         minidl_gemm_micro_narrow_d = minidl_gemm_micro_d_avx2;
+        minidl_gemm_micro_rows_narrow_f = minidl_gemm_micro_rows_f_avx2;
+        minidl_gemm_micro_rows_narrow_d = minidl_gemm_micro_rows_d_avx2;
         minidl_gemm_nr_narrow_f = 16;
         minidl_gemm_nr_narrow_d = 8;
     } else if (isa == MINIDL_ISA_AVX2) {
         minidl_gemm_micro_f = minidl_gemm_micro_f_avx2;
         minidl_gemm_micro_d = minidl_gemm_micro_d_avx2;
+        minidl_gemm_micro_rows_f = minidl_gemm_micro_rows_f_avx2;
+        minidl_gemm_micro_rows_d = minidl_gemm_micro_rows_d_avx2;
         minidl_gemm_dot_f = minidl_gemm_dot_f_avx2;
         minidl_gemm_dot_d = minidl_gemm_dot_d_avx2;
         minidl_gemm_nr_f = 16;
         minidl_gemm_nr_d = 8;
         minidl_gemm_micro_narrow_f = minidl_gemm_micro_f; /* no narrower kernel with FMA */
         minidl_gemm_micro_narrow_d = minidl_gemm_micro_d;
+        minidl_gemm_micro_rows_narrow_f = minidl_gemm_micro_rows_f;
+        minidl_gemm_micro_rows_narrow_d = minidl_gemm_micro_rows_d;
         minidl_gemm_nr_narrow_f = minidl_gemm_nr_f;
         minidl_gemm_nr_narrow_d = minidl_gemm_nr_d;
     }
@@ -571,9 +616,16 @@ static MINIDL_INLINE ptrdiff_t minidl_gemm_scratch_size(ptrdiff_t cols, ptrdiff_
 }
 
 #define MINIDL_GEMM_TILE(S, T)                                                               \
+/* C[r x valid] (+)= the MR x NR `edge` block a micro-kernel computed for a strip of C narrower  \
+   than NR (valid < NR) */                                                                   \
+static void minidl_gemm_from_edge_##S(const T* edge, ptrdiff_t nr, ptrdiff_t r,              \
+                                      ptrdiff_t valid, T* c, ptrdiff_t ldc, int add) {       \
+    for (ptrdiff_t i = 0; i < r; i++)                                                        \
+        for (ptrdiff_t j = 0; j < valid; j++)                                                \
+            c[i * ldc + j] = add ? edge[i * nr + j] + c[i * ldc + j] : edge[i * nr + j];     \
+}                                                                                            \
 /* C[mc x valid] (+)= Ap (mc rows, packed) @ one packed strip of B (kc x NR):                \
-   one micro-kernel call per strip of MR rows; a strip narrower than NR (valid < NR) goes    \
-   through the MR x NR `edge` buffer */                                                      \
+   one micro-kernel call per strip of MR rows */                                             \
 static void minidl_gemm_strip_##S(const minidl_gemm_micro_##T##_fn* micro, ptrdiff_t nr,   \
                                   ptrdiff_t kc, ptrdiff_t mc, const T* ap, const T* b,       \
                                   ptrdiff_t valid, T* C, ptrdiff_t ldc, int add, T* edge) {  \
@@ -583,12 +635,30 @@ static void minidl_gemm_strip_##S(const minidl_gemm_micro_##T##_fn* micro, ptrdi
         T* c = C + i0 * ldc;                                                                 \
         if (valid == nr) {                                                                   \
             micro[r](kc, a, b, c, ldc, add);                                                 \
-            continue;                                                                        \
+        } else {                                                                             \
+            micro[r](kc, a, b, edge, nr, 0);                                                 \
+            minidl_gemm_from_edge_##S(edge, nr, r, valid, c, ldc, add);                      \
         }                                                                                    \
-        micro[r](kc, a, b, edge, nr, 0);                                                     \
-        for (ptrdiff_t i = 0; i < r; i++)                                                    \
-            for (ptrdiff_t j = 0; j < valid; j++)                                            \
-                c[i * ldc + j] = add ? edge[i * nr + j] + c[i * ldc + j] : edge[i * nr + j]; \
+    }                                                                                        \
+}                                                                                            \
+/* the same for a gathered A read in place: its rows row[0 .. mc - 1], columns col[0 .. kc - 1] \
+   (MINIDL_GEMM_MICRO_ROWS) */                                                               \
+static void minidl_gemm_strip_rows_##S(const minidl_gemm_micro_rows_##T##_fn* micro,        \
+                                       ptrdiff_t nr, ptrdiff_t kc, ptrdiff_t mc, const T* base, \
+                                       const ptrdiff_t* row, const ptrdiff_t* col,           \
+                                       const T* b, ptrdiff_t valid, T* C, ptrdiff_t ldc,     \
+                                       int add, T* edge) {                                   \
+    for (ptrdiff_t i0 = 0; i0 < mc; i0 += MINIDL_GEMM_MR) {                                  \
+        const ptrdiff_t r = mc - i0 < MINIDL_GEMM_MR ? mc - i0 : MINIDL_GEMM_MR;             \
+        const T* arow[MINIDL_GEMM_MR];                                                       \
+        for (ptrdiff_t q = 0; q < r; q++) arow[q] = base + row[i0 + q];                      \
+        T* c = C + i0 * ldc;                                                                 \
+        if (valid == nr) {                                                                   \
+            micro[r](kc, arow, col, b, c, ldc, add);                                         \
+        } else {                                                                             \
+            micro[r](kc, arow, col, b, edge, nr, 0);                                         \
+            minidl_gemm_from_edge_##S(edge, nr, r, valid, c, ldc, add);                      \
+        }                                                                                    \
     }                                                                                        \
 }                                                                                            \
                                                                                              \
@@ -602,6 +672,8 @@ static void minidl_gemm_tile_##S(                                               
     const ptrdiff_t nr = narrow ? minidl_gemm_nr_narrow_##S : minidl_gemm_nr_##S;            \
     const minidl_gemm_micro_##T##_fn* micro =                                                \
         narrow ? minidl_gemm_micro_narrow_##S : minidl_gemm_micro_##S;                       \
+    const minidl_gemm_micro_rows_##T##_fn* micro_rows =                                      \
+        narrow ? minidl_gemm_micro_rows_narrow_##S : minidl_gemm_micro_rows_##S;             \
     T* ap = scratch;                                                                         \
     T* bp = ap + MINIDL_GEMM_MC * MINIDL_GEMM_KC;                                            \
     T* edge = bp + (cols + nr - 1) / nr * (nr * MINIDL_GEMM_KC + MINIDL_GEMM_PAD); /* MR x nr */\
@@ -618,16 +690,18 @@ static void minidl_gemm_tile_##S(                                               
                 minidl_gemm_pack_b_##S(Bt, rsb, csb, kc, cols, nr, bp);                      \
             for (ptrdiff_t ic = 0; ic < rows; ic += MINIDL_GEMM_MC) {                        \
                 const ptrdiff_t mc = rows - ic < MINIDL_GEMM_MC ? rows - ic : MINIDL_GEMM_MC;\
-                if (ga) /* A gathered: its rows i0 + ic.., columns pc.. */                   \
-                    minidl_gemm_pack_a_gather_##S(ga->base, ga->rows + i0 + ic,              \
-                                                  ga->cols + pc, mc, kc, ap);                \
-                else                                                                         \
+                if (!ga) /* (a gathered A, rows i0 + ic.., columns pc.., is read in place) */\
                     minidl_gemm_pack_a_##S(At + ic * rsa, rsa, csa, mc, kc, ap);             \
-                for (ptrdiff_t j0 = 0; j0 < cols; j0 += nr) {                                \
-                    const ptrdiff_t valid = cols - j0 < nr ? cols - j0 : nr;                 \
-                    const T* b = bp + (j0 / nr) * (kc * nr + MINIDL_GEMM_PAD);               \
-                    minidl_gemm_strip_##S(micro, nr, kc, mc, ap, b, valid, C + ic * ldc + j0,\
-                                          ldc, add, edge);                                   \
+                for (ptrdiff_t jr = 0; jr < cols; jr += nr) {                                \
+                    const ptrdiff_t valid = cols - jr < nr ? cols - jr : nr;                 \
+                    const T* b = bp + (jr / nr) * (kc * nr + MINIDL_GEMM_PAD);               \
+                    if (ga)                                                                  \
+                        minidl_gemm_strip_rows_##S(micro_rows, nr, kc, mc, ga->base,         \
+                                                   ga->rows + i0 + ic, ga->cols + pc, b,     \
+                                                   valid, C + ic * ldc + jr, ldc, add, edge);\
+                    else                                                                     \
+                        minidl_gemm_strip_##S(micro, nr, kc, mc, ap, b, valid,               \
+                                              C + ic * ldc + jr, ldc, add, edge);            \
                 }                                                                            \
             }                                                                                \
         }                                                                                    \

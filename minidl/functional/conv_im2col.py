@@ -9,7 +9,7 @@ becomes a matrix product. With ``M = N*OH*OW`` output positions, ``K = kH*kW*C_i
                out_rows (M, C_out)      = cols @ weight_rows.T                GEMM, parallel
                out (N, C_out, OH, OW)   = out_rows in NCHW order + bias       Cython, parallel
     backward   drows (C_out, M)         = dout reordered; dbias = sums        Cython, parallel
-               dweight_rows             = drows @ cols                        GEMM, parallel
+               dweight_rows.T           = cols.T @ drows.T                    GEMM, parallel
                per chunk of S samples:
                  dcols  (S*OH*OW, K)    = drows[:, chunk].T @ weight_rows     GEMM, parallel
                  dx_nhwc[chunk]         = col2im(dcols)                       Cython, parallel
@@ -18,10 +18,11 @@ becomes a matrix product. With ``M = N*OH*OW`` output positions, ``K = kH*kW*C_i
 ``cols[(n*OH + oh)*OW + ow, (i*kW + j)*C_in + c] = x_pad[n, oh*sH + i, ow*sW + j, c]``: one row
 per output position with NHWC taps. The products never build ``cols``: it is a
 :class:`minidl._blas.Gathered` operand, ``cols[m, k] = x_pad.flat[rows[m] + taps[k]]`` (the
-offsets of :func:`gather_offsets`), whose blocks the GEMM packs straight from ``x_pad`` into
-the values it would have packed from the matrix (so the bits are the same). That saves
-writing and reading the matrix, ``kH*kW`` times the input, and its memory. The products are
-:func:`minidl._blas.matmul` on minidl's OpenMP team.
+offsets of :func:`gather_offsets`), which the GEMM reads straight from ``x_pad`` with the
+arithmetic it would apply to the matrix (so the bits are the same): as A, unpacked, in the
+forward, and as ``cols.T`` (the same offsets with their roles swapped) in the weight gradient.
+That saves writing and reading the matrix, ``kH*kW`` times the input, and its memory. The
+products are :func:`minidl._blas.matmul` on minidl's OpenMP team.
 
 Only ``dcols`` (the input gradient's ``(S*OH*OW, K)`` matrix, folded back by col2im) is
 materialized, ``S`` samples at a time: about ``CHUNK_BYTES`` of it, so it stays in the CPU
@@ -258,19 +259,29 @@ def backward(dout, cache, input_grad):
 
     rows, _ = matrix_shape(cache.x_shape, (kernel_h, kernel_w), (out_h, out_w), cache.dtype)
     chunk = rows // per_sample  # samples per materialized matrix (dcols, or cols below)
-    dweight_rows = _memory.empty((out_channels, taps), cache.dtype)
-    if cache.cols is not None:  # the forward's matrix, whole
-        _blas.matmul(drows, cache.cols, out=dweight_rows)
-    elif out_channels > _gemm.DOT_ROWS:
-        _blas.matmul(drows, _gathered(cache.x_pad, (kernel_h, kernel_w), cache.stride,
-                                      (out_h, out_w)), out=dweight_rows)
-    else:  # a product of few rows reads its matrix B in place, so build it, chunk by chunk
-        cols = _memory.empty((chunk * per_sample, taps), cache.dtype)
-        for rows, part in _matrix_chunks(cache.x_pad, cols, (kernel_h, kernel_w), cache.stride,
-                                         per_sample, chunk, threads):
-            _blas.matmul(drows[:, rows], part, out=dweight_rows, accumulate=rows.start > 0)
-    dweight_rows = dweight_rows.reshape(out_channels, kernel_h, kernel_w, in_channels)
-    dweight = np.ascontiguousarray(dweight_rows.transpose(0, 3, 1, 2))
+    if cache.cols is None and min(out_channels, taps) > _gemm.DOT_ROWS:
+        # dweight_rows.T = cols.T @ drows.T, with cols.T gathered (the roles of the offsets
+        # swapped: one row per tap), which the GEMM reads in place instead of packing cols as
+        # B: the same sums in the same order, so the same bits, and 5-14% faster (1 thread,
+        # 64-channel layers)
+        positions, tap_offsets = gather_offsets(cache.x_pad.shape, (kernel_h, kernel_w),
+                                                cache.stride, (out_h, out_w))
+        dweight_taps = _blas.matmul(_blas.Gathered(cache.x_pad, tap_offsets, positions),
+                                    drows.T)
+        dweight = dweight_taps.reshape(kernel_h, kernel_w, in_channels, out_channels)
+        dweight = np.ascontiguousarray(dweight.transpose(3, 2, 0, 1))
+    else:
+        dweight_rows = _memory.empty((out_channels, taps), cache.dtype)
+        if cache.cols is not None:  # the forward's matrix, whole
+            _blas.matmul(drows, cache.cols, out=dweight_rows)
+        else:  # a product of few rows reads its matrix B in place, so build it, by chunks
+            cols = _memory.empty((chunk * per_sample, taps), cache.dtype)
+            for rows, part in _matrix_chunks(cache.x_pad, cols, (kernel_h, kernel_w),
+                                             cache.stride, per_sample, chunk, threads):
+                _blas.matmul(drows[:, rows], part, out=dweight_rows,
+                             accumulate=rows.start > 0)
+        dweight_rows = dweight_rows.reshape(out_channels, kernel_h, kernel_w, in_channels)
+        dweight = np.ascontiguousarray(dweight_rows.transpose(0, 3, 1, 2))
     if not input_grad:
         return None, dweight, dbias
 
