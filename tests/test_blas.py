@@ -105,6 +105,23 @@ def test_matmul_same_bits_for_any_thread_count_and_tiling(rng):
 FEW_ROWS_INNER = [1, 5, 8, 67, 300]
 
 
+@pytest.mark.parametrize("rows, cols, threads", [
+    (800, 64, 2), (288, 64, 2), (12544, 64, 2), (1152, 256, 2), (700, 200, 2), (900, 1024, 2),
+    (800, 64, 3), (50, 40, 2), (7, 7, 2), (100, 33, 1)])
+def test_tiles_cover_c_in_whole_rounds_when_they_can(rows, cols, threads):
+    """The tiles of a product cover C, at least one per thread when C has the rows, and in a
+    multiple of the threads whenever fewer row pieces allow it (3 tiles on 2 threads take as
+    long as 4)."""
+    tile_rows, tile_cols = _blas._tiles(1, rows, cols, threads, 32)
+    assert 0 < tile_rows <= rows and 0 < tile_cols
+    tiles = -(-rows // tile_rows) * -(-cols // tile_cols)
+    assert tiles >= min(threads, -(-rows // _gemm.MR))
+    col_tiles = -(-cols // tile_cols)
+    if tiles > threads and any(col_tiles * p >= threads and col_tiles * p % threads == 0
+                               for p in range(1, -(-rows // tile_rows))):
+        assert tiles % threads == 0, (tile_rows, tile_cols)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("inner", FEW_ROWS_INNER)
 def test_matmul_few_rows_any_layout_same_bits(inner, dtype, rng):
