@@ -9,6 +9,44 @@ from minidl.functional.conv import conv2d_backward, conv2d_forward
 from minidl.reference import conv as ref
 
 
+def _direct_forward(x_pad, weight, bias, out, threads=2):
+    """Call the forward kernel as minidl.functional.conv_direct does: the weight as rows, zero
+    rows up to a multiple of 4, and the taps' offsets in the padded image."""
+    out_channels, channels, kernel_h, kernel_w = weight.shape
+    hp, wp = x_pad.shape[2:]
+    rows = np.zeros((-(-out_channels // 4) * 4, weight[0].size), weight.dtype)
+    rows[:out_channels] = weight.reshape(out_channels, -1)
+    offsets = ((np.arange(channels)[:, None, None] * hp + np.arange(kernel_h)[None, :, None]) * wp
+               + np.arange(kernel_w)[None, None, :]).reshape(-1).astype(np.intp)
+    wide = (out.shape[2] - 1) * wp + out.shape[3]
+    _conv.direct_forward(x_pad, rows, offsets, bias, True, out,
+                         np.empty((threads, 4 * wide), x_pad.dtype), threads)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("out_channels, shape, kernel", [
+    (5, (2, 3, 20, 37), (3, 3)),   # a partial block of 4 channels; vectors and a scalar tail
+    (8, (1, 1, 33, 40), (5, 2)),   # whole blocks; a plane of several vector blocks
+    (1, (3, 2, 6, 70), (1, 7)),
+])
+def test_direct_forward_kernel_on_planes_of_many_vectors(out_channels, shape, kernel, dtype,
+                                                          rng):
+    """The forward kernel's vector blocks (2 SIMD vectors of positions; the planes above are
+    wider than the small geometries), its scalar tail and its partial blocks of output
+    channels, against the reference, on 1 and 3 threads; every element of out is written."""
+    x = rng.standard_normal(shape).astype(dtype)
+    weight = rng.standard_normal((out_channels, shape[1]) + kernel).astype(dtype)
+    bias = rng.standard_normal(out_channels).astype(dtype)
+    padding = (kernel[0] // 2, kernel[1] // 2)
+    x_pad = np.pad(x, ((0, 0), (0, 0), (padding[0],) * 2, (padding[1],) * 2))
+    oh, ow = out_size(shape[2], shape[3], kernel, (1, 1), padding)
+    expected = ref.conv2d_forward(x, weight, bias, (1, 1), padding)
+    for threads in (1, 3):
+        out = np.full((shape[0], out_channels, oh, ow), np.nan, dtype)
+        _direct_forward(x_pad, weight, bias, out, threads)
+        assert_close(out, expected, dtype, "out")
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("geometry", [g for g in GEOMETRIES if g[5] == (1, 1)],
                          ids=[i for g, i in zip(GEOMETRIES, GEOMETRY_IDS) if g[5] == (1, 1)])
@@ -22,7 +60,7 @@ def test_direct_kernels_match_reference(geometry, dtype, rng):
     x_pad = np.pad(x, ((0, 0), (0, 0), (padding[0],) * 2, (padding[1],) * 2))
     hp, wp = x_pad.shape[2:]
     out = np.full((n, 3, oh, ow), np.nan, dtype)  # the kernels must overwrite everything
-    _conv.direct_forward(x_pad, weight, bias, True, out, np.empty((2, oh * wp), dtype), 2)
+    _direct_forward(x_pad, weight, bias, out)
     assert_close(out, ref.conv2d_forward(x, weight, bias, stride, padding), dtype, "out")
 
     dout = rng.standard_normal(out.shape).astype(dtype)

@@ -37,6 +37,7 @@ from ._transpose cimport transpose, transpose_init
 #: What this extension was compiled with (read by ``minidl.show_config()``).
 BUILD = build_facts()
 transpose_init()
+minidl_conv_init()
 
 # Rows of the source per block of the transpose (see transpose_batched).
 cdef enum:
@@ -303,19 +304,15 @@ def nchw_to_rows(const floating[:, :, ::1] dout, floating[:, ::1] rows,
 # itself. These kernels compute a stride-1 convolution directly on zero-padded NCHW planes of
 # width ``Wp = W + 2*pW``, on a "wide" output grid of the same row width: output ``(oh, ow)``
 # sits at flat position ``k = oh*Wp + ow`` and tap ``(i, j)`` reads input position
-# ``k + i*Wp + j``, so each tap is ONE long contiguous multiply-add over the plane
-# (``L = (OH-1)*Wp + OW`` elements) that the compiler vectorizes; the columns
-# ``OW <= ow < Wp`` of the wide grid are scratch (the wide gradient keeps zeros there).
+# ``k + i*Wp + j``, so a tap reads one long contiguous run of the plane (``L = (OH-1)*Wp + OW``
+# elements): vectors of consecutive positions, with no gather; the columns ``OW <= ow < Wp``
+# of the wide grid are scratch (the wide gradient keeps zeros there).
 
 cdef extern from "_conv.h" nogil:
     void minidl_dot3x3_f(const float* g, const float* x, Py_ssize_t row, Py_ssize_t n,
                          double* out)
     void minidl_dot3x3_d(const double* g, const double* x, Py_ssize_t row, Py_ssize_t n,
                          double* out)
-    void minidl_conv3x3_f(float* y, const float* x, const float* w, Py_ssize_t row,
-                          Py_ssize_t n)
-    void minidl_conv3x3_d(double* y, const double* x, const double* w, Py_ssize_t row,
-                          Py_ssize_t n)
     void minidl_axpy_f(float* y, const float* x, float a, Py_ssize_t n)
     void minidl_axpy_d(double* y, const double* x, double a, Py_ssize_t n)
     double minidl_dot_f(const float* g, const float* x, Py_ssize_t n)
@@ -323,10 +320,11 @@ cdef extern from "_conv.h" nogil:
     double minidl_sum_f(const float* x, Py_ssize_t n)
     double minidl_sum_d(const double* x, Py_ssize_t n)
     enum: MINIDL_CONV_ROW_MAX
-    void minidl_conv_row_f(float* y, const float* x, const float* w, Py_ssize_t kw,
-                           Py_ssize_t n)
-    void minidl_conv_row_d(double* y, const double* x, const double* w, Py_ssize_t kw,
-                           Py_ssize_t n)
+    void minidl_conv_direct4_f(const float* x, const Py_ssize_t* off, Py_ssize_t K,
+                               const float* w, float* y, Py_ssize_t L)
+    void minidl_conv_direct4_d(const double* x, const Py_ssize_t* off, Py_ssize_t K,
+                               const double* w, double* y, Py_ssize_t L)
+    const char* minidl_conv_init()
     void minidl_dot_row_f(const float* g, const float* x, Py_ssize_t kw, Py_ssize_t n,
                           double* out)
     void minidl_dot_row_d(const double* g, const double* x, Py_ssize_t kw, Py_ssize_t n,
@@ -341,15 +339,6 @@ cdef inline void _axpy(floating* y, const floating* x, floating a, Py_ssize_t n)
         minidl_axpy_d(y, x, a, n)
 
 
-cdef inline void _conv3x3(floating* y, const floating* x, const floating* w, Py_ssize_t row,
-                          Py_ssize_t n) noexcept nogil:
-    """``y[k] += sum_{i,j < 3} w[3*i + j] * x[k + i*row + j]`` for ``0 <= k < n``."""
-    if floating is float:
-        minidl_conv3x3_f(y, x, w, row, n)
-    else:
-        minidl_conv3x3_d(y, x, w, row, n)
-
-
 cdef inline void _dot3x3(const floating* g, const floating* x, Py_ssize_t row, Py_ssize_t n,
                          double* out) noexcept nogil:
     """``out[3*i + j] += sum_k g[k] * x[k + i*row + j]`` for ``i, j < 3``."""
@@ -357,15 +346,6 @@ cdef inline void _dot3x3(const floating* g, const floating* x, Py_ssize_t row, P
         minidl_dot3x3_f(g, x, row, n, out)
     else:
         minidl_dot3x3_d(g, x, row, n, out)
-
-
-cdef inline void _conv_row(floating* y, const floating* x, const floating* w, Py_ssize_t kw,
-                          Py_ssize_t n) noexcept nogil:
-    """``y[k] += sum_{j < kw} w[j] * x[k + j]`` for ``0 <= k < n`` (``2 <= kw <= 8``)."""
-    if floating is float:
-        minidl_conv_row_f(y, x, w, kw, n)
-    else:
-        minidl_conv_row_d(y, x, w, kw, n)
 
 
 cdef inline void _dot_row(const floating* g, const floating* x, Py_ssize_t kw, Py_ssize_t n,
@@ -433,73 +413,71 @@ def pad(const floating[:, :, :, :] x, floating[:, :, :, ::1] x_pad, Py_ssize_t p
                 row[j] = 0
 
 
-def direct_forward(const floating[:, :, :, ::1] x_pad, const floating[:, :, :, ::1] weight,
-                   const floating[::1] bias, bint use_bias, floating[:, :, :, ::1] out,
-                   floating[:, ::1] scratch, int num_threads=1):
+def direct_forward(const floating[:, :, :, ::1] x_pad, const floating[:, ::1] weight_rows,
+                   const Py_ssize_t[::1] offsets, const floating[::1] bias, bint use_bias,
+                   floating[:, :, :, ::1] out, floating[:, ::1] scratch, int num_threads=1):
     """Stride-1 convolution (cross-correlation) computed directly, without im2col.
 
     ``out[n, o, oh, ow] = bias[o] + sum_{c,i,j} weight[o, c, i, j] * x_pad[n, c, oh + i,
-    ow + j]`` (``+ bias[o]`` only when ``use_bias``), accumulated in the input's dtype.
+    ow + j]`` (``+ bias[o]`` only when ``use_bias``), accumulated in the input's dtype, the
+    taps in order ``(c, i, j)``. Four output planes at a time on the wide grid (the kernel
+    ``minidl_conv_direct4`` of ``_conv.h``), then cropped into ``out``.
 
     Args:
-        x_pad (IN): the input with its zero padding, ``(N, C_in, H + 2*pH, W + 2*pW)``, float32
-            or float64, C-contiguous.
-        weight (IN): ``(C_out, C_in, kH, kW)``, same dtype, C-contiguous.
+        x_pad (IN): the input with its zero padding, ``(N, C_in, Hp, Wp)``, float32 or float64,
+            C-contiguous.
+        weight_rows (IN): the weight as ``(C4, C_in*kH*kW)``, same dtype, C-contiguous, with
+            ``C4`` the number of output channels rounded up to a multiple of 4 (the extra rows
+            are computed into scratch and never written to ``out``).
+        offsets (IN): ``(C_in*kH*kW,)``: ``offsets[(c*kH + i)*kW + j] = (c*Hp + i)*Wp + j``.
         bias (IN): ``(C_out,)``, same dtype; read only when ``use_bias``.
         use_bias: whether to add ``bias``.
         out (OUT): ``(N, C_out, OH, OW)`` with ``OH = Hp - kH + 1``, ``OW = Wp - kW + 1``;
             fully overwritten.
-        scratch (OUT): at least ``(num_threads, OH*Wp)``, same dtype; clobbered.
+        scratch (OUT): at least ``(num_threads, 4*L)`` with ``L = (OH - 1)*Wp + OW``, same
+            dtype; clobbered.
         num_threads: OpenMP threads (ignored in a serial build).
 
-    Work is split over the ``N*C_out`` output planes.
+    Work is split over the ``N*C4/4`` blocks of four output planes.
 
-    Preconditions (checked by the caller, not here): ``weight`` has ``x_pad``'s ``C_in``;
-    ``OH = Hp - kH + 1 >= 1`` and ``OW = Wp - kW + 1 >= 1`` are ``out``'s last two sizes;
-    ``out`` is ``(N, C_out, OH, OW)`` and shares no memory with the inputs; ``bias`` of length
-    ``C_out`` when ``use_bias``; ``scratch`` has at least ``num_threads`` rows of at least
-    ``OH*Wp`` elements; ``num_threads >= 1``.
+    Preconditions (checked by the caller, not here): the shapes above, ``C4 >= C_out``
+    (``out``'s channels), ``offsets`` for this kernel size and ``x_pad``; ``out`` shares no
+    memory with the inputs; ``bias`` of length ``C_out`` when ``use_bias``; ``num_threads >=
+    1``.
     """
     cdef Py_ssize_t N = x_pad.shape[0], C = x_pad.shape[1], Hp = x_pad.shape[2]
     cdef Py_ssize_t Wp = x_pad.shape[3]
-    cdef Py_ssize_t O = weight.shape[0], KH = weight.shape[2], KW = weight.shape[3]
+    cdef Py_ssize_t O = out.shape[1], K = weight_rows.shape[1]
+    cdef Py_ssize_t blocks = weight_rows.shape[0] // 4
     cdef Py_ssize_t OH = out.shape[2], OW = out.shape[3]
     cdef Py_ssize_t L = (OH - 1) * Wp + OW
-    cdef Py_ssize_t task, n, o, c, i, j, oh, ow, k
+    cdef Py_ssize_t task, n, o, r, oh, ow
     cdef floating b
     cdef floating* wide
     cdef floating* out_plane
-    cdef const floating* x_plane
-    cdef const floating* w_taps
     if N * O * OH * OW == 0:
         return
     cdef const floating* x0 = &x_pad[0, 0, 0, 0]
-    cdef const floating* w0 = &weight[0, 0, 0, 0]
+    cdef const floating* w0 = &weight_rows[0, 0]
+    cdef const Py_ssize_t* off = &offsets[0]
     cdef floating* out0 = &out[0, 0, 0, 0]
 
-    for task in prange(N * O, nogil=True, num_threads=num_threads, schedule="static"):
-        n = task // O
-        o = task - n * O
+    for task in prange(N * blocks, nogil=True, num_threads=num_threads, schedule="static"):
+        n = task // blocks
+        o = (task - n * blocks) * 4
         wide = &scratch[threadid(), 0]
-        b = bias[o] if use_bias else 0
-        for k in range(L):
-            wide[k] = 0
-        for c in range(C):
-            x_plane = x0 + (n * C + c) * Hp * Wp
-            w_taps = w0 + (o * C + c) * KH * KW
-            if KH == 3 and KW == 3:
-                _conv3x3(wide, x_plane, w_taps, Wp, L)
-                continue
-            for i in range(KH):
-                if 2 <= KW <= MINIDL_CONV_ROW_MAX:  # the row's KW taps in one pass
-                    _conv_row(wide, x_plane + i * Wp, w_taps + i * KW, KW, L)
-                    continue
-                for j in range(KW):
-                    _axpy(wide, x_plane + i * Wp + j, w_taps[i * KW + j], L)
-        out_plane = out0 + task * OH * OW
-        for oh in range(OH):
-            for ow in range(OW):
-                out_plane[oh * OW + ow] = wide[oh * Wp + ow] + b
+        if floating is float:
+            minidl_conv_direct4_f(x0 + n * C * Hp * Wp, off, K, w0 + o * K, wide, L)
+        else:
+            minidl_conv_direct4_d(x0 + n * C * Hp * Wp, off, K, w0 + o * K, wide, L)
+        for r in range(4):
+            if o + r >= O:
+                break
+            b = bias[o + r] if use_bias else 0
+            out_plane = out0 + (n * O + o + r) * OH * OW
+            for oh in range(OH):
+                for ow in range(OW):
+                    out_plane[oh * OW + ow] = wide[r * L + oh * Wp + ow] + b
 
 
 def direct_weight_grad(const floating[:, :, :, ::1] x_pad, const floating[:, :, :, ::1] dout,

@@ -2,9 +2,11 @@
 
 For a first layer on 1 or 3 channels, ``C_in*kH*kW`` (the inner dimension of im2col's matrix
 product) is too small for BLAS to pay for im2col's copy; the direct kernels of
-``minidl/_kernels/_conv.pyx`` instead run one vectorized multiply-add per tap over a zero-padded
-input plane laid out on a wide grid (rows of ``W + 2*pW``), and fused 3x3 kernels do all nine
-taps in one pass::
+``minidl/_kernels/_conv.pyx`` instead work on zero-padded input planes laid out on a wide grid
+(rows of ``W + 2*pW``), where each tap reads one contiguous run of the plane. The forward
+computes four output planes at a time, their sums in vector registers through every tap; the
+gradients run one vectorized multiply-add per tap (fused 3x3 kernels do all nine taps in one
+pass)::
 
     out[n, o, oh, ow] = bias[o] + sum_{c,i,j} weight[o, c, i, j] * x_pad[n, c, oh + i, ow + j]
     dweight[o, c, i, j] = sum_{n,oh,ow} dout[n, o, oh, ow] * x_pad[n, c, oh + i, ow + j]
@@ -14,6 +16,7 @@ Called by :func:`minidl.functional.conv.conv2d_forward` / ``conv2d_backward``, w
 the arguments and choose the method; these functions trust them. Every array they allocate
 comes from :mod:`minidl._memory`.
 """
+import functools
 from typing import NamedTuple, Tuple
 
 import numpy as np
@@ -73,11 +76,27 @@ def forward(x, weight, bias, padding, out):
     weight = np.ascontiguousarray(weight)
     has_bias = bias is not None
     bias_vector = np.ascontiguousarray(bias) if has_bias else np.empty(0, x.dtype)
-    out_h = out.shape[2]
+    out_channels, _, kernel_h, kernel_w = weight.shape
+    # the kernel computes four output channels at a time: zero rows up to a multiple of 4
+    weight_rows = np.zeros((-(-out_channels // 4) * 4, weight[0].size), x.dtype)
+    weight_rows[:out_channels] = weight.reshape(out_channels, -1)
+    wide_size = (out.shape[2] - 1) * x_pad.shape[3] + out.shape[3]
     threads = _config.threads_for(out.size * weight[0].size)
-    scratch = _memory.empty((threads, out_h * x_pad.shape[3]), x.dtype)
-    _kernel.direct_forward(x_pad, weight, bias_vector, has_bias, out, scratch, threads)
+    scratch = _memory.empty((threads, 4 * wide_size), x.dtype)
+    _kernel.direct_forward(x_pad, weight_rows, _tap_offsets(x_pad.shape[1:], kernel_h, kernel_w),
+                           bias_vector, has_bias, out, scratch, threads)
     return DirectCache(x_pad, weight, has_bias, x.shape, out.shape, tuple(padding), x.dtype)
+
+
+@functools.lru_cache(maxsize=16)
+def _tap_offsets(plane_shape, kernel_h, kernel_w):
+    """``offsets[(c*kH + i)*kW + j] = (c*Hp + i)*Wp + j`` in a padded image ``plane_shape = (C,
+    Hp, Wp)``: where tap ``(c, i, j)`` starts (read-only ``np.intp``, cached by geometry)."""
+    channels, height, width = plane_shape
+    offsets = ((np.arange(channels)[:, None, None] * height + np.arange(kernel_h)[None, :, None])
+               * width + np.arange(kernel_w)[None, None, :]).reshape(-1).astype(np.intp)
+    offsets.flags.writeable = False
+    return offsets
 
 
 def backward(dout, cache, input_grad):
