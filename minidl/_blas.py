@@ -186,9 +186,11 @@ class Gathered:
 
     With ``base`` a zero-padded NHWC image, ``rows[i]`` the offset of output position ``i``'s
     receptive field and ``cols[k]`` that of tap ``k = (i, j, c)`` within it, ``G`` is im2col's
-    matrix (:mod:`minidl.functional.conv_im2col`) without the copy: the GEMM packs its blocks
-    straight from the image (``_gemm.h``, "gathered operands") into the values the matrix would
-    have been packed into, so the product has the same bits.
+    matrix (:mod:`minidl.functional.conv_im2col`) without the copy (``_gemm.h``, "gathered
+    operands"): as the left operand, the GEMM's micro-kernels read its elements straight from
+    the image, without packing; as the right one, it packs its blocks from the image into the
+    values the matrix would have been packed into. Either way the product has the matrix's
+    bits.
 
     Args:
         base (np.ndarray): contiguous float32/float64 (any shape; read as 1-D).
