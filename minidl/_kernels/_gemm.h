@@ -21,7 +21,8 @@
  * operand is a matter of strides, never of a copy before the call). The last strip of A, when
  * `rows` is not a multiple of MR, goes to a micro-kernel of that many rows (there is one for each
  * R = 1..MR); a block narrower than NR at the right edge of C is computed into a small MR x NR
- * buffer and the valid part copied out.
+ * buffer and the valid part copied out. A gathered A (im2col's matrix, see "gathered operands")
+ * is the exception: it is never packed, its micro-kernels read each strip's six rows in place.
  *
  * The micro-kernel keeps an MR x NR = 6 x (2 SIMD vectors) block of C in 12 vector registers
  * and adds one rank-1 update per k: 2 vector loads of B, 6 broadcasts of A, 12 fused
