@@ -108,6 +108,18 @@ MINIDL_DOT_3X3(d, double)
 MINIDL_CONV_ROWS_2_TO_8(f, float)
 MINIDL_CONV_ROWS_2_TO_8(d, double)
 
+/* out[oh*OW + ow] = y[oh*Wp + ow] + b for oh < OH, ow < OW: an output plane cropped out of the
+   wide grid (b is 0 without a bias, as in the kernels' other sums) */
+#define MINIDL_CONV_CROP(SUFFIX, T)                                                         \
+    MINIDL_CLONES static void minidl_conv_crop_##SUFFIX(T* restrict out,                    \
+                                                        const T* restrict y, ptrdiff_t OH,  \
+                                                        ptrdiff_t OW, ptrdiff_t Wp, T b) {  \
+        for (ptrdiff_t oh = 0; oh < OH; oh++)                                               \
+            for (ptrdiff_t ow = 0; ow < OW; ow++) out[oh * OW + ow] = y[oh * Wp + ow] + b;  \
+    }
+MINIDL_CONV_CROP(f, float)
+MINIDL_CONV_CROP(d, double)
+
 /* ---- the direct forward, four output channels at a time ------------------------------------ */
 /* y[r*L + m] = sum_k w[r*K + k] * x[off[k] + m] for r < 4, m < L: four output planes of a
  * stride-1 convolution on the wide grid (see _conv.pyx), with off[k] = (c*Hp + i)*Wp + j the

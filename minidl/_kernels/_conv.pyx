@@ -325,6 +325,10 @@ cdef extern from "_conv.h" nogil:
     void minidl_conv_direct4_d(const double* x, const Py_ssize_t* off, Py_ssize_t K,
                                const double* w, double* y, Py_ssize_t L)
     const char* minidl_conv_init()
+    void minidl_conv_crop_f(float* out, const float* y, Py_ssize_t OH, Py_ssize_t OW,
+                            Py_ssize_t Wp, float b)
+    void minidl_conv_crop_d(double* out, const double* y, Py_ssize_t OH, Py_ssize_t OW,
+                            Py_ssize_t Wp, double b)
     void minidl_dot_row_f(const float* g, const float* x, Py_ssize_t kw, Py_ssize_t n,
                           double* out)
     void minidl_dot_row_d(const double* g, const double* x, Py_ssize_t kw, Py_ssize_t n,
@@ -451,10 +455,9 @@ def direct_forward(const floating[:, :, :, ::1] x_pad, const floating[:, ::1] we
     cdef Py_ssize_t blocks = weight_rows.shape[0] // 4
     cdef Py_ssize_t OH = out.shape[2], OW = out.shape[3]
     cdef Py_ssize_t L = (OH - 1) * Wp + OW
-    cdef Py_ssize_t task, n, o, r, oh, ow
+    cdef Py_ssize_t task, n, o, r
     cdef floating b
     cdef floating* wide
-    cdef floating* out_plane
     if N * O * OH * OW == 0:
         return
     cdef const floating* x0 = &x_pad[0, 0, 0, 0]
@@ -474,10 +477,10 @@ def direct_forward(const floating[:, :, :, ::1] x_pad, const floating[:, ::1] we
             if o + r >= O:
                 break
             b = bias[o + r] if use_bias else 0
-            out_plane = out0 + (n * O + o + r) * OH * OW
-            for oh in range(OH):
-                for ow in range(OW):
-                    out_plane[oh * OW + ow] = wide[r * L + oh * Wp + ow] + b
+            if floating is float:
+                minidl_conv_crop_f(out0 + (n * O + o + r) * OH * OW, wide + r * L, OH, OW, Wp, b)
+            else:
+                minidl_conv_crop_d(out0 + (n * O + o + r) * OH * OW, wide + r * L, OH, OW, Wp, b)
 
 
 def direct_weight_grad(const floating[:, :, :, ::1] x_pad, const floating[:, :, :, ::1] dout,
