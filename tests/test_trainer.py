@@ -334,9 +334,11 @@ def test_sigint_leaves_a_whole_step_modes_restored_and_no_gradients(step_states)
 
 @pytest.mark.parametrize("after", [3, 9, 16])
 def test_sigint_from_another_thread_stops_between_steps(step_states, after):
-    """The signal lands anywhere in a step (forward, backward, optimizer, bookkeeping)."""
+    """The signal lands anywhere in a step (forward, backward, optimizer, bookkeeping). The
+    step after ``after`` does not end before the signal is sent, so a slow sender thread (a
+    busy machine) cannot let the run finish first and the signal arrive after it."""
     states, _, _ = step_states
-    reached = threading.Event()
+    reached, sent = threading.Event(), threading.Event()
 
     class Start(Grab):
         def on_train_begin(self, trainer):
@@ -346,10 +348,13 @@ def test_sigint_from_another_thread_stops_between_steps(step_states, after):
         def on_step_end(self, trainer, step, logs):
             if step == after:
                 reached.set()
+            elif step > after:
+                assert sent.wait(10), "the sender thread did not send SIGINT within 10 s"
 
     def send():
         reached.wait(10)
         os.kill(os.getpid(), signal.SIGINT)
+        sent.set()
 
     interval = sys.getswitchinterval()
     sys.setswitchinterval(1e-6)  # let the sender run as soon as the event is set
