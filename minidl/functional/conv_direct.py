@@ -78,8 +78,9 @@ def forward(x, weight, bias, padding, out):
     bias_vector = np.ascontiguousarray(bias) if has_bias else np.empty(0, x.dtype)
     out_channels, _, kernel_h, kernel_w = weight.shape
     # the kernel computes four output channels at a time: zero rows up to a multiple of 4
-    weight_rows = np.zeros((-(-out_channels // 4) * 4, weight[0].size), x.dtype)
+    weight_rows = _memory.empty((-(-out_channels // 4) * 4, weight[0].size), x.dtype)
     weight_rows[:out_channels] = weight.reshape(out_channels, -1)
+    weight_rows[out_channels:] = 0
     wide_size = (out.shape[2] - 1) * x_pad.shape[3] + out.shape[3]
     threads = _config.threads_for(out.size * weight[0].size)
     scratch = _memory.empty((threads, 4 * wide_size), x.dtype)

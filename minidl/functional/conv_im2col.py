@@ -274,6 +274,9 @@ def backward(dout, cache, input_grad):
         dweight_rows = _memory.empty((out_channels, taps), cache.dtype)
         if cache.cols is not None:  # the forward's matrix, whole
             _blas.matmul(drows, cache.cols, out=dweight_rows)
+        elif out_channels > _gemm.DOT_ROWS:  # few taps: cols gathered as B, packed from x_pad
+            _blas.matmul(drows, _gathered(cache.x_pad, (kernel_h, kernel_w), cache.stride,
+                                          (out_h, out_w)), out=dweight_rows)
         else:  # a product of few rows reads its matrix B in place, so build it, by chunks
             cols = _memory.empty((chunk * per_sample, taps), cache.dtype)
             for rows, part in _matrix_chunks(cache.x_pad, cols, (kernel_h, kernel_w),
