@@ -360,11 +360,13 @@ MINIDL_GEMM_KERNELS(d, double, base, )
  * (mod LANES), in increasing k, then C (+)= ((s0 + s4) + (s2 + s6)) + ((s1 + s5) + (s3 + s7)).
  * The same order, hence the same bits, whatever B's layout:
  *   columns of B contiguous (rsb == 1, e.g. x @ W.T): LANES consecutive k in one vector, eight
- *       columns of B at a time, then four (as many independent sums);
+ *       columns of B at a time, then four (as many independent sums), then the last ones one
+ *       at a time, still a vector each;
  *   rows of B contiguous (csb == 1, e.g. dout @ W): LANES consecutive columns in one vector and
  *       one vector of partial sums per l (eight independent sums), B copied
  *       block by block (DOT_KB rows) to a buffer whose rows do not share cache sets;
- *   other strides, and the last columns that do not fill a vector: one element at a time.
+ *   other strides, and the last columns of rows-contiguous B that do not fill a vector: one
+ *       element at a time.
  * A's rows must be contiguous (csa == 1; minidl._blas copies A when they are not). Which
  * elements take this path depends on M only (the rows of the whole product, not of a tile),
  * never on the strides or on the threads. */
@@ -431,9 +433,10 @@ ATTRIBUTES static void NAME(MINIDL_GEMM_DOT_ARGS(T)) {                          
     const ptrdiff_t whole = inner / MINIDL_GEMM_LANES * MINIDL_GEMM_LANES;                   \
     ptrdiff_t j0 = 0;                                                                        \
     if (rsb == 1) { /* columns of B contiguous: eight at a time (eight streams of B in      \
-                       flight), then four */                                                 \
+                       flight), then four, then one (a classifier's 10 outputs: 8 + 1 + 1) */\
         j0 = NAME##_columns(A, rsa, B, csb, C, ldc, rows, inner, cols, add, 0, 8);           \
         j0 = NAME##_columns(A, rsa, B, csb, C, ldc, rows, inner, cols, add, j0, 4);          \
+        j0 = NAME##_columns(A, rsa, B, csb, C, ldc, rows, inner, cols, add, j0, 1);          \
     } else if (csb == 1) { /* rows of B contiguous: LANES columns, LANES sums (one per l) */ \
         /* k in blocks of DOT_KB rows, each block swept across all the columns (B is read    \
            row after row, not down its columns); the sums wait in `state` between blocks */  \
