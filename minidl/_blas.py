@@ -355,8 +355,12 @@ def _matmul(a, b, out, accumulate, sum_batch, layer, bias=None, relu=False):
         raise ValueError(f"{layer}: cannot multiply shapes {a.shape} and {b.shape}")
     (shape, out3_shape, rows, inner, cols, no_terms, tile_rows, tile_cols, threads,
      scratch_size, narrow) = geometry
-    out = _output(layer, out, shape, dtype, accumulate, a, b)
-    if _nothing_to_multiply(out, no_terms, accumulate):
+    if out is None and not accumulate:  # (the usual case, without _output's calls)
+        out = _memory.empty(shape, dtype)
+    else:
+        out = _output(layer, out, shape, dtype, accumulate, a, b)
+    if threads == 0:  # nothing for the kernel to do (see _geometry)
+        _nothing_to_multiply(out, no_terms, accumulate)
         return out
     a3 = a[None] if a.ndim == 2 else a  # a 2-D operand as a batch of one (a view)
     b3 = b[None] if b.ndim == 2 else b

@@ -53,7 +53,16 @@ cdef object _allocate(function, shape, dtype):
 
 
 def empty(shape, dtype):
-    """``np.empty(shape, dtype)`` with its data from the caching allocator.
+    """An uninitialized C-contiguous array whose data comes from minidl's caching allocator
+    (``np.empty(shape, dtype)`` with the handler installed); ``minidl._memory.empty`` is this
+    function.
+
+    Args:
+        shape (int or tuple of int): the array's shape.
+        dtype: a NumPy dtype.
+    Returns:
+        np.ndarray: a new array (nothing else refers to it); its memory may be a block an
+        earlier, freed array used.
 
     Preconditions: none beyond NumPy's (it refuses a shape whose byte size overflows, and a
     failed allocation is a MemoryError); minidl's callers check beforehand that the array fits
@@ -63,7 +72,8 @@ def empty(shape, dtype):
 
 
 def zeros(shape, dtype):
-    """``np.zeros(shape, dtype)`` with its data from the caching allocator (as :func:`empty`)."""
+    """Like :func:`empty`, filled with zeros (``np.zeros``); ``minidl._memory.zeros`` is this
+    function."""
     return _allocate(np.zeros, shape, dtype)
 
 

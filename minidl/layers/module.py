@@ -206,7 +206,8 @@ class Module:
         to."""
         state = self.__dict__
         state["_cache"] = saved = save_for_backward(cache)
-        state["_watched"] = watch_kept(saved, **arrays) if arrays else ()
+        # (under no_grad nothing is kept, so there is nothing to watch)
+        state["_watched"] = watch_kept(saved, **arrays) if arrays and saved is cache else ()
 
     # ----------------------------------------------------------------- forward/backward
     def forward(self, x):
