@@ -188,6 +188,34 @@ def _gathered(x_pad, kernel_size, stride, out_size):
     return _blas.Gathered(x_pad, rows, taps)
 
 
+def _swap_last_axes(src):
+    """C-contiguous ``(B, A, C)`` -> a new C-contiguous ``(B, C, A)``, by the blocked transpose
+    kernel: the weight's layout changes below. NumPy's strided copy of
+    ``dweight_taps.reshape(kH, kW, C_in, C_out).transpose(3, 2, 0, 1)`` reads its innermost
+    output axis ``C_in*C_out`` elements apart: 7.1 ms for a 7x7 layer of 128 -> 256 channels,
+    more than the layer's weight-gradient product (4.7 ms at 2 threads)."""
+    b, a, c = src.shape
+    dst = _memory.empty((b, c, a), src.dtype)
+    _kernel.transpose_batched(src, _no_bias(src.dtype), False, dst,
+                              _config.threads_for(src.size))
+    return dst
+
+
+def _weight_rows(weight):
+    """``(C_out, C_in, kH, kW)`` -> ``(C_out, kH*kW*C_in)``, taps ordered (i, j, c)."""
+    out_channels, in_channels, kernel_h, kernel_w = weight.shape
+    planes = np.ascontiguousarray(weight).reshape(out_channels, in_channels, kernel_h * kernel_w)
+    return _swap_last_axes(planes).reshape(out_channels, -1)
+
+
+def _weight_from_rows(rows, weight_shape):
+    """The inverse of :func:`_weight_rows`: ``(C_out, kH*kW*C_in)`` -> ``(C_out, C_in, kH,
+    kW)``."""
+    out_channels, in_channels, kernel_h, kernel_w = weight_shape
+    taps = rows.reshape(out_channels, kernel_h * kernel_w, in_channels)
+    return _swap_last_axes(taps).reshape(weight_shape)
+
+
 def _to_nchw(x_nhwc, threads):
     """C-contiguous ``(N, H, W, C)`` -> C-contiguous ``(N, C, H, W)`` (a view when C == 1)."""
     n, h, w, c = x_nhwc.shape
@@ -219,7 +247,7 @@ def forward(x, weight, bias, stride, padding, out, workspace=None, layer="conv2d
     taps = kernel_h * kernel_w * x.shape[1]
     threads = _config.threads_for(n * per_sample * taps)
     x_pad = _padded_nhwc(np.ascontiguousarray(x), padding, threads)
-    weight_rows = np.ascontiguousarray(weight.transpose(0, 2, 3, 1)).reshape(out_channels, -1)
+    weight_rows = _weight_rows(weight)
     out_rows = _memory.empty((n * per_sample, out_channels), x.dtype)
     cols, chunk = None, n
     if workspace is None:
@@ -268,8 +296,7 @@ def backward(dout, cache, input_grad):
                                                 cache.stride, (out_h, out_w))
         dweight_taps = _blas.matmul(_blas.Gathered(cache.x_pad, tap_offsets, positions),
                                     drows.T)
-        dweight = dweight_taps.reshape(kernel_h, kernel_w, in_channels, out_channels)
-        dweight = np.ascontiguousarray(dweight.transpose(3, 2, 0, 1))
+        dweight_rows = _swap_last_axes(dweight_taps[None])[0]
     else:
         dweight_rows = _memory.empty((out_channels, taps), cache.dtype)
         if cache.cols is not None:  # the forward's matrix, whole
@@ -283,8 +310,7 @@ def backward(dout, cache, input_grad):
                                              cache.stride, per_sample, chunk, threads):
                 _blas.matmul(drows[:, rows], part, out=dweight_rows,
                              accumulate=rows.start > 0)
-        dweight_rows = dweight_rows.reshape(out_channels, kernel_h, kernel_w, in_channels)
-        dweight = np.ascontiguousarray(dweight_rows.transpose(0, 3, 1, 2))
+    dweight = _weight_from_rows(dweight_rows, cache.weight_shape)
     if not input_grad:
         return None, dweight, dbias
 
