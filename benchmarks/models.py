@@ -27,6 +27,7 @@ BREADTH = {
     "b13": ("5x5 convs 32->64 (TensorFlow's MNIST tutorial), train step", "train", 64,
             (1, 28, 28)),
     "b14": ("MLP 784-512-512-10, eval forward", "eval", 1, (784,)),
+    "b15": ("5x5 pad-2 convs 64->64 on 8x8 maps + BN, train step", "train", 32, (64, 8, 8)),
 }
 NUM_CLASSES = 10
 
@@ -99,6 +100,9 @@ def build_breadth(config_id, minidl):
     if config_id == "b14":
         return minidl.Sequential(layers.Dense(784, 512), layers.ReLU(), layers.Dense(512, 512),
                                  layers.ReLU(), layers.Dense(512, NUM_CLASSES))
+    if config_id == "b15":
+        body = conv_bn_relu(64, 64, 5, 1, 2) + conv_bn_relu(64, 64, 5, 1, 2)
+        return minidl.Sequential(*body, layers.Flatten(), layers.Dense(64 * 8 * 8, NUM_CLASSES))
     raise KeyError(f"unknown breadth configuration {config_id!r}")
 
 

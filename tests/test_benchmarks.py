@@ -19,7 +19,7 @@ RUN = ROOT / "benchmarks" / "run.py"
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 HAS_JAX = importlib.util.find_spec("jax") is not None
 CANONICAL = [str(i) for i in range(1, 13)]
-BREADTH = [f"b{i}" for i in range(1, 15)]
+BREADTH = [f"b{i}" for i in range(1, 16)]
 PEERS = {"9", "10"}
 HEADER = "| workload | minidl | peer | unit | ratio | target | met? |"
 needs_torch = pytest.mark.skipif(not HAS_TORCH, reason="PyTorch (the benchmark's peer) is not "
