@@ -164,3 +164,40 @@ def test_command_line_errors():
         result = subprocess.run([sys.executable, str(RUN), *options], capture_output=True,
                                 text=True, timeout=60, cwd=ROOT)
         assert result.returncode == 2 and "error" in result.stderr, options
+
+
+SWEEP = ROOT / "benchmarks" / "sweep.py"
+
+
+@needs_torch
+def test_layer_sweep_times_and_checks_each_configuration(tmp_path):
+    """``sweep.py`` times each configuration in both frameworks, finds their outputs and input
+    gradients equal, prints them worst ratio first, and writes them to JSON."""
+    json_path = tmp_path / "sweep.json"
+    env = dict(os.environ)
+    package_root = str(Path(minidl.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+    configs = ["2,3,8,4,3,1,1", "2,4,9,6,5,2,2", "1,4,6,8,1,1,0", "1,2,7,3,7,1,3"]
+    result = subprocess.run([sys.executable, str(SWEEP), "--quick", "--threads", "1", "--json",
+                             str(json_path), "--configs", *configs], capture_output=True,
+                            text=True, timeout=600, cwd=ROOT, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    data = json.loads(json_path.read_text())
+    assert data["threads"] == 1
+    assert [tuple(r["config"]) for r in data["results"]] == [
+        tuple(int(v) for v in c.split(",")) for c in configs]
+    for record in data["results"]:
+        assert record["minidl"] > 0 and record["PyTorch"] > 0
+        assert record["ratio"] == pytest.approx(record["PyTorch"] / record["minidl"])
+        assert record["mismatch"] is None, record
+    rows = [line for line in result.stdout.splitlines() if " -> " in line and "x" in line
+            and not line.startswith("worst")]
+    ratios = [float(line.split()[-1].rstrip("x")) for line in rows]
+    assert len(rows) == len(configs) and ratios == sorted(ratios)
+    assert "below 1.0x:" in result.stdout.splitlines()[-1]
+
+
+def test_layer_sweep_rejects_a_malformed_configuration():
+    result = subprocess.run([sys.executable, str(SWEEP), "--configs", "1,2,3"],
+                            capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert result.returncode == 2 and "seven integers" in result.stderr
