@@ -148,6 +148,52 @@ def test_im2col_in_chunks_matches_reference(geometry, dtype, input_grad, monkeyp
 
 
 
+# (C_in, C_out, kernel, padding, image): stride 1, few output channels -> dx by convolution
+CONVOLUTION_DX = [(16, 8, (5, 5), (2, 2), (9, 9)), (16, 16, (6, 6), (0, 0), (11, 11)),
+                  (20, 3, (3, 5), (1, 2), (7, 10)), (16, 32, (4, 2), (3, 1), (5, 6)),
+                  (17, 5, (2, 2), (0, 0), (4, 4))]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", CONVOLUTION_DX, ids=[str(c) for c in CONVOLUTION_DX])
+def test_stride_one_input_gradient_as_a_convolution(case, dtype, monkeypatch, rng):
+    """A stride-1 layer with few output channels and enough input channels takes dx from the
+    convolution of dout with the flipped kernel (no dcols, no col2im): the reference's
+    gradient, and that of the dcols path within rounding, for odd, even and non-square
+    kernels, paddings up to kernel - 1 and outputs larger than the input."""
+    c_in, c_out, kernel, padding, (h, w) = case
+    x = rng.standard_normal((3, c_in, h, w)).astype(dtype)
+    weight = rng.standard_normal((c_out, c_in) + kernel).astype(dtype)
+    out, cache = conv2d_forward(x, weight, None, 1, padding, method="im2col")
+    assert conv_im2col._input_grad_as_convolution(cache)
+    dout = rng.standard_normal(out.shape).astype(dtype)
+    dx, dweight, _ = conv2d_backward(dout, cache)
+    ref_dx, ref_dweight, _ = ref.conv2d_backward(dout, x, weight, False, (1, 1), padding)
+    assert_close(dx, ref_dx, dtype, "dx")
+    assert_close(dweight, ref_dweight, dtype, "dweight")
+    monkeypatch.setattr(conv_im2col, "CONV_INPUT_GRAD_MAX_OUT_CHANNELS", 0)
+    assert not conv_im2col._input_grad_as_convolution(cache)
+    dx_dcols, dweight_dcols, _ = conv2d_backward(dout, cache)
+    assert_close(dx, dx_dcols, dtype, "dx of the dcols path")
+    np.testing.assert_array_equal(dweight, dweight_dcols)
+
+
+def test_input_gradient_as_a_convolution_only_where_it_pays():
+    """Strided layers, many output channels, few input channels, 1x1 kernels and a padding of
+    the whole kernel keep dcols + col2im."""
+    def takes_it(c_in, c_out, kernel, stride, padding, size=8):
+        x = np.zeros((1, c_in, size, size), np.float32)
+        weight = np.zeros((c_out, c_in) + kernel, np.float32)
+        _, cache = conv2d_forward(x, weight, None, stride, padding, method="im2col")
+        return conv_im2col._input_grad_as_convolution(cache)
+    assert takes_it(16, 16, (5, 5), 1, 2)
+    assert not takes_it(16, 16, (5, 5), 2, 2)
+    assert not takes_it(16, 64, (5, 5), 1, 2)
+    assert not takes_it(6, 16, (5, 5), 1, 0)
+    assert not takes_it(16, 16, (1, 1), 1, 0)
+    assert not takes_it(16, 16, (3, 3), 1, 3)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("geometry", GEOMETRIES, ids=GEOMETRY_IDS)
 def test_pad_nhwc_kernel(geometry, dtype, rng):
