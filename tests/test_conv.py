@@ -414,13 +414,23 @@ def test_auto_method_choice(rng):
     assert choose_method("auto", DIRECT_MAX_TAPS) == "direct"
     assert choose_method("auto", DIRECT_MAX_TAPS + 1) == "im2col"
     assert choose_method("auto", DIRECT_MAX_TAPS + 1, kernel_size=(3, 3)) == "winograd"
+    # few output channels: direct for stride-1 kernels other than 3x3, up to 256 taps
+    assert choose_method("auto", 36, kernel_size=(6, 6), out_channels=8) == "direct"
+    assert choose_method("auto", 256, kernel_size=(4, 4), out_channels=1) == "direct"
+    assert choose_method("auto", 257, kernel_size=(5, 5), out_channels=8) == "im2col"
+    assert choose_method("auto", 36, kernel_size=(6, 6), out_channels=9) == "im2col"
+    assert choose_method("auto", 75, kernel_size=(5, 5), stride=(2, 2), out_channels=8) == "im2col"
+    assert choose_method("auto", 72, kernel_size=(3, 3), out_channels=8) == "winograd"
+    assert choose_method("auto", 36, kernel_size=(6, 6)) == "im2col"  # out_channels unknown
     assert choose_method("auto", 72, stride=(2, 2), kernel_size=(3, 3)) == "im2col"
     _, cache = conv2d_forward(rng.standard_normal((1, 1, 5, 5)), rng.standard_normal((2, 1, 3, 3)))
     assert cache.method == "direct" and isinstance(cache, DirectCache)  # no im2col matrix
     _, cache = conv2d_forward(rng.standard_normal((1, 8, 5, 5)), rng.standard_normal((2, 8, 3, 3)))
     assert cache.method == "winograd" and isinstance(cache, WinogradCache)  # no im2col matrix
-    _, cache = conv2d_forward(rng.standard_normal((1, 8, 5, 5)), rng.standard_normal((2, 8, 3, 2)))
+    _, cache = conv2d_forward(rng.standard_normal((1, 8, 5, 5)), rng.standard_normal((9, 8, 3, 2)))
     assert cache.method == "im2col" and isinstance(cache, Im2colCache)
+    _, cache = conv2d_forward(rng.standard_normal((1, 8, 5, 5)), rng.standard_normal((8, 8, 3, 2)))
+    assert cache.method == "direct"  # few output channels
     with pytest.raises(ValueError, match="conv2d.*method.*'gemm'"):
         conv2d_forward(rng.standard_normal((1, 1, 5, 5)), rng.standard_normal((2, 1, 3, 3)),
                        method="gemm")
