@@ -39,7 +39,8 @@ KERNELS = [(1, 1, 0), (1, 2, 0), (3, 1, 1), (3, 2, 1), (5, 1, 2), (5, 2, 2), (7,
 GRID = [(n, c, h, k_out, k, s, p) for n, c, h, k_out in SHAPES for k, s, p in KERNELS
         if h + 2 * p >= k]
 QUICK = [(2, 3, 8, 4, 3, 1, 1), (2, 4, 8, 4, 5, 2, 2), (1, 4, 6, 8, 1, 1, 0)]
-SETTINGS = {"full": dict(rounds=9, block_seconds=0.05), "quick": dict(rounds=2, block_seconds=0.001)}
+SETTINGS = {"full": dict(rounds=9, block_seconds=0.05),
+            "quick": dict(rounds=2, block_seconds=0.001)}
 TOLERANCE = 1e-3  # relative, on the forward output and the input gradient
 
 

@@ -109,8 +109,8 @@ def choose_method(method, taps, layer="conv2d", stride=(1, 1), kernel_size=None,
     im2col's copy), else Winograd F(2x2, 3x3) when ``kernel_size`` is ``(3, 3)``, else the
     direct kernels again for a kernel larger than 1x1 with at most
     ``DIRECT_NARROW_MAX_OUT_CHANNELS`` output channels and ``DIRECT_NARROW_MAX_TAPS`` taps
-    (im2col's product would have too few columns to fill a vector); im2col for everything else. Any other ``method`` is
-    checked (:func:`check_method`) and returned.
+    (im2col's product would have too few columns to fill a vector); im2col for everything
+    else. Any other ``method`` is checked (:func:`check_method`) and returned.
 
     Raises:
         ValueError: as :func:`check_method`.

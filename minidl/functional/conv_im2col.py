@@ -291,8 +291,7 @@ def _input_grad_as_convolution(cache):
     33.8-38.2 -> 28.8-30.1 ms; (8, 32, 16, 16) -> 32, 5x5 pad 2, 1.9-2.4 -> 1.8 ms. With 64
     output channels or more it gained nothing (e.g. (32, 64, 8, 8) -> 64, 5x5 pad 2: 7.4 and
     7.6 ms), nor with few input channels (LeNet's 6 -> 16: 3x slower)."""
-    _, in_channels, kernel_h, kernel_w = cache.weight_shape
-    out_channels = cache.weight_shape[0]
+    out_channels, in_channels, kernel_h, kernel_w = cache.weight_shape
     return (cache.stride == (1, 1) and out_channels <= CONV_INPUT_GRAD_MAX_OUT_CHANNELS
             and in_channels >= CONV_INPUT_GRAD_MIN_IN_CHANNELS and kernel_h * kernel_w > 1
             and cache.padding[0] < kernel_h and cache.padding[1] < kernel_w)
@@ -306,7 +305,8 @@ def _input_grad_by_convolution(dout, cache):
     kW-1-j]``, computed by :func:`forward` (gathered GEMM, no matrix written)."""
     out_channels, in_channels, kernel_h, kernel_w = cache.weight_shape
     weight = _weight_from_rows(cache.weight_rows, cache.weight_shape)
-    flipped = np.ascontiguousarray(weight.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])
+    flipped = _memory.empty((in_channels, out_channels, kernel_h, kernel_w), cache.dtype)
+    np.copyto(flipped, weight.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])
     padding = (kernel_h - 1 - cache.padding[0], kernel_w - 1 - cache.padding[1])
     dx = _memory.empty(cache.x_shape, cache.dtype)
     forward(dout.reshape(cache.out_shape), flipped, None, (1, 1), padding, dx)
