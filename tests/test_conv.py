@@ -408,7 +408,8 @@ def test_conv2d_layer_backward_without_input_grad(rng):
 
 # --------------------------------------------------------------------------- 5. choice of method, out
 def test_auto_method_choice(rng):
-    """auto: direct for few taps, Winograd for other 3x3 stride-1 kernels, else im2col."""
+    """auto: direct for few taps, Winograd for other 3x3 stride-1 kernels, direct again for
+    other stride-1 kernels with few output channels, else im2col."""
     from minidl.functional.conv import (DIRECT_MAX_TAPS, DirectCache, Im2colCache,
                                         WinogradCache, choose_method)
     assert choose_method("auto", DIRECT_MAX_TAPS) == "direct"

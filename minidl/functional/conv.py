@@ -9,7 +9,8 @@ Four algorithms compute it, one module each, each with its own immutable cache t
 * :mod:`~minidl.functional.conv_pointwise` -- 1x1 kernels without padding (any stride): one
   matrix product per image on the NCHW data, no im2col.
 * :mod:`~minidl.functional.conv_direct` -- direct Cython loops over the taps (stride 1; fast when
-  ``C_in*kH*kW`` is small, e.g. a first layer on 1 or 3 channels): no im2col, no GEMM.
+  ``C_in*kH*kW`` is small, e.g. a first layer on 1 or 3 channels, or when there are at most 8
+  output channels): no im2col, no GEMM.
 * :mod:`~minidl.functional.conv_winograd` -- Winograd's F(2x2, 3x3) (Lavin & Gray, 2016; 3x3
   kernels, stride 1): 4 instead of 9 multiply-adds per output and input channel, in fused
   kernels, no im2col matrix.
@@ -241,9 +242,10 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, layer="conv2d", wo
             read it in place from the padded input, see
             :mod:`~minidl.functional.conv_im2col`). Unused by the other methods.
         method (str): ``"auto"`` (default; see :func:`choose_method`), ``"direct"`` (direct
-            Cython loops: fast when ``C_in*kH*kW`` is small; stride 1 only), ``"winograd"``
-            (F(2x2, 3x3); 3x3 kernels, stride 1), ``"pointwise"`` (a matrix product per image;
-            1x1 kernels, padding 0) or ``"im2col"`` (im2col + matrix products).
+            Cython loops: fast when ``C_in*kH*kW`` is small or ``C_out`` at most 8; stride 1
+            only), ``"winograd"`` (F(2x2, 3x3); 3x3 kernels, stride 1), ``"pointwise"`` (a
+            matrix product per image; 1x1 kernels, padding 0) or ``"im2col"`` (im2col +
+            matrix products).
             All give the same results up to rounding.
         out (np.ndarray or None): where to write the result (C-contiguous, ``(N, C_out, OH, OW)``,
             x's dtype); a new array when None.
