@@ -409,3 +409,37 @@ def test_gathered_operand_errors(rng):
         _blas.matmul(gathered, np.zeros((10, 3), np.float64))
     with pytest.raises(ValueError, match="sum_batch"):
         _blas.matmul(gathered, np.zeros((10, 3), np.float32), sum_batch=True)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gathered_tasks_are_products_of_both_operands_gathered(dtype, rng):
+    """``_gemm.gemm_gathered_tasks``: each task writes its block of C, the product of its
+    gathered A and gathered B (any offsets, partial strips, inner sizes across the 256-long
+    blocks), the same bits at 1 and 2 threads, and leaves the rest of C alone."""
+    a_base = rng.standard_normal(5000).astype(dtype)
+    b_base = rng.standard_normal(4000).astype(dtype)
+    a_rows = rng.integers(0, 1000, 300).astype(np.intp)
+    a_cols = rng.integers(0, 4000, 700).astype(np.intp)
+    b_rows = rng.integers(0, 3000, 700).astype(np.intp)
+    b_cols = rng.integers(0, 1000, 90).astype(np.intp)
+    ldc = 100
+    # (a_row, b_col, inner_start, rows, cols, inner, c_offset, ldc)
+    tasks = np.array([(0, 0, 0, 13, 40, 300, 0, ldc), (13, 40, 300, 7, 50, 1, 40, ldc),
+                      (20, 3, 301, 150, 33, 399, 20 * ldc, ldc), (170, 0, 5, 1, 1, 2, 99, ldc)],
+                     dtype=np.intp)
+    results = []
+    for threads in (1, 2):
+        c = np.full(200 * ldc, 7, dtype)
+        scratch = np.empty((threads, _gemm.scratch_size(64, dtype.__name__)), dtype)
+        _gemm.gemm_gathered_tasks(a_base, a_rows, a_cols, b_base, b_rows, b_cols, c, tasks,
+                                  scratch, threads)
+        results.append(c)
+    np.testing.assert_array_equal(results[0], results[1])
+    expected = np.full(200 * ldc, 7, np.float64)
+    for a_row, b_col, start, rows, cols, inner, offset, stride in tasks:
+        a = a_base[a_rows[a_row:a_row + rows, None] + a_cols[None, start:start + inner]]
+        b = b_base[b_rows[start:start + inner, None] + b_cols[None, b_col:b_col + cols]]
+        block = a.astype(np.float64) @ b
+        for i in range(rows):
+            expected[offset + i * stride:offset + i * stride + cols] = block[i]
+    _close(results[0], expected, dtype, 400)

@@ -179,8 +179,9 @@ def test_stride_one_input_gradient_as_a_convolution(case, dtype, monkeypatch, rn
 
 
 def test_input_gradient_as_a_convolution_only_where_it_pays():
-    """Strided layers, many output channels, few input channels, 1x1 kernels and a padding of
-    the whole kernel keep dcols + col2im."""
+    """Strided layers, many output channels (unless the convolution skips padded taps, which
+    needs 32 channels each way), few input channels, 1x1 kernels and a padding of the whole
+    kernel keep dcols + col2im."""
     def takes_it(c_in, c_out, kernel, stride, padding, size=8):
         x = np.zeros((1, c_in, size, size), np.float32)
         weight = np.zeros((c_out, c_in) + kernel, np.float32)
@@ -189,6 +190,7 @@ def test_input_gradient_as_a_convolution_only_where_it_pays():
     assert takes_it(16, 16, (5, 5), 1, 2)
     assert not takes_it(16, 16, (5, 5), 2, 2)
     assert not takes_it(16, 64, (5, 5), 1, 2)
+    assert takes_it(32, 64, (5, 5), 1, 2) and not takes_it(32, 64, (5, 5), 1, 2, size=32)
     assert not takes_it(6, 16, (5, 5), 1, 0)
     assert not takes_it(16, 16, (1, 1), 1, 0)
     assert not takes_it(16, 16, (3, 3), 1, 3)
@@ -238,3 +240,104 @@ def test_gathered_products_give_the_matrix_bits(geometry, dtype, rng):
         assert_close(dweight, ref_dweight, dtype, "dweight")
         assert_close(dbias, ref_dbias, dtype, "dbias")
         assert_close(dx, ref_dx, dtype, "dx")
+
+
+# (N, C_in, H, W, C_out, kernel, stride, padding): layers whose products skip padded taps
+SKIPPING = [(2, 32, 8, 8, 32, (5, 5), (1, 1), (2, 2)),
+            (3, 32, 9, 7, 40, (5, 3), (2, 1), (2, 1)),
+            (2, 33, 6, 6, 32, (7, 7), (1, 1), (3, 3)),
+            (2, 32, 8, 8, 64, (4, 2), (1, 2), (3, 1)),
+            (2, 32, 5, 6, 32, (3, 3), (2, 2), (4, 3))]  # outputs that read only padding
+SKIPPING_IDS = [str(case) for case in SKIPPING]
+
+
+def _marked_input(case):
+    """x_pad of ``case`` with ones where the input is and zeros in the padding."""
+    n, c, h, w, _, _, _, (ph, pw) = case
+    return np.pad(np.ones((n, h, w, c)), ((0, 0), (ph, ph), (pw, pw), (0, 0)))
+
+
+def _plan(case):
+    n, c, h, w, _, kernel, stride, padding = case
+    out = out_size(h, w, kernel, stride, padding)
+    return conv_im2col.border_plan((n, c, h, w), kernel, stride, padding, out), out
+
+
+@pytest.mark.parametrize("case", SKIPPING, ids=SKIPPING_IDS)
+def test_border_plan_reads_each_valid_tap_once_and_no_padding(case):
+    """The forward's classes and the weight gradient's kernel positions cover exactly the
+    (output position, tap) pairs of im2col's matrix that read the input, each once."""
+    n, c, h, w, _, kernel, stride, padding = case
+    plan, out = _plan(case)
+    x_pad = _marked_input(case)
+    rows, taps = conv_im2col.gather_offsets(x_pad.shape, kernel, stride, out)
+    matrix = x_pad.reshape(-1)[np.add.outer(rows, taps)]
+    valid = set(zip(*np.nonzero(matrix)))
+    assert plan.saving == pytest.approx(1 - len(valid) / matrix.size)
+    assert plan.saving == pytest.approx(conv_im2col.padded_fraction(
+        (n, c, h, w), kernel, stride, padding, out))
+
+    forward_pairs = []
+    for m0, m, k0, k in plan.groups:
+        block = x_pad.reshape(-1)[np.add.outer(plan.rows[m0:m0 + m], plan.taps[k0:k0 + k])]
+        assert block.size == 0 or block.min() == 1  # never the padding
+        forward_pairs += [(p, t) for p in plan.order[m0:m0 + m]
+                          for t in plan.tap_index[k0:k0 + k]]
+    assert len(forward_pairs) == len(valid) and set(forward_pairs) == valid
+    assert sorted(plan.order) == list(range(matrix.shape[0]))
+
+    weight_pairs = []
+    for position, (start, count) in enumerate(plan.field_groups):
+        tap_rows = plan.tap_rows[position * c:(position + 1) * c]
+        fields = plan.fields[start:start + count]
+        block = x_pad.reshape(-1)[np.add.outer(tap_rows, fields)]
+        assert block.size == 0 or block.min() == 1
+        weight_pairs += [(p, t) for p in plan.field_index[start:start + count]
+                         for t in range(position * c, (position + 1) * c)]
+    assert len(weight_pairs) == len(valid) and set(weight_pairs) == valid
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", SKIPPING, ids=SKIPPING_IDS)
+def test_products_that_skip_padded_taps(case, dtype, monkeypatch, rng):
+    """A layer whose products skip the padded taps: the reference's output and gradients, and
+    those of the full products within rounding, for odd, even and non-square kernels, strides
+    1 and 2 and paddings wider than the kernel."""
+    n, c, h, w, c_out, kernel, stride, padding = case
+    plan, out_hw = _plan(case)
+    key = ((n, c, h, w), kernel, stride, padding, out_hw)
+    monkeypatch.setattr(conv_im2col, "SKIP_MIN_SAVING_WEIGHT_GRAD", 0.01)
+    assert conv_im2col._skip_padded_taps(key, c_out)
+    assert conv_im2col._skip_padded_taps(key, c_out, weight_grad=True)
+    x = rng.standard_normal((n, c, h, w)).astype(dtype)
+    weight = rng.standard_normal((c_out, c) + kernel).astype(dtype)
+    bias = rng.standard_normal(c_out).astype(dtype)
+    out, cache = conv2d_forward(x, weight, bias, stride, padding, method="im2col")
+    dout = rng.standard_normal(out.shape).astype(dtype)
+    grads = conv2d_backward(dout, cache)
+    assert_close(out, ref.conv2d_forward(x, weight, bias, stride, padding), dtype, "out")
+    for got, expected, name in zip(grads, ref.conv2d_backward(dout, x, weight, True, stride,
+                                                             padding), ("dx", "dw", "db")):
+        assert_close(got, expected, dtype, name)
+    monkeypatch.setattr(conv_im2col, "SKIP_MIN_CHANNELS", 10 ** 9)
+    assert not conv_im2col._skip_padded_taps(key, c_out)
+    full, full_cache = conv2d_forward(x, weight, bias, stride, padding, method="im2col")
+    assert_close(out, full, dtype, "out of the full product")
+    for got, expected in zip(grads, conv2d_backward(dout, full_cache)):
+        assert_close(got, expected, dtype, "gradients of the full products")
+
+
+def test_padded_taps_are_skipped_only_where_it_pays():
+    """Not without padding, not with fewer than 32 input or output channels, not when the
+    padding is a small part of the work; the weight gradient only from a larger part."""
+    def skips(c_in, c_out, kernel, stride, padding, size, weight_grad=False):
+        out = (size + 2 * padding - kernel) // stride + 1
+        key = ((4, c_in, size, size), (kernel, kernel), (stride,) * 2, (padding,) * 2,
+               (out, out))
+        return conv_im2col._skip_padded_taps(key, c_out, weight_grad)
+    assert skips(64, 64, 5, 1, 2, 8) and skips(64, 64, 5, 1, 2, 8, weight_grad=True)
+    assert skips(64, 64, 5, 1, 2, 16) and not skips(64, 64, 5, 1, 2, 16, weight_grad=True)
+    assert not skips(64, 64, 5, 1, 0, 8)
+    assert not skips(16, 64, 5, 1, 2, 8) and not skips(64, 16, 5, 1, 2, 8)
+    assert not skips(64, 64, 5, 1, 2, 32)  # 7% of the work
+    assert not skips(3, 64, 7, 2, 3, 32)

@@ -267,3 +267,74 @@ def gemm_gathered(const floating[::1] base, const Py_ssize_t[::1] rows,
                                rows_, K, cols_, 1, accumulate, narrow,
                                _aligned(&scratch[threadid(), 0]), &gd if gathered_a else NULL,
                                NULL if gathered_a else &gd, i0, j0)
+
+
+cdef void _gathered_task_f(const float* a_base, const Py_ssize_t* a_rows,
+                           const Py_ssize_t* a_cols, const float* b_base,
+                           const Py_ssize_t* b_rows, const Py_ssize_t* b_cols, float* c,
+                           const Py_ssize_t* task, int narrow, float* scratch) noexcept nogil:
+    """One row of :func:`gemm_gathered_tasks`'s ``tasks``, float32 (the gather structs live on
+    this thread's stack)."""
+    cdef minidl_gemm_gather_f ga, gb
+    ga.base, ga.rows, ga.cols = a_base, a_rows, a_cols + task[2]
+    gb.base, gb.rows, gb.cols = b_base, b_rows + task[2], b_cols
+    minidl_gemm_tile_f(NULL, 0, 0, 0, NULL, 0, 0, 0, c + task[6], task[7], task[3], task[5],
+                       task[4], 1, 0, narrow, scratch, &ga, &gb, task[0], task[1])
+
+
+cdef void _gathered_task_d(const double* a_base, const Py_ssize_t* a_rows,
+                           const Py_ssize_t* a_cols, const double* b_base,
+                           const Py_ssize_t* b_rows, const Py_ssize_t* b_cols, double* c,
+                           const Py_ssize_t* task, int narrow, double* scratch) noexcept nogil:
+    """The same, float64."""
+    cdef minidl_gemm_gather_d ga, gb
+    ga.base, ga.rows, ga.cols = a_base, a_rows, a_cols + task[2]
+    gb.base, gb.rows, gb.cols = b_base, b_rows + task[2], b_cols
+    minidl_gemm_tile_d(NULL, 0, 0, 0, NULL, 0, 0, 0, c + task[6], task[7], task[3], task[5],
+                       task[4], 1, 0, narrow, scratch, &ga, &gb, task[0], task[1])
+
+
+def gemm_gathered_tasks(const floating[::1] a_base, const Py_ssize_t[::1] a_rows,
+                        const Py_ssize_t[::1] a_cols, const floating[::1] b_base,
+                        const Py_ssize_t[::1] b_rows, const Py_ssize_t[::1] b_cols,
+                        floating[::1] c, const Py_ssize_t[:, ::1] tasks,
+                        floating[:, ::1] scratch, int num_threads=1, bint narrow=False):
+    """Many small products of gathered operands in one parallel loop, one per row of ``tasks``:
+    the border classes of an im2col convolution that skips the taps in its zero padding
+    (``minidl/functional/conv_im2col.py``, "padded taps").
+
+    Row ``t = (a_row, b_col, inner_start, rows, cols, inner, c_offset, ldc)`` of ``tasks``
+    computes, for ``i < rows``, ``j < cols``::
+
+        c[c_offset + i*ldc + j] = sum_{k < inner} A[i, k] * B[k, j]
+        A[i, k] = a_base[a_rows[a_row + i] + a_cols[inner_start + k]]
+        B[k, j] = b_base[b_rows[inner_start + k] + b_cols[b_col + j]]
+
+    (A read in place and B packed, as in :func:`gemm_gathered`), overwriting ``c`` there. The
+    sum runs over k in increasing order, in ``KC`` blocks, whichever thread takes the task, so
+    the result does not depend on the number of threads.
+
+    Args:
+        a_base, b_base (IN): float32 or float64, contiguous. a_rows, a_cols, b_rows, b_cols
+            (IN): offsets into them. c (OUT): same dtype. tasks (IN): ``(T, 8)``.
+        scratch (OUT): ``(num_threads, scratch_size(max cols, dtype, narrow))``; clobbered.
+        num_threads, narrow: as for :func:`gemm`.
+
+    Preconditions (checked by the caller, not here): every offset pair indexes its base;
+    every task has ``rows``, ``cols`` and ``inner`` >= 1 and ``cols`` at most the scratch's
+    width; the tasks write disjoint parts of ``c``, which
+    shares no memory with the operands.
+    """
+    cdef Py_ssize_t count = tasks.shape[0], t
+    if count == 0:
+        return
+    cdef const Py_ssize_t* task0 = &tasks[0, 0]
+    for t in prange(count, nogil=True, num_threads=num_threads, schedule="dynamic"):
+        if floating is float:
+            _gathered_task_f(&a_base[0], &a_rows[0], &a_cols[0], &b_base[0], &b_rows[0],
+                             &b_cols[0], &c[0], task0 + 8 * t, narrow,
+                             _aligned(&scratch[threadid(), 0]))
+        else:
+            _gathered_task_d(&a_base[0], &a_rows[0], &a_cols[0], &b_base[0], &b_rows[0],
+                             &b_cols[0], &c[0], task0 + 8 * t, narrow,
+                             _aligned(&scratch[threadid(), 0]))
