@@ -327,9 +327,10 @@ def test_products_that_skip_padded_taps(case, dtype, monkeypatch, rng):
         assert_close(got, expected, dtype, "gradients of the full products")
 
 
-def test_padded_taps_are_skipped_only_where_it_pays():
+def test_padded_taps_are_skipped_only_where_it_pays(monkeypatch):
     """Not without padding, not with fewer than 32 input or output channels, not when the
-    padding is a small part of the work; the weight gradient only from a larger part."""
+    padding is a small part of the work, not when the plan would be too large; the weight
+    gradient only from a larger part."""
     def skips(c_in, c_out, kernel, stride, padding, size, weight_grad=False):
         out = (size + 2 * padding - kernel) // stride + 1
         key = ((4, c_in, size, size), (kernel, kernel), (stride,) * 2, (padding,) * 2,
@@ -341,3 +342,7 @@ def test_padded_taps_are_skipped_only_where_it_pays():
     assert not skips(16, 64, 5, 1, 2, 8) and not skips(64, 16, 5, 1, 2, 8)
     assert not skips(64, 64, 5, 1, 2, 32)  # 7% of the work
     assert not skips(3, 64, 7, 2, 3, 32)
+    pairs = 4 * 8 * 8 * 25  # (output position, kernel position) pairs of the first case
+    assert conv_im2col.SKIP_MAX_PAIRS >= pairs
+    monkeypatch.setattr(conv_im2col, "SKIP_MAX_PAIRS", pairs - 1)
+    assert not skips(64, 64, 5, 1, 2, 8)  # its plan would be too large

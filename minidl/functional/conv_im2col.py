@@ -76,6 +76,9 @@ CONV_INPUT_GRAD_MIN_IN_CHANNELS = 16
 SKIP_MIN_SAVING = 0.1
 SKIP_MIN_SAVING_WEIGHT_GRAD = 0.25
 SKIP_MIN_CHANNELS = 32
+# ... and when its plan has at most this many (output position, kernel position) pairs: the
+# plan keeps two offsets per pair (16 MiB each at this bound), cached per layer geometry.
+SKIP_MAX_PAIRS = 1 << 21
 # Rows of C per task of the products that skip padded taps (two of the GEMM's MC blocks).
 SKIP_TILE_ROWS = 288
 
@@ -230,7 +233,7 @@ class BorderPlan(NamedTuple):
     saving: float           # fraction of the multiply-adds skipped
 
 
-@functools.lru_cache(maxsize=16)
+@functools.lru_cache(maxsize=8)
 def border_plan(x_shape, kernel_size, stride, padding, out_size):
     """The border classes of a convolution: which taps of each output read its zero padding.
 
@@ -327,8 +330,9 @@ def _skip_padded_taps(plan_key, out_channels, weight_grad=False):
     16.55. With 16 channels or fewer the classes lost: (64, 16, 16, 16) -> 16 5x5 pad 2 1.16 ->
     1.19 and 1.37 -> 1.64; (64, 3, 32, 32) -> 64 5x5 pad 2, 3.16 -> 5.56.
     """
-    x_shape = plan_key[0]
-    if min(x_shape[1], out_channels) < SKIP_MIN_CHANNELS:
+    x_shape, (kernel_h, kernel_w), _, _, (out_h, out_w) = plan_key
+    if (min(x_shape[1], out_channels) < SKIP_MIN_CHANNELS
+            or x_shape[0] * out_h * out_w * kernel_h * kernel_w > SKIP_MAX_PAIRS):
         return False
     saving = padded_fraction(*plan_key)
     return saving >= (SKIP_MIN_SAVING_WEIGHT_GRAD if weight_grad else SKIP_MIN_SAVING)
@@ -360,7 +364,7 @@ def _tasks(groups, out_cols, tile_rows, tile_cols):
 
 
 @functools.lru_cache(maxsize=32)
-def _forward_tasks(plan_key, out_channels, threads, dtype_name):
+def _forward_tasks(plan_key, out_channels, threads):
     """The forward's tasks and B's row offsets (:func:`_skipping_forward`), cached."""
     plan = border_plan(*plan_key)
     total = int(plan.groups[:, 1].sum())
@@ -373,7 +377,7 @@ def _forward_tasks(plan_key, out_channels, threads, dtype_name):
 
 
 @functools.lru_cache(maxsize=32)
-def _weight_grad_tasks(plan_key, out_channels, threads, dtype_name):
+def _weight_grad_tasks(plan_key, out_channels, threads):
     """The weight gradient's tasks and B's row offsets (:func:`_skipping_weight_grad`)."""
     plan = border_plan(*plan_key)
     in_channels = plan_key[0][1]
@@ -526,8 +530,7 @@ def _skipping_forward(x_pad, weight_rows, plan_key, out_rows):
     plan = border_plan(*plan_key)
     out_channels = weight_rows.shape[0]
     threads = _product_threads(out_rows.size * weight_rows.shape[1])
-    tasks, b_rows, tile_cols = _forward_tasks(plan_key, out_channels, threads,
-                                              _blas._DTYPE_NAMES[out_rows.dtype])
+    tasks, b_rows, tile_cols = _forward_tasks(plan_key, out_channels, threads)
     weight_taps = _swap_last_axes(weight_rows[None])[0]  # (K, C_out)
     empty = _memory.zeros if (plan.groups[:, 3] == 0).any() else _memory.empty
     by_class = empty(out_rows.shape, out_rows.dtype)
@@ -545,8 +548,7 @@ def _skipping_weight_grad(cache, drows_t, plan_key):
     out_channels = drows_t.shape[1]
     taps = plan.tap_rows.size
     threads = _product_threads(drows_t.size * taps)
-    tasks, b_rows, tile_cols = _weight_grad_tasks(plan_key, out_channels, threads,
-                                                  _blas._DTYPE_NAMES[drows_t.dtype])
+    tasks, b_rows, tile_cols = _weight_grad_tasks(plan_key, out_channels, threads)
     empty = _memory.zeros if (plan.field_groups[:, 1] == 0).any() else _memory.empty
     dweight_taps = empty((taps, out_channels), drows_t.dtype)
     _run_tasks(cache.x_pad, plan.tap_rows, plan.fields, drows_t, b_rows,
