@@ -60,7 +60,7 @@ from .._kernels import _conv as _kernel
 from .._kernels import _gemm
 
 __all__ = ["Im2colCache", "forward", "backward", "matrix_shape", "gather_offsets",
-           "CHUNK_BYTES"]
+           "BorderPlan", "border_plan", "padded_fraction", "CHUNK_BYTES"]
 
 # A materialized matrix (dcols; im2col's in a workspace) covers this many bytes of samples at a
 # time (at least one sample).
@@ -306,8 +306,16 @@ def border_plan(x_shape, kernel_size, stride, padding, out_size):
     return BorderPlan(*arrays, 1.0 - work / full if full else 0.0)
 
 
+@functools.lru_cache(maxsize=64)  # (asked at every forward and backward of a padded layer)
 def padded_fraction(x_shape, kernel_size, stride, padding, out_size):
-    """The fraction of im2col's multiply-adds that read the zero padding (0 without padding)."""
+    """The fraction of im2col's multiply-adds that read the zero padding.
+
+    Args:
+        x_shape: ``(N, C_in, H, W)``. kernel_size, stride, padding, out_size: pairs of ints
+            (tuples: the result is cached).
+    Returns:
+        float: in ``[0, 1]``; 0 without padding or without outputs.
+    """
     (kh, kw), (oh, ow) = kernel_size, out_size
     if oh * ow == 0:
         return 0.0
@@ -446,6 +454,11 @@ def _swap_last_axes(src):
     return dst
 
 
+def _transposed(matrix):
+    """C-contiguous ``(A, B)`` -> a new C-contiguous ``(B, A)``, by :func:`_swap_last_axes`."""
+    return _swap_last_axes(matrix[None])[0]
+
+
 def _weight_rows(weight):
     """``(C_out, C_in, kH, kW)`` -> ``(C_out, kH*kW*C_in)``, taps ordered (i, j, c)."""
     out_channels, in_channels, kernel_h, kernel_w = weight.shape
@@ -531,7 +544,7 @@ def _skipping_forward(x_pad, weight_rows, plan_key, out_rows):
     out_channels = weight_rows.shape[0]
     threads = _product_threads(out_rows.size * weight_rows.shape[1])
     tasks, b_rows, tile_cols = _forward_tasks(plan_key, out_channels, threads)
-    weight_taps = _swap_last_axes(weight_rows[None])[0]  # (K, C_out)
+    weight_taps = _transposed(weight_rows)  # (K, C_out)
     empty = _memory.zeros if (plan.groups[:, 3] == 0).any() else _memory.empty
     by_class = empty(out_rows.shape, out_rows.dtype)
     _run_tasks(x_pad, plan.rows, plan.taps, weight_taps, b_rows, _arange(out_channels),
@@ -619,8 +632,7 @@ def backward(dout, cache, input_grad):
                  if cache.has_bias else None)
         dweight_taps = _skipping_weight_grad(cache, drows_t.reshape(-1, out_channels),
                                              plan_key)
-        dweight = _weight_from_rows(_swap_last_axes(dweight_taps[None])[0],
-                                    cache.weight_shape)
+        dweight = _weight_from_rows(_transposed(dweight_taps), cache.weight_shape)
         drows = drows_t.reshape(-1, out_channels).T  # (C_out, N*OH*OW), a view
     else:
         drows, dweight, dbias = _weight_grad(dout, cache)
@@ -655,7 +667,7 @@ def _weight_grad(dout, cache):
                                                 cache.stride, (out_h, out_w))
         dweight_taps = _blas.matmul(_blas.Gathered(cache.x_pad, tap_offsets, positions),
                                     drows.T)
-        dweight_rows = _swap_last_axes(dweight_taps[None])[0]
+        dweight_rows = _transposed(dweight_taps)
     else:
         dweight_rows = _memory.empty((out_channels, taps), cache.dtype)
         if cache.cols is not None:  # the forward's matrix, whole
