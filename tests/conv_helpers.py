@@ -14,8 +14,8 @@ def _supports(method, kernel, stride):
     stride_one = stride in (1, (1, 1))
     if method == "direct":
         return stride_one
-    if method == "winograd":
-        return stride_one and kernel in (3, (3, 3))
+    if method == "winograd":  # (the 5x5 cases' paddings are at most 4)
+        return stride_one and kernel in (3, (3, 3), 5, (5, 5))
     return True
 
 
@@ -43,6 +43,8 @@ GEOMETRIES = [
     (1, 2, 3, 3, (2, 2), (1, 1), (3, 3)),
     (2, 2, 2, 1, (3, 3), (1, 2), (1, 1)),
     (2, 4, 6, 13, (1, 5), (1, 3), (0, 2)),
+    (2, 3, 6, 7, (5, 5), (1, 1), (2, 2)),
+    (2, 2, 4, 3, (5, 5), (1, 1), (4, 3)),
 ]
 GEOMETRY_IDS = [f"x{g[:4]}-k{g[4]}-s{g[5]}-p{g[6]}".replace(" ", "") for g in GEOMETRIES]
 

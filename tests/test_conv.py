@@ -6,9 +6,9 @@ Sections:
   2. Conv2D: numerical gradient checks (float64), dtypes, accumulation, init, errors
   3. against torch.nn.functional.conv2d
   4. input_grad=False;  5. the choice of method and the out argument
-Every method runs on every geometry it supports: direct for stride 1, Winograd for 3x3 kernels
-with stride 1, im2col for all. Each algorithm's own kernels are tested in test_conv_direct.py,
-test_conv_im2col.py and test_conv_winograd.py.
+Every method runs on every geometry it supports: direct for stride 1, Winograd for 3x3 and 5x5
+kernels with stride 1, im2col for all. Each algorithm's own kernels are tested in
+test_conv_direct.py, test_conv_im2col.py and test_conv_winograd.py.
 """
 import numpy as np
 import pytest
@@ -329,6 +329,7 @@ TORCH_CASES = [
     ((3, 2, 7, 7), 4, (5, 5), 2, 2, False),
     ((2, 16, 12, 12), 32, (3, 3), 1, 1, True),
     ((4, 8, 20, 20), 16, (3, 3), 1, 1, True),  # large enough for the multi-threaded path
+    ((3, 16, 9, 10), 12, (5, 5), 1, 2, True),   # F(2x2, 5x5) under "auto"
 ]
 
 
@@ -408,8 +409,9 @@ def test_conv2d_layer_backward_without_input_grad(rng):
 
 # --------------------------------------------------------------------------- 5. choice of method, out
 def test_auto_method_choice(rng):
-    """auto: direct for few taps, Winograd for other 3x3 stride-1 kernels, direct again for
-    other stride-1 kernels with few output channels, else im2col."""
+    """auto: direct for few taps, Winograd for other 3x3 stride-1 kernels and 5x5 ones on 8+
+    input channels (padding <= 4), direct again for other stride-1 kernels with few output
+    channels, else im2col."""
     from minidl.functional.conv import (DIRECT_MAX_TAPS, DirectCache, Im2colCache,
                                         WinogradCache, choose_method)
     assert choose_method("auto", DIRECT_MAX_TAPS) == "direct"
@@ -418,7 +420,14 @@ def test_auto_method_choice(rng):
     # few output channels: direct for stride-1 kernels other than 3x3, up to 256 taps
     assert choose_method("auto", 36, kernel_size=(6, 6), out_channels=8) == "direct"
     assert choose_method("auto", 256, kernel_size=(4, 4), out_channels=1) == "direct"
-    assert choose_method("auto", 257, kernel_size=(5, 5), out_channels=8) == "im2col"
+    assert choose_method("auto", 275, kernel_size=(5, 6), out_channels=8) == "im2col"
+    # 5x5: Winograd from 8 input channels on, whatever the output channels, padding <= 4
+    assert choose_method("auto", 200, kernel_size=(5, 5), out_channels=8) == "winograd"
+    assert choose_method("auto", 200, kernel_size=(5, 5), padding=(4, 4)) == "winograd"
+    assert choose_method("auto", 200, kernel_size=(5, 5), padding=(5, 4)) == "im2col"
+    assert choose_method("auto", 175, kernel_size=(5, 5), out_channels=8) == "direct"
+    assert choose_method("auto", 175, kernel_size=(5, 5), out_channels=9) == "im2col"
+    assert choose_method("auto", 200, kernel_size=(5, 5), stride=(2, 2)) == "im2col"
     assert choose_method("auto", 36, kernel_size=(6, 6), out_channels=9) == "im2col"
     assert choose_method("auto", 75, kernel_size=(5, 5), stride=(2, 2), out_channels=8) == "im2col"
     assert choose_method("auto", 72, kernel_size=(3, 3), out_channels=8) == "winograd"
@@ -441,8 +450,14 @@ def test_auto_method_choice(rng):
         Conv2D(1, 2, 3, stride=2, method="direct")
     with pytest.raises(ValueError, match="Conv2D.*winograd.*stride"):
         Conv2D(4, 2, 3, stride=2, method="winograd")
-    with pytest.raises(ValueError, match=r"Conv2D.*winograd.*kernel_size \(3, 3\).*\(5, 5\)"):
-        Conv2D(4, 2, 5, method="winograd")
+    with pytest.raises(ValueError, match=r"Conv2D.*winograd.*kernel_size \(3, 3\) or \(5, 5\).*"
+                                         r"\(7, 7\)"):
+        Conv2D(4, 2, 7, method="winograd")
+    with pytest.raises(ValueError, match=r"Conv2D.*winograd.*\(5, 5\).*padding of at most 4.*"
+                                         r"\(5, 5\)"):
+        Conv2D(4, 2, 5, padding=5, method="winograd")
+    _, cache = conv2d_forward(rng.standard_normal((2, 8, 6, 6)), rng.standard_normal((3, 8, 5, 5)))
+    assert cache.method == "winograd" and cache.kernel == 5
     with pytest.raises(ValueError, match=r"conv2d.*winograd.*\(3, 2\)"):
         conv2d_forward(rng.standard_normal((1, 8, 5, 5)), rng.standard_normal((2, 8, 3, 2)),
                        method="winograd")
@@ -546,6 +561,12 @@ def test_conv2d_workspace_is_checked_and_must_be_memory_of_its_own(rng):
     ("winograd", "padding", lambda c: (3, 3)),
     ("winograd", "block_rows", lambda c: 0),
     ("winograd", "dtype", lambda c: np.dtype(np.float32)),
+    ("winograd", "kernel", lambda c: 4),
+    ("winograd5", "kernel", lambda c: 3),
+    ("winograd5", "u", lambda c: c.u[:16]),
+    ("winograd5", "weight", lambda c: c.weight[:, :, :3, :3]),
+    ("winograd5", "weight", lambda c: None),
+    ("winograd5", "padding", lambda c: (5, 5)),
     ("im2col", "x_pad", lambda c: c.x_pad[:, :-1]),
     ("im2col", "x_pad", lambda c: np.asfortranarray(c.x_pad)),
     ("im2col", "cols", lambda c: np.zeros((3, 3))),
@@ -558,7 +579,10 @@ def test_conv2d_workspace_is_checked_and_must_be_memory_of_its_own(rng):
 def test_conv2d_backward_refuses_a_changed_cache(rng, method, field, value):
     """A cache is a tuple the caller can rebuild; arrays whose shapes do not fit its geometry
     would make the kernels read or write out of bounds, so they are refused."""
-    x, weight, bias = _conv_args(rng, method)
+    x, weight, bias = _conv_args(rng, "winograd" if method == "winograd5" else method)
+    if method == "winograd5":  # F(2x2, 5x5)
+        weight = np.repeat(np.repeat(weight, 2, axis=2), 2, axis=3)[:, :, :5, :5]
+        method = "winograd"
     out, cache = conv2d_forward(x, weight, bias, 1, 1, method=method)
     changed = cache._replace(**{field: value(cache)})
     with pytest.raises(ValueError, match=r"^conv2d: the cache's .* (not what conv2d_forward made|"

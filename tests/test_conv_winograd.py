@@ -1,7 +1,10 @@
-"""The Winograd F(2x2, 3x3) convolution (minidl.functional.conv_winograd): the NumPy spec against
-the definition, the fused kernels with one-row blocks and uneven threads, float32 accuracy."""
+"""The Winograd F(2x2, 3x3) and F(2x2, 5x5) convolutions (minidl.functional.conv_winograd): the
+NumPy spec against the definition, the fused kernels with one-row blocks (for 5x5 also blocks
+across images) and uneven threads, float32 accuracy."""
 import numpy as np
 import pytest
+
+import minidl
 
 from conv_helpers import DTYPES, assert_close
 from minidl.functional import conv_winograd
@@ -23,71 +26,126 @@ WINOGRAD_GEOMETRIES = [
     (2, 37, 33, 7, 10, (1, 0)),
     (3, 64, 64, 12, 11, (1, 1)),
 ]
+# The same for 5x5 kernels (6x6 tiles): paddings 0-4 (4 is the most F(2x2, 5x5) takes), an
+# output of one pixel, and the shapes of a small-map layer with many channels.
+WINOGRAD5_GEOMETRIES = [
+    (2, 16, 16, 8, 8, (2, 2)),
+    (2, 19, 24, 13, 21, (2, 2)),
+    (2, 3, 4, 5, 6, (2, 1)),
+    (3, 5, 2, 9, 7, (0, 0)),
+    (2, 4, 3, 6, 9, (4, 3)),
+    (1, 2, 2, 5, 5, (0, 0)),
+    (2, 37, 33, 7, 10, (1, 2)),
+]
+# (kernel size, geometry)
+CASES = [(3, g) for g in WINOGRAD_GEOMETRIES] + [(5, g) for g in WINOGRAD5_GEOMETRIES]
+CASE_IDS = [f"{r}x{r}-{g}".replace(" ", "") for r, g in CASES]
 
 
-@pytest.mark.parametrize("geometry", WINOGRAD_GEOMETRIES)
-def test_winograd_reference_matches_definition(geometry, rng):
-    """The readable F(2x2, 3x3) spec (minidl.reference.winograd) against the definition."""
+def _out_shape(n, k, h, w, padding, r):
+    return (n, k, h + 2 * padding[0] - r + 1, w + 2 * padding[1] - r + 1)
+
+
+@pytest.mark.parametrize("r, geometry", CASES, ids=CASE_IDS)
+def test_winograd_reference_matches_definition(r, geometry, rng):
+    """The readable F(2x2, 3x3) and F(2x2, 5x5) spec (minidl.reference.winograd) against the
+    definition."""
     from minidl.reference import winograd as wino
     n, c, k, h, w, padding = geometry
     x = rng.standard_normal((n, c, h, w))
-    weight = rng.standard_normal((k, c, 3, 3))
+    weight = rng.standard_normal((k, c, r, r))
     bias = rng.standard_normal(k)
+    tolerance = 1e-12 if r == 3 else 1e-11  # (F(2x2, 5x5)'s larger coefficients)
     out = wino.conv2d_forward(x, weight, bias, padding)
     np.testing.assert_allclose(out, ref.conv2d_forward(x, weight, bias, (1, 1), padding),
-                               rtol=1e-12, atol=1e-12)
+                               rtol=tolerance, atol=tolerance)
     dout = rng.standard_normal(out.shape)
     ours = wino.conv2d_backward(dout, x, weight, True, padding)
     theirs = ref.conv2d_backward(dout, x, weight, True, (1, 1), padding)
     for a, b in zip(ours, theirs):
-        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(a, b, rtol=tolerance, atol=tolerance)
 
 
+@pytest.mark.parametrize("r", [3, 5])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("k, c", [(1, 1), (4, 3), (33, 37), (64, 16)])
-def test_weight_transforms_match_the_reference(k, c, dtype, rng):
+def test_weight_transforms_match_the_reference(k, c, dtype, r, rng):
     """The kernels' G g G^T and G^T dU G (float64 arithmetic, rows then columns) against the
     reference's one product with G kron G: equal to float64 rounding before the cast, zeros in
     the padded columns of U, every element of both outputs written."""
     from minidl.reference import winograd as wino
-    weight = rng.standard_normal((k, c, 3, 3)).astype(dtype)
+    planes = (r + 1) ** 2
+    weight = rng.standard_normal((k, c, r, r)).astype(dtype)
     columns = conv_winograd._round_up(k, conv_winograd.COL_STEP)
     u = conv_winograd.weight_transform(weight, columns)
-    assert u.shape == (16, c, columns) and u.dtype == dtype
+    assert u.shape == (planes, c, columns) and u.dtype == dtype
     tolerance = dict(rtol=1e-6, atol=1e-7) if dtype == np.float32 else dict(rtol=1e-14,
                                                                             atol=1e-15)
     np.testing.assert_allclose(u[:, :, :k], wino.weight_transform(weight), **tolerance)
     assert not u[:, :, k:].any()
-    wide = rng.standard_normal((16, c + 3, k + 5))
+    wide = rng.standard_normal((planes, c + 3, k + 5))
     du = wide[:, 1:c + 1, 2:k + 2]  # a strided view, as the backward pass passes it
     dweight = conv_winograd.weight_grad_transform(du, dtype)
-    assert dweight.shape == (k, c, 3, 3) and dweight.dtype == dtype
+    assert dweight.shape == (k, c, r, r) and dweight.dtype == dtype
     np.testing.assert_allclose(dweight, wino.weight_grad_transform(du, dtype), **tolerance)
 
 
-@pytest.mark.parametrize("block_bytes", [1, 1 << 30], ids=["one-row-blocks", "whole-images"])
+@pytest.mark.parametrize("blocks", ["one-row", "three-rows", "whole"])
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("geometry", WINOGRAD_GEOMETRIES)
-def test_winograd_kernels_blocks_and_threads(geometry, dtype, block_bytes, monkeypatch, rng):
-    """The fused kernels with one row of tiles per block or whole images, on 3 threads (so
+@pytest.mark.parametrize("r, geometry", CASES, ids=CASE_IDS)
+def test_winograd_kernels_blocks_and_threads(r, geometry, dtype, blocks, monkeypatch, rng):
+    """The fused kernels with one row of tiles per block, three rows (for 5x5: blocks that run
+    on from one image into the next), or whole images (5x5: the whole batch), on 3 threads (so
     images are split unevenly, and some threads may get none), every output overwritten."""
-    monkeypatch.setattr(conv_winograd, "BLOCK_BYTES", block_bytes)
+    monkeypatch.setattr(conv_winograd, "BLOCK_BYTES", 1 << 30 if blocks == "whole" else 1)
+    monkeypatch.setattr(conv_winograd, "BLOCK5_MIN_TILES", 1)
+    if blocks == "three-rows":
+        monkeypatch.setattr(conv_winograd, "_block_rows", lambda *args, **kwargs: 3)
+        monkeypatch.setattr(conv_winograd, "_block_rows5", lambda n, rows, *args: min(3, n * rows))
     monkeypatch.setattr(conv_winograd, "_threads", lambda n, work: 3)
+    monkeypatch.setattr(conv_winograd._config, "threads_for", lambda work: 3)
     n, c, k, h, w, padding = geometry
     x = rng.standard_normal((n, c, h, w)).astype(dtype)
-    weight = rng.standard_normal((k, c, 3, 3)).astype(dtype)
+    weight = rng.standard_normal((k, c, r, r)).astype(dtype)
     bias = rng.standard_normal(k).astype(dtype)
-    out_shape = (n, k, h + 2 * padding[0] - 2, w + 2 * padding[1] - 2)
-    out = np.full(out_shape, np.nan, dtype)
+    out = np.full(_out_shape(n, k, h, w, padding, r), np.nan, dtype)
     conv2d_forward(x, weight, bias, 1, padding, method="winograd", out=out)
     assert_close(out, ref.conv2d_forward(x, weight, bias, (1, 1), padding), dtype, "out")
     out, cache = conv2d_forward(x, weight, bias, 1, padding, method="winograd")
+    assert cache.kernel == r
     dout = rng.standard_normal(out.shape).astype(dtype)
     dx, dweight, dbias = conv2d_backward(dout, cache)
     ref_dx, ref_dweight, ref_dbias = ref.conv2d_backward(dout, x, weight, True, (1, 1), padding)
     assert_close(dx, ref_dx, dtype, "dx")
     assert_close(dweight, ref_dweight, dtype, "dweight")
     assert_close(dbias, ref_dbias, dtype, "dbias")
+
+
+@pytest.mark.parametrize("r", [3, 5])
+def test_winograd_results_do_not_depend_on_threads_or_blocks(r, monkeypatch, rng):
+    """Forward, input, weight and bias gradients: the same bits on 1 and 2 threads; the
+    forward and the input gradient also with other block sizes (5x5 blocks may span images;
+    the weight gradient's sums follow the blocks)."""
+    x = rng.standard_normal((5, 24, 9, 8)).astype(np.float32)
+    weight = rng.standard_normal((20, 24, r, r)).astype(np.float32)
+    bias = rng.standard_normal(20).astype(np.float32)
+    results = []
+    before = minidl.get_num_threads()
+    try:
+        for threads, block_bytes in ((1, 384 << 10), (2, 384 << 10), (2, 1), (1, 1 << 30)):
+            monkeypatch.setattr(conv_winograd, "BLOCK_BYTES", block_bytes)
+            monkeypatch.setattr(conv_winograd, "BLOCK5_MIN_TILES", 1 if block_bytes == 1 else 64)
+            minidl.set_num_threads(threads)
+            out, cache = conv2d_forward(x, weight, bias, 1, 2, method="winograd")
+            grads = conv2d_backward(np.cos(out), cache)
+            results.append([out, *grads])
+    finally:
+        minidl.set_num_threads(before)
+    for a, b in zip(results[0], results[1]):  # 1 and 2 threads
+        np.testing.assert_array_equal(a, b)
+    for other in results[2:]:  # other blocks: out and dx
+        for a, b in zip(results[0][:2], other[:2]):
+            np.testing.assert_array_equal(a, b)
 
 
 def test_winograd_float32_accuracy_on_a_cifar_layer(rng):
@@ -105,3 +163,21 @@ def test_winograd_float32_accuracy_on_a_cifar_layer(rng):
         for ours, theirs, what in zip((out, dx, dweight), exact, ("out", "dx", "dweight")):
             error = np.abs(ours - theirs).max() / np.abs(theirs).max()
             assert error < 2e-6, (method, what, error)
+
+
+def test_winograd5_float32_accuracy(rng):
+    """F(2x2, 5x5) in float32 on a 64->64 layer of 8x8 maps with padding 2: its transforms
+    have larger coefficients (B^T's 4 and 5, G's 1/24 .. 2/3), so it rounds more than im2col
+    (measured about 3e-6 against 5e-7 of the largest value), but stays within 2e-5."""
+    x = rng.standard_normal((8, 64, 8, 8))
+    weight = rng.standard_normal((64, 64, 5, 5)) / 40
+    dout = rng.standard_normal((8, 64, 8, 8))
+    exact = [ref.conv2d_forward(x, weight, None, (1, 1), (2, 2))]
+    exact += ref.conv2d_backward(dout, x, weight, False, (1, 1), (2, 2))[:2]
+    for method, bound in (("winograd", 2e-5), ("im2col", 2e-6)):
+        out, cache = conv2d_forward(x.astype(np.float32), weight.astype(np.float32), None, 1, 2,
+                                    method=method)
+        dx, dweight, _ = conv2d_backward(dout.astype(np.float32), cache)
+        for ours, theirs, what in zip((out, dx, dweight), exact, ("out", "dx", "dweight")):
+            error = np.abs(ours - theirs).max() / np.abs(theirs).max()
+            assert error < bound, (method, what, error)

@@ -167,6 +167,158 @@ MINIDL_CLONES static void minidl_wino_input_grad_tile_##SUFFIX(                 
 MINIDL_WINO_KERNELS(f, float)
 MINIDL_WINO_KERNELS(d, double)
 
+/* ---- F(2x2, 5x5): 6x6 tiles, 36 planes ------------------------------------------------------
+ * The same three steps for a 5x5 kernel (Lavin & Gray 2016, section 4, with the points
+ * 0, 1, -1, 2, -2 and infinity; minidl/reference/winograd.py, B_T5, G5, A_T5):
+ *
+ *     B^T = [4  0 -5  0  1  0]    A^T = [1  1  1  1  1  0]     (G: see the reference; the
+ *           [0 -4 -4  1  1  0]          [0  1 -1  2 -2  1]      weight transforms are done in
+ *           [0  4 -4 -1  1  0]                                  NumPy, in float64)
+ *           [0 -2 -1  2  1  0]
+ *           [0  2 -1 -2  1  0]
+ *           [0  4  0 -5  0  1]
+ *
+ * Element (a, b) of a transformed tile ("xi" = 6*a + b) goes to its own plane, as above. */
+/* one row (or column) of B^T d (d0 .. d5 -> o0 .. o5) */
+#define MINIDL_WINO5_BT6(d0, d1, d2, d3, d4, d5, o0, o1, o2, o3, o4, o5)                     \
+    o0 = 4 * (d0) - 5 * (d2) + (d4);                                                         \
+    o1 = (d3) + (d4) - 4 * ((d1) + (d2));                                                    \
+    o2 = (d4) - (d3) + 4 * ((d1) - (d2));                                                    \
+    o3 = (d4) - (d2) + 2 * ((d3) - (d1));                                                    \
+    o4 = (d4) - (d2) + 2 * ((d1) - (d3));                                                    \
+    o5 = 4 * (d1) - 5 * (d3) + (d5);
+/* column j of B^T d, d's element (i, j) at q[i*row + j*C] */
+#define MINIDL_WINO5_BT_COLUMN(q, row, j, C, o0, o1, o2, o3, o4, o5)                         \
+    MINIDL_WINO5_BT6(q[(j) * (C)], q[row + (j) * (C)], q[2 * (row) + (j) * (C)],             \
+                     q[3 * (row) + (j) * (C)], q[4 * (row) + (j) * (C)],                     \
+                     q[5 * (row) + (j) * (C)], o0, o1, o2, o3, o4, o5)
+/* row a of (B^T d) B from row a of B^T d (t0 .. t5), into planes 6a .. 6a + 5 of o */
+#define MINIDL_WINO5_BT_ROW(o, plane, a, t0, t1, t2, t3, t4, t5)                             \
+    MINIDL_WINO5_BT6(t0, t1, t2, t3, t4, t5, o[(6 * (a)) * (plane)],                         \
+                     o[(6 * (a) + 1) * (plane)], o[(6 * (a) + 2) * (plane)],                 \
+                     o[(6 * (a) + 3) * (plane)], o[(6 * (a) + 4) * (plane)],                 \
+                     o[(6 * (a) + 5) * (plane)])
+/* one row (or column) of A^T m: (m0 + m1 + m2 + m3 + m4, m1 - m2 + 2 (m3 - m4) + m5) */
+#define MINIDL_WINO5_AT(m, o0, o1)                                                           \
+    o0 = m[0] + m[1] + m[2] + m[3] + m[4]; o1 = m[1] - m[2] + 2 * (m[3] - m[4]) + m[5];
+/* one row (or column) of A g: (g0, g0 + g1, g0 - g1, g0 + 2 g1, g0 - 2 g1, g1) */
+#define MINIDL_WINO5_A(g0, g1, o0, o1, o2, o3, o4, o5)                                       \
+    o0 = (g0); o1 = (g0) + (g1); o2 = (g0) - (g1); o3 = (g0) + 2 * (g1);                     \
+    o4 = (g0) - 2 * (g1); o5 = (g1);
+/* row i of (A g) A^T from row i of A g (g0, g1), into planes 6i .. 6i + 5 of o */
+#define MINIDL_WINO5_A_ROW(o, plane, i, g0, g1)                                              \
+    MINIDL_WINO5_A(g0, g1, o[(6 * (i)) * (plane)], o[(6 * (i) + 1) * (plane)],               \
+                   o[(6 * (i) + 2) * (plane)], o[(6 * (i) + 3) * (plane)],                   \
+                   o[(6 * (i) + 4) * (plane)], o[(6 * (i) + 5) * (plane)])
+
+/* The weight transforms of F(2x2, 5x5), in float64, one filter at a time (as
+   minidl_wino_filter):
+
+     u = G g G^T        (6x6, from a 5x5 filter g; u[6a + b] = u[a][b])
+     g' = G^T u' G      (5x5, from a 6x6 transformed gradient u')
+
+   with G's rows (1/4, 0, 0, 0, 0), -(1, 1, 1, 1, 1)/6, -(1, -1, 1, -1, 1)/6,
+   (1/24, 1/12, 1/6, 1/3, 2/3), (1/24, -1/12, 1/6, -1/3, 2/3), (0, 0, 0, 0, 1): rows 1, 2 and
+   3, 4 are sums and differences of the same even and odd parts (multiplied by the rounded
+   fractions, as the reference's G5, not divided: divisions made the transform 6x slower). */
+static MINIDL_INLINE void minidl_wino5_g(const double* s, ptrdiff_t step, double* o,
+                                         ptrdiff_t ostep) { /* o = G s, s a 5-vector */
+    const double even = s[0] + s[2 * step] + s[4 * step], odd = s[step] + s[3 * step];
+    const double even2 = s[0] * (1.0 / 24) + s[2 * step] * (1.0 / 6) + s[4 * step] * (2.0 / 3);
+    const double odd2 = s[step] * (1.0 / 12) + s[3 * step] * (1.0 / 3);
+    o[0] = s[0] * (1.0 / 4);
+    o[ostep] = -(even + odd) * (1.0 / 6);
+    o[2 * ostep] = -(even - odd) * (1.0 / 6);
+    o[3 * ostep] = even2 + odd2;
+    o[4 * ostep] = even2 - odd2;
+    o[5 * ostep] = s[4 * step];
+}
+
+static MINIDL_INLINE void minidl_wino5_gt(const double* v, ptrdiff_t step, double* o,
+                                          ptrdiff_t ostep) { /* o = G^T v, v a 6-vector */
+    const double p12 = v[step] + v[2 * step], m12 = v[2 * step] - v[step];
+    const double p34 = v[3 * step] + v[4 * step], m34 = v[3 * step] - v[4 * step];
+    o[0] = v[0] * (1.0 / 4) - p12 * (1.0 / 6) + p34 * (1.0 / 24);
+    o[ostep] = m12 * (1.0 / 6) + m34 * (1.0 / 12);
+    o[2 * ostep] = (p34 - p12) * (1.0 / 6);
+    o[3 * ostep] = m12 * (1.0 / 6) + m34 * (1.0 / 3);
+    o[4 * ostep] = -p12 * (1.0 / 6) + p34 * (2.0 / 3) + v[5 * step];
+}
+
+static MINIDL_INLINE void minidl_wino5_filter(const double g[25], double u[36]) {
+    double t[6][5]; /* G g, column by column */
+    for (int j = 0; j < 5; j++) minidl_wino5_g(g + j, 5, &t[0][j], 5);
+    for (int a = 0; a < 6; a++) minidl_wino5_g(t[a], 1, u + 6 * a, 1); /* (G g) G^T */
+}
+
+static MINIDL_INLINE void minidl_wino5_filter_grad(const double u[36], double g[25]) {
+    double s[5][6]; /* G^T u', column by column */
+    for (int b = 0; b < 6; b++) minidl_wino5_gt(u + b, 6, &s[0][b], 6);
+    for (int i = 0; i < 5; i++) minidl_wino5_gt(s[i], 1, g + 5 * i, 1); /* (G^T u') G */
+}
+
+#define MINIDL_WINO5_KERNELS(SUFFIX, T)                                                       \
+/* v = B^T d B for a 6x6 input tile d (rows `row` apart, columns C apart), C channels (the 36 \
+   values of a channel in named scalars: with arrays, GCC's vectorized loop ran 4x slower) */ \
+MINIDL_CLONES static void minidl_wino5_input_tile_##SUFFIX(                                  \
+        const T* restrict d, ptrdiff_t row, T* restrict v, ptrdiff_t plane, ptrdiff_t C) {   \
+    MINIDL_SIMD                                                                              \
+    for (ptrdiff_t c = 0; c < C; c++) {                                                      \
+        const T* restrict q = d + c;                                                         \
+        T* restrict o = v + c;                                                               \
+        T t00, t01, t02, t03, t04, t05, t10, t11, t12, t13, t14, t15, t20, t21, t22, t23,    \
+          t24, t25, t30, t31, t32, t33, t34, t35, t40, t41, t42, t43, t44, t45, t50, t51,    \
+          t52, t53, t54, t55; /* tja = (B^T d)[a][j], column j of B^T d */                   \
+        MINIDL_WINO5_BT_COLUMN(q, row, 0, C, t00, t01, t02, t03, t04, t05)                   \
+        MINIDL_WINO5_BT_COLUMN(q, row, 1, C, t10, t11, t12, t13, t14, t15)                   \
+        MINIDL_WINO5_BT_COLUMN(q, row, 2, C, t20, t21, t22, t23, t24, t25)                   \
+        MINIDL_WINO5_BT_COLUMN(q, row, 3, C, t30, t31, t32, t33, t34, t35)                   \
+        MINIDL_WINO5_BT_COLUMN(q, row, 4, C, t40, t41, t42, t43, t44, t45)                   \
+        MINIDL_WINO5_BT_COLUMN(q, row, 5, C, t50, t51, t52, t53, t54, t55)                   \
+        MINIDL_WINO5_BT_ROW(o, plane, 0, t00, t10, t20, t30, t40, t50)                        \
+        MINIDL_WINO5_BT_ROW(o, plane, 1, t01, t11, t21, t31, t41, t51)                        \
+        MINIDL_WINO5_BT_ROW(o, plane, 2, t02, t12, t22, t32, t42, t52)                        \
+        MINIDL_WINO5_BT_ROW(o, plane, 3, t03, t13, t23, t33, t43, t53)                        \
+        MINIDL_WINO5_BT_ROW(o, plane, 4, t04, t14, t24, t34, t44, t54)                        \
+        MINIDL_WINO5_BT_ROW(o, plane, 5, t05, t15, t25, t35, t45, t55)                        \
+    }                                                                                        \
+}                                                                                            \
+/* the 2x2 output tile A^T m A of 36 transformed planes m, K channels: row 0 of the tile to  \
+   y0[0..K), y0[K..2K), row 1 to y1 */                                                       \
+MINIDL_CLONES static void minidl_wino5_output_tile_##SUFFIX(                                 \
+        const T* restrict m, ptrdiff_t plane, T* restrict y0, T* restrict y1, ptrdiff_t K) {  \
+    MINIDL_SIMD                                                                              \
+    for (ptrdiff_t k = 0; k < K; k++) {                                                      \
+        T q[6], s0[6], s1[6]; /* A^T m, by column b: s0[b], s1[b] */                         \
+        for (int b = 0; b < 6; b++) {                                                        \
+            for (int a = 0; a < 6; a++) q[a] = m[(6 * a + b) * plane + k];                   \
+            MINIDL_WINO5_AT(q, s0[b], s1[b])                                                 \
+        }                                                                                    \
+        MINIDL_WINO5_AT(s0, y0[k], y0[K + k])                                                \
+        MINIDL_WINO5_AT(s1, y1[k], y1[K + k])                                                \
+    }                                                                                        \
+}                                                                                            \
+/* z = A g A^T for a 2x2 output-gradient tile g (rows `row` apart, columns K apart) */        \
+MINIDL_CLONES static void minidl_wino5_grad_tile_##SUFFIX(                                   \
+        const T* restrict g, ptrdiff_t row, T* restrict z, ptrdiff_t plane, ptrdiff_t K) {   \
+    MINIDL_SIMD                                                                              \
+    for (ptrdiff_t k = 0; k < K; k++) {                                                      \
+        T* restrict o = z + k;                                                               \
+        T a0, a1, a2, a3, a4, a5, b0, b1, b2, b3, b4, b5; /* A g: column 0 (a), 1 (b) */     \
+        MINIDL_WINO5_A(g[k], g[row + k], a0, a1, a2, a3, a4, a5)                             \
+        MINIDL_WINO5_A(g[K + k], g[row + K + k], b0, b1, b2, b3, b4, b5)                     \
+        MINIDL_WINO5_A_ROW(o, plane, 0, a0, b0)                                              \
+        MINIDL_WINO5_A_ROW(o, plane, 1, a1, b1)                                              \
+        MINIDL_WINO5_A_ROW(o, plane, 2, a2, b2)                                              \
+        MINIDL_WINO5_A_ROW(o, plane, 3, a3, b3)                                              \
+        MINIDL_WINO5_A_ROW(o, plane, 4, a4, b4)                                              \
+        MINIDL_WINO5_A_ROW(o, plane, 5, a5, b5)                                              \
+    }                                                                                        \
+}
+
+MINIDL_WINO5_KERNELS(f, float)
+MINIDL_WINO5_KERNELS(d, double)
+
 /* ------------------------------------------------------------------------------------------
  * The 16 products of a block of tiles, computed in the cache by a small register-blocked
  * kernel (4 rows x 2 SIMD vectors of columns per step; measured 100-115 GFLOP/s per core on

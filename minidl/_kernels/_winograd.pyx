@@ -66,9 +66,23 @@ cdef extern from "_winograd.h" nogil:
     void minidl_wino_gemm_d(const double* A, Py_ssize_t rs, Py_ssize_t cs, const double* B,
                             Py_ssize_t ldb, double* C, Py_ssize_t ldc, Py_ssize_t rows,
                             Py_ssize_t inner, Py_ssize_t cols, int acc)
+    void minidl_wino5_input_tile_f(const float* d, Py_ssize_t row, float* v, Py_ssize_t plane,
+                                   Py_ssize_t C)
+    void minidl_wino5_input_tile_d(const double* d, Py_ssize_t row, double* v,
+                                   Py_ssize_t plane, Py_ssize_t C)
+    void minidl_wino5_output_tile_f(const float* m, Py_ssize_t plane, float* y0, float* y1,
+                                    Py_ssize_t K)
+    void minidl_wino5_output_tile_d(const double* m, Py_ssize_t plane, double* y0, double* y1,
+                                    Py_ssize_t K)
+    void minidl_wino5_grad_tile_f(const float* g, Py_ssize_t row, float* z, Py_ssize_t plane,
+                                  Py_ssize_t K)
+    void minidl_wino5_grad_tile_d(const double* g, Py_ssize_t row, double* z, Py_ssize_t plane,
+                                  Py_ssize_t K)
     const char* minidl_wino_init()
     void minidl_wino_filter(const double* g, double* u)
     void minidl_wino_filter_grad(const double* u, double* g)
+    void minidl_wino5_filter(const double* g, double* u)
+    void minidl_wino5_filter_grad(const double* u, double* g)
 
 
 #: The instruction set of the tile products on this CPU ("avx512f", "avx2" or "baseline").
@@ -94,41 +108,47 @@ cdef struct _Layout:
     # plane at a time, and with plane sizes a multiple of 4 KiB those 16 addresses would share
     # one cache set (measured: the transforms ran 5-10x slower).
     Py_ssize_t TH, TW, CP, KP, rows_per_block, tile_rows
+    Py_ssize_t planes, halo              # 16 and 2 for a 3x3 kernel, 36 and 4 for 5x5
     Py_ssize_t v_plane, m_plane          # plane strides of V (rows of CP) and M/Z (rows of KP)
     Py_ssize_t rows_at, v_at, m_at, out_at, img_at, size
 
 
 cdef _Layout _layout(Py_ssize_t C, Py_ssize_t K, Py_ssize_t OH, Py_ssize_t OW,
-                     Py_ssize_t block_rows, bint image) noexcept nogil:
+                     Py_ssize_t block_rows, bint image, Py_ssize_t kernel=3) noexcept nogil:
     cdef _Layout L
+    L.planes = (kernel + 1) * (kernel + 1)  # a tile of 2x2 outputs reads kernel + 1 squared
+    L.halo = kernel - 1                     # its inputs: 2 + halo per side
     L.TH = (OH + 1) // 2
     L.TW = (OW + 1) // 2
     L.CP = round_up(C, COL_STEP)
     L.KP = round_up(K, COL_STEP)
-    L.rows_per_block = block_rows if block_rows < L.TH else L.TH
+    # (F(2x2, 5x5)'s blocks run on across images: rows of tiles of consecutive images)
+    L.rows_per_block = block_rows if block_rows < L.TH or kernel == 5 else L.TH
     L.tile_rows = round_up(L.rows_per_block * L.TW, ROW_STEP)
     L.v_plane = L.tile_rows * L.CP + PLANE_PAD
     L.m_plane = L.tile_rows * L.KP + PLANE_PAD
     L.rows_at = 0                                          # a block's input rows, NHWC
-    L.v_at = round_up(L.rows_at + (2 * L.rows_per_block + 2) * (2 * L.TW + 2) * C, ALIGN)
-    L.m_at = round_up(L.v_at + 16 * L.v_plane, ALIGN)     # V, then M or Z: 16 planes each
-    L.out_at = round_up(L.m_at + 16 * L.m_plane, ALIGN)   # a block's output (grad) rows, NHWC
+    L.v_at = round_up(L.rows_at + (2 * L.rows_per_block + L.halo) * (2 * L.TW + L.halo) * C,
+                      ALIGN)
+    L.m_at = round_up(L.v_at + L.planes * L.v_plane, ALIGN)    # V, then M or Z
+    L.out_at = round_up(L.m_at + L.planes * L.m_plane, ALIGN)  # a block's output (grad) rows
     L.img_at = round_up(L.out_at + 2 * L.rows_per_block * 2 * L.TW * K, ALIGN)
     # then the input gradient of one image, NHWC with padding (backward only)
-    L.size = L.img_at + (((2 * L.TH + 2) * (2 * L.TW + 2) * C) if image else 0) + ALIGN
+    L.size = L.img_at + (((2 * L.TH + L.halo) * (2 * L.TW + L.halo) * C) if image else 0) + ALIGN
     return L
 
 
 def scratch_size(Py_ssize_t C, Py_ssize_t K, Py_ssize_t OH, Py_ssize_t OW,
-                 Py_ssize_t block_rows, bint input_grad):
+                 Py_ssize_t block_rows, bint input_grad, Py_ssize_t kernel=3):
     """Elements of scratch each thread needs for :func:`forward` (``input_grad`` False) or
-    :func:`backward` with ``block_rows`` rows of tiles per block.
+    :func:`backward` with ``block_rows`` rows of tiles per block; with ``kernel=5``, for
+    a 5x5 :func:`forward` and :func:`weight_grad5`.
 
     Preconditions (checked by the caller, not here): every argument >= 1, and the sizes those
     of arrays that exist (so that the result, about ``16*(OW/2)*block_rows*(C + K)`` elements,
     cannot overflow ``Py_ssize_t``).
     """
-    return _layout(C, K, OH, OW, block_rows, input_grad).size
+    return _layout(C, K, OH, OW, block_rows, input_grad, kernel).size
 
 
 cdef inline floating* _aligned(floating* p) noexcept nogil:
@@ -163,12 +183,13 @@ cdef inline void _gather_rows(const floating* img, Py_ssize_t C, Py_ssize_t H, P
 
 
 cdef inline void _zero(floating* planes, Py_ssize_t plane, Py_ssize_t width, Py_ssize_t row0,
-                       Py_ssize_t row1, Py_ssize_t col0, Py_ssize_t col1) noexcept nogil:
+                       Py_ssize_t row1, Py_ssize_t col0, Py_ssize_t col1,
+                       Py_ssize_t count=16) noexcept nogil:
     """Zero columns ``col0 .. col1 - 1`` of rows ``row0 .. row1 - 1`` (rows of ``width``) of
-    each of 16 planes: the rows and columns that only round a block up to whole steps of the
-    products, so that the products never read uninitialized memory."""
+    each of ``count`` planes: the rows and columns that only round a block up to whole steps of
+    the products, so that the products never read uninitialized memory."""
     cdef Py_ssize_t xi, r, j
-    for xi in range(16):
+    for xi in range(count):
         for r in range(row0, row1):
             for j in range(col0, col1):
                 planes[xi * plane + r * width + j] = 0
@@ -183,51 +204,75 @@ cdef inline void _gemm(const floating* A, Py_ssize_t rs, Py_ssize_t cs, const fl
         minidl_wino_gemm_d(A, rs, cs, B, ldb, C, ldc, rows, inner, cols, acc)
 
 
-cdef inline void _transform_input_block(const floating* img, Py_ssize_t C, Py_ssize_t H,
-                                        Py_ssize_t W, Py_ssize_t pad_h, Py_ssize_t pad_w,
-                                        Py_ssize_t tr0, Py_ssize_t rb, _Layout* L, floating* rows,
-                                        floating* v) noexcept nogil:
-    """V of the tiles in tile rows ``tr0 .. tr0 + rb - 1`` of one CHW image (tile ``t`` of
-    the block is row ``t`` of each plane); the planes' padding rows are zeroed. The block's
-    ``2*rb + 2`` input rows are gathered into ``rows`` once (neighbouring tiles share two)."""
-    cdef Py_ssize_t r, tw, t
-    cdef Py_ssize_t wide = 2 * L.TW + 2
-    _gather_rows(img, C, H, W, 2 * tr0 - pad_h, -pad_w, 2 * rb + 2, wide, rows)
-    for r in range(rb):
-        for tw in range(L.TW):
-            t = r * L.TW + tw
-            if floating is float:
-                minidl_wino_input_tile_f(rows + (2 * r * wide + 2 * tw) * C, wide * C,
-                                         v + t * L.CP, L.v_plane, C)
-            else:
-                minidl_wino_input_tile_d(rows + (2 * r * wide + 2 * tw) * C, wide * C,
-                                         v + t * L.CP, L.v_plane, C)
-    _zero(v, L.v_plane, L.CP, 0, rb * L.TW, C, round_up(C, ROW_STEP))  # read by dU's rows
-    _zero(v, L.v_plane, L.CP, rb * L.TW, round_up(rb * L.TW, ROW_STEP), 0, L.CP)
+cdef inline Py_ssize_t _rows_in_image(Py_ssize_t R, Py_ssize_t end, Py_ssize_t TH,
+                                      Py_ssize_t th0) noexcept nogil:
+    """How many of the rows of tiles ``R .. end - 1`` (of the ``N*TH`` rows of the batch,
+    image after image) lie in row ``R``'s image, whose row ``th0`` it is."""
+    return TH - th0 if R + TH - th0 <= end else end - R
+
+
+cdef inline void _transform_input_rows(const floating* x0, Py_ssize_t C, Py_ssize_t H,
+                                       Py_ssize_t W, Py_ssize_t pad_h, Py_ssize_t pad_w,
+                                       Py_ssize_t R0, Py_ssize_t rb, _Layout* L,
+                                       floating* rows, floating* v) noexcept nogil:
+    """V of the tiles in rows ``R0 .. R0 + rb - 1`` of the batch's ``N*TH`` rows of tiles
+    (image after image; a block may span images): tile ``t`` of the block is row ``t`` of each
+    plane, and the planes' padding rows are zeroed. Each image's input rows (``2*rows +
+    halo``; neighbouring tiles share ``halo``) are gathered into ``rows`` once."""
+    cdef Py_ssize_t R = R0, n, th0, count, r, tw, t
+    cdef Py_ssize_t wide = 2 * L.TW + L.halo
+    cdef floating* d
+    while R < R0 + rb:
+        n = R // L.TH
+        th0 = R - n * L.TH
+        count = _rows_in_image(R, R0 + rb, L.TH, th0)
+        _gather_rows(x0 + n * C * H * W, C, H, W, 2 * th0 - pad_h, -pad_w,
+                     2 * count + L.halo, wide, rows)
+        for r in range(count):
+            for tw in range(L.TW):
+                t = (R - R0 + r) * L.TW + tw
+                d = rows + (2 * r * wide + 2 * tw) * C
+                if floating is float:
+                    if L.planes == 16:
+                        minidl_wino_input_tile_f(d, wide * C, v + t * L.CP, L.v_plane, C)
+                    else:
+                        minidl_wino5_input_tile_f(d, wide * C, v + t * L.CP, L.v_plane, C)
+                else:
+                    if L.planes == 16:
+                        minidl_wino_input_tile_d(d, wide * C, v + t * L.CP, L.v_plane, C)
+                    else:
+                        minidl_wino5_input_tile_d(d, wide * C, v + t * L.CP, L.v_plane, C)
+        R = R + count
+    # the columns C .. C4 are read by dU's rows, the rows up to a step of 4 by the products
+    _zero(v, L.v_plane, L.CP, 0, rb * L.TW, C, round_up(C, ROW_STEP), L.planes)
+    _zero(v, L.v_plane, L.CP, rb * L.TW, round_up(rb * L.TW, ROW_STEP), 0, L.CP, L.planes)
 
 
 cdef void _transform_filters(const floating* w0, floating* u0, Py_ssize_t K, Py_ssize_t C,
-                             Py_ssize_t KP, Py_ssize_t c) noexcept nogil:
-    """Columns ``u[:, c, :]`` of :func:`weight_transform`: ``U`` of every filter
+                             Py_ssize_t KP, Py_ssize_t c, Py_ssize_t r) noexcept nogil:
+    """Columns ``u[:, c, :]`` of :func:`weight_transform`: ``U`` of every ``r x r`` filter
     ``weight[k, c]`` (zeros for ``k >= K``)."""
-    cdef Py_ssize_t k0, k, i, j
-    cdef double g[9]
-    cdef double t[16]
-    cdef double block[16][16]  # 16 filters' U, plane by plane: u's planes are written as rows
+    cdef Py_ssize_t k0, k, i, j, taps = r * r, planes = (r + 1) * (r + 1)
+    cdef double g[25]
+    cdef double t[36]
+    cdef double block[36][16]  # 16 filters' U, plane by plane: u's planes are written as rows
     for k0 in range(0, KP, 16):
         for k in range(k0, k0 + 16 if k0 + 16 < KP else KP):
             if k < K:
-                for j in range(9):
-                    g[j] = w0[(k * C + c) * 9 + j]
-                minidl_wino_filter(g, t)
+                for j in range(taps):
+                    g[j] = w0[(k * C + c) * taps + j]
+                if r == 3:
+                    minidl_wino_filter(g, t)
+                else:
+                    minidl_wino5_filter(g, t)
             else:
-                for i in range(16):
+                for i in range(planes):
                     t[i] = 0
-            for i in range(16):
+            for i in range(planes):
                 block[i][k - k0] = t[i]
-        # (writing the 16 planes one filter at a time would put 16 stores a plane
+        # (writing the planes one filter at a time would put 16 or 36 stores a plane
         # apart, often a multiple of 4 KiB: the same cache set)
-        for i in range(16):
+        for i in range(planes):
             for k in range(k0, k0 + 16 if k0 + 16 < KP else KP):
                 u0[(i * C + c) * KP + k] = <floating>block[i][k - k0]
 
@@ -237,22 +282,23 @@ def weight_transform(const floating[:, :, :, ::1] weight, floating[:, :, ::1] u,
     """The transformed weight ``U = G g G^T`` of every filter, in float64 arithmetic.
 
     Args:
-        weight (IN): ``(K, C, 3, 3)``, float32 or float64, C-contiguous.
-        u (OUT): ``(16, C, KP)``, same dtype, ``KP >= K``: ``u[4*a + b, c, k] = U[a, b]`` of
-            filter ``weight[k, c]``, zeros in columns ``>= K``; fully overwritten.
+        weight (IN): ``(K, C, 3, 3)`` (or ``(K, C, 5, 5)``), float32 or float64, C-contiguous.
+        u (OUT): ``(16, C, KP)`` (``(36, C, KP)``), same dtype, ``KP >= K``: ``u[4*a + b, c,
+            k] = U[a, b]`` (``u[6*a + b, c, k]``) of filter ``weight[k, c]``, zeros in columns
+            ``>= K``; fully overwritten.
         num_threads: OpenMP threads (ignored in a serial build); work is split over ``C``.
 
     Preconditions (checked by the caller, not here): the shapes above; ``u`` shares no
     memory with ``weight``; ``num_threads >= 1``.
     """
     cdef Py_ssize_t K = weight.shape[0], C = weight.shape[1], KP = u.shape[2]
-    cdef Py_ssize_t c
+    cdef Py_ssize_t c, r = weight.shape[2]
     if C * KP == 0:
         return
     cdef const floating* w0 = &weight[0, 0, 0, 0] if K > 0 else NULL
     cdef floating* u0 = &u[0, 0, 0]
     for c in prange(C, nogil=True, num_threads=num_threads, schedule="static"):
-        _transform_filters(w0, u0, K, C, KP, c)
+        _transform_filters(w0, u0, K, C, KP, c, r)
 
 
 def weight_grad_transform(const double[:, :, :] du, floating[:, :, :, ::1] dweight):
@@ -260,17 +306,18 @@ def weight_grad_transform(const double[:, :, :] du, floating[:, :, :, ::1] dweig
     in float64 arithmetic.
 
     Args:
-        du (IN): ``(16, C, K)`` float64 (any strides): ``du[4*a + b, c, k] = dU[a, b]`` of
-            filter ``(k, c)``.
-        dweight (OUT): ``(K, C, 3, 3)``, float32 or float64, C-contiguous; fully overwritten.
+        du (IN): ``(16, C, K)`` (``(36, C, K)``) float64 (any strides): ``du[4*a + b, c, k] =
+            dU[a, b]`` (``du[6*a + b, c, k]``) of filter ``(k, c)``.
+        dweight (OUT): ``(K, C, 3, 3)`` (``(K, C, 5, 5)``), float32 or float64, C-contiguous;
+            fully overwritten.
 
     Preconditions (checked by the caller, not here): the shapes above; no shared memory.
     """
-    cdef Py_ssize_t K = dweight.shape[0], C = dweight.shape[1]
-    cdef Py_ssize_t c, k0, k, i, j, end
-    cdef double t[16]
-    cdef double g[9]
-    cdef double block[16][16]  # 16 filters' dU, read plane by plane (see weight_transform)
+    cdef Py_ssize_t K = dweight.shape[0], C = dweight.shape[1], r = dweight.shape[2]
+    cdef Py_ssize_t c, k0, k, i, j, end, taps = r * r, planes = (r + 1) * (r + 1)
+    cdef double t[36]
+    cdef double g[25]
+    cdef double block[36][16]  # 16 filters' dU, read plane by plane (see weight_transform)
     if C * K == 0:
         return
     cdef floating* d0 = &dweight[0, 0, 0, 0]
@@ -278,51 +325,62 @@ def weight_grad_transform(const double[:, :, :] du, floating[:, :, :, ::1] dweig
         for c in range(C):
             for k0 in range(0, K, 16):
                 end = k0 + 16 if k0 + 16 < K else K
-                for i in range(16):
+                for i in range(planes):
                     for k in range(k0, end):
                         block[i][k - k0] = du[i, c, k]
                 for k in range(k0, end):
-                    for i in range(16):
+                    for i in range(planes):
                         t[i] = block[i][k - k0]
-                    minidl_wino_filter_grad(t, g)
-                    for j in range(9):
-                        d0[(k * C + c) * 9 + j] = <floating>g[j]
+                    if r == 3:
+                        minidl_wino_filter_grad(t, g)
+                    else:
+                        minidl_wino5_filter_grad(t, g)
+                    for j in range(taps):
+                        d0[(k * C + c) * taps + j] = <floating>g[j]
 
 
 def forward(const floating[:, :, :, ::1] x, const floating[:, :, ::1] u,
-            const floating[::1] bias, bint use_bias, floating[:, :, :, ::1] out,
-            Py_ssize_t pad_h, Py_ssize_t pad_w, Py_ssize_t block_rows, floating[:, ::1] scratch,
-            int num_threads=1):
-    """3x3 stride-1 convolution ``out = conv(x, g) (+ bias)`` by F(2x2, 3x3).
+             const floating[::1] bias, bint use_bias, floating[:, :, :, ::1] out,
+             Py_ssize_t pad_h, Py_ssize_t pad_w, Py_ssize_t block_rows,
+             floating[:, ::1] scratch, int num_threads=1):
+    """3x3 (5x5) stride-1 convolution ``out = conv(x, g) (+ bias)`` by F(2x2, 3x3) (F(2x2,
+    5x5)).
 
     Args:
         x (IN): ``(N, C, H, W)``, float32 or float64, C-contiguous.
-        u (IN): the transformed weight ``(16, C, KP)``, same dtype, zeros in columns >= K.
+        u (IN): the transformed weight ``(16, C, KP)`` (``(36, C, KP)``: the kernel size is
+            told by it), same dtype, zeros in columns >= K (``u[4*a + b, c, k]`` or ``u[6*a
+            + b, c, k]`` is ``(G g G^T)[a, b]`` of filter ``(k, c)``).
         bias (IN): ``(K,)``, same dtype; read only when ``use_bias``.
         use_bias: whether to add ``bias``.
-        out (OUT): ``(N, K, OH, OW)`` with ``OH = H + 2*pH - 2``, ``OW = W + 2*pW - 2`` (both
-            >= 1), same dtype, C-contiguous; fully overwritten.
+        out (OUT): ``(N, K, OH, OW)`` with ``OH = H + 2*pH - r + 1``, ``OW = W + 2*pW - r + 1``
+            (both >= 1) for an ``r x r`` kernel, same dtype, C-contiguous; fully overwritten.
         pad_h, pad_w: zero padding on each side (read as zeros, never materialized).
-        block_rows: rows of tiles per block (>= 1).
-        scratch (OUT): ``(num_threads, scratch_size(C, K, OH, OW, block_rows, False))``, same
-            dtype; clobbered.
+        block_rows: rows of tiles per block (>= 1); a block may span images (its rows are
+            rows of the batch's ``N*TH`` rows of tiles, image after image).
+        scratch (OUT): ``(num_threads, scratch_size(C, K, OH, OW, block_rows, False, r))``,
+            same dtype; clobbered.
         num_threads: OpenMP threads (ignored in a serial build).
 
     Preconditions (checked by the caller, not here): ``pH, pW >= 0``; ``OH, OW >= 1`` as above
-    (``out``'s last two sizes); ``u`` exactly ``(16, C, KP)`` with ``KP`` = ``K`` rounded up to
-    a multiple of 16 (``PRODUCT_STEPS``) and zeros in columns ``>= K``; ``bias`` of length ``K``
-    when ``use_bias``; ``block_rows >= 1``; ``scratch`` of at least ``num_threads`` rows of at
-    least that size; ``out`` shares no memory with the inputs; ``num_threads >= 1``.
+    (``out``'s last two sizes); ``u`` exactly ``(16, C, KP)`` or ``(36, C, KP)`` with ``KP`` =
+    ``K`` rounded up to a multiple of 16 (``PRODUCT_STEPS``) and zeros in columns ``>= K``;
+    ``bias`` of length ``K`` when ``use_bias``; ``block_rows >= 1`` (and at most ``TH`` for a
+    3x3 kernel); ``scratch`` of at least ``num_threads`` rows of at least that size; ``out``
+    shares no memory with the inputs; ``num_threads >= 1``.
     """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t K = out.shape[1], OH = out.shape[2], OW = out.shape[3]
-    cdef _Layout L = _layout(C, K, OH, OW, block_rows, False)
-    cdef Py_ssize_t blocks = ceil_div(L.TH, L.rows_per_block)
-    cdef Py_ssize_t task, n, blk, tr0, rb, r, tw, t, xi, i, rows, wide = 2 * L.TW
+    cdef _Layout L = _layout(C, K, OH, OW, block_rows, False, 3 if u.shape[0] == 16 else 5)
+    cdef Py_ssize_t blocks = ceil_div(N * L.TH, L.rows_per_block)
+    cdef Py_ssize_t task, n, th0, R0, R, rb, count, r, tw, t, xi, i, rows
+    cdef Py_ssize_t wide = 2 * L.TW
     cdef floating* base
     cdef floating* v
     cdef floating* m
     cdef floating* orow
+    cdef floating* y0
+    cdef floating* y1
     if N * K * OH * OW == 0:
         return
     cdef const floating* x0 = &x[0, 0, 0, 0]
@@ -330,37 +388,43 @@ def forward(const floating[:, :, :, ::1] x, const floating[:, :, ::1] u,
     cdef floating* out0 = &out[0, 0, 0, 0]
     cdef const floating* bias0 = &bias[0] if use_bias else NULL
 
-    # one task per block of tile rows of one image: a small batch still keeps every thread busy
-    # (each output element is computed the same way whoever computes it)
-    for task in prange(N * blocks, nogil=True, num_threads=num_threads, schedule="static"):
-        n = task // blocks
-        blk = task - n * blocks
+    # one task per block of rows of tiles of the batch (they may span images)
+    for task in prange(blocks, nogil=True, num_threads=num_threads, schedule="static"):
         base = _aligned(&scratch[threadid(), 0])
         v = base + L.v_at
         m = base + L.m_at
         orow = base + L.out_at
-        tr0 = blk * L.rows_per_block
-        rb = L.rows_per_block if tr0 + L.rows_per_block <= L.TH else L.TH - tr0
-        _transform_input_block(x0 + n * C * H * W, C, H, W, pad_h, pad_w, tr0, rb, &L,
-                               base + L.rows_at, v)
-        for xi in range(16):
+        R0 = task * L.rows_per_block
+        rb = L.rows_per_block if R0 + L.rows_per_block <= N * L.TH else N * L.TH - R0
+        _transform_input_rows(x0, C, H, W, pad_h, pad_w, R0, rb, &L, base + L.rows_at, v)
+        for xi in range(L.planes):
             _gemm(v + xi * L.v_plane, L.CP, 1, u0 + xi * C * L.KP, L.KP,
                   m + xi * L.m_plane, L.KP, round_up(rb * L.TW, ROW_STEP), C, L.KP, 0)
-        for r in range(rb):
-            for tw in range(L.TW):
-                t = r * L.TW + tw
-                if floating is float:
-                    minidl_wino_output_tile_f(m + t * L.KP, L.m_plane,
-                                              orow + (2 * r * wide + 2 * tw) * K,
-                                              orow + ((2 * r + 1) * wide + 2 * tw) * K, K)
-                else:
-                    minidl_wino_output_tile_d(m + t * L.KP, L.m_plane,
-                                              orow + (2 * r * wide + 2 * tw) * K,
-                                              orow + ((2 * r + 1) * wide + 2 * tw) * K, K)
-        rows = 2 * rb if 2 * (tr0 + rb) <= OH else OH - 2 * tr0
-        for i in range(rows):  # NHWC rows of the block -> out[n, :, 2*tr0 + i, :] (+ bias)
-            transpose(orow + i * wide * K, K, out0 + (n * K * OH + 2 * tr0 + i) * OW,
-                       OH * OW, OW, K, bias0)
+        R = R0
+        while R < R0 + rb:  # each image's part of the block: output tiles, then NCHW rows
+            n = R // L.TH
+            th0 = R - n * L.TH
+            count = _rows_in_image(R, R0 + rb, L.TH, th0)
+            for r in range(count):
+                for tw in range(L.TW):
+                    t = (R - R0 + r) * L.TW + tw
+                    y0 = orow + (2 * r * wide + 2 * tw) * K
+                    y1 = y0 + wide * K
+                    if floating is float:
+                        if L.planes == 16:
+                            minidl_wino_output_tile_f(m + t * L.KP, L.m_plane, y0, y1, K)
+                        else:
+                            minidl_wino5_output_tile_f(m + t * L.KP, L.m_plane, y0, y1, K)
+                    else:
+                        if L.planes == 16:
+                            minidl_wino_output_tile_d(m + t * L.KP, L.m_plane, y0, y1, K)
+                        else:
+                            minidl_wino5_output_tile_d(m + t * L.KP, L.m_plane, y0, y1, K)
+            rows = 2 * count if 2 * (th0 + count) <= OH else OH - 2 * th0
+            for i in range(rows):  # -> out[n, :, 2*th0 + i, :] (+ bias)
+                transpose(orow + i * wide * K, K, out0 + (n * K * OH + 2 * th0 + i) * OW,
+                           OH * OW, OW, K, bias0)
+            R = R + count
 
 
 def backward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] dout,
@@ -445,8 +509,8 @@ def backward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] dout,
                 tr0 = blk * L.rows_per_block
                 rb = L.rows_per_block if tr0 + L.rows_per_block <= L.TH else L.TH - tr0
                 tiles = rb * L.TW
-                _transform_input_block(x0 + n * C * H * W, C, H, W, pad_h, pad_w, tr0, rb, &L,
-                                       base + L.rows_at, v)
+                _transform_input_rows(x0, C, H, W, pad_h, pad_w, n * L.TH + tr0, rb, &L,
+                                      base + L.rows_at, v)
                 _gather_rows(g0 + n * K * OH * OW, K, OH, OW, 2 * tr0, 0, 2 * rb, wide,
                              base + L.out_at)
                 for r in range(rb):
@@ -491,6 +555,102 @@ def backward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] dout,
                 for h in range(H):
                     transpose(img + ((h + pad_h) * img_wide + pad_w) * C, C,
                                dx0 + (n * C * H + h) * W, H * W, W, C, <floating*>NULL)
+
+
+# ---- F(2x2, 5x5): the weight gradient -----------------------------------------------------
+# The input gradient of a stride-1 convolution is the convolution of dout with the flipped
+# kernel, which the driver computes with forward (36 planes); so 5x5 needs no input-gradient
+# kernel, only this one.
+
+def weight_grad5(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] dout,
+                 floating[:, :, :, ::1] dweight, double[:, ::1] dbias, bint want_bias,
+                 Py_ssize_t pad_h, Py_ssize_t pad_w, Py_ssize_t block_rows, Py_ssize_t chunks,
+                 floating[:, ::1] scratch, int num_threads=1):
+    """The transformed weight gradient and the bias gradient of a 5x5 :func:`forward`, per chunk of
+    images: :func:`backward` without the input gradient, with 36 planes.
+
+    Args:
+        x (IN): the forward's input ``(N, C, H, W)``, float32 or float64, C-contiguous.
+        dout (IN): ``(N, K, OH, OW)``, same dtype, C-contiguous.
+        dweight (OUT): ``(chunks, 36, C4, KP)``, same dtype; row ``i`` is overwritten with
+            ``sum of V^T Z`` over the tiles of images ``i*N // chunks`` to
+            ``(i + 1)*N // chunks - 1``, in image order (rows >= C and columns >= K are
+            scratch).
+        dbias (OUT): ``(chunks, K)`` float64: the per-chunk sums of ``dout`` (zeros without
+            ``want_bias``).
+        want_bias: whether to compute ``dbias``.
+        pad_h, pad_w: the forward's zero padding.
+        block_rows: rows of tiles per block (>= 1).
+        chunks: ``1 <= chunks <= N``, independent of ``num_threads``.
+        scratch (OUT): ``(num_threads, scratch_size(C, K, OH, OW, block_rows, False, 5))``,
+            same dtype; clobbered.
+        num_threads: OpenMP threads (ignored in a serial build); each runs whole chunks.
+
+    Preconditions (checked by the caller, not here): as :func:`backward` with
+    ``input_grad`` false, ``OH = H + 2*pH - 4``, ``OW = W + 2*pW - 4``.
+    """
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t K = dout.shape[1], OH = dout.shape[2], OW = dout.shape[3]
+    cdef _Layout L = _layout(C, K, OH, OW, block_rows, False, 5)
+    cdef Py_ssize_t C4 = dweight.shape[2]
+    cdef Py_ssize_t chunk, R_first, R_end, R0, R, rb, n, th0, count
+    cdef Py_ssize_t r, tw, t, xi, k, tiles
+    cdef Py_ssize_t wide = 2 * L.TW
+    cdef int acc
+    cdef floating* base
+    cdef floating* v
+    cdef floating* z
+    cdef floating* dw
+    cdef double* db
+    if N * K * OH * OW == 0:
+        return
+    cdef const floating* x0 = &x[0, 0, 0, 0]
+    cdef const floating* g0 = &dout[0, 0, 0, 0]
+
+    for chunk in prange(chunks, nogil=True, num_threads=num_threads, schedule="static"):
+        base = _aligned(&scratch[threadid(), 0])
+        v = base + L.v_at
+        z = base + L.m_at
+        dw = &dweight[chunk, 0, 0, 0]
+        db = &dbias[chunk, 0]
+        for k in range(K):
+            db[k] = 0
+        R_first = (chunk * N // chunks) * L.TH  # the chunk's rows of tiles, in blocks
+        R_end = ((chunk + 1) * N // chunks) * L.TH
+        R0 = R_first
+        while R0 < R_end:
+            rb = L.rows_per_block if R0 + L.rows_per_block <= R_end else R_end - R0
+            tiles = rb * L.TW
+            _transform_input_rows(x0, C, H, W, pad_h, pad_w, R0, rb, &L, base + L.rows_at, v)
+            R = R0
+            while R < R0 + rb:  # Z of each image's part of the block
+                n = R // L.TH
+                th0 = R - n * L.TH
+                count = _rows_in_image(R, R0 + rb, L.TH, th0)
+                _gather_rows(g0 + n * K * OH * OW, K, OH, OW, 2 * th0, 0, 2 * count, wide,
+                             base + L.out_at)
+                for r in range(count):
+                    for tw in range(L.TW):
+                        t = (R - R0 + r) * L.TW + tw
+                        if floating is float:
+                            minidl_wino5_grad_tile_f(base + L.out_at + (2 * r * wide + 2 * tw) * K,
+                                                     wide * K, z + t * L.KP, L.m_plane, K)
+                        else:
+                            minidl_wino5_grad_tile_d(base + L.out_at + (2 * r * wide + 2 * tw) * K,
+                                                     wide * K, z + t * L.KP, L.m_plane, K)
+                R = R + count
+            _zero(z, L.m_plane, L.KP, 0, tiles, K, L.KP, 36)  # read by dU's columns
+            _zero(z, L.m_plane, L.KP, tiles, round_up(tiles, ROW_STEP), 0, L.KP, 36)
+            if want_bias:  # Z[(1, 1)] of a tile is the sum of its 2x2 output gradient
+                for t in range(tiles):
+                    for k in range(K):
+                        db[k] += z[7 * L.m_plane + t * L.KP + k]
+            # dU[xi] (+)= V[xi]^T @ Z[xi]; the chunk's first block overwrites its row
+            acc = 0 if R0 == R_first else 1
+            for xi in range(36):
+                _gemm(v + xi * L.v_plane, 1, L.CP, z + xi * L.m_plane, L.KP,
+                      dw + xi * C4 * L.KP, L.KP, C4, tiles, L.KP, acc)
+            R0 = R0 + rb
 
 
 def sum_chunks(const floating[:, ::1] parts, double[::1] out, int num_threads=1):

@@ -11,9 +11,9 @@ Four algorithms compute it, one module each, each with its own immutable cache t
 * :mod:`~minidl.functional.conv_direct` -- direct Cython loops over the taps (stride 1; fast when
   ``C_in*kH*kW`` is small, e.g. a first layer on 1 or 3 channels, or when there are at most 8
   output channels): no im2col, no GEMM.
-* :mod:`~minidl.functional.conv_winograd` -- Winograd's F(2x2, 3x3) (Lavin & Gray, 2016; 3x3
-  kernels, stride 1): 4 instead of 9 multiply-adds per output and input channel, in fused
-  kernels, no im2col matrix.
+* :mod:`~minidl.functional.conv_winograd` -- Winograd's F(2x2, 3x3) and F(2x2, 5x5) (Lavin &
+  Gray, 2016; 3x3 and 5x5 kernels, stride 1): 4 instead of 9 (9 instead of 25) multiply-adds per
+  output and input channel, in fused kernels, no im2col matrix.
 * :mod:`~minidl.functional.conv_im2col` -- im2col and matrix products (Chellapilla, Puri and
   Simard, 2006), the matrix read in place from the padded NHWC input: any kernel, stride and
   padding.
@@ -68,6 +68,15 @@ DIRECT_NARROW_MAX_TAPS = 256
 # (64, 64, 16, 16) -> 128, stride 2: 0.71 / 1.90 against 0.68 / 2.06.
 POINTWISE_MIN_POSITIONS = 64
 METHODS = ("auto", "direct", "im2col", "pointwise", "winograd")
+# the kernel sizes Winograd's method computes: F(2x2, 3x3) and F(2x2, 5x5)
+WINOGRAD_KERNELS = ((3, 3), (5, 5))
+# 5x5 stride-1 layers (padding <= 4) with at least this many input channels use F(2x2, 5x5)
+# under "auto": 9 multiply-adds per output and channel pair instead of 25, but a tile's input
+# transform costs about as much as 5 channels' products. Measured, one layer forward +
+# backward, 1 thread, ms (im2col / Winograd / direct / PyTorch): (32, 4, 16, 16) -> 32 3.47 /
+# 4.18 / 7.12 / 8.28; (32, 8, 16, 16) -> 32 4.67 / 3.52 / - / 4.99; (32, 16, 16, 16) -> 4
+# 4.56 / 3.21 / 3.29 / 3.67; (32, 64, 8, 8) -> 64 13.1 / 8.6 / - / 11.7.
+WINOGRAD5_MIN_IN_CHANNELS = 8
 _BACKWARD = {DirectCache: conv_direct.backward, Im2colCache: conv_im2col.backward,
              PointwiseCache: conv_pointwise.backward, WinogradCache: conv_winograd.backward}
 
@@ -79,17 +88,23 @@ def check_method(method, layer="conv2d", stride=(1, 1), kernel_size=None, paddin
     Raises:
         ValueError: ``method`` is not one of ``"auto"``, ``"direct"``, ``"im2col"``,
             ``"pointwise"``, ``"winograd"``; ``"direct"`` or ``"winograd"`` with a stride
-            other than 1; ``"winograd"`` with a kernel_size other than ``(3, 3)``; or
-            ``"pointwise"`` with a kernel_size other than ``(1, 1)`` or a padding other than
-            ``(0, 0)`` (kernel_size and padding are checked when given).
+            other than 1; ``"winograd"`` with a kernel_size other than ``(3, 3)`` or ``(5,
+            5)``, or 5x5 with a padding above 4; or ``"pointwise"`` with a kernel_size other
+            than ``(1, 1)`` or a padding other than ``(0, 0)`` (kernel_size and padding are
+            checked when given).
     """
     if method not in METHODS:
         raise ValueError(f"{layer}: method must be one of {METHODS}, got {method!r}")
     if method in ("direct", "winograd") and tuple(stride) != (1, 1):
         raise ValueError(f"{layer}: method {method!r} needs stride 1, got stride {tuple(stride)}")
-    if method == "winograd" and kernel_size is not None and tuple(kernel_size) != (3, 3):
-        raise ValueError(f"{layer}: method 'winograd' needs kernel_size (3, 3), got "
+    if method == "winograd" and kernel_size is not None and \
+            tuple(kernel_size) not in WINOGRAD_KERNELS:
+        raise ValueError(f"{layer}: method 'winograd' needs kernel_size (3, 3) or (5, 5), got "
                          f"{tuple(kernel_size)}")
+    if method == "winograd" and kernel_size is not None and tuple(kernel_size) == (5, 5) and \
+            padding is not None and max(padding) > 4:
+        raise ValueError(f"{layer}: method 'winograd' with kernel_size (5, 5) needs padding of "
+                         f"at most 4, got {tuple(padding)}")
     if method == "pointwise" and kernel_size is not None and tuple(kernel_size) != (1, 1):
         raise ValueError(f"{layer}: method 'pointwise' needs kernel_size (1, 1), got "
                          f"{tuple(kernel_size)}")
@@ -107,7 +122,9 @@ def choose_method(method, taps, layer="conv2d", stride=(1, 1), kernel_size=None,
     ``"auto"`` picks the pointwise products for a ``(1, 1)`` kernel without padding (any
     stride) unless ``OH*OW < POINTWISE_MIN_POSITIONS``; for stride 1 the direct kernels when
     ``taps <= DIRECT_MAX_TAPS`` (there the product's inner dimension is too small to pay for
-    im2col's copy), else Winograd F(2x2, 3x3) when ``kernel_size`` is ``(3, 3)``, else the
+    im2col's copy), else Winograd F(2x2, 3x3) when ``kernel_size`` is ``(3, 3)``, F(2x2, 5x5)
+    when it is ``(5, 5)`` with a padding of at most 4 and at least
+    ``WINOGRAD5_MIN_IN_CHANNELS`` input channels, else the
     direct kernels again for a kernel larger than 1x1 with at most
     ``DIRECT_NARROW_MAX_OUT_CHANNELS`` output channels and ``DIRECT_NARROW_MAX_TAPS`` taps
     (im2col's product would have too few columns to fill a vector); im2col for everything
@@ -127,6 +144,9 @@ def choose_method(method, taps, layer="conv2d", stride=(1, 1), kernel_size=None,
         return "direct"
     three_by_three = kernel_size is not None and tuple(kernel_size) == (3, 3)
     if stride_one and three_by_three:
+        return "winograd"
+    if stride_one and tuple(kernel_size or ()) == (5, 5) and max(padding) <= 4 and \
+            taps // 25 >= WINOGRAD5_MIN_IN_CHANNELS:
         return "winograd"
     narrow = (out_channels is not None and out_channels <= DIRECT_NARROW_MAX_OUT_CHANNELS
               and taps <= DIRECT_NARROW_MAX_TAPS and tuple(kernel_size or ()) != (1, 1))
@@ -243,7 +263,8 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, layer="conv2d", wo
             :mod:`~minidl.functional.conv_im2col`). Unused by the other methods.
         method (str): ``"auto"`` (default; see :func:`choose_method`), ``"direct"`` (direct
             Cython loops: fast when ``C_in*kH*kW`` is small or ``C_out`` at most 8; stride 1
-            only), ``"winograd"`` (F(2x2, 3x3); 3x3 kernels, stride 1), ``"pointwise"`` (a
+            only), ``"winograd"`` (F(2x2, 3x3) or F(2x2, 5x5); 3x3 kernels, or 5x5 with a
+            padding of at most 4; stride 1), ``"pointwise"`` (a
             matrix product per image; 1x1 kernels, padding 0) or ``"im2col"`` (im2col +
             matrix products).
             All give the same results up to rounding.
@@ -369,10 +390,14 @@ def _check_cache(layer, cache):
         geometry = conv2d_output_size((height, width), (1, 1), stride, (0, 0)) if (
             len(stride) == 2 and min(stride) >= 1) else None
     elif isinstance(cache, WinogradCache):
+        kernel = cache.kernel if cache.kernel in (3, 5) else 3
         array("x", (n, channels, height, width))
-        array("u", (16, channels, out_channels), contiguous=False)
-        geometry = (height + 2 * pad_h - 2, width + 2 * pad_w - 2)
-        if not isinstance(cache.block_rows, (int, np.integer)) or cache.block_rows < 1:
+        array("u", ((kernel + 1) ** 2, channels, out_channels), contiguous=False)
+        if kernel == 5:
+            array("weight", (out_channels, channels, 5, 5))
+        geometry = (height + 2 * pad_h - kernel + 1, width + 2 * pad_w - kernel + 1)
+        if not isinstance(cache.block_rows, (int, np.integer)) or cache.block_rows < 1 or \
+                cache.kernel not in (3, 5) or (kernel == 5 and max(pad_h, pad_w) > 4):
             geometry = None
     else:
         _, _, kernel_h, kernel_w = (int(v) for v in cache.weight_shape)

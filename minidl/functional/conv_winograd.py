@@ -1,4 +1,5 @@
-"""3x3 stride-1 convolution by Winograd's F(2x2, 3x3): the driver around the kernels.
+"""3x3 and 5x5 stride-1 convolutions by Winograd's F(2x2, 3x3) and F(2x2, 5x5): the driver
+around the kernels.
 
 Lavin & Gray, 2016, "Fast Algorithms for Convolutional Neural Networks". The math, the tile
 layout and a NumPy version of every step are in :mod:`minidl.reference.winograd`; the fused
@@ -7,17 +8,23 @@ kernels (tile transforms and the 16 in-cache products per block of tiles) are in
 position) this does ``4*C*K`` per position (16 per 2x2 tile), needs no ``cols`` matrix and no
 NCHW <-> NHWC copies of whole tensors, and keeps its intermediate matrices in the cache.
 
+A 5x5 kernel takes F(2x2, 5x5): 6x6 tiles, 36 products per block, ``9*C*K`` multiply-adds per
+output position against im2col's ``25*C*K`` (the kernels ``forward`` and ``weight_grad5``).
+Its input gradient is the convolution of ``dout`` with the flipped kernel (``dx[c] = sum over k
+of dout[k] * g[k, c]`` rotated by 180 degrees, padding ``4 - p``), by ``forward`` too; so the
+padding must be at most 4 (the kernel size minus one).
+
 Called by :func:`minidl.functional.conv.conv2d_forward` / ``conv2d_backward``, which validate
 the arguments and choose the method; these functions trust them. Every array they allocate comes
 from :mod:`minidl._memory`.
 """
-from typing import NamedTuple, Tuple
+from typing import NamedTuple, Optional, Tuple
 
 import numpy as np
 
 from .. import _config, _memory
 from .._kernels import _winograd as _kernel
-from ..reference.winograd import tiles
+from ..reference.winograd import SCHEMES, tiles
 
 __all__ = ["WinogradCache", "forward", "backward", "BLOCK_BYTES"]
 
@@ -37,6 +44,8 @@ ROW_STEP, COL_STEP = _kernel.PRODUCT_STEPS
 # split evenly among 2, 3, 4, 6, 8, 12, 16 or 24 threads (the batch is split as evenly as
 # possible among the chunks), so no thread count loses more than a chunk's share of balance.
 CHUNK_TILES = 128
+# F(2x2, 5x5)'s blocks hold at least this many tiles (see _block_rows5)
+BLOCK5_MIN_TILES = 128
 CHUNK_COUNTS = (1, 2, 4, 6, 12, 24, 48)
 
 
@@ -54,6 +63,9 @@ class WinogradCache(NamedTuple):
         padding (tuple): ``(pH, pW)``.
         block_rows (int): rows of tiles per block.
         dtype (np.dtype): dtype of the input, output and gradients.
+        kernel (int): 3 (F(2x2, 3x3)) or 5 (F(2x2, 5x5)).
+        weight (np.ndarray or None): 5x5 only: a copy of the weight ``(K, C, 5, 5)``, for the
+            input gradient.
     """
 
     x: np.ndarray
@@ -64,6 +76,8 @@ class WinogradCache(NamedTuple):
     padding: Tuple[int, int]
     block_rows: int
     dtype: np.dtype
+    kernel: int = 3
+    weight: Optional[np.ndarray] = None
 
     method = "winograd"
 
@@ -84,7 +98,8 @@ def _padded_columns(matrices, columns):
 
 
 def weight_transform(weight, columns):
-    """``U`` ``(16, C, columns)`` in the weight's dtype, zeros beyond ``K``: the transform of
+    """``U`` ``(16, C, columns)`` (``(36, C, columns)`` for a 5x5 weight) in the weight's dtype,
+    zeros beyond ``K``: the transform of
     :func:`minidl.reference.winograd.weight_transform` (``G g G^T`` per filter, in float64),
     by the kernel ``_winograd.weight_transform`` into memory from :mod:`minidl._memory`.
 
@@ -93,7 +108,7 @@ def weight_transform(weight, columns):
     1; the kernel does it in one pass, 22 microseconds on one thread.
     """
     k, c = weight.shape[:2]
-    u = _memory.empty((16, c, columns), weight.dtype)
+    u = _memory.empty(((weight.shape[2] + 1) ** 2, c, columns), weight.dtype)
     # a filter's transform (about 100 floating-point operations) costs as much as an
     # elementwise pass over FILTER_COST values
     threads = _config.threads_for(FILTER_COST * k * c)
@@ -102,19 +117,21 @@ def weight_transform(weight, columns):
 
 
 def weight_grad_transform(du, dtype):
-    """``dweight`` ``(K, C, 3, 3)`` in ``dtype`` from the float64 ``du`` ``(16, C, K)`` (any
+    """``dweight`` ``(K, C, r, r)`` in ``dtype`` from the float64 ``du`` ``(16, C, K)`` (r = 3)
+    or ``(36, C, K)`` (r = 5) (any
     strides): the transform of :func:`minidl.reference.winograd.weight_grad_transform`
     (``G^T dU G`` per filter, in float64), by the kernel ``_winograd.weight_grad_transform``
     into memory from :mod:`minidl._memory`."""
     c, k = du.shape[1:]
-    dweight = _memory.empty((k, c, 3, 3), dtype)
+    r = {16: 3, 36: 5}[du.shape[0]]
+    dweight = _memory.empty((k, c, r, r), dtype)
     _kernel.weight_grad_transform(du, dweight)
     return dweight
 
 
-def _block_rows(tiles_per_row, tile_rows, channels, out_channels, itemsize):
+def _block_rows(tiles_per_row, tile_rows, channels, out_channels, itemsize, planes=16):
     """Rows of tiles per block: about ``BLOCK_BYTES`` of V and M, at least 1."""
-    per_row = 16 * tiles_per_row * (_round_up(channels, COL_STEP)
+    per_row = planes * tiles_per_row * (_round_up(channels, COL_STEP)
                                     + _round_up(out_channels, COL_STEP)) * itemsize
     return max(1, min(tile_rows, BLOCK_BYTES // per_row))
 
@@ -132,25 +149,65 @@ def gradient_chunks(n, tiles_per_image):
     return max(c for c in CHUNK_COUNTS if c <= wanted)
 
 
+def _forward_rows(n, tile_rows, block_rows, threads):
+    """Rows of tiles per block of the forward kernels: with fewer images than threads, smaller
+    blocks give every thread some (the output does not depend on the blocks)."""
+    if n < 2 * threads:  # at least two blocks per thread
+        return min(block_rows, _ceil_div(tile_rows, _ceil_div(2 * threads, n)))
+    return block_rows
+
+
+def _block_rows5(n, tile_rows, tiles_per_row, channels, out_channels, itemsize):
+    """Rows of tiles per block of the F(2x2, 5x5) kernels, whose blocks run on across images:
+    about ``BLOCK_BYTES`` of V and M, but at least ``BLOCK5_MIN_TILES`` tiles (each block
+    reads all of U, 36*C*K numbers, once), at most the batch."""
+    per_row = 36 * tiles_per_row * (_round_up(channels, COL_STEP)
+                                    + _round_up(out_channels, COL_STEP)) * itemsize
+    rows = max(BLOCK_BYTES // per_row, _ceil_div(BLOCK5_MIN_TILES, tiles_per_row), 1)
+    return min(rows, n * tile_rows)
+
+
+def _forward5(x, weight, bias, padding, out):
+    """:func:`forward` for a 5x5 kernel; returns ``(u, block_rows)``."""
+    n, channels = x.shape[:2]
+    k, out_h, out_w = out.shape[1:]
+    tile_rows, tiles_per_row = tiles(out_h, out_w)
+    block_rows = _block_rows5(n, tile_rows, tiles_per_row, channels, k, x.dtype.itemsize)
+    u = weight_transform(weight, _round_up(k, COL_STEP))  # (36, C, K+)
+    threads = _config.threads_for(out.size * channels)
+    # at least two blocks per thread when the batch has enough rows (the output does not
+    # depend on the blocks)
+    forward_rows = max(1, min(block_rows, _ceil_div(n * tile_rows, 2 * threads)))
+    threads = min(threads, _ceil_div(n * tile_rows, forward_rows))
+    size = _kernel.scratch_size(channels, k, out_h, out_w, forward_rows, False, 5)
+    scratch = _memory.empty((threads, size), x.dtype)
+    bias_vector = np.ascontiguousarray(bias) if bias is not None else np.zeros(k, x.dtype)
+    _kernel.forward(x, u, bias_vector, bias is not None, out, *padding, forward_rows, scratch,
+                    threads)
+    return u[:, :, :k], block_rows
+
+
 def forward(x, weight, bias, padding, out):
     """Write the convolution of ``x`` into ``out``; return the :class:`WinogradCache`.
 
     Args:
-        x: ``(N, C, H, W)`` float32/float64. weight: ``(K, C, 3, 3)``, x's dtype.
-        bias: ``(K,)`` or None. padding: ``(pH, pW)``. out: C-contiguous ``(N, K, OH, OW)``.
+        x: ``(N, C, H, W)`` float32/float64. weight: ``(K, C, 3, 3)`` or ``(K, C, 5, 5)``
+        (then ``pH, pW <= 4``), x's dtype. bias: ``(K,)`` or None. padding: ``(pH, pW)``.
+        out: C-contiguous ``(N, K, OH, OW)``.
     """
     x = np.ascontiguousarray(x)
+    if weight.shape[2] == 5:
+        u, block_rows = _forward5(x, weight, bias, padding, out)
+        return WinogradCache(x, u, bias is not None, x.shape, out.shape, tuple(padding),
+                             block_rows, x.dtype, 5, np.array(weight, order="C"))
     n, channels = x.shape[:2]
     k, out_h, out_w = out.shape[1:]
     tile_rows, tiles_per_row = tiles(out_h, out_w)
     block_rows = _block_rows(tiles_per_row, tile_rows, channels, k, x.dtype.itemsize)
     u = weight_transform(weight, _round_up(k, COL_STEP))  # (16, C, K+)
     threads = _config.threads_for(out.size * channels)
-    # the kernel's tasks are blocks of one image; with fewer images than threads, smaller
-    # blocks give every thread some (the output does not depend on the blocks)
-    forward_rows = block_rows
-    if n < 2 * threads:  # at least two blocks per thread
-        forward_rows = min(block_rows, _ceil_div(tile_rows, _ceil_div(2 * threads, n)))
+    # the kernel's tasks are blocks of one image
+    forward_rows = _forward_rows(n, tile_rows, block_rows, threads)
     threads = min(threads, n * _ceil_div(tile_rows, forward_rows))
     size = _kernel.scratch_size(channels, k, out_h, out_w, forward_rows, False)
     scratch = _memory.empty((threads, size), x.dtype)
@@ -161,9 +218,39 @@ def forward(x, weight, bias, padding, out):
                          block_rows, x.dtype)
 
 
+def _backward5(dout, cache, input_grad):
+    """:func:`backward` for a 5x5 kernel: the weight and bias gradients by ``weight_grad5``,
+    the input gradient as the convolution of ``dout`` with the flipped kernel."""
+    x, has_bias, dtype = cache.x, cache.has_bias, cache.x.dtype
+    n, channels, height, width = x.shape
+    k, out_h, out_w = dout.shape[1:]
+    tile_rows, tiles_per_row = tiles(out_h, out_w)
+    chunks = gradient_chunks(n, tile_rows * tiles_per_row)
+    threads = _threads(chunks, dout.size * channels)
+    du = _memory.empty((chunks, 36, _round_up(channels, ROW_STEP), _round_up(k, COL_STEP)),
+                       dtype)
+    dbias = np.empty((chunks, k), np.float64)
+    size = _kernel.scratch_size(channels, k, out_h, out_w, cache.block_rows, False, 5)
+    scratch = _memory.empty((threads, size), dtype)
+    _kernel.weight_grad5(x, dout, du, dbias, has_bias, *cache.padding, cache.block_rows, chunks,
+                         scratch, threads)
+    total = np.empty(du[0].size, np.float64)
+    _kernel.sum_chunks(du.reshape(chunks, -1), total, _threads(total.size, du.size))
+    dweight = weight_grad_transform(total.reshape(du.shape[1:])[:, :channels, :k], dtype)
+    dbias = dbias.sum(axis=0).astype(dtype) if has_bias else None
+    dx = None
+    if input_grad:  # dx = dout convolved with g[k, c] rotated by 180 degrees, padding 4 - p
+        flipped = np.ascontiguousarray(cache.weight[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+        dx = _memory.empty((n, channels, height, width), dtype)
+        _forward5(dout, flipped, None, tuple(4 - p for p in cache.padding), dx)
+    return dx, dweight, dbias
+
+
 def backward(dout, cache, input_grad):
     """``(dx, dweight, dbias)`` of :func:`forward`; ``dx`` is None unless ``input_grad``,
     ``dbias`` None without bias."""
+    if cache.kernel == 5:
+        return _backward5(np.ascontiguousarray(dout), cache, input_grad)
     x, has_bias = cache.x, cache.has_bias
     dtype = x.dtype
     dout = np.ascontiguousarray(dout)
