@@ -94,14 +94,16 @@ def test_weight_transforms_match_the_reference(k, c, dtype, r, rng):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("r, geometry", CASES, ids=CASE_IDS)
 def test_winograd_kernels_blocks_and_threads(r, geometry, dtype, blocks, monkeypatch, rng):
-    """The fused kernels with one row of tiles per block, three rows (for 5x5: blocks that run
-    on from one image into the next), or whole images (5x5: the whole batch), on 3 threads (so
-    images are split unevenly, and some threads may get none), every output overwritten."""
+    """The fused kernels with one row of tiles per block, three rows (the forward's blocks, and
+    the 5x5 weight gradient's, run on from one image into the next), or whole images (those
+    blocks: the whole batch), on 3 threads (so images are split unevenly, and some threads may
+    get none), every output overwritten."""
     monkeypatch.setattr(conv_winograd, "BLOCK_BYTES", 1 << 30 if blocks == "whole" else 1)
-    monkeypatch.setattr(conv_winograd, "BLOCK5_MIN_TILES", 1)
+    monkeypatch.setattr(conv_winograd, "BLOCK_MIN_TILES", 1)
     if blocks == "three-rows":
         monkeypatch.setattr(conv_winograd, "_block_rows", lambda *args, **kwargs: 3)
-        monkeypatch.setattr(conv_winograd, "_block_rows5", lambda n, rows, *args: min(3, n * rows))
+        monkeypatch.setattr(conv_winograd, "_block_rows_across",
+                            lambda n, rows, *args: min(3, n * rows))
     monkeypatch.setattr(conv_winograd, "_threads", lambda n, work: 3)
     monkeypatch.setattr(conv_winograd._config, "threads_for", lambda work: 3)
     n, c, k, h, w, padding = geometry
@@ -124,8 +126,8 @@ def test_winograd_kernels_blocks_and_threads(r, geometry, dtype, blocks, monkeyp
 @pytest.mark.parametrize("r", [3, 5])
 def test_winograd_results_do_not_depend_on_threads_or_blocks(r, monkeypatch, rng):
     """Forward, input, weight and bias gradients: the same bits on 1 and 2 threads; the
-    forward and the input gradient also with other block sizes (5x5 blocks may span images;
-    the weight gradient's sums follow the blocks)."""
+    forward (whose blocks may span images) and the 5x5 input gradient also with other block
+    sizes (the weight gradient's sums follow the blocks)."""
     x = rng.standard_normal((5, 24, 9, 8)).astype(np.float32)
     weight = rng.standard_normal((20, 24, r, r)).astype(np.float32)
     bias = rng.standard_normal(20).astype(np.float32)
@@ -134,7 +136,7 @@ def test_winograd_results_do_not_depend_on_threads_or_blocks(r, monkeypatch, rng
     try:
         for threads, block_bytes in ((1, 384 << 10), (2, 384 << 10), (2, 1), (1, 1 << 30)):
             monkeypatch.setattr(conv_winograd, "BLOCK_BYTES", block_bytes)
-            monkeypatch.setattr(conv_winograd, "BLOCK5_MIN_TILES", 1 if block_bytes == 1 else 64)
+            monkeypatch.setattr(conv_winograd, "BLOCK_MIN_TILES", 1 if block_bytes == 1 else 128)
             minidl.set_num_threads(threads)
             out, cache = conv2d_forward(x, weight, bias, 1, 2, method="winograd")
             grads = conv2d_backward(np.cos(out), cache)

@@ -122,8 +122,9 @@ cdef _Layout _layout(Py_ssize_t C, Py_ssize_t K, Py_ssize_t OH, Py_ssize_t OW,
     L.TW = (OW + 1) // 2
     L.CP = round_up(C, COL_STEP)
     L.KP = round_up(K, COL_STEP)
-    # (F(2x2, 5x5)'s blocks run on across images: rows of tiles of consecutive images)
-    L.rows_per_block = block_rows if block_rows < L.TH or kernel == 5 else L.TH
+    # (the forward's blocks may run on across images, rows of tiles of consecutive images;
+    # the 3x3 backward's stay in one: its callers pass at most TH)
+    L.rows_per_block = block_rows
     L.tile_rows = round_up(L.rows_per_block * L.TW, ROW_STEP)
     L.v_plane = L.tile_rows * L.CP + PLANE_PAD
     L.m_plane = L.tile_rows * L.KP + PLANE_PAD

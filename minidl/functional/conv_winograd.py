@@ -44,8 +44,8 @@ ROW_STEP, COL_STEP = _kernel.PRODUCT_STEPS
 # split evenly among 2, 3, 4, 6, 8, 12, 16 or 24 threads (the batch is split as evenly as
 # possible among the chunks), so no thread count loses more than a chunk's share of balance.
 CHUNK_TILES = 128
-# F(2x2, 5x5)'s blocks hold at least this many tiles (see _block_rows5)
-BLOCK5_MIN_TILES = 128
+# The blocks that run on across images hold at least this many tiles (_block_rows_across)
+BLOCK_MIN_TILES = 128
 CHUNK_COUNTS = (1, 2, 4, 6, 12, 24, 48)
 
 
@@ -129,11 +129,24 @@ def weight_grad_transform(du, dtype):
     return dweight
 
 
-def _block_rows(tiles_per_row, tile_rows, channels, out_channels, itemsize, planes=16):
-    """Rows of tiles per block: about ``BLOCK_BYTES`` of V and M, at least 1."""
-    per_row = planes * tiles_per_row * (_round_up(channels, COL_STEP)
+def _block_rows(tiles_per_row, tile_rows, channels, out_channels, itemsize):
+    """Rows of tiles per block of the 3x3 backward (blocks of one image): about
+    ``BLOCK_BYTES`` of V and M, at least 1."""
+    per_row = 16 * tiles_per_row * (_round_up(channels, COL_STEP)
                                     + _round_up(out_channels, COL_STEP)) * itemsize
     return max(1, min(tile_rows, BLOCK_BYTES // per_row))
+
+
+def _block_rows_across(n, tile_rows, tiles_per_row, channels, out_channels, itemsize,
+                       planes=36):
+    """Rows of tiles per block of the kernels whose blocks run on across images (the forward,
+    and F(2x2, 5x5)'s weight gradient): about ``BLOCK_BYTES`` of V and M, but at least
+    ``BLOCK_MIN_TILES`` tiles (each block reads all of U, ``planes*C*K`` numbers, once), at
+    most the batch."""
+    per_row = planes * tiles_per_row * (_round_up(channels, COL_STEP)
+                                        + _round_up(out_channels, COL_STEP)) * itemsize
+    rows = max(BLOCK_BYTES // per_row, _ceil_div(BLOCK_MIN_TILES, tiles_per_row), 1)
+    return min(rows, n * tile_rows)
 
 
 def _threads(n, work):
@@ -149,42 +162,25 @@ def gradient_chunks(n, tiles_per_image):
     return max(c for c in CHUNK_COUNTS if c <= wanted)
 
 
-def _forward_rows(n, tile_rows, block_rows, threads):
-    """Rows of tiles per block of the forward kernels: with fewer images than threads, smaller
-    blocks give every thread some (the output does not depend on the blocks)."""
-    if n < 2 * threads:  # at least two blocks per thread
-        return min(block_rows, _ceil_div(tile_rows, _ceil_div(2 * threads, n)))
-    return block_rows
-
-
-def _block_rows5(n, tile_rows, tiles_per_row, channels, out_channels, itemsize):
-    """Rows of tiles per block of the F(2x2, 5x5) kernels, whose blocks run on across images:
-    about ``BLOCK_BYTES`` of V and M, but at least ``BLOCK5_MIN_TILES`` tiles (each block
-    reads all of U, 36*C*K numbers, once), at most the batch."""
-    per_row = 36 * tiles_per_row * (_round_up(channels, COL_STEP)
-                                    + _round_up(out_channels, COL_STEP)) * itemsize
-    rows = max(BLOCK_BYTES // per_row, _ceil_div(BLOCK5_MIN_TILES, tiles_per_row), 1)
-    return min(rows, n * tile_rows)
-
-
-def _forward5(x, weight, bias, padding, out):
-    """:func:`forward` for a 5x5 kernel; returns ``(u, block_rows)``."""
+def _forward(x, u, bias, padding, out):
+    """``out = conv(x) (+ bias)`` by the kernel ``forward``, with ``u`` the transformed weight
+    (16 or 36 planes: F(2x2, 3x3) or F(2x2, 5x5)), in blocks of rows of tiles that may span
+    images."""
     n, channels = x.shape[:2]
     k, out_h, out_w = out.shape[1:]
     tile_rows, tiles_per_row = tiles(out_h, out_w)
-    block_rows = _block_rows5(n, tile_rows, tiles_per_row, channels, k, x.dtype.itemsize)
-    u = weight_transform(weight, _round_up(k, COL_STEP))  # (36, C, K+)
+    rows = _block_rows_across(n, tile_rows, tiles_per_row, channels, k, x.dtype.itemsize,
+                              u.shape[0])
     threads = _config.threads_for(out.size * channels)
-    # at least two blocks per thread when the batch has enough rows (the output does not
-    # depend on the blocks)
-    forward_rows = max(1, min(block_rows, _ceil_div(n * tile_rows, 2 * threads)))
-    threads = min(threads, _ceil_div(n * tile_rows, forward_rows))
-    size = _kernel.scratch_size(channels, k, out_h, out_w, forward_rows, False, 5)
+    # at least two blocks per thread when the batch has enough rows of tiles (the output does
+    # not depend on the blocks)
+    rows = max(1, min(rows, _ceil_div(n * tile_rows, 2 * threads)))
+    threads = min(threads, _ceil_div(n * tile_rows, rows))
+    size = _kernel.scratch_size(channels, k, out_h, out_w, rows, False,
+                                3 if u.shape[0] == 16 else 5)
     scratch = _memory.empty((threads, size), x.dtype)
     bias_vector = np.ascontiguousarray(bias) if bias is not None else np.zeros(k, x.dtype)
-    _kernel.forward(x, u, bias_vector, bias is not None, out, *padding, forward_rows, scratch,
-                    threads)
-    return u[:, :, :k], block_rows
+    _kernel.forward(x, u, bias_vector, bias is not None, out, *padding, rows, scratch, threads)
 
 
 def forward(x, weight, bias, padding, out):
@@ -196,24 +192,18 @@ def forward(x, weight, bias, padding, out):
         out: C-contiguous ``(N, K, OH, OW)``.
     """
     x = np.ascontiguousarray(x)
-    if weight.shape[2] == 5:
-        u, block_rows = _forward5(x, weight, bias, padding, out)
-        return WinogradCache(x, u, bias is not None, x.shape, out.shape, tuple(padding),
-                             block_rows, x.dtype, 5, np.array(weight, order="C"))
     n, channels = x.shape[:2]
     k, out_h, out_w = out.shape[1:]
+    r = weight.shape[2]
+    u = weight_transform(weight, _round_up(k, COL_STEP))  # (16 or 36, C, K+)
+    _forward(x, u, bias, padding, out)
     tile_rows, tiles_per_row = tiles(out_h, out_w)
+    if r == 5:  # the weight gradient's blocks may span images too; dx needs the weight
+        block_rows = _block_rows_across(n, tile_rows, tiles_per_row, channels, k,
+                                        x.dtype.itemsize)
+        return WinogradCache(x, u[:, :, :k], bias is not None, x.shape, out.shape,
+                             tuple(padding), block_rows, x.dtype, 5, np.array(weight, order="C"))
     block_rows = _block_rows(tiles_per_row, tile_rows, channels, k, x.dtype.itemsize)
-    u = weight_transform(weight, _round_up(k, COL_STEP))  # (16, C, K+)
-    threads = _config.threads_for(out.size * channels)
-    # the kernel's tasks are blocks of one image
-    forward_rows = _forward_rows(n, tile_rows, block_rows, threads)
-    threads = min(threads, n * _ceil_div(tile_rows, forward_rows))
-    size = _kernel.scratch_size(channels, k, out_h, out_w, forward_rows, False)
-    scratch = _memory.empty((threads, size), x.dtype)
-    bias_vector = np.ascontiguousarray(bias) if bias is not None else np.zeros(k, x.dtype)
-    _kernel.forward(x, u, bias_vector, bias is not None, out, *padding, forward_rows, scratch,
-                    threads)
     return WinogradCache(x, u[:, :, :k], bias is not None, x.shape, out.shape, tuple(padding),
                          block_rows, x.dtype)
 
@@ -242,7 +232,8 @@ def _backward5(dout, cache, input_grad):
     if input_grad:  # dx = dout convolved with g[k, c] rotated by 180 degrees, padding 4 - p
         flipped = np.ascontiguousarray(cache.weight[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
         dx = _memory.empty((n, channels, height, width), dtype)
-        _forward5(dout, flipped, None, tuple(4 - p for p in cache.padding), dx)
+        u = weight_transform(flipped, _round_up(channels, COL_STEP))
+        _forward(dout, u, None, tuple(4 - p for p in cache.padding), dx)
     return dx, dweight, dbias
 
 
