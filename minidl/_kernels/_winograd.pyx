@@ -81,8 +81,8 @@ cdef extern from "_winograd.h" nogil:
     const char* minidl_wino_init()
     void minidl_wino_filter(const double* g, double* u)
     void minidl_wino_filter_grad(const double* u, double* g)
-    void minidl_wino5_filter(const double* g, double* u)
-    void minidl_wino5_filter_grad(const double* u, double* g)
+    void minidl_wino5_filters16(const double* g, double* u)
+    void minidl_wino5_filters16_grad(const double* u, double* g)
 
 
 #: The instruction set of the tile products on this CPU ("avx512f", "avx2" or "baseline").
@@ -253,28 +253,33 @@ cdef void _transform_filters(const floating* w0, floating* u0, Py_ssize_t K, Py_
                              Py_ssize_t KP, Py_ssize_t c, Py_ssize_t r) noexcept nogil:
     """Columns ``u[:, c, :]`` of :func:`weight_transform`: ``U`` of every ``r x r`` filter
     ``weight[k, c]`` (zeros for ``k >= K``)."""
-    cdef Py_ssize_t k0, k, i, j, taps = r * r, planes = (r + 1) * (r + 1)
-    cdef double g[25]
-    cdef double t[36]
+    cdef Py_ssize_t k0, k, i, j, end, planes = (r + 1) * (r + 1)
+    cdef double g[9]
+    cdef double t[16]
+    cdef double filters[25][16]  # 5x5: 16 filters, tap by tap (lanes of minidl_wino5_filters16)
     cdef double block[36][16]  # 16 filters' U, plane by plane: u's planes are written as rows
     for k0 in range(0, KP, 16):
-        for k in range(k0, k0 + 16 if k0 + 16 < KP else KP):
-            if k < K:
-                for j in range(taps):
-                    g[j] = w0[(k * C + c) * taps + j]
-                if r == 3:
+        end = k0 + 16 if k0 + 16 < KP else KP
+        if r == 5:
+            for j in range(25):
+                for k in range(k0, k0 + 16):
+                    filters[j][k - k0] = w0[(k * C + c) * 25 + j] if k < K else 0
+            minidl_wino5_filters16(&filters[0][0], &block[0][0])
+        else:
+            for k in range(k0, end):
+                if k < K:
+                    for j in range(9):
+                        g[j] = w0[(k * C + c) * 9 + j]
                     minidl_wino_filter(g, t)
                 else:
-                    minidl_wino5_filter(g, t)
-            else:
-                for i in range(planes):
-                    t[i] = 0
-            for i in range(planes):
-                block[i][k - k0] = t[i]
+                    for i in range(16):
+                        t[i] = 0
+                for i in range(16):
+                    block[i][k - k0] = t[i]
         # (writing the planes one filter at a time would put 16 or 36 stores a plane
         # apart, often a multiple of 4 KiB: the same cache set)
         for i in range(planes):
-            for k in range(k0, k0 + 16 if k0 + 16 < KP else KP):
+            for k in range(k0, end):
                 u0[(i * C + c) * KP + k] = <floating>block[i][k - k0]
 
 
@@ -315,9 +320,10 @@ def weight_grad_transform(const double[:, :, :] du, floating[:, :, :, ::1] dweig
     Preconditions (checked by the caller, not here): the shapes above; no shared memory.
     """
     cdef Py_ssize_t K = dweight.shape[0], C = dweight.shape[1], r = dweight.shape[2]
-    cdef Py_ssize_t c, k0, k, i, j, end, taps = r * r, planes = (r + 1) * (r + 1)
-    cdef double t[36]
-    cdef double g[25]
+    cdef Py_ssize_t c, k0, k, i, j, end, planes = (r + 1) * (r + 1)
+    cdef double t[16]
+    cdef double g[9]
+    cdef double filters[25][16]  # 5x5: 16 filters' gradients, tap by tap
     cdef double block[36][16]  # 16 filters' dU, read plane by plane (see weight_transform)
     if C * K == 0:
         return
@@ -327,17 +333,20 @@ def weight_grad_transform(const double[:, :, :] du, floating[:, :, :, ::1] dweig
             for k0 in range(0, K, 16):
                 end = k0 + 16 if k0 + 16 < K else K
                 for i in range(planes):
+                    for k in range(k0, k0 + 16):
+                        block[i][k - k0] = du[i, c, k] if k < end else 0
+                if r == 5:
+                    minidl_wino5_filters16_grad(&block[0][0], &filters[0][0])
                     for k in range(k0, end):
-                        block[i][k - k0] = du[i, c, k]
+                        for j in range(25):
+                            d0[(k * C + c) * 25 + j] = <floating>filters[j][k - k0]
+                    continue
                 for k in range(k0, end):
-                    for i in range(planes):
+                    for i in range(16):
                         t[i] = block[i][k - k0]
-                    if r == 3:
-                        minidl_wino_filter_grad(t, g)
-                    else:
-                        minidl_wino5_filter_grad(t, g)
-                    for j in range(taps):
-                        d0[(k * C + c) * taps + j] = <floating>g[j]
+                    minidl_wino_filter_grad(t, g)
+                    for j in range(9):
+                        d0[(k * C + c) * 9 + j] = <floating>g[j]
 
 
 def forward(const floating[:, :, :, ::1] x, const floating[:, :, ::1] u,
