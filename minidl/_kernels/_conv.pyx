@@ -29,6 +29,7 @@ product of sizes is bounded by the size of an array that exists (the caller chec
 array fits in memory) or by such a size times a stride or padding of at most ``2**31 - 1``
 (``minidl._checks.MAX_SIZE``), so none can overflow.
 """
+from libc.string cimport memcpy
 from cython.parallel cimport prange, threadid
 
 from ._common cimport build_facts, ceil_div, floating
@@ -538,9 +539,8 @@ def direct_weight_grad(const floating[:, :, :, ::1] x_pad, const floating[:, :, 
         total = 0
         for n in range(N):
             g_plane = g0 + (n * O + o) * OH * OW
-            for oh in range(OH):
-                for ow in range(OW):
-                    wide[oh * Wp + ow] = g_plane[oh * OW + ow]
+            for oh in range(OH):  # (an element loop here was not vectorized: 40% of the time)
+                memcpy(wide + oh * Wp, g_plane + oh * OW, OW * sizeof(floating))
             if want_bias_grad:
                 total = total + _sum(wide, L)
             for c in range(C):
@@ -589,7 +589,7 @@ def direct_input_grad(const floating[:, :, :, ::1] dout_wide, const floating[:, 
     cdef Py_ssize_t Hp = H + 2 * pad_h
     cdef Py_ssize_t OW = Wp - KW + 1
     cdef Py_ssize_t L = (OH - 1) * Wp + OW
-    cdef Py_ssize_t task, n, o, c, i, j, h, w, k
+    cdef Py_ssize_t task, n, o, c, i, j, h, k
     cdef floating* wide
     cdef floating* dx_plane
     cdef const floating* g_plane
@@ -612,5 +612,4 @@ def direct_input_grad(const floating[:, :, :, ::1] dout_wide, const floating[:, 
                     _axpy(wide + i * Wp + j, g_plane, w0[((o * C + c) * KH + i) * KW + j], L)
         dx_plane = dx0 + task * H * W
         for h in range(H):
-            for w in range(W):
-                dx_plane[h * W + w] = wide[(h + pad_h) * Wp + w + pad_w]
+            memcpy(dx_plane + h * W, wide + (h + pad_h) * Wp + pad_w, W * sizeof(floating))
