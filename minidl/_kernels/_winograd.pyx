@@ -1,4 +1,5 @@
-"""Winograd F(2x2, 3x3) convolution kernels: forward, and weight/input gradients, fused.
+"""Winograd F(2x2, 3x3) and F(2x2, 5x5) convolution kernels: forward, and weight/input
+gradients, fused.
 
 Lavin & Gray, 2016, "Fast Algorithms for Convolutional Neural Networks": a 3x3, stride-1
 convolution computes each 2x2 block of outputs from a 4x4 input tile with 16 multiplications per
@@ -11,7 +12,12 @@ version of every step are in ``minidl/reference/winograd.py``::
 
 with ``U[xi] = G g G^T`` the transformed weight (:func:`weight_transform`, in float64).
 
-Each image is processed in blocks of ``block_rows`` rows of tiles, by one thread from start to
+F(2x2, 5x5) (``weight_grad5``, and :func:`forward` with a 36-plane ``u``) is the same with
+6x6 input tiles and 36 planes (``xi = 6*a + b``); its input gradient is a forward of ``dout``
+with the flipped kernel (the driver's), so it has no input-gradient kernel.
+
+Each image is processed in blocks of ``block_rows`` rows of tiles (the forward's and
+``weight_grad5``'s blocks may run on from one image into the next), by one thread from start to
 end: the block's input rows are gathered into NHWC order in the thread's scratch, transformed
 (``V``), multiplied by the 16 ``U`` matrices (``M``), transformed back and written to the NCHW
 output. So ``V`` and ``M`` never leave the cache, and the products are small in-cache matrix

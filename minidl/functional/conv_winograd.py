@@ -3,7 +3,7 @@ around the kernels.
 
 Lavin & Gray, 2016, "Fast Algorithms for Convolutional Neural Networks". The math, the tile
 layout and a NumPy version of every step are in :mod:`minidl.reference.winograd`; the fused
-kernels (tile transforms and the 16 in-cache products per block of tiles) are in
+kernels (tile transforms and the 16 (36) in-cache products per block of tiles) are in
 ``minidl/_kernels/_winograd.pyx``. Against im2col + GEMM (``9*C*K`` multiply-adds per output
 position) this does ``4*C*K`` per position (16 per 2x2 tile), needs no ``cols`` matrix and no
 NCHW <-> NHWC copies of whole tensors, and keeps its intermediate matrices in the cache.
@@ -24,13 +24,16 @@ import numpy as np
 
 from .. import _config, _memory
 from .._kernels import _winograd as _kernel
-from ..reference.winograd import SCHEMES, tiles
+from ..reference.winograd import tiles
 
 __all__ = ["WinogradCache", "forward", "backward", "BLOCK_BYTES"]
 
-# A block of tiles (whole rows of tiles of one image) has about this many bytes of V and M
-# (or Z): with the transformed weight they stay in a core's L2 cache.
+# A block of tiles (whole rows of tiles: of one image in the 3x3 backward, running on across
+# images elsewhere) has about this many bytes of V and M (or Z): with the transformed weight
+# they stay in a core's L2 cache.
 BLOCK_BYTES = 384 << 10
+# The blocks that run on across images hold at least this many tiles (_block_rows_across)
+BLOCK_MIN_TILES = 128
 # The cost of transforming one 3x3 filter, in elements of an elementwise kernel (for
 # _config.threads_for): 10 ns against about 0.2 ns per element of ReLU on this machine.
 FILTER_COST = 48
@@ -44,8 +47,6 @@ ROW_STEP, COL_STEP = _kernel.PRODUCT_STEPS
 # split evenly among 2, 3, 4, 6, 8, 12, 16 or 24 threads (the batch is split as evenly as
 # possible among the chunks), so no thread count loses more than a chunk's share of balance.
 CHUNK_TILES = 128
-# The blocks that run on across images hold at least this many tiles (_block_rows_across)
-BLOCK_MIN_TILES = 128
 CHUNK_COUNTS = (1, 2, 4, 6, 12, 24, 48)
 
 
