@@ -356,9 +356,9 @@ def weight_grad_transform(const double[:, :, :] du, floating[:, :, :, ::1] dweig
 
 
 def forward(const floating[:, :, :, ::1] x, const floating[:, :, ::1] u,
-             const floating[::1] bias, bint use_bias, floating[:, :, :, ::1] out,
-             Py_ssize_t pad_h, Py_ssize_t pad_w, Py_ssize_t block_rows,
-             floating[:, ::1] scratch, int num_threads=1):
+            const floating[::1] bias, bint use_bias, floating[:, :, :, ::1] out,
+            Py_ssize_t pad_h, Py_ssize_t pad_w, Py_ssize_t block_rows,
+            floating[:, ::1] scratch, int num_threads=1):
     """3x3 (5x5) stride-1 convolution ``out = conv(x, g) (+ bias)`` by F(2x2, 3x3) (F(2x2,
     5x5)).
 
@@ -381,9 +381,9 @@ def forward(const floating[:, :, :, ::1] x, const floating[:, :, ::1] u,
     Preconditions (checked by the caller, not here): ``pH, pW >= 0``; ``OH, OW >= 1`` as above
     (``out``'s last two sizes); ``u`` exactly ``(16, C, KP)`` or ``(36, C, KP)`` with ``KP`` =
     ``K`` rounded up to a multiple of 16 (``PRODUCT_STEPS``) and zeros in columns ``>= K``;
-    ``bias`` of length ``K`` when ``use_bias``; ``block_rows >= 1`` (and at most ``TH`` for a
-    3x3 kernel); ``scratch`` of at least ``num_threads`` rows of at least that size; ``out``
-    shares no memory with the inputs; ``num_threads >= 1``.
+    ``bias`` of length ``K`` when ``use_bias``; ``block_rows >= 1``; ``scratch`` of at least
+    ``num_threads`` rows of at least that size; ``out`` shares no memory with the inputs;
+    ``num_threads >= 1``.
     """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t K = out.shape[1], OH = out.shape[2], OW = out.shape[3]
@@ -582,8 +582,9 @@ def weight_grad5(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] do
                  floating[:, :, :, ::1] dweight, double[:, ::1] dbias, bint want_bias,
                  Py_ssize_t pad_h, Py_ssize_t pad_w, Py_ssize_t block_rows, Py_ssize_t chunks,
                  floating[:, ::1] scratch, int num_threads=1):
-    """The transformed weight gradient and the bias gradient of a 5x5 :func:`forward`, per chunk of
-    images: :func:`backward` without the input gradient, with 36 planes.
+    """The transformed weight gradient and the bias gradient of a 5x5 :func:`forward`, per
+    chunk of images: :func:`backward` without the input gradient, with 36 planes, and blocks
+    that may run on from one image into the next (within the chunk).
 
     Args:
         x (IN): the forward's input ``(N, C, H, W)``, float32 or float64, C-contiguous.

@@ -209,6 +209,18 @@ def forward(x, weight, bias, padding, out):
                          block_rows, x.dtype)
 
 
+def _chunk_sums(du, dbias, channels, has_bias):
+    """``(dweight, dbias)`` from the backward kernels' per-chunk sums: ``du`` ``(chunks,
+    planes, C4, KP)`` added in chunk order in float64 (:func:`_kernel.sum_chunks`), cropped to
+    ``(planes, C, K)`` and transformed back (:func:`weight_grad_transform`); ``dbias``
+    ``(chunks, K)`` float64 summed (None without a bias). Both in ``du``'s dtype."""
+    chunks, k = dbias.shape
+    total = np.empty(du[0].size, np.float64)
+    _kernel.sum_chunks(du.reshape(chunks, -1), total, _threads(total.size, du.size))
+    dweight = weight_grad_transform(total.reshape(du.shape[1:])[:, :channels, :k], du.dtype)
+    return dweight, (dbias.sum(axis=0).astype(du.dtype) if has_bias else None)
+
+
 def _backward5(dout, cache, input_grad):
     """:func:`backward` for a 5x5 kernel: the weight and bias gradients by ``weight_grad5``,
     the input gradient as the convolution of ``dout`` with the flipped kernel."""
@@ -225,10 +237,7 @@ def _backward5(dout, cache, input_grad):
     scratch = _memory.empty((threads, size), dtype)
     _kernel.weight_grad5(x, dout, du, dbias, has_bias, *cache.padding, cache.block_rows, chunks,
                          scratch, threads)
-    total = np.empty(du[0].size, np.float64)
-    _kernel.sum_chunks(du.reshape(chunks, -1), total, _threads(total.size, du.size))
-    dweight = weight_grad_transform(total.reshape(du.shape[1:])[:, :channels, :k], dtype)
-    dbias = dbias.sum(axis=0).astype(dtype) if has_bias else None
+    dweight, dbias = _chunk_sums(du, dbias, channels, has_bias)
     dx = None
     if input_grad:  # dx = dout convolved with g[k, c] rotated by 180 degrees, padding 4 - p
         flipped = np.ascontiguousarray(cache.weight[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
@@ -261,9 +270,5 @@ def backward(dout, cache, input_grad):
     scratch = _memory.empty((threads, size), dtype)
     _kernel.backward(x, dout, ut, du, dbias, has_bias, dx, input_grad, *cache.padding,
                      cache.block_rows, chunks, scratch, threads)
-    total = np.empty(du[0].size, np.float64)
-    _kernel.sum_chunks(du.reshape(chunks, -1), total, _threads(total.size, du.size))
-    du = total.reshape(du.shape[1:])[:, :channels, :k]
-    dweight = weight_grad_transform(du, dtype)
-    dbias = dbias.sum(axis=0).astype(dtype) if has_bias else None
+    dweight, dbias = _chunk_sums(du, dbias, channels, has_bias)
     return (dx if input_grad else None), dweight, dbias
