@@ -466,6 +466,28 @@ def test_auto_method_choice(rng):
     assert cache.method == "im2col"  # auto: the direct and Winograd kernels are for stride 1
 
 
+@pytest.mark.parametrize("in_channels, out_channels, out_size, expected", [
+    (64, 64, (4, 4), "winograd"),    # 4 tiles per image, sqrt(64*64)/16 = 4
+    (64, 64, (2, 2), "im2col"),      # 1 tile
+    (128, 128, (4, 4), "im2col"),    # 4 tiles < 8
+    (128, 128, (6, 6), "winograd"),  # 9 tiles
+    (256, 256, (7, 7), "winograd"),  # 16 tiles (odd maps round up)
+    (256, 256, (6, 6), "im2col"),    # 9 tiles < 16
+    (256, 128, (5, 6), "im2col"),    # 9 tiles < sqrt(32768)/16 = 11.3
+    (512, 512, (16, 16), "im2col"),  # more channel pairs than WINOGRAD3_MAX_CHANNEL_PAIRS
+    (32, 64, (14, 14), "winograd"),  # the MNIST CNN's second layer
+])
+def test_auto_gives_winograd_3x3_only_where_its_weight_transform_pays(
+        in_channels, out_channels, out_size, expected, rng):
+    from minidl.functional.conv import choose_method
+    assert choose_method("auto", 9 * in_channels, kernel_size=(3, 3), padding=(1, 1),
+                         out_size=out_size, out_channels=out_channels) == expected
+    x = rng.standard_normal((1, in_channels) + out_size).astype(np.float32)
+    weight = rng.standard_normal((out_channels, in_channels, 3, 3)).astype(np.float32)
+    _, cache = conv2d_forward(x, weight, None, 1, 1)  # the layers' path: method "auto"
+    assert cache.method == expected
+
+
 def test_conv2d_forward_out_argument(rng):
     x = rng.standard_normal((2, 3, 6, 6))
     weight = rng.standard_normal((4, 3, 3, 3))

@@ -77,6 +77,19 @@ WINOGRAD_KERNELS = ((3, 3), (5, 5))
 # 4.18 / 7.12 / 8.28; (32, 8, 16, 16) -> 32 4.67 / 3.52 / - / 4.99; (32, 16, 16, 16) -> 4
 # 4.56 / 3.21 / 3.29 / 3.67; (32, 64, 8, 8) -> 64 13.1 / 8.6 / - / 11.7.
 WINOGRAD5_MIN_IN_CHANNELS = 8
+# 3x3 stride-1 layers use F(2x2, 3x3) under "auto" only where its transformed weight (16*C_in*
+# C_out numbers) is paid for: the backward pass reads it, and adds into its gradient, once per
+# image, so small maps with many channels spend their time on those passes, not on products.
+# Winograd needs C_in*C_out <= WINOGRAD3_MAX_CHANNEL_PAIRS and at least sqrt(C_in*C_out) /
+# WINOGRAD3_TILES_DIVISOR 2x2 output tiles per image (64 channels: 4 tiles, a 4x4 map; 128: 8;
+# 256: 16, an 8x8 map). Measured, one layer forward + backward, ms, im2col / Winograd / PyTorch
+# at 2 threads: (16, 64, 16, 16) -> 64 4.97 / 2.42 / 4.26; (64, 64, 4, 4) -> 64 1.69 / 1.22 /
+# 1.57; (16, 128, 4, 4) -> 128 2.15 / 2.65 / 1.51; (16, 128, 6, 6) -> 128 4.15 / 3.71 / 2.86;
+# (16, 256, 4, 4) -> 256 6.15 / 7.95 / 4.17; (16, 256, 6, 6) -> 256 11.5 / 13.2 / 9.1;
+# (16, 256, 8, 8) -> 256 18.3 / 13.0 / 15.3; (16, 512, 2, 2) -> 512 12.1 / 73.0 / 6.8;
+# (16, 512, 7, 7) -> 512 62.9 / 148.8 / 49.9; (4, 512, 16, 16) -> 512 81.1 / 107.5 / 70.2.
+WINOGRAD3_MAX_CHANNEL_PAIRS = 256 * 256
+WINOGRAD3_TILES_DIVISOR = 16
 _BACKWARD = {DirectCache: conv_direct.backward, Im2colCache: conv_im2col.backward,
              PointwiseCache: conv_pointwise.backward, WinogradCache: conv_winograd.backward}
 
@@ -122,7 +135,8 @@ def choose_method(method, taps, layer="conv2d", stride=(1, 1), kernel_size=None,
     ``"auto"`` picks the pointwise products for a ``(1, 1)`` kernel without padding (any
     stride) unless ``OH*OW < POINTWISE_MIN_POSITIONS``; for stride 1 the direct kernels when
     ``taps <= DIRECT_MAX_TAPS`` (there the product's inner dimension is too small to pay for
-    im2col's copy), else Winograd F(2x2, 3x3) when ``kernel_size`` is ``(3, 3)``, F(2x2, 5x5)
+    im2col's copy), else Winograd F(2x2, 3x3) when ``kernel_size`` is ``(3, 3)`` and its
+    transformed weight is paid for (``WINOGRAD3_MAX_CHANNEL_PAIRS``), F(2x2, 5x5)
     when it is ``(5, 5)`` with a padding of at most 4 and at least
     ``WINOGRAD5_MIN_IN_CHANNELS`` input channels, else the
     direct kernels again for a kernel larger than 1x1 with at most
@@ -143,7 +157,7 @@ def choose_method(method, taps, layer="conv2d", stride=(1, 1), kernel_size=None,
     if stride_one and taps <= DIRECT_MAX_TAPS:
         return "direct"
     three_by_three = kernel_size is not None and tuple(kernel_size) == (3, 3)
-    if stride_one and three_by_three:
+    if stride_one and three_by_three and _winograd3_pays(taps // 9, out_channels, out_size):
         return "winograd"
     if stride_one and tuple(kernel_size or ()) == (5, 5) and max(padding) <= 4 and \
             taps // 25 >= WINOGRAD5_MIN_IN_CHANNELS:
@@ -151,6 +165,17 @@ def choose_method(method, taps, layer="conv2d", stride=(1, 1), kernel_size=None,
     narrow = (out_channels is not None and out_channels <= DIRECT_NARROW_MAX_OUT_CHANNELS
               and taps <= DIRECT_NARROW_MAX_TAPS and tuple(kernel_size or ()) != (1, 1))
     return "direct" if stride_one and narrow else "im2col"
+
+
+def _winograd3_pays(in_channels, out_channels, out_size):
+    """Whether "auto" gives a 3x3 stride-1 layer to F(2x2, 3x3): see
+    ``WINOGRAD3_MAX_CHANNEL_PAIRS``. ``out_channels`` or ``out_size`` None (not known): yes."""
+    if out_channels is None or out_size is None:
+        return True
+    pairs = in_channels * out_channels
+    tiles = -(-out_size[0] // 2) * -(-out_size[1] // 2)
+    return (pairs <= WINOGRAD3_MAX_CHANNEL_PAIRS
+            and (tiles * WINOGRAD3_TILES_DIVISOR) ** 2 >= pairs)
 
 
 def conv2d_output_size(in_size, kernel_size, stride, padding):
