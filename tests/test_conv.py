@@ -467,14 +467,17 @@ def test_auto_method_choice(rng):
 
 
 @pytest.mark.parametrize("in_channels, out_channels, out_size, expected", [
-    (64, 64, (4, 4), "winograd"),    # 4 tiles per image, sqrt(64*64)/16 = 4
+    (64, 64, (4, 4), "winograd"),    # 4 tiles per image (WINOGRAD3_MIN_TILES)
     (64, 64, (2, 2), "im2col"),      # 1 tile
-    (128, 128, (4, 4), "im2col"),    # 4 tiles < 8
-    (128, 128, (6, 6), "winograd"),  # 9 tiles
-    (256, 256, (7, 7), "winograd"),  # 16 tiles (odd maps round up)
-    (256, 256, (6, 6), "im2col"),    # 9 tiles < 16
-    (256, 128, (5, 6), "im2col"),    # 9 tiles < sqrt(32768)/16 = 11.3
-    (512, 512, (16, 16), "im2col"),  # more channel pairs than WINOGRAD3_MAX_CHANNEL_PAIRS
+    (16, 16, (3, 4), "winograd"),    # odd maps round up: 2 x 2 tiles
+    (16, 16, (2, 4), "im2col"),      # 2 tiles
+    (128, 128, (4, 4), "winograd"),  # sqrt(128*128)/32 = 4 tiles
+    (256, 256, (4, 4), "im2col"),    # 4 tiles < 8
+    (256, 256, (6, 6), "winograd"),  # 9 tiles
+    (256, 128, (4, 4), "im2col"),    # 4 tiles < sqrt(256*128)/32 = 5.7
+    (256, 128, (4, 6), "winograd"),  # 6 tiles
+    (512, 512, (4, 4), "im2col"),    # 4 tiles < 16
+    (512, 512, (7, 7), "winograd"),  # 16 tiles
     (32, 64, (14, 14), "winograd"),  # the MNIST CNN's second layer
 ])
 def test_auto_gives_winograd_3x3_only_where_its_weight_transform_pays(
@@ -585,6 +588,8 @@ def test_conv2d_workspace_is_checked_and_must_be_memory_of_its_own(rng):
     ("winograd", "dtype", lambda c: np.dtype(np.float32)),
     ("winograd", "kernel", lambda c: 4),
     ("winograd5", "kernel", lambda c: 3),
+    ("winograd", "weight", lambda c: c.weight[:, :, :2, :2]),  # (its backward spans images)
+    ("winograd", "weight", lambda c: c.weight.astype(np.float32)),
     ("winograd5", "u", lambda c: c.u[:16]),
     ("winograd5", "weight", lambda c: c.weight[:, :, :3, :3]),
     ("winograd5", "weight", lambda c: None),

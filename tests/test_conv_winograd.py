@@ -25,6 +25,7 @@ WINOGRAD_GEOMETRIES = [
     (1, 2, 2, 3, 3, (0, 0)),
     (2, 37, 33, 7, 10, (1, 0)),
     (3, 64, 64, 12, 11, (1, 1)),
+    (2, 4, 3, 5, 5, (3, 3)),  # padding 3: the input gradient is not a forward (dout padded -1)
 ]
 # The same for 5x5 kernels (6x6 tiles): paddings 0-4 (4 is the most F(2x2, 5x5) takes), an
 # output of one pixel, and the shapes of a small-map layer with many channels.
@@ -90,14 +91,21 @@ def test_weight_transforms_match_the_reference(k, c, dtype, r, rng):
     np.testing.assert_allclose(dweight, wino.weight_grad_transform(du, dtype), **tolerance)
 
 
+@pytest.mark.parametrize("backward", ["per-image", "across"])
 @pytest.mark.parametrize("blocks", ["one-row", "three-rows", "whole"])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("r, geometry", CASES, ids=CASE_IDS)
-def test_winograd_kernels_blocks_and_threads(r, geometry, dtype, blocks, monkeypatch, rng):
+def test_winograd_kernels_blocks_and_threads(r, geometry, dtype, blocks, backward, monkeypatch,
+                                             rng):
     """The fused kernels with one row of tiles per block, three rows (the forward's blocks, and
-    the 5x5 weight gradient's, run on from one image into the next), or whole images (those
-    blocks: the whole batch), on 3 threads (so images are split unevenly, and some threads may
-    get none), every output overwritten."""
+    the weight gradient's where they span images, run on from one image into the next), or
+    whole images (those blocks: the whole batch), on 3 threads (so images are split unevenly,
+    and some threads may get none), every output overwritten; a 3x3 layer's backward pass by
+    its per-image kernel and by blocks across images (weight_grad and a forward for dx, where
+    the padding allows: at most 2)."""
+    across = backward == "across" and max(geometry[-1]) <= r - 1
+    monkeypatch.setattr(conv_winograd, "ACROSS_MAX_TILES", 1 << 30 if across else 0)
+    monkeypatch.setattr(conv_winograd, "ACROSS_MIN_U_BYTES", 0 if across else 1 << 60)
     monkeypatch.setattr(conv_winograd, "BLOCK_BYTES", 1 << 30 if blocks == "whole" else 1)
     monkeypatch.setattr(conv_winograd, "BLOCK_MIN_TILES", 1)
     if blocks == "three-rows":
@@ -114,7 +122,7 @@ def test_winograd_kernels_blocks_and_threads(r, geometry, dtype, blocks, monkeyp
     conv2d_forward(x, weight, bias, 1, padding, method="winograd", out=out)
     assert_close(out, ref.conv2d_forward(x, weight, bias, (1, 1), padding), dtype, "out")
     out, cache = conv2d_forward(x, weight, bias, 1, padding, method="winograd")
-    assert cache.kernel == r
+    assert cache.kernel == r and (cache.weight is not None) == (across or r == 5)
     dout = rng.standard_normal(out.shape).astype(dtype)
     dx, dweight, dbias = conv2d_backward(dout, cache)
     ref_dx, ref_dweight, ref_dbias = ref.conv2d_backward(dout, x, weight, True, (1, 1), padding)
@@ -123,11 +131,12 @@ def test_winograd_kernels_blocks_and_threads(r, geometry, dtype, blocks, monkeyp
     assert_close(dbias, ref_dbias, dtype, "dbias")
 
 
-@pytest.mark.parametrize("r", [3, 5])
-def test_winograd_results_do_not_depend_on_threads_or_blocks(r, monkeypatch, rng):
+@pytest.mark.parametrize("r, across", [(3, False), (3, True), (5, True)])
+def test_winograd_results_do_not_depend_on_threads_or_blocks(r, across, monkeypatch, rng):
     """Forward, input, weight and bias gradients: the same bits on 1 and 2 threads; the
-    forward (whose blocks may span images) and the 5x5 input gradient also with other block
-    sizes (the weight gradient's sums follow the blocks)."""
+    forward (whose blocks may span images) and the input gradient where it is a forward also
+    with other block sizes (the weight gradient's sums follow the blocks)."""
+    monkeypatch.setattr(conv_winograd, "ACROSS_MAX_TILES", 1 << 30 if across else 0)
     x = rng.standard_normal((5, 24, 9, 8)).astype(np.float32)
     weight = rng.standard_normal((20, 24, r, r)).astype(np.float32)
     bias = rng.standard_normal(20).astype(np.float32)
@@ -150,9 +159,12 @@ def test_winograd_results_do_not_depend_on_threads_or_blocks(r, monkeypatch, rng
             np.testing.assert_array_equal(a, b)
 
 
-def test_winograd_float32_accuracy_on_a_cifar_layer(rng):
+@pytest.mark.parametrize("across", [False, True])
+def test_winograd_float32_accuracy_on_a_cifar_layer(across, monkeypatch, rng):
     """F(2x2, 3x3) in float32 on a 64->64 layer of 16x16 maps stays within a few float32 ulps
-    of the exact result (relative to the largest value), like im2col does."""
+    of the exact result (relative to the largest value), like im2col does, with either
+    backward pass."""
+    monkeypatch.setattr(conv_winograd, "ACROSS_MAX_TILES", 1 << 30 if across else 0)
     x = rng.standard_normal((4, 64, 16, 16))
     weight = rng.standard_normal((64, 64, 3, 3)) / 24
     dout = rng.standard_normal((4, 64, 16, 16))

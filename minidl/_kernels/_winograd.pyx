@@ -12,12 +12,13 @@ version of every step are in ``minidl/reference/winograd.py``::
 
 with ``U[xi] = G g G^T`` the transformed weight (:func:`weight_transform`, in float64).
 
-F(2x2, 5x5) (``weight_grad5``, and :func:`forward` with a 36-plane ``u``) is the same with
+F(2x2, 5x5) (:func:`weight_grad`, and :func:`forward` with a 36-plane ``u``) is the same with
 6x6 input tiles and 36 planes (``xi = 6*a + b``); its input gradient is a forward of ``dout``
-with the flipped kernel (the driver's), so it has no input-gradient kernel.
+with the flipped kernel (the driver's), so it has no input-gradient kernel. Small 3x3 layers
+take that route too (:func:`weight_grad` with 16 planes), see ``conv_winograd.py``.
 
 Each image is processed in blocks of ``block_rows`` rows of tiles (the forward's and
-``weight_grad5``'s blocks may run on from one image into the next), by one thread from start to
+:func:`weight_grad`'s blocks may run on from one image into the next), by one thread from start to
 end: the block's input rows are gathered into NHWC order in the thread's scratch, transformed
 (``V``), multiplied by the 16 ``U`` matrices (``M``), transformed back and written to the NCHW
 output. So ``V`` and ``M`` never leave the cache, and the products are small in-cache matrix
@@ -149,7 +150,7 @@ def scratch_size(Py_ssize_t C, Py_ssize_t K, Py_ssize_t OH, Py_ssize_t OW,
                  Py_ssize_t block_rows, bint input_grad, Py_ssize_t kernel=3):
     """Elements of scratch each thread needs for :func:`forward` (``input_grad`` False) or
     :func:`backward` with ``block_rows`` rows of tiles per block; with ``kernel=5``, for
-    a 5x5 :func:`forward` and :func:`weight_grad5`.
+    a 5x5 :func:`forward` and :func:`weight_grad` (``kernel`` 3 for its 3x3 form).
 
     Preconditions (checked by the caller, not here): every argument >= 1, and the sizes those
     of arrays that exist (so that the result, about ``16*(OW/2)*block_rows*(C + K)`` elements,
@@ -578,18 +579,20 @@ def backward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] dout,
 # kernel, which the driver computes with forward (36 planes); so 5x5 needs no input-gradient
 # kernel, only this one.
 
-def weight_grad5(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] dout,
-                 floating[:, :, :, ::1] dweight, double[:, ::1] dbias, bint want_bias,
-                 Py_ssize_t pad_h, Py_ssize_t pad_w, Py_ssize_t block_rows, Py_ssize_t chunks,
-                 floating[:, ::1] scratch, int num_threads=1):
-    """The transformed weight gradient and the bias gradient of a 5x5 :func:`forward`, per
-    chunk of images: :func:`backward` without the input gradient, with 36 planes, and blocks
-    that may run on from one image into the next (within the chunk).
+def weight_grad(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] dout,
+                floating[:, :, :, ::1] dweight, double[:, ::1] dbias, bint want_bias,
+                Py_ssize_t pad_h, Py_ssize_t pad_w, Py_ssize_t block_rows, Py_ssize_t chunks,
+                floating[:, ::1] scratch, int num_threads=1):
+    """The transformed weight gradient and the bias gradient of a 3x3 or 5x5 :func:`forward`
+    (16 or 36 planes, told by ``dweight``), per chunk of images: :func:`backward` without the
+    input gradient, with blocks that may run on from one image into the next (within the
+    chunk), so that small images share the passes over ``dweight``.
 
     Args:
         x (IN): the forward's input ``(N, C, H, W)``, float32 or float64, C-contiguous.
         dout (IN): ``(N, K, OH, OW)``, same dtype, C-contiguous.
-        dweight (OUT): ``(chunks, 36, C4, KP)``, same dtype; row ``i`` is overwritten with
+        dweight (OUT): ``(chunks, 16, C4, KP)`` for a 3x3 kernel, ``(chunks, 36, C4, KP)``
+            for 5x5, same dtype; row ``i`` is overwritten with
             ``sum of V^T Z`` over the tiles of images ``i*N // chunks`` to
             ``(i + 1)*N // chunks - 1``, in image order (rows >= C and columns >= K are
             scratch).
@@ -599,16 +602,19 @@ def weight_grad5(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] do
         pad_h, pad_w: the forward's zero padding.
         block_rows: rows of tiles per block (>= 1).
         chunks: ``1 <= chunks <= N``, independent of ``num_threads``.
-        scratch (OUT): ``(num_threads, scratch_size(C, K, OH, OW, block_rows, False, 5))``,
-            same dtype; clobbered.
+        scratch (OUT): ``(num_threads, scratch_size(C, K, OH, OW, block_rows, False, r))``
+            for an ``r x r`` kernel, same dtype; clobbered.
         num_threads: OpenMP threads (ignored in a serial build); each runs whole chunks.
 
     Preconditions (checked by the caller, not here): as :func:`backward` with
-    ``input_grad`` false, ``OH = H + 2*pH - 4``, ``OW = W + 2*pW - 4``.
+    ``input_grad`` false, ``OH = H + 2*pH - r + 1``, ``OW = W + 2*pW - r + 1``.
     """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t K = dout.shape[1], OH = dout.shape[2], OW = dout.shape[3]
-    cdef _Layout L = _layout(C, K, OH, OW, block_rows, False, 5)
+    cdef Py_ssize_t kernel = 3 if dweight.shape[1] == 16 else 5
+    cdef _Layout L = _layout(C, K, OH, OW, block_rows, False, kernel)
+    # Z's plane (1, 1): the sum of a tile's 2x2 output gradient
+    cdef Py_ssize_t bias_plane = kernel + 2
     cdef Py_ssize_t C4 = dweight.shape[2]
     cdef Py_ssize_t chunk, R_first, R_end, R0, R, rb, n, th0, count
     cdef Py_ssize_t r, tw, t, xi, k, tiles
@@ -618,6 +624,7 @@ def weight_grad5(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] do
     cdef floating* v
     cdef floating* z
     cdef floating* dw
+    cdef floating* g
     cdef double* db
     if N * K * OH * OW == 0:
         return
@@ -649,22 +656,27 @@ def weight_grad5(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] do
                 for r in range(count):
                     for tw in range(L.TW):
                         t = (R - R0 + r) * L.TW + tw
+                        g = base + L.out_at + (2 * r * wide + 2 * tw) * K
                         if floating is float:
-                            minidl_wino5_grad_tile_f(base + L.out_at + (2 * r * wide + 2 * tw) * K,
-                                                     wide * K, z + t * L.KP, L.m_plane, K)
+                            if kernel == 3:
+                                minidl_wino_grad_tile_f(g, wide * K, z + t * L.KP, L.m_plane, K)
+                            else:
+                                minidl_wino5_grad_tile_f(g, wide * K, z + t * L.KP, L.m_plane, K)
                         else:
-                            minidl_wino5_grad_tile_d(base + L.out_at + (2 * r * wide + 2 * tw) * K,
-                                                     wide * K, z + t * L.KP, L.m_plane, K)
+                            if kernel == 3:
+                                minidl_wino_grad_tile_d(g, wide * K, z + t * L.KP, L.m_plane, K)
+                            else:
+                                minidl_wino5_grad_tile_d(g, wide * K, z + t * L.KP, L.m_plane, K)
                 R = R + count
-            _zero(z, L.m_plane, L.KP, 0, tiles, K, L.KP, 36)  # read by dU's columns
-            _zero(z, L.m_plane, L.KP, tiles, round_up(tiles, ROW_STEP), 0, L.KP, 36)
-            if want_bias:  # Z[(1, 1)] of a tile is the sum of its 2x2 output gradient
+            _zero(z, L.m_plane, L.KP, 0, tiles, K, L.KP, L.planes)  # read by dU's columns
+            _zero(z, L.m_plane, L.KP, tiles, round_up(tiles, ROW_STEP), 0, L.KP, L.planes)
+            if want_bias:
                 for t in range(tiles):
                     for k in range(K):
-                        db[k] += z[7 * L.m_plane + t * L.KP + k]
+                        db[k] += z[bias_plane * L.m_plane + t * L.KP + k]
             # dU[xi] (+)= V[xi]^T @ Z[xi]; the chunk's first block overwrites its row
             acc = 0 if R0 == R_first else 1
-            for xi in range(36):
+            for xi in range(L.planes):
                 _gemm(v + xi * L.v_plane, 1, L.CP, z + xi * L.m_plane, L.KP,
                       dw + xi * C4 * L.KP, L.KP, C4, tiles, L.KP, acc)
             R0 = R0 + rb

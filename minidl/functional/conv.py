@@ -78,18 +78,17 @@ WINOGRAD_KERNELS = ((3, 3), (5, 5))
 # 4.56 / 3.21 / 3.29 / 3.67; (32, 64, 8, 8) -> 64 13.1 / 8.6 / - / 11.7.
 WINOGRAD5_MIN_IN_CHANNELS = 8
 # 3x3 stride-1 layers use F(2x2, 3x3) under "auto" only where its transformed weight (16*C_in*
-# C_out numbers) is paid for: the backward pass reads it, and adds into its gradient, once per
-# image, so small maps with many channels spend their time on those passes, not on products.
-# Winograd needs C_in*C_out <= WINOGRAD3_MAX_CHANNEL_PAIRS and at least sqrt(C_in*C_out) /
-# WINOGRAD3_TILES_DIVISOR 2x2 output tiles per image (64 channels: 4 tiles, a 4x4 map; 128: 8;
-# 256: 16, an 8x8 map). Measured, one layer forward + backward, ms, im2col / Winograd / PyTorch
-# at 2 threads: (16, 64, 16, 16) -> 64 4.97 / 2.42 / 4.26; (64, 64, 4, 4) -> 64 1.69 / 1.22 /
-# 1.57; (16, 128, 4, 4) -> 128 2.15 / 2.65 / 1.51; (16, 128, 6, 6) -> 128 4.15 / 3.71 / 2.86;
-# (16, 256, 4, 4) -> 256 6.15 / 7.95 / 4.17; (16, 256, 6, 6) -> 256 11.5 / 13.2 / 9.1;
-# (16, 256, 8, 8) -> 256 18.3 / 13.0 / 15.3; (16, 512, 2, 2) -> 512 12.1 / 73.0 / 6.8;
-# (16, 512, 7, 7) -> 512 62.9 / 148.8 / 49.9; (4, 512, 16, 16) -> 512 81.1 / 107.5 / 70.2.
-WINOGRAD3_MAX_CHANNEL_PAIRS = 256 * 256
-WINOGRAD3_TILES_DIVISOR = 16
+# C_out numbers, read and added into by every block of tiles) is paid for by enough tiles: at
+# least WINOGRAD3_MIN_TILES 2x2 output tiles per image and sqrt(C_in*C_out) /
+# WINOGRAD3_TILES_DIVISOR of them (up to 128 channels: a 4x4 map; 256: 8 tiles, a 6x6 map; 512:
+# 16, a 7x7 map). Measured, one layer forward + backward, ms, im2col / Winograd / PyTorch at 2
+# threads (1 thread): (16, 64, 2, 2) -> 64 0.48 / 0.81 / 0.46; (16, 128, 4, 4) -> 128 1.44 /
+# 1.40 / 1.20 (2.39 / 1.81 / 2.07); (16, 256, 4, 4) -> 256 5.68 / 6.57 / 4.05 (9.41 / 8.42 /
+# 7.54); (16, 256, 6, 6) -> 256 11.4 / 10.4 / 9.1 (21.1 / 14.4 / 17.3); (16, 512, 4, 4) -> 512
+# 24.9 / 34.5 / 17.1; (16, 512, 7, 7) -> 512 70.4 / 59.5 / 49.4 (116.4 / 98.5 / 99.5); (8, 512,
+# 14, 14) -> 512 122.7 / 86.9 / 101.1.
+WINOGRAD3_MIN_TILES = 4
+WINOGRAD3_TILES_DIVISOR = 32
 _BACKWARD = {DirectCache: conv_direct.backward, Im2colCache: conv_im2col.backward,
              PointwiseCache: conv_pointwise.backward, WinogradCache: conv_winograd.backward}
 
@@ -136,7 +135,7 @@ def choose_method(method, taps, layer="conv2d", stride=(1, 1), kernel_size=None,
     stride) unless ``OH*OW < POINTWISE_MIN_POSITIONS``; for stride 1 the direct kernels when
     ``taps <= DIRECT_MAX_TAPS`` (there the product's inner dimension is too small to pay for
     im2col's copy), else Winograd F(2x2, 3x3) when ``kernel_size`` is ``(3, 3)`` and its
-    transformed weight is paid for (``WINOGRAD3_MAX_CHANNEL_PAIRS``), F(2x2, 5x5)
+    transformed weight is paid for (``WINOGRAD3_TILES_DIVISOR``), F(2x2, 5x5)
     when it is ``(5, 5)`` with a padding of at most 4 and at least
     ``WINOGRAD5_MIN_IN_CHANNELS`` input channels, else the
     direct kernels again for a kernel larger than 1x1 with at most
@@ -169,13 +168,12 @@ def choose_method(method, taps, layer="conv2d", stride=(1, 1), kernel_size=None,
 
 def _winograd3_pays(in_channels, out_channels, out_size):
     """Whether "auto" gives a 3x3 stride-1 layer to F(2x2, 3x3): see
-    ``WINOGRAD3_MAX_CHANNEL_PAIRS``. ``out_channels`` or ``out_size`` None (not known): yes."""
+    ``WINOGRAD3_TILES_DIVISOR``. ``out_channels`` or ``out_size`` None (not known): yes."""
     if out_channels is None or out_size is None:
         return True
-    pairs = in_channels * out_channels
     tiles = -(-out_size[0] // 2) * -(-out_size[1] // 2)
-    return (pairs <= WINOGRAD3_MAX_CHANNEL_PAIRS
-            and (tiles * WINOGRAD3_TILES_DIVISOR) ** 2 >= pairs)
+    return (tiles >= WINOGRAD3_MIN_TILES
+            and (tiles * WINOGRAD3_TILES_DIVISOR) ** 2 >= in_channels * out_channels)
 
 
 def conv2d_output_size(in_size, kernel_size, stride, padding):
@@ -418,11 +416,12 @@ def _check_cache(layer, cache):
         kernel = cache.kernel if cache.kernel in (3, 5) else 3
         array("x", (n, channels, height, width))
         array("u", ((kernel + 1) ** 2, channels, out_channels), contiguous=False)
-        if kernel == 5:
-            array("weight", (out_channels, channels, 5, 5))
+        spans = kernel == 5 or cache.weight is not None  # (the backward's blocks span images)
+        if spans:
+            array("weight", (out_channels, channels, kernel, kernel))
         geometry = (height + 2 * pad_h - kernel + 1, width + 2 * pad_w - kernel + 1)
         if not isinstance(cache.block_rows, (int, np.integer)) or cache.block_rows < 1 or \
-                cache.kernel not in (3, 5) or (kernel == 5 and max(pad_h, pad_w) > 4):
+                cache.kernel not in (3, 5) or (spans and max(pad_h, pad_w) > kernel - 1):
             geometry = None
     else:
         _, _, kernel_h, kernel_w = (int(v) for v in cache.weight_shape)

@@ -9,10 +9,17 @@ position) this does ``4*C*K`` per position (16 per 2x2 tile), needs no ``cols`` 
 NCHW <-> NHWC copies of whole tensors, and keeps its intermediate matrices in the cache.
 
 A 5x5 kernel takes F(2x2, 5x5): 6x6 tiles, 36 products per block, ``9*C*K`` multiply-adds per
-output position against im2col's ``25*C*K`` (the kernels ``forward`` and ``weight_grad5``).
+output position against im2col's ``25*C*K`` (the kernels ``forward`` and ``weight_grad``).
 Its input gradient is the convolution of ``dout`` with the flipped kernel (``dx[c] = sum over k
 of dout[k] * g[k, c]`` rotated by 180 degrees, padding ``4 - p``), by ``forward`` too; so the
 padding must be at most 4 (the kernel size minus one).
+
+A 3x3 layer's fused backward kernel (``backward``) works image by image: each image reads all
+of ``U`` and adds into all of ``dU``, ``16*C*K`` numbers each, which on small maps with many
+channels costs more than the image's products. A 3x3 layer with fewer than
+``ACROSS_MAX_TILES`` output tiles per image (and a padding of at most 2) therefore takes the
+5x5 route: ``weight_grad`` with 16 planes, whose blocks span images, and the input gradient as
+a forward of ``dout`` with the flipped kernel (padding ``2 - p``).
 
 Called by :func:`minidl.functional.conv.conv2d_forward` / ``conv2d_backward``, which validate
 the arguments and choose the method; these functions trust them. Every array they allocate comes
@@ -48,6 +55,15 @@ ROW_STEP, COL_STEP = _kernel.PRODUCT_STEPS
 # possible among the chunks), so no thread count loses more than a chunk's share of balance.
 CHUNK_TILES = 128
 CHUNK_COUNTS = (1, 2, 4, 6, 12, 24, 48)
+# 3x3 layers with fewer 2x2 output tiles per image than ACROSS_MAX_TILES, or whose transformed
+# weight has more than ACROSS_MIN_U_BYTES (a core's L2 cache here), take the backward pass whose
+# blocks span images (see the module docstring). Measured, layer forward + backward at 2
+# threads, ms, per-image kernel / blocks across images / PyTorch: (16, 256, 4, 4) -> 256 7.52 /
+# 6.30 / 3.94; (16, 512, 7, 7) -> 512 146.9 / 62.6 / 50.3; (4, 512, 16, 16) -> 512 97.7 / 60.6 /
+# 66.1; (8, 512, 14, 14) -> 512 143.1 / 84.5 / 99.7; (8, 256, 16, 16) -> 256 22.0 / 21.5 / 32.0;
+# but (128, 32, 32, 32) -> 32 24.1 / 25.5 and ResNet-20's (128, 16, 32, 32) -> 16 7.8 / 8.2.
+ACROSS_MAX_TILES = 16
+ACROSS_MIN_U_BYTES = 2 << 20
 
 
 class WinogradCache(NamedTuple):
@@ -65,8 +81,9 @@ class WinogradCache(NamedTuple):
         block_rows (int): rows of tiles per block.
         dtype (np.dtype): dtype of the input, output and gradients.
         kernel (int): 3 (F(2x2, 3x3)) or 5 (F(2x2, 5x5)).
-        weight (np.ndarray or None): 5x5 only: a copy of the weight ``(K, C, 5, 5)``, for the
-            input gradient.
+        weight (np.ndarray or None): a copy of the weight ``(K, C, r, r)`` for the input
+            gradient, where the backward pass's blocks span images (every 5x5 layer, 3x3 layers
+            with small maps: :func:`_spans_images`); None otherwise.
     """
 
     x: np.ndarray
@@ -150,6 +167,15 @@ def _block_rows_across(n, tile_rows, tiles_per_row, channels, out_channels, item
     return min(rows, n * tile_rows)
 
 
+def _spans_images(kernel, tiles_per_image, padding, u_bytes):
+    """Whether the backward pass of a layer runs in blocks that span images
+    (:func:`_backward_across`): always for 5x5; for 3x3 below ``ACROSS_MAX_TILES`` tiles per
+    image or above ``ACROSS_MIN_U_BYTES`` of transformed weight (``u_bytes``), when its padding
+    (at most 2) allows the input gradient as a forward."""
+    return kernel == 5 or (max(padding) <= 2 and (tiles_per_image < ACROSS_MAX_TILES
+                                                  or u_bytes > ACROSS_MIN_U_BYTES))
+
+
 def _threads(n, work):
     """OpenMP threads for a call on ``n`` images (the kernels split the work by image)."""
     return max(1, min(n, _config.threads_for(work)))
@@ -199,11 +225,11 @@ def forward(x, weight, bias, padding, out):
     u = weight_transform(weight, _round_up(k, COL_STEP))  # (16 or 36, C, K+)
     _forward(x, u, bias, padding, out)
     tile_rows, tiles_per_row = tiles(out_h, out_w)
-    if r == 5:  # the weight gradient's blocks may span images too; dx needs the weight
+    if _spans_images(r, tile_rows * tiles_per_row, padding, u.nbytes):  # dx needs the weight
         block_rows = _block_rows_across(n, tile_rows, tiles_per_row, channels, k,
-                                        x.dtype.itemsize)
+                                        x.dtype.itemsize, u.shape[0])
         return WinogradCache(x, u[:, :, :k], bias is not None, x.shape, out.shape,
-                             tuple(padding), block_rows, x.dtype, 5, np.array(weight, order="C"))
+                             tuple(padding), block_rows, x.dtype, r, np.array(weight, order="C"))
     block_rows = _block_rows(tiles_per_row, tile_rows, channels, k, x.dtype.itemsize)
     return WinogradCache(x, u[:, :, :k], bias is not None, x.shape, out.shape, tuple(padding),
                          block_rows, x.dtype)
@@ -221,37 +247,38 @@ def _chunk_sums(du, dbias, channels, has_bias):
     return dweight, (dbias.sum(axis=0).astype(du.dtype) if has_bias else None)
 
 
-def _backward5(dout, cache, input_grad):
-    """:func:`backward` for a 5x5 kernel: the weight and bias gradients by ``weight_grad5``,
-    the input gradient as the convolution of ``dout`` with the flipped kernel."""
-    x, has_bias, dtype = cache.x, cache.has_bias, cache.x.dtype
+def _backward_across(dout, cache, input_grad):
+    """:func:`backward` in blocks that span images (every 5x5 layer, and 3x3 layers on small
+    maps, :func:`_spans_images`): the weight and bias gradients by ``weight_grad``, the input
+    gradient as the convolution of ``dout`` with the flipped kernel."""
+    x, has_bias, dtype, r = cache.x, cache.has_bias, cache.x.dtype, cache.kernel
     n, channels, height, width = x.shape
     k, out_h, out_w = dout.shape[1:]
     tile_rows, tiles_per_row = tiles(out_h, out_w)
     chunks = gradient_chunks(n, tile_rows * tiles_per_row)
     threads = _threads(chunks, dout.size * channels)
-    du = _memory.empty((chunks, 36, _round_up(channels, ROW_STEP), _round_up(k, COL_STEP)),
-                       dtype)
+    du = _memory.empty((chunks, (r + 1) ** 2, _round_up(channels, ROW_STEP),
+                        _round_up(k, COL_STEP)), dtype)
     dbias = np.empty((chunks, k), np.float64)
-    size = _kernel.scratch_size(channels, k, out_h, out_w, cache.block_rows, False, 5)
+    size = _kernel.scratch_size(channels, k, out_h, out_w, cache.block_rows, False, r)
     scratch = _memory.empty((threads, size), dtype)
-    _kernel.weight_grad5(x, dout, du, dbias, has_bias, *cache.padding, cache.block_rows, chunks,
-                         scratch, threads)
+    _kernel.weight_grad(x, dout, du, dbias, has_bias, *cache.padding, cache.block_rows, chunks,
+                        scratch, threads)
     dweight, dbias = _chunk_sums(du, dbias, channels, has_bias)
     dx = None
-    if input_grad:  # dx = dout convolved with g[k, c] rotated by 180 degrees, padding 4 - p
+    if input_grad:  # dx = dout convolved with g[k, c] rotated by 180 degrees, padding r-1-p
         flipped = np.ascontiguousarray(cache.weight[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
         dx = _memory.empty((n, channels, height, width), dtype)
         u = weight_transform(flipped, _round_up(channels, COL_STEP))
-        _forward(dout, u, None, tuple(4 - p for p in cache.padding), dx)
+        _forward(dout, u, None, tuple(r - 1 - p for p in cache.padding), dx)
     return dx, dweight, dbias
 
 
 def backward(dout, cache, input_grad):
     """``(dx, dweight, dbias)`` of :func:`forward`; ``dx`` is None unless ``input_grad``,
     ``dbias`` None without bias."""
-    if cache.kernel == 5:
-        return _backward5(np.ascontiguousarray(dout), cache, input_grad)
+    if cache.weight is not None:
+        return _backward_across(np.ascontiguousarray(dout), cache, input_grad)
     x, has_bias = cache.x, cache.has_bias
     dtype = x.dtype
     dout = np.ascontiguousarray(dout)
