@@ -84,6 +84,12 @@ def test_weight_transforms_match_the_reference(k, c, dtype, r, rng):
                                                                             atol=1e-15)
     np.testing.assert_allclose(u[:, :, :k], wino.weight_transform(weight), **tolerance)
     assert not u[:, :, k:].any()
+    flipped = conv_winograd.weight_transform(weight, conv_winograd._round_up(c, 16), flip=True)
+    assert flipped.shape == (planes, k, conv_winograd._round_up(c, 16))
+    np.testing.assert_allclose(  # the input gradient's kernel, without a flipped copy
+        flipped[:, :, :c], wino.weight_transform(weight.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1]),
+        **tolerance)
+    assert not flipped[:, :, c:].any()
     wide = rng.standard_normal((planes, c + 3, k + 5))
     du = wide[:, 1:c + 1, 2:k + 2]  # a strided view, as the backward pass passes it
     dweight = conv_winograd.weight_grad_transform(du, dtype)

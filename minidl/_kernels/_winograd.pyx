@@ -86,8 +86,8 @@ cdef extern from "_winograd.h" nogil:
     void minidl_wino5_grad_tile_d(const double* g, Py_ssize_t row, double* z, Py_ssize_t plane,
                                   Py_ssize_t K)
     const char* minidl_wino_init()
-    void minidl_wino_filter(const double* g, double* u)
-    void minidl_wino_filter_grad(const double* u, double* g)
+    void minidl_wino_filters16(const double* g, double* u)
+    void minidl_wino_filters16_grad(const double* u, double* g)
     void minidl_wino5_filters16(const double* g, double* u)
     void minidl_wino5_filters16_grad(const double* u, double* g)
 
@@ -257,32 +257,28 @@ cdef inline void _transform_input_rows(const floating* x0, Py_ssize_t C, Py_ssiz
 
 
 cdef void _transform_filters(const floating* w0, floating* u0, Py_ssize_t K, Py_ssize_t C,
-                             Py_ssize_t KP, Py_ssize_t c, Py_ssize_t r) noexcept nogil:
+                             Py_ssize_t KP, Py_ssize_t c, Py_ssize_t r,
+                             bint flip) noexcept nogil:
     """Columns ``u[:, c, :]`` of :func:`weight_transform`: ``U`` of every ``r x r`` filter
-    ``weight[k, c]`` (zeros for ``k >= K``)."""
-    cdef Py_ssize_t k0, k, i, j, end, planes = (r + 1) * (r + 1)
-    cdef double g[9]
-    cdef double t[16]
-    cdef double filters[25][16]  # 5x5: 16 filters, tap by tap (lanes of minidl_wino5_filters16)
+    ``weight[k, c]`` (``weight[c, k]`` rotated by 180 degrees when ``flip``; zeros for ``k >=
+    K``)."""
+    cdef Py_ssize_t k0, k, i, j, end, planes = (r + 1) * (r + 1), taps = r * r
+    cdef double filters[25][16]  # 16 filters, tap by tap (the lanes of minidl_wino*_filters16)
     cdef double block[36][16]  # 16 filters' U, plane by plane: u's planes are written as rows
     for k0 in range(0, KP, 16):
         end = k0 + 16 if k0 + 16 < KP else KP
+        for j in range(taps):
+            for k in range(k0, k0 + 16):
+                if k >= K:
+                    filters[j][k - k0] = 0
+                elif flip:
+                    filters[j][k - k0] = w0[(c * K + k) * taps + taps - 1 - j]
+                else:
+                    filters[j][k - k0] = w0[(k * C + c) * taps + j]
         if r == 5:
-            for j in range(25):
-                for k in range(k0, k0 + 16):
-                    filters[j][k - k0] = w0[(k * C + c) * 25 + j] if k < K else 0
             minidl_wino5_filters16(&filters[0][0], &block[0][0])
         else:
-            for k in range(k0, end):
-                if k < K:
-                    for j in range(9):
-                        g[j] = w0[(k * C + c) * 9 + j]
-                    minidl_wino_filter(g, t)
-                else:
-                    for i in range(16):
-                        t[i] = 0
-                for i in range(16):
-                    block[i][k - k0] = t[i]
+            minidl_wino_filters16(&filters[0][0], &block[0][0])
         # (writing the planes one filter at a time would put 16 or 36 stores a plane
         # apart, often a multiple of 4 KiB: the same cache set)
         for i in range(planes):
@@ -291,30 +287,56 @@ cdef void _transform_filters(const floating* w0, floating* u0, Py_ssize_t K, Py_
 
 
 def weight_transform(const floating[:, :, :, ::1] weight, floating[:, :, ::1] u,
-                     int num_threads=1):
+                     int num_threads=1, bint flip=False):
     """The transformed weight ``U = G g G^T`` of every filter, in float64 arithmetic.
 
     Args:
-        weight (IN): ``(K, C, 3, 3)`` (or ``(K, C, 5, 5)``), float32 or float64, C-contiguous.
+        weight (IN): ``(K, C, 3, 3)`` (or ``(K, C, 5, 5)``), float32 or float64, C-contiguous;
+            with ``flip``, ``(C, K, r, r)``.
         u (OUT): ``(16, C, KP)`` (``(36, C, KP)``), same dtype, ``KP >= K``: ``u[4*a + b, c,
             k] = U[a, b]`` (``u[6*a + b, c, k]``) of filter ``weight[k, c]``, zeros in columns
             ``>= K``; fully overwritten.
         num_threads: OpenMP threads (ignored in a serial build); work is split over ``C``.
+        flip: transform instead the filters of the input gradient's convolution, ``weight[c,
+            k]`` rotated by 180 degrees (its input and output channels swapped): no flipped
+            copy of the weight is made.
 
     Preconditions (checked by the caller, not here): the shapes above; ``u`` shares no
     memory with ``weight``; ``num_threads >= 1``.
     """
-    cdef Py_ssize_t K = weight.shape[0], C = weight.shape[1], KP = u.shape[2]
+    cdef Py_ssize_t K = weight.shape[1] if flip else weight.shape[0]
+    cdef Py_ssize_t C = weight.shape[0] if flip else weight.shape[1], KP = u.shape[2]
     cdef Py_ssize_t c, r = weight.shape[2]
     if C * KP == 0:
         return
     cdef const floating* w0 = &weight[0, 0, 0, 0] if K > 0 else NULL
     cdef floating* u0 = &u[0, 0, 0]
     for c in prange(C, nogil=True, num_threads=num_threads, schedule="static"):
-        _transform_filters(w0, u0, K, C, KP, c, r)
+        _transform_filters(w0, u0, K, C, KP, c, r, flip)
 
 
-def weight_grad_transform(const double[:, :, :] du, floating[:, :, :, ::1] dweight):
+cdef void _transform_filter_grads(const double[:, :, :] du, floating* d0, Py_ssize_t K,
+                                 Py_ssize_t C, Py_ssize_t c, Py_ssize_t r) noexcept nogil:
+    """Filters ``dweight[:, c]`` of :func:`weight_grad_transform`, 16 at a time."""
+    cdef Py_ssize_t k0, k, i, j, end, planes = (r + 1) * (r + 1), taps = r * r
+    cdef double filters[25][16]  # 16 filters' gradients, tap by tap
+    cdef double block[36][16]  # 16 filters' dU, read plane by plane (see weight_transform)
+    for k0 in range(0, K, 16):
+        end = k0 + 16 if k0 + 16 < K else K
+        for i in range(planes):
+            for k in range(k0, k0 + 16):
+                block[i][k - k0] = du[i, c, k] if k < end else 0
+        if r == 5:
+            minidl_wino5_filters16_grad(&block[0][0], &filters[0][0])
+        else:
+            minidl_wino_filters16_grad(&block[0][0], &filters[0][0])
+        for k in range(k0, end):
+            for j in range(taps):
+                d0[(k * C + c) * taps + j] = <floating>filters[j][k - k0]
+
+
+def weight_grad_transform(const double[:, :, :] du, floating[:, :, :, ::1] dweight,
+                          int num_threads=1):
     """The weight gradient ``G^T dU G`` of every filter from the transformed gradient ``dU``,
     in float64 arithmetic.
 
@@ -323,37 +345,18 @@ def weight_grad_transform(const double[:, :, :] du, floating[:, :, :, ::1] dweig
             dU[a, b]`` (``du[6*a + b, c, k]``) of filter ``(k, c)``.
         dweight (OUT): ``(K, C, 3, 3)`` (``(K, C, 5, 5)``), float32 or float64, C-contiguous;
             fully overwritten.
+        num_threads: OpenMP threads (ignored in a serial build); work is split over ``C``.
 
-    Preconditions (checked by the caller, not here): the shapes above; no shared memory.
+    Preconditions (checked by the caller, not here): the shapes above; no shared memory;
+    ``num_threads >= 1``.
     """
     cdef Py_ssize_t K = dweight.shape[0], C = dweight.shape[1], r = dweight.shape[2]
-    cdef Py_ssize_t c, k0, k, i, j, end, planes = (r + 1) * (r + 1)
-    cdef double t[16]
-    cdef double g[9]
-    cdef double filters[25][16]  # 5x5: 16 filters' gradients, tap by tap
-    cdef double block[36][16]  # 16 filters' dU, read plane by plane (see weight_transform)
+    cdef Py_ssize_t c
     if C * K == 0:
         return
     cdef floating* d0 = &dweight[0, 0, 0, 0]
-    with nogil:
-        for c in range(C):
-            for k0 in range(0, K, 16):
-                end = k0 + 16 if k0 + 16 < K else K
-                for i in range(planes):
-                    for k in range(k0, k0 + 16):
-                        block[i][k - k0] = du[i, c, k] if k < end else 0
-                if r == 5:
-                    minidl_wino5_filters16_grad(&block[0][0], &filters[0][0])
-                    for k in range(k0, end):
-                        for j in range(25):
-                            d0[(k * C + c) * 25 + j] = <floating>filters[j][k - k0]
-                    continue
-                for k in range(k0, end):
-                    for i in range(16):
-                        t[i] = block[i][k - k0]
-                    minidl_wino_filter_grad(t, g)
-                    for j in range(9):
-                        d0[(k * C + c) * 9 + j] = <floating>g[j]
+    for c in prange(C, nogil=True, num_threads=num_threads, schedule="static"):
+        _transform_filter_grads(du, d0, K, C, c, r)
 
 
 def forward(const floating[:, :, :, ::1] x, const floating[:, :, ::1] u,
@@ -582,7 +585,7 @@ def backward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] dout,
 def weight_grad(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] dout,
                 floating[:, :, :, ::1] dweight, double[:, ::1] dbias, bint want_bias,
                 Py_ssize_t pad_h, Py_ssize_t pad_w, Py_ssize_t block_rows, Py_ssize_t chunks,
-                floating[:, ::1] scratch, int num_threads=1):
+                floating[:, ::1] scratch, int num_threads=1, Py_ssize_t plane_groups=1):
     """The transformed weight gradient and the bias gradient of a 3x3 or 5x5 :func:`forward`
     (16 or 36 planes, told by ``dweight``), per chunk of images: :func:`backward` without the
     input gradient, with blocks that may run on from one image into the next (within the
@@ -604,10 +607,15 @@ def weight_grad(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] dou
         chunks: ``1 <= chunks <= N``, independent of ``num_threads``.
         scratch (OUT): ``(num_threads, scratch_size(C, K, OH, OW, block_rows, False, r))``
             for an ``r x r`` kernel, same dtype; clobbered.
-        num_threads: OpenMP threads (ignored in a serial build); each runs whole chunks.
+        num_threads: OpenMP threads (ignored in a serial build).
+        plane_groups: the tasks are (chunk, group of planes) pairs: each transforms its chunk's
+            tiles and computes the products of ``planes / plane_groups`` of the planes, so a
+            batch of few chunks (small maps) still gives every thread work. A plane's sums are
+            the same whatever the grouping (and ``dbias`` is summed by the first group).
 
     Preconditions (checked by the caller, not here): as :func:`backward` with
-    ``input_grad`` false, ``OH = H + 2*pH - r + 1``, ``OW = W + 2*pW - r + 1``.
+    ``input_grad`` false, ``OH = H + 2*pH - r + 1``, ``OW = W + 2*pW - r + 1``;
+    ``1 <= plane_groups <= planes``.
     """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t K = dout.shape[1], OH = dout.shape[2], OW = dout.shape[3]
@@ -616,7 +624,7 @@ def weight_grad(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] dou
     # Z's plane (1, 1): the sum of a tile's 2x2 output gradient
     cdef Py_ssize_t bias_plane = kernel + 2
     cdef Py_ssize_t C4 = dweight.shape[2]
-    cdef Py_ssize_t chunk, R_first, R_end, R0, R, rb, n, th0, count
+    cdef Py_ssize_t task, chunk, group, xi0, xi1, R_first, R_end, R0, R, rb, n, th0, count
     cdef Py_ssize_t r, tw, t, xi, k, tiles
     cdef Py_ssize_t wide = 2 * L.TW
     cdef int acc
@@ -631,14 +639,20 @@ def weight_grad(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] dou
     cdef const floating* x0 = &x[0, 0, 0, 0]
     cdef const floating* g0 = &dout[0, 0, 0, 0]
 
-    for chunk in prange(chunks, nogil=True, num_threads=num_threads, schedule="static"):
+    for task in prange(chunks * plane_groups, nogil=True, num_threads=num_threads,
+                       schedule="static"):
+        chunk = task // plane_groups
+        group = task - chunk * plane_groups
+        xi0 = group * L.planes // plane_groups  # this task's planes: xi0 .. xi1 - 1
+        xi1 = (group + 1) * L.planes // plane_groups
         base = _aligned(&scratch[threadid(), 0])
         v = base + L.v_at
         z = base + L.m_at
         dw = &dweight[chunk, 0, 0, 0]
         db = &dbias[chunk, 0]
-        for k in range(K):
-            db[k] = 0
+        if group == 0:
+            for k in range(K):
+                db[k] = 0
         R_first = (chunk * N // chunks) * L.TH  # the chunk's rows of tiles, in blocks
         R_end = ((chunk + 1) * N // chunks) * L.TH
         R0 = R_first
@@ -670,13 +684,13 @@ def weight_grad(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] dou
                 R = R + count
             _zero(z, L.m_plane, L.KP, 0, tiles, K, L.KP, L.planes)  # read by dU's columns
             _zero(z, L.m_plane, L.KP, tiles, round_up(tiles, ROW_STEP), 0, L.KP, L.planes)
-            if want_bias:
+            if want_bias and group == 0:
                 for t in range(tiles):
                     for k in range(K):
                         db[k] += z[bias_plane * L.m_plane + t * L.KP + k]
             # dU[xi] (+)= V[xi]^T @ Z[xi]; the chunk's first block overwrites its row
             acc = 0 if R0 == R_first else 1
-            for xi in range(L.planes):
+            for xi in range(xi0, xi1):
                 _gemm(v + xi * L.v_plane, 1, L.CP, z + xi * L.m_plane, L.KP,
                       dw + xi * C4 * L.KP, L.KP, C4, tiles, L.KP, acc)
             R0 = R0 + rb

@@ -115,35 +115,38 @@ def _padded_columns(matrices, columns):
     return out
 
 
-def weight_transform(weight, columns):
+def weight_transform(weight, columns, flip=False):
     """``U`` ``(16, C, columns)`` (``(36, C, columns)`` for a 5x5 weight) in the weight's dtype,
     zeros beyond ``K``: the transform of
     :func:`minidl.reference.winograd.weight_transform` (``G g G^T`` per filter, in float64),
-    by the kernel ``_winograd.weight_transform`` into memory from :mod:`minidl._memory`.
+    by the kernel ``_winograd.weight_transform`` into memory from :mod:`minidl._memory`. With
+    ``flip``, that of the input gradient's kernel, ``weight.transpose(1, 0, 2, 3)`` rotated by
+    180 degrees in its last two axes (``(16, K, columns)``, zeros beyond ``C``), read from
+    ``weight`` itself.
 
     The NumPy version (a float64 copy, one product with ``G kron G``, a padded copy) took 61
     microseconds for a 64x32 weight, a tenth of an eval-mode forward of the MNIST CNN at batch
     1; the kernel does it in one pass, 22 microseconds on one thread.
     """
     k, c = weight.shape[:2]
-    u = _memory.empty(((weight.shape[2] + 1) ** 2, c, columns), weight.dtype)
+    u = _memory.empty(((weight.shape[2] + 1) ** 2, k if flip else c, columns), weight.dtype)
     # a filter's transform (about 100 floating-point operations) costs as much as an
     # elementwise pass over FILTER_COST values
     threads = _config.threads_for(FILTER_COST * k * c)
-    _kernel.weight_transform(np.ascontiguousarray(weight), u, threads)
+    _kernel.weight_transform(np.ascontiguousarray(weight), u, threads, flip)
     return u
 
 
 def weight_grad_transform(du, dtype):
     """``dweight`` ``(K, C, r, r)`` in ``dtype`` from the float64 ``du`` ``(16, C, K)`` (r = 3)
-    or ``(36, C, K)`` (r = 5) (any
-    strides): the transform of :func:`minidl.reference.winograd.weight_grad_transform`
-    (``G^T dU G`` per filter, in float64), by the kernel ``_winograd.weight_grad_transform``
-    into memory from :mod:`minidl._memory`."""
+    or ``(36, C, K)`` (r = 5) (any strides): the transform of
+    :func:`minidl.reference.winograd.weight_grad_transform` (``G^T dU G`` per filter, in
+    float64), by the kernel ``_winograd.weight_grad_transform`` into memory from
+    :mod:`minidl._memory`."""
     c, k = du.shape[1:]
     r = {16: 3, 36: 5}[du.shape[0]]
     dweight = _memory.empty((k, c, r, r), dtype)
-    _kernel.weight_grad_transform(du, dweight)
+    _kernel.weight_grad_transform(du, dweight, _config.threads_for(FILTER_COST * k * c))
     return dweight
 
 
@@ -256,20 +259,23 @@ def _backward_across(dout, cache, input_grad):
     k, out_h, out_w = dout.shape[1:]
     tile_rows, tiles_per_row = tiles(out_h, out_w)
     chunks = gradient_chunks(n, tile_rows * tiles_per_row)
-    threads = _threads(chunks, dout.size * channels)
-    du = _memory.empty((chunks, (r + 1) ** 2, _round_up(channels, ROW_STEP),
-                        _round_up(k, COL_STEP)), dtype)
+    planes = (r + 1) ** 2
+    threads = _config.threads_for(dout.size * channels)
+    # fewer chunks than threads: the chunks' products split by planes too (same sums)
+    groups = min(planes, _ceil_div(threads, chunks))
+    threads = min(threads, chunks * groups)
+    du = _memory.empty((chunks, planes, _round_up(channels, ROW_STEP), _round_up(k, COL_STEP)),
+                       dtype)
     dbias = np.empty((chunks, k), np.float64)
     size = _kernel.scratch_size(channels, k, out_h, out_w, cache.block_rows, False, r)
     scratch = _memory.empty((threads, size), dtype)
     _kernel.weight_grad(x, dout, du, dbias, has_bias, *cache.padding, cache.block_rows, chunks,
-                        scratch, threads)
+                        scratch, threads, groups)
     dweight, dbias = _chunk_sums(du, dbias, channels, has_bias)
     dx = None
     if input_grad:  # dx = dout convolved with g[k, c] rotated by 180 degrees, padding r-1-p
-        flipped = np.ascontiguousarray(cache.weight[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
         dx = _memory.empty((n, channels, height, width), dtype)
-        u = weight_transform(flipped, _round_up(channels, COL_STEP))
+        u = weight_transform(cache.weight, _round_up(channels, COL_STEP), flip=True)
         _forward(dout, u, None, tuple(r - 1 - p for p in cache.padding), dx)
     return dx, dweight, dbias
 
