@@ -28,6 +28,12 @@ BREADTH = {
             (1, 28, 28)),
     "b14": ("MLP 784-512-512-10, eval forward", "eval", 1, (784,)),
     "b15": ("5x5 pad-2 convs 64->64 on 8x8 maps + BN, train step", "train", 32, (64, 8, 8)),
+    "b16": ("ResNet-18-style downsampling: 3x3/2 128->256 on 8x8, 3x3 256->256 on 4x4 + BN, "
+            "train step", "train", 16, (128, 8, 8)),
+    "b17": ("DCGAN-style 4x4 stride-2 pad-1 convs 3->64->128->256 + BN, train step", "train",
+            64, (3, 32, 32)),
+    "b18": ("ResNet-50-style bottleneck: 1x1 256->64, 3x3 64->64, 1x1 64->256 on 8x8 + BN, "
+            "train step", "train", 32, (256, 8, 8)),
 }
 NUM_CLASSES = 10
 
@@ -103,6 +109,17 @@ def build_breadth(config_id, minidl):
     if config_id == "b15":
         body = conv_bn_relu(64, 64, 5, 1, 2) + conv_bn_relu(64, 64, 5, 1, 2)
         return minidl.Sequential(*body, layers.Flatten(), layers.Dense(64 * 8 * 8, NUM_CLASSES))
+    if config_id == "b16":
+        body = conv_bn_relu(128, 256, 3, 2, 1) + conv_bn_relu(256, 256, 3, 1, 1)
+        return minidl.Sequential(*body, layers.Flatten(), layers.Dense(256 * 4 * 4, NUM_CLASSES))
+    if config_id == "b17":
+        body = (conv_bn_relu(3, 64, 4, 2, 1) + conv_bn_relu(64, 128, 4, 2, 1)
+                + conv_bn_relu(128, 256, 4, 2, 1))
+        return minidl.Sequential(*body, layers.Flatten(), layers.Dense(256 * 4 * 4, NUM_CLASSES))
+    if config_id == "b18":
+        body = (conv_bn_relu(256, 64, 1) + conv_bn_relu(64, 64, 3, 1, 1)
+                + conv_bn_relu(64, 256, 1))
+        return minidl.Sequential(*body, layers.Flatten(), layers.Dense(256 * 8 * 8, NUM_CLASSES))
     raise KeyError(f"unknown breadth configuration {config_id!r}")
 
 
