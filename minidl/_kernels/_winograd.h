@@ -36,15 +36,12 @@
 
 /* The weight transforms, in float64 whatever the weight's dtype (as the NumPy reference, which
    does them as one product with G kron G; here G is applied to rows, then to columns, which
-   rounds in another order: the results agree to float64 rounding). One filter at a time:
+   rounds in another order: the results agree to float64 rounding):
 
      u = G g G^T        (4x4, from a 3x3 filter g; u[4a + b] = u[a][b])
      g' = G^T u' G      (3x3, from a 4x4 transformed gradient u') */
-/* G and G^T on one column or row (minidl_wino_g, minidl_wino_gt), then on 16 filters at a
-   time, lane l of g[(3i + j)*16 + l] (tap (i, j)) and u[(4a + b)*16 + l] (u[4a + b] =
-   u[a][b]): the compiler vectorizes the loops over the 16 filters (one filter at a time, the
-   transforms of a 256 -> 256 layer took 1.3 ms, as long as its products on 4x4 maps at batch
-   16). */
+/* G and G^T on one column or row of a 3x3 filter (of a 4x4 transformed gradient), applied to
+   16 filters at a time by MINIDL_WINO_FILTERS16 (below, with the 5x5 ones). */
 static MINIDL_INLINE void minidl_wino_g(const double* s, ptrdiff_t step, double* o,
                                         ptrdiff_t ostep) { /* o = G s, s a 3-vector */
     o[0] = s[0];
@@ -201,7 +198,7 @@ MINIDL_WINO_KERNELS(d, double)
                    o[(6 * (i) + 2) * (plane)], o[(6 * (i) + 3) * (plane)],                   \
                    o[(6 * (i) + 4) * (plane)], o[(6 * (i) + 5) * (plane)])
 
-/* The weight transforms of F(2x2, 5x5), in float64 (as minidl_wino_filter):
+/* The weight transforms of F(2x2, 5x5), in float64 (as those of F(2x2, 3x3) above):
 
      u = G g G^T        (6x6, from a 5x5 filter g; u[6a + b] = u[a][b])
      g' = G^T u' G      (5x5, from a 6x6 transformed gradient u')
@@ -234,60 +231,41 @@ static MINIDL_INLINE void minidl_wino5_gt(const double* v, ptrdiff_t step, doubl
     o[4 * ostep] = -p12 * (1.0 / 6) + p34 * (2.0 / 3) + v[5 * step];
 }
 
-/* 16 filters at a time, lane l of g[(5i + j)*16 + l] (tap (i, j)) and u[(6a + b)*16 + l]:
-   the compiler vectorizes the loops over the 16 filters (one filter at a time, the 5x5
-   transforms of a 128 -> 256 layer took 2.7 ms) */
-MINIDL_CLONES static void minidl_wino5_filters16(const double* restrict g, double* restrict u) {
-    double t[30 * 16]; /* G g: t[(5a + j)*16 + l] */
-    for (int j = 0; j < 5; j++) {
-        MINIDL_SIMD
-        for (int l = 0; l < 16; l++) minidl_wino5_g(g + j * 16 + l, 80, t + j * 16 + l, 80);
-    }
-    for (int a = 0; a < 6; a++) { /* (G g) G^T */
-        MINIDL_SIMD
-        for (int l = 0; l < 16; l++)
-            minidl_wino5_g(t + 80 * a + l, 16, u + 96 * a + l, 16);
-    }
+/* The weight transforms on 16 filters at a time, for an R x R kernel (R = 3 or 5; P = R + 1):
+   lane l of g[(R i + j)*16 + l] (tap (i, j)) and u[(P a + b)*16 + l] (u[P a + b] = u[a][b]),
+   G (or G^T) applied to the columns, then to the rows, by the one-vector functions GF and GTF
+   (minidl_wino_g / minidl_wino5_g and their _gt): the compiler vectorizes the loops over the
+   16 filters (one filter at a time, the 5x5 transforms of a 128 -> 256 layer took 2.7 ms and
+   the 3x3 ones of a 256 -> 256 layer 1.3 ms). */
+#define MINIDL_WINO_FILTERS16(NAME, GF, GTF, R)                                               \
+MINIDL_CLONES static void NAME(const double* restrict g, double* restrict u) {               \
+    double t[(R + 1) * R * 16]; /* G g: t[(R a + j)*16 + l] */                                \
+    for (int j = 0; j < R; j++) {                                                            \
+        MINIDL_SIMD                                                                          \
+        for (int l = 0; l < 16; l++) GF(g + j * 16 + l, 16 * R, t + j * 16 + l, 16 * R);     \
+    }                                                                                        \
+    for (int a = 0; a < R + 1; a++) { /* (G g) G^T */                                        \
+        MINIDL_SIMD                                                                          \
+        for (int l = 0; l < 16; l++)                                                         \
+            GF(t + 16 * R * a + l, 16, u + 16 * (R + 1) * a + l, 16);                        \
+    }                                                                                        \
+}                                                                                            \
+MINIDL_CLONES static void NAME##_grad(const double* restrict u, double* restrict g) {       \
+    double s[(R + 1) * R * 16]; /* G^T u': s[(P i + b)*16 + l] */                             \
+    for (int b = 0; b < R + 1; b++) {                                                        \
+        MINIDL_SIMD                                                                          \
+        for (int l = 0; l < 16; l++)                                                         \
+            GTF(u + b * 16 + l, 16 * (R + 1), s + b * 16 + l, 16 * (R + 1));                 \
+    }                                                                                        \
+    for (int i = 0; i < R; i++) { /* (G^T u') G */                                           \
+        MINIDL_SIMD                                                                          \
+        for (int l = 0; l < 16; l++)                                                         \
+            GTF(s + 16 * (R + 1) * i + l, 16, g + 16 * R * i + l, 16);                       \
+    }                                                                                        \
 }
 
-MINIDL_CLONES static void minidl_wino5_filters16_grad(const double* restrict u,
-                                                      double* restrict g) {
-    double s[30 * 16]; /* G^T u': s[(6i + b)*16 + l] */
-    for (int b = 0; b < 6; b++) {
-        MINIDL_SIMD
-        for (int l = 0; l < 16; l++) minidl_wino5_gt(u + b * 16 + l, 96, s + b * 16 + l, 96);
-    }
-    for (int i = 0; i < 5; i++) { /* (G^T u') G */
-        MINIDL_SIMD
-        for (int l = 0; l < 16; l++)
-            minidl_wino5_gt(s + 96 * i + l, 16, g + 80 * i + l, 16);
-    }
-}
-
-MINIDL_CLONES static void minidl_wino_filters16(const double* restrict g, double* restrict u) {
-    double t[12 * 16]; /* G g: t[(3a + j)*16 + l] */
-    for (int j = 0; j < 3; j++) {
-        MINIDL_SIMD
-        for (int l = 0; l < 16; l++) minidl_wino_g(g + j * 16 + l, 48, t + j * 16 + l, 48);
-    }
-    for (int a = 0; a < 4; a++) { /* (G g) G^T */
-        MINIDL_SIMD
-        for (int l = 0; l < 16; l++) minidl_wino_g(t + 48 * a + l, 16, u + 64 * a + l, 16);
-    }
-}
-
-MINIDL_CLONES static void minidl_wino_filters16_grad(const double* restrict u,
-                                                     double* restrict g) {
-    double s[12 * 16]; /* G^T u': s[(4i + b)*16 + l] */
-    for (int b = 0; b < 4; b++) {
-        MINIDL_SIMD
-        for (int l = 0; l < 16; l++) minidl_wino_gt(u + b * 16 + l, 64, s + b * 16 + l, 64);
-    }
-    for (int i = 0; i < 3; i++) { /* (G^T u') G */
-        MINIDL_SIMD
-        for (int l = 0; l < 16; l++) minidl_wino_gt(s + 64 * i + l, 16, g + 48 * i + l, 16);
-    }
-}
+MINIDL_WINO_FILTERS16(minidl_wino_filters16, minidl_wino_g, minidl_wino_gt, 3)
+MINIDL_WINO_FILTERS16(minidl_wino5_filters16, minidl_wino5_g, minidl_wino5_gt, 5)
 
 #define MINIDL_WINO5_KERNELS(SUFFIX, T)                                                       \
 /* v = B^T d B for a 6x6 input tile d (rows `row` apart, columns C apart), C channels (the 36 \

@@ -17,9 +17,11 @@ padding must be at most 4 (the kernel size minus one).
 A 3x3 layer's fused backward kernel (``backward``) works image by image: each image reads all
 of ``U`` and adds into all of ``dU``, ``16*C*K`` numbers each, which on small maps with many
 channels costs more than the image's products. A 3x3 layer with fewer than
-``ACROSS_MAX_TILES`` output tiles per image (and a padding of at most 2) therefore takes the
-5x5 route: ``weight_grad`` with 16 planes, whose blocks span images, and the input gradient as
-a forward of ``dout`` with the flipped kernel (padding ``2 - p``).
+``ACROSS_MAX_TILES`` output tiles per image, or more than ``ACROSS_MIN_U_BYTES`` of ``U`` (and
+a padding of at most 2), therefore takes the 5x5 route: ``weight_grad`` with 16 planes, whose
+blocks span images (split by planes too when the batch has fewer chunks than threads), and the
+input gradient as a forward of ``dout`` with the flipped kernel (padding ``2 - p``), whose
+transformed weight ``weight_transform(..., flip=True)`` reads from the weight itself.
 
 Called by :func:`minidl.functional.conv.conv2d_forward` / ``conv2d_backward``, which validate
 the arguments and choose the method; these functions trust them. Every array they allocate comes
@@ -83,7 +85,7 @@ class WinogradCache(NamedTuple):
         kernel (int): 3 (F(2x2, 3x3)) or 5 (F(2x2, 5x5)).
         weight (np.ndarray or None): a copy of the weight ``(K, C, r, r)`` for the input
             gradient, where the backward pass's blocks span images (every 5x5 layer, 3x3 layers
-            with small maps: :func:`_spans_images`); None otherwise.
+            on small maps or with many channels: :func:`_spans_images`); None otherwise.
     """
 
     x: np.ndarray
@@ -252,8 +254,9 @@ def _chunk_sums(du, dbias, channels, has_bias):
 
 def _backward_across(dout, cache, input_grad):
     """:func:`backward` in blocks that span images (every 5x5 layer, and 3x3 layers on small
-    maps, :func:`_spans_images`): the weight and bias gradients by ``weight_grad``, the input
-    gradient as the convolution of ``dout`` with the flipped kernel."""
+    maps or with many channels, :func:`_spans_images`): the weight and bias gradients by
+    ``weight_grad``, the input gradient as the convolution of ``dout`` with the flipped
+    kernel."""
     x, has_bias, dtype, r = cache.x, cache.has_bias, cache.x.dtype, cache.kernel
     n, channels, height, width = x.shape
     k, out_h, out_w = dout.shape[1:]
