@@ -471,13 +471,12 @@ def test_auto_method_choice(rng):
     (64, 64, (2, 2), "im2col"),      # 1 tile
     (16, 16, (3, 4), "winograd"),    # odd maps round up: 2 x 2 tiles
     (16, 16, (2, 4), "im2col"),      # 2 tiles
-    (128, 128, (4, 4), "winograd"),  # sqrt(128*128)/32 = 4 tiles
-    (256, 256, (4, 4), "im2col"),    # 4 tiles < 8
-    (256, 256, (6, 6), "winograd"),  # 9 tiles
-    (256, 128, (4, 4), "im2col"),    # 4 tiles < sqrt(256*128)/32 = 5.7
-    (256, 128, (4, 6), "winograd"),  # 6 tiles
-    (512, 512, (4, 4), "im2col"),    # 4 tiles < 16
-    (512, 512, (7, 7), "winograd"),  # 16 tiles
+    (256, 256, (4, 4), "winograd"),  # sqrt(256*256)/64 = 4 tiles
+    (384, 384, (4, 4), "im2col"),    # 4 tiles < 6
+    (512, 256, (4, 4), "im2col"),    # 4 tiles < sqrt(512*256)/64 = 5.7
+    (512, 256, (4, 6), "winograd"),  # 6 tiles
+    (512, 512, (4, 4), "im2col"),    # 4 tiles < 8
+    (512, 512, (6, 6), "winograd"),  # 9 tiles
     (32, 64, (14, 14), "winograd"),  # the MNIST CNN's second layer
 ])
 def test_auto_gives_winograd_3x3_only_where_its_weight_transform_pays(

@@ -80,15 +80,15 @@ WINOGRAD5_MIN_IN_CHANNELS = 8
 # 3x3 stride-1 layers use F(2x2, 3x3) under "auto" only where its transformed weight (16*C_in*
 # C_out numbers, read and added into by every block of tiles) is paid for by enough tiles: at
 # least WINOGRAD3_MIN_TILES 2x2 output tiles per image and sqrt(C_in*C_out) /
-# WINOGRAD3_TILES_DIVISOR of them (up to 128 channels: a 4x4 map; 256: 8 tiles, a 6x6 map; 512:
-# 16, a 7x7 map). Measured, one layer forward + backward, ms, im2col / Winograd / PyTorch at 2
-# threads (1 thread): (16, 64, 2, 2) -> 64 0.48 / 0.81 / 0.46; (16, 128, 4, 4) -> 128 1.44 /
-# 1.40 / 1.20 (2.39 / 1.81 / 2.07); (16, 256, 4, 4) -> 256 5.68 / 6.57 / 4.05 (9.41 / 8.42 /
-# 7.54); (16, 256, 6, 6) -> 256 11.4 / 10.4 / 9.1 (21.1 / 14.4 / 17.3); (16, 512, 4, 4) -> 512
-# 24.9 / 34.5 / 17.1; (16, 512, 7, 7) -> 512 70.4 / 59.5 / 49.4 (116.4 / 98.5 / 99.5); (8, 512,
-# 14, 14) -> 512 122.7 / 86.9 / 101.1.
+# WINOGRAD3_TILES_DIVISOR of them (up to 256 channels: a 4x4 map; 512: 8 tiles, a 5x5 map).
+# Measured, one layer forward + backward, ms, im2col / Winograd / PyTorch at 2 threads (1
+# thread): (16, 64, 2, 2) -> 64 0.48 / 0.81 / 0.46; (16, 128, 4, 4) -> 128 1.44 / 1.40 / 1.20
+# (2.39 / 1.81 / 2.07); (16, 256, 4, 4) -> 256 5.6 / 5.3-7.3 / 4.0 (9.4-10.3 / 8.7-8.9 / 7.5);
+# (16, 384, 4, 4) -> 384 17.5 / 16.6 / 12.7 (29.3 / 26.8 / 19.7); (16, 512, 4, 4) -> 512
+# 24.9 / 34.5 / 17.1; (16, 512, 6, 6) -> 512 56.5 / 53.2 / 38.0 (102.7 / 98.7 / 85.9); (16, 512,
+# 7, 7) -> 512 70.4 / 59.5 / 49.4; (8, 512, 14, 14) -> 512 122.7 / 86.9 / 101.1.
 WINOGRAD3_MIN_TILES = 4
-WINOGRAD3_TILES_DIVISOR = 32
+WINOGRAD3_TILES_DIVISOR = 64
 _BACKWARD = {DirectCache: conv_direct.backward, Im2colCache: conv_im2col.backward,
              PointwiseCache: conv_pointwise.backward, WinogradCache: conv_winograd.backward}
 
