@@ -577,10 +577,10 @@ def backward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] dout,
                                dx0 + (n * C * H + h) * W, H * W, W, C, <floating*>NULL)
 
 
-# ---- F(2x2, 5x5): the weight gradient -----------------------------------------------------
+# ---- the weight gradient in blocks across images: every 5x5 layer, small or wide 3x3 ones ----
 # The input gradient of a stride-1 convolution is the convolution of dout with the flipped
-# kernel, which the driver computes with forward (36 planes); so 5x5 needs no input-gradient
-# kernel, only this one.
+# kernel, which the driver computes with forward (16 or 36 planes); so this route needs no
+# input-gradient kernel, only this one.
 
 def weight_grad(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] dout,
                 floating[:, :, :, ::1] dweight, double[:, ::1] dbias, bint want_bias,
