@@ -70,10 +70,11 @@ def test_winograd_reference_matches_definition(r, geometry, rng):
 @pytest.mark.parametrize("r", [3, 5])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("k, c", [(1, 1), (4, 3), (33, 37), (64, 16)])
-def test_weight_transforms_match_the_reference(k, c, dtype, r, rng):
+def test_weight_transforms_match_the_reference(k, c, dtype, r, rng, monkeypatch):
     """The kernels' G g G^T and G^T dU G (float64 arithmetic, rows then columns) against the
     reference's one product with G kron G: equal to float64 rounding before the cast, zeros in
-    the padded columns of U, every element of both outputs written."""
+    the padded columns of U, every element of both outputs written; the input gradient's U
+    (filters rotated, channels swapped) from the weight, and for 3x3 from U itself."""
     from minidl.reference import winograd as wino
     planes = (r + 1) ** 2
     weight = rng.standard_normal((k, c, r, r)).astype(dtype)
@@ -90,6 +91,16 @@ def test_weight_transforms_match_the_reference(k, c, dtype, r, rng):
         flipped[:, :, :c], wino.weight_transform(weight.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1]),
         **tolerance)
     assert not flipped[:, :, c:].any()
+    if r == 3:  # the same from U, by permuting and transposing its planes
+        poisoned = np.full((planes, k, conv_winograd._round_up(c, 16)), np.nan, dtype)
+        monkeypatch.setattr(conv_winograd._memory, "empty", lambda shape, dt: poisoned)
+        from_u = conv_winograd.flipped_transform(u[:, :, :k], poisoned.shape[2])
+        monkeypatch.undo()
+        assert from_u is poisoned  # every element overwritten: no NaN left below
+        np.testing.assert_allclose(from_u, flipped, **tolerance)
+        np.testing.assert_array_equal(  # and from a U whose rows are not contiguous
+            conv_winograd.flipped_transform(np.asfortranarray(u[:, :, :k]), from_u.shape[2]),
+            from_u)
     wide = rng.standard_normal((planes, c + 3, k + 5))
     du = wide[:, 1:c + 1, 2:k + 2]  # a strided view, as the backward pass passes it
     dweight = conv_winograd.weight_grad_transform(du, dtype)
@@ -128,7 +139,8 @@ def test_winograd_kernels_blocks_and_threads(r, geometry, dtype, blocks, backwar
     conv2d_forward(x, weight, bias, 1, padding, method="winograd", out=out)
     assert_close(out, ref.conv2d_forward(x, weight, bias, (1, 1), padding), dtype, "out")
     out, cache = conv2d_forward(x, weight, bias, 1, padding, method="winograd")
-    assert cache.kernel == r and (cache.weight is not None) == (across or r == 5)
+    assert cache.kernel == r and cache.spans == (across or r == 5)
+    assert (cache.weight is not None) == (r == 5)  # (a 3x3 dx takes its U from the forward's)
     dout = rng.standard_normal(out.shape).astype(dtype)
     dx, dweight, dbias = conv2d_backward(dout, cache)
     ref_dx, ref_dweight, ref_dbias = ref.conv2d_backward(dout, x, weight, True, (1, 1), padding)

@@ -315,6 +315,58 @@ def weight_transform(const floating[:, :, :, ::1] weight, floating[:, :, ::1] u,
         _transform_filters(w0, u0, K, C, KP, c, r, flip)
 
 
+
+cdef inline Py_ssize_t _mirror(Py_ssize_t a) noexcept nogil:
+    """Row ``a`` of ``G J`` is row ``_mirror(a)`` of ``G`` (F(2x2, 3x3); see flip_transform)."""
+    return 3 - a if a == 0 or a == 3 else a
+
+
+def flip_transform(const floating[:, :, :] u, floating[:, :, ::1] u_flip, int num_threads=1):
+    """The transformed weight of the input gradient's kernel (F(2x2, 3x3)) from the forward's.
+
+    The input gradient is the convolution of ``dout`` with ``g'[c, k] = J g[k, c] J`` (each
+    filter rotated by 180 degrees, channels swapped; ``J`` reverses the 3 taps). ``G J = P G``,
+    with ``P`` the permutation that swaps rows 0 and 3 (G's rows for the points 0 and infinity;
+    rows 1 and 2, the points 1 and -1, are symmetric), so ``U' = G J g J G^T = P U P^T``: plane
+    ``4*a + b`` of ``U'`` is plane ``4*P(a) + P(b)`` of ``U``, transposed. A pass over ``U``
+    (the 180-degree transform of every filter from the weight computed the same numbers up to
+    the order of two additions, at 3 times the cost, and needed a copy of the weight kept from
+    the forward).
+
+    Args:
+        u (IN): ``(16, C, K)`` float32 or float64, rows contiguous (any other strides): the
+            forward's transformed weight (:func:`weight_transform`).
+        u_flip (OUT): ``(16, K, CP)``, same dtype, C-contiguous, ``CP >= C``: ``u_flip[4*a + b,
+            k, c] = u[4*P(a) + P(b), c, k]``, zeros in columns ``>= C``; fully overwritten.
+        num_threads: OpenMP threads (ignored in a serial build).
+
+    Preconditions (checked by the caller, not here): the shapes above, ``u.strides[2]`` the
+    item size; ``u_flip`` shares no memory with ``u``; ``num_threads >= 1``.
+    """
+    cdef Py_ssize_t C = u.shape[1], K = u.shape[2], CP = u_flip.shape[2]
+    cdef Py_ssize_t blocks = ceil_div(C, 8)
+    cdef Py_ssize_t task, p, source, c0, rows, k, c
+    if K * CP == 0:
+        return
+    cdef Py_ssize_t plane = u.strides[0] // <Py_ssize_t>sizeof(floating)
+    cdef Py_ssize_t row = u.strides[1] // <Py_ssize_t>sizeof(floating)
+    cdef floating* f0 = &u_flip[0, 0, 0]
+    cdef const floating* u0 = &u[0, 0, 0] if C > 0 else NULL
+    for task in prange(16 * blocks, nogil=True, num_threads=num_threads, schedule="static"):
+        p = task // blocks
+        c0 = (task - p * blocks) * 8
+        rows = 8 if c0 + 8 < C else C - c0
+        source = 4 * _mirror(p // 4) + _mirror(p % 4)
+        transpose(u0 + source * plane + c0 * row, row, f0 + p * K * CP + c0, CP, rows, K, NULL)
+        if c0 + 8 >= C:  # the plane's last block also writes its zero columns
+            for k in range(K):
+                for c in range(C, CP):
+                    f0[(p * K + k) * CP + c] = 0
+    if C == 0:
+        for k in range(16 * K * CP):
+            f0[k] = 0
+
+
 cdef void _transform_filter_grads(const double[:, :, :] du, floating* d0, Py_ssize_t K,
                                  Py_ssize_t C, Py_ssize_t c, Py_ssize_t r) noexcept nogil:
     """Filters ``dweight[:, c]`` of :func:`weight_grad_transform`, 16 at a time."""

@@ -416,12 +416,13 @@ def _check_cache(layer, cache):
         kernel = cache.kernel if cache.kernel in (3, 5) else 3
         array("x", (n, channels, height, width))
         array("u", ((kernel + 1) ** 2, channels, out_channels), contiguous=False)
-        spans = kernel == 5 or cache.weight is not None  # (the backward's blocks span images)
-        if spans:
+        spans = kernel == 5 or cache.spans is True  # (the backward's blocks span images)
+        if kernel == 5:
             array("weight", (out_channels, channels, kernel, kernel))
         geometry = (height + 2 * pad_h - kernel + 1, width + 2 * pad_w - kernel + 1)
         if not isinstance(cache.block_rows, (int, np.integer)) or cache.block_rows < 1 or \
-                cache.kernel not in (3, 5) or (spans and max(pad_h, pad_w) > kernel - 1):
+                cache.kernel not in (3, 5) or cache.spans not in (True, False) or \
+                (spans and max(pad_h, pad_w) > kernel - 1):
             geometry = None
     else:
         _, _, kernel_h, kernel_w = (int(v) for v in cache.weight_shape)

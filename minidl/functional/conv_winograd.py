@@ -21,7 +21,9 @@ channels costs more than the image's products. A 3x3 layer with fewer than
 a padding of at most 2), therefore takes the 5x5 route: ``weight_grad`` with 16 planes, whose
 blocks span images (split by planes too when the batch has fewer chunks than threads), and the
 input gradient as a forward of ``dout`` with the flipped kernel (padding ``2 - p``), whose
-transformed weight ``weight_transform(..., flip=True)`` reads from the weight itself.
+transformed weight is the forward's with its planes permuted and transposed
+(:func:`flipped_transform`). A 5x5 layer's is transformed from the weight
+(``weight_transform(..., flip=True)``), of which the cache keeps a copy.
 
 Called by :func:`minidl.functional.conv.conv2d_forward` / ``conv2d_backward``, which validate
 the arguments and choose the method; these functions trust them. Every array they allocate comes
@@ -83,9 +85,10 @@ class WinogradCache(NamedTuple):
         block_rows (int): rows of tiles per block.
         dtype (np.dtype): dtype of the input, output and gradients.
         kernel (int): 3 (F(2x2, 3x3)) or 5 (F(2x2, 5x5)).
-        weight (np.ndarray or None): a copy of the weight ``(K, C, r, r)`` for the input
-            gradient, where the backward pass's blocks span images (every 5x5 layer, 3x3 layers
-            on small maps or with many channels: :func:`_spans_images`); None otherwise.
+        weight (np.ndarray or None): a copy of the weight ``(K, C, 5, 5)`` for the input
+            gradient of a 5x5 layer; None for 3x3.
+        spans (bool): whether the backward pass's blocks span images (every 5x5 layer, 3x3
+            layers on small maps or with many channels: :func:`_spans_images`).
     """
 
     x: np.ndarray
@@ -98,6 +101,7 @@ class WinogradCache(NamedTuple):
     dtype: np.dtype
     kernel: int = 3
     weight: Optional[np.ndarray] = None
+    spans: bool = False
 
     method = "winograd"
 
@@ -137,6 +141,20 @@ def weight_transform(weight, columns, flip=False):
     threads = _config.threads_for(FILTER_COST * k * c)
     _kernel.weight_transform(np.ascontiguousarray(weight), u, threads, flip)
     return u
+
+
+def flipped_transform(u, columns):
+    """The transformed weight of a 3x3 layer's input-gradient kernel (the filters rotated by
+    180 degrees, channels swapped), ``(16, K, columns)`` with zeros beyond ``C``, from the
+    forward's ``u`` ``(16, C, K)`` (rows contiguous): what ``weight_transform(weight, columns,
+    flip=True)`` computes from the weight, by permuting and transposing planes
+    (``_winograd.flip_transform``)."""
+    k = u.shape[2]
+    if u.strides[2] != u.itemsize:  # (a cache's u is a view of the forward's, rows contiguous)
+        u = np.ascontiguousarray(u)
+    u_flip = _memory.empty((16, k, columns), u.dtype)
+    _kernel.flip_transform(u, u_flip, _config.threads_for(u_flip.size))
+    return u_flip
 
 
 def weight_grad_transform(du, dtype):
@@ -230,11 +248,12 @@ def forward(x, weight, bias, padding, out):
     u = weight_transform(weight, _round_up(k, COL_STEP))  # (16 or 36, C, K+)
     _forward(x, u, bias, padding, out)
     tile_rows, tiles_per_row = tiles(out_h, out_w)
-    if _spans_images(r, tile_rows * tiles_per_row, padding, u.nbytes):  # dx needs the weight
+    if _spans_images(r, tile_rows * tiles_per_row, padding, u.nbytes):
         block_rows = _block_rows_across(n, tile_rows, tiles_per_row, channels, k,
                                         x.dtype.itemsize, u.shape[0])
+        weight_copy = np.array(weight, order="C") if r == 5 else None  # (5x5 dx, see flip)
         return WinogradCache(x, u[:, :, :k], bias is not None, x.shape, out.shape,
-                             tuple(padding), block_rows, x.dtype, r, np.array(weight, order="C"))
+                             tuple(padding), block_rows, x.dtype, r, weight_copy, True)
     block_rows = _block_rows(tiles_per_row, tile_rows, channels, k, x.dtype.itemsize)
     return WinogradCache(x, u[:, :, :k], bias is not None, x.shape, out.shape, tuple(padding),
                          block_rows, x.dtype)
@@ -278,7 +297,9 @@ def _backward_across(dout, cache, input_grad):
     dx = None
     if input_grad:  # dx = dout convolved with g[k, c] rotated by 180 degrees, padding r-1-p
         dx = _memory.empty((n, channels, height, width), dtype)
-        u = weight_transform(cache.weight, _round_up(channels, COL_STEP), flip=True)
+        columns = _round_up(channels, COL_STEP)
+        u = (flipped_transform(cache.u, columns) if r == 3
+             else weight_transform(cache.weight, columns, flip=True))
         _forward(dout, u, None, tuple(r - 1 - p for p in cache.padding), dx)
     return dx, dweight, dbias
 
@@ -286,7 +307,7 @@ def _backward_across(dout, cache, input_grad):
 def backward(dout, cache, input_grad):
     """``(dx, dweight, dbias)`` of :func:`forward`; ``dx`` is None unless ``input_grad``,
     ``dbias`` None without bias."""
-    if cache.weight is not None:
+    if cache.spans:
         return _backward_across(np.ascontiguousarray(dout), cache, input_grad)
     x, has_bias = cache.x, cache.has_bias
     dtype = x.dtype
