@@ -715,6 +715,63 @@ static void minidl_gemm_tile_##S(                                               
 MINIDL_GEMM_TILE(f, float)
 MINIDL_GEMM_TILE(d, double)
 
+/* ---- B packed once for many products ------------------------------------------------------ */
+/* Products that each take some rows of one B (the border classes of an im2col convolution
+ * that skips its padded taps, each with its own valid taps) would each pack their block of B,
+ * and with few rows of A per class that packing costs as much as the arithmetic (a 7x7 layer
+ * on 8x8 maps packs 10 times its weight). Instead B is packed once, whole: strip s of nr
+ * columns holds all `inner` rows, Bp[s*(inner*nr + PAD) + k*nr + q] = B(k, s*nr + q) (zeros
+ * past `cols`), and a product reads runs of consecutive rows of it in place. */
+#define MINIDL_GEMM_PACKED(S, T)                                                             \
+static MINIDL_INLINE ptrdiff_t minidl_gemm_packed_stride_##S(ptrdiff_t inner, ptrdiff_t nr) {\
+    return inner * nr + MINIDL_GEMM_PAD;                                                     \
+}                                                                                            \
+/* strip `strip` of B (inner x cols, strides rsb, csb) into bp (see above) */               \
+static void minidl_gemm_pack_strip_##S(const T* B, ptrdiff_t rsb, ptrdiff_t csb,             \
+                                       ptrdiff_t inner, ptrdiff_t cols, ptrdiff_t nr,        \
+                                       ptrdiff_t strip, T* bp) {                             \
+    const ptrdiff_t j0 = strip * nr;                                                         \
+    minidl_gemm_pack_b_##S(B + j0 * csb, rsb, csb, inner, cols - j0 < nr ? cols - j0 : nr,  \
+                           nr, bp + strip * minidl_gemm_packed_stride_##S(inner, nr));       \
+}                                                                                            \
+/* C[rows x cols] = sum over segments g of A_g @ B_g, A gathered (read in place: its rows     \
+   ga->rows[i0 ..], columns ga->cols[seg a_col ..]) and B packed whole in bp (`inner` rows per \
+   strip; the tile's columns j0 .. j0 + cols - 1, j0 a multiple of nr): segment g = seg[3g ..  \
+   3g + 2] = (a_col, b_row, length) multiplies `length` columns of A from a_col by as many    \
+   consecutive rows of B from b_row. Summed segment by segment, each in KC blocks, in order;   \
+   nseg >= 1. scratch: MR x nr elements, 64-byte aligned. */                                 \
+static void minidl_gemm_tile_packed_##S(const minidl_gemm_gather_##S* ga, ptrdiff_t i0,      \
+                                        const T* bp, ptrdiff_t inner, ptrdiff_t j0,          \
+                                        const ptrdiff_t* seg, ptrdiff_t nseg, T* C,          \
+                                        ptrdiff_t ldc, ptrdiff_t rows, ptrdiff_t cols,       \
+                                        int narrow, T* scratch) {                            \
+    const ptrdiff_t nr = narrow ? minidl_gemm_nr_narrow_##S : minidl_gemm_nr_##S;            \
+    const minidl_gemm_micro_rows_##T##_fn* micro_rows =                                      \
+        narrow ? minidl_gemm_micro_rows_narrow_##S : minidl_gemm_micro_rows_##S;             \
+    const ptrdiff_t stride = minidl_gemm_packed_stride_##S(inner, nr);                       \
+    int add = 0;                                                                             \
+    for (ptrdiff_t g = 0; g < nseg; g++) {                                                   \
+        const ptrdiff_t a_col = seg[3 * g], b_row = seg[3 * g + 1], length = seg[3 * g + 2]; \
+        for (ptrdiff_t pc = 0; pc < length; pc += MINIDL_GEMM_KC) {                          \
+            const ptrdiff_t kc = length - pc < MINIDL_GEMM_KC ? length - pc : MINIDL_GEMM_KC;\
+            for (ptrdiff_t ic = 0; ic < rows; ic += MINIDL_GEMM_MC) {                        \
+                const ptrdiff_t mc = rows - ic < MINIDL_GEMM_MC ? rows - ic : MINIDL_GEMM_MC;\
+                for (ptrdiff_t jr = 0; jr < cols; jr += nr) {                                \
+                    const T* b = bp + (j0 + jr) / nr * stride + (b_row + pc) * nr;           \
+                    minidl_gemm_strip_rows_##S(micro_rows, nr, kc, mc, ga->base,             \
+                                               ga->rows + i0 + ic, ga->cols + a_col + pc, b, \
+                                               cols - jr < nr ? cols - jr : nr,              \
+                                               C + ic * ldc + jr, ldc, add, scratch);        \
+                }                                                                            \
+            }                                                                                \
+            add = 1;                                                                         \
+        }                                                                                    \
+    }                                                                                        \
+}
+
+MINIDL_GEMM_PACKED(f, float)
+MINIDL_GEMM_PACKED(d, double)
+
 /* ---- one tile of a product of at most MINIDL_GEMM_DOT_ROWS rows (A's rows contiguous) ---- */
 #define MINIDL_GEMM_DOT_TILE(S, T)                                                           \
 static void minidl_gemm_dot_tile_##S(const T* A, ptrdiff_t sa, ptrdiff_t rsa,                \

@@ -26,6 +26,7 @@ cdef extern from "_gemm.h" nogil:
     enum:
         MINIDL_GEMM_MR
         MINIDL_GEMM_KC
+        MINIDL_GEMM_PAD
         MINIDL_GEMM_DOT_ROWS
     Py_ssize_t minidl_gemm_nr_f
     Py_ssize_t minidl_gemm_nr_d
@@ -61,6 +62,24 @@ cdef extern from "_gemm.h" nogil:
                                 double* C, Py_ssize_t ldc, Py_ssize_t rows, Py_ssize_t inner,
                                 Py_ssize_t cols, Py_ssize_t terms, int acc, double* scratch)
     const char* minidl_gemm_init()
+    Py_ssize_t minidl_gemm_packed_stride_f(Py_ssize_t inner, Py_ssize_t nr)
+    Py_ssize_t minidl_gemm_packed_stride_d(Py_ssize_t inner, Py_ssize_t nr)
+    void minidl_gemm_pack_strip_f(const float* B, Py_ssize_t rsb, Py_ssize_t csb,
+                                  Py_ssize_t inner, Py_ssize_t cols, Py_ssize_t nr,
+                                  Py_ssize_t strip, float* bp)
+    void minidl_gemm_pack_strip_d(const double* B, Py_ssize_t rsb, Py_ssize_t csb,
+                                  Py_ssize_t inner, Py_ssize_t cols, Py_ssize_t nr,
+                                  Py_ssize_t strip, double* bp)
+    void minidl_gemm_tile_packed_f(const minidl_gemm_gather_f* ga, Py_ssize_t i0,
+                                   const float* bp, Py_ssize_t inner, Py_ssize_t j0,
+                                   const Py_ssize_t* seg, Py_ssize_t nseg, float* C,
+                                   Py_ssize_t ldc, Py_ssize_t rows, Py_ssize_t cols,
+                                   int narrow, float* scratch)
+    void minidl_gemm_tile_packed_d(const minidl_gemm_gather_d* ga, Py_ssize_t i0,
+                                   const double* bp, Py_ssize_t inner, Py_ssize_t j0,
+                                   const Py_ssize_t* seg, Py_ssize_t nseg, double* C,
+                                   Py_ssize_t ldc, Py_ssize_t rows, Py_ssize_t cols,
+                                   int narrow, double* scratch)
 
 
 #: The instruction set of the micro-kernel on this CPU ("avx512f", "avx2" or "baseline").
@@ -338,3 +357,94 @@ def gemm_gathered_tasks(const floating[::1] a_base, const Py_ssize_t[::1] a_rows
             _gathered_task_d(&a_base[0], &a_rows[0], &a_cols[0], &b_base[0], &b_rows[0],
                              &b_cols[0], &c[0], task0 + 8 * t, narrow,
                              _aligned(&scratch[threadid(), 0]))
+
+
+def packed_size(Py_ssize_t inner, Py_ssize_t cols, dtype_name, bint narrow=False):
+    """Elements of B ``(inner, cols)`` packed whole by :func:`pack_b` (strips of ``NR`` or,
+    ``narrow``, ``NR_NARROW`` columns, each holding all ``inner`` rows, ``_gemm.h``)."""
+    cdef Py_ssize_t nr = (NR_NARROW if narrow else NR)[dtype_name]
+    return ceil_div(cols, nr) * (inner * nr + MINIDL_GEMM_PAD)
+
+
+def pack_b(const floating[:, :] b, floating[::1] packed, bint narrow=False,
+           int num_threads=1):
+    """Pack all of ``b`` ``(inner, cols)`` (float32 or float64, any strides: a transposed
+    matrix is packed by 8x8 transposes, ``_gemm.h``) for :func:`gemm_gathered_tasks_packed`,
+    into ``packed`` (OUT: :func:`packed_size` elements of b's dtype; fully overwritten), one
+    strip of columns per task."""
+    cdef Py_ssize_t inner = b.shape[0], cols = b.shape[1], strip, nr
+    cdef Py_ssize_t rsb = b.strides[0] // <Py_ssize_t>sizeof(floating)
+    cdef Py_ssize_t csb = b.strides[1] // <Py_ssize_t>sizeof(floating)
+    if floating is float:
+        nr = minidl_gemm_nr_narrow_f if narrow else minidl_gemm_nr_f
+    else:
+        nr = minidl_gemm_nr_narrow_d if narrow else minidl_gemm_nr_d
+    if inner * cols == 0:
+        return
+    for strip in prange(ceil_div(cols, nr), nogil=True, num_threads=num_threads,
+                        schedule="static"):
+        if floating is float:
+            minidl_gemm_pack_strip_f(&b[0, 0], rsb, csb, inner, cols, nr, strip, &packed[0])
+        else:
+            minidl_gemm_pack_strip_d(&b[0, 0], rsb, csb, inner, cols, nr, strip, &packed[0])
+
+
+cdef void _packed_task_f(const float* a_base, const Py_ssize_t* a_rows,
+                         const Py_ssize_t* a_cols, const float* b_packed, Py_ssize_t inner,
+                         const Py_ssize_t* segments, float* c, const Py_ssize_t* task,
+                         int narrow, float* scratch) noexcept nogil:
+    """One row of :func:`gemm_gathered_tasks_packed`'s ``tasks``, float32 (the gather struct
+    lives on this thread's stack)."""
+    cdef minidl_gemm_gather_f ga
+    ga.base, ga.rows, ga.cols = a_base, a_rows, a_cols
+    minidl_gemm_tile_packed_f(&ga, task[0], b_packed, inner, task[1], segments + 3 * task[2],
+                              task[5], c + task[6], task[7], task[3], task[4], narrow, scratch)
+
+
+cdef void _packed_task_d(const double* a_base, const Py_ssize_t* a_rows,
+                         const Py_ssize_t* a_cols, const double* b_packed, Py_ssize_t inner,
+                         const Py_ssize_t* segments, double* c, const Py_ssize_t* task,
+                         int narrow, double* scratch) noexcept nogil:
+    """The same, float64."""
+    cdef minidl_gemm_gather_d ga
+    ga.base, ga.rows, ga.cols = a_base, a_rows, a_cols
+    minidl_gemm_tile_packed_d(&ga, task[0], b_packed, inner, task[1], segments + 3 * task[2],
+                              task[5], c + task[6], task[7], task[3], task[4], narrow, scratch)
+
+
+def gemm_gathered_tasks_packed(const floating[::1] a_base, const Py_ssize_t[::1] a_rows,
+                               const Py_ssize_t[::1] a_cols, const floating[::1] b_packed,
+                               Py_ssize_t inner, const Py_ssize_t[:, ::1] segments,
+                               floating[::1] c, const Py_ssize_t[:, ::1] tasks,
+                               floating[:, ::1] scratch, int num_threads=1, bint narrow=False):
+    """:func:`gemm_gathered_tasks` with B packed once, whole (:func:`pack_b` of a ``(inner,
+    N)`` matrix), each task reading runs of its consecutive rows.
+
+    Row ``t = (a_row, b_col, seg_start, rows, cols, seg_count, c_offset, ldc)`` of ``tasks``
+    computes, for ``i < rows``, ``j < cols``, with the segments ``(a_col, b_row, length) =
+    segments[seg_start + g]`` for ``g < seg_count``::
+
+        c[c_offset + i*ldc + j] = sum_g sum_{k < length} A[i, a_col + k] * B[b_row + k, b_col + j]
+        A[i, k] = a_base[a_rows[a_row + i] + a_cols[k]]
+
+    summed segment by segment in order, each in ``KC`` blocks, whichever thread takes the task
+    (the result does not depend on the number of threads). ``b_col`` is a multiple of the
+    micro-kernel's width (``NR`` or ``NR_NARROW``, as ``narrow``, which must be the packing's).
+
+    Preconditions (checked by the caller, not here): offsets index their arrays; every task
+    has ``rows``, ``cols`` and ``seg_count`` >= 1, ``cols`` at most the scratch's width; the
+    segments' rows of B lie below ``inner``; the tasks write disjoint parts of ``c``, which
+    shares no memory with the operands.
+    """
+    cdef Py_ssize_t count = tasks.shape[0], t
+    if count == 0:
+        return
+    cdef const Py_ssize_t* task0 = &tasks[0, 0]
+    cdef const Py_ssize_t* seg0 = &segments[0, 0]
+    for t in prange(count, nogil=True, num_threads=num_threads, schedule="dynamic"):
+        if floating is float:
+            _packed_task_f(&a_base[0], &a_rows[0], &a_cols[0], &b_packed[0], inner, seg0,
+                           &c[0], task0 + 8 * t, narrow, _aligned(&scratch[threadid(), 0]))
+        else:
+            _packed_task_d(&a_base[0], &a_rows[0], &a_cols[0], &b_packed[0], inner, seg0,
+                           &c[0], task0 + 8 * t, narrow, _aligned(&scratch[threadid(), 0]))

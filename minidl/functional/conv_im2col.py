@@ -373,15 +373,32 @@ def _tasks(groups, out_cols, tile_rows, tile_cols):
 
 @functools.lru_cache(maxsize=32)
 def _forward_tasks(plan_key, out_channels, threads):
-    """The forward's tasks and B's row offsets (:func:`_skipping_forward`), cached."""
+    """The forward's tasks and segments (:func:`_skipping_forward`), cached: a border class
+    multiplies its valid taps, which are runs of consecutive rows of ``weight_taps`` (a run
+    per kernel row of its rectangle of taps), one segment ``(first column of A, first row of
+    B, length)`` per run, for ``_gemm.gemm_gathered_tasks_packed``."""
     plan = border_plan(*plan_key)
     total = int(plan.groups[:, 1].sum())
     tile_rows = _task_rows(total, threads)
-    tile_cols = min(out_channels, _blas.TILE_COLS)
-    groups = [(m0, m, k0, k, m0 * out_channels, out_channels) for m0, m, k0, k in plan.groups]
-    b_rows = plan.tap_index * out_channels
-    b_rows.flags.writeable = False
-    return _tasks(groups, out_channels, tile_rows, tile_cols), b_rows, tile_cols
+    tile_cols = min(out_channels, _blas.TILE_COLS)  # (a multiple of every NR when it is less)
+    segments, tasks = [], []
+    for m0, m, k0, k in plan.groups:
+        if k == 0:  # (outputs that read only padding: the caller zeroes them)
+            continue
+        index = plan.tap_index[k0:k0 + k]
+        starts = np.concatenate(([0], np.flatnonzero(np.diff(index) != 1) + 1, [k]))
+        first = len(segments)
+        segments += [(k0 + a, index[a], b - a) for a, b in zip(starts[:-1], starts[1:])]
+        for r in range(0, m, tile_rows):
+            for j in range(0, out_channels, tile_cols):
+                tasks.append((m0 + r, j, first, min(tile_rows, m - r),
+                              min(tile_cols, out_channels - j), len(segments) - first,
+                              (m0 + r) * out_channels + j, out_channels))
+    tasks.sort(key=lambda t: -t[3] * t[4] * sum(g[2] for g in segments[t[2]:t[2] + t[5]]))
+    tasks, segments = (np.array(a, dtype=np.intp).reshape(-1, width)
+                       for a, width in ((tasks, 8), (segments, 3)))
+    tasks.flags.writeable = segments.flags.writeable = False
+    return tasks, segments, tile_cols
 
 
 @functools.lru_cache(maxsize=32)
@@ -569,13 +586,20 @@ def _skipping_forward(x_pad, weight_taps, plan_key, out_rows):
     plan = border_plan(*plan_key)
     out_channels = weight_taps.shape[1]
     threads = _product_threads(out_rows.size * weight_taps.shape[0])
-    tasks, b_rows, tile_cols = _forward_tasks(plan_key, out_channels, threads)
-    if not weight_taps.flags.c_contiguous:  # (forward's weight_rows.T; its rows are gathered)
-        weight_taps = _transposed(weight_taps.T)
+    tasks, segments, tile_cols = _forward_tasks(plan_key, out_channels, threads)
     empty = _memory.zeros if (plan.groups[:, 3] == 0).any() else _memory.empty
     by_class = empty(out_rows.shape, out_rows.dtype)
-    _run_tasks(x_pad, plan.rows, plan.taps, weight_taps, b_rows, _arange(out_channels),
-               by_class, tasks, tile_cols, threads)
+    dtype_name = _blas._DTYPE_NAMES[out_rows.dtype]
+    narrow = _blas._narrow(tile_cols, dtype_name)
+    packed = _memory.empty((_gemm.packed_size(*weight_taps.shape, dtype_name, narrow),),
+                           out_rows.dtype)
+    _gemm.pack_b(weight_taps, packed, narrow, _config.threads_for(packed.size))
+    threads = max(1, min(threads, len(tasks)))
+    scratch = _memory.empty((threads, _gemm.scratch_size(tile_cols, dtype_name, narrow)),
+                            out_rows.dtype)
+    _gemm.gemm_gathered_tasks_packed(x_pad.reshape(-1), plan.rows, plan.taps, packed,
+                                     weight_taps.shape[0], segments, by_class.reshape(-1), tasks,
+                                     scratch, threads, narrow)
     out_rows[plan.order] = by_class
 
 
