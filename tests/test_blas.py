@@ -443,3 +443,57 @@ def test_gathered_tasks_are_products_of_both_operands_gathered(dtype, rng):
         for i in range(rows):
             expected[offset + i * stride:offset + i * stride + cols] = block[i]
     _close(results[0], expected, dtype, 400)
+
+
+@pytest.mark.parametrize("narrow", [False, True])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gathered_tasks_with_b_packed_once(dtype, narrow, rng):
+    """``_gemm.pack_b`` (from a C-contiguous matrix and from a transposed view: the same
+    packing) and ``_gemm.gemm_gathered_tasks_packed``: each task writes its block of C, the sum
+    over its segments of gathered A's columns times runs of B's rows (runs across the 256-long
+    blocks, partial strips, a task at the second strip), the same bits at 1 and 2 threads, and
+    leaves the rest of C alone."""
+    name = np.dtype(dtype).name
+    nr = (_gemm.NR_NARROW if narrow else _gemm.NR)[name]
+    inner, n_cols = 700, nr + 26
+    b = rng.standard_normal((inner, n_cols)).astype(dtype)
+    packed = np.full(_gemm.packed_size(inner, n_cols, name, narrow), np.nan, dtype)
+    _gemm.pack_b(b, packed, narrow, 2)
+    strips = -(-n_cols // nr)
+    stride = packed.size // strips  # (a few elements of padding after each strip)
+    padded = np.zeros((inner, strips * nr), dtype)
+    padded[:, :n_cols] = b
+    for s in range(strips):  # strip s: all rows of columns s*nr .. s*nr + nr - 1, zeros past B
+        np.testing.assert_array_equal(packed[s * stride:s * stride + inner * nr],
+                                      padded[:, s * nr:(s + 1) * nr].reshape(-1))
+    from_view = packed.copy()
+    _gemm.pack_b(np.ascontiguousarray(b.T).T, from_view, narrow, 1)
+    np.testing.assert_array_equal(from_view, packed)  # (NaN in the padding compare equal)
+    a_base = rng.standard_normal(5000).astype(dtype)
+    a_rows = rng.integers(0, 1000, 300).astype(np.intp)
+    a_cols = rng.integers(0, 4000, 700).astype(np.intp)
+    # (a_col, b_row, length)
+    segments = np.array([(0, 0, 300), (300, 350, 1), (301, 400, 299), (5, 690, 10),
+                         (650, 0, 50)], dtype=np.intp)
+    ldc = 100
+    # (a_row, b_col, seg_start, rows, cols, seg_count, c_offset, ldc)
+    tasks = np.array([(0, 0, 0, 13, n_cols, 2, 0, ldc), (13, nr, 1, 7, 26, 3, 60, ldc),
+                      (20, 0, 3, 150, 3, 2, 20 * ldc, ldc), (170, nr, 4, 1, 1, 1, 99, ldc)],
+                     dtype=np.intp)
+    results = []
+    for threads in (1, 2):
+        c = np.full(200 * ldc, 7, dtype)
+        scratch = np.empty((threads, _gemm.scratch_size(64, name, narrow)), dtype)
+        _gemm.gemm_gathered_tasks_packed(a_base, a_rows, a_cols, packed, inner, segments, c,
+                                         tasks, scratch, threads, narrow)
+        results.append(c)
+    np.testing.assert_array_equal(results[0], results[1])
+    expected = np.full(200 * ldc, 7, np.float64)
+    for a_row, b_col, first, rows, cols, count, offset, stride in tasks:
+        block = np.zeros((rows, cols))
+        for a_col, b_row, length in segments[first:first + count]:
+            a = a_base[a_rows[a_row:a_row + rows, None] + a_cols[None, a_col:a_col + length]]
+            block += a.astype(np.float64) @ b[b_row:b_row + length, b_col:b_col + cols]
+        for i in range(rows):
+            expected[offset + i * stride:offset + i * stride + cols] = block[i]
+    _close(results[0], expected, dtype, 400)
