@@ -27,6 +27,7 @@ def test_im2col_kernel_matches_reference(geometry, dtype, rng):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("geometry", GEOMETRIES, ids=GEOMETRY_IDS)
 def test_col2im_kernel_matches_reference(geometry, dtype, rng):
+    """col2im against the reference, and with its rows in another order (a row map)."""
     n, c, h, w, kernel, stride, padding = geometry
     oh, ow = out_size(h, w, kernel, stride, padding)
     cols = rng.standard_normal((n * oh * ow, kernel[0] * kernel[1] * c)).astype(dtype)
@@ -34,6 +35,13 @@ def test_col2im_kernel_matches_reference(geometry, dtype, rng):
     _conv.col2im(cols, dx_nhwc, *kernel, *stride, *padding, 2)
     expected = ref.col2im(cols, (n, c, h, w), kernel, stride, padding)
     assert_close(dx_nhwc, nhwc(expected), dtype)
+    # rows in another order, with a map from each output position to its row: the same sums
+    rows = rng.permutation(cols.shape[0]).astype(np.intp)
+    shuffled = np.empty_like(cols)
+    shuffled[rows] = cols
+    mapped = np.full_like(dx_nhwc, np.nan)
+    _conv.col2im(shuffled, mapped, *kernel, *stride, *padding, 2, rows)
+    np.testing.assert_array_equal(mapped, dx_nhwc)
 
 
 @pytest.mark.parametrize("geometry", GEOMETRIES, ids=GEOMETRY_IDS)
@@ -326,6 +334,42 @@ def test_products_that_skip_padded_taps(case, dtype, monkeypatch, rng):
     for got, expected in zip(grads, conv2d_backward(dout, full_cache)):
         assert_close(got, expected, dtype, "gradients of the full products")
 
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", [SKIPPING[1], SKIPPING[4], (7, 32, 8, 8, 48, (5, 5), (2, 2),
+                                                            (2, 2))], ids=str)
+def test_input_gradient_by_border_class_in_chunks(case, dtype, monkeypatch, rng):
+    """A strided layer's dcols by border class, without the entries of padded taps, two
+    samples at a time (the last chunk smaller): the reference's dx, though every array minidl
+    allocates starts as NaN (col2im never reads the entries left out); with C_in not a multiple
+    of the micro-kernel's width (40), the full product."""
+    n, c, h, w, c_out, kernel, stride, padding = case
+    n = max(n, 5)
+    x = rng.standard_normal((n, c, h, w)).astype(dtype)
+    weight = rng.standard_normal((c_out, c) + kernel).astype(dtype)
+    out, cache = conv2d_forward(x, weight, None, stride, padding, method="im2col")
+    assert conv_im2col._skip_padded_input_taps(cache)
+    per_sample = out.shape[2] * out.shape[3] * np.prod(kernel) * c * x.itemsize
+    monkeypatch.setattr(conv_im2col, "CHUNK_BYTES", 2 * per_sample)
+    monkeypatch.setattr(conv_im2col._memory, "empty", lambda shape, dt: np.full(shape, np.nan, dt))
+    plans = []
+    tasks = conv_im2col._input_grad_tasks
+    monkeypatch.setattr(conv_im2col, "_input_grad_tasks",
+                        lambda key, *args: plans.append(key) or tasks(key, *args))
+    dout = np.cos(out)
+    dx, _, _ = conv2d_backward(dout, cache)
+    assert [key[0][0] for key in plans] == [2] * (n // 2) + [1] * (n % 2)
+    expected = ref.conv2d_backward(dout, x, weight, True, stride, padding)[0]
+    assert_close(dx, expected, dtype, "dx")
+    x, weight = (np.concatenate((a, a[:, :8]), axis=1) for a in (x, weight))  # C_in + 8
+    out, cache = conv2d_forward(x, weight, None, stride, padding, method="im2col")
+    assert conv_im2col._skip_padded_taps((x.shape, kernel, stride, padding, out.shape[2:]),
+                                         c_out)  # (as the forward does)
+    assert not conv_im2col._skip_padded_input_taps(cache)
+    assert_close(conv2d_backward(dout, cache)[0],
+                 ref.conv2d_backward(dout, x, weight, True, stride, padding)[0],
+                 dtype, "dx of the full product")
 
 def test_padded_taps_are_skipped_only_where_it_pays(monkeypatch):
     """Not without padding, not with fewer than 32 input or output channels, not when the

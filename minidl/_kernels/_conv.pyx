@@ -126,7 +126,8 @@ def im2col(const floating[:, :, :, ::1] x_nhwc, floating[:, ::1] cols,
 
 def col2im(const floating[:, ::1] cols, floating[:, :, :, ::1] dx_nhwc,
            Py_ssize_t kernel_h, Py_ssize_t kernel_w, Py_ssize_t stride_h, Py_ssize_t stride_w,
-           Py_ssize_t pad_h, Py_ssize_t pad_w, int num_threads=1):
+           Py_ssize_t pad_h, Py_ssize_t pad_w, int num_threads=1,
+           const Py_ssize_t[::1] rows=None):
     """Fold the rows of ``cols`` back into an NHWC image, summing overlaps (im2col's adjoint).
 
     Args:
@@ -137,22 +138,27 @@ def col2im(const floating[:, ::1] cols, floating[:, :, :, ::1] dx_nhwc,
             copied from it; taps that fall into the padding are dropped.
         kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, num_threads: as for
             :func:`im2col`.
+        rows (IN): None, or ``(N*OH*OW,)``: output position ``p`` reads row ``rows[p]`` of
+            ``cols`` instead of row ``p`` (rows in another order, e.g. by border class).
 
-    Work is split over samples, so no two threads write the same element.
+    Only the entries of taps that read the input are read (a position's taps in the padding
+    are not: they may hold anything). Work is split over samples, so no two threads write the same element.
     Reference: Chellapilla et al., 2006 (backward of the unrolled convolution).
 
     Preconditions (checked by the caller, not here): as for :func:`im2col`, with ``OH, OW`` computed
     from ``dx_nhwc``'s ``(H, W)``: ``cols`` exactly ``(N*OH*OW, kH*kW*C)``, sharing no memory
-    with ``dx_nhwc``.
+    with ``dx_nhwc``; ``rows``, when given, of that many entries, each in ``[0, N*OH*OW)``.
     """
     cdef Py_ssize_t N = dx_nhwc.shape[0], H = dx_nhwc.shape[1], W = dx_nhwc.shape[2]
     cdef Py_ssize_t C = dx_nhwc.shape[3]
     cdef Py_ssize_t OH = (H + 2 * pad_h - kernel_h) // stride_h + 1
     cdef Py_ssize_t OW = (W + 2 * pad_w - kernel_w) // stride_w + 1
-    cdef Py_ssize_t n, oh, ow, i, ih, iw0, lo, hi, k
+    cdef Py_ssize_t n, oh, ow, i, ih, iw0, lo, hi, k, p
     cdef Py_ssize_t run = kernel_w * C
     cdef floating* dst
     cdef const floating* src
+    cdef bint mapped = rows is not None
+    cdef const Py_ssize_t* row_of = &rows[0] if mapped and rows.shape[0] > 0 else NULL
 
     for n in prange(N, nogil=True, num_threads=num_threads, schedule="static"):
         dst = &dx_nhwc[n, 0, 0, 0]
@@ -160,7 +166,8 @@ def col2im(const floating[:, ::1] cols, floating[:, :, :, ::1] dx_nhwc,
             dst[k] = 0
         for oh in range(OH):
             for ow in range(OW):
-                src = &cols[(n * OH + oh) * OW + ow, 0]
+                p = (n * OH + oh) * OW + ow
+                src = &cols[row_of[p] if mapped else p, 0]
                 iw0 = ow * stride_w - pad_w
                 lo = _first_inside(iw0, W, kernel_w) * C
                 hi = _end_inside(iw0, W, kernel_w) * C

@@ -32,9 +32,12 @@ maps). Where that is a large part of the work and the layer has at least
 ``SKIP_MIN_CHANNELS`` channels each way (:func:`_skip_padded_taps`), the forward product runs
 as one product per border class (outputs with the same valid taps) and the weight gradient's
 as one per kernel position, each over the valid taps only (:func:`border_plan`), all in one
-parallel call (``_gemm.gemm_gathered_tasks``); a stride-1 input gradient is then the forward
-of the flipped kernel, which skips them too. oneDNN's direct convolutions, which PyTorch runs,
-skip them the same way.
+parallel call (``_gemm.gemm_gathered_tasks``); the forward's classes read one packing of the
+whole weight (``_gemm.gemm_gathered_tasks_packed``: a class may have a few rows only). A
+stride-1 input gradient is then the forward of the flipped kernel, which skips them too; any
+other computes ``dcols`` by class, leaving out the entries of padded taps that col2im drops
+(:func:`_input_grad_tasks`). oneDNN's direct convolutions, which PyTorch runs, skip them the
+same way.
 
 Only ``dcols`` (the input gradient's ``(S*OH*OW, K)`` matrix, folded back by col2im) is
 materialized, ``S`` samples at a time: about ``CHUNK_BYTES`` of it, so it stays in the CPU
@@ -734,9 +737,57 @@ def _weight_grad(dout, cache):
     return drows, _weight_from_rows(dweight_rows, cache.weight_shape), dbias
 
 
+@functools.lru_cache(maxsize=32)
+def _input_grad_tasks(plan_key, out_channels, nr, threads):
+    """The tasks of :func:`_input_grad_by_columns` when it skips padded taps, for a chunk of
+    samples ``plan_key = (x_shape, ...)``: ``(tasks, a_rows, row_of, tile_cols)``.
+
+    Border class ``g`` (:func:`border_plan`) computes ``dcols[its rows, its valid taps] =
+    drows.T[its positions] @ weight_rows[:, its valid taps]``, one product per run of
+    consecutive taps (a kernel row of its rectangle; each starts at a multiple of ``C_in``,
+    so of ``nr``, the strips of the packed weight), its rows of ``dcols`` in class order
+    (``row_of[position]``, for col2im); the entries of padded taps are not computed, and
+    col2im does not read them."""
+    plan = border_plan(*plan_key)
+    taps = plan.tap_rows.size
+    tile_rows = _task_rows(int(plan.groups[:, 1].sum()), threads)
+    runs = []
+    for m0, m, k0, k in plan.groups:
+        index = plan.tap_index[k0:k0 + k]
+        starts = np.concatenate(([0], np.flatnonzero(np.diff(index) != 1) + 1, [k]))
+        runs += [(m0, m, index[a], b - a) for a, b in zip(starts[:-1], starts[1:]) if b > a]
+    tile_cols = min(_blas.TILE_COLS, -(-max(run[3] for run in runs) // nr) * nr)
+    tasks = [(m0 + r, col0 + j, 0, min(tile_rows, m - r), min(tile_cols, length - j), 1,
+              (m0 + r) * taps + col0 + j, taps)
+             for m0, m, col0, length in runs for r in range(0, m, tile_rows)
+             for j in range(0, length, tile_cols)]
+    tasks.sort(key=lambda t: -t[3] * t[4])
+    a_rows = plan.order * out_channels
+    row_of = np.empty_like(plan.order)
+    row_of[plan.order] = np.arange(plan.order.size)
+    tasks = np.array(tasks, dtype=np.intp).reshape(-1, 8)
+    for a in (tasks, a_rows, row_of):
+        a.flags.writeable = False
+    return tasks, a_rows, row_of, tile_cols
+
+
+def _skip_padded_input_taps(cache):
+    """Whether :func:`_input_grad_by_columns` skips the padded taps: where the forward would
+    (:func:`_skip_padded_taps`), when ``C_in`` is a multiple of the micro-kernel's width (the
+    runs of valid taps then start on strips of the packed weight)."""
+    n, out_channels, out_h, out_w = cache.out_shape
+    kernel_h, kernel_w = cache.weight_shape[2:]
+    return (cache.x_shape[1] % _gemm.NR[_blas._DTYPE_NAMES[cache.dtype]] == 0
+            and _skip_padded_taps((cache.x_shape, (kernel_h, kernel_w), cache.stride,
+                                   cache.padding, (out_h, out_w)), out_channels))
+
+
 def _input_grad_by_columns(drows, cache):
     """``dx`` by ``dcols = drows.T @ weight_rows`` and col2im, ``S`` samples at a time.
-    ``drows``: ``(C_out, N*OH*OW)``, any strides."""
+    ``drows``: ``(C_out, N*OH*OW)``, any strides.
+
+    Where padded taps are skipped (:func:`_skip_padded_input_taps`), ``dcols`` is computed by
+    border class without them (:func:`_input_grad_tasks`), from the weight packed once."""
     n, out_channels, out_h, out_w = cache.out_shape
     _, in_channels, kernel_h, kernel_w = cache.weight_shape
     per_sample = out_h * out_w
@@ -747,8 +798,31 @@ def _input_grad_by_columns(drows, cache):
     geometry = (kernel_h, kernel_w, *cache.stride, *cache.padding)
     dx_nhwc = _memory.empty((n,) + cache.x_shape[2:] + (in_channels,), cache.dtype)
     dcols = _memory.empty((chunk * per_sample, taps), cache.dtype)
+    skip = _skip_padded_input_taps(cache)
+    if skip:
+        drows_t = drows.T if drows.T.flags.c_contiguous else _transposed(drows)  # A: rows
+        dtype_name = _blas._DTYPE_NAMES[cache.dtype]
+        product_threads = _product_threads(n * per_sample * taps * out_channels)
+        packed = _memory.empty((_gemm.packed_size(out_channels, taps, dtype_name),),
+                               cache.dtype)
+        _gemm.pack_b(cache.weight_rows, packed, False, _config.threads_for(packed.size))
+        segments = np.array([(0, 0, out_channels)], dtype=np.intp)  # all of the inner rows
     for samples, rows in _chunks(n, chunk, per_sample):
         part = dcols[:rows.stop - rows.start]
-        _blas.matmul(drows[:, rows].T, cache.weight_rows, out=part)
-        _kernel.col2im(part, dx_nhwc[samples], *geometry, threads)
+        if not skip:
+            _blas.matmul(drows[:, rows].T, cache.weight_rows, out=part)
+            _kernel.col2im(part, dx_nhwc[samples], *geometry, threads)
+            continue
+        plan_key = ((samples.stop - samples.start,) + tuple(cache.x_shape[1:]),
+                    (kernel_h, kernel_w), cache.stride, cache.padding, (out_h, out_w))
+        tasks, a_rows, row_of, tile_cols = _input_grad_tasks(
+            plan_key, out_channels, _gemm.NR[dtype_name], product_threads)
+        task_threads = max(1, min(product_threads, len(tasks)))
+        scratch = _memory.empty((task_threads, _gemm.scratch_size(tile_cols, dtype_name)),
+                                cache.dtype)
+        _gemm.gemm_gathered_tasks_packed(drows_t[rows].reshape(-1), a_rows,
+                                         _arange(out_channels), packed, out_channels,
+                                         segments, part.reshape(-1), tasks, scratch,
+                                         task_threads)
+        _kernel.col2im(part, dx_nhwc[samples], *geometry, threads, row_of)
     return _to_nchw(dx_nhwc, threads)
