@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from conv_helpers import (DTYPES, GEOMETRIES, GEOMETRY_IDS, assert_close, nhwc, out_size)
-from minidl._kernels import _conv
+from minidl._kernels import _conv, _gemm
 from minidl.functional import conv_im2col
 from minidl.functional.conv import conv2d_backward, conv2d_forward
 from minidl.reference import conv as ref
@@ -343,7 +343,7 @@ def test_input_gradient_by_border_class_in_chunks(case, dtype, monkeypatch, rng)
     """A strided layer's dcols by border class, without the entries of padded taps, two
     samples at a time (the last chunk smaller): the reference's dx, though every array minidl
     allocates starts as NaN (col2im never reads the entries left out); with C_in not a multiple
-    of the micro-kernel's width (40), the full product."""
+    of the micro-kernel's width, the full product."""
     n, c, h, w, c_out, kernel, stride, padding = case
     n = max(n, 5)
     x = rng.standard_normal((n, c, h, w)).astype(dtype)
@@ -362,7 +362,8 @@ def test_input_gradient_by_border_class_in_chunks(case, dtype, monkeypatch, rng)
     assert [key[0][0] for key in plans] == [2] * (n // 2) + [1] * (n % 2)
     expected = ref.conv2d_backward(dout, x, weight, True, stride, padding)[0]
     assert_close(dx, expected, dtype, "dx")
-    x, weight = (np.concatenate((a, a[:, :8]), axis=1) for a in (x, weight))  # C_in + 8
+    extra = max(1, _gemm.NR[np.dtype(dtype).name] // 2)  # C_in + NR/2: not a multiple of NR
+    x, weight = (np.concatenate((a, a[:, :extra]), axis=1) for a in (x, weight))
     out, cache = conv2d_forward(x, weight, None, stride, padding, method="im2col")
     assert conv_im2col._skip_padded_taps((x.shape, kernel, stride, padding, out.shape[2:]),
                                          c_out)  # (as the forward does)
