@@ -466,26 +466,35 @@ def test_auto_method_choice(rng):
     assert cache.method == "im2col"  # auto: the direct and Winograd kernels are for stride 1
 
 
-@pytest.mark.parametrize("in_channels, out_channels, out_size, expected", [
-    (64, 64, (4, 4), "winograd"),    # 4 tiles per image (WINOGRAD3_MIN_TILES)
-    (64, 64, (2, 2), "im2col"),      # 1 tile
-    (16, 16, (3, 4), "winograd"),    # odd maps round up: 2 x 2 tiles
-    (16, 16, (2, 4), "im2col"),      # 2 tiles
-    (256, 256, (4, 4), "winograd"),  # sqrt(256*256)/64 = 4 tiles
-    (384, 384, (4, 4), "im2col"),    # 4 tiles < 6
-    (512, 256, (4, 4), "im2col"),    # 4 tiles < sqrt(512*256)/64 = 5.7
-    (512, 256, (4, 6), "winograd"),  # 6 tiles
-    (512, 512, (4, 4), "im2col"),    # 4 tiles < 8
-    (512, 512, (6, 6), "winograd"),  # 9 tiles
-    (32, 64, (14, 14), "winograd"),  # the MNIST CNN's second layer
+@pytest.mark.parametrize("batch, in_channels, out_channels, out_size, expected", [
+    (1, 32, 32, (4, 4), "winograd"),     # 4 tiles per image (WINOGRAD3_MIN_TILES)
+    (64, 64, 64, (2, 2), "im2col"),      # 1 tile, whatever the batch
+    (1, 16, 16, (3, 4), "winograd"),     # odd maps round up: 2 x 2 tiles
+    (1, 16, 16, (2, 4), "im2col"),       # 2 tiles
+    (16, 256, 256, (4, 4), "im2col"),    # 64 tiles * 9 < 0.18 * 256**1.5 multiply-adds saved
+    (32, 256, 256, (4, 4), "winograd"),  # 128 tiles
+    (16, 128, 128, (4, 4), "winograd"),
+    (32, 512, 512, (4, 4), "im2col"),
+    (64, 512, 512, (4, 4), "winograd"),
+    (8, 512, 512, (7, 7), "im2col"),
+    (4, 256, 256, (8, 8), "winograd"),   # less padding: 36 * 0.84 - 16 saved per tile
+    (1, 256, 256, (8, 8), "im2col"),
+    (8, 512, 512, (14, 14), "winograd"),
+    (64, 32, 64, (14, 14), "winograd"),  # the MNIST CNN's second layer
+    (None, 512, 512, (4, 4), "winograd"),  # batch not known: 4 tiles per image suffice
 ])
-def test_auto_gives_winograd_3x3_only_where_its_weight_transform_pays(
-        in_channels, out_channels, out_size, expected, rng):
+def test_auto_gives_winograd_3x3_only_where_it_pays(batch, in_channels, out_channels, out_size,
+                                                    expected, rng):
+    """"auto" and F(2x2, 3x3): at least 4 tiles per image, and enough multiply-adds saved on
+    the batch to pay for the weight's transforms (``WINOGRAD3_BREAK_EVEN``); the layers' path
+    (conv2d_forward, which knows the batch) follows the rule."""
     from minidl.functional.conv import choose_method
     assert choose_method("auto", 9 * in_channels, kernel_size=(3, 3), padding=(1, 1),
-                         out_size=out_size, out_channels=out_channels) == expected
-    x = rng.standard_normal((1, in_channels) + out_size).astype(np.float32)
-    weight = rng.standard_normal((out_channels, in_channels, 3, 3)).astype(np.float32)
+                         out_size=out_size, out_channels=out_channels, batch=batch) == expected
+    if batch is None:
+        return
+    x = np.zeros((batch, in_channels) + out_size, np.float32)
+    weight = np.zeros((out_channels, in_channels, 3, 3), np.float32)
     _, cache = conv2d_forward(x, weight, None, 1, 1)  # the layers' path: method "auto"
     assert cache.method == expected
 

@@ -77,18 +77,28 @@ WINOGRAD_KERNELS = ((3, 3), (5, 5))
 # 4.18 / 7.12 / 8.28; (32, 8, 16, 16) -> 32 4.67 / 3.52 / - / 4.99; (32, 16, 16, 16) -> 4
 # 4.56 / 3.21 / 3.29 / 3.67; (32, 64, 8, 8) -> 64 13.1 / 8.6 / - / 11.7.
 WINOGRAD5_MIN_IN_CHANNELS = 8
-# 3x3 stride-1 layers use F(2x2, 3x3) under "auto" only where its transformed weight (16*C_in*
-# C_out numbers, read and added into by every block of tiles) is paid for by enough tiles: at
-# least WINOGRAD3_MIN_TILES 2x2 output tiles per image and sqrt(C_in*C_out) /
-# WINOGRAD3_TILES_DIVISOR of them (up to 256 channels: a 4x4 map; 512: 8 tiles, a 5x5 map).
-# Measured, one layer forward + backward, ms, im2col / Winograd / PyTorch at 2 threads (1
-# thread): (16, 64, 2, 2) -> 64 0.48 / 0.81 / 0.46; (16, 128, 4, 4) -> 128 1.44 / 1.40 / 1.20
-# (2.39 / 1.81 / 2.07); (16, 256, 4, 4) -> 256 5.6 / 5.3-7.3 / 4.0 (9.4-10.3 / 8.7-8.9 / 7.5);
-# (16, 384, 4, 4) -> 384 17.5 / 16.6 / 12.7 (29.3 / 26.8 / 19.7); (16, 512, 4, 4) -> 512
-# 24.9 / 34.5 / 17.1; (16, 512, 6, 6) -> 512 56.5 / 53.2 / 38.0 (102.7 / 98.7 / 85.9); (16, 512,
-# 7, 7) -> 512 70.4 / 59.5 / 49.4; (8, 512, 14, 14) -> 512 122.7 / 86.9 / 101.1.
+# 3x3 stride-1 layers use F(2x2, 3x3) under "auto" only where it pays (_winograd3_pays): at
+# least WINOGRAD3_MIN_TILES 2x2 output tiles per image, and enough multiply-adds saved on the
+# batch to pay for transforming the weight and its gradient (16*C_in*C_out numbers, about 10 ns
+# per filter each, where im2col moves 9 per filter at memory speed). Per pair of channels,
+# im2col multiplies 36*v per 2x2 tile (v: the fraction of its taps not in the padding, which
+# it skips), Winograd 16; so "auto" takes Winograd when N*tiles*(36*v - 16) >=
+# WINOGRAD3_BREAK_EVEN * (C_in*C_out)**0.75 (the exponent, as the constant, fitted to the
+# measurements). Measured, one layer forward + backward at 2 threads, ms, Winograd / im2col
+# (min of 7): (8, 256, 4, 4) -> 256 5.36 / 4.85; (16, 256, 4, 4) 5.26 / 4.66 (1 thread 8.69 /
+# 8.10); (32, 256, 4, 4) 7.88 / 8.18 (13.37 / 14.67); (48, 256, 4, 4) 9.69 / 10.96; (64, 256,
+# 4, 4) 12.98 / 16.49; (128, 256, 4, 4) 20.85 / 28.64; (16, 128, 4, 4) -> 128 1.79 / 2.08;
+# (64, 128, 4, 4) 3.71 / 5.15; (16, 192, 4, 4) 3.72 / 4.11; (32, 512, 4, 4) 36.9 / 30.5; (64,
+# 512, 4, 4) 53.7 / 55.5; (16, 512, 6, 6) 45.5 / 44.0 (1 thread 75.1 / 76.4); (8, 512, 7, 7)
+# 38.4 / 33.6; (1, 512, 14, 14) 25.9 / 19.4; (2, 512, 14, 14) 29.4 / 31.5; (1, 256, 8, 8) 5.07
+# / 4.04; (4, 256, 8, 8) 6.23 / 7.25; (2, 512, 8, 8) 19.2 / 13.0; (4, 512, 8, 8) 24.2 / 20.5;
+# (16, 256, 6, 6) 8.11 / 9.89; (16, 96, 6, 6) 1.03 / 1.46; (1, 256, 16, 16) 4.76 / 5.07. The
+# rule picks the faster of the two for all but (4, 128, 8, 8) -> 128 (1.38 / 1.28) and (2,
+# 512, 14, 14), each within 8%. (The rule before, sqrt(C_in*C_out)/64 tiles per image, ignored
+# the batch: it gave the layers of batch 1 to 16 with 256 channels and more to Winograd, 10-32%
+# slower than im2col once im2col skipped the padded taps from one packing of the weight.)
 WINOGRAD3_MIN_TILES = 4
-WINOGRAD3_TILES_DIVISOR = 64
+WINOGRAD3_BREAK_EVEN = 0.18
 _BACKWARD = {DirectCache: conv_direct.backward, Im2colCache: conv_im2col.backward,
              PointwiseCache: conv_pointwise.backward, WinogradCache: conv_winograd.backward}
 
@@ -126,16 +136,16 @@ def check_method(method, layer="conv2d", stride=(1, 1), kernel_size=None, paddin
 
 
 def choose_method(method, taps, layer="conv2d", stride=(1, 1), kernel_size=None,
-                  padding=(0, 0), out_size=None, out_channels=None):
+                  padding=(0, 0), out_size=None, out_channels=None, batch=None):
     """``"direct"``, ``"winograd"``, ``"pointwise"`` or ``"im2col"`` for a convolution with
-    ``taps = C_in*kH*kW``, output images of ``out_size = (OH, OW)`` and ``out_channels``
-    (None: not known).
+    ``taps = C_in*kH*kW``, output images of ``out_size = (OH, OW)``, ``out_channels`` and a
+    batch of ``batch`` images (None: not known).
 
     ``"auto"`` picks the pointwise products for a ``(1, 1)`` kernel without padding (any
     stride) unless ``OH*OW < POINTWISE_MIN_POSITIONS``; for stride 1 the direct kernels when
     ``taps <= DIRECT_MAX_TAPS`` (there the product's inner dimension is too small to pay for
     im2col's copy), else Winograd F(2x2, 3x3) when ``kernel_size`` is ``(3, 3)`` and its
-    transformed weight is paid for (``WINOGRAD3_TILES_DIVISOR``), F(2x2, 5x5)
+    transformed weight is paid for (``WINOGRAD3_BREAK_EVEN``), F(2x2, 5x5)
     when it is ``(5, 5)`` with a padding of at most 4 and at least
     ``WINOGRAD5_MIN_IN_CHANNELS`` input channels, else the
     direct kernels again for a kernel larger than 1x1 with at most
@@ -156,7 +166,8 @@ def choose_method(method, taps, layer="conv2d", stride=(1, 1), kernel_size=None,
     if stride_one and taps <= DIRECT_MAX_TAPS:
         return "direct"
     three_by_three = kernel_size is not None and tuple(kernel_size) == (3, 3)
-    if stride_one and three_by_three and _winograd3_pays(taps // 9, out_channels, out_size):
+    if stride_one and three_by_three and _winograd3_pays(taps // 9, out_channels, out_size,
+                                                         padding, batch):
         return "winograd"
     if stride_one and tuple(kernel_size or ()) == (5, 5) and max(padding) <= 4 and \
             taps // 25 >= WINOGRAD5_MIN_IN_CHANNELS:
@@ -166,14 +177,20 @@ def choose_method(method, taps, layer="conv2d", stride=(1, 1), kernel_size=None,
     return "direct" if stride_one and narrow else "im2col"
 
 
-def _winograd3_pays(in_channels, out_channels, out_size):
-    """Whether "auto" gives a 3x3 stride-1 layer to F(2x2, 3x3): see
-    ``WINOGRAD3_TILES_DIVISOR``. ``out_channels`` or ``out_size`` None (not known): yes."""
+def _winograd3_pays(in_channels, out_channels, out_size, padding=(1, 1), batch=None):
+    """Whether "auto" gives a 3x3 stride-1 layer of this ``padding`` to F(2x2, 3x3): see
+    ``WINOGRAD3_BREAK_EVEN``. ``out_channels`` or ``out_size`` None (not known): yes; ``batch``
+    None: on the tiles per image alone."""
     if out_channels is None or out_size is None:
         return True
     tiles = -(-out_size[0] // 2) * -(-out_size[1] // 2)
-    return (tiles >= WINOGRAD3_MIN_TILES
-            and (tiles * WINOGRAD3_TILES_DIVISOR) ** 2 >= in_channels * out_channels)
+    if tiles < WINOGRAD3_MIN_TILES or batch is None:
+        return tiles >= WINOGRAD3_MIN_TILES
+    in_size = tuple(o + 2 - 2 * p for o, p in zip(out_size, padding))  # (stride 1, 3x3)
+    valid = 1.0 - conv_im2col.padded_fraction((batch, in_channels) + in_size, (3, 3), (1, 1),
+                                               tuple(padding), tuple(out_size))
+    saved = batch * tiles * (36 * valid - 16)
+    return saved >= WINOGRAD3_BREAK_EVEN * (in_channels * out_channels) ** 0.75
 
 
 def conv2d_output_size(in_size, kernel_size, stride, padding):
@@ -317,7 +334,8 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, layer="conv2d", wo
     out_h, out_w = check_spatial_size(layer, x.shape, (kernel_h, kernel_w), stride, padding)
     out_shape = (x.shape[0], out_channels, out_h, out_w)
     method = choose_method(method, kernel_h * kernel_w * in_channels, layer, stride,
-                           (kernel_h, kernel_w), padding, (out_h, out_w), out_channels)
+                           (kernel_h, kernel_w), padding, (out_h, out_w), out_channels,
+                           x.shape[0])
     _check_workspace_sizes(layer, x, weight.shape, out_shape, padding, method, out is None,
                            workspace is None)
     if method == "im2col" and isinstance(workspace, np.ndarray):
