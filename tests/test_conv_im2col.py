@@ -73,6 +73,18 @@ def test_transpose_batched_kernel(shape, dtype, use_bias, rng):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(9, 4, 5), (25, 3, 70), (1, 2, 3), (17, 1, 9), (8, 5, 16)])
+@pytest.mark.parametrize("threads", [1, 3])
+def test_swap_outer_axes_kernel(shape, threads, dtype, rng):
+    """dst[c, b, a] = src[a, b, c]: blocks of 8 rows of src, whole and partial, every element
+    of dst written, on 1 and 3 threads."""
+    src = rng.standard_normal(shape).astype(dtype)
+    dst = np.full(shape[::-1], np.nan, dtype=dtype)
+    _conv.swap_outer_axes(src, dst, threads)
+    np.testing.assert_array_equal(dst, src.transpose(2, 1, 0))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("want_bias_grad", [True, False])
 def test_nchw_to_rows_kernel(dtype, want_bias_grad, rng):
     n, c, p = 3, 4, 5

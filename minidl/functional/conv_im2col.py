@@ -501,6 +501,18 @@ def _flipped_taps(weight_rows, weight_shape):
     return flipped.reshape(-1, in_channels)
 
 
+def _weight_from_taps(taps, weight_shape):
+    """A weight gradient computed as ``(kH*kW*C_in, C_out)`` (rows ordered (i, j, c), the
+    forward's ``weight_rows.T``) -> ``(C_out, C_in, kH, kW)``, in one pass
+    (``_conv.swap_outer_axes``)."""
+    out_channels, in_channels, kernel_h, kernel_w = weight_shape
+    dweight = _memory.empty(weight_shape, taps.dtype)
+    _kernel.swap_outer_axes(taps.reshape(kernel_h * kernel_w, in_channels, out_channels),
+                            dweight.reshape(out_channels, in_channels, kernel_h * kernel_w),
+                            _config.threads_for(taps.size))
+    return dweight
+
+
 def _weight_from_rows(rows, weight_shape):
     """The inverse of :func:`_weight_rows`: ``(C_out, kH*kW*C_in)`` -> ``(C_out, C_in, kH,
     kW)``."""
@@ -685,7 +697,7 @@ def backward(dout, cache, input_grad):
                  if cache.has_bias else None)
         dweight_taps = _skipping_weight_grad(cache, drows_t.reshape(-1, out_channels),
                                              plan_key)
-        dweight = _weight_from_rows(_transposed(dweight_taps), cache.weight_shape)
+        dweight = _weight_from_taps(dweight_taps, cache.weight_shape)
         drows = drows_t.reshape(-1, out_channels).T  # (C_out, N*OH*OW), a view
     else:
         drows, dweight, dbias = _weight_grad(dout, cache)
@@ -712,7 +724,7 @@ def _weight_grad(dout, cache):
     rows, _ = matrix_shape(cache.x_shape, (kernel_h, kernel_w), (out_h, out_w), cache.dtype)
     chunk = rows // per_sample  # samples per materialized matrix (dcols, or cols below)
     if cache.cols is None and min(out_channels, taps) > _gemm.DOT_ROWS:
-        # dweight_rows.T = cols.T @ drows.T, with cols.T gathered (the roles of the offsets
+        # dweight_taps = cols.T @ drows.T, with cols.T gathered (the roles of the offsets
         # swapped: one row per tap), which the GEMM reads in place instead of packing cols as
         # B: the same sums in the same order, so the same bits, and 5-14% faster (1 thread,
         # 64-channel layers)
@@ -720,20 +732,19 @@ def _weight_grad(dout, cache):
                                                 cache.stride, (out_h, out_w))
         dweight_taps = _blas.matmul(_blas.Gathered(cache.x_pad, tap_offsets, positions),
                                     drows.T)
-        dweight_rows = _transposed(dweight_taps)
-    else:
-        dweight_rows = _memory.empty((out_channels, taps), cache.dtype)
-        if cache.cols is not None:  # the forward's matrix, whole
-            _blas.matmul(drows, cache.cols, out=dweight_rows)
-        elif out_channels > _gemm.DOT_ROWS:  # few taps: cols gathered as B, packed from x_pad
-            _blas.matmul(drows, _gathered(cache.x_pad, (kernel_h, kernel_w), cache.stride,
-                                          (out_h, out_w)), out=dweight_rows)
-        else:  # a product of few rows reads its matrix B in place, so build it, by chunks
-            cols = _memory.empty((chunk * per_sample, taps), cache.dtype)
-            for rows, part in _matrix_chunks(cache.x_pad, cols, (kernel_h, kernel_w),
-                                             cache.stride, per_sample, chunk, threads):
-                _blas.matmul(drows[:, rows], part, out=dweight_rows,
-                             accumulate=rows.start > 0)
+        return drows, _weight_from_taps(dweight_taps, cache.weight_shape), dbias
+    dweight_rows = _memory.empty((out_channels, taps), cache.dtype)
+    if cache.cols is not None:  # the forward's matrix, whole
+        _blas.matmul(drows, cache.cols, out=dweight_rows)
+    elif out_channels > _gemm.DOT_ROWS:  # few taps: cols gathered as B, packed from x_pad
+        _blas.matmul(drows, _gathered(cache.x_pad, (kernel_h, kernel_w), cache.stride,
+                                      (out_h, out_w)), out=dweight_rows)
+    else:  # a product of few rows reads its matrix B in place, so build it, by chunks
+        cols = _memory.empty((chunk * per_sample, taps), cache.dtype)
+        for rows, part in _matrix_chunks(cache.x_pad, cols, (kernel_h, kernel_w),
+                                         cache.stride, per_sample, chunk, threads):
+            _blas.matmul(drows[:, rows], part, out=dweight_rows,
+                         accumulate=rows.start > 0)
     return drows, _weight_from_rows(dweight_rows, cache.weight_shape), dbias
 
 
