@@ -250,20 +250,27 @@ def transpose_batched(const floating[:, :, ::1] src, const floating[::1] bias, b
     ``num_threads >= 1``.
     """
     cdef Py_ssize_t N = src.shape[0], A = src.shape[1], B = src.shape[2]
-    cdef Py_ssize_t blocks = ceil_div(A, ROWS)
-    cdef Py_ssize_t task, n, a_start, a_end
     if N * A * B == 0:
         return
-    cdef const floating* src0 = &src[0, 0, 0]
-    cdef floating* dst0 = &dst[0, 0, 0]
-    cdef const floating* bias0 = &bias[0] if use_bias else NULL
+    _transposes(&src[0, 0, 0], A * B, B, &dst[0, 0, 0], A * B, A, N, A, B,
+                &bias[0] if use_bias else NULL, num_threads)
 
-    for task in prange(N * blocks, nogil=True, num_threads=num_threads, schedule="static"):
+
+cdef void _transposes(const floating* src, Py_ssize_t src_step, Py_ssize_t src_row,
+                      floating* dst, Py_ssize_t dst_step, Py_ssize_t dst_row, Py_ssize_t count,
+                      Py_ssize_t rows, Py_ssize_t cols, const floating* bias,
+                      int num_threads) noexcept nogil:
+    """``count`` transposes of ``(rows, cols)`` matrices, the ``n``-th from ``src + n*src_step``
+    (rows ``src_row`` apart) into ``dst + n*dst_step`` (rows ``dst_row`` apart), ``+ bias``
+    (NULL: none), one task per block of ``ROWS`` rows (see :func:`transpose_batched`)."""
+    cdef Py_ssize_t blocks = ceil_div(rows, ROWS)
+    cdef Py_ssize_t task, n, start, end
+    for task in prange(count * blocks, num_threads=num_threads, schedule="static"):
         n = task // blocks
-        a_start = (task - n * blocks) * ROWS
-        a_end = a_start + ROWS if a_start + ROWS < A else A
-        transpose(src0 + (n * A + a_start) * B, B, dst0 + n * A * B + a_start, A,
-                  a_end - a_start, B, bias0)
+        start = (task - n * blocks) * ROWS
+        end = start + ROWS if start + ROWS < rows else rows
+        transpose(src + n * src_step + start * src_row, src_row, dst + n * dst_step + start,
+                  dst_row, end - start, cols, bias)
 
 
 def swap_outer_axes(const floating[:, :, ::1] src, floating[:, :, ::1] dst, int num_threads=1):
@@ -273,8 +280,8 @@ def swap_outer_axes(const floating[:, :, ::1] src, floating[:, :, ::1] dst, int 
     kH*kW)`` in one pass, where two transposes of two axes each read and wrote it twice
     (1.3-2.2 times as long, (64, 64, 3, 3) to (512, 512, 3, 3) and (256, 128, 7, 7) weights, 1
     and 2 threads). For each ``b``, the ``(A, C)`` matrix ``src[:, b, :]`` (rows ``B*C`` apart)
-    is transposed into ``dst[:, b, :]`` (rows ``B*A`` apart), in blocks of ``ROWS`` rows of
-    ``src`` as in :func:`transpose_batched`. (The other way, a weight ``(C_out, C_in, kH*kW)``
+    is transposed into ``dst[:, b, :]`` (rows ``B*A`` apart), as in :func:`transpose_batched`.
+    (The other way, a weight ``(C_out, C_in, kH*kW)``
     into ``(kH*kW, C_in, C_out)``, this was slower than the two transposes for kernels of 6x6
     and more: each block then writes ``kH*kW`` rows ``C_in*C_out`` elements apart.)
 
@@ -287,18 +294,9 @@ def swap_outer_axes(const floating[:, :, ::1] src, floating[:, :, ::1] dst, int 
     memory with ``src``; ``num_threads >= 1``.
     """
     cdef Py_ssize_t A = src.shape[0], B = src.shape[1], C = src.shape[2]
-    cdef Py_ssize_t blocks = ceil_div(A, ROWS)
-    cdef Py_ssize_t task, b, a_start, a_end
     if A * B * C == 0:
         return
-    cdef const floating* src0 = &src[0, 0, 0]
-    cdef floating* dst0 = &dst[0, 0, 0]
-    for task in prange(B * blocks, nogil=True, num_threads=num_threads, schedule="static"):
-        b = task // blocks
-        a_start = (task - b * blocks) * ROWS
-        a_end = a_start + ROWS if a_start + ROWS < A else A
-        transpose(src0 + (a_start * B + b) * C, B * C, dst0 + b * A + a_start, B * A,
-                  a_end - a_start, C, NULL)
+    _transposes(&src[0, 0, 0], C, B * C, &dst[0, 0, 0], A, B * A, B, A, C, NULL, num_threads)
 
 
 def nchw_to_rows(const floating[:, :, ::1] dout, floating[:, ::1] rows,
