@@ -332,8 +332,10 @@ def _skip_padded_taps(plan_key, out_channels, weight_grad=False):
     kernel_size, stride, padding, out_size)`` skips its padded taps (:func:`border_plan`).
 
     The products by border class pay where the padding is a large part of the work and the
-    products stay large: each class packs its own block of the weight, and the forward puts its
-    rows back in position order. Measured at 2 threads, forward and weight-gradient products,
+    products stay large: the weight gradient's products (one per kernel position) each pack
+    their block of ``dout``, and the forward puts its rows back in position order (its classes
+    read one packing of the weight since 4fe1d60; the measurements below are from before).
+    Measured at 2 threads, forward and weight-gradient products,
     full -> skipping, ms: (32, 64, 8, 8) -> 64 5x5 pad 2 (28% padded) 2.09 -> 1.83 and 2.30 ->
     1.85; (32, 64, 8, 8) -> 64 7x7 pad 3 (38%) 3.81 -> 2.94 and 3.82 -> 2.65; (16, 128, 8, 8) ->
     256 5x5 pad 2 8.14 -> 7.47 and 7.88 -> 6.15; (32, 64, 16, 16) -> 64 5x5 pad 2 (14%) 8.22 ->
