@@ -350,7 +350,9 @@ def test_products_that_skip_padded_taps(case, dtype, monkeypatch, rng):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", [SKIPPING[1], SKIPPING[4], (7, 32, 8, 8, 48, (5, 5), (2, 2),
-                                                            (2, 2))], ids=str)
+                                                            (2, 2)),
+                                  (5, 32, 1, 2, 32, (1, 2), (2, 2), (1, 1))],  # all in padding
+                         ids=str)
 def test_input_gradient_by_border_class_in_chunks(case, dtype, monkeypatch, rng):
     """A strided layer's dcols by border class, without the entries of padded taps, two
     samples at a time (the last chunk smaller): the reference's dx, though every array minidl

@@ -769,7 +769,8 @@ def _input_grad_tasks(plan_key, out_channels, nr, threads):
         index = plan.tap_index[k0:k0 + k]
         starts = np.concatenate(([0], np.flatnonzero(np.diff(index) != 1) + 1, [k]))
         runs += [(m0, m, index[a], b - a) for a, b in zip(starts[:-1], starts[1:]) if b > a]
-    tile_cols = min(_blas.TILE_COLS, -(-max(run[3] for run in runs) // nr) * nr)
+    # (no runs: every output reads only padding, dx is all zeros and col2im reads nothing)
+    tile_cols = min(_blas.TILE_COLS, -(-max([run[3] for run in runs] or [1]) // nr) * nr)
     tasks = [(m0 + r, col0 + j, 0, min(tile_rows, m - r), min(tile_cols, length - j), 1,
               (m0 + r) * taps + col0 + j, taps)
              for m0, m, col0, length in runs for r in range(0, m, tile_rows)
