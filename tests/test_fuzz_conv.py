@@ -12,12 +12,17 @@ from minidl.reference import conv as ref
 
 
 @st.composite
-def conv_cases(draw, method):
+def conv_cases(draw, method, wide=False):
     """A valid convolution for ``method``: batch 1-8, channels 1-8, sizes 1-12 (at least the
     kernel, with padding), padding 0-3, kernel 1-7 (3x3 for Winograd), stride 1-4 (1 for the
-    direct and Winograd methods)."""
+    direct and Winograd methods). ``wide``: 32-40 input and output channels and padding 0-5,
+    where im2col's products skip the padded taps (border classes, a packed weight, ``dcols``
+    by class)."""
     n, c_in, c_out = (draw(st.integers(1, 8)) for _ in range(3))
-    padding = (draw(st.integers(0, 3)), draw(st.integers(0, 3)))
+    if wide:
+        n = draw(st.integers(1, 4))
+        c_in, c_out = draw(st.sampled_from([32, 33, 40])), draw(st.sampled_from([32, 37]))
+    padding = (draw(st.integers(0, 5 if wide else 3)), draw(st.integers(0, 5 if wide else 3)))
     if method == "winograd":
         kernel = (3, 3)
     else:
@@ -79,4 +84,10 @@ def test_winograd_conv2d_agrees_with_the_reference(case, input_grad, data):
 @FUZZ
 @given(conv_cases("im2col"), st.booleans(), st.data())
 def test_im2col_conv2d_agrees_with_the_reference(case, input_grad, data):
+    _check(case, "im2col", input_grad, data)
+
+
+@FUZZ
+@given(conv_cases("im2col", wide=True), st.booleans(), st.data())
+def test_im2col_conv2d_with_many_channels_agrees_with_the_reference(case, input_grad, data):
     _check(case, "im2col", input_grad, data)
