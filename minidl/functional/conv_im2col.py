@@ -376,6 +376,22 @@ def _tasks(groups, out_cols, tile_rows, tile_cols):
     return np.array(tasks, dtype=np.intp).reshape(-1, 8)
 
 
+def _tap_runs(plan):
+    """Each border class's valid taps (:func:`border_plan`) as runs of consecutive taps, one per
+    kernel row of its rectangle: ``[(m0, m, [(k, tap, length), ...])]`` for the classes with
+    taps (rows ``m0 .. m0+m-1`` of the class order; a run is taps ``tap .. tap+length-1``,
+    ``k`` its place in ``plan.taps``)."""
+    classes = []
+    for m0, m, k0, k in plan.groups:
+        if k == 0:  # (outputs that read only padding)
+            continue
+        index = plan.tap_index[k0:k0 + k]
+        starts = np.concatenate(([0], np.flatnonzero(np.diff(index) != 1) + 1, [k]))
+        classes.append((m0, m, [(k0 + a, index[a], b - a)
+                                for a, b in zip(starts[:-1], starts[1:])]))
+    return classes
+
+
 @functools.lru_cache(maxsize=32)
 def _forward_tasks(plan_key, out_channels, threads):
     """The forward's tasks and segments (:func:`_skipping_forward`), cached: a border class
@@ -387,13 +403,9 @@ def _forward_tasks(plan_key, out_channels, threads):
     tile_rows = _task_rows(total, threads)
     tile_cols = min(out_channels, _blas.TILE_COLS)  # (a multiple of every NR when it is less)
     segments, tasks = [], []
-    for m0, m, k0, k in plan.groups:
-        if k == 0:  # (outputs that read only padding: the caller zeroes them)
-            continue
-        index = plan.tap_index[k0:k0 + k]
-        starts = np.concatenate(([0], np.flatnonzero(np.diff(index) != 1) + 1, [k]))
+    for m0, m, runs in _tap_runs(plan):  # (classes without taps: the caller zeroes them)
         first = len(segments)
-        segments += [(k0 + a, index[a], b - a) for a, b in zip(starts[:-1], starts[1:])]
+        segments += runs
         for r in range(0, m, tile_rows):
             for j in range(0, out_channels, tile_cols):
                 tasks.append((m0 + r, j, first, min(tile_rows, m - r),
@@ -418,6 +430,27 @@ def _weight_grad_tasks(plan_key, out_channels, threads):
     b_rows = plan.field_index * out_channels
     b_rows.flags.writeable = False
     return _tasks(groups, out_channels, tile_rows, tile_cols), b_rows, tile_cols
+
+
+def _packed(b, narrow):
+    """``b`` ``(inner, N)`` (any strides) packed whole for ``_gemm.gemm_gathered_tasks_packed``,
+    in strips of the ``narrow`` or the wide micro-kernel's width."""
+    dtype_name = _blas._DTYPE_NAMES[b.dtype]
+    packed = _memory.empty((_gemm.packed_size(*b.shape, dtype_name, narrow),), b.dtype)
+    _gemm.pack_b(b, packed, narrow, _config.threads_for(packed.size))
+    return packed
+
+
+def _run_packed_tasks(a_base, a_rows, a_cols, packed, inner, segments, out, tasks, tile_cols,
+                      threads, narrow):
+    """``_gemm.gemm_gathered_tasks_packed`` with its scratch (``packed``: :func:`_packed` of a
+    matrix of ``inner`` rows, with the same ``narrow``)."""
+    dtype_name = _blas._DTYPE_NAMES[out.dtype]
+    threads = max(1, min(threads, len(tasks)))
+    scratch = _memory.empty((threads, _gemm.scratch_size(tile_cols, dtype_name, narrow)),
+                            out.dtype)
+    _gemm.gemm_gathered_tasks_packed(a_base.reshape(-1), a_rows, a_cols, packed, inner,
+                                     segments, out.reshape(-1), tasks, scratch, threads, narrow)
 
 
 def _run_tasks(a_base, a_rows, a_cols, b_base, b_rows, b_cols, out, tasks, tile_cols, threads):
@@ -606,17 +639,9 @@ def _skipping_forward(x_pad, weight_taps, plan_key, out_rows):
     tasks, segments, tile_cols = _forward_tasks(plan_key, out_channels, threads)
     empty = _memory.zeros if (plan.groups[:, 3] == 0).any() else _memory.empty
     by_class = empty(out_rows.shape, out_rows.dtype)
-    dtype_name = _blas._DTYPE_NAMES[out_rows.dtype]
-    narrow = _blas._narrow(tile_cols, dtype_name)
-    packed = _memory.empty((_gemm.packed_size(*weight_taps.shape, dtype_name, narrow),),
-                           out_rows.dtype)
-    _gemm.pack_b(weight_taps, packed, narrow, _config.threads_for(packed.size))
-    threads = max(1, min(threads, len(tasks)))
-    scratch = _memory.empty((threads, _gemm.scratch_size(tile_cols, dtype_name, narrow)),
-                            out_rows.dtype)
-    _gemm.gemm_gathered_tasks_packed(x_pad.reshape(-1), plan.rows, plan.taps, packed,
-                                     weight_taps.shape[0], segments, by_class.reshape(-1), tasks,
-                                     scratch, threads, narrow)
+    narrow = _blas._narrow(tile_cols, _blas._DTYPE_NAMES[out_rows.dtype])
+    _run_packed_tasks(x_pad, plan.rows, plan.taps, _packed(weight_taps, narrow),
+                      weight_taps.shape[0], segments, by_class, tasks, tile_cols, threads, narrow)
     out_rows[plan.order] = by_class
 
 
@@ -764,11 +789,8 @@ def _input_grad_tasks(plan_key, out_channels, nr, threads):
     plan = border_plan(*plan_key)
     taps = plan.tap_rows.size
     tile_rows = _task_rows(int(plan.groups[:, 1].sum()), threads)
-    runs = []
-    for m0, m, k0, k in plan.groups:
-        index = plan.tap_index[k0:k0 + k]
-        starts = np.concatenate(([0], np.flatnonzero(np.diff(index) != 1) + 1, [k]))
-        runs += [(m0, m, index[a], b - a) for a, b in zip(starts[:-1], starts[1:]) if b > a]
+    runs = [(m0, m, tap, length) for m0, m, class_runs in _tap_runs(plan)
+            for _, tap, length in class_runs]
     # (no runs: every output reads only padding, dx is all zeros and col2im reads nothing)
     tile_cols = min(_blas.TILE_COLS, -(-max([run[3] for run in runs] or [1]) // nr) * nr)
     tasks = [(m0 + r, col0 + j, 0, min(tile_rows, m - r), min(tile_cols, length - j), 1,
@@ -815,11 +837,8 @@ def _input_grad_by_columns(drows, cache):
     skip = _skip_padded_input_taps(cache)
     if skip:
         drows_t = drows.T if drows.T.flags.c_contiguous else _transposed(drows)  # A: rows
-        dtype_name = _blas._DTYPE_NAMES[cache.dtype]
         product_threads = _product_threads(n * per_sample * taps * out_channels)
-        packed = _memory.empty((_gemm.packed_size(out_channels, taps, dtype_name),),
-                               cache.dtype)
-        _gemm.pack_b(cache.weight_rows, packed, False, _config.threads_for(packed.size))
+        packed = _packed(cache.weight_rows, False)  # (wide strips: the runs start on them)
         segments = np.array([(0, 0, out_channels)], dtype=np.intp)  # all of the inner rows
     for samples, rows in _chunks(n, chunk, per_sample):
         part = dcols[:rows.stop - rows.start]
@@ -830,13 +849,8 @@ def _input_grad_by_columns(drows, cache):
         plan_key = ((samples.stop - samples.start,) + tuple(cache.x_shape[1:]),
                     (kernel_h, kernel_w), cache.stride, cache.padding, (out_h, out_w))
         tasks, a_rows, row_of, tile_cols = _input_grad_tasks(
-            plan_key, out_channels, _gemm.NR[dtype_name], product_threads)
-        task_threads = max(1, min(product_threads, len(tasks)))
-        scratch = _memory.empty((task_threads, _gemm.scratch_size(tile_cols, dtype_name)),
-                                cache.dtype)
-        _gemm.gemm_gathered_tasks_packed(drows_t[rows].reshape(-1), a_rows,
-                                         _arange(out_channels), packed, out_channels,
-                                         segments, part.reshape(-1), tasks, scratch,
-                                         task_threads)
+            plan_key, out_channels, _gemm.NR[_blas._DTYPE_NAMES[cache.dtype]], product_threads)
+        _run_packed_tasks(drows_t[rows], a_rows, _arange(out_channels), packed, out_channels,
+                          segments, part, tasks, tile_cols, product_threads, False)
         _kernel.col2im(part, dx_nhwc[samples], *geometry, threads, row_of)
     return _to_nchw(dx_nhwc, threads)
