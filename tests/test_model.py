@@ -118,6 +118,7 @@ def test_dense_relu_fusion_under_no_grad_and_in_place_changes(rng):
 
 
 def test_batchnorm_relu_fusion_in_a_cnn_under_no_grad(rng):
+    # the MNIST CNN runs BatchNorm + ReLU + MaxPool2D twice and BatchNorm + ReLU once as one
     import copy
     import minidl
     from minidl import models
@@ -179,11 +180,105 @@ def test_a_batchnorm_relu_pair_fused_in_forward_is_the_one_fused_in_backward(rng
     model = _fused_pair(rng)
     x = rng.standard_normal((4, 6)).astype(np.float32)
     model(x)
-    assert model._backward_fused_pairs(list(model)) == {1}
+    assert model._backward_fused(list(model)) == {2: 1}  # the pair (1, 2)
     model(x)
     model._modules[list(model._modules)[2]] = ReLU()  # a new ReLU that has not run
     with pytest.raises(RuntimeError, match="^ReLU: backward called before forward"):
         model.backward(np.ones((4, 3), np.float32))
+
+
+# ------------------------------------------------------ BatchNorm + ReLU + MaxPool2D in one pass
+def _conv_block(rng, pool=None):
+    from minidl.layers.conv import Conv2D
+    from minidl.layers.pooling import MaxPool2D
+    return Sequential(Conv2D(2, 4, 3, padding=1, rng=rng), BatchNorm(4), ReLU(),
+                      pool or MaxPool2D(2), Flatten())
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("size", [(6, 6), (7, 5), (2, 2)])
+def test_batchnorm_relu_pool_fusion_changes_no_bit(rng, training, dtype, size, monkeypatch):
+    """Sequential runs BatchNorm -> ReLU -> MaxPool2D(2) as one forward and one backward
+    call (neither the pool's nor the ReLU's own forward/backward runs); outputs, gradients and
+    running statistics are the layer-by-layer ones, bit for bit."""
+    import copy
+    from minidl.layers.pooling import MaxPool2D
+    model = _conv_block(rng).astype(dtype)
+    model.train(training)
+    twin = copy.deepcopy(model)
+    x = rng.standard_normal((3, 2) + size).astype(dtype)
+    dout = rng.standard_normal((3, 4 * (size[0] // 2) * (size[1] // 2))).astype(dtype)
+    calls = []
+    for cls in (MaxPool2D, ReLU):
+        for name in ("forward", "backward"):
+            method = getattr(cls, name)
+            monkeypatch.setattr(cls, name, lambda self, *a, _m=method, _n=name, **k: (
+                calls.append((type(self).__name__, _n)), _m(self, *a, **k))[1])
+    for _ in range(2):  # the running statistics too (two steps)
+        got = _run(model, x, dout, fused=True)
+        assert calls == []
+        want = _run(twin, x, dout, fused=False)
+        calls.clear()
+        assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+        assert all(np.array_equal(a, b) for a, b in zip(got[2], want[2]))
+    for a, b in zip(model.state_dict().values(), twin.state_dict().values()):
+        assert np.array_equal(a, b)
+    # each layer kept its usual cache: the pool's and the ReLU's backward run on their own too
+    dpooled = rng.standard_normal(model[3]._cache.argmax.shape).astype(dtype)
+    model(x)
+    out = x
+    for layer in list(twin)[:4]:
+        out = layer(out)
+    assert np.array_equal(model[2].backward(model[3].backward(dpooled)),
+                          twin[2].backward(twin[3].backward(dpooled)))
+
+
+def test_batchnorm_relu_pool_fusion_follows_hooks_and_geometry(rng):
+    """A backward hook on the pool: the pool's backward runs alone (the hook sees its
+    gradient) and the BatchNorm + ReLU pair stays one call; a forward hook on the pool, or
+    another window or stride, runs the pool alone in the forward pass; all give the same
+    bits. An input too small for the window raises MaxPool2D's own error."""
+    import copy
+    from minidl.layers.pooling import MaxPool2D
+    from minidl.model import _fuses_pool
+    model = _conv_block(rng)
+    twin = copy.deepcopy(model)
+    x = rng.standard_normal((2, 2, 6, 6)).astype(np.float32)
+    dout = rng.standard_normal((2, 36)).astype(np.float32)
+    want = _run(twin, x, dout, fused=False)
+    seen = []
+    handle = model[3].register_full_backward_hook(lambda m, gin, gout: seen.append(gin[0].shape))
+    got = _run(model, x, dout, fused=True)
+    assert model._backward_fused(list(model)) == {2: 1} and seen == [(2, 4, 6, 6)]
+    assert all(np.array_equal(a, b) for a, b in zip(got[:2], want[:2]))
+    handle.remove()
+    handle = model[3].register_forward_hook(lambda m, inp, out: seen.append(inp[0].min()))
+    got = _run(model, x, dout, fused=True)
+    assert seen[-1] == 0  # the hook saw the ReLU's output, the pool's input
+    assert model.__dict__["_fused_relu"][1] == {1: 2}
+    assert all(np.array_equal(a, b) for a, b in zip(got[:2], want[:2]))
+    handle.remove()
+    for pool in (MaxPool2D(3, 2), MaxPool2D(2, 1), MaxPool2D((2, 1), (2, 2))):
+        assert not _fuses_pool(model[1], pool, x)
+        other = _conv_block(rng, pool)
+        want = x
+        for layer in copy.deepcopy(other):
+            want = layer(want)
+        assert np.array_equal(other(x), want) and other.__dict__["_fused_relu"][1] == {1: 2}
+    assert _fuses_pool(model[1], model[3], x) and not _fuses_pool(model[1], model[3], x[:, :, :1])
+    with pytest.raises(ValueError, match="^MaxPool2D: input of shape \\(2, 4, 1, 6\\) is smaller "
+                                         "than kernel_size"):
+        model(x[:, :, :1])
+
+
+def test_batchnorm_relu_pool_fusion_checks_the_gradient_as_the_pool(rng):
+    # (under no_grad: test_batchnorm_relu_fusion_in_a_cnn_under_no_grad, whose CNN fuses both)
+    inner = Sequential(*list(_conv_block(rng))[1:4])  # BatchNorm, ReLU, MaxPool2D
+    inner(rng.standard_normal((3, 4, 8, 8)).astype(np.float32))
+    with pytest.raises(ValueError, match="^MaxPool2D: expected gradient of shape "
+                                         "\\(3, 4, 4, 4\\)"):
+        inner.backward(np.ones((3, 4, 8, 8), np.float32))
 
 
 def test_hooks_or_other_classes_are_not_fused(rng):

@@ -487,6 +487,126 @@ def test_backward_through_a_relu_checks_the_relu_output(rng):
         F.batch_norm_backward(dout, cache, layer="bn", out=y, relu_output=y)
 
 
+# ------------------------------------------------------------- BatchNorm -> ReLU -> 2x2 max pool
+@pytest.mark.parametrize("shape", [(3, 4, 6, 6), (2, 3, 7, 9), (2, 2, 2, 2), (1, 3, 33, 40),
+                                   (2, 40, 5, 4)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("relu", [True, False])
+@pytest.mark.parametrize("backend", ["compiled", "reference"])
+def test_pooling_option_is_batch_norm_then_max_pool_bit_for_bit(rng, shape, dtype, training,
+                                                                relu, backend):
+    """pool_out / pool_argmax: the output pooled plane by plane equals max_pool2d_forward on
+    the output (values, indices: ties, NaN), both ways of the 2x2 kernel (short and long rows,
+    odd sizes); the backward with pool_cache equals max_pool2d_backward, then relu_backward,
+    then batch_norm_backward, bit for bit (both the kernel's indices and MaxPool2D's)."""
+    import minidl
+    from minidl.functional import activation as A, pooling as P
+    x = _non_contiguous(_random_bn_input(rng, shape, dtype))
+    x[0, 0, 0, :2] = x[0, 0, 0, 0]  # a tie in a window
+    x[-1, -1, -1, -1] = np.nan
+    channels = shape[1]
+    weight, bias = rng.standard_normal((2, channels)).astype(dtype)
+    stats = rng.standard_normal(channels).astype(dtype), rng.random(channels).astype(dtype) + 0.5
+    pooled_shape = shape[:2] + (shape[2] // 2, shape[3] // 2)
+    dout = rng.standard_normal(pooled_shape).astype(dtype)
+    with minidl.backend(backend):
+        running = [s.copy() for s in stats]
+        y, cache = F.batch_norm_forward(x, weight, bias, *running, training=training, relu=relu)
+        want, pool_cache = P.max_pool2d_forward(y, 2)
+        dy = P.max_pool2d_backward(dout, pool_cache)
+        if relu:
+            dy = A.relu_backward(dy, A.ReluCache(y))
+        want_grads = F.batch_norm_backward(dy, cache)
+
+        fused_running = [s.copy() for s in stats]
+        pooled = np.full(pooled_shape, np.nan, dtype)
+        argmax = np.full(pooled_shape, -1, np.int64)
+        out, fused_cache = F.batch_norm_forward(x, weight, bias, *fused_running,
+                                                training=training, relu=relu, pool_out=pooled,
+                                                pool_argmax=argmax)
+        values_only = np.full(pooled_shape, np.nan, dtype)
+        F.batch_norm_forward(x, weight, bias, *(s.copy() for s in stats), training=training,
+                             relu=relu, pool_out=values_only)
+        relu_output = y if relu else None
+        # the cache built from pool_argmax, and MaxPool2D's own
+        made = P.MaxPool2dCache(argmax, shape, np.dtype(dtype), True) \
+            if backend == "compiled" else pool_cache._replace(argmax=argmax)
+        grads = [F.batch_norm_backward(dout, fused_cache, relu_output=relu_output,
+                                       pool_cache=c) for c in (made, pool_cache)]
+    assert np.array_equal(out, y, equal_nan=True)
+    assert np.array_equal(pooled, want, equal_nan=True)
+    assert np.array_equal(values_only, want, equal_nan=True)
+    assert np.array_equal(argmax, pool_cache.argmax)
+    assert all(np.array_equal(a, b, equal_nan=True) for a, b in zip(running, fused_running))
+    for got in grads:
+        for a, b in zip(got, want_grads):
+            assert np.array_equal(a, b, equal_nan=True)
+
+
+@pytest.mark.parametrize("backend", ["compiled", "reference"])
+def test_backward_through_any_max_pool_is_max_pool_backward_first(rng, backend):
+    """A pool_cache of another geometry (3x3 windows, stride 2) goes through
+    max_pool2d_backward before the kernel: the same bits as the layers one by one."""
+    import minidl
+    from minidl.functional import pooling as P
+    x = _random_bn_input(rng, (3, 4, 9, 8), np.float64)
+    with minidl.backend(backend):
+        y, cache = F.batch_norm_forward(x)
+        pooled, pool_cache = P.max_pool2d_forward(y, 3, 2)
+        dout = rng.standard_normal(pooled.shape)
+        got = F.batch_norm_backward(dout, cache, pool_cache=pool_cache)
+        want = F.batch_norm_backward(P.max_pool2d_backward(dout, pool_cache), cache)
+    for a, b in zip(got, want):
+        assert np.array_equal(a, b)
+
+
+def test_pooling_options_check_their_arrays(rng):
+    import minidl
+    from minidl.functional import pooling as P
+    x = _random_bn_input(rng, (2, 3, 6, 5), np.float32)
+    pooled = np.empty((2, 3, 3, 2), np.float32)
+    with pytest.raises(ValueError, match="^bn: pool_argmax needs pool_out"):
+        F.batch_norm_forward(x, layer="bn", pool_argmax=np.empty((2, 3, 3, 2), np.int64))
+    with pytest.raises(ValueError, match="^bn: pool_out needs an \\(N, C, H, W\\) input with "
+                                         "H, W >= 2"):
+        F.batch_norm_forward(x[:, :, :1], layer="bn", pool_out=pooled)
+    with pytest.raises(ValueError, match="^bn: pool_out needs an"):
+        F.batch_norm_forward(x[:, :, 0], layer="bn", pool_out=pooled)
+    with pytest.raises(ValueError, match="pool_out"):
+        F.batch_norm_forward(x, layer="bn", pool_out=np.empty((2, 3, 3, 3), np.float32))
+    with pytest.raises(ValueError, match="^bn: expected pool_out to be a writable C-contiguous "
+                                         "float32 array"):
+        F.batch_norm_forward(x, layer="bn", pool_out=pooled.astype(np.float64))
+    with pytest.raises(ValueError, match="^bn: expected pool_argmax to be a writable "
+                                         "C-contiguous int64"):
+        F.batch_norm_forward(x, layer="bn", pool_out=pooled, pool_argmax=pooled)
+    inside_x = x.reshape(-1)[:pooled.size].reshape(pooled.shape)  # x is C-contiguous
+    with pytest.raises(ValueError, match="^bn: pool_out must not overlap input"):
+        F.batch_norm_forward(x, layer="bn", pool_out=inside_x)
+    pooled64 = pooled.astype(np.float64)
+    with pytest.raises(ValueError, match="^bn: pool_argmax must not overlap pool_out"):
+        F.batch_norm_forward(x.astype(np.float64), layer="bn", pool_out=pooled64,
+                             pool_argmax=pooled64.view(np.int64))
+    # backward: the gradient must have the pooled shape; no indices under no_grad
+    y, cache = F.batch_norm_forward(x, relu=True, pool_out=pooled,
+                                    pool_argmax=np.empty(pooled.shape, np.int64))
+    pool_cache = P.max_pool2d_forward(y, 2)[1]
+    with pytest.raises(ValueError, match="^bn: expected gradient of shape \\(2, 3, 3, 2\\)"):
+        F.batch_norm_backward(np.ones_like(y), cache, layer="bn", pool_cache=pool_cache)
+    with pytest.raises(TypeError, match="^bn: expected pool_cache to be the cache returned by "
+                                        "max_pool2d_forward, got tuple"):
+        F.batch_norm_backward(np.ones_like(pooled), cache, layer="bn", pool_cache=(1, 2))
+    with minidl.no_grad():
+        no_indices = P.max_pool2d_forward(y, 2)[1]
+    with pytest.raises(RuntimeError, match="no_grad"):
+        F.batch_norm_backward(np.ones_like(pooled), cache, layer="bn", pool_cache=no_indices)
+    other = P.max_pool2d_forward(y[:1], 2)[1]
+    with pytest.raises(ValueError, match="^bn: pool_cache pooled an input of shape \\(1, 3, 6, 5\\)"):
+        F.batch_norm_backward(np.ones((1, 3, 3, 2), np.float32), cache, layer="bn",
+                              pool_cache=other)
+
+
 # ----------------------------------------------------------------------------- SyncBatchNorm's pieces
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_split_backward_kernels_equal_the_fused_one_bit_for_bit(rng, dtype):

@@ -60,9 +60,13 @@ so no result depends on the number of threads.
 """
 from cython.parallel cimport prange
 from libc.math cimport sqrt
+from libc.stdint cimport int32_t, int64_t
 from libc.stdlib cimport free, malloc
 
+import numpy as np
+
 from ._common cimport build_facts, ceil_div, floating, round_up
+from ._pool2x2 cimport fill_corners, fill_owners, pool_plane_2x2, pool_plane_2x2_grad, use_table
 
 # A channel whose mean lies further than sqrt(CANCEL_RATIO) standard deviations from its first
 # value gets a second pass centered on the first-pass mean: the shifted one-pass formula loses
@@ -413,29 +417,89 @@ def channel_stats(const floating[:, :, ::1] x, double[::1] mean, double[::1] var
             _channel_stats_one(xp, A, C, B, c, &mean[c], &var[c])
 
 
+# ----------------------------------------------------------------------------------------------
+# BatchNorm -> ReLU -> MaxPool2D(2) in one pass (minidl.Sequential runs the three layers so): the
+# forward kernels max-pool each (H, W) plane of their output right after writing it, while it is
+# in the core's cache, and the backward kernel writes each plane of the pooled gradient into dx
+# (MaxPool2D's backward) just before it masks and sums it. The pooling is _pool2x2.pxd's, the
+# same per-plane code as MaxPool2D's, so values, indices and gradients are those of the three
+# layers run one after the other, bit for bit; the pass over memory between them (and the
+# full-size gradient array) is saved.
+
+cdef struct _Pool:
+    # one plane of the 2x2, stride-2 max pool: the input plane is (H, W), the pooled one
+    # (OH, OW) = (H // 2, W // 2); corner / owner: _pool2x2.pxd's tables (NULL: along rows)
+    Py_ssize_t H, W, OH, OW
+    const int32_t* corner
+    const int32_t* owner
+
+
+cdef class _PoolPlan:
+    """The :c:type:`_Pool` of planes of ``B = H * W`` values ``width`` wide, with the tables it
+    points to (kept alive by this object)."""
+    cdef _Pool pool
+    cdef int32_t[::1] table
+
+    def __cinit__(self, Py_ssize_t B, Py_ssize_t width, bint backward):
+        self.pool.W = width
+        self.pool.H = B // width
+        self.pool.OH = self.pool.H // 2
+        self.pool.OW = width // 2
+        self.pool.corner = NULL
+        self.pool.owner = NULL
+        if not use_table(self.pool.H, width, self.pool.OW):
+            return
+        if backward:
+            self.table = np.zeros(B, np.int32)
+            fill_owners(self.table, width, self.pool.OH, self.pool.OW)
+            self.pool.owner = &self.table[0]
+        else:
+            self.table = np.empty(self.pool.OH * self.pool.OW, np.int32)
+            fill_corners(self.table, width, self.pool.OH, self.pool.OW)
+            self.pool.corner = &self.table[0]
+
+
+cdef inline void _pool_plane(const _Pool* pool, const floating* plane, floating* pooled,
+                             int64_t* argmax, Py_ssize_t r) noexcept nogil:
+    """Max-pool ``plane`` (row ``r = a*C + c`` of the output) into row ``r`` of ``pooled`` and
+    of ``argmax`` (NULL: the maxima only)."""
+    cdef Py_ssize_t size = pool.OH * pool.OW
+    pool_plane_2x2(plane, pool.W, pool.OH, pool.OW, pool.corner, pooled + r * size,
+                   NULL if argmax == NULL else argmax + r * size)
+
+
 def normalize(const floating[:, :, ::1] x, const double[::1] mean, const double[::1] scale,
               const double[::1] shift, floating[:, :, ::1] out, int num_threads=1,
-              bint relu=False):
+              bint relu=False, floating[:, :, ::1] pool_out=None,
+              int64_t[:, :, ::1] pool_argmax=None, Py_ssize_t width=0):
     """out[a, c, b] = (x[a, c, b] - mean[c]) * scale[c] + shift[c], computed in float64.
 
     IN  x: (A, C, B) float32/float64, C-contiguous.
     IN  mean, scale, shift: (C,) float64 (BatchNorm: scale = gamma / sqrt(var + eps), shift = beta).
     OUT out: (A, C, B), same dtype as x; may be x itself (in place).
     IN  relu: then ``out = max(out, 0)`` in the same pass (a following ReLU, bit for bit).
+    OUT pool_out, pool_argmax: None, or ``(A, C, (H // 2) * (W // 2))`` (x's dtype, int64;
+        ``pool_argmax`` may be None alone): then each ``(H, W) = (B // width, width)`` plane of
+        ``out`` is max-pooled with 2x2 windows and stride 2 right after it is written, as
+        ``_pool.max_pool2d_forward`` would pool ``out`` (the same values and indices).
 
     Subtracting the mean before scaling keeps a constant channel at exactly ``shift``.
 
     Preconditions (checked by the caller, not here): ``out`` has ``x``'s shape and is ``x``
     itself or shares no memory with it; ``mean``, ``scale``, ``shift`` of length ``C``;
-    ``num_threads >= 1``.
+    ``num_threads >= 1``; with ``pool_out``: ``B == H * W`` with ``H, W >= 2``, the pooled
+    arrays of the shape above sharing no memory with the others.
     """
-    _normalize(x, &mean[0], &scale[0], &shift[0], out, num_threads, relu)
+    _normalize(x, &mean[0], &scale[0], &shift[0], out, num_threads, relu, pool_out,
+               pool_argmax, width)
 
 
 def normalize_running(const floating[:, :, ::1] x, const double[::1] mean,
                       const double[::1] running_var, const double[::1] gamma,
                       const double[::1] beta, double eps, double[::1] invstd,
-                      floating[:, :, ::1] out, int num_threads=1, bint relu=False):
+                      floating[:, :, ::1] out, int num_threads=1, bint relu=False,
+                      floating[:, :, ::1] pool_out=None, int64_t[:, :, ::1] pool_argmax=None,
+                      Py_ssize_t width=0):
     """Eval-mode BatchNorm: ``invstd = 1 / sqrt(running_var + eps)``, then :func:`normalize`
     with ``scale = gamma * invstd`` and ``shift = beta``, all in float64: the same operations
     in the same order as ``1.0 / np.sqrt(running_var + eps)`` and ``gamma * invstd`` (the
@@ -447,6 +511,7 @@ def normalize_running(const floating[:, :, ::1] x, const double[::1] mean,
     OUT invstd: (C,) float64, ``1 / sqrt(running_var + eps)`` (the cache keeps it).
     OUT out: (A, C, B), x's dtype (may be x itself).
     IN  relu: then ``out = max(out, 0)`` in the same pass.
+    OUT pool_out, pool_argmax: None, or the 2x2 max pool of ``out`` (see :func:`normalize`).
 
     Preconditions (checked by the caller, not here): those of :func:`normalize`; the vectors of
     length ``C >= 1``; ``num_threads >= 1``.
@@ -461,17 +526,25 @@ def normalize_running(const floating[:, :, ::1] x, const double[::1] mean,
     for c in range(C):
         invstd[c] = 1.0 / sqrt(running_var[c] + eps)
         scale[c] = gamma[c] * invstd[c]
-    _normalize(x, &mean[0], scale, &beta[0], out, num_threads, relu)
-    free(scale)
+    try:
+        _normalize(x, &mean[0], scale, &beta[0], out, num_threads, relu, pool_out, pool_argmax,
+                   width)
+    finally:
+        free(scale)
 
 
 cdef void _normalize(const floating[:, :, ::1] x, const double* mean, const double* scale,
                      const double* shift, floating[:, :, ::1] out, int num_threads,
-                     bint relu) noexcept:
+                     bint relu, floating[:, :, ::1] pool_out, int64_t[:, :, ::1] pool_argmax,
+                     Py_ssize_t width):
     """The loops of :func:`normalize` (per-channel pointers of length C)."""
     cdef Py_ssize_t A = x.shape[0], C = x.shape[1], B = x.shape[2], r, c, blk
     cdef const floating* xp = &x[0, 0, 0]
     cdef floating* outp = &out[0, 0, 0]
+    cdef _PoolPlan plan = None if pool_out is None else _PoolPlan(B, width, False)
+    cdef const _Pool* pool = NULL if plan is None else &plan.pool
+    cdef floating* zp = NULL if pool_out is None else &pool_out[0, 0, 0]
+    cdef int64_t* ap = NULL if pool_argmax is None else &pool_argmax[0, 0, 0]
     if B == 1:  # one value per row and channel: the column kernels
         with nogil:
             for blk in prange(ceil_div(C, COLUMN_BLOCK), num_threads=num_threads,
@@ -482,22 +555,29 @@ cdef void _normalize(const floating[:, :, ::1] x, const double* mean, const doub
         for r in prange(A * C, num_threads=num_threads, schedule="static"):
             c = r % C
             _affine(xp + r * B, outp + r * B, B, mean[c], scale[c], shift[c], relu)
+            if pool != NULL:
+                _pool_plane(pool, outp + r * B, zp, ap, r)
 
 
 cdef void _normalize_channel(const floating* x, floating* out, Py_ssize_t A, Py_ssize_t C,
                              Py_ssize_t B, Py_ssize_t c, double mean, double scale,
-                             double shift, bint relu) noexcept nogil:
+                             double shift, bint relu, const _Pool* pool, floating* pooled,
+                             int64_t* argmax) noexcept nogil:
     """out = (x - mean) * scale + shift (then max(out, 0) when ``relu``) over channel c (all A
-    rows of B values)."""
+    rows of B values); each row then max-pooled into ``pooled`` / ``argmax`` unless ``pool`` is
+    NULL."""
     cdef Py_ssize_t a, off
     for a in range(A):
         off = (a * C + c) * B
         _affine(x + off, out + off, B, mean, scale, shift, relu)
+        if pool != NULL:
+            _pool_plane(pool, out + off, pooled, argmax, a * C + c)
 
 
 def forward_train(const floating[:, :, ::1] x, const double[::1] gamma, const double[::1] beta,
                   double eps, floating[:, :, ::1] out, double[::1] mean, double[::1] var,
-                  int num_threads=1, bint relu=False):
+                  int num_threads=1, bint relu=False, floating[:, :, ::1] pool_out=None,
+                  int64_t[:, :, ::1] pool_argmax=None, Py_ssize_t width=0):
     """Fused training-mode forward: statistics, then normalization, channel by channel.
 
     IN  x: (A, C, B) float32/float64, C-contiguous.
@@ -506,6 +586,7 @@ def forward_train(const floating[:, :, ::1] x, const double[::1] gamma, const do
     OUT out: (A, C, B), x's dtype: gamma * (x - mean) / sqrt(var + eps) + beta.
     IN  relu: then ``out = max(out, 0)`` in the same pass (a following ReLU, bit for bit).
     OUT mean, var: (C,) float64, the batch mean and biased variance (as :func:`channel_stats`).
+    OUT pool_out, pool_argmax: None, or the 2x2 max pool of ``out`` (see :func:`normalize`).
 
     A channel is normalized right after its statistics are computed, while its values are still
     in the core's cache, so x is read from memory once instead of twice.
@@ -519,6 +600,10 @@ def forward_train(const floating[:, :, ::1] x, const double[::1] gamma, const do
     cdef const floating* xp = &x[0, 0, 0]
     cdef floating* outp = &out[0, 0, 0]
     cdef Py_ssize_t blk
+    cdef _PoolPlan plan = None if pool_out is None else _PoolPlan(B, width, False)
+    cdef const _Pool* pool = NULL if plan is None else &plan.pool
+    cdef floating* zp = NULL if pool_out is None else &pool_out[0, 0, 0]
+    cdef int64_t* ap = NULL if pool_argmax is None else &pool_argmax[0, 0, 0]
     if B == 1:  # one value per row and channel: the column kernels
         with nogil:
             for blk in prange(ceil_div(C, COLUMN_BLOCK), num_threads=num_threads,
@@ -530,13 +615,15 @@ def forward_train(const floating[:, :, ::1] x, const double[::1] gamma, const do
         for c in prange(C, num_threads=num_threads, schedule="static"):
             _channel_stats_one(xp, A, C, B, c, &mean[c], &var[c])
             _normalize_channel(xp, outp, A, C, B, c, mean[c],
-                               gamma[c] * (1.0 / sqrt(var[c] + eps)), beta[c], relu)
+                               gamma[c] * (1.0 / sqrt(var[c] + eps)), beta[c], relu, pool, zp,
+                               ap)
 
 
 def backward(const floating[:, :, ::1] dy, const floating[:, :, ::1] x, const double[::1] mean,
              const double[::1] invstd, const double[::1] gamma, bint training,
              floating[:, :, ::1] dx, double[::1] sum_dy, double[::1] sum_dy_xmu,
-             int num_threads=1, const floating[:, :, ::1] relu_y=None):
+             int num_threads=1, const floating[:, :, ::1] relu_y=None,
+             const int64_t[:, :, ::1] pool_argmax=None, Py_ssize_t width=0):
     """Fused backward pass, channel by channel: the two reductions, then dx.
 
     IN  dy, x: (A, C, B) float32/float64, C-contiguous, same dtype.
@@ -553,6 +640,12 @@ def backward(const floating[:, :, ::1] dy, const floating[:, :, ::1] x, const do
         the kernel backpropagates through the ReLU first: each channel's rows of dx are
         overwritten with dy where relu_y > 0 and 0 elsewhere (as relu_backward), and the
         formulas below read dy from there, while the channel is still in cache.
+    IN  pool_argmax: None, or ``(A, C, (H // 2) * (W // 2))`` int64, the indices a 2x2,
+        stride-2 max pool (after the ReLU, with ``relu_y``) of the forward output recorded
+        (the forward's ``pool_argmax``); ``dy`` is then the gradient of the pooled output, of
+        that shape, and each row of dx is first written with the pool's gradient (dy at the
+        window's winner, 0 elsewhere, as ``_pool.max_pool2d_backward``), then masked by the
+        ReLU and read as the gradient of this BatchNorm's output. ``width``: W (``B = H * W``).
 
     With k = gamma * invstd and m = A * B (Ioffe & Szegedy 2015, section 3):
     dx = k * (dy - sum_dy / m - (x - mean) * invstd^2 * sum_dy_xmu / m).
@@ -560,16 +653,25 @@ def backward(const floating[:, :, ::1] dy, const floating[:, :, ::1] x, const do
     Preconditions (checked by the caller, not here): ``dy``, ``x`` and ``dx`` of one shape
     ``(A, C, B)`` with ``A, C, B >= 1``, ``dx`` being ``dy`` or ``x`` itself or sharing no memory
     with them (a channel's sums are complete before its dx is written); with ``relu_y``: of
-    that shape too, and ``dx`` sharing no memory with ``dy``, ``x`` or ``relu_y``; ``mean``,
+    that shape too, and ``dx`` sharing no memory with ``dy``, ``x`` or ``relu_y``; with
+    ``pool_argmax``: ``dy`` of its shape, ``B == H * W`` with ``H, W >= 2``, every index the
+    one of an element of its window (the kernel only compares them), ``dx`` sharing no memory
+    with any input; ``mean``,
     ``invstd``, ``gamma``, ``sum_dy``, ``sum_dy_xmu`` of length ``C``; ``num_threads >= 1``.
     """
-    cdef Py_ssize_t A = x.shape[0], C = x.shape[1], B = x.shape[2], a, c, off, c0, n0
+    cdef Py_ssize_t A = x.shape[0], C = x.shape[1], B = x.shape[2], a, c, off, c0, n0, r
     cdef bint masked = relu_y is not None
     cdef const floating* dyp = &dy[0, 0, 0]
     cdef const floating* xp = &x[0, 0, 0]
     cdef floating* dxp = &dx[0, 0, 0]
     cdef const floating* yp = &relu_y[0, 0, 0] if masked else NULL
-    cdef const floating* g = <const floating*>dxp if masked else dyp  # what the formulas read
+    cdef _PoolPlan plan = None if pool_argmax is None else _PoolPlan(B, width, True)
+    cdef const _Pool* pool = NULL if plan is None else &plan.pool
+    cdef const int64_t* ap = NULL if pool_argmax is None else &pool_argmax[0, 0, 0]
+    cdef Py_ssize_t pooled = 0 if pool == NULL else pool.OH * pool.OW  # values per pooled row
+    # what the formulas read: dy itself, or dx once the ReLU's mask / the pool's gradient
+    # went into it
+    cdef const floating* g = <const floating*>dxp if masked or pool != NULL else dyp
     cdef double n = <double>(A * B)
     cdef double s_dy, s_dyx, m, k, md, p
     cdef Py_ssize_t blk
@@ -592,8 +694,14 @@ def backward(const floating[:, :, ::1] dy, const floating[:, :, ::1] x, const do
             s_dyx = 0
             m = mean[c]
             for a in range(A):
-                off = (a * C + c) * B
-                if masked:
+                r = a * C + c
+                off = r * B
+                if pool != NULL:
+                    pool_plane_2x2_grad(dyp + r * pooled, ap + r * pooled, pool.H, pool.W,
+                                        dxp + off, pool.OH, pool.OW, pool.owner)
+                    if masked:
+                        _relu_mask(dxp + off, yp + off, dxp + off, B)
+                elif masked:
                     _relu_mask(dyp + off, yp + off, dxp + off, B)
                 _product_sums(g + off, xp + off, B, m, &s_dy, &s_dyx)
             sum_dy[c] = s_dy

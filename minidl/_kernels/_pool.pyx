@@ -35,6 +35,8 @@ from libc.stdint cimport INT32_MAX, int32_t, int64_t
 import numpy as np
 
 from ._common cimport build_facts, floating
+from ._pool2x2 cimport (fill_corners, fill_owners, pool_plane_2x2, pool_plane_2x2_grad,
+                        use_table)
 
 #: What this extension was compiled with (read by ``minidl.show_config()``).
 BUILD = build_facts()
@@ -77,34 +79,6 @@ cdef void _pool_plane(const floating* plane, Py_ssize_t W, floating* out, int64_
 
 
 cdef extern from "_pool.h" nogil:
-    void minidl_pool2x2_rows_f(const float* plane, Py_ssize_t W, Py_ssize_t OH, Py_ssize_t OW,
-                               float* out, int64_t* argmax)
-    void minidl_pool2x2_rows_d(const double* plane, Py_ssize_t W, Py_ssize_t OH,
-                               Py_ssize_t OW, double* out, int64_t* argmax)
-    void minidl_pool2x2_table_f(const float* plane, Py_ssize_t W, const int32_t* corner,
-                                Py_ssize_t count, float* out, int64_t* argmax)
-    void minidl_pool2x2_table_d(const double* plane, Py_ssize_t W, const int32_t* corner,
-                                Py_ssize_t count, double* out, int64_t* argmax)
-    void minidl_pool2x2_max_rows_f(const float* plane, Py_ssize_t W, Py_ssize_t OH,
-                                   Py_ssize_t OW, float* out)
-    void minidl_pool2x2_max_rows_d(const double* plane, Py_ssize_t W, Py_ssize_t OH,
-                                   Py_ssize_t OW, double* out)
-    void minidl_pool2x2_max_table_f(const float* plane, Py_ssize_t W, const int32_t* corner,
-                                    Py_ssize_t count, float* out)
-    void minidl_pool2x2_max_table_d(const double* plane, Py_ssize_t W, const int32_t* corner,
-                                    Py_ssize_t count, double* out)
-    void minidl_pool2x2_grad_rows_f(const float* dout, const int64_t* argmax, Py_ssize_t W,
-                                    int64_t base, float* top, float* bottom,
-                                    Py_ssize_t OW)
-    void minidl_pool2x2_grad_rows_d(const double* dout, const int64_t* argmax, Py_ssize_t W,
-                                    int64_t base, double* top, double* bottom,
-                                    Py_ssize_t OW)
-    void minidl_pool2x2_grad_table_f(const float* dout, const int64_t* argmax,
-                                     const int32_t* owner, Py_ssize_t count,
-                                     float* dx)
-    void minidl_pool2x2_grad_table_d(const double* dout, const int64_t* argmax,
-                                     const int32_t* owner, Py_ssize_t count,
-                                     double* dx)
     void minidl_avgpool_plane_f(const float* plane, Py_ssize_t H, Py_ssize_t W, float* out,
                                 Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t kH, Py_ssize_t kW,
                                 Py_ssize_t sH, Py_ssize_t sW, Py_ssize_t pH, Py_ssize_t pW,
@@ -121,76 +95,6 @@ cdef extern from "_pool.h" nogil:
                                      double* dx, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t kH,
                                      Py_ssize_t kW, Py_ssize_t sH, Py_ssize_t sW,
                                      Py_ssize_t pH, Py_ssize_t pW, int count_include_pad)
-
-
-# Rows of fewer 2x2 windows than this go through a table (gathers, full vectors); longer ones
-# along the row (contiguous loads and stores). Measured on 2 Zen 4 cores (AVX-512), float32,
-# forward / backward in ms, along the row -> with the table: rows of 4 windows (128x128x8x8)
-# 1.30 / 1.20 -> 0.41 / 0.48; rows of 7 (64x64x14x14) 0.98 / 0.84 -> 0.33 / 0.35; rows of 14
-# (64x32x28x28) 0.74 / 0.88 -> 0.53 / 0.58; but rows of 16 (128x32x32x32) 0.84 / 0.81 ->
-# 1.16 / 1.48.
-cdef enum:
-    _POOL_GATHER_BELOW = 16
-
-
-cdef void _pool_plane_2x2(const floating* plane, Py_ssize_t W, Py_ssize_t OH, Py_ssize_t OW,
-                          const int32_t* corner, floating* out,
-                          int64_t* argmax) noexcept nogil:
-    """:func:`_pool_plane` specialized for 2x2 windows with stride 2 (the common case): the
-    same rule (values, indices, ties, NaNs), vectorized; ``corner`` (NULL for long rows) holds
-    the flat index of each window's top-left element; ``argmax`` NULL writes the maxima only."""
-    if argmax == NULL:
-        if corner != NULL:
-            if floating is float:
-                minidl_pool2x2_max_table_f(plane, W, corner, OH * OW, out)
-            else:
-                minidl_pool2x2_max_table_d(plane, W, corner, OH * OW, out)
-        elif floating is float:
-            minidl_pool2x2_max_rows_f(plane, W, OH, OW, out)
-        else:
-            minidl_pool2x2_max_rows_d(plane, W, OH, OW, out)
-    elif corner != NULL:
-        if floating is float:
-            minidl_pool2x2_table_f(plane, W, corner, OH * OW, out, argmax)
-        else:
-            minidl_pool2x2_table_d(plane, W, corner, OH * OW, out, argmax)
-    elif floating is float:
-        minidl_pool2x2_rows_f(plane, W, OH, OW, out, argmax)
-    else:
-        minidl_pool2x2_rows_d(plane, W, OH, OW, out, argmax)
-
-
-cdef void _pool_plane_2x2_grad(const floating* dout, const int64_t* argmax, Py_ssize_t H,
-                               Py_ssize_t W, floating* dx, Py_ssize_t OH, Py_ssize_t OW,
-                               const int32_t* owner) noexcept nogil:
-    """dx of one plane pooled by :func:`_pool_plane_2x2` (non-overlapping windows): every
-    element is written once, the rows and columns no window covers get 0. ``owner`` (NULL
-    for long rows) holds the window covering each element (0 where none does)."""
-    cdef Py_ssize_t oh, h, w
-    if owner != NULL:
-        if floating is float:
-            minidl_pool2x2_grad_table_f(dout, argmax, owner, H * W, dx)
-        else:
-            minidl_pool2x2_grad_table_d(dout, argmax, owner, H * W, dx)
-        return
-    for oh in range(OH):
-        if floating is float:
-            minidl_pool2x2_grad_rows_f(dout + oh * OW, argmax + oh * OW, W, 2 * oh * W,
-                                       dx + 2 * oh * W, dx + (2 * oh + 1) * W, OW)
-        else:
-            minidl_pool2x2_grad_rows_d(dout + oh * OW, argmax + oh * OW, W, 2 * oh * W,
-                                       dx + 2 * oh * W, dx + (2 * oh + 1) * W, OW)
-        for h in range(2 * oh, 2 * oh + 2):
-            for w in range(2 * OW, W):
-                dx[h * W + w] = 0
-    for h in range(2 * OH, H):
-        for w in range(W):
-            dx[h * W + w] = 0
-
-
-cdef bint _use_table(Py_ssize_t H, Py_ssize_t W, Py_ssize_t OW):
-    """Whether the 2x2 kernels take the table way (short rows, plane indices fit int32)."""
-    return OW < _POOL_GATHER_BELOW and H * W <= INT32_MAX
 
 
 def max_pool2d_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out,
@@ -249,17 +153,14 @@ cdef void _forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out, i
     # short rows: the flat index of each window's top-left element, the same in every plane
     cdef int32_t[::1] table
     cdef const int32_t* corner = NULL
-    cdef Py_ssize_t oh, ow
-    if two_by_two and _use_table(H, W, OW):
+    if two_by_two and use_table(H, W, OW):
         table = np.empty(OH * OW, np.int32)
-        for oh in range(OH):
-            for ow in range(OW):
-                table[oh * OW + ow] = <int32_t>(2 * oh * W + 2 * ow)
+        fill_corners(table, W, OH, OW)
         corner = &table[0]
 
     for task in prange(N * C, nogil=True, num_threads=num_threads, schedule="static"):
         if two_by_two:
-            _pool_plane_2x2(x0 + task * H * W, W, OH, OW, corner, out0 + task * OH * OW,
+            pool_plane_2x2(x0 + task * H * W, W, OH, OW, corner, out0 + task * OH * OW,
                             NULL if argmax0 == NULL else argmax0 + task * OH * OW)
         else:
             _pool_plane(x0 + task * H * W, W, out0 + task * OH * OW,
@@ -303,12 +204,10 @@ def max_pool2d_backward(const floating[:, :, :, ::1] dout, const int64_t[:, :, :
     # short rows: the window covering each element of a plane (0 for the uncovered ones)
     cdef int32_t[::1] table
     cdef const int32_t* owner = NULL
-    cdef Py_ssize_t h, w
-    if two_by_two and _use_table(H, W, OW):
+
+    if two_by_two and use_table(H, W, OW):
         table = np.zeros(H * W, np.int32)
-        for h in range(2 * OH):
-            for w in range(2 * OW):
-                table[h * W + w] = <int32_t>((h // 2) * OW + w // 2)
+        fill_owners(table, W, OH, OW)
         owner = &table[0]
 
     for task in prange(N * C, nogil=True, num_threads=num_threads, schedule="static"):
@@ -316,7 +215,7 @@ def max_pool2d_backward(const floating[:, :, :, ::1] dout, const int64_t[:, :, :
         grad = dout0 + task * OH * OW
         where = argmax0 + task * OH * OW
         if two_by_two:
-            _pool_plane_2x2_grad(grad, where, H, W, plane, OH, OW, owner)
+            pool_plane_2x2_grad(grad, where, H, W, plane, OH, OW, owner)
             continue
         for p in range(H * W):
             plane[p] = 0

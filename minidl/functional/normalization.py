@@ -38,6 +38,7 @@ from .._checks import (FLOAT_DTYPES, check_allocation, check_bool, check_cache_a
                        check_no_overlap, check_number, positive_int, shape_tuple)
 from .._kernels import _batchnorm as _kernel
 from ..reference.functional import normalization as reference
+from . import pooling
 
 __all__ = ["BatchNormCache", "batch_norm_forward", "batch_norm_backward", "channel_stats",
            "update_running_stats", "batch_norm_stats", "combine_batch_norm_stats",
@@ -175,7 +176,7 @@ def update_running_stats(running_mean, running_var, mean, var, count, momentum):
 
 def batch_norm_forward(x, weight=None, bias=None, running_mean=None, running_var=None,
                        training=True, momentum=0.1, eps=1e-5, layer="batch_norm", out=None,
-                       relu=False):
+                       relu=False, pool_out=None, pool_argmax=None):
     """Batch-normalize ``x`` per channel (axis 1); like ``torch.nn.functional.batch_norm``.
 
     Args:
@@ -195,6 +196,18 @@ def batch_norm_forward(x, weight=None, bias=None, running_mean=None, running_var
             after this; bit for bit the same values). The cache is still BatchNorm's: give
             :func:`batch_norm_backward` d loss / d ``BN(x)``, i.e. pass the gradient through
             the ReLU first (``relu_backward`` with ``ReluCache(out)``). Default False.
+        pool_out (np.ndarray, optional): for an ``(N, C, H, W)`` input with ``H, W >= 2``: a
+            C-contiguous ``(N, C, H // 2, W // 2)`` array of x's dtype into which the output
+            (after the ReLU when ``relu``) is also max-pooled with 2x2 windows and stride 2,
+            each ``(H, W)`` plane right after it is written (while it is in cache: one pass over
+            memory less than :func:`~minidl.functional.pooling.max_pool2d_forward` after this,
+            the same values bit for bit). ``minidl.Sequential`` runs BatchNorm -> ReLU ->
+            MaxPool2D(2) so.
+        pool_argmax (np.ndarray, optional): with ``pool_out``: a C-contiguous int64 array of
+            its shape for the pool's indices (as ``max_pool2d_forward``'s ``argmax``; the cache
+            ``MaxPool2dCache(pool_argmax, x.shape, x.dtype, True)`` then serves
+            :func:`~minidl.functional.pooling.max_pool2d_backward`, or this function's
+            backward with its ``pool_cache``). None: the maxima only.
     Returns:
         (out, cache): ``out`` has the shape and dtype of ``x``; ``cache`` is for
         :func:`batch_norm_backward` (a :class:`BatchNormCache`, or under the reference backend
@@ -205,8 +218,10 @@ def batch_norm_forward(x, weight=None, bias=None, running_mean=None, running_var
             eval without running statistics; only one of the running statistics given; a
             read-only running statistic when training, or running statistics sharing memory
             with each other, the input or ``out``; eps <= 0 or not finite; momentum outside
-            [0, 1]; an unusable ``out`` (wrong shape/dtype/layout, read-only, or sharing memory
-            with an argument).
+            [0, 1]; an unusable ``out``, ``pool_out`` or ``pool_argmax`` (wrong shape/dtype/
+            layout, read-only, or sharing memory with an argument); ``pool_argmax`` without
+            ``pool_out``, or ``pool_out`` for an input that is not ``(N, C, H, W)`` with
+            ``H, W >= 2``.
         TypeError: ``training`` is not a bool; ``eps``/``momentum`` are not real numbers;
             ``weight``/``bias`` are not arrays of real numbers.
         MemoryError: the output would not fit in this machine's memory.
@@ -228,16 +243,20 @@ def batch_norm_forward(x, weight=None, bias=None, running_mean=None, running_var
         )
     out = _output(layer, out, x, weight=weight, bias=bias, running_mean=running_mean,
                   running_var=running_var)
+    pooled = _pool_outputs(layer, x, out, pool_out, pool_argmax, weight=weight, bias=bias,
+                           running_mean=running_mean, running_var=running_var)
     if get_backend() == "reference":  # reference backend: Algorithm 1, line by line
         return reference.batch_norm_forward(x, weight, bias, running_mean, running_var,
-                                            training, momentum, eps, layer, out, relu)
+                                            training, momentum, eps, layer, out, relu, pool_out,
+                                            pool_argmax)
     x3 = _as_acb(x)
     out3 = out.reshape(x3.shape)
     threads = _config.threads_for(x3.size)
     if training:
         mean = np.empty(num_channels, np.float64)
         var = np.empty(num_channels, np.float64)
-        _kernel.forward_train(x3, gamma, beta, float(eps), out3, mean, var, threads, relu)
+        _kernel.forward_train(x3, gamma, beta, float(eps), out3, mean, var, threads, relu,
+                              *pooled)
         if running_mean is not None:
             update_running_stats(running_mean, running_var, mean, var, count, momentum)
         invstd = 1.0 / np.sqrt(var + eps)
@@ -245,7 +264,7 @@ def batch_norm_forward(x, weight=None, bias=None, running_mean=None, running_var
         mean = running_mean.astype(np.float64)  # (a copy: the cache's, whatever updates follow)
         invstd = np.empty(num_channels, np.float64)  # 1 / sqrt(running_var + eps), by the kernel
         _kernel.normalize_running(x3, mean, running_var.astype(np.float64, copy=False), gamma,
-                                  beta, float(eps), invstd, out3, threads, relu)
+                                  beta, float(eps), invstd, out3, threads, relu, *pooled)
     cache = BatchNormCache(x3, mean, invstd, gamma, bool(training), x.shape, weight is not None,
                            bias is not None)
     return out, cache
@@ -261,6 +280,29 @@ def _output(layer, out, x, **others):
     out = _memory.output(layer, out, x.shape, x.dtype)
     check_no_overlap(layer, "out", out, input=x, **others)
     return out
+
+
+def _pool_outputs(layer, x, out, pool_out, pool_argmax, **others):
+    """The kernels' pooling arguments ``(pool_out, pool_argmax, width)`` as ``(A, C, OH*OW)``
+    views, validated (see :func:`batch_norm_forward`; they must share no memory with ``x``,
+    ``out``, each other or the ``others``), or ``(None, None, 0)`` without ``pool_out``."""
+    if pool_out is None:
+        if pool_argmax is not None:
+            raise ValueError(f"{layer}: pool_argmax needs pool_out (the pooled output)")
+        return None, None, 0
+    if x.ndim != 4 or x.shape[2] < 2 or x.shape[3] < 2:
+        raise ValueError(f"{layer}: pool_out needs an (N, C, H, W) input with H, W >= 2 (2x2 "
+                         f"windows), got shape {x.shape}")
+    n, c, height, width = x.shape
+    shape = (n, c, height // 2, width // 2)
+    pool_out = _memory.output(layer, pool_out, shape, x.dtype, "pool_out")
+    check_no_overlap(layer, "pool_out", pool_out, input=x, out=out, **others)
+    if pool_argmax is not None:
+        pool_argmax = _memory.output(layer, pool_argmax, shape, np.int64, "pool_argmax")
+        check_no_overlap(layer, "pool_argmax", pool_argmax, input=x, out=out, pool_out=pool_out,
+                         **others)
+        pool_argmax = pool_argmax.reshape(n, c, -1)
+    return pool_out.reshape(n, c, -1), pool_argmax, width
 
 
 def _grad_output(layer, out, shape, dtype, dout, kept, **others):
@@ -290,7 +332,8 @@ def _check_cache(layer, cache):
                           (x3.shape[1],), np.float64)
 
 
-def batch_norm_backward(dout, cache, layer="batch_norm", out=None, relu_output=None):
+def batch_norm_backward(dout, cache, layer="batch_norm", out=None, relu_output=None,
+                        pool_cache=None):
     """Gradients of :func:`batch_norm_forward`.
 
     Args:
@@ -303,13 +346,26 @@ def batch_norm_backward(dout, cache, layer="batch_norm", out=None, relu_output=N
             (``dout`` where ``y > 0``, else 0, as :func:`~minidl.functional.activation.
             relu_backward`) inside the kernel's passes, with no array in between. Same results
             as ``relu_backward`` then this function, bit for bit.
+        pool_cache (MaxPool2dCache, optional): the cache of a max pool applied to the forward
+            output (after the ReLU, with ``relu_output``): returned by
+            :func:`~minidl.functional.pooling.max_pool2d_forward`, or built from the forward's
+            ``pool_argmax``. ``dout`` is then d loss / d pooled output, and the result is that
+            of ``max_pool2d_backward``, (``relu_backward``,) then this function, bit for bit.
+            With 2x2 windows and stride 2 (compiled backend) the pool's gradient is written
+            plane by plane inside the kernel's passes, with no full-size gradient array.
     Returns:
         (dx, dweight, dbias): ``dx`` like ``x``; ``dweight`` and ``dbias`` float64 ``(C,)``
         (None where the forward had no weight/bias). In training mode ``dx`` includes the paths
         through the batch mean and variance; in eval mode it is the affine part only.
     Raises:
-        ValueError/TypeError: ``dout`` or ``relu_output`` does not match the forward output.
+        ValueError/TypeError: ``dout`` or ``relu_output`` does not match the forward output
+            (the pooled output, with ``pool_cache``); ``pool_cache`` is not a max pool's cache
+            of that output.
+        RuntimeError: ``pool_cache`` is from a forward pass under :func:`minidl.no_grad`.
     """
+    if pool_cache is not None and not _fuses_pool(layer, pool_cache, cache):
+        dout = pooling.max_pool2d_backward(dout, pool_cache, layer=layer)  # MaxPool2D's first
+        pool_cache = None
     if isinstance(cache, reference.BatchNormCache):  # reference backend: made by its forward
         return _reference_backward(reference.batch_norm_backward, dout, cache, layer, out,
                                    relu_output=relu_output)
@@ -318,18 +374,23 @@ def batch_norm_backward(dout, cache, layer="batch_norm", out=None, relu_output=N
                         f"{type(cache).__name__}")
     x3, mean, invstd, gamma, training, shape, has_weight, has_bias = cache
     _check_cache(layer, cache)
-    check_grad(layer, dout, shape, x3.dtype)
+    argmax3, width = None, 0
+    if pool_cache is None:
+        check_grad(layer, dout, shape, x3.dtype)
+    else:
+        check_grad(layer, dout, pool_cache.argmax.shape, x3.dtype)
+        argmax3, width = pool_cache.argmax.reshape(x3.shape[0], x3.shape[1], -1), shape[3]
     if relu_output is not None:
         check_grad(layer, relu_output, shape, x3.dtype, what="relu_output")
     dy3 = _as_acb(dout)
     num_channels = x3.shape[1]
     sum_dy = np.empty(num_channels, np.float64)
     sum_dy_xmu = np.empty(num_channels, np.float64)
-    dx3 = _grad_output(layer, out, shape, x3.dtype, dout, x3,
-                       relu_output=relu_output).reshape(x3.shape)
+    dx3 = _grad_output(layer, out, shape, x3.dtype, dout, x3, relu_output=relu_output,
+                       argmax=argmax3).reshape(x3.shape)
     y3 = None if relu_output is None else _as_acb(relu_output)
-    _kernel.backward(dy3, x3, mean, invstd, gamma, training, dx3,
-                     sum_dy, sum_dy_xmu, _config.threads_for(x3.size), y3)
+    _kernel.backward(dy3, x3, mean, invstd, gamma, training, dx3, sum_dy, sum_dy_xmu,
+                     _config.threads_for(x3.size), y3, argmax3, width)
     dweight = sum_dy_xmu * invstd if has_weight else None
     dbias = sum_dy if has_bias else None
     return dx3.reshape(shape), dweight, dbias
@@ -347,6 +408,25 @@ def batch_norm_backward(dout, cache, layer="batch_norm", out=None, relu_output=N
 # sync_batch_norm_forward/backward put them together (layers.SyncBatchNorm runs them); the
 # communication comes in as callables, so nothing here imports minidl.distributed (which sits
 # above the layers: DistributedDataParallel wraps a model).
+
+def _fuses_pool(layer, pool_cache, cache):
+    """Whether :func:`batch_norm_backward` runs the max pool's gradient in its kernel: a
+    compiled 2x2, stride-2 pool's cache (checked: indices present, of the output's geometry)
+    with a compiled BatchNorm cache. Any other max pool's cache goes through
+    ``max_pool2d_backward`` first (which checks it)."""
+    if not isinstance(pool_cache, (pooling.MaxPool2dCache, pooling.reference.MaxPool2dCache)):
+        raise TypeError(f"{layer}: expected pool_cache to be the cache returned by "
+                        f"max_pool2d_forward, got {type(pool_cache).__name__}")
+    if not (isinstance(pool_cache, pooling.MaxPool2dCache) and pool_cache.two_by_two
+            and pool_cache.argmax is not None and isinstance(cache, BatchNormCache)):
+        return False
+    pooling.check_max_pool_cache(layer, pool_cache)
+    if tuple(pool_cache.x_shape) != cache.shape:
+        raise ValueError(f"{layer}: pool_cache pooled an input of shape "
+                         f"{tuple(pool_cache.x_shape)}, not this BatchNorm's output "
+                         f"{tuple(cache.shape)}")
+    return True
+
 
 def _as_view(layer, x, what="input"):
     """Validated ``(N, C, *spatial)`` input as a C-contiguous ``(N, C, prod(spatial))`` view."""

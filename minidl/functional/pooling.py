@@ -147,7 +147,7 @@ def max_pool2d_forward(x, kernel_size, stride=None, layer="max_pool2d", out=None
     return out, MaxPool2dCache(argmax, x.shape, x.dtype, two_by_two)
 
 
-def _check_cache(layer, cache):
+def check_max_pool_cache(layer, cache):
     """The cache's ``argmax`` as the backward kernel needs it: int64, C-contiguous, one entry
     per output of the geometry in ``x_shape``, and (where the kernel writes ``dx`` at those
     indices: any window but 2x2 with stride 2) every index inside its ``(H, W)`` plane.
@@ -207,7 +207,7 @@ def max_pool2d_backward(dout, cache, layer="max_pool2d", out=None):
         raise RuntimeError(f"{layer}: backward after a forward pass under minidl.no_grad(), "
                            f"which computes no indices; run forward again with gradients "
                            f"enabled")
-    _check_cache(layer, cache)
+    check_max_pool_cache(layer, cache)
     check_grad(layer, dout, cache.argmax.shape, cache.dtype)
     given = out is not None
     dx = _memory.output(layer, out, cache.x_shape, cache.dtype)

@@ -286,29 +286,36 @@ class Module:
         forward_pass.depth += 1
         return forward_pass
 
-    def _call_with_relu(self, relu, x):
+    def _call_with_relu(self, relu, x, pool=None):
         """``relu(self(x))`` in one pass: ``self._forward_relu(x)`` computes it (a layer that
         can apply a following ReLU as it writes its output: BatchNorm, Dense, Residual), and
         the ReLU layer ``relu`` keeps that output as if its own forward had computed it, so
-        both backward passes are the usual ones. :class:`~minidl.Sequential` calls this; both
-        modules are recorded in the forward pass as :meth:`__call__` records them, and only
-        modules without forward hooks are fused (a hook would not see the value before the
-        ReLU).
+        both backward passes are the usual ones. With ``pool`` (a MaxPool2D after the ReLU,
+        for a layer with ``_forward_relu_pool``: BatchNorm), ``pool(relu(self(x)))`` in the
+        same pass, the pool keeping its usual cache too. :class:`~minidl.Sequential` calls
+        this; the modules are recorded in the forward pass as :meth:`__call__` records them,
+        and only modules without forward hooks are fused (a hook would not see the values in
+        between).
 
         Raises:
-            RuntimeError: either module already ran in this pass with gradients enabled.
+            RuntimeError: a module already ran in this pass with gradients enabled.
         """
-        forward_pass = self._enter_forward_pass()
+        fused = (self, relu) if pool is None else (self, relu, pool)
+        entered = []
         try:
-            relu._enter_forward_pass()
-            try:
+            for module in fused:
+                entered.append(module._enter_forward_pass())
+            if pool is None:
                 out = self._forward_relu(x)
                 relu._adopt_output(out)
                 return out
-            finally:
-                forward_pass.leave()  # the ReLU's call
+            out, pooled, pool_cache = self._forward_relu_pool(pool, x)
+            relu._adopt_output(out)
+            pool._adopt_cache(pool_cache)
+            return pooled
         finally:
-            forward_pass.leave()
+            for forward_pass in reversed(entered):
+                forward_pass.leave()
 
     # ----------------------------------------------------------------- hooks
     def register_forward_pre_hook(self, hook, *, prepend=False):

@@ -34,7 +34,9 @@ from ..functional.normalization import (SyncBatchNormCache, batch_norm_backward,
 from .._checks import (check_allocation, check_bool, check_eps, check_float_array, check_grad,
                        check_input, check_kept, check_number, float_dtype, positive_int,
                        shape_tuple)
-from .._grad_mode import saved_for_backward
+from .. import _memory
+from .._grad_mode import is_grad_enabled, saved_for_backward
+from ..functional.pooling import MaxPool2dCache
 from .module import Module, Parameter
 
 __all__ = ["BatchNorm", "BatchNorm1D", "BatchNorm2D", "SyncBatchNorm", "PerActivationBatchNorm",
@@ -232,6 +234,33 @@ class BatchNorm(_NormBase):
         (no forward pass, its output modified in place), then this layer's."""
         relu_output = relu._need_cache().y
         return self._backward(dout, input_grad, relu_output=relu_output)
+
+    def _forward_relu_pool(self, pool, x):
+        """``pool(relu(self(x)))`` in one kernel pass, for :meth:`Module._call_with_relu`
+        (``pool`` is a MaxPool2D with 2x2 windows and stride 2, ``x`` an ``(N, C, H, W)``
+        array with ``H, W >= 2``): each plane of the output is max-pooled right after it is
+        written (the same values bit for bit, the pass over memory between them saved).
+        Returns ``(relu output, pooled output, the pool's cache)``; this layer keeps its usual
+        cache."""
+        pool._release_saved()  # the previous indices can serve this pass
+        n, c, height, width = x.shape
+        shape = (n, c, height // 2, width // 2)
+        pooled = _memory.empty(shape, x.dtype)
+        argmax = _memory.empty(shape, np.int64) if is_grad_enabled() else None
+        out = self._normalize(x, relu=True, pool_out=pooled, pool_argmax=argmax)
+        return out, pooled, MaxPool2dCache(argmax, out.shape, out.dtype, True)
+
+    def _backward_relu_pool(self, relu, pool, dout, input_grad=True):
+        """``self.backward(relu.backward(pool.backward(dout)))`` in one kernel call, for
+        :meth:`minidl.Sequential.backward` when the three ran as one forward pass
+        (:meth:`_forward_relu_pool`): the kernel writes each plane of the pool's gradient,
+        masks it by the ReLU and sums it while it is in cache (no full-size gradient array).
+        The same results bit for bit, and the same errors: those of ``pool.backward``, then
+        ``relu.backward``, then this layer's."""
+        pool_cache = saved_for_backward("MaxPool2D", pool._cache)
+        check_grad("MaxPool2D", dout, pool_cache.argmax.shape, pool_cache.dtype)
+        relu_output = relu._need_cache().y
+        return self._backward(dout, input_grad, relu_output=relu_output, pool_cache=pool_cache)
 
 
 class BatchNorm1D(BatchNorm):

@@ -70,6 +70,12 @@ class MaxPool2D(Module):
             return None
         return max_pool2d_backward(dout, cache, layer="MaxPool2D")
 
+    def _adopt_cache(self, cache):
+        """Keep ``cache`` for ``backward`` as if this layer's forward had made it: the pooling
+        of a layer that pooled its own output in its pass (``BatchNorm._forward_relu_pool``,
+        through :meth:`Module._call_with_relu`)."""
+        self._keep_for_backward(cache)
+
     def extra_repr(self):
         return f"kernel_size={self.kernel_size}, stride={self.stride}"
 

@@ -27,6 +27,7 @@ from typing import NamedTuple, Tuple
 import numpy as np
 
 from ._result import into
+from .pooling import max_pool2d_backward, max_pool2d_forward
 
 __all__ = ["BatchNormCache", "SampleNormCache", "batch_sum", "batch_norm_forward",
            "batch_norm_backward", "layer_norm_forward", "layer_norm_backward",
@@ -81,7 +82,7 @@ def _per_channel(vector, x):
 
 def batch_norm_forward(x, weight=None, bias=None, running_mean=None, running_var=None,
                        training=True, momentum=0.1, eps=1e-5, layer="batch_norm", out=None,
-                       relu=False):
+                       relu=False, pool_out=None, pool_argmax=None):
     """Batch-normalize ``x`` per channel: Algorithm 1 (training) or fixed statistics (eval).
 
     Same arguments and results as :func:`minidl.functional.batch_norm_forward` (``layer`` is
@@ -97,6 +98,9 @@ def batch_norm_forward(x, weight=None, bias=None, running_mean=None, running_var
         eps (float): added to the variance before the square root.
         out (np.ndarray or None): where to write the result; a new array when None.
         relu (bool): return ``max(y, 0)`` (the reference ReLU of the rounded output) instead.
+        pool_out, pool_argmax (np.ndarray or None): where to write the 2x2, stride-2 max pool
+            of the output (after the ReLU) and its indices: the reference
+            :func:`~minidl.reference.functional.pooling.max_pool2d_forward`, run after this.
     Returns:
         (out, cache): ``out`` has the shape and dtype of ``x``; ``cache`` is a
         :class:`BatchNormCache` (BatchNorm's own, also with ``relu``).
@@ -128,10 +132,14 @@ def batch_norm_forward(x, weight=None, bias=None, running_mean=None, running_var
     y = y.astype(x.dtype)
     if relu:  # the ReLU that follows, applied here (minidl.Sequential's fusion)
         y = np.maximum(y, 0)
-    return into(out, y), cache
+    y = into(out, y)
+    if pool_out is not None:  # the MaxPool2D(2) that follows (minidl.Sequential's fusion)
+        max_pool2d_forward(y, 2, out=pool_out, argmax=pool_argmax)
+    return y, cache
 
 
-def batch_norm_backward(dout, cache, layer="batch_norm", out=None, relu_output=None):
+def batch_norm_backward(dout, cache, layer="batch_norm", out=None, relu_output=None,
+                        pool_cache=None):
     """Gradients of :func:`batch_norm_forward` by the chain rule of section 3.
 
     Same arguments and results as :func:`minidl.functional.batch_norm_backward` (``layer`` is
@@ -144,6 +152,9 @@ def batch_norm_backward(dout, cache, layer="batch_norm", out=None, relu_output=N
         relu_output (np.ndarray or None): the output of a ReLU applied to ``y``; ``dout`` is
             then d loss / d relu(y), and the ReLU's backward comes first: ``dout`` where
             ``relu_output > 0``, else 0.
+        pool_cache (MaxPool2dCache or None): the cache of a max pool applied after that;
+            ``dout`` is then d loss / d pooled output, and the pool's backward
+            (:func:`~minidl.reference.functional.pooling.max_pool2d_backward`) comes first.
     Returns:
         (dx, dweight, dbias): ``dx`` like the input; ``dweight`` and ``dbias`` float64
         ``(C,)`` (None where the forward had no weight / bias). In training mode ``dx``
@@ -151,6 +162,8 @@ def batch_norm_backward(dout, cache, layer="batch_norm", out=None, relu_output=N
     """
     x, mean, var, gamma, eps, training, dtype, has_weight, has_bias = cache
     m = x.size // x.shape[1]
+    if pool_cache is not None:  # the pool's backward
+        dout = max_pool2d_backward(dout, pool_cache)
     if relu_output is not None:  # the ReLU's backward (its gradient at 0 is 0)
         dout = np.where(relu_output <= 0, 0, dout).astype(dtype)
     dy = dout.astype(np.float64)
