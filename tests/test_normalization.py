@@ -475,6 +475,55 @@ def test_backward_through_a_relu_equals_relu_backward_then_batch_norm_backward(
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(6, 5), (4, 3, 7), (3, 4, 5, 6), (2, 300), (3, 2, 4, 4)])
+@pytest.mark.parametrize("backend", ["compiled", "reference"])
+def test_relu_mask_recomputed_from_the_input_is_the_relu_outputs(rng, shape, dtype, training,
+                                                                 backend):
+    """relu=True: the kernel recomputes the ReLU's mask from x and the cached statistics and
+    parameters instead of reading y (row and column layouts, with a pool after it, NaN, -0.0
+    and exact zeros of the output, no affine parameters): the bits of relu_output=y."""
+    import minidl
+    from minidl.functional import pooling as P
+    x = _random_bn_input(rng, shape, dtype)
+    x.flat[1] = np.nan
+    channels = shape[1]
+    gamma, beta = rng.uniform(0.5, 1.5, channels), rng.standard_normal(channels)
+    gamma[0], beta[0] = 0.0, -0.0  # channel 0: exactly -0.0 in eval, 0 * x + -0.0
+    mean, var = rng.standard_normal(channels), rng.uniform(0.5, 2, channels)
+    for weight, bias in ((gamma, beta), (None, None)):
+        with minidl.backend(backend):
+            y, cache = F.batch_norm_forward(x, weight, bias, mean.copy(), var.copy(),
+                                            training=training, relu=True)
+            dout = rng.standard_normal(shape).astype(dtype)
+            got = F.batch_norm_backward(dout, cache, relu=True)
+            want = F.batch_norm_backward(dout, cache, relu_output=y)
+            if len(shape) == 4:
+                pooled, pool_cache = P.max_pool2d_forward(y, 2)
+                dpooled = rng.standard_normal(pooled.shape).astype(dtype)
+                got += F.batch_norm_backward(dpooled, cache, relu=True, pool_cache=pool_cache)
+                want += F.batch_norm_backward(dpooled, cache, relu_output=y,
+                                              pool_cache=pool_cache)
+        assert 0 < np.count_nonzero(y > 0) < y.size
+        for a, b in zip(got, want):
+            assert (a is None and b is None) or np.array_equal(a, b, equal_nan=True)
+
+
+def test_relu_mask_recomputed_needs_the_forwards_beta(rng):
+    x = _random_bn_input(rng, (4, 3, 2, 2), np.float32)
+    y, cache = F.batch_norm_forward(x, relu=True)
+    dout = np.ones_like(y)
+    with pytest.raises(ValueError, match="^bn: give relu_output or relu=True"):
+        F.batch_norm_backward(dout, cache, layer="bn", relu_output=y, relu=True)
+    with pytest.raises(ValueError, match="^bn: relu=True needs a cache with beta"):
+        F.batch_norm_backward(dout, cache._replace(beta=None), layer="bn", relu=True)
+    with pytest.raises(ValueError, match="^bn: the cache's beta"):
+        F.batch_norm_backward(dout, cache._replace(beta=np.zeros(2)), layer="bn", relu=True)
+    with pytest.raises(TypeError, match="^bn: expected relu to be True or False"):
+        F.batch_norm_backward(dout, cache, layer="bn", relu=1)
+
+
 def test_backward_through_a_relu_checks_the_relu_output(rng):
     x = _random_bn_input(rng, (4, 3, 2, 2), np.float32)
     y, cache = F.batch_norm_forward(x, relu=True)

@@ -165,8 +165,38 @@
         for (ptrdiff_t i = 0; i < n; i++) g[i] = y[i] <= 0 ? (T)0 : dy[i];                  \
     }
 
+/* The same mask without the ReLU's output: y is recomputed from the BatchNorm's input x as its
+ * forward pass computed it, (T)((x - mean) * scale + shift) (MINIDL_AFFINE_RELU's value before
+ * the max, whose sign decides the ReLU: y <= 0 exactly where this value is <= 0, NaN passes),
+ * with the same scale = gamma * invstd and shift = beta. g may be dy itself. */
+#define MINIDL_RELU_MASK_AFFINE(NAME, T)                                                    \
+    MINIDL_CLONES static void NAME(const T* dy, const T* x, T* g, ptrdiff_t n, double mean, \
+                                   double scale, double shift) {                           \
+        MINIDL_SIMD                                                                         \
+        for (ptrdiff_t i = 0; i < n; i++) {                                                 \
+            T v = (T)(((double)x[i] - mean) * scale + shift);                               \
+            g[i] = v <= 0 ? (T)0 : dy[i];                                                   \
+        }                                                                                   \
+    }
+
+/* the same on a row segment of n channels with per-column coefficients (column kernels) */
+#define MINIDL_COL_RELU_MASK_AFFINE(NAME, T)                                                \
+    MINIDL_CLONES static void NAME(const T* dy, const T* x, T* g, ptrdiff_t n,              \
+                                   const double* mean, const double* scale,                \
+                                   const double* shift) {                                  \
+        MINIDL_SIMD                                                                         \
+        for (ptrdiff_t i = 0; i < n; i++) {                                                 \
+            T v = (T)(((double)x[i] - mean[i]) * scale[i] + shift[i]);                      \
+            g[i] = v <= 0 ? (T)0 : dy[i];                                                   \
+        }                                                                                   \
+    }
+
 MINIDL_RELU_MASK(minidl_relu_mask_f, float)
 MINIDL_RELU_MASK(minidl_relu_mask_d, double)
+MINIDL_RELU_MASK_AFFINE(minidl_relu_mask_affine_f, float)
+MINIDL_RELU_MASK_AFFINE(minidl_relu_mask_affine_d, double)
+MINIDL_COL_RELU_MASK_AFFINE(minidl_col_relu_mask_affine_f, float)
+MINIDL_COL_RELU_MASK_AFFINE(minidl_col_relu_mask_affine_d, double)
 MINIDL_SHIFTED_SUMS(minidl_shifted_sums_f, float)
 MINIDL_SHIFTED_SUMS(minidl_shifted_sums_d, double)
 MINIDL_PRODUCT_SUMS(minidl_product_sums_f, float)

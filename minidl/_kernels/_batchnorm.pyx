@@ -92,6 +92,16 @@ cdef extern from "_batchnorm.h" nogil:
                               double scale, double shift)
     void minidl_relu_mask_f(const float* dy, const float* y, float* g, Py_ssize_t n)
     void minidl_relu_mask_d(const double* dy, const double* y, double* g, Py_ssize_t n)
+    void minidl_relu_mask_affine_f(const float* dy, const float* x, float* g, Py_ssize_t n,
+                                   double mean, double scale, double shift)
+    void minidl_relu_mask_affine_d(const double* dy, const double* x, double* g, Py_ssize_t n,
+                                   double mean, double scale, double shift)
+    void minidl_col_relu_mask_affine_f(const float* dy, const float* x, float* g, Py_ssize_t n,
+                                       const double* mean, const double* scale,
+                                       const double* shift)
+    void minidl_col_relu_mask_affine_d(const double* dy, const double* x, double* g,
+                                       Py_ssize_t n, const double* mean, const double* scale,
+                                       const double* shift)
     void minidl_norm_dx_f(const float* dy, const float* x, float* dx, Py_ssize_t n, double mean,
                           double k, double mean_dy, double proj)
     void minidl_norm_dx_d(const double* dy, const double* x, double* dx, Py_ssize_t n,
@@ -173,6 +183,27 @@ cdef inline void _relu_mask(const floating* dy, const floating* y, floating* g,
         minidl_relu_mask_f(dy, y, g, n)
     else:
         minidl_relu_mask_d(dy, y, g, n)
+
+
+cdef inline void _relu_mask_affine(const floating* dy, const floating* x, floating* g,
+                                   Py_ssize_t n, double mean, double scale,
+                                   double shift) noexcept nogil:
+    """g = 0 where (x - mean) * scale + shift, rounded to x's type, is <= 0, else dy, over n
+    contiguous values (g may be dy): the ReLU's mask recomputed from BatchNorm's input."""
+    if floating is float:
+        minidl_relu_mask_affine_f(dy, x, g, n, mean, scale, shift)
+    else:
+        minidl_relu_mask_affine_d(dy, x, g, n, mean, scale, shift)
+
+
+cdef inline void _col_relu_mask_affine(const floating* dy, const floating* x, floating* g,
+                                       Py_ssize_t n, const double* mean, const double* scale,
+                                       const double* shift) noexcept nogil:
+    """:func:`_relu_mask_affine` on a row segment of n channels."""
+    if floating is float:
+        minidl_col_relu_mask_affine_f(dy, x, g, n, mean, scale, shift)
+    else:
+        minidl_col_relu_mask_affine_d(dy, x, g, n, mean, scale, shift)
 
 
 cdef inline void _norm_dx(const floating* dy, const floating* x, floating* dx, Py_ssize_t n,
@@ -333,6 +364,20 @@ cdef void _column_sums(const floating* dy, const floating* x, Py_ssize_t A, Py_s
     for a in range(A):
         _col_product_sums(dy + a * C + c0, x + a * C + c0, n, mean + c0, sum_dy + c0,
                           sum_dy_xmu + c0)
+
+
+cdef void _column_relu_mask(const floating* dy, const floating* x, floating* g, Py_ssize_t A,
+                            Py_ssize_t C, Py_ssize_t c0, const double* mean, const double* gamma,
+                            const double* invstd, const double* shift) noexcept nogil:
+    """g = dy masked by the ReLU that followed, recomputed from x (:func:`backward`'s
+    ``relu_shift``), on the block of columns c0.."""
+    cdef double k[COLUMN_BLOCK]
+    cdef Py_ssize_t a, i, n = _block_size(C, c0)
+    for i in range(n):
+        k[i] = gamma[c0 + i] * invstd[c0 + i]
+    for a in range(A):
+        _col_relu_mask_affine(dy + a * C + c0, x + a * C + c0, g + a * C + c0, n, mean + c0, k,
+                              shift + c0)
 
 
 cdef void _column_dx(const floating* dy, const floating* x, floating* dx, Py_ssize_t A,
@@ -623,7 +668,8 @@ def backward(const floating[:, :, ::1] dy, const floating[:, :, ::1] x, const do
              const double[::1] invstd, const double[::1] gamma, bint training,
              floating[:, :, ::1] dx, double[::1] sum_dy, double[::1] sum_dy_xmu,
              int num_threads=1, const floating[:, :, ::1] relu_y=None,
-             const int64_t[:, :, ::1] pool_argmax=None, Py_ssize_t width=0):
+             const int64_t[:, :, ::1] pool_argmax=None, Py_ssize_t width=0,
+             const double[::1] relu_shift=None):
     """Fused backward pass, channel by channel: the two reductions, then dx.
 
     IN  dy, x: (A, C, B) float32/float64, C-contiguous, same dtype.
@@ -646,6 +692,11 @@ def backward(const floating[:, :, ::1] dy, const floating[:, :, ::1] x, const do
         that shape, and each row of dx is first written with the pool's gradient (dy at the
         window's winner, 0 elsewhere, as ``_pool.max_pool2d_backward``), then masked by the
         ReLU and read as the gradient of this BatchNorm's output. ``width``: W (``B = H * W``).
+    IN  relu_shift: None, or (C,) float64, the forward's beta (zeros without affine
+        parameters): a ReLU followed, as with ``relu_y``, but its mask is recomputed from x
+        (y <= 0 where ``(x - mean) * gamma * invstd + beta``, rounded to x's type, is <= 0:
+        the value the forward's ReLU saw, bit for bit) instead of read from its output. Not
+        with ``relu_y``.
 
     With k = gamma * invstd and m = A * B (Ioffe & Szegedy 2015, section 3):
     dx = k * (dy - sum_dy / m - (x - mean) * invstd^2 * sum_dy_xmu / m).
@@ -660,11 +711,13 @@ def backward(const floating[:, :, ::1] dy, const floating[:, :, ::1] x, const do
     ``invstd``, ``gamma``, ``sum_dy``, ``sum_dy_xmu`` of length ``C``; ``num_threads >= 1``.
     """
     cdef Py_ssize_t A = x.shape[0], C = x.shape[1], B = x.shape[2], a, c, off, c0, n0, r
-    cdef bint masked = relu_y is not None
+    cdef bint recompute = relu_shift is not None  # the ReLU's mask from x
+    cdef bint masked = relu_y is not None or recompute
+    cdef const double* shift = &relu_shift[0] if recompute else NULL
     cdef const floating* dyp = &dy[0, 0, 0]
     cdef const floating* xp = &x[0, 0, 0]
     cdef floating* dxp = &dx[0, 0, 0]
-    cdef const floating* yp = &relu_y[0, 0, 0] if masked else NULL
+    cdef const floating* yp = &relu_y[0, 0, 0] if relu_y is not None else NULL
     cdef _PoolPlan plan = None if pool_argmax is None else _PoolPlan(B, width, True)
     cdef const _Pool* pool = NULL if plan is None else &plan.pool
     cdef const int64_t* ap = NULL if pool_argmax is None else &pool_argmax[0, 0, 0]
@@ -680,8 +733,11 @@ def backward(const floating[:, :, ::1] dy, const floating[:, :, ::1] x, const do
             for blk in prange(ceil_div(C, COLUMN_BLOCK), num_threads=num_threads,
                               schedule="static"):
                 c0 = blk * COLUMN_BLOCK
-                if masked:
-                    n0 = _block_size(C, c0)
+                n0 = _block_size(C, c0)
+                if recompute:
+                    _column_relu_mask(dyp, xp, dxp, A, C, c0, &mean[0], &gamma[0], &invstd[0],
+                                      shift)
+                elif masked:
                     for a in range(A):
                         _relu_mask(dyp + a * C + c0, yp + a * C + c0, dxp + a * C + c0, n0)
                 _column_sums(g, xp, A, C, c0, &mean[0], &sum_dy[0], &sum_dy_xmu[0])
@@ -693,20 +749,24 @@ def backward(const floating[:, :, ::1] dy, const floating[:, :, ::1] x, const do
             s_dy = 0
             s_dyx = 0
             m = mean[c]
+            k = gamma[c] * invstd[c]
             for a in range(A):
                 r = a * C + c
                 off = r * B
                 if pool != NULL:
                     pool_plane_2x2_grad(dyp + r * pooled, ap + r * pooled, pool.H, pool.W,
                                         dxp + off, pool.OH, pool.OW, pool.owner)
-                    if masked:
+                    if recompute:
+                        _relu_mask_affine(dxp + off, xp + off, dxp + off, B, m, k, shift[c])
+                    elif masked:
                         _relu_mask(dxp + off, yp + off, dxp + off, B)
+                elif recompute:
+                    _relu_mask_affine(dyp + off, xp + off, dxp + off, B, m, k, shift[c])
                 elif masked:
                     _relu_mask(dyp + off, yp + off, dxp + off, B)
                 _product_sums(g + off, xp + off, B, m, &s_dy, &s_dyx)
             sum_dy[c] = s_dy
             sum_dy_xmu[c] = s_dyx
-            k = gamma[c] * invstd[c]
             md = 0
             p = 0
             if training:

@@ -26,8 +26,9 @@ Under ``with minidl.backend("reference"):`` the validated arguments go instead t
 written out line by line in :mod:`minidl.reference.functional.normalization`, and a cache that
 it made sends the backward pass there too (the ``if`` statements marked "reference backend").
 """
+import functools
 import math
-from typing import NamedTuple, Tuple
+from typing import NamedTuple, Optional, Tuple
 
 import numpy as np
 
@@ -59,6 +60,9 @@ class BatchNormCache(NamedTuple):
         gamma: ``(C,)`` float64 weight (ones without affine parameters).
         training: whether mean/invstd were the batch's own statistics.
         shape: the input's shape. has_weight, has_bias: whether to return their gradients.
+        beta: ``(C,)`` float64 bias (zeros without affine parameters), with which the
+            backward pass recomputes a following ReLU's mask (``relu=True``); None in a cache
+            made without it (then ``relu=True`` is refused).
     """
 
     x3: np.ndarray
@@ -69,6 +73,7 @@ class BatchNormCache(NamedTuple):
     shape: Tuple[int, ...]
     has_weight: bool
     has_bias: bool
+    beta: Optional[np.ndarray] = None
 
 
 def _as_acb(x):
@@ -266,7 +271,7 @@ def batch_norm_forward(x, weight=None, bias=None, running_mean=None, running_var
         _kernel.normalize_running(x3, mean, running_var.astype(np.float64, copy=False), gamma,
                                   beta, float(eps), invstd, out3, threads, relu, *pooled)
     cache = BatchNormCache(x3, mean, invstd, gamma, bool(training), x.shape, weight is not None,
-                           bias is not None)
+                           bias is not None, beta)
     return out, cache
 
 
@@ -333,7 +338,7 @@ def _check_cache(layer, cache):
 
 
 def batch_norm_backward(dout, cache, layer="batch_norm", out=None, relu_output=None,
-                        pool_cache=None):
+                        pool_cache=None, relu=False):
     """Gradients of :func:`batch_norm_forward`.
 
     Args:
@@ -353,6 +358,12 @@ def batch_norm_backward(dout, cache, layer="batch_norm", out=None, relu_output=N
             of ``max_pool2d_backward``, (``relu_backward``,) then this function, bit for bit.
             With 2x2 windows and stride 2 (compiled backend) the pool's gradient is written
             plane by plane inside the kernel's passes, with no full-size gradient array.
+        relu (bool): as ``relu_output`` (a ReLU followed; ``dout`` is the gradient of its
+            output, or of the pool after it), but without that output: the kernel recomputes
+            the ReLU's mask from the cached input and parameters (``y <= 0`` where
+            ``(x - mean) * gamma * invstd + beta``, rounded to x's dtype, is, as the forward
+            computed it), one pass over memory less; the same bits. Not with
+            ``relu_output``. Default False.
     Returns:
         (dx, dweight, dbias): ``dx`` like ``x``; ``dweight`` and ``dbias`` float64 ``(C,)``
         (None where the forward had no weight/bias). In training mode ``dx`` includes the paths
@@ -360,20 +371,36 @@ def batch_norm_backward(dout, cache, layer="batch_norm", out=None, relu_output=N
     Raises:
         ValueError/TypeError: ``dout`` or ``relu_output`` does not match the forward output
             (the pooled output, with ``pool_cache``); ``pool_cache`` is not a max pool's cache
-            of that output.
+            of that output; ``relu`` with ``relu_output``, or with a cache that has no
+            ``beta``; ``relu`` not a bool.
         RuntimeError: ``pool_cache`` is from a forward pass under :func:`minidl.no_grad`.
     """
+    relu = check_bool(layer, "relu", relu)
+    if relu and relu_output is not None:
+        raise ValueError(f"{layer}: give relu_output or relu=True (the mask recomputed), not "
+                         f"both")
     if pool_cache is not None and not _fuses_pool(layer, pool_cache, cache):
         dout = pooling.max_pool2d_backward(dout, pool_cache, layer=layer)  # MaxPool2D's first
         pool_cache = None
     if isinstance(cache, reference.BatchNormCache):  # reference backend: made by its forward
-        return _reference_backward(reference.batch_norm_backward, dout, cache, layer, out,
-                                   relu_output=relu_output)
+        if relu and cache.beta is None:
+            raise ValueError(f"{layer}: relu=True needs a cache with beta (made by "
+                             f"batch_norm_forward); pass relu_output instead")
+        backward = functools.partial(reference.batch_norm_backward, relu=relu)
+        return _reference_backward(backward, dout, cache, layer, out, relu_output=relu_output)
     if not isinstance(cache, BatchNormCache):
         raise TypeError(f"{layer}: expected the cache returned by batch_norm_forward, got "
                         f"{type(cache).__name__}")
-    x3, mean, invstd, gamma, training, shape, has_weight, has_bias = cache
+    x3, mean, invstd, gamma, training, shape, has_weight, has_bias = cache[:8]
     _check_cache(layer, cache)
+    shift = None
+    if relu:
+        if cache.beta is None:
+            raise ValueError(f"{layer}: relu=True needs a cache with beta (made by "
+                             f"batch_norm_forward); pass relu_output instead")
+        check_cache_array(layer, "batch_norm_forward", "beta", cache.beta, (x3.shape[1],),
+                          np.float64)
+        shift = cache.beta
     argmax3, width = None, 0
     if pool_cache is None:
         check_grad(layer, dout, shape, x3.dtype)
@@ -390,7 +417,7 @@ def batch_norm_backward(dout, cache, layer="batch_norm", out=None, relu_output=N
                        argmax=argmax3).reshape(x3.shape)
     y3 = None if relu_output is None else _as_acb(relu_output)
     _kernel.backward(dy3, x3, mean, invstd, gamma, training, dx3, sum_dy, sum_dy_xmu,
-                     _config.threads_for(x3.size), y3, argmax3, width)
+                     _config.threads_for(x3.size), y3, argmax3, width, shift)
     dweight = sum_dy_xmu * invstd if has_weight else None
     dbias = sum_dy if has_bias else None
     return dx3.reshape(shape), dweight, dbias

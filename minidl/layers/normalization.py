@@ -229,11 +229,12 @@ class BatchNorm(_NormBase):
         """``self.backward(relu.backward(dout))`` in one kernel call, for
         :meth:`minidl.Sequential.backward` when this layer's output went straight into the
         ReLU layer ``relu``: the kernel zeroes the gradient where the ReLU's output is <= 0 as
-        it reads it, channel by channel (no gradient array in between, one pass over memory
+        it reads it, channel by channel, the mask recomputed from this layer's input (no
+        gradient array in between, and the ReLU's output is not read: two passes over memory
         less). The same results bit for bit, and the same errors: those of ``relu.backward``
         (no forward pass, its output modified in place), then this layer's."""
-        relu_output = relu._need_cache().y
-        return self._backward(dout, input_grad, relu_output=relu_output)
+        relu._need_cache()
+        return self._backward(dout, input_grad, relu=True)
 
     def _forward_relu_pool(self, pool, x):
         """``pool(relu(self(x)))`` in one kernel pass, for :meth:`Module._call_with_relu`
@@ -254,13 +255,14 @@ class BatchNorm(_NormBase):
         """``self.backward(relu.backward(pool.backward(dout)))`` in one kernel call, for
         :meth:`minidl.Sequential.backward` when the three ran as one forward pass
         (:meth:`_forward_relu_pool`): the kernel writes each plane of the pool's gradient,
-        masks it by the ReLU and sums it while it is in cache (no full-size gradient array).
+        masks it by the ReLU (recomputed from this layer's input, as in :meth:`_backward_relu`)
+        and sums it while it is in cache (no full-size gradient array).
         The same results bit for bit, and the same errors: those of ``pool.backward``, then
         ``relu.backward``, then this layer's."""
         pool_cache = saved_for_backward("MaxPool2D", pool._cache)
         check_grad("MaxPool2D", dout, pool_cache.argmax.shape, pool_cache.dtype)
-        relu_output = relu._need_cache().y
-        return self._backward(dout, input_grad, relu_output=relu_output, pool_cache=pool_cache)
+        relu._need_cache()  # (its errors; the kernel recomputes the ReLU's mask)
+        return self._backward(dout, input_grad, relu=True, pool_cache=pool_cache)
 
 
 class BatchNorm1D(BatchNorm):

@@ -22,7 +22,7 @@ squared deviations from it), and the output cast back to the input's dtype. Noth
 validates its inputs; :func:`minidl.functional.batch_norm_forward` does that before it calls
 this one.
 """
-from typing import NamedTuple, Tuple
+from typing import NamedTuple, Optional, Tuple
 
 import numpy as np
 
@@ -49,6 +49,8 @@ class BatchNormCache(NamedTuple):
             them).
         dtype (np.dtype): dtype of the input, the output and ``dx``.
         has_weight, has_bias (bool): whether to return ``dweight`` / ``dbias``.
+        beta (np.ndarray or None): float64 ``(1, C, 1, ...)`` shift (zeros without a bias), to
+            recompute a following ReLU's output in the backward pass (``relu=True``).
     """
 
     x: np.ndarray
@@ -60,6 +62,7 @@ class BatchNormCache(NamedTuple):
     dtype: np.dtype
     has_weight: bool
     has_bias: bool
+    beta: Optional[np.ndarray] = None
 
     @property
     def out_shape(self) -> Tuple[int, ...]:
@@ -128,7 +131,7 @@ def batch_norm_forward(x, weight=None, bias=None, running_mean=None, running_var
     y = gamma * xhat + beta                        # y_i  = gamma x^_i + beta   (scale and shift)
 
     cache = BatchNormCache(x64, mean, var, gamma, float(eps), bool(training), x.dtype,
-                           weight is not None, bias is not None)
+                           weight is not None, bias is not None, beta)
     y = y.astype(x.dtype)
     if relu:  # the ReLU that follows, applied here (minidl.Sequential's fusion)
         y = np.maximum(y, 0)
@@ -139,7 +142,7 @@ def batch_norm_forward(x, weight=None, bias=None, running_mean=None, running_var
 
 
 def batch_norm_backward(dout, cache, layer="batch_norm", out=None, relu_output=None,
-                        pool_cache=None):
+                        pool_cache=None, relu=False):
     """Gradients of :func:`batch_norm_forward` by the chain rule of section 3.
 
     Same arguments and results as :func:`minidl.functional.batch_norm_backward` (``layer`` is
@@ -155,13 +158,18 @@ def batch_norm_backward(dout, cache, layer="batch_norm", out=None, relu_output=N
         pool_cache (MaxPool2dCache or None): the cache of a max pool applied after that;
             ``dout`` is then d loss / d pooled output, and the pool's backward
             (:func:`~minidl.reference.functional.pooling.max_pool2d_backward`) comes first.
+        relu (bool): as ``relu_output``, with the ReLU's output recomputed from the cache:
+            ``max(gamma * xhat + beta, 0)`` rounded to the input's dtype, as the forward did.
     Returns:
         (dx, dweight, dbias): ``dx`` like the input; ``dweight`` and ``dbias`` float64
         ``(C,)`` (None where the forward had no weight / bias). In training mode ``dx``
         includes the paths through mu_B and sigma_B^2; in eval mode it is the affine part only.
     """
-    x, mean, var, gamma, eps, training, dtype, has_weight, has_bias = cache
+    x, mean, var, gamma, eps, training, dtype, has_weight, has_bias, beta = cache
     m = x.size // x.shape[1]
+    if relu:  # the forward's output, recomputed as it computed it
+        y = (gamma * ((x - mean) / np.sqrt(var + eps)) + beta).astype(dtype)
+        relu_output = np.maximum(y, 0)
     if pool_cache is not None:  # the pool's backward
         dout = max_pool2d_backward(dout, pool_cache)
     if relu_output is not None:  # the ReLU's backward (its gradient at 0 is 0)
