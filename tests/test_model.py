@@ -224,7 +224,10 @@ def test_batchnorm_relu_pool_fusion_changes_no_bit(rng, training, dtype, size, m
         assert all(np.array_equal(a, b) for a, b in zip(got[2], want[2]))
     for a, b in zip(model.state_dict().values(), twin.state_dict().values()):
         assert np.array_equal(a, b)
-    # each layer kept its usual cache: the pool's and the ReLU's backward run on their own too
+    # the ReLU's output is not kept (only the pooled output was written) but made on demand:
+    # the pool's and the ReLU's backward run on their own too
+    from minidl.functional.activation import ReluCache
+    assert not isinstance(model[2]._cache, ReluCache)
     dpooled = rng.standard_normal(model[3]._cache.argmax.shape).astype(dtype)
     model(x)
     out = x

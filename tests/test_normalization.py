@@ -593,6 +593,57 @@ def test_pooling_option_is_batch_norm_then_max_pool_bit_for_bit(rng, shape, dtyp
             assert np.array_equal(a, b, equal_nan=True)
 
 
+@pytest.mark.parametrize("shape", [(3, 4, 6, 6), (2, 3, 7, 9), (2, 40, 5, 4)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("relu", [True, False])
+@pytest.mark.parametrize("backend", ["compiled", "reference"])
+def test_pooled_only_writes_the_pooled_output_and_the_output_can_be_recomputed(
+        rng, shape, dtype, training, relu, backend):
+    """pooled_only: the same pooled values, indices, running statistics and cache, without
+    the output (None); batch_norm_output recomputes that output from the cache, bit for
+    bit."""
+    import minidl
+    x = _random_bn_input(rng, shape, dtype)
+    x[0, 0, 0, 0] = np.nan
+    channels = shape[1]
+    weight, bias = rng.standard_normal((2, channels)).astype(dtype)
+    stats = rng.standard_normal(channels).astype(dtype), rng.random(channels).astype(dtype) + 0.5
+    pooled_shape = shape[:2] + (shape[2] // 2, shape[3] // 2)
+    results = []
+    for pooled_only in (False, True):
+        running = [s.copy() for s in stats]
+        pooled, argmax = np.empty(pooled_shape, dtype), np.empty(pooled_shape, np.int64)
+        with minidl.backend(backend):
+            out, cache = F.batch_norm_forward(x, weight, bias, *running, training=training,
+                                              relu=relu, pool_out=pooled, pool_argmax=argmax,
+                                              pooled_only=pooled_only)
+        results.append((out, pooled, argmax, running, cache))
+    (out, *full), (none, *only) = results
+    assert none is None and out is not None
+    for a, b in zip(full[:2] + full[2], only[:2] + only[2]):
+        assert np.array_equal(a, b, equal_nan=True)
+    if backend == "compiled":
+        assert np.array_equal(F.batch_norm_output(only[3], relu=relu), out, equal_nan=True)
+
+
+def test_pooled_only_and_batch_norm_output_check_their_arguments(rng):
+    x = _random_bn_input(rng, (2, 3, 4, 4), np.float32)
+    pooled = np.empty((2, 3, 2, 2), np.float32)
+    with pytest.raises(ValueError, match="^bn: pooled_only needs pool_out and no out"):
+        F.batch_norm_forward(x, layer="bn", pooled_only=True)
+    with pytest.raises(ValueError, match="^bn: pooled_only needs pool_out and no out"):
+        F.batch_norm_forward(x, layer="bn", out=np.empty_like(x), pool_out=pooled,
+                             pooled_only=True)
+    with pytest.raises(TypeError, match="^bn: expected pooled_only to be True or False"):
+        F.batch_norm_forward(x, layer="bn", pool_out=pooled, pooled_only="yes")
+    _, cache = F.batch_norm_forward(x)
+    with pytest.raises(ValueError, match="^bn: the cache has no beta"):
+        F.batch_norm_output(cache._replace(beta=None), layer="bn")
+    with pytest.raises(TypeError, match="^bn: expected the cache returned by batch_norm_forward"):
+        F.batch_norm_output(tuple(cache), layer="bn")
+
+
 @pytest.mark.parametrize("backend", ["compiled", "reference"])
 def test_backward_through_any_max_pool_is_max_pool_backward_first(rng, backend):
     """A pool_cache of another geometry (3x3 windows, stride 2) goes through

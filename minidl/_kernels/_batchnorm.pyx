@@ -58,7 +58,7 @@ by the size of the arrays (each checked in Python to fit in memory); ``num_threa
 ``int`` from 1 to 1024. Every reduction runs over one channel in one thread, in a fixed order,
 so no result depends on the number of threads.
 """
-from cython.parallel cimport prange
+from cython.parallel cimport prange, threadid
 from libc.math cimport sqrt
 from libc.stdint cimport int32_t, int64_t
 from libc.stdlib cimport free, malloc
@@ -513,6 +513,14 @@ cdef inline void _pool_plane(const _Pool* pool, const floating* plane, floating*
                    NULL if argmax == NULL else argmax + r * size)
 
 
+cdef floating[:, ::1] _planes(const floating[:, :, ::1] x, floating[:, :, ::1] out,
+                              int num_threads):
+    """Without ``out`` (only the pooled output wanted): one plane of scratch per thread, where
+    each row of the output is written and pooled; else an empty array."""
+    cdef Py_ssize_t rows = 0 if out is not None else num_threads
+    return np.empty((rows, x.shape[2]), np.float32 if floating is float else np.float64)
+
+
 def normalize(const floating[:, :, ::1] x, const double[::1] mean, const double[::1] scale,
               const double[::1] shift, floating[:, :, ::1] out, int num_threads=1,
               bint relu=False, floating[:, :, ::1] pool_out=None,
@@ -527,6 +535,8 @@ def normalize(const floating[:, :, ::1] x, const double[::1] mean, const double[
         ``pool_argmax`` may be None alone): then each ``(H, W) = (B // width, width)`` plane of
         ``out`` is max-pooled with 2x2 windows and stride 2 right after it is written, as
         ``_pool.max_pool2d_forward`` would pool ``out`` (the same values and indices).
+        ``out`` may then be None: each plane is written to a per-thread scratch plane and
+        pooled from there, so only the pooled output reaches memory.
 
     Subtracting the mean before scaling keeps a constant channel at exactly ``shift``.
 
@@ -556,7 +566,8 @@ def normalize_running(const floating[:, :, ::1] x, const double[::1] mean,
     OUT invstd: (C,) float64, ``1 / sqrt(running_var + eps)`` (the cache keeps it).
     OUT out: (A, C, B), x's dtype (may be x itself).
     IN  relu: then ``out = max(out, 0)`` in the same pass.
-    OUT pool_out, pool_argmax: None, or the 2x2 max pool of ``out`` (see :func:`normalize`).
+    OUT pool_out, pool_argmax: None, or the 2x2 max pool of ``out`` (see :func:`normalize`;
+        ``out`` may then be None).
 
     Preconditions (checked by the caller, not here): those of :func:`normalize`; the vectors of
     length ``C >= 1``; ``num_threads >= 1``.
@@ -585,7 +596,10 @@ cdef void _normalize(const floating[:, :, ::1] x, const double* mean, const doub
     """The loops of :func:`normalize` (per-channel pointers of length C)."""
     cdef Py_ssize_t A = x.shape[0], C = x.shape[1], B = x.shape[2], r, c, blk
     cdef const floating* xp = &x[0, 0, 0]
-    cdef floating* outp = &out[0, 0, 0]
+    cdef floating* outp = NULL if out is None else &out[0, 0, 0]
+    cdef floating[:, ::1] planes = _planes(x, out, num_threads)
+    cdef floating* sp = NULL if out is not None else &planes[0, 0]
+    cdef floating* row
     cdef _PoolPlan plan = None if pool_out is None else _PoolPlan(B, width, False)
     cdef const _Pool* pool = NULL if plan is None else &plan.pool
     cdef floating* zp = NULL if pool_out is None else &pool_out[0, 0, 0]
@@ -599,24 +613,28 @@ cdef void _normalize(const floating[:, :, ::1] x, const double* mean, const doub
     with nogil:
         for r in prange(A * C, num_threads=num_threads, schedule="static"):
             c = r % C
-            _affine(xp + r * B, outp + r * B, B, mean[c], scale[c], shift[c], relu)
+            row = outp + r * B if sp == NULL else sp + threadid() * B
+            _affine(xp + r * B, row, B, mean[c], scale[c], shift[c], relu)
             if pool != NULL:
-                _pool_plane(pool, outp + r * B, zp, ap, r)
+                _pool_plane(pool, row, zp, ap, r)
 
 
 cdef void _normalize_channel(const floating* x, floating* out, Py_ssize_t A, Py_ssize_t C,
                              Py_ssize_t B, Py_ssize_t c, double mean, double scale,
                              double shift, bint relu, const _Pool* pool, floating* pooled,
-                             int64_t* argmax) noexcept nogil:
+                             int64_t* argmax, floating* plane) noexcept nogil:
     """out = (x - mean) * scale + shift (then max(out, 0) when ``relu``) over channel c (all A
     rows of B values); each row then max-pooled into ``pooled`` / ``argmax`` unless ``pool`` is
-    NULL."""
+    NULL. With ``plane`` (B values of scratch) the rows go there instead of ``out``, one after
+    the other, each pooled from there."""
     cdef Py_ssize_t a, off
+    cdef floating* row
     for a in range(A):
         off = (a * C + c) * B
-        _affine(x + off, out + off, B, mean, scale, shift, relu)
+        row = out + off if plane == NULL else plane
+        _affine(x + off, row, B, mean, scale, shift, relu)
         if pool != NULL:
-            _pool_plane(pool, out + off, pooled, argmax, a * C + c)
+            _pool_plane(pool, row, pooled, argmax, a * C + c)
 
 
 def forward_train(const floating[:, :, ::1] x, const double[::1] gamma, const double[::1] beta,
@@ -631,7 +649,8 @@ def forward_train(const floating[:, :, ::1] x, const double[::1] gamma, const do
     OUT out: (A, C, B), x's dtype: gamma * (x - mean) / sqrt(var + eps) + beta.
     IN  relu: then ``out = max(out, 0)`` in the same pass (a following ReLU, bit for bit).
     OUT mean, var: (C,) float64, the batch mean and biased variance (as :func:`channel_stats`).
-    OUT pool_out, pool_argmax: None, or the 2x2 max pool of ``out`` (see :func:`normalize`).
+    OUT pool_out, pool_argmax: None, or the 2x2 max pool of ``out`` (see :func:`normalize`;
+        ``out`` may then be None).
 
     A channel is normalized right after its statistics are computed, while its values are still
     in the core's cache, so x is read from memory once instead of twice.
@@ -643,12 +662,15 @@ def forward_train(const floating[:, :, ::1] x, const double[::1] gamma, const do
     """
     cdef Py_ssize_t A = x.shape[0], C = x.shape[1], B = x.shape[2], c
     cdef const floating* xp = &x[0, 0, 0]
-    cdef floating* outp = &out[0, 0, 0]
+    cdef floating* outp = NULL if out is None else &out[0, 0, 0]
     cdef Py_ssize_t blk
     cdef _PoolPlan plan = None if pool_out is None else _PoolPlan(B, width, False)
     cdef const _Pool* pool = NULL if plan is None else &plan.pool
     cdef floating* zp = NULL if pool_out is None else &pool_out[0, 0, 0]
     cdef int64_t* ap = NULL if pool_argmax is None else &pool_argmax[0, 0, 0]
+    cdef floating[:, ::1] planes = _planes(x, out, num_threads)
+    cdef floating* sp = NULL if out is not None else &planes[0, 0]
+    cdef int t
     if B == 1:  # one value per row and channel: the column kernels
         with nogil:
             for blk in prange(ceil_div(C, COLUMN_BLOCK), num_threads=num_threads,
@@ -658,10 +680,11 @@ def forward_train(const floating[:, :, ::1] x, const double[::1] gamma, const do
         return
     with nogil:
         for c in prange(C, num_threads=num_threads, schedule="static"):
+            t = threadid()
             _channel_stats_one(xp, A, C, B, c, &mean[c], &var[c])
             _normalize_channel(xp, outp, A, C, B, c, mean[c],
                                gamma[c] * (1.0 / sqrt(var[c] + eps)), beta[c], relu, pool, zp,
-                               ap)
+                               ap, NULL if sp == NULL else sp + t * B)
 
 
 def backward(const floating[:, :, ::1] dy, const floating[:, :, ::1] x, const double[::1] mean,

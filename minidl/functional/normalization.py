@@ -41,8 +41,8 @@ from .._kernels import _batchnorm as _kernel
 from ..reference.functional import normalization as reference
 from . import pooling
 
-__all__ = ["BatchNormCache", "batch_norm_forward", "batch_norm_backward", "channel_stats",
-           "update_running_stats", "batch_norm_stats", "combine_batch_norm_stats",
+__all__ = ["BatchNormCache", "batch_norm_forward", "batch_norm_backward", "batch_norm_output",
+           "channel_stats", "update_running_stats", "batch_norm_stats", "combine_batch_norm_stats",
            "batch_norm_grad_sums", "batch_norm_input_grad", "SyncBatchNormCache",
            "sync_batch_norm_forward", "sync_batch_norm_backward", "SampleNormCache",
            "layer_norm_forward", "layer_norm_backward", "group_norm_forward",
@@ -181,7 +181,7 @@ def update_running_stats(running_mean, running_var, mean, var, count, momentum):
 
 def batch_norm_forward(x, weight=None, bias=None, running_mean=None, running_var=None,
                        training=True, momentum=0.1, eps=1e-5, layer="batch_norm", out=None,
-                       relu=False, pool_out=None, pool_argmax=None):
+                       relu=False, pool_out=None, pool_argmax=None, pooled_only=False):
     """Batch-normalize ``x`` per channel (axis 1); like ``torch.nn.functional.batch_norm``.
 
     Args:
@@ -213,8 +213,15 @@ def batch_norm_forward(x, weight=None, bias=None, running_mean=None, running_var
             ``MaxPool2dCache(pool_argmax, x.shape, x.dtype, True)`` then serves
             :func:`~minidl.functional.pooling.max_pool2d_backward`, or this function's
             backward with its ``pool_cache``). None: the maxima only.
+        pooled_only (bool): with ``pool_out``: do not write the output itself anywhere (each
+            plane goes through a per-thread scratch plane and is pooled from there), and
+            return None in its place: one pass over memory less when nothing reads it (the
+            backward pass needs only the cache: ``relu=True`` recomputes a ReLU's mask).
+            Compiled backend only (the reference one computes the output anyway). Default
+            False.
     Returns:
-        (out, cache): ``out`` has the shape and dtype of ``x``; ``cache`` is for
+        (out, cache): ``out`` has the shape and dtype of ``x`` (None with ``pooled_only``);
+        ``cache`` is for
         :func:`batch_norm_backward` (a :class:`BatchNormCache`, or under the reference backend
         a :class:`minidl.reference.functional.normalization.BatchNormCache`).
     Raises:
@@ -226,7 +233,7 @@ def batch_norm_forward(x, weight=None, bias=None, running_mean=None, running_var
             [0, 1]; an unusable ``out``, ``pool_out`` or ``pool_argmax`` (wrong shape/dtype/
             layout, read-only, or sharing memory with an argument); ``pool_argmax`` without
             ``pool_out``, or ``pool_out`` for an input that is not ``(N, C, H, W)`` with
-            ``H, W >= 2``.
+            ``H, W >= 2``; ``pooled_only`` without ``pool_out`` or with ``out``.
         TypeError: ``training`` is not a bool; ``eps``/``momentum`` are not real numbers;
             ``weight``/``bias`` are not arrays of real numbers.
         MemoryError: the output would not fit in this machine's memory.
@@ -235,6 +242,10 @@ def batch_norm_forward(x, weight=None, bias=None, running_mean=None, running_var
     num_channels = x.shape[1]
     training = check_bool(layer, "training", training)
     relu = check_bool(layer, "relu", relu)
+    pooled_only = check_bool(layer, "pooled_only", pooled_only)
+    if pooled_only and (pool_out is None or out is not None):
+        raise ValueError(f"{layer}: pooled_only needs pool_out and no out (it writes the "
+                         f"pooled output only)")
     eps = check_eps(layer, eps)
     momentum = check_number(layer, "momentum", momentum, low=0.0, high=1.0)
     gamma = _channel_vector(layer, weight, num_channels, "weight", default=1.0)
@@ -246,16 +257,18 @@ def batch_norm_forward(x, weight=None, bias=None, running_mean=None, running_var
             f"{layer}: expected more than 1 value per channel when training, "
             f"got input of shape {x.shape}"
         )
-    out = _output(layer, out, x, weight=weight, bias=bias, running_mean=running_mean,
-                  running_var=running_var)
+    reference_backend = get_backend() == "reference"
+    if not pooled_only or reference_backend:
+        out = _output(layer, out, x, weight=weight, bias=bias, running_mean=running_mean,
+                      running_var=running_var)
     pooled = _pool_outputs(layer, x, out, pool_out, pool_argmax, weight=weight, bias=bias,
                            running_mean=running_mean, running_var=running_var)
-    if get_backend() == "reference":  # reference backend: Algorithm 1, line by line
+    if reference_backend:  # reference backend: Algorithm 1, line by line
         return reference.batch_norm_forward(x, weight, bias, running_mean, running_var,
                                             training, momentum, eps, layer, out, relu, pool_out,
-                                            pool_argmax)
+                                            pool_argmax, pooled_only)
     x3 = _as_acb(x)
-    out3 = out.reshape(x3.shape)
+    out3 = None if out is None else out.reshape(x3.shape)
     threads = _config.threads_for(x3.size)
     if training:
         mean = np.empty(num_channels, np.float64)
@@ -273,6 +286,35 @@ def batch_norm_forward(x, weight=None, bias=None, running_mean=None, running_var
     cache = BatchNormCache(x3, mean, invstd, gamma, bool(training), x.shape, weight is not None,
                            bias is not None, beta)
     return out, cache
+
+
+def batch_norm_output(cache, relu=False, layer="batch_norm"):
+    """The output of the forward pass that made ``cache``, recomputed from it (the input, the
+    statistics, gamma and beta it keeps): the same values bit for bit, e.g. for a ReLU after a
+    forward with ``pooled_only``, whose output was not kept.
+
+    Args:
+        cache (BatchNormCache): from :func:`batch_norm_forward` (compiled backend), with beta.
+        relu (bool): the forward's ``relu``.
+    Returns:
+        np.ndarray: x's shape and dtype.
+    Raises:
+        TypeError/ValueError: not such a cache.
+    """
+    if not isinstance(cache, BatchNormCache):
+        raise TypeError(f"{layer}: expected the cache returned by batch_norm_forward, got "
+                        f"{type(cache).__name__}")
+    _check_cache(layer, cache)
+    if cache.beta is None:
+        raise ValueError(f"{layer}: the cache has no beta to recompute the output with")
+    check_cache_array(layer, "batch_norm_forward", "beta", cache.beta, cache.mean.shape,
+                      np.float64)
+    x3 = cache.x3
+    out = _memory.empty(x3.shape, x3.dtype)
+    # scale as the forward's kernels computed it: gamma * (1 / sqrt(var + eps)) = gamma * invstd
+    _kernel.normalize(x3, cache.mean, cache.gamma * cache.invstd, cache.beta, out,
+                      _config.threads_for(x3.size), relu)
+    return out.reshape(cache.shape)
 
 
 def _output(layer, out, x, **others):

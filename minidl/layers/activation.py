@@ -1,4 +1,6 @@
 """Activation layers: ReLU, Softmax, Sigmoid and Tanh."""
+from typing import Callable, NamedTuple
+
 import numpy as np
 
 from .._checks import check_grad, check_kept
@@ -23,9 +25,15 @@ class _Stateless(Module):
         """Keep ``cache`` for backward, with a fingerprint of ``out`` (which it refers to)."""
         self._keep_for_backward(cache, output=out)
 
-    def _need_cache(self):
+    def _need_cache(self, make=True):
+        """The cache of the last forward pass (RuntimeError if there is none, or the output
+        it refers to was modified in place); an output that was not kept is recomputed here,
+        once, unless ``make`` is False (a caller that only wants the errors)."""
         cache = saved_for_backward(type(self).__name__, self._cache)
         check_kept(type(self).__name__, self._watched)
+        if make and isinstance(cache, _Recompute):  # an output not kept: made now, once
+            cache = cache.make()
+            self.__dict__["_cache"] = cache
         return cache
 
     def _no_input_grad(self, dout, output):
@@ -68,6 +76,19 @@ class ReLU(_OutputActivation):
         output of a layer that applied this ReLU in its own pass
         (:meth:`Module._call_with_relu`)."""
         self._keep(ReluCache(out), out)
+
+    def _adopt_recomputed_output(self, make):
+        """As :meth:`_adopt_output` for an output that was not kept (BatchNorm -> ReLU ->
+        MaxPool2D in one pass writes the pooled output only): ``make()`` returns its
+        ``ReluCache``, recomputed bit for bit, when a backward pass of this layer needs it
+        (the fused pass's own does not)."""
+        self._keep_for_backward(_Recompute(make))
+
+
+class _Recompute(NamedTuple):
+    """A cache to be made when first needed: ``make()`` returns it."""
+
+    make: Callable
 
 
 class Softmax(_Stateless):

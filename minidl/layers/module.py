@@ -309,8 +309,8 @@ class Module:
                 out = self._forward_relu(x)
                 relu._adopt_output(out)
                 return out
-            out, pooled, pool_cache = self._forward_relu_pool(pool, x)
-            relu._adopt_output(out)
+            pooled, pool_cache, relu_output = self._forward_relu_pool(pool, x)
+            relu._adopt_recomputed_output(relu_output)
             pool._adopt_cache(pool_cache)
             return pooled
         finally:

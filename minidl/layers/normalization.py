@@ -36,6 +36,8 @@ from .._checks import (check_allocation, check_bool, check_eps, check_float_arra
                        shape_tuple)
 from .. import _memory
 from .._grad_mode import is_grad_enabled, saved_for_backward
+from ..functional.activation import ReluCache
+from ..functional.normalization import batch_norm_output
 from ..functional.pooling import MaxPool2dCache
 from .module import Module, Parameter
 
@@ -233,23 +235,28 @@ class BatchNorm(_NormBase):
         gradient array in between, and the ReLU's output is not read: two passes over memory
         less). The same results bit for bit, and the same errors: those of ``relu.backward``
         (no forward pass, its output modified in place), then this layer's."""
-        relu._need_cache()
+        relu._need_cache(make=False)  # (its errors: the kernel recomputes the mask)
         return self._backward(dout, input_grad, relu=True)
 
     def _forward_relu_pool(self, pool, x):
         """``pool(relu(self(x)))`` in one kernel pass, for :meth:`Module._call_with_relu`
         (``pool`` is a MaxPool2D with 2x2 windows and stride 2, ``x`` an ``(N, C, H, W)``
         array with ``H, W >= 2``): each plane of the output is max-pooled right after it is
-        written (the same values bit for bit, the pass over memory between them saved).
-        Returns ``(relu output, pooled output, the pool's cache)``; this layer keeps its usual
-        cache."""
+        computed, and only the pooled output is written (the same values bit for bit, two
+        passes over memory saved). Returns ``(pooled output, the pool's cache, the ReLU's
+        output recomputed on demand)``; this layer keeps its usual cache."""
         pool._release_saved()  # the previous indices can serve this pass
         n, c, height, width = x.shape
         shape = (n, c, height // 2, width // 2)
         pooled = _memory.empty(shape, x.dtype)
         argmax = _memory.empty(shape, np.int64) if is_grad_enabled() else None
-        out = self._normalize(x, relu=True, pool_out=pooled, pool_argmax=argmax)
-        return out, pooled, MaxPool2dCache(argmax, out.shape, out.dtype, True)
+        self._normalize(x, relu=True, pool_out=pooled, pool_argmax=argmax, pooled_only=True)
+        cache, watched = self._cache, self._watched
+
+        def relu_output():  # for a backward pass of the ReLU layer alone (hooks, by hand)
+            check_kept(type(self).__name__, watched)
+            return ReluCache(batch_norm_output(cache, relu=True, layer=type(self).__name__))
+        return pooled, MaxPool2dCache(argmax, x.shape, x.dtype, True), relu_output
 
     def _backward_relu_pool(self, relu, pool, dout, input_grad=True):
         """``self.backward(relu.backward(pool.backward(dout)))`` in one kernel call, for
@@ -261,7 +268,7 @@ class BatchNorm(_NormBase):
         ``relu.backward``, then this layer's."""
         pool_cache = saved_for_backward("MaxPool2D", pool._cache)
         check_grad("MaxPool2D", dout, pool_cache.argmax.shape, pool_cache.dtype)
-        relu._need_cache()  # (its errors; the kernel recomputes the ReLU's mask)
+        relu._need_cache(make=False)  # (its errors; the kernel recomputes the ReLU's mask)
         return self._backward(dout, input_grad, relu=True, pool_cache=pool_cache)
 
 

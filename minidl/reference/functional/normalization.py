@@ -85,7 +85,7 @@ def _per_channel(vector, x):
 
 def batch_norm_forward(x, weight=None, bias=None, running_mean=None, running_var=None,
                        training=True, momentum=0.1, eps=1e-5, layer="batch_norm", out=None,
-                       relu=False, pool_out=None, pool_argmax=None):
+                       relu=False, pool_out=None, pool_argmax=None, pooled_only=False):
     """Batch-normalize ``x`` per channel: Algorithm 1 (training) or fixed statistics (eval).
 
     Same arguments and results as :func:`minidl.functional.batch_norm_forward` (``layer`` is
@@ -104,6 +104,7 @@ def batch_norm_forward(x, weight=None, bias=None, running_mean=None, running_var
         pool_out, pool_argmax (np.ndarray or None): where to write the 2x2, stride-2 max pool
             of the output (after the ReLU) and its indices: the reference
             :func:`~minidl.reference.functional.pooling.max_pool2d_forward`, run after this.
+        pooled_only (bool): return None instead of the output (computed all the same).
     Returns:
         (out, cache): ``out`` has the shape and dtype of ``x``; ``cache`` is a
         :class:`BatchNormCache` (BatchNorm's own, also with ``relu``).
@@ -138,7 +139,7 @@ def batch_norm_forward(x, weight=None, bias=None, running_mean=None, running_var
     y = into(out, y)
     if pool_out is not None:  # the MaxPool2D(2) that follows (minidl.Sequential's fusion)
         max_pool2d_forward(y, 2, out=pool_out, argmax=pool_argmax)
-    return y, cache
+    return (None if pooled_only else y), cache
 
 
 def batch_norm_backward(dout, cache, layer="batch_norm", out=None, relu_output=None,
