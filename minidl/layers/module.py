@@ -309,6 +309,7 @@ class Module:
                 out = self._forward_relu(x)
                 relu._adopt_output(out)
                 return out
+            relu._release_saved()  # its recipe holds the last pass's cache: free it first
             pooled, pool_cache, relu_output = self._forward_relu_pool(pool, x)
             relu._adopt_recomputed_output(relu_output)
             pool._adopt_cache(pool_cache)
