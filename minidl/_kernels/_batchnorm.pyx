@@ -464,12 +464,13 @@ def channel_stats(const floating[:, :, ::1] x, double[::1] mean, double[::1] var
 
 # ----------------------------------------------------------------------------------------------
 # BatchNorm -> ReLU -> MaxPool2D(2) in one pass (minidl.Sequential runs the three layers so): the
-# forward kernels max-pool each (H, W) plane of their output right after writing it, while it is
-# in the core's cache, and the backward kernel writes each plane of the pooled gradient into dx
-# (MaxPool2D's backward) just before it masks and sums it. The pooling is _pool2x2.pxd's, the
-# same per-plane code as MaxPool2D's, so values, indices and gradients are those of the three
-# layers run one after the other, bit for bit; the pass over memory between them (and the
-# full-size gradient array) is saved.
+# forward kernels max-pool each (H, W) plane of their output right after computing it, while it
+# is in the core's cache (with out=None the plane goes to a per-thread scratch plane and only the
+# pooled output is written), and the backward kernel writes each plane of the pooled gradient
+# into dx (MaxPool2D's backward) just before it masks it by the ReLU (recomputed from x:
+# relu_shift) and sums it. The pooling is _pool2x2.pxd's, the same per-plane code as
+# MaxPool2D's, so values, indices and gradients are those of the three layers run one after the
+# other, bit for bit, without the passes over memory between them or a full-size gradient.
 
 cdef struct _Pool:
     # one plane of the 2x2, stride-2 max pool: the input plane is (H, W), the pooled one
@@ -516,9 +517,10 @@ cdef inline void _pool_plane(const _Pool* pool, const floating* plane, floating*
 cdef floating[:, ::1] _planes(const floating[:, :, ::1] x, floating[:, :, ::1] out,
                               int num_threads):
     """Without ``out`` (only the pooled output wanted): one plane of scratch per thread, where
-    each row of the output is written and pooled; else an empty array."""
-    cdef Py_ssize_t rows = 0 if out is not None else num_threads
-    return np.empty((rows, x.shape[2]), np.float32 if floating is float else np.float64)
+    each row of the output is written and pooled; else None."""
+    if out is not None:
+        return None
+    return np.empty((num_threads, x.shape[2]), np.float32 if floating is float else np.float64)
 
 
 def normalize(const floating[:, :, ::1] x, const double[::1] mean, const double[::1] scale,
