@@ -296,25 +296,45 @@ def batch_norm_output(cache, relu=False, layer="batch_norm"):
     Args:
         cache (BatchNormCache): from :func:`batch_norm_forward` (compiled backend), with beta.
         relu (bool): the forward's ``relu``.
+        layer (str): name used in error messages.
     Returns:
-        np.ndarray: x's shape and dtype.
+        np.ndarray: the forward input's shape (``(N, C)``, ``(N, C, L)`` or ``(N, C, H, W)``)
+        and dtype (float32/float64), a new array.
     Raises:
-        TypeError/ValueError: not such a cache.
+        TypeError: not a :class:`BatchNormCache` (a reference backend's cache included: that
+            backend keeps its outputs).
+        ValueError: a cache made without beta, or whose arrays were changed.
     """
     if not isinstance(cache, BatchNormCache):
         raise TypeError(f"{layer}: expected the cache returned by batch_norm_forward, got "
                         f"{type(cache).__name__}")
     _check_cache(layer, cache)
-    if cache.beta is None:
-        raise ValueError(f"{layer}: the cache has no beta to recompute the output with")
-    check_cache_array(layer, "batch_norm_forward", "beta", cache.beta, cache.mean.shape,
-                      np.float64)
+    beta = _cache_beta(layer, cache, "the cache has no beta to recompute the output with")
     x3 = cache.x3
     out = _memory.empty(x3.shape, x3.dtype)
     # scale as the forward's kernels computed it: gamma * (1 / sqrt(var + eps)) = gamma * invstd
-    _kernel.normalize(x3, cache.mean, cache.gamma * cache.invstd, cache.beta, out,
+    _kernel.normalize(x3, cache.mean, cache.gamma * cache.invstd, beta, out,
                       _config.threads_for(x3.size), relu)
     return out.reshape(cache.shape)
+
+
+_NEEDS_BETA = ("relu=True needs a cache with beta (made by batch_norm_forward); pass "
+               "relu_output instead")
+
+
+def _cache_beta(layer, cache, missing):
+    """The cache's ``beta``, checked (``(C,)`` float64; a compiled cache's).
+
+    Raises:
+        ValueError: a cache made without beta (the message: ``missing``), or one whose beta was
+            changed.
+    """
+    if cache.beta is None:
+        raise ValueError(f"{layer}: {missing}")
+    if isinstance(cache, BatchNormCache):
+        check_cache_array(layer, "batch_norm_forward", "beta", cache.beta,
+                          (cache.x3.shape[1],), np.float64)
+    return cache.beta
 
 
 def _output(layer, out, x, **others):
@@ -425,9 +445,8 @@ def batch_norm_backward(dout, cache, layer="batch_norm", out=None, relu_output=N
         dout = pooling.max_pool2d_backward(dout, pool_cache, layer=layer)  # MaxPool2D's first
         pool_cache = None
     if isinstance(cache, reference.BatchNormCache):  # reference backend: made by its forward
-        if relu and cache.beta is None:
-            raise ValueError(f"{layer}: relu=True needs a cache with beta (made by "
-                             f"batch_norm_forward); pass relu_output instead")
+        if relu:
+            _cache_beta(layer, cache, _NEEDS_BETA)
         backward = functools.partial(reference.batch_norm_backward, relu=relu)
         return _reference_backward(backward, dout, cache, layer, out, relu_output=relu_output)
     if not isinstance(cache, BatchNormCache):
@@ -435,14 +454,7 @@ def batch_norm_backward(dout, cache, layer="batch_norm", out=None, relu_output=N
                         f"{type(cache).__name__}")
     x3, mean, invstd, gamma, training, shape, has_weight, has_bias = cache[:8]
     _check_cache(layer, cache)
-    shift = None
-    if relu:
-        if cache.beta is None:
-            raise ValueError(f"{layer}: relu=True needs a cache with beta (made by "
-                             f"batch_norm_forward); pass relu_output instead")
-        check_cache_array(layer, "batch_norm_forward", "beta", cache.beta, (x3.shape[1],),
-                          np.float64)
-        shift = cache.beta
+    shift = _cache_beta(layer, cache, _NEEDS_BETA) if relu else None
     argmax3, width = None, 0
     if pool_cache is None:
         check_grad(layer, dout, shape, x3.dtype)
@@ -465,19 +477,6 @@ def batch_norm_backward(dout, cache, layer="batch_norm", out=None, relu_output=N
     return dx3.reshape(shape), dweight, dbias
 
 
-# =============================================================================== SyncBatchNorm
-# The pieces a data-parallel (synchronized) BatchNorm needs, mirroring PyTorch's
-# batch_norm_stats / batch_norm_gather_stats_with_counts / batch_norm_backward_reduce /
-# batch_norm_backward_elemt. Forward: each process computes its local statistics
-# (batch_norm_stats), gathers everyone's and combines them (combine_batch_norm_stats), then
-# normalizes with the global ones (batch_norm_forward(..., training=False) does exactly that).
-# Backward: local sums (batch_norm_grad_sums), summed over the processes, then dx
-# (batch_norm_input_grad). All statistics and sums are float64. These are building blocks on
-# the compiled kernels for either backend (no textbook twin: the math is BatchNorm's above).
-# sync_batch_norm_forward/backward put them together (layers.SyncBatchNorm runs them); the
-# communication comes in as callables, so nothing here imports minidl.distributed (which sits
-# above the layers: DistributedDataParallel wraps a model).
-
 def _fuses_pool(layer, pool_cache, cache):
     """Whether :func:`batch_norm_backward` runs the max pool's gradient in its kernel: a
     compiled 2x2, stride-2 pool's cache (checked: indices present, of the output's geometry)
@@ -496,6 +495,19 @@ def _fuses_pool(layer, pool_cache, cache):
                          f"{tuple(cache.shape)}")
     return True
 
+
+# =============================================================================== SyncBatchNorm
+# The pieces a data-parallel (synchronized) BatchNorm needs, mirroring PyTorch's
+# batch_norm_stats / batch_norm_gather_stats_with_counts / batch_norm_backward_reduce /
+# batch_norm_backward_elemt. Forward: each process computes its local statistics
+# (batch_norm_stats), gathers everyone's and combines them (combine_batch_norm_stats), then
+# normalizes with the global ones (batch_norm_forward(..., training=False) does exactly that).
+# Backward: local sums (batch_norm_grad_sums), summed over the processes, then dx
+# (batch_norm_input_grad). All statistics and sums are float64. These are building blocks on
+# the compiled kernels for either backend (no textbook twin: the math is BatchNorm's above).
+# sync_batch_norm_forward/backward put them together (layers.SyncBatchNorm runs them); the
+# communication comes in as callables, so nothing here imports minidl.distributed (which sits
+# above the layers: DistributedDataParallel wraps a model).
 
 def _as_view(layer, x, what="input"):
     """Validated ``(N, C, *spatial)`` input as a C-contiguous ``(N, C, prod(spatial))`` view."""
