@@ -506,3 +506,37 @@ def test_dense_gradients_after_set_to_none_equal_the_accumulated_ones(rng):
         np.testing.assert_allclose(p.grad, 2 * q.grad, rtol=1e-6)
     for p in a.parameters():
         assert not any(np.shares_memory(p.grad, q.grad) for q in a.parameters() if q is not p)
+
+
+@pytest.mark.parametrize("method,kernel,stride", [
+    ("direct", 3, 1), ("winograd", 3, 1), ("winograd", 5, 1), ("pointwise", 1, 1),
+    ("pointwise", 1, 2), ("im2col", 3, 2), ("im2col", 4, 1)])
+def test_conv2d_gradients_handed_over_are_fresh_arrays(rng, method, kernel, stride):
+    """Conv2D hands its weight and bias gradients over (owned=True), on every method: with
+    zero_grad(set_to_none=True) they equal the accumulated ones, a gradient kept from one step
+    is not changed by the next (no buffer is reused under it), and no gradient shares memory
+    with a parameter or another gradient."""
+    x = rng.standard_normal((3, 4, 9, 9)).astype(np.float32)
+    a = Conv2D(4, 5, kernel, stride=stride, padding=kernel // 2, method=method,
+               rng=np.random.default_rng(0))
+    b = Conv2D(4, 5, kernel, stride=stride, padding=kernel // 2, method=method,
+               rng=np.random.default_rng(0))
+    dout = rng.standard_normal(a(x).shape).astype(np.float32)
+    a.zero_grad(set_to_none=True)
+    b.zero_grad()
+    for layer in (a, b):
+        layer(x)
+        layer.backward(dout)
+    for p, q in zip(a.parameters(), b.parameters()):
+        np.testing.assert_array_equal(p.grad, q.grad)
+    kept = [p.grad for p in a.parameters()]
+    copies = [g.copy() for g in kept]
+    a.zero_grad(set_to_none=True)
+    a(x)
+    a.backward(2 * dout)
+    for g, c, p in zip(kept, copies, a.parameters()):
+        np.testing.assert_array_equal(g, c)
+        np.testing.assert_allclose(p.grad, 2 * c, rtol=1e-5, atol=1e-6)
+    arrays = [p.data for p in a.parameters()] + [p.grad for p in a.parameters()]
+    for i, u in enumerate(arrays):
+        assert not any(np.shares_memory(u, v) for v in arrays[i + 1:])

@@ -483,7 +483,9 @@ def direct_forward(const floating[:, :, :, ::1] x_pad, const floating[:, ::1] we
             dtype; clobbered.
         num_threads: OpenMP threads (ignored in a serial build).
 
-    Work is split over the ``N*C4/4`` blocks of four output planes.
+    Work is split over the ``N*C4/4`` blocks of four output planes, channel-major, so each
+    thread writes whole output channels as BatchNorm's kernels read them (one thread per
+    channel): the data stays in that thread's cache.
 
     Preconditions (checked by the caller, not here): the shapes above, ``C4 >= C_out``
     (``out``'s channels), ``offsets`` for this kernel size and ``x_pad``; ``out`` shares no
@@ -507,8 +509,8 @@ def direct_forward(const floating[:, :, :, ::1] x_pad, const floating[:, ::1] we
     cdef floating* out0 = &out[0, 0, 0, 0]
 
     for task in prange(N * blocks, nogil=True, num_threads=num_threads, schedule="static"):
-        n = task // blocks
-        o = (task - n * blocks) * 4
+        o = (task // N) * 4
+        n = task - (task // N) * N
         wide = &scratch[threadid(), 0]
         if floating is float:
             minidl_conv_direct4_f(x0 + n * C * Hp * Wp, off, K, w0 + o * K, wide, L)

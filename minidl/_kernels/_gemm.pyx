@@ -161,8 +161,10 @@ def gemm(const floating[:, :, :] a, const floating[:, :, :] b, floating[:, :, :]
     agree; ``c`` shares no memory with ``a`` or ``b`` and its last stride is one element;
     ``scratch`` has at least ``num_threads`` rows of at least that size; ``num_threads >= 1``;
     when ``M <= DOT_ROWS``, the rows of ``a`` are contiguous (``a.strides[2]`` one element).
-    Work is split over the tiles of C (and the batch, unless ``sum_batch``), handed out one at
-    a time (dynamic schedule: a thread that is descheduled holds up one tile, not a share).
+    Work is split over the tiles of C (and the batch, unless ``sum_batch``), each thread taking
+    one contiguous run of them (static schedule): the same rows of C on every call with the same
+    shapes, so the thread that writes a part of C is the one whose next pass reads it (see
+    ``minidl._blas._tiles``, "Which thread computes which tile").
     """
     cdef Py_ssize_t batch = a.shape[0] if a.shape[0] > b.shape[0] else b.shape[0]
     cdef Py_ssize_t M = c.shape[1], N = c.shape[2], K = a.shape[2]
@@ -186,7 +188,7 @@ def gemm(const floating[:, :, :] a, const floating[:, :, :] b, floating[:, :, :]
     cdef bint epilogue = bias is not None or relu
     terms = batch if sum_batch else 1
 
-    for task in prange(tasks, nogil=True, num_threads=num_threads, schedule="dynamic"):
+    for task in prange(tasks, nogil=True, num_threads=num_threads, schedule="static"):
         n = task // per_matrix
         tile = task - n * per_matrix
         i0 = (tile // tiles_n) * tile_rows
@@ -244,6 +246,7 @@ def gemm_gathered(const floating[::1] base, const Py_ssize_t[::1] rows,
     Preconditions (checked by the caller, not here): every ``rows[i] + cols[k]`` indexes
     ``base``; the inner sizes agree; ``M > DOT_ROWS`` (a gathered operand never takes the dot
     products); ``c`` shares no memory with the operands; ``scratch`` as for :func:`gemm`.
+    The tiles are shared out as in :func:`gemm` (static schedule).
     """
     cdef Py_ssize_t M = c.shape[0], N = c.shape[1]
     cdef Py_ssize_t K = cols.shape[0] if gathered_a else rows.shape[0]
@@ -265,7 +268,7 @@ def gemm_gathered(const floating[::1] base, const Py_ssize_t[::1] rows,
     else:
         gd.base, gd.rows, gd.cols = &base[0], &rows[0], &cols[0]
 
-    for task in prange(tasks, nogil=True, num_threads=num_threads, schedule="dynamic"):
+    for task in prange(tasks, nogil=True, num_threads=num_threads, schedule="static"):
         i0 = (task // tiles_n) * tile_rows
         j0 = (task % tiles_n) * tile_cols
         rows_ = tile_rows if i0 + tile_rows <= M else M - i0

@@ -129,9 +129,9 @@ class Conv2D(Module):
         check_kept("Conv2D", self._watched)
         dx, dweight, dbias = conv2d_backward(dout, cache, layer="Conv2D", input_grad=input_grad)
         self._release_saved()
-        self.weight.accumulate_grad(dweight)
+        self.weight.accumulate_grad(dweight, owned=True)
         if self.bias is not None:
-            self.bias.accumulate_grad(dbias)
+            self.bias.accumulate_grad(dbias, owned=True)
         return dx
 
     def extra_repr(self):
