@@ -157,3 +157,22 @@ def test_pointwise_refuses_other_kernels_and_padding(rng):
         Conv2D(2, 2, 3, method="pointwise")
     with pytest.raises(ValueError, match=r"Conv2D.*pointwise.*padding"):
         Conv2D(2, 2, 1, padding=2, method="pointwise")
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_input_grad_same_bits_from_the_weight_view_or_its_copy(monkeypatch, stride, dtype, rng):
+    """The input gradient multiplies by weight.T as a view or as a contiguous copy
+    (TRANSPOSED_COPY_MIN_POSITIONS): the same bits either way, and the reference's values."""
+    from minidl.functional import conv_pointwise
+    x = rng.standard_normal((3, 5, 8, 8)).astype(dtype)
+    w = rng.standard_normal((7, 5, 1, 1)).astype(dtype)
+    out, cache = conv2d_forward(x, w, None, stride, 0, method="pointwise")
+    dout = rng.standard_normal(out.shape).astype(dtype)
+    results = []
+    for threshold in (0, 1 << 30):  # always the copy, never the copy
+        monkeypatch.setattr(conv_pointwise, "TRANSPOSED_COPY_MIN_POSITIONS", threshold)
+        results.append(conv2d_backward(dout, cache)[0])
+    np.testing.assert_array_equal(results[0], results[1])
+    expected = ref.conv2d_backward(dout, x, w, False, (stride, stride), (0, 0))[0]
+    assert_close(results[0], expected, dtype)
