@@ -176,3 +176,56 @@ def test_input_grad_same_bits_from_the_weight_view_or_its_copy(monkeypatch, stri
     np.testing.assert_array_equal(results[0], results[1])
     expected = ref.conv2d_backward(dout, x, w, False, (stride, stride), (0, 0))[0]
     assert_close(results[0], expected, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape,stride", [((2, 3, 7, 5), (2, 2)), ((1, 4, 6, 6), (3, 1)),
+                                          ((3, 2, 5, 9), (1, 4)), ((2, 1, 1, 1), (2, 2))])
+def test_scatter_strided_kernel_places_values_and_zeros(dtype, shape, stride, rng):
+    """_conv.scatter_strided: dst[:, :, ::sH, ::sW] = src, zeros elsewhere (over whatever dst
+    held), for sizes that the strides divide or not, on 1 to 3 threads."""
+    from minidl._kernels import _conv
+    n, c, h, w = shape
+    src = rng.standard_normal((n, c, -(-h // stride[0]), -(-w // stride[1]))).astype(dtype)
+    expected = np.zeros(shape, dtype)
+    expected[:, :, ::stride[0], ::stride[1]] = src
+    for threads in (1, 2, 3):
+        dst = np.full(shape, np.nan, dtype)
+        _conv.scatter_strided(src, dst, *stride, threads)
+        np.testing.assert_array_equal(dst, expected)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(3, 4, 19), (1, 2, 8), (2, 3, 5), (4, 1, 64), (0, 3, 5),
+                                   (2, 3, 0)])
+def test_channel_sums_kernel(dtype, shape, rng):
+    """_conv.channel_sums: per-channel sums over the batch and positions in float64, the same
+    bits on 1 to 3 threads, close to NumPy's float64 sum."""
+    from minidl._kernels import _conv
+    x = rng.standard_normal(shape).astype(dtype)
+    results = []
+    for threads in (1, 2, 3):
+        sums = np.full(shape[1], np.nan)
+        _conv.channel_sums(x, sums, threads)
+        results.append(sums)
+    np.testing.assert_array_equal(results[0], results[1])
+    np.testing.assert_array_equal(results[0], results[2])
+    np.testing.assert_allclose(results[0], x.astype(np.float64).sum(axis=(0, 2)), rtol=1e-12,
+                               atol=1e-12)
+
+
+@pytest.mark.parametrize("stride", [(2, 2), (3, 2)])
+def test_strided_pointwise_layer_matches_reference_with_bias(stride, rng):
+    """A strided 1x1 Conv2D with bias (the copy, the placement of dx and the bias sums in
+    kernels) against the reference, on odd sizes."""
+    x = rng.standard_normal((3, 5, 9, 7))
+    w = rng.standard_normal((4, 5, 1, 1))
+    b = rng.standard_normal(4)
+    out, cache = conv2d_forward(x, w, b, stride, 0, method="pointwise")
+    dout = rng.standard_normal(out.shape)
+    dx, dweight, dbias = conv2d_backward(dout, cache)
+    assert_close(out, ref.conv2d_forward(x, w, b, stride, (0, 0)), np.float64, "out")
+    ref_dx, ref_dweight, ref_dbias = ref.conv2d_backward(dout, x, w, True, stride, (0, 0))
+    assert_close(dx, ref_dx, np.float64, "dx")
+    assert_close(dweight, ref_dweight, np.float64, "dweight")
+    assert_close(dbias, ref_dbias, np.float64, "dbias")

@@ -655,3 +655,94 @@ def direct_input_grad(const floating[:, :, :, ::1] dout_wide, const floating[:, 
         dx_plane = dx0 + task * H * W
         for h in range(H):
             memcpy(dx_plane + h * W, wide + (h + pad_h) * Wp + pad_w, W * sizeof(floating))
+
+
+# ------------------------------------------------------------------ pointwise (1x1) convolution
+# A 1x1 convolution with stride reads the input at every sH-th row and sW-th column only
+# (``pad`` above, with no padding, copies those samples from a strided view, plane by plane);
+# its input gradient is zero everywhere else (``scatter_strided``), and its bias gradient is a
+# per-channel sum of the upstream gradient (``channel_sums``).
+
+def scatter_strided(const floating[:, :, :, ::1] src, floating[:, :, :, ::1] dst,
+                    Py_ssize_t stride_h, Py_ssize_t stride_w, int num_threads=1):
+    """``dst[n, c, i*sH, j*sW] = src[n, c, i, j]`` and zeros everywhere else: the adjoint of
+    taking every ``sH``-th row and ``sW``-th column (the input gradient of a strided 1x1
+    convolution).
+
+    Args:
+        src (IN): ``(N, C, OH, OW)``, float32 or float64, C-contiguous.
+        dst (OUT): ``(N, C, H, W)``, same dtype, C-contiguous, with ``(OH - 1)*sH < H <=
+            OH*sH`` (likewise W); fully overwritten.
+        stride_h, stride_w: the strides (>= 1).
+        num_threads: OpenMP threads (ignored in a serial build); work is split over the
+            ``N*C`` planes, image-major (the batched products around it split the same way).
+
+    Preconditions (checked by the caller, not here): the shapes above; ``dst`` shares no
+    memory with ``src``; ``num_threads >= 1``.
+    """
+    cdef Py_ssize_t N = dst.shape[0], C = dst.shape[1], H = dst.shape[2], W = dst.shape[3]
+    cdef Py_ssize_t OH = src.shape[2], OW = src.shape[3]
+    cdef Py_ssize_t plane, i, j
+    cdef floating* row
+    cdef const floating* values
+    if N * C * H * W == 0:
+        return
+    cdef floating* d0 = &dst[0, 0, 0, 0]
+    cdef const floating* s0 = &src[0, 0, 0, 0]
+    for plane in prange(N * C, nogil=True, num_threads=num_threads, schedule="static"):
+        for i in range(H):
+            row = d0 + (plane * H + i) * W
+            for j in range(W):
+                row[j] = 0
+            if i % stride_h == 0:
+                values = s0 + (plane * OH + i // stride_h) * OW
+                for j in range(OW):
+                    row[j * stride_w] = values[j]
+
+
+def channel_sums(const floating[:, :, ::1] x, double[::1] sums, int num_threads=1):
+    """``sums[c] = sum over n, p of x[n, c, p]``, accumulated in float64 (a bias gradient).
+
+    Each channel's values are summed image by image, in eight interleaved partial sums
+    (``p`` modulo 8, so that the additions pipeline) added in a fixed order: the result does
+    not depend on the number of threads.
+
+    Args:
+        x (IN): ``(N, C, P)``, float32 or float64, C-contiguous.
+        sums (OUT): ``(C,)``, float64; fully overwritten.
+        num_threads: OpenMP threads (ignored in a serial build); work is split over channels.
+
+    Preconditions (checked by the caller, not here): ``sums`` of length ``C``;
+    ``num_threads >= 1``.
+    """
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], P = x.shape[2]
+    cdef Py_ssize_t c, n, p, k, whole = P - P % 8
+    cdef double a0, a1, a2, a3, a4, a5, a6, a7
+    cdef const floating* row
+    if N * P == 0:
+        for c in range(C):
+            sums[c] = 0
+        return
+    for c in prange(C, nogil=True, num_threads=num_threads, schedule="static"):
+        a0 = 0
+        a1 = 0
+        a2 = 0
+        a3 = 0
+        a4 = 0
+        a5 = 0
+        a6 = 0
+        a7 = 0
+        for n in range(N):
+            row = &x[n, c, 0]
+            for p in range(0, whole, 8):
+                a0 = a0 + row[p]
+                a1 = a1 + row[p + 1]
+                a2 = a2 + row[p + 2]
+                a3 = a3 + row[p + 3]
+                a4 = a4 + row[p + 4]
+                a5 = a5 + row[p + 5]
+                a6 = a6 + row[p + 6]
+                a7 = a7 + row[p + 7]
+            for k in range(whole, P):
+                a0 = a0 + row[k]
+        sums[c] = ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7))

@@ -11,7 +11,11 @@ no im2col, no layout change)::
 
 where ``xs`` is ``x`` itself for stride 1 and ``x[:, :, ::sH, ::sW]`` (copied) otherwise, and
 ``P = OH*OW``. The products are :func:`minidl._blas.matmul` on minidl's OpenMP team (the
-transposes are strides, not copies).
+transposes are strides, not copies, except ``W.T`` for large batches, see
+:func:`_transposed_weight`); the strided copy, the strided placement of ``dxs`` and the bias
+gradient (per-channel sums in float64) are kernels of ``minidl/_kernels/_conv.pyx`` on the same
+team (``pad``, ``scatter_strided``, ``channel_sums``), split image by image as the batched
+products are, so each thread reads what it wrote.
 
 Called by :func:`minidl.functional.conv.conv2d_forward` / ``conv2d_backward``, which validate
 the arguments and choose the method (kernel 1x1, padding 0); these functions trust them. Every
@@ -21,7 +25,8 @@ from typing import NamedTuple, Tuple
 
 import numpy as np
 
-from .. import _blas, _memory
+from .. import _blas, _config, _memory
+from .._kernels import _conv as _kernel
 
 # The input gradient multiplies by a contiguous copy of weight.T when its products have at least
 # this many columns in all (N*OH*OW; see _transposed_weight).
@@ -62,7 +67,7 @@ def _at_outputs(x, stride):
         return np.ascontiguousarray(x)
     sampled = x[:, :, ::stride[0], ::stride[1]]
     xs = _memory.empty(sampled.shape, x.dtype)
-    np.copyto(xs, sampled)
+    _kernel.pad(sampled, xs, 0, 0, _config.threads_for(xs.size))  # a copy, plane by plane
     return xs
 
 
@@ -95,7 +100,9 @@ def backward(dout, cache, input_grad):
     dweight = dweight.reshape(out_channels, in_channels, 1, 1)
     dbias = None
     if cache.has_bias:
-        dbias = dout3.sum(axis=2, dtype=np.float64).sum(axis=0).astype(cache.dtype)
+        sums = np.empty(out_channels, dtype=np.float64)
+        _kernel.channel_sums(dout3, sums, _config.threads_for(dout3.size))
+        dbias = sums.astype(cache.dtype)
     if not input_grad:
         return None, dweight, dbias
     weight_t = _transposed_weight(cache.weight, n * out_h * out_w)
@@ -104,8 +111,8 @@ def backward(dout, cache, input_grad):
         _blas.matmul(weight_t, dout3, out=dx.reshape(n, in_channels, -1))
         return dx, dweight, dbias
     dxs = _blas.matmul(weight_t, dout3).reshape(n, in_channels, out_h, out_w)
-    dx = _memory.zeros(cache.x_shape, cache.dtype)
-    dx[:, :, ::cache.stride[0], ::cache.stride[1]] = dxs
+    dx = _memory.empty(cache.x_shape, cache.dtype)
+    _kernel.scatter_strided(dxs, dx, *cache.stride, _config.threads_for(dx.size))
     return dx, dweight, dbias
 
 
