@@ -720,8 +720,11 @@ def backward(dout, cache, input_grad):
                 (out_h, out_w))
     if cache.cols is None and _skip_padded_taps(plan_key, out_channels, weight_grad=True):
         drows_t = _swap_last_axes(dout)  # (N, OH*OW, C_out)
-        dbias = (dout.sum(axis=(0, 2), dtype=np.float64).astype(cache.dtype)
-                 if cache.has_bias else None)
+        dbias = None
+        if cache.has_bias:  # per-channel float64 sums, on the team
+            sums = np.empty(out_channels, dtype=np.float64)
+            _kernel.channel_sums(dout, sums, _config.threads_for(dout.size))
+            dbias = sums.astype(cache.dtype)
         dweight_taps = _skipping_weight_grad(cache, drows_t.reshape(-1, out_channels),
                                              plan_key)
         dweight = _weight_from_taps(dweight_taps, cache.weight_shape)
