@@ -14,8 +14,8 @@ where ``xs`` is ``x`` itself for stride 1 and ``x[:, :, ::sH, ::sW]`` (copied) o
 transposes are strides, not copies, except ``W.T`` for large batches, see
 :func:`_transposed_weight`); the strided copy, the strided placement of ``dxs`` and the bias
 gradient (per-channel sums in float64) are kernels of ``minidl/_kernels/_conv.pyx`` on the same
-team (``pad``, ``scatter_strided``, ``channel_sums``), split image by image as the batched
-products are, so each thread reads what it wrote.
+team (``pad``, ``scatter_strided``, ``channel_sums``); the first two split the batch image by
+image as the batched products do, so each thread reads what it wrote.
 
 Called by :func:`minidl.functional.conv.conv2d_forward` / ``conv2d_backward``, which validate
 the arguments and choose the method (kernel 1x1, padding 0); these functions trust them. Every
