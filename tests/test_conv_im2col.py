@@ -200,10 +200,11 @@ def test_stride_one_input_gradient_as_a_convolution(case, dtype, monkeypatch, rn
 
 def test_input_gradient_as_a_convolution_only_where_it_pays():
     """Strided layers, many output channels (unless the convolution skips padded taps, which
-    needs 32 channels each way), few input channels, 1x1 kernels and a padding of the whole
+    needs 32 channels each way, and the weight has fewer than CONV_INPUT_GRAD_MAX_WEIGHT_RATIO
+    times the elements of dout), few input channels, 1x1 kernels and a padding of the whole
     kernel keep dcols + col2im."""
-    def takes_it(c_in, c_out, kernel, stride, padding, size=8):
-        x = np.zeros((1, c_in, size, size), np.float32)
+    def takes_it(c_in, c_out, kernel, stride, padding, size=8, batch=2):
+        x = np.zeros((batch, c_in, size, size), np.float32)
         weight = np.zeros((c_out, c_in) + kernel, np.float32)
         _, cache = conv2d_forward(x, weight, None, stride, padding, method="im2col")
         return conv_im2col._input_grad_as_convolution(cache)
@@ -211,6 +212,10 @@ def test_input_gradient_as_a_convolution_only_where_it_pays():
     assert not takes_it(16, 16, (5, 5), 2, 2)
     assert not takes_it(16, 64, (5, 5), 1, 2)
     assert takes_it(32, 64, (5, 5), 1, 2) and not takes_it(32, 64, (5, 5), 1, 2, size=32)
+    # weight / dout = C_in*kH*kW / (N*OH*OW): 32*25/64 = 12.5 at batch 1, 6.25 at batch 2
+    assert not takes_it(32, 64, (5, 5), 1, 2, batch=1)
+    assert not takes_it(256, 256, (3, 3), 1, 1, size=4, batch=16)  # b16's layer: 9
+    assert takes_it(256, 256, (3, 3), 1, 1, size=4, batch=32)  # 4.5
     assert not takes_it(6, 16, (5, 5), 1, 0)
     assert not takes_it(16, 16, (1, 1), 1, 0)
     assert not takes_it(16, 16, (3, 3), 1, 3)

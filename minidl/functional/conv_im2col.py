@@ -72,6 +72,9 @@ CHUNK_BYTES = 4 << 20
 # this many input channels is a convolution (see _input_grad_as_convolution).
 CONV_INPUT_GRAD_MAX_OUT_CHANNELS = 32
 CONV_INPUT_GRAD_MIN_IN_CHANNELS = 16
+# ... and with more output channels, where it skips the padded taps and the weight has fewer
+# than this many times the elements of dout (weight-heavy layers on small maps: dcols by class).
+CONV_INPUT_GRAD_MAX_WEIGHT_RATIO = 8
 # Padded taps are skipped (see border_plan) in the forward product when that saves at least
 # SKIP_MIN_SAVING of its multiply-adds and both channel counts are at least
 # SKIP_MIN_CHANNELS; in the weight gradient's when it saves at least SKIP_MIN_SAVING_WEIGHT_GRAD
@@ -676,14 +679,31 @@ def _input_grad_as_convolution(cache):
     2 threads and 37.7-41.4 -> 31.7-33.6 ms at 1; with 5x5 pad 2, 19.8-23.3 -> 15.2-15.8 and
     33.8-38.2 -> 28.8-30.1 ms; (8, 32, 16, 16) -> 32, 5x5 pad 2, 1.9-2.4 -> 1.8 ms. With 64
     output channels or more it gained nothing (e.g. (32, 64, 8, 8) -> 64, 5x5 pad 2: 7.4 and
-    7.6 ms), nor with few input channels (LeNet's 6 -> 16: 3x slower)."""
+    7.6 ms), nor with few input channels (LeNet's 6 -> 16: 3x slower).
+
+    With more output channels the convolution is taken where it skips the padded taps
+    (:func:`_skip_padded_taps`), unless the weight has ``CONV_INPUT_GRAD_MAX_WEIGHT_RATIO``
+    times as many elements as ``dout`` or more: the convolution needs the flipped weight, one
+    more pass over it before it is packed, where ``dcols`` by class packs ``weight_rows`` as
+    it is. Measured, layer forward + backward, ms, convolution / columns: (8, 512, 4, 4) ->
+    512 3x3 pad 1 (weight 36x dout) 19.2-19.5 / 17.7-17.9 at 1 thread, 15.2-15.8 / 14.6 at 2;
+    (8, 256, 4, 4) -> 256 (18x) 3.9-4.0 / 3.9 and 4.7-4.8 / 3.9; the breadth suite's b16
+    training step (its (16, 256, 4, 4) -> 256 layer, 9x) 6.8-7.1 / 6.5-6.7 ms at 2 threads,
+    10.2-10.7 / 9.3-9.6 in a slow phase, 12.2-12.4 either way at 1 thread. Below that the
+    convolution was as fast or faster: (16, 128, 8, 8) -> 256 5x5 pad 2 (3.1x) 35.9 / 36.1-36.7
+    at 1 thread, 19.4-21.7 / 22.0-22.2 at 2; (32, 64, 8, 8) -> 64 5x5 (0.8x) 9.0 / 9.4."""
     out_channels, in_channels, kernel_h, kernel_w = cache.weight_shape
     if not (cache.stride == (1, 1) and in_channels >= CONV_INPUT_GRAD_MIN_IN_CHANNELS
             and kernel_h * kernel_w > 1 and cache.padding[0] < kernel_h
             and cache.padding[1] < kernel_w):
         return False
-    return (out_channels <= CONV_INPUT_GRAD_MAX_OUT_CHANNELS
-            or _skip_padded_taps(_input_grad_plan_key(cache), in_channels))
+    if out_channels <= CONV_INPUT_GRAD_MAX_OUT_CHANNELS:
+        return True
+    n, _, out_h, out_w = cache.out_shape
+    # weight / dout elements = C_in*kH*kW / (N*OH*OW)
+    weight_heavy = (in_channels * kernel_h * kernel_w
+                    >= CONV_INPUT_GRAD_MAX_WEIGHT_RATIO * n * out_h * out_w)
+    return not weight_heavy and _skip_padded_taps(_input_grad_plan_key(cache), in_channels)
 
 
 def _input_grad_plan_key(cache):
