@@ -30,7 +30,10 @@ The timed workloads run in one worker that holds every framework. Each workload 
 then timed in rounds; a round times a block of steps of one framework and then a block of the
 other, alternating which goes first, so drift of the machine affects both. The figures are
 medians over the rounds (the JSON keeps every round). The memory workloads run each framework
-in its own fresh process.
+in its own fresh process. A worker with two threads or more also probes, before and after its
+workloads, whether two cores share a cache at that moment (:func:`core_probe`; our 2-core VM
+has phases where they do not, which cost minidl's 2-thread passes more than PyTorch's), and the
+notes under the table print both probes.
 
 The benchmark is not a test: it never checks its figures against the targets. It exits with
 status 1 only when a workload raised an error.
@@ -579,6 +582,13 @@ def notes(results, info):
             lines.append(f"BatchNorm effective bandwidth: minidl {bn['minidl'] / copy:.0%} of "
                          f"np.copyto's" + (f", PyTorch {bn['peer'] / copy:.0%}"
                                            if bn.get("peer") else ""))
+    probes = [(when, info.get(f"core_probe_{when}")) for when in ("start", "end")]
+    if any(probe for _, probe in probes):
+        lines.append("cores' shared cache (core_probe: a thread summing 16 MiB its partner has "
+                     "just written, against its own; about 1x shared, about 3x not, when "
+                     "minidl's 2-thread passes lose more than PyTorch's): " + "; ".join(
+                         f"at the {when} {probe['other_ms']:.2f} / {probe['own_ms']:.2f} ms = "
+                         f"{probe['ratio']:.1f}x" for when, probe in probes if probe))
     worst = breadth_worst(results, info["threads"])
     if worst:
         lines.append("breadth suite, worst ratio: " + "; ".join(
@@ -729,8 +739,12 @@ def worker_main(args):
     elif args.worker == "time":
         emit(versions())
         emit(copy_bandwidth(sizes))
+        if threads > 1:
+            emit(dict(core_probe_start=core_probe()))
         for i in args.workloads:
             emit(guarded(i, lambda i=i: timed_workload(i, sizes, args.repeats, args.no_torch)))
+        if threads > 1:
+            emit(dict(core_probe_end=core_probe()))
     elif args.worker.startswith("memory-"):
         emit(versions())
         emit(guarded("7", lambda: memory_workload(args.worker[len("memory-"):], sizes)))
@@ -809,6 +823,44 @@ def copy_bandwidth(sizes):
         best = min(timed_call(lambda: target_t.copy_(source_t)) for _ in range(5))
         info["copy_bandwidth_torch_gbs"] = 2 * source.nbytes / best / 1e9
     return info
+
+
+def core_probe(mib=16, rounds=9):
+    """Whether two cores share a last-level cache right now (README, "Slow phases").
+
+    Two threads each add 1 to their half of a ``mib`` MiB float32 buffer, then sum either
+    their own half or their partner's (NumPy releases the GIL in both, so the threads run on
+    two cores). Returns ``{"own_ms", "other_ms", "ratio"}``: the median over ``rounds`` of the
+    slower thread's sum of each kind, and other / own. About 1 when the cores share their
+    cache; our 2-core VM also has phases where they do not, and then every cache line that one
+    thread writes and the other reads costs about 3x (ratio about 3): minidl's 2-thread passes
+    lose more there than PyTorch's, so a 2-thread figure is worth reading with this.
+    """
+    import threading
+    half = mib * 2**20 // 8
+    buffer = np.zeros(2 * half, np.float32)
+    halves = (buffer[:half], buffer[half:])
+    barrier = threading.Barrier(2)
+    seconds = {kind: [[0.0] * rounds for _ in range(2)] for kind in ("own", "other")}
+
+    def run(t):
+        for r in range(rounds):
+            for kind in ("own", "other"):
+                barrier.wait()
+                np.add(halves[t], 1, out=halves[t])  # this thread writes its half
+                barrier.wait()
+                start = time.perf_counter()
+                halves[t if kind == "own" else 1 - t].sum()
+                seconds[kind][t][r] = time.perf_counter() - start
+
+    workers = [threading.Thread(target=run, args=(t,)) for t in (0, 1)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    own, other = (statistics.median(max(a, b) for a, b in zip(*seconds[kind])) * 1e3
+                  for kind in ("own", "other"))
+    return dict(own_ms=own, other_ms=other, ratio=other / own)
 
 
 def timed_call(function):

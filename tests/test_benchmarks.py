@@ -91,6 +91,8 @@ def test_quick_run_of_the_timed_workloads_writes_table_json_and_readme(tmp_path)
     assert data["machine"]["worker_omp_wait_policy"] is None
     assert data["machine"]["threads"] == [1]
     assert data["machine"]["torch"] is not None
+    assert data["machine"].get("core_probe_start") is None  # one thread: nothing to probe
+    assert "cores' shared cache" not in result.stdout
     markdown = markdown_path.read_text()
     assert HEADER in markdown
     check_records(data, result.stdout, markdown)
@@ -116,6 +118,14 @@ def test_memory_workloads_and_two_thread_counts(tmp_path):
     assert "| workload | minidl | peer | unit | ratio | ratio, 1 thread | target | met? |" in markdown
     check_records(data, result.stdout, markdown)
     assert set(data["workloads"]["b5"]["by_threads"]) == {"1", "2"}
+    # the 2-thread worker probes whether the cores share a cache, before and after its workloads
+    for when in ("start", "end"):
+        probe = data["machine"][f"core_probe_{when}"]
+        assert probe["own_ms"] > 0 and probe["other_ms"] > 0
+        assert probe["ratio"] == pytest.approx(probe["other_ms"] / probe["own_ms"])
+    probe_lines = [line for line in result.stdout.splitlines() if "cores' shared cache" in line]
+    assert len(probe_lines) == 1 and "at the start" in probe_lines[0] \
+        and "at the end" in probe_lines[0]
     for key in ("7", "11"):
         record = data["workloads"][key]
         assert set(record["by_threads"]) == {"2"} and record["kind"] == "memory"
