@@ -584,11 +584,14 @@ def notes(results, info):
                                            if bn.get("peer") else ""))
     probes = [(when, info.get(f"core_probe_{when}")) for when in ("start", "end")]
     if any(probe for _, probe in probes):
-        lines.append("cores' shared cache (core_probe: a thread summing 16 MiB its partner has "
-                     "just written, against its own; about 1x shared, about 3x not, when "
-                     "minidl's 2-thread passes lose more than PyTorch's): " + "; ".join(
-                         f"at the {when} {probe['other_ms']:.2f} / {probe['own_ms']:.2f} ms = "
-                         f"{probe['ratio']:.1f}x" for when, probe in probes if probe))
+        lines.append("cores (core_probe): a thread summing 16 MiB its partner has just written "
+                     "against its own (about 1x when the cores share a cache, about 3x when "
+                     "not, where minidl's 2-thread passes lose more than PyTorch's), and two "
+                     "threads summing at once against one alone (about 1x on two cores, about "
+                     "2x on one core's time): " + "; ".join(
+                         f"at the {when} {probe['ratio']:.1f}x ({probe['other_ms']:.2f} / "
+                         f"{probe['own_ms']:.2f} ms) and {probe.get('together', 0):.1f}x"
+                         for when, probe in probes if probe))
     worst = breadth_worst(results, info["threads"])
     if worst:
         lines.append("breadth suite, worst ratio: " + "; ".join(
@@ -830,11 +833,15 @@ def core_probe(mib=16, rounds=9):
 
     Two threads each add 1 to their half of a ``mib`` MiB float32 buffer, then sum either
     their own half or their partner's (NumPy releases the GIL in both, so the threads run on
-    two cores). Returns ``{"own_ms", "other_ms", "ratio"}``: the median over ``rounds`` of the
-    slower thread's sum of each kind, and other / own. About 1 when the cores share their
-    cache; our 2-core VM also has phases where they do not, and then every cache line that one
-    thread writes and the other reads costs about 3x (ratio about 3): minidl's 2-thread passes
-    lose more there than PyTorch's, so a 2-thread figure is worth reading with this.
+    two cores). Returns ``{"own_ms", "other_ms", "ratio", "alone_ms", "together"}``: the median
+    over ``rounds`` of the slower thread's sum of each kind, other / own, the same sum by one
+    thread while the other idles, and own / alone. ``ratio`` is about 1 when the cores share
+    their cache; our 2-core VM also has phases where they do not, and then every cache line
+    that one thread writes and the other reads costs about 3x (ratio about 3): minidl's
+    2-thread passes lose more there than PyTorch's. ``together`` is about 1 when the two
+    threads run at once on two cores, about 2 when the VM gives them one core's time (seen once
+    at the start of a run: own and other both 0.68 ms, against 0.34). A 2-thread figure is
+    worth reading with both.
     """
     import threading
     half = mib * 2**20 // 8
@@ -860,7 +867,15 @@ def core_probe(mib=16, rounds=9):
         worker.join()
     own, other = (statistics.median(max(a, b) for a, b in zip(*seconds[kind])) * 1e3
                   for kind in ("own", "other"))
-    return dict(own_ms=own, other_ms=other, ratio=other / own)
+    alone = []  # the same sum by one thread while the other idles
+    for r in range(rounds):
+        np.add(halves[0], 1, out=halves[0])
+        start = time.perf_counter()
+        halves[0].sum()
+        alone.append(time.perf_counter() - start)
+    alone_ms = statistics.median(alone) * 1e3
+    return dict(own_ms=own, other_ms=other, ratio=other / own, alone_ms=alone_ms,
+                together=own / alone_ms)
 
 
 def timed_call(function):

@@ -92,7 +92,7 @@ def test_quick_run_of_the_timed_workloads_writes_table_json_and_readme(tmp_path)
     assert data["machine"]["threads"] == [1]
     assert data["machine"]["torch"] is not None
     assert data["machine"].get("core_probe_start") is None  # one thread: nothing to probe
-    assert "cores' shared cache" not in result.stdout
+    assert "(core_probe)" not in result.stdout
     markdown = markdown_path.read_text()
     assert HEADER in markdown
     check_records(data, result.stdout, markdown)
@@ -123,7 +123,8 @@ def test_memory_workloads_and_two_thread_counts(tmp_path):
         probe = data["machine"][f"core_probe_{when}"]
         assert probe["own_ms"] > 0 and probe["other_ms"] > 0
         assert probe["ratio"] == pytest.approx(probe["other_ms"] / probe["own_ms"])
-    probe_lines = [line for line in result.stdout.splitlines() if "cores' shared cache" in line]
+        assert probe["together"] == pytest.approx(probe["own_ms"] / probe["alone_ms"])
+    probe_lines = [line for line in result.stdout.splitlines() if "(core_probe)" in line]
     assert len(probe_lines) == 1 and "at the start" in probe_lines[0] \
         and "at the end" in probe_lines[0]
     for key in ("7", "11"):
