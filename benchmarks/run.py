@@ -590,7 +590,7 @@ def notes(results, info):
                      "threads summing at once against one alone (about 1x on two cores, about "
                      "2x on one core's time): " + "; ".join(
                          f"at the {when} {probe['ratio']:.1f}x ({probe['other_ms']:.2f} / "
-                         f"{probe['own_ms']:.2f} ms) and {probe.get('together', 0):.1f}x"
+                         f"{probe['own_ms']:.2f} ms) and {probe['together']:.1f}x"
                          for when, probe in probes if probe))
     worst = breadth_worst(results, info["threads"])
     if worst:

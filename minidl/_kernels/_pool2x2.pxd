@@ -53,8 +53,9 @@ cdef inline void pool_plane_2x2(const floating* plane, Py_ssize_t W, Py_ssize_t 
                                 Py_ssize_t OW, const int32_t* corner, floating* out,
                                 int64_t* argmax) noexcept nogil:
     """``_pool.pyx``'s ``_pool_plane`` specialized for 2x2 windows with stride 2 (the common
-    case): the same rule (values, indices, ties, NaNs), vectorized; ``corner`` (NULL for long rows) holds
-    the flat index of each window's top-left element; ``argmax`` NULL writes the maxima only."""
+    case): the same rule (values, indices, ties, NaNs), vectorized; ``corner`` (NULL for long
+    rows) holds the flat index of each window's top-left element; ``argmax`` NULL writes the
+    maxima only."""
     if argmax == NULL:
         if corner != NULL:
             if floating is float:

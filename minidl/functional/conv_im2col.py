@@ -170,6 +170,15 @@ def _no_bias(dtype):
     return np.empty(0, dtype=dtype)
 
 
+def bias_grad(dout3, dtype):
+    """A convolution's bias gradient: ``dout3`` ``(N, C_out, OH*OW)`` (C-contiguous, float32 or
+    float64) summed per channel in float64 on the team (``_conv.channel_sums``), returned as a
+    new ``(C_out,)`` array of ``dtype``. Also the pointwise method's."""
+    sums = np.empty(dout3.shape[1], dtype=np.float64)
+    _kernel.channel_sums(dout3, sums, _config.threads_for(dout3.size))
+    return sums.astype(dtype)
+
+
 def _padded_nhwc(x, padding, threads):
     """C-contiguous ``(N, C, H, W)`` -> C-contiguous ``(N, H + 2*pH, W + 2*pW, C)``, zeros
     around."""
@@ -740,11 +749,7 @@ def backward(dout, cache, input_grad):
                 (out_h, out_w))
     if cache.cols is None and _skip_padded_taps(plan_key, out_channels, weight_grad=True):
         drows_t = _swap_last_axes(dout)  # (N, OH*OW, C_out)
-        dbias = None
-        if cache.has_bias:  # per-channel float64 sums, on the team
-            sums = np.empty(out_channels, dtype=np.float64)
-            _kernel.channel_sums(dout, sums, _config.threads_for(dout.size))
-            dbias = sums.astype(cache.dtype)
+        dbias = bias_grad(dout, cache.dtype) if cache.has_bias else None
         dweight_taps = _skipping_weight_grad(cache, drows_t.reshape(-1, out_channels),
                                              plan_key)
         dweight = _weight_from_taps(dweight_taps, cache.weight_shape)

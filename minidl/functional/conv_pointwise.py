@@ -27,6 +27,7 @@ import numpy as np
 
 from .. import _blas, _config, _memory
 from .._kernels import _conv as _kernel
+from .conv_im2col import bias_grad
 
 # The input gradient multiplies by a contiguous copy of weight.T when its products have at least
 # this many columns in all (N*OH*OW; see _transposed_weight).
@@ -98,11 +99,7 @@ def backward(dout, cache, input_grad):
     xs3 = cache.xs.reshape(n, in_channels, out_h * out_w)
     dweight = _blas.matmul(dout3, xs3.transpose(0, 2, 1), sum_batch=True)
     dweight = dweight.reshape(out_channels, in_channels, 1, 1)
-    dbias = None
-    if cache.has_bias:
-        sums = np.empty(out_channels, dtype=np.float64)
-        _kernel.channel_sums(dout3, sums, _config.threads_for(dout3.size))
-        dbias = sums.astype(cache.dtype)
+    dbias = bias_grad(dout3, cache.dtype) if cache.has_bias else None
     if not input_grad:
         return None, dweight, dbias
     weight_t = _transposed_weight(cache.weight, n * out_h * out_w)
