@@ -119,8 +119,9 @@ def _ceil_div(a, b):
     return -(-a // b)
 
 
-def _tiles(tasks_per_tile, rows, cols, threads, nr):
-    """``(tile_rows, tile_cols)`` of C: about two tiles per thread where the matrix allows.
+def _tiles(tasks_per_tile, rows, cols, threads, nr, rows_per_sample=0):
+    """``(tile_rows, tile_cols)`` of C: about two tiles per thread where the matrix allows, or,
+    given ``rows_per_sample``, one run of whole samples per thread (see below).
 
     Each tile packs its own blocks of A and B, so tiles stay at least ``MIN_TILE_COLS`` wide
     and ``MIN_TILE_ROWS`` high unless there would be fewer tiles than threads. The tiling never
@@ -139,7 +140,24 @@ def _tiles(tasks_per_tile, rows, cols, threads, nr):
     2.6-3.2 ms against 0.8 when the cores share a cache, and 0.81-1.12 ms with the static
     schedule; when they share it, the two schedules measured the same (MNIST CNN + BN step
     11.3-12.4 ms before, 11.4-12.6 after; ResNet-style b16 7.8-8.9 and 7.5-8.8).
+
+    That holds only where the tiles split C by rows. A product with few rows per thread's
+    worth of columns split C by columns: ``dcols`` of a (64, 16, 32, 32) -> 16 7x7 stride-2
+    layer, 5 samples x 256 positions by 784 taps per chunk, went in four column tiles, so every
+    sample's row was half written by each thread and col2im, which folds whole samples, read
+    half its data from the other core. With ``rows_per_sample`` (C's rows come in runs of that
+    many per sample, a batch's output positions), the rows are cut on sample boundaries
+    instead, thread ``t`` taking the samples a static ``prange`` over the samples gives it
+    (``ceil(S / threads)`` each, the last fewer), and only columns wider than ``TILE_COLS``
+    are split further (and dcols' chunks hold a multiple of the threads' samples). That layer's
+    step at 2 threads, alternated processes: 8.5-9.3 ms before, 8.3-9.2 after; in a slow phase
+    (there, a thread overwriting 8 MiB its partner had just written took 3.1-3.5x as long as
+    overwriting its own), 15.7-16.6 ms before, 11.1-11.8 after.
     """
+    samples = rows // rows_per_sample if rows_per_sample else 0
+    if threads > 1 and samples >= threads and samples * rows_per_sample == rows:
+        tile_cols = min(_ceil_div(cols, nr) * nr, TILE_COLS)
+        return min(_ceil_div(samples, threads) * rows_per_sample, rows), tile_cols
     want = 2 * threads if threads > 1 else 1
     tiles_n = _ceil_div(cols, TILE_COLS)
     while tasks_per_tile * tiles_n < want and _ceil_div(cols, tiles_n + 1) >= MIN_TILE_COLS:
@@ -162,7 +180,7 @@ def _tiles(tasks_per_tile, rows, cols, threads, nr):
 
 
 @functools.lru_cache(maxsize=1024)
-def _plan(tasks_per_tile, rows, cols, threads, dtype_name):
+def _plan(tasks_per_tile, rows, cols, threads, dtype_name, rows_per_sample=0):
     """``(tile_rows, tile_cols, threads, scratch, narrow)`` of a product: its tiles
     (:func:`_tiles`), the threads worth starting for that many tiles, the scratch elements each
     needs, and whether the narrow micro-kernels compute it (see :func:`_narrow`).
@@ -173,7 +191,7 @@ def _plan(tasks_per_tile, rows, cols, threads, dtype_name):
     """
     narrow = _narrow(cols, dtype_name)
     nr = (_kernel.NR_NARROW if narrow else _kernel.NR)[dtype_name]
-    tile_rows, tile_cols = _tiles(tasks_per_tile, rows, cols, threads, nr)
+    tile_rows, tile_cols = _tiles(tasks_per_tile, rows, cols, threads, nr, rows_per_sample)
     tasks = tasks_per_tile * _ceil_div(rows, tile_rows) * _ceil_div(cols, tile_cols)
     return (tile_rows, tile_cols, max(1, min(threads, tasks)),
             _kernel.scratch_size(tile_cols, dtype_name, narrow), narrow)
@@ -233,7 +251,7 @@ class Gathered:
         return self.base[np.add.outer(self.rows, self.cols)]
 
 
-def _matmul_gathered(a, b, out, accumulate, layer):
+def _matmul_gathered(a, b, out, accumulate, layer, rows_per_sample=0):
     """:func:`matmul` with one :class:`Gathered` operand and one 2-D array."""
     gathered_a = isinstance(a, Gathered)
     gathered, other = (a, b) if gathered_a else (b, a)
@@ -253,7 +271,7 @@ def _matmul_gathered(a, b, out, accumulate, layer):
         return out
     threads = 1 if rows * cols * inner < PARALLEL_MIN_WORK else _config.get_num_threads()
     tile_rows, tile_cols, threads, scratch_size, narrow = _plan(
-        1, rows, cols, threads, _DTYPE_NAMES[other.dtype])
+        1, rows, cols, threads, _DTYPE_NAMES[other.dtype], rows_per_sample)
     _kernel.gemm_gathered(gathered.base, gathered.rows, gathered.cols, other, out, gathered_a,
                           accumulate, tile_rows, tile_cols,
                           _memory.empty((threads, scratch_size), other.dtype), threads, narrow)
@@ -281,7 +299,7 @@ def _nothing_to_multiply(out, no_terms, accumulate):
 
 
 def matmul(a, b, out=None, accumulate=False, sum_batch=False, layer="matmul", bias=None,
-           relu=False):
+           relu=False, rows_per_sample=0):
     """``a @ b`` on minidl's OpenMP team (see the module docstring); ``+ bias`` and a ReLU
     in the same call when asked (a Dense layer's whole forward).
 
@@ -300,6 +318,10 @@ def matmul(a, b, out=None, accumulate=False, sum_batch=False, layer="matmul", bi
         bias (np.ndarray or None): ``(N,)`` of a's dtype, contiguous: added to every row of the
             product (``out += bias`` in NumPy gives the same bits).
         relu (bool): then ``max(out, 0)`` (as ``functional.relu_forward``).
+        rows_per_sample (int): 0, or the rows of C per sample when they come in such runs
+            (an im2col convolution's output positions): the threads then split C on sample
+            boundaries, as the passes that read it split the samples (see :func:`_tiles`).
+            It changes who computes which tile, never the result. Ignored for batches.
     Either operand may instead be a :class:`Gathered` matrix (then the other is 2-D and
     ``sum_batch`` is False). ``bias`` and ``relu`` need two arrays, without ``accumulate`` or
     ``sum_batch``.
@@ -316,14 +338,14 @@ def matmul(a, b, out=None, accumulate=False, sum_batch=False, layer="matmul", bi
         if sum_batch or epilogue:
             raise ValueError(f"{layer}: sum_batch, bias and relu need two arrays, not a "
                              f"gathered operand")
-        return _matmul_gathered(a, b, out, accumulate, layer)
+        return _matmul_gathered(a, b, out, accumulate, layer, rows_per_sample)
     if epilogue and (accumulate or sum_batch):
         raise ValueError(f"{layer}: bias and relu do not combine with accumulate or sum_batch")
-    return _matmul(a, b, out, accumulate, sum_batch, layer, bias, relu)
+    return _matmul(a, b, out, accumulate, sum_batch, layer, bias, relu, rows_per_sample)
 
 
 @functools.lru_cache(maxsize=1024)
-def _geometry(a_shape, b_shape, sum_batch, num_threads, dtype_name):
+def _geometry(a_shape, b_shape, sum_batch, num_threads, dtype_name, rows_per_sample=0):
     """What :func:`_matmul` works out from the operands' shapes alone, or None when they do
     not multiply: ``(shape, out3_shape, rows, inner, cols, no_terms, tile_rows, tile_cols,
     threads, scratch_size, narrow)``. A pure function of its arguments, cached: a training
@@ -348,12 +370,13 @@ def _geometry(a_shape, b_shape, sum_batch, num_threads, dtype_name):
     minimum = PARALLEL_MIN_DOT_WORK if rows <= _kernel.DOT_ROWS else PARALLEL_MIN_WORK
     threads = 1 if work < minimum else num_threads
     tile_rows, tile_cols, threads, scratch_size, narrow = _plan(
-        1 if sum_batch else batch, rows, cols, threads, dtype_name)
+        1 if sum_batch else batch, rows, cols, threads, dtype_name,
+        rows_per_sample if single else 0)
     return (shape, out3_shape, rows, inner, cols, no_terms, tile_rows, tile_cols, threads,
             scratch_size, narrow)
 
 
-def _matmul(a, b, out, accumulate, sum_batch, layer, bias=None, relu=False):
+def _matmul(a, b, out, accumulate, sum_batch, layer, bias=None, relu=False, rows_per_sample=0):
     """:func:`matmul` of two arrays."""
     if not (isinstance(a, np.ndarray) and isinstance(b, np.ndarray)) \
             or a.dtype != b.dtype or a.dtype not in _DTYPE_NAMES:
@@ -362,7 +385,7 @@ def _matmul(a, b, out, accumulate, sum_batch, layer, bias=None, relu=False):
                         f"{getattr(b, 'dtype', type(b).__name__)}")
     dtype = a.dtype
     geometry = _geometry(a.shape, b.shape, bool(sum_batch), _config.get_num_threads(),
-                         _DTYPE_NAMES[dtype])
+                         _DTYPE_NAMES[dtype], rows_per_sample)
     if geometry is None:
         raise ValueError(f"{layer}: cannot multiply shapes {a.shape} and {b.shape}")
     (shape, out3_shape, rows, inner, cols, no_terms, tile_rows, tile_cols, threads,

@@ -122,6 +122,41 @@ def test_tiles_cover_c_in_whole_rounds_when_they_can(rows, cols, threads):
         assert tiles % threads == 0, (tile_rows, tile_cols)
 
 
+@pytest.mark.parametrize("samples, per_sample, cols, threads", [
+    (4, 256, 784, 2), (5, 256, 784, 2), (7, 49, 2048, 2), (6, 100, 64, 3), (2, 1024, 16, 2)])
+def test_tiles_by_samples_give_each_thread_whole_samples(samples, per_sample, cols, threads):
+    """With ``rows_per_sample``, the static schedule's contiguous runs of tiles (row-major)
+    give thread t exactly the samples ``prange(samples, schedule="static")`` gives it on 2
+    threads (ceil(S / T) each), whatever the width of C; the product keeps its bits."""
+    rows = samples * per_sample
+    tile_rows, tile_cols = _blas._tiles(1, rows, cols, threads, 32, rows_per_sample=per_sample)
+    assert tile_rows % per_sample == 0 and tile_cols <= _blas.TILE_COLS
+    tiles_m, tiles_n = -(-rows // tile_rows), -(-cols // tile_cols)
+    tasks = tiles_m * tiles_n
+    per_thread = -(-tasks // threads)  # OpenMP static: runs of ceil(tasks / threads)
+    first = -(-samples // threads)
+    for t in range(threads):
+        mine = range(t * per_thread, min(tasks, (t + 1) * per_thread))
+        row_pieces = {task // tiles_n for task in mine}
+        assert all(len([task for task in mine if task // tiles_n == r]) == tiles_n
+                   for r in row_pieces)  # whole rows of C
+        got = sorted({s for r in row_pieces
+                      for s in range(r * tile_rows // per_sample,
+                                     min(samples, (r + 1) * tile_rows // per_sample))})
+        assert got == list(range(t * first, min(samples, (t + 1) * first)))
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((16, rows)).astype(np.float32).T  # a transposed view, as dcols'
+    b = rng.standard_normal((16, cols)).astype(np.float32)
+    before = minidl.get_num_threads()
+    try:
+        minidl.set_num_threads(threads)
+        by_samples = _blas.matmul(a, b, rows_per_sample=per_sample).copy()
+        plain = _blas.matmul(a, b)
+    finally:
+        minidl.set_num_threads(before)
+    np.testing.assert_array_equal(by_samples, plain)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("inner", FEW_ROWS_INNER)
 def test_matmul_few_rows_any_layout_same_bits(inner, dtype, rng):

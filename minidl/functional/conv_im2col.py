@@ -620,14 +620,15 @@ def _forward_product(x, weight_taps, kernel_size, bias, stride, padding, out, wo
         _skipping_forward(x_pad, weight_taps, plan_key, out_rows)
     elif workspace is None:
         _blas.matmul(_gathered(x_pad, (kernel_h, kernel_w), stride, out_size), weight_taps,
-                     out=out_rows, layer=layer)
+                     out=out_rows, layer=layer, rows_per_sample=per_sample)
     else:  # the matrix itself, built in the caller's workspace a chunk at a time
         rows, _ = matrix_shape(x.shape, (kernel_h, kernel_w), out_size, x.dtype)
         matrix = _column_matrix(layer, workspace, (rows, taps), x.dtype)
         chunk = rows // per_sample
         for rows, part in _matrix_chunks(x_pad, matrix, (kernel_h, kernel_w), stride,
                                          per_sample, chunk, threads):
-            _blas.matmul(part, weight_taps, out=out_rows[rows], layer=layer)
+            _blas.matmul(part, weight_taps, out=out_rows[rows], layer=layer,
+                         rows_per_sample=per_sample)
         cols = matrix if chunk >= n else None
 
     has_bias = bias is not None
@@ -859,6 +860,8 @@ def _input_grad_by_columns(drows, cache):
     threads = _config.threads_for(n * per_sample * taps)
     rows, _ = matrix_shape(cache.x_shape, (kernel_h, kernel_w), (out_h, out_w), cache.dtype)
     chunk = rows // per_sample
+    if chunk > threads:  # whole rounds of samples: the threads split each chunk evenly
+        chunk -= chunk % threads
     geometry = (kernel_h, kernel_w, *cache.stride, *cache.padding)
     dx_nhwc = _memory.empty((n,) + cache.x_shape[2:] + (in_channels,), cache.dtype)
     dcols = _memory.empty((chunk * per_sample, taps), cache.dtype)
@@ -871,7 +874,8 @@ def _input_grad_by_columns(drows, cache):
     for samples, rows in _chunks(n, chunk, per_sample):
         part = dcols[:rows.stop - rows.start]
         if not skip:
-            _blas.matmul(drows[:, rows].T, cache.weight_rows, out=part)
+            _blas.matmul(drows[:, rows].T, cache.weight_rows, out=part,
+                         rows_per_sample=per_sample)
             _kernel.col2im(part, dx_nhwc[samples], *geometry, threads)
             continue
         plan_key = ((samples.stop - samples.start,) + tuple(cache.x_shape[1:]),
