@@ -584,13 +584,13 @@ def notes(results, info):
                                            if bn.get("peer") else ""))
     probes = [(when, info.get(f"core_probe_{when}")) for when in ("start", "end")]
     if any(probe for _, probe in probes):
-        lines.append("cores (core_probe): a thread summing 16 MiB its partner has just written "
-                     "against its own (about 1x when the cores share a cache, about 3x when "
-                     "not, where minidl's 2-thread passes lose more than PyTorch's), and two "
-                     "threads summing at once against one alone (about 1x on two cores, about "
-                     "2x on one core's time): " + "; ".join(
-                         f"at the {when} {probe['ratio']:.1f}x ({probe['other_ms']:.2f} / "
-                         f"{probe['own_ms']:.2f} ms) and {probe['together']:.1f}x"
+        lines.append("cores (core_probe): a thread overwriting 8 MiB its partner has just "
+                     "written against its own, and summing it (each about 1x normally, about "
+                     "3x in the VM's slow phases, where minidl's 2-thread passes lose more "
+                     "than PyTorch's), and two threads summing at once against one alone "
+                     "(about 1x on two cores, about 2x on one core's time): " + "; ".join(
+                         f"at the {when} overwrite {probe['write_ratio']:.1f}x, sum "
+                         f"{probe['ratio']:.1f}x, together {probe['together']:.1f}x"
                          for when, probe in probes if probe))
     worst = breadth_worst(results, info["threads"])
     if worst:
@@ -829,35 +829,46 @@ def copy_bandwidth(sizes):
 
 
 def core_probe(mib=16, rounds=9):
-    """Whether two cores share a last-level cache right now (README, "Slow phases").
+    """How the two cores treat each other's data right now (README, "Slow phases").
 
-    Two threads each add 1 to their half of a ``mib`` MiB float32 buffer, then sum either
-    their own half or their partner's (NumPy releases the GIL in both, so the threads run on
-    two cores). Returns ``{"own_ms", "other_ms", "ratio", "alone_ms", "together"}``: the median
-    over ``rounds`` of the slower thread's sum of each kind, other / own, the same sum by one
-    thread while the other idles, and own / alone. ``ratio`` is about 1 when the cores share
-    their cache; our 2-core VM also has phases where they do not, and then every cache line
-    that one thread writes and the other reads costs about 3x (ratio about 3): minidl's
-    2-thread passes lose more there than PyTorch's. ``together`` is about 1 when the two
-    threads run at once on two cores, about 2 when the VM gives them one core's time (seen once
-    at the start of a run: own and other both 0.68 ms, against 0.34). A 2-thread figure is
-    worth reading with both.
+    Two threads each add 1 to their half of a ``mib`` MiB float32 buffer, then either sum or
+    overwrite their own half or their partner's (NumPy releases the GIL in both, so the
+    threads run on two cores). Returns ``{"own_ms", "other_ms", "ratio", "write_own_ms",
+    "write_other_ms", "write_ratio", "alone_ms", "together"}``: the median over ``rounds`` of
+    the slower thread's sum (or overwrite) of each kind, other / own for each, the sum by one
+    thread while the other idles, and own / alone.
+
+    Our 2-core VM has phases (seconds to minutes) in which the cores treat each other's data
+    differently. ``write_ratio`` about 3 (against 1) is the one seen most: overwriting lines the
+    partner has just written costs 3x, while reading them does not (``ratio`` stays about 1);
+    every 2-thread pass that writes memory the other thread wrote last (a buffer reused between
+    passes that split the work differently) slows down there, minidl's more than PyTorch's
+    (a (64, 16, 32, 32) -> 16 7x7 stride-2 layer's step took 8 ms in one phase and 11-17 in the
+    other). ``ratio`` about 3 was seen in other runs (the cores not sharing a cache).
+    ``together`` is about 1 when the two threads run at once on two cores, about 2 when the VM
+    gives them one core's time (seen once at the start of a run: own and other both 0.68 ms,
+    against 0.34). A 2-thread figure is worth reading with all three.
     """
     import threading
     half = mib * 2**20 // 8
     buffer = np.zeros(2 * half, np.float32)
     halves = (buffer[:half], buffer[half:])
     barrier = threading.Barrier(2)
-    seconds = {kind: [[0.0] * rounds for _ in range(2)] for kind in ("own", "other")}
+    kinds = ("own", "other", "write_own", "write_other")
+    seconds = {kind: [[0.0] * rounds for _ in range(2)] for kind in kinds}
 
     def run(t):
         for r in range(rounds):
-            for kind in ("own", "other"):
+            for kind in kinds:
                 barrier.wait()
                 np.add(halves[t], 1, out=halves[t])  # this thread writes its half
                 barrier.wait()
+                half = halves[1 - t if kind.endswith("other") else t]
                 start = time.perf_counter()
-                halves[t if kind == "own" else 1 - t].sum()
+                if kind.startswith("write"):
+                    half.fill(2.0)
+                else:
+                    half.sum()
                 seconds[kind][t][r] = time.perf_counter() - start
 
     workers = [threading.Thread(target=run, args=(t,)) for t in (0, 1)]
@@ -865,8 +876,8 @@ def core_probe(mib=16, rounds=9):
         worker.start()
     for worker in workers:
         worker.join()
-    own, other = (statistics.median(max(a, b) for a, b in zip(*seconds[kind])) * 1e3
-                  for kind in ("own", "other"))
+    own, other, write_own, write_other = (
+        statistics.median(max(a, b) for a, b in zip(*seconds[kind])) * 1e3 for kind in kinds)
     alone = []  # the same sum by one thread while the other idles
     for r in range(rounds):
         np.add(halves[0], 1, out=halves[0])
@@ -874,8 +885,9 @@ def core_probe(mib=16, rounds=9):
         halves[0].sum()
         alone.append(time.perf_counter() - start)
     alone_ms = statistics.median(alone) * 1e3
-    return dict(own_ms=own, other_ms=other, ratio=other / own, alone_ms=alone_ms,
-                together=own / alone_ms)
+    return dict(own_ms=own, other_ms=other, ratio=other / own, write_own_ms=write_own,
+                write_other_ms=write_other, write_ratio=write_other / write_own,
+                alone_ms=alone_ms, together=own / alone_ms)
 
 
 def timed_call(function):

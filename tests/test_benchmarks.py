@@ -123,6 +123,8 @@ def test_memory_workloads_and_two_thread_counts(tmp_path):
         probe = data["machine"][f"core_probe_{when}"]
         assert probe["own_ms"] > 0 and probe["other_ms"] > 0
         assert probe["ratio"] == pytest.approx(probe["other_ms"] / probe["own_ms"])
+        assert probe["write_own_ms"] > 0 and probe["write_ratio"] == pytest.approx(
+            probe["write_other_ms"] / probe["write_own_ms"])
         assert probe["together"] == pytest.approx(probe["own_ms"] / probe["alone_ms"])
     probe_lines = [line for line in result.stdout.splitlines() if "(core_probe)" in line]
     assert len(probe_lines) == 1 and "at the start" in probe_lines[0] \
