@@ -193,6 +193,11 @@ def test_scatter_strided_kernel_places_values_and_zeros(dtype, shape, stride, rn
         dst = np.full(shape, np.nan, dtype)
         _conv.scatter_strided(src, dst, *stride, threads)
         np.testing.assert_array_equal(dst, expected)
+    # a wider dst (the direct kernels' dout_wide): src's rows, then zeros to the end of each row
+    wide = np.full(shape[:3] + (w + 5,), np.nan, dtype)
+    _conv.scatter_strided(src, wide, *stride, 2)
+    np.testing.assert_array_equal(wide[..., :w], expected)
+    assert not wide[..., w:].any()
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -687,12 +687,14 @@ def scatter_strided(const floating[:, :, :, ::1] src, floating[:, :, :, ::1] dst
                     Py_ssize_t stride_h, Py_ssize_t stride_w, int num_threads=1):
     """``dst[n, c, i*sH, j*sW] = src[n, c, i, j]`` and zeros everywhere else: the adjoint of
     taking every ``sH``-th row and ``sW``-th column (the input gradient of a strided 1x1
-    convolution).
+    convolution); with strides 1 and a wider ``dst``, ``src``'s rows followed by zeros (the
+    direct kernels' ``dout_wide``).
 
     Args:
         src (IN): ``(N, C, OH, OW)``, float32 or float64, C-contiguous.
         dst (OUT): ``(N, C, H, W)``, same dtype, C-contiguous, with ``(OH - 1)*sH < H <=
-            OH*sH`` (likewise W); fully overwritten.
+            OH*sH`` and ``(OW - 1)*sW < W`` (columns past ``OW*sW`` are zeros); fully
+            overwritten.
         stride_h, stride_w: the strides (>= 1).
         num_threads: OpenMP threads (ignored in a serial build); work is split over the
             ``N*C`` planes, image-major (the batched products around it split the same way).

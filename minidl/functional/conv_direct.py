@@ -118,8 +118,7 @@ def backward(dout, cache, input_grad):
     if not input_grad:
         return None, dweight, dbias
     dout_wide = _memory.empty((n, out_channels, out_h, wide_w), cache.dtype)
-    dout_wide[..., out_w:] = 0
-    dout_wide[..., :out_w] = dout
+    _kernel.scatter_strided(dout, dout_wide, 1, 1, threads)  # rows of dout, then zeros
     dx = _memory.empty(cache.x_shape, cache.dtype)
     _kernel.direct_input_grad(dout_wide, weight, dx, *cache.padding, scratch, threads)
     return dx, dweight, dbias
