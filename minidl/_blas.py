@@ -246,6 +246,17 @@ class Gathered:
         self.shape = (self.rows.size, self.cols.size)
         self.dtype = self.base.dtype
 
+    @classmethod
+    def trusted(cls, base, rows, cols):
+        """A :class:`Gathered` whose offsets are known to lie inside ``base``, without the
+        checks (5 us a call, 6% of a batch-1 convolution's training pass): ``base`` C-contiguous,
+        ``rows`` and ``cols`` 1-D ``np.intp`` arrays made for its shape, such as
+        :func:`minidl.functional.conv_im2col.gather_offsets` of ``base.shape``."""
+        gathered = cls.__new__(cls)
+        gathered.base, gathered.rows, gathered.cols = base.reshape(-1), rows, cols
+        gathered.shape, gathered.dtype = (rows.size, cols.size), base.dtype
+        return gathered
+
     def materialize(self):
         """The matrix itself, ``(len(rows), len(cols))`` (a new array)."""
         return self.base[np.add.outer(self.rows, self.cols)]

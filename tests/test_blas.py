@@ -429,6 +429,21 @@ def test_gathered_operands_give_the_matrix_bits(rows, runs, other, dtype, rng):
     _close(_blas.matmul(gathered, right), matrix.astype(np.float64) @ right, dtype, sum(runs))
 
 
+def test_trusted_gathered_is_the_checked_one_without_checks():
+    """Gathered.trusted (offsets made for the base's shape: im2col's, gather_offsets) holds the
+    same operand as the checked constructor, so the products are the same bits."""
+    from minidl.functional.conv_im2col import gather_offsets
+    rng = np.random.default_rng(0)
+    x_pad = rng.standard_normal((3, 9, 10, 8)).astype(np.float32)
+    rows, taps = gather_offsets(x_pad.shape, (3, 2), (2, 1), (4, 9))
+    checked, trusted = _blas.Gathered(x_pad, rows, taps), _blas.Gathered.trusted(x_pad, rows, taps)
+    assert trusted.shape == checked.shape == (3 * 4 * 9, 3 * 2 * 8)
+    assert trusted.dtype == checked.dtype and trusted.base.base is x_pad
+    np.testing.assert_array_equal(trusted.materialize(), checked.materialize())
+    right = rng.standard_normal((48, 20)).astype(np.float32)
+    np.testing.assert_array_equal(_blas.matmul(trusted, right), _blas.matmul(checked, right))
+
+
 def test_gathered_operand_errors(rng):
     base = np.zeros(100, np.float32)
     with pytest.raises(ValueError, match="Gathered: offsets outside base"):

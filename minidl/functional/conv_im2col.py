@@ -505,7 +505,7 @@ def _matrix_chunks(x_pad, matrix, kernel_size, stride, per_sample, chunk, thread
 def _gathered(x_pad, kernel_size, stride, out_size):
     """im2col's matrix of a padded NHWC image as a :class:`minidl._blas.Gathered` operand."""
     rows, taps = gather_offsets(x_pad.shape, tuple(kernel_size), tuple(stride), tuple(out_size))
-    return _blas.Gathered(x_pad, rows, taps)
+    return _blas.Gathered.trusted(x_pad, rows, taps)
 
 
 def _swap_last_axes(src):
@@ -786,7 +786,7 @@ def _weight_grad(dout, cache):
         # 64-channel layers)
         positions, tap_offsets = gather_offsets(cache.x_pad.shape, (kernel_h, kernel_w),
                                                 cache.stride, (out_h, out_w))
-        dweight_taps = _blas.matmul(_blas.Gathered(cache.x_pad, tap_offsets, positions),
+        dweight_taps = _blas.matmul(_blas.Gathered.trusted(cache.x_pad, tap_offsets, positions),
                                     drows.T)
         return drows, _weight_from_taps(dweight_taps, cache.weight_shape), dbias
     dweight_rows = _memory.empty((out_channels, taps), cache.dtype)
