@@ -61,6 +61,8 @@ cdef extern from "_gemm.h" nogil:
                                 const double* B, Py_ssize_t sb, Py_ssize_t rsb, Py_ssize_t csb,
                                 double* C, Py_ssize_t ldc, Py_ssize_t rows, Py_ssize_t inner,
                                 Py_ssize_t cols, Py_ssize_t terms, int acc, double* scratch)
+    void minidl_gemm_epilogue_f(float* row, const float* bias, Py_ssize_t cols, int relu)
+    void minidl_gemm_epilogue_d(double* row, const double* bias, Py_ssize_t cols, int relu)
     const char* minidl_gemm_init()
     Py_ssize_t minidl_gemm_packed_stride_f(Py_ssize_t inner, Py_ssize_t nr)
     Py_ssize_t minidl_gemm_packed_stride_d(Py_ssize_t inner, Py_ssize_t nr)
@@ -117,15 +119,11 @@ cdef inline void _epilogue(floating* row, const floating* bias, Py_ssize_t cols,
                            bint relu) noexcept nogil:
     """``row += bias`` (when ``bias`` is not NULL), then ``row = max(row, 0)`` when ``relu``:
     the same roundings as NumPy's ``out += bias`` and ``_activation.relu_forward`` (0 where
-    the value is < 0: a NaN stays NaN, -0.0 stays -0.0)."""
-    cdef Py_ssize_t j
-    if bias != NULL:
-        for j in range(cols):
-            row[j] = row[j] + bias[j]
-    if relu:
-        for j in range(cols):
-            if row[j] < 0:
-                row[j] = 0
+    the value is < 0: a NaN stays NaN, -0.0 stays -0.0). Vectorized C (``_gemm.h``)."""
+    if floating is float:
+        minidl_gemm_epilogue_f(row, bias, cols, relu)
+    else:
+        minidl_gemm_epilogue_d(row, bias, cols, relu)
 
 
 def gemm(const floating[:, :, :] a, const floating[:, :, :] b, floating[:, :, :] c,
