@@ -34,6 +34,9 @@ BREADTH = {
             64, (3, 32, 32)),
     "b18": ("ResNet-50-style bottleneck: 1x1 256->64, 3x3 64->64, 1x1 64->256 on 8x8 + BN, "
             "train step", "train", 32, (256, 8, 8)),
+    "b19": ("MLP 784-1024-1024-10 with bias, eval forward", "eval", 512, (784,)),
+    "b20": ("5x5 stride-2 pad-2 convs 16->32->64 with bias on 64x64, train step", "train", 16,
+            (16, 64, 64)),
 }
 NUM_CLASSES = 10
 
@@ -120,6 +123,14 @@ def build_breadth(config_id, minidl):
         body = (conv_bn_relu(256, 64, 1) + conv_bn_relu(64, 64, 3, 1, 1)
                 + conv_bn_relu(64, 256, 1))
         return minidl.Sequential(*body, layers.Flatten(), layers.Dense(256 * 8 * 8, NUM_CLASSES))
+    if config_id == "b19":
+        return minidl.Sequential(layers.Dense(784, 1024), layers.ReLU(), layers.Dense(1024, 1024),
+                                 layers.ReLU(), layers.Dense(1024, NUM_CLASSES))
+    if config_id == "b20":
+        return minidl.Sequential(
+            layers.Conv2D(16, 32, 5, stride=2, padding=2), layers.ReLU(),
+            layers.Conv2D(32, 64, 5, stride=2, padding=2), layers.ReLU(),
+            layers.GlobalAvgPool2D(), layers.Dense(64, NUM_CLASSES))
     raise KeyError(f"unknown breadth configuration {config_id!r}")
 
 
