@@ -82,6 +82,43 @@ def test_channel_stats_kernel_matches_two_pass_reference(rng, dtype):
     np.testing.assert_allclose(var, rvar, rtol=1e-12)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_channel_sums_are_the_rows_sums_added_in_row_order(rng, dtype):
+    """The kernels sum each row ``x[a, c, :]`` on one thread and add a channel's row sums in
+    the order a = 0, 1, ... (the rows split among the threads, in memory order): the sums of
+    ``grad_sums`` and ``backward`` are, bit for bit, ``grad_sums`` on every row as a channel
+    of its own, added in that order by a Python loop, and so are dx and the statistics at 1, 2
+    and 3 threads (3: an uneven split of the rows)."""
+    from minidl._kernels import _batchnorm
+    A, C, B = 7, 5, 300
+    x = _random_bn_input(rng, (A, C, B), dtype)
+    dy = rng.standard_normal((A, C, B)).astype(dtype)
+    mean = x.mean(axis=(0, 2), dtype=np.float64)
+    invstd, gamma = rng.uniform(0.5, 2, C), rng.standard_normal(C)
+    row_dy, row_dyx = np.empty(A * C), np.empty(A * C)
+    _batchnorm.grad_sums(dy.reshape(1, A * C, B), x.reshape(1, A * C, B), np.tile(mean, A),
+                         row_dy, row_dyx, 1)
+    want_dy, want_dyx = [0.0] * C, [0.0] * C
+    for a in range(A):
+        for c in range(C):
+            want_dy[c] += row_dy[a * C + c]
+            want_dyx[c] += row_dyx[a * C + c]
+    runs = []
+    for threads in (1, 2, 3):
+        sums = np.empty(C), np.empty(C)
+        _batchnorm.grad_sums(dy, x, mean, *sums, threads)
+        dx, fused = np.empty_like(x), (np.empty(C), np.empty(C))
+        _batchnorm.backward(dy, x, mean, invstd, gamma, True, dx, *fused, threads)
+        stats, out = (np.empty(C), np.empty(C)), np.empty_like(x)
+        _batchnorm.forward_train(x, gamma, np.zeros(C), 1e-5, out, *stats, threads)
+        for got in (sums, fused):
+            assert got[0].tolist() == want_dy and got[1].tolist() == want_dyx
+        runs.append([dx, out, *stats])
+    for run in runs[1:]:
+        for ours, theirs in zip(run, runs[0]):
+            assert ours.tobytes() == theirs.tobytes()
+
+
 # ----------------------------------------------------------------------------- numerics
 def test_large_mean_small_std_float32_normalizes_correctly(rng):
     x = (1e4 + 1e-2 * rng.standard_normal((16, 3, 8, 8))).astype(np.float32)

@@ -231,7 +231,7 @@ class BatchNorm(_NormBase):
         """``self.backward(relu.backward(dout))`` in one kernel call, for
         :meth:`minidl.Sequential.backward` when this layer's output went straight into the
         ReLU layer ``relu``: the kernel zeroes the gradient where the ReLU's output is <= 0 as
-        it reads it, channel by channel, the mask recomputed from this layer's input (no
+        it reads it, row by row, the mask recomputed from this layer's input (no
         gradient array in between, and the ReLU's output is not read: two passes over memory
         less). The same results bit for bit, and the same errors: those of ``relu.backward``
         (no forward pass, its output modified in place), then this layer's."""
