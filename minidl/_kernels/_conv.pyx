@@ -29,6 +29,7 @@ product of sizes is bounded by the size of an array that exists (the caller chec
 array fits in memory) or by such a size times a stride or padding of at most ``2**31 - 1``
 (``minidl._checks.MAX_SIZE``), so none can overflow.
 """
+from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy
 from cython.parallel cimport prange, threadid
 
@@ -727,25 +728,37 @@ def channel_sums(const floating[:, :, ::1] x, double[::1] sums, int num_threads=
 
     Each channel's values are summed image by image (:func:`_row_sum`, then the images in
     order), as :func:`nchw_to_rows` sums them: the result does not depend on the number of
-    threads.
+    threads. The rows ``x[n, c]`` are summed first, split among the threads in memory order,
+    then each channel's row sums added (reading a channel's rows one after the other, ``C * P``
+    values apart, ran at half the memory's speed).
 
     Args:
         x (IN): ``(N, C, P)``, float32 or float64, C-contiguous.
         sums (OUT): ``(C,)``, float64; fully overwritten.
-        num_threads: OpenMP threads (ignored in a serial build); work is split over channels.
+        num_threads: OpenMP threads (ignored in a serial build); work is split over the rows
+            ``(n, c)``, then over channels.
 
     Preconditions (checked by the caller, not here): ``sums`` of length ``C``;
     ``num_threads >= 1``.
     """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], P = x.shape[2]
-    cdef Py_ssize_t c, n
+    cdef Py_ssize_t c, n, r
     cdef double total
+    cdef double* rows
     if N * P == 0:
         for c in range(C):
             sums[c] = 0
         return
-    for c in prange(C, nogil=True, num_threads=num_threads, schedule="static"):
-        total = 0
-        for n in range(N):
-            total = total + _row_sum(&x[n, c, 0], P)
-        sums[c] = total
+    rows = <double*>malloc(N * C * sizeof(double))
+    if rows == NULL:
+        raise MemoryError()
+    try:
+        for r in prange(N * C, nogil=True, num_threads=num_threads, schedule="static"):
+            rows[r] = _row_sum(&x[r // C, r % C, 0], P)
+        for c in prange(C, nogil=True, num_threads=num_threads, schedule="static"):
+            total = 0
+            for n in range(N):
+                total = total + rows[n * C + c]
+            sums[c] = total
+    finally:
+        free(rows)
