@@ -410,6 +410,28 @@ cdef double* _doubles(Py_ssize_t count) except NULL:
     return p
 
 
+cdef inline void _row_product_sums(const floating* dy, const floating* x, Py_ssize_t B,
+                                   double mean, double* out) noexcept nogil:
+    """out[0], out[1] = sum(dy), sum(dy * (x - mean)) over one row of B values."""
+    cdef double s_dy = 0, s_dyx = 0
+    _product_sums(dy, x, B, mean, &s_dy, &s_dyx)
+    out[0] = s_dy
+    out[1] = s_dyx
+
+
+cdef inline void _add_rows(const double* partial, Py_ssize_t A, Py_ssize_t C, Py_ssize_t c,
+                           double* first, double* second) noexcept nogil:
+    """Channel c's two sums: its rows' (``partial[2r]`` and ``partial[2r + 1]``, r = a*C + c)
+    added in row order."""
+    cdef double t0 = 0, t1 = 0
+    cdef Py_ssize_t a
+    for a in range(A):
+        t0 = t0 + partial[2 * (a * C + c)]
+        t1 = t1 + partial[2 * (a * C + c) + 1]
+    first[0] = t0
+    second[0] = t1
+
+
 cdef void _row_shifted_sums(const floating* x, Py_ssize_t A, Py_ssize_t C, Py_ssize_t B,
                             double* partial, int num_threads) noexcept nogil:
     """partial[2r], partial[2r + 1] = sum(x_r - k), sum((x_r - k)^2) over row r = a*C + c,
@@ -431,12 +453,10 @@ cdef void _channel_stats_finish(const floating* x, Py_ssize_t A, Py_ssize_t C, P
     an exact second pass over the channel if needed)."""
     cdef double k = x[c * B]          # shift: the channel's first value
     cdef double n = <double>(A * B)
-    cdef double s1 = 0, s2 = 0, m, v, d
+    cdef double s1, s2, m, v, d
     cdef Py_ssize_t a, i
     cdef const floating* row
-    for a in range(A):
-        s1 += partial[2 * (a * C + c)]
-        s2 += partial[2 * (a * C + c) + 1]
+    _add_rows(partial, A, C, c, &s1, &s2)
     m = s1 / n
     v = s2 / n - m * m
     if v < 0:
@@ -784,7 +804,6 @@ def backward(const floating[:, :, ::1] dy, const floating[:, :, ::1] x, const do
     # went into it
     cdef const floating* g = <const floating*>dxp if masked or pool != NULL else dyp
     cdef double n = <double>(A * B)
-    cdef double s_dy, s_dyx
     cdef Py_ssize_t blk
     if B == 1:  # one value per row and channel: the column kernels
         with nogil:
@@ -824,23 +843,13 @@ def backward(const floating[:, :, ::1] dy, const floating[:, :, ::1] x, const do
                                       gamma[c] * invstd[c], shift[c])
                 elif masked:
                     _relu_mask(dyp + off, yp + off, dxp + off, B)
-                s_dy = 0
-                s_dyx = 0
-                _product_sums(g + off, xp + off, B, mean[c], &s_dy, &s_dyx)
-                partial[2 * r] = s_dy
-                partial[2 * r + 1] = s_dyx
+                _row_product_sums(g + off, xp + off, B, mean[c], partial + 2 * r)
             # each channel's sums, its rows' added in order, and dx's coefficients
             for c in prange(C, num_threads=num_threads, schedule="static"):
-                s_dy = 0
-                s_dyx = 0
-                for a in range(A):
-                    s_dy = s_dy + partial[2 * (a * C + c)]
-                    s_dyx = s_dyx + partial[2 * (a * C + c) + 1]
-                sum_dy[c] = s_dy
-                sum_dy_xmu[c] = s_dyx
+                _add_rows(partial, A, C, c, &sum_dy[c], &sum_dy_xmu[c])
                 coef[3 * c] = gamma[c] * invstd[c]
-                coef[3 * c + 1] = s_dy / n if training else 0
-                coef[3 * c + 2] = invstd[c] * invstd[c] * s_dyx / n if training else 0
+                coef[3 * c + 1] = sum_dy[c] / n if training else 0
+                coef[3 * c + 2] = invstd[c] * invstd[c] * sum_dy_xmu[c] / n if training else 0
             for r in prange(A * C, num_threads=num_threads, schedule="static"):
                 c = r % C
                 off = r * B
@@ -873,10 +882,9 @@ def grad_sums(const floating[:, :, ::1] dy, const floating[:, :, ::1] x, const d
     ``(A, C, B)`` with ``A, C, B >= 1``; ``mean``, ``sum_dy``, ``sum_dy_xmu`` of length ``C``;
     ``num_threads >= 1``.
     """
-    cdef Py_ssize_t A = x.shape[0], C = x.shape[1], B = x.shape[2], a, c, r
+    cdef Py_ssize_t A = x.shape[0], C = x.shape[1], B = x.shape[2], c, r
     cdef const floating* dyp = &dy[0, 0, 0]
     cdef const floating* xp = &x[0, 0, 0]
-    cdef double s_dy, s_dyx
     cdef Py_ssize_t blk
     if B == 1:  # one value per row and channel: the column kernels
         with nogil:
@@ -889,19 +897,9 @@ def grad_sums(const floating[:, :, ::1] dy, const floating[:, :, ::1] x, const d
     try:
         with nogil:
             for r in prange(A * C, num_threads=num_threads, schedule="static"):
-                s_dy = 0
-                s_dyx = 0
-                _product_sums(dyp + r * B, xp + r * B, B, mean[r % C], &s_dy, &s_dyx)
-                partial[2 * r] = s_dy
-                partial[2 * r + 1] = s_dyx
+                _row_product_sums(dyp + r * B, xp + r * B, B, mean[r % C], partial + 2 * r)
             for c in prange(C, num_threads=num_threads, schedule="static"):
-                s_dy = 0
-                s_dyx = 0
-                for a in range(A):
-                    s_dy = s_dy + partial[2 * (a * C + c)]
-                    s_dyx = s_dyx + partial[2 * (a * C + c) + 1]
-                sum_dy[c] = s_dy
-                sum_dy_xmu[c] = s_dyx
+                _add_rows(partial, A, C, c, &sum_dy[c], &sum_dy_xmu[c])
     finally:
         free(partial)
 
