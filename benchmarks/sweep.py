@@ -4,7 +4,7 @@ The breadth suite of ``run.py`` times whole networks; this script looks for the 
 configurations where minidl is slower than PyTorch, the way a user meets them: for each
 configuration it times ``layer(x)`` followed by ``layer.backward(dout, input_grad=True)`` (with
 a bias, as ``torch.nn.Conv2d`` has by default) against ``conv(x).backward(dout)`` with
-``x.requires_grad``, interleaved in rounds like ``run.py``, and prints every configuration
+``x.requires_grad``, both after resetting the gradients to None (``zero_grad``), interleaved in rounds like ``run.py``, and prints every configuration
 sorted by ratio, worst first. Usage::
 
     python benchmarks/sweep.py                        # the grid, on all cores
@@ -114,6 +114,7 @@ def measure(config, settings, np, minidl, torch, rng):
     x_t, dout_t = torch.from_numpy(x).requires_grad_(True), torch.from_numpy(dout)
 
     def minidl_pass():
+        ours.zero_grad(set_to_none=True)  # as PyTorch's pass: fresh gradients, nothing added
         ours(x)
         ours.backward(dout, input_grad=True)
 
