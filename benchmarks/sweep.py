@@ -4,8 +4,8 @@ The breadth suite of ``run.py`` times whole networks; this script looks for the 
 configurations where minidl is slower than PyTorch, the way a user meets them: for each
 configuration it times ``layer(x)`` followed by ``layer.backward(dout, input_grad=True)`` (with
 a bias, as ``torch.nn.Conv2d`` has by default) against ``conv(x).backward(dout)`` with
-``x.requires_grad``, both after resetting the gradients to None (``zero_grad``), interleaved in rounds like ``run.py``, and prints every configuration
-sorted by ratio, worst first. Usage::
+``x.requires_grad``, both after resetting the gradients to None (``zero_grad``), interleaved
+in rounds like ``run.py``, and prints every configuration sorted by ratio, worst first. Usage::
 
     python benchmarks/sweep.py                        # the grid, on all cores
     python benchmarks/sweep.py --threads 1 --json sweep.json

@@ -740,6 +740,9 @@ def channel_sums(const floating[:, :, ::1] x, double[::1] sums, int num_threads=
 
     Preconditions (checked by the caller, not here): ``sums`` of length ``C``;
     ``num_threads >= 1``.
+
+    Raises:
+        MemoryError: the ``N * C`` doubles of the row sums could not be allocated.
     """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], P = x.shape[2]
     cdef Py_ssize_t c, n, r
