@@ -409,13 +409,29 @@ def test_conv2d_layer_backward_without_input_grad(rng):
 
 # --------------------------------------------------------------------------- 5. choice of method, out
 def test_auto_method_choice(rng):
-    """auto: direct for few taps, Winograd for other 3x3 stride-1 kernels and 5x5 ones on 8+
+    """auto: direct for few taps on large maps or little work, Winograd for other 3x3 stride-1 kernels and 5x5 ones on 8+
     input channels (padding <= 4), direct again for other stride-1 kernels with few output
     channels, else im2col."""
-    from minidl.functional.conv import (DIRECT_MAX_TAPS, DirectCache, Im2colCache,
-                                        WinogradCache, choose_method)
+    from minidl.functional.conv import (DIRECT_MAX_TAPS, DIRECT_PLANE_MAX_TAPS, DirectCache,
+                                        Im2colCache, WinogradCache, choose_method)
     assert choose_method("auto", DIRECT_MAX_TAPS) == "direct"
     assert choose_method("auto", DIRECT_MAX_TAPS + 1) == "im2col"
+    # few taps: direct on large maps with few taps, or for little work; im2col otherwise
+    def few_taps(taps, out_size, out_channels, batch, kernel_size=(3, 3)):
+        return choose_method("auto", taps, kernel_size=kernel_size, out_size=out_size,
+                             out_channels=out_channels, batch=batch)
+    assert few_taps(9, (28, 28), 128, 256) == "direct"  # MNIST's first layer
+    assert few_taps(DIRECT_PLANE_MAX_TAPS, (32, 32), 64, 128) == "direct"  # CIFAR's
+    assert few_taps(DIRECT_PLANE_MAX_TAPS + 1, (32, 32), 64, 128, (2, 2)) == "im2col"
+    assert few_taps(9, (24, 24), 64, 64) == "direct"
+    assert few_taps(9, (23, 25), 64, 64) == "im2col"  # 575 positions
+    assert few_taps(27, (16, 16), 64, 128) == "im2col"
+    assert few_taps(12, (7, 7), 160, 32, (2, 2)) == "im2col"  # the case that found it
+    assert few_taps(27, (6, 6), 16, 2) == "direct"  # 31104 multiply-adds
+    assert few_taps(27, (6, 6), 16, 8) == "im2col"
+    assert few_taps(27, (6, 6), 16, None) == "im2col"  # batch unknown: on the map alone
+    assert few_taps(27, (6, 6), 8, 128) == "direct"  # few output channels (below)
+    assert few_taps(27, None, 16, 128) == "direct"  # map unknown: direct
     assert choose_method("auto", DIRECT_MAX_TAPS + 1, kernel_size=(3, 3)) == "winograd"
     # few output channels: direct for stride-1 kernels other than 3x3, up to 256 taps
     assert choose_method("auto", 36, kernel_size=(6, 6), out_channels=8) == "direct"

@@ -46,12 +46,35 @@ __all__ = [
     "conv2d_forward", "conv2d_backward", "conv2d_output_size", "choose_method", "check_method",
     "column_matrix_shape", "DirectCache", "Im2colCache", "PointwiseCache", "WinogradCache",
     "METHODS",
-    "DIRECT_MAX_TAPS", "DIRECT_NARROW_MAX_OUT_CHANNELS", "DIRECT_NARROW_MAX_TAPS",
+    "DIRECT_MAX_TAPS", "DIRECT_PLANE_MAX_TAPS", "DIRECT_MIN_POSITIONS", "DIRECT_MAX_WORK",
+    "DIRECT_NARROW_MAX_OUT_CHANNELS", "DIRECT_NARROW_MAX_TAPS",
     "POINTWISE_MIN_POSITIONS",
 ]
 
-# Convolutions with at most this many taps per output (C_in*kH*kW) use the direct kernels.
+# Stride-1 convolutions with at most this many taps per output (C_in*kH*kW) use the direct
+# kernels where they pay (_direct_pays): on maps of at least DIRECT_MIN_POSITIONS output
+# positions with at most DIRECT_PLANE_MAX_TAPS taps, or for at most DIRECT_MAX_WORK
+# multiply-adds per forward (N*OH*OW*C_out*taps), where im2col's fixed costs (packing, layout
+# passes, calls) outweigh its faster products. The direct kernels make one vector pass per
+# pair of planes and tap (or kernel row) over OH*(W + 2*pW) elements, and on small maps those
+# passes are too short to run at speed: (128, 8, 6, 6) -> 128 2x2 took 12x as long as im2col
+# (1 thread), (32, 3, 6, 6) -> 160 2x2 pad 1 3.2x, 0.57x of PyTorch's speed. Measured, layer
+# forward + backward with the input gradient, direct and im2col interleaved, on 288 layers (1,
+# 2 or 3 input channels with 3x3 kernels, 1 with 5x5, 3 or 8 with 2x2; 6x6 to 28x28 maps; 16
+# to 128 output channels; batch 2, 32, 128): the time of the method chosen over that of the
+# faster one was 1.85 on average (up to 12.2) at 1 thread and 1.59 (up to 14.0) at 2 when all
+# went to the direct kernels, 1.03 (up to 1.64) and 1.07 (up to 2.3, in a noisy run) with this
+# rule. Its map threshold keeps the direct kernels for a network's first layer on 24x24 images
+# and larger, which needs no input gradient: there the direct input gradient, their slowest
+# part, is not run, and forward + weight gradient took, direct / im2col, ms, 2 threads: (128,
+# 3, 32, 32) -> 64 3x3 pad 1 (CIFAR) 11.1 / 15.6; (64, 3, 24, 24) -> 64 3.3 / 4.1; (64, 1,
+# 28, 28) -> 32 1.19 / 1.53; (64, 3, 28, 28) -> 32 2x2 1.50 / 3.48; but on 16x16 and 20x20
+# maps im2col was faster there too ((128, 3, 16, 16) -> 64 3.4 / 4.0, (128, 3, 20, 20) -> 32
+# 2.40 / 2.59).
 DIRECT_MAX_TAPS = 32
+DIRECT_PLANE_MAX_TAPS = 27
+DIRECT_MIN_POSITIONS = 576
+DIRECT_MAX_WORK = 100_000
 # So do stride-1 convolutions other than 3x3 with at most this many output channels and taps:
 # im2col's product then has at most 8 columns, half of the narrowest vector of columns.
 # Measured, layer forward + backward (input gradient), 2 threads, direct against im2col:
@@ -144,7 +167,8 @@ def choose_method(method, taps, layer="conv2d", stride=(1, 1), kernel_size=None,
     ``"auto"`` picks the pointwise products for a ``(1, 1)`` kernel without padding (any
     stride) unless ``OH*OW < POINTWISE_MIN_POSITIONS``; for stride 1 the direct kernels when
     ``taps <= DIRECT_MAX_TAPS`` (there the product's inner dimension is too small to pay for
-    im2col's copy), else Winograd F(2x2, 3x3) when ``kernel_size`` is ``(3, 3)`` and its
+    im2col's copy) and the maps are large enough or the work small enough for them
+    (:func:`_direct_pays`; im2col otherwise), else Winograd F(2x2, 3x3) when ``kernel_size`` is ``(3, 3)`` and its
     transformed weight is paid for (``WINOGRAD3_BREAK_EVEN``), F(2x2, 5x5)
     when it is ``(5, 5)`` with a padding of at most 4 and at least
     ``WINOGRAD5_MIN_IN_CHANNELS`` input channels, else the
@@ -164,7 +188,9 @@ def choose_method(method, taps, layer="conv2d", stride=(1, 1), kernel_size=None,
         return "im2col" if few else "pointwise"
     stride_one = tuple(stride) == (1, 1)
     if stride_one and taps <= DIRECT_MAX_TAPS:
-        return "direct"
+        narrow = out_channels is not None and out_channels <= DIRECT_NARROW_MAX_OUT_CHANNELS
+        pays = narrow or _direct_pays(taps, out_size, out_channels, batch)
+        return "direct" if pays else "im2col"
     three_by_three = kernel_size is not None and tuple(kernel_size) == (3, 3)
     if stride_one and three_by_three and _winograd3_pays(taps // 9, out_channels, out_size,
                                                          padding, batch):
@@ -175,6 +201,21 @@ def choose_method(method, taps, layer="conv2d", stride=(1, 1), kernel_size=None,
     narrow = (out_channels is not None and out_channels <= DIRECT_NARROW_MAX_OUT_CHANNELS
               and taps <= DIRECT_NARROW_MAX_TAPS and tuple(kernel_size or ()) != (1, 1))
     return "direct" if stride_one and narrow else "im2col"
+
+
+def _direct_pays(taps, out_size, out_channels=None, batch=None):
+    """Whether "auto" gives a stride-1 layer of ``taps <= DIRECT_MAX_TAPS`` to the direct
+    kernels rather than im2col (see ``DIRECT_MAX_TAPS``): ``out_size`` None (not known): yes;
+    else when ``OH*OW >= DIRECT_MIN_POSITIONS`` and ``taps <= DIRECT_PLANE_MAX_TAPS``, or
+    when ``batch*OH*OW*out_channels*taps <= DIRECT_MAX_WORK`` (``batch`` or ``out_channels``
+    None: not known, no)."""
+    if out_size is None:
+        return True
+    positions = out_size[0] * out_size[1]
+    if positions >= DIRECT_MIN_POSITIONS and taps <= DIRECT_PLANE_MAX_TAPS:
+        return True
+    return (batch is not None and out_channels is not None
+            and batch * positions * out_channels * taps <= DIRECT_MAX_WORK)
 
 
 def _winograd3_pays(in_channels, out_channels, out_size, padding=(1, 1), batch=None):
