@@ -6,7 +6,7 @@ import pytest
 from minidl.reference import conv as ref
 
 DTYPES = [np.float32, np.float64]
-METHODS = ["direct", "im2col", "winograd"]
+METHODS = ["direct", "im2col", "unfold", "winograd"]
 
 
 def _supports(method, kernel, stride):

@@ -451,12 +451,15 @@ def test_auto_method_choice(rng):
     assert choose_method("auto", 72, stride=(2, 2), kernel_size=(3, 3)) == "im2col"
     _, cache = conv2d_forward(rng.standard_normal((1, 1, 5, 5)), rng.standard_normal((2, 1, 3, 3)))
     assert cache.method == "direct" and isinstance(cache, DirectCache)  # no im2col matrix
-    _, cache = conv2d_forward(rng.standard_normal((1, 8, 5, 5)), rng.standard_normal((2, 8, 3, 3)))
+    _, cache = conv2d_forward(rng.standard_normal((2, 8, 10, 10)),
+                              rng.standard_normal((2, 8, 3, 3)))
     assert cache.method == "winograd" and isinstance(cache, WinogradCache)  # no im2col matrix
-    _, cache = conv2d_forward(rng.standard_normal((1, 8, 5, 5)), rng.standard_normal((9, 8, 3, 2)))
+    _, cache = conv2d_forward(rng.standard_normal((8, 8, 5, 5)), rng.standard_normal((9, 8, 3, 2)))
     assert cache.method == "im2col" and isinstance(cache, Im2colCache)
-    _, cache = conv2d_forward(rng.standard_normal((1, 8, 5, 5)), rng.standard_normal((8, 8, 3, 2)))
+    _, cache = conv2d_forward(rng.standard_normal((8, 8, 5, 5)), rng.standard_normal((8, 8, 3, 2)))
     assert cache.method == "direct"  # few output channels
+    _, cache = conv2d_forward(rng.standard_normal((1, 8, 5, 5)), rng.standard_normal((9, 8, 3, 2)))
+    assert cache.method == "unfold"  # 12 output positions in all
     with pytest.raises(ValueError, match="conv2d.*method.*'gemm'"):
         conv2d_forward(rng.standard_normal((1, 1, 5, 5)), rng.standard_normal((2, 1, 3, 3)),
                        method="gemm")
@@ -472,12 +475,12 @@ def test_auto_method_choice(rng):
     with pytest.raises(ValueError, match=r"Conv2D.*winograd.*\(5, 5\).*padding of at most 4.*"
                                          r"\(5, 5\)"):
         Conv2D(4, 2, 5, padding=5, method="winograd")
-    _, cache = conv2d_forward(rng.standard_normal((2, 8, 6, 6)), rng.standard_normal((3, 8, 5, 5)))
+    _, cache = conv2d_forward(rng.standard_normal((2, 8, 10, 10)), rng.standard_normal((3, 8, 5, 5)))
     assert cache.method == "winograd" and cache.kernel == 5
     with pytest.raises(ValueError, match=r"conv2d.*winograd.*\(3, 2\)"):
         conv2d_forward(rng.standard_normal((1, 8, 5, 5)), rng.standard_normal((2, 8, 3, 2)),
                        method="winograd")
-    _, cache = conv2d_forward(rng.standard_normal((1, 1, 5, 5)), rng.standard_normal((2, 1, 3, 3)),
+    _, cache = conv2d_forward(rng.standard_normal((8, 1, 9, 9)), rng.standard_normal((2, 1, 3, 3)),
                               stride=2)
     assert cache.method == "im2col"  # auto: the direct and Winograd kernels are for stride 1
 
@@ -503,8 +506,13 @@ def test_auto_gives_winograd_3x3_only_where_it_pays(batch, in_channels, out_chan
                                                     expected, rng):
     """"auto" and F(2x2, 3x3): at least 4 tiles per image, and enough multiply-adds saved on
     the batch to pay for the weight's transforms (``WINOGRAD3_BREAK_EVEN``); the layers' path
-    (conv2d_forward, which knows the batch) follows the rule."""
-    from minidl.functional.conv import choose_method
+    (conv2d_forward, which knows the batch) follows the rule, except for batches of at most
+    ``UNFOLD_MAX_POSITIONS`` output positions, which go to unfold first."""
+    from minidl.functional.conv import UNFOLD_MAX_POSITIONS, _winograd3_pays, choose_method
+    assert _winograd3_pays(in_channels, out_channels, out_size, (1, 1), batch) == (
+        expected == "winograd")
+    if batch is not None and batch * out_size[0] * out_size[1] <= UNFOLD_MAX_POSITIONS:
+        expected = "unfold"
     assert choose_method("auto", 9 * in_channels, kernel_size=(3, 3), padding=(1, 1),
                          out_size=out_size, out_channels=out_channels, batch=batch) == expected
     if batch is None:

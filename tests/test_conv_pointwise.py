@@ -142,7 +142,7 @@ def test_auto_picks_pointwise_for_1x1_without_padding(rng):
     _, cache = conv2d_forward(rng.standard_normal((1, 8, 20, 20)),
                               rng.standard_normal((2, 8, 1, 1)), stride=2)  # 10x10 outputs
     assert isinstance(cache, PointwiseCache)
-    _, cache = conv2d_forward(rng.standard_normal((1, 40, 5, 5)),
+    _, cache = conv2d_forward(rng.standard_normal((2, 40, 5, 5)),
                               rng.standard_normal((2, 40, 1, 1)), padding=1)
     assert cache.method == "im2col"  # 40 taps: too many for the direct kernels
 

@@ -91,3 +91,9 @@ def test_im2col_conv2d_agrees_with_the_reference(case, input_grad, data):
 @given(conv_cases("im2col", wide=True), st.booleans(), st.data())
 def test_im2col_conv2d_with_many_channels_agrees_with_the_reference(case, input_grad, data):
     _check(case, "im2col", input_grad, data)
+
+
+@FUZZ
+@given(conv_cases("unfold"), st.booleans(), st.data())
+def test_unfold_conv2d_agrees_with_the_reference(case, input_grad, data):
+    _check(case, "unfold", input_grad, data)

@@ -203,6 +203,106 @@ def col2im(const floating[:, ::1] cols, floating[:, :, :, ::1] dx_nhwc,
                     src = src + run
 
 
+def unfold(const floating[:, :, :, ::1] x, floating[:, ::1] cols,
+           Py_ssize_t kernel_h, Py_ssize_t kernel_w, Py_ssize_t stride_h, Py_ssize_t stride_w,
+           Py_ssize_t pad_h, Py_ssize_t pad_w, int num_threads=1):
+    """Copy every receptive field of an NCHW image into one row of ``cols``, taps ordered like
+    the weight's axes ``(c, i, j)`` (``torch.nn.functional.unfold``'s order, transposed)::
+
+        cols[(n*OH + oh)*OW + ow, (c*kH + i)*kW + j] = x_padded[n, c, oh*sH + i, ow*sW + j]
+
+    with zeros for the taps in the padding (``minidl/functional/conv_unfold.py``).
+
+    Args:
+        x (IN): ``(N, C, H, W)``, float32 or float64, C-contiguous.
+        cols (OUT): ``(N*OH*OW, C*kH*kW)``, same dtype; fully overwritten.
+        kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, num_threads: as for
+            :func:`im2col`.
+
+    Work is split over output rows ``(n, oh)``.
+
+    Preconditions (checked by the caller, not here): as for :func:`im2col`, with ``cols``
+    exactly ``(N*OH*OW, C*kH*kW)``.
+    """
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t OH = (H + 2 * pad_h - kernel_h) // stride_h + 1
+    cdef Py_ssize_t OW = (W + 2 * pad_w - kernel_w) // stride_w + 1
+    cdef Py_ssize_t task, n, oh, ow, c, i, j, ih, iw0, lo, hi
+    cdef floating* dst
+    cdef const floating* src
+
+    for task in prange(N * OH, nogil=True, num_threads=num_threads, schedule="static"):
+        n = task // OH
+        oh = task - n * OH
+        for ow in range(OW):
+            dst = &cols[task * OW + ow, 0]
+            iw0 = ow * stride_w - pad_w
+            lo = _first_inside(iw0, W, kernel_w)  # taps j in [lo, hi) read the image
+            hi = _end_inside(iw0, W, kernel_w)
+            for c in range(C):
+                for i in range(kernel_h):
+                    ih = oh * stride_h - pad_h + i
+                    if _inside(ih, H) and lo < hi:
+                        src = &x[n, c, ih, 0] + iw0 + lo  # element lo of the kernel row
+                        for j in range(lo):
+                            dst[j] = 0
+                        for j in range(lo, hi):
+                            dst[j] = src[j - lo]
+                        for j in range(hi, kernel_w):
+                            dst[j] = 0
+                    else:
+                        for j in range(kernel_w):
+                            dst[j] = 0
+                    dst = dst + kernel_w
+
+
+def fold(const floating[:, ::1] cols, floating[:, :, :, ::1] dx,
+         Py_ssize_t kernel_h, Py_ssize_t kernel_w, Py_ssize_t stride_h, Py_ssize_t stride_w,
+         Py_ssize_t pad_h, Py_ssize_t pad_w, int num_threads=1):
+    """Sum the rows of ``cols`` back into an NCHW image (:func:`unfold`'s adjoint, col2im):
+    each element of ``dx`` is the sum of every entry of ``cols`` that :func:`unfold` would
+    have copied from it, added in the order of the output positions ``(n, oh, ow)`` and then
+    of the taps ``(i, j)``; taps in the padding are dropped.
+
+    Args:
+        cols (IN): ``(N*OH*OW, C*kH*kW)``, float32 or float64, C-contiguous, laid out as
+            :func:`unfold` writes it.
+        dx (OUT): ``(N, C, H, W)``, same dtype; fully overwritten (it need not be zeroed).
+        kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, num_threads: as for
+            :func:`im2col`, ``OH, OW`` computed from ``dx``'s ``(H, W)``.
+
+    Work is split over the ``N*C`` planes of ``dx``, so no two threads write the same element.
+
+    Preconditions (checked by the caller, not here): as for :func:`unfold`; ``cols`` shares no
+    memory with ``dx``.
+    """
+    cdef Py_ssize_t N = dx.shape[0], C = dx.shape[1], H = dx.shape[2], W = dx.shape[3]
+    cdef Py_ssize_t OH = (H + 2 * pad_h - kernel_h) // stride_h + 1
+    cdef Py_ssize_t OW = (W + 2 * pad_w - kernel_w) // stride_w + 1
+    cdef Py_ssize_t taps = C * kernel_h * kernel_w
+    cdef Py_ssize_t plane, n, c, oh, ow, i, j, ih, iw0, lo, hi, k
+    cdef floating* dst
+    cdef const floating* src
+
+    for plane in prange(N * C, nogil=True, num_threads=num_threads, schedule="static"):
+        n = plane // C
+        c = plane - n * C
+        dst = &dx[n, c, 0, 0]
+        for k in range(H * W):
+            dst[k] = 0
+        for oh in range(OH):
+            for ow in range(OW):
+                src = &cols[(n * OH + oh) * OW + ow, 0] + c * kernel_h * kernel_w
+                iw0 = ow * stride_w - pad_w
+                lo = _first_inside(iw0, W, kernel_w)
+                hi = _end_inside(iw0, W, kernel_w)
+                for i in range(kernel_h):
+                    ih = oh * stride_h - pad_h + i
+                    if _inside(ih, H):
+                        for j in range(lo, hi):
+                            dst[ih * W + iw0 + j] += src[i * kernel_w + j]
+
+
 def pad_nhwc(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] x_pad, Py_ssize_t pad_h,
              Py_ssize_t pad_w, int num_threads=1):
     """NCHW ``x`` in NHWC order with ``pad_h`` / ``pad_w`` zeros on each side of H and W:

@@ -33,11 +33,13 @@ class Conv2D(Module):
         rng (np.random.Generator or int or None): initialization randomness (default: minidl's
             global generator, see ``minidl.manual_seed``).
         dtype: float32 (default) or float64, the dtype of the parameters.
-        method (str): ``"auto"`` (default), ``"direct"``, ``"winograd"``, ``"pointwise"`` or
-            ``"im2col"``: how the convolution is computed (see
+        method (str): ``"auto"`` (default), ``"direct"``, ``"winograd"``, ``"pointwise"``,
+            ``"unfold"`` or ``"im2col"``: how the convolution is computed (see
             :func:`minidl.functional.conv.choose_method`); ``"auto"`` uses one matrix product
             per image for 1x1 kernels without padding (at least 64 output positions per
-            image), direct loops when ``C_in*kH*kW`` is small, Winograd for other 3x3 stride-1
+            image), direct loops when ``C_in*kH*kW`` is small (on large maps, or for little
+            work), unfold (im2col in the weight's order) for at most 64 output positions in
+            the batch, Winograd for other 3x3 stride-1
             kernels and for 5x5 stride-1 kernels on 8 or more input channels (padding at most
             4), direct loops for other stride-1 kernels with at most 8 output channels (and 256
             taps), else im2col and matrix products.
