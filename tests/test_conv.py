@@ -430,12 +430,18 @@ def test_auto_method_choice(rng):
     assert few_taps(27, (6, 6), 16, 2) == "direct"  # 31104 multiply-adds
     assert few_taps(27, (6, 6), 16, 8) == "im2col"
     assert few_taps(27, (6, 6), 16, None) == "im2col"  # batch unknown: on the map alone
-    assert few_taps(27, (6, 6), 8, 128) == "direct"  # few output channels (below)
+    assert few_taps(27, (10, 10), 8, 128) == "direct"  # few output channels (below)
+    assert few_taps(27, (6, 6), 8, 128) == "im2col"  # ... on a map too small for them
     assert few_taps(27, None, 16, 128) == "direct"  # map unknown: direct
     assert choose_method("auto", DIRECT_MAX_TAPS + 1, kernel_size=(3, 3)) == "winograd"
     # few output channels: direct for stride-1 kernels other than 3x3, up to 256 taps
     assert choose_method("auto", 36, kernel_size=(6, 6), out_channels=8) == "direct"
     assert choose_method("auto", 256, kernel_size=(4, 4), out_channels=1) == "direct"
+    # ... on maps of at least DIRECT_NARROW_MIN_POSITIONS positions (the case that found it)
+    assert choose_method("auto", 256, kernel_size=(2, 2), out_size=(7, 7), out_channels=8,
+                         batch=64) == "im2col"
+    assert choose_method("auto", 256, kernel_size=(2, 2), out_size=(10, 10), out_channels=8,
+                         batch=64) == "direct"
     assert choose_method("auto", 275, kernel_size=(5, 6), out_channels=8) == "im2col"
     # 5x5: Winograd from 8 input channels on, whatever the output channels, padding <= 4
     assert choose_method("auto", 200, kernel_size=(5, 5), out_channels=8) == "winograd"
@@ -456,8 +462,9 @@ def test_auto_method_choice(rng):
     assert cache.method == "winograd" and isinstance(cache, WinogradCache)  # no im2col matrix
     _, cache = conv2d_forward(rng.standard_normal((8, 8, 5, 5)), rng.standard_normal((9, 8, 3, 2)))
     assert cache.method == "im2col" and isinstance(cache, Im2colCache)
-    _, cache = conv2d_forward(rng.standard_normal((8, 8, 5, 5)), rng.standard_normal((8, 8, 3, 2)))
-    assert cache.method == "direct"  # few output channels
+    _, cache = conv2d_forward(rng.standard_normal((2, 8, 12, 12)),
+                              rng.standard_normal((8, 8, 3, 2)))
+    assert cache.method == "direct"  # few output channels, on 10x11 outputs
     _, cache = conv2d_forward(rng.standard_normal((1, 8, 5, 5)), rng.standard_normal((9, 8, 3, 2)))
     assert cache.method == "unfold"  # 12 output positions in all
     with pytest.raises(ValueError, match="conv2d.*method.*'gemm'"):

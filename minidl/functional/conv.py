@@ -52,7 +52,8 @@ __all__ = [
     "WinogradCache",
     "METHODS",
     "DIRECT_MAX_TAPS", "DIRECT_PLANE_MAX_TAPS", "DIRECT_MIN_POSITIONS", "DIRECT_MAX_WORK",
-    "DIRECT_NARROW_MAX_OUT_CHANNELS", "DIRECT_NARROW_MAX_TAPS", "UNFOLD_MAX_POSITIONS",
+    "DIRECT_NARROW_MAX_OUT_CHANNELS", "DIRECT_NARROW_MAX_TAPS", "DIRECT_NARROW_MIN_POSITIONS",
+    "UNFOLD_MAX_POSITIONS",
     "POINTWISE_MIN_POSITIONS",
 ]
 
@@ -85,9 +86,16 @@ DIRECT_MAX_WORK = 100_000
 # Measured, layer forward + backward (input gradient), 2 threads, direct against im2col:
 # (512, 1, 28, 28) -> 8, 6x6: 9.9 / 26.6 ms; (128, 3, 32, 32) -> 8, 5x5 pad 2: 7.5 / 15.7 ms;
 # (64, 8, 16, 16) -> 8, 5x5 pad 2: 2.5 / 3.4 ms; but (32, 32, 16, 16) -> 8, 5x5 (800 taps):
-# 6.4 / 5.3 ms, and with 16 output channels im2col was faster from 36 taps on.
+# 6.4 / 5.3 ms, and with 16 output channels im2col was faster from 36 taps on. On maps of fewer
+# than DIRECT_NARROW_MIN_POSITIONS output positions the direct kernels' vector passes are too
+# short (see DIRECT_MAX_TAPS), and im2col was faster: 1 thread, batch 64, direct / im2col,
+# ms: (64, 64, 8, 8) -> 4 2x2 1.82 / 1.54 (a held-out sweep found -> 8 at 0.48x of PyTorch);
+# (64, 4, 8, 8) -> 4 6x6 1.16 / 0.29; (64, 3, 8, 8) -> 8 7x7 pad 3 1.76 / 1.45; but at 10x10
+# and 11x11 outputs the direct kernels were ahead, ((64, 16, 12, 12) -> 4 3x3 0.96 / 1.43;
+# (64, 64, 12, 12) -> 4 2x2 2.24 / 2.85), and level at 12x12 (3 of 4 within 10%).
 DIRECT_NARROW_MAX_OUT_CHANNELS = 8
 DIRECT_NARROW_MAX_TAPS = 256
+DIRECT_NARROW_MIN_POSITIONS = 100
 # 1x1 convolutions with fewer output positions per image (OH*OW) than this use im2col: the
 # pointwise products have OH*OW columns, and with fewer than two micro-kernel strips (32
 # floats each with AVX-512) most of each strip is padding. Measured (2 threads, forward /
@@ -195,7 +203,8 @@ def choose_method(method, taps, layer="conv2d", stride=(1, 1), kernel_size=None,
     ``WINOGRAD5_MIN_IN_CHANNELS`` input channels, else the
     direct kernels again for a kernel larger than 1x1 with at most
     ``DIRECT_NARROW_MAX_OUT_CHANNELS`` output channels and ``DIRECT_NARROW_MAX_TAPS`` taps
-    (im2col's product would have too few columns to fill a vector); im2col for everything
+    on maps of at least ``DIRECT_NARROW_MIN_POSITIONS`` positions (im2col's product would have
+    too few columns to fill a vector; :func:`_narrow_direct`); im2col for everything
     else. Any other ``method`` is checked (:func:`check_method`) and returned.
 
     Raises:
@@ -208,8 +217,8 @@ def choose_method(method, taps, layer="conv2d", stride=(1, 1), kernel_size=None,
         few = out_size is not None and out_size[0] * out_size[1] < POINTWISE_MIN_POSITIONS
         return "im2col" if few else "pointwise"
     stride_one = tuple(stride) == (1, 1)
+    narrow = stride_one and _narrow_direct(taps, kernel_size, out_size, out_channels)
     if stride_one and taps <= DIRECT_MAX_TAPS:
-        narrow = out_channels is not None and out_channels <= DIRECT_NARROW_MAX_OUT_CHANNELS
         pays = narrow or _direct_pays(taps, out_size, out_channels, batch)
         return "direct" if pays else "im2col"
     if batch is not None and out_size is not None and \
@@ -222,9 +231,17 @@ def choose_method(method, taps, layer="conv2d", stride=(1, 1), kernel_size=None,
     if stride_one and tuple(kernel_size or ()) == (5, 5) and max(padding) <= 4 and \
             taps // 25 >= WINOGRAD5_MIN_IN_CHANNELS:
         return "winograd"
-    narrow = (out_channels is not None and out_channels <= DIRECT_NARROW_MAX_OUT_CHANNELS
-              and taps <= DIRECT_NARROW_MAX_TAPS and tuple(kernel_size or ()) != (1, 1))
-    return "direct" if stride_one and narrow else "im2col"
+    return "direct" if narrow else "im2col"
+
+
+def _narrow_direct(taps, kernel_size, out_size, out_channels):
+    """Whether the direct kernels take a stride-1 layer for its few output channels (see
+    ``DIRECT_NARROW_MAX_OUT_CHANNELS``): at most that many, at most ``DIRECT_NARROW_MAX_TAPS``
+    taps, a kernel other than 1x1, and at least ``DIRECT_NARROW_MIN_POSITIONS`` output
+    positions per image (``out_size`` None: not known, yes); ``out_channels`` None: no."""
+    return (out_channels is not None and out_channels <= DIRECT_NARROW_MAX_OUT_CHANNELS
+            and taps <= DIRECT_NARROW_MAX_TAPS and tuple(kernel_size or ()) != (1, 1)
+            and (out_size is None or out_size[0] * out_size[1] >= DIRECT_NARROW_MIN_POSITIONS))
 
 
 def _direct_pays(taps, out_size, out_channels=None, batch=None):
