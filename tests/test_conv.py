@@ -465,8 +465,8 @@ def test_auto_method_choice(rng):
     _, cache = conv2d_forward(rng.standard_normal((2, 8, 12, 12)),
                               rng.standard_normal((8, 8, 3, 2)))
     assert cache.method == "direct"  # few output channels, on 10x11 outputs
-    _, cache = conv2d_forward(rng.standard_normal((1, 8, 5, 5)), rng.standard_normal((9, 8, 3, 2)))
-    assert cache.method == "unfold"  # 12 output positions in all
+    _, cache = conv2d_forward(rng.standard_normal((1, 8, 5, 5)), rng.standard_normal((24, 8, 3, 2)))
+    assert cache.method == "unfold"  # 12 output positions in all, 24 output channels
     with pytest.raises(ValueError, match="conv2d.*method.*'gemm'"):
         conv2d_forward(rng.standard_normal((1, 1, 5, 5)), rng.standard_normal((2, 1, 3, 3)),
                        method="gemm")
@@ -518,7 +518,9 @@ def test_auto_gives_winograd_3x3_only_where_it_pays(batch, in_channels, out_chan
     from minidl.functional.conv import UNFOLD_MAX_POSITIONS, _winograd3_pays, choose_method
     assert _winograd3_pays(in_channels, out_channels, out_size, (1, 1), batch) == (
         expected == "winograd")
-    if batch is not None and batch * out_size[0] * out_size[1] <= UNFOLD_MAX_POSITIONS:
+    positions = batch * out_size[0] * out_size[1] if batch is not None else None
+    if positions is not None and positions <= UNFOLD_MAX_POSITIONS and \
+            2 * positions <= out_channels:
         expected = "unfold"
     assert choose_method("auto", 9 * in_channels, kernel_size=(3, 3), padding=(1, 1),
                          out_size=out_size, out_channels=out_channels, batch=batch) == expected

@@ -121,10 +121,13 @@ def test_auto_picks_unfold_for_few_output_positions(rng):
     assert auto(2400, (3, 3), 512, 1, (5, 5), (2, 2)) == "unfold"
     assert auto(4608, (7, 7), 512, 1) == "unfold"
     edge = int(UNFOLD_MAX_POSITIONS ** 0.5)
-    assert auto(2304, (edge, edge), 256, 1) == "unfold"
-    assert auto(2304, (edge + 1, edge + 1), 256, 1) != "unfold"
+    assert auto(2304, (edge, edge), 2 * edge * edge, 1) == "unfold"
+    assert auto(2304, (edge + 1, edge + 1), 512, 1) != "unfold"  # too many positions
+    assert auto(576, (8, 8), 64, 1) != "unfold"  # a weight no larger than the matrix
+    assert auto(576, (4, 4), 32, 1) == "unfold"  # 2 * 16 <= 32
     assert auto(2304, (4, 4), 256, 64) != "unfold"  # a batch: the other methods
     assert auto(2304, (4, 4), 256, None) != "unfold"  # batch unknown
+    assert auto(2304, (4, 4), None, 1) != "unfold"  # output channels unknown
     assert auto(9, (3, 3), 64, 1) == "direct"  # few taps: the direct kernels
     _, cache = conv2d_forward(rng.standard_normal((1, 64, 4, 4)),
                               rng.standard_normal((128, 64, 3, 3)), padding=1)

@@ -115,7 +115,10 @@ METHODS = ("auto", "direct", "im2col", "pointwise", "unfold", "winograd")
 # 0.49 / 0.71 / 0.71. On 70 such layers (32 to 512 channels, 1 to 64 positions, batch 1-8)
 # unfold was the fastest of the methods in 66 at 2 threads and 64 at 1; the others were at
 # most 8% faster at 1 thread ((4, 64, 4, 4) -> 128 3x3 pad 1) and 34% at 2 ((8, 96, 2, 2) ->
-# 512 3x3 pad 1, 0.96 ms against 1.29, a noisy run).
+# 512 3x3 pad 1, 0.96 ms against 1.29, a noisy run). Its gain is the weight's passes, so it is
+# also taken only for weights of at least twice the elements of its matrix (C_out >= 2*M): in
+# an inference forward of (1, 64, 8, 8) -> 64 3x3 pad 1 (C_out = M) Winograd took 119 us and
+# unfold 192 (2 threads), where for (1, 512, 7, 7) -> 512 unfold took 2.16 ms and im2col 3.25.
 UNFOLD_MAX_POSITIONS = 64
 # the kernel sizes Winograd's method computes: F(2x2, 3x3) and F(2x2, 5x5)
 WINOGRAD_KERNELS = ((3, 3), (5, 5))
@@ -196,7 +199,8 @@ def choose_method(method, taps, layer="conv2d", stride=(1, 1), kernel_size=None,
     ``taps <= DIRECT_MAX_TAPS`` (there the product's inner dimension is too small to pay for
     im2col's copy) and the maps are large enough or the work small enough for them
     (:func:`_direct_pays`; im2col otherwise), else unfold when the batch has at most
-    ``UNFOLD_MAX_POSITIONS`` output positions in all (``batch*OH*OW``), else Winograd F(2x2,
+    ``UNFOLD_MAX_POSITIONS`` output positions in all (``batch*OH*OW``) and at least twice as
+    many output channels (:func:`_unfold_pays`), else Winograd F(2x2,
     3x3) when ``kernel_size`` is ``(3, 3)`` and its
     transformed weight is paid for (``WINOGRAD3_BREAK_EVEN``), F(2x2, 5x5)
     when it is ``(5, 5)`` with a padding of at most 4 and at least
@@ -221,8 +225,7 @@ def choose_method(method, taps, layer="conv2d", stride=(1, 1), kernel_size=None,
     if stride_one and taps <= DIRECT_MAX_TAPS:
         pays = narrow or _direct_pays(taps, out_size, out_channels, batch)
         return "direct" if pays else "im2col"
-    if batch is not None and out_size is not None and \
-            batch * out_size[0] * out_size[1] <= UNFOLD_MAX_POSITIONS:
+    if _unfold_pays(out_size, out_channels, batch):
         return "unfold"
     three_by_three = kernel_size is not None and tuple(kernel_size) == (3, 3)
     if stride_one and three_by_three and _winograd3_pays(taps // 9, out_channels, out_size,
@@ -232,6 +235,16 @@ def choose_method(method, taps, layer="conv2d", stride=(1, 1), kernel_size=None,
             taps // 25 >= WINOGRAD5_MIN_IN_CHANNELS:
         return "winograd"
     return "direct" if narrow else "im2col"
+
+
+def _unfold_pays(out_size, out_channels, batch):
+    """Whether "auto" gives a layer to unfold (see ``UNFOLD_MAX_POSITIONS``): at most that
+    many output positions in the batch, ``M = batch*OH*OW``, and a weight with at least twice
+    the elements of the unfolded matrix (``C_out >= 2*M``); None (not known): no."""
+    if batch is None or out_size is None or out_channels is None:
+        return False
+    positions = batch * out_size[0] * out_size[1]
+    return positions <= UNFOLD_MAX_POSITIONS and 2 * positions <= out_channels
 
 
 def _narrow_direct(taps, kernel_size, out_size, out_channels):
