@@ -37,6 +37,10 @@ BREADTH = {
     "b19": ("MLP 784-1024-1024-10 with bias, eval forward", "eval", 512, (784,)),
     "b20": ("5x5 stride-2 pad-2 convs 16->32->64 with bias on 64x64, train step", "train", 16,
             (16, 64, 64)),
+    "b21": ("wide 3x3 convs 256->512->512 on 4x4 + BN at batch 2, train step", "train", 2,
+            (256, 4, 4)),
+    "b22": ("2x2 convs 3->160 pad 1, 160->8 on 6x6 maps + BN, train step", "train", 32,
+            (3, 6, 6)),
 }
 NUM_CLASSES = 10
 
@@ -131,6 +135,12 @@ def build_breadth(config_id, minidl):
             layers.Conv2D(16, 32, 5, stride=2, padding=2), layers.ReLU(),
             layers.Conv2D(32, 64, 5, stride=2, padding=2), layers.ReLU(),
             layers.GlobalAvgPool2D(), layers.Dense(64, NUM_CLASSES))
+    if config_id == "b21":
+        body = conv_bn_relu(256, 512, 3, 1, 1) + conv_bn_relu(512, 512, 3, 1, 1)
+        return minidl.Sequential(*body, layers.GlobalAvgPool2D(), layers.Dense(512, NUM_CLASSES))
+    if config_id == "b22":
+        body = conv_bn_relu(3, 160, 2, 1, 1) + conv_bn_relu(160, 8, 2, 1, 0)
+        return minidl.Sequential(*body, layers.Flatten(), layers.Dense(8 * 6 * 6, NUM_CLASSES))
     raise KeyError(f"unknown breadth configuration {config_id!r}")
 
 

@@ -510,7 +510,8 @@ def test_dense_gradients_after_set_to_none_equal_the_accumulated_ones(rng):
 
 @pytest.mark.parametrize("method,kernel,stride", [
     ("direct", 3, 1), ("winograd", 3, 1), ("winograd", 5, 1), ("pointwise", 1, 1),
-    ("pointwise", 1, 2), ("im2col", 3, 2), ("im2col", 4, 1)])
+    ("pointwise", 1, 2), ("im2col", 3, 2), ("im2col", 4, 1), ("unfold", 3, 1),
+    ("unfold", 2, 2)])
 def test_conv2d_gradients_handed_over_are_fresh_arrays(rng, method, kernel, stride):
     """Conv2D hands its weight and bias gradients over (owned=True), on every method: with
     zero_grad(set_to_none=True) they equal the accumulated ones, a gradient kept from one step

@@ -565,7 +565,11 @@ def _weight_from_rows(rows, weight_shape):
     kW)``."""
     out_channels, in_channels, kernel_h, kernel_w = weight_shape
     taps = rows.reshape(out_channels, kernel_h * kernel_w, in_channels)
-    return _swap_last_axes(taps).reshape(weight_shape)
+    dweight = _memory.empty(weight_shape, rows.dtype)  # (a base array: the layer keeps it)
+    _kernel.transpose_batched(taps, _no_bias(rows.dtype), False,
+                              dweight.reshape(out_channels, in_channels, kernel_h * kernel_w),
+                              _config.threads_for(rows.size))
+    return dweight
 
 
 def _to_nchw(x_nhwc, threads):

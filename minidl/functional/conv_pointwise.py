@@ -97,8 +97,10 @@ def backward(dout, cache, input_grad):
     in_channels = cache.weight.shape[1]
     dout3 = np.ascontiguousarray(dout).reshape(n, out_channels, out_h * out_w)
     xs3 = cache.xs.reshape(n, in_channels, out_h * out_w)
-    dweight = _blas.matmul(dout3, xs3.transpose(0, 2, 1), sum_batch=True)
-    dweight = dweight.reshape(out_channels, in_channels, 1, 1)
+    dweight = _memory.empty((out_channels, in_channels, 1, 1), cache.dtype)  # (owned, as
+    # the layer takes it: a reshaped result would be a view, which the layer copies)
+    _blas.matmul(dout3, xs3.transpose(0, 2, 1), out=dweight.reshape(out_channels, in_channels),
+                 sum_batch=True)
     dbias = bias_grad(dout3, cache.dtype) if cache.has_bias else None
     if not input_grad:
         return None, dweight, dbias

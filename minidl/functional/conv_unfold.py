@@ -105,7 +105,8 @@ def backward(dout, cache, input_grad):
     bias_grad = np.empty(out_channels, dtype=np.float64)
     _kernel.nchw_to_rows(dout3, drows, bias_grad, cache.has_bias, threads)
     dbias = bias_grad.astype(cache.dtype) if cache.has_bias else None
-    dweight = _blas.matmul(drows, cache.cols).reshape(cache.weight_shape)
+    dweight = _memory.empty(cache.weight_shape, cache.dtype)  # (owned: the layer keeps it)
+    _blas.matmul(drows, cache.cols, out=dweight.reshape(out_channels, -1))
     if not input_grad:
         return None, dweight, dbias
     dcols = _blas.matmul(drows.T, cache.weight)
