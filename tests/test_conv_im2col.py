@@ -185,6 +185,8 @@ def test_stride_one_input_gradient_as_a_convolution(case, dtype, monkeypatch, rn
     x = rng.standard_normal((3, c_in, h, w)).astype(dtype)
     weight = rng.standard_normal((c_out, c_in) + kernel).astype(dtype)
     out, cache = conv2d_forward(x, weight, None, 1, padding, method="im2col")
+    # (whatever share of the convolution's work reads the zeros it pads dout with)
+    monkeypatch.setattr(conv_im2col, "CONV_INPUT_GRAD_MAX_PADDED_FRACTION", 1.01)
     assert conv_im2col._input_grad_as_convolution(cache)
     dout = rng.standard_normal(out.shape).astype(dtype)
     dx, dweight, _ = conv2d_backward(dout, cache)
@@ -201,8 +203,9 @@ def test_stride_one_input_gradient_as_a_convolution(case, dtype, monkeypatch, rn
 def test_input_gradient_as_a_convolution_only_where_it_pays():
     """Strided layers, many output channels (unless the convolution skips padded taps, which
     needs 32 channels each way, and the weight has fewer than CONV_INPUT_GRAD_MAX_WEIGHT_RATIO
-    times the elements of dout), few input channels, 1x1 kernels and a padding of the whole
-    kernel keep dcols + col2im."""
+    times the elements of dout), few input channels, 1x1 kernels, a padding of the whole
+    kernel, and convolutions that would mostly multiply dout's zero padding keep dcols +
+    col2im."""
     def takes_it(c_in, c_out, kernel, stride, padding, size=8, batch=2):
         x = np.zeros((batch, c_in, size, size), np.float32)
         weight = np.zeros((c_out, c_in) + kernel, np.float32)
@@ -219,6 +222,13 @@ def test_input_gradient_as_a_convolution_only_where_it_pays():
     assert not takes_it(6, 16, (5, 5), 1, 0)
     assert not takes_it(16, 16, (1, 1), 1, 0)
     assert not takes_it(16, 16, (3, 3), 1, 3)
+    # few output channels, but most of the convolution would multiply dout's zero padding
+    assert conv_im2col.padded_fraction(*conv_im2col._input_grad_plan_key(conv2d_forward(
+        np.zeros((2, 192, 14, 14), np.float32), np.zeros((24, 192, 7, 7), np.float32),
+        method="im2col")[1])) > conv_im2col.CONV_INPUT_GRAD_MAX_PADDED_FRACTION
+    assert not takes_it(192, 24, (7, 7), 1, 0, size=14)  # (held-out sweep: 0.85x)
+    assert takes_it(192, 24, (7, 7), 1, 3, size=14)
+    assert not takes_it(32, 16, (5, 5), 1, 0)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

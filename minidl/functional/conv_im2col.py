@@ -72,6 +72,9 @@ CHUNK_BYTES = 4 << 20
 # this many input channels is a convolution (see _input_grad_as_convolution).
 CONV_INPUT_GRAD_MAX_OUT_CHANNELS = 32
 CONV_INPUT_GRAD_MIN_IN_CHANNELS = 16
+# ... when less than this fraction of that convolution's multiply-adds read the zeros it pads
+# dout with (it does not skip them with so few channels; see _input_grad_as_convolution).
+CONV_INPUT_GRAD_MAX_PADDED_FRACTION = 0.45
 # ... and with more output channels, where it skips the padded taps and the weight has fewer
 # than this many times the elements of dout (weight-heavy layers on small maps: dcols by class).
 CONV_INPUT_GRAD_MAX_WEIGHT_RATIO = 8
@@ -695,6 +698,19 @@ def _input_grad_as_convolution(cache):
     output channels or more it gained nothing (e.g. (32, 64, 8, 8) -> 64, 5x5 pad 2: 7.4 and
     7.6 ms), nor with few input channels (LeNet's 6 -> 16: 3x slower).
 
+    But ``dout`` is padded by ``kernel - 1 - padding`` on each side, and with few channels
+    the convolution multiplies those zeros (:func:`_skip_padded_taps` needs 32 each way): on
+    small maps with little padding most of its work. So it is taken only where less than
+    ``CONV_INPUT_GRAD_MAX_PADDED_FRACTION`` of its multiply-adds read them
+    (:func:`padded_fraction`). Measured, backward with the input gradient, 1 thread, ms,
+    convolution / columns (padded fraction): (2, 192, 14, 14) -> 24 7x7 pad 0 2.67 / 1.79
+    (0.67; 0.85x of PyTorch in a held-out sweep); (32, 32, 8, 8) -> 16 5x5 0.69 / 0.37 (0.75);
+    (16, 32, 16, 16) -> 16 7x7 2.84 / 2.11 (0.61); (16, 64, 12, 12) -> 16 5x5 1.71 / 1.34
+    (0.56); (2, 64, 14, 14) -> 16 5x5 0.34 / 0.33 (0.49); (8, 128, 10, 10) -> 32 5x5 pad 1
+    2.30 / 2.51 (0.42); (32, 64, 16, 16) -> 16 5x5 pad 2 8.5 / 10.3 (0.14); (64, 16, 32, 32)
+    -> 16 7x7 pad 3 33.4 / 40.4 (0.10). An exception: (8, 64, 12, 12) -> 32 3x3 pad 0 0.82 /
+    0.72 (0.31).
+
     With more output channels the convolution is taken where it skips the padded taps
     (:func:`_skip_padded_taps`), unless the weight has ``CONV_INPUT_GRAD_MAX_WEIGHT_RATIO``
     times as many elements as ``dout`` or more: the convolution needs the flipped weight, one
@@ -712,7 +728,7 @@ def _input_grad_as_convolution(cache):
             and cache.padding[1] < kernel_w):
         return False
     if out_channels <= CONV_INPUT_GRAD_MAX_OUT_CHANNELS:
-        return True
+        return padded_fraction(*_input_grad_plan_key(cache)) < CONV_INPUT_GRAD_MAX_PADDED_FRACTION
     n, _, out_h, out_w = cache.out_shape
     # weight / dout elements = C_in*kH*kW / (N*OH*OW)
     weight_heavy = (in_channels * kernel_h * kernel_w
@@ -866,6 +882,10 @@ def _input_grad_by_columns(drows, cache):
     chunk = rows // per_sample
     if chunk > threads:  # whole rounds of samples: the threads split each chunk evenly
         chunk -= chunk % threads
+    else:  # at least a sample per thread, above CHUNK_BYTES if need be: col2im splits the
+        # samples (one sample of 2.4 MB at a time ran it on one thread: (2, 192, 14, 14) -> 24
+        # 7x7, dx 1.6 ms at 2 threads against 1.2 at 1)
+        chunk = min(n, threads)
     geometry = (kernel_h, kernel_w, *cache.stride, *cache.padding)
     dx_nhwc = _memory.empty((n,) + cache.x_shape[2:] + (in_channels,), cache.dtype)
     dcols = _memory.empty((chunk * per_sample, taps), cache.dtype)
