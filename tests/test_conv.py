@@ -409,9 +409,10 @@ def test_conv2d_layer_backward_without_input_grad(rng):
 
 # --------------------------------------------------------------------------- 5. choice of method, out
 def test_auto_method_choice(rng):
-    """auto: direct for few taps on large maps or little work, Winograd for other 3x3 stride-1 kernels and 5x5 ones on 8+
-    input channels (padding <= 4), direct again for other stride-1 kernels with few output
-    channels, else im2col."""
+    """auto: direct for few taps on large maps or little work, unfold for few output
+    positions, Winograd for other 3x3 stride-1 kernels and 5x5 ones on 8+ input channels
+    (padding <= 4), direct again for other stride-1 kernels with few output channels on maps
+    large enough, else im2col."""
     from minidl.functional.conv import (DIRECT_MAX_TAPS, DIRECT_PLANE_MAX_TAPS, DirectCache,
                                         Im2colCache, WinogradCache, choose_method)
     assert choose_method("auto", DIRECT_MAX_TAPS) == "direct"
@@ -482,7 +483,8 @@ def test_auto_method_choice(rng):
     with pytest.raises(ValueError, match=r"Conv2D.*winograd.*\(5, 5\).*padding of at most 4.*"
                                          r"\(5, 5\)"):
         Conv2D(4, 2, 5, padding=5, method="winograd")
-    _, cache = conv2d_forward(rng.standard_normal((2, 8, 10, 10)), rng.standard_normal((3, 8, 5, 5)))
+    _, cache = conv2d_forward(rng.standard_normal((2, 8, 10, 10)),
+                              rng.standard_normal((3, 8, 5, 5)))
     assert cache.method == "winograd" and cache.kernel == 5
     with pytest.raises(ValueError, match=r"conv2d.*winograd.*\(3, 2\)"):
         conv2d_forward(rng.standard_normal((1, 8, 5, 5)), rng.standard_normal((2, 8, 3, 2)),

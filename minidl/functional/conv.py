@@ -162,11 +162,11 @@ def check_method(method, layer="conv2d", stride=(1, 1), kernel_size=None, paddin
 
     Raises:
         ValueError: ``method`` is not one of ``"auto"``, ``"direct"``, ``"im2col"``,
-            ``"pointwise"``, ``"unfold"``, ``"winograd"``; ``"direct"`` or ``"winograd"`` with a stride
-            other than 1; ``"winograd"`` with a kernel_size other than ``(3, 3)`` or ``(5,
-            5)``, or 5x5 with a padding above 4; or ``"pointwise"`` with a kernel_size other
-            than ``(1, 1)`` or a padding other than ``(0, 0)`` (kernel_size and padding are
-            checked when given).
+            ``"pointwise"``, ``"unfold"``, ``"winograd"``; ``"direct"`` or ``"winograd"``
+            with a stride other than 1; ``"winograd"`` with a kernel_size other than ``(3,
+            3)`` or ``(5, 5)``, or 5x5 with a padding above 4; or ``"pointwise"`` with a
+            kernel_size other than ``(1, 1)`` or a padding other than ``(0, 0)``
+            (kernel_size and padding are checked when given).
     """
     if method not in METHODS:
         raise ValueError(f"{layer}: method must be one of {METHODS}, got {method!r}")

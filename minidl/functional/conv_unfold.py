@@ -22,9 +22,10 @@ where ``drows[o, (n*OH + oh)*OW + ow] = dout[n, o, oh, ow]`` and ``K = C_in*kH*k
 are :func:`minidl._blas.matmul` (for ``M <= 8`` dot products that read ``W`` in place, else the
 GEMM, which packs ``W`` tile by tile); ``unfold``, ``fold`` and the layout changes of the
 output and of ``dout`` are kernels of ``minidl/_kernels/_conv.pyx``. "auto" takes this method
-for at most ``minidl.functional.conv.UNFOLD_MAX_POSITIONS`` output positions in the batch
-(the measurements are there). The columns are materialized (``M*K`` values, small here), and
-the taps in the padding are multiplied (their zeros), unlike in :mod:`conv_im2col`.
+for at most ``minidl.functional.conv.UNFOLD_MAX_POSITIONS`` output positions in the batch and
+a weight of at least twice the elements of the matrix (the measurements are there). The
+columns are materialized (``M*K`` values, small here), and the taps in the padding are
+multiplied (their zeros), unlike in :mod:`conv_im2col`.
 
 Called by :func:`minidl.functional.conv.conv2d_forward` / ``conv2d_backward``, which validate
 the arguments and choose the method; these functions trust them. Every array they allocate
