@@ -49,8 +49,7 @@ def test_fold_kernel_is_the_adjoint_of_unfold(case, rng):
     x_shape, _, kernel_size, stride, padding = case
     out_h, out_w = _output_size(x_shape, kernel_size, stride, padding)
     x = rng.standard_normal(x_shape)
-    cols = np.empty((x_shape[0] * out_h * out_w, x[0].size // (x_shape[2] * x_shape[3])
-                     * kernel_size[0] * kernel_size[1]))
+    cols = np.empty((x_shape[0] * out_h * out_w, x_shape[1] * kernel_size[0] * kernel_size[1]))
     kernel.unfold(x, cols, *kernel_size, *stride, *padding, 1)
     d = rng.standard_normal(cols.shape)
     dx = np.full(x_shape, np.nan)

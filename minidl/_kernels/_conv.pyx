@@ -279,7 +279,6 @@ def fold(const floating[:, ::1] cols, floating[:, :, :, ::1] dx,
     cdef Py_ssize_t N = dx.shape[0], C = dx.shape[1], H = dx.shape[2], W = dx.shape[3]
     cdef Py_ssize_t OH = (H + 2 * pad_h - kernel_h) // stride_h + 1
     cdef Py_ssize_t OW = (W + 2 * pad_w - kernel_w) // stride_w + 1
-    cdef Py_ssize_t taps = C * kernel_h * kernel_w
     cdef Py_ssize_t plane, n, c, oh, ow, i, j, ih, iw0, lo, hi, k
     cdef floating* dst
     cdef const floating* src

@@ -182,6 +182,17 @@ def bias_grad(dout3, dtype):
     return sums.astype(dtype)
 
 
+def dout_rows(dout3, has_bias, dtype, threads):
+    """``(drows, dbias)``: ``dout3`` ``(N, C_out, P)`` (C-contiguous) as ``(C_out, N*P)``, and
+    its per-channel sums in float64 as a ``(C_out,)`` array of ``dtype`` (None unless
+    ``has_bias``), in one pass (``_conv.nchw_to_rows``). Also the unfold method's."""
+    n, out_channels, positions = dout3.shape
+    drows = _memory.empty((out_channels, n * positions), dtype)
+    sums = np.empty(out_channels, dtype=np.float64)
+    _kernel.nchw_to_rows(dout3, drows, sums, has_bias, threads)
+    return drows, (sums.astype(dtype) if has_bias else None)
+
+
 def _padded_nhwc(x, padding, threads):
     """C-contiguous ``(N, C, H, W)`` -> C-contiguous ``(N, H + 2*pH, W + 2*pW, C)``, zeros
     around."""
@@ -511,14 +522,14 @@ def _gathered(x_pad, kernel_size, stride, out_size):
     return _blas.Gathered.trusted(x_pad, rows, taps)
 
 
-def _swap_last_axes(src):
-    """C-contiguous ``(B, A, C)`` -> a new C-contiguous ``(B, C, A)``, by the blocked transpose
-    kernel: the weight's layout changes below. NumPy's strided copy of
+def _swap_last_axes(src, out=None):
+    """C-contiguous ``(B, A, C)`` -> C-contiguous ``(B, C, A)`` (into ``out`` when given, else a
+    new array), by the blocked transpose kernel: the weight's layout changes below. NumPy's strided copy of
     ``dweight_taps.reshape(kH, kW, C_in, C_out).transpose(3, 2, 0, 1)`` reads its innermost
     output axis ``C_in*C_out`` elements apart: 7.1 ms for a 7x7 layer of 128 -> 256 channels,
     more than the layer's weight-gradient product (4.7 ms at 2 threads)."""
     b, a, c = src.shape
-    dst = _memory.empty((b, c, a), src.dtype)
+    dst = _memory.empty((b, c, a), src.dtype) if out is None else out
     _kernel.transpose_batched(src, _no_bias(src.dtype), False, dst,
                               _config.threads_for(src.size))
     return dst
@@ -569,9 +580,7 @@ def _weight_from_rows(rows, weight_shape):
     out_channels, in_channels, kernel_h, kernel_w = weight_shape
     taps = rows.reshape(out_channels, kernel_h * kernel_w, in_channels)
     dweight = _memory.empty(weight_shape, rows.dtype)  # (a base array: the layer keeps it)
-    _kernel.transpose_batched(taps, _no_bias(rows.dtype), False,
-                              dweight.reshape(out_channels, in_channels, kernel_h * kernel_w),
-                              _config.threads_for(rows.size))
+    _swap_last_axes(taps, dweight.reshape(out_channels, in_channels, kernel_h * kernel_w))
     return dweight
 
 
@@ -792,10 +801,7 @@ def _weight_grad(dout, cache):
     per_sample = out_h * out_w
     taps = cache.weight_rows.shape[1]
     threads = _config.threads_for(n * per_sample * taps)
-    drows = _memory.empty((out_channels, n * per_sample), cache.dtype)
-    bias_grad = np.empty(out_channels, dtype=np.float64)
-    _kernel.nchw_to_rows(dout, drows, bias_grad, cache.has_bias, threads)
-    dbias = bias_grad.astype(cache.dtype) if cache.has_bias else None
+    drows, dbias = dout_rows(dout, cache.has_bias, cache.dtype, threads)
 
     rows, _ = matrix_shape(cache.x_shape, (kernel_h, kernel_w), (out_h, out_w), cache.dtype)
     chunk = rows // per_sample  # samples per materialized matrix (dcols, or cols below)

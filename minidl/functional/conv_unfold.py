@@ -37,7 +37,7 @@ import numpy as np
 
 from .. import _blas, _config, _memory
 from .._kernels import _conv as _kernel
-from .conv_im2col import _no_bias
+from .conv_im2col import _no_bias, dout_rows
 
 __all__ = ["UnfoldCache", "forward", "backward"]
 
@@ -102,10 +102,7 @@ def backward(dout, cache, input_grad):
     positions = out_h * out_w
     threads = _config.threads_for(cache.cols.size)
     dout3 = np.ascontiguousarray(dout).reshape(n, out_channels, positions)
-    drows = _memory.empty((out_channels, n * positions), cache.dtype)
-    bias_grad = np.empty(out_channels, dtype=np.float64)
-    _kernel.nchw_to_rows(dout3, drows, bias_grad, cache.has_bias, threads)
-    dbias = bias_grad.astype(cache.dtype) if cache.has_bias else None
+    drows, dbias = dout_rows(dout3, cache.has_bias, cache.dtype, threads)
     dweight = _memory.empty(cache.weight_shape, cache.dtype)  # (owned: the layer keeps it)
     _blas.matmul(drows, cache.cols, out=dweight.reshape(out_channels, -1))
     if not input_grad:
