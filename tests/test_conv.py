@@ -686,6 +686,23 @@ def test_giant_but_valid_shapes_fail_before_anything_is_allocated(x_shape, w_sha
     assert after["misses"] == before["misses"] and after["hits"] == before["hits"]
 
 
+def test_the_backward_matrix_is_checked_for_a_sample_per_thread(monkeypatch):
+    # One sample's im2col matrix (1024 x 576 float32, 2.4 MB) fits in 3 MB, but the input
+    # gradient builds dcols for a sample per thread: 4.7 MB at 2 threads.
+    from minidl import _checks
+    x, weight = np.zeros((2, 64, 32, 32), np.float32), np.zeros((8, 64, 3, 3), np.float32)
+    monkeypatch.setitem(_checks._MEMORY, "physical", 3 << 20)
+    previous = minidl.get_num_threads()
+    try:
+        minidl.set_num_threads(1)
+        conv2d_forward(x, weight, None, 1, 1, method="im2col")
+        minidl.set_num_threads(2)
+        with pytest.raises(MemoryError, match=r"^conv2d: the im2col matrix of shape \(2048, 576\)"):
+            conv2d_forward(x, weight, None, 1, 1, method="im2col")
+    finally:
+        minidl.set_num_threads(previous)
+
+
 def test_public_helpers_and_other_caches_check_their_arguments(rng):
     from minidl.functional import conv2d_output_size, linear_backward, softmax_backward
     assert conv2d_output_size((7, 5), 3, (2, 1), 1) == (4, 5)

@@ -358,8 +358,7 @@ def _check_weight_and_bias(layer, x, weight, bias):
         )
 
 
-def _check_workspace_sizes(layer, x, weight_shape, out_shape, padding, method, new_out,
-                           new_matrix):
+def _check_workspace_sizes(layer, x, weight_shape, out_shape, padding, method, new_out):
     """MemoryError, before anything is allocated, if the output ``out_shape``, the padded input
     (direct) or im2col's matrix would not fit in memory (see
     :func:`minidl._checks.check_allocation`)."""
@@ -373,9 +372,9 @@ def _check_workspace_sizes(layer, x, weight_shape, out_shape, padding, method, n
     elif method == "im2col":
         check_allocation(layer, "padded NHWC input",
                          (n, height + 2 * padding[0], width + 2 * padding[1], channels), x.dtype)
-        if new_matrix:  # the backward pass's matrix (one chunk of samples)
-            check_allocation(layer, "im2col matrix", conv_im2col.matrix_shape(
-                x.shape, kernel_size, out_shape[2:], x.dtype), x.dtype)
+        # the backward pass's dcols (a chunk of samples, at least one per thread)
+        check_allocation(layer, "im2col matrix", conv_im2col.dcols_shape(
+            x.shape, kernel_size, out_shape[2:], x.dtype), x.dtype)
     elif method == "unfold":
         check_allocation(layer, "unfolded input", (n * out_shape[2] * out_shape[3],
                                                    channels * kernel_size[0] * kernel_size[1]),
@@ -435,8 +434,7 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, layer="conv2d", wo
     method = choose_method(method, kernel_h * kernel_w * in_channels, layer, stride,
                            (kernel_h, kernel_w), padding, (out_h, out_w), out_channels,
                            x.shape[0])
-    _check_workspace_sizes(layer, x, weight.shape, out_shape, padding, method, out is None,
-                           workspace is None)
+    _check_workspace_sizes(layer, x, weight.shape, out_shape, padding, method, out is None)
     if method == "im2col" and isinstance(workspace, np.ndarray):
         check_no_overlap(layer, "workspace", workspace, input=x, weight=weight, bias=bias)
     given = out is not None

@@ -63,7 +63,7 @@ from .._kernels import _conv as _kernel
 from .._kernels import _gemm
 
 __all__ = ["Im2colCache", "forward", "backward", "matrix_shape", "gather_offsets",
-           "BorderPlan", "border_plan", "padded_fraction", "CHUNK_BYTES"]
+           "BorderPlan", "border_plan", "padded_fraction", "CHUNK_BYTES", "dcols_shape"]
 
 # A materialized matrix (dcols; im2col's in a workspace) covers this many bytes of samples at a
 # time (at least one sample).
@@ -146,6 +146,22 @@ def matrix_shape(x_shape, kernel_size, out_size, dtype=np.float32):
     taps = kernel_size[0] * kernel_size[1] * x_shape[1]
     per_sample = out_size[0] * out_size[1]
     chunk = _samples_per_chunk(x_shape[0], per_sample * taps * np.dtype(dtype).itemsize)
+    return chunk * per_sample, taps
+
+
+def dcols_shape(x_shape, kernel_size, out_size, dtype=np.float32):
+    """Shape ``(S*OH*OW, kH*kW*C_in)`` of the backward pass's ``dcols`` for ``S`` samples at a
+    time: like :func:`matrix_shape`, but ``S`` is a whole number of rounds of the threads when
+    a chunk holds more than one per thread, and at least one sample per thread (above
+    ``CHUNK_BYTES`` if need be) otherwise, so that col2im, which splits samples, uses them all
+    ((2, 192, 14, 14) -> 24 7x7 with one sample of 2.4 MB at a time ran it on one thread: dx
+    1.6 ms at 2 threads against 1.2 at 1)."""
+    n = x_shape[0]
+    rows, taps = matrix_shape(x_shape, kernel_size, out_size, dtype)
+    per_sample = out_size[0] * out_size[1]
+    threads = _config.threads_for(n * per_sample * taps)
+    chunk = rows // per_sample
+    chunk = chunk - chunk % threads if chunk > threads else min(n, threads)
     return chunk * per_sample, taps
 
 
@@ -884,14 +900,8 @@ def _input_grad_by_columns(drows, cache):
     per_sample = out_h * out_w
     taps = cache.weight_rows.shape[1]
     threads = _config.threads_for(n * per_sample * taps)
-    rows, _ = matrix_shape(cache.x_shape, (kernel_h, kernel_w), (out_h, out_w), cache.dtype)
+    rows, _ = dcols_shape(cache.x_shape, (kernel_h, kernel_w), (out_h, out_w), cache.dtype)
     chunk = rows // per_sample
-    if chunk > threads:  # whole rounds of samples: the threads split each chunk evenly
-        chunk -= chunk % threads
-    else:  # at least a sample per thread, above CHUNK_BYTES if need be: col2im splits the
-        # samples (one sample of 2.4 MB at a time ran it on one thread: (2, 192, 14, 14) -> 24
-        # 7x7, dx 1.6 ms at 2 threads against 1.2 at 1)
-        chunk = min(n, threads)
     geometry = (kernel_h, kernel_w, *cache.stride, *cache.padding)
     dx_nhwc = _memory.empty((n,) + cache.x_shape[2:] + (in_channels,), cache.dtype)
     dcols = _memory.empty((chunk * per_sample, taps), cache.dtype)
