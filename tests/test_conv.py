@@ -444,7 +444,7 @@ def test_auto_method_choice(rng):
     assert choose_method("auto", 256, kernel_size=(2, 2), out_size=(10, 10), out_channels=8,
                          batch=64) == "direct"
     assert choose_method("auto", 275, kernel_size=(5, 6), out_channels=8) == "im2col"
-    # 5x5: Winograd from 8 input channels on, whatever the output channels, padding <= 4
+    # 5x5 (map and batch not known): Winograd from 8 input channels on, padding <= 4
     assert choose_method("auto", 200, kernel_size=(5, 5), out_channels=8) == "winograd"
     assert choose_method("auto", 200, kernel_size=(5, 5), padding=(4, 4)) == "winograd"
     assert choose_method("auto", 200, kernel_size=(5, 5), padding=(5, 4)) == "im2col"
@@ -494,43 +494,54 @@ def test_auto_method_choice(rng):
     assert cache.method == "im2col"  # auto: the direct and Winograd kernels are for stride 1
 
 
-@pytest.mark.parametrize("batch, in_channels, out_channels, out_size, expected", [
-    (1, 32, 32, (4, 4), "winograd"),     # 4 tiles per image (WINOGRAD3_MIN_TILES)
-    (64, 64, 64, (2, 2), "im2col"),      # 1 tile, whatever the batch
-    (1, 16, 16, (3, 4), "winograd"),     # odd maps round up: 2 x 2 tiles
-    (1, 16, 16, (2, 4), "im2col"),       # 2 tiles
-    (16, 256, 256, (4, 4), "im2col"),    # 64 tiles * 9 < 0.18 * 256**1.5 multiply-adds saved
-    (32, 256, 256, (4, 4), "winograd"),  # 128 tiles
-    (16, 128, 128, (4, 4), "winograd"),
-    (32, 512, 512, (4, 4), "im2col"),
-    (64, 512, 512, (4, 4), "winograd"),
-    (8, 512, 512, (7, 7), "im2col"),
-    (4, 256, 256, (8, 8), "winograd"),   # less padding: 36 * 0.84 - 16 saved per tile
-    (1, 256, 256, (8, 8), "im2col"),
-    (8, 512, 512, (14, 14), "winograd"),
-    (64, 32, 64, (14, 14), "winograd"),  # the MNIST CNN's second layer
-    (None, 512, 512, (4, 4), "winograd"),  # batch not known: 4 tiles per image suffice
+@pytest.mark.parametrize("kernel, batch, in_channels, out_channels, out_size, padding, expected", [
+    (3, 64, 64, 64, (2, 2), 1, "im2col"),      # 1 tile, whatever the batch
+    (3, 16, 16, 16, (2, 4), 1, "im2col"),      # 2 tiles per image
+    (3, 64, 16, 16, (3, 4), 1, "winograd"),    # odd maps round up: 2 x 2 tiles
+    (3, 1, 32, 32, (4, 4), 1, "im2col"),       # 4 tiles, but 1 image: too little saved
+    (3, 16, 256, 256, (4, 4), 1, "im2col"),    # 16*(9*v*16 - 16*4) < 3*256 multiply-adds
+    (3, 32, 256, 256, (4, 4), 1, "winograd"),
+    (3, 16, 128, 128, (4, 4), 1, "winograd"),
+    (3, 32, 512, 512, (4, 4), 1, "im2col"),
+    (3, 64, 512, 512, (4, 4), 1, "winograd"),
+    (3, 8, 512, 512, (7, 7), 1, "im2col"),
+    (3, 4, 256, 256, (8, 8), 1, "winograd"),   # less padding: more saved per tile
+    (3, 1, 256, 256, (8, 8), 1, "im2col"),
+    (3, 4, 192, 256, (5, 5), 0, "im2col"),     # odd maps: 9 tiles for 25 outputs
+    (3, 1, 128, 64, (22, 22), 0, "winograd"),  # a large map pays even at batch 1
+    (3, 8, 512, 512, (14, 14), 1, "winograd"),
+    (3, 64, 32, 64, (14, 14), 1, "winograd"),  # the MNIST CNN's second layer
+    (3, None, 512, 512, (4, 4), 1, "winograd"),  # batch not known: 4 tiles per image suffice
+    (5, 8, 256, 96, (3, 3), 0, "im2col"),      # 5x5 on small maps: 12.5 ms against 4.8
+    (5, 1, 192, 64, (6, 6), 1, "im2col"),
+    (5, 4, 256, 64, (22, 22), 1, "winograd"),
+    (5, 32, 8, 32, (16, 16), 2, "winograd"),   # from 8 input channels (WINOGRAD5_MIN_IN_...)
+    (5, 32, 4, 32, (16, 16), 2, "im2col"),
+    (5, None, 8, 8, (4, 4), 0, "winograd"),    # batch not known: 8 input channels suffice
 ])
-def test_auto_gives_winograd_3x3_only_where_it_pays(batch, in_channels, out_channels, out_size,
-                                                    expected, rng):
-    """"auto" and F(2x2, 3x3): at least 4 tiles per image, and enough multiply-adds saved on
-    the batch to pay for the weight's transforms (``WINOGRAD3_BREAK_EVEN``); the layers' path
-    (conv2d_forward, which knows the batch) follows the rule, except for batches of at most
-    ``UNFOLD_MAX_POSITIONS`` output positions, which go to unfold first."""
-    from minidl.functional.conv import UNFOLD_MAX_POSITIONS, _winograd3_pays, choose_method
-    assert _winograd3_pays(in_channels, out_channels, out_size, (1, 1), batch) == (
+def test_auto_gives_winograd_only_where_it_pays(kernel, batch, in_channels, out_channels,
+                                                out_size, padding, expected, rng):
+    """"auto" and F(2x2, 3x3) / F(2x2, 5x5): enough multiply-adds saved on the batch to pay
+    for the transforms (``WINOGRAD_BREAK_EVEN``; 3x3 at least 4 tiles per image, 5x5 at least
+    8 input channels); the layers' path (conv2d_forward, which knows the batch) follows the
+    rule, except for batches of at most ``UNFOLD_MAX_POSITIONS`` output positions and twice as
+    many output channels, which go to unfold first."""
+    from minidl.functional.conv import UNFOLD_MAX_POSITIONS, _winograd_pays, choose_method
+    pad = (padding, padding)
+    assert _winograd_pays(kernel, in_channels, out_channels, out_size, pad, batch) == (
         expected == "winograd")
     positions = batch * out_size[0] * out_size[1] if batch is not None else None
     if positions is not None and positions <= UNFOLD_MAX_POSITIONS and \
             2 * positions <= out_channels:
         expected = "unfold"
-    assert choose_method("auto", 9 * in_channels, kernel_size=(3, 3), padding=(1, 1),
+    assert choose_method("auto", kernel * kernel * in_channels, kernel_size=(kernel, kernel), padding=pad,
                          out_size=out_size, out_channels=out_channels, batch=batch) == expected
     if batch is None:
         return
-    x = np.zeros((batch, in_channels) + out_size, np.float32)
-    weight = np.zeros((out_channels, in_channels, 3, 3), np.float32)
-    _, cache = conv2d_forward(x, weight, None, 1, 1)  # the layers' path: method "auto"
+    in_size = tuple(o + kernel - 1 - 2 * padding for o in out_size)
+    x = np.zeros((batch, in_channels) + in_size, np.float32)
+    weight = np.zeros((out_channels, in_channels, kernel, kernel), np.float32)
+    _, cache = conv2d_forward(x, weight, None, 1, padding)  # the layers' path: method "auto"
     assert cache.method == expected
 
 

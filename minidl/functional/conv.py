@@ -32,6 +32,8 @@ Under ``with minidl.backend("reference"):`` the validated arguments go instead t
 convolution sum in :mod:`minidl.reference.functional.conv`, and a cache that it made sends the
 backward pass there too (the two ``if`` statements marked "reference backend" below).
 """
+import math
+
 import numpy as np
 
 from .. import _blas, _memory
@@ -119,38 +121,55 @@ METHODS = ("auto", "direct", "im2col", "pointwise", "unfold", "winograd")
 # also taken only for weights of at least twice the elements of its matrix (C_out >= 2*M): in
 # an inference forward of (1, 64, 8, 8) -> 64 3x3 pad 1 (C_out = M) Winograd took 119 us and
 # unfold 192 (2 threads), where for (1, 512, 7, 7) -> 512 unfold took 2.16 ms and im2col 3.25.
-UNFOLD_MAX_POSITIONS = 64
+# Beyond 64 positions (a held-out sweep found batch-1 layers of 81 to 144 positions at 0.66-0.95x
+# of PyTorch) unfold was 5-30% faster than im2col at 1 thread on 15 layers of 72 to 162
+# positions with C_out >= 2*M, and level on average at 2 threads (0.80-1.13x of im2col's time,
+# mean 0.97): 1 / 2 threads, ms, unfold / im2col, (1, 256, 10, 10) -> 384 4x4 pad 1 (81) 9.6 /
+# 13.6 and 5.3 / 6.2; (1, 384, 20, 20) -> 384 7x7 stride 2 pad 2 (81) 49.1 / 62.5 and 25.0 /
+# 31.2; (2, 32, 8, 8) -> 192 3x3 (72) 0.39 / 0.47 and 0.34 / 0.43; (1, 512, 10, 10) -> 256 3x3
+# pad 1 (100) 10.6 / 11.9 but 5.3 / 4.7; (2, 192, 7, 7) -> 384 (98) 5.0 / 5.6 but 2.6 / 2.3.
+# From 200 positions on unfold was level with im2col at best ((1, 256, 16, 16) -> 512, 256
+# positions: 20.8 / 21.1 and 10.2 / 10.4; (4, 128, 8, 8) -> 512 10.7 / 10.1 and 5.6 / 5.5).
+# Where Winograd could take these layers, unfold was faster in all 6 measured: (1, 64, 12, 12)
+# -> 512 3x3 pad 1 (144 positions) 2.9 ms against Winograd's 4.8 (1 thread), 1.6 / 3.2 (2).
+UNFOLD_MAX_POSITIONS = 160
 # the kernel sizes Winograd's method computes: F(2x2, 3x3) and F(2x2, 5x5)
 WINOGRAD_KERNELS = ((3, 3), (5, 5))
-# 5x5 stride-1 layers (padding <= 4) with at least this many input channels use F(2x2, 5x5)
-# under "auto": 9 multiply-adds per output and channel pair instead of 25, but a tile's input
-# transform costs about as much as 5 channels' products. Measured, one layer forward +
-# backward, 1 thread, ms (im2col / Winograd / direct / PyTorch): (32, 4, 16, 16) -> 32 3.47 /
-# 4.18 / 7.12 / 8.28; (32, 8, 16, 16) -> 32 4.67 / 3.52 / - / 4.99; (32, 16, 16, 16) -> 4
-# 4.56 / 3.21 / 3.29 / 3.67; (32, 64, 8, 8) -> 64 13.1 / 8.6 / - / 11.7.
+# 5x5 stride-1 layers (padding <= 4) use F(2x2, 5x5) under "auto" only with at least this
+# many input channels (and where it pays, below): 9 multiply-adds per output and channel pair
+# instead of 25, but a tile's input transform costs about as much as 5 channels' products.
+# Measured, one layer forward + backward, 1 thread, ms (im2col / Winograd / direct / PyTorch):
+# (32, 4, 16, 16) -> 32 3.47 / 4.18 / 7.12 / 8.28; (32, 8, 16, 16) -> 32 4.67 / 3.52 / - /
+# 4.99; (32, 16, 16, 16) -> 4 4.56 / 3.21 / 3.29 / 3.67; (32, 64, 8, 8) -> 64 13.1 / 8.6 / - /
+# 11.7.
 WINOGRAD5_MIN_IN_CHANNELS = 8
-# 3x3 stride-1 layers use F(2x2, 3x3) under "auto" only where it pays (_winograd3_pays): at
-# least WINOGRAD3_MIN_TILES 2x2 output tiles per image, and enough multiply-adds saved on the
-# batch to pay for transforming the weight and its gradient (16*C_in*C_out numbers, about 10 ns
-# per filter each, where im2col moves 9 per filter at memory speed). Per pair of channels,
-# im2col multiplies 36*v per 2x2 tile (v: the fraction of its taps not in the padding, which
-# it skips), Winograd 16; so "auto" takes Winograd when N*tiles*(36*v - 16) >=
-# WINOGRAD3_BREAK_EVEN * (C_in*C_out)**0.75 (the exponent, as the constant, fitted to the
-# measurements). Measured, one layer forward + backward at 2 threads, ms, Winograd / im2col
-# (min of 7): (8, 256, 4, 4) -> 256 5.36 / 4.85; (16, 256, 4, 4) 5.26 / 4.66 (1 thread 8.69 /
-# 8.10); (32, 256, 4, 4) 7.88 / 8.18 (13.37 / 14.67); (48, 256, 4, 4) 9.69 / 10.96; (64, 256,
-# 4, 4) 12.98 / 16.49; (128, 256, 4, 4) 20.85 / 28.64; (16, 128, 4, 4) -> 128 1.79 / 2.08;
-# (64, 128, 4, 4) 3.71 / 5.15; (16, 192, 4, 4) 3.72 / 4.11; (32, 512, 4, 4) 36.9 / 30.5; (64,
-# 512, 4, 4) 53.7 / 55.5; (16, 512, 6, 6) 45.5 / 44.0 (1 thread 75.1 / 76.4); (8, 512, 7, 7)
-# 38.4 / 33.6; (1, 512, 14, 14) 25.9 / 19.4; (2, 512, 14, 14) 29.4 / 31.5; (1, 256, 8, 8) 5.07
-# / 4.04; (4, 256, 8, 8) 6.23 / 7.25; (2, 512, 8, 8) 19.2 / 13.0; (4, 512, 8, 8) 24.2 / 20.5;
-# (16, 256, 6, 6) 8.11 / 9.89; (16, 96, 6, 6) 1.03 / 1.46; (1, 256, 16, 16) 4.76 / 5.07. The
-# rule picks the faster of the two for all but (4, 128, 8, 8) -> 128 (1.38 / 1.28) and (2,
-# 512, 14, 14), each within 8%. (The rule before, sqrt(C_in*C_out)/64 tiles per image, ignored
-# the batch: it gave the layers of batch 1 to 16 with 256 channels and more to Winograd, 10-32%
-# slower than im2col once im2col skipped the padded taps from one packing of the weight.)
+# Stride-1 3x3 and 5x5 layers use Winograd's F(2x2, r x r) under "auto" only where it pays
+# (_winograd_pays): where the multiply-adds it saves on the batch pay for its fixed costs, the
+# transforms of the weight and of its gradient (16 or 36 numbers per pair of channels, passes
+# at memory speed) and products of few rows on small batches. Per pair of channels im2col
+# multiplies r*r*v per output position (v: the fraction of its taps not in the padding, which
+# it skips), Winograd (r+1)**2 per 2x2 tile, so "auto" takes Winograd when
+# N*(r*r*v*OH*OW - (r+1)**2*tiles) >= WINOGRAD_BREAK_EVEN[r] * sqrt(C_in*C_out) (the
+# constants and the exponent fitted to the measurements below), and 3x3 layers in any case
+# only from WINOGRAD3_MIN_TILES 2x2 output tiles per image.
+#
+# Fitted on one layer's forward + backward with the input gradient, Winograd against the
+# faster of im2col and unfold, interleaved: 49 3x3 and 55 5x5 layers that the rule before
+# gave to Winograd (batch 1 to 64, 8 to 512 channels each way, 4x4 to 28x28 maps, padding 0
+# to r-1), at 1 and 2 threads, and the 23 3x3 layers on which the rule before was fitted (2
+# threads). Time of the method chosen over that of the fastest, mean (worst): 3x3, 1 thread
+# 1.071 (1.81) with the rule before, 1.015 (1.23) with this one; 2 threads 1.111 (1.88) and
+# 1.038 (1.70); the earlier 23 layers 1.007 (1.08) and 1.005 (1.08). 5x5, 1 thread 1.436
+# (8.9) and 1.037 (1.45); 2 threads 1.406 (6.7) and 1.032 (1.63).
+# Examples, 1 thread, ms, Winograd / the faster other: (8, 256, 7, 7) -> 96 5x5 12.5 / 4.8;
+# (16, 192, 5, 5) -> 128 5x5 9.9 / 1.1; (4, 192, 7, 7) -> 256 3x3 5.9 / 3.3; (1, 64, 12, 12)
+# -> 512 3x3 pad 1 4.8 / 2.9 (now im2col or unfold); but (4, 256, 24, 24) -> 64 5x5 pad 1
+# 26.6 / 45.4, (1, 128, 24, 24) -> 64 3x3 1.95 / 3.01 (still Winograd). (The rule before
+# counted im2col's work as 36*v per tile, too much for odd maps, and its threshold grew as
+# (C_in*C_out)**0.75, too fast for small batches of wide layers; 5x5 went to Winograd from 8
+# input channels whatever the map.)
 WINOGRAD3_MIN_TILES = 4
-WINOGRAD3_BREAK_EVEN = 0.18
+WINOGRAD_BREAK_EVEN = {3: 3.0, 5: 60.0}
 _BACKWARD = {DirectCache: conv_direct.backward, Im2colCache: conv_im2col.backward,
              PointwiseCache: conv_pointwise.backward, UnfoldCache: conv_unfold.backward,
              WinogradCache: conv_winograd.backward}
@@ -200,11 +219,10 @@ def choose_method(method, taps, layer="conv2d", stride=(1, 1), kernel_size=None,
     im2col's copy) and the maps are large enough or the work small enough for them
     (:func:`_direct_pays`; im2col otherwise), else unfold when the batch has at most
     ``UNFOLD_MAX_POSITIONS`` output positions in all (``batch*OH*OW``) and at least twice as
-    many output channels (:func:`_unfold_pays`), else Winograd F(2x2,
-    3x3) when ``kernel_size`` is ``(3, 3)`` and its
-    transformed weight is paid for (``WINOGRAD3_BREAK_EVEN``), F(2x2, 5x5)
-    when it is ``(5, 5)`` with a padding of at most 4 and at least
-    ``WINOGRAD5_MIN_IN_CHANNELS`` input channels, else the
+    many output channels (:func:`_unfold_pays`), else Winograd F(2x2, 3x3) or F(2x2, 5x5)
+    when ``kernel_size`` is ``(3, 3)`` or ``(5, 5)`` (then with a padding of at most 4 and at
+    least ``WINOGRAD5_MIN_IN_CHANNELS`` input channels) and the multiply-adds it saves pay for
+    its fixed costs (:func:`_winograd_pays`, ``WINOGRAD_BREAK_EVEN``), else the
     direct kernels again for a kernel larger than 1x1 with at most
     ``DIRECT_NARROW_MAX_OUT_CHANNELS`` output channels and ``DIRECT_NARROW_MAX_TAPS`` taps
     on maps of at least ``DIRECT_NARROW_MIN_POSITIONS`` positions (im2col's product would have
@@ -227,12 +245,9 @@ def choose_method(method, taps, layer="conv2d", stride=(1, 1), kernel_size=None,
         return "direct" if pays else "im2col"
     if _unfold_pays(out_size, out_channels, batch):
         return "unfold"
-    three_by_three = kernel_size is not None and tuple(kernel_size) == (3, 3)
-    if stride_one and three_by_three and _winograd3_pays(taps // 9, out_channels, out_size,
-                                                         padding, batch):
-        return "winograd"
-    if stride_one and tuple(kernel_size or ()) == (5, 5) and max(padding) <= 4 and \
-            taps // 25 >= WINOGRAD5_MIN_IN_CHANNELS:
+    square = tuple(kernel_size or ())
+    if stride_one and square in WINOGRAD_KERNELS and _winograd_pays(
+            square[0], taps // (square[0] * square[1]), out_channels, out_size, padding, batch):
         return "winograd"
     return "direct" if narrow else "im2col"
 
@@ -272,20 +287,27 @@ def _direct_pays(taps, out_size, out_channels=None, batch=None):
             and batch * positions * out_channels * taps <= DIRECT_MAX_WORK)
 
 
-def _winograd3_pays(in_channels, out_channels, out_size, padding=(1, 1), batch=None):
-    """Whether "auto" gives a 3x3 stride-1 layer of this ``padding`` to F(2x2, 3x3): see
-    ``WINOGRAD3_BREAK_EVEN``. ``out_channels`` or ``out_size`` None (not known): yes; ``batch``
-    None: on the tiles per image alone."""
+def _winograd_pays(kernel, in_channels, out_channels, out_size, padding=(1, 1), batch=None):
+    """Whether "auto" gives a stride-1 layer with a ``kernel`` x ``kernel`` weight (3 or 5) of
+    this ``padding`` to Winograd's F(2x2, r x r): see ``WINOGRAD_BREAK_EVEN``. 3x3 needs at least
+    ``WINOGRAD3_MIN_TILES`` 2x2 tiles per image, 5x5 ``WINOGRAD5_MIN_IN_CHANNELS`` input channels
+    (and a padding of at most 4). ``out_channels`` or ``out_size`` None (not known), or
+    ``batch`` None: on those conditions alone."""
+    if kernel == 5 and (in_channels < WINOGRAD5_MIN_IN_CHANNELS or max(padding) > 4):
+        return False
     if out_channels is None or out_size is None:
         return True
     tiles = -(-out_size[0] // 2) * -(-out_size[1] // 2)
-    if tiles < WINOGRAD3_MIN_TILES or batch is None:
-        return tiles >= WINOGRAD3_MIN_TILES
-    in_size = tuple(o + 2 - 2 * p for o, p in zip(out_size, padding))  # (stride 1, 3x3)
-    valid = 1.0 - conv_im2col.padded_fraction((batch, in_channels) + in_size, (3, 3), (1, 1),
-                                               tuple(padding), tuple(out_size))
-    saved = batch * tiles * (36 * valid - 16)
-    return saved >= WINOGRAD3_BREAK_EVEN * (in_channels * out_channels) ** 0.75
+    if kernel == 3 and tiles < WINOGRAD3_MIN_TILES:
+        return False
+    if batch is None:
+        return True
+    in_size = tuple(o + kernel - 1 - 2 * p for o, p in zip(out_size, padding))  # (stride 1)
+    valid = 1.0 - conv_im2col.padded_fraction((batch, in_channels) + in_size, (kernel, kernel),
+                                               (1, 1), tuple(padding), tuple(out_size))
+    saved = batch * (kernel * kernel * valid * out_size[0] * out_size[1]
+                     - (kernel + 1) ** 2 * tiles)
+    return saved >= WINOGRAD_BREAK_EVEN[kernel] * math.sqrt(in_channels * out_channels)
 
 
 def conv2d_output_size(in_size, kernel_size, stride, padding):

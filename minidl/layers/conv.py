@@ -19,7 +19,8 @@ class Conv2D(Module):
     (on images of at least 64 output positions), with direct loops when ``C_in*kH*kW`` is
     small and the stride 1, with Winograd's F(2x2, 3x3) for other 3x3 stride-1 convolutions
     and F(2x2, 5x5) for 5x5 stride-1 ones with at least 8 input channels and a padding of at
-    most 4 (Lavin & Gray, 2016), with direct loops again for other stride-1 kernels with at most 8
+    most 4 where the work it saves pays for its transforms (Lavin & Gray, 2016), with direct
+    loops again for other stride-1 kernels with at most 8
     output channels, and with im2col and GEMMs otherwise (Chellapilla et al., 2006); see
     :mod:`minidl.functional.conv`.
 
@@ -38,10 +39,11 @@ class Conv2D(Module):
             :func:`minidl.functional.conv.choose_method`); ``"auto"`` uses one matrix product
             per image for 1x1 kernels without padding (at least 64 output positions per
             image), direct loops when ``C_in*kH*kW`` is small (on large maps, or for little
-            work), unfold (im2col in the weight's order) for at most 64 output positions in
-            the batch, Winograd for other 3x3 stride-1
-            kernels and for 5x5 stride-1 kernels on 8 or more input channels (padding at most
-            4), direct loops for other stride-1 kernels with at most 8 output channels (and 256
+            work), unfold (im2col in the weight's order) for at most 160 output positions in
+            the batch and at least twice as many output channels, Winograd for other 3x3
+            stride-1 kernels and for 5x5 stride-1 kernels on 8 or more input channels (padding
+            at most 4) where it pays (large enough maps and batches), direct loops for other
+            stride-1 kernels with at most 8 output channels (and 256
             taps), else im2col and matrix products.
 
     Parameters are initialized as PyTorch does: U(-b, b) with ``b = 1/sqrt(C_in*kH*kW)`` for
