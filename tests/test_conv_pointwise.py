@@ -6,8 +6,9 @@ import pytest
 
 import minidl
 from conv_helpers import DTYPES, assert_close, non_contiguous
-from minidl.functional.conv import (POINTWISE_MIN_POSITIONS, PointwiseCache, choose_method,
-                                   conv2d_backward, conv2d_forward)
+from minidl.functional.conv import (POINTWISE_MAX_SMALL_BATCH, POINTWISE_MIN_POSITIONS,
+                                   PointwiseCache, choose_method, conv2d_backward,
+                                   conv2d_forward)
 from minidl.layers import Conv2D
 from minidl.reference import conv as ref
 
@@ -130,13 +131,22 @@ def test_auto_picks_pointwise_for_1x1_without_padding(rng):
     assert choose_method("auto", 64, kernel_size=(1, 1)) == "pointwise"
     assert choose_method("auto", 4, stride=(2, 2), kernel_size=(1, 1)) == "pointwise"
     assert choose_method("auto", 64, kernel_size=(1, 1), padding=(1, 0)) == "im2col"
-    # small images: the per-image products would be too narrow for the micro-kernel
+    # small images in large batches: the per-image products would be too narrow for the
+    # micro-kernel, once per image
     small = (POINTWISE_MIN_POSITIONS // 8 - 1, 8)
     assert choose_method("auto", 64, kernel_size=(1, 1), out_size=small) == "im2col"
-    assert choose_method("auto", 64, kernel_size=(1, 1), out_size=(8, 8)) == "pointwise"
-    x = np.ones((2, 4, 5, 5), np.float32)
+    assert choose_method("auto", 64, kernel_size=(1, 1), out_size=small,
+                         batch=POINTWISE_MAX_SMALL_BATCH + 1) == "im2col"
+    assert choose_method("auto", 64, kernel_size=(1, 1), out_size=small,
+                         batch=POINTWISE_MAX_SMALL_BATCH) == "pointwise"
+    assert choose_method("auto", 64, kernel_size=(1, 1), out_size=(5, 5), batch=512) == \
+        "pointwise"
+    x = np.ones((POINTWISE_MAX_SMALL_BATCH + 1, 4, 4, 4), np.float32)
     _, cache = conv2d_forward(x, np.ones((3, 4, 1, 1), np.float32))
     assert cache.method == "im2col"
+    _, cache = conv2d_forward(x[:2], np.ones((3, 4, 1, 1), np.float32))
+    assert cache.method == "pointwise"
+    x = np.ones((2, 4, 5, 5), np.float32)
     _, cache = conv2d_forward(x, np.ones((3, 4, 1, 1), np.float32), method="pointwise")
     assert cache.method == "pointwise"
     _, cache = conv2d_forward(rng.standard_normal((1, 8, 20, 20)),

@@ -56,7 +56,7 @@ __all__ = [
     "DIRECT_MAX_TAPS", "DIRECT_PLANE_MAX_TAPS", "DIRECT_MIN_POSITIONS", "DIRECT_MAX_WORK",
     "DIRECT_NARROW_MAX_OUT_CHANNELS", "DIRECT_NARROW_MAX_TAPS", "DIRECT_NARROW_MIN_POSITIONS",
     "UNFOLD_MAX_POSITIONS",
-    "POINTWISE_MIN_POSITIONS",
+    "POINTWISE_MIN_POSITIONS", "POINTWISE_MAX_SMALL_BATCH",
 ]
 
 # Stride-1 convolutions with at most this many taps per output (C_in*kH*kW) use the direct
@@ -98,13 +98,22 @@ DIRECT_MAX_WORK = 100_000
 DIRECT_NARROW_MAX_OUT_CHANNELS = 8
 DIRECT_NARROW_MAX_TAPS = 256
 DIRECT_NARROW_MIN_POSITIONS = 100
-# 1x1 convolutions with fewer output positions per image (OH*OW) than this use im2col: the
-# pointwise products have OH*OW columns, and with fewer than two micro-kernel strips (32
-# floats each with AVX-512) most of each strip is padding. Measured (2 threads, forward /
+# 1x1 convolutions with fewer output positions per image (OH*OW) than this, on batches of more
+# than POINTWISE_MAX_SMALL_BATCH images (or an unknown batch), use im2col: the pointwise
+# products have OH*OW columns, and with fewer than a micro-kernel strip (32 floats with
+# AVX-512) most of each strip is padding, once per image. Measured (2 threads, forward /
 # forward + backward, ms): (64, 128, 8, 8) -> 256 channels with stride 2 (16 positions),
-# pointwise 1.14 / 2.94, im2col 0.55 / 1.77 (PyTorch 0.50 / 3.89); at 64 positions
-# (64, 64, 16, 16) -> 128, stride 2: 0.71 / 1.90 against 0.68 / 2.06.
-POINTWISE_MIN_POSITIONS = 64
+# pointwise 1.14 / 2.94, im2col 0.55 / 1.77 (PyTorch 0.50 / 3.89); forward + backward, 1 / 2
+# threads, pointwise / im2col: (128, 128, 3, 3) -> 512 (9) 10.3 / 6.5 and 5.8 / 3.4; (128, 32,
+# 2, 2) -> 64 0.64 / 0.37 and 0.31 / 0.24. From 25 positions on, or on small batches, the
+# pointwise products were the faster in 23 of 26 layers (the rule before sent all layers of
+# fewer than 64 positions to im2col, and a held-out sweep found (2, 512, 6, 6) -> 128 at 0.83x
+# of PyTorch): (2, 512, 6, 6) -> 128 0.45 / 0.71 (PyTorch 0.59), 1 thread; (2, 256, 5, 5) ->
+# 256 0.50 / 0.93 and 0.33 / 0.70; (64, 256, 12, 12) -> 64 stride 2 (36) 5.2 / 8.4 and 3.1 /
+# 5.0; (16, 256, 4, 4) -> 32 (16) 0.27 / 0.33 and 0.29 / 0.38; (1, 64, 14, 14) -> 256 stride 2
+# (49) 0.15 / 0.23; but (64, 512, 7, 7) -> 128 (49) 17.1 / 18.8 and 9.9 / 8.5.
+POINTWISE_MIN_POSITIONS = 25
+POINTWISE_MAX_SMALL_BATCH = 16
 METHODS = ("auto", "direct", "im2col", "pointwise", "unfold", "winograd")
 # Layers with at most this many output positions in the batch (N*OH*OW), other than those of
 # the direct kernels and of the pointwise products, use unfold under "auto" (conv_unfold: the
@@ -214,7 +223,8 @@ def choose_method(method, taps, layer="conv2d", stride=(1, 1), kernel_size=None,
     ``out_channels`` and a batch of ``batch`` images (None: not known).
 
     ``"auto"`` picks the pointwise products for a ``(1, 1)`` kernel without padding (any
-    stride) unless ``OH*OW < POINTWISE_MIN_POSITIONS``; for stride 1 the direct kernels when
+    stride) unless ``OH*OW < POINTWISE_MIN_POSITIONS`` on a batch of more than
+    ``POINTWISE_MAX_SMALL_BATCH`` images (or an unknown one); for stride 1 the direct kernels when
     ``taps <= DIRECT_MAX_TAPS`` (there the product's inner dimension is too small to pay for
     im2col's copy) and the maps are large enough or the work small enough for them
     (:func:`_direct_pays`; im2col otherwise), else unfold when the batch has at most
@@ -236,7 +246,8 @@ def choose_method(method, taps, layer="conv2d", stride=(1, 1), kernel_size=None,
     if method != "auto":
         return method
     if kernel_size is not None and tuple(kernel_size) == (1, 1) and tuple(padding) == (0, 0):
-        few = out_size is not None and out_size[0] * out_size[1] < POINTWISE_MIN_POSITIONS
+        few = (out_size is not None and out_size[0] * out_size[1] < POINTWISE_MIN_POSITIONS
+               and (batch is None or batch > POINTWISE_MAX_SMALL_BATCH))
         return "im2col" if few else "pointwise"
     stride_one = tuple(stride) == (1, 1)
     narrow = stride_one and _narrow_direct(taps, kernel_size, out_size, out_channels)

@@ -16,13 +16,13 @@ class Conv2D(Module):
 
     ``out[n, o] = bias[o] + sum_c cross_correlate(x[n, c], weight[o, c])`` with the given stride
     and zero padding; computed as a matrix product per image for 1x1 kernels without padding
-    (on images of at least 64 output positions), with direct loops when ``C_in*kH*kW`` is
-    small and the stride 1, with Winograd's F(2x2, 3x3) for other 3x3 stride-1 convolutions
-    and F(2x2, 5x5) for 5x5 stride-1 ones with at least 8 input channels and a padding of at
-    most 4 where the work it saves pays for its transforms (Lavin & Gray, 2016), with direct
-    loops again for other stride-1 kernels with at most 8
-    output channels, and with im2col and GEMMs otherwise (Chellapilla et al., 2006); see
-    :mod:`minidl.functional.conv`.
+    (unless images of fewer than 25 output positions come in large batches), with direct
+    loops when ``C_in*kH*kW`` is small and the stride 1, with Winograd's F(2x2, 3x3) for other
+    3x3 stride-1 convolutions and F(2x2, 5x5) for 5x5 stride-1 ones with at least 8 input
+    channels and a padding of at most 4 where the work it saves pays for its transforms (Lavin
+    & Gray, 2016), with direct loops again for other stride-1 kernels with at most 8 output
+    channels, and with im2col (or unfold, im2col in the weight's order) and GEMMs otherwise
+    (Chellapilla et al., 2006); see :mod:`minidl.functional.conv`.
 
     Args:
         in_channels (int): ``C_in``.
@@ -37,8 +37,8 @@ class Conv2D(Module):
         method (str): ``"auto"`` (default), ``"direct"``, ``"winograd"``, ``"pointwise"``,
             ``"unfold"`` or ``"im2col"``: how the convolution is computed (see
             :func:`minidl.functional.conv.choose_method`); ``"auto"`` uses one matrix product
-            per image for 1x1 kernels without padding (at least 64 output positions per
-            image), direct loops when ``C_in*kH*kW`` is small (on large maps, or for little
+            per image for 1x1 kernels without padding (unless images of fewer than 25 output
+            positions come in batches of more than 16), direct loops when ``C_in*kH*kW`` is small (on large maps, or for little
             work), unfold (im2col in the weight's order) for at most 160 output positions in
             the batch and at least twice as many output channels, Winograd for other 3x3
             stride-1 kernels and for 5x5 stride-1 kernels on 8 or more input channels (padding
