@@ -122,6 +122,7 @@ def test_winograd_kernels_blocks_and_threads(r, geometry, dtype, blocks, backwar
     the padding allows: at most 2)."""
     across = backward == "across" and max(geometry[-1]) <= r - 1
     monkeypatch.setattr(conv_winograd, "ACROSS_MAX_TILES", 1 << 30 if across else 0)
+    monkeypatch.setattr(conv_winograd, "ACROSS_MIN_CHUNKS", 2 if across else 0)
     monkeypatch.setattr(conv_winograd, "ACROSS_MIN_U_BYTES", 0 if across else 1 << 60)
     monkeypatch.setattr(conv_winograd, "BLOCK_BYTES", 1 << 30 if blocks == "whole" else 1)
     monkeypatch.setattr(conv_winograd, "BLOCK_MIN_TILES", 1)
@@ -149,12 +150,36 @@ def test_winograd_kernels_blocks_and_threads(r, geometry, dtype, blocks, backwar
     assert_close(dbias, ref_dbias, dtype, "dbias")
 
 
+@pytest.mark.parametrize("n, size, padding, spans", [
+    (1, 16, 1, True),    # one image: one chunk, which the per-image kernel runs on one thread
+    (3, 14, 1, True),    # 147 tiles: fewer than 2 * CHUNK_TILES, one chunk
+    (4, 16, 1, False),   # 256 tiles: 2 chunks
+    (1, 16, 3, False),   # padding 3: the input gradient cannot be a forward
+])
+def test_3x3_backward_spans_images_when_the_batch_is_one_chunk(n, size, padding, spans, rng):
+    """A 3x3 layer whose batch would be summed in one chunk (ACROSS_MIN_CHUNKS) takes the
+    backward pass whose blocks span images (and split by planes), whatever the thread count;
+    both routes give the reference's gradients."""
+    x = rng.standard_normal((n, 16, size, size)).astype(np.float32)
+    weight = rng.standard_normal((16, 16, 3, 3)).astype(np.float32)
+    out, cache = conv2d_forward(x, weight, None, 1, padding, method="winograd")
+    assert cache.spans == spans
+    dout = rng.standard_normal(out.shape).astype(np.float32)
+    dx, dweight, _ = conv2d_backward(dout, cache)
+    ref_dx, ref_dweight, _ = ref.conv2d_backward(dout.astype(np.float64), x.astype(np.float64),
+                                                 weight.astype(np.float64), False, (1, 1),
+                                                 (padding, padding))
+    assert_close(dx, ref_dx, np.float32, "dx")
+    assert_close(dweight, ref_dweight, np.float32, "dweight")
+
+
 @pytest.mark.parametrize("r, across", [(3, False), (3, True), (5, True)])
 def test_winograd_results_do_not_depend_on_threads_or_blocks(r, across, monkeypatch, rng):
     """Forward, input, weight and bias gradients: the same bits on 1 and 2 threads; the
     forward (whose blocks may span images) and the input gradient where it is a forward also
     with other block sizes (the weight gradient's sums follow the blocks)."""
     monkeypatch.setattr(conv_winograd, "ACROSS_MAX_TILES", 1 << 30 if across else 0)
+    monkeypatch.setattr(conv_winograd, "ACROSS_MIN_CHUNKS", 2 if across else 0)
     x = rng.standard_normal((5, 24, 9, 8)).astype(np.float32)
     weight = rng.standard_normal((20, 24, r, r)).astype(np.float32)
     bias = rng.standard_normal(20).astype(np.float32)
@@ -183,6 +208,7 @@ def test_winograd_float32_accuracy_on_a_cifar_layer(across, monkeypatch, rng):
     of the exact result (relative to the largest value), like im2col does, with either
     backward pass."""
     monkeypatch.setattr(conv_winograd, "ACROSS_MAX_TILES", 1 << 30 if across else 0)
+    monkeypatch.setattr(conv_winograd, "ACROSS_MIN_CHUNKS", 2 if across else 0)
     x = rng.standard_normal((4, 64, 16, 16))
     weight = rng.standard_normal((64, 64, 3, 3)) / 24
     dout = rng.standard_normal((4, 64, 16, 16))

@@ -17,8 +17,9 @@ padding must be at most 4 (the kernel size minus one).
 A 3x3 layer's fused backward kernel (``backward``) works image by image: each image reads all
 of ``U`` and adds into all of ``dU``, ``16*C*K`` numbers each, which on small maps with many
 channels costs more than the image's products. A 3x3 layer with fewer than
-``ACROSS_MAX_TILES`` output tiles per image, or more than ``ACROSS_MIN_U_BYTES`` of ``U`` (and
-a padding of at most 2), therefore takes the 5x5 route: ``weight_grad`` with 16 planes, whose
+``ACROSS_MAX_TILES`` output tiles per image, or more than ``ACROSS_MIN_U_BYTES`` of ``U``, or a
+batch too small to split among threads (``ACROSS_MIN_CHUNKS``), and a padding of at most 2,
+therefore takes the 5x5 route: ``weight_grad`` with 16 planes, whose
 blocks span images (split by planes too when the batch has fewer chunks than threads), and the
 input gradient as a forward of ``dout`` with the flipped kernel (padding ``2 - p``), whose
 transformed weight is the forward's with its planes permuted and transposed
@@ -68,6 +69,15 @@ CHUNK_COUNTS = (1, 2, 4, 6, 12, 24, 48)
 # but (128, 32, 32, 32) -> 32 24.1 / 25.5 and ResNet-20's (128, 16, 32, 32) -> 16 7.8 / 8.2.
 ACROSS_MAX_TILES = 16
 ACROSS_MIN_U_BYTES = 2 << 20
+# So do 3x3 layers whose batch is summed in fewer chunks than this (gradient_chunks: one image,
+# or fewer than 2*CHUNK_TILES tiles): the per-image kernel runs a chunk on one thread, where
+# the blocks across images split the products by planes. Measured, backward pass, ms, per-image
+# kernel / blocks across images, 1 thread and 2 threads: (2, 512, 14, 14) -> 64 pad 0 3.61 /
+# 3.42 and 3.31 / 1.84; (1, 64, 56, 56) -> 64 pad 1 2.38 / 2.70 and 2.46 / 1.57; (1, 128, 28,
+# 28) -> 128 3.08 / 2.90 and 2.65 / 1.55; (1, 32, 32, 32) -> 32 0.27 / 0.32 and 0.28 / 0.20; (3,
+# 64, 16, 16) -> 64 pad 0 0.56 / 0.62 and 0.54 / 0.36. (The choice depends on the batch alone,
+# never on the thread count, so the results do not either.)
+ACROSS_MIN_CHUNKS = 2
 
 
 class WinogradCache(NamedTuple):
@@ -190,13 +200,15 @@ def _block_rows_across(n, tile_rows, tiles_per_row, channels, out_channels, item
     return min(rows, n * tile_rows)
 
 
-def _spans_images(kernel, tiles_per_image, padding, u_bytes):
-    """Whether the backward pass of a layer runs in blocks that span images
+def _spans_images(kernel, n, tiles_per_image, padding, u_bytes):
+    """Whether the backward pass of a layer on ``n`` images runs in blocks that span images
     (:func:`_backward_across`): always for 5x5; for 3x3 below ``ACROSS_MAX_TILES`` tiles per
-    image or above ``ACROSS_MIN_U_BYTES`` of transformed weight (``u_bytes``), when its padding
-    (at most 2) allows the input gradient as a forward."""
-    return kernel == 5 or (max(padding) <= 2 and (tiles_per_image < ACROSS_MAX_TILES
-                                                  or u_bytes > ACROSS_MIN_U_BYTES))
+    image, above ``ACROSS_MIN_U_BYTES`` of transformed weight (``u_bytes``) or below
+    ``ACROSS_MIN_CHUNKS`` chunks, when its padding (at most 2) allows the input gradient as a
+    forward."""
+    return kernel == 5 or (max(padding) <= 2 and (
+        tiles_per_image < ACROSS_MAX_TILES or u_bytes > ACROSS_MIN_U_BYTES
+        or gradient_chunks(n, tiles_per_image) < ACROSS_MIN_CHUNKS))
 
 
 def _threads(n, work):
@@ -248,7 +260,7 @@ def forward(x, weight, bias, padding, out):
     u = weight_transform(weight, _round_up(k, COL_STEP))  # (16 or 36, C, K+)
     _forward(x, u, bias, padding, out)
     tile_rows, tiles_per_row = tiles(out_h, out_w)
-    if _spans_images(r, tile_rows * tiles_per_row, padding, u.nbytes):
+    if _spans_images(r, n, tile_rows * tiles_per_row, padding, u.nbytes):
         block_rows = _block_rows_across(n, tile_rows, tiles_per_row, channels, k,
                                         x.dtype.itemsize, u.shape[0])
         weight_copy = np.array(weight, order="C") if r == 5 else None  # (5x5 dx, see flip)
