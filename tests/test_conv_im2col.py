@@ -45,6 +45,22 @@ def test_col2im_kernel_matches_reference(geometry, dtype, rng):
 
 
 @pytest.mark.parametrize("geometry", GEOMETRIES, ids=GEOMETRY_IDS)
+def test_col2im_gives_the_same_bits_on_any_number_of_threads(geometry, rng):
+    """With fewer samples than threads col2im splits each sample into bands of rows (the last
+    ones possibly empty); every element still receives its terms in the same order."""
+    n, c, h, w, kernel, stride, padding = geometry
+    oh, ow = out_size(h, w, kernel, stride, padding)
+    cols = rng.standard_normal((n * oh * ow, kernel[0] * kernel[1] * c)).astype(np.float32)
+    results = []
+    for threads in (1, 2, 3, 2 * h + 1):
+        dx_nhwc = np.full((n, h, w, c), np.nan, np.float32)
+        _conv.col2im(cols, dx_nhwc, *kernel, *stride, *padding, threads)
+        results.append(dx_nhwc)
+    for other in results[1:]:
+        np.testing.assert_array_equal(other, results[0])
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES, ids=GEOMETRY_IDS)
 def test_col2im_is_the_adjoint_of_im2col(geometry, rng):
     """<im2col(x), c> == <x, col2im(c)> for the Cython kernels."""
     n, c, h, w, kernel, stride, padding = geometry

@@ -163,7 +163,10 @@ def col2im(const floating[:, ::1] cols, floating[:, :, :, ::1] dx_nhwc,
             ``cols`` instead of row ``p`` (rows in another order, e.g. by border class).
 
     Only the entries of taps that read the input are read (a position's taps in the padding
-    are not: they may hold anything). Work is split over samples, so no two threads write the same element.
+    are not: they may hold anything). Work is split over samples, and over bands of rows of
+    each sample when there are fewer samples than threads (a batch of one ran on one thread):
+    no two threads write the same element, and each element receives its terms in the same
+    order (output rows, then columns, ascending) whatever the split, so the same bits.
     Reference: Chellapilla et al., 2006 (backward of the unrolled convolution).
 
     Preconditions (checked by the caller, not here): as for :func:`im2col`, with ``OH, OW`` computed
@@ -174,33 +177,45 @@ def col2im(const floating[:, ::1] cols, floating[:, :, :, ::1] dx_nhwc,
     cdef Py_ssize_t C = dx_nhwc.shape[3]
     cdef Py_ssize_t OH = (H + 2 * pad_h - kernel_h) // stride_h + 1
     cdef Py_ssize_t OW = (W + 2 * pad_w - kernel_w) // stride_w + 1
-    cdef Py_ssize_t n, oh, ow, i, ih, iw0, lo, hi, k, p
+    cdef Py_ssize_t n, oh, ow, i, ih, iw0, lo, hi, k, p, task, r0, r1, oh0, oh1
     cdef Py_ssize_t run = kernel_w * C
     cdef floating* dst
     cdef const floating* src
     cdef bint mapped = rows is not None
     cdef const Py_ssize_t* row_of = &rows[0] if mapped and rows.shape[0] > 0 else NULL
+    # bands of rows per sample: enough tasks for the threads when the batch is small
+    cdef Py_ssize_t bands = 1 if N >= num_threads or H == 0 else min(H, ceil_div(num_threads, N))
+    cdef Py_ssize_t band_rows = ceil_div(H, bands) if H > 0 else 0
 
-    for n in prange(N, nogil=True, num_threads=num_threads, schedule="static"):
-        dst = &dx_nhwc[n, 0, 0, 0]
-        for k in range(H * W * C):
-            dst[k] = 0
-        for oh in range(OH):
-            for ow in range(OW):
-                p = (n * OH + oh) * OW + ow
-                src = &cols[row_of[p] if mapped else p, 0]
-                iw0 = ow * stride_w - pad_w
-                lo = _first_inside(iw0, W, kernel_w) * C
-                hi = _end_inside(iw0, W, kernel_w) * C
-                for i in range(kernel_h):
-                    # as in im2col: kernel row i is one run of dx's row ih (distinct elements,
-                    # so each still receives its terms in the order of the loops above)
-                    ih = oh * stride_h - pad_h + i
-                    if _inside(ih, H) and lo < hi:
-                        dst = &dx_nhwc[n, ih, 0, 0] + iw0 * C + lo  # element lo of the run
-                        for k in range(hi - lo):
-                            dst[k] += src[lo + k]
-                    src = src + run
+    for task in prange(N * bands, nogil=True, num_threads=num_threads, schedule="static"):
+        n = task // bands
+        r0 = (task - n * bands) * band_rows  # this task's rows of dx: [r0, r1)
+        r1 = r0 + band_rows if r0 + band_rows < H else H
+        if r0 < r1:
+            dst = &dx_nhwc[n, r0, 0, 0]
+            for k in range((r1 - r0) * W * C):
+                dst[k] = 0
+            # the output rows whose kernel rows oh*sH - pH .. + kH - 1 meet [r0, r1)
+            oh0 = r0 + pad_h - kernel_h + 1
+            oh0 = 0 if oh0 <= 0 else ceil_div(oh0, stride_h)
+            oh1 = (r1 - 1 + pad_h) // stride_h + 1
+            oh1 = oh1 if oh1 < OH else OH
+            for oh in range(oh0, oh1):
+                for ow in range(OW):
+                    p = (n * OH + oh) * OW + ow
+                    src = &cols[row_of[p] if mapped else p, 0]
+                    iw0 = ow * stride_w - pad_w
+                    lo = _first_inside(iw0, W, kernel_w) * C
+                    hi = _end_inside(iw0, W, kernel_w) * C
+                    for i in range(kernel_h):
+                        # as in im2col: kernel row i is one run of dx's row ih (distinct
+                        # elements, so each still receives its terms in the order of the loops)
+                        ih = oh * stride_h - pad_h + i
+                        if r0 <= ih and ih < r1 and lo < hi:
+                            dst = &dx_nhwc[n, ih, 0, 0] + iw0 * C + lo  # element lo of the run
+                            for k in range(hi - lo):
+                                dst[k] += src[lo + k]
+                        src = src + run
 
 
 def unfold(const floating[:, :, :, ::1] x, floating[:, ::1] cols,
