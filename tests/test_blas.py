@@ -192,6 +192,20 @@ def test_matmul_rows_of_the_packed_path_do_not_depend_on_m(dtype, rng):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_matmul_rows_of_the_dot_path_do_not_depend_on_m(dtype, rng):
+    """Up to DOT_ROWS, a row of C has the same bits whether B is streamed row by row (1 or 2
+    rows of A, in blocks of columns) or read in blocks of its rows (3 to 8): the first m rows
+    of an 8-row product equal the m-row product, B with contiguous rows and wider than a
+    block (1100 columns: whole blocks, a partial one and a remainder of 4)."""
+    a = rng.standard_normal((_gemm.DOT_ROWS, 300)).astype(dtype)
+    b = rng.standard_normal((300, 1100)).astype(dtype)
+    full = _blas.matmul(a, b)
+    _close(full, a.astype(np.float64) @ b.astype(np.float64), dtype, 300)
+    for m in range(1, _gemm.DOT_ROWS):
+        np.testing.assert_array_equal(_blas.matmul(a[:m], b), full[:m])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_matmul_few_rows_batches_sums_and_threads(dtype, rng):
     """The dot-product path with a batch, a shared operand, a sum over the batch, and 1 or
     2 threads on wide products (tiles of columns): same bits for any thread count."""
