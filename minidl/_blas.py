@@ -408,6 +408,11 @@ def _matmul(a, b, out, accumulate, sum_batch, layer, bias=None, relu=False, rows
     if threads == 0:  # nothing for the kernel to do (see _geometry)
         _nothing_to_multiply(out, no_terms, accumulate)
         return out
+    if inner == 1 and a.ndim == 2 and b.ndim == 2 and not accumulate and bias is None \
+            and not relu and rows > _kernel.DOT_ROWS:  # a column times a row: no packing
+        _kernel.outer(a[:, 0], np.ascontiguousarray(b[0]), out,
+                      _config.threads_for(rows * cols))
+        return out
     a3 = a[None] if a.ndim == 2 else a  # a 2-D operand as a batch of one (a view)
     b3 = b[None] if b.ndim == 2 else b
     if rows <= _kernel.DOT_ROWS and a3.strides[2] != a3.itemsize and inner > 1:

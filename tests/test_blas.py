@@ -192,6 +192,31 @@ def test_matmul_rows_of_the_packed_path_do_not_depend_on_m(dtype, rng):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_matmul_of_a_column_and_a_row_is_the_rounded_product(dtype, rng):
+    """Inner dimension 1 above DOT_ROWS rows (a Dense weight gradient at batch 1) takes the
+    outer-product kernel: every value is the one rounded product a[i] * b[j], for any layout
+    of the operands and thread count; with accumulate it goes through the GEMM."""
+    a = rng.standard_normal((300, 1)).astype(dtype)
+    b = rng.standard_normal((1, 1001)).astype(dtype)
+    expected = a * b  # NumPy's rounded products
+    before = minidl.get_num_threads()
+    try:
+        for threads in (1, 2):
+            minidl.set_num_threads(threads)
+            for a_layout, b_layout in [(a, b), (_strided(a), _strided(b)),
+                                       (np.asfortranarray(a), b)]:
+                out = np.full((300, 1001), np.nan, dtype)
+                np.testing.assert_array_equal(_blas.matmul(a_layout, b_layout, out=out),
+                                              expected)
+    finally:
+        minidl.set_num_threads(before)
+    start = rng.standard_normal((300, 1001)).astype(dtype)
+    result = start.copy()
+    _blas.matmul(a, b, out=result, accumulate=True)
+    _close(result, start + a.astype(np.float64) * b.astype(np.float64), dtype, 1)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_matmul_rows_of_the_dot_path_do_not_depend_on_m(dtype, rng):
     """Up to DOT_ROWS, a row of C has the same bits whether B is streamed row by row (1 or 2
     rows of A, in blocks of columns) or read in blocks of its rows (3 to 8): the first m rows

@@ -126,6 +126,30 @@ cdef inline void _epilogue(floating* row, const floating* bias, Py_ssize_t cols,
         minidl_gemm_epilogue_d(row, bias, cols, relu)
 
 
+def outer(const floating[:] a, const floating[::1] b, floating[:, ::1] c, int num_threads=1):
+    """The product of a column and a row, ``c[i, j] = a[i] * b[j]``: a product of inner
+    dimension 1 (a Dense layer's weight gradient at batch 1), which writes ``M*N`` values and
+    reads ``M + N``. The GEMM's packing and micro-kernel tiles cost more than the stores there
+    ((1000, 1) @ (1, 4096): 1.1-1.6 ms against 0.67 ms for this loop on one thread). Each value
+    is one rounded product, as in the GEMM.
+
+    Args:
+        a (IN): shape ``(M,)``, any stride. b (IN): shape ``(N,)``, contiguous. c (OUT): shape
+        ``(M, N)``, C-contiguous, overwritten. All float32 or all float64.
+        num_threads: OpenMP threads (rows split among them).
+    """
+    cdef Py_ssize_t M = c.shape[0], N = c.shape[1], i, j
+    cdef floating ai
+    cdef floating* row
+    if M * N == 0:
+        return
+    for i in prange(M, nogil=True, num_threads=num_threads, schedule="static"):
+        ai = a[i]
+        row = &c[i, 0]
+        for j in range(N):
+            row[j] = ai * b[j]
+
+
 def gemm(const floating[:, :, :] a, const floating[:, :, :] b, floating[:, :, :] c,
          bint accumulate, bint sum_batch, Py_ssize_t tile_rows, Py_ssize_t tile_cols,
          floating[:, ::1] scratch, int num_threads=1, bint narrow=False,
