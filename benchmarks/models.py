@@ -41,6 +41,9 @@ BREADTH = {
             (256, 4, 4)),
     "b22": ("2x2 convs 3->160 pad 1, 160->8 on 6x6 maps + BN, train step", "train", 32,
             (3, 6, 6)),
+    "b23": ("MLP 784-1024-1024-10 with bias, train step", "train", 1, (784,)),
+    "b24": ("3x3 convs 64->512->128 pad 1 on 12x12 + BN at batch 1, train step", "train", 1,
+            (64, 12, 12)),
 }
 NUM_CLASSES = 10
 
@@ -141,6 +144,12 @@ def build_breadth(config_id, minidl):
     if config_id == "b22":
         body = conv_bn_relu(3, 160, 2, 1, 1) + conv_bn_relu(160, 8, 2, 1, 0)
         return minidl.Sequential(*body, layers.Flatten(), layers.Dense(8 * 6 * 6, NUM_CLASSES))
+    if config_id == "b23":
+        return minidl.Sequential(layers.Dense(784, 1024), layers.ReLU(), layers.Dense(1024, 1024),
+                                 layers.ReLU(), layers.Dense(1024, NUM_CLASSES))
+    if config_id == "b24":
+        body = conv_bn_relu(64, 512, 3, 1, 1) + conv_bn_relu(512, 128, 3, 1, 1)
+        return minidl.Sequential(*body, layers.GlobalAvgPool2D(), layers.Dense(128, NUM_CLASSES))
     raise KeyError(f"unknown breadth configuration {config_id!r}")
 
 

@@ -12,7 +12,7 @@ than PyTorch on the CPU for the small CNNs our users train" and "Performance eve
 
 Two suites (see benchmarks/README.md for every workload): "canonical" (numbered 1-11: the
 networks of the examples, BatchNorm, convolution and Dense alone, inference, the optional peers
-torch.compile and JAX, peak memory) and "breadth" (b1-b22: layer configurations a user can
+torch.compile and JAX, peak memory) and "breadth" (b1-b24: layer configurations a user can
 build, each ahead of PyTorch or not).
 
 This process only orchestrates and imports nothing but the standard library (and the plain data
@@ -139,7 +139,7 @@ def parse_args(argv=None):
     parser.add_argument("--quick", action="store_const", const="tiny", dest="sizes",
                         help="same as --sizes tiny")
     parser.add_argument("--suite", choices=sorted(SUITES), default="all",
-                        help="canonical (1-11), breadth (b1-b22) or all (default)")
+                        help="canonical (1-11), breadth (b1-b24) or all (default)")
     parser.add_argument("--workloads", default=None,
                         help="comma-separated workload ids, e.g. 1,4,b3 (default: the suite's)")
     parser.add_argument("--wait-policy", choices=sorted(WAIT_POLICIES), default="default",
