@@ -534,8 +534,9 @@ def test_auto_gives_winograd_only_where_it_pays(kernel, batch, in_channels, out_
     if positions is not None and positions <= UNFOLD_MAX_POSITIONS and \
             2 * positions <= out_channels:
         expected = "unfold"
-    assert choose_method("auto", kernel * kernel * in_channels, kernel_size=(kernel, kernel), padding=pad,
-                         out_size=out_size, out_channels=out_channels, batch=batch) == expected
+    assert choose_method("auto", kernel * kernel * in_channels, kernel_size=(kernel, kernel),
+                         padding=pad, out_size=out_size, out_channels=out_channels,
+                         batch=batch) == expected
     if batch is None:
         return
     in_size = tuple(o + kernel - 1 - 2 * padding for o in out_size)

@@ -19,12 +19,12 @@ of ``U`` and adds into all of ``dU``, ``16*C*K`` numbers each, which on small ma
 channels costs more than the image's products. A 3x3 layer with fewer than
 ``ACROSS_MAX_TILES`` output tiles per image, or more than ``ACROSS_MIN_U_BYTES`` of ``U``, or a
 batch too small to split among threads (``ACROSS_MIN_CHUNKS``), and a padding of at most 2,
-therefore takes the 5x5 route: ``weight_grad`` with 16 planes, whose
-blocks span images (split by planes too when the batch has fewer chunks than threads), and the
-input gradient as a forward of ``dout`` with the flipped kernel (padding ``2 - p``), whose
-transformed weight is the forward's with its planes permuted and transposed
-(:func:`flipped_transform`). A 5x5 layer's is transformed from the weight
-(``weight_transform(..., flip=True)``), of which the cache keeps a copy.
+therefore takes the 5x5 route: ``weight_grad`` with 16 planes, whose blocks span images
+(split by planes too when the batch has fewer chunks than threads), and the input gradient as
+a forward of ``dout`` with the flipped kernel (padding ``2 - p``), whose transformed weight is
+the forward's with its planes permuted and transposed (:func:`flipped_transform`). A 5x5
+layer's is transformed from the weight (``weight_transform(..., flip=True)``), of which the
+cache keeps a copy.
 
 Called by :func:`minidl.functional.conv.conv2d_forward` / ``conv2d_backward``, which validate
 the arguments and choose the method; these functions trust them. Every array they allocate comes

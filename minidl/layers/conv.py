@@ -38,13 +38,13 @@ class Conv2D(Module):
             ``"unfold"`` or ``"im2col"``: how the convolution is computed (see
             :func:`minidl.functional.conv.choose_method`); ``"auto"`` uses one matrix product
             per image for 1x1 kernels without padding (unless images of fewer than 25 output
-            positions come in batches of more than 16), direct loops when ``C_in*kH*kW`` is small (on large maps, or for little
-            work), unfold (im2col in the weight's order) for at most 160 output positions in
-            the batch and at least twice as many output channels, Winograd for other 3x3
-            stride-1 kernels and for 5x5 stride-1 kernels on 8 or more input channels (padding
-            at most 4) where it pays (large enough maps and batches), direct loops for other
-            stride-1 kernels with at most 8 output channels (and 256
-            taps), else im2col and matrix products.
+            positions come in batches of more than 16), direct loops when ``C_in*kH*kW`` is
+            small (on large maps, or for little work), unfold (im2col in the weight's order)
+            for at most 160 output positions in the batch and at least twice as many output
+            channels, Winograd for other 3x3 stride-1 kernels and for 5x5 stride-1 kernels on
+            8 or more input channels (padding at most 4) where it pays (large enough maps and
+            batches), direct loops for other stride-1 kernels with at most 8 output channels
+            (and 256 taps), else im2col and matrix products.
 
     Parameters are initialized as PyTorch does: U(-b, b) with ``b = 1/sqrt(C_in*kH*kW)`` for
     both ``weight`` and ``bias`` (see :mod:`minidl.layers.init`).
